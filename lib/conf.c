@@ -1,0 +1,821 @@
+/* tabula: the configuration file (see conf.h).
+ *
+ * The parser walks the JSON document top-down with a "path" string that grows
+ * as it descends (clients.pc01.allow[2]), so every error names exactly the
+ * value that is wrong.  Each object is checked against the list of keys it may
+ * have before any value is read: a typo is an error, never a silently ignored
+ * setting.  Defaults are applied here, once, so every program sees the same
+ * values.
+ */
+#include <config.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "conf.h"
+
+/* ---- error helpers ------------------------------------------------------- */
+
+static const char *type_name(const json_t *v)
+{
+  switch (json_typeof(v)) {
+  case JSON_OBJECT: return "an object";
+  case JSON_ARRAY: return "an array";
+  case JSON_STRING: return "a string";
+  case JSON_INTEGER: return "an integer";
+  case JSON_REAL: return "a number";
+  case JSON_TRUE:
+  case JSON_FALSE: return "a boolean";
+  case JSON_NULL: return "null";
+  }
+  return "something else";
+}
+
+static int bad(const char *path, const char *expected, const json_t *got)
+{
+  if (json_is_string(got))
+    return tb_error("%s: expected %s, got \"%s\"", path, expected, json_string_value(got));
+  if (json_is_integer(got))
+    return tb_error("%s: expected %s, got %lld", path, expected,
+                    (long long)json_integer_value(got));
+  return tb_error("%s: expected %s, got %s", path, expected, type_name(got));
+}
+
+static void subpath(char *out, size_t len, const char *path, const char *key)
+{
+  if (path[0])
+    snprintf(out, len, "%s.%s", path, key);
+  else
+    snprintf(out, len, "%s", key);
+}
+
+/* Fail on any key of OBJ not in ALLOWED (NULL-terminated). */
+static int check_keys(const json_t *obj, const char *path, const char *const *allowed)
+{
+  const char *key;
+  json_t *v;
+  json_object_foreach((json_t *)obj, key, v)
+  {
+    bool ok = false;
+    for (const char *const *a = allowed; *a && !ok; a++)
+      ok = strcmp(*a, key) == 0;
+    if (!ok) {
+      char p[512];
+      subpath(p, sizeof p, path, key);
+      char list[512] = "";
+      for (const char *const *a = allowed; *a; a++) {
+        strncat(list, *a, sizeof list - strlen(list) - 1);
+        if (a[1])
+          strncat(list, ", ", sizeof list - strlen(list) - 1);
+      }
+      return tb_error("%s: unknown key (allowed here: %s)", p, list);
+    }
+  }
+  return 0;
+}
+
+/* ---- typed getters (missing key: leave *out alone) ----------------------- */
+
+static int get_string(const json_t *obj, const char *path, const char *key, char **out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512];
+  subpath(p, sizeof p, path, key);
+  if (!json_is_string(v) || json_string_length(v) == 0)
+    return bad(p, "a non-empty string", v);
+  free(*out);
+  *out = strdup(json_string_value(v));
+  return *out ? 0 : tb_error_errno("%s", p);
+}
+
+static int get_name(const json_t *obj, const char *path, const char *key, char *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512];
+  subpath(p, sizeof p, path, key);
+  if (!json_is_string(v) || !tb_name_valid(json_string_value(v)))
+    return bad(p, "a name of 1-64 characters [A-Za-z0-9._-] starting with a letter or digit", v);
+  strcpy(out, json_string_value(v));
+  return 0;
+}
+
+static int get_int(const json_t *obj, const char *path, const char *key, long long lo,
+                   long long hi, long long *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512], what[128];
+  subpath(p, sizeof p, path, key);
+  snprintf(what, sizeof what, "an integer from %lld to %lld", lo, hi);
+  if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+    return bad(p, what, v);
+  *out = json_integer_value(v);
+  return 0;
+}
+
+static int get_bool(const json_t *obj, const char *path, const char *key, bool *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512];
+  subpath(p, sizeof p, path, key);
+  if (!json_is_boolean(v))
+    return bad(p, "true or false", v);
+  *out = json_is_true(v);
+  return 0;
+}
+
+/* A size: an integer number of bytes or a string such as "10G". */
+static int get_size(const json_t *obj, const char *path, const char *key, uint64_t *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512];
+  subpath(p, sizeof p, path, key);
+  if (json_is_integer(v) && json_integer_value(v) >= 0) {
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+  }
+  if (json_is_string(v) && tb_parse_size(json_string_value(v), out) == 0)
+    return 0;
+  return bad(p, "a size in bytes or a string such as \"64M\" or \"10G\"", v);
+}
+
+static int get_duration(const json_t *obj, const char *path, const char *key, int64_t *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512];
+  subpath(p, sizeof p, path, key);
+  if (json_is_string(v) && tb_parse_duration(json_string_value(v), out) == 0)
+    return 0;
+  return bad(p, "a duration such as \"90s\", \"15m\", \"2h\" or \"1d\"", v);
+}
+
+/* ---- addresses ----------------------------------------------------------- */
+
+int tb_cidr_parse(const char *text, struct tb_cidr *out)
+{
+  char buf[128];
+  if (strlen(text) >= sizeof buf)
+    return tb_error("\"%s\" is not an address", text);
+  strcpy(buf, text);
+  char *slash = strchr(buf, '/');
+  if (slash)
+    *slash = '\0';
+  memset(out, 0, sizeof *out);
+  if (inet_pton(AF_INET, buf, out->addr) == 1) {
+    out->family = AF_INET;
+    out->prefix = 32;
+  } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+    out->family = AF_INET6;
+    out->prefix = 128;
+  } else {
+    return tb_error("\"%s\" is not an IPv4 or IPv6 address (such as 10.0.0.0/8 or ::1)", text);
+  }
+  if (slash) {
+    char *end;
+    long n = strtol(slash + 1, &end, 10);
+    if (!slash[1] || *end || n < 0 || n > out->prefix)
+      return tb_error("\"%s\": bad prefix length (0 to %d)", text, out->prefix);
+    out->prefix = (int)n;
+  }
+  return 0;
+}
+
+bool tb_cidr_match(const struct tb_cidr *net, const struct sockaddr *sa)
+{
+  const uint8_t *addr;
+  uint8_t mapped[4];
+  int family = sa->sa_family;
+  if (family == AF_INET) {
+    addr = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+  } else if (family == AF_INET6) {
+    addr = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    /* An IPv4-mapped IPv6 peer matches IPv4 networks. */
+    if (net->family == AF_INET && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)addr)) {
+      memcpy(mapped, addr + 12, 4);
+      addr = mapped;
+      family = AF_INET;
+    }
+  } else {
+    return false;
+  }
+  if (family != net->family)
+    return false;
+  int bits = net->prefix;
+  for (int i = 0; bits > 0; i++, bits -= 8) {
+    uint8_t mask = bits >= 8 ? 0xff : (uint8_t)(0xff << (8 - bits));
+    if ((addr[i] & mask) != (net->addr[i] & mask))
+      return false;
+  }
+  return true;
+}
+
+bool tb_acl_allows(const struct tb_acl *acl, const struct sockaddr *sa)
+{
+  if (!sa || sa->sa_family == AF_UNIX)
+    return acl->unix_socket;
+  for (size_t i = 0; i < acl->n_nets; i++)
+    if (tb_cidr_match(&acl->nets[i], sa))
+      return true;
+  return false;
+}
+
+static int parse_acl(const json_t *v, const char *path, struct tb_acl *acl)
+{
+  if (!json_is_array(v))
+    return bad(path, "an array of \"unix\" and addresses or networks", v);
+  free(acl->nets);
+  memset(acl, 0, sizeof *acl);
+  acl->nets = calloc(json_array_size(v) + 1, sizeof *acl->nets);
+  if (!acl->nets)
+    return tb_error_errno("%s", path);
+  size_t i;
+  json_t *e;
+  json_array_foreach(v, i, e)
+  {
+    char p[512];
+    snprintf(p, sizeof p, "%s[%zu]", path, i);
+    if (!json_is_string(e))
+      return bad(p, "\"unix\" or an address or network such as \"10.0.0.0/8\"", e);
+    if (strcmp(json_string_value(e), "unix") == 0) {
+      acl->unix_socket = true;
+      continue;
+    }
+    if (tb_cidr_parse(json_string_value(e), &acl->nets[acl->n_nets]) == -1)
+      return tb_error_prefix("%s", p);
+    acl->n_nets++;
+  }
+  return 0;
+}
+
+static int default_client_acl(struct tb_acl *acl)
+{
+  acl->unix_socket = true;
+  acl->nets = calloc(2, sizeof *acl->nets);
+  if (!acl->nets)
+    return tb_error_errno("config");
+  tb_cidr_parse("127.0.0.0/8", &acl->nets[0]);
+  tb_cidr_parse("::1", &acl->nets[1]);
+  acl->n_nets = 2;
+  return 0;
+}
+
+/* ---- clients ------------------------------------------------------------- */
+
+static const char *const client_keys[] = {
+    "image",    "version", "policy",   "keep_sessions", "allow",    "address", "group",
+    "refresh",  "refresh_jitter",      "preserve",      "quota",    "watchdog", NULL};
+
+static int parse_preserve(const json_t *v, const char *path, struct tb_client_conf *c)
+{
+  if (!json_is_array(v))
+    return bad(path, "an array such as [\"partition:2\", \"lba:2048-4095\"]", v);
+  free(c->preserve);
+  c->n_preserve = 0;
+  c->preserve = calloc(json_array_size(v) + 1, sizeof *c->preserve);
+  if (!c->preserve)
+    return tb_error_errno("%s", path);
+  size_t i;
+  json_t *e;
+  json_array_foreach(v, i, e)
+  {
+    char p[512];
+    snprintf(p, sizeof p, "%s[%zu]", path, i);
+    const char *s = json_is_string(e) ? json_string_value(e) : NULL;
+    struct tb_preserve *pr = &c->preserve[c->n_preserve];
+    unsigned long long a, b;
+    unsigned n;
+    char tail;
+    if (s && sscanf(s, "partition:%u%c", &n, &tail) == 1 && n >= 1 && n <= 128) {
+      pr->kind = TB_PRESERVE_PARTITION;
+      pr->partition = n;
+    } else if (s && sscanf(s, "lba:%llu-%llu%c", &a, &b, &tail) == 2 && a <= b) {
+      pr->kind = TB_PRESERVE_LBA;
+      pr->first_lba = a;
+      pr->last_lba = b;
+    } else {
+      return bad(p, "\"partition:N\" (1-128) or \"lba:FIRST-LAST\"", e);
+    }
+    c->n_preserve++;
+  }
+  return 0;
+}
+
+/* Parse one client object (already merged with its group) into C. */
+static int parse_client(const struct tb_config *cfg, const json_t *obj, const char *path,
+                        struct tb_client_conf *c)
+{
+  if (check_keys(obj, path, client_keys) == -1)
+    return -1;
+  char p[512];
+  if (!json_object_get(obj, "image")) {
+    subpath(p, sizeof p, path, "image");
+    return tb_error("%s: missing (the name of one of \"images\")", p);
+  }
+  if (get_name(obj, path, "image", c->image) == -1)
+    return -1;
+  if (!tb_config_has_image(cfg, c->image)) {
+    subpath(p, sizeof p, path, "image");
+    return tb_error("%s: image \"%s\" is not listed in \"images\"", p, c->image);
+  }
+  long long n;
+  n = 0;
+  if (get_int(obj, path, "version", 0, UINT32_MAX, &n) == -1)
+    return -1;
+  c->version = (uint32_t)n;
+  json_t *pol = json_object_get(obj, "policy");
+  c->policy = TB_POLICY_ROLLBACK;
+  if (pol) {
+    subpath(p, sizeof p, path, "policy");
+    const char *s = json_is_string(pol) ? json_string_value(pol) : "";
+    if (strcmp(s, "rollback") == 0)
+      c->policy = TB_POLICY_ROLLBACK;
+    else if (strcmp(s, "persist") == 0)
+      c->policy = TB_POLICY_PERSIST;
+    else
+      return bad(p, "\"rollback\" or \"persist\"", pol);
+  }
+  n = 2;
+  if (get_int(obj, path, "keep_sessions", 0, 1000, &n) == -1)
+    return -1;
+  c->keep_sessions = (int)n;
+  json_t *allow = json_object_get(obj, "allow");
+  if (allow) {
+    subpath(p, sizeof p, path, "allow");
+    if (parse_acl(allow, p, &c->allow) == -1)
+      return -1;
+  } else if (default_client_acl(&c->allow) == -1) {
+    return -1;
+  }
+  json_t *addr = json_object_get(obj, "address");
+  if (addr) {
+    subpath(p, sizeof p, path, "address");
+    if (!json_is_string(addr))
+      return bad(p, "an IP address such as \"192.168.1.17\"", addr);
+    if (tb_cidr_parse(json_string_value(addr), &c->address) == -1)
+      return tb_error_prefix("%s", p);
+    if (strchr(json_string_value(addr), '/'))
+      return bad(p, "a single IP address, not a network", addr);
+    c->has_address = true;
+  }
+  if (get_name(obj, path, "group", c->group) == -1 ||
+      get_string(obj, path, "refresh", &c->refresh) == -1 ||
+      get_duration(obj, path, "refresh_jitter", &c->refresh_jitter_ms) == -1 ||
+      get_size(obj, path, "quota", &c->quota) == -1)
+    return -1;
+  json_t *pres = json_object_get(obj, "preserve");
+  if (pres) {
+    subpath(p, sizeof p, path, "preserve");
+    if (parse_preserve(pres, p, c) == -1)
+      return -1;
+  }
+  json_t *wd = json_object_get(obj, "watchdog");
+  if (wd) {
+    subpath(p, sizeof p, path, "watchdog");
+    if (!json_is_object(wd))
+      return bad(p, "an object", wd);
+    c->watchdog = json_incref(wd);
+  }
+  return 0;
+}
+
+/* The client's object with its group's settings underneath. */
+static json_t *merged_client(const json_t *root, const json_t *client, const char *path)
+{
+  json_t *g = json_object_get(client, "group");
+  if (!g)
+    return json_incref((json_t *)client);
+  char p[512];
+  subpath(p, sizeof p, path, "group");
+  json_t *groups = json_object_get(root, "groups");
+  const char *name = json_is_string(g) ? json_string_value(g) : NULL;
+  json_t *grp = name && groups ? json_object_get(groups, name) : NULL;
+  if (!grp) {
+    if (name)
+      tb_error("%s: group \"%s\" is not defined in \"groups\"", p, name);
+    else
+      bad(p, "the name of a group in \"groups\"", g);
+    return NULL;
+  }
+  json_t *m = json_deep_copy(grp);
+  if (!m || json_object_update(m, (json_t *)client) == -1) {
+    json_decref(m);
+    tb_error("%s: out of memory", path);
+    return NULL;
+  }
+  return m;
+}
+
+/* ---- top level ------------------------------------------------------------ */
+
+static const char *const top_keys[] = {
+    "state_dir", "block_size", "images",  "clients",  "groups",   "listen",
+    "control",   "nbdkit",     "plugin",  "tls",      "admin",    "events",
+    "webhooks",  "metrics",    "pull",    "watchdog", NULL};
+
+static int parse_images(struct tb_config *cfg, const json_t *v)
+{
+  if (!json_is_object(v))
+    return bad("images", "an object of image names, such as {\"win11\": {}}", v);
+  cfg->images = calloc(json_object_size(v) + 1, sizeof *cfg->images);
+  if (!cfg->images)
+    return tb_error_errno("images");
+  const char *name;
+  json_t *img;
+  json_object_foreach((json_t *)v, name, img)
+  {
+    char p[512];
+    snprintf(p, sizeof p, "images.%s", name);
+    if (!tb_name_valid(name))
+      return tb_error("%s: not a valid image name (1-64 characters [A-Za-z0-9._-], starting "
+                      "with a letter or digit)",
+                      p);
+    if (!json_is_object(img))
+      return bad(p, "an object (settings of the image; {} for none)", img);
+    static const char *const image_keys[] = {"description", NULL};
+    if (check_keys(img, p, image_keys) == -1)
+      return -1;
+    cfg->images[cfg->n_images++] = strdup(name);
+  }
+  return 0;
+}
+
+static int parse_groups(const json_t *v)
+{
+  if (!json_is_object(v))
+    return bad("groups", "an object of group names", v);
+  const char *name;
+  json_t *g;
+  json_object_foreach((json_t *)v, name, g)
+  {
+    char p[512];
+    snprintf(p, sizeof p, "groups.%s", name);
+    if (!tb_name_valid(name))
+      return tb_error("%s: not a valid group name", p);
+    if (!json_is_object(g))
+      return bad(p, "an object of client settings", g);
+    if (check_keys(g, p, client_keys) == -1)
+      return -1;
+    if (json_object_get(g, "group"))
+      return tb_error("%s.group: groups cannot be nested", p);
+  }
+  return 0;
+}
+
+static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t *v)
+{
+  if (!json_is_object(v))
+    return bad("clients", "an object of client ids, such as {\"pc01\": {...}}", v);
+  cfg->clients = calloc(json_object_size(v) + 1, sizeof *cfg->clients);
+  if (!cfg->clients)
+    return tb_error_errno("clients");
+  const char *id;
+  json_t *cv;
+  json_object_foreach((json_t *)v, id, cv)
+  {
+    char p[512];
+    snprintf(p, sizeof p, "clients.%s", id);
+    if (!tb_name_valid(id))
+      return tb_error("%s: not a valid client id (1-64 characters [A-Za-z0-9._-], starting "
+                      "with a letter or digit)",
+                      p);
+    if (!json_is_object(cv))
+      return bad(p, "an object of client settings", cv);
+    struct tb_client_conf *c = &cfg->clients[cfg->n_clients++];
+    strcpy(c->id, id);
+    json_t *m = merged_client(root, cv, p);
+    if (!m)
+      return -1;
+    int r = parse_client(cfg, m, p, c);
+    json_decref(m);
+    if (r == -1)
+      return -1;
+    for (size_t i = 0; i + 1 < cfg->n_clients && c->has_address; i++)
+      if (cfg->clients[i].has_address &&
+          memcmp(&cfg->clients[i].address, &c->address, sizeof c->address) == 0)
+        return tb_error("%s.address: same address as client \"%s\"", p, cfg->clients[i].id);
+  }
+  return 0;
+}
+
+static int parse_listen(struct tb_config *cfg, const json_t *v)
+{
+  if (!json_is_object(v))
+    return bad("listen", "an object such as {\"unix\": PATH, \"tcp\": \"ADDR:PORT\"}", v);
+  static const char *const keys[] = {"unix", "tcp", NULL};
+  if (check_keys(v, "listen", keys) == -1 || get_string(v, "listen", "unix", &cfg->listen_unix) ||
+      get_string(v, "listen", "tcp", &cfg->listen_tcp))
+    return -1;
+  if (cfg->listen_unix && strlen(cfg->listen_unix) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+    return tb_error("listen.unix: path is too long for a unix socket (limit 107 bytes)");
+  if (cfg->listen_tcp) {
+    const char *colon = strrchr(cfg->listen_tcp, ':');
+    char *end;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || colon == cfg->listen_tcp || !colon[1] || *end || port < 1 || port > 65535)
+      return tb_error("listen.tcp: expected \"ADDR:PORT\" such as \"0.0.0.0:10809\", got \"%s\"",
+                      cfg->listen_tcp);
+  }
+  return 0;
+}
+
+static int parse_admin(struct tb_config *cfg, const json_t *v)
+{
+  if (!json_is_object(v))
+    return bad("admin", "an object such as {\"uids\": [0], \"networks\": [\"10.0.0.0/24\"]}", v);
+  static const char *const keys[] = {"uids", "networks", NULL};
+  if (check_keys(v, "admin", keys) == -1)
+    return -1;
+  json_t *uids = json_object_get(v, "uids");
+  if (uids) {
+    if (!json_is_array(uids))
+      return bad("admin.uids", "an array of user ids", uids);
+    free(cfg->admin_uids);
+    cfg->admin_uids = calloc(json_array_size(uids) + 1, sizeof *cfg->admin_uids);
+    cfg->n_admin_uids = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(uids, i, e)
+    {
+      if (!json_is_integer(e) || json_integer_value(e) < 0) {
+        char p[64];
+        snprintf(p, sizeof p, "admin.uids[%zu]", i);
+        return bad(p, "a user id (integer >= 0)", e);
+      }
+      cfg->admin_uids[cfg->n_admin_uids++] = json_integer_value(e);
+    }
+  }
+  json_t *nets = json_object_get(v, "networks");
+  if (nets && parse_acl(nets, "admin.networks", &cfg->admin_nets) == -1)
+    return -1;
+  return 0;
+}
+
+static int parse_tls(struct tb_config *cfg, const json_t *v)
+{
+  if (!json_is_object(v))
+    return bad("tls", "an object such as {\"certificates\": DIR, \"require\": true}", v);
+  static const char *const keys[] = {"certificates", "require", NULL};
+  return check_keys(v, "tls", keys) == -1 ||
+                 get_string(v, "tls", "certificates", &cfg->tls_certificates) == -1 ||
+                 get_bool(v, "tls", "require", &cfg->tls_require) == -1
+             ? -1
+             : 0;
+}
+
+static int parse_webhooks(struct tb_config *cfg, const json_t *v)
+{
+  if (!json_is_array(v))
+    return bad("webhooks", "an array of {\"url\": ..., \"secret\": ...}", v);
+  cfg->webhooks = calloc(json_array_size(v) + 1, sizeof *cfg->webhooks);
+  if (!cfg->webhooks)
+    return tb_error_errno("webhooks");
+  size_t i;
+  json_t *e;
+  json_array_foreach(v, i, e)
+  {
+    char p[64];
+    snprintf(p, sizeof p, "webhooks[%zu]", i);
+    if (!json_is_object(e))
+      return bad(p, "an object {\"url\": ..., \"secret\": ...}", e);
+    static const char *const keys[] = {"url", "secret", "timeout", "retries", NULL};
+    struct tb_webhook_conf *w = &cfg->webhooks[cfg->n_webhooks++];
+    w->timeout_ms = 5000;
+    w->retries = 5;
+    long long retries = w->retries;
+    if (check_keys(e, p, keys) == -1 || get_string(e, p, "url", &w->url) == -1 ||
+        get_string(e, p, "secret", &w->secret) == -1 ||
+        get_duration(e, p, "timeout", &w->timeout_ms) == -1 ||
+        get_int(e, p, "retries", 0, 100, &retries) == -1)
+      return -1;
+    w->retries = (int)retries;
+    if (!w->url || (strncmp(w->url, "http://", 7) != 0 && strncmp(w->url, "https://", 8) != 0))
+      return tb_error("%s.url: expected an http:// or https:// URL", p);
+  }
+  return 0;
+}
+
+static int parse_top(struct tb_config *cfg, json_t *root)
+{
+  if (!json_is_object(root))
+    return bad("(top level)", "an object", root);
+  if (check_keys(root, "", top_keys) == -1)
+    return -1;
+  if (!json_object_get(root, "state_dir"))
+    return tb_error("state_dir: missing (the directory that holds images and clients, such "
+                    "as \"/var/lib/tabula\")");
+  if (get_string(root, "", "state_dir", &cfg->state_dir) == -1)
+    return -1;
+  if (cfg->state_dir[0] != '/')
+    return tb_error("state_dir: expected an absolute path, got \"%s\"", cfg->state_dir);
+  long long bs = TB_DEFAULT_BLOCK_SIZE;
+  json_t *bsv = json_object_get(root, "block_size");
+  if (bsv && (!json_is_integer(bsv) || !tb_is_pow2((uint64_t)json_integer_value(bsv)) ||
+              json_integer_value(bsv) < TB_MIN_BLOCK_SIZE ||
+              json_integer_value(bsv) > TB_MAX_BLOCK_SIZE))
+    return bad("block_size", "a power of two from 512 to 1048576", bsv);
+  if (bsv)
+    bs = json_integer_value(bsv);
+  cfg->block_size = (uint32_t)bs;
+
+  json_t *v;
+  if (!(v = json_object_get(root, "images")))
+    return tb_error("images: missing (an object of image names, such as {\"demo\": {}})");
+  if (parse_images(cfg, v) == -1)
+    return -1;
+  if ((v = json_object_get(root, "groups")) && parse_groups(v) == -1)
+    return -1;
+  if ((v = json_object_get(root, "clients")) && parse_clients(cfg, root, v) == -1)
+    return -1;
+  if ((v = json_object_get(root, "listen")) && parse_listen(cfg, v) == -1)
+    return -1;
+  if (get_string(root, "", "control", &cfg->control) == -1 ||
+      get_string(root, "", "nbdkit", &cfg->nbdkit) == -1 ||
+      get_string(root, "", "plugin", &cfg->plugin) == -1)
+    return -1;
+  if ((v = json_object_get(root, "tls")) && parse_tls(cfg, v) == -1)
+    return -1;
+  if ((v = json_object_get(root, "admin")) && parse_admin(cfg, v) == -1)
+    return -1;
+  if ((v = json_object_get(root, "events"))) {
+    static const char *const keys[] = {"max_bytes", NULL};
+    if (!json_is_object(v))
+      return bad("events", "an object such as {\"max_bytes\": \"16M\"}", v);
+    if (check_keys(v, "events", keys) == -1 ||
+        get_size(v, "events", "max_bytes", &cfg->events_max_bytes) == -1)
+      return -1;
+  }
+  if ((v = json_object_get(root, "webhooks")) && parse_webhooks(cfg, v) == -1)
+    return -1;
+  if ((v = json_object_get(root, "metrics"))) {
+    static const char *const keys[] = {"file", "interval", NULL};
+    if (!json_is_object(v))
+      return bad("metrics", "an object such as {\"file\": PATH, \"interval\": \"15s\"}", v);
+    if (check_keys(v, "metrics", keys) == -1 ||
+        get_string(v, "metrics", "file", &cfg->metrics_file) == -1 ||
+        get_duration(v, "metrics", "interval", &cfg->metrics_interval_ms) == -1)
+      return -1;
+  }
+  if ((v = json_object_get(root, "pull"))) {
+    if (!json_is_object(v) && !json_is_array(v))
+      return bad("pull", "an object or an array of objects", v);
+    cfg->pull = json_incref(v);
+  }
+  if ((v = json_object_get(root, "watchdog"))) {
+    if (!json_is_object(v))
+      return bad("watchdog", "an object", v);
+    cfg->watchdog = json_incref(v);
+  }
+  return 0;
+}
+
+/* Fill in defaults that depend on other settings. */
+static int apply_defaults(struct tb_config *cfg)
+{
+  char buf[TB_PATH_MAX];
+  if (!cfg->listen_unix) {
+    if (tb_path(buf, sizeof buf, "%s/nbd.sock", cfg->state_dir) == -1 ||
+        !(cfg->listen_unix = strdup(buf)))
+      return -1;
+  }
+  if (!cfg->control) {
+    if (tb_path(buf, sizeof buf, "%s/control.sock", cfg->state_dir) == -1 ||
+        !(cfg->control = strdup(buf)))
+      return -1;
+  }
+  if (!cfg->admin_uids) {
+    cfg->admin_uids = calloc(2, sizeof *cfg->admin_uids);
+    if (!cfg->admin_uids)
+      return tb_error_errno("config");
+    cfg->admin_uids[cfg->n_admin_uids++] = 0;
+    if (getuid() != 0)
+      cfg->admin_uids[cfg->n_admin_uids++] = getuid();
+  }
+  if (!cfg->events_max_bytes)
+    cfg->events_max_bytes = 16 * 1024 * 1024;
+  if (!cfg->metrics_interval_ms)
+    cfg->metrics_interval_ms = 15000;
+  return 0;
+}
+
+static void client_free(struct tb_client_conf *c)
+{
+  free(c->allow.nets);
+  free(c->refresh);
+  free(c->preserve);
+  json_decref(c->watchdog);
+}
+
+static void config_free(struct tb_config *cfg)
+{
+  if (!cfg)
+    return;
+  free(cfg->path);
+  free(cfg->state_dir);
+  for (size_t i = 0; i < cfg->n_images; i++)
+    free(cfg->images[i]);
+  free(cfg->images);
+  for (size_t i = 0; i < cfg->n_clients; i++)
+    client_free(&cfg->clients[i]);
+  free(cfg->clients);
+  free(cfg->listen_unix);
+  free(cfg->listen_tcp);
+  free(cfg->control);
+  free(cfg->nbdkit);
+  free(cfg->plugin);
+  free(cfg->tls_certificates);
+  free(cfg->admin_nets.nets);
+  free(cfg->admin_uids);
+  for (size_t i = 0; i < cfg->n_webhooks; i++) {
+    free(cfg->webhooks[i].url);
+    free(cfg->webhooks[i].secret);
+  }
+  free(cfg->webhooks);
+  free(cfg->metrics_file);
+  json_decref(cfg->pull);
+  json_decref(cfg->watchdog);
+  json_decref(cfg->json);
+  free(cfg);
+}
+
+struct tb_config *tb_config_parse(const char *text, const char *name)
+{
+  json_error_t jerr;
+  json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    tb_error("%s: line %d, column %d: not valid JSON: %s", name, jerr.line, jerr.column,
+             jerr.text);
+    return NULL;
+  }
+  struct tb_config *cfg = calloc(1, sizeof *cfg);
+  if (!cfg) {
+    json_decref(root);
+    tb_error_errno("%s", name);
+    return NULL;
+  }
+  cfg->refcount = 1;
+  cfg->json = root;
+  cfg->path = strdup(name);
+  if (parse_top(cfg, root) == -1 || apply_defaults(cfg) == -1) {
+    tb_error_prefix("%s", name);
+    config_free(cfg);
+    return NULL;
+  }
+  return cfg;
+}
+
+struct tb_config *tb_config_load(const char *file)
+{
+  char *text = tb_read_file(file, 16 * 1024 * 1024, NULL);
+  if (!text) {
+    tb_error_prefix("cannot read the configuration");
+    return NULL;
+  }
+  struct tb_config *cfg = tb_config_parse(text, file);
+  free(text);
+  return cfg;
+}
+
+struct tb_config *tb_config_ref(struct tb_config *cfg)
+{
+  __atomic_fetch_add(&cfg->refcount, 1, __ATOMIC_RELAXED);
+  return cfg;
+}
+
+void tb_config_unref(struct tb_config *cfg)
+{
+  if (cfg && __atomic_sub_fetch(&cfg->refcount, 1, __ATOMIC_ACQ_REL) == 0)
+    config_free(cfg);
+}
+
+const struct tb_client_conf *tb_config_client(const struct tb_config *cfg, const char *id)
+{
+  for (size_t i = 0; i < cfg->n_clients; i++)
+    if (strcmp(cfg->clients[i].id, id) == 0)
+      return &cfg->clients[i];
+  return NULL;
+}
+
+bool tb_config_has_image(const struct tb_config *cfg, const char *name)
+{
+  for (size_t i = 0; i < cfg->n_images; i++)
+    if (strcmp(cfg->images[i], name) == 0)
+      return true;
+  return false;
+}

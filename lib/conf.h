@@ -1,0 +1,126 @@
+/* tabula: the configuration file (one JSON document, read with Jansson).
+ *
+ * One parser for every program: the plugin, the daemon, the CLI and the view
+ * all call tb_config_load().  Parsing is strict: an unknown key, a wrong type
+ * or a value out of range is an error whose message starts with the JSON path
+ * of the offending value and says what was expected, e.g.
+ *   clients.pc01.policy: expected "rollback" or "persist", got "rollbak"
+ *
+ * Groups: "groups": {"lab": {...client settings...}} and a client with
+ * "group": "lab" inherits every setting of the group; its own keys override.
+ *
+ * The loaded config is immutable and reference counted, so a reload can swap
+ * it while sessions still hold the old one.
+ */
+#ifndef TB_CONF_H
+#define TB_CONF_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <jansson.h>
+
+#include "util.h"
+
+#define TB_DEFAULT_BLOCK_SIZE 4096
+#define TB_MIN_BLOCK_SIZE 512
+#define TB_MAX_BLOCK_SIZE (1024 * 1024)
+
+enum tb_policy { TB_POLICY_ROLLBACK = 0, TB_POLICY_PERSIST = 1 };
+
+/* An address with a prefix length: "10.0.0.0/8", "::1", "127.0.0.1/32". */
+struct tb_cidr {
+  int family; /* AF_INET or AF_INET6 */
+  uint8_t addr[16];
+  int prefix;
+};
+
+/* Which peers may do something: the unix socket, and/or networks. */
+struct tb_acl {
+  bool unix_socket; /* "unix" */
+  struct tb_cidr *nets;
+  size_t n_nets;
+};
+
+/* A preserved range, as written in the config; partitions are resolved
+ * against the base version's partition table when a rollback happens. */
+struct tb_preserve {
+  enum { TB_PRESERVE_PARTITION, TB_PRESERVE_LBA } kind;
+  uint32_t partition; /* 1-based, for TB_PRESERVE_PARTITION */
+  uint64_t first_lba, last_lba; /* inclusive, 512-byte sectors, for TB_PRESERVE_LBA */
+};
+
+struct tb_client_conf {
+  char id[TB_NAME_MAX + 1];
+  char image[TB_NAME_MAX + 1];
+  char group[TB_NAME_MAX + 1]; /* "" if none */
+  enum tb_policy policy;
+  uint32_t version;   /* 0: newest version of the image */
+  int keep_sessions;  /* retained sessions (restore points), default 2 */
+  struct tb_acl allow; /* default: unix socket and loopback */
+  bool has_address;   /* found by peer address when the export name is "" */
+  struct tb_cidr address;
+  char *refresh;      /* schedule text ("daily 03:00"...) or NULL */
+  int64_t refresh_jitter_ms;
+  struct tb_preserve *preserve;
+  size_t n_preserve;
+  uint64_t quota;     /* bytes of overlay, 0 = unlimited */
+  json_t *watchdog;   /* the client's "watchdog" section (owned), or NULL */
+};
+
+struct tb_webhook_conf {
+  char *url;
+  char *secret;       /* HMAC-SHA256 key, or NULL */
+  int64_t timeout_ms;
+  int retries;
+};
+
+struct tb_config {
+  int refcount;
+  char *path;         /* file it was read from */
+  char *state_dir;
+  uint32_t block_size;
+  char **images;      /* names from "images" */
+  size_t n_images;
+  struct tb_client_conf *clients;
+  size_t n_clients;
+  /* daemon */
+  char *listen_unix;  /* NBD unix socket, default STATE/nbd.sock */
+  char *listen_tcp;   /* "ADDR:PORT" or NULL */
+  char *control;      /* control socket, default STATE/control.sock */
+  char *nbdkit;       /* nbdkit binary, default "nbdkit" */
+  char *plugin;       /* plugin path, default: nbdkit finds "tabula" */
+  char *tls_certificates; /* directory for nbdkit --tls-certificates, or NULL */
+  bool tls_require;
+  struct tb_acl admin_nets; /* admin peers over TCP (require TLS) */
+  int64_t *admin_uids;      /* admin uids on the unix socket; default: 0 and our uid */
+  size_t n_admin_uids;
+  uint64_t events_max_bytes; /* journal rotation size */
+  struct tb_webhook_conf *webhooks;
+  size_t n_webhooks;
+  char *metrics_file;
+  int64_t metrics_interval_ms;
+  json_t *pull;       /* "pull" section (image distribution), or NULL */
+  json_t *watchdog;   /* top-level "watchdog" defaults, or NULL */
+  json_t *json;       /* the whole document, for sections parsed elsewhere */
+};
+
+/* Load and validate FILE.  On error returns NULL; tb_errmsg() has
+ * "FILE: json.path: what was expected". */
+struct tb_config *tb_config_load(const char *file);
+/* Same from a string (for tests); NAME is used in messages. */
+struct tb_config *tb_config_parse(const char *text, const char *name);
+struct tb_config *tb_config_ref(struct tb_config *cfg);
+void tb_config_unref(struct tb_config *cfg);
+
+const struct tb_client_conf *tb_config_client(const struct tb_config *cfg, const char *id);
+bool tb_config_has_image(const struct tb_config *cfg, const char *name);
+
+/* Parse "10.0.0.0/8", "::1", "127.0.0.1" into a cidr. */
+int tb_cidr_parse(const char *text, struct tb_cidr *out);
+bool tb_cidr_match(const struct tb_cidr *net, const struct sockaddr *sa);
+/* Does the ACL allow this peer?  sa == NULL or AF_UNIX means the unix socket. */
+bool tb_acl_allows(const struct tb_acl *acl, const struct sockaddr *sa);
+
+#endif

@@ -1,0 +1,455 @@
+/* tabula: session turns (see session.h).
+ *
+ * A session start is a handful of renames and one small file creation, so it
+ * takes the same time whatever the client wrote: "rollback" renames the old
+ * overlay into sessions/ and creates an empty one.  Only preserved ranges (a
+ * data partition that survives rollbacks) cost time proportional to their
+ * dirty blocks, and a restore that cannot reflink.
+ *
+ * Session numbers come from clients/ID/seq, written (durably) before anything
+ * is rotated, so the overlay rotated at the start of session s+1 is always
+ * named sessions/s and names never collide, even after a crash between steps.
+ * A crash anywhere in a turn leaves the client startable: at worst the next
+ * turn finds no overlay and creates one, or finds one more retained session.
+ */
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "events.h"
+#include "mailbox.h"
+#include "session.h"
+#include "store.h"
+
+/* ---- locks -------------------------------------------------------------- */
+
+int tb_client_lock(const char *state, const char *id, bool wait)
+{
+  char dir[TB_PATH_MAX], path[TB_PATH_MAX];
+  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, false) == -1 ||
+      tb_path(path, sizeof path, "%s/lock", dir) == -1)
+    return -1;
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd == -1)
+    return tb_error_errno("cannot open %s", path);
+  if (flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) == -1) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    if (saved == EWOULDBLOCK)
+      return tb_error("client %s is busy: a session is running or the daemon is working on "
+                      "it (merge, restore); try again when it is done",
+                      id);
+    return tb_error_errno("cannot lock %s", path);
+  }
+  return fd;
+}
+
+void tb_client_unlock(int fd)
+{
+  if (fd >= 0)
+    close(fd);
+}
+
+bool tb_client_locked(const char *state, const char *id)
+{
+  char path[TB_PATH_MAX];
+  if (tb_store_client_path(state, id, "lock", path, sizeof path) == -1)
+    return false;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return false;
+  bool locked = flock(fd, LOCK_SH | LOCK_NB) == -1 && errno == EWOULDBLOCK;
+  close(fd);
+  return locked;
+}
+
+/* ---- lookups -------------------------------------------------------------- */
+
+int tb_base_lookup(const char *state, const char *image, uint32_t version, struct tb_base_id *id,
+                   char *path, size_t path_len, uint64_t *size)
+{
+  struct tb_manifest *m = tb_manifest_load(state, image, version);
+  if (!m)
+    return -1;
+  memset(id, 0, sizeof *id);
+  snprintf(id->image, sizeof id->image, "%s", image);
+  id->version = version;
+  memcpy(id->manifest_sha256, m->manifest_sha256, 32);
+  if (size)
+    *size = m->size;
+  tb_manifest_free(m);
+  return path ? tb_store_version_path(state, image, version, path, path_len) : 0;
+}
+
+int tb_client_target(const char *state, const struct tb_client_conf *c,
+                     char image[TB_NAME_MAX + 1], uint32_t *version)
+{
+  struct tb_mailbox mb;
+  if (tb_mailbox_read(state, c->id, &mb) == -1)
+    return -1;
+  snprintf(image, TB_NAME_MAX + 1, "%s", mb.image[0] ? mb.image : c->image);
+  *version = mb.pin ? mb.pin : c->version;
+  if (!*version && !(*version = tb_store_latest(state, image)))
+    return -1;
+  return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+int tb_client_session_path(const char *state, const char *id, uint64_t n, char *buf, size_t len)
+{
+  char dir[TB_PATH_MAX];
+  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1)
+    return -1;
+  return tb_path(buf, len, "%s/sessions/%llu", dir, (unsigned long long)n);
+}
+
+int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_t *n)
+{
+  char dir[TB_PATH_MAX];
+  *nums = NULL;
+  *n = 0;
+  if (tb_store_client_path(state, id, "sessions", dir, sizeof dir) == -1)
+    return -1;
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
+  size_t cap = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9')
+      continue;
+    char *end;
+    unsigned long long v = strtoull(e->d_name, &end, 10);
+    if (*end)
+      continue;
+    if (*n == cap) {
+      cap = cap ? cap * 2 : 8;
+      uint64_t *nn = realloc(*nums, cap * sizeof *nn);
+      if (!nn) {
+        closedir(d);
+        return tb_error_errno("listing %s", dir);
+      }
+      *nums = nn;
+    }
+    (*nums)[(*n)++] = v;
+  }
+  closedir(d);
+  if (*n)
+    qsort(*nums, *n, sizeof **nums, cmp_u64);
+  return 0;
+}
+
+/* ---- the turn ------------------------------------------------------------- */
+
+/* Read and bump clients/ID/seq; returns the new session number or 0. */
+static uint64_t next_session_number(const char *dir)
+{
+  char path[TB_PATH_MAX];
+  if (tb_path(path, sizeof path, "%s/seq", dir) == -1)
+    return 0;
+  uint64_t prev = 0;
+  char *text = tb_read_file(path, 64, NULL);
+  if (text) {
+    prev = strtoull(text, NULL, 10);
+    free(text);
+  } else if (errno != ENOENT) {
+    return 0;
+  }
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%llu\n", (unsigned long long)(prev + 1));
+  if (tb_write_file_atomic(path, buf, (size_t)n, 0600) == -1)
+    return 0;
+  return prev + 1;
+}
+
+/* An overlay with nothing but its header allocated was never written to. */
+static bool overlay_unused(const char *path)
+{
+  struct stat st;
+  return stat(path, &st) == 0 && (uint64_t)st.st_blocks * 512 <= 4096;
+}
+
+/* Rename the current overlay to sessions/PREV (or drop it if it is unused). */
+static int rotate(const char *state, const char *id, const char *overlay, uint64_t prev,
+                  char *retained, size_t len)
+{
+  retained[0] = '\0';
+  if (access(overlay, F_OK) == -1)
+    return 0;
+  if (overlay_unused(overlay) || prev == 0) {
+    if (unlink(overlay) == -1)
+      return tb_error_errno("cannot remove %s", overlay);
+    return 0;
+  }
+  char dir[TB_PATH_MAX];
+  if (tb_store_client_path(state, id, "sessions", dir, sizeof dir) == -1 ||
+      tb_mkdirs(dir, false) == -1 || tb_client_session_path(state, id, prev, retained, len) == -1)
+    return -1;
+  if (access(retained, F_OK) == 0) /* never clobber a restore point */
+    return tb_error("%s already exists; the session counter of %s is behind (remove "
+                    "clients/%s/seq's damage or move the file aside)",
+                    retained, id, id);
+  if (rename(overlay, retained) == -1)
+    return tb_error_errno("cannot rotate %s to %s", overlay, retained);
+  return tb_fsync_dir(retained);
+}
+
+/* Delete retained sessions beyond KEEP, oldest first. */
+static void prune_sessions(const char *state, const char *id, int keep)
+{
+  uint64_t *nums;
+  size_t n;
+  if (tb_client_sessions(state, id, &nums, &n) == -1)
+    return;
+  for (size_t i = 0; i + (size_t)keep < n; i++) {
+    char p[TB_PATH_MAX];
+    if (tb_client_session_path(state, id, nums[i], p, sizeof p) == 0 && unlink(p) == 0)
+      tb_eventf(state, "session-pruned", id, "{s:I}", "session", (json_int_t)nums[i]);
+  }
+  free(nums);
+}
+
+/* Resolve preserved ranges into block ranges and copy them from OLD into NEW. */
+static int carry_preserved(const struct tb_client_conf *c, struct tb_overlay *nw,
+                           const char *old_path, const char *base_path)
+{
+  if (c->n_preserve == 0 || !old_path[0])
+    return 0;
+  struct tb_overlay_info ni;
+  tb_overlay_info(nw, &ni);
+  struct tb_overlay *old = tb_overlay_open(old_path, base_path, &ni.base, TB_OVL_RDONLY);
+  if (!old) /* built on another version: preserved data cannot carry over */
+    return 0;
+  int r = 0;
+  uint64_t bs = ni.block_size;
+  for (size_t i = 0; i < c->n_preserve && r == 0; i++) {
+    const struct tb_preserve *p = &c->preserve[i];
+    if (p->kind != TB_PRESERVE_LBA)
+      continue; /* partitions are resolved by the daemon into LBA ranges */
+    uint64_t first = p->first_lba * 512 / bs;
+    uint64_t last = ((p->last_lba + 1) * 512 + bs - 1) / bs;
+    r = tb_overlay_copy_blocks(nw, old, first, last - first);
+  }
+  tb_overlay_close(old);
+  return r;
+}
+
+static int write_session_json(const struct tb_session *s, const char *state_word,
+                              const struct tb_overlay_stats *st, int64_t ended_ms)
+{
+  char path[TB_PATH_MAX];
+  if (tb_store_client_path(s->state_dir, s->id, "session.json", path, sizeof path) == -1)
+    return -1;
+  struct tb_overlay_info info;
+  tb_overlay_info(s->overlay, &info);
+  char started[32], ended[32] = "";
+  tb_iso_time(s->started_ms, started);
+  if (ended_ms)
+    tb_iso_time(ended_ms, ended);
+  json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:I, s:s, s:I, s:I}", "client", s->id, "state",
+                        state_word, "session", (json_int_t)s->number, "image", info.base.image,
+                        "version", (json_int_t)info.base.version, "started", started,
+                        "started_ts", (json_int_t)s->started_ms, "dirty_bytes",
+                        (json_int_t)(info.dirty_blocks * info.block_size));
+  if (!o)
+    return tb_error("cannot encode %s", path);
+  if (ended_ms) {
+    json_object_set_new(o, "ended", json_string(ended));
+    json_object_set_new(o, "ended_ts", json_integer(ended_ms));
+  }
+  if (st) {
+    json_object_set_new(o, "bytes_read", json_integer((json_int_t)st->bytes_read));
+    json_object_set_new(o, "bytes_written", json_integer((json_int_t)st->bytes_written));
+    json_object_set_new(o, "errors", json_integer((json_int_t)st->errors));
+  }
+  char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+  json_decref(o);
+  int r = text ? tb_write_file_atomic(path, text, strlen(text), 0644) : -1;
+  free(text);
+  return r;
+}
+
+static int clear_oneshots(struct tb_mailbox *mb, void *ctx)
+{
+  const struct tb_mailbox *applied = ctx;
+  if (applied->rollback)
+    mb->rollback = false;
+  if (applied->refresh)
+    mb->refresh = false;
+  if (applied->restore && mb->restore == applied->restore)
+    mb->restore = 0;
+  return 0;
+}
+
+/* Make retained session N the overlay (a reflink where the filesystem can). */
+static int restore_session(const char *state, const char *id, int64_t n, const char *overlay)
+{
+  char src[TB_PATH_MAX];
+  if (tb_client_session_path(state, id, (uint64_t)n, src, sizeof src) == -1)
+    return -1;
+  if (tb_clone_file(src, overlay, NULL, NULL) == -1) {
+    unlink(overlay);
+    return tb_error_prefix("restoring session %lld of %s", (long long)n, id);
+  }
+  chmod(overlay, 0600);
+  return tb_fsync_dir(overlay);
+}
+
+struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  const char *state = cfg->state_dir;
+  char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX] = "";
+  char base_path[TB_PATH_MAX];
+  struct tb_session *s = calloc(1, sizeof *s);
+  if (!s) {
+    tb_error_errno("session of %s", c->id);
+    return NULL;
+  }
+  s->lock_fd = -1;
+  snprintf(s->id, sizeof s->id, "%s", c->id);
+  snprintf(s->state_dir, sizeof s->state_dir, "%s", state);
+  if (tb_store_client_dir(state, c->id, dir, sizeof dir) == -1 ||
+      tb_path(overlay, sizeof overlay, "%s/overlay", dir) == -1)
+    goto fail;
+  if ((s->lock_fd = tb_client_lock(state, c->id, false)) == -1)
+    goto fail;
+
+  struct tb_mailbox mb;
+  if (tb_mailbox_read(state, c->id, &mb) == -1)
+    goto fail;
+  if (mb.lockdown[0]) {
+    tb_error("client %s is locked down (%s); release it with: tabulactl unlock %s", c->id,
+             mb.lockdown, c->id);
+    goto fail;
+  }
+  if (mb.restore > 0) {
+    char src[TB_PATH_MAX];
+    if (tb_client_session_path(state, c->id, (uint64_t)mb.restore, src, sizeof src) == -1)
+      goto fail;
+    if (access(src, F_OK) == -1) {
+      tb_error("client %s: cannot restore session %lld: it is not retained (see tabulactl "
+               "sessions %s)",
+               c->id, (long long)mb.restore, c->id);
+      goto fail;
+    }
+  }
+
+  uint64_t prev_number = 0;
+  {
+    char seq[TB_PATH_MAX];
+    char *text = tb_path(seq, sizeof seq, "%s/seq", dir) == 0 ? tb_read_file(seq, 64, NULL) : NULL;
+    if (text)
+      prev_number = strtoull(text, NULL, 10);
+    free(text);
+  }
+  if (!(s->number = next_session_number(dir)))
+    goto fail;
+
+  bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
+  if (discard) {
+    if (rotate(state, c->id, overlay, prev_number, retained, sizeof retained) == -1)
+      goto fail;
+    if (retained[0])
+      tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session",
+                (json_int_t)prev_number, "reason",
+                mb.restore > 0 ? "restore"
+                : mb.refresh   ? "refresh"
+                : mb.rollback  ? "requested"
+                               : "policy");
+    if (mb.restore > 0 && restore_session(state, c->id, mb.restore, overlay) == -1)
+      goto fail;
+  }
+
+  struct tb_base_id base;
+  uint64_t size;
+  if (access(overlay, F_OK) == 0) { /* persist (or restored): stays on its own base */
+    struct tb_overlay_info info;
+    if (tb_overlay_read_info(overlay, &info) == -1)
+      goto fail;
+    if (tb_base_lookup(state, info.base.image, info.base.version, &base, base_path,
+                       sizeof base_path, &size) == -1) {
+      tb_error_prefix("client %s: the version its overlay is built on is gone", c->id);
+      goto fail;
+    }
+  } else {
+    char image[TB_NAME_MAX + 1];
+    uint32_t version;
+    if (tb_client_target(state, c, image, &version) == -1 ||
+        tb_base_lookup(state, image, version, &base, base_path, sizeof base_path, &size) == -1) {
+      tb_error_prefix("client %s", c->id);
+      goto fail;
+    }
+    if (tb_overlay_create(overlay, size, cfg->block_size, &base, s->number) == -1)
+      goto fail;
+  }
+
+  s->overlay = tb_overlay_open(overlay, base_path, &base, 0);
+  if (!s->overlay)
+    goto fail;
+  if (retained[0] && carry_preserved(c, s->overlay, retained, base_path) == -1)
+    goto fail;
+  tb_overlay_set_quota(s->overlay, c->quota);
+  if (discard && c->policy == TB_POLICY_ROLLBACK)
+    prune_sessions(state, c->id, c->keep_sessions);
+  else if (retained[0])
+    prune_sessions(state, c->id, c->keep_sessions);
+  if (mb.rollback || mb.refresh || mb.restore)
+    tb_mailbox_update(state, c->id, clear_oneshots, &mb);
+
+  tb_overlay_info(s->overlay, &s->info);
+  s->started_ms = tb_now_ms();
+  write_session_json(s, "active", NULL, 0);
+  tb_eventf(state, "session-start", c->id, "{s:I, s:s, s:I, s:I}", "session",
+            (json_int_t)s->number, "image", s->info.base.image, "version",
+            (json_int_t)s->info.base.version, "dirty_bytes",
+            (json_int_t)(s->info.dirty_blocks * s->info.block_size));
+  return s;
+
+fail:
+  tb_error_prefix("session start of %s", c->id);
+  if (s->overlay)
+    tb_overlay_close(s->overlay);
+  tb_client_unlock(s->lock_fd);
+  free(s);
+  return NULL;
+}
+
+int tb_session_end(struct tb_session *s)
+{
+  if (!s)
+    return 0;
+  int r = tb_overlay_flush(s->overlay);
+  struct tb_overlay_stats st;
+  tb_overlay_stats(s->overlay, &st);
+  struct tb_overlay_info info;
+  tb_overlay_info(s->overlay, &info);
+  int64_t now = tb_now_ms();
+  write_session_json(s, "idle", &st, now);
+  tb_eventf(s->state_dir, "session-end", s->id, "{s:I, s:I, s:I, s:I, s:I, s:I, s:b}", "session",
+            (json_int_t)s->number, "duration_ms", (json_int_t)(now - s->started_ms),
+            "bytes_read", (json_int_t)st.bytes_read, "bytes_written",
+            (json_int_t)st.bytes_written, "dirty_bytes",
+            (json_int_t)(info.dirty_blocks * info.block_size), "errors", (json_int_t)st.errors,
+            "flushed", r == 0);
+  if (tb_overlay_close(s->overlay) == -1)
+    r = -1;
+  tb_client_unlock(s->lock_fd);
+  free(s);
+  return r;
+}

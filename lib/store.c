@@ -1,0 +1,709 @@
+/* tabula: the state directory and its image store (see store.h for the layout).
+ *
+ * Publishing a version is the only delicate operation here.  A builder holds
+ * images/NAME/.lock (flock) from begin to commit, so two imports or merges
+ * never pick the same number.  The image is filled under a dot-name, fsynced,
+ * hashed, renamed to N.img, and only then is N.json written (atomically):
+ * the manifest is the commit record.  Readers ignore an N.img without N.json,
+ * and tb_store_gc_temp() removes such leftovers and dot-files of builds that
+ * died.
+ *
+ * Copies keep holes: tb_clone_file() first tries a reflink (FICLONE: O(1) on
+ * XFS and btrfs), else copies only the data extents found with SEEK_DATA /
+ * SEEK_HOLE using copy_file_range (which itself may share blocks on NFS, XFS).
+ */
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+
+#include "store.h"
+
+/* ---- paths ------------------------------------------------------------- */
+
+static int check_name(const char *what, const char *name)
+{
+  if (!tb_name_valid(name))
+    return tb_error("invalid %s name \"%.80s\" (1-64 characters [A-Za-z0-9._-], starting "
+                    "with a letter or digit)",
+                    what, name ? name : "");
+  return 0;
+}
+
+int tb_store_image_dir(const char *state, const char *image, char *buf, size_t len)
+{
+  if (check_name("image", image) == -1)
+    return -1;
+  return tb_path(buf, len, "%s/images/%s", state, image);
+}
+
+int tb_store_version_path(const char *state, const char *image, uint32_t ver, char *buf,
+                          size_t len)
+{
+  if (check_name("image", image) == -1)
+    return -1;
+  return tb_path(buf, len, "%s/images/%s/%u.img", state, image, ver);
+}
+
+int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, char *buf,
+                           size_t len)
+{
+  if (check_name("image", image) == -1)
+    return -1;
+  return tb_path(buf, len, "%s/images/%s/%u.json", state, image, ver);
+}
+
+int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len)
+{
+  if (check_name("client", id) == -1)
+    return -1;
+  return tb_path(buf, len, "%s/clients/%s", state, id);
+}
+
+int tb_store_client_path(const char *state, const char *id, const char *file, char *buf,
+                         size_t len)
+{
+  if (check_name("client", id) == -1)
+    return -1;
+  return tb_path(buf, len, "%s/clients/%s/%s", state, id, file);
+}
+
+int tb_store_init(const char *state)
+{
+  char p[TB_PATH_MAX];
+  if (tb_mkdirs(state, false) == -1)
+    return -1;
+  if (tb_path(p, sizeof p, "%s/images", state) == -1 || tb_mkdirs(p, false) == -1)
+    return -1;
+  if (tb_path(p, sizeof p, "%s/clients", state) == -1 || tb_mkdirs(p, false) == -1)
+    return -1;
+  return 0;
+}
+
+void tb_strv_free(char **v, size_t n)
+{
+  if (!v)
+    return;
+  for (size_t i = 0; i < n; i++)
+    free(v[i]);
+  free(v);
+}
+
+/* ---- listing ----------------------------------------------------------- */
+
+static int cmp_u32(const void *a, const void *b)
+{
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Parse "N.json" into N (a positive decimal without leading zeros). */
+static bool manifest_name(const char *name, uint32_t *n)
+{
+  if (name[0] < '1' || name[0] > '9')
+    return false;
+  char *end;
+  unsigned long v = strtoul(name, &end, 10);
+  if (strcmp(end, ".json") != 0 || v > UINT32_MAX)
+    return false;
+  *n = (uint32_t)v;
+  return true;
+}
+
+int tb_store_versions(const char *state, const char *image, uint32_t **vers, size_t *n)
+{
+  char dir[TB_PATH_MAX];
+  *vers = NULL;
+  *n = 0;
+  if (tb_store_image_dir(state, image, dir, sizeof dir) == -1)
+    return -1;
+  DIR *d = opendir(dir);
+  if (!d) {
+    if (errno == ENOENT)
+      return 0;
+    return tb_error_errno("cannot list %s", dir);
+  }
+  size_t cap = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    uint32_t v;
+    if (!manifest_name(e->d_name, &v))
+      continue;
+    if (*n == cap) {
+      cap = cap ? cap * 2 : 8;
+      uint32_t *nv = realloc(*vers, cap * sizeof *nv);
+      if (!nv) {
+        closedir(d);
+        free(*vers);
+        *vers = NULL;
+        *n = 0;
+        return tb_error_errno("listing %s", dir);
+      }
+      *vers = nv;
+    }
+    (*vers)[(*n)++] = v;
+  }
+  closedir(d);
+  if (*n)
+    qsort(*vers, *n, sizeof **vers, cmp_u32);
+  return 0;
+}
+
+uint32_t tb_store_latest(const char *state, const char *image)
+{
+  uint32_t *v;
+  size_t n;
+  if (tb_store_versions(state, image, &v, &n) == -1)
+    return 0;
+  uint32_t latest = n ? v[n - 1] : 0;
+  free(v);
+  if (!latest)
+    tb_error("image \"%s\" has no versions yet; add one with: tabulactl image import %s FILE",
+             image, image);
+  return latest;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int tb_store_images(const char *state, char ***names, size_t *n)
+{
+  char dir[TB_PATH_MAX];
+  *names = NULL;
+  *n = 0;
+  if (tb_path(dir, sizeof dir, "%s/images", state) == -1)
+    return -1;
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
+  size_t cap = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (!tb_name_valid(e->d_name))
+      continue;
+    if (*n == cap) {
+      cap = cap ? cap * 2 : 8;
+      char **nn = realloc(*names, cap * sizeof *nn);
+      if (!nn)
+        break;
+      *names = nn;
+    }
+    if (!((*names)[*n] = strdup(e->d_name)))
+      break;
+    (*n)++;
+  }
+  closedir(d);
+  if (*n)
+    qsort(*names, *n, sizeof **names, cmp_str);
+  return 0;
+}
+
+/* ---- manifests ----------------------------------------------------------- */
+
+void tb_manifest_free(struct tb_manifest *m)
+{
+  if (!m)
+    return;
+  free(m->chunks);
+  free(m->note);
+  free(m);
+}
+
+struct tb_manifest *tb_manifest_parse(const char *text, size_t len, const char *what)
+{
+  json_error_t jerr;
+  json_t *root = json_loadb(text, len, 0, &jerr);
+  if (!root) {
+    tb_error("%s: not valid JSON (line %d: %s)", what, jerr.line, jerr.text);
+    return NULL;
+  }
+  struct tb_manifest *m = calloc(1, sizeof *m);
+  json_t *chunks = json_object_get(root, "chunks");
+  json_t *image = json_object_get(root, "image"), *ver = json_object_get(root, "version");
+  json_t *size = json_object_get(root, "size"), *sha = json_object_get(root, "sha256");
+  json_t *cs = json_object_get(root, "chunk_size"), *parent = json_object_get(root, "parent");
+  json_t *note = json_object_get(root, "note"), *created = json_object_get(root, "created");
+  const char *err = NULL;
+  if (!m)
+    err = "out of memory";
+  else if (!json_is_string(image) || !tb_name_valid(json_string_value(image)))
+    err = "\"image\" is missing or not a valid name";
+  else if (!json_is_integer(ver) || json_integer_value(ver) < 1 ||
+           json_integer_value(ver) > UINT32_MAX)
+    err = "\"version\" is missing or not a positive integer";
+  else if (!json_is_integer(size) || json_integer_value(size) < 0)
+    err = "\"size\" is missing or negative";
+  else if (!json_is_string(sha) || tb_unhex(json_string_value(sha), m->sha256, 32) == -1)
+    err = "\"sha256\" is missing or not 64 hex digits";
+  else if (!json_is_integer(cs) || !tb_is_pow2((uint64_t)json_integer_value(cs)) ||
+           json_integer_value(cs) < 4096 || json_integer_value(cs) > (1 << 30))
+    err = "\"chunk_size\" is missing or not a power of two from 4096 to 1 GiB";
+  else if (!json_is_array(chunks))
+    err = "\"chunks\" is missing or not an array";
+  else if (parent && !json_is_null(parent) &&
+           (!json_is_integer(parent) || json_integer_value(parent) < 0 ||
+            json_integer_value(parent) > UINT32_MAX))
+    err = "\"parent\" is not a version number";
+  else if (note && !json_is_null(note) && !json_is_string(note))
+    err = "\"note\" is not a string";
+  if (!err) {
+    strcpy(m->image, json_string_value(image));
+    m->version = (uint32_t)json_integer_value(ver);
+    m->size = (uint64_t)json_integer_value(size);
+    m->chunk_size = (uint32_t)json_integer_value(cs);
+    m->parent = json_is_integer(parent) ? (uint32_t)json_integer_value(parent) : 0;
+    if (json_is_string(note))
+      m->note = strdup(json_string_value(note));
+    if (json_is_string(created))
+      snprintf(m->created, sizeof m->created, "%s", json_string_value(created));
+    uint64_t want = (m->size + m->chunk_size - 1) / m->chunk_size;
+    m->n_chunks = json_array_size(chunks);
+    if (m->n_chunks != want)
+      err = "\"chunks\" does not have one hash per chunk of \"size\"";
+    else if (!(m->chunks = calloc(m->n_chunks + 1, 32)))
+      err = "out of memory";
+    for (size_t i = 0; !err && i < m->n_chunks; i++) {
+      json_t *c = json_array_get(chunks, i);
+      if (!json_is_string(c) || tb_unhex(json_string_value(c), m->chunks[i], 32) == -1)
+        err = "a chunk hash is not 64 hex digits";
+    }
+  }
+  json_decref(root);
+  if (err) {
+    tb_error("%s: %s", what, err);
+    tb_manifest_free(m);
+    return NULL;
+  }
+  EVP_Digest(text, len, m->manifest_sha256, NULL, EVP_sha256(), NULL);
+  return m;
+}
+
+struct tb_manifest *tb_manifest_load(const char *state, const char *image, uint32_t ver)
+{
+  char path[TB_PATH_MAX];
+  if (tb_store_manifest_path(state, image, ver, path, sizeof path) == -1)
+    return NULL;
+  size_t len;
+  char *text = tb_read_file(path, 256 * 1024 * 1024, &len);
+  if (!text) {
+    if (errno == ENOENT)
+      tb_error("image %s has no version %u", image, ver);
+    return NULL;
+  }
+  struct tb_manifest *m = tb_manifest_parse(text, len, path);
+  free(text);
+  if (m && (strcmp(m->image, image) != 0 || m->version != ver)) {
+    tb_error("%s: manifest says %s@%u", path, m->image, m->version);
+    tb_manifest_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+char *tb_manifest_dump(const struct tb_manifest *m)
+{
+  char hex[65];
+  json_t *chunks = json_array();
+  for (size_t i = 0; chunks && i < m->n_chunks; i++) {
+    tb_hex(m->chunks[i], 32, hex);
+    json_array_append_new(chunks, json_string(hex));
+  }
+  tb_hex(m->sha256, 32, hex);
+  json_t *root = json_pack("{s:s, s:I, s:I, s:s, s:I, s:o, s:o, s:s}", "image", m->image,
+                           "version", (json_int_t)m->version, "size", (json_int_t)m->size,
+                           "sha256", hex, "chunk_size", (json_int_t)m->chunk_size, "parent",
+                           m->parent ? json_integer(m->parent) : json_null(), "note",
+                           m->note ? json_string(m->note) : json_null(), "created", m->created);
+  if (!root || json_object_set_new(root, "chunks", chunks) == -1) {
+    json_decref(root);
+    tb_error("cannot encode the manifest of %s@%u", m->image, m->version);
+    return NULL;
+  }
+  char *text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+  json_decref(root);
+  return text;
+}
+
+/* ---- hashing and copying ------------------------------------------------- */
+
+int tb_hash_file(int fd, uint64_t size, uint32_t chunk_size, uint8_t sha256[32],
+                 uint8_t (**chunks_out)[32], size_t *n_chunks, tb_progress_fn progress,
+                 void *ctx)
+{
+  size_t n = (size_t)((size + chunk_size - 1) / chunk_size);
+  uint8_t(*chunks)[32] = calloc(n + 1, 32);
+  char *buf = malloc(chunk_size);
+  EVP_MD_CTX *whole = EVP_MD_CTX_new();
+  int r = -1;
+  if (!chunks || !buf || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
+    tb_error_errno("hashing");
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    uint64_t off = (uint64_t)i * chunk_size;
+    size_t len = (size_t)(size - off < chunk_size ? size - off : chunk_size);
+    /* A chunk inside a hole need not be read. */
+    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+    if (d == -1 || (uint64_t)d >= off + len)
+      memset(buf, 0, len);
+    else if (tb_pread_full(fd, buf, len, off) == -1) {
+      tb_error_errno("read error at byte %llu", (unsigned long long)off);
+      goto out;
+    }
+    EVP_Digest(buf, len, chunks[i], NULL, EVP_sha256(), NULL);
+    EVP_DigestUpdate(whole, buf, len);
+    if (progress && progress(ctx, off + len, size)) {
+      errno = ECANCELED;
+      tb_error("cancelled");
+      goto out;
+    }
+  }
+  EVP_DigestFinal_ex(whole, sha256, NULL);
+  *chunks_out = chunks;
+  *n_chunks = n;
+  chunks = NULL;
+  r = 0;
+out:
+  EVP_MD_CTX_free(whole);
+  free(buf);
+  free(chunks);
+  return r;
+}
+
+int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, void *ctx)
+{
+  int in = open(src, O_RDONLY | O_CLOEXEC);
+  if (in == -1)
+    return tb_error_errno("cannot open %s", src);
+  struct stat st;
+  if (fstat(in, &st) == -1 || !S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st.st_mode))
+      errno = EINVAL;
+    tb_error_errno("%s is not a regular file", src);
+    close(in);
+    return -1;
+  }
+  int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out == -1) {
+    tb_error_errno("cannot create %s", dst);
+    close(in);
+    return -1;
+  }
+  uint64_t size = (uint64_t)st.st_size;
+  int r = 0;
+  if (ioctl(out, FICLONE, in) == 0)
+    goto done; /* reflink: shares every block, O(1) */
+  if (ftruncate(out, st.st_size) == -1) {
+    r = tb_error_errno("cannot size %s", dst);
+    goto done;
+  }
+  uint64_t off = 0;
+  while (off < size && r == 0) {
+    off_t data = lseek(in, (off_t)off, SEEK_DATA);
+    if (data == -1 && errno == ENXIO)
+      break; /* only a hole remains */
+    if (data == -1)
+      data = (off_t)off;
+    off_t hole = lseek(in, data, SEEK_HOLE);
+    if (hole == -1)
+      hole = st.st_size;
+    loff_t ipos = data, opos = data;
+    while (ipos < hole) {
+      size_t want = (size_t)((uint64_t)(hole - ipos) > (1u << 30) ? (1u << 30) : hole - ipos);
+      ssize_t n = copy_file_range(in, &ipos, out, &opos, want, 0);
+      if (n == -1 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP)) {
+        /* Fall back to read/write for this extent. */
+        char *buf = malloc(1 << 20);
+        n = 0;
+        if (buf) {
+          size_t len = want > (1 << 20) ? (1 << 20) : want;
+          if (tb_pread_full(in, buf, len, (uint64_t)ipos) == 0 &&
+              tb_pwrite_full(out, buf, len, (uint64_t)opos) == 0) {
+            n = (ssize_t)len;
+            ipos += n;
+            opos += n;
+          } else
+            n = -1;
+          free(buf);
+        } else
+          n = -1;
+      }
+      if (n <= 0) {
+        r = tb_error_errno("copying %s to %s", src, dst);
+        break;
+      }
+      if (progress && progress(ctx, (uint64_t)ipos, size)) {
+        errno = ECANCELED;
+        r = tb_error("cancelled");
+        break;
+      }
+    }
+    off = (uint64_t)hole;
+  }
+done:
+  if (r == 0 && fsync(out) == -1)
+    r = tb_error_errno("cannot write %s", dst);
+  if (close(out) == -1 && r == 0)
+    r = tb_error_errno("cannot write %s", dst);
+  close(in);
+  if (r == 0 && progress)
+    progress(ctx, size, size);
+  return r;
+}
+
+/* ---- building versions ------------------------------------------------------ */
+
+struct tb_version_builder {
+  char state[TB_PATH_MAX];
+  char image[TB_NAME_MAX + 1];
+  char tmp[TB_PATH_MAX];
+  uint32_t version, parent;
+  char *note;
+  int lock_fd;
+};
+
+struct tb_version_builder *tb_version_begin(const char *state, const char *image,
+                                            uint32_t parent, const char *note)
+{
+  char dir[TB_PATH_MAX], lock[TB_PATH_MAX];
+  if (tb_store_image_dir(state, image, dir, sizeof dir) == -1 || tb_mkdirs(dir, false) == -1 ||
+      tb_path(lock, sizeof lock, "%s/.lock", dir) == -1)
+    return NULL;
+  struct tb_version_builder *b = calloc(1, sizeof *b);
+  if (!b) {
+    tb_error_errno("new version of %s", image);
+    return NULL;
+  }
+  b->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (b->lock_fd == -1 || flock(b->lock_fd, LOCK_EX) == -1) {
+    tb_error_errno("cannot lock %s", lock);
+    if (b->lock_fd >= 0)
+      close(b->lock_fd);
+    free(b);
+    return NULL;
+  }
+  uint32_t *vers;
+  size_t n;
+  if (tb_store_versions(state, image, &vers, &n) == -1) {
+    tb_version_abort(b);
+    return NULL;
+  }
+  b->version = n ? vers[n - 1] + 1 : 1;
+  free(vers);
+  b->parent = parent;
+  b->note = note ? strdup(note) : NULL;
+  snprintf(b->state, sizeof b->state, "%s", state);
+  snprintf(b->image, sizeof b->image, "%s", image);
+  if (tb_path(b->tmp, sizeof b->tmp, "%s/.%u.img.tmp", dir, b->version) == -1) {
+    tb_version_abort(b);
+    return NULL;
+  }
+  unlink(b->tmp); /* left by a build that died */
+  return b;
+}
+
+const char *tb_version_tmp_path(const struct tb_version_builder *b)
+{
+  return b->tmp;
+}
+
+uint32_t tb_version_number(const struct tb_version_builder *b)
+{
+  return b->version;
+}
+
+void tb_version_abort(struct tb_version_builder *b)
+{
+  if (!b)
+    return;
+  if (b->tmp[0])
+    unlink(b->tmp);
+  if (b->lock_fd >= 0)
+    close(b->lock_fd);
+  free(b->note);
+  free(b);
+}
+
+static void builder_free(struct tb_version_builder *b)
+{
+  close(b->lock_fd);
+  free(b->note);
+  free(b);
+}
+
+int tb_version_commit_manifest(struct tb_version_builder *b, struct tb_manifest *m)
+{
+  char img[TB_PATH_MAX], man[TB_PATH_MAX];
+  snprintf(m->image, sizeof m->image, "%s", b->image);
+  m->version = b->version;
+  if (!m->created[0])
+    tb_iso_time(tb_now_ms(), m->created);
+  if (!m->parent)
+    m->parent = b->parent;
+  if (!m->note && b->note)
+    m->note = strdup(b->note);
+  if (tb_store_version_path(b->state, b->image, b->version, img, sizeof img) == -1 ||
+      tb_store_manifest_path(b->state, b->image, b->version, man, sizeof man) == -1)
+    goto fail;
+  int fd = open(b->tmp, O_RDONLY | O_CLOEXEC);
+  if (fd == -1 || fsync(fd) == -1) {
+    tb_error_errno("cannot sync %s", b->tmp);
+    if (fd >= 0)
+      close(fd);
+    goto fail;
+  }
+  close(fd);
+  chmod(b->tmp, 0444); /* versions are immutable */
+  if (rename(b->tmp, img) == -1) {
+    tb_error_errno("cannot publish %s", img);
+    goto fail;
+  }
+  char *text = tb_manifest_dump(m);
+  if (!text || tb_write_file_atomic(man, text, strlen(text), 0444) == -1) {
+    free(text);
+    unlink(img);
+    goto fail;
+  }
+  EVP_Digest(text, strlen(text), m->manifest_sha256, NULL, EVP_sha256(), NULL);
+  free(text);
+  builder_free(b);
+  return 0;
+fail:
+  tb_error_prefix("publishing %s@%u", b->image, b->version);
+  tb_version_abort(b);
+  return -1;
+}
+
+int tb_version_commit(struct tb_version_builder *b, tb_progress_fn progress, void *ctx)
+{
+  struct tb_manifest *m = calloc(1, sizeof *m);
+  int fd = open(b->tmp, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (!m || fd == -1 || fstat(fd, &st) == -1) {
+    tb_error_errno("cannot read %s", b->tmp);
+    goto fail;
+  }
+  m->size = (uint64_t)st.st_size;
+  m->chunk_size = TB_CHUNK_SIZE;
+  if (m->size == 0) {
+    tb_error("the new version is empty (0 bytes)");
+    goto fail;
+  }
+  if (tb_hash_file(fd, m->size, m->chunk_size, m->sha256, &m->chunks, &m->n_chunks, progress,
+                   ctx) == -1) {
+    tb_error_prefix("hashing %s", b->tmp);
+    goto fail;
+  }
+  close(fd);
+  int r = tb_version_commit_manifest(b, m);
+  tb_manifest_free(m);
+  return r;
+fail:
+  if (fd >= 0)
+    close(fd);
+  tb_manifest_free(m);
+  tb_version_abort(b);
+  return -1;
+}
+
+int tb_store_import(const char *state, const char *image, const char *file, const char *note,
+                    tb_progress_fn progress, void *ctx, uint32_t *ver)
+{
+  if (tb_store_init(state) == -1)
+    return -1;
+  uint32_t parent = 0;
+  {
+    uint32_t *v;
+    size_t n;
+    if (tb_store_versions(state, image, &v, &n) == -1)
+      return -1;
+    parent = n ? v[n - 1] : 0;
+    free(v);
+  }
+  struct tb_version_builder *b = tb_version_begin(state, image, parent, note);
+  if (!b)
+    return -1;
+  uint32_t num = b->version;
+  if (tb_clone_file(file, b->tmp, progress, ctx) == -1) {
+    tb_error_prefix("importing %s", file);
+    tb_version_abort(b);
+    return -1;
+  }
+  if (tb_version_commit(b, progress, ctx) == -1)
+    return -1;
+  *ver = num;
+  return 0;
+}
+
+int tb_store_remove_version(const char *state, const char *image, uint32_t ver)
+{
+  char img[TB_PATH_MAX], man[TB_PATH_MAX];
+  if (tb_store_version_path(state, image, ver, img, sizeof img) == -1 ||
+      tb_store_manifest_path(state, image, ver, man, sizeof man) == -1)
+    return -1;
+  if (unlink(man) == -1)
+    return tb_error_errno("cannot remove %s@%u", image, ver);
+  tb_fsync_dir(man);
+  if (unlink(img) == -1 && errno != ENOENT)
+    return tb_error_errno("cannot remove %s", img);
+  return 0;
+}
+
+int tb_store_gc_temp(const char *state)
+{
+  char **names;
+  size_t n;
+  int removed = 0;
+  if (tb_store_images(state, &names, &n) == -1)
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    char dir[TB_PATH_MAX];
+    if (tb_store_image_dir(state, names[i], dir, sizeof dir) == -1)
+      continue;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+      char p[TB_PATH_MAX];
+      size_t len = strlen(e->d_name);
+      bool tmp = e->d_name[0] == '.' && len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0;
+      /* N.img without N.json: a build that died between its two renames. */
+      bool orphan = false;
+      unsigned v;
+      char tail[8];
+      if (sscanf(e->d_name, "%u.im%7s", &v, tail) == 2 && strcmp(tail, "g") == 0) {
+        char man[TB_PATH_MAX];
+        orphan = tb_store_manifest_path(state, names[i], v, man, sizeof man) == 0 &&
+                 access(man, F_OK) == -1;
+      }
+      if ((tmp || orphan) && tb_path(p, sizeof p, "%s/%s", dir, e->d_name) == 0) {
+        /* Skip temporaries of a build that is still running (it holds .lock). */
+        char lock[TB_PATH_MAX];
+        int lfd = tb_path(lock, sizeof lock, "%s/.lock", dir) == 0
+                      ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644)
+                      : -1;
+        if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0 && unlink(p) == 0)
+          removed++;
+        if (lfd >= 0)
+          close(lfd);
+      }
+    }
+    if (d)
+      closedir(d);
+  }
+  tb_strv_free(names, n);
+  return removed;
+}

@@ -1,0 +1,114 @@
+/* tabula: the state directory and its image store.
+ *
+ * Layout under STATE (every name validated with tb_name_valid):
+ *   images/NAME/N.img        raw, immutable once published
+ *   images/NAME/N.json       manifest; its presence is what publishes N
+ *   images/NAME/.lock        flock: serialises version numbering
+ *   clients/ID/overlay       the current overlay (see overlay.h)
+ *   clients/ID/sessions/N    retained sessions (restore points)
+ *   clients/ID/mailbox.json  pending actions, written by the daemon (mailbox.h)
+ *   clients/ID/lock          flock: held for a whole session, or by the daemon
+ *   clients/ID/session.json  the plugin's view of the session (state, figures)
+ *   events.jsonl             the event journal (events.h)
+ *
+ * Versions are published atomically: the image is written under a temporary
+ * name, fsynced, renamed to N.img; then the manifest is written the same way.
+ * A reader trusts a version only if its manifest exists.  A crash at any point
+ * leaves either no version N or a complete one; stale temporaries are removed
+ * by tb_store_gc_temp().
+ *
+ * Manifest (JSON): image, version, size, sha256 (of the whole image), chunk_size,
+ * chunks (sha256 of each chunk, hex), parent, note, created.  The sha256 of the
+ * manifest file itself identifies the version in overlay headers.
+ */
+#ifndef TB_STORE_H
+#define TB_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include "util.h"
+
+#define TB_CHUNK_SIZE (4 * 1024 * 1024)
+
+struct tb_manifest {
+  char image[TB_NAME_MAX + 1];
+  uint32_t version;
+  uint64_t size;
+  uint8_t sha256[32];
+  uint32_t chunk_size;
+  size_t n_chunks;
+  uint8_t (*chunks)[32];
+  uint32_t parent; /* 0 if none */
+  char *note;      /* may be NULL */
+  char created[32];
+  uint8_t manifest_sha256[32]; /* sha256 of the manifest file's bytes */
+};
+
+/* Paths (return -1 with tb_error if too long or a name is invalid). */
+int tb_store_image_dir(const char *state, const char *image, char *buf, size_t len);
+int tb_store_version_path(const char *state, const char *image, uint32_t ver, char *buf,
+                          size_t len);
+int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, char *buf,
+                           size_t len);
+int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len);
+/* clients/ID/FILE */
+int tb_store_client_path(const char *state, const char *id, const char *file, char *buf,
+                         size_t len);
+
+/* Create STATE/{images,clients} if missing. */
+int tb_store_init(const char *state);
+
+/* Published versions of IMAGE, ascending; *vers is malloc'd (may be NULL with n 0). */
+int tb_store_versions(const char *state, const char *image, uint32_t **vers, size_t *n);
+/* Newest published version, or 0 (with tb_error) if there is none. */
+uint32_t tb_store_latest(const char *state, const char *image);
+/* Image names present in the store (malloc'd array of malloc'd strings). */
+int tb_store_images(const char *state, char ***names, size_t *n);
+void tb_strv_free(char **v, size_t n);
+
+struct tb_manifest *tb_manifest_load(const char *state, const char *image, uint32_t ver);
+struct tb_manifest *tb_manifest_parse(const char *json_text, size_t len, const char *what);
+char *tb_manifest_dump(const struct tb_manifest *m); /* JSON text, malloc'd */
+void tb_manifest_free(struct tb_manifest *m);
+
+/* Progress callback for long work: done and total in bytes.  Return non-zero to cancel. */
+typedef int (*tb_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+/* Building a new version.  begin() takes the image lock and picks N = newest+1,
+ * creates images/NAME/.N.img.tmp (returned in tmp_path) for the caller to fill,
+ * or clone with tb_clone_file().  commit() hashes the file (sha256 and chunks),
+ * fsyncs, renames, writes the manifest and releases the lock.  abort() removes
+ * the temporary.  Exactly one of commit/abort must be called. */
+struct tb_version_builder;
+struct tb_version_builder *tb_version_begin(const char *state, const char *image,
+                                            uint32_t parent, const char *note);
+const char *tb_version_tmp_path(const struct tb_version_builder *b);
+uint32_t tb_version_number(const struct tb_version_builder *b);
+int tb_version_commit(struct tb_version_builder *b, tb_progress_fn progress, void *ctx);
+/* Commit with a precomputed manifest (sizes and hashes already known, e.g. verified
+ * chunk by chunk during a pull): fills version/created and publishes. */
+int tb_version_commit_manifest(struct tb_version_builder *b, struct tb_manifest *m);
+void tb_version_abort(struct tb_version_builder *b);
+
+/* Import FILE as the next version of IMAGE (sparse-aware copy, reflink when the
+ * filesystem allows).  On success *ver is the new version. */
+int tb_store_import(const char *state, const char *image, const char *file, const char *note,
+                    tb_progress_fn progress, void *ctx, uint32_t *ver);
+
+/* Hash a file: whole sha256 and per-chunk sha256 (chunks malloc'd). */
+int tb_hash_file(int fd, uint64_t size, uint32_t chunk_size, uint8_t sha256[32],
+                 uint8_t (**chunks)[32], size_t *n_chunks, tb_progress_fn progress, void *ctx);
+
+/* Copy SRC to DST (created/truncated): FICLONE reflink if possible, else
+ * copy_file_range of the data extents only (holes stay holes). */
+int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, void *ctx);
+
+/* Remove version N of IMAGE (manifest first, so it stops being published). */
+int tb_store_remove_version(const char *state, const char *image, uint32_t ver);
+
+/* Remove leftover temporaries of interrupted builds.  Returns count removed. */
+int tb_store_gc_temp(const char *state);
+
+#endif

@@ -1,0 +1,355 @@
+/* tabula: small shared helpers (see util.h).
+ *
+ * The error buffer is thread-local so the plugin's many worker threads never
+ * see each other's messages.  File helpers are careful about durability:
+ * tb_write_file_atomic() is the only way small state files (manifests,
+ * mailboxes, session records) are written, so a crash leaves the old file or
+ * the new one, never a torn one.
+ */
+#include <config.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+static _Thread_local char errbuf[1024];
+
+static int set_error_v(const char *fmt, va_list ap)
+{
+  vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+  return -1;
+}
+
+int tb_error(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  set_error_v(fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+int tb_error_errno(const char *fmt, ...)
+{
+  int saved = errno;
+  va_list ap;
+  va_start(ap, fmt);
+  set_error_v(fmt, ap);
+  va_end(ap);
+  size_t n = strlen(errbuf);
+  snprintf(errbuf + n, sizeof errbuf - n, ": %s", strerror(saved));
+  errno = saved;
+  return -1;
+}
+
+int tb_error_prefix(const char *fmt, ...)
+{
+  char old[sizeof errbuf];
+  memcpy(old, errbuf, sizeof old);
+  va_list ap;
+  va_start(ap, fmt);
+  set_error_v(fmt, ap);
+  va_end(ap);
+  size_t n = strlen(errbuf);
+  snprintf(errbuf + n, sizeof errbuf - n, ": %s", old);
+  return -1;
+}
+
+const char *tb_errmsg(void)
+{
+  return errbuf[0] ? errbuf : "unknown error";
+}
+
+bool tb_name_valid(const char *name)
+{
+  if (!name || !isalnum((unsigned char)name[0]))
+    return false;
+  size_t n = 0;
+  for (const char *p = name; *p; p++, n++) {
+    unsigned char c = (unsigned char)*p;
+    if (!(isalnum(c) || c == '.' || c == '_' || c == '-'))
+      return false;
+  }
+  return n <= TB_NAME_MAX;
+}
+
+int tb_path(char *buf, size_t len, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, len, fmt, ap);
+  va_end(ap);
+  if (n < 0 || (size_t)n >= len) {
+    errno = ENAMETOOLONG;
+    return tb_error("path too long (limit %zu bytes)", len);
+  }
+  return 0;
+}
+
+int tb_mkdirs(const char *path, bool private_dir)
+{
+  char tmp[TB_PATH_MAX];
+  if (tb_path(tmp, sizeof tmp, "%s", path) == -1)
+    return -1;
+  size_t n = strlen(tmp);
+  while (n > 1 && tmp[n - 1] == '/')
+    tmp[--n] = '\0';
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/')
+      continue;
+    *p = '\0';
+    if (mkdir(tmp, 0755) == -1 && errno != EEXIST)
+      return tb_error_errno("cannot create directory %s", tmp);
+    *p = '/';
+  }
+  if (mkdir(tmp, private_dir ? 0700 : 0755) == -1 && errno != EEXIST)
+    return tb_error_errno("cannot create directory %s", tmp);
+  return 0;
+}
+
+int tb_fsync_dir(const char *path)
+{
+  char tmp[TB_PATH_MAX];
+  if (tb_path(tmp, sizeof tmp, "%s", path) == -1)
+    return -1;
+  struct stat st;
+  const char *dir = tmp;
+  if (stat(tmp, &st) == -1 || !S_ISDIR(st.st_mode))
+    dir = dirname(tmp);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd == -1)
+    return tb_error_errno("cannot open directory %s", dir);
+  int r = fsync(fd);
+  int saved = errno;
+  close(fd);
+  if (r == -1) {
+    errno = saved;
+    return tb_error_errno("fsync of directory %s", dir);
+  }
+  return 0;
+}
+
+int tb_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+  char *p = buf;
+  while (len > 0) {
+    ssize_t r = pread(fd, p, len, (off_t)off);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    if (r == 0) { /* past EOF: the rest reads as zeros */
+      memset(p, 0, len);
+      return 0;
+    }
+    p += r;
+    len -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
+int tb_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t r = pwrite(fd, p, len, (off_t)off);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    p += r;
+    len -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
+int tb_write_file_atomic(const char *path, const void *data, size_t len, int mode)
+{
+  char tmp[TB_PATH_MAX];
+  if (tb_path(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) == -1)
+    return -1;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd == -1)
+    return tb_error_errno("cannot create %s", tmp);
+  if (tb_pwrite_full(fd, data, len, 0) == -1 || fsync(fd) == -1) {
+    tb_error_errno("cannot write %s", tmp);
+    close(fd);
+    unlink(tmp);
+    return -1;
+  }
+  if (close(fd) == -1) {
+    tb_error_errno("cannot write %s", tmp);
+    unlink(tmp);
+    return -1;
+  }
+  if (rename(tmp, path) == -1) {
+    tb_error_errno("cannot rename %s to %s", tmp, path);
+    unlink(tmp);
+    return -1;
+  }
+  return tb_fsync_dir(path);
+}
+
+char *tb_read_file(const char *path, size_t max_len, size_t *len_out)
+{
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    tb_error_errno("cannot open %s", path);
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) == -1) {
+    tb_error_errno("cannot stat %s", path);
+    close(fd);
+    return NULL;
+  }
+  if ((uint64_t)st.st_size > max_len) {
+    tb_error("%s is too large (%lld bytes, limit %zu)", path, (long long)st.st_size, max_len);
+    close(fd);
+    errno = EFBIG;
+    return NULL;
+  }
+  size_t len = (size_t)st.st_size;
+  char *buf = malloc(len + 1);
+  if (!buf) {
+    tb_error_errno("reading %s", path);
+    close(fd);
+    return NULL;
+  }
+  size_t got = 0;
+  while (got < len) {
+    ssize_t r = read(fd, buf + got, len - got);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    got += (size_t)r;
+  }
+  close(fd);
+  buf[got] = '\0';
+  if (len_out)
+    *len_out = got;
+  return buf;
+}
+
+int64_t tb_now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tb_iso_time(int64_t ms, char out[32])
+{
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char base[24];
+  strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out, 32, "%s.%03dZ", base, (int)(ms % 1000));
+}
+
+void tb_hex(const uint8_t *in, size_t len, char *out)
+{
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < len; i++) {
+    out[2 * i] = digits[in[i] >> 4];
+    out[2 * i + 1] = digits[in[i] & 15];
+  }
+  out[2 * len] = '\0';
+}
+
+static int hexval(char c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+int tb_unhex(const char *in, uint8_t *out, size_t len)
+{
+  if (strlen(in) != 2 * len)
+    return -1;
+  for (size_t i = 0; i < len; i++) {
+    int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
+    if (hi < 0 || lo < 0)
+      return -1;
+    out[i] = (uint8_t)(hi << 4 | lo);
+  }
+  return 0;
+}
+
+int tb_parse_size(const char *s, uint64_t *out)
+{
+  if (!s || !isdigit((unsigned char)*s))
+    return tb_error("expected a size such as 4096, 64K, 1M or 2G, got \"%s\"", s ? s : "");
+  errno = 0;
+  char *end;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno)
+    return tb_error("size \"%s\" is out of range", s);
+  unsigned shift = 0;
+  switch (*end) {
+  case '\0':
+    break;
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  case 't': case 'T': shift = 40; end++; break;
+  default:
+    return tb_error("expected a size such as 4096, 64K, 1M or 2G, got \"%s\"", s);
+  }
+  if (*end == 'i' && shift)
+    end++;
+  if (*end == 'B' || *end == 'b')
+    end++;
+  if (*end != '\0')
+    return tb_error("expected a size such as 4096, 64K, 1M or 2G, got \"%s\"", s);
+  if (shift && v > (UINT64_MAX >> shift))
+    return tb_error("size \"%s\" is out of range", s);
+  *out = (uint64_t)v << shift;
+  return 0;
+}
+
+int tb_parse_duration(const char *s, int64_t *ms_out)
+{
+  if (!s || !isdigit((unsigned char)*s))
+    return tb_error("expected a duration such as 90s, 15m, 2h or 1d, got \"%s\"", s ? s : "");
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  int64_t unit;
+  if (strcmp(end, "ms") == 0)
+    unit = 1;
+  else if (strcmp(end, "s") == 0 || *end == '\0')
+    unit = 1000;
+  else if (strcmp(end, "m") == 0)
+    unit = 60 * 1000;
+  else if (strcmp(end, "h") == 0)
+    unit = 3600 * 1000;
+  else if (strcmp(end, "d") == 0)
+    unit = 86400 * 1000;
+  else
+    return tb_error("expected a duration such as 90s, 15m, 2h or 1d, got \"%s\"", s);
+  if (errno || v > INT64_MAX / unit)
+    return tb_error("duration \"%s\" is out of range", s);
+  *ms_out = (int64_t)v * unit;
+  return 0;
+}

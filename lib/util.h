@@ -1,0 +1,71 @@
+/* tabula: small shared helpers -- errors, names, paths, files.
+ *
+ * Errors: every lib/ function that can fail returns -1 (or NULL) and leaves a
+ * message in a thread-local buffer, read with tb_errmsg().  The message names
+ * the thing that failed and, where the user can act, what to do.  Callers
+ * (the nbdkit plugin, the daemon, the CLI) decide where the message goes.
+ *
+ * Names: anything that becomes part of a path (client ids, image names) must
+ * pass tb_name_valid() first: [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
+ */
+#ifndef TB_UTIL_H
+#define TB_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TB_NAME_MAX 64
+#define TB_PATH_MAX 4096
+
+#define TB_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* Set the thread's error message; returns -1 so callers can `return tb_error(...)`. */
+int tb_error(const char *fmt, ...) TB_PRINTF(1, 2);
+/* Like tb_error, appending ": strerror(errno)".  Preserves errno. */
+int tb_error_errno(const char *fmt, ...) TB_PRINTF(1, 2);
+/* Prefix the current message with more context ("loading X: <old message>"). */
+int tb_error_prefix(const char *fmt, ...) TB_PRINTF(1, 2);
+const char *tb_errmsg(void);
+
+/* True if NAME is a valid client id / image name (see above). */
+bool tb_name_valid(const char *name);
+
+/* snprintf into a PATH_MAX buffer; fails (tb_error) if the result would not fit. */
+int tb_path(char *buf, size_t len, const char *fmt, ...) TB_PRINTF(3, 4);
+
+/* mkdir -p with mode 0755 (0700 for the last component if private is set). */
+int tb_mkdirs(const char *path, bool private_dir);
+
+/* Write LEN bytes to PATH atomically: tmp file in the same directory, fsync,
+ * rename, fsync of the directory.  Readers see the old or the new file. */
+int tb_write_file_atomic(const char *path, const void *data, size_t len, int mode);
+/* Read a whole (small) file; returns malloc'd NUL-terminated buffer or NULL. */
+char *tb_read_file(const char *path, size_t max_len, size_t *len_out);
+int tb_fsync_dir(const char *dir_or_file_path);
+
+/* Full pread/pwrite loops: return 0 on success, -1 with errno on error (short
+ * read past EOF fills with zeros for pread_full). */
+int tb_pread_full(int fd, void *buf, size_t len, uint64_t off);
+int tb_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+
+/* Wall clock in seconds / milliseconds, and an ISO-8601 UTC timestamp. */
+int64_t tb_now_ms(void);
+void tb_iso_time(int64_t epoch_ms, char out[32]);
+
+/* Hex encoding of a sha256 (65 bytes with NUL) and back. */
+void tb_hex(const uint8_t *in, size_t len, char *out);
+int tb_unhex(const char *in, uint8_t *out, size_t len);
+
+/* Parse sizes such as "4096", "64K", "1M", "2G" (binary units). */
+int tb_parse_size(const char *s, uint64_t *out);
+/* Parse durations such as "90s", "15m", "2h", "1d", "500ms" into milliseconds. */
+int tb_parse_duration(const char *s, int64_t *ms_out);
+
+static inline bool tb_is_pow2(uint64_t x)
+{
+  return x && !(x & (x - 1));
+}
+
+#endif
