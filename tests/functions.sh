@@ -1,0 +1,233 @@
+# tests/functions.sh: helpers shared by the shell integration tests (sourced).
+#
+# Every test gets its own temporary directory and a trap that stops every
+# nbdkit it started, unmounts what it mounted and removes the directory, on
+# any exit.  Servers are real: nbdkit with the tabula plugin (or any other
+# plugin) on a unix socket inside that directory, started in the foreground
+# (-f) in the background of the shell, so the test knows its pid and sees its
+# stderr in NAME.log.
+#
+#   tb_setup                       temp dir in $TB_TMP, cleanup trap
+#   tb_start NAME CONFIG [ARGS]    nbdkit + plugin on $TB_TMP/NAME.sock, waits until it serves
+#   tb_start_plugin NAME ARGS...   same with any nbdkit plugin/filter arguments
+#   tb_stop NAME / tb_kill9 NAME   stop cleanly (SIGTERM) / crash it (SIGKILL)
+#   tb_refuses_to_start NAME CONFIG  nbdkit must exit with an error; stderr in NAME.log
+#   tb_io NAME [-e EXPORT] CMD...  tests/plugin-io against NAME's socket
+#   tb_import STATE IMAGE FILE     publish FILE as the next version of IMAGE
+#   tb_make_file FILE SIZE SEED [DATA_BYTES]  patterned master image
+#   tb_fail MSG / tb_skip MSG      exit 1 / exit 77 with a message
+#
+# Set TB_KEEP=1 to keep the temporary directory for a post-mortem.
+
+set -eu
+
+: "${abs_top_builddir:?run through make check, or set abs_top_builddir}"
+: "${abs_builddir:=$abs_top_builddir/tests}"
+: "${abs_top_srcdir:=$(cd "$(dirname "$0")/.." && pwd)}"
+
+TB_PLUGIN=$abs_top_builddir/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
+TB_IO=$abs_builddir/plugin-io
+TB_IMPORT=$abs_builddir/plugin-import
+TB_TMP=
+TB_MOUNTS=
+
+tb_fail()
+{
+  echo "FAIL: $0: $*" >&2
+  exit 1
+}
+
+tb_skip()
+{
+  echo "SKIP: $0: $*" >&2
+  exit 77
+}
+
+# tb_require CMD...: skip the test when an optional tool is missing.
+tb_require()
+{
+  for cmd in "$@"; do
+    command -v "$cmd" >/dev/null 2>&1 || tb_skip "$cmd is not installed"
+  done
+}
+
+tb_cleanup()
+{
+  status=$?
+  set +e
+  if [ -n "$TB_TMP" ]; then
+    for pidfile in "$TB_TMP"/*.bgpid; do
+      [ -f "$pidfile" ] || continue
+      pid=$(cat "$pidfile" 2>/dev/null)
+      [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+    done
+    wait 2>/dev/null
+    for m in $TB_MOUNTS; do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+    if [ "$status" -ne 0 ] && [ "$status" -ne 77 ]; then
+      for log in "$TB_TMP"/*.log; do
+        [ -f "$log" ] || continue
+        echo "---- $log (last 30 lines)" >&2
+        tail -n 30 "$log" >&2
+      done
+    fi
+    if [ "${TB_KEEP:-}" = 1 ]; then
+      echo "kept $TB_TMP" >&2
+    else
+      rm -rf "$TB_TMP"
+    fi
+  fi
+  exit "$status"
+}
+
+tb_setup()
+{
+  TB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tabula-test.XXXXXX")
+  trap tb_cleanup EXIT
+  trap 'exit 130' INT TERM
+  [ -x "$TB_IO" ] || tb_fail "$TB_IO is not built (make check builds it)"
+}
+
+# The plugin may be built with ASan/UBSan (--enable-sanitizers); nbdkit is not,
+# so the sanitizer runtime must be loaded first for nbdkit to dlopen it.
+tb_nbdkit_env()
+{
+  TB_PRELOAD=
+  if [ -f "$TB_PLUGIN" ] && ldd "$TB_PLUGIN" 2>/dev/null | grep -q libasan; then
+    TB_PRELOAD=$(${CC:-cc} -print-file-name=libasan.so)
+  fi
+}
+
+# tb_wait_socket NAME PID: wait until NAME's socket accepts, or the process died.
+tb_wait_socket()
+{
+  _sock=$TB_TMP/$1.sock
+  _i=0
+  while [ $_i -lt 300 ]; do
+    if ! kill -0 "$2" 2>/dev/null; then
+      return 1
+    fi
+    if [ -S "$_sock" ] && [ -s "$TB_TMP/$1.pid" ]; then
+      return 0
+    fi
+    sleep 0.1
+    _i=$((_i + 1))
+  done
+  return 1
+}
+
+# tb_start_plugin NAME NBDKIT-ARGS...: any plugin, e.g. tb_start_plugin f file FILE.
+tb_start_plugin()
+{
+  _name=$1
+  shift
+  tb_nbdkit_env
+  rm -f "$TB_TMP/$_name.sock" "$TB_TMP/$_name.pid"
+  LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
+    nbdkit -f --unix "$TB_TMP/$_name.sock" -P "$TB_TMP/$_name.pid" "$@" \
+    >>"$TB_TMP/$_name.log" 2>&1 &
+  _pid=$!
+  echo "$_pid" >"$TB_TMP/$_name.bgpid"
+  if ! tb_wait_socket "$_name" "$_pid"; then
+    kill -9 "$_pid" 2>/dev/null || true
+    cat "$TB_TMP/$_name.log" >&2
+    tb_fail "nbdkit $_name did not start"
+  fi
+}
+
+# tb_start NAME CONFIG [more nbdkit args before the plugin]
+tb_start()
+{
+  _n=$1
+  _c=$2
+  shift 2
+  [ -f "$TB_PLUGIN" ] || tb_fail "$TB_PLUGIN is not built"
+  tb_start_plugin "$_n" "$@" "$TB_PLUGIN" config="$_c"
+}
+
+tb_pid()
+{
+  cat "$TB_TMP/$1.bgpid"
+}
+
+tb_stop()
+{
+  _pid=$(tb_pid "$1")
+  kill -TERM "$_pid" 2>/dev/null || true
+  _i=0
+  while kill -0 "$_pid" 2>/dev/null; do
+    _i=$((_i + 1))
+    if [ $_i -gt 300 ]; then
+      kill -9 "$_pid" 2>/dev/null || true
+      tb_fail "nbdkit $1 did not stop within 30 s of SIGTERM"
+    fi
+    sleep 0.1
+  done
+  wait "$_pid" 2>/dev/null || true
+  rm -f "$TB_TMP/$1.pid" "$TB_TMP/$1.bgpid"
+}
+
+tb_kill9()
+{
+  _pid=$(tb_pid "$1")
+  kill -9 "$_pid" 2>/dev/null || true
+  wait "$_pid" 2>/dev/null || true
+  rm -f "$TB_TMP/$1.pid" "$TB_TMP/$1.bgpid"
+}
+
+# tb_refuses_to_start NAME CONFIG: nbdkit must exit non-zero within 30 s and
+# never listen.  Its stderr is left in $TB_TMP/NAME.log for the caller to check.
+tb_refuses_to_start()
+{
+  tb_nbdkit_env
+  rm -f "$TB_TMP/$1.log" "$TB_TMP/$1.sock"
+  _st=0
+  LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
+    timeout 30 nbdkit -f --unix "$TB_TMP/$1.sock" "$TB_PLUGIN" config="$2" \
+    >"$TB_TMP/$1.log" 2>&1 || _st=$?
+  [ "$_st" -ne 0 ] || tb_fail "nbdkit started (and exited 0) with bad config $2"
+  [ "$_st" -ne 124 ] || tb_fail "nbdkit kept running with bad config $2"
+  grep -q 'AddressSanitizer\|runtime error' "$TB_TMP/$1.log" &&
+    tb_fail "sanitizer error with config $2: $(cat "$TB_TMP/$1.log")"
+  return 0
+}
+
+# tb_io NAME CMD... or tb_io NAME -e EXPORT [-n N] CMD...
+tb_io()
+{
+  _s=$TB_TMP/$1.sock
+  shift
+  "$TB_IO" -s "$_s" "$@"
+}
+
+tb_make_file()
+{
+  "$TB_IO" --make-file "$@"
+}
+
+tb_import()
+{
+  [ -x "$TB_IMPORT" ] || tb_fail "$TB_IMPORT is not built"
+  "$TB_IMPORT" "$@" >/dev/null
+}
+
+# tb_assert_log NAME REGEX WHAT: NAME.log must match the extended regex.
+tb_assert_log()
+{
+  grep -Eq -- "$2" "$TB_TMP/$1.log" ||
+    tb_fail "$3: nbdkit's stderr does not match /$2/: $(tail -n 5 "$TB_TMP/$1.log")"
+}
+
+# tb_sha256 FILE
+tb_sha256()
+{
+  sha256sum "$1" | cut -d' ' -f1
+}
+
+# tb_free_port: a TCP port nobody listens on right now.
+tb_free_port()
+{
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' \
+    2>/dev/null || echo $((20000 + $$ % 20000))
+}
