@@ -231,3 +231,28 @@ tb_free_port()
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' \
     2>/dev/null || echo $((20000 + $$ % 20000))
 }
+
+# tb_check_logs: no nbdkit of this test hit a sanitizer error or crashed.
+tb_check_logs()
+{
+  for log in "$TB_TMP"/*.log; do
+    [ -f "$log" ] || continue
+    if grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:|Segmentation fault|Assertion' "$log"; then
+      tb_fail "$(basename "$log"): $(grep -E -m3 'AddressSanitizer|LeakSanitizer|runtime error:|Segmentation fault|Assertion' "$log")"
+    fi
+  done
+}
+
+# tb_config FILE STATE CLIENTS-JSON [EXTRA-TOP-LEVEL-JSON]: a config with image
+# "demo" and the given "clients" object.
+tb_config()
+{
+  cat >"$1" <<EOF2
+{
+  "state_dir": "$2",
+  ${4:+$4,}
+  "images": { "demo": {} },
+  "clients": $3
+}
+EOF2
+}
