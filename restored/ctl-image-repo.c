@@ -1,0 +1,404 @@
+/* tabulactl image publish / image pull (see ctl-image-repo.h).
+ *
+ * Thin: options are parsed here, the work is lib/repo.c, so the daemon's
+ * scheduled pulls behave exactly like a pull typed by hand.  The pull runs in
+ * this process (not through the daemon), so it works while the daemon is down
+ * and Ctrl-C simply leaves a pull that the next run resumes.  Options given on
+ * the command line override the config's "pull" section.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "ctl-image-repo.h"
+#include "repo.h"
+#include "store.h"
+
+static void human_size(uint64_t n, char out[32])
+{
+  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = (double)n;
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    u++;
+  }
+  snprintf(out, 32, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}
+
+/* "win11@3" -> win11, 3; "win11" -> win11, 0. */
+static int parse_image_ref(const char *ref, char name[TB_NAME_MAX + 1], uint32_t *ver)
+{
+  const char *at = strchr(ref, '@');
+  size_t len = at ? (size_t)(at - ref) : strlen(ref);
+  *ver = 0;
+  if (len == 0 || len > TB_NAME_MAX)
+    goto bad;
+  memcpy(name, ref, len);
+  name[len] = '\0';
+  if (!tb_name_valid(name))
+    goto bad;
+  if (at) {
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(at + 1, &end, 10);
+    if (errno || *end || at[1] < '1' || at[1] > '9' || v > UINT32_MAX)
+      goto bad;
+    *ver = (uint32_t)v;
+  }
+  return 0;
+bad:
+  fprintf(stderr, "tabulactl: \"%s\" is not an image or IMAGE@VERSION (e.g. win11@3)\n", ref);
+  return -1;
+}
+
+/* ---- publish ------------------------------------------------------------------ */
+
+static void publish_usage(FILE *f)
+{
+  fprintf(f, "Usage: tabulactl image publish IMAGE[@VERSION] DIR\n"
+             "\n"
+             "Write version VERSION of IMAGE (default: the newest) into the static\n"
+             "repository DIR: DIR/IMAGE/VERSION.img and DIR/IMAGE/index.json (replaced\n"
+             "last, by rename).  Serve DIR as it is with any web server (nginx: root DIR)\n"
+             "or copy it to an object store (aws s3 sync DIR s3://BUCKET/); appliances\n"
+             "then run: tabulactl image pull IMAGE --from URL\n"
+             "\n"
+             "Options:\n"
+             "  --json    print the result as JSON\n"
+             "  -h, --help\n");
+}
+
+int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
+{
+  static const struct option longopts[] = {
+      {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+  bool json = false;
+  int c;
+  optind = 0;
+  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'j':
+      json = true;
+      break;
+    case 'h':
+      publish_usage(stdout);
+      return 0;
+    default:
+      publish_usage(stderr);
+      return 2;
+    }
+  }
+  if (argc - optind != 2) {
+    publish_usage(stderr);
+    return 2;
+  }
+  char image[TB_NAME_MAX + 1];
+  uint32_t ver, published;
+  if (parse_image_ref(argv[optind], image, &ver) == -1)
+    return 2;
+  const char *dir = argv[optind + 1];
+  if (tb_repo_publish(cfg->state_dir, image, ver, dir, &published) == -1) {
+    fprintf(stderr, "tabulactl: image publish: %s\n", tb_errmsg());
+    return 1;
+  }
+  if (json)
+    printf("{\"image\":\"%s\",\"version\":%" PRIu32 ",\"dir\":\"%s/%s\"}\n", image, published, dir,
+           image);
+  else
+    printf("published %s@%" PRIu32 " to %s/%s/ (index: %s/%s/index.json)\n", image, published, dir,
+           image, dir, image);
+  return 0;
+}
+
+/* ---- pull ---------------------------------------------------------------------- */
+
+static void pull_usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: tabulactl image pull IMAGE [--from URL] [--version N] [--rate-limit RATE]\n"
+          "\n"
+          "Fetch a version of IMAGE from a repository written by `tabulactl image publish`\n"
+          "and add it to the store as the next local version.  Only the chunks that differ\n"
+          "from the nearest local version are downloaded; every chunk and the whole image\n"
+          "are checked against the repository's sha256 before anything is published.  An\n"
+          "interrupted pull resumes where it stopped when run again.\n"
+          "\n"
+          "Options (defaults come from the config's \"pull\" section):\n"
+          "  --from URL              http://, https:// or s3://BUCKET/PREFIX\n"
+          "  --version N             the repository's version N (default: its newest)\n"
+          "  --rate-limit RATE       bytes per second, e.g. 20M (default: unlimited)\n"
+          "  --parallel N            concurrent range requests (default %d)\n"
+          "  --connect-timeout D     e.g. 10s (default %ds)\n"
+          "  --stall-timeout D       give up on a server that sends nothing for D (default "
+          "%ds)\n"
+          "  --ca-file FILE          CA bundle for https (certificates are always checked)\n"
+          "  --json                  print the result as JSON\n"
+          "  -q, --quiet             no progress display\n"
+          "  -h, --help\n"
+          "\n"
+          "S3: s3:// URLs (and pull.s3.sign) are signed with AWS signature v4; credentials\n"
+          "come from pull.s3 in the config or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and\n"
+          "AWS_SESSION_TOKEN.\n",
+          TB_REPO_DEFAULT_PARALLEL, TB_REPO_DEFAULT_CONNECT_TIMEOUT_MS / 1000,
+          TB_REPO_DEFAULT_STALL_TIMEOUT_MS / 1000);
+}
+
+/* A one-line progress bar on stderr, redrawn in place. */
+struct bar {
+  bool on;
+  int64_t start_ms;
+  enum tb_repo_phase phase;
+  bool drawn;
+};
+
+static const char *phase_name(enum tb_repo_phase p)
+{
+  switch (p) {
+  case TB_REPO_INDEX:
+    return "index";
+  case TB_REPO_CLONE:
+    return "cloning";
+  case TB_REPO_RESUME:
+    return "re-checking";
+  case TB_REPO_DOWNLOAD:
+    return "downloading";
+  case TB_REPO_VERIFY:
+    return "verifying";
+  case TB_REPO_PUBLISH:
+    return "publishing";
+  }
+  return "";
+}
+
+static void bar_draw(void *ctx, const struct tb_repo_progress *p)
+{
+  struct bar *b = ctx;
+  if (!b->on)
+    return;
+  int64_t now = tb_now_ms();
+  if (p->phase != b->phase) {
+    b->phase = p->phase;
+    b->start_ms = now;
+  }
+  int pct = p->total ? (int)(p->done * 100 / p->total) : 0;
+  char fill[31];
+  int w = pct * 30 / 100;
+  for (int i = 0; i < 30; i++)
+    fill[i] = i < w ? '#' : '.';
+  fill[30] = '\0';
+  char done[32], total[32], rate[32] = "";
+  human_size(p->done, done);
+  human_size(p->total, total);
+  if (now > b->start_ms + 500 && p->phase != TB_REPO_INDEX && p->phase != TB_REPO_PUBLISH) {
+    human_size(p->done * 1000 / (uint64_t)(now - b->start_ms), rate);
+    strcat(rate, "/s");
+  }
+  fprintf(stderr, "\r\033[K%-12s [%s] %3d%% %s / %s %s", phase_name(p->phase), fill, pct, done,
+          total, rate);
+  fflush(stderr);
+  b->drawn = true;
+}
+
+static void bar_end(struct bar *b)
+{
+  if (b->on && b->drawn)
+    fprintf(stderr, "\r\033[K");
+}
+
+static int parse_duration_opt(const char *opt, const char *arg, int64_t *ms)
+{
+  if (tb_parse_duration(arg, ms) == -1 || *ms < 1000) {
+    fprintf(stderr,
+            "tabulactl: %s: expected a duration of at least 1s such as 10s, got "
+            "\"%s\"\n",
+            opt, arg);
+    return -1;
+  }
+  return 0;
+}
+
+static void print_pull_result(const char *image, const char *url,
+                              const struct tb_repo_pull_result *r, bool json)
+{
+  if (json) {
+    json_t *j = json_pack(
+        "{s:s, s:s, s:I, s:I, s:I, s:b, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "image", image,
+        "url", url, "remote_version", (json_int_t)r->remote_version, "version",
+        (json_int_t)r->local_version, "base", (json_int_t)r->base_version, "already_present",
+        r->already_present, "resumed", r->resumed, "size", (json_int_t)r->size, "chunks",
+        (json_int_t)r->chunks_total, "chunks_cloned", (json_int_t)r->chunks_cloned, "chunks_copied",
+        (json_int_t)r->chunks_copied, "chunks_resumed", (json_int_t)r->chunks_resumed,
+        "chunks_downloaded", (json_int_t)r->chunks_downloaded, "bytes_downloaded",
+        (json_int_t)r->bytes_downloaded);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    if (text)
+      printf("%s\n", text);
+    free(text);
+    json_decref(j);
+    return;
+  }
+  if (r->already_present) {
+    printf("%s@%" PRIu32 " from %s is already here as %s@%" PRIu32 " (identical sha256)\n", image,
+           r->remote_version, url, image, r->local_version);
+    return;
+  }
+  char got[32], size[32];
+  human_size(r->bytes_downloaded, got);
+  human_size(r->size, size);
+  printf("pulled %s@%" PRIu32 " from %s as %s@%" PRIu32 " (%s)\n", image, r->remote_version, url,
+         image, r->local_version, size);
+  if (r->base_version)
+    printf("  base %s@%" PRIu32 ": %zu of %zu chunks cloned\n", image, r->base_version,
+           r->chunks_cloned, r->chunks_total);
+  printf("  %zu chunks downloaded (%s transferred), %zu found locally%s", r->chunks_downloaded, got,
+         r->chunks_copied, r->resumed ? "" : "\n");
+  if (r->resumed)
+    printf(", %zu kept from the interrupted pull\n", r->chunks_resumed);
+}
+
+/* Fields the command line changed from their defaults win over the config. */
+static void merge_cli_opts(struct tb_repo_pull_opts *o, const struct tb_repo_pull_opts *cli,
+                           const struct tb_repo_pull_opts *def)
+{
+  if (cli->url)
+    o->url = cli->url;
+  if (cli->version)
+    o->version = cli->version;
+  if (cli->rate_limit)
+    o->rate_limit = cli->rate_limit;
+  if (cli->parallel != def->parallel)
+    o->parallel = cli->parallel;
+  if (cli->connect_timeout_ms != def->connect_timeout_ms)
+    o->connect_timeout_ms = cli->connect_timeout_ms;
+  if (cli->stall_timeout_ms != def->stall_timeout_ms)
+    o->stall_timeout_ms = cli->stall_timeout_ms;
+  if (cli->ca_file)
+    o->ca_file = cli->ca_file;
+}
+
+int ctl_image_pull(int argc, char **argv, const struct tb_config *cfg)
+{
+  enum { O_FROM = 256, O_VERSION, O_RATE, O_PARALLEL, O_CONNECT, O_STALL, O_CA, O_JSON };
+  static const struct option longopts[] = {{"from", required_argument, NULL, O_FROM},
+                                           {"version", required_argument, NULL, O_VERSION},
+                                           {"rate-limit", required_argument, NULL, O_RATE},
+                                           {"parallel", required_argument, NULL, O_PARALLEL},
+                                           {"connect-timeout", required_argument, NULL, O_CONNECT},
+                                           {"stall-timeout", required_argument, NULL, O_STALL},
+                                           {"ca-file", required_argument, NULL, O_CA},
+                                           {"json", no_argument, NULL, O_JSON},
+                                           {"quiet", no_argument, NULL, 'q'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  struct tb_repo_pull_opts o;
+  tb_repo_pull_opts_init(&o);
+  bool json = false, quiet = false;
+  int c;
+  optind = 0;
+  while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
+    char *end;
+    switch (c) {
+    case O_FROM:
+      o.url = optarg;
+      break;
+    case O_VERSION: {
+      errno = 0;
+      unsigned long v = strtoul(optarg, &end, 10);
+      if (errno || *end || optarg[0] < '1' || optarg[0] > '9' || v > UINT32_MAX) {
+        fprintf(stderr, "tabulactl: --version: expected a version number, got \"%s\"\n", optarg);
+        return 2;
+      }
+      o.version = (uint32_t)v;
+      break;
+    }
+    case O_RATE:
+      if (tb_parse_size(optarg, &o.rate_limit) == -1) {
+        fprintf(stderr, "tabulactl: --rate-limit: %s (bytes per second)\n", tb_errmsg());
+        return 2;
+      }
+      break;
+    case O_PARALLEL: {
+      long v = strtol(optarg, &end, 10);
+      if (*end || v < 1 || v > 32) {
+        fprintf(stderr, "tabulactl: --parallel: expected 1 to 32, got \"%s\"\n", optarg);
+        return 2;
+      }
+      o.parallel = (int)v;
+      break;
+    }
+    case O_CONNECT:
+      if (parse_duration_opt("--connect-timeout", optarg, &o.connect_timeout_ms) == -1)
+        return 2;
+      break;
+    case O_STALL:
+      if (parse_duration_opt("--stall-timeout", optarg, &o.stall_timeout_ms) == -1)
+        return 2;
+      break;
+    case O_CA:
+      o.ca_file = optarg;
+      break;
+    case O_JSON:
+      json = true;
+      break;
+    case 'q':
+      quiet = true;
+      break;
+    case 'h':
+      pull_usage(stdout);
+      return 0;
+    default:
+      pull_usage(stderr);
+      return 2;
+    }
+  }
+  if (argc - optind != 1) {
+    pull_usage(stderr);
+    return 2;
+  }
+  const char *image = argv[optind];
+  if (!tb_name_valid(image)) {
+    fprintf(stderr, "tabulactl: \"%s\" is not an image name ([A-Za-z0-9._-], 1-64)\n", image);
+    return 2;
+  }
+  /* Config first, then the command line on top: parse the options again. */
+  struct tb_repo_pull_opts cli = o;
+  tb_repo_pull_opts_init(&o);
+  if (cfg->pull && tb_repo_pull_opts_from_config(cfg->pull, image, &o) == -1) {
+    fprintf(stderr, "tabulactl: %s: %s\n", cfg->path ? cfg->path : "config", tb_errmsg());
+    return 1;
+  }
+  struct tb_repo_pull_opts defaults;
+  tb_repo_pull_opts_init(&defaults);
+  merge_cli_opts(&o, &cli, &defaults);
+  if (!o.url) {
+    fprintf(stderr, "tabulactl: image pull: no repository: give --from URL, or set "
+                    "\"pull\": {\"from\": URL} in the config\n");
+    return 2;
+  }
+  struct bar bar = {.on = !quiet && !json && isatty(STDERR_FILENO),
+                    .phase = TB_REPO_INDEX,
+                    .start_ms = tb_now_ms()};
+  struct tb_repo_pull_result r;
+  int rc = tb_repo_pull(cfg->state_dir, image, &o, bar_draw, &bar, &r);
+  bar_end(&bar);
+  if (rc == -1) {
+    fprintf(stderr, "tabulactl: image pull %s: %s\n", image, tb_errmsg());
+    if (r.chunks_downloaded && !json)
+      fprintf(stderr,
+              "tabulactl: %zu verified chunks are kept; run the same pull again to "
+              "resume\n",
+              r.chunks_downloaded);
+    return 1;
+  }
+  print_pull_result(image, o.url, &r, json);
+  return 0;
+}
