@@ -56,7 +56,7 @@ tb_cleanup()
   status=$?
   set +e
   if [ -n "$TB_TMP" ]; then
-    for pidfile in "$TB_TMP"/*.bgpid; do
+    for pidfile in "$TB_TMP"/*.holdpid "$TB_TMP"/*.iopid "$TB_TMP"/*.bgpid; do
       [ -f "$pidfile" ] || continue
       pid=$(cat "$pidfile" 2>/dev/null)
       [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
@@ -255,4 +255,63 @@ tb_config()
   "clients": $3
 }
 EOF2
+}
+
+# tb_hold NAME TAG [plugin-io args...]: run plugin-io in the background, its
+# last command "hold"; returns once it holds its connections open.  They stay
+# open until tb_release TAG.
+tb_hold()
+{
+  _srv=$1
+  _tag=$2
+  shift 2
+  rm -f "$TB_TMP/$_tag.fifo" "$TB_TMP/$_tag.out"
+  mkfifo "$TB_TMP/$_tag.fifo"
+  tb_io "$_srv" "$@" hold <"$TB_TMP/$_tag.fifo" >"$TB_TMP/$_tag.out" 2>&1 &
+  echo $! >"$TB_TMP/$_tag.iopid"
+  # Keep a writer open on the fifo so plugin-io sees no EOF until released.
+  sleep 2147483647 >"$TB_TMP/$_tag.fifo" &
+  echo $! >"$TB_TMP/$_tag.holdpid"
+  _i=0
+  until grep -q holding "$TB_TMP/$_tag.out" 2>/dev/null; do
+    if ! kill -0 "$(cat "$TB_TMP/$_tag.iopid")" 2>/dev/null; then
+      kill "$(cat "$TB_TMP/$_tag.holdpid")" 2>/dev/null
+      tb_fail "plugin-io $_tag exited before holding: $(cat "$TB_TMP/$_tag.out")"
+    fi
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || tb_fail "plugin-io $_tag did not reach hold"
+    sleep 0.1
+  done
+}
+
+# tb_release TAG: let a held plugin-io finish; fails if it failed.
+tb_release()
+{
+  kill "$(cat "$TB_TMP/$1.holdpid")" 2>/dev/null || true
+  _st=0
+  wait "$(cat "$TB_TMP/$1.iopid")" || _st=$?
+  [ $_st -eq 0 ] || tb_fail "plugin-io $1 failed ($_st): $(cat "$TB_TMP/$1.out")"
+}
+
+# tb_count_events TYPE CLIENT STATE: how many events of TYPE for CLIENT.
+tb_count_events()
+{
+  if [ -f "$3/events.jsonl" ]; then
+    jq -c "select(.type == \"$1\" and .client == \"$2\")" "$3/events.jsonl" | wc -l
+  else
+    echo 0
+  fi
+}
+
+# tb_json FILE JQ-EXPR WHAT: the jq expression must be true for FILE.
+tb_json()
+{
+  [ "$(jq -r "$2" "$1")" = true ] || tb_fail "$3: $2 is not true for $1: $(cat "$1")"
+}
+
+# tb_event STATE JQ-CONDITION WHAT: some event in STATE/events.jsonl matches.
+tb_event()
+{
+  jq -c "select($2)" "$1/events.jsonl" 2>/dev/null | grep -q . ||
+    tb_fail "$3: no event with $2 in $1/events.jsonl"
 }

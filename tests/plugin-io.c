@@ -24,7 +24,8 @@
  *   fill:OFF:LEN:CHUNK:SEED  write CHUNK at a time until LEN or an error; prints
  *                          "filled BYTES errno NAME" (NAME "none" if no error)
  *   extents:OFF:LEN        print base:allocation extents "OFFSET LENGTH FLAGS"
- *   sleep:MS  hold         (hold: wait for EOF on stdin, keeping connections open)
+ *   sleep:MS  hold         (hold: print "holding", then wait for EOF on stdin,
+ *                          keeping the connections open)
  *   !CMD                   CMD must fail; prints "error: ERRNO-NAME: message"
  *
  * Also: plugin-io --make-file FILE SIZE SEED [DATA_BYTES] writes a patterned
@@ -254,6 +255,8 @@ static int run(struct nbd_handle *h, const char *cmd, int *err)
     struct timespec ts = {(time_t)(v[0] / 1000), (long)(v[0] % 1000) * 1000000};
     nanosleep(&ts, NULL);
   } else if (!strcmp(cmd, "hold")) {
+    printf("holding\n");
+    fflush(stdout);
     char c;
     while (read(0, &c, 1) > 0)
       ;
