@@ -92,7 +92,7 @@ static int check_client_images(const struct tb_config *cfg)
                         c->id, c->image, c->version);
       tb_manifest_free(m);
     } else if (!tb_store_latest(cfg->state_dir, c->image)) {
-      return tb_error("clients.%s.image: %s", c->id, tb_errmsg());
+      return tb_error_prefix("clients.%s.image", c->id);
     }
   }
   return 0;
