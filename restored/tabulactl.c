@@ -1,0 +1,1267 @@
+/* tabulactl: the administrator's command line for tabula.
+ *
+ *   tabulactl [-c CONFIG] [--state DIR] [--socket PATH] [--json] COMMAND [ARGS]
+ *
+ * Most commands are requests to tabula-restored over its control socket (JSON
+ * lines, see lib/control.h): the daemon owns the clients' state and is the
+ * only writer of mailboxes and merged versions.  Two work directly on the
+ * state directory, without a daemon, so a store can be prepared before
+ * anything runs: `image import` (through lib/store's atomic version builder,
+ * safe next to a running daemon) and `image list`.
+ *
+ * Output: human tables by default, the daemon's JSON result with --json.
+ * Long work (import, merge) shows progress on stderr when it is a terminal.
+ * Exit codes: 0 done, 1 the operation failed (one line on stderr says why),
+ * 2 bad usage, 3 the daemon cannot be reached.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "conf.h"
+#include "control.h"
+#include "events.h"
+#include "store.h"
+
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+#define EXIT_NODAEMON 3
+#define DEFAULT_CONFIG "/etc/tabula/tabula.json"
+
+struct ctl {
+  const char *config_file; /* -c */
+  const char *state_dir;   /* --state */
+  const char *socket;      /* --socket */
+  bool json;
+  struct tb_config *cfg; /* loaded on demand */
+};
+
+static const char *prog = "tabulactl";
+
+/* ---- small output helpers -------------------------------------------------- */
+
+static int fail(const char *fmt, ...) TB_PRINTF(1, 2);
+static int fail(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", prog);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return EXIT_FAIL;
+}
+
+static void human_size(uint64_t n, char *out, size_t len)
+{
+  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = (double)n;
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    u++;
+  }
+  if (u == 0)
+    snprintf(out, len, "%" PRIu64 " B", n);
+  else
+    snprintf(out, len, "%.1f %s", v, units[u]);
+}
+
+/* A table: rows of cells, printed with columns padded to their widest cell. */
+#define MAX_COLS 12
+struct table {
+  size_t ncols, nrows, cap;
+  char **cells; /* nrows * ncols */
+};
+
+static void table_row(struct table *t, ...)
+{
+  if (t->nrows == t->cap) {
+    t->cap = t->cap ? t->cap * 2 : 16;
+    t->cells = realloc(t->cells, t->cap * t->ncols * sizeof *t->cells);
+    if (!t->cells) {
+      perror(prog);
+      exit(EXIT_FAIL);
+    }
+  }
+  va_list ap;
+  va_start(ap, t);
+  for (size_t i = 0; i < t->ncols; i++) {
+    const char *s = va_arg(ap, const char *);
+    t->cells[t->nrows * t->ncols + i] = strdup(s ? s : "-");
+  }
+  va_end(ap);
+  t->nrows++;
+}
+
+static void table_print(struct table *t)
+{
+  size_t width[MAX_COLS] = {0};
+  for (size_t r = 0; r < t->nrows; r++)
+    for (size_t c = 0; c < t->ncols; c++) {
+      size_t w = strlen(t->cells[r * t->ncols + c]);
+      if (w > width[c])
+        width[c] = w;
+    }
+  for (size_t r = 0; r < t->nrows; r++) {
+    for (size_t c = 0; c < t->ncols; c++) {
+      const char *s = t->cells[r * t->ncols + c];
+      if (c + 1 == t->ncols)
+        printf("%s\n", s);
+      else
+        printf("%-*s  ", (int)width[c], s);
+    }
+  }
+  for (size_t i = 0; i < t->nrows * t->ncols; i++)
+    free(t->cells[i]);
+  free(t->cells);
+  t->cells = NULL;
+  t->nrows = t->cap = 0;
+}
+
+static void print_json(const json_t *v)
+{
+  char *text = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  if (text) {
+    puts(text);
+    free(text);
+  }
+}
+
+/* Field accessors that tolerate missing keys (older daemons, optional data). */
+static const char *jstr(const json_t *o, const char *key)
+{
+  const char *s = json_string_value(json_object_get(o, key));
+  return s ? s : "-";
+}
+
+static json_int_t jint(const json_t *o, const char *key)
+{
+  return json_integer_value(json_object_get(o, key));
+}
+
+static const char *jnum(const json_t *o, const char *key, char *buf, size_t len)
+{
+  json_t *v = json_object_get(o, key);
+  if (!json_is_integer(v) || json_integer_value(v) == 0)
+    return "-";
+  snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+  return buf;
+}
+
+static const char *jsize(const json_t *o, const char *key, char *buf, size_t len)
+{
+  json_t *v = json_object_get(o, key);
+  if (!json_is_integer(v))
+    return "-";
+  human_size((uint64_t)json_integer_value(v), buf, len);
+  return buf;
+}
+
+/* ---- progress on a terminal ------------------------------------------------- */
+
+struct progress {
+  bool on;
+  const char *what;
+  const char *phase;
+  uint64_t last_done;
+  int64_t start_ms, last_ms, phase_ms;
+  int phase_no;
+};
+
+static void progress_init(struct progress *p, const char *what)
+{
+  memset(p, 0, sizeof *p);
+  p->on = isatty(STDERR_FILENO);
+  p->what = what;
+  p->start_ms = p->phase_ms = tb_now_ms();
+}
+
+static void progress_show(struct progress *p, const char *phase, uint64_t done, uint64_t total)
+{
+  if (!p->on)
+    return;
+  int64_t now = tb_now_ms();
+  if (phase != p->phase && (!phase || !p->phase || strcmp(phase, p->phase) != 0)) {
+    p->phase = phase;
+    p->phase_ms = now;
+  }
+  if (now - p->last_ms < 100 && done < total)
+    return;
+  p->last_ms = now;
+  char d[32], t[32], rate[32] = "";
+  human_size(done, d, sizeof d);
+  human_size(total, t, sizeof t);
+  if (now > p->phase_ms + 200) {
+    human_size((uint64_t)((double)done * 1000 / (double)(now - p->phase_ms)), rate, sizeof rate);
+    strcat(rate, "/s");
+  }
+  fprintf(stderr, "\r\033[K%s: %s %3d%% %s of %s %s", p->what, phase ? phase : "",
+          total ? (int)(done * 100 / total) : 100, d, t, rate);
+  fflush(stderr);
+}
+
+static void progress_done(struct progress *p)
+{
+  if (p->on && p->last_ms)
+    fprintf(stderr, "\r\033[K");
+}
+
+/* lib/store's import reports two passes (copy, then hash), each 0..size. */
+static int import_progress(void *ctx, uint64_t done, uint64_t total)
+{
+  struct progress *p = ctx;
+  if (done < p->last_done)
+    p->phase_no++;
+  p->last_done = done;
+  progress_show(p, p->phase_no == 0 ? "copying" : "hashing", done, total);
+  return 0;
+}
+
+/* ---- configuration and connection -------------------------------------------- */
+
+static int load_config(struct ctl *ctl)
+{
+  if (ctl->cfg)
+    return 0;
+  const char *file = ctl->config_file ? ctl->config_file : getenv("TABULA_CONFIG");
+  if (!file)
+    file = DEFAULT_CONFIG;
+  ctl->cfg = tb_config_load(file);
+  if (!ctl->cfg) {
+    fprintf(stderr, "%s: %s\n", prog, tb_errmsg());
+    if (!ctl->config_file && !getenv("TABULA_CONFIG"))
+      fprintf(stderr,
+              "%s: (pass the configuration with -c FILE, or the state directory "
+              "with --state DIR)\n",
+              prog);
+    return -1;
+  }
+  return 0;
+}
+
+static const char *state_dir(struct ctl *ctl)
+{
+  if (ctl->state_dir)
+    return ctl->state_dir;
+  return load_config(ctl) == 0 ? ctl->cfg->state_dir : NULL;
+}
+
+static struct tb_control *connect_daemon(struct ctl *ctl)
+{
+  char path[TB_PATH_MAX];
+  if (ctl->socket)
+    snprintf(path, sizeof path, "%s", ctl->socket);
+  else if (!ctl->config_file && !getenv("TABULA_CONFIG") && ctl->state_dir)
+    snprintf(path, sizeof path, "%s/control.sock", ctl->state_dir);
+  else if (load_config(ctl) == -1 || tb_control_socket_path(ctl->cfg, path, sizeof path) == -1)
+    return NULL;
+  struct tb_control *c = tb_control_connect(path);
+  if (!c)
+    fprintf(stderr, "%s: %s\n", prog, tb_errmsg());
+  return c;
+}
+
+/* Callback for interim lines (progress, events) of a request. */
+typedef void (*interim_fn)(void *ctx, json_t *line);
+
+/* Send REQ (consumed), wait for the final reply.  Returns the result object
+ * (a new reference) or NULL after printing why; *code gets the exit code. */
+static json_t *request(struct ctl *ctl, json_t *req, interim_fn interim, void *ictx, int *code)
+{
+  *code = EXIT_NODAEMON;
+  struct tb_control *c = connect_daemon(ctl);
+  if (!c) {
+    json_decref(req);
+    return NULL;
+  }
+  *code = EXIT_FAIL;
+  json_t *result = NULL;
+  if (tb_control_send(c, req) == -1) {
+    fail("%s", tb_errmsg());
+    goto out;
+  }
+  for (;;) {
+    json_t *line = tb_control_recv(c, -1);
+    if (!line) {
+      fail("%s", tb_errmsg());
+      goto out;
+    }
+    json_t *ok = json_object_get(line, "ok");
+    if (json_is_boolean(ok)) {
+      if (json_is_true(ok)) {
+        result = json_incref(json_object_get(line, "result"));
+        if (!result)
+          result = json_object();
+        *code = 0;
+      } else {
+        fail("%s", jstr(line, "error"));
+      }
+      json_decref(line);
+      goto out;
+    }
+    if (interim)
+      interim(ictx, line);
+    json_decref(line);
+  }
+out:
+  json_decref(req);
+  tb_control_close(c);
+  return result;
+}
+
+/* A request whose result needs no more than "done" (or its JSON). */
+static int simple_request(struct ctl *ctl, json_t *req, const char *done_fmt, ...)
+{
+  int code;
+  json_t *res = request(ctl, req, NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+  } else {
+    const char *msg = json_string_value(json_object_get(res, "message"));
+    if (msg) {
+      puts(msg);
+    } else if (done_fmt) {
+      va_list ap;
+      va_start(ap, done_fmt);
+      vprintf(done_fmt, ap);
+      va_end(ap);
+      putchar('\n');
+    }
+  }
+  json_decref(res);
+  return 0;
+}
+
+/* ---- argument helpers ------------------------------------------------------------ */
+
+struct command {
+  const char *name;
+  const char *usage;
+  const char *help;
+  int (*run)(struct ctl *ctl, int argc, char **argv);
+};
+
+static const struct command *current;
+
+static int usage_error(const char *fmt, ...) TB_PRINTF(1, 2);
+static int usage_error(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", prog);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  if (current)
+    fprintf(stderr, "\nusage: %s %s %s\n", prog, current->name, current->usage);
+  else
+    fprintf(stderr, "\n(see %s --help)\n", prog);
+  return EXIT_USAGE;
+}
+
+static bool want_help(int argc, char **argv)
+{
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--") == 0)
+      return false;
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+      return true;
+  }
+  return false;
+}
+
+static void command_help(const struct command *c)
+{
+  printf("usage: %s %s %s\n\n%s\n", prog, c->name, c->usage, c->help);
+}
+
+static int parse_uint(const char *s, const char *what, uint64_t max, uint64_t *out)
+{
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (!*s || *end || errno || v > max || s[0] == '-')
+    return usage_error("%s: expected a number, got \"%s\"", what, s);
+  *out = v;
+  return 0;
+}
+
+/* A command's options, before or after its operands (getopt_long permutes). */
+static int parse_opts(int argc, char **argv, const struct option *longopts, int *seen,
+                      const char **values)
+{
+  optind = 0;
+  opterr = 0;
+  int ch, idx;
+  while ((ch = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
+    if (ch == '?')
+      return usage_error("unknown option %s", argv[optind - 1]);
+    if (ch == ':')
+      return usage_error("option %s needs a value", argv[optind - 1]);
+    seen[ch] = 1;
+    values[ch] = optarg;
+  }
+  return 0;
+}
+
+static int check_client_arg(const char *id)
+{
+  if (!tb_name_valid(id))
+    return usage_error("invalid client id \"%.80s\" (1-64 characters [A-Za-z0-9._-])", id);
+  return 0;
+}
+
+/* ---- image import / list (direct on the state directory) ---------------------------- */
+
+static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"note", required_argument, NULL, 'n'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != 2)
+    return usage_error("expected NAME FILE");
+  const char *name = argv[optind], *file = argv[optind + 1];
+  if (!tb_name_valid(name))
+    return usage_error("invalid image name \"%.80s\" (1-64 characters [A-Za-z0-9._-], "
+                       "starting with a letter or digit)",
+                       name);
+  const char *state = state_dir(ctl);
+  if (!state)
+    return EXIT_FAIL;
+  if (ctl->cfg && !tb_config_has_image(ctl->cfg, name))
+    fprintf(stderr,
+            "%s: note: image %s is not listed in \"images\" of %s; clients cannot use it "
+            "until it is\n",
+            prog, name, ctl->cfg->path);
+  char what[128];
+  snprintf(what, sizeof what, "importing %s", name);
+  struct progress p;
+  progress_init(&p, what);
+  uint32_t ver;
+  int r = tb_store_import(state, name, file, val['n'], import_progress, &p, &ver);
+  progress_done(&p);
+  if (r == -1)
+    return fail("%s", tb_errmsg());
+  struct tb_manifest *m = tb_manifest_load(state, name, ver);
+  if (!m)
+    return fail("%s", tb_errmsg());
+  tb_eventf(state, "image-import", NULL, "{s:s, s:I, s:I, s:s}", "image", name, "version",
+            (json_int_t)ver, "size", (json_int_t)m->size, "file", file);
+  char sha[65], size[32];
+  tb_hex(m->sha256, 32, sha);
+  human_size(m->size, size, sizeof size);
+  if (ctl->json) {
+    json_t *o = json_pack("{s:s, s:I, s:I, s:s}", "image", name, "version", (json_int_t)ver, "size",
+                          (json_int_t)m->size, "sha256", sha);
+    print_json(o);
+    json_decref(o);
+  } else {
+    printf("imported %s as %s@%" PRIu32 " (%s, sha256 %.16s..., %.1f s)\n", file, name, ver, size,
+           sha, (double)(tb_now_ms() - p.start_ms) / 1000);
+  }
+  tb_manifest_free(m);
+  return 0;
+}
+
+static json_t *version_json(const struct tb_manifest *m)
+{
+  char sha[65];
+  tb_hex(m->sha256, 32, sha);
+  json_t *o = json_pack("{s:I, s:I, s:s, s:s}", "version", (json_int_t)m->version, "size",
+                        (json_int_t)m->size, "sha256", sha, "created", m->created);
+  if (m->parent)
+    json_object_set_new(o, "parent", json_integer(m->parent));
+  if (m->note)
+    json_object_set_new(o, "note", json_string(m->note));
+  return o;
+}
+
+static int cmd_image_list(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind > 1)
+    return usage_error("expected at most one image name");
+  const char *only = optind < argc ? argv[optind] : NULL;
+  const char *state = state_dir(ctl);
+  if (!state)
+    return EXIT_FAIL;
+  char **names;
+  size_t n;
+  if (tb_store_images(state, &names, &n) == -1)
+    return fail("%s", tb_errmsg());
+  json_t *images = json_array();
+  int code = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (only && strcmp(only, names[i]) != 0)
+      continue;
+    uint32_t *vers;
+    size_t nv;
+    if (tb_store_versions(state, names[i], &vers, &nv) == -1) {
+      code = fail("%s", tb_errmsg());
+      continue;
+    }
+    json_t *jv = json_array();
+    for (size_t k = 0; k < nv; k++) {
+      struct tb_manifest *m = tb_manifest_load(state, names[i], vers[k]);
+      if (!m) {
+        code = fail("%s", tb_errmsg());
+        continue;
+      }
+      json_array_append_new(jv, version_json(m));
+      tb_manifest_free(m);
+    }
+    free(vers);
+    json_array_append_new(images, json_pack("{s:s, s:o}", "name", names[i], "versions", jv));
+  }
+  tb_strv_free(names, n);
+  if (only && json_array_size(images) == 0) {
+    json_decref(images);
+    return fail("no image %s in %s (see tabulactl image list)", only, state);
+  }
+  if (ctl->json) {
+    json_t *o = json_pack("{s:o}", "images", images);
+    print_json(o);
+    json_decref(o);
+    return code;
+  }
+  struct table t = {.ncols = 6};
+  table_row(&t, "IMAGE", "VERSION", "SIZE", "CREATED", "PARENT", "NOTE");
+  size_t i;
+  json_t *img;
+  json_array_foreach(images, i, img)
+  {
+    size_t k;
+    json_t *v;
+    json_array_foreach(json_object_get(img, "versions"), k, v)
+    {
+      char ver[32], size[32], parent[32];
+      table_row(&t, jstr(img, "name"), jnum(v, "version", ver, sizeof ver),
+                jsize(v, "size", size, sizeof size), jstr(v, "created"),
+                jnum(v, "parent", parent, sizeof parent), jstr(v, "note"));
+    }
+  }
+  if (t.nrows == 1)
+    printf("no images in %s (add one with: tabulactl image import NAME FILE)\n", state);
+  else
+    table_print(&t);
+  json_decref(images);
+  return code;
+}
+
+/* ---- image rm / gc (through the daemon: it knows every reference) -------------------- */
+
+static int split_image_version(const char *arg, char *image, uint32_t *ver)
+{
+  const char *at = strchr(arg, '@');
+  size_t len = at ? (size_t)(at - arg) : strlen(arg);
+  if (len == 0 || len > TB_NAME_MAX)
+    return usage_error("invalid image \"%.80s\"", arg);
+  memcpy(image, arg, len);
+  image[len] = '\0';
+  if (!tb_name_valid(image))
+    return usage_error("invalid image name \"%.80s\"", image);
+  *ver = 0;
+  if (at) {
+    uint64_t v;
+    if (parse_uint(at + 1, "version", UINT32_MAX, &v) || v == 0)
+      return usage_error("invalid version in \"%.80s\" (expected IMAGE@N, N >= 1)", arg);
+    *ver = (uint32_t)v;
+  }
+  return 0;
+}
+
+static int cmd_image_rm(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != 1)
+    return usage_error("expected IMAGE@N");
+  char image[TB_NAME_MAX + 1];
+  uint32_t ver;
+  if (split_image_version(argv[optind], image, &ver))
+    return EXIT_USAGE;
+  if (!ver)
+    return usage_error("say which version to remove: %s@N (see tabulactl image list)", image);
+  return simple_request(
+      ctl,
+      json_pack("{s:s, s:s, s:I}", "op", "image-rm", "image", image, "version", (json_int_t)ver),
+      "removed %s@%" PRIu32, image, ver);
+}
+
+static int cmd_image_gc(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"dry-run", no_argument, NULL, 'n'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc != optind)
+    return usage_error("gc takes no operands");
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s, s:b}", "op", "image-gc", "dry_run", seen['n'] != 0),
+                        NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+  } else {
+    json_t *removed = json_object_get(res, "removed");
+    size_t i;
+    json_t *v;
+    json_array_foreach(removed, i, v)
+    {
+      char size[32];
+      printf("%s %s@%" JSON_INTEGER_FORMAT " (%s)\n", seen['n'] ? "would remove" : "removed",
+             jstr(v, "image"), jint(v, "version"), jsize(v, "bytes", size, sizeof size));
+    }
+    char total[32];
+    human_size((uint64_t)jint(res, "freed_bytes"), total, sizeof total);
+    printf("%s %zu version%s, %s; kept %" JSON_INTEGER_FORMAT
+           " referenced or newest version%s; removed %" JSON_INTEGER_FORMAT
+           " leftover temporaries\n",
+           seen['n'] ? "would free" : "freed", json_array_size(removed),
+           json_array_size(removed) == 1 ? "" : "s", total, jint(res, "kept"),
+           jint(res, "kept") == 1 ? "" : "s", jint(res, "temporaries"));
+  }
+  json_decref(res);
+  return 0;
+}
+
+static const struct command image_commands[] = {
+    {"import", "NAME FILE [--note TEXT]",
+     "Add FILE (a raw disk image) as the next version of image NAME, directly in the state\n"
+     "directory (no daemon needed).  The version is published atomically with its manifest\n"
+     "(size, sha256, per-chunk sha256).  Holes stay holes; a reflink is used where the\n"
+     "filesystem allows.",
+     cmd_image_import},
+    {"list", "[NAME]",
+     "List images and their versions, directly from the state directory (no daemon needed).",
+     cmd_image_list},
+    {"rm", "IMAGE@N",
+     "Remove a version.  Refused while any client, overlay, retained session or pin uses it.",
+     cmd_image_rm},
+    {"gc", "[--dry-run]",
+     "Remove every version that no client, overlay, retained session or pin references and\n"
+     "that is not the newest of its image, and leftovers of interrupted builds.  Says what it\n"
+     "freed.",
+     cmd_image_gc},
+};
+
+static int cmd_image(struct ctl *ctl, int argc, char **argv)
+{
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    printf("usage: %s image SUBCOMMAND ...\n\n", prog);
+    for (size_t i = 0; i < sizeof image_commands / sizeof *image_commands; i++)
+      printf("  image %-7s %s\n", image_commands[i].name, image_commands[i].usage);
+    return argc < 2 ? EXIT_USAGE : 0;
+  }
+  for (size_t i = 0; i < sizeof image_commands / sizeof *image_commands; i++) {
+    const struct command *c = &image_commands[i];
+    if (strcmp(argv[1], c->name) == 0) {
+      static struct command full;
+      static char name[32];
+      snprintf(name, sizeof name, "image %s", c->name);
+      full = *c;
+      full.name = name;
+      current = &full;
+      if (want_help(argc - 1, argv + 1)) {
+        command_help(&full);
+        return 0;
+      }
+      return c->run(ctl, argc - 1, argv + 1);
+    }
+  }
+  return usage_error("unknown image subcommand \"%s\" (import, list, rm, gc)", argv[1]);
+}
+
+/* ---- daemon commands ------------------------------------------------------------------ */
+
+static int no_operands(int argc, char **argv, int want, const char *what)
+{
+  static const struct option lo[] = {{0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != want)
+    return usage_error("expected %s", what);
+  return 0;
+}
+
+static int cmd_status(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 0, "no operands"))
+    return EXIT_USAGE;
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s}", "op", "status"), NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+    json_decref(res);
+    return 0;
+  }
+  json_t *d = json_object_get(res, "daemon"), *nb = json_object_get(res, "nbdkit"),
+         *cl = json_object_get(res, "clients"), *wh = json_object_get(res, "webhooks");
+  char dirty[32];
+  printf("daemon:   pid %" JSON_INTEGER_FORMAT ", up %" JSON_INTEGER_FORMAT " s, config %s\n",
+         jint(d, "pid"), jint(d, "uptime_s"), jstr(d, "config"));
+  printf("state:    %s\n", jstr(d, "state_dir"));
+  printf("nbdkit:   %s", jstr(nb, "state"));
+  if (jint(nb, "pid"))
+    printf(", pid %" JSON_INTEGER_FORMAT, jint(nb, "pid"));
+  printf(", %" JSON_INTEGER_FORMAT " restart%s, unix %s", jint(nb, "restarts"),
+         jint(nb, "restarts") == 1 ? "" : "s", jstr(nb, "unix"));
+  if (json_is_string(json_object_get(nb, "tcp")))
+    printf(", tcp %s", jstr(nb, "tcp"));
+  printf("\n");
+  if (json_is_string(json_object_get(nb, "last_exit")))
+    printf("          last exit: %s\n", jstr(nb, "last_exit"));
+  printf("clients:  %" JSON_INTEGER_FORMAT " configured, %" JSON_INTEGER_FORMAT
+         " in a session, %" JSON_INTEGER_FORMAT " with pending actions, %s dirty\n",
+         jint(cl, "total"), jint(cl, "active"), jint(cl, "pending"),
+         jsize(cl, "dirty_bytes", dirty, sizeof dirty));
+  json_t *images = json_object_get(res, "images");
+  size_t i;
+  json_t *v;
+  json_array_foreach(images, i, v)
+  {
+    char latest[32];
+    printf("%s%s@%s (%" JSON_INTEGER_FORMAT " version%s)", i ? ", " : "images:   ", jstr(v, "name"),
+           jnum(v, "latest", latest, sizeof latest), jint(v, "versions"),
+           jint(v, "versions") == 1 ? "" : "s");
+  }
+  if (json_array_size(images))
+    printf("\n");
+  json_array_foreach(json_object_get(res, "jobs"), i, v)
+  {
+    char done[32], total[32];
+    printf("job:      %s %s (%s of %s)\n", jstr(v, "kind"), jstr(v, "what"),
+           jsize(v, "done", done, sizeof done), jsize(v, "total", total, sizeof total));
+  }
+  if (wh)
+    printf("webhooks: %" JSON_INTEGER_FORMAT " sent, %" JSON_INTEGER_FORMAT
+           " failed, %" JSON_INTEGER_FORMAT " queued, %" JSON_INTEGER_FORMAT " dropped\n",
+           jint(wh, "sent"), jint(wh, "failed"), jint(wh, "queued"), jint(wh, "dropped"));
+  json_decref(res);
+  return 0;
+}
+
+static const char *pending_text(const json_t *c, char *buf, size_t len)
+{
+  buf[0] = '\0';
+  size_t i;
+  json_t *v;
+  json_array_foreach(json_object_get(c, "pending"), i, v)
+  {
+    size_t n = strlen(buf);
+    snprintf(buf + n, len - n, "%s%s", n ? "," : "", json_string_value(v));
+  }
+  return buf[0] ? buf : "-";
+}
+
+static int cmd_clients(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 0, "no operands"))
+    return EXIT_USAGE;
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s}", "op", "clients"), NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+    json_decref(res);
+    return 0;
+  }
+  struct table t = {.ncols = 9};
+  table_row(&t, "CLIENT", "GROUP", "POLICY", "BASE", "NEXT", "STATE", "SESSION", "DIRTY",
+            "PENDING");
+  size_t i;
+  json_t *c;
+  json_array_foreach(json_object_get(res, "clients"), i, c)
+  {
+    char base[96], next[96], sess[32], dirty[32], pend[128];
+    snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT "%s", jstr(c, "image"),
+             jint(c, "version"), json_is_true(json_object_get(c, "pinned")) ? " (pinned)" : "");
+    if (!jint(c, "version"))
+      snprintf(base, sizeof base, "-");
+    snprintf(next, sizeof next, "%s@%" JSON_INTEGER_FORMAT, jstr(c, "next_image"),
+             jint(c, "next_version"));
+    if (!jint(c, "next_version"))
+      snprintf(next, sizeof next, "-");
+    table_row(
+        &t, jstr(c, "id"), json_is_string(json_object_get(c, "group")) ? jstr(c, "group") : "-",
+        jstr(c, "policy"), base, next, jstr(c, "state"), jnum(c, "session", sess, sizeof sess),
+        jsize(c, "dirty_bytes", dirty, sizeof dirty), pending_text(c, pend, sizeof pend));
+  }
+  table_print(&t);
+  json_decref(res);
+  return 0;
+}
+
+static void print_sessions_table(const json_t *sessions)
+{
+  struct table t = {.ncols = 5};
+  table_row(&t, "SESSION", "BASE", "DIRTY", "ON DISK", "ENDED");
+  size_t i;
+  json_t *s;
+  json_array_foreach(sessions, i, s)
+  {
+    char num[32], base[96], dirty[32], disk[32];
+    snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT, jstr(s, "image"), jint(s, "version"));
+    table_row(&t, jnum(s, "session", num, sizeof num), base,
+              jsize(s, "dirty_bytes", dirty, sizeof dirty),
+              jsize(s, "disk_bytes", disk, sizeof disk), jstr(s, "ended"));
+  }
+  if (t.nrows == 1) {
+    printf("no retained sessions\n");
+    table_print(&t);
+    return;
+  }
+  table_print(&t);
+}
+
+static int cmd_client(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 1, "ID"))
+    return EXIT_USAGE;
+  if (check_client_arg(argv[optind]))
+    return EXIT_USAGE;
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s, s:s}", "op", "client", "client", argv[optind]), NULL,
+                        NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+    json_decref(res);
+    return 0;
+  }
+  char buf[64], pend[128];
+  printf("client:       %s\n", jstr(res, "id"));
+  if (json_is_string(json_object_get(res, "group")))
+    printf("group:        %s\n", jstr(res, "group"));
+  printf("policy:       %s (keep %" JSON_INTEGER_FORMAT " sessions)\n", jstr(res, "policy"),
+         jint(res, "keep_sessions"));
+  if (jint(res, "version"))
+    printf("base:         %s@%" JSON_INTEGER_FORMAT "%s\n", jstr(res, "image"),
+           jint(res, "version"), json_is_true(json_object_get(res, "pinned")) ? " (pinned)" : "");
+  else
+    printf("base:         - (no overlay yet)\n");
+  printf("next session: %s@%" JSON_INTEGER_FORMAT "%s\n", jstr(res, "next_image"),
+         jint(res, "next_version"),
+         json_is_true(json_object_get(res, "keeps_overlay")) ? " (keeps its overlay)" : "");
+  printf("state:        %s\n", jstr(res, "state"));
+  printf("session:      %s\n", jnum(res, "session", buf, sizeof buf));
+  printf("dirty:        %s\n", jsize(res, "dirty_bytes", buf, sizeof buf));
+  printf("on disk:      %s\n", jsize(res, "disk_bytes", buf, sizeof buf));
+  printf("pending:      %s\n", pending_text(res, pend, sizeof pend));
+  if (json_is_string(json_object_get(res, "refresh")))
+    printf("refresh:      %s (next %s)\n", jstr(res, "refresh"), jstr(res, "next_refresh"));
+  json_t *last = json_object_get(res, "last_session");
+  if (json_is_object(last)) {
+    char rd[32], wr[32];
+    printf("last session: %" JSON_INTEGER_FORMAT " %s, %s → %s, read %s, written %s\n",
+           jint(last, "session"), jstr(last, "state"), jstr(last, "started"), jstr(last, "ended"),
+           jsize(last, "bytes_read", rd, sizeof rd), jsize(last, "bytes_written", wr, sizeof wr));
+  }
+  printf("\n");
+  print_sessions_table(json_object_get(res, "sessions"));
+  json_decref(res);
+  return 0;
+}
+
+static int cmd_sessions(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 1, "ID"))
+    return EXIT_USAGE;
+  if (check_client_arg(argv[optind]))
+    return EXIT_USAGE;
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s, s:s}", "op", "sessions", "client", argv[optind]),
+                        NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json)
+    print_json(res);
+  else
+    print_sessions_table(json_object_get(res, "sessions"));
+  json_decref(res);
+  return 0;
+}
+
+static int cmd_rollback(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 1, "ID"))
+    return EXIT_USAGE;
+  if (check_client_arg(argv[optind]))
+    return EXIT_USAGE;
+  return simple_request(ctl, json_pack("{s:s, s:s}", "op", "rollback", "client", argv[optind]),
+                        "%s: rollback at the next session start", argv[optind]);
+}
+
+static int cmd_restore(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"session", required_argument, NULL, 's'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != 1 || !seen['s'])
+    return usage_error("expected ID --session N");
+  uint64_t n;
+  if (check_client_arg(argv[optind]) || parse_uint(val['s'], "--session", INT64_MAX, &n))
+    return EXIT_USAGE;
+  return simple_request(ctl,
+                        json_pack("{s:s, s:s, s:I}", "op", "restore", "client", argv[optind],
+                                  "session", (json_int_t)n),
+                        "%s: session %" PRIu64 " becomes the overlay at the next session start",
+                        argv[optind], n);
+}
+
+static void merge_progress(void *ctx, json_t *line)
+{
+  json_t *p = json_object_get(line, "progress");
+  if (p)
+    progress_show(ctx, jstr(p, "phase"), (uint64_t)jint(p, "done"), (uint64_t)jint(p, "total"));
+}
+
+static int cmd_merge(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"into", required_argument, NULL, 'i'},
+                                     {"note", required_argument, NULL, 'n'},
+                                     {"session", required_argument, NULL, 's'},
+                                     {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != 1 || !seen['i'])
+    return usage_error("expected ID --into IMAGE");
+  if (check_client_arg(argv[optind]))
+    return EXIT_USAGE;
+  if (!tb_name_valid(val['i']))
+    return usage_error("invalid image name \"%.80s\"", val['i']);
+  json_t *req = json_pack("{s:s, s:s, s:s, s:b}", "op", "merge", "client", argv[optind], "into",
+                          val['i'], "progress", isatty(STDERR_FILENO));
+  if (seen['n'])
+    json_object_set_new(req, "note", json_string(val['n']));
+  if (seen['s']) {
+    uint64_t n;
+    if (parse_uint(val['s'], "--session", INT64_MAX, &n)) {
+      json_decref(req);
+      return EXIT_USAGE;
+    }
+    json_object_set_new(req, "session", json_integer((json_int_t)n));
+  }
+  char what[128];
+  snprintf(what, sizeof what, "merging %s into %s", argv[optind], val['i']);
+  struct progress p;
+  progress_init(&p, what);
+  int code;
+  json_t *res = request(ctl, req, merge_progress, &p, &code);
+  progress_done(&p);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+  } else {
+    char changed[32], dirty[32];
+    printf("merged %s into %s@%" JSON_INTEGER_FORMAT " (from %s@%" JSON_INTEGER_FORMAT
+           "): %s dirty, %s differed from the base, %.1f s%s\n",
+           argv[optind], jstr(res, "image"), jint(res, "version"), jstr(res, "base_image"),
+           jint(res, "base_version"), jsize(res, "dirty_bytes", dirty, sizeof dirty),
+           jsize(res, "changed_bytes", changed, sizeof changed),
+           (double)jint(res, "duration_ms") / 1000,
+           json_is_true(json_object_get(res, "reflink")) ? ", reflinked" : "");
+  }
+  json_decref(res);
+  return 0;
+}
+
+static int cmd_reimage(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 2, "ID IMAGE[@N]"))
+    return EXIT_USAGE;
+  char image[TB_NAME_MAX + 1];
+  uint32_t ver;
+  if (check_client_arg(argv[optind]) || split_image_version(argv[optind + 1], image, &ver))
+    return EXIT_USAGE;
+  json_t *req =
+      json_pack("{s:s, s:s, s:s}", "op", "reimage", "client", argv[optind], "image", image);
+  if (ver)
+    json_object_set_new(req, "version", json_integer(ver));
+  return simple_request(ctl, req, "%s: the next session starts on %s", argv[optind],
+                        argv[optind + 1]);
+}
+
+static int cmd_pin(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 2, "ID N"))
+    return EXIT_USAGE;
+  uint64_t v;
+  if (check_client_arg(argv[optind]) || parse_uint(argv[optind + 1], "version", UINT32_MAX, &v))
+    return EXIT_USAGE;
+  if (v == 0)
+    return usage_error("versions start at 1");
+  return simple_request(
+      ctl,
+      json_pack("{s:s, s:s, s:I}", "op", "pin", "client", argv[optind], "version", (json_int_t)v),
+      "%s: pinned to version %" PRIu64, argv[optind], v);
+}
+
+static int cmd_unpin(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 1, "ID"))
+    return EXIT_USAGE;
+  if (check_client_arg(argv[optind]))
+    return EXIT_USAGE;
+  return simple_request(ctl, json_pack("{s:s, s:s}", "op", "unpin", "client", argv[optind]),
+                        "%s: unpinned (follows the newest version)", argv[optind]);
+}
+
+static int cmd_refresh(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"group", required_argument, NULL, 'g'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if ((argc - optind == 1) == (seen['g'] != 0))
+    return usage_error("expected ID or --group GROUP");
+  json_t *req;
+  if (seen['g']) {
+    if (!tb_name_valid(val['g']))
+      return usage_error("invalid group name \"%.80s\"", val['g']);
+    req = json_pack("{s:s, s:s}", "op", "refresh", "group", val['g']);
+  } else {
+    if (check_client_arg(argv[optind]))
+      return EXIT_USAGE;
+    req = json_pack("{s:s, s:s}", "op", "refresh", "client", argv[optind]);
+  }
+  return simple_request(ctl, req, "refresh at the next session start");
+}
+
+static int cmd_reload(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 0, "no operands"))
+    return EXIT_USAGE;
+  return simple_request(ctl, json_pack("{s:s}", "op", "reload"), "configuration reloaded");
+}
+
+static void print_event(struct ctl *ctl, const json_t *ev)
+{
+  if (ctl->json) {
+    char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (text)
+      puts(text);
+    free(text);
+    fflush(stdout);
+    return;
+  }
+  printf("%s %-16s %-10s", jstr(ev, "time"), jstr(ev, "type"),
+         json_is_string(json_object_get(ev, "client")) ? jstr(ev, "client") : "-");
+  const char *key;
+  json_t *v;
+  json_object_foreach((json_t *)ev, key, v)
+  {
+    if (!strcmp(key, "time") || !strcmp(key, "ts") || !strcmp(key, "type") ||
+        !strcmp(key, "client"))
+      continue;
+    char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    printf(" %s=%s", key, text ? text : "?");
+    free(text);
+  }
+  printf("\n");
+  fflush(stdout);
+}
+
+static void events_line(void *ctx, json_t *line)
+{
+  json_t *ev = json_object_get(line, "event");
+  if (ev)
+    print_event(ctx, ev);
+}
+
+static int cmd_events(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"follow", no_argument, NULL, 'f'},
+                                     {"client", required_argument, NULL, 'c'},
+                                     {"last", required_argument, NULL, 'n'},
+                                     {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc != optind)
+    return usage_error("events takes no operands");
+  uint64_t last = 20;
+  if (seen['n'] && parse_uint(val['n'], "--last", 1000000, &last))
+    return EXIT_USAGE;
+  json_t *req = json_pack("{s:s, s:b, s:I}", "op", "events", "follow", seen['f'] != 0, "last",
+                          (json_int_t)last);
+  if (seen['c']) {
+    if (check_client_arg(val['c'])) {
+      json_decref(req);
+      return EXIT_USAGE;
+    }
+    json_object_set_new(req, "client", json_string(val['c']));
+  }
+  int code;
+  json_t *res = request(ctl, req, events_line, ctl, &code);
+  if (!res)
+    return code;
+  size_t i;
+  json_t *ev;
+  json_array_foreach(json_object_get(res, "events"), i, ev) print_event(ctl, ev);
+  json_decref(res);
+  return 0;
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
+
+static const struct command commands[] = {
+    {"status", "", "Show the daemon, nbdkit and a summary of clients and images.", cmd_status},
+    {"clients", "", "List clients: policy, base version, next version, state, dirty bytes.",
+     cmd_clients},
+    {"client", "ID",
+     "Show one client: policy, base version, pinned or not, dirty bytes, session state,\n"
+     "pending actions, last session and retained sessions.",
+     cmd_client},
+    {"sessions", "ID", "List a client's retained sessions (restore points).", cmd_sessions},
+    {"rollback", "ID", "Discard the client's overlay at its next session start.", cmd_rollback},
+    {"restore", "ID --session N",
+     "Make retained session N the client's overlay again, at its next session start.", cmd_restore},
+    {"merge", "ID --into IMAGE [--note TEXT] [--session N]",
+     "Build IMAGE@N+1 from the client's base plus its overlay (or retained session N),\n"
+     "writing only blocks that differ from the base.  The client must not be in a session.\n"
+     "The merged client continues on the new version with an empty overlay; rollback\n"
+     "clients pick the new version at their next session, persist clients stay pinned to\n"
+     "theirs until refreshed.",
+     cmd_merge},
+    {"reimage", "ID IMAGE[@N]",
+     "Start the client's next session on another image (or version), overlay discarded.",
+     cmd_reimage},
+    {"pin", "ID N", "Pin the client to version N of its image.", cmd_pin},
+    {"unpin", "ID", "Let the client follow the newest version of its image again.", cmd_unpin},
+    {"refresh", "ID | --group GROUP",
+     "Move the client (or every client of GROUP) to its current version at the next session\n"
+     "start, discarding its overlay (for persist clients).",
+     cmd_refresh},
+    {"image", "import|list|rm|gc ...", "Manage image versions (see tabulactl image --help).",
+     cmd_image},
+    {"events", "[--follow] [--client ID] [--last N]",
+     "Show the last N events of the journal (default 20), and with --follow keep printing\n"
+     "new ones until interrupted.",
+     cmd_events},
+    {"reload", "",
+     "Re-read the daemon's configuration file.  An invalid file is refused with its error\n"
+     "and the running configuration stays.",
+     cmd_reload},
+};
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "usage: %s [-c CONFIG] [--state DIR] [--socket PATH] [--json] COMMAND [ARGS]\n\n"
+          "Administer tabula: clients, sessions, merges and image versions.\n\n"
+          "Options:\n"
+          "  -c, --config FILE  configuration file (default $TABULA_CONFIG or %s)\n"
+          "  --state DIR        state directory (overrides the configuration's state_dir)\n"
+          "  --socket PATH      the daemon's control socket (default: from the configuration)\n"
+          "  --json             print results as JSON\n"
+          "  -h, --help         this help; COMMAND --help for a command's\n"
+          "  -V, --version      print the version\n\n"
+          "Commands:\n",
+          prog, DEFAULT_CONFIG);
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+    fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].usage);
+  fprintf(f, "\nExit status: 0 done, 1 failed, 2 bad usage, 3 daemon not reachable.\n");
+}
+
+int main(int argc, char **argv)
+{
+  static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
+                                     {"state", required_argument, NULL, 's'},
+                                     {"socket", required_argument, NULL, 'S'},
+                                     {"json", no_argument, NULL, 'j'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {"version", no_argument, NULL, 'V'},
+                                     {0}};
+  struct ctl ctl = {0};
+  signal(SIGPIPE, SIG_IGN);
+  int ch;
+  opterr = 0;
+  while ((ch = getopt_long(argc, argv, "+c:hV", lo, NULL)) != -1) {
+    switch (ch) {
+    case 'c':
+      ctl.config_file = optarg;
+      break;
+    case 's':
+      ctl.state_dir = optarg;
+      break;
+    case 'S':
+      ctl.socket = optarg;
+      break;
+    case 'j':
+      ctl.json = true;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    case 'V':
+      printf("tabulactl %s\n", PACKAGE_VERSION);
+      return 0;
+    default:
+      return usage_error("unknown or incomplete option %s", argv[optind - 1]);
+    }
+  }
+  if (optind >= argc) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  const char *name = argv[optind];
+  int sub_argc = argc - optind;
+  char **sub_argv = argv + optind;
+  /* --json may also follow the command. */
+  for (int i = 1; i < sub_argc; i++)
+    if (strcmp(sub_argv[i], "--json") == 0) {
+      ctl.json = true;
+      memmove(&sub_argv[i], &sub_argv[i + 1], (size_t)(sub_argc - i) * sizeof *sub_argv);
+      sub_argc--;
+      break;
+    }
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+    if (strcmp(name, commands[i].name) != 0)
+      continue;
+    current = &commands[i];
+    if (commands[i].run != cmd_image && want_help(sub_argc, sub_argv)) {
+      command_help(&commands[i]);
+      return 0;
+    }
+    int r = commands[i].run(&ctl, sub_argc, sub_argv);
+    tb_config_unref(ctl.cfg);
+    return r;
+  }
+  return usage_error("unknown command \"%s\"", name);
+}
