@@ -25,14 +25,21 @@
 static const char *type_name(const json_t *v)
 {
   switch (json_typeof(v)) {
-  case JSON_OBJECT: return "an object";
-  case JSON_ARRAY: return "an array";
-  case JSON_STRING: return "a string";
-  case JSON_INTEGER: return "an integer";
-  case JSON_REAL: return "a number";
+  case JSON_OBJECT:
+    return "an object";
+  case JSON_ARRAY:
+    return "an array";
+  case JSON_STRING:
+    return "a string";
+  case JSON_INTEGER:
+    return "an integer";
+  case JSON_REAL:
+    return "a number";
   case JSON_TRUE:
-  case JSON_FALSE: return "a boolean";
-  case JSON_NULL: return "null";
+  case JSON_FALSE:
+    return "a boolean";
+  case JSON_NULL:
+    return "null";
   }
   return "something else";
 }
@@ -109,8 +116,8 @@ static int get_name(const json_t *obj, const char *path, const char *key, char *
   return 0;
 }
 
-static int get_int(const json_t *obj, const char *path, const char *key, long long lo,
-                   long long hi, long long *out)
+static int get_int(const json_t *obj, const char *path, const char *key, long long lo, long long hi,
+                   long long *out)
 {
   json_t *v = json_object_get(obj, key);
   if (!v)
@@ -279,8 +286,8 @@ static int default_client_acl(struct tb_acl *acl)
 /* ---- clients ------------------------------------------------------------- */
 
 static const char *const client_keys[] = {
-    "image",    "version", "policy",   "keep_sessions", "allow",    "address", "group",
-    "refresh",  "refresh_jitter",      "preserve",      "quota",    "watchdog", NULL};
+    "image",   "version",        "policy",   "keep_sessions", "allow",    "address", "group",
+    "refresh", "refresh_jitter", "preserve", "quota",         "watchdog", NULL};
 
 static int parse_preserve(const json_t *v, const char *path, struct tb_client_conf *c)
 {
@@ -424,10 +431,10 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
 
 /* ---- top level ------------------------------------------------------------ */
 
-static const char *const top_keys[] = {
-    "state_dir", "block_size", "images",  "clients",  "groups",   "listen",
-    "control",   "nbdkit",     "plugin",  "tls",      "admin",    "events",
-    "webhooks",  "metrics",    "pull",    "watchdog", NULL};
+static const char *const top_keys[] = {"state_dir", "block_size", "images",   "clients", "groups",
+                                       "listen",    "control",    "nbdkit",   "plugin",  "tls",
+                                       "admin",     "events",     "webhooks", "metrics", "pull",
+                                       "watchdog",  NULL};
 
 static int parse_images(struct tb_config *cfg, const json_t *v)
 {
@@ -626,9 +633,9 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     return tb_error("state_dir: expected an absolute path, got \"%s\"", cfg->state_dir);
   long long bs = TB_DEFAULT_BLOCK_SIZE;
   json_t *bsv = json_object_get(root, "block_size");
-  if (bsv && (!json_is_integer(bsv) || !tb_is_pow2((uint64_t)json_integer_value(bsv)) ||
-              json_integer_value(bsv) < TB_MIN_BLOCK_SIZE ||
-              json_integer_value(bsv) > TB_MAX_BLOCK_SIZE))
+  if (bsv &&
+      (!json_is_integer(bsv) || !tb_is_pow2((uint64_t)json_integer_value(bsv)) ||
+       json_integer_value(bsv) < TB_MIN_BLOCK_SIZE || json_integer_value(bsv) > TB_MAX_BLOCK_SIZE))
     return bad("block_size", "a power of two from 512 to 1048576", bsv);
   if (bsv)
     bs = json_integer_value(bsv);
@@ -759,8 +766,7 @@ struct tb_config *tb_config_parse(const char *text, const char *name)
   json_error_t jerr;
   json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
   if (!root) {
-    tb_error("%s: line %d, column %d: not valid JSON: %s", name, jerr.line, jerr.column,
-             jerr.text);
+    tb_error("%s: line %d, column %d: not valid JSON: %s", name, jerr.line, jerr.column, jerr.text);
     return NULL;
   }
   struct tb_config *cfg = calloc(1, sizeof *cfg);

@@ -47,7 +47,7 @@ struct tb_acl {
  * against the base version's partition table when a rollback happens. */
 struct tb_preserve {
   enum { TB_PRESERVE_PARTITION, TB_PRESERVE_LBA } kind;
-  uint32_t partition; /* 1-based, for TB_PRESERVE_PARTITION */
+  uint32_t partition;           /* 1-based, for TB_PRESERVE_PARTITION */
   uint64_t first_lba, last_lba; /* inclusive, 512-byte sectors, for TB_PRESERVE_LBA */
 };
 
@@ -56,41 +56,41 @@ struct tb_client_conf {
   char image[TB_NAME_MAX + 1];
   char group[TB_NAME_MAX + 1]; /* "" if none */
   enum tb_policy policy;
-  uint32_t version;   /* 0: newest version of the image */
-  int keep_sessions;  /* retained sessions (restore points), default 2 */
+  uint32_t version;    /* 0: newest version of the image */
+  int keep_sessions;   /* retained sessions (restore points), default 2 */
   struct tb_acl allow; /* default: unix socket and loopback */
-  bool has_address;   /* found by peer address when the export name is "" */
+  bool has_address;    /* found by peer address when the export name is "" */
   struct tb_cidr address;
-  char *refresh;      /* schedule text ("daily 03:00"...) or NULL */
+  char *refresh; /* schedule text ("daily 03:00"...) or NULL */
   int64_t refresh_jitter_ms;
   struct tb_preserve *preserve;
   size_t n_preserve;
-  uint64_t quota;     /* bytes of overlay, 0 = unlimited */
-  json_t *watchdog;   /* the client's "watchdog" section (owned), or NULL */
+  uint64_t quota;   /* bytes of overlay, 0 = unlimited */
+  json_t *watchdog; /* the client's "watchdog" section (owned), or NULL */
 };
 
 struct tb_webhook_conf {
   char *url;
-  char *secret;       /* HMAC-SHA256 key, or NULL */
+  char *secret; /* HMAC-SHA256 key, or NULL */
   int64_t timeout_ms;
   int retries;
 };
 
 struct tb_config {
   int refcount;
-  char *path;         /* file it was read from */
+  char *path; /* file it was read from */
   char *state_dir;
   uint32_t block_size;
-  char **images;      /* names from "images" */
+  char **images; /* names from "images" */
   size_t n_images;
   struct tb_client_conf *clients;
   size_t n_clients;
   /* daemon */
-  char *listen_unix;  /* NBD unix socket, default STATE/nbd.sock */
-  char *listen_tcp;   /* "ADDR:PORT" or NULL */
-  char *control;      /* control socket, default STATE/control.sock */
-  char *nbdkit;       /* nbdkit binary, default "nbdkit" */
-  char *plugin;       /* plugin path, default: nbdkit finds "tabula" */
+  char *listen_unix;      /* NBD unix socket, default STATE/nbd.sock */
+  char *listen_tcp;       /* "ADDR:PORT" or NULL */
+  char *control;          /* control socket, default STATE/control.sock */
+  char *nbdkit;           /* nbdkit binary, default "nbdkit" */
+  char *plugin;           /* plugin path, default: nbdkit finds "tabula" */
   char *tls_certificates; /* directory for nbdkit --tls-certificates, or NULL */
   bool tls_require;
   struct tb_acl admin_nets; /* admin peers over TCP (require TLS) */
@@ -101,9 +101,9 @@ struct tb_config {
   size_t n_webhooks;
   char *metrics_file;
   int64_t metrics_interval_ms;
-  json_t *pull;       /* "pull" section (image distribution), or NULL */
-  json_t *watchdog;   /* top-level "watchdog" defaults, or NULL */
-  json_t *json;       /* the whole document, for sections parsed elsewhere */
+  json_t *pull;     /* "pull" section (image distribution), or NULL */
+  json_t *watchdog; /* top-level "watchdog" defaults, or NULL */
+  json_t *json;     /* the whole document, for sections parsed elsewhere */
 };
 
 /* Load and validate FILE.  On error returns NULL; tb_errmsg() has

@@ -25,8 +25,7 @@ static int parse(const char *path, const char *text, size_t len, struct tb_mailb
   json_t *root = json_loadb(text, len, 0, &jerr);
   if (!json_is_object(root)) {
     json_decref(root);
-    return tb_error("%s: not a JSON object (%s); remove it to clear the mailbox", path,
-                    jerr.text);
+    return tb_error("%s: not a JSON object (%s); remove it to clear the mailbox", path, jerr.text);
   }
   json_t *v;
   const char *err = NULL;

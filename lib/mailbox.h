@@ -18,13 +18,13 @@
 
 struct tb_mailbox {
   /* one-shot */
-  bool rollback;        /* discard the overlay: the next session starts clean */
-  bool refresh;         /* move to the current version (overlay discarded) */
-  int64_t restore;      /* >0: make retained session N the overlay again */
+  bool rollback;   /* discard the overlay: the next session starts clean */
+  bool refresh;    /* move to the current version (overlay discarded) */
+  int64_t restore; /* >0: make retained session N the overlay again */
   /* standing */
   char image[TB_NAME_MAX + 1]; /* "" or an image that replaces the configured one (reimage) */
-  uint32_t pin;         /* 0 or the version this client is pinned to */
-  char lockdown[256];   /* "" or why the export is refused */
+  uint32_t pin;                /* 0 or the version this client is pinned to */
+  char lockdown[256];          /* "" or why the export is refused */
 };
 
 /* Read the mailbox (all fields zero if there is none). */

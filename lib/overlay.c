@@ -60,8 +60,8 @@
 #define DATA_ALIGN (1024 * 1024)
 
 struct tb_overlay {
-  int fd;          /* the overlay file */
-  int base_fd;     /* the base version's raw image */
+  int fd;      /* the overlay file */
+  int base_fd; /* the base version's raw image */
   bool rdonly;
   char path[TB_PATH_MAX];
   struct tb_overlay_info info;
@@ -233,8 +233,7 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
   }
   int r = tb_pwrite_full(fd, h, HEADER_SIZE, 0);
   free(h);
-  if (r == -1 || ftruncate(fd, (off_t)(data_off + nblocks * block_size)) == -1 ||
-      fsync(fd) == -1) {
+  if (r == -1 || ftruncate(fd, (off_t)(data_off + nblocks * block_size)) == -1 || fsync(fd) == -1) {
     tb_error_errno("cannot write overlay %s", path);
     close(fd);
     unlink(path);
@@ -420,8 +419,8 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
     goto fail;
   }
   if (fstat(o->base_fd, &st) == -1 || (uint64_t)st.st_size != o->info.size) {
-    tb_error("%s: base image %s is %lld bytes but the overlay was made for %llu", path,
-             base_path, (long long)st.st_size, (unsigned long long)o->info.size);
+    tb_error("%s: base image %s is %lld bytes but the overlay was made for %llu", path, base_path,
+             (long long)st.st_size, (unsigned long long)o->info.size);
     goto fail;
   }
 
@@ -517,8 +516,7 @@ static int block_set(struct tb_overlay *o, uint64_t b, enum tb_block_state s)
   uint8_t old = __atomic_load_n(byte, __ATOMIC_RELAXED), nv;
   do {
     nv = (uint8_t)((old & ~(3u << shift)) | ((unsigned)s << shift));
-  } while (!__atomic_compare_exchange_n(byte, &old, nv, true, __ATOMIC_RELEASE,
-                                        __ATOMIC_RELAXED));
+  } while (!__atomic_compare_exchange_n(byte, &old, nv, true, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
   enum tb_block_state prev = (enum tb_block_state)((old >> shift) & 3);
   if (prev != s) {
     __atomic_store_n(&o->page_dirty[pi], 1, __ATOMIC_RELAXED);
@@ -601,8 +599,8 @@ static int read_runs(struct tb_overlay *o, char *buf, uint64_t count, uint64_t o
       memset(buf, 0, len);
     if (r == -1) {
       STAT_ADD(o, errors, 1);
-      return tb_error_errno("read of %zu bytes at %llu from %s", len,
-                            (unsigned long long)offset, s == TB_DATA ? o->path : "the base image");
+      return tb_error_errno("read of %zu bytes at %llu from %s", len, (unsigned long long)offset,
+                            s == TB_DATA ? o->path : "the base image");
     }
     buf += len;
     offset = run_end;
@@ -904,8 +902,7 @@ int tb_overlay_extents(struct tb_overlay *o, uint64_t offset, uint64_t count, tb
   return 0;
 }
 
-int tb_overlay_copy_blocks(struct tb_overlay *o, struct tb_overlay *src, uint64_t first,
-                           uint64_t n)
+int tb_overlay_copy_blocks(struct tb_overlay *o, struct tb_overlay *src, uint64_t first, uint64_t n)
 {
   if (check_writable(o) == -1)
     return -1;

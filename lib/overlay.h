@@ -30,9 +30,9 @@ struct tb_base_id {
 struct tb_overlay_info {
   uint32_t format_version;
   uint32_t block_size;
-  uint64_t size;        /* virtual size = base size */
+  uint64_t size; /* virtual size = base size */
   struct tb_base_id base;
-  uint64_t session;     /* session number this overlay belongs to */
+  uint64_t session; /* session number this overlay belongs to */
   int64_t created_ms;
   uint64_t dirty_blocks; /* DATA + ZERO blocks */
   uint64_t data_blocks;  /* DATA blocks (what occupies disk) */
@@ -41,10 +41,10 @@ struct tb_overlay_info {
 struct tb_overlay;
 
 enum {
-  TB_OVL_RDONLY = 1,  /* open read-only (the view, merges, admin exports) */
+  TB_OVL_RDONLY = 1, /* open read-only (the view, merges, admin exports) */
 };
 enum {
-  TB_FUA = 1,         /* write/zero/trim: durable before returning */
+  TB_FUA = 1, /* write/zero/trim: durable before returning */
 };
 
 /* Create an empty overlay file at PATH (fails if it exists). */
@@ -81,8 +81,7 @@ int tb_overlay_flush(struct tb_overlay *o);
 enum tb_block_state tb_overlay_block(struct tb_overlay *o, uint64_t block);
 /* Call FN for each maximal run of blocks in one state within [offset, offset+count).
  * Stop and return FN's value if it returns non-zero. */
-typedef int (*tb_extent_fn)(void *ctx, uint64_t offset, uint64_t length,
-                            enum tb_block_state state);
+typedef int (*tb_extent_fn)(void *ctx, uint64_t offset, uint64_t length, enum tb_block_state state);
 int tb_overlay_extents(struct tb_overlay *o, uint64_t offset, uint64_t count, tb_extent_fn fn,
                        void *ctx);
 

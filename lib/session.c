@@ -92,8 +92,8 @@ int tb_base_lookup(const char *state, const char *image, uint32_t version, struc
   return path ? tb_store_version_path(state, image, version, path, path_len) : 0;
 }
 
-int tb_client_target(const char *state, const struct tb_client_conf *c,
-                     char image[TB_NAME_MAX + 1], uint32_t *version)
+int tb_client_target(const char *state, const struct tb_client_conf *c, char image[TB_NAME_MAX + 1],
+                     uint32_t *version)
 {
   struct tb_mailbox mb;
   if (tb_mailbox_read(state, c->id, &mb) == -1)
@@ -264,8 +264,8 @@ static int write_session_json(const struct tb_session *s, const char *state_word
     tb_iso_time(ended_ms, ended);
   json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:I, s:s, s:I, s:I}", "client", s->id, "state",
                         state_word, "session", (json_int_t)s->number, "image", info.base.image,
-                        "version", (json_int_t)info.base.version, "started", started,
-                        "started_ts", (json_int_t)s->started_ms, "dirty_bytes",
+                        "version", (json_int_t)info.base.version, "started", started, "started_ts",
+                        (json_int_t)s->started_ms, "dirty_bytes",
                         (json_int_t)(info.dirty_blocks * info.block_size));
   if (!o)
     return tb_error("cannot encode %s", path);
@@ -366,8 +366,8 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
     if (rotate(state, c->id, overlay, prev_number, retained, sizeof retained) == -1)
       goto fail;
     if (retained[0])
-      tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session",
-                (json_int_t)prev_number, "reason",
+      tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session", (json_int_t)prev_number,
+                "reason",
                 mb.restore > 0 ? "restore"
                 : mb.refresh   ? "refresh"
                 : mb.rollback  ? "requested"
@@ -415,9 +415,8 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
   tb_overlay_info(s->overlay, &s->info);
   s->started_ms = tb_now_ms();
   write_session_json(s, "active", NULL, 0);
-  tb_eventf(state, "session-start", c->id, "{s:I, s:s, s:I, s:I}", "session",
-            (json_int_t)s->number, "image", s->info.base.image, "version",
-            (json_int_t)s->info.base.version, "dirty_bytes",
+  tb_eventf(state, "session-start", c->id, "{s:I, s:s, s:I, s:I}", "session", (json_int_t)s->number,
+            "image", s->info.base.image, "version", (json_int_t)s->info.base.version, "dirty_bytes",
             (json_int_t)(s->info.dirty_blocks * s->info.block_size));
   return s;
 
@@ -442,9 +441,8 @@ int tb_session_end(struct tb_session *s)
   int64_t now = tb_now_ms();
   write_session_json(s, "idle", &st, now);
   tb_eventf(s->state_dir, "session-end", s->id, "{s:I, s:I, s:I, s:I, s:I, s:I, s:b}", "session",
-            (json_int_t)s->number, "duration_ms", (json_int_t)(now - s->started_ms),
-            "bytes_read", (json_int_t)st.bytes_read, "bytes_written",
-            (json_int_t)st.bytes_written, "dirty_bytes",
+            (json_int_t)s->number, "duration_ms", (json_int_t)(now - s->started_ms), "bytes_read",
+            (json_int_t)st.bytes_read, "bytes_written", (json_int_t)st.bytes_written, "dirty_bytes",
             (json_int_t)(info.dirty_blocks * info.block_size), "errors", (json_int_t)st.errors,
             "flushed", r == 0);
   if (tb_overlay_close(s->overlay) == -1)

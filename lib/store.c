@@ -49,8 +49,7 @@ int tb_store_image_dir(const char *state, const char *image, char *buf, size_t l
   return tb_path(buf, len, "%s/images/%s", state, image);
 }
 
-int tb_store_version_path(const char *state, const char *image, uint32_t ver, char *buf,
-                          size_t len)
+int tb_store_version_path(const char *state, const char *image, uint32_t ver, char *buf, size_t len)
 {
   if (check_name("image", image) == -1)
     return -1;
@@ -72,8 +71,7 @@ int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len
   return tb_path(buf, len, "%s/clients/%s", state, id);
 }
 
-int tb_store_client_path(const char *state, const char *id, const char *file, char *buf,
-                         size_t len)
+int tb_store_client_path(const char *state, const char *id, const char *file, char *buf, size_t len)
 {
   if (check_name("client", id) == -1)
     return -1;
@@ -323,9 +321,9 @@ char *tb_manifest_dump(const struct tb_manifest *m)
     json_array_append_new(chunks, json_string(hex));
   }
   tb_hex(m->sha256, 32, hex);
-  json_t *root = json_pack("{s:s, s:I, s:I, s:s, s:I, s:o, s:o, s:s}", "image", m->image,
-                           "version", (json_int_t)m->version, "size", (json_int_t)m->size,
-                           "sha256", hex, "chunk_size", (json_int_t)m->chunk_size, "parent",
+  json_t *root = json_pack("{s:s, s:I, s:I, s:s, s:I, s:o, s:o, s:s}", "image", m->image, "version",
+                           (json_int_t)m->version, "size", (json_int_t)m->size, "sha256", hex,
+                           "chunk_size", (json_int_t)m->chunk_size, "parent",
                            m->parent ? json_integer(m->parent) : json_null(), "note",
                            m->note ? json_string(m->note) : json_null(), "created", m->created);
   if (!root || json_object_set_new(root, "chunks", chunks) == -1) {
@@ -341,8 +339,7 @@ char *tb_manifest_dump(const struct tb_manifest *m)
 /* ---- hashing and copying ------------------------------------------------- */
 
 int tb_hash_file(int fd, uint64_t size, uint32_t chunk_size, uint8_t sha256[32],
-                 uint8_t (**chunks_out)[32], size_t *n_chunks, tb_progress_fn progress,
-                 void *ctx)
+                 uint8_t (**chunks_out)[32], size_t *n_chunks, tb_progress_fn progress, void *ctx)
 {
   size_t n = (size_t)((size + chunk_size - 1) / chunk_size);
   uint8_t(*chunks)[32] = calloc(n + 1, 32);
@@ -476,8 +473,8 @@ struct tb_version_builder {
   int lock_fd;
 };
 
-struct tb_version_builder *tb_version_begin(const char *state, const char *image,
-                                            uint32_t parent, const char *note)
+struct tb_version_builder *tb_version_begin(const char *state, const char *image, uint32_t parent,
+                                            const char *note)
 {
   char dir[TB_PATH_MAX], lock[TB_PATH_MAX];
   if (tb_store_image_dir(state, image, dir, sizeof dir) == -1 || tb_mkdirs(dir, false) == -1 ||

@@ -82,8 +82,8 @@ typedef int (*tb_progress_fn)(void *ctx, uint64_t done, uint64_t total);
  * fsyncs, renames, writes the manifest and releases the lock.  abort() removes
  * the temporary.  Exactly one of commit/abort must be called. */
 struct tb_version_builder;
-struct tb_version_builder *tb_version_begin(const char *state, const char *image,
-                                            uint32_t parent, const char *note);
+struct tb_version_builder *tb_version_begin(const char *state, const char *image, uint32_t parent,
+                                            const char *note);
 const char *tb_version_tmp_path(const struct tb_version_builder *b);
 uint32_t tb_version_number(const struct tb_version_builder *b);
 int tb_version_commit(struct tb_version_builder *b, tb_progress_fn progress, void *ctx);

@@ -309,10 +309,26 @@ int tb_parse_size(const char *s, uint64_t *out)
   switch (*end) {
   case '\0':
     break;
-  case 'k': case 'K': shift = 10; end++; break;
-  case 'm': case 'M': shift = 20; end++; break;
-  case 'g': case 'G': shift = 30; end++; break;
-  case 't': case 'T': shift = 40; end++; break;
+  case 'k':
+  case 'K':
+    shift = 10;
+    end++;
+    break;
+  case 'm':
+  case 'M':
+    shift = 20;
+    end++;
+    break;
+  case 'g':
+  case 'G':
+    shift = 30;
+    end++;
+    break;
+  case 't':
+  case 'T':
+    shift = 40;
+    end++;
+    break;
   default:
     return tb_error("expected a size such as 4096, 64K, 1M or 2G, got \"%s\"", s);
   }

@@ -339,8 +339,8 @@ static struct tb_overlay *open_ro_overlay(const char *state, const char *path)
   struct tb_base_id base;
   char base_path[TB_PATH_MAX];
   if (tb_overlay_read_info(path, &info) == -1 ||
-      tb_base_lookup(state, info.base.image, info.base.version, &base, base_path,
-                     sizeof base_path, NULL) == -1)
+      tb_base_lookup(state, info.base.image, info.base.version, &base, base_path, sizeof base_path,
+                     NULL) == -1)
     return NULL;
   return tb_overlay_open(path, base_path, &base, TB_OVL_RDONLY);
 }

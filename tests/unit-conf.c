@@ -1,0 +1,221 @@
+/* Unit tests of lib/conf.c: the example of issue 3 parses with the right
+ * defaults, groups merge, and every kind of bad input is refused with a
+ * message that starts with the JSON path of the offending value. */
+#include <config.h>
+
+#include <arpa/inet.h>
+#include <check.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conf.h"
+
+static const char *example =
+    "{\n"
+    "  \"state_dir\": \"/var/lib/tabula\",\n"
+    "  \"block_size\": 4096,\n"
+    "  \"images\": { \"demo\": {} },\n"
+    "  \"clients\": {\n"
+    "    \"pc01\": { \"image\": \"demo\", \"policy\": \"rollback\", \"keep_sessions\": 2, "
+    "\"allow\": [\"127.0.0.1/32\", \"unix\"] },\n"
+    "    \"vm01\": { \"image\": \"demo\", \"policy\": \"persist\" }\n"
+    "  }\n"
+    "}\n";
+
+START_TEST(test_example)
+{
+  struct tb_config *cfg = tb_config_parse(example, "example");
+  ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
+  ck_assert_str_eq(cfg->state_dir, "/var/lib/tabula");
+  ck_assert_uint_eq(cfg->block_size, 4096);
+  ck_assert_uint_eq(cfg->n_clients, 2);
+  const struct tb_client_conf *pc = tb_config_client(cfg, "pc01");
+  ck_assert_ptr_nonnull(pc);
+  ck_assert_int_eq(pc->policy, TB_POLICY_ROLLBACK);
+  ck_assert_int_eq(pc->keep_sessions, 2);
+  ck_assert(pc->allow.unix_socket);
+  ck_assert_uint_eq(pc->allow.n_nets, 1);
+  const struct tb_client_conf *vm = tb_config_client(cfg, "vm01");
+  ck_assert_int_eq(vm->policy, TB_POLICY_PERSIST);
+  ck_assert_uint_eq(vm->version, 0);
+  ck_assert(vm->allow.unix_socket); /* default: unix socket and loopback */
+  ck_assert_str_eq(cfg->listen_unix, "/var/lib/tabula/nbd.sock");
+  ck_assert_str_eq(cfg->control, "/var/lib/tabula/control.sock");
+  ck_assert_ptr_null(tb_config_client(cfg, "pc02"));
+  tb_config_unref(cfg);
+}
+END_TEST
+
+START_TEST(test_groups_and_acl)
+{
+  const char *text =
+      "{\"state_dir\": \"/s\", \"images\": {\"a\": {}, \"b\": {}},"
+      " \"groups\": {\"lab\": {\"image\": \"a\", \"policy\": \"persist\","
+      "   \"allow\": [\"10.1.0.0/16\"], \"keep_sessions\": 5}},"
+      " \"clients\": {\"pc1\": {\"group\": \"lab\"},"
+      "   \"pc2\": {\"group\": \"lab\", \"image\": \"b\", \"address\": \"10.1.2.3\"}}}";
+  struct tb_config *cfg = tb_config_parse(text, "t");
+  ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
+  const struct tb_client_conf *p1 = tb_config_client(cfg, "pc1");
+  const struct tb_client_conf *p2 = tb_config_client(cfg, "pc2");
+  ck_assert_str_eq(p1->image, "a");
+  ck_assert_str_eq(p2->image, "b");
+  ck_assert_int_eq(p1->policy, TB_POLICY_PERSIST);
+  ck_assert_int_eq(p2->keep_sessions, 5);
+  ck_assert(!p1->allow.unix_socket);
+  struct sockaddr_in in = {.sin_family = AF_INET};
+  inet_pton(AF_INET, "10.1.200.1", &in.sin_addr);
+  ck_assert(tb_acl_allows(&p1->allow, (struct sockaddr *)&in));
+  inet_pton(AF_INET, "10.2.0.1", &in.sin_addr);
+  ck_assert(!tb_acl_allows(&p1->allow, (struct sockaddr *)&in));
+  ck_assert(!tb_acl_allows(&p1->allow, NULL)); /* unix not listed */
+  ck_assert(p2->has_address);
+  inet_pton(AF_INET, "10.1.2.3", &in.sin_addr);
+  ck_assert(tb_cidr_match(&p2->address, (struct sockaddr *)&in));
+  /* IPv4-mapped IPv6 peers match IPv4 networks. */
+  struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+  inet_pton(AF_INET6, "::ffff:10.1.2.3", &in6.sin6_addr);
+  ck_assert(tb_cidr_match(&p2->address, (struct sockaddr *)&in6));
+  tb_config_unref(cfg);
+}
+END_TEST
+
+/* Each bad document and the text its error must contain. */
+static const struct {
+  const char *json;
+  const char *expect;
+} bad_cases[] = {
+    {"{", "not valid JSON"},
+    {"[]", "expected an object"},
+    {"{\"images\": {}}", "state_dir: missing"},
+    {"{\"state_dir\": 5, \"images\": {}}", "state_dir: expected a non-empty string, got 5"},
+    {"{\"state_dir\": \"rel\", \"images\": {}}", "state_dir: expected an absolute path"},
+    {"{\"state_dir\": \"/s\"}", "images: missing"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"bogus\": 1}", "bogus: unknown key"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"block_size\": 3000}",
+     "block_size: expected a power of two from 512 to 1048576, got 3000"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"block_size\": 256}", "block_size: expected"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"block_size\": 2097152}", "block_size: expected"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"block_size\": \"4096\"}", "block_size: expected"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"../x\": {}}}", "images.../x: not a valid image name"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"policy\": \"rollbak\"}}}",
+     "clients.pc01.policy: expected \"rollback\" or \"persist\", got \"rollbak\""},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": "
+     "\"x\"}}}",
+     "clients.pc01.image: image \"x\" is not listed"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {}}}",
+     "clients.pc01.image: missing"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"polcy\": \"persist\"}}}",
+     "clients.pc01.polcy: unknown key"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"a/b\": {\"image\": \"d\"}}}",
+     "clients.a/b: not a valid client id"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"keep_sessions\": -1}}}",
+     "clients.pc01.keep_sessions: expected an integer from 0 to 1000, got -1"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"allow\": [\"300.1.1.1\"]}}}",
+     "clients.pc01.allow[0]: \"300.1.1.1\" is not an IPv4 or IPv6 address"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"allow\": \"unix\"}}}",
+     "clients.pc01.allow: expected an array"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"version\": \"3\"}}}",
+     "clients.pc01.version: expected an integer"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"group\": \"nope\"}}}",
+     "clients.pc01.group: group \"nope\" is not defined"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"preserve\": [\"partition:0\"]}}}",
+     "clients.pc01.preserve[0]: expected \"partition:N\""},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"a\": {\"image\": \"d\", "
+     "\"address\": \"10.0.0.1\"}, \"b\": {\"image\": \"d\", \"address\": \"10.0.0.1\"}}}",
+     "clients.b.address: same address as client \"a\""},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"listen\": {\"tcp\": \"10809\"}}",
+     "listen.tcp: expected \"ADDR:PORT\""},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"webhooks\": [{\"url\": \"ftp://x\"}]}",
+     "webhooks[0].url: expected an http:// or https:// URL"},
+    {"{\"state_dir\": \"/s\", \"state_dir\": \"/t\", \"images\": {}}", "duplicate"},
+};
+
+START_TEST(test_bad_input)
+{
+  struct tb_config *cfg = tb_config_parse(bad_cases[_i].json, "bad.json");
+  ck_assert_msg(cfg == NULL, "case %d parsed: %s", _i, bad_cases[_i].json);
+  ck_assert_msg(strstr(tb_errmsg(), bad_cases[_i].expect) != NULL,
+                "case %d: message \"%s\" lacks \"%s\"", _i, tb_errmsg(), bad_cases[_i].expect);
+  ck_assert_msg(strncmp(tb_errmsg(), "bad.json: ", 10) == 0, "message lacks the file name: %s",
+                tb_errmsg());
+}
+END_TEST
+
+START_TEST(test_missing_file)
+{
+  ck_assert_ptr_null(tb_config_load("/nonexistent/tabula.json"));
+  ck_assert_ptr_nonnull(strstr(tb_errmsg(), "/nonexistent/tabula.json"));
+}
+END_TEST
+
+START_TEST(test_names)
+{
+  ck_assert(tb_name_valid("pc01"));
+  ck_assert(tb_name_valid("a.b_c-d"));
+  ck_assert(!tb_name_valid(""));
+  ck_assert(!tb_name_valid(".hidden"));
+  ck_assert(!tb_name_valid("../x"));
+  ck_assert(!tb_name_valid("a/b"));
+  ck_assert(!tb_name_valid("a@live"));
+  char longname[301];
+  memset(longname, 'a', 300);
+  longname[300] = '\0';
+  ck_assert(!tb_name_valid(longname));
+  longname[64] = '\0';
+  ck_assert(tb_name_valid(longname));
+  longname[64] = 'a';
+  longname[65] = '\0';
+  ck_assert(!tb_name_valid(longname));
+}
+END_TEST
+
+START_TEST(test_sizes_durations)
+{
+  uint64_t v;
+  int64_t ms;
+  ck_assert_int_eq(tb_parse_size("64K", &v), 0);
+  ck_assert_uint_eq(v, 65536);
+  ck_assert_int_eq(tb_parse_size("10GiB", &v), 0);
+  ck_assert_uint_eq(v, 10ULL << 30);
+  ck_assert_int_eq(tb_parse_size("12X", &v), -1);
+  ck_assert_int_eq(tb_parse_size("-1", &v), -1);
+  ck_assert_int_eq(tb_parse_duration("15m", &ms), 0);
+  ck_assert_int_eq(ms, 900000);
+  ck_assert_int_eq(tb_parse_duration("250ms", &ms), 0);
+  ck_assert_int_eq(ms, 250);
+  ck_assert_int_eq(tb_parse_duration("2w", &ms), -1);
+}
+END_TEST
+
+static Suite *conf_suite(void)
+{
+  Suite *s = suite_create("conf");
+  TCase *tc = tcase_create("parse");
+  tcase_add_test(tc, test_example);
+  tcase_add_test(tc, test_groups_and_acl);
+  tcase_add_loop_test(tc, test_bad_input, 0, sizeof bad_cases / sizeof bad_cases[0]);
+  tcase_add_test(tc, test_missing_file);
+  tcase_add_test(tc, test_names);
+  tcase_add_test(tc, test_sizes_durations);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void)
+{
+  SRunner *sr = srunner_create(conf_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
