@@ -434,7 +434,7 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
   switch (h->kind) {
   case EXPORT_IMAGE:
     if (!tb_config_has_image(cfg, h->name) || num > UINT32_MAX)
-      return -1;
+      return tb_error("no image %s in the configuration", h->name);
     if (tb_store_version_path(cfg->state_dir, h->name, (uint32_t)num, path, sizeof path) == -1)
       return -1;
     {
@@ -445,8 +445,9 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
     }
     return open_raw(h, path);
   case EXPORT_SESSION:
-    if (!tb_config_client(cfg, h->name) ||
-        tb_client_session_path(cfg->state_dir, h->name, num, path, sizeof path) == -1 ||
+    if (!tb_config_client(cfg, h->name))
+      return tb_error("no client %s in the configuration", h->name);
+    if (tb_client_session_path(cfg->state_dir, h->name, num, path, sizeof path) == -1 ||
         !(h->ro = open_ro_overlay(cfg->state_dir, path)))
       return -1;
     h->size = tb_overlay_size(h->ro);
@@ -455,7 +456,7 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
   case EXPORT_LIVE:
   case EXPORT_OVERLAY:
     if (!tb_config_client(cfg, h->name))
-      return -1;
+      return tb_error("no client %s in the configuration", h->name);
     if (!(h->lc = live_get(h->name)))
       return -1;
     pthread_rwlock_rdlock(&h->lc->session_lock);
@@ -473,6 +474,16 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
     break;
   }
   return -1;
+}
+
+/* A copy of NAME fit for a log line: at most 80 bytes, and bytes that are not
+ * printable ASCII (escape sequences from the network) shown as '?'. */
+static void printable_name(const char *name, char out[84])
+{
+  size_t i;
+  for (i = 0; name[i] && i < 80; i++)
+    out[i] = name[i] >= 0x20 && name[i] < 0x7f ? name[i] : '?';
+  strcpy(out + i, name[i] ? "..." : "");
 }
 
 static void *tabula_open(int readonly)
@@ -507,9 +518,11 @@ static void *tabula_open(int readonly)
     export = c->id;
   }
   if (parse_export(export, &h->kind, h->name, &num) == -1) {
-    nbdkit_error("invalid export name \"%.80s%s\": expected a client id ([A-Za-z0-9._-], up "
-                 "to 64 characters)",
-                 export, strlen(export) > 80 ? "..." : "");
+    char shown[84];
+    printable_name(export, shown);
+    nbdkit_error("invalid export name \"%s\": expected a client id ([A-Za-z0-9._-], up to 64 "
+                 "characters)",
+                 shown);
     goto out;
   }
   if (h->kind == EXPORT_CLIENT) {
