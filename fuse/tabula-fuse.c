@@ -1,0 +1,1295 @@
+/* tabula-fuse: a read-only view of every client's disk, its retained sessions
+ * and the master versions, down to the files of the guest filesystems.
+ *
+ *   MOUNT/clients/ID/{disk,status.json,changes.txt,fs/VOLUME/...,sessions/N/...}
+ *   MOUNT/images/NAME/N/{disk,fs/VOLUME/...}
+ *
+ * How it works.  The view is an NBD client of the appliance's admin exports
+ * (ID@live, ID@overlay, ID@session/N, IMAGE@N): with -c it finds the unix
+ * socket, the clients, sessions and versions in the configuration and the
+ * state directory; with --uri it lists the exports of a (remote) appliance.
+ * Every export the tree touches becomes a "source": one NBD connection,
+ * opened on first use, and a snapshot (lib/inspect.h) of its volumes and
+ * filesystems.  Snapshots of immutable exports (sessions, versions) live as
+ * long as the mount; a live client's snapshot is re-opened when it is older
+ * than CACHE_MS, so directory listings and stats lag the guest by at most
+ * CACHE_MS plus the kernel's attribute timeout (KERNEL_TIMEOUT_S).  Open files
+ * hold the snapshot they were opened on.
+ *
+ * Promises: nothing is ever written (the mount is "ro" and every modifying
+ * operation answers EROFS); a damaged or hostile guest filesystem answers EIO
+ * where it cannot be read (lib/inspect bounds every request in time) and
+ * never brings the view down.  FUSE runs multi-threaded: sources and
+ * snapshots lock themselves, libtsk handles are serialised per snapshot.
+ */
+#define FUSE_USE_VERSION 31
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libnbd.h>
+
+#include "conf.h"
+#include "inspect.h"
+#include "overlay.h"
+#include "session.h"
+#include "store.h"
+#include "util.h"
+
+#define CACHE_MS 2000        /* lifetime of a live snapshot, of listings and of changes.txt */
+#define KERNEL_TIMEOUT_S 1.0 /* kernel entry/attribute cache */
+#define MAX_SOURCES 4096
+
+/* ---- options ---------------------------------------------------------------- */
+
+static struct {
+  const char *config_file;
+  const char *uri;
+  int show_help;
+  int show_version;
+} opts;
+
+static struct tb_config *cfg;        /* with -c */
+static char nbd_socket[TB_PATH_MAX]; /* with -c */
+static time_t mount_time;
+
+/* ---- export lists ------------------------------------------------------------- */
+
+/* What exists: clients, their sessions, images and their versions.  With -c
+ * it is read from the configuration and the state directory on each call;
+ * with --uri from NBD_OPT_LIST, at most every CACHE_MS. */
+struct names {
+  char **v;
+  size_t n, cap;
+};
+
+static void names_free(struct names *n)
+{
+  for (size_t i = 0; i < n->n; i++)
+    free(n->v[i]);
+  free(n->v);
+  memset(n, 0, sizeof *n);
+}
+
+static void names_add(struct names *n, const char *s)
+{
+  for (size_t i = 0; i < n->n; i++)
+    if (strcmp(n->v[i], s) == 0)
+      return;
+  if (n->n == n->cap) {
+    size_t cap = n->cap ? n->cap * 2 : 16;
+    char **v = realloc(n->v, cap * sizeof *v);
+    if (!v)
+      return;
+    n->v = v;
+    n->cap = cap;
+  }
+  char *d = strdup(s);
+  if (d)
+    n->v[n->n++] = d;
+}
+
+static bool names_has(const struct names *n, const char *s)
+{
+  for (size_t i = 0; i < n->n; i++)
+    if (strcmp(n->v[i], s) == 0)
+      return true;
+  return false;
+}
+
+static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct names remote_exports; /* --uri: every export name */
+static int64_t remote_listed_ms;
+static char remote_error[512];
+
+static int list_cb(void *user_data, const char *name, const char *description)
+{
+  names_add(user_data, name);
+  return 0;
+}
+
+/* Refresh the remote export list if it is older than CACHE_MS.  Call with list_lock. */
+static void remote_refresh(void)
+{
+  int64_t now = tb_now_ms();
+  if (remote_listed_ms && now - remote_listed_ms < CACHE_MS)
+    return;
+  remote_listed_ms = now;
+  struct names fresh = {0};
+  struct nbd_handle *h = nbd_create();
+  int r = h ? nbd_set_opt_mode(h, true) : -1;
+  if (r == 0)
+    r = nbd_connect_uri(h, opts.uri);
+  if (r == 0)
+    r = nbd_opt_list(h, (nbd_list_callback){.callback = list_cb, .user_data = &fresh});
+  if (r < 0) {
+    snprintf(remote_error, sizeof remote_error, "%s", nbd_get_error());
+    names_free(&fresh);
+  } else {
+    remote_error[0] = '\0';
+    names_free(&remote_exports);
+    remote_exports = fresh;
+  }
+  if (h) {
+    if (r == 0)
+      nbd_opt_abort(h);
+    nbd_close(h);
+  }
+}
+
+static bool is_number(const char *s)
+{
+  if (!*s || *s == '0' || strlen(s) > 19)
+    return false;
+  for (; *s; s++)
+    if (*s < '0' || *s > '9')
+      return false;
+  return true;
+}
+
+/* Clients. */
+static void list_clients(struct names *out)
+{
+  if (cfg) {
+    for (size_t i = 0; i < cfg->n_clients; i++)
+      names_add(out, cfg->clients[i].id);
+    return;
+  }
+  pthread_mutex_lock(&list_lock);
+  remote_refresh();
+  for (size_t i = 0; i < remote_exports.n; i++) {
+    const char *e = remote_exports.v[i];
+    const char *at = strrchr(e, '@');
+    if (at && strcmp(at, "@live") == 0) {
+      char id[TB_NAME_MAX + 1];
+      snprintf(id, sizeof id, "%.*s", (int)(at - e), e);
+      if (tb_name_valid(id))
+        names_add(out, id);
+    }
+  }
+  pthread_mutex_unlock(&list_lock);
+}
+
+/* Retained sessions of client ID, as decimal strings. */
+static void list_sessions(const char *id, struct names *out)
+{
+  if (cfg) {
+    uint64_t *nums;
+    size_t n;
+    if (tb_client_sessions(cfg->state_dir, id, &nums, &n) == 0) {
+      for (size_t i = 0; i < n; i++) {
+        char s[24];
+        snprintf(s, sizeof s, "%" PRIu64, nums[i]);
+        names_add(out, s);
+      }
+      free(nums);
+    }
+    return;
+  }
+  size_t idlen = strlen(id);
+  pthread_mutex_lock(&list_lock);
+  remote_refresh();
+  for (size_t i = 0; i < remote_exports.n; i++) {
+    const char *e = remote_exports.v[i];
+    if (strncmp(e, id, idlen) == 0 && strncmp(e + idlen, "@session/", 9) == 0 &&
+        is_number(e + idlen + 9))
+      names_add(out, e + idlen + 9);
+  }
+  pthread_mutex_unlock(&list_lock);
+}
+
+/* Images (NAME) or, with IMAGE set, the versions of IMAGE. */
+static void list_images(const char *image, struct names *out)
+{
+  if (cfg) {
+    if (!image) {
+      char **v;
+      size_t n;
+      if (tb_store_images(cfg->state_dir, &v, &n) == 0) {
+        for (size_t i = 0; i < n; i++)
+          names_add(out, v[i]);
+        tb_strv_free(v, n);
+      }
+      return;
+    }
+    uint32_t *vers;
+    size_t n;
+    if (tb_store_versions(cfg->state_dir, image, &vers, &n) == 0) {
+      for (size_t i = 0; i < n; i++) {
+        char s[16];
+        snprintf(s, sizeof s, "%u", vers[i]);
+        names_add(out, s);
+      }
+      free(vers);
+    }
+    return;
+  }
+  pthread_mutex_lock(&list_lock);
+  remote_refresh();
+  for (size_t i = 0; i < remote_exports.n; i++) {
+    const char *e = remote_exports.v[i];
+    const char *at = strchr(e, '@');
+    if (!at || !is_number(at + 1))
+      continue;
+    char name[TB_NAME_MAX + 1];
+    snprintf(name, sizeof name, "%.*s", (int)(at - e), e);
+    if (!tb_name_valid(name))
+      continue;
+    if (!image)
+      names_add(out, name);
+    else if (strcmp(name, image) == 0)
+      names_add(out, at + 1);
+  }
+  pthread_mutex_unlock(&list_lock);
+}
+
+/* ---- sources: one NBD export and its snapshot ------------------------------------ */
+
+struct snap {
+  atomic_int refs;
+  struct tb_inspect *ins;
+  int64_t opened_ms;
+};
+
+static struct snap *snap_ref(struct snap *s)
+{
+  atomic_fetch_add(&s->refs, 1);
+  return s;
+}
+
+static void snap_put(struct snap *s)
+{
+  if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+    tb_inspect_close(s->ins);
+    free(s);
+  }
+}
+
+struct source {
+  char export[TB_PATH_MAX];
+  bool moving; /* a live disk: snapshots expire */
+  pthread_mutex_t mu;
+  struct tb_disk *disk;
+  struct snap *snap;
+  char error[512];
+  int64_t failed_ms; /* last failed connection, to avoid hammering */
+};
+
+static pthread_mutex_t sources_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct source *sources[MAX_SOURCES];
+static size_t n_sources;
+
+static struct source *source_get(const char *export, bool moving)
+{
+  pthread_mutex_lock(&sources_lock);
+  struct source *s = NULL;
+  for (size_t i = 0; i < n_sources && !s; i++)
+    if (strcmp(sources[i]->export, export) == 0)
+      s = sources[i];
+  if (!s && n_sources < MAX_SOURCES && (s = calloc(1, sizeof *s))) {
+    snprintf(s->export, sizeof s->export, "%s", export);
+    s->moving = moving;
+    pthread_mutex_init(&s->mu, NULL);
+    sources[n_sources++] = s;
+  }
+  pthread_mutex_unlock(&sources_lock);
+  return s;
+}
+
+/* Connect if needed.  Call with s->mu held. */
+static int source_connect(struct source *s)
+{
+  if (s->disk)
+    return 0;
+  int64_t now = tb_now_ms();
+  if (s->failed_ms && now - s->failed_ms < 1000)
+    return -1;
+  s->disk = cfg ? tb_disk_open_nbd(NULL, nbd_socket, s->export)
+                : tb_disk_open_nbd(opts.uri, NULL, s->export);
+  if (!s->disk) {
+    snprintf(s->error, sizeof s->error, "%s", tb_errmsg());
+    fprintf(stderr, "tabula-fuse: %s\n", s->error);
+    s->failed_ms = now;
+    return -1;
+  }
+  return 0;
+}
+
+static struct tb_disk *source_disk(struct source *s)
+{
+  pthread_mutex_lock(&s->mu);
+  struct tb_disk *d = source_connect(s) == 0 ? tb_disk_ref(s->disk) : NULL;
+  pthread_mutex_unlock(&s->mu);
+  return d;
+}
+
+/* The source's current snapshot (a reference: snap_put it). */
+static struct snap *source_snap(struct source *s)
+{
+  pthread_mutex_lock(&s->mu);
+  struct snap *r = NULL;
+  int64_t now = tb_now_ms();
+  if (s->snap && s->moving && now - s->snap->opened_ms >= CACHE_MS) {
+    snap_put(s->snap);
+    s->snap = NULL;
+  }
+  if (!s->snap && source_connect(s) == 0) {
+    struct snap *n = calloc(1, sizeof *n);
+    if (n && (n->ins = tb_inspect_open(s->disk))) {
+      atomic_init(&n->refs, 1);
+      n->opened_ms = now;
+      s->snap = n;
+    } else {
+      free(n);
+    }
+  }
+  if (s->snap)
+    r = snap_ref(s->snap);
+  pthread_mutex_unlock(&s->mu);
+  return r;
+}
+
+/* ---- paths ---------------------------------------------------------------------- */
+
+enum kind {
+  K_ROOT,
+  K_CLIENTS,
+  K_IMAGES,
+  K_IMAGE,    /* images/NAME */
+  K_CTX,      /* clients/ID, clients/ID/sessions/N, images/NAME/N */
+  K_SESSIONS, /* clients/ID/sessions */
+  K_DISK,     /* CTX/disk */
+  K_STATUS,   /* clients/ID/status.json */
+  K_CHANGES,  /* CTX/changes.txt (clients and sessions) */
+  K_FS,       /* CTX/fs */
+  K_VOL,      /* CTX/fs/VOLUME[/path] */
+};
+
+enum ctx_type { CTX_LIVE, CTX_SESSION, CTX_VERSION };
+
+struct node {
+  enum kind kind;
+  enum ctx_type ctx;
+  char name[TB_NAME_MAX + 1]; /* client id or image name */
+  char num[24];               /* session or version number */
+  char export[TB_PATH_MAX];   /* the context's export */
+  char volume[64];
+  const char *inner; /* path inside the volume ("/" for its root) */
+};
+
+/* Split the next component of *P into OUT; false at the end. */
+static bool next_comp(const char **p, char *out, size_t len)
+{
+  while (**p == '/')
+    (*p)++;
+  if (!**p)
+    return false;
+  size_t n = strcspn(*p, "/");
+  if (n >= len)
+    n = len - 1; /* too long for any name: it will not match */
+  memcpy(out, *p, n);
+  out[n] = '\0';
+  *p += strcspn(*p, "/");
+  return true;
+}
+
+static bool exists_in(void (*lister)(const char *, struct names *), const char *arg,
+                      const char *name)
+{
+  struct names n = {0};
+  lister(arg, &n);
+  bool r = names_has(&n, name);
+  names_free(&n);
+  return r;
+}
+
+static void list_clients_arg(const char *unused, struct names *out)
+{
+  list_clients(out);
+}
+
+/* Parse PATH into a node; -ENOENT if it names nothing. */
+static int parse(const char *path, struct node *n)
+{
+  memset(n, 0, sizeof *n);
+  const char *p = path;
+  char c[TB_PATH_MAX];
+  n->kind = K_ROOT;
+  if (!next_comp(&p, c, sizeof c))
+    return 0;
+  if (strcmp(c, "clients") == 0) {
+    n->kind = K_CLIENTS;
+    if (!next_comp(&p, c, sizeof c))
+      return 0;
+    if (!tb_name_valid(c) || !exists_in(list_clients_arg, NULL, c))
+      return -ENOENT;
+    snprintf(n->name, sizeof n->name, "%s", c);
+    n->kind = K_CTX;
+    n->ctx = CTX_LIVE;
+    snprintf(n->export, sizeof n->export, "%s@live", c);
+    if (!next_comp(&p, c, sizeof c))
+      return 0;
+    if (strcmp(c, "status.json") == 0)
+      n->kind = K_STATUS;
+    else if (strcmp(c, "sessions") == 0) {
+      n->kind = K_SESSIONS;
+      if (!next_comp(&p, c, sizeof c))
+        return 0;
+      if (!is_number(c) || !exists_in(list_sessions, n->name, c))
+        return -ENOENT;
+      snprintf(n->num, sizeof n->num, "%s", c);
+      n->kind = K_CTX;
+      n->ctx = CTX_SESSION;
+      snprintf(n->export, sizeof n->export, "%s@session/%s", n->name, c);
+      if (!next_comp(&p, c, sizeof c))
+        return 0;
+    } else
+      goto ctx_child;
+    if (n->kind == K_STATUS)
+      return *p ? -ENOTDIR : 0;
+  } else if (strcmp(c, "images") == 0) {
+    n->kind = K_IMAGES;
+    if (!next_comp(&p, c, sizeof c))
+      return 0;
+    if (!tb_name_valid(c) || !exists_in(list_images, NULL, c))
+      return -ENOENT;
+    snprintf(n->name, sizeof n->name, "%s", c);
+    n->kind = K_IMAGE;
+    if (!next_comp(&p, c, sizeof c))
+      return 0;
+    if (!is_number(c) || !exists_in(list_images, n->name, c))
+      return -ENOENT;
+    snprintf(n->num, sizeof n->num, "%s", c);
+    n->kind = K_CTX;
+    n->ctx = CTX_VERSION;
+    snprintf(n->export, sizeof n->export, "%s@%s", n->name, c);
+    if (!next_comp(&p, c, sizeof c))
+      return 0;
+  } else {
+    return -ENOENT;
+  }
+ctx_child:
+  if (strcmp(c, "disk") == 0)
+    n->kind = K_DISK;
+  else if (strcmp(c, "changes.txt") == 0 && n->ctx != CTX_VERSION)
+    n->kind = K_CHANGES;
+  else if (strcmp(c, "fs") == 0) {
+    n->kind = K_FS;
+    if (!next_comp(&p, c, sizeof c))
+      return 0;
+    if (strlen(c) >= sizeof n->volume)
+      return -ENOENT;
+    snprintf(n->volume, sizeof n->volume, "%s", c);
+    n->kind = K_VOL;
+    n->inner = *p ? p : "/";
+    return 0;
+  } else
+    return -ENOENT;
+  return *p && strspn(p, "/") != strlen(p) ? -ENOTDIR : 0;
+}
+
+static struct source *node_source(const struct node *n)
+{
+  return source_get(n->export, n->ctx == CTX_LIVE);
+}
+
+/* ---- generated files: status.json and changes.txt ----------------------------------- */
+
+struct gen {
+  char key[TB_PATH_MAX];
+  char *text;
+  size_t len;
+  int64_t made_ms;
+};
+
+static pthread_mutex_t gen_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct gen gens[256];
+static size_t n_gens;
+
+/* The base version of a client's overlay (live or retained session N), from
+ * the overlay header in the state directory.  Only with -c. */
+static int find_base(const struct node *n, char image[TB_NAME_MAX + 1], uint32_t *version)
+{
+  if (!cfg)
+    return tb_error("the base version is only known with -c (the appliance's config)");
+  char path[TB_PATH_MAX];
+  int r = n->ctx == CTX_SESSION
+              ? tb_client_session_path(cfg->state_dir, n->name, strtoull(n->num, NULL, 10), path,
+                                       sizeof path)
+              : tb_store_client_path(cfg->state_dir, n->name, "overlay", path, sizeof path);
+  struct tb_overlay_info info;
+  if (r == 0)
+    r = tb_overlay_read_info(path, &info);
+  if (r < 0)
+    return -1;
+  snprintf(image, TB_NAME_MAX + 1, "%s", info.base.image);
+  *version = info.base.version;
+  return 0;
+}
+
+struct text {
+  char *buf;
+  size_t len;
+  FILE *f;
+};
+
+static void change_path_escaped(FILE *f, const char *path)
+{
+  for (const char *p = path; *p; p++) {
+    if (*p == '\n')
+      fputs("\\n", f);
+    else if (*p == '\\')
+      fputs("\\\\", f);
+    else
+      fputc(*p, f);
+  }
+}
+
+static int change_line(void *ctx, enum tb_change kind, const char *path, const struct tb_istat *st)
+{
+  FILE *f = ctx;
+  fprintf(f, "%-8s %-8s %12" PRIu64 " ", tb_change_name(kind), tb_file_type_name(st->type),
+          st->size);
+  change_path_escaped(f, path);
+  fputc('\n', f);
+  return 0;
+}
+
+static void make_changes(const struct node *n, FILE *f)
+{
+  char image[TB_NAME_MAX + 1], when[32], base_export[TB_PATH_MAX];
+  uint32_t version;
+  tb_iso_time(tb_now_ms(), when);
+  fprintf(f, "# tabula changes of %s%s%s against its base version, %s\n", n->name,
+          n->ctx == CTX_SESSION ? " session " : " (live)", n->ctx == CTX_SESSION ? n->num : "",
+          when);
+  if (find_base(n, image, &version) < 0) {
+    fprintf(f, "# not available: %s\n", tb_errmsg());
+    return;
+  }
+  snprintf(base_export, sizeof base_export, "%s@%u", image, version);
+  struct source *bs = source_get(base_export, false);
+  struct source *ls = node_source(n);
+  struct snap *b = bs ? source_snap(bs) : NULL;
+  struct snap *l = ls ? source_snap(ls) : NULL;
+  struct tb_ranges dirty = {0};
+  bool have_dirty = false;
+  if (n->ctx == CTX_LIVE) {
+    char ovl[TB_PATH_MAX];
+    snprintf(ovl, sizeof ovl, "%s@overlay", n->name);
+    struct source *os = source_get(ovl, true);
+    struct tb_disk *od = os ? source_disk(os) : NULL;
+    have_dirty = od && tb_disk_dirty_ranges(od, &dirty) == 0;
+    tb_disk_unref(od);
+  }
+  fprintf(f, "# base %s; kind type size path (VOLUME/path); ", base_export);
+  if (have_dirty)
+    fprintf(f, "%" PRIu64 " dirty bytes in %zu ranges\n", tb_ranges_bytes(&dirty), dirty.n);
+  else
+    fprintf(f, "compared by metadata\n");
+  if (!b || !l) {
+    fprintf(f, "# not available: cannot open %s\n", !b ? base_export : n->export);
+  } else if (!(have_dirty && dirty.n == 0) &&
+             tb_inspect_diff(b->ins, l->ins, have_dirty ? &dirty : NULL, change_line, f) < 0) {
+    fprintf(f, "# incomplete: %s\n", tb_errmsg());
+  }
+  tb_ranges_free(&dirty);
+  snap_put(b);
+  snap_put(l);
+}
+
+static void json_add_file(json_t *o, const char *key, const char *path)
+{
+  size_t len;
+  char *text = tb_read_file(path, 1 << 20, &len);
+  json_t *v = text ? json_loadb(text, len, 0, NULL) : NULL;
+  if (v)
+    json_object_set_new(o, key, v);
+  free(text);
+}
+
+static void make_status(const struct node *n, FILE *f)
+{
+  json_t *o = json_object();
+  json_object_set_new(o, "client", json_string(n->name));
+  struct source *ls = node_source(n);
+  struct tb_disk *d = ls ? source_disk(ls) : NULL;
+  if (d)
+    json_object_set_new(o, "size", json_integer((json_int_t)tb_disk_size(d)));
+  else
+    json_object_set_new(o, "error", json_string(ls ? ls->error : "no source"));
+  tb_disk_unref(d);
+  char ovl[TB_PATH_MAX];
+  snprintf(ovl, sizeof ovl, "%s@overlay", n->name);
+  struct source *os = source_get(ovl, true);
+  struct tb_disk *od = os ? source_disk(os) : NULL;
+  struct tb_ranges dirty;
+  if (od && tb_disk_dirty_ranges(od, &dirty) == 0) {
+    json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)tb_ranges_bytes(&dirty)));
+    json_object_set_new(o, "dirty_ranges", json_integer((json_int_t)dirty.n));
+    tb_ranges_free(&dirty);
+  }
+  tb_disk_unref(od);
+  if (cfg) {
+    const struct tb_client_conf *c = tb_config_client(cfg, n->name);
+    if (c) {
+      json_object_set_new(o, "image", json_string(c->image));
+      json_object_set_new(o, "policy",
+                          json_string(c->policy == TB_POLICY_PERSIST ? "persist" : "rollback"));
+    }
+    json_object_set_new(o, "in_session", json_boolean(tb_client_locked(cfg->state_dir, n->name)));
+    char image[TB_NAME_MAX + 1];
+    uint32_t version;
+    if (find_base(n, image, &version) == 0) {
+      char b[TB_PATH_MAX];
+      snprintf(b, sizeof b, "%s@%u", image, version);
+      json_object_set_new(o, "base", json_string(b));
+    }
+    char path[TB_PATH_MAX];
+    if (tb_store_client_path(cfg->state_dir, n->name, "session.json", path, sizeof path) == 0)
+      json_add_file(o, "session", path);
+    /* The last few events of the client's journal. */
+    json_t *events = json_array();
+    size_t len;
+    char *text =
+        tb_store_client_path(cfg->state_dir, n->name, "events.jsonl", path, sizeof path) == 0
+            ? tb_read_file(path, 16 << 20, &len)
+            : NULL;
+    if (text) {
+      int lines = 0;
+      char *p = text + len;
+      while (p > text && lines <= 5) {
+        p--;
+        if (*p == '\n' && p[1])
+          lines++;
+      }
+      char *save, *line = strtok_r(lines > 5 ? p + 1 : text, "\n", &save);
+      for (; line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *ev = json_loads(line, 0, NULL);
+        if (ev)
+          json_array_append_new(events, ev);
+      }
+      free(text);
+    }
+    json_object_set_new(o, "last_events", events);
+  }
+  char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  if (s)
+    fprintf(f, "%s\n", s);
+  free(s);
+  json_decref(o);
+}
+
+/* The text of a generated file, made at most every CACHE_MS (malloc'd copy). */
+static char *gen_get(const struct node *n, const char *path, size_t *len, bool fresh_only)
+{
+  pthread_mutex_lock(&gen_lock);
+  struct gen *g = NULL;
+  for (size_t i = 0; i < n_gens && !g; i++)
+    if (strcmp(gens[i].key, path) == 0)
+      g = &gens[i];
+  int64_t now = tb_now_ms();
+  if (g && (now - g->made_ms < CACHE_MS || fresh_only)) {
+    char *copy = malloc(g->len + 1);
+    if (copy)
+      memcpy(copy, g->text, g->len + 1);
+    *len = g->len;
+    pthread_mutex_unlock(&gen_lock);
+    return copy;
+  }
+  pthread_mutex_unlock(&gen_lock);
+  if (fresh_only) {
+    *len = 0;
+    return NULL;
+  }
+  struct text t = {0};
+  t.f = open_memstream(&t.buf, &t.len);
+  if (!t.f)
+    return NULL;
+  if (n->kind == K_STATUS)
+    make_status(n, t.f);
+  else
+    make_changes(n, t.f);
+  fclose(t.f);
+  pthread_mutex_lock(&gen_lock);
+  g = NULL;
+  for (size_t i = 0; i < n_gens && !g; i++)
+    if (strcmp(gens[i].key, path) == 0)
+      g = &gens[i];
+  if (!g && n_gens < sizeof gens / sizeof gens[0])
+    g = &gens[n_gens++];
+  if (g) {
+    free(g->text);
+    snprintf(g->key, sizeof g->key, "%s", path);
+    g->text = strdup(t.buf ? t.buf : "");
+    g->len = g->text ? t.len : 0;
+    g->made_ms = tb_now_ms();
+  }
+  pthread_mutex_unlock(&gen_lock);
+  *len = t.len;
+  return t.buf;
+}
+
+/* ---- FUSE operations ------------------------------------------------------------------ */
+
+static void dir_stat(struct stat *st)
+{
+  st->st_mode = S_IFDIR | 0555;
+  st->st_nlink = 2;
+  st->st_mtime = st->st_ctime = st->st_atime = mount_time;
+}
+
+static void istat_to_stat(const struct tb_istat *is, struct stat *st)
+{
+  memset(st, 0, sizeof *st);
+  mode_t type = S_IFREG;
+  mode_t perm = is->mode;
+  switch (is->type) {
+  case TB_FT_DIR:
+    type = S_IFDIR;
+    break;
+  case TB_FT_LNK:
+    type = S_IFLNK;
+    break;
+  case TB_FT_CHR:
+    type = S_IFCHR;
+    break;
+  case TB_FT_BLK:
+    type = S_IFBLK;
+    break;
+  case TB_FT_FIFO:
+    type = S_IFIFO;
+    break;
+  case TB_FT_SOCK:
+    type = S_IFSOCK;
+    break;
+  default:
+    break;
+  }
+  if (perm == 0) /* the guest has no Unix modes (NTFS, FAT) */
+    perm = type == S_IFDIR ? 0555 : 0444;
+  st->st_mode = type | (perm & 07777);
+  st->st_nlink = is->nlink ? is->nlink : 1;
+  st->st_uid = is->uid;
+  st->st_gid = is->gid;
+  st->st_size = (off_t)(is->size > INT64_MAX ? INT64_MAX : is->size);
+  st->st_blocks = (blkcnt_t)((is->size + 511) / 512);
+  st->st_blksize = 4096;
+  st->st_ino = is->inum;
+  st->st_mtim.tv_sec = is->mtime;
+  st->st_mtim.tv_nsec = is->mtime_ns;
+  st->st_atim.tv_sec = is->atime;
+  st->st_atim.tv_nsec = is->atime_ns;
+  st->st_ctim.tv_sec = is->ctime;
+  st->st_ctim.tv_nsec = is->ctime_ns;
+}
+
+static int errno_or_eio(void)
+{
+  return errno == ENOENT || errno == ENOTDIR || errno == EISDIR || errno == ENAMETOOLONG ||
+                 errno == EINVAL
+             ? -errno
+             : -EIO;
+}
+
+static int vol_index(struct snap *s, const char *volume)
+{
+  return tb_inspect_find_volume(s->ins, volume);
+}
+
+static int tf_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+  struct node n;
+  int r = parse(path, &n);
+  if (r < 0)
+    return r;
+  memset(st, 0, sizeof *st);
+  switch (n.kind) {
+  case K_ROOT:
+  case K_CLIENTS:
+  case K_IMAGES:
+  case K_IMAGE:
+  case K_CTX:
+  case K_SESSIONS:
+  case K_FS:
+    dir_stat(st);
+    return 0;
+  case K_STATUS:
+  case K_CHANGES: {
+    /* Size of the last text made (0 before the first open): reads are
+     * direct, so readers see the whole text whatever the size says. */
+    size_t len = 0;
+    free(gen_get(&n, path, &len, true));
+    st->st_mode = S_IFREG | 0444;
+    st->st_nlink = 1;
+    st->st_size = (off_t)len;
+    st->st_mtime = st->st_ctime = st->st_atime = time(NULL);
+    return 0;
+  }
+  case K_DISK: {
+    struct source *s = node_source(&n);
+    struct tb_disk *d = s ? source_disk(s) : NULL;
+    if (!d)
+      return -EIO;
+    st->st_mode = S_IFREG | 0444;
+    st->st_nlink = 1;
+    st->st_size = (off_t)tb_disk_size(d);
+    st->st_blocks = st->st_size / 512;
+    st->st_mtime = st->st_ctime = st->st_atime = mount_time;
+    tb_disk_unref(d);
+    return 0;
+  }
+  case K_VOL: {
+    struct source *s = node_source(&n);
+    struct snap *sn = s ? source_snap(s) : NULL;
+    if (!sn)
+      return -EIO;
+    int vi = vol_index(sn, n.volume);
+    struct tb_istat is;
+    r = vi < 0                                                    ? -ENOENT
+        : tb_inspect_stat(sn->ins, (size_t)vi, n.inner, &is) == 0 ? 0
+                                                                  : errno_or_eio();
+    snap_put(sn);
+    if (r == 0)
+      istat_to_stat(&is, st);
+    return r;
+  }
+  }
+  return -ENOENT;
+}
+
+struct fill_ctx {
+  void *buf;
+  fuse_fill_dir_t fill;
+};
+
+static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
+{
+  struct fill_ctx *fc = ctx;
+  struct stat st;
+  istat_to_stat(is, &st);
+  fc->fill(fc->buf, name, &st, 0, 0);
+  return 0;
+}
+
+static void fill_names(void *buf, fuse_fill_dir_t fill, const struct names *names)
+{
+  for (size_t i = 0; i < names->n; i++)
+    fill(buf, names->v[i], NULL, 0, 0);
+}
+
+static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t offset,
+                      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+  struct node n;
+  int r = parse(path, &n);
+  if (r < 0)
+    return r;
+  struct names names = {0};
+  fill(buf, ".", NULL, 0, 0);
+  fill(buf, "..", NULL, 0, 0);
+  switch (n.kind) {
+  case K_ROOT:
+    fill(buf, "clients", NULL, 0, 0);
+    fill(buf, "images", NULL, 0, 0);
+    return 0;
+  case K_CLIENTS:
+    list_clients(&names);
+    break;
+  case K_IMAGES:
+    list_images(NULL, &names);
+    break;
+  case K_IMAGE:
+    list_images(n.name, &names);
+    break;
+  case K_SESSIONS:
+    list_sessions(n.name, &names);
+    break;
+  case K_CTX:
+    fill(buf, "disk", NULL, 0, 0);
+    fill(buf, "fs", NULL, 0, 0);
+    if (n.ctx != CTX_VERSION)
+      fill(buf, "changes.txt", NULL, 0, 0);
+    if (n.ctx == CTX_LIVE) {
+      fill(buf, "status.json", NULL, 0, 0);
+      fill(buf, "sessions", NULL, 0, 0);
+    }
+    return 0;
+  case K_FS: {
+    struct source *s = node_source(&n);
+    struct snap *sn = s ? source_snap(s) : NULL;
+    if (!sn)
+      return -EIO;
+    for (size_t i = 0; i < tb_inspect_n_volumes(sn->ins); i++)
+      fill(buf, tb_inspect_volume(sn->ins, i)->name, NULL, 0, 0);
+    snap_put(sn);
+    return 0;
+  }
+  case K_VOL: {
+    struct source *s = node_source(&n);
+    struct snap *sn = s ? source_snap(s) : NULL;
+    if (!sn)
+      return -EIO;
+    int vi = vol_index(sn, n.volume);
+    struct fill_ctx fc = {buf, fill};
+    r = vi < 0                                                                ? -ENOENT
+        : tb_inspect_readdir(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
+                                                                              : errno_or_eio();
+    snap_put(sn);
+    return r;
+  }
+  default:
+    return -ENOTDIR;
+  }
+  fill_names(buf, fill, &names);
+  names_free(&names);
+  return 0;
+}
+
+static int tf_readlink(const char *path, char *buf, size_t size)
+{
+  struct node n;
+  int r = parse(path, &n);
+  if (r < 0)
+    return r;
+  if (n.kind != K_VOL)
+    return -EINVAL;
+  struct source *s = node_source(&n);
+  struct snap *sn = s ? source_snap(s) : NULL;
+  if (!sn)
+    return -EIO;
+  int vi = vol_index(sn, n.volume);
+  r = vi < 0                                                              ? -ENOENT
+      : tb_inspect_readlink(sn->ins, (size_t)vi, n.inner, buf, size) == 0 ? 0
+                                                                          : errno_or_eio();
+  snap_put(sn);
+  return r;
+}
+
+/* What an open file reads. */
+struct handle {
+  enum kind kind;
+  struct tb_disk *disk;  /* K_DISK */
+  struct snap *snap;     /* K_VOL */
+  struct tb_ifile *file; /* K_VOL */
+  char *text;            /* K_STATUS, K_CHANGES */
+  size_t len;
+};
+
+static int tf_open(const char *path, struct fuse_file_info *fi)
+{
+  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & (O_TRUNC | O_CREAT)))
+    return -EROFS;
+  struct node n;
+  int r = parse(path, &n);
+  if (r < 0)
+    return r;
+  struct handle *h = calloc(1, sizeof *h);
+  if (!h)
+    return -ENOMEM;
+  h->kind = n.kind;
+  struct source *s = NULL;
+  switch (n.kind) {
+  case K_DISK:
+    s = node_source(&n);
+    h->disk = s ? source_disk(s) : NULL;
+    r = h->disk ? 0 : -EIO;
+    fi->keep_cache = n.ctx != CTX_LIVE;
+    break;
+  case K_STATUS:
+  case K_CHANGES:
+    h->text = gen_get(&n, path, &h->len, false);
+    r = h->text ? 0 : -EIO;
+    fi->direct_io = 1;
+    break;
+  case K_VOL: {
+    s = node_source(&n);
+    h->snap = s ? source_snap(s) : NULL;
+    int vi = h->snap ? vol_index(h->snap, n.volume) : -1;
+    if (!h->snap)
+      r = -EIO;
+    else if (vi < 0)
+      r = -ENOENT;
+    else if (!(h->file = tb_inspect_open_file(h->snap->ins, (size_t)vi, n.inner)))
+      r = errno_or_eio();
+    fi->keep_cache = n.ctx != CTX_LIVE;
+    break;
+  }
+  default:
+    r = -EISDIR;
+  }
+  if (r < 0) {
+    snap_put(h->snap);
+    tb_disk_unref(h->disk);
+    free(h->text);
+    free(h);
+    return r;
+  }
+  fi->fh = (uint64_t)(uintptr_t)h;
+  return 0;
+}
+
+static int tf_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+{
+  struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+  if (off < 0)
+    return -EINVAL;
+  switch (h->kind) {
+  case K_DISK: {
+    uint64_t dsize = tb_disk_size(h->disk);
+    if ((uint64_t)off >= dsize)
+      return 0;
+    if (size > dsize - (uint64_t)off)
+      size = dsize - (uint64_t)off;
+    return tb_disk_pread(h->disk, buf, size, (uint64_t)off) == 0 ? (int)size : -EIO;
+  }
+  case K_STATUS:
+  case K_CHANGES:
+    if ((uint64_t)off >= h->len)
+      return 0;
+    if (size > h->len - (size_t)off)
+      size = h->len - (size_t)off;
+    memcpy(buf, h->text + off, size);
+    return (int)size;
+  case K_VOL: {
+    ssize_t got = tb_ifile_pread(h->file, buf, size, (uint64_t)off);
+    return got < 0 ? -EIO : (int)got;
+  }
+  default:
+    return -EIO;
+  }
+}
+
+static int tf_release(const char *path, struct fuse_file_info *fi)
+{
+  struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+  tb_ifile_close(h->file);
+  snap_put(h->snap);
+  tb_disk_unref(h->disk);
+  free(h->text);
+  free(h);
+  return 0;
+}
+
+static int tf_statfs(const char *path, struct statvfs *st)
+{
+  memset(st, 0, sizeof *st);
+  st->f_bsize = st->f_frsize = 4096;
+  st->f_namemax = 255;
+  st->f_flag = ST_RDONLY;
+  return 0;
+}
+
+static void *tf_init(struct fuse_conn_info *conn, struct fuse_config *fc)
+{
+  fc->entry_timeout = KERNEL_TIMEOUT_S;
+  fc->attr_timeout = KERNEL_TIMEOUT_S;
+  fc->negative_timeout = KERNEL_TIMEOUT_S;
+  fc->use_ino = 0;
+  return NULL;
+}
+
+/* Everything that would modify the tree. */
+static int rofs_path(const char *path)
+{
+  return -EROFS;
+}
+static int rofs_mknod(const char *p, mode_t m, dev_t d)
+{
+  return -EROFS;
+}
+static int rofs_mkdir(const char *p, mode_t m)
+{
+  return -EROFS;
+}
+static int rofs_2path(const char *a, const char *b)
+{
+  return -EROFS;
+}
+static int rofs_rename(const char *a, const char *b, unsigned int flags)
+{
+  return -EROFS;
+}
+static int rofs_chmod(const char *p, mode_t m, struct fuse_file_info *fi)
+{
+  return -EROFS;
+}
+static int rofs_chown(const char *p, uid_t u, gid_t g, struct fuse_file_info *fi)
+{
+  return -EROFS;
+}
+static int rofs_truncate(const char *p, off_t o, struct fuse_file_info *fi)
+{
+  return -EROFS;
+}
+static int rofs_write(const char *p, const char *b, size_t s, off_t o, struct fuse_file_info *fi)
+{
+  return -EROFS;
+}
+static int rofs_create(const char *p, mode_t m, struct fuse_file_info *fi)
+{
+  return -EROFS;
+}
+static int rofs_utimens(const char *p, const struct timespec tv[2], struct fuse_file_info *fi)
+{
+  return -EROFS;
+}
+static int rofs_setxattr(const char *p, const char *n, const char *v, size_t s, int f)
+{
+  return -EROFS;
+}
+static int rofs_fallocate(const char *p, int m, off_t o, off_t l, struct fuse_file_info *fi)
+{
+  return -EROFS;
+}
+
+static const struct fuse_operations ops = {
+    .init = tf_init,
+    .getattr = tf_getattr,
+    .readdir = tf_readdir,
+    .readlink = tf_readlink,
+    .open = tf_open,
+    .read = tf_read,
+    .release = tf_release,
+    .statfs = tf_statfs,
+    .mknod = rofs_mknod,
+    .mkdir = rofs_mkdir,
+    .unlink = rofs_path,
+    .rmdir = rofs_path,
+    .symlink = rofs_2path,
+    .rename = rofs_rename,
+    .link = rofs_2path,
+    .chmod = rofs_chmod,
+    .chown = rofs_chown,
+    .truncate = rofs_truncate,
+    .write = rofs_write,
+    .create = rofs_create,
+    .utimens = rofs_utimens,
+    .setxattr = rofs_setxattr,
+    .removexattr = rofs_2path,
+    .fallocate = rofs_fallocate,
+};
+
+/* ---- main -------------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: tabula-fuse [-c CONFIG | --uri NBD-URI] [FUSE options] MOUNTPOINT\n"
+          "\n"
+          "Mount a read-only view of a tabula appliance:\n"
+          "  MOUNTPOINT/clients/ID/{disk,status.json,changes.txt,fs/VOLUME/...}\n"
+          "  MOUNTPOINT/clients/ID/sessions/N/{disk,changes.txt,fs/...}\n"
+          "  MOUNTPOINT/images/NAME/N/{disk,fs/...}\n"
+          "\n"
+          "  -c, --config=FILE  the appliance's configuration (local; default socket\n"
+          "                     STATE/nbd.sock); must run as an admin uid\n"
+          "  --uri=NBD-URI      a remote appliance, e.g. nbd://host or\n"
+          "                     nbds://host (admin networks, TLS)\n"
+          "  -f                 stay in the foreground;  -d  debug FUSE\n"
+          "  -o OPT             FUSE mount options (allow_other...)\n"
+          "  -h, --help         this text;  -V, --version  the version\n"
+          "\n"
+          "Live clients are re-read at most every %d ms; see tabula-fuse(1).\n"
+          "Exit status: 0 after a clean unmount, 1 on a usage or configuration\n"
+          "error, 2 if mounting failed.\n",
+          CACHE_MS);
+}
+
+#define OPT(t, p)                                                                                  \
+  {                                                                                                \
+    t, offsetof(typeof(opts), p), 1                                                                \
+  }
+static const struct fuse_opt option_spec[] = {
+    {"-c %s", offsetof(typeof(opts), config_file), 0},
+    {"--config=%s", offsetof(typeof(opts), config_file), 0},
+    {"--uri=%s", offsetof(typeof(opts), uri), 0},
+    OPT("-h", show_help),
+    OPT("--help", show_help),
+    OPT("-V", show_version),
+    OPT("--version", show_version),
+    FUSE_OPT_END};
+
+/* Accept "--uri X" and "--config X" as well as the "=" forms. */
+static void join_long_options(int *argc, char **argv)
+{
+  for (int i = 1; i + 1 < *argc; i++) {
+    if (strcmp(argv[i], "--uri") == 0 || strcmp(argv[i], "--config") == 0) {
+      char *joined;
+      if (asprintf(&joined, "%s=%s", argv[i], argv[i + 1]) < 0)
+        exit(1);
+      argv[i] = joined;
+      memmove(&argv[i + 1], &argv[i + 2], (size_t)(*argc - i - 2) * sizeof *argv);
+      (*argc)--;
+      argv[*argc] = NULL;
+    }
+  }
+}
+
+int main(int argc, char **argv)
+{
+  join_long_options(&argc, argv);
+  struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+  if (fuse_opt_parse(&args, &opts, option_spec, NULL) == -1)
+    return 1;
+  if (opts.show_help) {
+    usage(stdout);
+    return 0;
+  }
+  if (opts.show_version) {
+    printf("tabula-fuse %s\n", PACKAGE_VERSION);
+    return 0;
+  }
+  if (!!opts.config_file == !!opts.uri) {
+    fprintf(stderr, "tabula-fuse: give exactly one of -c CONFIG or --uri NBD-URI "
+                    "(tabula-fuse --help)\n");
+    return 1;
+  }
+  if (opts.config_file) {
+    cfg = tb_config_load(opts.config_file);
+    if (!cfg) {
+      fprintf(stderr, "tabula-fuse: %s\n", tb_errmsg());
+      return 1;
+    }
+    if (cfg->listen_unix)
+      snprintf(nbd_socket, sizeof nbd_socket, "%s", cfg->listen_unix);
+    else if (tb_path(nbd_socket, sizeof nbd_socket, "%s/nbd.sock", cfg->state_dir) < 0) {
+      fprintf(stderr, "tabula-fuse: %s\n", tb_errmsg());
+      return 1;
+    }
+  } else {
+    struct nbd_handle *h = nbd_create();
+    if (!h || nbd_supports_uri(h) != 1) {
+      fprintf(stderr, "tabula-fuse: this libnbd cannot parse NBD URIs\n");
+      return 1;
+    }
+    nbd_close(h);
+    pthread_mutex_lock(&list_lock);
+    remote_refresh();
+    pthread_mutex_unlock(&list_lock);
+    if (remote_error[0]) {
+      fprintf(stderr,
+              "tabula-fuse: cannot list the exports of %s: %s\n"
+              "(listing exports needs an admin peer: see \"admin\" in the configuration)\n",
+              opts.uri, remote_error);
+      return 1;
+    }
+  }
+  mount_time = time(NULL);
+  fuse_opt_add_arg(&args, "-oro,fsname=tabula,subtype=tabula,max_threads=16");
+  int r = fuse_main(args.argc, args.argv, &ops, NULL);
+  fuse_opt_free_args(&args);
+  return r == 0 ? 0 : 2;
+}

@@ -1,0 +1,186 @@
+/* tabula: inspection of guest disks -- volumes, filesystems, files, changes.
+ *
+ * Shared by the view (tabula-fuse) and the daemon's watchdog.  Two layers:
+ *
+ *   struct tb_disk     a read-only byte source: an NBD export (libnbd), a file,
+ *                      or any read callback.  Reference counted; safe to use
+ *                      from many threads (libnbd handles are thread-safe, files
+ *                      use pread).
+ *   struct tb_inspect  The Sleuth Kit (libtsk) opened over a disk: its volumes
+ *                      (MBR, GPT or an unpartitioned disk) and their
+ *                      filesystems (NTFS, FAT12/16/32, exFAT, ext2/3/4), read
+ *                      by path.  libtsk is not thread-safe per handle, so every
+ *                      function takes the handle's mutex: one handle may be
+ *                      shared between threads, distinct handles run in
+ *                      parallel.  A handle is a snapshot of the filesystem
+ *                      metadata as it was read (libtsk caches blocks and this
+ *                      code caches directories): to follow a disk that moves
+ *                      (a live overlay), open a new handle and drop the old one.
+ *
+ * Hostile input: a disk is guest data and may be torn, half-written or made to
+ * hurt the reader.  Every call runs under a time budget (tb_inspect_set_budget):
+ * once it is spent, further reads from the disk fail, so libtsk gives up and
+ * the call returns -1 with errno EIO instead of looping.  Directory listings
+ * are capped (TB_INSPECT_MAX_DIR_ENTRIES), names with '/' or NUL and the
+ * "."/".." entries are never returned, and paths are resolved one component
+ * at a time through the same listings, so a lookup can never see a name that
+ * readdir would not show.
+ *
+ * Errors: -1 (or NULL) with errno (ENOENT, ENOTDIR, EISDIR, EIO, ENOMEM,
+ * EINVAL) and a message in tb_errmsg().
+ */
+#ifndef TB_INSPECT_H
+#define TB_INSPECT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "util.h"
+
+#define TB_INSPECT_MAX_DIR_ENTRIES 1000000
+#define TB_INSPECT_DEFAULT_BUDGET_MS 10000
+
+/* ---- disks ---- */
+
+struct tb_disk;
+
+/* Read exactly LEN bytes at OFF; return 0, or -1 with errno. */
+typedef int (*tb_disk_read_fn)(void *opaque, void *buf, size_t len, uint64_t off);
+
+/* A disk over a read callback.  CLOSE (may be NULL) is called on the last unref. */
+struct tb_disk *tb_disk_new(uint64_t size, tb_disk_read_fn read, void (*close)(void *opaque),
+                            void *opaque, const char *what);
+/* A raw image file, opened read-only. */
+struct tb_disk *tb_disk_open_file(const char *path);
+/* An NBD export, read-only.  URI is an NBD URI ("nbd+unix:///?socket=S",
+ * "nbd://host:port") or NULL with SOCKET a unix socket path; EXPORT overrides
+ * the URI's export name when not NULL. */
+struct tb_disk *tb_disk_open_nbd(const char *uri, const char *socket, const char *export);
+struct tb_disk *tb_disk_ref(struct tb_disk *d);
+void tb_disk_unref(struct tb_disk *d);
+uint64_t tb_disk_size(const struct tb_disk *d);
+const char *tb_disk_name(const struct tb_disk *d);
+int tb_disk_pread(struct tb_disk *d, void *buf, size_t len, uint64_t off);
+
+/* A set of byte ranges of a disk, sorted and merged. */
+struct tb_range {
+  uint64_t off, len;
+};
+struct tb_ranges {
+  struct tb_range *v;
+  size_t n, cap;
+};
+int tb_ranges_add(struct tb_ranges *r, uint64_t off, uint64_t len); /* appends, merging */
+void tb_ranges_free(struct tb_ranges *r);
+uint64_t tb_ranges_bytes(const struct tb_ranges *r);
+/* Does [off, off+len) intersect any range? (binary search) */
+bool tb_ranges_intersect(const struct tb_ranges *r, uint64_t off, uint64_t len);
+
+/* The allocated ("not a hole") extents of an NBD disk, from NBD block status
+ * (base:allocation): on a tabula ID@overlay export these are the dirty blocks
+ * (DATA and ZERO), CLEAN blocks being holes.  Fails with ENOTSUP if the disk
+ * is not NBD or the server does not report block status. */
+int tb_disk_dirty_ranges(struct tb_disk *d, struct tb_ranges *out);
+
+/* ---- inspection ---- */
+
+struct tb_inspect;
+
+enum tb_file_type {
+  TB_FT_REG = 1,
+  TB_FT_DIR,
+  TB_FT_LNK,
+  TB_FT_CHR,
+  TB_FT_BLK,
+  TB_FT_FIFO,
+  TB_FT_SOCK,
+  TB_FT_OTHER
+};
+
+struct tb_istat {
+  enum tb_file_type type;
+  uint64_t inum; /* the guest filesystem's metadata address */
+  uint64_t size;
+  uint32_t mode; /* permission bits (07777) as the guest has them; 0 if it has none */
+  uint32_t uid, gid;
+  uint32_t nlink;
+  int64_t mtime, atime, ctime, crtime; /* seconds since the epoch */
+  uint32_t mtime_ns, atime_ns, ctime_ns;
+};
+
+struct tb_volume {
+  char name[48];       /* "p1-ntfs", "p2-ext4", "whole-fat32" (unpartitioned) */
+  int partition;       /* 1-based like Linux (sda1...), 0 for an unpartitioned disk */
+  uint64_t offset;     /* bytes from the start of the disk */
+  uint64_t length;     /* bytes */
+  char fstype[16];     /* "ntfs", "fat32", "exfat", "ext4"... */
+  uint32_t block_size; /* filesystem block (cluster) size */
+};
+
+/* Open DISK (takes a reference) and find its volumes and filesystems.  A disk
+ * where no filesystem is found opens fine with zero volumes. */
+struct tb_inspect *tb_inspect_open(struct tb_disk *disk);
+void tb_inspect_close(struct tb_inspect *ins);
+/* Per-call time budget in milliseconds (default TB_INSPECT_DEFAULT_BUDGET_MS). */
+void tb_inspect_set_budget(struct tb_inspect *ins, int64_t ms);
+struct tb_disk *tb_inspect_disk(struct tb_inspect *ins);
+
+size_t tb_inspect_n_volumes(const struct tb_inspect *ins);
+const struct tb_volume *tb_inspect_volume(const struct tb_inspect *ins, size_t i);
+/* Index of the volume named NAME, or -1. */
+int tb_inspect_find_volume(const struct tb_inspect *ins, const char *name);
+
+/* PATH is absolute inside the volume's filesystem ("/", "/etc/passwd"). */
+int tb_inspect_stat(struct tb_inspect *ins, size_t vol, const char *path, struct tb_istat *st);
+
+/* List a directory: FN is called for each entry (not "." or ".."), with the
+ * entry's stat; a non-zero return stops the listing and is returned. */
+typedef int (*tb_inspect_dir_fn)(void *ctx, const char *name, const struct tb_istat *st);
+int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
+                       void *ctx);
+
+/* Symlink target into BUF (NUL-terminated, truncated to LEN-1). */
+int tb_inspect_readlink(struct tb_inspect *ins, size_t vol, const char *path, char *buf,
+                        size_t len);
+
+/* Open files for reading.  A tb_ifile keeps its tb_inspect busy: close the
+ * files before the handle. */
+struct tb_ifile;
+struct tb_ifile *tb_inspect_open_file(struct tb_inspect *ins, size_t vol, const char *path);
+/* Returns the bytes read (short only at the end of the file), or -1. */
+ssize_t tb_ifile_pread(struct tb_ifile *f, void *buf, size_t len, uint64_t off);
+uint64_t tb_ifile_size(const struct tb_ifile *f);
+void tb_ifile_close(struct tb_ifile *f);
+
+/* Walk every allocated file and directory of a volume, depth first, parents
+ * before children.  PATH is absolute.  If DIRTY is not NULL, TOUCHED says
+ * whether any of the file's content blocks lies in DIRTY (disk byte ranges);
+ * else it is false.  Non-zero from FN stops the walk and is returned. */
+typedef int (*tb_inspect_walk_fn)(void *ctx, const char *path, const struct tb_istat *st,
+                                  bool touched);
+int tb_inspect_walk(struct tb_inspect *ins, size_t vol, const struct tb_ranges *dirty,
+                    tb_inspect_walk_fn fn, void *ctx);
+
+/* The files that own blocks in RANGES (disk byte ranges): FN is called for each
+ * allocated file or directory whose content blocks intersect them. */
+int tb_inspect_owners(struct tb_inspect *ins, size_t vol, const struct tb_ranges *ranges,
+                      tb_inspect_walk_fn fn, void *ctx);
+
+/* Compare BASE and LIVE (the same disk before and after a session): FN gets
+ * each file created, changed or deleted, path prefixed with its volume name
+ * ("p1-ntfs/Users/x.txt").  DIRTY, if not NULL, are the disk bytes the session
+ * wrote (the overlay's dirty map): volumes it does not touch are skipped
+ * without being read, and a file whose metadata is unchanged counts as
+ * changed only if its content blocks are dirty.  With DIRTY NULL, files are
+ * compared by metadata only (size, times, type, link target). */
+enum tb_change { TB_CREATED = 1, TB_CHANGED, TB_DELETED };
+typedef int (*tb_inspect_change_fn)(void *ctx, enum tb_change kind, const char *path,
+                                    const struct tb_istat *st);
+int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const struct tb_ranges *dirty,
+                    tb_inspect_change_fn fn, void *ctx);
+const char *tb_change_name(enum tb_change kind);    /* "created", "changed", "deleted" */
+const char *tb_file_type_name(enum tb_file_type t); /* "file", "dir", "symlink"... */
+
+#endif
