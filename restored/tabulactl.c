@@ -29,6 +29,7 @@
 
 #include "conf.h"
 #include "control.h"
+#include "ctl-image-repo.h"
 #include "events.h"
 #include "store.h"
 
@@ -647,6 +648,17 @@ static int cmd_image_gc(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
+/* publish and pull live in ctl-image-repo.c (lib/repo.c does the work). */
+static int cmd_image_publish(struct ctl *ctl, int argc, char **argv)
+{
+  return load_config(ctl) == -1 ? EXIT_FAIL : ctl_image_publish(argc, argv, ctl->cfg);
+}
+
+static int cmd_image_pull(struct ctl *ctl, int argc, char **argv)
+{
+  return load_config(ctl) == -1 ? EXIT_FAIL : ctl_image_pull(argc, argv, ctl->cfg);
+}
+
 static const struct command image_commands[] = {
     {"import", "NAME FILE [--note TEXT]",
      "Add FILE (a raw disk image) as the next version of image NAME, directly in the state\n"
@@ -665,6 +677,18 @@ static const struct command image_commands[] = {
      "that is not the newest of its image, and leftovers of interrupted builds.  Says what it\n"
      "freed.",
      cmd_image_gc},
+    {"publish", "IMAGE[@N] DIR",
+     "Write a version into the static repository DIR (DIR/IMAGE/N.img, then\n"
+     "DIR/IMAGE/index.json by rename), ready for nginx `root DIR` or `aws s3 sync`.",
+     cmd_image_publish},
+    {"pull", "IMAGE [--from URL] [--version N] [--rate-limit RATE]",
+     "Fetch a version from a repository: only the chunks that differ from the nearest\n"
+     "local version are downloaded, each verified by sha256; interrupted pulls resume.\n"
+     "Options: --from URL (http, https, s3://BUCKET/PREFIX), --version N, --rate-limit\n"
+     "RATE (bytes/s), --parallel N, --connect-timeout D, --stall-timeout D, --ca-file\n"
+     "FILE, --json, --quiet.  Defaults come from the config's \"pull\" section; s3 URLs\n"
+     "are signed (SigV4) with pull.s3 or the AWS_* environment credentials.",
+     cmd_image_pull},
 };
 
 static int cmd_image(struct ctl *ctl, int argc, char **argv)
@@ -691,7 +715,8 @@ static int cmd_image(struct ctl *ctl, int argc, char **argv)
       return c->run(ctl, argc - 1, argv + 1);
     }
   }
-  return usage_error("unknown image subcommand \"%s\" (import, list, rm, gc)", argv[1]);
+  return usage_error("unknown image subcommand \"%s\" (import, list, rm, gc, publish, pull)",
+                     argv[1]);
 }
 
 /* ---- daemon commands ------------------------------------------------------------------ */
