@@ -315,3 +315,22 @@ tb_event()
   jq -c "select($2)" "$1/events.jsonl" 2>/dev/null | grep -q . ||
     tb_fail "$3: no event with $2 in $1/events.jsonl"
 }
+
+# tb_start_tcp NAME CONFIG ADDR PORT: nbdkit + plugin on TCP ADDR:PORT.
+tb_start_tcp()
+{
+  tb_nbdkit_env
+  rm -f "$TB_TMP/$1.pid"
+  LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
+    nbdkit -f -i "$3" -p "$4" -P "$TB_TMP/$1.pid" "$TB_PLUGIN" config="$2" \
+    >>"$TB_TMP/$1.log" 2>&1 &
+  _pid=$!
+  echo "$_pid" >"$TB_TMP/$1.bgpid"
+  _i=0
+  until [ -s "$TB_TMP/$1.pid" ]; do
+    kill -0 "$_pid" 2>/dev/null || tb_fail "nbdkit $1 on $3:$4 did not start: $(cat "$TB_TMP/$1.log")"
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || tb_fail "nbdkit $1 on $3:$4 did not start within 30 s"
+    sleep 0.1
+  done
+}

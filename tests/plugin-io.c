@@ -29,12 +29,15 @@
  *   !CMD                   CMD must fail; prints "error: ERRNO-NAME: message"
  *
  * Also: plugin-io --make-file FILE SIZE SEED [DATA_BYTES] writes a patterned
- * file (sparse after DATA_BYTES), used to build master images.
+ * file (sparse after DATA_BYTES), used to build master images; and
+ * plugin-io -s SOCKET --list prints the export names (NBD_OPT_LIST), one a
+ * line, without opening them (exit 2 if the server refuses to list).
  */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -269,9 +272,33 @@ static int run(struct nbd_handle *h, const char *cmd, int *err)
 #undef NBD
 }
 
+static int list_cb(void *user_data, const char *name, const char *description)
+{
+  printf("%s\n", name);
+  return 0;
+}
+
+/* NBD_OPT_LIST only: the names, without opening each export as nbdinfo does. */
+static int list_exports(struct nbd_handle *h, const char *sock, const char *tcp_host,
+                        const char *tcp_port)
+{
+  if (nbd_set_opt_mode(h, true) == -1 ||
+      (sock ? nbd_connect_unix(h, sock) : nbd_connect_tcp(h, tcp_host, tcp_port)) == -1) {
+    fprintf(stderr, "plugin-io: connect: %s\n", nbd_get_error());
+    return 2;
+  }
+  if (nbd_opt_list(h, (nbd_list_callback){.callback = list_cb}) == -1) {
+    fprintf(stderr, "plugin-io: list: %s\n", nbd_get_error());
+    return 2;
+  }
+  nbd_opt_abort(h);
+  return 0;
+}
+
 static void usage(FILE *f)
 {
   fprintf(f, "usage: plugin-io (-s SOCKET | -t HOST:PORT) [-e EXPORT] [-n CONNS] CMD...\n"
+             "       plugin-io (-s SOCKET | -t HOST:PORT) --list\n"
              "       plugin-io --make-file FILE SIZE SEED [DATA_BYTES]\n"
              "See the comment at the top of tests/plugin-io.c for the commands.\n");
 }
@@ -288,7 +315,9 @@ int main(int argc, char **argv)
 
   const char *sock = NULL, *tcp = NULL, *export = "";
   int nconns = 1, opt;
-  while ((opt = getopt(argc, argv, "+s:t:e:n:")) != -1) {
+  bool list = false;
+  static const struct option longopts[] = {{"list", no_argument, NULL, 'l'}, {NULL, 0, NULL, 0}};
+  while ((opt = getopt_long(argc, argv, "+s:t:e:n:", longopts, NULL)) != -1) {
     switch (opt) {
     case 's':
       sock = optarg;
@@ -302,6 +331,9 @@ int main(int argc, char **argv)
     case 'n':
       nconns = atoi(optarg);
       break;
+    case 'l':
+      list = true;
+      break;
     default:
       usage(stderr);
       return 1;
@@ -312,7 +344,24 @@ int main(int argc, char **argv)
     return 1;
   }
 
+  char host[256] = "", *port = NULL;
+  if (tcp) {
+    snprintf(host, sizeof host, "%s", tcp);
+    char *colon = strrchr(host, ':');
+    if (!colon) {
+      usage(stderr);
+      return 1;
+    }
+    *colon = '\0';
+    port = colon + 1;
+  }
   struct nbd_handle *h[MAX_CONNS];
+  if (list) {
+    h[0] = nbd_create();
+    int r = h[0] ? list_exports(h[0], sock, host, port) : 1;
+    nbd_close(h[0]);
+    return r;
+  }
   for (int i = 0; i < nconns; i++) {
     h[i] = nbd_create();
     if (!h[i] || nbd_set_export_name(h[i], export) == -1 ||
@@ -320,20 +369,7 @@ int main(int argc, char **argv)
       fprintf(stderr, "plugin-io: %s\n", nbd_get_error());
       return 1;
     }
-    int r;
-    if (sock) {
-      r = nbd_connect_unix(h[i], sock);
-    } else {
-      char host[256];
-      snprintf(host, sizeof host, "%s", tcp);
-      char *colon = strrchr(host, ':');
-      if (!colon) {
-        usage(stderr);
-        return 1;
-      }
-      *colon = '\0';
-      r = nbd_connect_tcp(h[i], host, colon + 1);
-    }
+    int r = sock ? nbd_connect_unix(h[i], sock) : nbd_connect_tcp(h[i], host, port);
     if (r == -1) {
       fprintf(stderr, "plugin-io: connect to export '%s': %s\n", export, nbd_get_error());
       return 2;
