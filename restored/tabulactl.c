@@ -648,15 +648,32 @@ static int cmd_image_gc(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
-/* publish and pull live in ctl-image-repo.c (lib/repo.c does the work). */
+/* publish and pull live in ctl-image-repo.c (lib/repo.c does the work); they
+ * parse their own options, so --json, which main() took, is handed back. */
+static int run_repo_cmd(struct ctl *ctl, int argc, char **argv,
+                        int (*fn)(int, char **, const struct tb_config *))
+{
+  if (load_config(ctl) == -1)
+    return EXIT_FAIL;
+  char **args = calloc((size_t)argc + 2, sizeof *args);
+  if (!args)
+    return EXIT_FAIL;
+  memcpy(args, argv, (size_t)argc * sizeof *args);
+  if (ctl->json)
+    args[argc++] = (char *)"--json";
+  int r = fn(argc, args, ctl->cfg);
+  free(args);
+  return r;
+}
+
 static int cmd_image_publish(struct ctl *ctl, int argc, char **argv)
 {
-  return load_config(ctl) == -1 ? EXIT_FAIL : ctl_image_publish(argc, argv, ctl->cfg);
+  return run_repo_cmd(ctl, argc, argv, ctl_image_publish);
 }
 
 static int cmd_image_pull(struct ctl *ctl, int argc, char **argv)
 {
-  return load_config(ctl) == -1 ? EXIT_FAIL : ctl_image_pull(argc, argv, ctl->cfg);
+  return run_repo_cmd(ctl, argc, argv, ctl_image_pull);
 }
 
 static const struct command image_commands[] = {
