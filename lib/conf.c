@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "watchdog.h"
 
 /* ---- error helpers ------------------------------------------------------- */
 
@@ -395,8 +396,11 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   json_t *wd = json_object_get(obj, "watchdog");
   if (wd) {
     subpath(p, sizeof p, path, "watchdog");
-    if (!json_is_object(wd))
-      return bad(p, "an object", wd);
+    struct tb_watchdog_conf w = {0};
+    int r = tb_watchdog_parse(wd, p, &w);
+    tb_watchdog_free(&w);
+    if (r == -1)
+      return -1;
     c->watchdog = json_incref(wd);
   }
   return 0;
@@ -685,8 +689,11 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     cfg->pull = json_incref(v);
   }
   if ((v = json_object_get(root, "watchdog"))) {
-    if (!json_is_object(v))
-      return bad("watchdog", "an object", v);
+    struct tb_watchdog_conf w = {0};
+    int r = tb_watchdog_parse(v, "watchdog", &w);
+    tb_watchdog_free(&w);
+    if (r == -1)
+      return -1;
     cfg->watchdog = json_incref(v);
   }
   return 0;

@@ -77,6 +77,7 @@ struct tb_overlay {
 
   uint64_t dirty_blocks, data_blocks; /* atomics */
   uint64_t quota_blocks;              /* 0 = no quota */
+  bool deny_new_blocks;               /* the appliance is low on space */
 
   pthread_mutex_t stripes[NSTRIPES];
   pthread_rwlock_t writers; /* shared by writers, exclusive for the flush snapshot */
@@ -478,6 +479,11 @@ void tb_overlay_set_quota(struct tb_overlay *o, uint64_t bytes)
   o->quota_blocks = bytes ? (bytes + o->info.block_size - 1) >> o->block_shift : 0;
 }
 
+void tb_overlay_deny_new_blocks(struct tb_overlay *o, bool deny)
+{
+  __atomic_store_n(&o->deny_new_blocks, deny, __ATOMIC_RELAXED);
+}
+
 void tb_overlay_stats(struct tb_overlay *o, struct tb_overlay_stats *st)
 {
   st->bytes_read = __atomic_load_n(&o->stats.bytes_read, __ATOMIC_RELAXED);
@@ -633,6 +639,11 @@ static int check_writable(struct tb_overlay *o)
 /* Reserve N new DATA blocks against the quota (released by the caller on failure). */
 static int quota_reserve(struct tb_overlay *o, uint64_t n)
 {
+  if (n > 0 && __atomic_load_n(&o->deny_new_blocks, __ATOMIC_RELAXED)) {
+    errno = ENOSPC;
+    return tb_error("the appliance is below its free-space reserve: only rewrites of blocks "
+                    "the client already changed are accepted");
+  }
   if (!o->quota_blocks || n == 0)
     return 0;
   if (__atomic_load_n(&o->data_blocks, __ATOMIC_RELAXED) + n > o->quota_blocks) {

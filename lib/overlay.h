@@ -89,6 +89,10 @@ int tb_overlay_extents(struct tb_overlay *o, uint64_t offset, uint64_t count, tb
  * past the quota fails with ENOSPC; rewrites of DATA blocks still succeed. */
 void tb_overlay_set_quota(struct tb_overlay *o, uint64_t bytes);
 
+/* While DENY is set, writes that need a new block fail with ENOSPC (the
+ * appliance's own free space is below its reserve); rewrites still succeed. */
+void tb_overlay_deny_new_blocks(struct tb_overlay *o, bool deny);
+
 /* Copy the state and data of blocks [first, first+n) from SRC (same geometry)
  * into O: used to carry preserved ranges across a rollback and to restore. */
 int tb_overlay_copy_blocks(struct tb_overlay *o, struct tb_overlay *src, uint64_t first,

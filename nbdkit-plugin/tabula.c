@@ -38,6 +38,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
@@ -48,6 +50,7 @@
 #include "overlay.h"
 #include "session.h"
 #include "store.h"
+#include "watchdog.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -194,6 +197,66 @@ static bool peer_is_admin(const struct tb_config *cfg, const struct peer *p)
   return !cfg->tls_certificates || nbdkit_is_tls() == 1;
 }
 
+/* ---- the watchdog thread ---------------------------------------------------------
+ *
+ * Once a second: report clients idle for longer than their "idle" setting, and
+ * compare the state directory's free space with the watchdog "reserve"; below
+ * it, every running overlay refuses writes that need new blocks (ENOSPC to the
+ * guest, nothing else breaks) until space is back.
+ */
+
+static bool low_space; /* protected by live_lock */
+static pthread_t watchdog_thread;
+static bool watchdog_running;
+static pthread_mutex_t watchdog_stop_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watchdog_stop_cond = PTHREAD_COND_INITIALIZER;
+static bool watchdog_stop;
+
+static void *watchdog_main(void *arg);
+static void watchdog_tick(void);
+
+static int tabula_after_fork(void)
+{
+  int err = pthread_create(&watchdog_thread, NULL, watchdog_main, NULL);
+  if (err) {
+    errno = err;
+    nbdkit_error("cannot start the watchdog thread: %m");
+    return -1;
+  }
+  watchdog_running = true;
+  return 0;
+}
+
+static void tabula_cleanup(void)
+{
+  if (!watchdog_running)
+    return;
+  pthread_mutex_lock(&watchdog_stop_lock);
+  watchdog_stop = true;
+  pthread_cond_signal(&watchdog_stop_cond);
+  pthread_mutex_unlock(&watchdog_stop_lock);
+  pthread_join(watchdog_thread, NULL);
+  watchdog_running = false;
+}
+
+static void *watchdog_main(void *arg)
+{
+  pthread_mutex_lock(&watchdog_stop_lock);
+  while (!watchdog_stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    pthread_cond_timedwait(&watchdog_stop_cond, &watchdog_stop_lock, &ts);
+    if (watchdog_stop)
+      break;
+    pthread_mutex_unlock(&watchdog_stop_lock);
+    watchdog_tick();
+    pthread_mutex_lock(&watchdog_stop_lock);
+  }
+  pthread_mutex_unlock(&watchdog_stop_lock);
+  return NULL;
+}
+
 /* ---- live clients ------------------------------------------------------------ */
 
 struct live_client {
@@ -205,6 +268,12 @@ struct live_client {
   pthread_rwlock_t session_lock; /* admin readers vs session start/end */
   struct tb_session *session;
   uint64_t generation; /* bumped at every session start and end */
+  /* Watchdog state of the running session (set at its start). */
+  struct tb_guards guards;
+  pthread_mutex_t guard_lock; /* event rate-limiting only */
+  int64_t idle_ms;            /* 0 = no idle detection */
+  int64_t last_io_ms;         /* atomic */
+  int64_t idle_reported_ms;   /* last_io_ms at the last idle event; idle thread only */
 };
 
 static struct live_client *live_list;
@@ -221,6 +290,7 @@ static struct live_client *live_get(const char *id)
     snprintf(lc->id, sizeof lc->id, "%s", id);
     pthread_mutex_init(&lc->turn_lock, NULL);
     pthread_rwlock_init(&lc->session_lock, NULL);
+    pthread_mutex_init(&lc->guard_lock, NULL);
     lc->next = live_list;
     live_list = lc;
   }
@@ -241,9 +311,53 @@ static void live_put(struct live_client *lc)
       }
     pthread_mutex_destroy(&lc->turn_lock);
     pthread_rwlock_destroy(&lc->session_lock);
+    pthread_mutex_destroy(&lc->guard_lock);
+    tb_guards_free(&lc->guards);
     free(lc);
   }
   pthread_mutex_unlock(&live_lock);
+}
+
+/* Free space of the state directory against the reserve; idle clients. */
+static void watchdog_tick(void)
+{
+  struct tb_config *cfg = config_get();
+  struct tb_watchdog_conf w;
+  uint64_t reserve = 0;
+  if (tb_watchdog_for(cfg->watchdog, NULL, &w) == 0) {
+    reserve = w.reserve_bytes;
+    tb_watchdog_free(&w);
+  }
+  struct statvfs sv = {0};
+  bool low =
+      reserve && statvfs(cfg->state_dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < reserve;
+  int64_t now = tb_now_ms();
+
+  pthread_mutex_lock(&live_lock);
+  bool changed = low != low_space;
+  low_space = low;
+  for (struct live_client *lc = live_list; lc; lc = lc->next) {
+    /* A session's pointer changes only under turn_lock; trylock keeps this
+     * thread from waiting on a slow session turn. */
+    if (pthread_mutex_trylock(&lc->turn_lock) != 0)
+      continue;
+    struct tb_session *s = lc->session;
+    if (s && changed)
+      tb_overlay_deny_new_blocks(s->overlay, low);
+    int64_t last = __atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED);
+    if (s && lc->idle_ms && now - last >= lc->idle_ms && lc->idle_reported_ms != last) {
+      lc->idle_reported_ms = last;
+      tb_eventf(cfg->state_dir, "idle", lc->id, "{s:I, s:I}", "session", (json_int_t)s->number,
+                "idle_ms", (json_int_t)(now - last));
+    }
+    pthread_mutex_unlock(&lc->turn_lock);
+  }
+  pthread_mutex_unlock(&live_lock);
+  if (changed)
+    tb_eventf(cfg->state_dir, low ? "low-space" : "space-recovered", NULL, "{s:I, s:I}",
+              "reserve_bytes", (json_int_t)reserve, "free_bytes",
+              (json_int_t)(reserve ? (uint64_t)sv.f_bavail * sv.f_frsize : 0));
+  tb_config_unref(cfg);
 }
 
 /* ---- handles ------------------------------------------------------------------ */
@@ -384,6 +498,31 @@ static int admin_fallback_open(struct handle *h, const struct tb_config *cfg)
   return open_raw(h, img_path);
 }
 
+/* Set up the data-path watchdog of a session that just started: protected
+ * regions resolved against its base version, idle detection, the reserve. */
+static int watchdog_begin(struct live_client *lc, const struct tb_config *cfg,
+                          const struct tb_client_conf *c, struct tb_session *s)
+{
+  struct tb_watchdog_conf w;
+  char base_path[TB_PATH_MAX];
+  if (tb_watchdog_for(cfg->watchdog, c->watchdog, &w) == -1)
+    return tb_error_prefix("client %s", c->id);
+  int r = tb_store_version_path(cfg->state_dir, s->info.base.image, s->info.base.version, base_path,
+                                sizeof base_path);
+  tb_guards_free(&lc->guards);
+  if (r == 0)
+    r = tb_guards_resolve(&w, base_path, s->info.size, &lc->guards);
+  if (r == -1)
+    tb_error_prefix("client %s", c->id);
+  lc->idle_ms = w.idle_ms;
+  __atomic_store_n(&lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
+  lc->idle_reported_ms = 0;
+  tb_watchdog_free(&w);
+  if (r == 0 && low_space)
+    tb_overlay_deny_new_blocks(s->overlay, true);
+  return r;
+}
+
 static int open_client(struct handle *h, const struct tb_config *cfg,
                        const struct tb_client_conf *c)
 {
@@ -396,6 +535,9 @@ static int open_client(struct handle *h, const struct tb_config *cfg,
   if (lc->clients == 0) {
     struct tb_session *s = tb_session_begin(cfg, c);
     if (!s) {
+      r = -1;
+    } else if (watchdog_begin(lc, cfg, c, s) == -1) {
+      tb_session_end(s);
       r = -1;
     } else {
       pthread_rwlock_wrlock(&lc->session_lock);
@@ -708,9 +850,16 @@ static int tabula_can_cache(void *handle)
 
 /* ---- data ------------------------------------------------------------------------ */
 
+static void note_io(struct live_client *lc)
+{
+  __atomic_store_n(&lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
+}
+
 static int tabula_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
+  if (h->kind == EXPORT_CLIENT)
+    note_io(h->lc);
   struct source src;
   int r = source_get(h, &src);
   if (r == 0) {
@@ -732,9 +881,49 @@ static struct tb_overlay *client_overlay(void *handle)
   return ((struct handle *)handle)->lc->session->overlay;
 }
 
+/* Check a change of [offset, offset+count) against the client's protected
+ * regions.  Returns -1 (EPERM) if a "deny" region forbids it.  Events are
+ * rate-limited to one a second per region; the next one carries the count of
+ * hits in between. */
+static int guard_write(struct live_client *lc, const char *what, uint64_t offset, uint32_t count)
+{
+  if (lc->guards.n == 0)
+    return 0;
+  struct tb_guard *g = tb_guards_check(&lc->guards, offset, count);
+  if (!g)
+    return 0;
+  int64_t now = tb_now_ms();
+  pthread_mutex_lock(&lc->guard_lock);
+  bool emit = now - g->last_event_ms >= 1000;
+  uint64_t suppressed = g->suppressed;
+  if (emit) {
+    g->last_event_ms = now;
+    g->suppressed = 0;
+  } else {
+    g->suppressed++;
+  }
+  pthread_mutex_unlock(&lc->guard_lock);
+  bool deny = g->action == TB_GUARD_DENY;
+  if (emit)
+    tb_eventf(lc->session->state_dir, deny ? "protect-deny" : "protect-alert", lc->id,
+              "{s:s, s:s, s:I, s:I, s:I}", "rule", g->name, "request", what, "offset",
+              (json_int_t)offset, "length", (json_int_t)count, "hits_since_last_event",
+              (json_int_t)suppressed);
+  if (!deny)
+    return 0;
+  nbdkit_error("client %s: %s of %" PRIu32 " bytes at %" PRIu64 " refused: protected region \"%s\"",
+               lc->id, what, count, offset, g->name);
+  nbdkit_set_error(EPERM);
+  return -1;
+}
+
 static int tabula_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset,
                          uint32_t flags)
 {
+  struct live_client *lc = ((struct handle *)handle)->lc;
+  note_io(lc);
+  if (guard_write(lc, "write", offset, count) == -1)
+    return -1;
   int f = (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
   if (tb_overlay_pwrite(client_overlay(handle), buf, count, offset, f) == -1)
     return fail_with_errno();
@@ -743,6 +932,10 @@ static int tabula_pwrite(void *handle, const void *buf, uint32_t count, uint64_t
 
 static int tabula_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
+  struct live_client *lc = ((struct handle *)handle)->lc;
+  note_io(lc);
+  if (guard_write(lc, "zero", offset, count) == -1)
+    return -1;
   int f = (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
   if (tb_overlay_zero(client_overlay(handle), count, offset, f) == -1)
     return fail_with_errno();
@@ -751,6 +944,10 @@ static int tabula_zero(void *handle, uint32_t count, uint64_t offset, uint32_t f
 
 static int tabula_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
+  struct live_client *lc = ((struct handle *)handle)->lc;
+  note_io(lc);
+  if (guard_write(lc, "trim", offset, count) == -1)
+    return -1;
   int f = (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
   if (tb_overlay_trim(client_overlay(handle), count, offset, f) == -1)
     return fail_with_errno();
@@ -918,6 +1115,8 @@ static struct nbdkit_plugin plugin = {
     .magic_config_key = "config",
     .get_ready = tabula_get_ready,
     .unload = tabula_unload,
+    .after_fork = tabula_after_fork,
+    .cleanup = tabula_cleanup,
     .list_exports = tabula_list_exports,
     .default_export = tabula_default_export,
     .open = tabula_open,

@@ -1,0 +1,407 @@
+/* tabula: the watchdog's configuration and its data-path guards (see watchdog.h).
+ *
+ * Parsing follows conf.c's rules: strict keys, errors that start with the JSON
+ * path.  conf.c calls tb_watchdog_parse() on every watchdog section so a bad
+ * rule stops the configuration from loading; the plugin and the daemon call
+ * tb_watchdog_for() to get a client's effective settings.
+ *
+ * Guards are resolved once per session into byte ranges, so the check on each
+ * write is a scan of a handful of ranges: no allocation, no lock, no I/O.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "inspect.h"
+#include "watchdog.h"
+
+static int bad(const char *path, const char *key, const char *expected, const json_t *got)
+{
+  char p[512];
+  snprintf(p, sizeof p, "%s%s%s", path, key ? "." : "", key ? key : "");
+  if (json_is_string(got))
+    return tb_error("%s: expected %s, got \"%s\"", p, expected, json_string_value(got));
+  return tb_error("%s: expected %s", p, expected);
+}
+
+static int check_keys(const json_t *obj, const char *path, const char *const *allowed)
+{
+  const char *key;
+  json_t *v;
+  json_object_foreach((json_t *)obj, key, v)
+  {
+    bool ok = false;
+    for (const char *const *a = allowed; *a && !ok; a++)
+      ok = strcmp(*a, key) == 0;
+    if (!ok)
+      return tb_error("%s.%s: unknown key", path, key);
+  }
+  return 0;
+}
+
+static int get_duration(const json_t *obj, const char *path, const char *key, int64_t *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  if (json_is_string(v) && tb_parse_duration(json_string_value(v), out) == 0)
+    return 0;
+  return bad(path, key, "a duration such as \"90s\", \"15m\" or \"2h\"", v);
+}
+
+static int get_count(const json_t *obj, const char *path, const char *key, int *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  if (json_is_integer(v) && json_integer_value(v) >= 1 && json_integer_value(v) <= 1000) {
+    *out = (int)json_integer_value(v);
+    return 0;
+  }
+  return bad(path, key, "an integer from 1 to 1000", v);
+}
+
+static int get_name(const json_t *obj, const char *path, char *out)
+{
+  json_t *v = json_object_get(obj, "name");
+  if (!v)
+    return tb_error("%s.name: missing (every rule has a name that its events carry)", path);
+  if (!json_is_string(v) || !tb_name_valid(json_string_value(v)))
+    return bad(path, "name", "a name of 1-64 characters [A-Za-z0-9._-]", v);
+  strcpy(out, json_string_value(v));
+  return 0;
+}
+
+static int parse_region(const char *s, struct tb_protect *p)
+{
+  unsigned n;
+  unsigned long long a, b;
+  char tail;
+  if (strcmp(s, "mbr") == 0)
+    p->kind = TB_REGION_MBR;
+  else if (strcmp(s, "gpt") == 0)
+    p->kind = TB_REGION_GPT;
+  else if (sscanf(s, "partition:%u%c", &n, &tail) == 1 && n >= 1 && n <= 128) {
+    p->kind = TB_REGION_PARTITION;
+    p->partition = n;
+  } else if (sscanf(s, "lba:%llu-%llu%c", &a, &b, &tail) == 2 && a <= b) {
+    p->kind = TB_REGION_LBA;
+    p->first_lba = a;
+    p->last_lba = b;
+  } else
+    return -1;
+  return 0;
+}
+
+static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog_conf *w)
+{
+  if (!json_is_array(arr))
+    return bad(path, NULL, "an array of {\"name\", \"region\", \"action\"}", arr);
+  free(w->protect);
+  w->n_protect = 0;
+  w->protect = calloc(json_array_size(arr) + 1, sizeof *w->protect);
+  if (!w->protect)
+    return tb_error_errno("%s", path);
+  size_t i;
+  json_t *e;
+  json_array_foreach(arr, i, e)
+  {
+    char p[512];
+    snprintf(p, sizeof p, "%s[%zu]", path, i);
+    static const char *const keys[] = {"name", "region", "action", NULL};
+    struct tb_protect *pr = &w->protect[w->n_protect];
+    if (!json_is_object(e))
+      return bad(p, NULL, "an object {\"name\", \"region\", \"action\"}", e);
+    if (check_keys(e, p, keys) == -1 || get_name(e, p, pr->name) == -1)
+      return -1;
+    json_t *r = json_object_get(e, "region");
+    if (!json_is_string(r) || parse_region(json_string_value(r), pr) == -1)
+      return bad(p, "region", "\"mbr\", \"gpt\", \"partition:N\" or \"lba:FIRST-LAST\"", r);
+    json_t *a = json_object_get(e, "action");
+    const char *as = json_is_string(a) ? json_string_value(a) : NULL;
+    if (!a || (as && strcmp(as, "deny") == 0))
+      pr->action = TB_GUARD_DENY;
+    else if (as && strcmp(as, "alert") == 0)
+      pr->action = TB_GUARD_ALERT;
+    else
+      return bad(p, "action", "\"deny\" or \"alert\"", a);
+    w->n_protect++;
+  }
+  return 0;
+}
+
+static const char *const on_names[] = {"created", "changed", "deleted", "exists"};
+static const char *const action_names[] = {"alert", "quarantine", "rollback", "lockdown"};
+
+const char *tb_rule_on_name(enum tb_rule_on on)
+{
+  return on_names[on];
+}
+
+const char *tb_rule_action_name(enum tb_rule_action a)
+{
+  return action_names[a];
+}
+
+static int parse_rules(const json_t *arr, const char *path, struct tb_watchdog_conf *w)
+{
+  if (!json_is_array(arr))
+    return bad(path, NULL, "an array of file rules", arr);
+  for (size_t i = 0; i < w->n_rules; i++)
+    free(w->rules[i].path);
+  free(w->rules);
+  w->n_rules = 0;
+  w->rules = calloc(json_array_size(arr) + 1, sizeof *w->rules);
+  if (!w->rules)
+    return tb_error_errno("%s", path);
+  size_t i;
+  json_t *e;
+  json_array_foreach(arr, i, e)
+  {
+    char p[512];
+    snprintf(p, sizeof p, "%s[%zu]", path, i);
+    static const char *const keys[] = {"name", "path", "volume", "on", "action", NULL};
+    struct tb_file_rule *r = &w->rules[w->n_rules];
+    if (!json_is_object(e))
+      return bad(p, NULL, "an object {\"name\", \"path\", \"on\", \"action\"}", e);
+    if (check_keys(e, p, keys) == -1 || get_name(e, p, r->name) == -1)
+      return -1;
+    json_t *v = json_object_get(e, "path");
+    if (!json_is_string(v) || json_string_value(v)[0] != '/')
+      return bad(p, "path",
+                 "an absolute glob inside the guest filesystem, such as "
+                 "\"/Windows/System32/*.dll\"",
+                 v);
+    r->path = strdup(json_string_value(v));
+    w->n_rules++; /* from here on, free() owns r->path */
+    if ((v = json_object_get(e, "volume"))) {
+      if (!json_is_string(v) || json_string_length(v) == 0 ||
+          json_string_length(v) >= sizeof r->volume || strchr(json_string_value(v), '/'))
+        return bad(p, "volume", "a volume name of the view, such as \"p2-ntfs\"", v);
+      strcpy(r->volume, json_string_value(v));
+    }
+    v = json_object_get(e, "on");
+    int found = -1;
+    for (int k = 0; k < 4 && json_is_string(v); k++)
+      if (strcmp(json_string_value(v), on_names[k]) == 0)
+        found = k;
+    if (found < 0)
+      return bad(p, "on", "\"created\", \"changed\", \"deleted\" or \"exists\"", v);
+    r->on = (enum tb_rule_on)found;
+    v = json_object_get(e, "action");
+    found = v ? -1 : TB_RULE_ALERT;
+    for (int k = 0; k < 4 && json_is_string(v); k++)
+      if (strcmp(json_string_value(v), action_names[k]) == 0)
+        found = k;
+    if (found < 0)
+      return bad(p, "action", "\"alert\", \"quarantine\", \"rollback\" or \"lockdown\"", v);
+    r->action = (enum tb_rule_action)found;
+  }
+  return 0;
+}
+
+static int parse_health(const json_t *h, const char *path, struct tb_watchdog_conf *w)
+{
+  static const char *const keys[] = {"marker", "volume", "min_session", "strikes", NULL};
+  if (!json_is_object(h))
+    return bad(path, NULL, "an object {\"marker\", \"min_session\", \"strikes\"}", h);
+  if (check_keys(h, path, keys) == -1)
+    return -1;
+  json_t *v;
+  if ((v = json_object_get(h, "marker"))) {
+    if (!json_is_string(v) || json_string_value(v)[0] != '/')
+      return bad(path, "marker", "an absolute path inside the guest filesystem", v);
+    free(w->health_marker);
+    w->health_marker = strdup(json_string_value(v));
+  }
+  if ((v = json_object_get(h, "volume"))) {
+    if (!json_is_string(v) || json_string_length(v) == 0 ||
+        json_string_length(v) >= sizeof w->health_volume)
+      return bad(path, "volume", "a volume name of the view, such as \"p1-ext4\"", v);
+    strcpy(w->health_volume, json_string_value(v));
+  }
+  return get_duration(h, path, "min_session", &w->health_min_session_ms) == -1 ||
+                 get_count(h, path, "strikes", &w->health_strikes) == -1
+             ? -1
+             : 0;
+}
+
+int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_conf *w)
+{
+  static const char *const keys[] = {"protect",  "idle",   "reserve", "rules",
+                                     "interval", "health", "canary",  NULL};
+  if (!w->health_strikes)
+    w->health_strikes = 3;
+  if (!w->canary_promote_after)
+    w->canary_promote_after = 5;
+  if (!w->canary_withdraw_after)
+    w->canary_withdraw_after = 2;
+  if (!json_is_object(obj))
+    return bad(path, NULL, "an object", obj);
+  if (check_keys(obj, path, keys) == -1)
+    return -1;
+  char p[512];
+  json_t *v;
+  if ((v = json_object_get(obj, "protect"))) {
+    snprintf(p, sizeof p, "%s.protect", path);
+    if (parse_protect(v, p, w) == -1)
+      return -1;
+  }
+  if (get_duration(obj, path, "idle", &w->idle_ms) == -1 ||
+      get_duration(obj, path, "interval", &w->interval_ms) == -1)
+    return -1;
+  if ((v = json_object_get(obj, "reserve"))) {
+    if (json_is_integer(v) && json_integer_value(v) >= 0)
+      w->reserve_bytes = (uint64_t)json_integer_value(v);
+    else if (!json_is_string(v) || tb_parse_size(json_string_value(v), &w->reserve_bytes) == -1)
+      return bad(path, "reserve", "a size such as \"2G\"", v);
+  }
+  if ((v = json_object_get(obj, "rules"))) {
+    snprintf(p, sizeof p, "%s.rules", path);
+    if (parse_rules(v, p, w) == -1)
+      return -1;
+  }
+  if ((v = json_object_get(obj, "health"))) {
+    snprintf(p, sizeof p, "%s.health", path);
+    if (parse_health(v, p, w) == -1)
+      return -1;
+  }
+  if ((v = json_object_get(obj, "canary"))) {
+    static const char *const ckeys[] = {"promote_after", "withdraw_after", NULL};
+    snprintf(p, sizeof p, "%s.canary", path);
+    if (!json_is_object(v))
+      return bad(p, NULL, "an object {\"promote_after\", \"withdraw_after\"}", v);
+    if (check_keys(v, p, ckeys) == -1 ||
+        get_count(v, p, "promote_after", &w->canary_promote_after) == -1 ||
+        get_count(v, p, "withdraw_after", &w->canary_withdraw_after) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+int tb_watchdog_for(const json_t *top, const json_t *client, struct tb_watchdog_conf *w)
+{
+  memset(w, 0, sizeof *w);
+  w->health_strikes = 3;
+  w->canary_promote_after = 5;
+  w->canary_withdraw_after = 2;
+  if (top && tb_watchdog_parse(top, "watchdog", w) == -1)
+    return -1;
+  if (client && tb_watchdog_parse(client, "client watchdog", w) == -1)
+    return -1;
+  return 0;
+}
+
+void tb_watchdog_free(struct tb_watchdog_conf *w)
+{
+  free(w->protect);
+  for (size_t i = 0; i < w->n_rules; i++)
+    free(w->rules[i].path);
+  free(w->rules);
+  free(w->health_marker);
+  memset(w, 0, sizeof *w);
+}
+
+/* ---- guards ---- */
+
+static int partition_range(const char *base_path, uint32_t n, uint64_t *off, uint64_t *len)
+{
+  struct tb_disk *d = tb_disk_open_file(base_path);
+  if (!d)
+    return -1;
+  struct tb_inspect *ins = tb_inspect_open(d);
+  tb_disk_unref(d);
+  if (!ins)
+    return -1;
+  int r = tb_error("partition %u does not exist in the partition table of %s", n, base_path);
+  for (size_t i = 0; i < tb_inspect_n_volumes(ins); i++) {
+    const struct tb_volume *v = tb_inspect_volume(ins, i);
+    if (v->partition == (int)n) {
+      *off = v->offset;
+      *len = v->length;
+      r = 0;
+    }
+  }
+  tb_inspect_close(ins);
+  return r;
+}
+
+static int add_guard(struct tb_guards *g, const struct tb_protect *p, uint64_t off, uint64_t len,
+                     uint64_t size)
+{
+  if (off >= size)
+    return 0; /* a region past the end of this disk protects nothing here */
+  if (len > size - off)
+    len = size - off;
+  struct tb_guard *ng = realloc(g->v, (g->n + 1) * sizeof *ng);
+  if (!ng)
+    return tb_error_errno("protected regions");
+  g->v = ng;
+  struct tb_guard *x = &g->v[g->n++];
+  memset(x, 0, sizeof *x);
+  snprintf(x->name, sizeof x->name, "%s", p->name);
+  x->off = off;
+  x->len = len;
+  x->action = p->action;
+  return 0;
+}
+
+int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, uint64_t size,
+                      struct tb_guards *out)
+{
+  memset(out, 0, sizeof *out);
+  for (size_t i = 0; i < w->n_protect; i++) {
+    const struct tb_protect *p = &w->protect[i];
+    uint64_t off = 0, len = 0;
+    int r = 0;
+    switch (p->kind) {
+    case TB_REGION_MBR:
+      r = add_guard(out, p, 0, 512, size);
+      break;
+    case TB_REGION_GPT:
+      r = add_guard(out, p, 0, 34 * 512, size);
+      if (r == 0 && size > 68 * 512)
+        r = add_guard(out, p, size - 33 * 512, 33 * 512, size);
+      break;
+    case TB_REGION_PARTITION:
+      r = partition_range(base_path, p->partition, &off, &len);
+      if (r == 0)
+        r = add_guard(out, p, off, len, size);
+      break;
+    case TB_REGION_LBA:
+      r = add_guard(out, p, p->first_lba * 512, (p->last_lba - p->first_lba + 1) * 512, size);
+      break;
+    }
+    if (r == -1) {
+      tb_error_prefix("watchdog protect \"%s\"", p->name);
+      tb_guards_free(out);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+void tb_guards_free(struct tb_guards *g)
+{
+  free(g->v);
+  g->v = NULL;
+  g->n = 0;
+}
+
+struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len)
+{
+  struct tb_guard *hit = NULL;
+  for (size_t i = 0; i < g->n; i++) {
+    struct tb_guard *x = &g->v[i];
+    if (off < x->off + x->len && x->off < off + len) {
+      if (x->action == TB_GUARD_DENY)
+        return x;
+      if (!hit)
+        hit = x;
+    }
+  }
+  return hit;
+}

@@ -1,0 +1,118 @@
+/* tabula: the watchdog's configuration and its data-path guards.
+ *
+ * One "watchdog" object, at the top level (defaults for every client) and/or
+ * in a group or client (which replaces the keys it sets):
+ *
+ *   "watchdog": {
+ *     "protect":  [ {"name": "boot", "region": "mbr", "action": "deny"},
+ *                   {"name": "sys",  "region": "partition:1", "action": "alert"},
+ *                   {"name": "raw",  "region": "lba:0-2047", "action": "deny"} ],
+ *     "idle":     "30m",            an event when a connected client does no I/O this long
+ *     "reserve":  "2G",             (top level) keep this much free in the state dir:
+ *                                   below it, writes needing new blocks fail with ENOSPC
+ *     "rules":    [ {"name": "hosts", "path": "/Windows/System32/drivers/etc/hosts",
+ *                    "volume": "p2-ntfs", "on": "changed", "action": "quarantine"} ],
+ *     "interval": "5m",             how often rules run on live clients (and at session end)
+ *     "health":   {"marker": "/var/lib/tabula/healthy", "volume": "p1-ext4",
+ *                  "min_session": "10m", "strikes": 3},
+ *     "canary":   {"promote_after": 5, "withdraw_after": 2}
+ *   }
+ *
+ * Regions: "mbr" (sector 0), "gpt" (sectors 0-33 and the backup table in the
+ * last 33 sectors), "partition:N" (read from the base version's partition
+ * table when a session starts) and "lba:FIRST-LAST" (512-byte sectors,
+ * inclusive).  Actions: "deny" fails the write with EPERM, "alert" lets it
+ * through; both record an event (rate-limited per region).
+ *
+ * File rules: "on" is "created", "changed", "deleted" (compared with the base
+ * version) or "exists"; "path" is a glob (fnmatch, FNM_PATHNAME) inside the
+ * volume, "volume" a volume name of the view (default: every volume).
+ * Actions: "alert", "quarantine", "rollback", "lockdown".
+ */
+#ifndef TB_WATCHDOG_H
+#define TB_WATCHDOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "util.h"
+
+enum tb_guard_action { TB_GUARD_ALERT = 0, TB_GUARD_DENY = 1 };
+enum tb_region_kind { TB_REGION_MBR, TB_REGION_GPT, TB_REGION_PARTITION, TB_REGION_LBA };
+
+struct tb_protect {
+  char name[TB_NAME_MAX + 1];
+  enum tb_region_kind kind;
+  uint32_t partition;
+  uint64_t first_lba, last_lba;
+  enum tb_guard_action action;
+};
+
+enum tb_rule_on { TB_RULE_CREATED, TB_RULE_CHANGED, TB_RULE_DELETED, TB_RULE_EXISTS };
+enum tb_rule_action { TB_RULE_ALERT, TB_RULE_QUARANTINE, TB_RULE_ROLLBACK, TB_RULE_LOCKDOWN };
+
+struct tb_file_rule {
+  char name[TB_NAME_MAX + 1];
+  char *path;      /* glob */
+  char volume[48]; /* "" = every volume */
+  enum tb_rule_on on;
+  enum tb_rule_action action;
+};
+
+struct tb_watchdog_conf {
+  struct tb_protect *protect;
+  size_t n_protect;
+  int64_t idle_ms;        /* 0 = off */
+  uint64_t reserve_bytes; /* 0 = off */
+  struct tb_file_rule *rules;
+  size_t n_rules;
+  int64_t interval_ms; /* 0 = only at session end */
+  char *health_marker; /* NULL = no marker */
+  char health_volume[48];
+  int64_t health_min_session_ms; /* 0 = off */
+  int health_strikes;            /* default 3 */
+  int canary_promote_after;      /* default 5 */
+  int canary_withdraw_after;     /* default 2 */
+};
+
+/* Parse a watchdog object (PATH names it in errors).  Keys absent from OBJ
+ * keep the value already in *W, so a client's section can be parsed on top
+ * of the defaults.  Returns 0, or -1 with "PATH.key: ..." in tb_errmsg(). */
+int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_conf *w);
+/* The effective watchdog of a client: top-level defaults, then its own section
+ * (which, for a client in a group, already carries the group's). */
+int tb_watchdog_for(const json_t *top, const json_t *client, struct tb_watchdog_conf *w);
+void tb_watchdog_free(struct tb_watchdog_conf *w);
+
+const char *tb_rule_on_name(enum tb_rule_on on);
+const char *tb_rule_action_name(enum tb_rule_action a);
+
+/* ---- guards in the data path ---- */
+
+/* Resolved byte ranges of the protected regions of one session. */
+struct tb_guard {
+  char name[TB_NAME_MAX + 1];
+  uint64_t off, len;
+  enum tb_guard_action action;
+  int64_t last_event_ms; /* for rate-limiting events */
+  uint64_t suppressed;   /* hits since the last event */
+};
+
+struct tb_guards {
+  struct tb_guard *v;
+  size_t n;
+};
+
+/* Resolve W's regions for a disk of SIZE bytes; partitions are looked up in
+ * the partition table of the image at BASE_PATH.  A partition that does not
+ * exist is an error that names it. */
+int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, uint64_t size,
+                      struct tb_guards *out);
+void tb_guards_free(struct tb_guards *g);
+
+/* The first guard that [off, off+len) touches, preferring a "deny" one; NULL if none. */
+struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len);
+
+#endif
