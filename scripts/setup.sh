@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# scripts/setup.sh: install the Debian packages tabula needs (scripts/packages.txt)
+# when any is missing, then prepare the build tree.  Sourced by demo.sh, check.sh
+# and bench.sh; safe to run again (it installs nothing when all is present).
+#
+#   tb_install_packages   apt-get update once, then apt-get install -y the missing ones
+#   tb_build DIR [CONFIGURE-ARGS]   autoreconf, configure in DIR, make -j2
+
+TB_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+tb_install_packages()
+{
+  local missing=() pkg
+  while read -r pkg; do
+    pkg=${pkg%%#*}
+    pkg=${pkg//[[:space:]]/}
+    [ -n "$pkg" ] || continue
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$pkg")
+  done <"$TB_TOP/scripts/packages.txt"
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]}" >&2
+    echo "run as root, or: sudo apt-get install -y ${missing[*]}" >&2
+    return 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+tb_build()
+{
+  local dir=$1
+  shift
+  (cd "$TB_TOP" && autoreconf -fi >/dev/null) || return 1
+  mkdir -p "$dir"
+  (cd "$dir" && "$TB_TOP/configure" --quiet "$@" && make -j2 --quiet) || return 1
+}
