@@ -848,6 +848,9 @@ static int xfer_check(struct xfer *x, CURLcode rc, const char *what, uint64_t ex
   case CURLE_OK:
     break;
   case CURLE_WRITE_ERROR:
+    if (x->overflow && !x->range)
+      return tb_error("%s: %s is larger than the limit of %zu bytes (pull.max_index_size)", x->url,
+                      what, x->cap);
     if (x->overflow)
       return tb_error("%s: %s: the server sent more than the expected %zu bytes", x->url, what,
                       x->cap);
@@ -918,7 +921,7 @@ static char *fetch_index(struct http *h, const char *image, size_t *len, char *u
   char *text = NULL;
   size_t cap =
       h->o->max_index_size > (64u << 20) * 16 ? (64u << 20) * 16 : (size_t)h->o->max_index_size;
-  if (xfer_setup(&x, h, path, cap + 1, 0) == -1)
+  if (xfer_setup(&x, h, path, cap, 0) == -1)
     goto out;
   snprintf(url_out, url_len, "%s", x.url);
   curl_easy_setopt(x.curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)cap);
@@ -932,11 +935,6 @@ static char *fetch_index(struct http *h, const char *image, size_t *len, char *u
       tb_error("%s: HTTP 404 Not Found: the repository has no image \"%s\" (check --from and "
                "the image name)",
                x.url, image);
-    goto out;
-  }
-  if (x.len > cap) {
-    tb_error("%s: the index is larger than the limit of %zu bytes (pull.max_index_size)", x.url,
-             cap);
     goto out;
   }
   text = malloc(x.len + 1);
