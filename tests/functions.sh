@@ -334,3 +334,17 @@ tb_start_tcp()
     sleep 0.1
   done
 }
+
+# tb_wait_idle STATE ID: wait until client ID's session has ended (nbdkit
+# ends it just after the last connection closes, asynchronously to the client).
+tb_wait_idle()
+{
+  _i=0
+  until [ -f "$1/clients/$2/session.json" ] &&
+    [ "$(jq -r .state "$1/clients/$2/session.json" 2>/dev/null)" = idle ] &&
+    flock -n -s "$1/clients/$2/lock" true; do
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || tb_fail "client $2's session did not end within 30 s of its last disconnect"
+    sleep 0.05
+  done
+}

@@ -42,6 +42,7 @@ tb_io t -e pc02 write:0:4096:9 read:0:4096:9 || tb_fail "second nbdkit must stil
 tb_stop t
 
 tb_release a
+tb_wait_idle "$state" pc01
 tb_json "$state/clients/pc01/session.json" '.state == "idle" and .session == 2' "session 2 ended"
 tb_io s -e pc01 read:65536:4096:1 read:131072:4096:1 || tb_fail "pc01's next session must start clean"
 tb_stop s

@@ -24,6 +24,7 @@ pc=$state/clients/pc01
 echo "== rollback: session 1 writes, session 2 sees the master"
 tb_io s -e pc01 read:0:$K:1 write:0:$K:11 read:0:$K:11 read:$K:4096:1 ||
   tb_fail "pc01 session 1"
+tb_wait_idle "$state" pc01
 tb_json "$pc/session.json" '.state == "idle" and .session == 1 and .image == "demo" and .version == 1' \
   "session.json after session 1"
 tb_json "$pc/session.json" ".bytes_written == $K and .dirty_bytes == $K and .bytes_read == $((2 * K + 4096))" \
@@ -34,6 +35,7 @@ tb_event "$state" ".type == \"session-end\" and .client == \"pc01\" and .session
   .bytes_written == $K and .dirty_bytes == $K and .bytes_read == $((2 * K + 4096))" "session-end of session 1"
 
 tb_io s -e pc01 read:0:$K:1 write:4096:4096:12 || tb_fail "pc01 session 2 must read the master"
+tb_wait_idle "$state" pc01
 [ -f "$pc/sessions/1" ] || tb_fail "session 1 not retained in $pc/sessions: $(ls "$pc/sessions" 2>&1)"
 tb_io s -e pc01@session/1 size:$((4 * 1024 * 1024)) read:0:$K:11 read:$K:$K:1 ||
   tb_fail "admin export pc01@session/1 must show session 1's data"
@@ -46,6 +48,7 @@ echo "== rollback: retained sessions are pruned to keep_sessions (2)"
 for n in 3 4 5; do
   tb_io s -e pc01 read:0:$K:1 read:4096:4096:1 write:8192:4096:$((10 + n)) ||
     tb_fail "pc01 session $n must start from the master"
+  tb_wait_idle "$state" pc01
 done
 retained=$(ls "$pc/sessions" | sort -n | tr '\n' ' ')
 [ "$retained" = "3 4 " ] || tb_fail "retained sessions are '$retained', expected '3 4 '"
@@ -57,8 +60,10 @@ tb_io s -e pc01@live read:8192:4096:15 read:0:4096:1 || tb_fail "pc01@live must 
 
 echo "== persist: session 2 sees session 1; restart keeps it"
 tb_io s -e vm01 write:1048576:$K:21 read:1048576:$K:21 || tb_fail "vm01 session 1"
+tb_wait_idle "$state" vm01
 tb_io s -e vm01 read:1048576:$K:21 read:0:4096:1 write:$((3 * 1048576)):4096:22 ||
   tb_fail "vm01 session 2 must see session 1's data"
+tb_wait_idle "$state" vm01
 [ ! -d "$state/clients/vm01/sessions" ] || [ -z "$(ls "$state/clients/vm01/sessions")" ] ||
   tb_fail "persist must not rotate overlays: $(ls "$state/clients/vm01/sessions")"
 tb_json "$state/clients/vm01/session.json" ".session == 2 and .dirty_bytes == $((K + 4096))" \
@@ -67,6 +72,7 @@ tb_stop s
 tb_start s "$TB_TMP/tabula.json"
 tb_io s -e vm01 read:1048576:$K:21 read:$((3 * 1048576)):4096:22 read:0:4096:1 ||
   tb_fail "persist data lost over an nbdkit restart"
+tb_wait_idle "$state" vm01
 
 echo "== persist: flushed data survives kill -9 during a session"
 tb_hold s w -e vm01 write:$((2 * 1048576)):$K:23 flush
@@ -75,5 +81,6 @@ tb_release w 2>/dev/null || true
 tb_start s "$TB_TMP/tabula.json"
 tb_io s -e vm01 read:$((2 * 1048576)):$K:23 read:1048576:$K:21 ||
   tb_fail "flushed data lost after kill -9"
+tb_wait_idle "$state" vm01
 tb_stop s
 tb_check_logs
