@@ -63,8 +63,19 @@ http {
     location /err500/ { return 500; }
     location /loop/ { return 302 /loop/; }
   }
-}
 EOF
+  # With REPO_TLS_PORT set (and $TB_TMP/tls/server.{crt,key}), https as well.
+  if [ -n "${REPO_TLS_PORT:-}" ]; then
+    cat >>"$_n/nginx.conf" <<EOF
+  server {
+    listen 127.0.0.1:$REPO_TLS_PORT ssl;
+    ssl_certificate $TB_TMP/tls/server.crt;
+    ssl_certificate_key $TB_TMP/tls/server.key;
+    root $TB_TMP/www;
+  }
+EOF
+  fi
+  echo "}" >>"$_n/nginx.conf"
   # Workers run as our own user so they can read the private temp dir.
   if [ "$(id -u)" = 0 ]; then
     sed -i "1i user root root;" "$_n/nginx.conf"
