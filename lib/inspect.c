@@ -743,7 +743,8 @@ static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64
     tsk_fail(ins, "cannot read directory");
     return NULL;
   }
-  qsort(d->v, d->n, sizeof *d->v, dent_cmp);
+  if (d->n > 0)
+    qsort(d->v, d->n, sizeof *d->v, dent_cmp);
   /* A damaged directory may name a file twice: keep the first. */
   size_t k = 0;
   for (size_t i = 0; i < d->n; i++) {
@@ -792,7 +793,7 @@ static struct cached_dir *get_dir(struct tb_inspect *ins, struct vol *v, uint64_
 static const struct dent *find_dent(const struct cached_dir *d, const char *name)
 {
   struct dent key = {.name = (char *)name};
-  return bsearch(&key, d->v, d->n, sizeof *d->v, dent_cmp);
+  return d->n > 0 ? bsearch(&key, d->v, d->n, sizeof *d->v, dent_cmp) : NULL;
 }
 
 static struct vol *get_vol(struct tb_inspect *ins, size_t vol)
@@ -1244,7 +1245,8 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
   if (r == 0 && li >= 0)
     r = tb_inspect_walk(live, (size_t)li, dirty, collect_cb, &le);
   if (r == 0) {
-    qsort(be.v, be.n, sizeof *be.v, entry_cmp);
+    if (be.n > 0)
+      qsort(be.v, be.n, sizeof *be.v, entry_cmp);
     for (size_t i = 0; i < le.n && r == 0; i++) {
       struct entry *l = &le.v[i];
       struct entry *b = be.n ? bsearch(l, be.v, be.n, sizeof *be.v, entry_cmp) : NULL;
@@ -1281,7 +1283,8 @@ int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const stru
     if (tb_inspect_find_volume(live, base->vols[bi].pub.name) < 0)
       r = diff_volume(base, (int)bi, live, -1, dirty, &out);
   if (r == 0) {
-    qsort(out.v, out.n, sizeof *out.v, change_cmp);
+    if (out.n > 0)
+      qsort(out.v, out.n, sizeof *out.v, change_cmp);
     for (size_t i = 0; i < out.n && r == 0; i++)
       r = fn(ctx, out.v[i].kind, out.v[i].path, &out.v[i].st);
   }
