@@ -1000,9 +1000,44 @@ void tb_ifile_close(struct tb_ifile *f)
 /* Walks, owners, changes                                              */
 /* ------------------------------------------------------------------ */
 
-/* Does any content run of file INUM lie in DIRTY?  Looks at every attribute
- * (NTFS streams and index allocations, ext extents, FAT chains). */
-static bool content_touched(struct vol *v, uint64_t inum, const struct tb_ranges *dirty)
+/* Index of the first range that ends after OFF. */
+static size_t ranges_lower_bound(const struct tb_ranges *r, uint64_t off)
+{
+  size_t lo = 0, hi = r->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (r->v[mid].off + r->v[mid].len <= off)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Do LIVE and BASE differ in [off, off+len)?  An unreadable disk counts as
+ * a difference. */
+static bool bytes_differ(struct tb_disk *live, struct tb_disk *base, uint64_t off, uint64_t len)
+{
+  static _Thread_local char a[65536], b[65536];
+  while (len > 0) {
+    size_t n = len < sizeof a ? (size_t)len : sizeof a;
+    if (tb_disk_pread(live, a, n, off) < 0 || tb_disk_pread(base, b, n, off) < 0 ||
+        memcmp(a, b, n) != 0)
+      return true;
+    off += n;
+    len -= n;
+  }
+  return false;
+}
+
+/* Does any content of file INUM lie in DIRTY (and, with BASE set, differ
+ * there from BASE)?  Looks at every attribute (NTFS streams and index
+ * allocations, ext extents, FAT chains), clipped to the attribute's size so
+ * slack space does not count.  The dirty map has the overlay's block
+ * granularity, coarser than many filesystems' blocks: comparing the bytes
+ * with the base tells a file written from its neighbour in the same block. */
+static bool content_touched(struct tb_inspect *ins, struct vol *v, uint64_t inum,
+                            const struct tb_ranges *dirty, struct tb_disk *base)
 {
   TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
   bool touched = false;
@@ -1010,16 +1045,32 @@ static bool content_touched(struct vol *v, uint64_t inum, const struct tb_ranges
   uint64_t bs = v->fs->block_size;
   for (int i = 0; i < n && !touched; i++) {
     const TSK_FS_ATTR *a = tsk_fs_file_attr_get_idx(f, i);
-    if (!a || !(a->flags & TSK_FS_ATTR_NONRES))
+    if (!a || !(a->flags & TSK_FS_ATTR_NONRES) || a->size <= 0)
       continue;
+    uint64_t asize = (uint64_t)a->size;
     int guard = 0;
     for (const TSK_FS_ATTR_RUN *run = a->nrd.run; run && !touched && guard < 1000000;
          run = run->next, guard++) {
       if (run->flags & (TSK_FS_ATTR_RUN_FLAG_FILLER | TSK_FS_ATTR_RUN_FLAG_SPARSE))
         continue;
-      if (run->len == 0 || run->addr > UINT64_MAX / bs || run->len > UINT64_MAX / bs)
+      if (run->len == 0 || run->addr > UINT64_MAX / bs / 2 || run->len > UINT64_MAX / bs / 2 ||
+          run->offset > UINT64_MAX / bs / 2)
         continue;
-      touched = tb_ranges_intersect(dirty, v->pub.offset + run->addr * bs, run->len * bs);
+      uint64_t foff = run->offset * bs;
+      if (foff >= asize)
+        continue;
+      uint64_t len = run->len * bs;
+      if (len > asize - foff)
+        len = asize - foff;
+      uint64_t d0 = v->pub.offset + run->addr * bs, d1 = d0 + len;
+      for (size_t k = ranges_lower_bound(dirty, d0); k < dirty->n && !touched; k++) {
+        const struct tb_range *r = &dirty->v[k];
+        if (r->off >= d1)
+          break;
+        uint64_t x0 = r->off > d0 ? r->off : d0;
+        uint64_t x1 = r->off + r->len < d1 ? r->off + r->len : d1;
+        touched = !base || bytes_differ(ins->disk, base, x0, x1 - x0);
+      }
     }
   }
   tsk_fs_file_close(f);
@@ -1031,7 +1082,8 @@ struct walk {
   struct tb_inspect *ins;
   struct vol *v;
   const struct tb_ranges *dirty;
-  bool owners_only; /* report only touched files */
+  struct tb_disk *base; /* compare touched bytes with this disk, or NULL */
+  bool owners_only;     /* report only touched files */
   tb_inspect_walk_fn fn;
   void *ctx;
   uint64_t stack[WALK_MAX_DEPTH];
@@ -1077,7 +1129,7 @@ static int walk_dir(struct walk *w, uint64_t inum, size_t path_len)
     memcpy(w->path + path_len + 1, list[i].name, nl + 1);
     bool touched = false;
     if (w->dirty && w->dirty->n > 0)
-      touched = content_touched(w->v, list[i].st.inum, w->dirty);
+      touched = content_touched(w->ins, w->v, list[i].st.inum, w->dirty, w->base);
     if (!w->owners_only || touched)
       r = w->fn(w->ctx, w->path, &list[i].st, touched);
     if (r == 0 && list[i].st.type == TB_FT_DIR)
@@ -1093,7 +1145,7 @@ static int walk_dir(struct walk *w, uint64_t inum, size_t path_len)
 }
 
 static int walk_volume(struct tb_inspect *ins, size_t vol, const struct tb_ranges *dirty,
-                       bool owners_only, tb_inspect_walk_fn fn, void *ctx)
+                       struct tb_disk *base, bool owners_only, tb_inspect_walk_fn fn, void *ctx)
 {
   struct walk *w = calloc(1, sizeof *w);
   if (!w) {
@@ -1104,8 +1156,13 @@ static int walk_volume(struct tb_inspect *ins, size_t vol, const struct tb_range
   struct vol *v = get_vol(ins, vol);
   int r = -1;
   if (v) {
-    *w = (struct walk){
-        .ins = ins, .v = v, .dirty = dirty, .owners_only = owners_only, .fn = fn, .ctx = ctx};
+    *w = (struct walk){.ins = ins,
+                       .v = v,
+                       .dirty = dirty,
+                       .base = base,
+                       .owners_only = owners_only,
+                       .fn = fn,
+                       .ctx = ctx};
     /* A walk reads a whole tree: it gets WALK_BUDGET_FACTOR budgets. */
     ins->deadline_ms = tb_now_ms() + WALK_BUDGET_FACTOR * ins->budget_ms;
     r = walk_dir(w, v->root.inum, 0);
@@ -1118,7 +1175,7 @@ static int walk_volume(struct tb_inspect *ins, size_t vol, const struct tb_range
 int tb_inspect_walk(struct tb_inspect *ins, size_t vol, const struct tb_ranges *dirty,
                     tb_inspect_walk_fn fn, void *ctx)
 {
-  return walk_volume(ins, vol, dirty, false, fn, ctx);
+  return walk_volume(ins, vol, dirty, NULL, false, fn, ctx);
 }
 
 int tb_inspect_owners(struct tb_inspect *ins, size_t vol, const struct tb_ranges *ranges,
@@ -1131,7 +1188,7 @@ int tb_inspect_owners(struct tb_inspect *ins, size_t vol, const struct tb_ranges
   }
   if (!ranges || !tb_ranges_intersect(ranges, v->offset, v->length))
     return 0;
-  return walk_volume(ins, vol, ranges, true, fn, ctx);
+  return walk_volume(ins, vol, ranges, NULL, true, fn, ctx);
 }
 
 /* -- diff -- */
@@ -1243,7 +1300,7 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
   if (bi >= 0)
     r = tb_inspect_walk(base, (size_t)bi, NULL, collect_cb, &be);
   if (r == 0 && li >= 0)
-    r = tb_inspect_walk(live, (size_t)li, dirty, collect_cb, &le);
+    r = walk_volume(live, (size_t)li, dirty, base->disk, false, collect_cb, &le);
   if (r == 0) {
     if (be.n > 0)
       qsort(be.v, be.n, sizeof *be.v, entry_cmp);

@@ -173,8 +173,11 @@ int tb_inspect_owners(struct tb_inspect *ins, size_t vol, const struct tb_ranges
  * ("p1-ntfs/Users/x.txt").  DIRTY, if not NULL, are the disk bytes the session
  * wrote (the overlay's dirty map): volumes it does not touch are skipped
  * without being read, and a file whose metadata is unchanged counts as
- * changed only if its content blocks are dirty.  With DIRTY NULL, files are
- * compared by metadata only (size, times, type, link target). */
+ * changed only if bytes of its content in dirty ranges differ from BASE's
+ * (the dirty map is coarser than filesystem blocks).  With DIRTY NULL, files
+ * are compared by metadata only (type, size, mtime, inode, mode, owner).
+ * Directories are reported created or deleted, never "changed": what
+ * changed in them is their entries' own lines. */
 enum tb_change { TB_CREATED = 1, TB_CHANGED, TB_DELETED };
 typedef int (*tb_inspect_change_fn)(void *ctx, enum tb_change kind, const char *path,
                                     const struct tb_istat *st);

@@ -32,7 +32,7 @@ tf_src()
 tf_ext4()
 {
   truncate -s "$3" "$1"
-  mke2fs -q -F -t ext4 -d "$2" "$1" >/dev/null
+  mke2fs -q -F -t ext4 -b 4096 -d "$2" "$1" >/dev/null
 }
 
 tf_fat()
