@@ -104,6 +104,15 @@ static void table_row(struct table *t, ...)
   t->nrows++;
 }
 
+static void table_free(struct table *t)
+{
+  for (size_t i = 0; i < t->nrows * t->ncols; i++)
+    free(t->cells[i]);
+  free(t->cells);
+  t->cells = NULL;
+  t->nrows = t->cap = 0;
+}
+
 static void table_print(struct table *t)
 {
   size_t width[MAX_COLS] = {0};
@@ -122,11 +131,7 @@ static void table_print(struct table *t)
         printf("%-*s  ", (int)width[c], s);
     }
   }
-  for (size_t i = 0; i < t->nrows * t->ncols; i++)
-    free(t->cells[i]);
-  free(t->cells);
-  t->cells = NULL;
-  t->nrows = t->cap = 0;
+  table_free(t);
 }
 
 static void print_json(const json_t *v)
@@ -877,10 +882,10 @@ static void print_sessions_table(const json_t *sessions)
   }
   if (t.nrows == 1) {
     printf("no retained sessions\n");
+    table_free(&t);
+  } else {
     table_print(&t);
-    return;
   }
-  table_print(&t);
 }
 
 static int cmd_client(struct ctl *ctl, int argc, char **argv)
@@ -923,7 +928,7 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
   json_t *last = json_object_get(res, "last_session");
   if (json_is_object(last)) {
     char rd[32], wr[32];
-    printf("last session: %" JSON_INTEGER_FORMAT " %s, %s → %s, read %s, written %s\n",
+    printf("last session: %" JSON_INTEGER_FORMAT " %s, %s -> %s, read %s, written %s\n",
            jint(last, "session"), jstr(last, "state"), jstr(last, "started"), jstr(last, "ended"),
            jsize(last, "bytes_read", rd, sizeof rd), jsize(last, "bytes_written", wr, sizeof wr));
   }

@@ -1,0 +1,429 @@
+/* tabula-restored: the tabula daemon.
+ *
+ *   tabula-restored [-c CONFIG]
+ *
+ * Runs in the foreground (systemd Type=notify, or any supervisor), and:
+ *   - supervises nbdkit with the tabula plugin (supervise.c): restarts it with
+ *     a growing backoff when it dies, each restart an event;
+ *   - serves the control socket (server.c, ops.c): JSON lines, mode 0600,
+ *     only the daemon's own uid and root;
+ *   - runs refresh schedules (here), merges (jobs.c, on a thread), webhooks
+ *     (webhooks.c, on threads), the Prometheus textfile (metrics.c);
+ *   - follows the event journal (journal.c) for webhooks, `events --follow`
+ *     and metrics.
+ * SIGHUP or `tabulactl reload` re-read the configuration; a file with an error
+ * is refused and the running configuration stays.  SIGTERM/SIGINT stop nbdkit
+ * and exit.
+ *
+ * The daemon never changes a live client's overlay: actions are written to the
+ * client's mailbox and applied by the plugin at the next session start; merges
+ * run only on clients whose lock the daemon holds.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "control.h"
+#include "daemon.h"
+#include "events.h"
+#include "mailbox.h"
+#include "store.h"
+
+#define DEFAULT_CONFIG "/etc/tabula/tabula.json"
+#define DEFAULT_METRICS_INTERVAL_MS 15000
+#define JOURNAL_POLL_MS 200
+
+struct daemon D;
+
+void log_msg(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "tabula-restored: ");
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+/* ---- counters ------------------------------------------------------------------ */
+
+struct client_counters *counters_for(const char *id)
+{
+  for (size_t i = 0; i < D.n_counters; i++)
+    if (strcmp(D.counters[i].id, id) == 0)
+      return &D.counters[i];
+  struct client_counters *n = realloc(D.counters, (D.n_counters + 1) * sizeof *n);
+  if (!n)
+    return NULL;
+  D.counters = n;
+  struct client_counters *c = &D.counters[D.n_counters++];
+  memset(c, 0, sizeof *c);
+  snprintf(c->id, sizeof c->id, "%s", id);
+  return c;
+}
+
+/* ---- schedules --------------------------------------------------------------------- */
+
+static int64_t jitter(int64_t max_ms)
+{
+  return max_ms > 0 ? (int64_t)(random() % (max_ms + 1)) : 0;
+}
+
+int schedules_build(const struct tb_config *cfg, struct client_sched **out, size_t *n)
+{
+  struct client_sched *s = calloc(cfg->n_clients ? cfg->n_clients : 1, sizeof *s);
+  if (!s)
+    return tb_error_errno("schedules");
+  int64_t now = tb_now_ms();
+  for (size_t i = 0; i < cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &cfg->clients[i];
+    snprintf(s[i].id, sizeof s[i].id, "%s", c->id);
+    if (!c->refresh)
+      continue;
+    if (tb_schedule_parse(c->refresh, &s[i].sched) == -1) {
+      tb_error_prefix("clients.%s.refresh", c->id);
+      free(s);
+      return -1;
+    }
+    s[i].has = true;
+    s[i].next_ms = tb_schedule_next(&s[i].sched, now) + jitter(c->refresh_jitter_ms);
+  }
+  *out = s;
+  *n = cfg->n_clients;
+  return 0;
+}
+
+const struct client_sched *schedule_for(const char *id)
+{
+  for (size_t i = 0; i < D.n_sched; i++)
+    if (strcmp(D.sched[i].id, id) == 0)
+      return D.sched[i].has ? &D.sched[i] : NULL;
+  return NULL;
+}
+
+static int set_refresh(struct tb_mailbox *mb, void *ctx)
+{
+  if (mb->refresh)
+    return 1;
+  mb->refresh = true;
+  return 0;
+}
+
+void schedules_tick(struct daemon *d, int64_t now)
+{
+  for (size_t i = 0; i < d->n_sched; i++) {
+    struct client_sched *s = &d->sched[i];
+    if (!s->has || now < s->next_ms)
+      continue;
+    const struct tb_client_conf *c = tb_config_client(d->cfg, s->id);
+    if (tb_mailbox_update(d->cfg->state_dir, s->id, set_refresh, NULL) == -1)
+      log_msg("scheduled refresh of %s: %s", s->id, tb_errmsg());
+    else
+      tb_eventf(d->cfg->state_dir, "refresh-scheduled", s->id, "{s:s}", "schedule",
+                c && c->refresh ? c->refresh : "");
+    s->next_ms = tb_schedule_next(&s->sched, now) + (c ? jitter(c->refresh_jitter_ms) : 0);
+  }
+}
+
+int64_t schedules_next(const struct daemon *d)
+{
+  int64_t next = INT64_MAX;
+  for (size_t i = 0; i < d->n_sched; i++)
+    if (d->sched[i].has && d->sched[i].next_ms < next)
+      next = d->sched[i].next_ms;
+  return next;
+}
+
+/* ---- configuration --------------------------------------------------------------- */
+
+/* Checks beyond the parser's that only the daemon needs (schedules). */
+static struct tb_config *load_config(const char *file, struct client_sched **sched, size_t *n)
+{
+  struct tb_config *cfg = tb_config_load(file);
+  if (!cfg)
+    return NULL;
+  if (schedules_build(cfg, sched, n) == -1) {
+    tb_error_prefix("%s", file);
+    tb_config_unref(cfg);
+    return NULL;
+  }
+  return cfg;
+}
+
+int daemon_reload(char *err, size_t errlen)
+{
+  struct client_sched *sched;
+  size_t n;
+  struct tb_config *cfg = load_config(D.config_file, &sched, &n);
+  if (!cfg) {
+    snprintf(err, errlen, "configuration not reloaded, the running one stays: %s", tb_errmsg());
+    log_msg("%s", err);
+    tb_eventf(D.cfg->state_dir, "reload-failed", NULL, "{s:s}", "error", tb_errmsg());
+    return -1;
+  }
+  if (strcmp(cfg->state_dir, D.cfg->state_dir) != 0) {
+    snprintf(err, errlen,
+             "configuration not reloaded: state_dir changed from %s to %s; restart "
+             "tabula-restored to move it",
+             D.cfg->state_dir, cfg->state_dir);
+    tb_config_unref(cfg);
+    free(sched);
+    log_msg("%s", err);
+    return -1;
+  }
+  char control[sizeof D.control_path];
+  if (tb_control_socket_path(cfg, control, sizeof control) == 0 &&
+      strcmp(control, D.control_path) != 0)
+    log_msg("the control socket moved to %s in the configuration; it stays at %s until a "
+            "restart",
+            control, D.control_path);
+  struct tb_config *old = D.cfg;
+  D.cfg = cfg;
+  /* Keep due times of unchanged schedules so a reload does not postpone them. */
+  for (size_t i = 0; i < n; i++) {
+    const struct client_sched *prev = schedule_for(sched[i].id);
+    if (prev && sched[i].has && memcmp(&prev->sched, &sched[i].sched, sizeof prev->sched) == 0)
+      sched[i].next_ms = prev->next_ms;
+  }
+  free(D.sched);
+  D.sched = sched;
+  D.n_sched = n;
+  tb_events_set_max_bytes(cfg->events_max_bytes);
+  webhooks_configure(cfg);
+  bool restart = nbdkit_config_changed(old, cfg);
+  tb_config_unref(old);
+  tb_eventf(cfg->state_dir, "reload", NULL, "{s:s, s:I, s:b}", "config", D.config_file, "clients",
+            (json_int_t)cfg->n_clients, "nbdkit_restart", restart);
+  log_msg("configuration reloaded from %s (%zu clients)", D.config_file, cfg->n_clients);
+  if (restart)
+    nbdkit_restart(&D, "its settings changed in the configuration");
+  D.next_metrics_ms = 0;
+  return 0;
+}
+
+/* ---- systemd readiness (Type=notify), without linking libsystemd ---------------------- */
+
+static void notify_systemd(const char *msg)
+{
+  const char *path = getenv("NOTIFY_SOCKET");
+  if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= 108)
+    return;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  strcpy(sa.sun_path, path);
+  if (sa.sun_path[0] == '@')
+    sa.sun_path[0] = '\0';
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd == -1)
+    return;
+  sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+         (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path)));
+  close(fd);
+}
+
+/* ---- the loop ------------------------------------------------------------------------ */
+
+static void handle_signals(void)
+{
+  struct signalfd_siginfo si;
+  while (read(D.signal_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+    switch (si.ssi_signo) {
+    case SIGCHLD:
+      nbdkit_reap(&D);
+      break;
+    case SIGHUP: {
+      char err[1024];
+      daemon_reload(err, sizeof err);
+      break;
+    }
+    case SIGTERM:
+    case SIGINT:
+      log_msg("signal %d: stopping", (int)si.ssi_signo);
+      D.quit = true;
+      break;
+    }
+  }
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+  return a < b ? a : b;
+}
+
+static int run(void)
+{
+  size_t max = 3 + server_max_fds();
+  struct pollfd *fds = calloc(max, sizeof *fds);
+  if (!fds)
+    return tb_error_errno("poll set");
+  int64_t next_journal = 0;
+  while (!D.quit) {
+    int64_t now = tb_now_ms();
+    nbdkit_tick(&D, now);
+    schedules_tick(&D, now);
+    server_tick(&D, now);
+    if (now >= next_journal) {
+      journal_poll(&D);
+      next_journal = now + JOURNAL_POLL_MS;
+    }
+    if (D.cfg->metrics_file && now >= D.next_metrics_ms) {
+      metrics_write(&D);
+      D.next_metrics_ms = now + (D.cfg->metrics_interval_ms > 0 ? D.cfg->metrics_interval_ms
+                                                                : DEFAULT_METRICS_INTERVAL_MS);
+    }
+    int64_t wake = next_journal;
+    wake = min64(wake, nbdkit_next_wakeup(&D));
+    wake = min64(wake, schedules_next(&D));
+    if (D.cfg->metrics_file)
+      wake = min64(wake, D.next_metrics_ms);
+    int timeout = wake <= now ? 0 : (int)min64(wake - now, 1000);
+
+    fds[0] = (struct pollfd){.fd = D.signal_fd, .events = POLLIN};
+    fds[1] = (struct pollfd){.fd = D.listen_fd, .events = POLLIN};
+    fds[2] = (struct pollfd){.fd = jobs_fd(), .events = POLLIN};
+    size_t n = 3 + server_pollfds(fds + 3, max - 3);
+    int r = poll(fds, n, timeout);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      free(fds);
+      return tb_error_errno("poll");
+    }
+    if (fds[0].revents)
+      handle_signals();
+    if (fds[2].revents)
+      jobs_drain();
+    if (n > 3)
+      server_io(&D, fds + 3, n - 3);
+    if (fds[1].revents)
+      server_accept(&D);
+  }
+  free(fds);
+  return 0;
+}
+
+static void usage(FILE *f)
+{
+  fprintf(f, "usage: tabula-restored [-c CONFIG]\n\n"
+             "The tabula daemon: supervises nbdkit with the tabula plugin, serves the control\n"
+             "socket used by tabulactl, runs refresh schedules, merges, webhooks and metrics.\n"
+             "Runs in the foreground; logs to stderr.\n\n"
+             "  -c, --config FILE  configuration (default $TABULA_CONFIG or " DEFAULT_CONFIG ")\n"
+             "  -h, --help         this help\n"
+             "  -V, --version      print the version\n\n"
+             "Signals: SIGHUP reloads the configuration, SIGTERM stops.\n"
+             "Exit status: 0 stopped by a signal, 1 could not start.\n");
+}
+
+int main(int argc, char **argv)
+{
+  static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {"version", no_argument, NULL, 'V'},
+                                     {"foreground", no_argument, NULL, 'f'},
+                                     {0}};
+  int ch;
+  D.config_file = getenv("TABULA_CONFIG") ? getenv("TABULA_CONFIG") : DEFAULT_CONFIG;
+  while ((ch = getopt_long(argc, argv, "c:hVf", lo, NULL)) != -1) {
+    switch (ch) {
+    case 'c':
+      D.config_file = optarg;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    case 'V':
+      printf("tabula-restored %s\n", PACKAGE_VERSION);
+      return 0;
+    case 'f':
+      break; /* always in the foreground */
+    default:
+      usage(stderr);
+      return 1;
+    }
+  }
+  if (optind != argc) {
+    fprintf(stderr, "tabula-restored: unexpected argument \"%s\"\n", argv[optind]);
+    usage(stderr);
+    return 1;
+  }
+  D.started_ms = tb_now_ms();
+  srandom((unsigned)(D.started_ms ^ getpid()));
+  D.signal_fd = D.listen_fd = -1;
+
+  D.cfg = load_config(D.config_file, &D.sched, &D.n_sched);
+  if (!D.cfg) {
+    log_msg("%s", tb_errmsg());
+    return 1;
+  }
+  const char *state = D.cfg->state_dir;
+  tb_events_set_max_bytes(D.cfg->events_max_bytes);
+  if (tb_store_init(state) == -1) {
+    log_msg("%s", tb_errmsg());
+    return 1;
+  }
+  int tmp = tb_store_gc_temp(state);
+  if (tmp > 0)
+    log_msg("removed %d leftover temporaries of interrupted builds", tmp);
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigaddset(&mask, SIGHUP);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  D.signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (D.signal_fd == -1) {
+    log_msg("signalfd: %s", strerror(errno));
+    return 1;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (server_open(&D) == -1) {
+    log_msg("%s", tb_errmsg());
+    return 1;
+  }
+  if (jobs_start() == -1) {
+    log_msg("%s", tb_errmsg());
+    server_close(&D);
+    return 1;
+  }
+  journal_open(&D);
+  webhooks_configure(D.cfg);
+  tb_eventf(state, "daemon-start", NULL, "{s:s, s:I, s:s}", "config", D.config_file, "pid",
+            (json_int_t)getpid(), "version", PACKAGE_VERSION);
+  if (nbdkit_start(&D) == -1)
+    log_msg("%s", tb_errmsg()); /* retried with backoff by nbdkit_tick */
+  log_msg("serving %s (control %s, %zu clients)", state, D.control_path, D.cfg->n_clients);
+  notify_systemd("READY=1");
+
+  int r = run();
+  notify_systemd("STOPPING=1");
+  nbdkit_stop(&D);
+  tb_eventf(state, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
+  journal_poll(&D); /* hand the last events to the webhooks */
+  webhooks_shutdown();
+  server_close(&D);
+  tb_config_unref(D.cfg);
+  free(D.sched);
+  free(D.counters);
+  curl_global_cleanup();
+  if (r == -1) {
+    log_msg("%s", tb_errmsg());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,150 @@
+/* tabula-restored: what the daemon's parts share.
+ *
+ * One thread runs everything that touches daemon state: a poll() loop over
+ * signals (signalfd), the control socket and its connections, the job
+ * completion pipe, and timers (nbdkit restarts, schedules, metrics, the event
+ * journal's tail).  Two kinds of helper threads never touch that state: the
+ * job thread (merges) talks back through a pipe, and one thread per webhook
+ * URL delivers events from a bounded queue.
+ */
+#ifndef TB_DAEMON_H
+#define TB_DAEMON_H
+
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "conf.h"
+#include "schedule.h"
+
+/* ---- supervise.c: nbdkit ----
+ * nbdkit listens on a unix socket or on TCP, not both: with "listen.tcp" the
+ * daemon runs a second instance for TCP.  Both share the state directory;
+ * client locks keep one client in one session. */
+struct nbdkit_instance {
+  bool tcp;
+  pid_t pid;    /* 0 when not running */
+  bool ready;   /* it accepts connections */
+  int failures; /* consecutive short runs, for the backoff */
+  int64_t started_ms;
+  int64_t restart_at_ms; /* 0: no restart pending */
+  char last_exit[128];
+};
+struct nbdkit_state {
+  struct nbdkit_instance inst[2];
+  int n;
+  int restarts; /* since the daemon started */
+  bool stopping;
+};
+
+/* ---- per-client schedule state ---- */
+struct client_sched {
+  char id[TB_NAME_MAX + 1];
+  bool has;
+  struct tb_schedule sched;
+  int64_t next_ms;
+};
+
+/* ---- counters for status and metrics ---- */
+struct client_counters {
+  char id[TB_NAME_MAX + 1];
+  uint64_t sessions, bytes_read, bytes_written, errors;
+};
+
+struct daemon {
+  const char *config_file;
+  struct tb_config *cfg;
+  char control_path[4096];
+  int64_t started_ms;
+  int signal_fd;
+  int listen_fd;
+  struct nbdkit_state nbdkit;
+  struct client_sched *sched;
+  size_t n_sched;
+  struct client_counters *counters;
+  size_t n_counters;
+  uint64_t merges, merge_failures;
+  int64_t next_metrics_ms;
+  bool quit;
+};
+
+extern struct daemon D;
+
+/* daemon.c */
+void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int daemon_reload(char *err, size_t errlen);
+struct client_counters *counters_for(const char *id);
+
+/* supervise.c */
+int nbdkit_start(struct daemon *d);
+void nbdkit_reap(struct daemon *d);              /* after SIGCHLD */
+void nbdkit_tick(struct daemon *d, int64_t now); /* readiness, restarts */
+int64_t nbdkit_next_wakeup(const struct daemon *d);
+void nbdkit_stop(struct daemon *d); /* SIGTERM, wait, SIGKILL */
+bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b);
+void nbdkit_restart(struct daemon *d, const char *why);
+
+/* server.c: the control socket */
+int server_open(struct daemon *d);
+void server_close(struct daemon *d);
+size_t server_pollfds(struct pollfd *fds, size_t max); /* connections' fds */
+void server_accept(struct daemon *d);
+void server_io(struct daemon *d, const struct pollfd *fds, size_t n);
+void server_tick(struct daemon *d, int64_t now); /* idle timeouts, queued requests */
+size_t server_max_fds(void);
+/* Replies from jobs and the journal tail. */
+struct conn;
+void conn_send(struct conn *c, json_t *line);    /* consumes LINE */
+void conn_finish(struct conn *c, json_t *final); /* final reply; the conn takes requests again */
+bool conn_alive(uint64_t conn_id);
+struct conn *conn_by_id(uint64_t conn_id);
+uint64_t conn_id(const struct conn *c);
+void server_broadcast_event(const json_t *ev);        /* to `events --follow` conns */
+void conn_follow(struct conn *c, const char *client); /* stream events */
+void conn_wait(struct conn *c);                       /* a job will answer */
+
+/* ops.c: the operations; returns the final reply, or NULL if the conn now waits (job, follow) */
+json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req);
+json_t *reply_ok(json_t *result);
+json_t *reply_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int clients_status_json(struct daemon *d, json_t **out);
+
+/* jobs.c: long work on a thread */
+int jobs_start(void);
+int jobs_fd(void);         /* readable when a job has news */
+void jobs_drain(void);     /* deliver news to connections (main thread) */
+json_t *jobs_status(void); /* running and queued jobs */
+struct merge_request {
+  char client[TB_NAME_MAX + 1];
+  char into[TB_NAME_MAX + 1];
+  char *note;
+  int64_t session; /* 0: the current overlay */
+  bool progress;
+  uint64_t conn_id;
+};
+int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, size_t errlen);
+
+/* journal.c: tail of STATE/events.jsonl */
+void journal_open(struct daemon *d);
+void journal_poll(struct daemon *d); /* read new lines: followers, webhooks, counters */
+json_t *journal_last(const char *state, const char *client, size_t n);
+
+/* webhooks.c */
+void webhooks_configure(const struct tb_config *cfg);
+void webhooks_post(const char *type, const char *body);
+json_t *webhooks_status(void);
+void webhooks_shutdown(void);
+
+/* metrics.c */
+void metrics_write(struct daemon *d);
+
+/* schedules (daemon.c) */
+int schedules_build(const struct tb_config *cfg, struct client_sched **out, size_t *n);
+void schedules_tick(struct daemon *d, int64_t now);
+int64_t schedules_next(const struct daemon *d);
+const struct client_sched *schedule_for(const char *id);
+
+#endif

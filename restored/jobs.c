@@ -1,0 +1,352 @@
+/* tabula-restored: long work (merges) on a job thread.
+ *
+ * The main loop must never wait on disk-sized work, so merges are queued to
+ * one worker thread and run one at a time.  The worker never touches daemon
+ * state or connections: it posts messages (progress lines, the final reply)
+ * to an outbox and writes a byte to a pipe; the main loop (jobs_drain) hands
+ * them to the waiting connection if it is still there.
+ *
+ * A merge of a client's current overlay holds the client's lock for its whole
+ * run (so no session can start on it), and afterwards moves the client onto
+ * the new version: the merged overlay is kept as a retained session (a restore
+ * point) and an empty overlay on the new version takes its place.  A pinned
+ * client is re-pinned to the new version.  Killed at any point, the store's
+ * builder leaves no version or a complete one, and the overlay is untouched
+ * until the version is published.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "events.h"
+#include "mailbox.h"
+#include "merge.h"
+#include "overlay.h"
+#include "session.h"
+#include "store.h"
+
+#define MAX_QUEUED 32
+
+struct job {
+  struct job *next;
+  struct merge_request req;
+  char state_dir[4096];
+  struct tb_client_conf client; /* copied: the config may be reloaded meanwhile */
+  /* progress, read by jobs_status (under the lock) */
+  char phase[16];
+  uint64_t done, total;
+  bool running;
+};
+
+struct message {
+  struct message *next;
+  uint64_t conn_id;
+  json_t *line;
+  bool final;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static struct job *queue, *current;
+static size_t queued;
+static struct message *outbox, **outbox_tail = &outbox;
+static int wake_pipe[2] = {-1, -1};
+
+int jobs_fd(void)
+{
+  return wake_pipe[0];
+}
+
+static void post_message(uint64_t conn, json_t *line, bool final)
+{
+  struct message *m = calloc(1, sizeof *m);
+  if (!m) {
+    json_decref(line);
+    return;
+  }
+  m->conn_id = conn;
+  m->line = line;
+  m->final = final;
+  pthread_mutex_lock(&lock);
+  *outbox_tail = m;
+  outbox_tail = &m->next;
+  pthread_mutex_unlock(&lock);
+  char b = 1;
+  if (write(wake_pipe[1], &b, 1) == -1 && errno != EAGAIN)
+    perror("tabula-restored: job pipe");
+}
+
+void jobs_drain(void)
+{
+  char buf[256];
+  while (read(wake_pipe[0], buf, sizeof buf) > 0)
+    ;
+  pthread_mutex_lock(&lock);
+  struct message *list = outbox;
+  outbox = NULL;
+  outbox_tail = &outbox;
+  pthread_mutex_unlock(&lock);
+  while (list) {
+    struct message *m = list;
+    list = m->next;
+    struct conn *c = conn_by_id(m->conn_id);
+    if (c && m->final)
+      conn_finish(c, m->line);
+    else if (c)
+      conn_send(c, m->line);
+    else
+      json_decref(m->line);
+    if (m->final)
+      D.merges++; /* counted for metrics whatever happened to the peer */
+    free(m);
+  }
+}
+
+json_t *jobs_status(void)
+{
+  json_t *arr = json_array();
+  pthread_mutex_lock(&lock);
+  if (current)
+    json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:I, s:I}", "kind", "merge", "what",
+                                         current->req.client, "into", current->req.into, "phase",
+                                         current->phase, "done", (json_int_t)current->done, "total",
+                                         (json_int_t)current->total));
+  for (struct job *j = queue; j; j = j->next)
+    json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s}", "kind", "merge", "what",
+                                         j->req.client, "into", j->req.into, "phase", "queued"));
+  pthread_mutex_unlock(&lock);
+  return arr;
+}
+
+/* ---- the merge job ------------------------------------------------------------------------- */
+
+static int merge_progress(void *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+  struct job *j = ctx;
+  pthread_mutex_lock(&lock);
+  snprintf(j->phase, sizeof j->phase, "%s", phase);
+  j->done = done;
+  j->total = total;
+  pthread_mutex_unlock(&lock);
+  if (j->req.progress)
+    post_message(j->req.conn_id,
+                 json_pack("{s:{s:s, s:I, s:I}}", "progress", "phase", phase, "done",
+                           (json_int_t)done, "total", (json_int_t)total),
+                 false);
+  return 0;
+}
+
+struct repin {
+  const struct tb_client_conf *c;
+  const char *image;
+  uint32_t version;
+};
+
+/* After a merge the client continues on the new version.  A pin (mailbox or
+ * configuration) or another image would take it back, so re-pin it. */
+static int repin(struct tb_mailbox *mb, void *ctx)
+{
+  const struct repin *r = ctx;
+  const char *image = mb->image[0] ? mb->image : r->c->image;
+  bool other_image = strcmp(image, r->image) != 0;
+  if (!mb->pin && !r->c->version && !other_image)
+    return 1;
+  if (other_image)
+    snprintf(mb->image, sizeof mb->image, "%s", r->image);
+  mb->pin = r->version;
+  return 0;
+}
+
+/* Retire the merged overlay as a retained session and start an empty one on
+ * the new version (the client's lock is held). */
+static int move_client(const struct job *j, const char *overlay, const struct tb_merge_result *res)
+{
+  const char *state = j->state_dir;
+  const char *id = j->req.client;
+  struct tb_overlay_info info;
+  if (tb_overlay_read_info(overlay, &info) == -1)
+    return -1;
+  char dir[TB_PATH_MAX], seq[TB_PATH_MAX], retained[TB_PATH_MAX];
+  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 ||
+      tb_path(seq, sizeof seq, "%s/seq", dir) == -1)
+    return -1;
+  uint64_t number = 0;
+  char *text = tb_read_file(seq, 64, NULL);
+  if (text)
+    number = strtoull(text, NULL, 10);
+  free(text);
+  char sessions[TB_PATH_MAX];
+  if (tb_path(sessions, sizeof sessions, "%s/sessions", dir) == -1 ||
+      tb_mkdirs(sessions, false) == -1)
+    return -1;
+  if (number && tb_client_session_path(state, id, number, retained, sizeof retained) == 0 &&
+      access(retained, F_OK) == -1) {
+    if (rename(overlay, retained) == -1)
+      return tb_error_errno("cannot retire %s as %s", overlay, retained);
+  } else if (unlink(overlay) == -1) { /* its content is in the new version anyway */
+    return tb_error_errno("cannot remove %s", overlay);
+  }
+  struct tb_base_id base;
+  uint64_t size;
+  if (tb_base_lookup(state, res->image, res->version, &base, NULL, 0, &size) == -1 ||
+      tb_overlay_create(overlay, size, info.block_size, &base, number) == -1)
+    return -1;
+  tb_fsync_dir(overlay);
+  struct repin rp = {.c = &j->client, .image = res->image, .version = res->version};
+  return tb_mailbox_update(state, id, repin, &rp);
+}
+
+static json_t *run_merge(struct job *j)
+{
+  const char *state = j->state_dir;
+  const char *id = j->req.client;
+  int fd = tb_client_lock(state, id, false);
+  if (fd == -1)
+    return reply_error("%s", tb_errmsg());
+  char overlay[TB_PATH_MAX];
+  int r = j->req.session > 0
+              ? tb_client_session_path(state, id, (uint64_t)j->req.session, overlay, sizeof overlay)
+              : tb_store_client_path(state, id, "overlay", overlay, sizeof overlay);
+  json_t *reply = NULL;
+  if (r == -1) {
+    reply = reply_error("%s", tb_errmsg());
+    goto out;
+  }
+  if (access(overlay, F_OK) == -1) {
+    reply =
+        j->req.session > 0
+            ? reply_error("client %s has no retained session %lld (see tabulactl sessions %s)", id,
+                          (long long)j->req.session, id)
+            : reply_error("client %s has no overlay to merge (it has not had a session yet)", id);
+    goto out;
+  }
+  tb_eventf(state, "merge-start", id, "{s:s, s:I}", "into", j->req.into, "session",
+            (json_int_t)j->req.session);
+  struct tb_merge_result res;
+  if (tb_merge(state, overlay, j->req.into, j->req.note, merge_progress, j, &res) == -1) {
+    tb_eventf(state, "merge-failed", id, "{s:s, s:s}", "into", j->req.into, "error", tb_errmsg());
+    reply = reply_error("%s", tb_errmsg());
+    goto out;
+  }
+  bool moved = false;
+  if (j->req.session == 0) {
+    if (move_client(j, overlay, &res) == -1)
+      tb_eventf(state, "error", id, "{s:s}", "error", tb_errmsg());
+    else
+      moved = true;
+  }
+  double secs = (double)res.duration_ms / 1000;
+  json_t *fig = json_pack(
+      "{s:s, s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:b}", "image", res.image, "version",
+      (json_int_t)res.version, "base_image", res.base_image, "base_version",
+      (json_int_t)res.base_version, "dirty_bytes", (json_int_t)res.dirty_bytes, "changed_bytes",
+      (json_int_t)res.changed_bytes, "reflink", res.reflink, "duration_ms",
+      (json_int_t)res.duration_ms, "session", (json_int_t)j->req.session, "client_moved", moved);
+  json_object_set_new(fig, "mb_per_s",
+                      json_real(secs > 0 ? (double)res.dirty_bytes / 1e6 / secs : 0));
+  tb_event(state, "merge", id, json_deep_copy(fig));
+  reply = reply_ok(fig);
+out:
+  tb_client_unlock(fd);
+  return reply;
+}
+
+static void *worker(void *arg)
+{
+  for (;;) {
+    pthread_mutex_lock(&lock);
+    while (!queue)
+      pthread_cond_wait(&cond, &lock);
+    struct job *j = queue;
+    queue = j->next;
+    queued--;
+    current = j;
+    j->running = true;
+    pthread_mutex_unlock(&lock);
+
+    json_t *reply = run_merge(j);
+
+    pthread_mutex_lock(&lock);
+    current = NULL;
+    pthread_mutex_unlock(&lock);
+    post_message(j->req.conn_id, reply, true);
+    free(j->req.note);
+    free(j);
+  }
+  return NULL;
+}
+
+int jobs_start(void)
+{
+  if (pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC) == -1)
+    return tb_error_errno("job pipe");
+  pthread_t t;
+  int e = pthread_create(&t, NULL, worker, NULL);
+  if (e) {
+    errno = e;
+    return tb_error_errno("cannot start the job thread");
+  }
+  pthread_detach(t);
+  return 0;
+}
+
+int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, size_t errlen)
+{
+  struct job *j = calloc(1, sizeof *j);
+  const struct tb_client_conf *c = tb_config_client(d->cfg, req->client);
+  if (!j || !c) {
+    snprintf(err, errlen, "cannot queue the merge of %s", req->client);
+    free(j);
+    free(req->note);
+    free(req);
+    return -1;
+  }
+  j->req = *req;
+  free(req);
+  snprintf(j->state_dir, sizeof j->state_dir, "%s", d->cfg->state_dir);
+  j->client = *c; /* only plain fields are used by the job (id, image, version) */
+  j->client.refresh = NULL;
+  j->client.preserve = NULL;
+  j->client.watchdog = NULL;
+  j->client.allow.nets = NULL;
+  snprintf(j->phase, sizeof j->phase, "queued");
+  pthread_mutex_lock(&lock);
+  if (queued >= MAX_QUEUED) {
+    pthread_mutex_unlock(&lock);
+    snprintf(err, errlen, "%d merges are already queued; try again later", MAX_QUEUED);
+    free(j->req.note);
+    free(j);
+    return -1;
+  }
+  for (struct job *q = queue; q; q = q->next)
+    if (strcmp(q->req.client, j->req.client) == 0 ||
+        (current && strcmp(current->req.client, j->req.client) == 0)) {
+      pthread_mutex_unlock(&lock);
+      snprintf(err, errlen, "a merge of %s is already queued or running", j->req.client);
+      free(j->req.note);
+      free(j);
+      return -1;
+    }
+  if (current && strcmp(current->req.client, j->req.client) == 0) {
+    pthread_mutex_unlock(&lock);
+    snprintf(err, errlen, "a merge of %s is already running", j->req.client);
+    free(j->req.note);
+    free(j);
+    return -1;
+  }
+  struct job **tail = &queue;
+  while (*tail)
+    tail = &(*tail)->next;
+  *tail = j;
+  queued++;
+  pthread_cond_signal(&cond);
+  pthread_mutex_unlock(&lock);
+  return 0;
+}

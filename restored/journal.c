@@ -1,0 +1,226 @@
+/* tabula-restored: following the event journal.
+ *
+ * Every program appends to STATE/events.jsonl (lib/events.h): the plugin's
+ * sessions, the daemon's own actions, tabulactl's imports.  The daemon tails
+ * it by offset, from where it was when the daemon started, and hands each new
+ * line to `events --follow` connections, to the webhooks and to the per-client
+ * counters of the metrics.  Rotation (rename to .1) is noticed by the inode
+ * changing: the rest of the old file is read first, then the new one from 0.
+ * Only complete lines are consumed.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "store.h"
+
+#define READ_CHUNK 65536
+#define MAX_LINE (1024 * 1024)
+
+static int fd = -1;
+static ino_t ino;
+static char *partial;
+static size_t partial_len;
+
+static void journal_path(const char *state, char *buf, size_t len)
+{
+  snprintf(buf, len, "%s/events.jsonl", state);
+}
+
+void journal_open(struct daemon *d)
+{
+  char path[4096];
+  journal_path(d->cfg->state_dir, path, sizeof path);
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_CREAT, 0600);
+  if (fd == -1) {
+    log_msg("cannot open the event journal %s: %s", path, strerror(errno));
+    return;
+  }
+  struct stat st;
+  fstat(fd, &st);
+  ino = st.st_ino;
+  lseek(fd, 0, SEEK_END);
+}
+
+static void count_event(const json_t *ev)
+{
+  const char *type = json_string_value(json_object_get(ev, "type"));
+  const char *client = json_string_value(json_object_get(ev, "client"));
+  if (!type || !client || strcmp(type, "session-end") != 0)
+    return;
+  struct client_counters *c = counters_for(client);
+  if (!c)
+    return;
+  c->sessions++;
+  c->bytes_read += (uint64_t)json_integer_value(json_object_get(ev, "bytes_read"));
+  c->bytes_written += (uint64_t)json_integer_value(json_object_get(ev, "bytes_written"));
+  c->errors += (uint64_t)json_integer_value(json_object_get(ev, "errors"));
+}
+
+static void deliver(const char *line, size_t len)
+{
+  json_t *ev = json_loadb(line, len, 0, NULL);
+  if (!json_is_object(ev)) {
+    json_decref(ev);
+    return;
+  }
+  count_event(ev);
+  server_broadcast_event(ev);
+  webhooks_post(json_string_value(json_object_get(ev, "type")), line);
+  json_decref(ev);
+}
+
+/* Read what FD has beyond its offset; deliver complete lines. */
+static void read_new(void)
+{
+  char buf[READ_CHUNK];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0)
+      return;
+    size_t start = 0;
+    for (size_t i = 0; i < (size_t)n; i++) {
+      if (buf[i] != '\n')
+        continue;
+      if (partial_len) {
+        size_t add = i - start;
+        if (partial_len + add <= MAX_LINE) {
+          char *p = realloc(partial, partial_len + add + 1);
+          if (p) {
+            partial = p;
+            memcpy(partial + partial_len, buf + start, add);
+            partial[partial_len + add] = '\0';
+            deliver(partial, partial_len + add);
+          }
+        }
+        partial_len = 0;
+      } else {
+        buf[i] = '\0';
+        deliver(buf + start, i - start);
+      }
+      start = i + 1;
+    }
+    size_t rest = (size_t)n - start;
+    if (rest && partial_len + rest <= MAX_LINE) {
+      char *p = realloc(partial, partial_len + rest + 1);
+      if (p) {
+        partial = p;
+        memcpy(partial + partial_len, buf + start, rest);
+        partial_len += rest;
+      }
+    }
+  }
+}
+
+void journal_poll(struct daemon *d)
+{
+  char path[4096];
+  journal_path(d->cfg->state_dir, path, sizeof path);
+  if (fd == -1) {
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+      return;
+    struct stat st;
+    fstat(fd, &st);
+    ino = st.st_ino;
+  }
+  read_new();
+  struct stat st;
+  if (stat(path, &st) == 0 && st.st_ino != ino) { /* rotated: finish the old, follow the new */
+    read_new();
+    close(fd);
+    partial_len = 0;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+      return;
+    fstat(fd, &st);
+    ino = st.st_ino;
+    read_new();
+  }
+}
+
+/* The last N events (of CLIENT's journal if not NULL), oldest first.  Reads
+ * the tail of the file only; the rotated .1 fills in if the file is short. */
+static void tail_file(const char *path, size_t n, json_t *out)
+{
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f == -1)
+    return;
+  struct stat st;
+  if (fstat(f, &st) == -1) {
+    close(f);
+    return;
+  }
+  /* Read backwards in growing windows until N lines are in. */
+  size_t want = 4096 * (n + 1);
+  off_t size = st.st_size;
+  for (;;) {
+    off_t from = size > (off_t)want ? size - (off_t)want : 0;
+    size_t len = (size_t)(size - from);
+    char *buf = malloc(len + 1);
+    if (!buf || tb_pread_full(f, buf, len, (uint64_t)from) == -1) {
+      free(buf);
+      break;
+    }
+    buf[len] = '\0';
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++)
+      lines += buf[i] == '\n';
+    if (lines > n || from == 0) {
+      /* Skip the first (maybe partial) line unless we read from the start. */
+      char *p = buf;
+      if (from > 0) {
+        char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : buf + len;
+      }
+      json_t *all = json_array();
+      char *save;
+      for (char *line = strtok_r(p, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *ev = json_loads(line, 0, NULL);
+        if (json_is_object(ev))
+          json_array_append_new(all, ev);
+        else
+          json_decref(ev);
+      }
+      size_t total = json_array_size(all);
+      for (size_t i = total > n ? total - n : 0; i < total; i++)
+        json_array_append(out, json_array_get(all, i));
+      json_decref(all);
+      free(buf);
+      break;
+    }
+    free(buf);
+    want *= 4;
+  }
+  close(f);
+}
+
+json_t *journal_last(const char *state, const char *client, size_t n)
+{
+  char path[4096], old[4200];
+  json_t *out = json_array();
+  if (n == 0)
+    return out;
+  if (client) {
+    if (tb_store_client_path(state, client, "events.jsonl", path, sizeof path) == -1)
+      return out;
+  } else {
+    journal_path(state, path, sizeof path);
+  }
+  json_t *recent = json_array();
+  tail_file(path, n, recent);
+  if (json_array_size(recent) < n) {
+    snprintf(old, sizeof old, "%s.1", path);
+    tail_file(old, n - json_array_size(recent), out);
+  }
+  json_array_extend(out, recent);
+  json_decref(recent);
+  return out;
+}

@@ -1,0 +1,142 @@
+/* tabula-restored: Prometheus metrics in node exporter's textfile format.
+ *
+ * Every "metrics.interval" (default 15 s) the daemon writes "metrics.file"
+ * atomically (a temporary in the same directory, then rename), as the
+ * textfile collector requires.  Per-client gauges come from the state
+ * directory (session.json, the lock); counters (sessions, bytes, errors) from
+ * the session-end events the daemon has seen since it started.
+ */
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "session.h"
+#include "store.h"
+
+struct buf {
+  char *p;
+  size_t len, cap;
+};
+
+static void add(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(struct buf *b, const char *fmt, ...)
+{
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+      return;
+    if (b->p && b->len + (size_t)n < b->cap) {
+      b->len += (size_t)n;
+      return;
+    }
+    size_t cap = b->cap ? b->cap * 2 : 16384;
+    while (cap < b->len + (size_t)n + 1)
+      cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+      return;
+    b->p = p;
+    b->cap = cap;
+  }
+}
+
+static void header(struct buf *b, const char *name, const char *type, const char *help)
+{
+  add(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void metrics_write(struct daemon *d)
+{
+  const struct tb_config *cfg = d->cfg;
+  struct buf b = {0};
+  bool up = d->nbdkit.n > 0;
+  for (int i = 0; i < d->nbdkit.n; i++)
+    up = up && d->nbdkit.inst[i].ready;
+  header(&b, "tabula_up", "gauge", "1 while tabula-restored runs");
+  add(&b, "tabula_up 1\n");
+  header(&b, "tabula_nbdkit_up", "gauge", "1 while nbdkit serves");
+  add(&b, "tabula_nbdkit_up %d\n", up);
+  header(&b, "tabula_nbdkit_restarts_total", "counter", "nbdkit restarts since the daemon started");
+  add(&b, "tabula_nbdkit_restarts_total %d\n", d->nbdkit.restarts);
+  header(&b, "tabula_merges_total", "counter",
+         "merges finished (or failed) since the daemon started");
+  add(&b, "tabula_merges_total %llu\n", (unsigned long long)d->merges);
+  json_t *wh = webhooks_status();
+  header(&b, "tabula_webhook_sent_total", "counter", "webhook deliveries that succeeded");
+  add(&b, "tabula_webhook_sent_total %lld\n",
+      (long long)json_integer_value(json_object_get(wh, "sent")));
+  header(&b, "tabula_webhook_failed_total", "counter",
+         "webhook deliveries that failed after retries");
+  add(&b, "tabula_webhook_failed_total %lld\n",
+      (long long)json_integer_value(json_object_get(wh, "failed")));
+  header(&b, "tabula_webhook_dropped_total", "counter", "events dropped from a full webhook queue");
+  add(&b, "tabula_webhook_dropped_total %lld\n",
+      (long long)json_integer_value(json_object_get(wh, "dropped")));
+  json_decref(wh);
+  header(&b, "tabula_clients", "gauge", "configured clients");
+  add(&b, "tabula_clients %zu\n", cfg->n_clients);
+
+  json_t *clients;
+  clients_status_json(d, &clients);
+  static const struct {
+    const char *name, *type, *help;
+  } per[] = {
+      {"tabula_client_active", "gauge", "1 while the client is in a session"},
+      {"tabula_client_dirty_bytes", "gauge",
+       "bytes of the client's overlay that differ from its base"},
+      {"tabula_client_session", "gauge", "the client's current or last session number"},
+      {"tabula_client_sessions_total", "counter", "sessions ended since the daemon started"},
+      {"tabula_client_read_bytes_total", "counter",
+       "bytes read by ended sessions since the daemon started"},
+      {"tabula_client_written_bytes_total", "counter",
+       "bytes written by ended sessions since the daemon started"},
+      {"tabula_client_errors_total", "counter",
+       "I/O errors of ended sessions since the daemon started"},
+  };
+  for (size_t m = 0; m < sizeof per / sizeof *per; m++) {
+    header(&b, per[m].name, per[m].type, per[m].help);
+    size_t i;
+    json_t *c;
+    json_array_foreach(clients, i, c)
+    {
+      const char *id = json_string_value(json_object_get(c, "id"));
+      struct client_counters *cc = counters_for(id);
+      unsigned long long v = 0;
+      switch (m) {
+      case 0:
+        v = strcmp(json_string_value(json_object_get(c, "state")), "active") == 0;
+        break;
+      case 1:
+        v = (unsigned long long)json_integer_value(json_object_get(c, "dirty_bytes"));
+        break;
+      case 2:
+        v = (unsigned long long)json_integer_value(json_object_get(c, "session"));
+        break;
+      case 3:
+        v = cc ? cc->sessions : 0;
+        break;
+      case 4:
+        v = cc ? cc->bytes_read : 0;
+        break;
+      case 5:
+        v = cc ? cc->bytes_written : 0;
+        break;
+      case 6:
+        v = cc ? cc->errors : 0;
+        break;
+      }
+      add(&b, "%s{client=\"%s\"} %llu\n", per[m].name, id, v);
+    }
+  }
+  json_decref(clients);
+  if (b.p && tb_write_file_atomic(cfg->metrics_file, b.p, b.len, 0644) == -1)
+    log_msg("metrics: %s", tb_errmsg());
+  free(b.p);
+}

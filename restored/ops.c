@@ -1,0 +1,980 @@
+/* tabula-restored: the control operations.
+ *
+ * Each request {"op": NAME, ...} is checked strictly (unknown operation,
+ * missing or wrongly typed argument, unknown client: an error reply naming
+ * the problem) and then answered from the state directory, which is the
+ * truth: session.json (written by the plugin), the mailbox, overlay headers,
+ * retained sessions and manifests.  Nothing here changes a client's overlay:
+ * actions go to the mailbox (lib/mailbox.h), applied by the plugin at the
+ * next session start.  Merges are queued to the job thread (jobs.c).
+ *
+ * Version references (what `image rm` and `image gc` must keep): every
+ * client's next version (mailbox image and pin, configured version, else the
+ * newest), every overlay's and retained session's base, and for gc the newest
+ * version of every image.
+ */
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "events.h"
+#include "mailbox.h"
+#include "overlay.h"
+#include "session.h"
+#include "store.h"
+
+/* ---- replies ------------------------------------------------------------------------ */
+
+json_t *reply_ok(json_t *result)
+{
+  return json_pack("{s:b, s:o}", "ok", 1, "result", result ? result : json_object());
+}
+
+json_t *reply_error(const char *fmt, ...)
+{
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
+}
+
+static json_t *reply_lib_error(void)
+{
+  return reply_error("%s", tb_errmsg());
+}
+
+/* ---- arguments ------------------------------------------------------------------------ */
+
+struct args {
+  json_t *req;
+  const char *op;
+  char err[512];
+};
+
+/* A string argument; REQUIRED or not.  Sets a.err on a problem. */
+static const char *arg_str(struct args *a, const char *key, bool required)
+{
+  json_t *v = json_object_get(a->req, key);
+  if (!v || json_is_null(v)) {
+    if (required && !a->err[0])
+      snprintf(a->err, sizeof a->err, "%s: missing argument \"%s\"", a->op, key);
+    return NULL;
+  }
+  if (!json_is_string(v)) {
+    if (!a->err[0])
+      snprintf(a->err, sizeof a->err, "%s: argument \"%s\" must be a string", a->op, key);
+    return NULL;
+  }
+  return json_string_value(v);
+}
+
+static int64_t arg_int(struct args *a, const char *key, bool required, int64_t min, int64_t max,
+                       int64_t dflt)
+{
+  json_t *v = json_object_get(a->req, key);
+  if (!v || json_is_null(v)) {
+    if (required && !a->err[0])
+      snprintf(a->err, sizeof a->err, "%s: missing argument \"%s\"", a->op, key);
+    return dflt;
+  }
+  if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+    if (!a->err[0])
+      snprintf(a->err, sizeof a->err, "%s: argument \"%s\" must be an integer from %lld to %lld",
+               a->op, key, (long long)min, (long long)max);
+    return dflt;
+  }
+  return json_integer_value(v);
+}
+
+static bool arg_bool(struct args *a, const char *key)
+{
+  json_t *v = json_object_get(a->req, key);
+  if (v && !json_is_boolean(v) && !json_is_null(v) && !a->err[0])
+    snprintf(a->err, sizeof a->err, "%s: argument \"%s\" must be true or false", a->op, key);
+  return json_is_true(v);
+}
+
+/* Only the listed keys (besides "op") may appear. */
+static void check_keys(struct args *a, const char *const *keys)
+{
+  const char *key;
+  json_t *v;
+  json_object_foreach(a->req, key, v)
+  {
+    if (strcmp(key, "op") == 0)
+      continue;
+    bool known = false;
+    for (size_t i = 0; keys[i] && !known; i++)
+      known = strcmp(keys[i], key) == 0;
+    if (!known && !a->err[0])
+      snprintf(a->err, sizeof a->err, "%s: unknown argument \"%.64s\"", a->op, key);
+  }
+}
+
+/* The configured client named by argument "client". */
+static const struct tb_client_conf *arg_client(struct daemon *d, struct args *a)
+{
+  const char *id = arg_str(a, "client", true);
+  if (!id)
+    return NULL;
+  if (!tb_name_valid(id)) {
+    snprintf(a->err, sizeof a->err, "invalid client id \"%.80s\"", id);
+    return NULL;
+  }
+  const struct tb_client_conf *c = tb_config_client(d->cfg, id);
+  if (!c)
+    snprintf(a->err, sizeof a->err, "no client \"%s\" in %s (see tabulactl clients)", id,
+             d->config_file);
+  return c;
+}
+
+/* ---- client state ------------------------------------------------------------------------ */
+
+static json_t *read_json_file(const char *path)
+{
+  size_t len;
+  char *text = tb_read_file(path, 1024 * 1024, &len);
+  if (!text)
+    return NULL;
+  json_t *v = json_loadb(text, len, 0, NULL);
+  free(text);
+  return v;
+}
+
+static uint64_t disk_bytes(const char *path)
+{
+  struct stat st;
+  return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+}
+
+static json_t *pending_json(const struct tb_mailbox *mb)
+{
+  json_t *p = json_array();
+  char buf[128];
+  if (mb->rollback)
+    json_array_append_new(p, json_string("rollback"));
+  if (mb->refresh)
+    json_array_append_new(p, json_string("refresh"));
+  if (mb->restore > 0) {
+    snprintf(buf, sizeof buf, "restore %lld", (long long)mb->restore);
+    json_array_append_new(p, json_string(buf));
+  }
+  if (mb->image[0]) {
+    snprintf(buf, sizeof buf, "image %s", mb->image);
+    json_array_append_new(p, json_string(buf));
+  }
+  if (mb->lockdown[0]) {
+    snprintf(buf, sizeof buf, "lockdown: %.100s", mb->lockdown);
+    json_array_append_new(p, json_string(buf));
+  }
+  return p;
+}
+
+/* Exact dirty bytes of an overlay file (opens it read-only with its base). */
+static int overlay_dirty(const char *state, const char *path, struct tb_overlay_info *info)
+{
+  if (tb_overlay_read_info(path, info) == -1)
+    return -1;
+  char base[TB_PATH_MAX];
+  struct tb_base_id id;
+  if (tb_base_lookup(state, info->base.image, info->base.version, &id, base, sizeof base, NULL) ==
+      -1)
+    return -1;
+  struct tb_overlay *o = tb_overlay_open(path, base, &id, TB_OVL_RDONLY);
+  if (!o)
+    return -1;
+  tb_overlay_info(o, info);
+  tb_overlay_close(o);
+  return 0;
+}
+
+static json_t *session_entry(const char *state, const char *id, uint64_t n, bool exact)
+{
+  char path[TB_PATH_MAX];
+  if (tb_client_session_path(state, id, n, path, sizeof path) == -1)
+    return NULL;
+  json_t *s = json_pack("{s:I}", "session", (json_int_t)n);
+  struct tb_overlay_info info;
+  int r = exact ? overlay_dirty(state, path, &info) : tb_overlay_read_info(path, &info);
+  if (r == 0) {
+    json_object_set_new(s, "image", json_string(info.base.image));
+    json_object_set_new(s, "version", json_integer(info.base.version));
+    if (exact)
+      json_object_set_new(s, "dirty_bytes",
+                          json_integer((json_int_t)(info.dirty_blocks * info.block_size)));
+  } else {
+    json_object_set_new(s, "error", json_string(tb_errmsg()));
+  }
+  json_object_set_new(s, "disk_bytes", json_integer((json_int_t)disk_bytes(path)));
+  struct stat st;
+  if (stat(path, &st) == 0) {
+    char iso[32];
+    tb_iso_time((int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000, iso);
+    json_object_set_new(s, "ended", json_string(iso));
+  }
+  return s;
+}
+
+static json_t *sessions_json(const char *state, const char *id, bool exact)
+{
+  json_t *arr = json_array();
+  uint64_t *nums;
+  size_t n;
+  if (tb_client_sessions(state, id, &nums, &n) == -1)
+    return arr;
+  for (size_t i = 0; i < n; i++) {
+    json_t *s = session_entry(state, id, nums[i], exact);
+    if (s)
+      json_array_append_new(arr, s);
+  }
+  free(nums);
+  return arr;
+}
+
+/* One client's state.  DETAIL adds exact dirty bytes, the last session and
+ * the retained sessions (it opens overlays: fine for one client, not for 500). */
+static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, bool detail)
+{
+  const char *state = d->cfg->state_dir;
+  json_t *o = json_pack("{s:s}", "id", c->id);
+  if (c->group[0])
+    json_object_set_new(o, "group", json_string(c->group));
+  json_object_set_new(o, "policy",
+                      json_string(c->policy == TB_POLICY_PERSIST ? "persist" : "rollback"));
+  json_object_set_new(o, "keep_sessions", json_integer(c->keep_sessions));
+
+  struct tb_mailbox mb;
+  if (tb_mailbox_read(state, c->id, &mb) == -1) {
+    json_object_set_new(o, "mailbox_error", json_string(tb_errmsg()));
+    memset(&mb, 0, sizeof mb);
+  }
+  json_object_set_new(o, "pinned", json_boolean(mb.pin || c->version));
+  char image[TB_NAME_MAX + 1];
+  uint32_t next = 0;
+  if (tb_client_target(state, c, image, &next) == 0) {
+    json_object_set_new(o, "next_image", json_string(image));
+    json_object_set_new(o, "next_version", json_integer(next));
+  } else {
+    json_object_set_new(o, "next_image", json_string(mb.image[0] ? mb.image : c->image));
+    json_object_set_new(o, "next_version", json_integer(0));
+    json_object_set_new(o, "next_error", json_string(tb_errmsg()));
+  }
+
+  char ovl[TB_PATH_MAX], sj[TB_PATH_MAX];
+  tb_store_client_path(state, c->id, "overlay", ovl, sizeof ovl);
+  tb_store_client_path(state, c->id, "session.json", sj, sizeof sj);
+  struct tb_overlay_info info;
+  bool have_overlay = access(ovl, F_OK) == 0;
+  bool have_info = have_overlay && (detail ? overlay_dirty(state, ovl, &info) == 0
+                                           : tb_overlay_read_info(ovl, &info) == 0);
+  if (have_info) {
+    json_object_set_new(o, "image", json_string(info.base.image));
+    json_object_set_new(o, "version", json_integer(info.base.version));
+  } else {
+    json_object_set_new(o, "image", json_string(mb.image[0] ? mb.image : c->image));
+    json_object_set_new(o, "version", json_integer(0));
+    if (have_overlay)
+      json_object_set_new(o, "overlay_error", json_string(tb_errmsg()));
+  }
+  json_t *sess = read_json_file(sj);
+  bool locked = tb_client_locked(state, c->id);
+  const char *st = !locked ? (sess ? "idle" : "new")
+                   : sess && strcmp(json_string_value(json_object_get(sess, "state"))
+                                        ? json_string_value(json_object_get(sess, "state"))
+                                        : "",
+                                    "active") == 0
+                       ? "active"
+                       : "busy";
+  json_object_set_new(o, "state", json_string(st));
+  json_object_set_new(o, "session", json_incref(json_object_get(sess, "session")));
+  uint64_t dirty = 0;
+  if (have_info && detail)
+    dirty = info.dirty_blocks * info.block_size;
+  else if (have_overlay && json_is_integer(json_object_get(sess, "dirty_bytes")))
+    dirty = (uint64_t)json_integer_value(json_object_get(sess, "dirty_bytes"));
+  json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)dirty));
+  json_object_set_new(o, "disk_bytes", json_integer((json_int_t)disk_bytes(ovl)));
+  json_object_set_new(o, "pending", pending_json(&mb));
+  bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
+  json_object_set_new(o, "keeps_overlay", json_boolean(have_overlay && !discard));
+  const struct client_sched *sch = schedule_for(c->id);
+  if (c->refresh) {
+    json_object_set_new(o, "refresh", json_string(c->refresh));
+    if (sch) {
+      char iso[32];
+      tb_iso_time(sch->next_ms, iso);
+      json_object_set_new(o, "next_refresh", json_string(iso));
+    }
+  }
+  if (detail) {
+    if (sess)
+      json_object_set(o, "last_session", sess);
+    json_object_set_new(o, "sessions", sessions_json(state, c->id, true));
+    struct client_counters *cc = counters_for(c->id);
+    if (cc)
+      json_object_set_new(o, "since_daemon_start",
+                          json_pack("{s:I, s:I, s:I, s:I}", "sessions", (json_int_t)cc->sessions,
+                                    "bytes_read", (json_int_t)cc->bytes_read, "bytes_written",
+                                    (json_int_t)cc->bytes_written, "errors",
+                                    (json_int_t)cc->errors));
+  }
+  json_decref(sess);
+  return o;
+}
+
+int clients_status_json(struct daemon *d, json_t **out)
+{
+  json_t *arr = json_array();
+  for (size_t i = 0; i < d->cfg->n_clients; i++)
+    json_array_append_new(arr, client_json(d, &d->cfg->clients[i], false));
+  *out = arr;
+  return 0;
+}
+
+/* ---- status, clients, client, sessions ---------------------------------------------------- */
+
+static json_t *op_status(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {NULL};
+  check_keys(a, keys);
+  if (a->err[0])
+    return reply_error("%s", a->err);
+  const char *state = d->cfg->state_dir;
+  json_t *daemon =
+      json_pack("{s:I, s:I, s:s, s:s, s:s, s:s}", "pid", (json_int_t)getpid(), "uptime_s",
+                (json_int_t)((tb_now_ms() - d->started_ms) / 1000), "config", d->config_file,
+                "state_dir", state, "control", d->control_path, "version", PACKAGE_VERSION);
+  char sock[TB_PATH_MAX];
+  if (d->cfg->listen_unix)
+    snprintf(sock, sizeof sock, "%s", d->cfg->listen_unix);
+  else
+    snprintf(sock, sizeof sock, "%s/nbd.sock", state);
+  const struct nbdkit_instance *in = &d->nbdkit.inst[0];
+  bool all_ready = d->nbdkit.n > 0;
+  for (int i = 0; i < d->nbdkit.n; i++)
+    all_ready = all_ready && d->nbdkit.inst[i].ready;
+  json_t *nb = json_pack("{s:s, s:I, s:I, s:s}", "state",
+                         all_ready           ? "running"
+                         : in->pid           ? "starting"
+                         : in->restart_at_ms ? "restarting"
+                                             : "stopped",
+                         "pid", (json_int_t)in->pid, "restarts", (json_int_t)d->nbdkit.restarts,
+                         "unix", sock);
+  if (d->cfg->listen_tcp) {
+    json_object_set_new(nb, "tcp", json_string(d->cfg->listen_tcp));
+    json_object_set_new(nb, "tcp_pid", json_integer(d->nbdkit.inst[1].pid));
+  }
+  for (int i = 0; i < d->nbdkit.n; i++)
+    if (d->nbdkit.inst[i].last_exit[0])
+      json_object_set_new(nb, "last_exit", json_string(d->nbdkit.inst[i].last_exit));
+
+  /* Clients: cheap per-client reads only (this must stay fast with 500 clients). */
+  json_int_t active = 0, pending = 0, dirty = 0;
+  for (size_t i = 0; i < d->cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &d->cfg->clients[i];
+    if (tb_client_locked(state, c->id))
+      active++;
+    struct tb_mailbox mb;
+    if (tb_mailbox_read(state, c->id, &mb) == 0 &&
+        (mb.rollback || mb.refresh || mb.restore || mb.lockdown[0]))
+      pending++;
+    char sj[TB_PATH_MAX];
+    if (tb_store_client_path(state, c->id, "session.json", sj, sizeof sj) == 0) {
+      json_t *s = read_json_file(sj);
+      dirty += json_integer_value(json_object_get(s, "dirty_bytes"));
+      json_decref(s);
+    }
+  }
+  json_t *clients = json_pack("{s:I, s:I, s:I, s:I}", "total", (json_int_t)d->cfg->n_clients,
+                              "active", active, "pending", pending, "dirty_bytes", dirty);
+  json_t *images = json_array();
+  char **names;
+  size_t n;
+  if (tb_store_images(state, &names, &n) == 0) {
+    for (size_t i = 0; i < n; i++) {
+      uint32_t *vers;
+      size_t nv;
+      if (tb_store_versions(state, names[i], &vers, &nv) == 0) {
+        json_array_append_new(images, json_pack("{s:s, s:I, s:I}", "name", names[i], "latest",
+                                                (json_int_t)(nv ? vers[nv - 1] : 0), "versions",
+                                                (json_int_t)nv));
+        free(vers);
+      }
+    }
+    tb_strv_free(names, n);
+  }
+  return reply_ok(json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "daemon", daemon, "nbdkit", nb,
+                            "clients", clients, "images", images, "jobs", jobs_status(), "webhooks",
+                            webhooks_status()));
+}
+
+static json_t *op_clients(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {NULL};
+  check_keys(a, keys);
+  if (a->err[0])
+    return reply_error("%s", a->err);
+  json_t *arr;
+  clients_status_json(d, &arr);
+  return reply_ok(json_pack("{s:o}", "clients", arr));
+}
+
+static json_t *op_client(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"client", NULL};
+  check_keys(a, keys);
+  const struct tb_client_conf *c = arg_client(d, a);
+  if (!c || a->err[0])
+    return reply_error("%s", a->err);
+  return reply_ok(client_json(d, c, true));
+}
+
+static json_t *op_sessions(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"client", NULL};
+  check_keys(a, keys);
+  const struct tb_client_conf *c = arg_client(d, a);
+  if (!c || a->err[0])
+    return reply_error("%s", a->err);
+  return reply_ok(json_pack("{s:s, s:o}", "client", c->id, "sessions",
+                            sessions_json(d->cfg->state_dir, c->id, true)));
+}
+
+/* ---- mailbox actions ---------------------------------------------------------------------- */
+
+struct mb_edit {
+  const char *op;
+  int64_t restore;
+  char image[TB_NAME_MAX + 1];
+  uint32_t version;
+};
+
+static int edit_mailbox(struct tb_mailbox *mb, void *ctx)
+{
+  const struct mb_edit *e = ctx;
+  if (strcmp(e->op, "rollback") == 0) {
+    mb->rollback = true;
+  } else if (strcmp(e->op, "refresh") == 0) {
+    mb->refresh = true;
+  } else if (strcmp(e->op, "restore") == 0) {
+    mb->restore = e->restore;
+  } else if (strcmp(e->op, "reimage") == 0) {
+    snprintf(mb->image, sizeof mb->image, "%s", e->image);
+    mb->pin = e->version;
+    mb->rollback = true;
+    mb->restore = 0;
+  } else if (strcmp(e->op, "pin") == 0) {
+    mb->pin = e->version;
+  } else if (strcmp(e->op, "unpin") == 0) {
+    mb->pin = 0;
+  }
+  return 0;
+}
+
+static json_t *post(struct daemon *d, const struct tb_client_conf *c, struct mb_edit *e,
+                    json_t *event_fields, const char *message)
+{
+  if (tb_mailbox_update(d->cfg->state_dir, c->id, edit_mailbox, e) == -1) {
+    json_decref(event_fields);
+    return reply_lib_error();
+  }
+  bool live = tb_client_locked(d->cfg->state_dir, c->id);
+  json_object_set_new(event_fields, "applies", json_string("next-session"));
+  tb_event(d->cfg->state_dir, e->op, c->id, event_fields);
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s%s", message,
+           live ? " (a session is running: it applies when the next one starts)" : "");
+  return reply_ok(json_pack("{s:s, s:s, s:b, s:s}", "client", c->id, "action", e->op, "live", live,
+                            "message", msg));
+}
+
+static json_t *op_rollback(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"client", NULL};
+  check_keys(a, keys);
+  const struct tb_client_conf *c = arg_client(d, a);
+  if (!c || a->err[0])
+    return reply_error("%s", a->err);
+  struct mb_edit e = {.op = "rollback"};
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: rollback at the next session start", c->id);
+  return post(d, c, &e, json_object(), msg);
+}
+
+static json_t *op_restore(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"client", "session", NULL};
+  check_keys(a, keys);
+  const struct tb_client_conf *c = arg_client(d, a);
+  int64_t n = arg_int(a, "session", true, 1, INT64_MAX, 0);
+  if (!c || a->err[0])
+    return reply_error("%s", a->err);
+  char path[TB_PATH_MAX];
+  struct tb_overlay_info info;
+  if (tb_client_session_path(d->cfg->state_dir, c->id, (uint64_t)n, path, sizeof path) == -1)
+    return reply_lib_error();
+  if (access(path, F_OK) == -1)
+    return reply_error("client %s has no retained session %lld (see tabulactl sessions %s)", c->id,
+                       (long long)n, c->id);
+  if (tb_overlay_read_info(path, &info) == -1)
+    return reply_lib_error();
+  struct tb_manifest *m = tb_manifest_load(d->cfg->state_dir, info.base.image, info.base.version);
+  if (!m)
+    return reply_error("cannot restore session %lld of %s: its base %s@%u is gone", (long long)n,
+                       c->id, info.base.image, info.base.version);
+  tb_manifest_free(m);
+  struct mb_edit e = {.op = "restore", .restore = n};
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "%s: session %lld (on %s@%u) becomes the overlay at the next session "
+           "start",
+           c->id, (long long)n, info.base.image, info.base.version);
+  return post(d, c, &e, json_pack("{s:I}", "session", (json_int_t)n), msg);
+}
+
+static json_t *op_reimage(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"client", "image", "version", NULL};
+  check_keys(a, keys);
+  const struct tb_client_conf *c = arg_client(d, a);
+  const char *image = arg_str(a, "image", true);
+  int64_t ver = arg_int(a, "version", false, 1, UINT32_MAX, 0);
+  if (!c || a->err[0])
+    return reply_error("%s", a->err);
+  if (!tb_name_valid(image))
+    return reply_error("invalid image name \"%.80s\"", image);
+  uint32_t v = (uint32_t)ver;
+  if (v) {
+    struct tb_manifest *m = tb_manifest_load(d->cfg->state_dir, image, v);
+    if (!m)
+      return reply_error("image %s has no version %u (see tabulactl image list)", image, v);
+    tb_manifest_free(m);
+  } else if (!tb_store_latest(d->cfg->state_dir, image)) {
+    return reply_error("image %s has no versions (import one with tabulactl image import)", image);
+  }
+  struct mb_edit e = {.op = "reimage", .version = v};
+  snprintf(e.image, sizeof e.image, "%s", image);
+  char msg[256];
+  if (v)
+    snprintf(msg, sizeof msg, "%s: the next session starts on %s@%u, overlay discarded", c->id,
+             image, v);
+  else
+    snprintf(msg, sizeof msg, "%s: the next session starts on the newest %s, overlay discarded",
+             c->id, image);
+  return post(d, c, &e, json_pack("{s:s, s:I}", "image", image, "version", (json_int_t)v), msg);
+}
+
+static json_t *op_pin(struct daemon *d, struct args *a, bool pin)
+{
+  static const char *const pin_keys[] = {"client", "version", NULL};
+  static const char *const unpin_keys[] = {"client", NULL};
+  check_keys(a, pin ? pin_keys : unpin_keys);
+  const struct tb_client_conf *c = arg_client(d, a);
+  int64_t ver = pin ? arg_int(a, "version", true, 1, UINT32_MAX, 0) : 0;
+  if (!c || a->err[0])
+    return reply_error("%s", a->err);
+  struct tb_mailbox mb;
+  if (tb_mailbox_read(d->cfg->state_dir, c->id, &mb) == -1)
+    return reply_lib_error();
+  const char *image = mb.image[0] ? mb.image : c->image;
+  char msg[512];
+  if (pin) {
+    struct tb_manifest *m = tb_manifest_load(d->cfg->state_dir, image, (uint32_t)ver);
+    if (!m)
+      return reply_error("image %s has no version %lld (see tabulactl image list)", image,
+                         (long long)ver);
+    tb_manifest_free(m);
+    snprintf(msg, sizeof msg, "%s: pinned to %s@%lld%s", c->id, image, (long long)ver,
+             c->policy == TB_POLICY_PERSIST
+                 ? "; its overlay stays on its version until tabulactl refresh"
+                 : ", from its next session");
+  } else if (c->version) {
+    snprintf(msg, sizeof msg,
+             "%s: unpinned in the mailbox, but the configuration still pins it "
+             "to version %u",
+             c->id, c->version);
+  } else {
+    snprintf(msg, sizeof msg, "%s: unpinned, follows the newest %s", c->id, image);
+  }
+  struct mb_edit e = {.op = pin ? "pin" : "unpin", .version = (uint32_t)ver};
+  return post(d, c, &e,
+              pin ? json_pack("{s:s, s:I}", "image", image, "version", (json_int_t)ver)
+                  : json_object(),
+              msg);
+}
+
+static json_t *op_refresh(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"client", "group", NULL};
+  check_keys(a, keys);
+  const char *group = arg_str(a, "group", false);
+  if (a->err[0])
+    return reply_error("%s", a->err);
+  if (!group) {
+    const struct tb_client_conf *c = arg_client(d, a);
+    if (!c)
+      return reply_error("%s", a->err);
+    struct mb_edit e = {.op = "refresh"};
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: moves to its current version at the next session start", c->id);
+    return post(d, c, &e, json_object(), msg);
+  }
+  if (json_object_get(a->req, "client"))
+    return reply_error("refresh: give \"client\" or \"group\", not both");
+  json_t *ids = json_array();
+  for (size_t i = 0; i < d->cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &d->cfg->clients[i];
+    if (strcmp(c->group, group) != 0)
+      continue;
+    struct mb_edit e = {.op = "refresh"};
+    if (tb_mailbox_update(d->cfg->state_dir, c->id, edit_mailbox, &e) == -1) {
+      json_decref(ids);
+      return reply_lib_error();
+    }
+    tb_eventf(d->cfg->state_dir, "refresh", c->id, "{s:s, s:s}", "group", group, "applies",
+              "next-session");
+    json_array_append_new(ids, json_string(c->id));
+  }
+  if (json_array_size(ids) == 0) {
+    json_decref(ids);
+    return reply_error("no client is in group \"%s\" (see \"groups\" in %s)", group,
+                       d->config_file);
+  }
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "group %s: %zu clients move to their current version at their next "
+           "session start",
+           group, json_array_size(ids));
+  return reply_ok(json_pack("{s:s, s:o, s:s}", "group", group, "clients", ids, "message", msg));
+}
+
+/* ---- merge --------------------------------------------------------------------------------- */
+
+static json_t *op_merge(struct daemon *d, struct conn *conn, struct args *a)
+{
+  static const char *const keys[] = {"client", "into", "note", "session", "progress", NULL};
+  check_keys(a, keys);
+  const struct tb_client_conf *c = arg_client(d, a);
+  const char *into = arg_str(a, "into", true);
+  const char *note = arg_str(a, "note", false);
+  int64_t session = arg_int(a, "session", false, 1, INT64_MAX, 0);
+  bool progress = arg_bool(a, "progress");
+  if (!c || a->err[0])
+    return reply_error("%s", a->err);
+  if (!tb_name_valid(into))
+    return reply_error("invalid image name \"%.80s\"", into);
+  if (tb_client_locked(d->cfg->state_dir, c->id))
+    return reply_error("client %s is in a session (or busy); merge it when its session has "
+                       "ended",
+                       c->id);
+  struct merge_request *r = calloc(1, sizeof *r);
+  if (!r)
+    return reply_error("out of memory");
+  snprintf(r->client, sizeof r->client, "%s", c->id);
+  snprintf(r->into, sizeof r->into, "%s", into);
+  r->note = note ? strdup(note) : NULL;
+  r->session = session;
+  r->progress = progress;
+  r->conn_id = conn_id(conn);
+  char err[512];
+  if (jobs_submit_merge(d, r, err, sizeof err) == -1)
+    return reply_error("%s", err);
+  conn_wait(conn);
+  return NULL;
+}
+
+/* ---- references, image rm and gc ----------------------------------------------------------- */
+
+struct ref {
+  char image[TB_NAME_MAX + 1];
+  uint32_t version;
+  char why[96];
+};
+struct refs {
+  struct ref *v;
+  size_t n, cap;
+};
+
+static void ref_add(struct refs *r, const char *image, uint32_t version, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void ref_add(struct refs *r, const char *image, uint32_t version, const char *fmt, ...)
+{
+  if (!version)
+    return;
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 64;
+    struct ref *n = realloc(r->v, cap * sizeof *n);
+    if (!n)
+      return;
+    r->v = n;
+    r->cap = cap;
+  }
+  struct ref *e = &r->v[r->n++];
+  snprintf(e->image, sizeof e->image, "%s", image);
+  e->version = version;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->why, sizeof e->why, fmt, ap);
+  va_end(ap);
+}
+
+static void ref_overlay(struct refs *r, const char *path, const char *why)
+{
+  struct tb_overlay_info info;
+  if (tb_overlay_read_info(path, &info) == 0)
+    ref_add(r, info.base.image, info.base.version, "%s", why);
+}
+
+/* Every reference to a version (see the top of this file).  Client
+ * directories in the state dir count even if the client left the config. */
+static void collect_refs(struct daemon *d, struct refs *r)
+{
+  const char *state = d->cfg->state_dir;
+  for (size_t i = 0; i < d->cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &d->cfg->clients[i];
+    char image[TB_NAME_MAX + 1];
+    uint32_t v;
+    if (tb_client_target(state, c, image, &v) == 0)
+      ref_add(r, image, v, "%s (its next session)", c->id);
+    if (c->version)
+      ref_add(r, c->image, c->version, "%s (pinned in the configuration)", c->id);
+  }
+  char dir[TB_PATH_MAX];
+  if (tb_path(dir, sizeof dir, "%s/clients", state) == -1)
+    return;
+  DIR *dp = opendir(dir);
+  struct dirent *e;
+  while (dp && (e = readdir(dp))) {
+    if (!tb_name_valid(e->d_name))
+      continue;
+    char p[TB_PATH_MAX];
+    if (tb_store_client_path(state, e->d_name, "overlay", p, sizeof p) == 0) {
+      char why[96];
+      snprintf(why, sizeof why, "%s (its overlay)", e->d_name);
+      ref_overlay(r, p, why);
+    }
+    struct tb_mailbox mb;
+    if (tb_mailbox_read(state, e->d_name, &mb) == 0 && mb.pin) {
+      const struct tb_client_conf *c = tb_config_client(d->cfg, e->d_name);
+      ref_add(r, mb.image[0] ? mb.image : c ? c->image : "", mb.pin, "%s (pinned)", e->d_name);
+    }
+    uint64_t *nums;
+    size_t n;
+    if (tb_client_sessions(state, e->d_name, &nums, &n) == 0) {
+      for (size_t k = 0; k < n; k++)
+        if (tb_client_session_path(state, e->d_name, nums[k], p, sizeof p) == 0) {
+          char why[96];
+          snprintf(why, sizeof why, "%s (retained session %llu)", e->d_name,
+                   (unsigned long long)nums[k]);
+          ref_overlay(r, p, why);
+        }
+      free(nums);
+    }
+  }
+  if (dp)
+    closedir(dp);
+}
+
+static const char *refs_of(const struct refs *r, const char *image, uint32_t v, char *buf,
+                           size_t len)
+{
+  buf[0] = '\0';
+  for (size_t i = 0; i < r->n; i++) {
+    if (r->v[i].version != v || strcmp(r->v[i].image, image) != 0)
+      continue;
+    size_t n = strlen(buf);
+    if (n + strlen(r->v[i].why) + 3 >= len)
+      break;
+    snprintf(buf + n, len - n, "%s%s", n ? ", " : "", r->v[i].why);
+  }
+  return buf[0] ? buf : NULL;
+}
+
+static json_t *op_image_rm(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"image", "version", NULL};
+  check_keys(a, keys);
+  const char *image = arg_str(a, "image", true);
+  int64_t ver = arg_int(a, "version", true, 1, UINT32_MAX, 0);
+  if (a->err[0])
+    return reply_error("%s", a->err);
+  if (!tb_name_valid(image))
+    return reply_error("invalid image name \"%.80s\"", image);
+  struct tb_manifest *m = tb_manifest_load(d->cfg->state_dir, image, (uint32_t)ver);
+  if (!m)
+    return reply_error("no version %s@%lld (see tabulactl image list)", image, (long long)ver);
+  tb_manifest_free(m);
+  struct refs r = {0};
+  collect_refs(d, &r);
+  char why[1024];
+  const char *used = refs_of(&r, image, (uint32_t)ver, why, sizeof why);
+  json_t *reply;
+  char path[TB_PATH_MAX];
+  uint64_t bytes = 0;
+  if (tb_store_version_path(d->cfg->state_dir, image, (uint32_t)ver, path, sizeof path) == 0)
+    bytes = disk_bytes(path);
+  if (used) {
+    reply = reply_error("%s@%lld is in use, not removed: %s", image, (long long)ver, used);
+  } else if (tb_store_remove_version(d->cfg->state_dir, image, (uint32_t)ver) == -1) {
+    reply = reply_lib_error();
+  } else {
+    tb_eventf(d->cfg->state_dir, "image-rm", NULL, "{s:s, s:I, s:I}", "image", image, "version",
+              (json_int_t)ver, "bytes", (json_int_t)bytes);
+    char msg[256];
+    snprintf(msg, sizeof msg, "removed %s@%lld", image, (long long)ver);
+    reply = reply_ok(json_pack("{s:s, s:I, s:I, s:s}", "image", image, "version", (json_int_t)ver,
+                               "bytes", (json_int_t)bytes, "message", msg));
+  }
+  free(r.v);
+  return reply;
+}
+
+static json_t *op_image_gc(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {"dry_run", NULL};
+  check_keys(a, keys);
+  bool dry = arg_bool(a, "dry_run");
+  if (a->err[0])
+    return reply_error("%s", a->err);
+  const char *state = d->cfg->state_dir;
+  struct refs r = {0};
+  collect_refs(d, &r);
+  json_t *removed = json_array();
+  json_int_t freed = 0, kept = 0;
+  char **names;
+  size_t n;
+  if (tb_store_images(state, &names, &n) == -1) {
+    free(r.v);
+    json_decref(removed);
+    return reply_lib_error();
+  }
+  for (size_t i = 0; i < n; i++) {
+    uint32_t *vers;
+    size_t nv;
+    if (tb_store_versions(state, names[i], &vers, &nv) == -1)
+      continue;
+    for (size_t k = 0; k < nv; k++) {
+      char why[256], path[TB_PATH_MAX];
+      if (k + 1 == nv || refs_of(&r, names[i], vers[k], why, sizeof why)) {
+        kept++;
+        continue;
+      }
+      uint64_t bytes = tb_store_version_path(state, names[i], vers[k], path, sizeof path) == 0
+                           ? disk_bytes(path)
+                           : 0;
+      if (!dry && tb_store_remove_version(state, names[i], vers[k]) == -1) {
+        log_msg("gc: %s", tb_errmsg());
+        kept++;
+        continue;
+      }
+      freed += (json_int_t)bytes;
+      json_array_append_new(removed, json_pack("{s:s, s:I, s:I}", "image", names[i], "version",
+                                               (json_int_t)vers[k], "bytes", (json_int_t)bytes));
+    }
+    free(vers);
+  }
+  tb_strv_free(names, n);
+  free(r.v);
+  int temps = dry ? 0 : tb_store_gc_temp(state);
+  if (!dry)
+    tb_eventf(state, "image-gc", NULL, "{s:O, s:I, s:I}", "removed", removed, "freed_bytes", freed,
+              "temporaries", (json_int_t)(temps > 0 ? temps : 0));
+  return reply_ok(json_pack("{s:b, s:o, s:I, s:I, s:I}", "dry_run", dry, "removed", removed,
+                            "freed_bytes", freed, "kept", kept, "temporaries",
+                            (json_int_t)(temps > 0 ? temps : 0)));
+}
+
+/* ---- events, reload ------------------------------------------------------------------------- */
+
+static json_t *op_events(struct daemon *d, struct conn *conn, struct args *a)
+{
+  static const char *const keys[] = {"follow", "client", "last", NULL};
+  check_keys(a, keys);
+  bool follow = arg_bool(a, "follow");
+  const char *client = arg_str(a, "client", false);
+  int64_t last = arg_int(a, "last", false, 0, 1000000, 20);
+  if (a->err[0])
+    return reply_error("%s", a->err);
+  if (client && !tb_name_valid(client))
+    return reply_error("invalid client id \"%.80s\"", client);
+  json_t *events = journal_last(d->cfg->state_dir, client, (size_t)last);
+  if (!follow)
+    return reply_ok(json_pack("{s:o}", "events", events));
+  size_t i;
+  json_t *ev;
+  json_array_foreach(events, i, ev) conn_send(conn, json_pack("{s:O}", "event", ev));
+  json_decref(events);
+  conn_follow(conn, client);
+  return NULL;
+}
+
+static json_t *op_reload(struct daemon *d, struct args *a)
+{
+  static const char *const keys[] = {NULL};
+  check_keys(a, keys);
+  if (a->err[0])
+    return reply_error("%s", a->err);
+  char err[1024];
+  if (daemon_reload(err, sizeof err) == -1)
+    return reply_error("%s", err);
+  char msg[512];
+  snprintf(msg, sizeof msg, "configuration reloaded from %s (%zu clients)", d->config_file,
+           d->cfg->n_clients);
+  return reply_ok(json_pack("{s:s, s:I, s:s}", "config", d->config_file, "clients",
+                            (json_int_t)d->cfg->n_clients, "message", msg));
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------- */
+
+json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req)
+{
+  struct args a = {.req = req};
+  json_t *op = json_object_get(req, "op");
+  if (!json_is_string(op))
+    return reply_error("missing \"op\": expected a string such as {\"op\": \"status\"}");
+  a.op = json_string_value(op);
+  if (!strcmp(a.op, "status"))
+    return op_status(d, &a);
+  if (!strcmp(a.op, "clients"))
+    return op_clients(d, &a);
+  if (!strcmp(a.op, "client"))
+    return op_client(d, &a);
+  if (!strcmp(a.op, "sessions"))
+    return op_sessions(d, &a);
+  if (!strcmp(a.op, "rollback"))
+    return op_rollback(d, &a);
+  if (!strcmp(a.op, "restore"))
+    return op_restore(d, &a);
+  if (!strcmp(a.op, "merge"))
+    return op_merge(d, c, &a);
+  if (!strcmp(a.op, "reimage"))
+    return op_reimage(d, &a);
+  if (!strcmp(a.op, "pin"))
+    return op_pin(d, &a, true);
+  if (!strcmp(a.op, "unpin"))
+    return op_pin(d, &a, false);
+  if (!strcmp(a.op, "refresh"))
+    return op_refresh(d, &a);
+  if (!strcmp(a.op, "image-rm"))
+    return op_image_rm(d, &a);
+  if (!strcmp(a.op, "image-gc"))
+    return op_image_gc(d, &a);
+  if (!strcmp(a.op, "events"))
+    return op_events(d, c, &a);
+  if (!strcmp(a.op, "reload"))
+    return op_reload(d, &a);
+  return reply_error("unknown operation \"%.64s\" (status, clients, client, sessions, rollback, "
+                     "restore, merge, reimage, pin, unpin, refresh, image-rm, image-gc, events, "
+                     "reload)",
+                     a.op);
+}
