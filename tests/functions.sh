@@ -26,6 +26,10 @@ set -eu
 : "${abs_top_srcdir:=$(cd "$(dirname "$0")/.." && pwd)}"
 
 TB_PLUGIN=$abs_top_builddir/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
+# The test clients may be sanitizer builds too; their exit paths after a
+# refused connection are not worth leak reports.
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
+export ASAN_OPTIONS
 TB_IO=$abs_builddir/plugin-io
 TB_IMPORT=$abs_builddir/plugin-import
 TB_TMP=
@@ -91,11 +95,18 @@ tb_setup()
 
 # The plugin may be built with ASan/UBSan (--enable-sanitizers); nbdkit is not,
 # so the sanitizer runtime must be loaded first for nbdkit to dlopen it.
+# Under that preload nbdkit can deadlock in exit(): glibc's freelocale, called
+# by libp11-kit's destructor, waits on the locale lock (seen with nbdkit 1.32,
+# glibc 2.36; without the preload it exits normally).  That is after the
+# plugin's cleanup, when every session has ended, so tb_stop then finishes it
+# with SIGKILL; -v with the data path quiet lets it see "tabula: cleanup".
 tb_nbdkit_env()
 {
   TB_PRELOAD=
+  TB_NBDKIT_DEBUG=
   if [ -f "$TB_PLUGIN" ] && ldd "$TB_PLUGIN" 2>/dev/null | grep -q libasan; then
     TB_PRELOAD=$(${CC:-cc} -print-file-name=libasan.so)
+    TB_NBDKIT_DEBUG="-v -D nbdkit.backend.datapath=0 -D nbdkit.backend.controlpath=0"
   fi
 }
 
@@ -125,7 +136,7 @@ tb_start_plugin()
   tb_nbdkit_env
   rm -f "$TB_TMP/$_name.sock" "$TB_TMP/$_name.pid"
   LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
-    nbdkit -f --unix "$TB_TMP/$_name.sock" -P "$TB_TMP/$_name.pid" "$@" \
+    nbdkit -f $TB_NBDKIT_DEBUG --unix "$TB_TMP/$_name.sock" -P "$TB_TMP/$_name.pid" "$@" \
     >>"$TB_TMP/$_name.log" 2>&1 &
   _pid=$!
   echo "$_pid" >"$TB_TMP/$_name.bgpid"
@@ -157,6 +168,9 @@ tb_stop()
   kill -TERM "$_pid" 2>/dev/null || true
   _i=0
   while kill -0 "$_pid" 2>/dev/null; do
+    if [ -n "$TB_PRELOAD" ] && [ $_i -gt 20 ] && grep -q 'debug: tabula: cleanup' "$TB_TMP/$1.log"; then
+      kill -9 "$_pid" 2>/dev/null || true # the exit() deadlock described above
+    fi
     _i=$((_i + 1))
     if [ $_i -gt 300 ]; then
       kill -9 "$_pid" 2>/dev/null || true
@@ -182,14 +196,29 @@ tb_refuses_to_start()
 {
   tb_nbdkit_env
   rm -f "$TB_TMP/$1.log" "$TB_TMP/$1.sock"
-  _st=0
   LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
-    timeout 30 nbdkit -f --unix "$TB_TMP/$1.sock" "$TB_PLUGIN" config="$2" \
-    >"$TB_TMP/$1.log" 2>&1 || _st=$?
-  [ "$_st" -ne 0 ] || tb_fail "nbdkit started (and exited 0) with bad config $2"
-  [ "$_st" -ne 124 ] || tb_fail "nbdkit kept running with bad config $2"
+    nbdkit -f --unix "$TB_TMP/$1.sock" "$TB_PLUGIN" config="$2" >"$TB_TMP/$1.log" 2>&1 &
+  _pid=$!
+  _i=0
+  _st=
+  while kill -0 $_pid 2>/dev/null; do
+    [ ! -S "$TB_TMP/$1.sock" ] || { kill -9 $_pid; tb_fail "nbdkit listens with bad config $2"; }
+    # The exit() deadlock under the sanitizer preload (see tb_nbdkit_env).
+    if [ -n "$TB_PRELOAD" ] && [ $_i -gt 10 ] && grep -q 'error:' "$TB_TMP/$1.log"; then
+      kill -9 $_pid 2>/dev/null
+      _st=deadlocked
+    fi
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || { kill -9 $_pid; tb_fail "nbdkit kept running with bad config $2"; }
+    sleep 0.1
+  done
+  if wait $_pid; then
+    tb_fail "nbdkit started (and exited 0) with bad config $2"
+  fi
+  [ ! -S "$TB_TMP/$1.sock" ] || tb_fail "nbdkit listened with bad config $2"
   grep -q 'AddressSanitizer\|runtime error' "$TB_TMP/$1.log" &&
     tb_fail "sanitizer error with config $2: $(cat "$TB_TMP/$1.log")"
+  : "$_st"
   return 0
 }
 
@@ -322,7 +351,7 @@ tb_start_tcp()
   tb_nbdkit_env
   rm -f "$TB_TMP/$1.pid"
   LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
-    nbdkit -f -i "$3" -p "$4" -P "$TB_TMP/$1.pid" "$TB_PLUGIN" config="$2" \
+    nbdkit -f $TB_NBDKIT_DEBUG -i "$3" -p "$4" -P "$TB_TMP/$1.pid" "$TB_PLUGIN" config="$2" \
     >>"$TB_TMP/$1.log" 2>&1 &
   _pid=$!
   echo "$_pid" >"$TB_TMP/$1.bgpid"
