@@ -262,6 +262,35 @@ static const char *state_dir(struct ctl *ctl)
   return load_config(ctl) == 0 ? ctl->cfg->state_dir : NULL;
 }
 
+/* The control socket named by the configuration.  A file the strict parser
+ * refuses (say, being edited before a reload) still names its socket: the
+ * daemon runs with the previous version, and `reload` must reach it to say
+ * what is wrong. */
+static int socket_from_config(struct ctl *ctl, char *path, size_t len)
+{
+  const char *file = ctl->config_file ? ctl->config_file : getenv("TABULA_CONFIG");
+  if (!file)
+    file = DEFAULT_CONFIG;
+  struct tb_config *cfg = tb_config_load(file);
+  if (cfg) {
+    int r = tb_control_socket_path(cfg, path, len);
+    tb_config_unref(cfg);
+    return r;
+  }
+  json_t *root = json_load_file(file, 0, NULL);
+  const char *control = json_string_value(json_object_get(root, "control"));
+  const char *state = json_string_value(json_object_get(root, "state_dir"));
+  int r = -1;
+  if (control)
+    r = tb_path(path, len, "%s", control);
+  else if (state)
+    r = tb_path(path, len, "%s/control.sock", state);
+  json_decref(root);
+  if (r == -1)
+    return load_config(ctl); /* prints the parser's message */
+  return 0;
+}
+
 static struct tb_control *connect_daemon(struct ctl *ctl)
 {
   char path[TB_PATH_MAX];
@@ -269,7 +298,7 @@ static struct tb_control *connect_daemon(struct ctl *ctl)
     snprintf(path, sizeof path, "%s", ctl->socket);
   else if (!ctl->config_file && !getenv("TABULA_CONFIG") && ctl->state_dir)
     snprintf(path, sizeof path, "%s/control.sock", ctl->state_dir);
-  else if (load_config(ctl) == -1 || tb_control_socket_path(ctl->cfg, path, sizeof path) == -1)
+  else if (socket_from_config(ctl, path, sizeof path) == -1)
     return NULL;
   struct tb_control *c = tb_control_connect(path);
   if (!c)
