@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1531,15 +1532,21 @@ static const struct tb_manifest *pick_version(const struct repo_index *ix, uint3
   return NULL;
 }
 
+/* The daemon may pull from several threads; libcurl is initialised once. */
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_status;
+
+static void curl_init_once(void)
+{
+  curl_init_status = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
 int tb_repo_pull(const char *state, const char *image, const struct tb_repo_pull_opts *o,
                  tb_repo_progress_fn progress, void *ctx, struct tb_repo_pull_result *r)
 {
-  static bool curl_ready;
-  if (!curl_ready) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-      return tb_error("cannot initialise libcurl");
-    curl_ready = true;
-  }
+  pthread_once(&curl_once, curl_init_once);
+  if (curl_init_status != CURLE_OK)
+    return tb_error("cannot initialise libcurl: %s", curl_easy_strerror(curl_init_status));
   memset(r, 0, sizeof *r);
   if (!tb_name_valid(image))
     return tb_error("invalid image name \"%.80s\" (1-64 characters [A-Za-z0-9._-])", image);
