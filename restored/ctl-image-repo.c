@@ -189,6 +189,13 @@ static void bar_draw(void *ctx, const struct tb_repo_progress *p)
     b->phase = p->phase;
     b->start_ms = now;
   }
+  if (p->phase == TB_REPO_INDEX || p->phase == TB_REPO_PUBLISH) {
+    fprintf(stderr, "\r\033[K%s...",
+            p->phase == TB_REPO_INDEX ? "fetching the index" : "publishing");
+    fflush(stderr);
+    b->drawn = true;
+    return;
+  }
   int pct = p->total ? (int)(p->done * 100 / p->total) : 0;
   char fill[31];
   int w = pct * 30 / 100;
@@ -198,7 +205,7 @@ static void bar_draw(void *ctx, const struct tb_repo_progress *p)
   char done[32], total[32], rate[32] = "";
   human_size(p->done, done);
   human_size(p->total, total);
-  if (now > b->start_ms + 500 && p->phase != TB_REPO_INDEX && p->phase != TB_REPO_PUBLISH) {
+  if (now > b->start_ms + 500) {
     human_size(p->done * 1000 / (uint64_t)(now - b->start_ms), rate);
     strcat(rate, "/s");
   }
