@@ -82,6 +82,36 @@ ctl "$app" image pull demo --from "$url" --version 1 | grep -q "already here as 
   tb_fail "pull --version 1"
 [ ! -e "$app/pulls/demo" ] || [ -z "$(ls "$app/pulls/demo")" ] || tb_fail "pull state left behind"
 
+# demo@3: two chunks zeroed and one copied from elsewhere in the image.  The
+# pull finds all three locally (a zero chunk becomes a hole): no range request.
+python3 -c '
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(3 * 4194304)
+    moved = f.read(4194304)
+    f.seek(10 * 4194304)
+    f.write(bytes(2 * 4194304))
+    f.seek(12 * 4194304)
+    f.write(moved)
+' "$TB_TMP/v2.img"
+tb_import "$pub" demo "$TB_TMP/v2.img"
+ctl "$pub" image publish demo@3 "$www" >/dev/null || tb_fail "publish demo@3 failed"
+repo_log_reset
+ctl "$app" image pull demo --from "$url" >"$TB_TMP/pull4" || tb_fail "pull demo@3 failed"
+cat "$TB_TMP/pull4"
+cmp -s "$app/images/demo/3.img" "$TB_TMP/v2.img" || tb_fail "pulled demo@3 differs"
+grep -q "0 chunks downloaded (.*), 3 found locally" "$TB_TMP/pull4" || tb_fail "demo@3: not found locally"
+grep -c '^206 ' "$TB_TMP/nginx/logs/access.log" | grep -qx 0 || tb_fail "demo@3 fetched chunks"
+
+# Another store's demo@1 is a different image: publishing it over ours is refused.
+other=$TB_TMP/other
+repo_make_image "$TB_TMP/o1.img" 1 99
+tb_import "$other" demo "$TB_TMP/o1.img"
+repo_write_config "$other"
+expect_fail "publish conflict" "already lists demo@1 with a different sha256" \
+  "$TB_CTL" -c "$other.json" image publish demo@1 "$www"
+cmp -s "$www/demo/1.img" "$TB_TMP/v1.img" || tb_fail "publish conflict changed 1.img"
+
 # Events record the pulls.
 grep -q '"type":"image-pulled"' "$app/events.jsonl" || tb_fail "no image-pulled event"
 grep -q '"type":"image-published"' "$pub/events.jsonl" || tb_fail "no image-published event"

@@ -38,6 +38,9 @@ while [ "$(verified_chunks)" -lt 6 ]; do
   [ $i -lt 600 ] || tb_fail "the pull verified no chunks in 60 s"
   sleep 0.1
 done
+# A second pull of the same version while the first runs is refused.
+expect_fail "concurrent pull" "another pull of demo@1 is running" \
+  "$TB_CTL" -c "$app.json" image pull demo --from "$url"
 repo_nginx_stop
 st=0
 wait $pull || st=$?
