@@ -51,6 +51,7 @@ struct conn {
   char *out;
   size_t out_len, out_cap;
   int64_t last_ms;
+  bool eof; /* the peer shut down its side: answer what it sent, then close */
   char follow_client[TB_NAME_MAX + 1]; /* "" = all */
 };
 
@@ -304,7 +305,11 @@ static void conn_read(struct daemon *d, struct conn *c)
       continue;
     if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
       break;
-    if (n <= 0) { /* EOF or error: the peer is gone (a waiting job's reply is dropped) */
+    if (n == 0) { /* half-close: still answer the requests it sent */
+      c->eof = true;
+      break;
+    }
+    if (n < 0) { /* the peer is gone (a waiting job's reply is dropped) */
       c->state = CONN_CLOSING;
       c->out_len = 0;
       return;
@@ -382,7 +387,7 @@ size_t server_pollfds(struct pollfd *fds, size_t max)
     if (!c)
       continue;
     short ev = 0;
-    if (c->in_len <= TB_CONTROL_MAX_LINE)
+    if (c->in_len <= TB_CONTROL_MAX_LINE && !c->eof)
       ev |= POLLIN;
     if (c->out_len)
       ev |= POLLOUT;
@@ -403,6 +408,10 @@ static void reap_closed(void)
 {
   for (size_t i = 0; i < MAX_CONNS; i++) {
     struct conn *c = conns[i];
+    /* A half-closed peer is done once its answers are out (a follower that
+     * half-closed is done too). */
+    if (c && c->eof && c->out_len == 0 && (c->state == CONN_READY || c->state == CONN_FOLLOWING))
+      c->state = CONN_CLOSING;
     if (c && c->state == CONN_CLOSING) {
       conn_write(c); /* a last error line, if the peer still reads */
       conn_free(c);

@@ -322,7 +322,13 @@ static json_t *request(struct ctl *ctl, json_t *req, interim_fn interim, void *i
   *code = EXIT_FAIL;
   json_t *result = NULL;
   if (tb_control_send(c, req) == -1) {
-    fail("%s", tb_errmsg());
+    /* The daemon may have refused us with a reason before closing. */
+    char why[1024];
+    snprintf(why, sizeof why, "%s", tb_errmsg());
+    json_t *line = tb_control_recv(c, 1000);
+    const char *err = json_string_value(json_object_get(line, "error"));
+    fail("%s", err ? err : why);
+    json_decref(line);
     goto out;
   }
   for (;;) {
