@@ -588,6 +588,23 @@ static int add_volume(struct tb_inspect *ins, TSK_FS_INFO *fs, int partno, uint6
   return 0;
 }
 
+/* Open the filesystem at byte OFF, trying only the types we promise.  Full
+ * autodetection would also probe YAFFS2, HFS, APFS, UFS and ISO9660, which
+ * costs many reads (tens of milliseconds over NBD) and finds nothing a
+ * PC or VM guest uses. */
+static TSK_FS_INFO *open_fs(TSK_IMG_INFO *img, uint64_t off)
+{
+  static const TSK_FS_TYPE_ENUM types[] = {TSK_FS_TYPE_NTFS_DETECT, TSK_FS_TYPE_FAT_DETECT,
+                                           TSK_FS_TYPE_EXT_DETECT};
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+    TSK_FS_INFO *fs = tsk_fs_open_img(img, (TSK_OFF_T)off, types[i]);
+    tsk_error_reset();
+    if (fs)
+      return fs;
+  }
+  return NULL;
+}
+
 static void open_partitions(struct tb_inspect *ins)
 {
   TSK_VS_INFO *vs = ins->vs;
@@ -599,8 +616,7 @@ static void open_partitions(struct tb_inspect *ins)
     uint64_t len = (uint64_t)p->len * vs->block_size;
     if (off >= tb_disk_size(ins->disk))
       continue;
-    TSK_FS_INFO *fs = tsk_fs_open_img(ins->img, (TSK_OFF_T)off, TSK_FS_TYPE_DETECT);
-    tsk_error_reset();
+    TSK_FS_INFO *fs = open_fs(ins->img, off);
     if (fs)
       add_volume(ins, fs, partition_number(vs, p), off, len);
   }
@@ -640,8 +656,7 @@ struct tb_inspect *tb_inspect_open(struct tb_disk *disk)
     open_partitions(ins);
   if (ins->n_vols == 0 && !past_deadline(ins)) {
     /* No table, or a table without filesystems: try the whole disk. */
-    TSK_FS_INFO *fs = tsk_fs_open_img(ins->img, 0, TSK_FS_TYPE_DETECT);
-    tsk_error_reset();
+    TSK_FS_INFO *fs = open_fs(ins->img, 0);
     if (fs)
       add_volume(ins, fs, 0, 0, tb_disk_size(disk));
   }
