@@ -196,6 +196,7 @@ static void *worker_main(void *arg)
         break;
       pthread_mutex_lock(&w->lock);
       w->retried++;
+      snprintf(w->last_error, sizeof w->last_error, "%s", err);
       pthread_mutex_unlock(&w->lock);
       if ((stop = wait_or_stop(w, backoff)))
         break;
@@ -319,10 +320,11 @@ json_t *webhooks_status(void)
     failed += w->failed;
     dropped += w->dropped;
     queued += w->len;
-    json_array_append_new(urls, json_pack("{s:s, s:I, s:I, s:I, s:I, s:s}", "url", w->url, "sent",
-                                          (json_int_t)w->sent, "failed", (json_int_t)w->failed,
-                                          "queued", (json_int_t)w->len, "dropped",
-                                          (json_int_t)w->dropped, "last_error", w->last_error));
+    json_array_append_new(urls,
+                          json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "url", w->url, "sent",
+                                    (json_int_t)w->sent, "failed", (json_int_t)w->failed, "retried",
+                                    (json_int_t)w->retried, "queued", (json_int_t)w->len, "dropped",
+                                    (json_int_t)w->dropped, "last_error", w->last_error));
     pthread_mutex_unlock(&w->lock);
   }
   return json_pack("{s:I, s:I, s:I, s:I, s:o}", "sent", (json_int_t)sent, "failed",
