@@ -707,9 +707,36 @@ static bool name_ok(const char *name)
          strlen(name) <= 1024;
 }
 
+/* libtsk builds a file's run list in time quadratic in its length before
+ * the first read, without a read the deadline could stop: a damaged inode
+ * claiming a huge size hangs it.  So sizes no guest writes are refused
+ * before libtsk sees them: symlinks over 64 KiB, directories larger than
+ * their volume, files more than 16 times larger than their volume (sparse
+ * files that large are unheard of in a PC or VM guest). */
+static bool size_plausible(const struct vol *v, const TSK_FS_META *m)
+{
+  uint64_t vol = v->pub.length > (1u << 30) ? v->pub.length : (1u << 30);
+  uint64_t size = m->size > 0 ? (uint64_t)m->size : 0;
+  switch (m->type) {
+  case TSK_FS_META_TYPE_LNK:
+    return size <= 65536;
+  case TSK_FS_META_TYPE_DIR:
+    return size <= vol;
+  default:
+    return size / 16 <= vol;
+  }
+}
+
 /* Read directory INUM through libtsk into a sorted listing. */
 static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
+  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  bool plausible = dm && dm->meta && size_plausible(v, dm->meta);
+  tsk_fs_file_close(dm);
+  if (!plausible) {
+    tsk_fail(ins, "implausible directory (damaged filesystem?)");
+    return NULL;
+  }
   TSK_FS_DIR *td = tsk_fs_dir_open_meta(v->fs, (TSK_INUM_T)inum);
   if (!td) {
     tsk_fail(ins, "cannot read directory");
@@ -921,6 +948,12 @@ static TSK_FS_FILE *open_meta(struct tb_inspect *ins, struct vol *v, uint64_t in
     tsk_fail(ins, "cannot read file metadata");
     return NULL;
   }
+  if (!size_plausible(v, f->meta)) {
+    tsk_fs_file_close(f);
+    tsk_error_reset();
+    tsk_fail(ins, "implausible file size (damaged filesystem?)");
+    return NULL;
+  }
   return f;
 }
 
@@ -1056,7 +1089,7 @@ static bool content_touched(struct tb_inspect *ins, struct vol *v, uint64_t inum
 {
   TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
   bool touched = false;
-  int n = f && f->meta ? tsk_fs_file_attr_getsize(f) : 0;
+  int n = f && f->meta && size_plausible(v, f->meta) ? tsk_fs_file_attr_getsize(f) : 0;
   uint64_t bs = v->fs->block_size;
   for (int i = 0; i < n && !touched; i++) {
     const TSK_FS_ATTR *a = tsk_fs_file_attr_get_idx(f, i);

@@ -175,10 +175,14 @@ static void mutate(struct mem *m, const struct mem *orig, const size_t *cand, si
   }
 }
 
+static volatile int current_mutant;
+
 static void on_alarm(int sig)
 {
-  static const char msg[] = "fuse-mutate: a mutant took longer than the alarm: HANG\n";
-  if (write(2, msg, sizeof msg - 1) < 0)
+  char msg[128];
+  int n = snprintf(msg, sizeof msg, "fuse-mutate: mutant %d took longer than %d s: HANG\n",
+                   current_mutant, PER_MUTANT_SECONDS);
+  if (write(2, msg, (size_t)n) < 0)
     _exit(3);
   _exit(3);
 }
@@ -224,12 +228,19 @@ int main(int argc, char **argv)
 
   struct tb_disk *odisk = tb_disk_new(orig.size, mem_read, NULL, &orig, image);
   struct tb_inspect *oins = tb_inspect_open(odisk);
-  if (!oins || tb_inspect_n_volumes(oins) == 0) {
+  if (!oins || (count > 0 && tb_inspect_n_volumes(oins) == 0)) {
     fprintf(stderr, "%s: the original has no filesystem: %s\n", image, tb_errmsg());
     return 2;
   }
 
   signal(SIGALRM, on_alarm);
+  if (count == 0) { /* inspect IMAGE itself: to replay a mutant written with OUT */
+    struct counts c0 = {0};
+    alarm(PER_MUTANT_SECONDS);
+    inspect_all(odisk, NULL, &c0);
+    printf("%s: %lu files, %lu errors\n", image, c0.files, c0.errors);
+    return 0;
+  }
   struct mem m = {malloc(orig.size), orig.size};
   struct counts c = {0};
   unsigned long unopenable = 0;
@@ -244,6 +255,7 @@ int main(int argc, char **argv)
     return 0;
   }
   for (int i = 0; i < count; i++) {
+    current_mutant = i;
     mutate(&m, &orig, cand, n_cand);
     alarm(PER_MUTANT_SECONDS);
     struct tb_disk *d = tb_disk_new(m.size, mem_read, NULL, &m, "mutant");
