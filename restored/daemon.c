@@ -408,12 +408,13 @@ int main(int argc, char **argv)
   if (nbdkit_start(&D) == -1)
     log_msg("%s", tb_errmsg()); /* retried with backoff by nbdkit_tick */
   log_msg("serving %s (control %s, %zu clients)", state, D.control_path, D.cfg->n_clients);
+  state = NULL; /* a reload replaces D.cfg and its strings */
   notify_systemd("READY=1");
 
   int r = run();
   notify_systemd("STOPPING=1");
   nbdkit_stop(&D);
-  tb_eventf(state, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
+  tb_eventf(D.cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
   journal_poll(&D); /* hand the last events to the webhooks */
   webhooks_shutdown();
   server_close(&D);
