@@ -1012,6 +1012,10 @@ struct pull {
   struct http http;
   uint64_t bytes_done, bytes_todo; /* download progress */
   int64_t last_progress_ms;
+  /* The whole-file sha256 runs ahead in chunk order while chunks download. */
+  EVP_MD_CTX *whole;
+  uint8_t *hash_buf;
+  size_t hashed; /* chunks 0..hashed-1 are in `whole` */
 };
 
 static void report(struct pull *p, enum tb_repo_phase phase, uint64_t done, uint64_t total,
@@ -1256,6 +1260,34 @@ out:
   return r;
 }
 
+/* Feed the whole-file hash with the chunks that are in place, in order, for
+ * at most BUDGET_MS (no limit if negative, reporting the verify phase).  Runs
+ * between network events, so most of the hashing overlaps the downloads. */
+static int hash_ahead(struct pull *p, int64_t budget_ms)
+{
+  const struct tb_manifest *w = p->want;
+  if (!p->whole) {
+    p->whole = EVP_MD_CTX_new();
+    p->hash_buf = malloc(w->chunk_size);
+    if (!p->whole || !p->hash_buf || !EVP_DigestInit_ex(p->whole, EVP_sha256(), NULL))
+      return tb_error_errno("hashing %s", p->partial);
+  }
+  int64_t until = tb_now_ms() + budget_ms;
+  while (p->hashed < w->n_chunks && p->done[p->hashed] != CHUNK_TODO) {
+    uint64_t off = (uint64_t)p->hashed * w->chunk_size;
+    size_t len = (size_t)chunk_len(w, p->hashed);
+    if (tb_pread_full(p->fd, p->hash_buf, len, off) == -1)
+      return tb_error_errno("cannot read %s", p->partial);
+    EVP_DigestUpdate(p->whole, p->hash_buf, len);
+    p->hashed++;
+    if (budget_ms < 0)
+      report(p, TB_REPO_VERIFY, off + len, w->size, false);
+    else if (tb_now_ms() >= until)
+      break;
+  }
+  return 0;
+}
+
 /* ---- downloading chunks ----------------------------------------------------------------- */
 
 static int start_chunk(struct pull *p, CURLM *multi, struct xfer *x, size_t i, long speed)
@@ -1364,6 +1396,10 @@ static int download_chunks(struct pull *p)
     }
     if (failed)
       break;
+    if (hash_ahead(p, 20) == -1) {
+      failed = true;
+      break;
+    }
     uint64_t inflight = 0;
     for (int s = 0; s < parallel; s++)
       if (xs[s].busy)
@@ -1396,43 +1432,23 @@ out:
 static int verify_whole(struct pull *p)
 {
   const struct tb_manifest *w = p->want;
-  uint8_t *buf = malloc(w->chunk_size), h[32];
-  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  int r = -1;
-  if (!buf || !ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
-    tb_error_errno("hashing %s", p->partial);
-    goto out;
-  }
-  if (fsync(p->fd) == -1) {
-    tb_error_errno("cannot sync %s", p->partial);
-    goto out;
-  }
-  posix_fadvise(p->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  for (size_t i = 0; i < w->n_chunks; i++) {
-    uint64_t off = (uint64_t)i * w->chunk_size;
-    size_t len = (size_t)chunk_len(w, i);
-    if (tb_pread_full(p->fd, buf, len, off) == -1) {
-      tb_error_errno("cannot read %s", p->partial);
-      goto out;
-    }
-    EVP_DigestUpdate(ctx, buf, len);
-    report(p, TB_REPO_VERIFY, off + len, w->size, false);
-  }
-  EVP_DigestFinal_ex(ctx, h, NULL);
+  uint8_t h[32];
+  if (fsync(p->fd) == -1)
+    return tb_error_errno("cannot sync %s", p->partial);
+  if (hash_ahead(p, -1) == -1)
+    return -1;
+  if (p->hashed != w->n_chunks)
+    return tb_error("%s@%u: chunk %zu is missing", p->image, w->version, p->hashed);
+  EVP_DigestFinal_ex(p->whole, h, NULL);
   if (memcmp(h, w->sha256, 32) != 0) {
     char got[65], want[65];
     tb_hex(h, 32, got);
     tb_hex(w->sha256, 32, want);
-    tb_error("%s@%u: the assembled image's sha256 is %s, the index says %s (every chunk "
-             "matched: the index is inconsistent); nothing was published",
-             p->image, w->version, got, want);
-    goto out;
+    return tb_error("%s@%u: the assembled image's sha256 is %s, the index says %s (every "
+                    "chunk matched: the index is inconsistent); nothing was published",
+                    p->image, w->version, got, want);
   }
-  r = 0;
-out:
-  EVP_MD_CTX_free(ctx);
-  free(buf);
-  return r;
+  return 0;
 }
 
 static int publish_pulled(struct pull *p)
@@ -1615,6 +1631,8 @@ out:
   if (p.lock_fd >= 0)
     close(p.lock_fd);
   free(p.done);
+  EVP_MD_CTX_free(p.whole);
+  free(p.hash_buf);
   tb_manifest_free(p.base.m);
   http_cleanup(&p.http);
   index_free(&ix);
