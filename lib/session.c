@@ -30,6 +30,7 @@
 #include "mailbox.h"
 #include "session.h"
 #include "store.h"
+#include "watchdog.h"
 
 /* ---- locks -------------------------------------------------------------- */
 
@@ -225,26 +226,52 @@ static void prune_sessions(const char *state, const char *id, int keep)
   free(nums);
 }
 
-/* Resolve preserved ranges into block ranges and copy them from OLD into NEW. */
-static int carry_preserved(const struct tb_client_conf *c, struct tb_overlay *nw,
+/* Resolve preserved ranges into block ranges and copy them from OLD into NEW.
+ * This works across versions too (a data partition keeps the user's files when
+ * the system partition moves to a new master), as long as the disk geometry is
+ * the same; partitions are looked up in the new base's partition table. */
+static int carry_preserved(const char *state, const struct tb_client_conf *c, struct tb_overlay *nw,
                            const char *old_path, const char *base_path)
 {
+  const char *id = c->id;
   if (c->n_preserve == 0 || !old_path[0])
     return 0;
+  struct tb_overlay_info oi;
+  struct tb_base_id ob;
+  char old_base[TB_PATH_MAX];
+  if (tb_overlay_read_info(old_path, &oi) == -1 ||
+      tb_base_lookup(state, oi.base.image, oi.base.version, &ob, old_base, sizeof old_base, NULL) ==
+          -1)
+    return tb_error_prefix("client %s: preserved ranges cannot be carried over", id);
   struct tb_overlay_info ni;
   tb_overlay_info(nw, &ni);
-  struct tb_overlay *old = tb_overlay_open(old_path, base_path, &ni.base, TB_OVL_RDONLY);
-  if (!old) /* built on another version: preserved data cannot carry over */
+  if (oi.size != ni.size || oi.block_size != ni.block_size) {
+    tb_eventf(state, "preserve-skipped", id, "{s:s}", "reason",
+              "the new version has another size or block size");
     return 0;
+  }
+  struct tb_overlay *old = tb_overlay_open(old_path, old_base, &ob, TB_OVL_RDONLY);
+  if (!old)
+    return tb_error_prefix("client %s: preserved ranges cannot be carried over", id);
   int r = 0;
   uint64_t bs = ni.block_size;
   for (size_t i = 0; i < c->n_preserve && r == 0; i++) {
     const struct tb_preserve *p = &c->preserve[i];
-    if (p->kind != TB_PRESERVE_LBA)
-      continue; /* partitions are resolved by the daemon into LBA ranges */
-    uint64_t first = p->first_lba * 512 / bs;
-    uint64_t last = ((p->last_lba + 1) * 512 + bs - 1) / bs;
-    r = tb_overlay_copy_blocks(nw, old, first, last - first);
+    uint64_t off, len;
+    if (p->kind == TB_PRESERVE_PARTITION) {
+      if (tb_image_partition(base_path, p->partition, &off, &len) == -1) {
+        r = tb_error_prefix("client %s: preserve partition:%u", id, p->partition);
+        break;
+      }
+    } else {
+      off = p->first_lba * 512;
+      len = (p->last_lba - p->first_lba + 1) * 512;
+    }
+    /* Whole blocks only: a block shared with an unpreserved neighbour returns
+     * to the master, so nothing outside the range survives. */
+    uint64_t first = (off + bs - 1) / bs, end = (off + len) / bs;
+    if (end > first)
+      r = tb_overlay_copy_blocks(nw, old, first, end - first);
   }
   tb_overlay_close(old);
   return r;
@@ -402,7 +429,7 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
   s->overlay = tb_overlay_open(overlay, base_path, &base, 0);
   if (!s->overlay)
     goto fail;
-  if (retained[0] && carry_preserved(c, s->overlay, retained, base_path) == -1)
+  if (retained[0] && carry_preserved(state, c, s->overlay, retained, base_path) == -1)
     goto fail;
   tb_overlay_set_quota(s->overlay, c->quota);
   if (discard && c->policy == TB_POLICY_ROLLBACK)

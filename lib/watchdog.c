@@ -307,7 +307,7 @@ void tb_watchdog_free(struct tb_watchdog_conf *w)
 
 /* ---- guards ---- */
 
-static int partition_range(const char *base_path, uint32_t n, uint64_t *off, uint64_t *len)
+int tb_image_partition(const char *base_path, uint32_t n, uint64_t *off, uint64_t *len)
 {
   struct tb_disk *d = tb_disk_open_file(base_path);
   if (!d)
@@ -367,7 +367,7 @@ int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, u
         r = add_guard(out, p, size - 33 * 512, 33 * 512, size);
       break;
     case TB_REGION_PARTITION:
-      r = partition_range(base_path, p->partition, &off, &len);
+      r = tb_image_partition(base_path, p->partition, &off, &len);
       if (r == 0)
         r = add_guard(out, p, off, len, size);
       break;

@@ -112,6 +112,10 @@ int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, u
                       struct tb_guards *out);
 void tb_guards_free(struct tb_guards *g);
 
+/* Byte range of partition N (1-based, as Linux numbers them) in the MBR or GPT
+ * of the raw image at PATH, read through lib/inspect (libtsk). */
+int tb_image_partition(const char *path, uint32_t n, uint64_t *off, uint64_t *len);
+
 /* The first guard that [off, off+len) touches, preferring a "deny" one; NULL if none. */
 struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len);
 
