@@ -8,16 +8,20 @@
 
 TB_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+# tb_install_packages [LIST...]: the lists default to scripts/packages.txt.
 tb_install_packages()
 {
-  local missing=() pkg
+  local missing=() pkg list lists=("$@")
+  [ ${#lists[@]} -gt 0 ] || lists=("$TB_TOP/scripts/packages.txt")
+  for list in "${lists[@]}"; do
   while read -r pkg; do
     pkg=${pkg%%#*}
     pkg=${pkg//[[:space:]]/}
     [ -n "$pkg" ] || continue
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
       missing+=("$pkg")
-  done <"$TB_TOP/scripts/packages.txt"
+  done <"$list"
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${missing[*]}" >&2
