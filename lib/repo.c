@@ -48,6 +48,7 @@
 
 #include "events.h"
 #include "repo.h"
+#include "schedule.h"
 #include "store.h"
 
 #define INDEX_FORMAT 1
@@ -511,10 +512,13 @@ static int validate_pull_source(const json_t *pull, const char *path)
           return tb_error("%s.images[%zu]: expected an image name ([A-Za-z0-9._-], 1-64)", path, i);
       }
     } else if (strcmp(key, "when") == 0) {
-      if (!json_is_string(v) || !json_string_length(v))
+      struct tb_schedule sched;
+      if (!json_is_string(v))
         return tb_error("%s.when: expected a schedule such as \"daily 03:00\" or "
                         "\"every 1h\"",
                         path);
+      if (tb_schedule_parse(json_string_value(v), &sched) == -1)
+        return tb_error_prefix("%s.when", path);
     } else if (strcmp(key, "make_current") == 0) {
       if (!json_is_boolean(v))
         return tb_error("%s.make_current: expected true or false", path);
@@ -852,6 +856,10 @@ static int xfer_check(struct xfer *x, CURLcode rc, const char *what, uint64_t ex
     if (x->overflow && !x->range)
       return tb_error("%s: %s is larger than the limit of %zu bytes (pull.max_index_size)", x->url,
                       what, x->cap);
+    if (x->overflow && status == 200)
+      return tb_error("%s: %s: HTTP 200 with the whole file instead of 206 Partial Content "
+                      "(the server must support range requests)",
+                      x->url, what);
     if (x->overflow)
       return tb_error("%s: %s: the server sent more than the expected %zu bytes", x->url, what,
                       x->cap);

@@ -96,7 +96,8 @@ START_TEST(mistakes_named_by_path)
   refused("{\"from\": \"ftp://x\"}", "pull.from: expected an http://, https:// or s3:// URL");
   refused("{\"images\": \"win11\"}", "pull.images: expected an array");
   refused("{\"images\": [\"../etc\"]}", "pull.images[0]: expected an image name");
-  refused("{\"when\": \"\"}", "pull.when: expected a schedule");
+  refused("{\"when\": 3}", "pull.when: expected a schedule");
+  refused("{\"when\": \"nightly\"}", "pull.when: ");
   refused("{\"make_current\": \"yes\"}", "pull.make_current: expected true or false");
   refused("{\"rate_limit\": \"fast\"}", "pull.rate_limit: expected a size");
   refused("{\"parallel\": 0}", "pull.parallel: expected an integer from 1 to 32");

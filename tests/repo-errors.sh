@@ -1,8 +1,9 @@
 #!/bin/sh
 # Pulls that must fail, each with a message that says what went wrong, and
 # leave the local store exactly as it was: a chunk corrupted on the server,
-# 404, 500, a redirect loop, a server that stalls, a server that is down, an
-# index that is not JSON, is too large, or lies about sizes.
+# 404, 500, a redirect loop, a server that stalls, a server that is down, a
+# server without range requests, an index that is not JSON, is too large, or
+# lies about sizes.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
@@ -78,6 +79,21 @@ until [ -s "$TB_TMP/stall.port" ]; do
 done
 pull_fails "stalling server" "sent nothing for 2s \(stall timeout" \
   --from "http://127.0.0.1:$(cat "$TB_TMP/stall.port")" --stall-timeout 2s
+
+# A server without range requests (python's http.server answers 200 with the
+# whole file): refused, since nothing could be verified chunk by chunk.
+plain=$(tb_free_port)
+python3 -m http.server --bind 127.0.0.1 --directory "$www" "$plain" \
+  >"$TB_TMP/plain.log" 2>&1 &
+echo $! >"$TB_TMP/plain.bgpid"
+i=0
+until curl -s -o /dev/null "http://127.0.0.1:$plain/"; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || tb_fail "python http.server did not start"
+  sleep 0.1
+done
+pull_fails "no range support" "HTTP 200 with the whole file instead of 206 Partial Content" \
+  --from "http://127.0.0.1:$plain/corrupt"
 
 # Indexes that are not what they claim to be.
 mkdir -p "$www/notjson/demo" "$www/big/demo" "$www/longer/demo" "$www/shorter/demo" \
