@@ -46,6 +46,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "conf.h"
 #include "events.h"
 #include "repo.h"
 #include "schedule.h"
@@ -1622,16 +1623,18 @@ int tb_repo_pull(const char *state, const char *image, const struct tb_repo_pull
               (json_int_t)r->local_version, "base", (json_int_t)p.base.version, "chunks_downloaded",
               (json_int_t)r->chunks_downloaded, "bytes_downloaded", (json_int_t)r->bytes_downloaded,
               "resumed", r->resumed);
-  else {
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", tb_errmsg());
-    tb_eventf(state, "image-pull-failed", NULL, "{s:s, s:s, s:I, s:s}", "image", image, "url",
-              o->url, "version", (json_int_t)p.want->version, "error", msg);
-    tb_error("%s", msg); /* the event may have overwritten it */
-  }
 out:
   if (ret == -1 && !r->bytes_downloaded)
     r->bytes_downloaded = p.http.bytes;
+  if (ret == -1 && p.http.o) {
+    /* Every failure past the arguments is an event: scheduled pulls have no terminal. */
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", tb_errmsg());
+    tb_eventf(state, "image-pull-failed", NULL, "{s:s, s:s?, s:o, s:s}", "image", image, "url",
+              o->url, "version", p.want ? json_integer(p.want->version) : json_null(), "error",
+              msg);
+    tb_error("%s", msg); /* the event may have overwritten it */
+  }
   if (p.fd >= 0)
     close(p.fd);
   if (p.done_fd >= 0)
@@ -1646,4 +1649,62 @@ out:
   index_free(&ix);
   free(text);
   return ret;
+}
+
+/* ---- scheduled pulls ------------------------------------------------------------------ */
+
+static const json_t *pull_source(const json_t *pull, size_t i)
+{
+  if (json_is_array(pull))
+    return json_array_get(pull, i);
+  return i == 0 && json_is_object(pull) ? pull : NULL;
+}
+
+size_t tb_repo_pull_sources(const json_t *pull)
+{
+  if (json_is_array(pull))
+    return json_array_size(pull);
+  return json_is_object(pull) ? 1 : 0;
+}
+
+const char *tb_repo_pull_source_when(const json_t *pull, size_t i)
+{
+  return json_string_value(json_object_get(pull_source(pull, i), "when"));
+}
+
+bool tb_repo_pull_source_make_current(const json_t *pull, size_t i)
+{
+  return json_is_true(json_object_get(pull_source(pull, i), "make_current"));
+}
+
+/* Options of one source (not the first matching one: each source runs its own). */
+static int source_opts(const json_t *src, struct tb_repo_pull_opts *o)
+{
+  tb_repo_pull_opts_init(o);
+  return tb_repo_pull_opts_from_config(src, NULL, o);
+}
+
+int tb_repo_pull_source_run(const struct tb_config *cfg, size_t i, tb_repo_progress_fn progress,
+                            void *ctx)
+{
+  const json_t *src = pull_source(cfg->pull, i);
+  char path[64];
+  snprintf(path, sizeof path, json_is_array(cfg->pull) ? "pull[%zu]" : "pull", i);
+  if (!src)
+    return tb_error("%s: no such pull source", path);
+  struct tb_repo_pull_opts o;
+  if (source_opts(src, &o) == -1)
+    return -1;
+  if (!o.url)
+    return tb_error("%s.from: missing (the repository URL)", path);
+  const json_t *images = json_object_get(src, "images");
+  size_t n = images ? json_array_size(images) : cfg->n_images;
+  int failed = 0;
+  for (size_t k = 0; k < n; k++) {
+    const char *image = images ? json_string_value(json_array_get(images, k)) : cfg->images[k];
+    struct tb_repo_pull_result r;
+    if (tb_repo_pull(cfg->state_dir, image, &o, progress, ctx, &r) == -1)
+      failed++; /* tb_repo_pull recorded an image-pull-failed event */
+  }
+  return failed;
 }

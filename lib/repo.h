@@ -116,4 +116,17 @@ struct tb_repo_pull_result {
 int tb_repo_pull(const char *state, const char *image, const struct tb_repo_pull_opts *o,
                  tb_repo_progress_fn progress, void *ctx, struct tb_repo_pull_result *r);
 
+/* Scheduled pulls (the daemon).  The "pull" section has sources (one object,
+ * or an array); source I pulls its "images" (every image of the config if it
+ * lists none) on its "when" schedule (NULL if it has none: manual only).
+ * Run one source: every image is pulled in turn, each failure recorded as an
+ * event; returns the number of images that failed (0: all pulled or already
+ * present), or -1 if the source itself is unusable. */
+struct tb_config;
+size_t tb_repo_pull_sources(const json_t *pull);
+const char *tb_repo_pull_source_when(const json_t *pull, size_t i);
+bool tb_repo_pull_source_make_current(const json_t *pull, size_t i);
+int tb_repo_pull_source_run(const struct tb_config *cfg, size_t i, tb_repo_progress_fn progress,
+                            void *ctx);
+
 #endif

@@ -112,6 +112,21 @@ expect_fail "publish conflict" "already lists demo@1 with a different sha256" \
   "$TB_CTL" -c "$other.json" image publish demo@1 "$www"
 cmp -s "$www/demo/1.img" "$TB_TMP/v1.img" || tb_fail "publish conflict changed 1.img"
 
+# The daemon's scheduled pulls run a "pull" source from the config: each
+# source has its own URL, images and schedule.
+app2=$TB_TMP/app2
+repo_write_config "$app2" "\"pull\": [
+  {\"from\": \"$url/nothere\", \"images\": [\"demo\"], \"when\": \"every 1h\"},
+  {\"from\": \"$url\", \"when\": \"daily 03:00\", \"make_current\": true}]"
+"$abs_builddir/repo-source" "$app2.json" 1 >"$TB_TMP/src1" || tb_fail "source 1: $(cat "$TB_TMP/src1")"
+grep -q "when: daily 03:00" "$TB_TMP/src1" && grep -q "make_current: true" "$TB_TMP/src1" ||
+  tb_fail "source 1: $(cat "$TB_TMP/src1")"
+cmp -s "$app2/images/demo/1.img" "$TB_TMP/v2.img" || tb_fail "scheduled pull: image differs"
+st=0
+"$abs_builddir/repo-source" "$app2.json" 0 >"$TB_TMP/src0" || st=$?
+[ $st = 1 ] && grep -q "failed: 1" "$TB_TMP/src0" || tb_fail "source 0 should fail: $(cat "$TB_TMP/src0")"
+grep -q '"type":"image-pull-failed".*HTTP 404' "$app2/events.jsonl" || tb_fail "no failure event"
+
 # Events record the pulls.
 grep -q '"type":"image-pulled"' "$app/events.jsonl" || tb_fail "no image-pulled event"
 grep -q '"type":"image-published"' "$pub/events.jsonl" || tb_fail "no image-published event"
