@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "schedule.h"
 #include "watchdog.h"
 
 /* ---- error helpers ------------------------------------------------------- */
@@ -387,6 +388,13 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
       get_duration(obj, path, "refresh_jitter", &c->refresh_jitter_ms) == -1 ||
       get_size(obj, path, "quota", &c->quota) == -1)
     return -1;
+  if (c->refresh) {
+    struct tb_schedule sched;
+    if (tb_schedule_parse(c->refresh, &sched) == -1) {
+      subpath(p, sizeof p, path, "refresh");
+      return tb_error_prefix("%s", p);
+    }
+  }
   json_t *pres = json_object_get(obj, "preserve");
   if (pres) {
     subpath(p, sizeof p, path, "preserve");

@@ -133,6 +133,9 @@ static const struct {
     {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"a\": {\"image\": \"d\", "
      "\"address\": \"10.0.0.1\"}, \"b\": {\"image\": \"d\", \"address\": \"10.0.0.1\"}}}",
      "clients.b.address: same address as client \"a\""},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"refresh\": \"daily 25:00\"}}}",
+     "clients.pc01.refresh: "},
     {"{\"state_dir\": \"/s\", \"images\": {}, \"listen\": {\"tcp\": \"10809\"}}",
      "listen.tcp: expected \"ADDR:PORT\""},
     {"{\"state_dir\": \"/s\", \"images\": {}, \"webhooks\": [{\"url\": \"ftp://x\"}]}",
