@@ -1464,7 +1464,9 @@ static int publish_pulled(struct pull *p)
 {
   const struct tb_manifest *w = p->want;
   report(p, TB_REPO_PUBLISH, 0, 1, true);
-  struct tb_version_builder *b = tb_version_begin(p->state, p->image, p->base.version, w->note);
+  /* The parent is the local version this one was built from, if any chunk was. */
+  uint32_t parent = p->base.shared ? p->base.version : 0;
+  struct tb_version_builder *b = tb_version_begin(p->state, p->image, parent, w->note);
   if (!b)
     return -1;
   uint32_t num = tb_version_number(b);
@@ -1479,7 +1481,7 @@ static int publish_pulled(struct pull *p)
     tb_version_abort(b);
     return -1;
   }
-  m->parent = p->base.version;
+  m->parent = parent;
   m->created[0] = '\0';
   int r = tb_version_commit_manifest(b, m); /* frees or aborts b */
   tb_manifest_free(m);
@@ -1609,20 +1611,20 @@ int tb_repo_pull(const char *state, const char *image, const struct tb_repo_pull
     ret = 0;
     goto out;
   }
-  r->base_version = p.base.version;
+  r->base_version = p.base.shared ? p.base.version : 0;
   char sha[65];
   tb_hex(p.want->sha256, 32, sha);
   tb_eventf(state, "image-pull-start", NULL, "{s:s, s:s, s:I, s:s, s:I}", "image", image, "url",
             o->url, "version", (json_int_t)p.want->version, "sha256", sha, "base",
-            (json_int_t)p.base.version);
+            (json_int_t)r->base_version);
   ret = pull_version(&p);
   r->bytes_downloaded = p.http.bytes;
   if (ret == 0)
     tb_eventf(state, "image-pulled", NULL, "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:b}", "image",
               image, "url", o->url, "remote_version", (json_int_t)p.want->version, "version",
-              (json_int_t)r->local_version, "base", (json_int_t)p.base.version, "chunks_downloaded",
-              (json_int_t)r->chunks_downloaded, "bytes_downloaded", (json_int_t)r->bytes_downloaded,
-              "resumed", r->resumed);
+              (json_int_t)r->local_version, "base", (json_int_t)r->base_version,
+              "chunks_downloaded", (json_int_t)r->chunks_downloaded, "bytes_downloaded",
+              (json_int_t)r->bytes_downloaded, "resumed", r->resumed);
 out:
   if (ret == -1 && !r->bytes_downloaded)
     r->bytes_downloaded = p.http.bytes;
