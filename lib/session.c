@@ -341,6 +341,7 @@ static int restore_session(const char *state, const char *id, int64_t n, const c
 struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb_client_conf *c)
 {
   const char *state = cfg->state_dir;
+  int64_t turn_start = tb_now_ms();
   char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX] = "";
   char base_path[TB_PATH_MAX];
   struct tb_session *s = calloc(1, sizeof *s);
@@ -442,9 +443,11 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
   tb_overlay_info(s->overlay, &s->info);
   s->started_ms = tb_now_ms();
   write_session_json(s, "active", NULL, 0);
-  tb_eventf(state, "session-start", c->id, "{s:I, s:s, s:I, s:I}", "session", (json_int_t)s->number,
-            "image", s->info.base.image, "version", (json_int_t)s->info.base.version, "dirty_bytes",
-            (json_int_t)(s->info.dirty_blocks * s->info.block_size));
+  tb_eventf(state, "session-start", c->id, "{s:I, s:s, s:I, s:I, s:I}", "session",
+            (json_int_t)s->number, "image", s->info.base.image, "version",
+            (json_int_t)s->info.base.version, "dirty_bytes",
+            (json_int_t)(s->info.dirty_blocks * s->info.block_size), "turn_ms",
+            (json_int_t)(s->started_ms - turn_start));
   return s;
 
 fail:
