@@ -110,10 +110,17 @@ int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
     fprintf(stderr, "tabulactl: image publish: %s\n", tb_errmsg());
     return 1;
   }
-  if (json)
-    printf("{\"image\":\"%s\",\"version\":%" PRIu32 ",\"dir\":\"%s/%s\"}\n", image, published, dir,
-           image);
-  else
+  if (json) {
+    char where[TB_PATH_MAX];
+    snprintf(where, sizeof where, "%s/%s", dir, image);
+    json_t *j = json_pack("{s:s, s:I, s:s}", "image", image, "version", (json_int_t)published,
+                          "dir", where);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    if (text)
+      printf("%s\n", text);
+    free(text);
+    json_decref(j);
+  } else
     printf("published %s@%" PRIu32 " to %s/%s/ (index: %s/%s/index.json)\n", image, published, dir,
            image, dir, image);
   return 0;
