@@ -128,6 +128,12 @@ pull_fails "index says the file is shorter" \
   "the file on the server is [0-9]+ bytes, the index says [0-9]+" --from "$url/shorter"
 lie count "v['chunks'].pop(); v['sha256'] = '11' * 32"
 pull_fails "index chunk count" "does not have one hash per chunk of \"size\"" --from "$url/count"
+mkdir -p "$www/wholesha/demo"
+lie wholesha "v['sha256'] = '11' * 32"
+pull_fails "index whole sha256" "the assembled image's sha256 is [0-9a-f]{64}, the index says 1111" \
+  --from "$url/wholesha"
+# Retrying cannot help, so its partial file is not kept for a resume.
+[ ! -e "$app/pulls/demo/1111111111111111" ] || tb_fail "inconsistent pull kept its state"
 lie other "ix['image'] = 'win11'"
 pull_fails "index of another image" "\"image\" is not \"demo\"" --from "$url/other"
 
