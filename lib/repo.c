@@ -31,6 +31,7 @@
 #include <config.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1491,15 +1492,57 @@ static int publish_pulled(struct pull *p)
   return r;
 }
 
+/* Remove a pull's state directory (its files are known: nothing else is in it). */
+static void remove_state_dir(const char *dir)
+{
+  static const char *files[] = {"partial.img", "chunks.done", "pull.json", "lock"};
+  char path[TB_PATH_MAX];
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+    if (tb_path(path, sizeof path, "%s/%s", dir, files[i]) == 0)
+      unlink(path);
+  rmdir(dir);
+}
+
 static void remove_pull_dir(struct pull *p)
 {
-  unlink(p->partial);
-  unlink(p->done_path);
-  unlink(p->meta);
-  char lock[TB_PATH_MAX];
-  if (tb_path(lock, sizeof lock, "%s/lock", p->dir) == 0)
-    unlink(lock);
-  rmdir(p->dir);
+  remove_state_dir(p->dir);
+}
+
+/* Once version VER of IMAGE has been pulled from URL, an interrupted pull of
+ * an older (or the same) version from the same repository will never be
+ * resumed: remove it, unless a pull holds it, so abandoned partial images do
+ * not pile up in STATE/pulls. */
+static void prune_obsolete_pulls(const char *state, const char *image, const char *url,
+                                 uint32_t ver)
+{
+  char dir[TB_PATH_MAX];
+  if (tb_path(dir, sizeof dir, "%s/pulls/%s", state, image) == -1)
+    return;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    char sub[TB_PATH_MAX], meta[TB_PATH_MAX], lock[TB_PATH_MAX];
+    if (e->d_name[0] == '.' || tb_path(sub, sizeof sub, "%s/%s", dir, e->d_name) == -1 ||
+        tb_path(meta, sizeof meta, "%s/pull.json", sub) == -1 ||
+        tb_path(lock, sizeof lock, "%s/lock", sub) == -1)
+      continue;
+    size_t len;
+    char *text = tb_read_file(meta, 1 << 20, &len);
+    json_t *j = text ? json_loadb(text, len, 0, NULL) : NULL;
+    free(text);
+    const char *their_url = json_string_value(json_object_get(j, "url"));
+    json_int_t their_ver = json_integer_value(json_object_get(j, "version"));
+    bool obsolete =
+        their_url && strcmp(their_url, url) == 0 && their_ver >= 1 && their_ver <= (json_int_t)ver;
+    json_decref(j);
+    int fd = obsolete ? open(lock, O_RDWR | O_CLOEXEC) : -1;
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+      remove_state_dir(sub);
+    if (fd >= 0)
+      close(fd);
+  }
+  if (d)
+    closedir(d);
 }
 
 static int pull_version(struct pull *p)
@@ -1626,6 +1669,8 @@ int tb_repo_pull(const char *state, const char *image, const struct tb_repo_pull
               "chunks_downloaded", (json_int_t)r->chunks_downloaded, "bytes_downloaded",
               (json_int_t)r->bytes_downloaded, "resumed", r->resumed);
 out:
+  if (ret == 0)
+    prune_obsolete_pulls(state, image, o->url, p.want->version);
   if (ret == -1 && !r->bytes_downloaded)
     r->bytes_downloaded = p.http.bytes;
   if (ret == -1 && p.http.o) {

@@ -127,6 +127,24 @@ st=0
 [ $st = 1 ] && grep -q "failed: 1" "$TB_TMP/src0" || tb_fail "source 0 should fail: $(cat "$TB_TMP/src0")"
 grep -q '"type":"image-pull-failed".*HTTP 404' "$app2/events.jsonl" || tb_fail "no failure event"
 
+# An abandoned pull (killed, never resumed) of an older version is removed
+# once a newer version has been pulled from the same repository.
+app3=$TB_TMP/app3
+repo_write_config "$app3"
+"$TB_CTL" -c "$app3.json" image pull demo --from "$url" --version 1 --rate-limit 4M \
+  >/dev/null 2>&1 &
+abandoned=$!
+i=0
+until ls "$app3"/pulls/demo/*/pull.json >/dev/null 2>&1; do
+  i=$((i + 1))
+  [ $i -lt 300 ] || tb_fail "the pull to abandon did not start"
+  sleep 0.1
+done
+kill -9 $abandoned
+wait $abandoned 2>/dev/null || true
+ctl "$app3" image pull demo --from "$url" >/dev/null || tb_fail "pull after an abandoned one"
+[ -z "$(ls "$app3/pulls/demo")" ] || tb_fail "abandoned pull state kept: $(ls -R "$app3/pulls")"
+
 # Events record the pulls.
 grep -q '"type":"image-pulled"' "$app/events.jsonl" || tb_fail "no image-pulled event"
 grep -q '"type":"image-published"' "$pub/events.jsonl" || tb_fail "no image-published event"
