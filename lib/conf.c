@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "repo.h"
 #include "schedule.h"
 #include "watchdog.h"
 
@@ -694,6 +695,8 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if ((v = json_object_get(root, "pull"))) {
     if (!json_is_object(v) && !json_is_array(v))
       return bad("pull", "an object or an array of objects", v);
+    if (tb_repo_pull_config_validate(v, "pull") == -1)
+      return -1;
     cfg->pull = json_incref(v);
   }
   if ((v = json_object_get(root, "watchdog"))) {

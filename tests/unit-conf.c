@@ -136,6 +136,7 @@ static const struct {
     {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
      "\"refresh\": \"daily 25:00\"}}}",
      "clients.pc01.refresh: "},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pull\": {\"bogus\": 1}}", "pull.bogus"},
     {"{\"state_dir\": \"/s\", \"images\": {}, \"listen\": {\"tcp\": \"10809\"}}",
      "listen.tcp: expected \"ADDR:PORT\""},
     {"{\"state_dir\": \"/s\", \"images\": {}, \"webhooks\": [{\"url\": \"ftp://x\"}]}",
