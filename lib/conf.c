@@ -308,20 +308,8 @@ static int parse_preserve(const json_t *v, const char *path, struct tb_client_co
     char p[512];
     snprintf(p, sizeof p, "%s[%zu]", path, i);
     const char *s = json_is_string(e) ? json_string_value(e) : NULL;
-    struct tb_preserve *pr = &c->preserve[c->n_preserve];
-    unsigned long long a, b;
-    unsigned n;
-    char tail;
-    if (s && sscanf(s, "partition:%u%c", &n, &tail) == 1 && n >= 1 && n <= 128) {
-      pr->kind = TB_PRESERVE_PARTITION;
-      pr->partition = n;
-    } else if (s && sscanf(s, "lba:%llu-%llu%c", &a, &b, &tail) == 2 && a <= b) {
-      pr->kind = TB_PRESERVE_LBA;
-      pr->first_lba = a;
-      pr->last_lba = b;
-    } else {
+    if (!s || tb_region_parse(s, false, &c->preserve[c->n_preserve]) == -1)
       return bad(p, "\"partition:N\" (1-128) or \"lba:FIRST-LAST\"", e);
-    }
     c->n_preserve++;
   }
   return 0;

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "region.h"
 #include "util.h"
 
 #define TB_DEFAULT_BLOCK_SIZE 4096
@@ -43,14 +44,6 @@ struct tb_acl {
   size_t n_nets;
 };
 
-/* A preserved range, as written in the config; partitions are resolved
- * against the base version's partition table when a rollback happens. */
-struct tb_preserve {
-  enum { TB_PRESERVE_PARTITION, TB_PRESERVE_LBA } kind;
-  uint32_t partition;           /* 1-based, for TB_PRESERVE_PARTITION */
-  uint64_t first_lba, last_lba; /* inclusive, 512-byte sectors, for TB_PRESERVE_LBA */
-};
-
 struct tb_client_conf {
   char id[TB_NAME_MAX + 1];
   char image[TB_NAME_MAX + 1];
@@ -63,7 +56,7 @@ struct tb_client_conf {
   struct tb_cidr address;
   char *refresh; /* schedule text ("daily 03:00"...) or NULL */
   int64_t refresh_jitter_ms;
-  struct tb_preserve *preserve;
+  struct tb_region *preserve; /* "partition:N" or "lba:A-B" */
   size_t n_preserve;
   uint64_t quota;   /* bytes of overlay, 0 = unlimited */
   json_t *watchdog; /* the client's "watchdog" section (owned), or NULL */

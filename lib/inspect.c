@@ -622,6 +622,28 @@ static void open_partitions(struct tb_inspect *ins)
   }
 }
 
+int tb_inspect_partition(struct tb_inspect *ins, uint32_t n, uint64_t *off, uint64_t *len)
+{
+  int r = -1;
+  pthread_mutex_lock(&ins->mu);
+  TSK_VS_INFO *vs = ins->vs;
+  for (TSK_PNUM_T i = 0; vs && i < vs->part_count && r == -1; i++) {
+    const TSK_VS_PART_INFO *p = tsk_vs_part_get(vs, i);
+    if (!p || !(p->flags & TSK_VS_PART_FLAG_ALLOC) || partition_number(vs, p) != (int)n)
+      continue;
+    *off = (uint64_t)p->start * vs->block_size + vs->offset;
+    *len = (uint64_t)p->len * vs->block_size;
+    r = 0;
+  }
+  pthread_mutex_unlock(&ins->mu);
+  if (r == -1) {
+    errno = ENOENT;
+    tb_error("partition %u does not exist in the partition table of %s", n,
+             tb_disk_name(ins->disk));
+  }
+  return r;
+}
+
 struct tb_inspect *tb_inspect_open(struct tb_disk *disk)
 {
   struct tb_inspect *ins = calloc(1, sizeof *ins);

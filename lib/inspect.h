@@ -132,6 +132,12 @@ const struct tb_volume *tb_inspect_volume(const struct tb_inspect *ins, size_t i
 /* Index of the volume named NAME, or -1. */
 int tb_inspect_find_volume(const struct tb_inspect *ins, const char *name);
 
+/* Byte range of partition N (numbered as Linux does: MBR slots 1-4, logical
+ * partitions from 5, GPT entries from 1) in the disk's partition table, whether
+ * or not it holds a filesystem this code reads.  -1 with ENOENT if there is no
+ * such partition (or no table). */
+int tb_inspect_partition(struct tb_inspect *ins, uint32_t n, uint64_t *off, uint64_t *len);
+
 /* PATH is absolute inside the volume's filesystem ("/", "/etc/passwd"). */
 int tb_inspect_stat(struct tb_inspect *ins, size_t vol, const char *path, struct tb_istat *st);
 

@@ -30,7 +30,7 @@
 #include "mailbox.h"
 #include "session.h"
 #include "store.h"
-#include "watchdog.h"
+#include "region.h"
 
 /* ---- locks -------------------------------------------------------------- */
 
@@ -256,17 +256,15 @@ static int carry_preserved(const char *state, const struct tb_client_conf *c, st
   int r = 0;
   uint64_t bs = ni.block_size;
   for (size_t i = 0; i < c->n_preserve && r == 0; i++) {
-    const struct tb_preserve *p = &c->preserve[i];
-    uint64_t off, len;
-    if (p->kind == TB_PRESERVE_PARTITION) {
-      if (tb_image_partition(base_path, p->partition, &off, &len) == -1) {
-        r = tb_error_prefix("client %s: preserve partition:%u", id, p->partition);
-        break;
-      }
-    } else {
-      off = p->first_lba * 512;
-      len = (p->last_lba - p->first_lba + 1) * 512;
+    uint64_t offs[2], lens[2];
+    int n;
+    if (tb_region_resolve(&c->preserve[i], base_path, ni.size, offs, lens, &n) == -1) {
+      r = tb_error_prefix("client %s: preserve", id);
+      break;
     }
+    if (n == 0)
+      continue;
+    uint64_t off = offs[0], len = lens[0];
     /* Whole blocks only: a block shared with an unpreserved neighbour returns
      * to the master, so nothing outside the range survives. */
     uint64_t first = (off + bs - 1) / bs, end = (off + len) / bs;

@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "inspect.h"
 #include "watchdog.h"
 
 static int bad(const char *path, const char *key, const char *expected, const json_t *got)
@@ -75,27 +74,6 @@ static int get_name(const json_t *obj, const char *path, char *out)
   return 0;
 }
 
-static int parse_region(const char *s, struct tb_protect *p)
-{
-  unsigned n;
-  unsigned long long a, b;
-  char tail;
-  if (strcmp(s, "mbr") == 0)
-    p->kind = TB_REGION_MBR;
-  else if (strcmp(s, "gpt") == 0)
-    p->kind = TB_REGION_GPT;
-  else if (sscanf(s, "partition:%u%c", &n, &tail) == 1 && n >= 1 && n <= 128) {
-    p->kind = TB_REGION_PARTITION;
-    p->partition = n;
-  } else if (sscanf(s, "lba:%llu-%llu%c", &a, &b, &tail) == 2 && a <= b) {
-    p->kind = TB_REGION_LBA;
-    p->first_lba = a;
-    p->last_lba = b;
-  } else
-    return -1;
-  return 0;
-}
-
 static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog_conf *w)
 {
   if (!json_is_array(arr))
@@ -118,7 +96,7 @@ static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog
     if (check_keys(e, p, keys) == -1 || get_name(e, p, pr->name) == -1)
       return -1;
     json_t *r = json_object_get(e, "region");
-    if (!json_is_string(r) || parse_region(json_string_value(r), pr) == -1)
+    if (!json_is_string(r) || tb_region_parse(json_string_value(r), true, &pr->region) == -1)
       return bad(p, "region", "\"mbr\", \"gpt\", \"partition:N\" or \"lba:FIRST-LAST\"", r);
     json_t *a = json_object_get(e, "action");
     const char *as = json_is_string(a) ? json_string_value(a) : NULL;
@@ -307,35 +285,8 @@ void tb_watchdog_free(struct tb_watchdog_conf *w)
 
 /* ---- guards ---- */
 
-int tb_image_partition(const char *base_path, uint32_t n, uint64_t *off, uint64_t *len)
+static int add_guard(struct tb_guards *g, const struct tb_protect *p, uint64_t off, uint64_t len)
 {
-  struct tb_disk *d = tb_disk_open_file(base_path);
-  if (!d)
-    return -1;
-  struct tb_inspect *ins = tb_inspect_open(d);
-  tb_disk_unref(d);
-  if (!ins)
-    return -1;
-  int r = tb_error("partition %u does not exist in the partition table of %s", n, base_path);
-  for (size_t i = 0; i < tb_inspect_n_volumes(ins); i++) {
-    const struct tb_volume *v = tb_inspect_volume(ins, i);
-    if (v->partition == (int)n) {
-      *off = v->offset;
-      *len = v->length;
-      r = 0;
-    }
-  }
-  tb_inspect_close(ins);
-  return r;
-}
-
-static int add_guard(struct tb_guards *g, const struct tb_protect *p, uint64_t off, uint64_t len,
-                     uint64_t size)
-{
-  if (off >= size)
-    return 0; /* a region past the end of this disk protects nothing here */
-  if (len > size - off)
-    len = size - off;
   struct tb_guard *ng = realloc(g->v, (g->n + 1) * sizeof *ng);
   if (!ng)
     return tb_error_errno("protected regions");
@@ -355,26 +306,10 @@ int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, u
   memset(out, 0, sizeof *out);
   for (size_t i = 0; i < w->n_protect; i++) {
     const struct tb_protect *p = &w->protect[i];
-    uint64_t off = 0, len = 0;
-    int r = 0;
-    switch (p->kind) {
-    case TB_REGION_MBR:
-      r = add_guard(out, p, 0, 512, size);
-      break;
-    case TB_REGION_GPT:
-      r = add_guard(out, p, 0, 34 * 512, size);
-      if (r == 0 && size > 68 * 512)
-        r = add_guard(out, p, size - 33 * 512, 33 * 512, size);
-      break;
-    case TB_REGION_PARTITION:
-      r = tb_image_partition(base_path, p->partition, &off, &len);
-      if (r == 0)
-        r = add_guard(out, p, off, len, size);
-      break;
-    case TB_REGION_LBA:
-      r = add_guard(out, p, p->first_lba * 512, (p->last_lba - p->first_lba + 1) * 512, size);
-      break;
-    }
+    uint64_t off[2], len[2];
+    int n, r = tb_region_resolve(&p->region, base_path, size, off, len, &n);
+    for (int k = 0; k < n && r == 0; k++)
+      r = add_guard(out, p, off[k], len[k]);
     if (r == -1) {
       tb_error_prefix("watchdog protect \"%s\"", p->name);
       tb_guards_free(out);

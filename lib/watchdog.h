@@ -37,16 +37,14 @@
 
 #include <jansson.h>
 
+#include "region.h"
 #include "util.h"
 
 enum tb_guard_action { TB_GUARD_ALERT = 0, TB_GUARD_DENY = 1 };
-enum tb_region_kind { TB_REGION_MBR, TB_REGION_GPT, TB_REGION_PARTITION, TB_REGION_LBA };
 
 struct tb_protect {
   char name[TB_NAME_MAX + 1];
-  enum tb_region_kind kind;
-  uint32_t partition;
-  uint64_t first_lba, last_lba;
+  struct tb_region region;
   enum tb_guard_action action;
 };
 
@@ -111,10 +109,6 @@ struct tb_guards {
 int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, uint64_t size,
                       struct tb_guards *out);
 void tb_guards_free(struct tb_guards *g);
-
-/* Byte range of partition N (1-based, as Linux numbers them) in the MBR or GPT
- * of the raw image at PATH, read through lib/inspect (libtsk). */
-int tb_image_partition(const char *path, uint32_t n, uint64_t *off, uint64_t *len);
 
 /* The first guard that [off, off+len) touches, preferring a "deny" one; NULL if none. */
 struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len);
