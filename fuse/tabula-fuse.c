@@ -518,12 +518,47 @@ static pthread_mutex_t gen_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct gen gens[256];
 static size_t n_gens;
 
+/* With --uri: the base version from the export's description, which the
+ * plugin sets to "base IMAGE@N, ..." on ID@live and ID@session/N. */
+static int find_base_remote(const struct node *n, char image[TB_NAME_MAX + 1], uint32_t *version)
+{
+  char export[TB_PATH_MAX];
+  if (n->ctx == CTX_SESSION)
+    snprintf(export, sizeof export, "%s@session/%s", n->name, n->num);
+  else
+    snprintf(export, sizeof export, "%s@live", n->name);
+  struct nbd_handle *h = nbd_create();
+  int r = -1;
+  char *desc = NULL;
+  /* Option mode, so EXPORT replaces the URI's export name; NBD_OPT_INFO is
+   * enough to read the description. */
+  if (h && nbd_set_opt_mode(h, true) == 0 && nbd_set_full_info(h, true) == 0 &&
+      nbd_connect_uri(h, opts.uri) == 0 && nbd_set_export_name(h, export) == 0 &&
+      nbd_opt_info(h) == 0)
+    desc = nbd_get_export_description(h);
+  char img[TB_NAME_MAX + 1];
+  unsigned v;
+  if (desc && sscanf(desc, "base %64[A-Za-z0-9._-]@%u", img, &v) == 2 && tb_name_valid(img)) {
+    snprintf(image, TB_NAME_MAX + 1, "%s", img);
+    *version = v;
+    r = 0;
+  } else {
+    tb_error("the appliance does not say which version %s is based on%s%s", export,
+             h && !desc ? ": " : "", h && !desc && nbd_get_error() ? nbd_get_error() : "");
+  }
+  free(desc);
+  if (h)
+    nbd_close(h);
+  return r;
+}
+
 /* The base version of a client's overlay (live or retained session N), from
- * the overlay header in the state directory.  Only with -c. */
+ * the overlay header in the state directory (with -c), or from the appliance
+ * (with --uri). */
 static int find_base(const struct node *n, char image[TB_NAME_MAX + 1], uint32_t *version)
 {
   if (!cfg)
-    return tb_error("the base version is only known with -c (the appliance's config)");
+    return find_base_remote(n, image, version);
   char path[TB_PATH_MAX];
   int r = n->ctx == CTX_SESSION
               ? tb_client_session_path(cfg->state_dir, n->name, strtoull(n->num, NULL, 10), path,

@@ -1099,6 +1099,25 @@ out:
   return r == 0 ? 0 : -1;
 }
 
+/* "base IMAGE@N" for exports that have a base version: remote views (tabula-fuse
+ * --uri) read it to know what a client or session is compared with. */
+static const char *tabula_export_description(void *handle)
+{
+  struct handle *h = handle;
+  struct tb_overlay_info info;
+  struct source src;
+  const char *desc = NULL;
+  if (h->kind == EXPORT_IMAGE)
+    return nbdkit_printf_intern("tabula image %s", h->name);
+  if (source_get(h, &src) == 0 && src.ovl) {
+    tb_overlay_info(src.ovl, &info);
+    desc = nbdkit_printf_intern("base %s@%u, session %" PRIu64 ", client %s", info.base.image,
+                                info.base.version, info.session, h->name);
+  }
+  source_put(h, &src);
+  return desc;
+}
+
 static const char *tabula_default_export(int readonly, int is_tls)
 {
   return ""; /* the client found by its peer address */
@@ -1119,6 +1138,7 @@ static struct nbdkit_plugin plugin = {
     .cleanup = tabula_cleanup,
     .list_exports = tabula_list_exports,
     .default_export = tabula_default_export,
+    .export_description = tabula_export_description,
     .open = tabula_open,
     .close = tabula_close,
     .get_size = tabula_get_size,

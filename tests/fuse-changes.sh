@@ -90,6 +90,15 @@ grep -q 'dirty bytes' "$C" || tb_fail "changes.txt does not use the dirty map: $
 jq -e '.base == "demo@1" and .dirty_bytes > 0 and .client == "pc01"' "$M/clients/pc01/status.json" \
   >/dev/null || tb_fail "status.json: $(cat "$M/clients/pc01/status.json")"
 
+# A remote view (--uri, as from an admin's machine) finds the base version in
+# the export's description and lists the same changes.
+R=$T/remote
+tf_mount "$R" --uri "nbd+unix:///?socket=$T/srv.sock"
+grep -v '^#' "$R/clients/pc01/changes.txt" >"$T/remote-changes.txt"
+grep -v '^#' "$C" | cmp -s - "$T/remote-changes.txt" ||
+  tb_fail "--uri changes.txt differs: $(cat "$R/clients/pc01/changes.txt")"
+tf_umount "$R"
+
 # End the session; the next one rolls back and retains session 1.
 fusermount3 -u "$T/nf"
 wait "$(cat "$T/nbdfuse.bgpid")" || true
