@@ -186,11 +186,23 @@ static bool overlay_unused(const char *path)
   return stat(path, &st) == 0 && (uint64_t)st.st_blocks * 512 <= 4096;
 }
 
-/* Rename the current overlay to sessions/PREV (or drop it if it is unused). */
-static int rotate(const char *state, const char *id, const char *overlay, uint64_t prev,
-                  char *retained, size_t len)
+uint64_t tb_client_last_session(const char *state, const char *id)
 {
+  char seq[TB_PATH_MAX];
+  if (tb_store_client_path(state, id, "seq", seq, sizeof seq) == -1)
+    return 0;
+  char *text = tb_read_file(seq, 64, NULL);
+  uint64_t n = text ? strtoull(text, NULL, 10) : 0;
+  free(text);
+  return n;
+}
+
+int tb_client_retire(const char *state, const char *id, uint64_t prev, char *retained, size_t len)
+{
+  char overlay[TB_PATH_MAX];
   retained[0] = '\0';
+  if (tb_store_client_path(state, id, "overlay", overlay, sizeof overlay) == -1)
+    return -1;
   if (access(overlay, F_OK) == -1)
     return 0;
   if (overlay_unused(overlay) || prev == 0) {
@@ -203,9 +215,9 @@ static int rotate(const char *state, const char *id, const char *overlay, uint64
       tb_mkdirs(dir, false) == -1 || tb_client_session_path(state, id, prev, retained, len) == -1)
     return -1;
   if (access(retained, F_OK) == 0) /* never clobber a restore point */
-    return tb_error("%s already exists; the session counter of %s is behind (remove "
-                    "clients/%s/seq's damage or move the file aside)",
-                    retained, id, id);
+    return tb_error("cannot retire the overlay of %s: %s already exists (the session counter "
+                    "clients/%s/seq is behind: set it past the highest retained session)",
+                    id, retained, id);
   if (rename(overlay, retained) == -1)
     return tb_error_errno("cannot rotate %s to %s", overlay, retained);
   return tb_fsync_dir(retained);
@@ -376,20 +388,13 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
     }
   }
 
-  uint64_t prev_number = 0;
-  {
-    char seq[TB_PATH_MAX];
-    char *text = tb_path(seq, sizeof seq, "%s/seq", dir) == 0 ? tb_read_file(seq, 64, NULL) : NULL;
-    if (text)
-      prev_number = strtoull(text, NULL, 10);
-    free(text);
-  }
+  uint64_t prev_number = tb_client_last_session(state, c->id);
   if (!(s->number = next_session_number(dir)))
     goto fail;
 
   bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
   if (discard) {
-    if (rotate(state, c->id, overlay, prev_number, retained, sizeof retained) == -1)
+    if (tb_client_retire(state, c->id, prev_number, retained, sizeof retained) == -1)
       goto fail;
     if (retained[0])
       tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session", (json_int_t)prev_number,

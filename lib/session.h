@@ -48,6 +48,16 @@ void tb_client_unlock(int fd);
 /* Is a session (or daemon work) holding the client's lock right now? */
 bool tb_client_locked(const char *state, const char *id);
 
+/* The number of the last session that started (clients/ID/seq), 0 if none. */
+uint64_t tb_client_last_session(const char *state, const char *id);
+
+/* Retire a client's overlay: rename clients/ID/overlay to sessions/NUMBER (a
+ * restore point), or drop it if nothing was ever written to it.  NUMBER is the
+ * last session that used it (tb_client_last_session).  The caller holds the
+ * client's lock.  RETAINED gets the new path, or "" if nothing was kept. */
+int tb_client_retire(const char *state, const char *id, uint64_t number, char *retained,
+                     size_t len);
+
 /* Retained sessions of a client, ascending (malloc'd). */
 int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_t *n);
 int tb_client_session_path(const char *state, const char *id, uint64_t n, char *buf, size_t len);

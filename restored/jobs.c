@@ -173,26 +173,11 @@ static int move_client(const struct job *j, const char *overlay, const struct tb
   struct tb_overlay_info info;
   if (tb_overlay_read_info(overlay, &info) == -1)
     return -1;
-  char dir[TB_PATH_MAX], seq[TB_PATH_MAX], retained[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 ||
-      tb_path(seq, sizeof seq, "%s/seq", dir) == -1)
+  char retained[TB_PATH_MAX];
+  if (tb_client_retire(state, id, tb_client_last_session(state, id), retained, sizeof retained) ==
+      -1)
     return -1;
-  uint64_t number = 0;
-  char *text = tb_read_file(seq, 64, NULL);
-  if (text)
-    number = strtoull(text, NULL, 10);
-  free(text);
-  char sessions[TB_PATH_MAX];
-  if (tb_path(sessions, sizeof sessions, "%s/sessions", dir) == -1 ||
-      tb_mkdirs(sessions, false) == -1)
-    return -1;
-  if (number && tb_client_session_path(state, id, number, retained, sizeof retained) == 0 &&
-      access(retained, F_OK) == -1) {
-    if (rename(overlay, retained) == -1)
-      return tb_error_errno("cannot retire %s as %s", overlay, retained);
-  } else if (unlink(overlay) == -1) { /* its content is in the new version anyway */
-    return tb_error_errno("cannot remove %s", overlay);
-  }
+  uint64_t number = tb_client_last_session(state, id);
   struct tb_base_id base;
   uint64_t size;
   if (tb_base_lookup(state, res->image, res->version, &base, NULL, 0, &size) == -1 ||
