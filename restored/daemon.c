@@ -273,6 +273,7 @@ static int run(void)
     int64_t now = tb_now_ms();
     nbdkit_tick(&D, now);
     schedules_tick(&D, now);
+    pulls_tick(&D, now);
     server_tick(&D, now);
     if (now >= next_journal) {
       journal_poll(&D);
@@ -286,6 +287,7 @@ static int run(void)
     int64_t wake = next_journal;
     wake = min64(wake, nbdkit_next_wakeup(&D));
     wake = min64(wake, schedules_next(&D));
+    wake = min64(wake, pulls_next(&D));
     if (D.cfg->metrics_file)
       wake = min64(wake, D.next_metrics_ms);
     int timeout = wake <= now ? 0 : (int)min64(wake - now, 1000);

@@ -87,6 +87,10 @@ void nbdkit_stop(struct daemon *d); /* SIGTERM, wait, SIGKILL */
 bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b);
 void nbdkit_restart(struct daemon *d, const char *why);
 
+/* pulls.c: scheduled pulls from image repositories */
+void pulls_tick(struct daemon *d, int64_t now);
+int64_t pulls_next(const struct daemon *d);
+
 /* server.c: the control socket */
 int server_open(struct daemon *d);
 void server_close(struct daemon *d);

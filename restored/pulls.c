@@ -1,0 +1,171 @@
+/* tabula-restored: scheduled pulls -- the config's "pull" sources that have a
+ * "when" schedule (lib/repo.h does the pulling).
+ *
+ * The main loop only compares due times; a due source runs on a thread of its
+ * own, since a pull is network-bound and may take minutes, and a source never
+ * runs twice at once.  The thread holds a reference to the configuration it
+ * started with, so a reload during a pull is harmless.
+ *
+ * Versions and clients: a client that follows the newest version of its image
+ * would boot a pulled version at its next session.  That is what
+ * "make_current": true asks for.  Without it, before a source runs, every
+ * client of its images that follows the newest version is pinned (mailbox) to
+ * the version it runs now, so a pulled version waits until an administrator
+ * moves clients to it (tabulactl pin / unpin / reimage).
+ */
+#include <config.h>
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "events.h"
+#include "mailbox.h"
+#include "repo.h"
+#include "schedule.h"
+#include "store.h"
+
+struct pull_sched {
+  bool has;
+  struct tb_schedule sched;
+  int64_t next_ms;
+  bool running; /* protected by lock */
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pull_sched *scheds;
+static size_t n_scheds;
+static const struct tb_config *built_for; /* the configuration scheds were built from */
+
+/* (Re)build the schedules when the configuration changed (start, reload). */
+static void rebuild(const struct tb_config *cfg, int64_t now)
+{
+  size_t n = cfg->pull ? tb_repo_pull_sources(cfg->pull) : 0;
+  struct pull_sched *s = calloc(n ? n : 1, sizeof *s);
+  if (!s)
+    return;
+  pthread_mutex_lock(&lock);
+  for (size_t i = 0; i < n; i++) {
+    const char *when = tb_repo_pull_source_when(cfg->pull, i);
+    if (!when || tb_schedule_parse(when, &s[i].sched) == -1)
+      continue; /* manual only (the parser validated "when" at load) */
+    s[i].has = true;
+    s[i].next_ms = tb_schedule_next(&s[i].sched, now);
+    s[i].running = i < n_scheds && scheds[i].running;
+  }
+  free(scheds);
+  scheds = s;
+  n_scheds = n;
+  built_for = cfg;
+  pthread_mutex_unlock(&lock);
+}
+
+static bool source_has_image(const json_t *pull, size_t i, const char *image)
+{
+  const json_t *src = json_is_array(pull) ? json_array_get(pull, i) : pull;
+  const json_t *images = json_object_get(src, "images");
+  if (!json_is_array(images))
+    return true; /* no list: every image */
+  size_t k;
+  const json_t *v;
+  json_array_foreach(images, k, v) if (json_is_string(v) &&
+                                       strcmp(json_string_value(v), image) == 0) return true;
+  return false;
+}
+
+static int pin_to(struct tb_mailbox *mb, void *ctx)
+{
+  if (mb->pin)
+    return 1;
+  mb->pin = *(const uint32_t *)ctx;
+  return 0;
+}
+
+/* Keep the clients of source I on the versions they run now. */
+static void hold_clients(const struct tb_config *cfg, size_t i)
+{
+  for (size_t k = 0; k < cfg->n_clients; k++) {
+    const struct tb_client_conf *c = &cfg->clients[k];
+    struct tb_mailbox mb;
+    if (c->version || !source_has_image(cfg->pull, i, c->image) ||
+        tb_mailbox_read(cfg->state_dir, c->id, &mb) == -1 || mb.pin || mb.image[0])
+      continue;
+    uint32_t now = tb_store_latest(cfg->state_dir, c->image);
+    if (now && tb_mailbox_update(cfg->state_dir, c->id, pin_to, &now) == 0)
+      tb_eventf(cfg->state_dir, "pin", c->id, "{s:s, s:I, s:s}", "image", c->image, "version",
+                (json_int_t)now, "reason", "scheduled pull without make_current");
+  }
+}
+
+struct run {
+  struct tb_config *cfg;
+  size_t index;
+};
+
+static void *run_source(void *arg)
+{
+  struct run *r = arg;
+  if (!tb_repo_pull_source_make_current(r->cfg->pull, r->index))
+    hold_clients(r->cfg, r->index);
+  int failed = tb_repo_pull_source_run(r->cfg, r->index, NULL, NULL);
+  if (failed != 0)
+    log_msg("scheduled pull (source %zu): %s", r->index,
+            failed < 0 ? tb_errmsg() : "some images failed (see the events)");
+  tb_eventf(r->cfg->state_dir, "pull-scheduled-done", NULL, "{s:I, s:i}", "source",
+            (json_int_t)r->index, "failed", failed);
+  pthread_mutex_lock(&lock);
+  if (r->index < n_scheds)
+    scheds[r->index].running = false;
+  pthread_mutex_unlock(&lock);
+  tb_config_unref(r->cfg);
+  free(r);
+  return NULL;
+}
+
+void pulls_tick(struct daemon *d, int64_t now)
+{
+  if (built_for != d->cfg)
+    rebuild(d->cfg, now);
+  pthread_mutex_lock(&lock);
+  for (size_t i = 0; i < n_scheds; i++) {
+    struct pull_sched *s = &scheds[i];
+    if (!s->has || now < s->next_ms)
+      continue;
+    s->next_ms = tb_schedule_next(&s->sched, now);
+    if (s->running) {
+      log_msg("scheduled pull (source %zu) is still running: this turn is skipped", i);
+      continue;
+    }
+    struct run *r = malloc(sizeof *r);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (r) {
+      r->cfg = tb_config_ref(d->cfg);
+      r->index = i;
+      tb_eventf(d->cfg->state_dir, "pull-scheduled", NULL, "{s:I}", "source", (json_int_t)i);
+      if (pthread_create(&t, &attr, run_source, r) == 0) {
+        s->running = true;
+      } else {
+        log_msg("scheduled pull (source %zu): cannot start a thread", i);
+        tb_config_unref(r->cfg);
+        free(r);
+      }
+    }
+    pthread_attr_destroy(&attr);
+  }
+  pthread_mutex_unlock(&lock);
+}
+
+int64_t pulls_next(const struct daemon *d)
+{
+  int64_t next = INT64_MAX;
+  pthread_mutex_lock(&lock);
+  for (size_t i = 0; i < n_scheds; i++)
+    if (scheds[i].has && scheds[i].next_ms < next)
+      next = scheds[i].next_ms;
+  pthread_mutex_unlock(&lock);
+  return next;
+}
