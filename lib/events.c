@@ -28,11 +28,11 @@ void tb_events_set_max_bytes(uint64_t max)
     max_bytes = max;
 }
 
-static void rotate_if_large(const char *path)
+/* Out of line so its path buffers take stack only when a journal is rotated
+ * (events are written from nbdkit's connection threads: see session.c). */
+static __attribute__((noinline)) void rotate(const char *path)
 {
   struct stat st;
-  if (stat(path, &st) == -1 || (uint64_t)st.st_size < max_bytes)
-    return;
   char lock[TB_PATH_MAX], old[TB_PATH_MAX];
   if (tb_path(lock, sizeof lock, "%s.lock", path) == -1 ||
       tb_path(old, sizeof old, "%s.1", path) == -1)
@@ -43,6 +43,13 @@ static void rotate_if_large(const char *path)
   if (flock(fd, LOCK_EX) == 0 && stat(path, &st) == 0 && (uint64_t)st.st_size >= max_bytes)
     rename(path, old);
   close(fd);
+}
+
+static void rotate_if_large(const char *path)
+{
+  struct stat st;
+  if (stat(path, &st) == 0 && (uint64_t)st.st_size >= max_bytes)
+    rotate(path);
 }
 
 static int append_line(const char *path, const char *line, size_t len)

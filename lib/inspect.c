@@ -1088,16 +1088,21 @@ static size_t ranges_lower_bound(const struct tb_ranges *r, uint64_t off)
  * a difference. */
 static bool bytes_differ(struct tb_disk *live, struct tb_disk *base, uint64_t off, uint64_t len)
 {
-  static _Thread_local char a[65536], b[65536];
-  while (len > 0) {
-    size_t n = len < sizeof a ? (size_t)len : sizeof a;
+  /* Heap, not thread-local: every program linking lib/ (nbdkit's dozens of
+   * threads among them) would carry 128 KiB of TLS per thread otherwise. */
+  enum { CMP_BYTES = 65536 };
+  char *a = malloc(2 * CMP_BYTES), *b = a + CMP_BYTES;
+  bool differ = !a;
+  while (!differ && len > 0) {
+    size_t n = len < CMP_BYTES ? (size_t)len : CMP_BYTES;
     if (tb_disk_pread(live, a, n, off) < 0 || tb_disk_pread(base, b, n, off) < 0 ||
         memcmp(a, b, n) != 0)
-      return true;
+      differ = true;
     off += n;
     len -= n;
   }
-  return false;
+  free(a);
+  return differ;
 }
 
 /* Does any content of file INUM lie in DIRTY (and, with BASE set, differ

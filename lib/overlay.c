@@ -63,7 +63,7 @@ struct tb_overlay {
   int fd;      /* the overlay file */
   int base_fd; /* the base version's raw image */
   bool rdonly;
-  char path[TB_PATH_MAX];
+  char *path; /* heap: a session costs memory as long as it runs */
   struct tb_overlay_info info;
   uint64_t nblocks;
   uint32_t block_shift;
@@ -363,6 +363,7 @@ static void overlay_free(struct tb_overlay *o)
   pthread_rwlock_destroy(&o->writers);
   pthread_mutex_destroy(&o->flush_lock);
   pthread_mutex_destroy(&o->page_alloc_lock);
+  free(o->path);
   free(o);
 }
 
@@ -381,8 +382,10 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
   pthread_rwlock_init(&o->writers, NULL);
   pthread_mutex_init(&o->flush_lock, NULL);
   pthread_mutex_init(&o->page_alloc_lock, NULL);
-  if (tb_path(o->path, sizeof o->path, "%s", path) == -1)
+  if (!(o->path = strdup(path))) {
+    tb_error_errno("opening overlay %s", path);
     goto fail;
+  }
 
   if (tb_overlay_read_info(path, &o->info) == -1)
     goto fail;

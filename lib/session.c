@@ -17,6 +17,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,10 +38,12 @@
 
 int tb_client_lock(const char *state, const char *id, bool wait)
 {
-  char dir[TB_PATH_MAX], path[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, false) == -1 ||
-      tb_path(path, sizeof path, "%s/lock", dir) == -1)
+  char path[TB_PATH_MAX];
+  if (tb_store_client_dir(state, id, path, sizeof path) == -1 || tb_mkdirs(path, false) == -1)
     return -1;
+  if (strlen(path) + sizeof "/lock" > sizeof path)
+    return tb_error("the state directory path of client %s is too long", id);
+  strcat(path, "/lock");
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd == -1)
     return tb_error_errno("cannot open %s", path);
@@ -77,19 +81,86 @@ bool tb_client_locked(const char *state, const char *id)
 
 /* ---- lookups -------------------------------------------------------------- */
 
-int tb_base_lookup(const char *state, const char *image, uint32_t version, struct tb_base_id *id,
-                   char *path, size_t path_len, uint64_t *size)
+/* Manifests are immutable once published, and a big image's manifest is a
+ * megabyte of JSON (a hash per 4 MiB chunk), so parsing it at every session
+ * start would cost time and, worse, leave that much heap behind in every
+ * malloc arena of a busy nbdkit.  The identity of a version is therefore
+ * remembered per manifest file, keyed by its path and its stat identity (a
+ * version removed and re-imported under the same number is a new file). */
+struct base_cache_entry {
+  char path[TB_PATH_MAX];
+  dev_t dev;
+  ino_t ino;
+  struct timespec mtime;
+  off_t bytes;
+  uint8_t manifest_sha256[32];
+  uint64_t size;
+};
+#define BASE_CACHE_SLOTS 32
+static struct base_cache_entry base_cache[BASE_CACHE_SLOTS];
+static unsigned base_cache_next;
+static pthread_mutex_t base_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool same_file(const struct base_cache_entry *e, const char *path, const struct stat *st)
 {
+  return strcmp(e->path, path) == 0 && e->dev == st->st_dev && e->ino == st->st_ino &&
+         e->bytes == st->st_size && e->mtime.tv_sec == st->st_mtim.tv_sec &&
+         e->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+static int base_identity(const char *state, const char *image, uint32_t version,
+                         uint8_t manifest_sha256[32], uint64_t *size)
+{
+  char path[TB_PATH_MAX];
+  struct stat st;
+  if (tb_store_manifest_path(state, image, version, path, sizeof path) == -1)
+    return -1;
+  bool known = false;
+  if (stat(path, &st) == 0) {
+    pthread_mutex_lock(&base_cache_lock);
+    for (size_t i = 0; i < BASE_CACHE_SLOTS && !known; i++)
+      if (same_file(&base_cache[i], path, &st)) {
+        memcpy(manifest_sha256, base_cache[i].manifest_sha256, 32);
+        *size = base_cache[i].size;
+        known = true;
+      }
+    pthread_mutex_unlock(&base_cache_lock);
+  }
+  if (known)
+    return 0;
+
   struct tb_manifest *m = tb_manifest_load(state, image, version);
   if (!m)
     return -1;
+  memcpy(manifest_sha256, m->manifest_sha256, 32);
+  *size = m->size;
+  tb_manifest_free(m);
+  if (stat(path, &st) == 0) {
+    pthread_mutex_lock(&base_cache_lock);
+    struct base_cache_entry *e = &base_cache[base_cache_next++ % BASE_CACHE_SLOTS];
+    snprintf(e->path, sizeof e->path, "%s", path);
+    e->dev = st.st_dev;
+    e->ino = st.st_ino;
+    e->mtime = st.st_mtim;
+    e->bytes = st.st_size;
+    memcpy(e->manifest_sha256, manifest_sha256, 32);
+    e->size = *size;
+    pthread_mutex_unlock(&base_cache_lock);
+  }
+  return 0;
+}
+
+int tb_base_lookup(const char *state, const char *image, uint32_t version, struct tb_base_id *id,
+                   char *path, size_t path_len, uint64_t *size)
+{
+  uint64_t image_size;
   memset(id, 0, sizeof *id);
+  if (base_identity(state, image, version, id->manifest_sha256, &image_size) == -1)
+    return -1;
   snprintf(id->image, sizeof id->image, "%s", image);
   id->version = version;
-  memcpy(id->manifest_sha256, m->manifest_sha256, 32);
   if (size)
-    *size = m->size;
-  tb_manifest_free(m);
+    *size = image_size;
   return path ? tb_store_version_path(state, image, version, path, path_len) : 0;
 }
 
@@ -159,7 +230,7 @@ int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_
 /* ---- the turn ------------------------------------------------------------- */
 
 /* Read and bump clients/ID/seq; returns the new session number or 0. */
-static uint64_t next_session_number(const char *dir)
+static __attribute__((noinline)) uint64_t next_session_number(const char *dir)
 {
   char path[TB_PATH_MAX];
   if (tb_path(path, sizeof path, "%s/seq", dir) == -1)
@@ -197,6 +268,9 @@ uint64_t tb_client_last_session(const char *state, const char *id)
   return n;
 }
 
+static int retire_into_sessions(const char *state, const char *id, uint64_t prev,
+                                const char *overlay, char *retained, size_t len);
+
 int tb_client_retire(const char *state, const char *id, uint64_t prev, char *retained, size_t len)
 {
   char overlay[TB_PATH_MAX];
@@ -210,6 +284,15 @@ int tb_client_retire(const char *state, const char *id, uint64_t prev, char *ret
       return tb_error_errno("cannot remove %s", overlay);
     return 0;
   }
+  return retire_into_sessions(state, id, prev, overlay, retained, len);
+}
+
+/* Out of line, like every path buffer on the session-start path: see
+ * tb_session_begin. */
+static __attribute__((noinline)) int retire_into_sessions(const char *state, const char *id,
+                                                          uint64_t prev, const char *overlay,
+                                                          char *retained, size_t len)
+{
   char dir[TB_PATH_MAX];
   if (tb_store_client_path(state, id, "sessions", dir, sizeof dir) == -1 ||
       tb_mkdirs(dir, false) == -1 || tb_client_session_path(state, id, prev, retained, len) == -1)
@@ -242,8 +325,10 @@ static void prune_sessions(const char *state, const char *id, int keep)
  * This works across versions too (a data partition keeps the user's files when
  * the system partition moves to a new master), as long as the disk geometry is
  * the same; partitions are looked up in the new base's partition table. */
-static int carry_preserved(const char *state, const struct tb_client_conf *c, struct tb_overlay *nw,
-                           const char *old_path, const char *base_path)
+static __attribute__((noinline)) int carry_preserved(const char *state,
+                                                     const struct tb_client_conf *c,
+                                                     struct tb_overlay *nw, const char *old_path,
+                                                     const char *base_path)
 {
   const char *id = c->id;
   if (c->n_preserve == 0 || !old_path[0])
@@ -287,8 +372,10 @@ static int carry_preserved(const char *state, const struct tb_client_conf *c, st
   return r;
 }
 
-static int write_session_json(const struct tb_session *s, const char *state_word,
-                              const struct tb_overlay_stats *st, int64_t ended_ms)
+static __attribute__((noinline)) int write_session_json(const struct tb_session *s,
+                                                        const char *state_word,
+                                                        const struct tb_overlay_stats *st,
+                                                        int64_t ended_ms)
 {
   char path[TB_PATH_MAX];
   if (tb_store_client_path(s->state_dir, s->id, "session.json", path, sizeof path) == -1)
@@ -335,7 +422,8 @@ static int clear_oneshots(struct tb_mailbox *mb, void *ctx)
 }
 
 /* Make retained session N the overlay (a reflink where the filesystem can). */
-static int restore_session(const char *state, const char *id, int64_t n, const char *overlay)
+static __attribute__((noinline)) int restore_session(const char *state, const char *id, int64_t n,
+                                                     const char *overlay)
 {
   char src[TB_PATH_MAX];
   if (tb_client_session_path(state, id, (uint64_t)n, src, sizeof src) == -1)
@@ -352,18 +440,29 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
 {
   const char *state = cfg->state_dir;
   int64_t turn_start = tb_now_ms();
-  char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX] = "";
-  char base_path[TB_PATH_MAX];
-  struct tb_session *s = calloc(1, sizeof *s);
+  /* The paths live on the heap: this runs on nbdkit's connection threads,
+   * and every page of stack a thread touches once stays resident as long as
+   * the connection (hundreds of idle clients). */
+  struct {
+    char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX], base_path[TB_PATH_MAX];
+    char src[TB_PATH_MAX];
+  } *p = malloc(sizeof *p);
+  struct tb_session *s = p ? calloc(1, sizeof *s) : NULL;
   if (!s) {
     tb_error_errno("session of %s", c->id);
+    free(p);
     return NULL;
   }
+  char *dir = p->dir, *overlay = p->overlay, *retained = p->retained, *base_path = p->base_path;
+  retained[0] = '\0';
   s->lock_fd = -1;
   snprintf(s->id, sizeof s->id, "%s", c->id);
-  snprintf(s->state_dir, sizeof s->state_dir, "%s", state);
-  if (tb_store_client_dir(state, c->id, dir, sizeof dir) == -1 ||
-      tb_path(overlay, sizeof overlay, "%s/overlay", dir) == -1)
+  if (!(s->state_dir = strdup(state))) {
+    tb_error_errno("session of %s", c->id);
+    goto fail;
+  }
+  if (tb_store_client_dir(state, c->id, dir, TB_PATH_MAX) == -1 ||
+      tb_path(overlay, TB_PATH_MAX, "%s/overlay", dir) == -1)
     goto fail;
   if ((s->lock_fd = tb_client_lock(state, c->id, false)) == -1)
     goto fail;
@@ -377,8 +476,8 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
     goto fail;
   }
   if (mb.restore > 0) {
-    char src[TB_PATH_MAX];
-    if (tb_client_session_path(state, c->id, (uint64_t)mb.restore, src, sizeof src) == -1)
+    char *src = p->src;
+    if (tb_client_session_path(state, c->id, (uint64_t)mb.restore, src, TB_PATH_MAX) == -1)
       goto fail;
     if (access(src, F_OK) == -1) {
       tb_error("client %s: cannot restore session %lld: it is not retained (see tabulactl "
@@ -394,7 +493,7 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
 
   bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
   if (discard) {
-    if (tb_client_retire(state, c->id, prev_number, retained, sizeof retained) == -1)
+    if (tb_client_retire(state, c->id, prev_number, retained, TB_PATH_MAX) == -1)
       goto fail;
     if (retained[0])
       tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session", (json_int_t)prev_number,
@@ -413,8 +512,8 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
     struct tb_overlay_info info;
     if (tb_overlay_read_info(overlay, &info) == -1)
       goto fail;
-    if (tb_base_lookup(state, info.base.image, info.base.version, &base, base_path,
-                       sizeof base_path, &size) == -1) {
+    if (tb_base_lookup(state, info.base.image, info.base.version, &base, base_path, TB_PATH_MAX,
+                       &size) == -1) {
       tb_error_prefix("client %s: the version its overlay is built on is gone", c->id);
       goto fail;
     }
@@ -422,7 +521,7 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
     char image[TB_NAME_MAX + 1];
     uint32_t version;
     if (tb_client_target(state, c, image, &version) == -1 ||
-        tb_base_lookup(state, image, version, &base, base_path, sizeof base_path, &size) == -1) {
+        tb_base_lookup(state, image, version, &base, base_path, TB_PATH_MAX, &size) == -1) {
       tb_error_prefix("client %s", c->id);
       goto fail;
     }
@@ -451,6 +550,7 @@ struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb
             (json_int_t)s->info.base.version, "dirty_bytes",
             (json_int_t)(s->info.dirty_blocks * s->info.block_size), "turn_ms",
             (json_int_t)(s->started_ms - turn_start));
+  free(p);
   return s;
 
 fail:
@@ -458,7 +558,9 @@ fail:
   if (s->overlay)
     tb_overlay_close(s->overlay);
   tb_client_unlock(s->lock_fd);
+  free(s->state_dir);
   free(s);
+  free(p);
   return NULL;
 }
 
@@ -481,6 +583,7 @@ int tb_session_end(struct tb_session *s)
   if (tb_overlay_close(s->overlay) == -1)
     r = -1;
   tb_client_unlock(s->lock_fd);
+  free(s->state_dir);
   free(s);
   return r;
 }

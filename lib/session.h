@@ -23,7 +23,7 @@
 
 struct tb_session {
   char id[TB_NAME_MAX + 1];
-  char state_dir[TB_PATH_MAX];
+  char *state_dir; /* heap, like everything a running session keeps */
   struct tb_overlay *overlay;
   struct tb_overlay_info info; /* at session start */
   uint64_t number;             /* session number */

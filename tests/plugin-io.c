@@ -15,6 +15,9 @@
  * a read of any range can be checked without remembering what was written,
  * and misplaced data (right bytes, wrong offset) is caught.
  *
+ * -e EXPORT may be given several times: connection i then opens the
+ * (i mod count)-th export, and -n defaults to the count (many clients at once).
+ *
  * Commands (one argument each):
  *   conn:K                 switch to connection K (all are opened at start)
  *   write:OFF:LEN:SEED     pwrite the pattern        fua:OFF:LEN:SEED  same with FUA
@@ -49,7 +52,7 @@
 
 #include <libnbd.h>
 
-#define MAX_CONNS 16
+#define MAX_CONNS 1024
 
 static uint8_t pat(uint64_t seed, uint64_t off)
 {
@@ -297,7 +300,7 @@ static int list_exports(struct nbd_handle *h, const char *sock, const char *tcp_
 
 static void usage(FILE *f)
 {
-  fprintf(f, "usage: plugin-io (-s SOCKET | -t HOST:PORT) [-e EXPORT] [-n CONNS] CMD...\n"
+  fprintf(f, "usage: plugin-io (-s SOCKET | -t HOST:PORT) [-e EXPORT]... [-n CONNS] CMD...\n"
              "       plugin-io (-s SOCKET | -t HOST:PORT) --list\n"
              "       plugin-io --make-file FILE SIZE SEED [DATA_BYTES]\n"
              "See the comment at the top of tests/plugin-io.c for the commands.\n");
@@ -313,8 +316,9 @@ int main(int argc, char **argv)
     return make_file(argv[2], strtoull(argv[3], NULL, 0), strtoull(argv[4], NULL, 0),
                      argc >= 6 ? strtoull(argv[5], NULL, 0) : UINT64_MAX);
 
-  const char *sock = NULL, *tcp = NULL, *export = "";
-  int nconns = 1, opt;
+  const char *sock = NULL, *tcp = NULL;
+  const char **exports = NULL;
+  int nexports = 0, nconns = 0, opt;
   bool list = false;
   static const struct option longopts[] = {{"list", no_argument, NULL, 'l'}, {NULL, 0, NULL, 0}};
   while ((opt = getopt_long(argc, argv, "+s:t:e:n:", longopts, NULL)) != -1) {
@@ -326,7 +330,10 @@ int main(int argc, char **argv)
       tcp = optarg;
       break;
     case 'e':
-      export = optarg;
+      exports = realloc(exports, sizeof *exports * (size_t)(nexports + 1));
+      if (!exports)
+        return 1;
+      exports[nexports++] = optarg;
       break;
     case 'n':
       nconns = atoi(optarg);
@@ -339,6 +346,8 @@ int main(int argc, char **argv)
       return 1;
     }
   }
+  if (nconns == 0)
+    nconns = nexports > 1 ? nexports : 1;
   if ((!sock) == (!tcp) || nconns < 1 || nconns > MAX_CONNS) {
     usage(stderr);
     return 1;
@@ -355,7 +364,7 @@ int main(int argc, char **argv)
     *colon = '\0';
     port = colon + 1;
   }
-  struct nbd_handle *h[MAX_CONNS];
+  static struct nbd_handle *h[MAX_CONNS];
   if (list) {
     h[0] = nbd_create();
     int r = h[0] ? list_exports(h[0], sock, host, port) : 1;
@@ -363,6 +372,7 @@ int main(int argc, char **argv)
     return r;
   }
   for (int i = 0; i < nconns; i++) {
+    const char *export = nexports ? exports[i % nexports] : "";
     h[i] = nbd_create();
     if (!h[i] || nbd_set_export_name(h[i], export) == -1 ||
         nbd_add_meta_context(h[i], LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) {
@@ -372,6 +382,8 @@ int main(int argc, char **argv)
     int r = sock ? nbd_connect_unix(h[i], sock) : nbd_connect_tcp(h[i], host, port);
     if (r == -1) {
       fprintf(stderr, "plugin-io: connect to export '%s': %s\n", export, nbd_get_error());
+      for (int k = 0; k <= i; k++)
+        nbd_close(h[k]);
       return 2;
     }
   }
@@ -412,5 +424,6 @@ int main(int argc, char **argv)
     }
     nbd_close(h[i]);
   }
+  free(exports);
   return status;
 }
