@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -306,19 +307,80 @@ static __attribute__((noinline)) int retire_into_sessions(const char *state, con
   return tb_fsync_dir(retained);
 }
 
-/* Delete retained sessions beyond KEEP, oldest first. */
+/* Delete every file in DIR without waiting for it.  Unlinking an overlay
+ * with gigabytes of extents keeps a filesystem busy for hundreds of
+ * milliseconds, which must not delay a session start, and a thread could
+ * outlive the plugin's code at nbdkit's exit.  So a grandchild process does
+ * it: the names are listed before fork (after it only async-signal-safe
+ * calls), the grandchild closes every inherited descriptor first (a client
+ * lock must not outlive its session in a copy), and the child exits at once
+ * so nobody has to reap the grandchild.  Whatever a crash leaves behind goes
+ * with the next call. */
+static void delete_in_background(const char *dir)
+{
+  DIR *d = opendir(dir);
+  if (!d)
+    return;
+  char **paths = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.')
+      continue;
+    if (n == cap) {
+      char **grown = realloc(paths, (cap = cap ? 2 * cap : 8) * sizeof *paths);
+      if (!grown)
+        break;
+      paths = grown;
+    }
+    if (asprintf(&paths[n], "%s/%s", dir, e->d_name) != -1)
+      n++;
+  }
+  closedir(d);
+  if (n > 0) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      if (fork() == 0) {
+        close_range(3, ~0U, 0);
+        for (size_t i = 0; i < n; i++)
+          unlink(paths[i]);
+      }
+      _exit(0);
+    }
+    if (pid > 0)
+      waitpid(pid, NULL, 0);
+    else /* no process to spare: delete them here */
+      for (size_t i = 0; i < n; i++)
+        unlink(paths[i]);
+  }
+  for (size_t i = 0; i < n; i++)
+    free(paths[i]);
+  free(paths);
+}
+
+/* Retained sessions beyond KEEP, oldest first, leave sessions/ at once (a
+ * rename into trash/) and are deleted in the background. */
 static void prune_sessions(const char *state, const char *id, int keep)
 {
   uint64_t *nums;
   size_t n;
-  if (tb_client_sessions(state, id, &nums, &n) == -1)
+  struct {
+    char trash[TB_PATH_MAX], from[TB_PATH_MAX], to[TB_PATH_MAX];
+  } *b = malloc(sizeof *b); /* heap: see tb_session_begin */
+  if (!b || tb_store_client_path(state, id, "trash", b->trash, TB_PATH_MAX) == -1 ||
+      tb_mkdirs(b->trash, false) == -1 || tb_client_sessions(state, id, &nums, &n) == -1) {
+    free(b);
     return;
+  }
   for (size_t i = 0; i + (size_t)keep < n; i++) {
-    char p[TB_PATH_MAX];
-    if (tb_client_session_path(state, id, nums[i], p, sizeof p) == 0 && unlink(p) == 0)
+    if (tb_client_session_path(state, id, nums[i], b->from, TB_PATH_MAX) == 0 &&
+        tb_path(b->to, TB_PATH_MAX, "%s/%llu", b->trash, (unsigned long long)nums[i]) == 0 &&
+        rename(b->from, b->to) == 0)
       tb_eventf(state, "session-pruned", id, "{s:I}", "session", (json_int_t)nums[i]);
   }
   free(nums);
+  delete_in_background(b->trash);
+  free(b);
 }
 
 /* Resolve preserved ranges into block ranges and copy them from OLD into NEW.

@@ -52,6 +52,13 @@ for n in 3 4 5; do
 done
 retained=$(ls "$pc/sessions" | sort -n | tr '\n' ' ')
 [ "$retained" = "3 4 " ] || tb_fail "retained sessions are '$retained', expected '3 4 '"
+# Pruned overlays leave sessions/ at once and are deleted in the background.
+i=0
+until [ -z "$(ls "$pc/trash" 2>/dev/null)" ]; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || tb_fail "pruned sessions are never deleted: $(ls "$pc/trash")"
+  sleep 0.1
+done
 tb_io s -e pc01@session/4 read:8192:4096:14 read:0:4096:1 || tb_fail "pc01@session/4"
 tb_io s -e pc01@session/1 read:0:1:11 >/dev/null 2>&1 && tb_fail "pruned session 1 is still served"
 tb_io s -e pc01@live read:8192:4096:15 read:0:4096:1 || tb_fail "pc01@live must show session 5"
