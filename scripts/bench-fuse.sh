@@ -10,6 +10,7 @@
 # reads an appliance's IMAGE@N export.  guestmount runs with
 # LIBGUESTFS_BACKEND=direct and is skipped if it cannot start here.
 set -eu
+. "$(dirname "$0")/benchlib.sh"
 build=$(cd "${1:-.}" && pwd)
 fuse=$build/fuse/tabula-fuse
 [ -x "$fuse" ] || { echo "bench-fuse: $fuse is not built (give the build directory)" >&2; exit 1; }
@@ -64,6 +65,7 @@ measure()
   r1=$(now_ms)
   mbs=$(awk "BEGIN { printf \"%.0f\", 256 * 1000 / ($r1 - $r0 + 0.001) }")
   printf '%-12s %11d ms %10s MiB/s\n' "$name" $((t1 - t0)) "$mbs"
+  echo "$name $((t1 - t0)) $mbs" >>"$T/figures"
   fusermount3 -u "$m" 2>/dev/null || umount "$m"
 }
 
@@ -81,3 +83,11 @@ out=$T/table
 progress ""
 [ -t 2 ] && printf '\r' >&2
 cat "$out"
+figure() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$T/figures" 2>/dev/null; }
+for anchor in fuse2fs guestmount; do
+  [ -n "$(figure $anchor 2)" ] || continue
+  bench_summary "view: mount to first listing" "$(figure tabula-fuse 2) ms" "$anchor" \
+    "$(figure $anchor 2) ms" "< 100 ms"
+  bench_summary "view: sequential read 256 MiB" "$(figure tabula-fuse 3) MiB/s" "$anchor" \
+    "$(figure $anchor 3) MiB/s" ">= 0.5 of fuse2fs"
+done

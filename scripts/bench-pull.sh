@@ -20,6 +20,7 @@
 # Needs about 6 x SIZE of free disk in $TMPDIR (two stores, the repository,
 # the curl copy), nginx, curl and openssl.
 set -euo pipefail
+. "$(dirname "$0")/benchlib.sh"
 
 build=${1:-.}
 build=$(cd "$build" && pwd)
@@ -178,6 +179,17 @@ for line in open(sys.argv[4]):
                        ("curl -o + sync (whole)", cb, float(t3) - float(t2))):
         print(f"{label:10} {name:22} {b:>18,} {100 * b / size:>10.2f}% {t:>8.2f}")
         label = ""
+with open(sys.argv[4]) as f:
+    rows = [l.split() for l in f]
+import os
+summary = os.environ.get("TB_BENCH_SUMMARY")
+if summary:
+    with open(summary, "a") as out:
+        for label, pb, t0, t1, cb, t2, t3 in rows:
+            out.write(f"delta pull {size / gib:.0f} GiB, {100 * changed / chunks:.0f}% changed, link {label}: bytes\t"
+                      f"{100 * int(pb) / size:.2f} % of image\tcurl -o (whole file)\t{100 * int(cb) / size:.2f} % of image\t<= 6%\n")
+            out.write(f"delta pull {size / gib:.0f} GiB, link {label}: time\t{float(t1) - float(t0):.1f} s\t"
+                      f"curl -o (whole file)\t{float(t3) - float(t2):.1f} s\t(anchor)\n")
 if worst > size * 6 // 100:
     print(f"FAIL: a delta pull transferred {100 * worst / size:.2f}% of the image (limit 6%)")
     sys.exit(1)

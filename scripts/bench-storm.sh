@@ -9,6 +9,7 @@
 #
 # fio's nbd engine, one job a client, sequential 1 MiB reads, iodepth 4.
 set -eu
+. "$(dirname "$0")/benchlib.sh"
 build=$(cd "${1:-.}" && pwd)
 n=${2:-32}
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
@@ -86,6 +87,14 @@ for srv in tabula file; do
   [ $srv = tabula ] && prefix=pc
   set -- $(storm "$T/$srv.sock" 1 "$prefix")
   printf '| %s | 1 | %s | %s |\n' "$srv" "$1" "$2"
+  eval "${srv}_one_mbs=$1 ${srv}_one_s=$2"
   set -- $(storm "$T/$srv.sock" "$n" "$prefix")
   printf '| %s | %d | %s | %s |\n' "$srv" "$n" "$1" "$2"
+  eval "${srv}_all_mbs=$1 ${srv}_all_s=$2"
 done
+bench_summary "boot storm, $n clients: aggregate" "$tabula_all_mbs MB/s" "nbdkit file, $n clients" \
+  "$file_all_mbs MB/s" "(anchor)"
+bench_summary "boot storm, $n clients: slowest client" "$tabula_all_s s" "nbdkit file, $n clients" \
+  "$file_all_s s" "(anchor)"
+bench_summary "boot storm: 1 client alone" "$tabula_one_s s" "nbdkit file, 1 client" \
+  "$file_one_s s" "(anchor)"
