@@ -407,6 +407,14 @@ int main(int argc, char **argv)
   webhooks_configure(D.cfg);
   tb_eventf(state, "daemon-start", NULL, "{s:s, s:I, s:s}", "config", D.config_file, "pid",
             (json_int_t)getpid(), "version", PACKAGE_VERSION);
+  if (nbdkit_listen(&D) == -1) {
+    log_msg("%s", tb_errmsg());
+    tb_eventf(state, "daemon-stop", NULL, "{s:I, s:s}", "pid", (json_int_t)getpid(), "error",
+              tb_errmsg());
+    webhooks_shutdown();
+    server_close(&D);
+    return 1;
+  }
   if (nbdkit_start(&D) == -1)
     log_msg("%s", tb_errmsg()); /* retried with backoff by nbdkit_tick */
   log_msg("serving %s (control %s, %zu clients)", state, D.control_path, D.cfg->n_clients);
@@ -416,6 +424,7 @@ int main(int argc, char **argv)
   int r = run();
   notify_systemd("STOPPING=1");
   nbdkit_stop(&D);
+  nbdkit_unlisten(&D);
   tb_eventf(D.cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
   journal_poll(&D); /* hand the last events to the webhooks */
   webhooks_shutdown();

@@ -33,10 +33,16 @@ struct nbdkit_instance {
   int64_t restart_at_ms; /* 0: no restart pending */
   char last_exit[128];
 };
+#define TB_MAX_LISTEN 8
 struct nbdkit_state {
-  struct nbdkit_instance inst[2];
+  struct nbdkit_instance inst[1];
   int n;
-  int restarts; /* since the daemon started */
+  /* The listeners, bound by the daemon and handed to nbdkit (supervise.c). */
+  int listen_fds[TB_MAX_LISTEN];
+  int n_listen;
+  char unix_path[TB_PATH_MAX];
+  char *bound_unix, *bound_tcp; /* the configuration they were bound for */
+  int restarts;                 /* since the daemon started */
   bool stopping;
 };
 
@@ -79,6 +85,10 @@ int daemon_reload(char *err, size_t errlen);
 struct client_counters *counters_for(const char *id);
 
 /* supervise.c */
+/* Bind the listeners of the configuration (kept across nbdkit restarts;
+ * rebound when listen.* changes).  -1 with a message naming the listener. */
+int nbdkit_listen(struct daemon *d);
+void nbdkit_unlisten(struct daemon *d);
 int nbdkit_start(struct daemon *d);
 void nbdkit_reap(struct daemon *d);              /* after SIGCHLD */
 void nbdkit_tick(struct daemon *d, int64_t now); /* readiness, restarts */

@@ -370,10 +370,8 @@ static json_t *op_status(struct daemon *d, struct args *a)
                                              : "stopped",
                          "pid", (json_int_t)in->pid, "restarts", (json_int_t)d->nbdkit.restarts,
                          "unix", sock);
-  if (d->cfg->listen_tcp) {
+  if (d->cfg->listen_tcp)
     json_object_set_new(nb, "tcp", json_string(d->cfg->listen_tcp));
-    json_object_set_new(nb, "tcp_pid", json_integer(d->nbdkit.inst[1].pid));
-  }
   for (int i = 0; i < d->nbdkit.n; i++)
     if (d->nbdkit.inst[i].last_exit[0])
       json_object_set_new(nb, "last_exit", json_string(d->nbdkit.inst[i].last_exit));

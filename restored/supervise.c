@@ -7,9 +7,17 @@
  * When it exits the daemon records an "nbdkit-exit" event and starts it again
  * after a backoff that doubles with every run shorter than STABLE_MS (0.5 s,
  * 1 s, 2 s ... up to 30 s) and resets after a stable run.  Each start after
- * the first is an "nbdkit-restart" event.  "ready" means its unix socket
- * accepts connections (or its TCP port, for the second instance that serves
- * "listen.tcp": nbdkit cannot serve a unix socket and TCP at once).
+ * the first is an "nbdkit-restart" event.  "ready" means nbdkit wrote its
+ * pidfile, which it does once it serves.
+ *
+ * One nbdkit serves every listener.  The daemon binds the unix socket and
+ * the TCP addresses itself and hands them over by socket activation
+ * (LISTEN_PID/LISTEN_FDS, the systemd protocol nbdkit speaks), so a client
+ * reached over TCP and over the unix socket is one session of one overlay in
+ * one process, and the sockets outlive nbdkit: after a crash clients
+ * reconnect to the same addresses at once, and a restart can never fail
+ * with EADDRINUSE.  A listener that cannot be bound is an error at start
+ * that names it; on a reload it keeps the old sockets and says so.
  */
 #include <config.h>
 
@@ -63,6 +71,134 @@ static void remove_stale_socket(const char *path)
     unlink(path);
 }
 
+/* ---- listening sockets ------------------------------------------------------ */
+
+static int bind_unix(const char *path)
+{
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path)
+    return tb_error("listen.unix %s: the path is longer than %zu bytes", path,
+                    sizeof sa.sun_path - 1);
+  strcpy(sa.sun_path, path);
+  remove_stale_socket(path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1 || bind(fd, (struct sockaddr *)&sa, sizeof sa) == -1 ||
+      listen(fd, SOMAXCONN) == -1) {
+    int saved = errno;
+    if (fd != -1)
+      close(fd);
+    errno = saved;
+    return tb_error_errno("listen.unix %s: cannot listen there (another tabula-restored, or a "
+                          "file in the way?)",
+                          path);
+  }
+  return fd;
+}
+
+static void tcp_host_port(const char *listen, char *host, size_t hlen, char *port, size_t plen);
+
+/* Bind every address "ADDR:PORT" resolves to (both families for a wildcard)
+ * into FDS; returns how many, or -1. */
+static int bind_tcp(const char *listen_tcp, int *fds, int max)
+{
+  char host[256], port[16];
+  tcp_host_port(listen_tcp, host, sizeof host, port, sizeof port);
+  bool any = !host[0] || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "*") == 0;
+  struct addrinfo hints = {
+      .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo *res;
+  int e = getaddrinfo(any ? NULL : host, port, &hints, &res);
+  if (e != 0)
+    return tb_error("listen.tcp \"%s\": %s (expected \"ADDR:PORT\", e.g. \"0.0.0.0:10809\")",
+                    listen_tcp, gai_strerror(e));
+  int n = 0, saved = 0;
+  for (struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next) {
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd == -1)
+      continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1 || listen(fd, SOMAXCONN) == -1) {
+      saved = errno;
+      close(fd);
+      if (ai->ai_family == AF_INET6 && any && errno == EAFNOSUPPORT)
+        continue;
+      n = -n - 1; /* remember the failure */
+      break;
+    }
+    fds[n++] = fd;
+  }
+  freeaddrinfo(res);
+  if (n <= 0) {
+    for (int i = 0; i < -n - 1; i++)
+      close(fds[i]);
+    errno = saved ? saved : EADDRNOTAVAIL;
+    return tb_error_errno("listen.tcp \"%s\": cannot listen there (is another server on the "
+                          "port?  change listen.tcp or stop it)",
+                          listen_tcp);
+  }
+  return n;
+}
+
+static void close_listeners(int *fds, int *n)
+{
+  for (int i = 0; i < *n; i++)
+    close(fds[i]);
+  *n = 0;
+}
+
+int nbdkit_listen(struct daemon *d)
+{
+  const struct tb_config *cfg = d->cfg;
+  struct nbdkit_state *st = &d->nbdkit;
+  if (st->n_listen > 0 && str_eq(st->bound_unix, cfg->listen_unix) &&
+      str_eq(st->bound_tcp, cfg->listen_tcp))
+    return 0; /* already listening where the configuration says */
+  int fds[TB_MAX_LISTEN], n = 0;
+  char sock[TB_PATH_MAX];
+  nbd_socket_path(cfg, sock, sizeof sock);
+  /* Our own socket of the previous configuration is still bound: rebind. */
+  bool same_unix = st->n_listen > 0 && strcmp(st->unix_path, sock) == 0;
+  if (same_unix)
+    fds[n++] = dup(st->listen_fds[0]);
+  else if ((fds[n++] = bind_unix(sock)) == -1)
+    return -1;
+  if (cfg->listen_tcp) {
+    int k = bind_tcp(cfg->listen_tcp, fds + n, TB_MAX_LISTEN - n);
+    if (k == -1) {
+      if (!same_unix)
+        unlink(sock);
+      close_listeners(fds, &n);
+      return -1;
+    }
+    n += k;
+  }
+  if (st->n_listen > 0 && !same_unix)
+    unlink(st->unix_path);
+  close_listeners(st->listen_fds, &st->n_listen);
+  memcpy(st->listen_fds, fds, sizeof fds[0] * (size_t)n);
+  st->n_listen = n;
+  snprintf(st->unix_path, sizeof st->unix_path, "%s", sock);
+  free(st->bound_unix);
+  free(st->bound_tcp);
+  st->bound_unix = cfg->listen_unix ? strdup(cfg->listen_unix) : NULL;
+  st->bound_tcp = cfg->listen_tcp ? strdup(cfg->listen_tcp) : NULL;
+  return 0;
+}
+
+void nbdkit_unlisten(struct daemon *d)
+{
+  struct nbdkit_state *st = &d->nbdkit;
+  if (st->n_listen > 0)
+    unlink(st->unix_path);
+  close_listeners(st->listen_fds, &st->n_listen);
+  free(st->bound_unix);
+  free(st->bound_tcp);
+  st->bound_unix = st->bound_tcp = NULL;
+}
+
 static void tcp_host_port(const char *listen, char *host, size_t hlen, char *port, size_t plen)
 {
   const char *colon = strrchr(listen, ':');
@@ -82,7 +218,8 @@ static void tcp_host_port(const char *listen, char *host, size_t hlen, char *por
 static void pidfile_path(const struct daemon *d, const struct nbdkit_instance *in, char *buf,
                          size_t len)
 {
-  snprintf(buf, len, "%s/nbdkit%s.pid", d->cfg->state_dir, in->tcp ? "-tcp" : "");
+  (void)in;
+  snprintf(buf, len, "%s/nbdkit.pid", d->cfg->state_dir);
 }
 
 static bool instance_listening(const struct daemon *d, const struct nbdkit_instance *in)
@@ -93,10 +230,27 @@ static bool instance_listening(const struct daemon *d, const struct nbdkit_insta
   return stat(path, &st) == 0 && st.st_size > 0;
 }
 
+/* Decimal digits of V into BUF (async-signal-safe, for the child). */
+static void put_decimal(char *buf, long v)
+{
+  char tmp[24];
+  int n = 0;
+  do
+    tmp[n++] = (char)('0' + v % 10);
+  while ((v /= 10) > 0);
+  while (n > 0)
+    *buf++ = tmp[--n];
+  *buf = '\0';
+}
+
 static int start_instance(struct daemon *d, struct nbdkit_instance *in)
 {
   const struct tb_config *cfg = d->cfg;
-  char sock[4096], cfgarg[4200], host[256] = "", port[16] = "", tls[4200] = "", pidfile[4200];
+  const struct nbdkit_state *st = &d->nbdkit;
+  char cfgarg[4200], tls[4200] = "", pidfile[4200];
+  if (st->n_listen == 0)
+    return tb_error("nbdkit has no listening socket (see the error about listen.unix or "
+                    "listen.tcp above)");
   snprintf(cfgarg, sizeof cfgarg, "config=%s", cfg->path ? cfg->path : d->config_file);
   const char *argv[32];
   int n = 0;
@@ -107,20 +261,6 @@ static int start_instance(struct daemon *d, struct nbdkit_instance *in)
   unlink(pidfile);
   argv[n++] = "-P";
   argv[n++] = pidfile;
-  if (in->tcp) {
-    tcp_host_port(cfg->listen_tcp, host, sizeof host, port, sizeof port);
-    if (host[0] && strcmp(host, "0.0.0.0") != 0 && strcmp(host, "*") != 0) {
-      argv[n++] = "-i";
-      argv[n++] = host;
-    }
-    argv[n++] = "-p";
-    argv[n++] = port;
-  } else {
-    nbd_socket_path(cfg, sock, sizeof sock);
-    remove_stale_socket(sock);
-    argv[n++] = "--unix";
-    argv[n++] = sock;
-  }
   if (cfg->tls_certificates) {
     snprintf(tls, sizeof tls, "--tls-certificates=%s", cfg->tls_certificates);
     argv[n++] = cfg->tls_require ? "--tls=require" : "--tls=on";
@@ -130,39 +270,71 @@ static int start_instance(struct daemon *d, struct nbdkit_instance *in)
   argv[n++] = cfgarg;
   argv[n] = NULL;
 
-  pid_t pid = fork();
-  if (pid == -1)
+  /* The environment with LISTEN_FDS and room for LISTEN_PID, which only the
+   * child knows: built here, since after fork only async-signal-safe calls. */
+  extern char **environ;
+  size_t nenv = 0;
+  while (environ[nenv])
+    nenv++;
+  char **envp = calloc(nenv + 3, sizeof *envp);
+  static char listen_pid[32], listen_fds[32];
+  if (!envp)
     return tb_error_errno("cannot start nbdkit");
+  size_t k = 0;
+  for (size_t i = 0; i < nenv; i++)
+    if (strncmp(environ[i], "LISTEN_", 7) != 0)
+      envp[k++] = environ[i];
+  snprintf(listen_fds, sizeof listen_fds, "LISTEN_FDS=%d", st->n_listen);
+  strcpy(listen_pid, "LISTEN_PID=");
+  envp[k++] = listen_fds;
+  envp[k++] = listen_pid;
+  int fds[TB_MAX_LISTEN], nfds = st->n_listen;
+  memcpy(fds, st->listen_fds, sizeof fds[0] * (size_t)nfds);
+
+  pid_t pid = fork();
+  if (pid == -1) {
+    free(envp);
+    return tb_error_errno("cannot start nbdkit");
+  }
   if (pid == 0) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     setpgid(0, 0); /* a ^C on the daemon's terminal goes to the daemon, which stops nbdkit */
-    execvp(argv[0], (char **)argv);
-    fprintf(stderr, "tabula-restored: cannot run %s: %s\n", argv[0], strerror(errno));
+    /* The listeners become fds 3, 4, ...: first out of the way (above any
+     * target), then into place, without close-on-exec. */
+    for (int i = 0; i < nfds; i++)
+      fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + TB_MAX_LISTEN);
+    for (int i = 0; i < nfds; i++)
+      if (fds[i] == -1 || dup2(fds[i], 3 + i) == -1)
+        _exit(126);
+    put_decimal(listen_pid + strlen("LISTEN_PID="), (long)getpid());
+    execvpe(argv[0], (char **)argv, envp);
+    static const char msg[] = "tabula-restored: cannot run nbdkit\n";
+    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    (void)ignored;
     _exit(127);
   }
+  free(envp);
   in->pid = pid;
   in->ready = false;
   in->started_ms = tb_now_ms();
   in->restart_at_ms = 0;
-  log_msg("started nbdkit (pid %d) on %s", (int)pid, in->tcp ? cfg->listen_tcp : sock);
+  log_msg("started nbdkit (pid %d) on %s%s%s", (int)pid, st->unix_path,
+          cfg->listen_tcp ? " and " : "", cfg->listen_tcp ? cfg->listen_tcp : "");
   return 0;
 }
 
 int nbdkit_start(struct daemon *d)
 {
   memset(d->nbdkit.inst, 0, sizeof d->nbdkit.inst);
-  d->nbdkit.n = d->cfg->listen_tcp ? 2 : 1;
-  d->nbdkit.inst[1].tcp = true;
-  int r = 0;
-  for (int i = 0; i < d->nbdkit.n; i++)
-    if (start_instance(d, &d->nbdkit.inst[i]) == -1) {
-      d->nbdkit.inst[i].restart_at_ms = tb_now_ms() + BACKOFF_MIN_MS;
-      r = -1;
-    }
-  return r;
+  d->nbdkit.n = 1;
+  if (start_instance(d, &d->nbdkit.inst[0]) == -1) {
+    d->nbdkit.inst[0].restart_at_ms = tb_now_ms() + BACKOFF_MIN_MS;
+    return -1;
+  }
+  return 0;
 }
 
 static void describe_status(int status, char *buf, size_t len)
@@ -209,9 +381,9 @@ void nbdkit_reap(struct daemon *d)
     in->restart_at_ms = now + backoff;
     log_msg("nbdkit (pid %d) %s after %.1f s; restarting in %.1f s", (int)pid, in->last_exit,
             (double)ran / 1000, (double)backoff / 1000);
-    tb_eventf(d->cfg->state_dir, "nbdkit-exit", NULL, "{s:I, s:s, s:s, s:I, s:I}", "pid",
-              (json_int_t)pid, "listen", in->tcp ? "tcp" : "unix", "status", in->last_exit,
-              "ran_ms", (json_int_t)ran, "restart_in_ms", (json_int_t)backoff);
+    tb_eventf(d->cfg->state_dir, "nbdkit-exit", NULL, "{s:I, s:s, s:I, s:I}", "pid",
+              (json_int_t)pid, "status", in->last_exit, "ran_ms", (json_int_t)ran, "restart_in_ms",
+              (json_int_t)backoff);
   }
 }
 
@@ -223,9 +395,8 @@ void nbdkit_tick(struct daemon *d, int64_t now)
     struct nbdkit_instance *in = &d->nbdkit.inst[i];
     if (in->pid && !in->ready && instance_listening(d, in)) {
       in->ready = true;
-      tb_eventf(d->cfg->state_dir, "nbdkit-ready", NULL, "{s:I, s:s, s:I}", "pid",
-                (json_int_t)in->pid, "listen", in->tcp ? "tcp" : "unix", "restarts",
-                (json_int_t)d->nbdkit.restarts);
+      tb_eventf(d->cfg->state_dir, "nbdkit-ready", NULL, "{s:I, s:I}", "pid", (json_int_t)in->pid,
+                "restarts", (json_int_t)d->nbdkit.restarts);
     }
     if (!in->pid && in->restart_at_ms && now >= in->restart_at_ms) {
       d->nbdkit.restarts++;
@@ -234,9 +405,9 @@ void nbdkit_tick(struct daemon *d, int64_t now)
         in->restart_at_ms = now + BACKOFF_MAX_MS;
         continue;
       }
-      tb_eventf(d->cfg->state_dir, "nbdkit-restart", NULL, "{s:I, s:s, s:I, s:s}", "pid",
-                (json_int_t)in->pid, "listen", in->tcp ? "tcp" : "unix", "restarts",
-                (json_int_t)d->nbdkit.restarts, "previous_exit", in->last_exit);
+      tb_eventf(d->cfg->state_dir, "nbdkit-restart", NULL, "{s:I, s:I, s:s}", "pid",
+                (json_int_t)in->pid, "restarts", (json_int_t)d->nbdkit.restarts, "previous_exit",
+                in->last_exit);
     }
   }
 }
@@ -297,6 +468,10 @@ void nbdkit_restart(struct daemon *d, const char *why)
   log_msg("restarting nbdkit: %s", why);
   d->nbdkit.stopping = true;
   stop_all(d);
+  if (nbdkit_listen(d) == -1) {
+    log_msg("%s; nbdkit keeps serving the previous addresses", tb_errmsg());
+    tb_eventf(d->cfg->state_dir, "error", NULL, "{s:s}", "message", tb_errmsg());
+  }
   d->nbdkit.stopping = false;
   d->nbdkit.restarts++;
   if (nbdkit_start(d) == -1)
