@@ -8,7 +8,8 @@
 # 256 MiB file, page cache dropped before each read when we may.  tabula-fuse
 # reads the image over NBD from nbdkit (file plugin, unix socket) the way it
 # reads an appliance's IMAGE@N export.  guestmount runs with
-# LIBGUESTFS_BACKEND=direct and is skipped if it cannot start here.
+# LIBGUESTFS_BACKEND=direct, force_tcg (KVM hangs on some hosts), and is
+# skipped if it cannot start here.
 set -eu
 . "$(dirname "$0")/benchlib.sh"
 build=$(cd "${1:-.}" && pwd)
@@ -71,7 +72,7 @@ measure()
 
 tabula_mount() { "$fuse" --uri "nbd+unix:///?socket=$T/nbd.sock" "$1"; }
 fuse2fs_mount() { fuse2fs -o ro,fakeroot "$img" "$1"; }
-guest_mount() { LIBGUESTFS_BACKEND=direct timeout 120 guestmount -a "$img" -m /dev/sda --ro "$1"; }
+guest_mount() { LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg timeout 300 guestmount -a "$img" -m /dev/sda --ro "$1"; }
 
 out=$T/table
 {
