@@ -274,6 +274,7 @@ static int run(void)
     nbdkit_tick(&D, now);
     schedules_tick(&D, now);
     pulls_tick(&D, now);
+    watchdog_tick(&D, now);
     server_tick(&D, now);
     if (now >= next_journal) {
       journal_poll(&D);
@@ -288,6 +289,7 @@ static int run(void)
     wake = min64(wake, nbdkit_next_wakeup(&D));
     wake = min64(wake, schedules_next(&D));
     wake = min64(wake, pulls_next(&D));
+    wake = min64(wake, watchdog_next(&D));
     if (D.cfg->metrics_file)
       wake = min64(wake, D.next_metrics_ms);
     int timeout = wake <= now ? 0 : (int)min64(wake - now, 1000);
@@ -398,7 +400,7 @@ int main(int argc, char **argv)
     log_msg("%s", tb_errmsg());
     return 1;
   }
-  if (jobs_start() == -1) {
+  if (jobs_start() == -1 || watchdog_start() == -1) {
     log_msg("%s", tb_errmsg());
     server_close(&D);
     return 1;
@@ -427,6 +429,8 @@ int main(int argc, char **argv)
   nbdkit_unlisten(&D);
   tb_eventf(D.cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
   journal_poll(&D); /* hand the last events to the webhooks */
+  watchdog_stop();
+  watchdog_free();
   webhooks_shutdown();
   server_close(&D);
   tb_config_unref(D.cfg);

@@ -146,6 +146,15 @@ void journal_open(struct daemon *d);
 void journal_poll(struct daemon *d); /* read new lines: followers, webhooks, counters */
 json_t *journal_last(const char *state, const char *client, size_t n);
 
+/* watchdog.c: file rules, health, canaries (scans on a thread of their own) */
+int watchdog_start(void);
+void watchdog_stop(void);
+void watchdog_free(void);
+void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event */
+void watchdog_tick(struct daemon *d, int64_t now);       /* interval scans */
+int64_t watchdog_next(const struct daemon *d);
+json_t *watchdog_op(struct daemon *d, const char *op, json_t *req); /* NULL: not ours */
+
 /* webhooks.c */
 void webhooks_configure(const struct tb_config *cfg);
 void webhooks_post(const char *type, const char *body);

@@ -72,6 +72,7 @@ static void deliver(const char *line, size_t len)
     return;
   }
   count_event(ev);
+  watchdog_event(&D, ev);
   server_broadcast_event(ev);
   webhooks_post(json_string_value(json_object_get(ev, "type")), line);
   json_decref(ev);

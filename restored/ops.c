@@ -971,8 +971,12 @@ json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req)
     return op_events(d, c, &a);
   if (!strcmp(a.op, "reload"))
     return op_reload(d, &a);
+  json_t *r = watchdog_op(d, a.op, req);
+  if (r)
+    return r;
   return reply_error("unknown operation \"%.64s\" (status, clients, client, sessions, rollback, "
                      "restore, merge, reimage, pin, unpin, refresh, image-rm, image-gc, events, "
-                     "reload)",
+                     "reload, lockdown, unlock, quarantine-list, quarantine-show, "
+                     "quarantine-release, image-promote)",
                      a.op);
 }

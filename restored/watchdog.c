@@ -1,0 +1,1261 @@
+/* tabula-restored: the watchdog in the daemon -- file rules, their actions,
+ * health strikes with last known good, and canary versions.
+ *
+ * How it works.  The main loop hands work to one watchdog thread: a scan of a
+ * client at the end of each of its sessions (the journal's "session-end"
+ * events, see journal.c) and every "interval" while a session runs.  A scan
+ * opens the client's overlay read-only over its base (lib/rules.h, which
+ * inspects disks with the view's code) and
+ *   1. evaluates the client's file rules; every hit is a "watchdog-rule"
+ *      event (webhooks deliver it like any event) and its action is taken:
+ *        alert       the event only;
+ *        rollback    mailbox rollback: the next session starts clean;
+ *        lockdown    mailbox lockdown with the reason: the plugin refuses the
+ *                    export until `tabulactl unlock`;
+ *        quarantine  the overlay moves to clients/ID/quarantine/N/overlay with
+ *                    note.json saying why; the next session starts clean.
+ *   2. at a session end, judges the session's health (the marker file exists
+ *      and, for persist clients, was touched since the last check; the session
+ *      lasted min_session): a healthy session resets the strikes and becomes
+ *      the last known good (the version, and for persist clients a copy of the
+ *      overlay in clients/ID/good/overlay); after "strikes" unhealthy sessions
+ *      in a row the client is pinned to its last good version and a persist
+ *      client gets its good overlay back (the current one is kept as a
+ *      retained session);
+ *   3. counts the session for a running canary of its version.
+ *
+ * The daemon never writes into an overlay a session holds.  Moving an overlay
+ * (quarantine, last known good) is done under the client's lock on the very
+ * file that was scanned (checked by inode); when a new session already holds
+ * the lock, a rollback client's scanned overlay has been rotated into
+ * sessions/ and is taken from there, and otherwise the action waits: the
+ * mailbox asks for a clean start and the next session end acts.
+ *
+ * Canary versions (`tabulactl image promote IMAGE@N --canary GROUP`): the
+ * clients of IMAGE outside GROUP that follow the newest version are pinned
+ * (mailbox) to the previous version P, GROUP's clients to N.  The state lives
+ * in STATE/watchdog/canary-IMAGE.json.  Healthy sessions on N in GROUP count
+ * up to promote_after: then N becomes current for everyone (the pins the
+ * canary set are lifted, or set to N if N is not the newest).  Strikes on N
+ * count up to withdraw_after: then GROUP is pinned back to P (persist clients
+ * also refreshed: their overlays were built on the failing version).
+ *
+ * State files: clients/ID/health.json (strikes, last good, marker identity),
+ * clients/ID/quarantine/N/{overlay,note.json}, clients/ID/good/overlay,
+ * STATE/watchdog/canary-IMAGE.json.  All written atomically.
+ */
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "events.h"
+#include "mailbox.h"
+#include "rules.h"
+#include "session.h"
+#include "store.h"
+#include "watchdog.h"
+
+#define MAX_QUEUED 256
+#define MAX_SEEN 256
+
+/* ---- small file helpers -------------------------------------------------------------- */
+
+static json_t *load_json(const char *path)
+{
+  size_t len;
+  char *text = tb_read_file(path, 1 << 20, &len);
+  json_t *v = text ? json_loadb(text, len, 0, NULL) : NULL;
+  free(text);
+  return json_is_object(v) ? v : (json_decref(v), NULL);
+}
+
+static int save_json(const char *path, json_t *v)
+{
+  char *text = json_dumps(v, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+  int r = text ? tb_write_file_atomic(path, text, strlen(text), 0644)
+               : tb_error("cannot encode %s", path);
+  free(text);
+  return r;
+}
+
+static bool same_file(const char *path, dev_t dev, ino_t ino)
+{
+  struct stat st;
+  return stat(path, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+/* ---- mailbox edits ---------------------------------------------------------------------- */
+
+struct mb_change {
+  bool rollback, refresh;
+  const char *lockdown; /* set if not NULL ("" clears) */
+  bool set_pin;
+  uint32_t pin;    /* with set_pin: 0 clears */
+  int64_t restore; /* 0: leave */
+  bool if_pin;     /* change only if the pin is pin_was */
+  uint32_t pin_was;
+};
+
+static int apply_change(struct tb_mailbox *mb, void *ctx)
+{
+  const struct mb_change *c = ctx;
+  if (c->if_pin && mb->pin != c->pin_was)
+    return 1;
+  if (c->rollback)
+    mb->rollback = true;
+  if (c->refresh)
+    mb->refresh = true;
+  if (c->lockdown)
+    snprintf(mb->lockdown, sizeof mb->lockdown, "%s", c->lockdown);
+  if (c->set_pin)
+    mb->pin = c->pin;
+  if (c->restore > 0)
+    mb->restore = c->restore;
+  return 0;
+}
+
+static int mailbox_change(const char *state, const char *id, struct mb_change c)
+{
+  return tb_mailbox_update(state, id, apply_change, &c);
+}
+
+#define MB_CHANGE(...) ((struct mb_change){__VA_ARGS__})
+
+/* ---- quarantine ---------------------------------------------------------------------------- */
+
+static int quarantine_dir(const char *state, const char *id, char *buf, size_t len)
+{
+  return tb_store_client_path(state, id, "quarantine", buf, len);
+}
+
+/* Quarantine numbers of a client, ascending (malloc'd). */
+static int quarantine_list(const char *state, const char *id, uint64_t **nums, size_t *n)
+{
+  char dir[TB_PATH_MAX];
+  *nums = NULL;
+  *n = 0;
+  if (quarantine_dir(state, id, dir, sizeof dir) == -1)
+    return -1;
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
+  size_t cap = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    char *end;
+    unsigned long long v = strtoull(e->d_name, &end, 10);
+    if (e->d_name[0] < '1' || e->d_name[0] > '9' || *end)
+      continue;
+    if (*n == cap) {
+      uint64_t *nn = realloc(*nums, (cap = cap ? cap * 2 : 8) * sizeof *nn);
+      if (!nn)
+        break;
+      *nums = nn;
+    }
+    (*nums)[(*n)++] = v;
+  }
+  closedir(d);
+  for (size_t i = 1; i < *n; i++) /* insertion sort: a handful of entries */
+    for (size_t k = i; k > 0 && (*nums)[k - 1] > (*nums)[k]; k--) {
+      uint64_t t = (*nums)[k];
+      (*nums)[k] = (*nums)[k - 1];
+      (*nums)[k - 1] = t;
+    }
+  return 0;
+}
+
+/* Move SRC into clients/ID/quarantine/N/overlay with NOTE; *number gets N. */
+static int quarantine_move(const char *state, const char *id, const char *src, json_t *note,
+                           uint64_t *number)
+{
+  char dir[TB_PATH_MAX], qdir[TB_PATH_MAX], dst[TB_PATH_MAX], notep[TB_PATH_MAX];
+  uint64_t *nums;
+  size_t n;
+  if (quarantine_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1 ||
+      quarantine_list(state, id, &nums, &n) == -1)
+    return -1;
+  /* Numbers are never reused, even after a release: clients/ID/quarantine/seq. */
+  char seqp[TB_PATH_MAX];
+  if (tb_path(seqp, sizeof seqp, "%s/seq", dir) == -1) {
+    free(nums);
+    return -1;
+  }
+  char *text = tb_read_file(seqp, 64, NULL);
+  uint64_t last = text ? strtoull(text, NULL, 10) : 0;
+  free(text);
+  *number = (n && nums[n - 1] > last ? nums[n - 1] : last) + 1;
+  free(nums);
+  char buf[32];
+  int len = snprintf(buf, sizeof buf, "%llu\n", (unsigned long long)*number);
+  if (tb_write_file_atomic(seqp, buf, (size_t)len, 0600) == -1)
+    return -1;
+  if (tb_path(qdir, sizeof qdir, "%s/%llu", dir, (unsigned long long)*number) == -1 ||
+      tb_path(dst, sizeof dst, "%s/overlay", qdir) == -1 ||
+      tb_path(notep, sizeof notep, "%s/note.json", qdir) == -1)
+    return -1;
+  if (mkdir(qdir, 0700) == -1)
+    return tb_error_errno("cannot create %s", qdir);
+  json_object_set_new(note, "number", json_integer((json_int_t)*number));
+  if (save_json(notep, note) == -1)
+    return -1;
+  if (rename(src, dst) == -1) {
+    int saved = errno;
+    unlink(notep);
+    rmdir(qdir);
+    errno = saved;
+    return tb_error_errno("cannot move %s to %s", src, dst);
+  }
+  return tb_fsync_dir(dst);
+}
+
+/* The retained session of ID whose file is DEV/INO, into BUF; false if none. */
+static bool find_retained(const char *state, const char *id, dev_t dev, ino_t ino, char *buf,
+                          size_t len)
+{
+  uint64_t *nums;
+  size_t n;
+  bool found = false;
+  if (tb_client_sessions(state, id, &nums, &n) == -1)
+    return false;
+  for (size_t i = n; i-- > 0 && !found;)
+    found = tb_client_session_path(state, id, nums[i], buf, len) == 0 && same_file(buf, dev, ino);
+  free(nums);
+  return found;
+}
+
+/* Quarantine the overlay scan S read.  Returns 1 done (*number set), 0
+ * deferred (a session holds it: mailbox rollback, the next end acts), -1. */
+/* The client's lock, waiting up to a second while session SESSION is still
+ * the client's last (the plugin records a session's end just before it lets
+ * go of the lock); -1 if a session holds it. */
+static int lock_after(const char *state, const char *id, uint64_t session)
+{
+  for (int i = 0;; i++) {
+    int fd = tb_client_lock(state, id, false);
+    if (fd >= 0 || i >= 20 || tb_client_last_session(state, id) != session)
+      return fd;
+    usleep(50 * 1000);
+  }
+}
+
+static int quarantine_scanned(const char *state, const char *id, uint64_t session,
+                              const struct tb_scan *s, json_t *note, uint64_t *number)
+{
+  char path[TB_PATH_MAX];
+  int lock = lock_after(state, id, session);
+  int r = 0;
+  if (lock >= 0) {
+    if (tb_store_client_path(state, id, "overlay", path, sizeof path) == 0 &&
+        same_file(path, s->dev, s->ino))
+      r = quarantine_move(state, id, path, json_incref(note), number) == 0 ? 1 : -1;
+    else if (find_retained(state, id, s->dev, s->ino, path, sizeof path))
+      r = quarantine_move(state, id, path, json_incref(note), number) == 0 ? 1 : -1;
+    tb_client_unlock(lock);
+  } else if (find_retained(state, id, s->dev, s->ino, path, sizeof path)) {
+    r = quarantine_move(state, id, path, json_incref(note), number) == 0 ? 1 : -1;
+  }
+  json_decref(note);
+  if (r == 0 && mailbox_change(state, id, MB_CHANGE(.rollback = true)) == -1)
+    return -1;
+  return r;
+}
+
+/* ---- the scan queue ------------------------------------------------------------------------ */
+
+struct request {
+  struct request *next;
+  struct tb_config *cfg; /* a reference: a reload may swap D.cfg */
+  char id[TB_NAME_MAX + 1];
+  bool end;            /* session end (else an interval scan of a live session) */
+  uint64_t session;    /* the session that ended or runs */
+  int64_t duration_ms; /* of the session that ended */
+  char image[TB_NAME_MAX + 1];
+  uint32_t version; /* what it ran on (session.json), 0 if unknown */
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t canary_lock = PTHREAD_MUTEX_INITIALIZER; /* canary files */
+static struct request *queue, **queue_tail = &queue;
+static size_t queued;
+static bool stopping, started;
+static pthread_t thread;
+
+/* Hits already reported by interval scans of a client's current session. */
+struct seen {
+  char id[TB_NAME_MAX + 1];
+  uint64_t session;
+  char *hits[MAX_SEEN];
+  size_t n;
+};
+static struct seen *seen;
+static size_t n_seen;
+
+static struct seen *seen_for(const char *id, uint64_t session)
+{
+  struct seen *s = NULL;
+  for (size_t i = 0; i < n_seen && !s; i++)
+    if (strcmp(seen[i].id, id) == 0)
+      s = &seen[i];
+  if (!s) {
+    struct seen *grown = realloc(seen, (n_seen + 1) * sizeof *seen);
+    if (!grown)
+      return NULL;
+    seen = grown;
+    s = &seen[n_seen++];
+    memset(s, 0, sizeof *s);
+    snprintf(s->id, sizeof s->id, "%s", id);
+  }
+  if (s->session != session) {
+    for (size_t i = 0; i < s->n; i++)
+      free(s->hits[i]);
+    s->n = 0;
+    s->session = session;
+  }
+  return s;
+}
+
+/* True the first time KEY is seen in S (and remembers it). */
+static bool seen_first(struct seen *s, const char *key)
+{
+  if (!s)
+    return true;
+  for (size_t i = 0; i < s->n; i++)
+    if (strcmp(s->hits[i], key) == 0)
+      return false;
+  if (s->n < MAX_SEEN)
+    s->hits[s->n++] = strdup(key);
+  return true;
+}
+
+/* ---- one scan ------------------------------------------------------------------------------- */
+
+struct scan_ctx {
+  const struct request *rq;
+  const char *state;
+  struct seen *seen;
+  json_t *hits; /* [{rule, kind, path, action}] of this scan */
+  bool act[4];  /* by enum tb_rule_action */
+  char reason[256];
+};
+
+static int on_hit(void *ctx, const struct tb_file_rule *rule, const char *kind, const char *path)
+{
+  struct scan_ctx *x = ctx;
+  char key[TB_PATH_MAX + 128];
+  snprintf(key, sizeof key, "%s|%s|%s", rule->name, kind, path);
+  bool fresh = seen_first(x->seen, key);
+  if (!x->rq->end && !fresh)
+    return 0; /* reported by an earlier interval scan of this session */
+  const char *action = tb_rule_action_name(rule->action);
+  if (fresh)
+    tb_eventf(x->state, "watchdog-rule", x->rq->id, "{s:s, s:s, s:s, s:s, s:I, s:s}", "rule",
+              rule->name, "kind", kind, "path", path, "action", action, "session",
+              (json_int_t)x->rq->session, "scan", x->rq->end ? "session-end" : "interval");
+  json_array_append_new(x->hits, json_pack("{s:s, s:s, s:s, s:s}", "rule", rule->name, "kind", kind,
+                                           "path", path, "action", action));
+  if (!x->act[rule->action] && rule->action != TB_RULE_ALERT)
+    snprintf(x->reason, sizeof x->reason, "rule %s: %s %s", rule->name, kind, path);
+  x->act[rule->action] = true;
+  return 0;
+}
+
+static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
+{
+  const char *state = x->state, *id = x->rq->id;
+  if (x->act[TB_RULE_LOCKDOWN]) {
+    if (mailbox_change(state, id, MB_CHANGE(.lockdown = x->reason)) == 0)
+      tb_eventf(state, "lockdown", id, "{s:s, s:s}", "reason", x->reason, "by", "watchdog");
+    else
+      log_msg("watchdog: lockdown of %s: %s", id, tb_errmsg());
+  }
+  if (x->act[TB_RULE_QUARANTINE]) {
+    char when[32];
+    tb_iso_time(tb_now_ms(), when);
+    json_t *note = json_pack("{s:s, s:I, s:s, s:I, s:s, s:s, s:O}", "client", id, "session",
+                             (json_int_t)s->info.session, "image", s->info.base.image, "version",
+                             (json_int_t)s->info.base.version, "time", when, "reason", x->reason,
+                             "hits", x->hits);
+    uint64_t number = 0;
+    int r = quarantine_scanned(state, id, x->rq->session, s, note, &number);
+    if (r == 1)
+      tb_eventf(state, "quarantine", id, "{s:I, s:I, s:s}", "number", (json_int_t)number, "session",
+                (json_int_t)s->info.session, "reason", x->reason);
+    else if (r == 0)
+      tb_eventf(state, "quarantine-deferred", id, "{s:I, s:s, s:s}", "session",
+                (json_int_t)s->info.session, "reason", x->reason, "applies", "session-end");
+    else
+      log_msg("watchdog: quarantine of %s: %s", id, tb_errmsg());
+  }
+  if (x->act[TB_RULE_ROLLBACK] && !x->act[TB_RULE_QUARANTINE]) {
+    if (mailbox_change(state, id, MB_CHANGE(.rollback = true)) == 0)
+      tb_eventf(state, "rollback", id, "{s:s, s:s, s:s}", "reason", x->reason, "by", "watchdog",
+                "applies", "next-session");
+    else
+      log_msg("watchdog: rollback of %s: %s", id, tb_errmsg());
+  }
+}
+
+/* ---- health ---------------------------------------------------------------------------------- */
+
+static bool health_configured(const struct tb_watchdog_conf *w)
+{
+  return w->health_marker || w->health_min_session_ms > 0;
+}
+
+static int health_path(const char *state, const char *id, char *buf, size_t len)
+{
+  return tb_store_client_path(state, id, "health.json", buf, len);
+}
+
+/* Is the session healthy?  WHY says why not. */
+static bool judge(const struct request *rq, const struct tb_client_conf *c,
+                  const struct tb_watchdog_conf *w, struct tb_scan *s, json_t *health, char *why,
+                  size_t len)
+{
+  if (w->health_marker) {
+    struct tb_istat st;
+    int e = s ? tb_scan_stat(s, w->health_volume, w->health_marker, &st) : -1;
+    if (e != 1) {
+      snprintf(why, len, "health marker %s%s%s %s", w->health_volume,
+               w->health_volume[0] ? ":" : "", w->health_marker,
+               e == 0 ? "is missing" : "cannot be read");
+      return false;
+    }
+    /* A persist client keeps the marker from earlier sessions: it counts only
+     * if the guest touched it since the last check. */
+    json_t *prev = json_object_get(health, "marker");
+    bool same = json_is_object(prev) &&
+                json_integer_value(json_object_get(prev, "inum")) == (json_int_t)st.inum &&
+                json_integer_value(json_object_get(prev, "mtime")) == st.mtime &&
+                json_integer_value(json_object_get(prev, "mtime_ns")) == st.mtime_ns &&
+                json_integer_value(json_object_get(prev, "size")) == (json_int_t)st.size;
+    json_object_set_new(health, "marker",
+                        json_pack("{s:I, s:I, s:I, s:I}", "inum", (json_int_t)st.inum, "mtime",
+                                  (json_int_t)st.mtime, "mtime_ns", (json_int_t)st.mtime_ns, "size",
+                                  (json_int_t)st.size));
+    if (c->policy == TB_POLICY_PERSIST && same) {
+      snprintf(why, len, "health marker %s was not touched in this session", w->health_marker);
+      return false;
+    }
+  }
+  if (w->health_min_session_ms > 0 && rq->duration_ms < w->health_min_session_ms) {
+    snprintf(why, len, "the session lasted %lld ms, less than min_session %lld ms",
+             (long long)rq->duration_ms, (long long)w->health_min_session_ms);
+    return false;
+  }
+  return true;
+}
+
+/* Keep a copy of the scanned overlay as the last known good (persist clients). */
+static bool save_good(const char *state, const char *id, uint64_t session,
+                      const struct tb_scan *s)
+{
+  char ovl[TB_PATH_MAX], dir[TB_PATH_MAX], tmp[TB_PATH_MAX], dst[TB_PATH_MAX];
+  int lk = lock_after(state, id, session);
+  if (lk < 0)
+    return false; /* a new session already writes it */
+  bool ok = tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == 0 &&
+            same_file(ovl, s->dev, s->ino) &&
+            tb_store_client_path(state, id, "good", dir, sizeof dir) == 0 &&
+            tb_mkdirs(dir, true) == 0 && tb_path(tmp, sizeof tmp, "%s/.overlay.tmp", dir) == 0 &&
+            tb_path(dst, sizeof dst, "%s/overlay", dir) == 0 &&
+            tb_clone_file(ovl, tmp, NULL, NULL) == 0 && rename(tmp, dst) == 0 &&
+            tb_fsync_dir(dst) == 0;
+  if (!ok) {
+    log_msg("watchdog: cannot keep the last known good overlay of %s: %s", id, tb_errmsg());
+    unlink(tmp);
+  }
+  tb_client_unlock(lk);
+  return ok;
+}
+
+/* Put the good overlay back (the current one becomes a retained session). */
+static bool restore_good(const char *state, const char *id, uint64_t session)
+{
+  char good[TB_PATH_MAX], ovl[TB_PATH_MAX], retained[TB_PATH_MAX];
+  if (tb_store_client_path(state, id, "good/overlay", good, sizeof good) == -1 ||
+      access(good, F_OK) == -1)
+    return false;
+  int lk = lock_after(state, id, session);
+  if (lk < 0)
+    return false;
+  bool ok = tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == 0 &&
+            tb_client_retire(state, id, tb_client_last_session(state, id), retained,
+                             sizeof retained) == 0 &&
+            tb_clone_file(good, ovl, NULL, NULL) == 0 && chmod(ovl, 0600) == 0 &&
+            tb_fsync_dir(ovl) == 0;
+  if (!ok)
+    log_msg("watchdog: cannot restore the last known good overlay of %s: %s", id, tb_errmsg());
+  tb_client_unlock(lk);
+  return ok;
+}
+
+static void fall_back(const char *state, const struct tb_client_conf *c, uint64_t session,
+                      json_t *health)
+{
+  json_t *good = json_object_get(health, "last_good");
+  if (!json_is_object(good)) {
+    tb_eventf(state, "last-known-good", c->id, "{s:s}", "error",
+              "no healthy session recorded yet: nothing to fall back to");
+    return;
+  }
+  const char *image = json_string_value(json_object_get(good, "image"));
+  json_int_t version = json_integer_value(json_object_get(good, "version"));
+  bool overlay = c->policy == TB_POLICY_PERSIST && restore_good(state, c->id, session);
+  struct mb_change ch = MB_CHANGE(.set_pin = true, .pin = version);
+  if (c->policy == TB_POLICY_PERSIST && !overlay)
+    ch.refresh = true; /* no good overlay to return to: start clean on the good version */
+  if (mailbox_change(state, c->id, ch) == -1) {
+    log_msg("watchdog: last known good of %s: %s", c->id, tb_errmsg());
+    return;
+  }
+  tb_eventf(state, "last-known-good", c->id, "{s:s, s:I, s:I, s:b}", "image", image ? image : "",
+            "version", version, "session", json_integer_value(json_object_get(good, "session")),
+            "overlay", overlay);
+  json_object_set_new(health, "strikes", json_integer(0));
+}
+
+static void check_health(const struct request *rq, const struct tb_client_conf *c,
+                         const struct tb_watchdog_conf *w, struct tb_scan *s, bool *healthy)
+{
+  const char *state = rq->cfg->state_dir;
+  *healthy = true;
+  if (!health_configured(w))
+    return;
+  char path[TB_PATH_MAX], why[512] = "";
+  if (health_path(state, c->id, path, sizeof path) == -1)
+    return;
+  json_t *health = load_json(path);
+  if (!health)
+    health = json_object();
+  *healthy = judge(rq, c, w, s, health, why, sizeof why);
+  const char *image = s ? s->info.base.image : rq->image;
+  uint32_t version = s ? s->info.base.version : rq->version;
+  if (*healthy) {
+    bool saved = c->policy == TB_POLICY_PERSIST && s && save_good(state, c->id, rq->session, s);
+    char when[32];
+    tb_iso_time(tb_now_ms(), when);
+    json_object_set_new(health, "strikes", json_integer(0));
+    json_object_set_new(health, "last_good",
+                        json_pack("{s:s, s:I, s:I, s:s, s:b}", "image", image, "version",
+                                  (json_int_t)version, "session", (json_int_t)rq->session, "time",
+                                  when, "overlay", saved));
+    tb_eventf(state, "healthy", c->id, "{s:I, s:s, s:I, s:b}", "session", (json_int_t)rq->session,
+              "image", image, "version", (json_int_t)version, "saved_overlay", saved);
+  } else {
+    json_int_t strikes = json_integer_value(json_object_get(health, "strikes")) + 1;
+    json_object_set_new(health, "strikes", json_integer(strikes));
+    tb_eventf(state, "strike", c->id, "{s:I, s:I, s:I, s:s, s:s, s:I}", "session",
+              (json_int_t)rq->session, "strikes", strikes, "of", (json_int_t)w->health_strikes,
+              "reason", why, "image", image, "version", (json_int_t)version);
+    if (strikes >= w->health_strikes)
+      fall_back(state, c, rq->session, health);
+  }
+  if (save_json(path, health) == -1)
+    log_msg("watchdog: %s", tb_errmsg());
+  json_decref(health);
+}
+
+/* ---- canary ------------------------------------------------------------------------------------
+ */
+
+static int canary_path(const char *state, const char *image, char *buf, size_t len)
+{
+  if (!tb_name_valid(image))
+    return tb_error("invalid image name \"%.80s\"", image);
+  return tb_path(buf, len, "%s/watchdog/canary-%s.json", state, image);
+}
+
+/* The image a client runs next (mailbox override or configured). */
+static void client_image(const char *state, const struct tb_client_conf *c, char *buf, size_t len)
+{
+  struct tb_mailbox mb;
+  if (tb_mailbox_read(state, c->id, &mb) == -1)
+    memset(&mb, 0, sizeof mb);
+  snprintf(buf, len, "%s", mb.image[0] ? mb.image : c->image);
+}
+
+/* N becomes current for every client of IMAGE without a configured version:
+ * its mailbox pin is lifted if N is the newest version, else set to N.  With
+ * a canary (PREVIOUS set), only the pins the canary set are touched. */
+static json_t *make_current(const struct tb_config *cfg, const char *image, uint32_t n,
+                            uint32_t previous)
+{
+  const char *state = cfg->state_dir;
+  bool newest = tb_store_latest(state, image) == n;
+  json_t *moved = json_array();
+  for (size_t i = 0; i < cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &cfg->clients[i];
+    char img[TB_NAME_MAX + 1];
+    client_image(state, c, img, sizeof img);
+    if (c->version || strcmp(img, image) != 0)
+      continue;
+    struct tb_mailbox mb;
+    if (tb_mailbox_read(state, c->id, &mb) == -1)
+      continue;
+    if (mb.pin && previous && mb.pin != previous && mb.pin != n)
+      continue; /* an administrator's pin */
+    struct mb_change ch =
+        MB_CHANGE(.set_pin = true, .pin = newest ? 0 : n, .if_pin = true, .pin_was = mb.pin);
+    if ((newest ? mb.pin != 0 : mb.pin != n) && mailbox_change(state, c->id, ch) == 0)
+      json_array_append_new(moved, json_string(c->id));
+  }
+  return moved;
+}
+
+static bool in_group(const struct tb_client_conf *c, const char *group)
+{
+  return c->group[0] && strcmp(c->group, group) == 0;
+}
+
+static void canary_withdraw(const struct tb_config *cfg, json_t *canary)
+{
+  const char *state = cfg->state_dir;
+  const char *image = json_string_value(json_object_get(canary, "image"));
+  const char *group = json_string_value(json_object_get(canary, "group"));
+  uint32_t n = (uint32_t)json_integer_value(json_object_get(canary, "version"));
+  uint32_t previous = (uint32_t)json_integer_value(json_object_get(canary, "previous"));
+  json_t *moved = json_array();
+  for (size_t i = 0; i < cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &cfg->clients[i];
+    if (!in_group(c, group))
+      continue;
+    struct mb_change ch = MB_CHANGE(.set_pin = true, .pin = previous, .if_pin = true, .pin_was = n);
+    ch.refresh = c->policy == TB_POLICY_PERSIST;
+    if (mailbox_change(state, c->id, ch) == 0)
+      json_array_append_new(moved, json_string(c->id));
+  }
+  json_object_set_new(canary, "state", json_string("withdrawn"));
+  tb_eventf(state, "canary-withdrawn", NULL, "{s:s, s:I, s:I, s:s, s:o, s:I}", "image", image,
+            "version", (json_int_t)n, "previous", (json_int_t)previous, "group", group, "clients",
+            moved, "strikes", json_integer_value(json_object_get(canary, "strikes")));
+}
+
+/* Returns the clients moved (a new reference). */
+static json_t *canary_promote(const struct tb_config *cfg, json_t *canary, const char *how)
+{
+  const char *image = json_string_value(json_object_get(canary, "image"));
+  uint32_t n = (uint32_t)json_integer_value(json_object_get(canary, "version"));
+  uint32_t previous = (uint32_t)json_integer_value(json_object_get(canary, "previous"));
+  json_t *moved = make_current(cfg, image, n, previous);
+  json_object_set_new(canary, "state", json_string("promoted"));
+  tb_eventf(cfg->state_dir, "canary-promoted", NULL, "{s:s, s:I, s:s, s:O, s:I, s:s}", "image",
+            image, "version", (json_int_t)n, "group",
+            json_string_value(json_object_get(canary, "group")), "clients", moved, "healthy",
+            json_integer_value(json_object_get(canary, "healthy")), "by", how);
+  return moved;
+}
+
+/* Count a finished session of a group client on a running canary version. */
+static void canary_count(const struct request *rq, const struct tb_client_conf *c,
+                         const struct tb_watchdog_conf *w, const char *image, uint32_t version,
+                         bool healthy)
+{
+  const char *state = rq->cfg->state_dir;
+  char path[TB_PATH_MAX];
+  if (!image[0] || canary_path(state, image, path, sizeof path) == -1)
+    return;
+  pthread_mutex_lock(&canary_lock);
+  json_t *canary = load_json(path);
+  const char *st = json_string_value(json_object_get(canary, "state"));
+  const char *group = json_string_value(json_object_get(canary, "group"));
+  if (canary && st && strcmp(st, "running") == 0 && group && in_group(c, group) &&
+      json_integer_value(json_object_get(canary, "version")) == version) {
+    const char *key = healthy ? "healthy" : "strikes";
+    json_int_t count = json_integer_value(json_object_get(canary, key)) + 1;
+    json_int_t of = healthy ? w->canary_promote_after : w->canary_withdraw_after;
+    json_object_set_new(canary, key, json_integer(count));
+    tb_eventf(state, healthy ? "canary-healthy" : "canary-strike", c->id,
+              "{s:s, s:I, s:I, s:s, s:I, s:I}", "image", image, "version", (json_int_t)version,
+              "session", (json_int_t)rq->session, "group", group, "count", count, "of", of);
+    if (count >= of) {
+      if (healthy)
+        json_decref(canary_promote(rq->cfg, canary, "healthy sessions"));
+      else
+        canary_withdraw(rq->cfg, canary);
+    }
+    if (save_json(path, canary) == -1)
+      log_msg("watchdog: %s", tb_errmsg());
+  }
+  json_decref(canary);
+  pthread_mutex_unlock(&canary_lock);
+}
+
+/* ---- the worker --------------------------------------------------------------------------------
+ */
+
+/* Open the overlay session SESSION ended with (0: the current overlay).  By
+ * the time the scan runs the client may be in its next session: then a
+ * rotated overlay is sessions/SESSION, and a persist overlay is the one the
+ * new session continues.  NULL with errno ENOENT if there is none. */
+static struct tb_scan *open_ended(const char *state, const char *id, uint64_t session)
+{
+  char ovl[TB_PATH_MAX], retained[TB_PATH_MAX];
+  if (tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == -1 ||
+      (session && tb_client_session_path(state, id, session, retained, sizeof retained) == -1))
+    return NULL;
+  for (int attempt = 0; attempt < 3; attempt++) {
+    bool moved_on = session && tb_client_last_session(state, id) != session;
+    const char *path = moved_on && access(retained, F_OK) == 0 ? retained : ovl;
+    if (access(path, F_OK) == -1) {
+      errno = ENOENT;
+      return NULL;
+    }
+    struct tb_scan *s = tb_scan_open(state, path);
+    if (!s || path == retained || !session || tb_client_last_session(state, id) == session ||
+        access(retained, F_OK) == -1)
+      return s;
+    tb_scan_close(s); /* rotated while we opened it: open the retained one */
+  }
+  return NULL;
+}
+
+static void run_request(struct request *rq)
+{
+  const char *state = rq->cfg->state_dir;
+  const struct tb_client_conf *c = tb_config_client(rq->cfg, rq->id);
+  if (!c)
+    return;
+  struct tb_watchdog_conf w = {0};
+  if (tb_watchdog_for(rq->cfg->watchdog, c->watchdog, &w) == -1) {
+    log_msg("watchdog: client %s: %s", c->id, tb_errmsg());
+    return;
+  }
+  bool want_scan = w.n_rules > 0 || (rq->end && w.health_marker);
+  struct tb_scan *s = NULL;
+  if (want_scan && !(s = open_ended(state, c->id, rq->end ? rq->session : 0)) && errno != ENOENT)
+    tb_eventf(state, "watchdog-error", c->id, "{s:s, s:I}", "error", tb_errmsg(), "session",
+              (json_int_t)rq->session);
+  if (s && w.n_rules > 0) {
+    pthread_mutex_lock(&lock);
+    struct seen *sn = seen_for(c->id, s->info.session);
+    pthread_mutex_unlock(&lock);
+    struct scan_ctx x = {.rq = rq, .state = state, .seen = sn, .hits = json_array()};
+    int64_t t0 = tb_now_ms();
+    if (tb_rules_eval(s, w.rules, w.n_rules, on_hit, &x) != 0)
+      tb_eventf(state, "watchdog-error", c->id, "{s:s, s:I}", "error", tb_errmsg(), "session",
+                (json_int_t)rq->session);
+    tb_eventf(state, "watchdog-scan", c->id, "{s:s, s:I, s:I, s:I, s:I}", "scan",
+              rq->end ? "session-end" : "interval", "session", (json_int_t)s->info.session, "hits",
+              (json_int_t)json_array_size(x.hits), "dirty_bytes",
+              (json_int_t)tb_ranges_bytes(&s->dirty), "ms", (json_int_t)(tb_now_ms() - t0));
+    take_actions(&x, s);
+    json_decref(x.hits);
+  }
+  if (rq->end) {
+    bool healthy;
+    check_health(rq, c, &w, s, &healthy);
+    canary_count(rq, c, &w, s ? s->info.base.image : rq->image,
+                 s ? s->info.base.version : rq->version, healthy);
+  }
+  tb_scan_close(s);
+  tb_watchdog_free(&w);
+}
+
+static void *worker(void *arg)
+{
+  (void)arg;
+  pthread_mutex_lock(&lock);
+  for (;;) {
+    while (!queue && !stopping)
+      pthread_cond_wait(&cond, &lock);
+    if (!queue)
+      break;
+    struct request *rq = queue;
+    if (!(queue = rq->next))
+      queue_tail = &queue;
+    queued--;
+    pthread_mutex_unlock(&lock);
+    run_request(rq);
+    tb_config_unref(rq->cfg);
+    free(rq);
+    pthread_mutex_lock(&lock);
+  }
+  pthread_mutex_unlock(&lock);
+  return NULL;
+}
+
+int watchdog_start(void)
+{
+  if (pthread_create(&thread, NULL, worker, NULL) != 0)
+    return tb_error("cannot start the watchdog thread");
+  started = true;
+  return 0;
+}
+
+void watchdog_stop(void)
+{
+  if (!started)
+    return;
+  pthread_mutex_lock(&lock);
+  stopping = true;
+  pthread_cond_signal(&cond);
+  pthread_mutex_unlock(&lock);
+  pthread_join(thread, NULL);
+  started = false;
+  for (size_t i = 0; i < n_seen; i++)
+    for (size_t k = 0; k < seen[i].n; k++)
+      free(seen[i].hits[k]);
+  free(seen);
+  seen = NULL;
+  n_seen = 0;
+}
+
+static void enqueue(struct daemon *d, const char *id, bool end, uint64_t session,
+                    int64_t duration_ms)
+{
+  struct request *rq = calloc(1, sizeof *rq);
+  if (!rq)
+    return;
+  snprintf(rq->id, sizeof rq->id, "%s", id);
+  rq->end = end;
+  rq->session = session;
+  rq->duration_ms = duration_ms;
+  char sj[TB_PATH_MAX];
+  json_t *sess = tb_store_client_path(d->cfg->state_dir, id, "session.json", sj, sizeof sj) == 0
+                     ? load_json(sj)
+                     : NULL;
+  if (sess && json_integer_value(json_object_get(sess, "session")) == (json_int_t)session) {
+    snprintf(rq->image, sizeof rq->image, "%s",
+             json_string_value(json_object_get(sess, "image"))
+                 ? json_string_value(json_object_get(sess, "image"))
+                 : "");
+    rq->version = (uint32_t)json_integer_value(json_object_get(sess, "version"));
+  }
+  json_decref(sess);
+  pthread_mutex_lock(&lock);
+  if (queued >= MAX_QUEUED || stopping) {
+    pthread_mutex_unlock(&lock);
+    log_msg("watchdog: queue full, %s of %s not scanned", end ? "session end" : "interval", id);
+    free(rq);
+    return;
+  }
+  rq->cfg = tb_config_ref(d->cfg);
+  *queue_tail = rq;
+  queue_tail = &rq->next;
+  queued++;
+  pthread_cond_signal(&cond);
+  pthread_mutex_unlock(&lock);
+}
+
+void watchdog_event(struct daemon *d, const json_t *ev)
+{
+  const char *type = json_string_value(json_object_get(ev, "type"));
+  const char *client = json_string_value(json_object_get(ev, "client"));
+  if (!type || !client || strcmp(type, "session-end") != 0 || !tb_config_client(d->cfg, client))
+    return;
+  enqueue(d, client, true, (uint64_t)json_integer_value(json_object_get(ev, "session")),
+          json_integer_value(json_object_get(ev, "duration_ms")));
+}
+
+/* ---- interval scans of live clients -------------------------------------------------------- */
+
+struct interval {
+  char id[TB_NAME_MAX + 1];
+  int64_t every_ms, next_ms;
+};
+static struct interval *intervals;
+static size_t n_intervals;
+static const struct tb_config *intervals_for;
+
+static void intervals_build(const struct tb_config *cfg, int64_t now)
+{
+  free(intervals);
+  intervals = calloc(cfg->n_clients ? cfg->n_clients : 1, sizeof *intervals);
+  n_intervals = 0;
+  intervals_for = cfg;
+  for (size_t i = 0; intervals && i < cfg->n_clients; i++) {
+    struct tb_watchdog_conf w = {0};
+    if (tb_watchdog_for(cfg->watchdog, cfg->clients[i].watchdog, &w) == 0 && w.n_rules > 0 &&
+        w.interval_ms > 0) {
+      struct interval *iv = &intervals[n_intervals++];
+      snprintf(iv->id, sizeof iv->id, "%s", cfg->clients[i].id);
+      iv->every_ms = w.interval_ms;
+      iv->next_ms = now + w.interval_ms;
+    }
+    tb_watchdog_free(&w);
+  }
+}
+
+void watchdog_tick(struct daemon *d, int64_t now)
+{
+  if (intervals_for != d->cfg)
+    intervals_build(d->cfg, now);
+  for (size_t i = 0; i < n_intervals; i++) {
+    struct interval *iv = &intervals[i];
+    if (now < iv->next_ms)
+      continue;
+    iv->next_ms = now + iv->every_ms;
+    if (tb_client_locked(d->cfg->state_dir, iv->id))
+      enqueue(d, iv->id, false, tb_client_last_session(d->cfg->state_dir, iv->id), 0);
+  }
+}
+
+int64_t watchdog_next(const struct daemon *d)
+{
+  (void)d;
+  int64_t next = INT64_MAX;
+  for (size_t i = 0; i < n_intervals; i++)
+    if (intervals[i].next_ms < next)
+      next = intervals[i].next_ms;
+  return next;
+}
+
+void watchdog_free(void)
+{
+  free(intervals);
+  intervals = NULL;
+  n_intervals = 0;
+  intervals_for = NULL;
+}
+
+/* ---- control operations (main thread) -------------------------------------------------------- */
+
+static const char *req_str(json_t *req, const char *key)
+{
+  return json_string_value(json_object_get(req, key));
+}
+
+/* Only KEYS (and "op") in REQ; else an error reply. */
+static json_t *check_req(json_t *req, const char *op, const char *const *keys)
+{
+  const char *key;
+  json_t *v;
+  json_object_foreach(req, key, v)
+  {
+    bool known = strcmp(key, "op") == 0;
+    for (size_t i = 0; keys[i] && !known; i++)
+      known = strcmp(keys[i], key) == 0;
+    if (!known)
+      return reply_error("%s: unknown argument \"%.64s\"", op, key);
+  }
+  return NULL;
+}
+
+static const struct tb_client_conf *req_client(struct daemon *d, json_t *req, const char *op,
+                                               json_t **err)
+{
+  const char *id = req_str(req, "client");
+  const struct tb_client_conf *c = NULL;
+  if (!id)
+    *err = reply_error("%s: missing argument \"client\"", op);
+  else if (!tb_name_valid(id))
+    *err = reply_error("invalid client id \"%.80s\"", id);
+  else if (!(c = tb_config_client(d->cfg, id)))
+    *err = reply_error("no client \"%s\" in %s (see tabulactl clients)", id, d->config_file);
+  return c;
+}
+
+static json_t *op_lockdown(struct daemon *d, json_t *req, const char *op, bool lock_it)
+{
+  static const char *const lock_keys[] = {"client", "reason", NULL};
+  static const char *const unlock_keys[] = {"client", NULL};
+  json_t *err = check_req(req, op, lock_it ? lock_keys : unlock_keys);
+  const struct tb_client_conf *c = err ? NULL : req_client(d, req, op, &err);
+  if (!c)
+    return err;
+  const char *state = d->cfg->state_dir;
+  struct tb_mailbox mb;
+  if (tb_mailbox_read(state, c->id, &mb) == -1)
+    return reply_error("%s", tb_errmsg());
+  char msg[512];
+  if (lock_it) {
+    const char *reason = req_str(req, "reason");
+    char why[256];
+    snprintf(why, sizeof why, "%s", reason && reason[0] ? reason : "by an administrator");
+    if (mailbox_change(state, c->id, MB_CHANGE(.lockdown = why)) == -1)
+      return reply_error("%s", tb_errmsg());
+    tb_eventf(state, "lockdown", c->id, "{s:s, s:s}", "reason", why, "by", "admin");
+    snprintf(msg, sizeof msg,
+             "%s: locked down (%s); its export is refused from its next "
+             "connection until tabulactl unlock %s",
+             c->id, why, c->id);
+  } else {
+    if (!mb.lockdown[0])
+      return reply_error("client %s is not locked down", c->id);
+    if (mailbox_change(state, c->id, MB_CHANGE(.lockdown = "")) == -1)
+      return reply_error("%s", tb_errmsg());
+    tb_eventf(state, "unlock", c->id, "{s:s}", "was", mb.lockdown);
+    snprintf(msg, sizeof msg, "%s: unlocked (was: %.200s)", c->id, mb.lockdown);
+  }
+  return reply_ok(json_pack("{s:s, s:s}", "client", c->id, "message", msg));
+}
+
+static json_t *quarantine_entry(const char *state, const char *id, uint64_t n, bool full)
+{
+  char dir[TB_PATH_MAX], path[TB_PATH_MAX];
+  if (quarantine_dir(state, id, dir, sizeof dir) == -1 ||
+      tb_path(path, sizeof path, "%s/%llu/note.json", dir, (unsigned long long)n) == -1)
+    return NULL;
+  json_t *note = load_json(path);
+  if (!note)
+    note = json_pack("{s:s, s:I, s:s}", "client", id, "number", (json_int_t)n, "error",
+                     "note.json is missing or unreadable");
+  if (!full)
+    json_object_del(note, "hits");
+  struct stat st;
+  if (tb_path(path, sizeof path, "%s/%llu/overlay", dir, (unsigned long long)n) == 0 &&
+      stat(path, &st) == 0) {
+    json_object_set_new(note, "disk_bytes", json_integer((json_int_t)st.st_blocks * 512));
+    if (full)
+      json_object_set_new(note, "overlay", json_string(path));
+  }
+  return note;
+}
+
+static json_t *op_quarantine_list(struct daemon *d, json_t *req)
+{
+  static const char *const keys[] = {"client", NULL};
+  json_t *err = check_req(req, "quarantine-list", keys);
+  if (err)
+    return err;
+  const struct tb_client_conf *only = NULL;
+  if (json_object_get(req, "client") && !(only = req_client(d, req, "quarantine-list", &err)))
+    return err;
+  json_t *arr = json_array();
+  for (size_t i = 0; i < d->cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &d->cfg->clients[i];
+    if (only && only != c)
+      continue;
+    uint64_t *nums;
+    size_t n;
+    if (quarantine_list(d->cfg->state_dir, c->id, &nums, &n) == -1)
+      continue;
+    for (size_t k = 0; k < n; k++) {
+      json_t *e = quarantine_entry(d->cfg->state_dir, c->id, nums[k], false);
+      if (e)
+        json_array_append_new(arr, e);
+    }
+    free(nums);
+  }
+  return reply_ok(json_pack("{s:o}", "quarantine", arr));
+}
+
+static json_t *op_quarantine_show(struct daemon *d, json_t *req, bool release)
+{
+  static const char *const show_keys[] = {"client", "number", NULL};
+  static const char *const release_keys[] = {"client", "number", "restore", NULL};
+  const char *op = release ? "quarantine-release" : "quarantine-show";
+  json_t *err = check_req(req, op, release ? release_keys : show_keys);
+  const struct tb_client_conf *c = err ? NULL : req_client(d, req, op, &err);
+  if (!c)
+    return err;
+  json_t *num = json_object_get(req, "number");
+  if (!json_is_integer(num) || json_integer_value(num) < 1)
+    return reply_error("%s: argument \"number\" must be a quarantine number (see tabulactl "
+                       "quarantine list)",
+                       op);
+  uint64_t n = (uint64_t)json_integer_value(num);
+  const char *state = d->cfg->state_dir;
+  char dir[TB_PATH_MAX], qdir[TB_PATH_MAX], ovl[TB_PATH_MAX], note[TB_PATH_MAX];
+  if (quarantine_dir(state, c->id, dir, sizeof dir) == -1 ||
+      tb_path(qdir, sizeof qdir, "%s/%llu", dir, (unsigned long long)n) == -1 ||
+      tb_path(ovl, sizeof ovl, "%s/overlay", qdir) == -1 ||
+      tb_path(note, sizeof note, "%s/note.json", qdir) == -1)
+    return reply_error("%s", tb_errmsg());
+  if (access(qdir, F_OK) == -1)
+    return reply_error("client %s has no quarantined overlay %llu (see tabulactl quarantine list)",
+                       c->id, (unsigned long long)n);
+  if (!release)
+    return reply_ok(quarantine_entry(state, c->id, n, true));
+  char msg[512];
+  if (json_is_true(json_object_get(req, "restore"))) {
+    /* Back through the session machinery: it becomes a retained session
+     * and the mailbox restores it at the next session start. */
+    struct tb_overlay_info info;
+    char dst[TB_PATH_MAX], sessions[TB_PATH_MAX];
+    if (tb_overlay_read_info(ovl, &info) == -1)
+      return reply_error("%s", tb_errmsg());
+    if (info.session == 0)
+      return reply_error("quarantined overlay %llu of %s has no session number",
+                         (unsigned long long)n, c->id);
+    if (tb_store_client_path(state, c->id, "sessions", sessions, sizeof sessions) == -1 ||
+        tb_mkdirs(sessions, false) == -1 ||
+        tb_client_session_path(state, c->id, info.session, dst, sizeof dst) == -1)
+      return reply_error("%s", tb_errmsg());
+    if (access(dst, F_OK) == 0)
+      return reply_error("client %s already has a retained session %llu: remove or restore it "
+                         "first",
+                         c->id, (unsigned long long)info.session);
+    if (rename(ovl, dst) == -1)
+      return reply_error("cannot move %s to %s: %s", ovl, dst, strerror(errno));
+    if (mailbox_change(state, c->id, MB_CHANGE(.restore = (int64_t)info.session)) == -1)
+      return reply_error("%s", tb_errmsg());
+    snprintf(msg, sizeof msg,
+             "%s: quarantined overlay %llu is retained session %llu again and becomes the "
+             "overlay at the next session start",
+             c->id, (unsigned long long)n, (unsigned long long)info.session);
+  } else {
+    snprintf(msg, sizeof msg, "%s: quarantined overlay %llu deleted", c->id, (unsigned long long)n);
+  }
+  if ((unlink(ovl) == -1 && errno != ENOENT) || (unlink(note) == -1 && errno != ENOENT) ||
+      rmdir(qdir) == -1)
+    return reply_error("cannot remove %s: %s", qdir, strerror(errno));
+  tb_eventf(state, "quarantine-release", c->id, "{s:I, s:b}", "number", (json_int_t)n, "restore",
+            json_is_true(json_object_get(req, "restore")));
+  return reply_ok(
+      json_pack("{s:s, s:I, s:s}", "client", c->id, "number", (json_int_t)n, "message", msg));
+}
+
+/* Highest published version of IMAGE below N, 0 if none. */
+static uint32_t version_before(const char *state, const char *image, uint32_t n)
+{
+  uint32_t *vers, prev = 0;
+  size_t nv;
+  if (tb_store_versions(state, image, &vers, &nv) == -1)
+    return 0;
+  for (size_t i = 0; i < nv; i++)
+    if (vers[i] < n && vers[i] > prev)
+      prev = vers[i];
+  free(vers);
+  return prev;
+}
+
+static json_t *start_canary(struct daemon *d, const char *image, uint32_t n, const char *group)
+{
+  const char *state = d->cfg->state_dir;
+  uint32_t previous = version_before(state, image, n);
+  if (!previous)
+    return reply_error("%s@%u has no earlier version to keep the other clients on; promote it "
+                       "without --canary",
+                       image, n);
+  size_t members = 0;
+  for (size_t i = 0; i < d->cfg->n_clients; i++)
+    members += in_group(&d->cfg->clients[i], group);
+  if (!members)
+    return reply_error("no client is in group \"%s\" (see \"groups\" in %s)", group,
+                       d->config_file);
+  json_t *held = json_array(), *canaries = json_array();
+  for (size_t i = 0; i < d->cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &d->cfg->clients[i];
+    char img[TB_NAME_MAX + 1];
+    client_image(state, c, img, sizeof img);
+    if (c->version || strcmp(img, image) != 0)
+      continue;
+    struct tb_mailbox mb;
+    if (tb_mailbox_read(state, c->id, &mb) == -1)
+      return reply_error("%s", tb_errmsg());
+    if (in_group(c, group)) {
+      if (mailbox_change(state, c->id, MB_CHANGE(.set_pin = true, .pin = n)) == 0)
+        json_array_append_new(canaries, json_string(c->id));
+    } else if (!mb.pin || mb.pin == n) {
+      if (mailbox_change(state, c->id, MB_CHANGE(.set_pin = true, .pin = previous)) == 0)
+        json_array_append_new(held, json_string(c->id));
+    }
+  }
+  char when[32];
+  tb_iso_time(tb_now_ms(), when);
+  json_t *canary = json_pack("{s:s, s:I, s:I, s:s, s:s, s:I, s:I, s:s, s:O, s:O}", "image", image,
+                             "version", (json_int_t)n, "previous", (json_int_t)previous, "group",
+                             group, "state", "running", "healthy", (json_int_t)0, "strikes",
+                             (json_int_t)0, "started", when, "clients", canaries, "held", held);
+  char path[TB_PATH_MAX], dir[TB_PATH_MAX];
+  int r = tb_path(dir, sizeof dir, "%s/watchdog", state) == -1 || tb_mkdirs(dir, false) == -1 ||
+                  canary_path(state, image, path, sizeof path) == -1
+              ? -1
+              : save_json(path, canary);
+  json_decref(canary);
+  if (r == -1) {
+    json_decref(held);
+    json_decref(canaries);
+    return reply_error("%s", tb_errmsg());
+  }
+  tb_eventf(state, "canary-start", NULL, "{s:s, s:I, s:I, s:s, s:O, s:O}", "image", image,
+            "version", (json_int_t)n, "previous", (json_int_t)previous, "group", group, "clients",
+            canaries, "held", held);
+  char msg[512];
+  snprintf(msg, sizeof msg,
+           "%s@%u is served to group %s (%zu clients) from their next clean start; %zu other "
+           "clients stay on %s@%u until it is promoted",
+           image, n, group, json_array_size(canaries), json_array_size(held), image, previous);
+  return reply_ok(json_pack("{s:s, s:I, s:I, s:s, s:o, s:o, s:s}", "image", image, "version",
+                            (json_int_t)n, "previous", (json_int_t)previous, "group", group,
+                            "clients", canaries, "held", held, "message", msg));
+}
+
+static json_t *op_promote(struct daemon *d, json_t *req)
+{
+  static const char *const keys[] = {"image", "version", "canary", NULL};
+  json_t *err = check_req(req, "image-promote", keys);
+  if (err)
+    return err;
+  const char *image = req_str(req, "image"), *group = req_str(req, "canary");
+  json_t *v = json_object_get(req, "version");
+  if (!image || !tb_name_valid(image))
+    return reply_error("image-promote: argument \"image\" must be an image name");
+  if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > UINT32_MAX)
+    return reply_error("image-promote: argument \"version\" must be a version number");
+  if (group && !tb_name_valid(group))
+    return reply_error("invalid group name \"%.80s\"", group);
+  uint32_t n = (uint32_t)json_integer_value(v);
+  const char *state = d->cfg->state_dir;
+  struct tb_manifest *m = tb_manifest_load(state, image, n);
+  if (!m)
+    return reply_error("image %s has no version %u (see tabulactl image list)", image, n);
+  tb_manifest_free(m);
+  char path[TB_PATH_MAX];
+  if (canary_path(state, image, path, sizeof path) == -1)
+    return reply_error("%s", tb_errmsg());
+  pthread_mutex_lock(&canary_lock);
+  json_t *canary = load_json(path), *reply;
+  const char *st = json_string_value(json_object_get(canary, "state"));
+  bool running = st && strcmp(st, "running") == 0;
+  if (group) {
+    reply = running ? reply_error("a canary of %s@%lld is running in group %s: promote or wait "
+                                  "for it first",
+                                  image,
+                                  (long long)json_integer_value(json_object_get(canary, "version")),
+                                  json_string_value(json_object_get(canary, "group")))
+                    : start_canary(d, image, n, group);
+  } else {
+    bool this_canary = running && json_integer_value(json_object_get(canary, "version")) == n;
+    uint32_t previous =
+        running ? (uint32_t)json_integer_value(json_object_get(canary, "previous")) : 0;
+    json_t *moved;
+    if (this_canary) {
+      moved = canary_promote(d->cfg, canary, "admin");
+    } else {
+      if (running)
+        json_object_set_new(canary, "state", json_string("replaced"));
+      moved = make_current(d->cfg, image, n, previous);
+      tb_eventf(state, "image-promoted", NULL, "{s:s, s:I, s:O}", "image", image, "version",
+                (json_int_t)n, "clients", moved);
+    }
+    if (running && save_json(path, canary) == -1)
+      log_msg("watchdog: %s", tb_errmsg());
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s@%u is current for every client of %s that follows it", image, n,
+             image);
+    reply = reply_ok(json_pack("{s:s, s:I, s:o, s:s}", "image", image, "version", (json_int_t)n,
+                               "clients", moved, "message", msg));
+  }
+  json_decref(canary);
+  pthread_mutex_unlock(&canary_lock);
+  return reply;
+}
+
+json_t *watchdog_op(struct daemon *d, const char *op, json_t *req)
+{
+  if (!strcmp(op, "lockdown"))
+    return op_lockdown(d, req, op, true);
+  if (!strcmp(op, "unlock"))
+    return op_lockdown(d, req, op, false);
+  if (!strcmp(op, "quarantine-list"))
+    return op_quarantine_list(d, req);
+  if (!strcmp(op, "quarantine-show"))
+    return op_quarantine_show(d, req, false);
+  if (!strcmp(op, "quarantine-release"))
+    return op_quarantine_show(d, req, true);
+  if (!strcmp(op, "image-promote"))
+    return op_promote(d, req);
+  return NULL;
+}
