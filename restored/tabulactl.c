@@ -716,6 +716,32 @@ static int cmd_image_pull(struct ctl *ctl, int argc, char **argv)
   return run_repo_cmd(ctl, argc, argv, ctl_image_pull);
 }
 
+/* ---- image promote (canary versions, watchdog.c in the daemon) ---------------------- */
+
+static int cmd_image_promote(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"canary", required_argument, NULL, 'c'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != 1)
+    return usage_error("expected IMAGE@N [--canary GROUP]");
+  char image[TB_NAME_MAX + 1];
+  uint32_t ver;
+  if (split_image_version(argv[optind], image, &ver))
+    return EXIT_USAGE;
+  if (!ver)
+    return usage_error("say which version to promote: %s@N (see tabulactl image list)", image);
+  if (seen['c'] && !tb_name_valid(val['c']))
+    return usage_error("invalid group name \"%.80s\"", val['c']);
+  json_t *req = json_pack("{s:s, s:s, s:I}", "op", "image-promote", "image", image, "version",
+                          (json_int_t)ver);
+  if (seen['c'])
+    json_object_set_new(req, "canary", json_string(val['c']));
+  return simple_request(ctl, req, "%s@%" PRIu32 " promoted", image, ver);
+}
+
 static const struct command image_commands[] = {
     {"import", "NAME FILE [--note TEXT]",
      "Add FILE (a raw disk image) as the next version of image NAME, directly in the state\n"
@@ -746,6 +772,13 @@ static const struct command image_commands[] = {
      "FILE, --json, --quiet.  Defaults come from the config's \"pull\" section; s3 URLs\n"
      "are signed (SigV4) with pull.s3 or the AWS_* environment credentials.",
      cmd_image_pull},
+    {"promote", "IMAGE@N [--canary GROUP]",
+     "Make version N current for every client of IMAGE that has no configured version\n"
+     "(mailbox pins are lifted, or set to N if N is not the newest).  With --canary, only\n"
+     "GROUP gets N; the other clients stay on the previous version until N has\n"
+     "watchdog.canary.promote_after healthy sessions in GROUP, and after withdraw_after\n"
+     "strikes GROUP returns to the previous version.  Every step is an event.",
+     cmd_image_promote},
 };
 
 static int cmd_image(struct ctl *ctl, int argc, char **argv)
@@ -772,8 +805,8 @@ static int cmd_image(struct ctl *ctl, int argc, char **argv)
       return c->run(ctl, argc - 1, argv + 1);
     }
   }
-  return usage_error("unknown image subcommand \"%s\" (import, list, rm, gc, publish, pull)",
-                     argv[1]);
+  return usage_error(
+      "unknown image subcommand \"%s\" (import, list, rm, gc, publish, pull, promote)", argv[1]);
 }
 
 /* ---- daemon commands ------------------------------------------------------------------ */
@@ -1222,6 +1255,104 @@ static int cmd_events(struct ctl *ctl, int argc, char **argv)
 
 /* ---- main ------------------------------------------------------------------------------- */
 
+/* ---- watchdog: lockdown, unlock, quarantine ------------------------------------------- */
+
+static int cmd_lockdown(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind < 1 || argc - optind > 2)
+    return usage_error("expected ID [REASON]");
+  if (check_client_arg(argv[optind]))
+    return EXIT_USAGE;
+  json_t *req = json_pack("{s:s, s:s}", "op", "lockdown", "client", argv[optind]);
+  if (argc - optind == 2)
+    json_object_set_new(req, "reason", json_string(argv[optind + 1]));
+  return simple_request(ctl, req, "%s: locked down", argv[optind]);
+}
+
+static int cmd_unlock(struct ctl *ctl, int argc, char **argv)
+{
+  if (no_operands(argc, argv, 1, "ID"))
+    return EXIT_USAGE;
+  if (check_client_arg(argv[optind]))
+    return EXIT_USAGE;
+  return simple_request(ctl, json_pack("{s:s, s:s}", "op", "unlock", "client", argv[optind]),
+                        "%s: unlocked", argv[optind]);
+}
+
+static int quarantine_number(const char *s, uint64_t *n)
+{
+  return parse_uint(s, "quarantine number", INT64_MAX, n) || *n == 0
+             ? usage_error("invalid quarantine number \"%.40s\" (see tabulactl quarantine list)", s)
+             : 0;
+}
+
+static int cmd_quarantine(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"restore", no_argument, NULL, 'r'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  int n = argc - optind;
+  const char *sub = n > 0 ? argv[optind] : "";
+  uint64_t num = 0;
+  json_t *req;
+  if (strcmp(sub, "list") == 0 && n <= 2) {
+    if (n == 2 && check_client_arg(argv[optind + 1]))
+      return EXIT_USAGE;
+    req = json_pack("{s:s}", "op", "quarantine-list");
+    if (n == 2)
+      json_object_set_new(req, "client", json_string(argv[optind + 1]));
+  } else if ((strcmp(sub, "show") == 0 || strcmp(sub, "release") == 0) && n == 3) {
+    if (check_client_arg(argv[optind + 1]) || quarantine_number(argv[optind + 2], &num))
+      return EXIT_USAGE;
+    bool show = strcmp(sub, "show") == 0;
+    if (show && seen['r'])
+      return usage_error("--restore goes with quarantine release");
+    req = json_pack("{s:s, s:s, s:I}", "op", show ? "quarantine-show" : "quarantine-release",
+                    "client", argv[optind + 1], "number", (json_int_t)num);
+    if (seen['r'])
+      json_object_set_new(req, "restore", json_true());
+    if (!show)
+      return simple_request(ctl, req, "released");
+  } else {
+    return usage_error("expected list [ID], show ID N or release ID N [--restore]");
+  }
+  int code;
+  json_t *res = request(ctl, req, NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json || strcmp(sub, "show") == 0) {
+    print_json(res);
+  } else {
+    json_t *arr = json_object_get(res, "quarantine");
+    struct table t = {.ncols = 6};
+    table_row(&t, "CLIENT", "N", "SESSION", "BASE", "TIME", "REASON");
+    size_t i;
+    json_t *e;
+    json_array_foreach(arr, i, e)
+    {
+      char nb[32], sb[32], base[TB_NAME_MAX + 32];
+      snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT, jstr(e, "image"), jint(e, "version"));
+      table_row(&t, jstr(e, "client"), jnum(e, "number", nb, sizeof nb),
+                jnum(e, "session", sb, sizeof sb), base, jstr(e, "time"), jstr(e, "reason"));
+    }
+    if (t.nrows == 1) {
+      table_free(&t);
+      puts("no quarantined overlays");
+    } else {
+      table_print(&t);
+    }
+  }
+  json_decref(res);
+  return 0;
+}
+
 static const struct command commands[] = {
     {"status", "", "Show the daemon, nbdkit and a summary of clients and images.", cmd_status},
     {"clients", "", "List clients: policy, base version, next version, state, dirty bytes.",
@@ -1250,8 +1381,17 @@ static const struct command commands[] = {
      "Move the client (or every client of GROUP) to its current version at the next session\n"
      "start, discarding its overlay (for persist clients).",
      cmd_refresh},
-    {"image", "import|list|rm|gc ...", "Manage image versions (see tabulactl image --help).",
-     cmd_image},
+    {"lockdown", "ID [REASON]",
+     "Refuse the client's export from its next connection on, with REASON in its status.",
+     cmd_lockdown},
+    {"unlock", "ID", "Lift a lockdown (set by the watchdog or by tabulactl lockdown).", cmd_unlock},
+    {"quarantine", "list [ID] | show ID N | release ID N [--restore]",
+     "Overlays the watchdog kept aside (clients/ID/quarantine/N) with why.  release deletes\n"
+     "one; with --restore it becomes a retained session again and the client's overlay at\n"
+     "its next session start.",
+     cmd_quarantine},
+    {"image", "import|list|rm|gc|publish|pull|promote ...",
+     "Manage image versions (see tabulactl image --help).", cmd_image},
     {"events", "[--follow] [--client ID] [--last N]",
      "Show the last N events of the journal (default 20), and with --follow keep printing\n"
      "new ones until interrupted.",
