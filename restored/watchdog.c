@@ -456,8 +456,7 @@ static bool judge(const struct request *rq, const struct tb_client_conf *c,
 }
 
 /* Keep a copy of the scanned overlay as the last known good (persist clients). */
-static bool save_good(const char *state, const char *id, uint64_t session,
-                      const struct tb_scan *s)
+static bool save_good(const char *state, const char *id, uint64_t session, const struct tb_scan *s)
 {
   char ovl[TB_PATH_MAX], dir[TB_PATH_MAX], tmp[TB_PATH_MAX], dst[TB_PATH_MAX];
   int lk = lock_after(state, id, session);
@@ -1120,10 +1119,13 @@ static uint32_t version_before(const char *state, const char *image, uint32_t n)
   return prev;
 }
 
-static json_t *start_canary(struct daemon *d, const char *image, uint32_t n, const char *group)
+/* PREVIOUS: the version the other clients stay on (0: the one before N). */
+static json_t *start_canary(struct daemon *d, const char *image, uint32_t n, const char *group,
+                            uint32_t previous)
 {
   const char *state = d->cfg->state_dir;
-  uint32_t previous = version_before(state, image, n);
+  if (!previous || previous >= n)
+    previous = version_before(state, image, n);
   if (!previous)
     return reply_error("%s@%u has no earlier version to keep the other clients on; promote it "
                        "without --canary",
@@ -1147,7 +1149,7 @@ static json_t *start_canary(struct daemon *d, const char *image, uint32_t n, con
     if (in_group(c, group)) {
       if (mailbox_change(state, c->id, MB_CHANGE(.set_pin = true, .pin = n)) == 0)
         json_array_append_new(canaries, json_string(c->id));
-    } else if (!mb.pin || mb.pin == n) {
+    } else if (!mb.pin || mb.pin == n || mb.pin == previous) {
       if (mailbox_change(state, c->id, MB_CHANGE(.set_pin = true, .pin = previous)) == 0)
         json_array_append_new(held, json_string(c->id));
     }
@@ -1209,13 +1211,16 @@ static json_t *op_promote(struct daemon *d, json_t *req)
   json_t *canary = load_json(path), *reply;
   const char *st = json_string_value(json_object_get(canary, "state"));
   bool running = st && strcmp(st, "running") == 0;
+  /* After a withdrawn canary the others still run its previous version. */
+  bool withdrawn = st && strcmp(st, "withdrawn") == 0;
+  uint32_t withdrawn_previous = (uint32_t)json_integer_value(json_object_get(canary, "previous"));
   if (group) {
     reply = running ? reply_error("a canary of %s@%lld is running in group %s: promote or wait "
                                   "for it first",
                                   image,
                                   (long long)json_integer_value(json_object_get(canary, "version")),
                                   json_string_value(json_object_get(canary, "group")))
-                    : start_canary(d, image, n, group);
+                    : start_canary(d, image, n, group, withdrawn ? withdrawn_previous : 0);
   } else {
     bool this_canary = running && json_integer_value(json_object_get(canary, "version")) == n;
     uint32_t previous =
