@@ -7,7 +7,11 @@
  *     differ from zeros; read those, and punch out the blocks that are not
  *     zero (or write zeros where the filesystem cannot punch).
  * Writing only differing blocks keeps a reflinked clone sharing every other
- * block with the base, and makes the cost follow the dirty data.
+ * block with the base, and makes the cost follow the dirty data.  So does the
+ * manifest: the chunks the walk wrote are hashed again, every other chunk
+ * hash is the base's (the version digest is a hash of chunk hashes, see
+ * store.h).  With a reflink, a merge costs time in proportion to the dirty
+ * data, whatever the size of the image.
  */
 #include <config.h>
 
@@ -39,7 +43,16 @@ struct walk {
   void *ctx;
   uint64_t done; /* dirty bytes walked so far */
   int64_t last_report;
+  uint8_t *touched; /* a byte per chunk of the new version: written by the walk */
+  size_t n_chunks;
 };
+
+static void mark_touched(struct walk *w, uint64_t off, uint64_t len)
+{
+  for (uint64_t c = off / TB_CHUNK_SIZE; c <= (off + len - 1) / TB_CHUNK_SIZE && c < w->n_chunks;
+       c++)
+    w->touched[c] = 1;
+}
 
 static int report(struct walk *w, const char *phase, uint64_t done, uint64_t total)
 {
@@ -68,6 +81,7 @@ static int write_out(struct walk *w, const uint8_t *buf, uint64_t off, uint64_t 
     return 0;
   if (tb_pwrite_full(w->out_fd, buf, len, off) == -1)
     return tb_error_errno("writing the new version at offset %llu", (unsigned long long)off);
+  mark_touched(w, off, len);
   w->res->changed_bytes += len;
   return 0;
 }
@@ -87,6 +101,7 @@ static int zero_out(struct walk *w, uint64_t off, uint64_t len)
         return tb_error_errno("zeroing the new version");
     }
   }
+  mark_touched(w, off, len);
   w->res->changed_bytes += len;
   return 0;
 }
@@ -194,6 +209,58 @@ static int clone_base(struct walk *w, const char *base_path, const char *tmp)
   return tb_clone_file(base_path, tmp, NULL, NULL);
 }
 
+/* The new version's manifest: the base's chunk hashes, with the chunks the
+ * walk touched hashed again from the new file.  NULL with *FAILED false (and
+ * a full hash by the caller) if the base's manifest does not fit, another
+ * chunk size; NULL with *FAILED true on an error or a cancel. */
+static struct tb_manifest *incremental_manifest(struct walk *w, const char *state,
+                                                const struct tb_base_id *base, int fd, bool *failed)
+{
+  *failed = false;
+  struct tb_manifest *bm = tb_manifest_load(state, base->image, base->version);
+  if (!bm)
+    return NULL;
+  struct tb_manifest *m = NULL;
+  char *buf = NULL;
+  if (bm->chunk_size != TB_CHUNK_SIZE || bm->size != w->size || bm->n_chunks != w->n_chunks)
+    goto out;
+  m = calloc(1, sizeof *m);
+  buf = malloc(TB_CHUNK_SIZE);
+  if (!m || !buf || !(m->chunks = malloc(bm->n_chunks * 32 + 32))) {
+    tb_error_errno("hashing the new version");
+    *failed = true;
+    tb_manifest_free(m);
+    m = NULL;
+    goto out;
+  }
+  m->size = bm->size;
+  m->chunk_size = bm->chunk_size;
+  m->n_chunks = bm->n_chunks;
+  memcpy(m->chunks, bm->chunks, bm->n_chunks * 32);
+  size_t todo = 0, done = 0;
+  for (size_t i = 0; i < m->n_chunks; i++)
+    todo += w->touched[i];
+  w->last_report = 0;
+  for (size_t i = 0; i < m->n_chunks; i++) {
+    if (!w->touched[i])
+      continue;
+    uint64_t off = (uint64_t)i * TB_CHUNK_SIZE;
+    size_t len = (size_t)(m->size - off < TB_CHUNK_SIZE ? m->size - off : TB_CHUNK_SIZE);
+    if (tb_hash_chunk(fd, off, len, buf, m->chunks[i]) == -1 ||
+        report(w, "hashing", ++done, todo) == -1) {
+      *failed = true;
+      tb_manifest_free(m);
+      m = NULL;
+      goto out;
+    }
+  }
+  tb_chunks_digest((const uint8_t(*)[32])m->chunks, m->n_chunks, m->sha256);
+out:
+  free(buf);
+  tb_manifest_free(bm);
+  return m;
+}
+
 static int hash_progress(void *ctx, uint64_t done, uint64_t total)
 {
   struct walk *w = ctx;
@@ -235,6 +302,11 @@ int tb_merge(const char *state, const char *overlay_path, const char *into, cons
     goto out;
   }
   tb_overlay_extents(w.ovl, 0, w.size, count_dirty, &w);
+  w.n_chunks = (size_t)((w.size + TB_CHUNK_SIZE - 1) / TB_CHUNK_SIZE);
+  if (!(w.touched = calloc(w.n_chunks + 1, 1))) {
+    tb_error_errno("merge buffers");
+    goto out;
+  }
 
   b = tb_version_begin(state, into, strcmp(into, base.image) == 0 ? base.version : 0, note);
   if (!b)
@@ -256,12 +328,21 @@ int tb_merge(const char *state, const char *overlay_path, const char *into, cons
     tb_error_errno("cannot sync %s", tmp);
     goto out;
   }
+  bool hash_failed;
+  struct tb_manifest *m = incremental_manifest(&w, state, &base, w.out_fd, &hash_failed);
+  if (hash_failed)
+    goto out;
   close(w.out_fd);
   w.out_fd = -1;
   res->version = tb_version_number(b);
   snprintf(res->image, sizeof res->image, "%s", into);
   w.last_report = 0;
-  r = tb_version_commit(b, hash_progress, &w);
+  if (m) {
+    r = tb_version_commit_manifest(b, m);
+    tb_manifest_free(m);
+  } else {
+    r = tb_version_commit(b, hash_progress, &w);
+  }
   b = NULL; /* commit consumed it, on success or failure */
 out:
   if (w.out_fd >= 0)
@@ -271,6 +352,7 @@ out:
   tb_overlay_close(w.ovl);
   free(w.obuf);
   free(w.bbuf);
+  free(w.touched);
   if (r == -1) {
     tb_error_prefix("merge of %s into %s", overlay_path, into);
     res->version = 0;

@@ -1270,9 +1270,11 @@ out:
   return r;
 }
 
-/* Feed the whole-file hash with the chunks that are in place, in order, for
- * at most BUDGET_MS (no limit if negative, reporting the verify phase).  Runs
- * between network events, so most of the hashing overlaps the downloads. */
+/* Verify the assembled file: hash the chunks that are in place, in order,
+ * from disk, check each against the index, and feed the version digest (the
+ * hash of the chunk hashes, see store.h) -- for at most BUDGET_MS (no limit
+ * if negative, reporting the verify phase).  Runs between network events, so
+ * most of the hashing overlaps the downloads. */
 static int hash_ahead(struct pull *p, int64_t budget_ms)
 {
   const struct tb_manifest *w = p->want;
@@ -1286,9 +1288,15 @@ static int hash_ahead(struct pull *p, int64_t budget_ms)
   while (p->hashed < w->n_chunks && p->done[p->hashed] != CHUNK_TODO) {
     uint64_t off = (uint64_t)p->hashed * w->chunk_size;
     size_t len = (size_t)chunk_len(w, p->hashed);
+    uint8_t h[32];
     if (tb_pread_full(p->fd, p->hash_buf, len, off) == -1)
       return tb_error_errno("cannot read %s", p->partial);
-    EVP_DigestUpdate(p->whole, p->hash_buf, len);
+    EVP_Digest(p->hash_buf, len, h, NULL, EVP_sha256(), NULL);
+    if (memcmp(h, w->chunks[p->hashed], 32) != 0)
+      return tb_error("%s@%u: chunk %zu of the assembled image does not match the index (it "
+                      "changed on disk after it was verified?); nothing was published",
+                      p->image, w->version, p->hashed);
+    EVP_DigestUpdate(p->whole, h, 32);
     p->hashed++;
     if (budget_ms < 0)
       report(p, TB_REPO_VERIFY, off + len, w->size, false);
@@ -1454,7 +1462,7 @@ static int verify_whole(struct pull *p)
     char got[65], want[65];
     tb_hex(h, 32, got);
     tb_hex(w->sha256, 32, want);
-    return tb_error("%s@%u: the assembled image's sha256 is %s, the index says %s (every "
+    return tb_error("%s@%u: the assembled image's digest is %s, the index says %s (every "
                     "chunk matched: the index is inconsistent); nothing was published",
                     p->image, w->version, got, want);
   }

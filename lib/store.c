@@ -16,6 +16,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdio.h>
@@ -338,44 +339,67 @@ char *tb_manifest_dump(const struct tb_manifest *m)
 
 /* ---- hashing and copying ------------------------------------------------- */
 
+void tb_chunks_digest(const uint8_t (*chunks)[32], size_t n, uint8_t digest[32])
+{
+  EVP_Digest(chunks, n * 32, digest, NULL, EVP_sha256(), NULL);
+}
+
+static uint8_t zero_chunk_sha256[32];
+static void hash_zero_chunk(void)
+{
+  char *zeros = calloc(1, TB_CHUNK_SIZE);
+  if (zeros)
+    EVP_Digest(zeros, TB_CHUNK_SIZE, zero_chunk_sha256, NULL, EVP_sha256(), NULL);
+  free(zeros);
+}
+
+int tb_hash_chunk(int fd, uint64_t off, size_t len, char *buf, uint8_t sha256[32])
+{
+  /* A chunk inside a hole need not be read, nor (the usual size) hashed. */
+  off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+  bool hole = d == -1 || (uint64_t)d >= off + len;
+  if (hole && len == TB_CHUNK_SIZE) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, hash_zero_chunk);
+    memcpy(sha256, zero_chunk_sha256, 32);
+    return 0;
+  }
+  if (hole)
+    memset(buf, 0, len);
+  else if (tb_pread_full(fd, buf, len, off) == -1)
+    return tb_error_errno("read error at byte %llu", (unsigned long long)off);
+  EVP_Digest(buf, len, sha256, NULL, EVP_sha256(), NULL);
+  return 0;
+}
+
 int tb_hash_file(int fd, uint64_t size, uint32_t chunk_size, uint8_t sha256[32],
                  uint8_t (**chunks_out)[32], size_t *n_chunks, tb_progress_fn progress, void *ctx)
 {
   size_t n = (size_t)((size + chunk_size - 1) / chunk_size);
   uint8_t(*chunks)[32] = calloc(n + 1, 32);
   char *buf = malloc(chunk_size);
-  EVP_MD_CTX *whole = EVP_MD_CTX_new();
   int r = -1;
-  if (!chunks || !buf || !whole || !EVP_DigestInit_ex(whole, EVP_sha256(), NULL)) {
+  if (!chunks || !buf) {
     tb_error_errno("hashing");
     goto out;
   }
   for (size_t i = 0; i < n; i++) {
     uint64_t off = (uint64_t)i * chunk_size;
     size_t len = (size_t)(size - off < chunk_size ? size - off : chunk_size);
-    /* A chunk inside a hole need not be read. */
-    off_t d = lseek(fd, (off_t)off, SEEK_DATA);
-    if (d == -1 || (uint64_t)d >= off + len)
-      memset(buf, 0, len);
-    else if (tb_pread_full(fd, buf, len, off) == -1) {
-      tb_error_errno("read error at byte %llu", (unsigned long long)off);
+    if (tb_hash_chunk(fd, off, len, buf, chunks[i]) == -1)
       goto out;
-    }
-    EVP_Digest(buf, len, chunks[i], NULL, EVP_sha256(), NULL);
-    EVP_DigestUpdate(whole, buf, len);
     if (progress && progress(ctx, off + len, size)) {
       errno = ECANCELED;
       tb_error("cancelled");
       goto out;
     }
   }
-  EVP_DigestFinal_ex(whole, sha256, NULL);
+  tb_chunks_digest((const uint8_t(*)[32])chunks, n, sha256);
   *chunks_out = chunks;
   *n_chunks = n;
   chunks = NULL;
   r = 0;
 out:
-  EVP_MD_CTX_free(whole);
   free(buf);
   free(chunks);
   return r;

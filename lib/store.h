@@ -17,9 +17,14 @@
  * leaves either no version N or a complete one; stale temporaries are removed
  * by tb_store_gc_temp().
  *
- * Manifest (JSON): image, version, size, sha256 (of the whole image), chunk_size,
- * chunks (sha256 of each chunk, hex), parent, note, created.  The sha256 of the
- * manifest file itself identifies the version in overlay headers.
+ * Manifest (JSON): image, version, size, sha256, chunk_size, chunks (sha256 of
+ * each chunk, hex), parent, note, created.  "sha256" is the version's digest:
+ * the SHA-256 of its chunk hashes (32 bytes each, in order), a hash tree of
+ * one level.  It verifies the whole image as surely as a SHA-256 of the bytes
+ * (every chunk is bound to its hash, every hash to the digest), and a new
+ * version that changes a few chunks of another (a merge) is hashed in time
+ * proportional to those chunks, not to the image.  The sha256 of the manifest
+ * file itself identifies the version in overlay headers.
  */
 #ifndef TB_STORE_H
 #define TB_STORE_H
@@ -97,7 +102,11 @@ void tb_version_abort(struct tb_version_builder *b);
 int tb_store_import(const char *state, const char *image, const char *file, const char *note,
                     tb_progress_fn progress, void *ctx, uint32_t *ver);
 
-/* Hash a file: whole sha256 and per-chunk sha256 (chunks malloc'd). */
+/* The digest of a version: SHA-256 over its N chunk hashes. */
+void tb_chunks_digest(const uint8_t (*chunks)[32], size_t n, uint8_t digest[32]);
+/* SHA-256 of [off, off+len) of FD, through BUF (len bytes); holes are not read. */
+int tb_hash_chunk(int fd, uint64_t off, size_t len, char *buf, uint8_t sha256[32]);
+/* Hash a file: per-chunk sha256 (chunks malloc'd) and its digest. */
 int tb_hash_file(int fd, uint64_t size, uint32_t chunk_size, uint8_t sha256[32],
                  uint8_t (**chunks)[32], size_t *n_chunks, tb_progress_fn progress, void *ctx);
 

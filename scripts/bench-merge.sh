@@ -8,6 +8,9 @@
 #   scripts/bench-merge.sh [BUILD_DIR]     (default: the current directory)
 #   SIZE_GIB=8 DIRTY_GIB=1 TMPDIR=/var/tmp
 #
+# On XFS the merge runs twice: into the image, and into one four times as
+# large (the same data, then a hole) with the same amount of dirty data.
+#
 # The client is a persist client; 1 GiB of 1 MiB random writes through NBD
 # (fio) makes its overlay.  The merge's time includes what every published
 # version needs: the manifest's whole-image sha256 and per-chunk hashes, a
@@ -39,10 +42,11 @@ trap cleanup EXIT INT TERM
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
-# run_on DIR LABEL: the whole measurement with its state under DIR.
+# run_on DIR LABEL [IMAGE_GIB]: the whole measurement with its state under
+# DIR; an IMAGE_GIB larger than SIZE_GIB is SIZE_GIB of data and a hole.
 run_on()
 {
-  local dir=$1 label=$2 G=1073741824
+  local dir=$1 label=$2 G=1073741824 image_gib=${3:-$size_gib}
   mkdir -p "$dir/state"
   printf '{ "state_dir": "%s/state", "listen": { "unix": "%s/nbd.sock" }, "plugin": "%s",\n' \
     "$dir" "$dir" "$plugin" >"$dir/tabula.json"
@@ -51,6 +55,7 @@ run_on()
   # Incompressible base, fast: AES-CTR of zeros.
   head -c $((size_gib * G)) /dev/zero |
     openssl enc -aes-128-ctr -nosalt -pass pass:tabula-bench-merge 2>/dev/null >"$dir/base.img"
+  truncate -s $((image_gib * G)) "$dir/base.img"
   "$ctl" -c "$dir/tabula.json" image import big "$dir/base.img" >/dev/null
   "$daemon" -c "$dir/tabula.json" >"$dir/daemon.log" 2>&1 &
   dpid=$!
@@ -61,7 +66,7 @@ run_on()
     sleep 0.1
   done
   fio --name=dirty --ioengine=nbd --uri="nbd+unix:///vm01?socket=$dir/nbd.sock" --rw=randwrite \
-    --bs=1m --iodepth=16 --size=$((size_gib * G)) --io_size=$((dirty_gib * G)) --norandommap \
+    --bs=1m --iodepth=16 --size=$((image_gib * G)) --io_size=$((dirty_gib * G)) --norandommap \
     --randrepeat=0 --output="$dir/fio.out" >/dev/null 2>&1
   i=0
   until [ "$(jq -r .state "$dir/state/clients/vm01/session.json" 2>/dev/null)" = idle ]; do
@@ -83,10 +88,10 @@ run_on()
   changed=$(jq -r .changed_bytes "$dir/merge.json")
   ms=$(secs "$t0" "$t1")
   cps=$(secs "$t2" "$t3")
-  printf '| %s | %s | %.0f MiB | %.0f MiB | %s | %.0f | %s |\n' "$label" "$size_gib GiB" \
+  printf '| %s | %s | %.0f MiB | %.0f MiB | %s | %.0f | %s |\n' "$label" "$image_gib GiB" \
     "$((dirty / 1048576))" "$((changed / 1048576))" "$ms" \
     "$(awk -v d="$dirty" -v t="$ms" 'BEGIN { print d / t / 1e6 }')" "$cps"
-  bench_summary "merge ${dirty_gib} GiB dirty into ${size_gib} GiB ($label)" "$ms s" \
+  bench_summary "merge ${dirty_gib} GiB dirty into ${image_gib} GiB ($label)" "$ms s" \
     "cp --sparse=always of the base" "$cps s" "(anchor)"
   kill "$dpid"
   wait "$dpid" 2>/dev/null || true
@@ -101,11 +106,14 @@ run_on "$T/here" "$(df -T "$T" | awk 'NR == 2 { print $2 }')"
 
 # XFS with reflinks, on a loop device, when this machine allows it.
 if [ "$(id -u)" = 0 ] && command -v mkfs.xfs >/dev/null && losetup -f >/dev/null 2>&1; then
-  truncate -s $((size_gib * 3 + 8))G "$T/xfs.img"
+  truncate -s $((size_gib * 4 + 8))G "$T/xfs.img"
   if mkfs.xfs -q -m reflink=1 "$T/xfs.img" 2>/dev/null && mkdir -p "$T/xfs" &&
     mount -o loop "$T/xfs.img" "$T/xfs" 2>/dev/null; then
     loopmnt=$T/xfs
     run_on "$T/xfs" "xfs (reflink)"
+    # Four times the image, the same dirty data: the same time if the merge
+    # follows the dirty data.
+    run_on "$T/xfs" "xfs (reflink)" $((size_gib * 4))
     umount "$T/xfs"
     loopmnt=
   else

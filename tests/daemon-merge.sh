@@ -61,7 +61,7 @@ jq -e ".dirty_bytes == $dirty and .changed_bytes == $changed" "$TB_TMP/merge.jso
   tb_fail "merge figures (dirty $dirty, changed $changed expected): $(cat "$TB_TMP/merge.json")"
 cmp "$state/images/demo/2.img" "$TB_TMP/expected.img" || tb_fail "demo@2 differs from vm01's base + overlay"
 jq -e '.note == "vm01 merged" and .parent == 1' "$state/images/demo/2.json" >/dev/null || tb_fail "manifest note/parent"
-[ "$(jq -r .sha256 "$state/images/demo/2.json")" = "$(tb_sha256 "$state/images/demo/2.img")" ] ||
+[ "$(jq -r .sha256 "$state/images/demo/2.json")" = "$(tb_digest "$state/images/demo/2.img")" ] ||
   tb_fail "demo@2 does not verify against its manifest"
 tb_event "$state" '.type == "merge" and .client == "vm01" and .version == 2' "merge event"
 
@@ -103,7 +103,7 @@ for delay in 0.05 0.3 0.8 1.5; do
   for man in "$state"/images/other/*.json; do
     img=${man%.json}.img
     [ -f "$img" ] || tb_fail "$man without its image"
-    [ "$(jq -r .sha256 "$man")" = "$(tb_sha256 "$img")" ] || tb_fail "$img does not verify (delay $delay)"
+    [ "$(jq -r .sha256 "$man")" = "$(tb_digest "$img")" ] || tb_fail "$img does not verify (delay $delay)"
   done
   ls -a "$state/images/other" | grep -q 'tmp$' && tb_fail "leftover temporary after restart: $(ls -a "$state/images/other")"
   for img in "$state"/images/other/*.img; do

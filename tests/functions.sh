@@ -254,6 +254,23 @@ tb_sha256()
   sha256sum "$1" | cut -d' ' -f1
 }
 
+# tb_digest FILE: a version's digest as its manifest's "sha256" holds it, the
+# SHA-256 of the SHA-256s of its 4 MiB chunks (lib/store.h), computed here
+# independently of tabula.
+tb_digest()
+{
+  python3 -c '
+import hashlib, sys
+top = hashlib.sha256()
+with open(sys.argv[1], "rb") as f:
+    while True:
+        chunk = f.read(4 << 20)
+        if not chunk:
+            break
+        top.update(hashlib.sha256(chunk).digest())
+print(top.hexdigest())' "$1"
+}
+
 # tb_free_port: a TCP port nobody listens on right now.
 tb_free_port()
 {

@@ -130,7 +130,7 @@ lie count "v['chunks'].pop(); v['sha256'] = '11' * 32"
 pull_fails "index chunk count" "does not have one hash per chunk of \"size\"" --from "$url/count"
 mkdir -p "$www/wholesha/demo"
 lie wholesha "v['sha256'] = '11' * 32"
-pull_fails "index whole sha256" "the assembled image's sha256 is [0-9a-f]{64}, the index says 1111" \
+pull_fails "index whole sha256" "the assembled image's digest is [0-9a-f]{64}, the index says 1111" \
   --from "$url/wholesha"
 # Retrying cannot help, so its partial file is not kept for a resume.
 [ ! -e "$app/pulls/demo/1111111111111111" ] || tb_fail "inconsistent pull kept its state"
