@@ -42,13 +42,18 @@ tw_wait "$state" '.type == "last-known-good" and .client == "pc01" and .overlay 
   "last known good"
 [ "$(tw_count "$state" '.type == "strike" and .client == "pc01"')" = 3 ] ||
   tb_fail "strikes: $(jq -c 'select(.type == "strike")' "$state/events.jsonl")"
+i=0 # health.json is written just after the event
+until jq -e '.strikes == 0 and .last_good.session == 1' "$state/clients/pc01/health.json" \
+  >/dev/null 2>&1; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || tb_fail "health.json: $(cat "$state/clients/pc01/health.json")"
+  sleep 0.05
+done
 tw_read "$state" pc01 "ls -l /" >"$T/ls"
 grep -q good.txt "$T/ls" || tb_fail "the good session's file is gone: $(cat "$T/ls")"
 grep -q bad- "$T/ls" && tb_fail "files of the bad sessions are still there: $(cat "$T/ls")"
 [ -d "$state/clients/pc01/sessions" ] && ls "$state/clients/pc01/sessions" | grep -q . ||
   tb_fail "the overlay replaced by the last known good was not kept as a retained session"
-jq -e '.strikes == 0 and .last_good.session == 1' "$state/clients/pc01/health.json" >/dev/null ||
-  tb_fail "health.json: $(cat "$state/clients/pc01/health.json")"
 
 echo "== rollback client: back to the last version it ran healthily"
 tw_session "$state" pc02 "write $T/marker healthy"
