@@ -178,12 +178,6 @@ int tb_client_target(const char *state, const struct tb_client_conf *c, char ima
   return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
 int tb_client_session_path(const char *state, const char *id, uint64_t n, char *buf, size_t len)
 {
   char dir[TB_PATH_MAX];
@@ -199,33 +193,7 @@ int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_
   *n = 0;
   if (tb_store_client_path(state, id, "sessions", dir, sizeof dir) == -1)
     return -1;
-  DIR *d = opendir(dir);
-  if (!d)
-    return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
-  size_t cap = 0;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] < '1' || e->d_name[0] > '9')
-      continue;
-    char *end;
-    unsigned long long v = strtoull(e->d_name, &end, 10);
-    if (*end)
-      continue;
-    if (*n == cap) {
-      cap = cap ? cap * 2 : 8;
-      uint64_t *nn = realloc(*nums, cap * sizeof *nn);
-      if (!nn) {
-        closedir(d);
-        return tb_error_errno("listing %s", dir);
-      }
-      *nums = nn;
-    }
-    (*nums)[(*n)++] = v;
-  }
-  closedir(d);
-  if (*n)
-    qsort(*nums, *n, sizeof **nums, cmp_u64);
-  return 0;
+  return tb_list_numbers(dir, nums, n);
 }
 
 /* ---- the turn ------------------------------------------------------------- */

@@ -9,6 +9,7 @@
 #include <config.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -367,5 +368,46 @@ int tb_parse_duration(const char *s, int64_t *ms_out)
   if (errno || v > INT64_MAX / unit)
     return tb_error("duration \"%s\" is out of range", s);
   *ms_out = (int64_t)v * unit;
+  return 0;
+}
+
+/* ---- numbered entries ------------------------------------------------------ */
+
+static int cmp_u64(const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+int tb_list_numbers(const char *dir, uint64_t **nums, size_t *n)
+{
+  *nums = NULL;
+  *n = 0;
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
+  size_t cap = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9')
+      continue;
+    char *end;
+    unsigned long long v = strtoull(e->d_name, &end, 10);
+    if (*end)
+      continue;
+    if (*n == cap) {
+      cap = cap ? cap * 2 : 8;
+      uint64_t *nn = realloc(*nums, cap * sizeof *nn);
+      if (!nn) {
+        closedir(d);
+        return tb_error_errno("listing %s", dir);
+      }
+      *nums = nn;
+    }
+    (*nums)[(*n)++] = v;
+  }
+  closedir(d);
+  if (*n)
+    qsort(*nums, *n, sizeof **nums, cmp_u64);
   return 0;
 }

@@ -68,4 +68,8 @@ static inline bool tb_is_pow2(uint64_t x)
   return x && !(x & (x - 1));
 }
 
+/* The entries of DIR named by a positive decimal number (retained sessions,
+ * quarantines), ascending, malloc'd; a missing DIR is an empty list. */
+int tb_list_numbers(const char *dir, uint64_t **nums, size_t *n);
+
 #endif

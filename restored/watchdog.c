@@ -144,32 +144,7 @@ static int quarantine_list(const char *state, const char *id, uint64_t **nums, s
   *n = 0;
   if (quarantine_dir(state, id, dir, sizeof dir) == -1)
     return -1;
-  DIR *d = opendir(dir);
-  if (!d)
-    return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
-  size_t cap = 0;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    char *end;
-    unsigned long long v = strtoull(e->d_name, &end, 10);
-    if (e->d_name[0] < '1' || e->d_name[0] > '9' || *end)
-      continue;
-    if (*n == cap) {
-      uint64_t *nn = realloc(*nums, (cap = cap ? cap * 2 : 8) * sizeof *nn);
-      if (!nn)
-        break;
-      *nums = nn;
-    }
-    (*nums)[(*n)++] = v;
-  }
-  closedir(d);
-  for (size_t i = 1; i < *n; i++) /* insertion sort: a handful of entries */
-    for (size_t k = i; k > 0 && (*nums)[k - 1] > (*nums)[k]; k--) {
-      uint64_t t = (*nums)[k];
-      (*nums)[k] = (*nums)[k - 1];
-      (*nums)[k - 1] = t;
-    }
-  return 0;
+  return tb_list_numbers(dir, nums, n);
 }
 
 /* Move SRC into clients/ID/quarantine/N/overlay with NOTE; *number gets N. */
