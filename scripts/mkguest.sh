@@ -21,7 +21,8 @@
 #     write:PATH:TEXT     TEXT and a newline into PATH (directories created)
 #     random:PATH:KIB     KIB KiB of random bytes into PATH
 #     rm:PATH             delete PATH (recursively)
-#     cat:PATH            print "tabula-cat PATH: LINE" for each line
+#     cat:PATH            print "tabula-cat PATH: LINE" for each line (or
+#                         "tabula-cat PATH: (no such file)")
 #     list[:DIR]          print "tabula-file SHA256 PATH" for every regular file
 #                         under DIR (default /), sorted by path
 #     sync                flush the filesystem to the disk
@@ -160,7 +161,13 @@ act()
   write) mkdir -p "$(dirname "$a1")" && echo "$a2" >"$a1" ;;
   random) mkdir -p "$(dirname "$a1")" && dd if=/dev/urandom of="$a1" bs=1024 count="$a2" 2>/dev/null ;;
   rm) rm -rf "$a1" ;;
-  cat) [ -f "$a1" ] && sed "s|^|tabula-cat $a1: |" "$a1" ;;
+  cat)
+    if [ -f "$a1" ]; then
+      sed "s|^|tabula-cat $a1: |" "$a1"
+    else
+      echo "tabula-cat $a1: (no such file)"
+    fi
+    ;;
   list)
     find "${a1:-/}" -xdev -type f | sort | while read -r f; do
       echo "tabula-file $(sha256sum "$f" | cut -d' ' -f1) $f"

@@ -103,7 +103,8 @@ tg_boot_paused()
 
 tg_resume()
 {
-  echo go >"$TB_TMP/$1.fifo"
+  # Opening the fifo blocks until QEMU reads it: bounded, in case it is gone.
+  timeout 10 sh -c 'echo go >"$1"' sh "$TB_TMP/$1.fifo" 2>/dev/null || true
   kill "$(cat "$TB_TMP/$1.holdpid")" 2>/dev/null || true
   wait "$(cat "$TB_TMP/$1.waitpid")" 2>/dev/null || true
   tg_check "$1" "$(cat "$TB_TMP/$1.status" 2>/dev/null || echo 1)"
