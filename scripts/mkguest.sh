@@ -206,12 +206,18 @@ RUN
   chmod 755 "$1"
 }
 
+# need_static_busybox: the guest has no libc, so busybox must be static.
+need_static_busybox()
+{
+  [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static"
+  ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' ||
+    die "/bin/busybox is not static: apt-get install busybox-static"
+}
+
 make_rootfs()
 {
   dir=$1
-  [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static"
-  file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' ||
-    die "/bin/busybox is not static: apt-get install busybox-static"
+  need_static_busybox
   mkdir -p "$dir/bin" "$dir/tabula" "$dir/dev" "$dir/proc" "$dir/tmp"
   cp /bin/busybox "$dir/bin/busybox"
   ln -sf busybox "$dir/bin/sh"
@@ -225,7 +231,7 @@ make_boot()
   dir=$1
   kernel=$2
   [ -r "$kernel" ] || die "cannot read the kernel $kernel (apt-get install linux-image-cloud-amd64; run as root)"
-  [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static"
+  need_static_busybox
   kver=${kernel##*/vmlinuz-}
   moddir=/lib/modules/$kver
   [ -f "$moddir/modules.dep" ] || die "$moddir/modules.dep is missing for $kernel"
