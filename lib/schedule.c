@@ -3,14 +3,23 @@
  * Calendar forms are computed with mktime() on a broken-down local time, so
  * month lengths, leap years and daylight-saving changes are the C library's
  * business.  "every" is a plain interval from the previous due time.
+ *
+ * The mark file (tb_schedule_save) is {"schedule": TEXT, "last_ms": N,
+ * "next_ms": N, "last": ISO, "next": ISO}; the ISO times are for people, the
+ * milliseconds are what is read back.  A file that does not parse is treated
+ * as absent and replaced: a schedule then counts from now, the safe side.
  */
 #include <config.h>
 
 #include <ctype.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+
+#include <jansson.h>
 
 #include "schedule.h"
 
@@ -101,4 +110,70 @@ int64_t tb_schedule_next(const struct tb_schedule *s, int64_t after_ms)
     tm.tm_mday += s->kind == TB_SCHED_WEEKLY ? 7 : 1;
   }
   return after_ms + 24 * 3600 * 1000; /* unreachable in practice */
+}
+
+/* ---- the mark file ------------------------------------------------------------------ */
+
+int tb_schedule_save(const char *file, const char *text, const struct tb_schedule_mark *m)
+{
+  char dir[TB_PATH_MAX], last[32] = "", next[32];
+  if (tb_path(dir, sizeof dir, "%s", file) == -1)
+    return -1;
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = '\0';
+    if (tb_mkdirs(dir, false) == -1)
+      return -1;
+  }
+  if (m->last_ms > 0)
+    tb_iso_time(m->last_ms, last);
+  tb_iso_time(m->next_ms, next);
+  json_t *j =
+      json_pack("{s:s, s:I, s:I, s:s, s:s}", "schedule", text, "last_ms", (json_int_t)m->last_ms,
+                "next_ms", (json_int_t)m->next_ms, "last", last, "next", next);
+  char *body = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+  json_decref(j);
+  if (!body)
+    return tb_error("schedule %s: out of memory", file);
+  int r = tb_write_file_atomic(file, body, strlen(body), 0644);
+  free(body);
+  return r;
+}
+
+/* Read FILE into *M and its schedule text into TEXT; -1 if absent or not ours. */
+static int load_mark(const char *file, char *text, size_t len, struct tb_schedule_mark *m)
+{
+  char *body = tb_read_file(file, 64 * 1024, NULL);
+  if (!body)
+    return -1;
+  json_t *j = json_loads(body, 0, NULL);
+  free(body);
+  const json_t *t = json_object_get(j, "schedule"), *l = json_object_get(j, "last_ms"),
+               *n = json_object_get(j, "next_ms");
+  int r = -1;
+  if (json_is_string(t) && json_is_integer(l) && json_is_integer(n) && json_integer_value(l) >= 0 &&
+      json_integer_value(n) > 0) {
+    snprintf(text, len, "%s", json_string_value(t));
+    m->last_ms = json_integer_value(l);
+    m->next_ms = json_integer_value(n);
+    r = 0;
+  }
+  json_decref(j);
+  return r;
+}
+
+int tb_schedule_resume(const struct tb_schedule *s, const char *text, const char *file,
+                       int64_t now_ms, int64_t jitter_ms, struct tb_schedule_mark *m)
+{
+  char was[256];
+  struct tb_schedule_mark old;
+  bool have = load_mark(file, was, sizeof was, &old) == 0;
+  if (have && strcmp(was, text) == 0) {
+    *m = old;
+    return 0;
+  }
+  bool known = have && old.last_ms > 0;
+  m->last_ms = known ? old.last_ms : 0;
+  m->next_ms = tb_schedule_next(s, known ? old.last_ms : now_ms) + jitter_ms;
+  return tb_schedule_save(file, text, m);
 }

@@ -106,6 +106,27 @@ int schedules_build(const struct tb_config *cfg, struct client_sched **out, size
   return 0;
 }
 
+/* Where each schedule stands after a start or a reload: from the client's
+ * clients/ID/schedule.json (lib/schedule.h), so a restart neither fires every
+ * refresh again nor forgets one that came due meanwhile (it fires at once). */
+void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_t n)
+{
+  int64_t now = tb_now_ms();
+  for (size_t i = 0; i < n; i++) {
+    const struct tb_client_conf *c = tb_config_client(cfg, s[i].id);
+    char file[TB_PATH_MAX];
+    if (!s[i].has || !c ||
+        tb_store_client_path(cfg->state_dir, s[i].id, "schedule.json", file, sizeof file) == -1)
+      continue;
+    struct tb_schedule_mark m;
+    if (tb_schedule_resume(&s[i].sched, c->refresh, file, now, jitter(c->refresh_jitter_ms), &m) ==
+        -1)
+      log_msg("refresh schedule of %s: %s; it counts from now", s[i].id, tb_errmsg());
+    s[i].last_ms = m.last_ms;
+    s[i].next_ms = m.next_ms;
+  }
+}
+
 const struct client_sched *schedule_for(const char *id)
 {
   for (size_t i = 0; i < D.n_sched; i++)
@@ -122,6 +143,15 @@ static int set_refresh(struct tb_mailbox *mb, void *ctx)
   return 0;
 }
 
+static void save_mark(const char *state, const struct client_sched *s, const char *text)
+{
+  char file[TB_PATH_MAX];
+  struct tb_schedule_mark m = {s->last_ms, s->next_ms};
+  if (tb_store_client_path(state, s->id, "schedule.json", file, sizeof file) == -1 ||
+      tb_schedule_save(file, text, &m) == -1)
+    log_msg("refresh schedule of %s: %s", s->id, tb_errmsg());
+}
+
 void schedules_tick(struct daemon *d, int64_t now)
 {
   for (size_t i = 0; i < d->n_sched; i++) {
@@ -129,12 +159,19 @@ void schedules_tick(struct daemon *d, int64_t now)
     if (!s->has || now < s->next_ms)
       continue;
     const struct tb_client_conf *c = tb_config_client(d->cfg, s->id);
-    if (tb_mailbox_update(d->cfg->state_dir, s->id, set_refresh, NULL) == -1)
+    char due[32];
+    tb_iso_time(s->next_ms, due);
+    if (tb_mailbox_update(d->cfg->state_dir, s->id, set_refresh, NULL) == -1) {
       log_msg("scheduled refresh of %s: %s", s->id, tb_errmsg());
-    else
-      tb_eventf(d->cfg->state_dir, "refresh-scheduled", s->id, "{s:s}", "schedule",
-                c && c->refresh ? c->refresh : "");
+    } else {
+      tb_eventf(d->cfg->state_dir, "refresh-scheduled", s->id, "{s:s, s:s}", "schedule",
+                c && c->refresh ? c->refresh : "", "due", due);
+      s->last_ms = now;
+    }
     s->next_ms = tb_schedule_next(&s->sched, now) + (c ? jitter(c->refresh_jitter_ms) : 0);
+    /* After the mailbox: a crash in between fires it again, never loses it. */
+    if (c && c->refresh)
+      save_mark(d->cfg->state_dir, s, c->refresh);
   }
 }
 
@@ -192,12 +229,9 @@ int daemon_reload(char *err, size_t errlen)
             control, D.control_path);
   struct tb_config *old = D.cfg;
   D.cfg = cfg;
-  /* Keep due times of unchanged schedules so a reload does not postpone them. */
-  for (size_t i = 0; i < n; i++) {
-    const struct client_sched *prev = schedule_for(sched[i].id);
-    if (prev && sched[i].has && memcmp(&prev->sched, &sched[i].sched, sizeof prev->sched) == 0)
-      sched[i].next_ms = prev->next_ms;
-  }
+  /* Unchanged schedules keep their due times (their files), changed ones
+   * count from their last refresh. */
+  schedules_resume(cfg, sched, n);
   free(D.sched);
   D.sched = sched;
   D.n_sched = n;
@@ -378,6 +412,7 @@ int main(int argc, char **argv)
     log_msg("%s", tb_errmsg());
     return 1;
   }
+  schedules_resume(D.cfg, D.sched, D.n_sched);
   int tmp = tb_store_gc_temp(state);
   if (tmp > 0)
     log_msg("removed %d leftover temporaries of interrupted builds", tmp);

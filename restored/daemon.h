@@ -21,11 +21,9 @@
 #include "schedule.h"
 
 /* ---- supervise.c: nbdkit ----
- * nbdkit listens on a unix socket or on TCP, not both: with "listen.tcp" the
- * daemon runs a second instance for TCP.  Both share the state directory;
- * client locks keep one client in one session. */
+ * One nbdkit serves every listener (unix and TCP), on sockets the daemon binds
+ * and hands over by socket activation, so one client is one session. */
 struct nbdkit_instance {
-  bool tcp;
   pid_t pid;    /* 0 when not running */
   bool ready;   /* it accepts connections */
   int failures; /* consecutive short runs, for the backoff */
@@ -51,6 +49,7 @@ struct client_sched {
   char id[TB_NAME_MAX + 1];
   bool has;
   struct tb_schedule sched;
+  int64_t last_ms; /* last scheduled refresh, 0: never (kept in clients/ID/schedule.json) */
   int64_t next_ms;
 };
 
@@ -166,6 +165,7 @@ void metrics_write(struct daemon *d);
 
 /* schedules (daemon.c) */
 int schedules_build(const struct tb_config *cfg, struct client_sched **out, size_t *n);
+void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_t n);
 void schedules_tick(struct daemon *d, int64_t now);
 int64_t schedules_next(const struct daemon *d);
 const struct client_sched *schedule_for(const char *id);

@@ -12,6 +12,10 @@
  * client of its images that follows the newest version is pinned (mailbox) to
  * the version it runs now, so a pulled version waits until an administrator
  * moves clients to it (tabulactl pin / unpin / reimage).
+ *
+ * Each source's place in its schedule is kept in STATE/schedules/pull-I.json
+ * (lib/schedule.h), so a restart of the daemon neither pulls every source
+ * again nor forgets a pull that came due while it was down.
  */
 #include <config.h>
 
@@ -33,6 +37,27 @@ struct pull_sched {
   bool running; /* protected by lock */
 };
 
+/* The mark file of source I and the text it is kept for: its schedule and
+ * where it pulls from, so a source that moved counts from its last pull. */
+static int mark_of(const struct tb_config *cfg, size_t i, char *file, size_t flen, char *text,
+                   size_t tlen)
+{
+  const json_t *src = json_is_array(cfg->pull) ? json_array_get(cfg->pull, i) : cfg->pull;
+  const char *from = json_string_value(json_object_get(src, "from"));
+  snprintf(text, tlen, "%s from %s", tb_repo_pull_source_when(cfg->pull, i),
+           from ? from : "(none)");
+  return tb_path(file, flen, "%s/schedules/pull-%zu.json", cfg->state_dir, i);
+}
+
+static void save_mark(const struct tb_config *cfg, size_t i, int64_t last_ms, int64_t next_ms)
+{
+  char file[TB_PATH_MAX], text[1024];
+  struct tb_schedule_mark m = {last_ms, next_ms};
+  if (mark_of(cfg, i, file, sizeof file, text, sizeof text) == -1 ||
+      tb_schedule_save(file, text, &m) == -1)
+    log_msg("scheduled pull (source %zu): %s", i, tb_errmsg());
+}
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pull_sched *scheds;
 static size_t n_scheds;
@@ -51,7 +76,12 @@ static void rebuild(const struct tb_config *cfg, int64_t now)
     if (!when || tb_schedule_parse(when, &s[i].sched) == -1)
       continue; /* manual only (the parser validated "when" at load) */
     s[i].has = true;
-    s[i].next_ms = tb_schedule_next(&s[i].sched, now);
+    char file[TB_PATH_MAX], text[1024];
+    struct tb_schedule_mark m = {0, tb_schedule_next(&s[i].sched, now)};
+    if (mark_of(cfg, i, file, sizeof file, text, sizeof text) == -1 ||
+        tb_schedule_resume(&s[i].sched, text, file, now, 0, &m) == -1)
+      log_msg("scheduled pull (source %zu): %s; it counts from now", i, tb_errmsg());
+    s[i].next_ms = m.next_ms;
     s[i].running = i < n_scheds && scheds[i].running;
   }
   free(scheds);
@@ -133,6 +163,7 @@ void pulls_tick(struct daemon *d, int64_t now)
     if (!s->has || now < s->next_ms)
       continue;
     s->next_ms = tb_schedule_next(&s->sched, now);
+    save_mark(d->cfg, i, now, s->next_ms);
     if (s->running) {
       log_msg("scheduled pull (source %zu) is still running: this turn is skipped", i);
       continue;
