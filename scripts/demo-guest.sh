@@ -15,6 +15,16 @@
 # have been made with --guest (it carries the guest's /tabula/run.sh).
 set -euo pipefail
 
+case ${1:-} in
+-h | --help)
+  sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+  exit 0
+  ;;
+esac
+[ $# -eq 2 ] || {
+  echo "usage: demo-guest.sh CONFIG BUILD (try --help; ./scripts/demo.sh --guest runs it)" >&2
+  exit 2
+}
 cfg=${1:?usage: demo-guest.sh CONFIG BUILD}
 build=${2:?usage: demo-guest.sh CONFIG BUILD}
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
