@@ -305,6 +305,8 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)dirty));
   json_object_set_new(o, "disk_bytes", json_integer((json_int_t)disk_bytes(ovl)));
   json_object_set_new(o, "pending", pending_json(&mb));
+  if (mb.lockdown[0])
+    json_object_set_new(o, "lockdown", json_string(mb.lockdown));
   bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
   json_object_set_new(o, "keeps_overlay", json_boolean(have_overlay && !discard));
   const struct client_sched *sch = schedule_for(c->id);
@@ -314,6 +316,12 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
       char iso[32];
       tb_iso_time(sch->next_ms, iso);
       json_object_set_new(o, "next_refresh", json_string(iso));
+      json_object_set_new(o, "next_refresh_ms", json_integer(sch->next_ms));
+      if (sch->last_ms > 0) {
+        tb_iso_time(sch->last_ms, iso);
+        json_object_set_new(o, "last_refresh", json_string(iso));
+        json_object_set_new(o, "last_refresh_ms", json_integer(sch->last_ms));
+      }
     }
   }
   if (detail) {
@@ -377,15 +385,16 @@ static json_t *op_status(struct daemon *d, struct args *a)
       json_object_set_new(nb, "last_exit", json_string(d->nbdkit.inst[i].last_exit));
 
   /* Clients: cheap per-client reads only (this must stay fast with 500 clients). */
-  json_int_t active = 0, pending = 0, dirty = 0;
+  json_int_t active = 0, pending = 0, locked_down = 0, dirty = 0;
   for (size_t i = 0; i < d->cfg->n_clients; i++) {
     const struct tb_client_conf *c = &d->cfg->clients[i];
     if (tb_client_locked(state, c->id))
       active++;
     struct tb_mailbox mb;
-    if (tb_mailbox_read(state, c->id, &mb) == 0 &&
-        (mb.rollback || mb.refresh || mb.restore || mb.lockdown[0]))
-      pending++;
+    if (tb_mailbox_read(state, c->id, &mb) == 0) {
+      pending += mb.rollback || mb.refresh || mb.restore || mb.lockdown[0];
+      locked_down += mb.lockdown[0] != '\0';
+    }
     char sj[TB_PATH_MAX];
     if (tb_store_client_path(state, c->id, "session.json", sj, sizeof sj) == 0) {
       json_t *s = read_json_file(sj);
@@ -393,8 +402,20 @@ static json_t *op_status(struct daemon *d, struct args *a)
       json_decref(s);
     }
   }
-  json_t *clients = json_pack("{s:I, s:I, s:I, s:I}", "total", (json_int_t)d->cfg->n_clients,
-                              "active", active, "pending", pending, "dirty_bytes", dirty);
+  json_t *clients =
+      json_pack("{s:I, s:I, s:I, s:I, s:I}", "total", (json_int_t)d->cfg->n_clients, "active",
+                active, "pending", pending, "locked_down", locked_down, "dirty_bytes", dirty);
+  const struct client_sched *soonest = NULL;
+  for (size_t i = 0; i < d->n_sched; i++)
+    if (d->sched[i].has && (!soonest || d->sched[i].next_ms < soonest->next_ms))
+      soonest = &d->sched[i];
+  if (soonest) {
+    char iso[32];
+    tb_iso_time(soonest->next_ms, iso);
+    json_object_set_new(clients, "next_refresh",
+                        json_pack("{s:s, s:s, s:I}", "client", soonest->id, "time", iso, "ms",
+                                  (json_int_t)soonest->next_ms));
+  }
   json_t *images = json_array();
   char **names;
   size_t n;

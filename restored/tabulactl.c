@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -170,6 +171,32 @@ static const char *jsize(const json_t *o, const char *key, char *buf, size_t len
   if (!json_is_integer(v))
     return "-";
   human_size((uint64_t)json_integer_value(v), buf, len);
+  return buf;
+}
+
+/* KEY (epoch milliseconds) as local time, and how far from now: "2026-11-24
+ * 03:30 CET (in 20 h 5 min)".  Schedules are in local time, so is this. */
+static const char *jtime(const json_t *o, const char *key, char *buf, size_t len)
+{
+  json_t *v = json_object_get(o, key);
+  if (!json_is_integer(v))
+    return "-";
+  int64_t ms = json_integer_value(v), delta = ms - tb_now_ms();
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  size_t n = strftime(buf, len, "%Y-%m-%d %H:%M:%S %Z", &tm);
+  int64_t a = (delta < 0 ? -delta : delta) / 1000;
+  char rel[48];
+  if (a < 60)
+    snprintf(rel, sizeof rel, "%lld s", (long long)a);
+  else if (a < 3600)
+    snprintf(rel, sizeof rel, "%lld min", (long long)(a / 60));
+  else if (a < 86400)
+    snprintf(rel, sizeof rel, "%lld h %lld min", (long long)(a / 3600), (long long)(a / 60 % 60));
+  else
+    snprintf(rel, sizeof rel, "%lld d %lld h", (long long)(a / 86400), (long long)(a / 3600 % 24));
+  snprintf(buf + n, len - n, delta < 0 ? " (%s ago)" : " (in %s)", rel);
   return buf;
 }
 
@@ -856,6 +883,15 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
          " in a session, %" JSON_INTEGER_FORMAT " with pending actions, %s dirty\n",
          jint(cl, "total"), jint(cl, "active"), jint(cl, "pending"),
          jsize(cl, "dirty_bytes", dirty, sizeof dirty));
+  if (jint(cl, "locked_down"))
+    printf("          %" JSON_INTEGER_FORMAT
+           " locked down (tabulactl clients; tabulactl unlock ID)\n",
+           jint(cl, "locked_down"));
+  json_t *next = json_object_get(cl, "next_refresh");
+  if (json_is_object(next)) {
+    char when[96];
+    printf("refresh:  next %s at %s\n", jstr(next, "client"), jtime(next, "ms", when, sizeof when));
+  }
   json_t *images = json_object_get(res, "images");
   size_t i;
   json_t *v;
@@ -986,13 +1022,20 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
   printf("next session: %s@%" JSON_INTEGER_FORMAT "%s\n", jstr(res, "next_image"),
          jint(res, "next_version"),
          json_is_true(json_object_get(res, "keeps_overlay")) ? " (keeps its overlay)" : "");
-  printf("state:        %s\n", jstr(res, "state"));
+  printf("state:        %s", jstr(res, "state"));
+  if (json_is_string(json_object_get(res, "lockdown")))
+    printf(" (locked down: its export is refused until tabulactl unlock %s)", jstr(res, "id"));
+  printf("\n");
   printf("session:      %s\n", jnum(res, "session", buf, sizeof buf));
   printf("dirty:        %s\n", jsize(res, "dirty_bytes", buf, sizeof buf));
   printf("on disk:      %s\n", jsize(res, "disk_bytes", buf, sizeof buf));
   printf("pending:      %s\n", pending_text(res, pend, sizeof pend));
-  if (json_is_string(json_object_get(res, "refresh")))
-    printf("refresh:      %s (next %s)\n", jstr(res, "refresh"), jstr(res, "next_refresh"));
+  if (json_is_string(json_object_get(res, "refresh"))) {
+    char when[96];
+    printf("refresh:      %s\n", jstr(res, "refresh"));
+    printf("  next:       %s\n", jtime(res, "next_refresh_ms", when, sizeof when));
+    printf("  last:       %s\n", jtime(res, "last_refresh_ms", when, sizeof when));
+  }
   json_t *last = json_object_get(res, "last_session");
   if (json_is_object(last)) {
     char rd[32], wr[32];

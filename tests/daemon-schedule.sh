@@ -123,6 +123,18 @@ since_start refresh-scheduled '"pc02"' | jq -e --arg d "$due" '.[0].due == $d' >
 tb_json "$state/clients/pc02/schedule.json" ".schedule == \"every 30m\" and .last_ms > $last2" \
   "the refresh under the new schedule is recorded"
 
+echo "== what an administrator sees"
+tctl client pc02 >"$TB_TMP/out" || tb_fail "tabulactl client pc02"
+grep -q "^refresh: *every 30m" "$TB_TMP/out" && grep -Eq "^  next: +20[0-9-]+ [0-9:]+ .*\(in " "$TB_TMP/out" &&
+  grep -Eq "^  last: +20[0-9-]+ [0-9:]+ .*\(.* ago\)" "$TB_TMP/out" ||
+  tb_fail "tabulactl client must show the schedule with its next and last refresh: $(cat "$TB_TMP/out")"
+tctl status | grep -Eq "^refresh: +next pc0[1-3] at " || tb_fail "status must show the next refresh: $(tctl status)"
+tctl lockdown pc03 "test reason" >/dev/null || tb_fail "lockdown"
+tctl status | grep -q "1 locked down" || tb_fail "status must count locked down clients: $(tctl status)"
+tctl client pc03 | grep -q "locked down: its export is refused until tabulactl unlock pc03" ||
+  tb_fail "client must say it is locked down: $(tctl client pc03)"
+tctl unlock pc03 >/dev/null || tb_fail "unlock"
+
 echo "== a mark that is not JSON: the schedule counts from now"
 td_stop
 echo "garbage" >"$state/clients/pc03/schedule.json"
