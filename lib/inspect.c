@@ -729,6 +729,21 @@ static bool name_ok(const char *name)
          strlen(name) <= 1024;
 }
 
+/* An ext2/3 block map (no extents) reaching into the triple-indirect block:
+ * libtsk's map builder visits every pointer of the triple-indirect tree
+ * whatever the file's size (a million indirect blocks with 4 KiB blocks)
+ * and appends each run by walking the whole list: an hour of CPU and a
+ * hundred MiB for one damaged inode (or one honest file over 4 GiB), with
+ * no read the deadline could stop.  Such files are refused. */
+static bool needs_triple_indirect(const struct vol *v, const TSK_FS_META *m, uint64_t size)
+{
+  if (!TSK_FS_TYPE_ISEXT(v->fs->ftype) || m->content_type != TSK_FS_META_CONTENT_TYPE_DEFAULT)
+    return false;
+  uint64_t bs = v->fs->block_size, per_block = bs / 4;
+  uint64_t mapped = 12 + per_block + per_block * per_block; /* direct, single, double */
+  return bs > 0 && (size + bs - 1) / bs > mapped;
+}
+
 /* libtsk builds a file's run list in time quadratic in its length before
  * the first read, without a read the deadline could stop: a damaged inode
  * claiming a huge size hangs it.  So sizes no guest writes are refused
@@ -739,6 +754,8 @@ static bool size_plausible(const struct vol *v, const TSK_FS_META *m)
 {
   uint64_t vol = v->pub.length > (1u << 30) ? v->pub.length : (1u << 30);
   uint64_t size = m->size > 0 ? (uint64_t)m->size : 0;
+  if (needs_triple_indirect(v, m, size))
+    return false;
   switch (m->type) {
   case TSK_FS_META_TYPE_LNK:
     return size <= 65536;
