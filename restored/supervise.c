@@ -41,6 +41,7 @@
 #define BACKOFF_MAX_MS 30000
 #define STABLE_MS 60000
 #define STOP_WAIT_MS 10000
+#define STALE_WAIT_MS 5000
 
 static void nbd_socket_path(const struct tb_config *cfg, char *buf, size_t len)
 {
@@ -62,13 +63,37 @@ bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b)
          !str_eq(a->tls_certificates, b->tls_certificates) || a->tls_require != b->tls_require;
 }
 
-/* Remove a stale unix socket left by an nbdkit that was killed (never a file
- * that is not a socket). */
-static void remove_stale_socket(const char *path)
+/* True if a server listens on the unix socket SA (a full backlog, EAGAIN on
+ * a non-blocking connect, is a server too). */
+static bool unix_socket_in_use(const struct sockaddr_un *sa)
+{
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  bool in_use = fd != -1 && (connect(fd, (const struct sockaddr *)sa, sizeof *sa) == 0 ||
+                             errno == EAGAIN || errno == EINPROGRESS);
+  if (fd != -1)
+    close(fd);
+  return in_use;
+}
+
+/* Remove a stale unix socket left by a daemon that was killed (never a file
+ * that is not a socket, nor one another server still answers on).  The
+ * nbdkit of a daemon killed a moment ago may still answer while it exits
+ * (--exit-with-parent): it gets STALE_WAIT_MS to go. */
+static int remove_stale_socket(const struct sockaddr_un *sa)
 {
   struct stat st;
-  if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-    unlink(path);
+  if (lstat(sa->sun_path, &st) == -1 || !S_ISSOCK(st.st_mode))
+    return 0;
+  int64_t deadline = tb_now_ms() + STALE_WAIT_MS;
+  bool in_use;
+  while ((in_use = unix_socket_in_use(sa)) && tb_now_ms() < deadline)
+    usleep(100 * 1000);
+  if (in_use)
+    return tb_error("listen.unix %s: another server is listening there: stop it or change "
+                    "listen.unix",
+                    sa->sun_path);
+  unlink(sa->sun_path);
+  return 0;
 }
 
 /* ---- listening sockets ------------------------------------------------------ */
@@ -80,7 +105,8 @@ static int bind_unix(const char *path)
     return tb_error("listen.unix %s: the path is longer than %zu bytes", path,
                     sizeof sa.sun_path - 1);
   strcpy(sa.sun_path, path);
-  remove_stale_socket(path);
+  if (remove_stale_socket(&sa) == -1)
+    return -1;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd == -1 || bind(fd, (struct sockaddr *)&sa, sizeof sa) == -1 ||
       listen(fd, SOMAXCONN) == -1) {
@@ -97,13 +123,15 @@ static int bind_unix(const char *path)
 
 static void tcp_host_port(const char *listen, char *host, size_t hlen, char *port, size_t plen);
 
-/* Bind every address "ADDR:PORT" resolves to (both families for a wildcard)
- * into FDS; returns how many, or -1. */
+/* Bind every address "ADDR:PORT" resolves to into FDS; returns how many, or
+ * -1.  ADDR "*" is every address of both families (each socket IPv6-only
+ * beside the IPv4 one); "0.0.0.0" is every IPv4 address and "::" every IPv6
+ * one (and IPv4-mapped ones where the system allows), as for other servers. */
 static int bind_tcp(const char *listen_tcp, int *fds, int max)
 {
   char host[256], port[16];
   tcp_host_port(listen_tcp, host, sizeof host, port, sizeof port);
-  bool any = !host[0] || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "*") == 0;
+  bool any = !host[0] || strcmp(host, "*") == 0;
   struct addrinfo hints = {
       .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
   struct addrinfo *res;
@@ -118,13 +146,13 @@ static int bind_tcp(const char *listen_tcp, int *fds, int max)
       continue;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (ai->ai_family == AF_INET6)
+    if (ai->ai_family == AF_INET6 && any)
       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) == -1 || listen(fd, SOMAXCONN) == -1) {
       saved = errno;
       close(fd);
-      if (ai->ai_family == AF_INET6 && any && errno == EAFNOSUPPORT)
-        continue;
+      if (ai->ai_family == AF_INET6 && any && saved == EADDRNOTAVAIL)
+        continue; /* no IPv6 on this machine: IPv4 alone */
       n = -n - 1; /* remember the failure */
       break;
     }
@@ -135,9 +163,14 @@ static int bind_tcp(const char *listen_tcp, int *fds, int max)
     for (int i = 0; i < -n - 1; i++)
       close(fds[i]);
     errno = saved ? saved : EADDRNOTAVAIL;
-    return tb_error_errno("listen.tcp \"%s\": cannot listen there (is another server on the "
-                          "port?  change listen.tcp or stop it)",
-                          listen_tcp);
+    const char *hint = errno == EADDRINUSE      ? "another server has the port: stop it or change "
+                                                  "listen.tcp"
+                       : errno == EADDRNOTAVAIL ? "the address is not one of this machine's: "
+                                                  "change listen.tcp"
+                       : errno == EACCES        ? "a port below 1024 needs root or "
+                                                  "CAP_NET_BIND_SERVICE"
+                                                : "change listen.tcp";
+    return tb_error_errno("listen.tcp \"%s\": cannot listen there (%s)", listen_tcp, hint);
   }
   return n;
 }

@@ -72,6 +72,14 @@ tb_wait_idle "$state" pc01
 "$TB_IO" -s "$TB_TMP/nbd.sock" -e pc01 read:0:65536:7 || tb_fail "unix must serve again"
 tb_event "$state" '.type == "nbdkit-restart"' "the restart must be an event"
 
+echo "== kill -9 of the daemon, started again at once: the same addresses serve"
+td_kill9
+td_start "$conf"
+"$TB_IO" -t "127.0.0.1:$port" -e pc01 read:0:65536:7 || tb_fail "TCP after a restart of the daemon"
+tb_wait_idle "$state" pc01
+"$TB_IO" -s "$TB_TMP/nbd.sock" -e pc01 read:0:65536:7 || tb_fail "unix after a restart of the daemon"
+tb_wait_idle "$state" pc01
+
 echo "== SIGTERM: the daemon removes its unix socket"
 td_stop
 [ ! -e "$TB_TMP/nbd.sock" ] || tb_fail "the unix socket must be removed at exit"
@@ -90,4 +98,18 @@ kill $squat 2>/dev/null || true
 [ $st -ne 0 ] && [ $st -ne 124 ] || tb_fail "the daemon must exit with an error, got $st: $(cat "$TB_TMP/out")"
 grep -q "listen.tcp" "$TB_TMP/out" || tb_fail "the error must name listen.tcp: $(cat "$TB_TMP/out")"
 [ ! -e "$TB_TMP/nbd.sock" ] || tb_fail "a failed start must not leave the unix socket behind"
+
+echo "== a unix socket another server answers on: a clear error, the socket left alone"
+python3 -c 'import socket,sys,time
+s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); print("up", flush=True); time.sleep(60)' \
+  "$TB_TMP/nbd.sock" >"$TB_TMP/squat.out" 2>&1 &
+squat=$!
+i=0
+until grep -q up "$TB_TMP/squat.out"; do i=$((i + 1)); [ $i -lt 100 ] || tb_fail "squatter"; sleep 0.1; done
+st=0
+timeout 30 "$TD_DAEMON" -c "$conf" >"$TB_TMP/out" 2>&1 || st=$?
+[ $st -ne 0 ] && [ $st -ne 124 ] || tb_fail "the daemon must exit with an error, got $st: $(cat "$TB_TMP/out")"
+grep -q "listen.unix" "$TB_TMP/out" || tb_fail "the error must name listen.unix: $(cat "$TB_TMP/out")"
+[ -S "$TB_TMP/nbd.sock" ] || tb_fail "another server's socket must not be removed"
+kill $squat 2>/dev/null || true
 echo "OK"
