@@ -12,11 +12,19 @@
  * filesystem I/O once a directory is cached, and lookups can only ever find
  * what readdir shows.
  *
- * Robustness.  The image read callback enforces the per-call deadline: when
- * the budget is spent every further read fails, libtsk unwinds with an error
- * and the caller gets EIO.  Walks also check the deadline between entries
- * (cached listings need no reads), skip directories already on the current
- * path (cycles in a hostile filesystem) and stop at a depth limit.
+ * Robustness.  Each handle has a worker thread that alone touches libtsk and
+ * the caches; a public call packs its arguments into a job the worker owns,
+ * hands it over and waits on a condition variable until the job's deadline.
+ * The worker's image read callback enforces the same deadline: once it is
+ * spent every further read fails, libtsk unwinds with an error and the caller
+ * gets EIO.  Walks also check the deadline between entries (cached listings
+ * need no reads), skip directories already on the current path (cycles in a
+ * hostile filesystem) and stop at a depth limit.  What a read cannot stop
+ * (libtsk computing run lists in quadratic time) the wait does: the caller
+ * abandons the job and answers EIO, the handle is stuck (calls fail at once)
+ * until the worker finishes, and the worker, holding references to the job,
+ * the handle and the disk, frees them whenever that is.  Sizes libtsk is
+ * known to choke on are refused before it sees them (size_plausible).
  *
  * Changes.  tb_inspect_diff() walks the base and the live filesystem and
  * compares them by path.  The dirty map narrows the work: a volume with no
@@ -35,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libnbd.h>
@@ -45,8 +54,8 @@
 #define DIR_CACHE_MAX 256            /* directories cached per volume */
 #define DIR_CACHE_MAX_ENTRIES 400000 /* entries cached per volume */
 #define WALK_MAX_DEPTH 256
-#define WALK_BUDGET_FACTOR 12
 #define NBD_MAX_REQUEST (8u << 20)
+#define DEADLINE_SLACK_MS 100 /* for a worker to answer its own deadline before it is abandoned */
 
 /* ------------------------------------------------------------------ */
 /* Disks                                                               */
@@ -356,18 +365,68 @@ struct vol {
   size_t n_dirs, n_entries;
 };
 
+/* A request shipped to a handle's worker thread.  The caller and the worker
+ * each hold a reference; arguments and results live here, never on the
+ * caller's stack, so a worker that overruns its deadline and is abandoned
+ * only ever writes into memory it owns. */
+enum job_kind { JOB_OPEN, JOB_STAT, JOB_READDIR, JOB_READLINK, JOB_OPEN_FILE, JOB_PREAD, JOB_WALK };
+
+struct job {
+  atomic_int refs;
+  enum job_kind kind;
+  int64_t deadline_ms;   /* CLOCK_MONOTONIC */
+  atomic_bool abandoned; /* the caller gave up: no callback may run, results are dropped */
+  bool started, done;    /* under ins->mu */
+  /* arguments */
+  size_t vol;
+  char *path;
+  tb_inspect_dir_fn dir_fn;
+  tb_inspect_walk_fn walk_fn;
+  void *ctx;
+  struct tb_ranges dirty; /* JOB_WALK: a copy of the caller's, used if has_dirty */
+  bool has_dirty, owners_only;
+  struct tb_disk *base; /* JOB_WALK: compare touched bytes with this disk (a reference) */
+  TSK_FS_FILE *file;    /* JOB_PREAD: the file; JOB_OPEN_FILE: the result */
+  uint64_t off;
+  size_t len;
+  /* results */
+  char *buf; /* JOB_READLINK, JOB_PREAD: LEN bytes */
+  struct tb_istat st;
+  ssize_t r;
+  int err;
+  char msg[512];
+};
+
 struct tb_inspect {
+  /* Shared between callers and the worker, under mu. */
   pthread_mutex_t mu;
+  pthread_cond_t wake; /* to the worker: a job, files to close, or closing */
+  pthread_cond_t done; /* to callers: a job ended, the slot is free, the worker ended */
+  atomic_int refs;     /* the owner (until tb_inspect_close) and the worker */
+  struct job *job;     /* the one job in flight, or NULL */
+  bool stuck;          /* job was abandoned and is still running */
+  bool closing, ended;
+  struct tb_ifile *orphans; /* closed by their owner, for the worker to release */
+  atomic_llong budget_ms;
+  atomic_bool giving_up; /* the job's caller gave up: every further disk read fails */
+  /* Held while a caller's callback runs on the worker, so that none runs
+   * after the caller gave up and returned. */
+  pthread_mutex_t cb_mu;
+  /* Set at open, read-only afterwards (readers need no lock). */
   struct tb_disk *disk;
-  TSK_IMG_INFO *img;
   TSK_VS_INFO *vs;
   struct vol *vols;
   size_t n_vols;
-  int64_t budget_ms;
-  int64_t deadline_ms; /* of the call in progress */
+  /* The worker's alone: libtsk and the caches. */
+  TSK_IMG_INFO *img;
+  struct job *running;
+  int64_t deadline_ms; /* of the job in progress */
   bool deadline_hit;
   uint64_t tick;
 };
+
+/* Handles whose worker overran a deadline and still runs, process-wide. */
+static atomic_int n_stuck;
 
 /* What libtsk sees: its image header first, then our handle. */
 struct tsk_ext_img {
@@ -375,11 +434,19 @@ struct tsk_ext_img {
   struct tb_inspect *ins;
 };
 
+static int64_t mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* On the worker: is the job in progress out of time, or given up? */
 static bool past_deadline(struct tb_inspect *ins)
 {
   if (ins->deadline_hit)
     return true;
-  if (tb_now_ms() > ins->deadline_ms)
+  if (atomic_load(&ins->giving_up) || mono_ms() > ins->deadline_ms)
     ins->deadline_hit = true;
   return ins->deadline_hit;
 }
@@ -417,20 +484,6 @@ static void img_stat(TSK_IMG_INFO *img, FILE *f)
   fprintf(f, "tabula disk\n");
 }
 
-/* Start a public call: lock, arm the deadline, clear libtsk's error. */
-static void call_begin(struct tb_inspect *ins)
-{
-  pthread_mutex_lock(&ins->mu);
-  ins->deadline_ms = tb_now_ms() + ins->budget_ms;
-  ins->deadline_hit = false;
-  tsk_error_reset();
-}
-
-static void call_end(struct tb_inspect *ins)
-{
-  pthread_mutex_unlock(&ins->mu);
-}
-
 /* Fail with EIO, naming what failed and libtsk's (or the deadline's) reason. */
 static int tsk_fail(struct tb_inspect *ins, const char *what)
 {
@@ -441,11 +494,36 @@ static int tsk_fail(struct tb_inspect *ins, const char *what)
   return -1;
 }
 
+/* On the worker: call the caller's callback, unless the caller gave up.
+ * Returns -1 (EIO) then, else enters the callback section: leave it with
+ * callback_leave(). */
+static int callback_enter(struct tb_inspect *ins)
+{
+  pthread_mutex_lock(&ins->cb_mu);
+  if (atomic_load(&ins->running->abandoned)) {
+    pthread_mutex_unlock(&ins->cb_mu);
+    errno = EIO;
+    return tb_error("%s: the request was given up", tb_disk_name(ins->disk));
+  }
+  return 0;
+}
+
+static void callback_leave(struct tb_inspect *ins)
+{
+  pthread_mutex_unlock(&ins->cb_mu);
+}
+
 void tb_inspect_set_budget(struct tb_inspect *ins, int64_t ms)
 {
+  atomic_store(&ins->budget_ms, ms > 0 ? ms : TB_INSPECT_DEFAULT_BUDGET_MS);
+}
+
+bool tb_inspect_stuck(struct tb_inspect *ins)
+{
   pthread_mutex_lock(&ins->mu);
-  ins->budget_ms = ms > 0 ? ms : TB_INSPECT_DEFAULT_BUDGET_MS;
+  bool stuck = ins->stuck;
   pthread_mutex_unlock(&ins->mu);
+  return stuck;
 }
 
 struct tb_disk *tb_inspect_disk(struct tb_inspect *ins)
@@ -622,10 +700,10 @@ static void open_partitions(struct tb_inspect *ins)
   }
 }
 
+/* The partition table is read at open and never changes: no lock. */
 int tb_inspect_partition(struct tb_inspect *ins, uint32_t n, uint64_t *off, uint64_t *len)
 {
   int r = -1;
-  pthread_mutex_lock(&ins->mu);
   TSK_VS_INFO *vs = ins->vs;
   for (TSK_PNUM_T i = 0; vs && i < vs->part_count && r == -1; i++) {
     const TSK_VS_PART_INFO *p = tsk_vs_part_get(vs, i);
@@ -635,7 +713,6 @@ int tb_inspect_partition(struct tb_inspect *ins, uint32_t n, uint64_t *off, uint
     *len = (uint64_t)p->len * vs->block_size;
     r = 0;
   }
-  pthread_mutex_unlock(&ins->mu);
   if (r == -1) {
     errno = ENOENT;
     tb_error("partition %u does not exist in the partition table of %s", n,
@@ -644,34 +721,23 @@ int tb_inspect_partition(struct tb_inspect *ins, uint32_t n, uint64_t *off, uint
   return r;
 }
 
-struct tb_inspect *tb_inspect_open(struct tb_disk *disk)
+/* On the worker: hand the disk to libtsk, find the volumes and filesystems. */
+static int do_open(struct tb_inspect *ins)
 {
-  struct tb_inspect *ins = calloc(1, sizeof *ins);
   struct tsk_ext_img *ext = calloc(1, sizeof *ext);
-  if (!ins || !ext) {
-    free(ins);
-    free(ext);
+  if (!ext) {
     errno = ENOMEM;
-    tb_error("%s: out of memory", tb_disk_name(disk));
-    return NULL;
+    return tb_error("%s: out of memory", tb_disk_name(ins->disk));
   }
-  pthread_mutex_init(&ins->mu, NULL);
-  ins->disk = tb_disk_ref(disk);
-  ins->budget_ms = TB_INSPECT_DEFAULT_BUDGET_MS;
   ext->ins = ins;
-  ins->img =
-      tsk_img_open_external(ext, (TSK_OFF_T)tb_disk_size(disk), 512, img_read, img_close, img_stat);
+  ins->img = tsk_img_open_external(ext, (TSK_OFF_T)tb_disk_size(ins->disk), 512, img_read,
+                                   img_close, img_stat);
   if (!ins->img) {
-    tb_error("%s: libtsk cannot open the disk: %s", tb_disk_name(disk), tsk_error_get());
+    tb_error("%s: libtsk cannot open the disk: %s", tb_disk_name(ins->disk), tsk_error_get());
     free(ext);
-    tb_disk_unref(ins->disk);
-    pthread_mutex_destroy(&ins->mu);
-    free(ins);
     errno = EIO;
-    return NULL;
+    return -1;
   }
-
-  call_begin(ins);
   ins->vs = tsk_vs_open(ins->img, 0, TSK_VS_TYPE_DETECT);
   tsk_error_reset();
   if (ins->vs)
@@ -680,10 +746,9 @@ struct tb_inspect *tb_inspect_open(struct tb_disk *disk)
     /* No table, or a table without filesystems: try the whole disk. */
     TSK_FS_INFO *fs = open_fs(ins->img, 0);
     if (fs)
-      add_volume(ins, fs, 0, 0, tb_disk_size(disk));
+      add_volume(ins, fs, 0, 0, tb_disk_size(ins->disk));
   }
-  call_end(ins);
-  return ins;
+  return 0;
 }
 
 static void free_dir(struct cached_dir *d)
@@ -696,22 +761,26 @@ static void free_dir(struct cached_dir *d)
   free(d);
 }
 
-void tb_inspect_close(struct tb_inspect *ins)
+static void close_files(struct tb_ifile *f);
+
+/* On the worker, last: release libtsk and the caches. */
+static void teardown(struct tb_inspect *ins)
 {
-  if (!ins)
-    return;
+  close_files(ins->orphans);
+  ins->orphans = NULL;
   for (size_t i = 0; i < ins->n_vols; i++) {
     for (size_t k = 0; k < ins->vols[i].n_dirs; k++)
       free_dir(ins->vols[i].dirs[k]);
     tsk_fs_close(ins->vols[i].fs);
   }
   free(ins->vols);
+  ins->vols = NULL;
+  ins->n_vols = 0;
   if (ins->vs)
     tsk_vs_close(ins->vs);
-  tsk_img_close(ins->img);
+  if (ins->img)
+    tsk_img_close(ins->img);
   tb_disk_unref(ins->disk);
-  pthread_mutex_destroy(&ins->mu);
-  free(ins);
 }
 
 /* ------------------------------------------------------------------ */
@@ -924,16 +993,16 @@ static int resolve(struct tb_inspect *ins, struct vol *v, const char *path, stru
   return 0;
 }
 
-int tb_inspect_stat(struct tb_inspect *ins, size_t vol, const char *path, struct tb_istat *st)
+/* The work of each request, on the worker.  They return -1 with errno and
+ * tb_errmsg() on failure, like the public functions they serve. */
+
+static int do_stat(struct tb_inspect *ins, struct job *j)
 {
-  call_begin(ins);
-  struct vol *v = get_vol(ins, vol);
-  int r = v ? resolve(ins, v, path, st) : -1;
-  call_end(ins);
-  return r;
+  struct vol *v = get_vol(ins, j->vol);
+  return v ? resolve(ins, v, j->path, &j->st) : -1;
 }
 
-/* Copy a listing out of the cache so callbacks may call back into us. */
+/* Copy a listing out of the cache: the cache may evict it while a walk recurses. */
 static struct dent *copy_listing(const struct cached_dir *d, size_t *n)
 {
   struct dent *v = calloc(d->n ? d->n : 1, sizeof *v);
@@ -945,27 +1014,26 @@ static struct dent *copy_listing(const struct cached_dir *d, size_t *n)
   return v;
 }
 
-int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
-                       void *ctx)
+static int do_readdir(struct tb_inspect *ins, struct job *j)
 {
-  call_begin(ins);
-  struct vol *v = get_vol(ins, vol);
+  struct vol *v = get_vol(ins, j->vol);
   struct tb_istat st;
-  int r = v ? resolve(ins, v, path, &st) : -1;
+  int r = v ? resolve(ins, v, j->path, &st) : -1;
   if (r == 0 && st.type != TB_FT_DIR) {
     errno = ENOTDIR;
-    r = tb_error("%s: not a directory", path);
+    r = tb_error("%s: not a directory", j->path);
   }
   struct cached_dir *d = r == 0 ? get_dir(ins, v, st.inum) : NULL;
   if (r == 0 && !d)
     r = -1;
-  if (r == 0) {
-    /* The callback must not re-enter this handle (the lock is held), so the
-     * cached listing cannot move under us while we iterate. */
-    for (size_t i = 0; i < d->n && r == 0; i++)
-      r = fn(ctx, d->v[i].name, &d->v[i].st);
+  /* The callback must not re-enter this handle (its request would wait for
+   * this one), so the cached listing cannot move under us while we iterate. */
+  for (size_t i = 0; r == 0 && i < d->n; i++) {
+    if ((r = callback_enter(ins)) == 0) {
+      r = j->dir_fn(j->ctx, d->v[i].name, &d->v[i].st);
+      callback_leave(ins);
+    }
   }
-  call_end(ins);
   return r;
 }
 
@@ -977,6 +1045,7 @@ struct tb_ifile {
   struct tb_inspect *ins;
   TSK_FS_FILE *file;
   uint64_t size;
+  struct tb_ifile *next_orphan;
 };
 
 static TSK_FS_FILE *open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)
@@ -996,91 +1065,68 @@ static TSK_FS_FILE *open_meta(struct tb_inspect *ins, struct vol *v, uint64_t in
   return f;
 }
 
-int tb_inspect_readlink(struct tb_inspect *ins, size_t vol, const char *path, char *buf, size_t len)
+static int do_readlink(struct tb_inspect *ins, struct job *j)
 {
-  call_begin(ins);
-  struct vol *v = get_vol(ins, vol);
+  struct vol *v = get_vol(ins, j->vol);
   struct tb_istat st;
-  int r = v ? resolve(ins, v, path, &st) : -1;
+  int r = v ? resolve(ins, v, j->path, &st) : -1;
   if (r == 0 && st.type != TB_FT_LNK) {
     errno = EINVAL;
-    r = tb_error("%s: not a symbolic link", path);
+    r = tb_error("%s: not a symbolic link", j->path);
   }
   TSK_FS_FILE *f = r == 0 ? open_meta(ins, v, st.inum) : NULL;
   if (r == 0 && !f)
     r = -1;
-  if (r == 0 && len > 0) {
+  if (r == 0 && j->len > 0) {
     if (f->meta->link && *f->meta->link) {
-      snprintf(buf, len, "%s", f->meta->link);
+      snprintf(j->buf, j->len, "%s", f->meta->link);
     } else {
-      size_t want = st.size < len - 1 ? st.size : len - 1;
-      ssize_t got = want ? tsk_fs_file_read(f, 0, buf, want, TSK_FS_FILE_READ_FLAG_NONE) : 0;
+      size_t want = st.size < j->len - 1 ? st.size : j->len - 1;
+      ssize_t got = want ? tsk_fs_file_read(f, 0, j->buf, want, TSK_FS_FILE_READ_FLAG_NONE) : 0;
       if (got < 0)
         r = tsk_fail(ins, "cannot read symbolic link");
       else
-        buf[got] = '\0';
+        j->buf[got] = '\0';
     }
   }
   tsk_fs_file_close(f);
-  call_end(ins);
   return r;
 }
 
-struct tb_ifile *tb_inspect_open_file(struct tb_inspect *ins, size_t vol, const char *path)
+static int do_open_file(struct tb_inspect *ins, struct job *j)
 {
-  struct tb_ifile *fh = NULL;
-  call_begin(ins);
-  struct vol *v = get_vol(ins, vol);
-  struct tb_istat st;
-  if (v && resolve(ins, v, path, &st) == 0) {
-    if (st.type == TB_FT_DIR) {
-      errno = EISDIR;
-      tb_error("%s: is a directory", path);
-    } else {
-      TSK_FS_FILE *f = open_meta(ins, v, st.inum);
-      fh = f ? calloc(1, sizeof *fh) : NULL;
-      if (fh) {
-        fh->ins = ins;
-        fh->file = f;
-        fh->size = f->meta->size > 0 ? (uint64_t)f->meta->size : 0;
-      } else {
-        tsk_fs_file_close(f);
-      }
-    }
+  struct vol *v = get_vol(ins, j->vol);
+  if (!v || resolve(ins, v, j->path, &j->st) < 0)
+    return -1;
+  if (j->st.type == TB_FT_DIR) {
+    errno = EISDIR;
+    return tb_error("%s: is a directory", j->path);
   }
-  call_end(ins);
-  return fh;
+  j->file = open_meta(ins, v, j->st.inum);
+  if (!j->file)
+    return -1;
+  j->st.size = j->file->meta->size > 0 ? (uint64_t)j->file->meta->size : 0;
+  return 0;
 }
 
-uint64_t tb_ifile_size(const struct tb_ifile *f)
+static ssize_t do_pread(struct tb_inspect *ins, struct job *j)
 {
-  return f->size;
-}
-
-ssize_t tb_ifile_pread(struct tb_ifile *f, void *buf, size_t len, uint64_t off)
-{
-  if (off >= f->size)
-    return 0;
-  if (len > f->size - off)
-    len = f->size - off;
-  if (len == 0)
-    return 0;
-  call_begin(f->ins);
-  ssize_t r = tsk_fs_file_read(f->file, (TSK_OFF_T)off, buf, len, TSK_FS_FILE_READ_FLAG_NONE);
+  ssize_t r =
+      tsk_fs_file_read(j->file, (TSK_OFF_T)j->off, j->buf, j->len, TSK_FS_FILE_READ_FLAG_NONE);
   if (r < 0)
-    tsk_fail(f->ins, "cannot read file");
-  call_end(f->ins);
+    tsk_fail(ins, "cannot read file");
   return r;
 }
 
-void tb_ifile_close(struct tb_ifile *f)
+/* Release files their owners closed (a list through next_orphan). */
+static void close_files(struct tb_ifile *f)
 {
-  if (!f)
-    return;
-  call_begin(f->ins);
-  tsk_fs_file_close(f->file);
-  call_end(f->ins);
-  free(f);
+  while (f) {
+    struct tb_ifile *next = f->next_orphan;
+    tsk_fs_file_close(f->file);
+    free(f);
+    f = next;
+  }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1101,10 +1147,11 @@ static size_t ranges_lower_bound(const struct tb_ranges *r, uint64_t off)
   return lo;
 }
 
-/* Do LIVE and BASE differ in [off, off+len)?  An unreadable disk counts as
- * a difference. */
-static bool bytes_differ(struct tb_disk *live, struct tb_disk *base, uint64_t off, uint64_t len)
+/* Do the handle's disk and BASE differ in [off, off+len)?  An unreadable
+ * disk, or a spent deadline, counts as a difference. */
+static bool bytes_differ(struct tb_inspect *ins, struct tb_disk *base, uint64_t off, uint64_t len)
 {
+  struct tb_disk *live = ins->disk;
   /* Heap, not thread-local: every program linking lib/ (nbdkit's dozens of
    * threads among them) would carry 128 KiB of TLS per thread otherwise. */
   enum { CMP_BYTES = 65536 };
@@ -1112,8 +1159,8 @@ static bool bytes_differ(struct tb_disk *live, struct tb_disk *base, uint64_t of
   bool differ = !a;
   while (!differ && len > 0) {
     size_t n = len < CMP_BYTES ? (size_t)len : CMP_BYTES;
-    if (tb_disk_pread(live, a, n, off) < 0 || tb_disk_pread(base, b, n, off) < 0 ||
-        memcmp(a, b, n) != 0)
+    if (past_deadline(ins) || tb_disk_pread(live, a, n, off) < 0 ||
+        tb_disk_pread(base, b, n, off) < 0 || memcmp(a, b, n) != 0)
       differ = true;
     off += n;
     len -= n;
@@ -1161,7 +1208,7 @@ static bool content_touched(struct tb_inspect *ins, struct vol *v, uint64_t inum
           break;
         uint64_t x0 = r->off > d0 ? r->off : d0;
         uint64_t x1 = r->off + r->len < d1 ? r->off + r->len : d1;
-        touched = !base || bytes_differ(ins->disk, base, x0, x1 - x0);
+        touched = !base || bytes_differ(ins, base, x0, x1 - x0);
       }
     }
   }
@@ -1222,8 +1269,10 @@ static int walk_dir(struct walk *w, uint64_t inum, size_t path_len)
     bool touched = false;
     if (w->dirty && w->dirty->n > 0)
       touched = content_touched(w->ins, w->v, list[i].st.inum, w->dirty, w->base);
-    if (!w->owners_only || touched)
+    if ((!w->owners_only || touched) && (r = callback_enter(w->ins)) == 0) {
       r = w->fn(w->ctx, w->path, &list[i].st, touched);
+      callback_leave(w->ins);
+    }
     if (r == 0 && list[i].st.type == TB_FT_DIR)
       r = walk_dir(w, list[i].st.inum, path_len + 1 + nl);
     w->path[path_len] = '\0';
@@ -1236,38 +1285,456 @@ static int walk_dir(struct walk *w, uint64_t inum, size_t path_len)
   return r;
 }
 
-static int walk_volume(struct tb_inspect *ins, size_t vol, const struct tb_ranges *dirty,
-                       struct tb_disk *base, bool owners_only, tb_inspect_walk_fn fn, void *ctx)
+static int do_walk(struct tb_inspect *ins, struct job *j)
 {
-  struct walk *w = calloc(1, sizeof *w);
-  if (!w) {
+  struct vol *v = get_vol(ins, j->vol);
+  struct walk *w = v ? calloc(1, sizeof *w) : NULL;
+  if (v && !w) {
     errno = ENOMEM;
     return tb_error("out of memory");
   }
-  call_begin(ins);
-  struct vol *v = get_vol(ins, vol);
-  int r = -1;
-  if (v) {
-    *w = (struct walk){.ins = ins,
-                       .v = v,
-                       .dirty = dirty,
-                       .base = base,
-                       .owners_only = owners_only,
-                       .fn = fn,
-                       .ctx = ctx};
-    /* A walk reads a whole tree: it gets WALK_BUDGET_FACTOR budgets. */
-    ins->deadline_ms = tb_now_ms() + WALK_BUDGET_FACTOR * ins->budget_ms;
-    r = walk_dir(w, v->root.inum, 0);
-  }
-  call_end(ins);
+  if (!w)
+    return -1;
+  *w = (struct walk){.ins = ins,
+                     .v = v,
+                     .dirty = j->has_dirty ? &j->dirty : NULL,
+                     .base = j->base,
+                     .owners_only = j->owners_only,
+                     .fn = j->walk_fn,
+                     .ctx = j->ctx};
+  int r = walk_dir(w, v->root.inum, 0);
   free(w);
   return r;
 }
 
+/* ------------------------------------------------------------------ */
+/* The worker and the deadline                                         */
+/* ------------------------------------------------------------------ */
+
+static void job_put(struct job *j)
+{
+  if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
+    return;
+  free(j->path);
+  free(j->buf);
+  tb_ranges_free(&j->dirty);
+  tb_disk_unref(j->base);
+  free(j);
+}
+
+static void ins_put(struct tb_inspect *ins)
+{
+  if (atomic_fetch_sub(&ins->refs, 1) != 1)
+    return;
+  pthread_mutex_destroy(&ins->mu);
+  pthread_mutex_destroy(&ins->cb_mu);
+  pthread_cond_destroy(&ins->wake);
+  pthread_cond_destroy(&ins->done);
+  free(ins);
+}
+
+static void run_job(struct tb_inspect *ins, struct job *j)
+{
+  ins->running = j;
+  ins->deadline_ms = j->deadline_ms;
+  ins->deadline_hit = false;
+  tsk_error_reset();
+  switch (j->kind) {
+  case JOB_OPEN:
+    j->r = do_open(ins);
+    break;
+  case JOB_STAT:
+    j->r = do_stat(ins, j);
+    break;
+  case JOB_READDIR:
+    j->r = do_readdir(ins, j);
+    break;
+  case JOB_READLINK:
+    j->r = do_readlink(ins, j);
+    break;
+  case JOB_OPEN_FILE:
+    j->r = do_open_file(ins, j);
+    break;
+  case JOB_PREAD:
+    j->r = do_pread(ins, j);
+    break;
+  case JOB_WALK:
+    j->r = do_walk(ins, j);
+    break;
+  }
+  if (j->r < 0) {
+    j->err = errno ? errno : EIO;
+    snprintf(j->msg, sizeof j->msg, "%s", tb_errmsg());
+  }
+  ins->running = NULL;
+}
+
+/* The worker: runs the handle's jobs one at a time, releases closed files
+ * between them, and at the end the handle's libtsk state.  It owns that
+ * state: a job overrunning its deadline delays the release, never races it. */
+static void *worker_main(void *arg)
+{
+  struct tb_inspect *ins = arg;
+  pthread_mutex_lock(&ins->mu);
+  for (;;) {
+    struct job *j = ins->job;
+    if (ins->orphans && !ins->closing) {
+      struct tb_ifile *files = ins->orphans;
+      ins->orphans = NULL;
+      pthread_mutex_unlock(&ins->mu);
+      close_files(files);
+      pthread_mutex_lock(&ins->mu);
+    } else if (j && !j->started) {
+      j->started = true;
+      atomic_store(&ins->giving_up, false);
+      pthread_mutex_unlock(&ins->mu);
+      run_job(ins, j);
+      pthread_mutex_lock(&ins->mu);
+      j->done = true;
+      ins->job = NULL;
+      if (ins->stuck) {
+        ins->stuck = false;
+        atomic_fetch_sub(&n_stuck, 1);
+      }
+      pthread_cond_broadcast(&ins->done);
+      if (atomic_load(&j->abandoned) && j->file && j->kind == JOB_OPEN_FILE) {
+        tsk_fs_file_close(j->file); /* opened for a caller who left */
+        j->file = NULL;
+      }
+      job_put(j);
+    } else if (ins->closing) {
+      break;
+    } else {
+      pthread_cond_wait(&ins->wake, &ins->mu);
+    }
+  }
+  pthread_mutex_unlock(&ins->mu);
+  teardown(ins);
+  pthread_mutex_lock(&ins->mu);
+  ins->ended = true;
+  pthread_cond_broadcast(&ins->done);
+  pthread_mutex_unlock(&ins->mu);
+  ins_put(ins);
+  return NULL;
+}
+
+static void abs_timespec(int64_t mono, struct timespec *ts)
+{
+  ts->tv_sec = (time_t)(mono / 1000);
+  ts->tv_nsec = (long)(mono % 1000) * 1000000;
+}
+
+static struct job *job_new(struct tb_inspect *ins, enum job_kind kind, int64_t deadline_ms)
+{
+  struct job *j = calloc(1, sizeof *j);
+  if (!j) {
+    errno = ENOMEM;
+    tb_error("%s: out of memory", tb_disk_name(ins->disk));
+    return NULL;
+  }
+  atomic_init(&j->refs, 1);
+  atomic_init(&j->abandoned, false);
+  j->kind = kind;
+  j->deadline_ms = deadline_ms;
+  return j;
+}
+
+static int64_t deadline_in(struct tb_inspect *ins, int factor)
+{
+  return mono_ms() + factor * (int64_t)atomic_load(&ins->budget_ms);
+}
+
+/* Run J on the worker and wait for it, at most until its deadline (plus
+ * DEADLINE_SLACK_MS for the worker to notice the deadline itself and answer
+ * with its own error).  Past that the job is abandoned: the handle is stuck,
+ * and every request answers EIO at once until the job ends.  Returns the
+ * job's result, or -1 with errno EIO.  Consumes the caller's reference. */
+static ssize_t run_request(struct tb_inspect *ins, struct job *j)
+{
+  struct timespec ts;
+  abs_timespec(j->deadline_ms + DEADLINE_SLACK_MS, &ts);
+  pthread_mutex_lock(&ins->mu);
+  /* One job at a time: wait for the slot, as long as our own deadline allows. */
+  while (ins->job && !ins->stuck && !ins->ended)
+    if (pthread_cond_timedwait(&ins->done, &ins->mu, &ts) == ETIMEDOUT)
+      break;
+  if (ins->stuck || ins->job || ins->ended) {
+    bool stuck = ins->stuck || ins->ended;
+    pthread_mutex_unlock(&ins->mu);
+    job_put(j);
+    errno = EIO;
+    return stuck ? tb_error("%s: an earlier request is still running past its deadline "
+                            "(damaged filesystem?)",
+                            tb_disk_name(ins->disk))
+                 : tb_error("%s: busy with another request until the deadline",
+                            tb_disk_name(ins->disk));
+  }
+  atomic_fetch_add(&j->refs, 1); /* the worker's */
+  ins->job = j;
+  pthread_cond_signal(&ins->wake);
+  while (!j->done)
+    if (pthread_cond_timedwait(&ins->done, &ins->mu, &ts) == ETIMEDOUT && !j->done) {
+      atomic_store(&j->abandoned, true);
+      atomic_store(&ins->giving_up, true);
+      ins->stuck = true;
+      atomic_fetch_add(&n_stuck, 1);
+      pthread_cond_broadcast(&ins->done); /* requests waiting for the slot fail now */
+      break;
+    }
+  bool ran = j->done;
+  pthread_mutex_unlock(&ins->mu);
+  if (!ran) {
+    /* A callback of ours may be running: wait it out, none starts after. */
+    pthread_mutex_lock(&ins->cb_mu);
+    pthread_mutex_unlock(&ins->cb_mu);
+    job_put(j);
+    errno = EIO;
+    return tb_error("%s: gave up on a request after its deadline (damaged filesystem?)",
+                    tb_disk_name(ins->disk));
+  }
+  ssize_t r = j->r;
+  if (r < 0) {
+    tb_error("%s", j->msg);
+    errno = j->err;
+  }
+  return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests                                                            */
+/* ------------------------------------------------------------------ */
+
+struct tb_inspect *tb_inspect_open(struct tb_disk *disk)
+{
+  return tb_inspect_open_budget(disk, TB_INSPECT_DEFAULT_BUDGET_MS);
+}
+
+struct tb_inspect *tb_inspect_open_budget(struct tb_disk *disk, int64_t budget_ms)
+{
+  if (atomic_load(&n_stuck) >= TB_INSPECT_MAX_STUCK) {
+    errno = EIO;
+    tb_error("%s: %d inspections are still running past their deadline (damaged "
+             "filesystems?): not opening another one until they end",
+             tb_disk_name(disk), TB_INSPECT_MAX_STUCK);
+    return NULL;
+  }
+  struct tb_inspect *ins = calloc(1, sizeof *ins);
+  if (!ins) {
+    errno = ENOMEM;
+    tb_error("%s: out of memory", tb_disk_name(disk));
+    return NULL;
+  }
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_mutex_init(&ins->mu, NULL);
+  pthread_mutex_init(&ins->cb_mu, NULL);
+  pthread_cond_init(&ins->wake, &ca);
+  pthread_cond_init(&ins->done, &ca);
+  pthread_condattr_destroy(&ca);
+  atomic_init(&ins->refs, 2);
+  atomic_init(&ins->budget_ms, budget_ms > 0 ? budget_ms : TB_INSPECT_DEFAULT_BUDGET_MS);
+  atomic_init(&ins->giving_up, false);
+  ins->disk = tb_disk_ref(disk);
+
+  pthread_attr_t ta;
+  pthread_t tid;
+  pthread_attr_init(&ta);
+  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+  int e = pthread_create(&tid, &ta, worker_main, ins);
+  pthread_attr_destroy(&ta);
+  if (e != 0) {
+    errno = e;
+    tb_error_errno("%s: cannot start an inspection thread", tb_disk_name(disk));
+    tb_disk_unref(ins->disk);
+    atomic_store(&ins->refs, 1);
+    ins_put(ins);
+    errno = e;
+    return NULL;
+  }
+  struct job *j = job_new(ins, JOB_OPEN, deadline_in(ins, 1));
+  if (!j || run_request(ins, j) < 0) {
+    int err = errno;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", tb_errmsg());
+    tb_inspect_close(ins);
+    tb_error("%s", msg);
+    errno = err;
+    return NULL;
+  }
+  return ins;
+}
+
+/* The worker tears down and frees the handle; a stuck one does it when its
+ * job ends, so close never waits for a deadline. */
+void tb_inspect_close(struct tb_inspect *ins)
+{
+  if (!ins)
+    return;
+  pthread_mutex_lock(&ins->mu);
+  ins->closing = true;
+  pthread_cond_signal(&ins->wake);
+  while (!ins->ended && !ins->stuck)
+    pthread_cond_wait(&ins->done, &ins->mu);
+  pthread_mutex_unlock(&ins->mu);
+  ins_put(ins);
+}
+
+/* A copy of PATH for a job, or -1 (ENOMEM). */
+static int job_path(struct job *j, const char *path)
+{
+  if ((j->path = strdup(path)))
+    return 0;
+  errno = ENOMEM;
+  return tb_error("out of memory");
+}
+
+int tb_inspect_stat(struct tb_inspect *ins, size_t vol, const char *path, struct tb_istat *st)
+{
+  struct job *j = job_new(ins, JOB_STAT, deadline_in(ins, 1));
+  if (!j || job_path(j, path) < 0) {
+    job_put(j);
+    return -1;
+  }
+  j->vol = vol;
+  int r = (int)run_request(ins, j);
+  if (r == 0)
+    *st = j->st;
+  job_put(j);
+  return r;
+}
+
+int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
+                       void *ctx)
+{
+  struct job *j = job_new(ins, JOB_READDIR, deadline_in(ins, 1));
+  if (!j || job_path(j, path) < 0) {
+    job_put(j);
+    return -1;
+  }
+  j->vol = vol;
+  j->dir_fn = fn;
+  j->ctx = ctx;
+  int r = (int)run_request(ins, j);
+  job_put(j);
+  return r;
+}
+
+int tb_inspect_readlink(struct tb_inspect *ins, size_t vol, const char *path, char *buf, size_t len)
+{
+  struct job *j = job_new(ins, JOB_READLINK, deadline_in(ins, 1));
+  if (!j || job_path(j, path) < 0 || (len && !(j->buf = malloc(len)))) {
+    job_put(j);
+    errno = ENOMEM;
+    return tb_error("out of memory");
+  }
+  j->vol = vol;
+  j->len = len;
+  int r = (int)run_request(ins, j);
+  if (r == 0 && len > 0)
+    memcpy(buf, j->buf, strnlen(j->buf, len - 1) + 1);
+  job_put(j);
+  return r;
+}
+
+struct tb_ifile *tb_inspect_open_file(struct tb_inspect *ins, size_t vol, const char *path)
+{
+  struct tb_ifile *fh = calloc(1, sizeof *fh);
+  struct job *j = fh ? job_new(ins, JOB_OPEN_FILE, deadline_in(ins, 1)) : NULL;
+  if (!j || job_path(j, path) < 0) {
+    free(fh);
+    job_put(j);
+    errno = ENOMEM;
+    tb_error("out of memory");
+    return NULL;
+  }
+  j->vol = vol;
+  if (run_request(ins, j) < 0) {
+    free(fh);
+    fh = NULL;
+  } else {
+    fh->ins = ins;
+    fh->file = j->file;
+    fh->size = j->st.size;
+  }
+  job_put(j);
+  return fh;
+}
+
+uint64_t tb_ifile_size(const struct tb_ifile *f)
+{
+  return f->size;
+}
+
+ssize_t tb_ifile_pread(struct tb_ifile *f, void *buf, size_t len, uint64_t off)
+{
+  if (off >= f->size)
+    return 0;
+  if (len > f->size - off)
+    len = f->size - off;
+  if (len == 0)
+    return 0;
+  struct job *j = job_new(f->ins, JOB_PREAD, deadline_in(f->ins, 1));
+  if (!j || !(j->buf = malloc(len))) {
+    job_put(j);
+    errno = ENOMEM;
+    return tb_error("out of memory reading a file");
+  }
+  j->file = f->file;
+  j->off = off;
+  j->len = len;
+  ssize_t r = run_request(f->ins, j);
+  if (r > 0)
+    memcpy(buf, j->buf, (size_t)r);
+  job_put(j);
+  return r;
+}
+
+/* Never waits: the worker releases the file between jobs. */
+void tb_ifile_close(struct tb_ifile *f)
+{
+  if (!f)
+    return;
+  struct tb_inspect *ins = f->ins;
+  pthread_mutex_lock(&ins->mu);
+  f->next_orphan = ins->orphans;
+  ins->orphans = f;
+  pthread_cond_signal(&ins->wake);
+  pthread_mutex_unlock(&ins->mu);
+}
+
+/* A walk of volume VOL as a job that ends by DEADLINE_MS. */
+static int walk_request(struct tb_inspect *ins, size_t vol, const struct tb_ranges *dirty,
+                        struct tb_disk *base, bool owners_only, tb_inspect_walk_fn fn, void *ctx,
+                        int64_t deadline_ms)
+{
+  struct job *j = job_new(ins, JOB_WALK, deadline_ms);
+  if (!j)
+    return -1;
+  j->vol = vol;
+  j->walk_fn = fn;
+  j->ctx = ctx;
+  j->owners_only = owners_only;
+  j->base = base ? tb_disk_ref(base) : NULL;
+  if (dirty) {
+    j->has_dirty = true;
+    for (size_t i = 0; i < dirty->n; i++)
+      if (tb_ranges_add(&j->dirty, dirty->v[i].off, dirty->v[i].len) < 0) {
+        job_put(j);
+        return -1;
+      }
+  }
+  int r = (int)run_request(ins, j);
+  job_put(j);
+  return r;
+}
+
+/* A walk reads a whole tree: it gets TB_INSPECT_WALK_FACTOR budgets. */
 int tb_inspect_walk(struct tb_inspect *ins, size_t vol, const struct tb_ranges *dirty,
                     tb_inspect_walk_fn fn, void *ctx)
 {
-  return walk_volume(ins, vol, dirty, NULL, false, fn, ctx);
+  return walk_request(ins, vol, dirty, NULL, false, fn, ctx,
+                      deadline_in(ins, TB_INSPECT_WALK_FACTOR));
 }
 
 int tb_inspect_owners(struct tb_inspect *ins, size_t vol, const struct tb_ranges *ranges,
@@ -1280,7 +1747,8 @@ int tb_inspect_owners(struct tb_inspect *ins, size_t vol, const struct tb_ranges
   }
   if (!ranges || !tb_ranges_intersect(ranges, v->offset, v->length))
     return 0;
-  return walk_volume(ins, vol, ranges, NULL, true, fn, ctx);
+  return walk_request(ins, vol, ranges, NULL, true, fn, ctx,
+                      deadline_in(ins, TB_INSPECT_WALK_FACTOR));
 }
 
 /* -- diff -- */
@@ -1384,15 +1852,15 @@ static int change_cmp(const void *a, const void *b)
 
 /* Compare one volume present in BASE (index bi, or -1) and LIVE (li, or -1). */
 static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live, int li,
-                       const struct tb_ranges *dirty, struct changes *out)
+                       const struct tb_ranges *dirty, int64_t deadline_ms, struct changes *out)
 {
   struct entries be = {0}, le = {0};
   const char *vname = li >= 0 ? live->vols[li].pub.name : base->vols[bi].pub.name;
   int r = 0;
   if (bi >= 0)
-    r = tb_inspect_walk(base, (size_t)bi, NULL, collect_cb, &be);
+    r = walk_request(base, (size_t)bi, NULL, NULL, false, collect_cb, &be, deadline_ms);
   if (r == 0 && li >= 0)
-    r = walk_volume(live, (size_t)li, dirty, base->disk, false, collect_cb, &le);
+    r = walk_request(live, (size_t)li, dirty, base->disk, false, collect_cb, &le, deadline_ms);
   if (r == 0) {
     if (be.n > 0)
       qsort(be.v, be.n, sizeof *be.v, entry_cmp);
@@ -1421,16 +1889,18 @@ int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const stru
 {
   struct changes out = {0};
   int r = 0;
+  /* Two trees to walk: two walks' worth of time for the whole comparison. */
+  int64_t deadline_ms = deadline_in(live, 2 * TB_INSPECT_WALK_FACTOR);
   for (size_t li = 0; li < live->n_vols && r == 0; li++) {
     const struct tb_volume *lv = &live->vols[li].pub;
     int bi = tb_inspect_find_volume(base, lv->name);
     if (bi >= 0 && dirty && !tb_ranges_intersect(dirty, lv->offset, lv->length))
       continue; /* nothing written there */
-    r = diff_volume(base, bi, live, (int)li, dirty, &out);
+    r = diff_volume(base, bi, live, (int)li, dirty, deadline_ms, &out);
   }
   for (size_t bi = 0; bi < base->n_vols && r == 0; bi++)
     if (tb_inspect_find_volume(live, base->vols[bi].pub.name) < 0)
-      r = diff_volume(base, (int)bi, live, -1, dirty, &out);
+      r = diff_volume(base, (int)bi, live, -1, dirty, deadline_ms, &out);
   if (r == 0) {
     if (out.n > 0)
       qsort(out.v, out.n, sizeof *out.v, change_cmp);

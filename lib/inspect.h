@@ -9,18 +9,31 @@
  *   struct tb_inspect  The Sleuth Kit (libtsk) opened over a disk: its volumes
  *                      (MBR, GPT or an unpartitioned disk) and their
  *                      filesystems (NTFS, FAT12/16/32, exFAT, ext2/3/4), read
- *                      by path.  libtsk is not thread-safe per handle, so every
- *                      function takes the handle's mutex: one handle may be
- *                      shared between threads, distinct handles run in
- *                      parallel.  A handle is a snapshot of the filesystem
- *                      metadata as it was read (libtsk caches blocks and this
- *                      code caches directories): to follow a disk that moves
- *                      (a live overlay), open a new handle and drop the old one.
+ *                      by path.  libtsk is not thread-safe per handle, so each
+ *                      handle has its own worker thread that runs its requests
+ *                      one at a time: one handle may be shared between
+ *                      threads, distinct handles run in parallel.  A handle is
+ *                      a snapshot of the filesystem metadata as it was read
+ *                      (libtsk caches blocks and this code caches
+ *                      directories): to follow a disk that moves (a live
+ *                      overlay), open a new handle and drop the old one.
  *
  * Hostile input: a disk is guest data and may be torn, half-written or made to
- * hurt the reader.  Every call runs under a time budget (tb_inspect_set_budget):
- * once it is spent, further reads from the disk fail, so libtsk gives up and
- * the call returns -1 with errno EIO instead of looping.  Directory listings
+ * hurt the reader.  Every call has a deadline, its time budget
+ * (tb_inspect_set_budget; walks get TB_INSPECT_WALK_FACTOR budgets, a diff
+ * twice that), time spent waiting for the handle's earlier requests included.
+ * At the deadline further reads from the disk fail, so libtsk gives up and
+ * the call returns -1 with errno EIO.  Some damage makes libtsk compute
+ * without reading (run lists built in quadratic time): the caller still gets
+ * EIO at the deadline, and the work goes on in the worker, abandoned.  Until
+ * it ends the handle is "stuck" (tb_inspect_stuck): its calls fail with EIO at
+ * once, other handles are not affected.  The abandoned worker owns what it
+ * uses, so closing a stuck handle returns at once and the worker frees it
+ * when it finishes.  Callers must keep a disk's read callback valid for as
+ * long as the disk lives (free its state in the disk's close callback): an
+ * abandoned worker holds a reference.  Callbacks (readdir, walk) run on the
+ * worker thread while the caller waits; none runs after the call returned,
+ * and they must not call into the same handle.  Directory listings
  * are capped (TB_INSPECT_MAX_DIR_ENTRIES), names with '/' or NUL and the
  * "."/".." entries are never returned, and paths are resolved one component
  * at a time through the same listings, so a lookup can never see a name that
@@ -41,6 +54,10 @@
 
 #define TB_INSPECT_MAX_DIR_ENTRIES 1000000
 #define TB_INSPECT_DEFAULT_BUDGET_MS 10000
+#define TB_INSPECT_WALK_FACTOR 12 /* a walk reads a whole tree: 12 budgets */
+/* Handles stuck past a deadline at once, process-wide; tb_inspect_open
+ * refuses new ones (EIO) beyond that, so hostile disks cannot eat every core. */
+#define TB_INSPECT_MAX_STUCK 16
 
 /* ---- disks ---- */
 
@@ -120,11 +137,17 @@ struct tb_volume {
 };
 
 /* Open DISK (takes a reference) and find its volumes and filesystems.  A disk
- * where no filesystem is found opens fine with zero volumes. */
+ * where no filesystem is found opens fine with zero volumes.  The open itself
+ * runs under the budget (TB_INSPECT_DEFAULT_BUDGET_MS, or BUDGET_MS). */
 struct tb_inspect *tb_inspect_open(struct tb_disk *disk);
+struct tb_inspect *tb_inspect_open_budget(struct tb_disk *disk, int64_t budget_ms);
+/* Never waits for a stuck handle (its worker frees it later). */
 void tb_inspect_close(struct tb_inspect *ins);
 /* Per-call time budget in milliseconds (default TB_INSPECT_DEFAULT_BUDGET_MS). */
 void tb_inspect_set_budget(struct tb_inspect *ins, int64_t ms);
+/* Is a request that overran its deadline still running?  Meanwhile every
+ * call on the handle fails with EIO at once. */
+bool tb_inspect_stuck(struct tb_inspect *ins);
 struct tb_disk *tb_inspect_disk(struct tb_inspect *ins);
 
 size_t tb_inspect_n_volumes(const struct tb_inspect *ins);
@@ -151,8 +174,8 @@ int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_
 int tb_inspect_readlink(struct tb_inspect *ins, size_t vol, const char *path, char *buf,
                         size_t len);
 
-/* Open files for reading.  A tb_ifile keeps its tb_inspect busy: close the
- * files before the handle. */
+/* Open files for reading.  Close the files before the handle; closing a file
+ * never waits (the worker releases it between requests). */
 struct tb_ifile;
 struct tb_ifile *tb_inspect_open_file(struct tb_inspect *ins, size_t vol, const char *path);
 /* Returns the bytes read (short only at the end of the file), or -1. */
