@@ -45,6 +45,13 @@ static int overlay_read(void *opaque, void *buf, size_t len, uint64_t off)
   return 0;
 }
 
+/* The live disk owns the overlay: an inspection abandoned at its deadline
+ * may read it after tb_scan_close (lib/inspect.h), until its last reference. */
+static void overlay_close(void *opaque)
+{
+  tb_overlay_close(opaque);
+}
+
 static int dirty_extent(void *ctx, uint64_t offset, uint64_t length, enum tb_block_state state)
 {
   return state == TB_CLEAN ? 0 : tb_ranges_add(ctx, offset, length);
@@ -79,7 +86,7 @@ struct tb_scan *tb_scan_open(const char *state, const char *overlay_path)
     goto fail;
   if (!(s->base = tb_disk_open_file(base_path)))
     goto fail;
-  if (!(s->live = tb_disk_new(s->info.size, overlay_read, NULL, s->overlay, overlay_path)))
+  if (!(s->live = tb_disk_new(s->info.size, overlay_read, overlay_close, s->overlay, overlay_path)))
     goto fail;
   if (!(s->base_ins = tb_inspect_open(s->base)) || !(s->live_ins = tb_inspect_open(s->live)))
     goto fail;
@@ -96,10 +103,11 @@ void tb_scan_close(struct tb_scan *s)
     return;
   tb_inspect_close(s->live_ins);
   tb_inspect_close(s->base_ins);
-  tb_disk_unref(s->live);
-  tb_disk_unref(s->base);
-  if (s->overlay)
+  if (s->live)
+    tb_disk_unref(s->live); /* and with its last reference the overlay */
+  else if (s->overlay)
     tb_overlay_close(s->overlay);
+  tb_disk_unref(s->base);
   tb_ranges_free(&s->dirty);
   free(s);
 }
