@@ -380,6 +380,11 @@ static json_t *op_status(struct daemon *d, struct args *a)
                          "unix", sock);
   if (d->cfg->listen_tcp)
     json_object_set_new(nb, "tcp", json_string(d->cfg->listen_tcp));
+  if (!in->pid && in->restart_at_ms)
+    json_object_set_new(nb, "restart_in_ms",
+                        json_integer(in->restart_at_ms > tb_now_ms()
+                                         ? (json_int_t)(in->restart_at_ms - tb_now_ms())
+                                         : 0));
   for (int i = 0; i < d->nbdkit.n; i++)
     if (d->nbdkit.inst[i].last_exit[0])
       json_object_set_new(nb, "last_exit", json_string(d->nbdkit.inst[i].last_exit));

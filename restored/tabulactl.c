@@ -879,6 +879,10 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
   printf("\n");
   if (json_is_string(json_object_get(nb, "last_exit")))
     printf("          last exit: %s\n", jstr(nb, "last_exit"));
+  if (json_is_integer(json_object_get(nb, "restart_in_ms")))
+    printf("          next start in %.1f s (the backoff grows while nbdkit keeps exiting; see "
+           "the daemon's log)\n",
+           (double)jint(nb, "restart_in_ms") / 1000);
   printf("clients:  %" JSON_INTEGER_FORMAT " configured, %" JSON_INTEGER_FORMAT
          " in a session, %" JSON_INTEGER_FORMAT " with pending actions, %s dirty\n",
          jint(cl, "total"), jint(cl, "active"), jint(cl, "pending"),
