@@ -18,8 +18,14 @@
  *
  * Promises: nothing is ever written (the mount is "ro" and every modifying
  * operation answers EROFS); a damaged or hostile guest filesystem answers EIO
- * where it cannot be read (lib/inspect bounds every request in time) and
- * never brings the view down.  FUSE runs multi-threaded: sources and
+ * where it cannot be read and never brings the view down.  Every request
+ * into a guest filesystem has a deadline (--op-timeout): lib/inspect runs
+ * libtsk on each snapshot's own worker thread and answers EIO when the
+ * deadline passes, even when libtsk is lost in computation rather than I/O.
+ * Such a snapshot then answers EIO at once until the abandoned work ends,
+ * and its source opens no new snapshot meanwhile (tb_disk_stuck), so one
+ * damaged export keeps at most one thread busy; other exports, the raw disks
+ * and status.json stay served.  FUSE runs multi-threaded: sources and
  * snapshots lock themselves, libtsk handles are serialised per snapshot.
  */
 #define FUSE_USE_VERSION 31
@@ -51,16 +57,19 @@
 #define CACHE_MS 2000        /* lifetime of a live snapshot, of listings and of changes.txt */
 #define KERNEL_TIMEOUT_S 1.0 /* kernel entry/attribute cache */
 #define MAX_SOURCES 4096
+#define DEFAULT_OP_TIMEOUT_S 5 /* --op-timeout */
 
 /* ---- options ---------------------------------------------------------------- */
 
 static struct {
   const char *config_file;
   const char *uri;
+  const char *op_timeout;
   int show_help;
   int show_version;
 } opts;
 
+static int64_t op_timeout_ms = DEFAULT_OP_TIMEOUT_S * 1000;
 static struct tb_config *cfg;        /* with -c */
 static char nbd_socket[TB_PATH_MAX]; /* with -c */
 static time_t mount_time;
@@ -345,9 +354,11 @@ static struct snap *source_snap(struct source *s)
     snap_put(s->snap);
     s->snap = NULL;
   }
-  if (!s->snap && source_connect(s) == 0) {
+  /* While a snapshot of this export is stuck past a deadline, no new one:
+   * it would only get stuck on the same damage. */
+  if (!s->snap && source_connect(s) == 0 && !tb_disk_stuck(s->disk)) {
     struct snap *n = calloc(1, sizeof *n);
-    if (n && (n->ins = tb_inspect_open(s->disk))) {
+    if (n && (n->ins = tb_inspect_open_budget(s->disk, op_timeout_ms))) {
       atomic_init(&n->refs, 1);
       n->opened_ms = now;
       s->snap = n;
@@ -1233,6 +1244,9 @@ static void usage(FILE *f)
           "                     STATE/nbd.sock); must run as an admin uid\n"
           "  --uri=NBD-URI      a remote appliance, e.g. nbd://host or\n"
           "                     nbds://host (admin networks, TLS)\n"
+          "  --op-timeout=SECONDS  deadline of each request into a guest filesystem\n"
+          "                     (default %d); past it the request answers EIO.\n"
+          "                     changes.txt gets %d times as long\n"
           "  -f                 stay in the foreground;  -d  debug FUSE\n"
           "  -o OPT             FUSE mount options (allow_other...)\n"
           "  -h, --help         this text;  -V, --version  the version\n"
@@ -1240,7 +1254,7 @@ static void usage(FILE *f)
           "Live clients are re-read at most every %d ms; see tabula-fuse(1).\n"
           "Exit status: 0 after a clean unmount, 1 on a usage or configuration\n"
           "error, 2 if mounting failed.\n",
-          CACHE_MS);
+          DEFAULT_OP_TIMEOUT_S, 2 * TB_INSPECT_WALK_FACTOR, CACHE_MS);
 }
 
 #define OPT(t, p)                                                                                  \
@@ -1251,17 +1265,19 @@ static const struct fuse_opt option_spec[] = {
     {"-c %s", offsetof(typeof(opts), config_file), 0},
     {"--config=%s", offsetof(typeof(opts), config_file), 0},
     {"--uri=%s", offsetof(typeof(opts), uri), 0},
+    {"--op-timeout=%s", offsetof(typeof(opts), op_timeout), 0},
     OPT("-h", show_help),
     OPT("--help", show_help),
     OPT("-V", show_version),
     OPT("--version", show_version),
     FUSE_OPT_END};
 
-/* Accept "--uri X" and "--config X" as well as the "=" forms. */
+/* Accept "--uri X", "--config X" and "--op-timeout X" as well as the "=" forms. */
 static void join_long_options(int *argc, char **argv)
 {
   for (int i = 1; i + 1 < *argc; i++) {
-    if (strcmp(argv[i], "--uri") == 0 || strcmp(argv[i], "--config") == 0) {
+    if (strcmp(argv[i], "--uri") == 0 || strcmp(argv[i], "--config") == 0 ||
+        strcmp(argv[i], "--op-timeout") == 0) {
       char *joined;
       if (asprintf(&joined, "%s=%s", argv[i], argv[i + 1]) < 0)
         exit(1);
@@ -1271,6 +1287,18 @@ static void join_long_options(int *argc, char **argv)
       argv[*argc] = NULL;
     }
   }
+}
+
+/* "2", "0.5": seconds, from 0.1 to 3600, into milliseconds. */
+static int parse_seconds(const char *s, int64_t *ms)
+{
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || *end || !(v >= 0.1 && v <= 3600))
+    return -1;
+  *ms = (int64_t)(v * 1000 + 0.5);
+  return 0;
 }
 
 int main(int argc, char **argv)
@@ -1286,6 +1314,13 @@ int main(int argc, char **argv)
   if (opts.show_version) {
     printf("tabula-fuse %s\n", PACKAGE_VERSION);
     return 0;
+  }
+  if (opts.op_timeout && parse_seconds(opts.op_timeout, &op_timeout_ms) < 0) {
+    fprintf(stderr,
+            "tabula-fuse: --op-timeout %s: give a number of seconds from 0.1 to 3600 "
+            "(tabula-fuse --help)\n",
+            opts.op_timeout);
+    return 1;
   }
   if (!!opts.config_file == !!opts.uri) {
     fprintf(stderr, "tabula-fuse: give exactly one of -c CONFIG or --uri NBD-URI "

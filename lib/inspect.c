@@ -63,6 +63,7 @@
 
 struct tb_disk {
   atomic_int refs;
+  atomic_int stuck; /* inspection workers on this disk abandoned at a deadline */
   uint64_t size;
   tb_disk_read_fn read;
   void (*close)(void *opaque);
@@ -80,6 +81,7 @@ struct tb_disk *tb_disk_new(uint64_t size, tb_disk_read_fn read, void (*close)(v
     return NULL;
   }
   atomic_init(&d->refs, 1);
+  atomic_init(&d->stuck, 0);
   d->size = size;
   d->read = read;
   d->close = close;
@@ -111,6 +113,11 @@ uint64_t tb_disk_size(const struct tb_disk *d)
 const char *tb_disk_name(const struct tb_disk *d)
 {
   return d->name;
+}
+
+bool tb_disk_stuck(struct tb_disk *d)
+{
+  return atomic_load(&d->stuck) > 0;
 }
 
 int tb_disk_pread(struct tb_disk *d, void *buf, size_t len, uint64_t off)
@@ -1395,6 +1402,7 @@ static void *worker_main(void *arg)
       if (ins->stuck) {
         ins->stuck = false;
         atomic_fetch_sub(&n_stuck, 1);
+        atomic_fetch_sub(&ins->disk->stuck, 1);
       }
       pthread_cond_broadcast(&ins->done);
       if (atomic_load(&j->abandoned) && j->file && j->kind == JOB_OPEN_FILE) {
@@ -1448,7 +1456,7 @@ static int64_t deadline_in(struct tb_inspect *ins, int factor)
  * DEADLINE_SLACK_MS for the worker to notice the deadline itself and answer
  * with its own error).  Past that the job is abandoned: the handle is stuck,
  * and every request answers EIO at once until the job ends.  Returns the
- * job's result, or -1 with errno EIO.  Consumes the caller's reference. */
+ * job's result, or -1 with errno EIO.  The caller keeps its reference. */
 static ssize_t run_request(struct tb_inspect *ins, struct job *j)
 {
   struct timespec ts;
@@ -1461,7 +1469,6 @@ static ssize_t run_request(struct tb_inspect *ins, struct job *j)
   if (ins->stuck || ins->job || ins->ended) {
     bool stuck = ins->stuck || ins->ended;
     pthread_mutex_unlock(&ins->mu);
-    job_put(j);
     errno = EIO;
     return stuck ? tb_error("%s: an earlier request is still running past its deadline "
                             "(damaged filesystem?)",
@@ -1478,6 +1485,7 @@ static ssize_t run_request(struct tb_inspect *ins, struct job *j)
       atomic_store(&ins->giving_up, true);
       ins->stuck = true;
       atomic_fetch_add(&n_stuck, 1);
+      atomic_fetch_add(&ins->disk->stuck, 1);
       pthread_cond_broadcast(&ins->done); /* requests waiting for the slot fail now */
       break;
     }
@@ -1487,7 +1495,6 @@ static ssize_t run_request(struct tb_inspect *ins, struct job *j)
     /* A callback of ours may be running: wait it out, none starts after. */
     pthread_mutex_lock(&ins->cb_mu);
     pthread_mutex_unlock(&ins->cb_mu);
-    job_put(j);
     errno = EIO;
     return tb_error("%s: gave up on a request after its deadline (damaged filesystem?)",
                     tb_disk_name(ins->disk));
@@ -1553,7 +1560,9 @@ struct tb_inspect *tb_inspect_open_budget(struct tb_disk *disk, int64_t budget_m
     return NULL;
   }
   struct job *j = job_new(ins, JOB_OPEN, deadline_in(ins, 1));
-  if (!j || run_request(ins, j) < 0) {
+  ssize_t r = j ? run_request(ins, j) : -1;
+  job_put(j);
+  if (r < 0) {
     int err = errno;
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", tb_errmsg());

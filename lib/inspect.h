@@ -80,6 +80,10 @@ void tb_disk_unref(struct tb_disk *d);
 uint64_t tb_disk_size(const struct tb_disk *d);
 const char *tb_disk_name(const struct tb_disk *d);
 int tb_disk_pread(struct tb_disk *d, void *buf, size_t len, uint64_t off);
+/* Is an inspection of this disk still running past its deadline (a stuck
+ * tb_inspect, see below)?  Callers that reopen a disk's snapshot wait for
+ * this to clear, so one damaged disk keeps at most one worker busy. */
+bool tb_disk_stuck(struct tb_disk *d);
 
 /* A set of byte ranges of a disk, sorted and merged. */
 struct tb_range {

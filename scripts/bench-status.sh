@@ -79,6 +79,7 @@ for cmd in "status" "--json status" "clients"; do
   # shellcheck disable=SC2086
   set -- $(timed "$ctl" -c "$T/tabula.json" $cmd)
   printf '| tabulactl %s | %s | %s |\n' "$cmd" "$1" "$2"
-  [ "$cmd" = status ] &&
+  if [ "$cmd" = status ]; then
     bench_summary "tabulactl status, $n clients (median of 20)" "$1 ms" "-" "-" "< 100 ms"
+  fi
 done

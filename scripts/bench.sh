@@ -435,7 +435,9 @@ if want sections; then
     echo
     echo "## $(basename "$s")"
     echo
-    bash "$s" "$build" || echo "($(basename "$s") failed with status $?)"
+    st=0
+    bash "$s" "$build" || st=$?
+    [ $st -eq 0 ] || echo "($(basename "$s") failed with status $st)"
   done
 fi
 echo
