@@ -102,61 +102,23 @@ void tb_strv_free(char **v, size_t n)
 
 /* ---- listing ----------------------------------------------------------- */
 
-static int cmp_u32(const void *a, const void *b)
-{
-  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* Parse "N.json" into N (a positive decimal without leading zeros). */
-static bool manifest_name(const char *name, uint32_t *n)
-{
-  if (name[0] < '1' || name[0] > '9')
-    return false;
-  char *end;
-  unsigned long v = strtoul(name, &end, 10);
-  if (strcmp(end, ".json") != 0 || v > UINT32_MAX)
-    return false;
-  *n = (uint32_t)v;
-  return true;
-}
-
 int tb_store_versions(const char *state, const char *image, uint32_t **vers, size_t *n)
 {
   char dir[TB_PATH_MAX];
+  uint64_t *nums;
   *vers = NULL;
   *n = 0;
-  if (tb_store_image_dir(state, image, dir, sizeof dir) == -1)
+  if (tb_store_image_dir(state, image, dir, sizeof dir) == -1 ||
+      tb_list_numbers_suffix(dir, ".json", UINT32_MAX, &nums, n) == -1)
     return -1;
-  DIR *d = opendir(dir);
-  if (!d) {
-    if (errno == ENOENT)
-      return 0;
-    return tb_error_errno("cannot list %s", dir);
+  if (*n && !(*vers = malloc(*n * sizeof **vers))) {
+    free(nums);
+    *n = 0;
+    return tb_error_errno("listing %s", dir);
   }
-  size_t cap = 0;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    uint32_t v;
-    if (!manifest_name(e->d_name, &v))
-      continue;
-    if (*n == cap) {
-      cap = cap ? cap * 2 : 8;
-      uint32_t *nv = realloc(*vers, cap * sizeof *nv);
-      if (!nv) {
-        closedir(d);
-        free(*vers);
-        *vers = NULL;
-        *n = 0;
-        return tb_error_errno("listing %s", dir);
-      }
-      *vers = nv;
-    }
-    (*vers)[(*n)++] = v;
-  }
-  closedir(d);
-  if (*n)
-    qsort(*vers, *n, sizeof **vers, cmp_u32);
+  for (size_t i = 0; i < *n; i++)
+    (*vers)[i] = (uint32_t)nums[i];
+  free(nums);
   return 0;
 }
 

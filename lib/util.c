@@ -381,6 +381,12 @@ static int cmp_u64(const void *a, const void *b)
 
 int tb_list_numbers(const char *dir, uint64_t **nums, size_t *n)
 {
+  return tb_list_numbers_suffix(dir, "", UINT64_MAX, nums, n);
+}
+
+int tb_list_numbers_suffix(const char *dir, const char *suffix, uint64_t max, uint64_t **nums,
+                           size_t *n)
+{
   *nums = NULL;
   *n = 0;
   DIR *d = opendir(dir);
@@ -392,14 +398,18 @@ int tb_list_numbers(const char *dir, uint64_t **nums, size_t *n)
     if (e->d_name[0] < '1' || e->d_name[0] > '9')
       continue;
     char *end;
+    errno = 0;
     unsigned long long v = strtoull(e->d_name, &end, 10);
-    if (*end)
+    if (errno || strcmp(end, suffix) != 0 || v > max)
       continue;
     if (*n == cap) {
       cap = cap ? cap * 2 : 8;
       uint64_t *nn = realloc(*nums, cap * sizeof *nn);
       if (!nn) {
         closedir(d);
+        free(*nums);
+        *nums = NULL;
+        *n = 0;
         return tb_error_errno("listing %s", dir);
       }
       *nums = nn;

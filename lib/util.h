@@ -71,5 +71,8 @@ static inline bool tb_is_pow2(uint64_t x)
 /* The entries of DIR named by a positive decimal number (retained sessions,
  * quarantines), ascending, malloc'd; a missing DIR is an empty list. */
 int tb_list_numbers(const char *dir, uint64_t **nums, size_t *n);
+/* The same for entries named "N" + SUFFIX ("3.json"), N at most MAX. */
+int tb_list_numbers_suffix(const char *dir, const char *suffix, uint64_t max, uint64_t **nums,
+                           size_t *n);
 
 #endif
