@@ -15,17 +15,11 @@ T=$TB_TMP
 mkdir -p "$T/root/etc" "$T/root/srv"
 echo "the master's motd" >"$T/root/etc/motd"
 echo "master data" >"$T/root/srv/data.txt"
-tg_master "$T/master.img" "$T/root"
-state=$T/state
-td_config "$T/tabula.json" "$state" '{
+tg_appliance "$T/root" '{
     "vm01": { "image": "demo", "policy": "persist" },
     "vm02": { "image": "demo", "policy": "persist" },
     "pc01": { "image": "demo", "policy": "rollback", "keep_sessions": 2 }
   }'
-TD_CONF=$T/tabula.json
-tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
-td_start "$T/tabula.json"
-sock=$state/nbd.sock
 
 # events_consistent: every line parses, and each client has as many
 # session-end events as session-start events.

@@ -8,6 +8,9 @@
 #   tg_master IMG DIR          DIR (files of the test) + the guest's rootfs -> 64 MiB ext4 IMG;
 #                              DIR's manifest in $TB_TMP/master.files
 #   tg_manifest DIR            "SHA256 /PATH" for every regular file under DIR, sorted
+#   tg_appliance DIR CLIENTS   master $TB_TMP/master.img from DIR, imported as "demo" into
+#                              $state ($TB_TMP/state), the daemon started with CLIENTS
+#                              (the "clients" JSON); sets state, sock and TD_CONF
 #   tg_boot TAG SOCK ID ACTIONS        boot, run ACTIONS, power off; the guest's "tabula-file"
 #                                      lines in $TB_TMP/TAG.files, its console in guest-TAG.log
 #   tg_boot_paused TAG SOCK ID ACTIONS boot in the background until the guest's "pause" action
@@ -41,6 +44,17 @@ tg_master()
   tg_manifest "$2" >"$TB_TMP/master.files"
   truncate -s 64M "$1"
   mke2fs -q -F -t ext4 -L tabula-guest -d "$2" "$1" || tb_fail "mke2fs -d $2"
+}
+
+tg_appliance()
+{
+  tg_master "$TB_TMP/master.img" "$1"
+  state=$TB_TMP/state
+  td_config "$TB_TMP/tabula.json" "$state" "$2"
+  TD_CONF=$TB_TMP/tabula.json
+  tctl image import demo "$TB_TMP/master.img" >/dev/null || tb_fail "import"
+  td_start "$TB_TMP/tabula.json"
+  sock=$state/nbd.sock
 }
 
 # tg_qemu TAG SOCK ID ACTIONS: the QEMU command (stdin and stdout are the caller's).

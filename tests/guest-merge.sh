@@ -12,17 +12,11 @@ T=$TB_TMP
 mkdir -p "$T/root/etc" "$T/root/opt"
 echo "the master's motd" >"$T/root/etc/motd"
 echo "version 1" >"$T/root/opt/VERSION"
-tg_master "$T/master.img" "$T/root"
-state=$T/state
-td_config "$T/tabula.json" "$state" '{
+tg_appliance "$T/root" '{
     "vm01": { "image": "demo", "policy": "persist" },
     "pc02": { "image": "demo", "policy": "rollback" },
     "old1": { "image": "demo", "version": 1, "policy": "rollback" }
   }'
-TD_CONF=$T/tabula.json
-tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
-td_start "$T/tabula.json"
-sock=$state/nbd.sock
 
 echo "== vm01 installs an update"
 tg_boot vm01 "$sock" vm01 \

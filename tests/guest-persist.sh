@@ -12,16 +12,10 @@ T=$TB_TMP
 mkdir -p "$T/root/etc" "$T/root/home/user"
 echo "the master's motd" >"$T/root/etc/motd"
 echo "notes of the master" >"$T/root/home/user/notes.txt"
-tg_master "$T/master.img" "$T/root"
-state=$T/state
-td_config "$T/tabula.json" "$state" '{
+tg_appliance "$T/root" '{
     "vm01": { "image": "demo", "policy": "persist" },
     "pc01": { "image": "demo", "policy": "rollback" }
   }'
-TD_CONF=$T/tabula.json
-tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
-td_start "$T/tabula.json"
-sock=$state/nbd.sock
 
 echo "== session 1 writes and deletes"
 tg_boot s1 "$sock" vm01 \

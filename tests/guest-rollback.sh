@@ -14,14 +14,8 @@ mkdir -p "$T/root/etc" "$T/root/home/user" "$T/root/data"
 echo "the master's motd" >"$T/root/etc/motd"
 echo "notes of the master" >"$T/root/home/user/notes.txt"
 head -c 300000 /dev/urandom >"$T/root/data/blob.bin"
-tg_master "$T/master.img" "$T/root"
+tg_appliance "$T/root" '{ "pc01": { "image": "demo", "policy": "rollback", "keep_sessions": 2 } }'
 master_sha=$(tb_sha256 "$T/master.img")
-state=$T/state
-td_config "$T/tabula.json" "$state" '{ "pc01": { "image": "demo", "policy": "rollback", "keep_sessions": 2 } }'
-TD_CONF=$T/tabula.json
-tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
-td_start "$T/tabula.json"
-sock=$state/nbd.sock
 
 echo "== session 1: the guest writes, overwrites and deletes"
 tg_boot s1 "$sock" pc01 \

@@ -15,13 +15,7 @@ T=$TB_TMP
 mkdir -p "$T/root/etc" "$T/root/home/user"
 echo "the master's motd" >"$T/root/etc/motd"
 echo "notes of the master" >"$T/root/home/user/notes.txt"
-tg_master "$T/master.img" "$T/root"
-state=$T/state
-td_config "$T/tabula.json" "$state" '{ "pc01": { "image": "demo", "policy": "rollback", "keep_sessions": 1 } }'
-TD_CONF=$T/tabula.json
-tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
-td_start "$T/tabula.json"
-sock=$state/nbd.sock
+tg_appliance "$T/root" '{ "pc01": { "image": "demo", "policy": "rollback", "keep_sessions": 1 } }'
 M=$T/view
 tf_mount "$M" -c "$T/tabula.json"
 vol=$(ls "$M/clients/pc01/fs")
