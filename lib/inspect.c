@@ -372,11 +372,36 @@ struct vol {
   size_t n_dirs, n_entries;
 };
 
+/* Changes found by a diff, before they are sorted and reported. */
+struct change {
+  enum tb_change kind;
+  char *path;
+  struct tb_istat st;
+};
+
+struct changes {
+  struct change *v;
+  size_t n, cap;
+};
+
+struct tb_inspect_index;
+static void index_put(struct tb_inspect_index *idx);
+
 /* A request shipped to a handle's worker thread.  The caller and the worker
  * each hold a reference; arguments and results live here, never on the
  * caller's stack, so a worker that overruns its deadline and is abandoned
  * only ever writes into memory it owns. */
-enum job_kind { JOB_OPEN, JOB_STAT, JOB_READDIR, JOB_READLINK, JOB_OPEN_FILE, JOB_PREAD, JOB_WALK };
+enum job_kind {
+  JOB_OPEN,
+  JOB_STAT,
+  JOB_READDIR,
+  JOB_READLINK,
+  JOB_OPEN_FILE,
+  JOB_PREAD,
+  JOB_WALK,
+  JOB_INDEX,
+  JOB_IDIFF
+};
 
 struct job {
   atomic_int refs;
@@ -396,8 +421,12 @@ struct job {
   TSK_FS_FILE *file;    /* JOB_PREAD: the file; JOB_OPEN_FILE: the result */
   uint64_t off;
   size_t len;
+  struct tb_inspect_index *index; /* JOB_IDIFF: a reference; JOB_INDEX: the result */
+  size_t ivol;                    /* JOB_IDIFF: the volume in INDEX */
   /* results */
-  char *buf; /* JOB_READLINK, JOB_PREAD: LEN bytes */
+  struct changes *changes;    /* JOB_IDIFF */
+  struct tb_diff_stats stats; /* JOB_IDIFF */
+  char *buf;                  /* JOB_READLINK, JOB_PREAD: LEN bytes */
   struct tb_istat st;
   ssize_t r;
   int err;
@@ -842,6 +871,25 @@ static bool size_plausible(const struct vol *v, const TSK_FS_META *m)
   }
 }
 
+/* The stat of entry I (name NM) of TD, as listings show it: its metadata, or
+ * what the name says if that is unreadable.  False for libtsk's virtual
+ * files and directories, which listings leave out. */
+static bool entry_stat(TSK_FS_DIR *td, size_t i, const TSK_FS_NAME *nm, struct tb_istat *st)
+{
+  *st = (struct tb_istat){.type = name_type(nm->type), .inum = nm->meta_addr, .nlink = 1};
+  TSK_FS_FILE *f = tsk_fs_dir_get(td, i);
+  bool keep = true;
+  if (f && f->meta) {
+    if (f->meta->type == TSK_FS_META_TYPE_VIRT || f->meta->type == TSK_FS_META_TYPE_VIRT_DIR)
+      keep = false;
+    else
+      fill_stat(f->meta, st);
+  }
+  tsk_fs_file_close(f);
+  tsk_error_reset();
+  return keep;
+}
+
 /* Read directory INUM through libtsk into a sorted listing. */
 static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
@@ -877,18 +925,9 @@ static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64
     const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, i);
     if (!nm || !(nm->flags & TSK_FS_NAME_FLAG_ALLOC) || !name_ok(nm->name))
       continue;
-    struct tb_istat st = {
-        .type = name_type(nm->type), .inum = nm->meta_addr, .mode = 0, .nlink = 1};
-    TSK_FS_FILE *f = tsk_fs_dir_get(td, i);
-    if (f && f->meta) {
-      if (f->meta->type == TSK_FS_META_TYPE_VIRT || f->meta->type == TSK_FS_META_TYPE_VIRT_DIR) {
-        tsk_fs_file_close(f);
-        continue;
-      }
-      fill_stat(f->meta, &st);
-    }
-    tsk_fs_file_close(f);
-    tsk_error_reset();
+    struct tb_istat st;
+    if (!entry_stat(td, i, nm, &st))
+      continue;
     char *name = strdup(nm->name);
     if (!name)
       continue;
@@ -1176,26 +1215,26 @@ static bool bytes_differ(struct tb_inspect *ins, struct tb_disk *base, uint64_t 
   return differ;
 }
 
-/* Does any content of file INUM lie in DIRTY (and, with BASE set, differ
- * there from BASE)?  Looks at every attribute (NTFS streams and index
- * allocations, ext extents, FAT chains), clipped to the attribute's size so
- * slack space does not count.  The dirty map has the overlay's block
- * granularity, coarser than many filesystems' blocks: comparing the bytes
- * with the base tells a file written from its neighbour in the same block. */
-static bool content_touched(struct tb_inspect *ins, struct vol *v, uint64_t inum,
-                            const struct tb_ranges *dirty, struct tb_disk *base)
+/* Call FN(CTX, d0, d1) for each run of file INUM's content, as disk byte
+ * ranges [d0, d1): every non-resident attribute (NTFS streams and index
+ * allocations, ext extents and their tree or indirect blocks, FAT chains),
+ * clipped to the attribute's size so slack space does not count, sparse and
+ * filler runs left out.  FN returns true to stop.  Files of implausible
+ * size have no runs (libtsk would hang building them). */
+typedef bool (*run_fn)(void *ctx, uint64_t d0, uint64_t d1);
+static void for_each_run(struct vol *v, uint64_t inum, run_fn fn, void *ctx)
 {
   TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
-  bool touched = false;
+  bool stop = false;
   int n = f && f->meta && size_plausible(v, f->meta) ? tsk_fs_file_attr_getsize(f) : 0;
   uint64_t bs = v->fs->block_size;
-  for (int i = 0; i < n && !touched; i++) {
+  for (int i = 0; i < n && !stop; i++) {
     const TSK_FS_ATTR *a = tsk_fs_file_attr_get_idx(f, i);
     if (!a || !(a->flags & TSK_FS_ATTR_NONRES) || a->size <= 0)
       continue;
     uint64_t asize = (uint64_t)a->size;
     int guard = 0;
-    for (const TSK_FS_ATTR_RUN *run = a->nrd.run; run && !touched && guard < 1000000;
+    for (const TSK_FS_ATTR_RUN *run = a->nrd.run; run && !stop && guard < 1000000;
          run = run->next, guard++) {
       if (run->flags & (TSK_FS_ATTR_RUN_FLAG_FILLER | TSK_FS_ATTR_RUN_FLAG_SPARSE))
         continue;
@@ -1208,20 +1247,45 @@ static bool content_touched(struct tb_inspect *ins, struct vol *v, uint64_t inum
       uint64_t len = run->len * bs;
       if (len > asize - foff)
         len = asize - foff;
-      uint64_t d0 = v->pub.offset + run->addr * bs, d1 = d0 + len;
-      for (size_t k = ranges_lower_bound(dirty, d0); k < dirty->n && !touched; k++) {
-        const struct tb_range *r = &dirty->v[k];
-        if (r->off >= d1)
-          break;
-        uint64_t x0 = r->off > d0 ? r->off : d0;
-        uint64_t x1 = r->off + r->len < d1 ? r->off + r->len : d1;
-        touched = !base || bytes_differ(ins, base, x0, x1 - x0);
-      }
+      uint64_t d0 = v->pub.offset + run->addr * bs;
+      stop = fn(ctx, d0, d0 + len);
     }
   }
   tsk_fs_file_close(f);
   tsk_error_reset();
-  return touched;
+}
+
+struct touch {
+  struct tb_inspect *ins;
+  const struct tb_ranges *dirty;
+  struct tb_disk *base;
+  bool touched;
+};
+
+static bool touch_run(void *ctx, uint64_t d0, uint64_t d1)
+{
+  struct touch *t = ctx;
+  for (size_t k = ranges_lower_bound(t->dirty, d0); k < t->dirty->n && !t->touched; k++) {
+    const struct tb_range *r = &t->dirty->v[k];
+    if (r->off >= d1)
+      break;
+    uint64_t x0 = r->off > d0 ? r->off : d0;
+    uint64_t x1 = r->off + r->len < d1 ? r->off + r->len : d1;
+    t->touched = !t->base || bytes_differ(t->ins, t->base, x0, x1 - x0);
+  }
+  return t->touched;
+}
+
+/* Does any content of file INUM lie in DIRTY (and, with BASE set, differ
+ * there from BASE)?  The dirty map has the overlay's block granularity,
+ * coarser than many filesystems' blocks: comparing the bytes with the base
+ * tells a file written from its neighbour in the same block. */
+static bool content_touched(struct tb_inspect *ins, struct vol *v, uint64_t inum,
+                            const struct tb_ranges *dirty, struct tb_disk *base)
+{
+  struct touch t = {ins, dirty, base, false};
+  for_each_run(v, inum, touch_run, &t);
+  return t.touched;
 }
 
 struct walk {
@@ -1326,6 +1390,13 @@ static void job_put(struct job *j)
   free(j->buf);
   tb_ranges_free(&j->dirty);
   tb_disk_unref(j->base);
+  index_put(j->index);
+  if (j->changes) {
+    for (size_t i = 0; i < j->changes->n; i++)
+      free(j->changes->v[i].path);
+    free(j->changes->v);
+    free(j->changes);
+  }
   free(j);
 }
 
@@ -1339,6 +1410,9 @@ static void ins_put(struct tb_inspect *ins)
   pthread_cond_destroy(&ins->done);
   free(ins);
 }
+
+static int do_index(struct tb_inspect *ins, struct job *j);
+static int do_idiff(struct tb_inspect *ins, struct job *j);
 
 static void run_job(struct tb_inspect *ins, struct job *j)
 {
@@ -1367,6 +1441,12 @@ static void run_job(struct tb_inspect *ins, struct job *j)
     break;
   case JOB_WALK:
     j->r = do_walk(ins, j);
+    break;
+  case JOB_INDEX:
+    j->r = do_index(ins, j);
+    break;
+  case JOB_IDIFF:
+    j->r = do_idiff(ins, j);
     break;
   }
   if (j->r < 0) {
@@ -1821,17 +1901,6 @@ static bool meta_changed(const struct tb_istat *a, const struct tb_istat *b)
          a->inum != b->inum || a->mode != b->mode || a->uid != b->uid || a->gid != b->gid;
 }
 
-struct change {
-  enum tb_change kind;
-  char *path;
-  struct tb_istat st;
-};
-
-struct changes {
-  struct change *v;
-  size_t n, cap;
-};
-
 static int changes_add(struct changes *c, enum tb_change kind, const char *vol, const char *path,
                        const struct tb_istat *st)
 {
@@ -1861,7 +1930,8 @@ static int change_cmp(const void *a, const void *b)
 
 /* Compare one volume present in BASE (index bi, or -1) and LIVE (li, or -1). */
 static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live, int li,
-                       const struct tb_ranges *dirty, int64_t deadline_ms, struct changes *out)
+                       const struct tb_ranges *dirty, int64_t deadline_ms, struct changes *out,
+                       struct tb_diff_stats *stats)
 {
   struct entries be = {0}, le = {0};
   const char *vname = li >= 0 ? live->vols[li].pub.name : base->vols[bi].pub.name;
@@ -1870,6 +1940,7 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
     r = walk_request(base, (size_t)bi, NULL, NULL, false, collect_cb, &be, deadline_ms);
   if (r == 0 && li >= 0)
     r = walk_request(live, (size_t)li, dirty, base->disk, false, collect_cb, &le, deadline_ms);
+  stats->files_examined += le.n;
   if (r == 0) {
     if (be.n > 0)
       qsort(be.v, be.n, sizeof *be.v, entry_cmp);
@@ -1893,8 +1964,16 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
   return r;
 }
 
-int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const struct tb_ranges *dirty,
-                    tb_inspect_change_fn fn, void *ctx)
+static int idiff_request(struct tb_inspect_index *idx, size_t ivol, struct tb_inspect *base,
+                         struct tb_inspect *live, size_t li, const struct tb_ranges *dirty,
+                         int64_t deadline_ms, struct changes *out, struct tb_diff_stats *stats);
+static int index_volume(const struct tb_inspect_index *idx, const struct tb_volume *bv,
+                        const struct tb_volume *lv, bool *by_design);
+
+/* Both diffs: through IDX where it serves, else by walking both trees. */
+static int diff_all(struct tb_inspect_index *idx, struct tb_inspect *base, struct tb_inspect *live,
+                    const struct tb_ranges *dirty, tb_inspect_change_fn fn, void *ctx,
+                    struct tb_diff_stats *stats)
 {
   struct changes out = {0};
   int r = 0;
@@ -1905,11 +1984,33 @@ int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const stru
     int bi = tb_inspect_find_volume(base, lv->name);
     if (bi >= 0 && dirty && !tb_ranges_intersect(dirty, lv->offset, lv->length))
       continue; /* nothing written there */
-    r = diff_volume(base, bi, live, (int)li, dirty, deadline_ms, &out);
+    if (bi < 0) {
+      stats->volumes_full++;
+    } else {
+      bool by_design = false;
+      int k = idx && dirty ? index_volume(idx, &base->vols[bi].pub, lv, &by_design) : -1;
+      if (k >= 0) {
+        r = idiff_request(idx, (size_t)k, base, live, li, dirty, deadline_ms, &out, stats);
+        if (r == 0) {
+          stats->volumes_indexed++;
+          continue;
+        }
+        if (r < 0)
+          break;
+        r = 0; /* the geometry changed: the index cannot be trusted */
+      }
+      if (by_design)
+        stats->volumes_full++;
+      else
+        stats->fallbacks++;
+    }
+    r = diff_volume(base, bi, live, (int)li, dirty, deadline_ms, &out, stats);
   }
   for (size_t bi = 0; bi < base->n_vols && r == 0; bi++)
-    if (tb_inspect_find_volume(live, base->vols[bi].pub.name) < 0)
-      r = diff_volume(base, (int)bi, live, -1, dirty, deadline_ms, &out);
+    if (tb_inspect_find_volume(live, base->vols[bi].pub.name) < 0) {
+      stats->volumes_full++;
+      r = diff_volume(base, (int)bi, live, -1, dirty, deadline_ms, &out, stats);
+    }
   if (r == 0) {
     if (out.n > 0)
       qsort(out.v, out.n, sizeof *out.v, change_cmp);
@@ -1919,6 +2020,1085 @@ int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const stru
   for (size_t i = 0; i < out.n; i++)
     free(out.v[i].path);
   free(out.v);
+  return r;
+}
+
+int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const struct tb_ranges *dirty,
+                    tb_inspect_change_fn fn, void *ctx)
+{
+  struct tb_diff_stats stats = {0};
+  return diff_all(NULL, base, live, dirty, fn, ctx, &stats);
+}
+
+int tb_inspect_diff_indexed(struct tb_inspect_index *idx, struct tb_inspect *base,
+                            struct tb_inspect *live, const struct tb_ranges *dirty,
+                            tb_inspect_change_fn fn, void *ctx, struct tb_diff_stats *stats)
+{
+  struct tb_diff_stats tmp;
+  if (!stats)
+    stats = &tmp;
+  memset(stats, 0, sizeof *stats);
+  return diff_all(idx, base, live, dirty, fn, ctx, stats);
+}
+
+/* ------------------------------------------------------------------ */
+/* The index of a base version, and the diff through it                */
+/* ------------------------------------------------------------------ */
+
+/* Where a filesystem keeps its metadata records (inodes, MFT entries), as
+ * our own parsers read it: disk bytes [off, off+len) hold the bytes of the
+ * record table from FOFF on, so the disk byte d holds record
+ * (d - off + foff) / rec + first. */
+enum geom_kind { GEOM_NONE, GEOM_EXT, GEOM_NTFS };
+
+struct meta_extent {
+  uint64_t off, len, foff;
+};
+
+struct geom {
+  enum geom_kind kind;
+  uint32_t rec;          /* inode size, MFT record size */
+  uint64_t first;        /* number of the first record: 1 for ext inodes, 0 for MFT entries */
+  struct meta_extent *v; /* sorted by off, disjoint, inside the volume */
+  size_t n, cap;
+};
+
+#define NODE_NONE UINT32_MAX
+#define GEOM_MAX_EXTENTS (1u << 20)
+#define INDEX_MAX_NODES (UINT32_MAX / 2)
+
+/* One path of the tree the walk shows.  A directory's children are
+ * contiguous and sorted by name; the root is node 0. */
+struct inode_node {
+  uint32_t name; /* offset in the names pool */
+  uint32_t parent;
+  uint32_t first_child, n_children;
+  struct tb_istat st;
+};
+
+struct inum_ref {
+  uint64_t inum;
+  uint32_t node;
+};
+
+struct interval {
+  uint64_t start, end, inum;
+};
+
+struct ivol {
+  struct tb_volume pub;
+  struct geom geom; /* GEOM_NONE: not indexed */
+  struct inode_node *nodes;
+  size_t n_nodes, cap_nodes;
+  char *names;
+  size_t names_len, names_cap;
+  struct inum_ref *inums; /* every node by inode number, sorted */
+  size_t n_inums;
+  struct interval *runs; /* content runs, sorted by start */
+  uint64_t *max_end;     /* max_end[i]: the largest end of runs[0..i] */
+  size_t n_runs, cap_runs;
+};
+
+struct tb_inspect_index {
+  atomic_int refs;
+  uint64_t disk_size;
+  struct ivol *vols;
+  size_t n_vols;
+  uint64_t files;
+  size_t bytes;
+};
+
+static uint16_t le16(const unsigned char *p)
+{
+  return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t le32(const unsigned char *p)
+{
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *p)
+{
+  return le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+static void geom_free(struct geom *g)
+{
+  free(g->v);
+  memset(g, 0, sizeof *g);
+}
+
+static int geom_add(struct geom *g, uint64_t off, uint64_t len, uint64_t foff)
+{
+  if (len == 0)
+    return 0;
+  if (g->n >= GEOM_MAX_EXTENTS)
+    return -1;
+  if (g->n == g->cap) {
+    size_t cap = g->cap ? g->cap * 2 : 16;
+    struct meta_extent *v = realloc(g->v, cap * sizeof *v);
+    if (!v)
+      return -1;
+    g->v = v;
+    g->cap = cap;
+  }
+  g->v[g->n++] = (struct meta_extent){off, len, foff};
+  return 0;
+}
+
+static int extent_cmp(const void *a, const void *b)
+{
+  uint64_t x = ((const struct meta_extent *)a)->off, y = ((const struct meta_extent *)b)->off;
+  return x < y ? -1 : x > y;
+}
+
+/* Sort the extents; all must lie inside the volume and none overlap. */
+static int geom_finish(struct geom *g, const struct tb_volume *vol)
+{
+  if (g->n > 0)
+    qsort(g->v, g->n, sizeof *g->v, extent_cmp);
+  for (size_t i = 0; i < g->n; i++) {
+    const struct meta_extent *e = &g->v[i];
+    if (e->off < vol->offset || e->len > vol->length || e->off - vol->offset > vol->length - e->len)
+      return -1;
+    if (i > 0 && g->v[i - 1].off + g->v[i - 1].len > e->off)
+      return -1;
+  }
+  return 0;
+}
+
+/* ext2/3/4: the superblock at byte 1024 of the volume, then the group
+ * descriptors in the block after the first data block; inode N lives at
+ * inode_table[(N-1) / ipg] + ((N-1) % ipg) * inode_size. */
+static int ext_geometry(struct tb_disk *disk, const struct tb_volume *vol, struct geom *g)
+{
+  unsigned char sb[1024];
+  uint64_t vo = vol->offset, vl = vol->length;
+  if (vl < 4096 || tb_disk_pread(disk, sb, sizeof sb, vo + 1024) < 0 || le16(sb + 56) != 0xEF53)
+    return -1;
+  uint32_t inodes = le32(sb), fdb = le32(sb + 20), logbs = le32(sb + 24), ipg = le32(sb + 40);
+  uint32_t rev = le32(sb + 76), incompat = le32(sb + 96);
+  if (logbs > 6 || ipg == 0 || inodes == 0 || (incompat & 0x10)) /* 0x10: meta_bg, not parsed */
+    return -1;
+  uint64_t bs = 1024ull << logbs;
+  uint32_t isz = rev == 0 ? 128 : le16(sb + 88);
+  if (isz < 128 || isz > bs || (isz & (isz - 1)))
+    return -1;
+  uint32_t ds = 32;
+  if (incompat & 0x80) { /* 64bit: descriptors of s_desc_size bytes */
+    ds = le16(sb + 254);
+    if (ds < 32 || ds > 1024 || (ds & (ds - 1)))
+      return -1;
+  }
+  uint64_t groups = (inodes + (uint64_t)ipg - 1) / ipg;
+  uint64_t gdt = ((uint64_t)fdb + 1) * bs, gdt_len = groups * ds, table = (uint64_t)ipg * isz;
+  if (groups > (1u << 22) || gdt_len > vl || gdt > vl - gdt_len || table > vl)
+    return -1;
+  unsigned char *d = malloc(gdt_len);
+  int r = d && tb_disk_pread(disk, d, gdt_len, vo + gdt) == 0 ? 0 : -1;
+  for (uint64_t i = 0; i < groups && r == 0; i++) {
+    const unsigned char *e = d + i * ds;
+    uint64_t it = le32(e + 8) | (ds >= 64 ? (uint64_t)le32(e + 0x28) << 32 : 0);
+    if (it > vl / bs || it * bs > vl - table)
+      r = -1;
+    else
+      r = geom_add(g, vo + it * bs, table, i * table);
+  }
+  free(d);
+  g->kind = GEOM_EXT;
+  g->rec = isz;
+  g->first = 1;
+  return r;
+}
+
+/* NTFS: the MFT record size from the boot sector (byte 0x40: clusters per
+ * record, or if negative 2^-n bytes), and where the MFT lies from $MFT's
+ * own $DATA runs (libtsk opens entry 0 for us). */
+static int ntfs_geometry(struct vol *v, struct tb_disk *disk, struct geom *g)
+{
+  unsigned char b[512];
+  if (tb_disk_pread(disk, b, sizeof b, v->pub.offset) < 0 || memcmp(b + 3, "NTFS    ", 8) != 0)
+    return -1;
+  uint64_t bps = le16(b + 0x0B), spc = b[0x0D];
+  if (spc > 0x80)
+    spc = spc >= 0xF4 ? 1ull << (256 - spc) : 0;
+  if (bps < 256 || bps > 4096 || (bps & (bps - 1)) || spc == 0)
+    return -1;
+  uint64_t cluster = bps * spc;
+  int c = (int8_t)b[0x40];
+  uint64_t rec = c > 0 ? (uint64_t)c * cluster : (c <= -8 && c >= -16 ? 1ull << -c : 0);
+  if (rec < 256 || rec > 65536 || cluster != v->fs->block_size)
+    return -1;
+  TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, 0);
+  const TSK_FS_ATTR *a =
+      f && f->meta ? tsk_fs_file_attr_get_type(f, TSK_FS_ATTR_TYPE_NTFS_DATA, 0, 0) : NULL;
+  int r = a && (a->flags & TSK_FS_ATTR_NONRES) && a->size > 0 ? 0 : -1;
+  uint64_t asize = r == 0 ? (uint64_t)a->size : 0;
+  int guard = 0;
+  for (const TSK_FS_ATTR_RUN *run = r == 0 ? a->nrd.run : NULL; run && r == 0; run = run->next) {
+    if (++guard > 100000 || run->addr > UINT64_MAX / cluster / 2 ||
+        run->len > UINT64_MAX / cluster / 2 || run->offset > UINT64_MAX / cluster / 2)
+      r = -1;
+    else if (!(run->flags & (TSK_FS_ATTR_RUN_FLAG_FILLER | TSK_FS_ATTR_RUN_FLAG_SPARSE)) &&
+             run->offset * cluster < asize) {
+      uint64_t foff = run->offset * cluster, len = run->len * cluster;
+      if (len > asize - foff)
+        len = asize - foff;
+      r = geom_add(g, v->pub.offset + run->addr * cluster, len, foff);
+    }
+  }
+  tsk_fs_file_close(f);
+  tsk_error_reset();
+  g->kind = GEOM_NTFS;
+  g->rec = (uint32_t)rec;
+  g->first = 0;
+  return r;
+}
+
+/* The metadata geometry of volume V of INS (on the worker).  -1 if its type
+ * is not indexed or the parsers refuse what they read. */
+static int vol_geometry(struct tb_inspect *ins, struct vol *v, struct geom *g)
+{
+  memset(g, 0, sizeof *g);
+  int r = -1;
+  if (TSK_FS_TYPE_ISEXT(v->fs->ftype))
+    r = ext_geometry(ins->disk, &v->pub, g);
+  else if (TSK_FS_TYPE_ISNTFS(v->fs->ftype))
+    r = ntfs_geometry(v, ins->disk, g);
+  if (r == 0)
+    r = geom_finish(g, &v->pub);
+  if (r < 0)
+    geom_free(g);
+  return r;
+}
+
+/* Does LIVE keep every record of BASE where BASE has it?  A table may grow
+ * (ntfs-3g extends the MFT in place as it allocates entries): the new
+ * records are new files, found through the listings that name them. */
+static bool geom_covers(const struct geom *live, const struct geom *base)
+{
+  if (live->kind != base->kind || live->rec != base->rec || live->first != base->first)
+    return false;
+  for (size_t i = 0; i < base->n; i++) {
+    const struct meta_extent *b = &base->v[i];
+    size_t lo = 0, hi = live->n; /* the last live extent starting at or before b */
+    while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+      if (live->v[mid].off <= b->off)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    if (lo == 0)
+      return false;
+    const struct meta_extent *l = &live->v[lo - 1];
+    uint64_t skip = b->off - l->off;
+    if (skip > l->len || b->len > l->len - skip || l->foff + skip != b->foff)
+      return false;
+  }
+  return true;
+}
+
+/* -- building -- */
+
+static void ivol_free(struct ivol *iv)
+{
+  geom_free(&iv->geom);
+  free(iv->nodes);
+  free(iv->names);
+  free(iv->inums);
+  free(iv->runs);
+  free(iv->max_end);
+}
+
+static void index_put(struct tb_inspect_index *idx)
+{
+  if (!idx || atomic_fetch_sub(&idx->refs, 1) != 1)
+    return;
+  for (size_t i = 0; i < idx->n_vols; i++)
+    ivol_free(&idx->vols[i]);
+  free(idx->vols);
+  free(idx);
+}
+
+static void *grow(void *p, size_t *cap, size_t need, size_t size)
+{
+  if (need <= *cap)
+    return p;
+  size_t cap2 = *cap ? *cap : 256;
+  while (cap2 < need)
+    cap2 *= 2;
+  void *q = realloc(p, cap2 * size);
+  if (q)
+    *cap = cap2;
+  return q;
+}
+
+static int64_t add_node(struct ivol *iv, const char *name, uint32_t parent,
+                        const struct tb_istat *st)
+{
+  size_t nl = strlen(name) + 1;
+  if (iv->n_nodes >= INDEX_MAX_NODES || iv->names_len + nl > UINT32_MAX)
+    goto oom;
+  struct inode_node *nodes = grow(iv->nodes, &iv->cap_nodes, iv->n_nodes + 1, sizeof *nodes);
+  if (!nodes)
+    goto oom;
+  iv->nodes = nodes;
+  char *names = grow(iv->names, &iv->names_cap, iv->names_len + nl, 1);
+  if (!names)
+    goto oom;
+  iv->names = names;
+  memcpy(names + iv->names_len, name, nl);
+  nodes[iv->n_nodes] = (struct inode_node){
+      .name = (uint32_t)iv->names_len, .parent = parent, .first_child = 0, .st = *st};
+  iv->names_len += nl;
+  return (int64_t)iv->n_nodes++;
+oom:
+  errno = ENOMEM;
+  return tb_error("out of memory indexing a filesystem");
+}
+
+struct ibuild {
+  struct tb_inspect *ins;
+  struct vol *v;
+  struct ivol *iv;
+  uint64_t stack[WALK_MAX_DEPTH];
+  int depth;
+};
+
+/* The tree under NODE (directory INUM), as walk_dir() shows it: the same
+ * depth limit, cycle cut, path length limit and unreadable directories. */
+static int build_dir(struct ibuild *b, uint32_t node, uint64_t inum, size_t path_len)
+{
+  if (b->depth >= WALK_MAX_DEPTH)
+    return 0;
+  for (int i = 0; i < b->depth; i++)
+    if (b->stack[i] == inum)
+      return 0;
+  struct cached_dir *cd = get_dir(b->ins, b->v, inum);
+  if (!cd)
+    return b->ins->deadline_hit ? -1 : 0;
+  struct ivol *iv = b->iv;
+  size_t first = iv->n_nodes;
+  /* CD stays valid: no get_dir() until the children are copied. */
+  for (size_t i = 0; i < cd->n; i++) {
+    if ((i & 255) == 0 && past_deadline(b->ins))
+      return tsk_fail(b->ins, "indexing the filesystem");
+    if (path_len + 1 + strlen(cd->v[i].name) >= TB_PATH_MAX)
+      continue;
+    if (add_node(iv, cd->v[i].name, node, &cd->v[i].st) < 0)
+      return -1;
+  }
+  iv->nodes[node].first_child = (uint32_t)first;
+  iv->nodes[node].n_children = (uint32_t)(iv->n_nodes - first);
+  size_t last = iv->n_nodes;
+  b->stack[b->depth++] = inum;
+  int r = 0;
+  for (size_t k = first; k < last && r == 0; k++)
+    if (iv->nodes[k].st.type == TB_FT_DIR)
+      r = build_dir(b, (uint32_t)k, iv->nodes[k].st.inum,
+                    path_len + 1 + strlen(iv->names + iv->nodes[k].name));
+  b->depth--;
+  return r;
+}
+
+static int inum_ref_cmp(const void *a, const void *b)
+{
+  const struct inum_ref *x = a, *y = b;
+  if (x->inum != y->inum)
+    return x->inum < y->inum ? -1 : 1;
+  return x->node < y->node ? -1 : x->node > y->node;
+}
+
+static int interval_cmp(const void *a, const void *b)
+{
+  uint64_t x = ((const struct interval *)a)->start, y = ((const struct interval *)b)->start;
+  return x < y ? -1 : x > y;
+}
+
+struct run_add {
+  struct ivol *iv;
+  uint64_t inum;
+  bool failed;
+};
+
+static bool add_run(void *ctx, uint64_t d0, uint64_t d1)
+{
+  struct run_add *ra = ctx;
+  struct ivol *iv = ra->iv;
+  struct interval *runs = grow(iv->runs, &iv->cap_runs, iv->n_runs + 1, sizeof *runs);
+  if (!runs) {
+    ra->failed = true;
+    return true;
+  }
+  iv->runs = runs;
+  runs[iv->n_runs++] = (struct interval){d0, d1, ra->inum};
+  return false;
+}
+
+/* Every path of volume V, then the inode map and the content runs of each
+ * distinct inode. */
+static int build_volume(struct tb_inspect *ins, struct vol *v, struct ivol *iv)
+{
+  if (add_node(iv, "", NODE_NONE, &v->root) < 0)
+    return -1;
+  struct ibuild *b = calloc(1, sizeof *b);
+  if (!b) {
+    errno = ENOMEM;
+    return tb_error("out of memory indexing a filesystem");
+  }
+  *b = (struct ibuild){.ins = ins, .v = v, .iv = iv};
+  int r = build_dir(b, 0, v->root.inum, 0);
+  free(b);
+  if (r < 0)
+    return -1;
+  iv->inums = calloc(iv->n_nodes, sizeof *iv->inums);
+  if (!iv->inums) {
+    errno = ENOMEM;
+    return tb_error("out of memory indexing a filesystem");
+  }
+  for (size_t i = 0; i < iv->n_nodes; i++)
+    iv->inums[i] = (struct inum_ref){iv->nodes[i].st.inum, (uint32_t)i};
+  iv->n_inums = iv->n_nodes;
+  qsort(iv->inums, iv->n_inums, sizeof *iv->inums, inum_ref_cmp);
+  for (size_t i = 0; i < iv->n_inums; i++) {
+    if ((i & 255) == 0 && past_deadline(ins))
+      return tsk_fail(ins, "indexing the filesystem");
+    if (i > 0 && iv->inums[i - 1].inum == iv->inums[i].inum)
+      continue; /* a hard link: runs once per inode */
+    struct run_add ra = {iv, iv->inums[i].inum, false};
+    for_each_run(v, ra.inum, add_run, &ra);
+    if (ra.failed) {
+      errno = ENOMEM;
+      return tb_error("out of memory indexing a filesystem");
+    }
+  }
+  if (iv->n_runs > 0) {
+    qsort(iv->runs, iv->n_runs, sizeof *iv->runs, interval_cmp);
+    if (!(iv->max_end = malloc(iv->n_runs * sizeof *iv->max_end))) {
+      errno = ENOMEM;
+      return tb_error("out of memory indexing a filesystem");
+    }
+    uint64_t m = 0;
+    for (size_t i = 0; i < iv->n_runs; i++)
+      iv->max_end[i] = m = iv->runs[i].end > m ? iv->runs[i].end : m;
+  }
+  return 0;
+}
+
+static int do_index(struct tb_inspect *ins, struct job *j)
+{
+  struct tb_inspect_index *idx = calloc(1, sizeof *idx);
+  if (idx && ins->n_vols > 0 && !(idx->vols = calloc(ins->n_vols, sizeof *idx->vols))) {
+    free(idx);
+    idx = NULL;
+  }
+  if (!idx) {
+    errno = ENOMEM;
+    return tb_error("out of memory indexing a filesystem");
+  }
+  atomic_init(&idx->refs, 1);
+  idx->disk_size = tb_disk_size(ins->disk);
+  idx->n_vols = ins->n_vols;
+  j->index = idx; /* the job's: freed with it if the caller gave up */
+  idx->bytes = sizeof *idx + idx->n_vols * sizeof *idx->vols;
+  for (size_t i = 0; i < ins->n_vols; i++) {
+    struct vol *v = &ins->vols[i];
+    struct ivol *iv = &idx->vols[i];
+    iv->pub = v->pub;
+    /* FAT and exFAT keep metadata in the parent's directory entries: the
+     * full diff serves them (small volumes, EFI system partitions). */
+    if (vol_geometry(ins, v, &iv->geom) < 0) {
+      if (ins->deadline_hit)
+        return tsk_fail(ins, "indexing the filesystem");
+      continue;
+    }
+    if (build_volume(ins, v, iv) < 0)
+      return -1;
+    idx->files += iv->n_nodes - 1;
+    idx->bytes += iv->cap_nodes * sizeof *iv->nodes + iv->names_cap +
+                  iv->n_inums * sizeof *iv->inums + iv->cap_runs * sizeof *iv->runs +
+                  iv->n_runs * sizeof *iv->max_end + iv->geom.cap * sizeof *iv->geom.v;
+  }
+  return 0;
+}
+
+struct tb_inspect_index *tb_inspect_index_build(struct tb_inspect *base)
+{
+  struct job *j = job_new(base, JOB_INDEX, deadline_in(base, 2 * TB_INSPECT_WALK_FACTOR));
+  if (!j)
+    return NULL;
+  struct tb_inspect_index *idx = NULL;
+  if (run_request(base, j) == 0) {
+    idx = j->index;
+    j->index = NULL;
+  }
+  job_put(j);
+  return idx;
+}
+
+struct tb_inspect_index *tb_inspect_index_ref(struct tb_inspect_index *idx)
+{
+  if (idx)
+    atomic_fetch_add(&idx->refs, 1);
+  return idx;
+}
+
+void tb_inspect_index_free(struct tb_inspect_index *idx)
+{
+  index_put(idx);
+}
+
+uint64_t tb_inspect_index_files(const struct tb_inspect_index *idx)
+{
+  return idx ? idx->files : 0;
+}
+
+size_t tb_inspect_index_bytes(const struct tb_inspect_index *idx)
+{
+  return idx ? idx->bytes : 0;
+}
+
+/* The index volume that serves base volume BV against live volume LV, or -1
+ * (BY_DESIGN: the volume's type is not indexed, FAT or exFAT). */
+static int index_volume(const struct tb_inspect_index *idx, const struct tb_volume *bv,
+                        const struct tb_volume *lv, bool *by_design)
+{
+  *by_design = false;
+  for (size_t k = 0; k < idx->n_vols; k++) {
+    const struct ivol *iv = &idx->vols[k];
+    if (strcmp(iv->pub.name, bv->name) != 0)
+      continue;
+    if (iv->pub.offset != bv->offset || iv->pub.length != bv->length ||
+        iv->pub.offset != lv->offset || iv->pub.length != lv->length ||
+        strcmp(iv->pub.fstype, lv->fstype) != 0)
+      return -1;
+    if (iv->geom.kind == GEOM_NONE) {
+      *by_design = strncmp(iv->pub.fstype, "fat", 3) == 0 || strcmp(iv->pub.fstype, "exfat") == 0;
+      return -1;
+    }
+    return (int)k;
+  }
+  return -1;
+}
+
+/* -- the diff of one volume through the index, on the live handle's worker -- */
+
+struct cands {
+  uint64_t *v;
+  size_t n, cap;
+};
+
+static int cands_add(struct cands *c, uint64_t inum)
+{
+  uint64_t *v = grow(c->v, &c->cap, c->n + 1, sizeof *v);
+  if (!v) {
+    errno = ENOMEM;
+    return tb_error("out of memory comparing filesystems");
+  }
+  c->v = v;
+  c->v[c->n++] = inum;
+  return 0;
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static bool cands_has(const struct cands *c, uint64_t inum)
+{
+  return c->n > 0 && bsearch(&inum, c->v, c->n, sizeof *c->v, u64_cmp) != NULL;
+}
+
+enum { FL_DESCEND = 1, FL_RELIST = 2 };
+
+struct idiff {
+  struct tb_inspect *ins; /* live */
+  struct vol *v;
+  const struct ivol *iv;
+  const struct tb_ranges *dirty;
+  struct tb_disk *base;
+  struct cands c;
+  uint8_t *flags; /* per node */
+  struct changes *out;
+  const char *vname;
+  struct tb_diff_stats *stats;
+  uint64_t stack[WALK_MAX_DEPTH];
+  int depth;
+  char path[TB_PATH_MAX];
+};
+
+/* Records whose bytes lie in dirty ranges.  An NTFS extension record also
+ * names its base record (header byte 0x20), whose file it changes. */
+static int meta_candidates(struct idiff *x, const struct geom *g)
+{
+  const struct tb_ranges *d = x->dirty;
+  for (size_t e = 0; e < g->n; e++) {
+    const struct meta_extent *m = &g->v[e];
+    for (size_t k = ranges_lower_bound(d, m->off); k < d->n && d->v[k].off < m->off + m->len; k++) {
+      uint64_t x0 = d->v[k].off > m->off ? d->v[k].off : m->off;
+      uint64_t x1 =
+          d->v[k].off + d->v[k].len < m->off + m->len ? d->v[k].off + d->v[k].len : m->off + m->len;
+      uint64_t f0 = x0 - m->off + m->foff, f1 = x1 - m->off + m->foff;
+      for (uint64_t rec = f0 / g->rec; rec <= (f1 - 1) / g->rec; rec++) {
+        if ((rec & 1023) == 0 && past_deadline(x->ins))
+          return tsk_fail(x->ins, "comparing filesystems");
+        if (cands_add(&x->c, rec + g->first) < 0)
+          return -1;
+        uint64_t at = rec * g->rec;
+        unsigned char h[0x28];
+        if (g->kind == GEOM_NTFS && at >= m->foff && m->len >= sizeof h &&
+            at - m->foff <= m->len - sizeof h &&
+            tb_disk_pread(x->ins->disk, h, sizeof h, m->off + (at - m->foff)) == 0 &&
+            memcmp(h, "FILE", 4) == 0 && (le64(h + 0x20) & 0xFFFFFFFFFFFFull) != 0 &&
+            cands_add(&x->c, le64(h + 0x20) & 0xFFFFFFFFFFFFull) < 0)
+          return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* Files and directories whose content runs (in BASE) lie in dirty ranges. */
+static int content_candidates(struct idiff *x)
+{
+  const struct ivol *iv = x->iv;
+  const struct tb_ranges *d = x->dirty;
+  uint64_t vo = iv->pub.offset, ve = vo + iv->pub.length;
+  size_t steps = 0;
+  for (size_t k = ranges_lower_bound(d, vo); k < d->n && d->v[k].off < ve && iv->n_runs > 0; k++) {
+    uint64_t r0 = d->v[k].off, r1 = r0 + d->v[k].len;
+    /* Runs that may end after r0: from the first whose max_end does. */
+    size_t lo = 0, hi = iv->n_runs;
+    while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+      if (iv->max_end[mid] <= r0)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    for (size_t i = lo; i < iv->n_runs && iv->runs[i].start < r1; i++) {
+      if ((++steps & 4095) == 0 && past_deadline(x->ins))
+        return tsk_fail(x->ins, "comparing filesystems");
+      if (iv->runs[i].end > r0 && cands_add(&x->c, iv->runs[i].inum) < 0)
+        return -1;
+    }
+  }
+  return 0;
+}
+
+/* Mark what to visit: a candidate directory and the parent of every
+ * candidate are listed again; their ancestors are descended into. */
+static void mark_candidates(struct idiff *x)
+{
+  const struct ivol *iv = x->iv;
+  for (size_t i = 0; i < x->c.n; i++) {
+    struct inum_ref key = {x->c.v[i], 0};
+    size_t lo = 0, hi = iv->n_inums;
+    while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+      if (inum_ref_cmp(&iv->inums[mid], &key) < 0)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    for (size_t k = lo; k < iv->n_inums && iv->inums[k].inum == key.inum; k++) {
+      uint32_t n = iv->inums[k].node;
+      if (iv->nodes[n].st.type == TB_FT_DIR)
+        x->flags[n] |= FL_RELIST | FL_DESCEND;
+      uint32_t p = iv->nodes[n].parent;
+      if (p == NODE_NONE)
+        continue;
+      x->flags[p] |= FL_RELIST;
+      for (; p != NODE_NONE && !(x->flags[p] & FL_DESCEND); p = iv->nodes[p].parent)
+        x->flags[p] |= FL_DESCEND;
+    }
+  }
+}
+
+static const char *node_name(const struct ivol *iv, uint32_t n)
+{
+  return iv->names + iv->nodes[n].name;
+}
+
+/* Put NAME after the first PATH_LEN bytes of x->path; returns the new length. */
+static size_t set_path(struct idiff *x, size_t path_len, const char *name)
+{
+  size_t nl = strlen(name);
+  x->path[path_len] = '/';
+  memcpy(x->path + path_len + 1, name, nl + 1);
+  return path_len + 1 + nl;
+}
+
+/* NODE (at x->path) and everything under it, deleted. */
+static int deleted_subtree(struct idiff *x, uint32_t node, size_t path_len)
+{
+  const struct inode_node *n = &x->iv->nodes[node];
+  int r = changes_add(x->out, TB_DELETED, x->vname, x->path, &n->st);
+  for (uint32_t k = 0; k < n->n_children && r == 0; k++) {
+    uint32_t c = n->first_child + k;
+    r = deleted_subtree(x, c, set_path(x, path_len, node_name(x->iv, c)));
+    x->path[path_len] = '\0';
+  }
+  return r;
+}
+
+static int deleted_children(struct idiff *x, uint32_t node, size_t path_len)
+{
+  const struct inode_node *n = &x->iv->nodes[node];
+  int r = 0;
+  for (uint32_t k = 0; k < n->n_children && r == 0; k++) {
+    uint32_t c = n->first_child + k;
+    r = deleted_subtree(x, c, set_path(x, path_len, node_name(x->iv, c)));
+    x->path[path_len] = '\0';
+  }
+  return r;
+}
+
+static int created_cb(void *ctx, const char *path, const struct tb_istat *st, bool touched)
+{
+  (void)touched;
+  struct idiff *x = ctx;
+  x->stats->files_examined++;
+  return changes_add(x->out, TB_CREATED, x->vname, path, st);
+}
+
+/* Everything under live directory INUM (at x->path), created: the walk. */
+static int created_children(struct idiff *x, uint64_t inum, size_t path_len)
+{
+  struct walk *w = calloc(1, sizeof *w);
+  if (!w) {
+    errno = ENOMEM;
+    return tb_error("out of memory comparing filesystems");
+  }
+  *w = (struct walk){.ins = x->ins, .v = x->v, .fn = created_cb, .ctx = x, .depth = x->depth};
+  memcpy(w->stack, x->stack, sizeof w->stack);
+  memcpy(w->path, x->path, path_len + 1);
+  int r = walk_dir(w, inum, path_len);
+  free(w);
+  return r;
+}
+
+static int visit(struct idiff *x, uint32_t bn, uint64_t linum, bool relist, size_t path_len);
+
+/* Base node BK and live entry LST at the same path (x->path). */
+static int compare_entry(struct idiff *x, uint32_t bk, const struct tb_istat *lst, size_t path_len)
+{
+  const struct tb_istat *b = &x->iv->nodes[bk].st;
+  int r = 0;
+  if (b->type == TB_FT_DIR && lst->type == TB_FT_DIR) {
+    if (meta_changed(b, lst))
+      r = changes_add(x->out, TB_CHANGED, x->vname, x->path, lst);
+    return r ? r
+             : visit(x, bk, lst->inum, lst->inum != b->inum || cands_has(&x->c, lst->inum),
+                     path_len);
+  }
+  bool changed = meta_changed(b, lst);
+  if (!changed && lst->type == TB_FT_REG && cands_has(&x->c, lst->inum))
+    changed = content_touched(x->ins, x->v, lst->inum, x->dirty, x->base);
+  if (changed)
+    r = changes_add(x->out, TB_CHANGED, x->vname, x->path, lst);
+  if (r == 0 && b->type == TB_FT_DIR)
+    r = deleted_children(x, bk, path_len);
+  if (r == 0 && lst->type == TB_FT_DIR)
+    r = created_children(x, lst->inum, path_len);
+  return r;
+}
+
+struct lent {
+  char *name;
+  uint64_t inum;
+  size_t idx;        /* in the TSK_FS_DIR */
+  uint32_t base;     /* the base child of that name, or NODE_NONE */
+  bool loaded, virt; /* stat read (virt: libtsk's virtual file, not listed) */
+  struct tb_istat st;
+};
+
+static int lent_cmp(const void *a, const void *b)
+{
+  return strcmp(((const struct lent *)a)->name, ((const struct lent *)b)->name);
+}
+
+static uint32_t find_child(const struct ivol *iv, uint32_t bn, const char *name)
+{
+  const struct inode_node *n = &iv->nodes[bn];
+  size_t lo = 0, hi = n->n_children;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(node_name(iv, n->first_child + (uint32_t)mid), name);
+    if (c == 0)
+      return n->first_child + (uint32_t)mid;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NODE_NONE;
+}
+
+static void lents_free(struct lent *le, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    free(le[i].name);
+  free(le);
+}
+
+/* List live directory LINUM as read_dir() does, sorted by name, but read
+ * the metadata only of entries that are new, renumbered or candidates: the
+ * others are the base's (their inode was not written). */
+static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_len,
+                     struct lent **out, size_t *n_out)
+{
+  struct vol *v = x->v;
+  *out = NULL;
+  *n_out = 0;
+  x->stats->dirs_relisted++;
+  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)linum);
+  bool plausible = dm && dm->meta && size_plausible(v, dm->meta);
+  tsk_fs_file_close(dm);
+  TSK_FS_DIR *td = plausible ? tsk_fs_dir_open_meta(v->fs, (TSK_INUM_T)linum) : NULL;
+  tsk_error_reset();
+  if (!td) /* unreadable: the walk skips it */
+    return x->ins->deadline_hit ? tsk_fail(x->ins, "cannot read directory") : 0;
+  size_t cnt = tsk_fs_dir_getsize(td);
+  if (cnt > TB_INSPECT_MAX_DIR_ENTRIES)
+    cnt = TB_INSPECT_MAX_DIR_ENTRIES;
+  struct lent *le = calloc(cnt ? cnt : 1, sizeof *le);
+  size_t n = 0;
+  int r = le ? 0 : -1;
+  for (size_t i = 0; i < cnt && r == 0; i++) {
+    if ((i & 255) == 0 && past_deadline(x->ins))
+      break;
+    const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, i);
+    if (!nm || !(nm->flags & TSK_FS_NAME_FLAG_ALLOC) || !name_ok(nm->name) ||
+        path_len + 1 + strlen(nm->name) >= TB_PATH_MAX)
+      continue;
+    char *name = strdup(nm->name);
+    if (!name)
+      r = -1;
+    else
+      le[n++] = (struct lent){.name = name, .inum = nm->meta_addr, .idx = i};
+  }
+  if (r == 0 && n > 0) {
+    qsort(le, n, sizeof *le, lent_cmp);
+    size_t k = 0; /* a damaged directory may name a file twice: keep the first */
+    for (size_t i = 0; i < n; i++) {
+      if (k > 0 && strcmp(le[k - 1].name, le[i].name) == 0)
+        free(le[i].name);
+      else
+        le[k++] = le[i];
+    }
+    n = k;
+  }
+  for (size_t i = 0; i < n && r == 0 && !x->ins->deadline_hit; i++) {
+    le[i].base = find_child(x->iv, bn, le[i].name);
+    if (le[i].base != NODE_NONE && x->iv->nodes[le[i].base].st.inum == le[i].inum &&
+        !cands_has(&x->c, le[i].inum))
+      continue; /* the base's entry, unchanged */
+    if ((i & 63) == 0 && past_deadline(x->ins))
+      break;
+    const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, le[i].idx);
+    le[i].loaded = true;
+    le[i].virt = !nm || !entry_stat(td, le[i].idx, nm, &le[i].st);
+    x->stats->files_examined++;
+  }
+  tsk_fs_dir_close(td);
+  if (r < 0) {
+    lents_free(le, n);
+    errno = ENOMEM;
+    return tb_error("out of memory comparing filesystems");
+  }
+  if (x->ins->deadline_hit) {
+    lents_free(le, n);
+    return tsk_fail(x->ins, "cannot read directory");
+  }
+  *out = le;
+  *n_out = n;
+  return 0;
+}
+
+/* Live directory LINUM against base directory node BN (both at x->path). */
+static int relist_dir(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_len)
+{
+  struct lent *le;
+  size_t n;
+  if (list_live(x, bn, linum, path_len, &le, &n) < 0)
+    return -1;
+  const struct inode_node *b = &x->iv->nodes[bn];
+  uint32_t bf = b->first_child, bc = b->n_children;
+  size_t i = 0, k = 0;
+  int r = 0;
+  while (r == 0 && (i < n || k < bc)) {
+    if (past_deadline(x->ins)) {
+      r = tsk_fail(x->ins, "comparing filesystems");
+      break;
+    }
+    int cmp = i == n ? 1 : k == bc ? -1 : strcmp(le[i].name, node_name(x->iv, bf + k));
+    if (cmp < 0) { /* only in live */
+      size_t pl = set_path(x, path_len, le[i].name);
+      if (!le[i].virt) {
+        r = changes_add(x->out, TB_CREATED, x->vname, x->path, &le[i].st);
+        if (r == 0 && le[i].st.type == TB_FT_DIR)
+          r = created_children(x, le[i].st.inum, pl);
+      }
+      i++;
+    } else if (cmp > 0) { /* only in base */
+      r = deleted_subtree(x, bf + k, set_path(x, path_len, node_name(x->iv, bf + k)));
+      k++;
+    } else {
+      uint32_t c = bf + k;
+      size_t pl = set_path(x, path_len, le[i].name);
+      if (le[i].virt)
+        r = deleted_subtree(x, c, pl);
+      else if (le[i].loaded)
+        r = compare_entry(x, c, &le[i].st, pl);
+      else if (x->flags[c] && x->iv->nodes[c].st.type == TB_FT_DIR)
+        r = visit(x, c, le[i].inum, false, pl);
+      i++;
+      k++;
+    }
+    x->path[path_len] = '\0';
+  }
+  lents_free(le, n);
+  return r;
+}
+
+/* Base directory node BN, live directory LINUM, at x->path: listed again
+ * if RELIST or marked so, else only the marked children are visited (the
+ * listing is the base's: neither its runs nor its metadata were written). */
+static int visit(struct idiff *x, uint32_t bn, uint64_t linum, bool relist, size_t path_len)
+{
+  bool cut = x->depth >= WALK_MAX_DEPTH;
+  for (int i = 0; i < x->depth && !cut; i++)
+    cut = x->stack[i] == linum;
+  if (cut) /* the walk does not list it */
+    return deleted_children(x, bn, path_len);
+  x->stack[x->depth++] = linum;
+  int r = 0;
+  if (relist || (x->flags[bn] & FL_RELIST)) {
+    r = relist_dir(x, bn, linum, path_len);
+  } else {
+    const struct inode_node *b = &x->iv->nodes[bn];
+    for (uint32_t k = 0; k < b->n_children && r == 0; k++) {
+      uint32_t c = b->first_child + k;
+      if (!x->flags[c] || x->iv->nodes[c].st.type != TB_FT_DIR)
+        continue;
+      if (past_deadline(x->ins)) {
+        r = tsk_fail(x->ins, "comparing filesystems");
+        break;
+      }
+      r = visit(x, c, x->iv->nodes[c].st.inum, false, set_path(x, path_len, node_name(x->iv, c)));
+      x->path[path_len] = '\0';
+    }
+  }
+  x->depth--;
+  return r;
+}
+
+/* Returns 0 (changes added to j->changes), 1 if the index cannot be trusted
+ * for this volume (its records moved: the caller runs the full diff), or
+ * -1 with errno. */
+static int do_idiff(struct tb_inspect *ins, struct job *j)
+{
+  struct vol *v = get_vol(ins, j->vol);
+  if (!v)
+    return -1;
+  const struct ivol *iv = &j->index->vols[j->ivol];
+  struct geom g;
+  bool same = vol_geometry(ins, v, &g) == 0 && geom_covers(&g, &iv->geom) && iv->n_nodes > 0 &&
+              iv->nodes[0].st.inum == v->root.inum;
+  if (!same) {
+    geom_free(&g);
+    return ins->deadline_hit ? tsk_fail(ins, "comparing filesystems") : 1;
+  }
+  struct idiff *x = calloc(1, sizeof *x);
+  uint8_t *flags = calloc(iv->n_nodes, 1);
+  if (!x || !flags) {
+    free(x);
+    free(flags);
+    geom_free(&g);
+    errno = ENOMEM;
+    return tb_error("out of memory comparing filesystems");
+  }
+  *x = (struct idiff){.ins = ins,
+                      .v = v,
+                      .iv = iv,
+                      .dirty = &j->dirty,
+                      .base = j->base,
+                      .flags = flags,
+                      .out = j->changes,
+                      .vname = v->pub.name,
+                      .stats = &j->stats};
+  int r = meta_candidates(x, &g); /* the live table: a grown MFT's new extension records too */
+  if (r == 0)
+    r = content_candidates(x);
+  if (r == 0 && x->c.n > 0) {
+    qsort(x->c.v, x->c.n, sizeof *x->c.v, u64_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < x->c.n; i++)
+      if (k == 0 || x->c.v[k - 1] != x->c.v[i])
+        x->c.v[k++] = x->c.v[i];
+    x->c.n = k;
+  }
+  j->stats.candidates = x->c.n;
+  if (r == 0) {
+    mark_candidates(x);
+    r = visit(x, 0, v->root.inum, false, 0);
+  }
+  free(x->c.v);
+  free(flags);
+  free(x);
+  geom_free(&g);
+  return r;
+}
+
+static int idiff_request(struct tb_inspect_index *idx, size_t ivol, struct tb_inspect *base,
+                         struct tb_inspect *live, size_t li, const struct tb_ranges *dirty,
+                         int64_t deadline_ms, struct changes *out, struct tb_diff_stats *stats)
+{
+  struct job *j = job_new(live, JOB_IDIFF, deadline_ms);
+  if (!j)
+    return -1;
+  j->vol = li;
+  j->ivol = ivol;
+  j->index = tb_inspect_index_ref(idx);
+  j->base = tb_disk_ref(base->disk);
+  j->has_dirty = true;
+  /* Only the dirty ranges of this volume: the worker owns its copy. */
+  const struct tb_volume *lv = &live->vols[li].pub;
+  int r = 0;
+  if (!(j->changes = calloc(1, sizeof *j->changes))) {
+    errno = ENOMEM;
+    r = tb_error("out of memory comparing filesystems");
+  }
+  for (size_t i = ranges_lower_bound(dirty, lv->offset);
+       r == 0 && i < dirty->n && dirty->v[i].off < lv->offset + lv->length; i++)
+    r = tb_ranges_add(&j->dirty, dirty->v[i].off, dirty->v[i].len);
+  if (r == 0)
+    r = (int)run_request(live, j);
+  if (r >= 0) {
+    stats->candidates += j->stats.candidates;
+    stats->files_examined += j->stats.files_examined;
+    stats->dirs_relisted += j->stats.dirs_relisted;
+  }
+  struct changes *c = j->changes;
+  if (r == 0 && c->n > 0) {
+    struct change *v = realloc(out->v, (out->n + c->n) * sizeof *v);
+    if (!v) {
+      errno = ENOMEM;
+      r = tb_error("out of memory comparing filesystems");
+    } else {
+      out->v = v;
+      memcpy(out->v + out->n, c->v, c->n * sizeof *v);
+      out->n += c->n;
+      out->cap = out->n;
+      c->n = 0; /* moved */
+    }
+  }
+  job_put(j);
   return r;
 }
 

@@ -216,6 +216,64 @@ typedef int (*tb_inspect_change_fn)(void *ctx, enum tb_change kind, const char *
                                     const struct tb_istat *st);
 int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const struct tb_ranges *dirty,
                     tb_inspect_change_fn fn, void *ctx);
+
+/* ---- indexed changes ----
+ *
+ * tb_inspect_diff walks both whole trees of every volume the dirty map
+ * touches: its cost follows the number of files.  An index of an immutable
+ * base version makes it follow what the dirty map touches instead.
+ *
+ * The index holds, per volume, every path the walk shows (names, hard links,
+ * stats, each directory's children), each file's content runs (disk byte
+ * ranges, directory listings and ext extent-tree or indirect blocks
+ * included) in a sorted interval structure, and where the filesystem keeps
+ * its metadata records, from our own bounds-checked parsers: ext2/3/4 inode
+ * tables (superblock and group descriptors; inode N lives at a fixed byte),
+ * NTFS MFT entries (record size from the boot sector, the $MFT's own data
+ * runs).  FAT and exFAT keep a file's metadata in its parent's directory
+ * entries and their volumes are small (EFI system partitions): they are not
+ * indexed and use the full diff, counted in volumes_full.
+ *
+ * tb_inspect_diff_indexed compares a volume through the index: the
+ * candidates are the inodes whose metadata record lies in a dirty range,
+ * those whose content runs do (a guest writing raw blocks, ext4 lazytime
+ * not writing mtime), and for an NTFS extension record its base record.
+ * Only the directories holding a candidate (or being one) are listed again
+ * in LIVE, and only entries that are new, renumbered or candidates have
+ * their metadata read; new directories are walked whole, vanished ones
+ * reported from the index.  The result is what tb_inspect_diff with the
+ * same DIRTY reports (same kinds, paths, stats and order), except that a
+ * hostile filesystem with directory cycles may be cut differently.  A volume
+ * whose geometry changed (inode table locations, MFT runs or record size,
+ * offset or size) or whose type is not indexed is compared by the full diff,
+ * and counted.  Both run under the handle's worker and deadline, as the rest.
+ *
+ * An index reads only BASE: build it once per immutable version and keep it
+ * (reference counted; it is read-only, so one index serves many concurrent
+ * diffs against live handles of that version). */
+struct tb_inspect_index;
+struct tb_diff_stats {
+  uint64_t volumes_indexed; /* compared through the index */
+  uint64_t volumes_full;    /* by the full diff by design: FAT, exFAT, on one side only */
+  uint64_t fallbacks;       /* by the full diff because the index could not be trusted */
+  uint64_t candidates;      /* inodes whose metadata or content lies in dirty ranges */
+  uint64_t files_examined;  /* live entries whose metadata was read (full diff: every file) */
+  uint64_t dirs_relisted;   /* live directories listed again */
+};
+/* Index BASE (every volume; runs under 2 * TB_INSPECT_WALK_FACTOR budgets).
+ * NULL with errno on failure. */
+struct tb_inspect_index *tb_inspect_index_build(struct tb_inspect *base);
+struct tb_inspect_index *tb_inspect_index_ref(struct tb_inspect_index *idx);
+void tb_inspect_index_free(struct tb_inspect_index *idx);            /* drops a reference */
+uint64_t tb_inspect_index_files(const struct tb_inspect_index *idx); /* paths indexed */
+size_t tb_inspect_index_bytes(const struct tb_inspect_index *idx);   /* memory held */
+/* Like tb_inspect_diff, through IDX (built from BASE's disk; NULL, or DIRTY
+ * NULL: the full diff, counted as fallbacks).  STATS (may be NULL) is
+ * zeroed and filled. */
+int tb_inspect_diff_indexed(struct tb_inspect_index *idx, struct tb_inspect *base,
+                            struct tb_inspect *live, const struct tb_ranges *dirty,
+                            tb_inspect_change_fn fn, void *ctx, struct tb_diff_stats *stats);
+
 const char *tb_change_name(enum tb_change kind);    /* "created", "changed", "deleted" */
 const char *tb_file_type_name(enum tb_file_type t); /* "file", "dir", "symlink"... */
 
