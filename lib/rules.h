@@ -36,7 +36,10 @@ struct tb_scan {
   struct tb_ranges dirty; /* disk bytes the overlay holds (DATA and ZERO) */
   dev_t dev;              /* identity of the overlay file scanned */
   ino_t ino;
-  int64_t diff_ms, walk_ms; /* time spent, for events and benchmarks */
+  int64_t diff_ms, walk_ms;        /* time spent, for events and benchmarks */
+  int64_t index_ms;                /* building the base version's index (0: it was cached) */
+  uint64_t index_files;            /* paths in that index */
+  struct tb_diff_stats diff_stats; /* of the indexed diff */
 };
 
 /* Open OVERLAY_PATH (a client's overlay, retained session or quarantined
@@ -49,10 +52,14 @@ void tb_scan_close(struct tb_scan *s);
 typedef int (*tb_rule_hit_fn)(void *ctx, const struct tb_file_rule *rule, const char *kind,
                               const char *path);
 
-/* Evaluate N rules.  Created/changed/deleted come from one tb_inspect_diff of
- * the base and the overlay, limited to the dirty map (nothing dirty: nothing
- * to compare); "exists" looks the path up (a literal path) or walks the
+/* Evaluate N rules.  Created/changed/deleted come from one diff of the base
+ * and the overlay, limited to the dirty map (nothing dirty: nothing to
+ * compare): tb_inspect_diff_indexed through the base version's index, built
+ * on first use and kept in memory for the process's life (the last
+ * TB_SCAN_INDEX_CACHE versions used: a version never changes, so an index
+ * is never stale); "exists" looks the path up (a literal path) or walks the
  * volume (a glob).  Non-zero from FN stops and is returned. */
+#define TB_SCAN_INDEX_CACHE 4
 int tb_rules_eval(struct tb_scan *s, const struct tb_file_rule *rules, size_t n, tb_rule_hit_fn fn,
                   void *ctx);
 

@@ -718,11 +718,16 @@ static void run_request(struct request *rq)
     if (tb_rules_eval(s, w.rules, w.n_rules, on_hit, &x) != 0)
       tb_eventf(state, "watchdog-error", c->id, "{s:s, s:I}", "error", tb_errmsg(), "session",
                 (json_int_t)rq->session);
-    tb_eventf(state, "watchdog-scan", c->id, "{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "scan",
+    const struct tb_diff_stats *ds = &s->diff_stats;
+    tb_eventf(state, "watchdog-scan", c->id,
+              "{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "scan",
               rq->end ? "session-end" : "interval", "session", (json_int_t)s->info.session, "hits",
               (json_int_t)json_array_size(x.hits), "dirty_bytes",
               (json_int_t)tb_ranges_bytes(&s->dirty), "ms", (json_int_t)(tb_now_ms() - t0),
-              "diff_ms", (json_int_t)s->diff_ms, "walk_ms", (json_int_t)s->walk_ms);
+              "diff_ms", (json_int_t)s->diff_ms, "walk_ms", (json_int_t)s->walk_ms, "index_ms",
+              (json_int_t)s->index_ms, "index_files", (json_int_t)s->index_files, "files_examined",
+              (json_int_t)ds->files_examined, "dirs_relisted", (json_int_t)ds->dirs_relisted,
+              "diff_fallbacks", (json_int_t)ds->fallbacks);
     take_actions(&x, s);
     json_decref(x.hits);
   }
