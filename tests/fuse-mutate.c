@@ -10,7 +10,10 @@
  * readdir, readlink and read every file, and compare with the original.  Every
  * mutant must finish within the alarm (a hang fails) and, under ASan, without
  * a memory error (a crash fails).  Errors (EIO) are what we expect; the count
- * is printed.  Exit 0 if all mutants were survived.
+ * is printed.  Each mutant is also diffed against the original, fully and
+ * through the original's index, with the mutated 4 KiB blocks as the dirty
+ * map: how often the two differ is printed.  Exit 0 if all mutants were
+ * survived.
  */
 #include <config.h>
 
@@ -125,7 +128,58 @@ static int count_change(void *ctx, enum tb_change kind, const char *path, const 
   return 0;
 }
 
-static void inspect_all(struct tb_disk *disk, struct tb_inspect *orig, struct counts *c)
+/* A diff as text, to compare the full and the indexed one. */
+struct text {
+  char *buf;
+  size_t len;
+  FILE *f;
+};
+
+static int print_change(void *ctx, enum tb_change kind, const char *path, const struct tb_istat *st)
+{
+  fprintf(((struct text *)ctx)->f, "%s %s %d %" PRIu64 " %" PRIu64 " %" PRId64 "\n",
+          tb_change_name(kind), path, (int)st->type, st->size, st->inum, st->mtime);
+  return 0;
+}
+
+/* The dirty map of a mutant: the 4 KiB blocks where it differs from ORIG. */
+static const struct mem *orig_mem;
+static struct tb_inspect_index *orig_index;
+static unsigned long index_diffs, index_mismatches, index_errors;
+
+static void dirty_of(const struct mem *m, struct tb_ranges *dirty)
+{
+  for (size_t off = 0; off < m->size; off += 4096) {
+    size_t n = m->size - off < 4096 ? m->size - off : 4096;
+    if (memcmp(m->buf + off, orig_mem->buf + off, n) != 0)
+      tb_ranges_add(dirty, off, n);
+  }
+}
+
+/* The indexed diff must say what the full diff says (both may fail: EIO). */
+static void compare_diffs(struct tb_inspect *orig, struct tb_inspect *ins, const struct mem *m)
+{
+  struct tb_ranges dirty = {0};
+  dirty_of(m, &dirty);
+  struct text full = {0}, indexed = {0};
+  full.f = open_memstream(&full.buf, &full.len);
+  indexed.f = open_memstream(&indexed.buf, &indexed.len);
+  int rf = tb_inspect_diff(orig, ins, &dirty, print_change, &full);
+  int ri = tb_inspect_diff_indexed(orig_index, orig, ins, &dirty, print_change, &indexed, NULL);
+  fclose(full.f);
+  fclose(indexed.f);
+  index_diffs++;
+  if (rf < 0 || ri < 0)
+    index_errors++;
+  else if (full.len != indexed.len || memcmp(full.buf, indexed.buf, full.len) != 0)
+    index_mismatches++;
+  free(full.buf);
+  free(indexed.buf);
+  tb_ranges_free(&dirty);
+}
+
+static void inspect_all(struct tb_disk *disk, struct tb_inspect *orig, struct counts *c,
+                        const struct mem *m)
 {
   struct tb_inspect *ins = tb_inspect_open(disk);
   if (!ins) {
@@ -152,6 +206,8 @@ static void inspect_all(struct tb_disk *disk, struct tb_inspect *orig, struct co
   unsigned long changes = 0;
   if (orig && tb_inspect_diff(orig, ins, NULL, count_change, &changes) < 0)
     c->errors++;
+  if (orig && m)
+    compare_diffs(orig, ins, m);
   tb_inspect_close(ins);
 }
 
@@ -233,11 +289,16 @@ int main(int argc, char **argv)
     return 2;
   }
 
+  orig_mem = &orig;
+  if (count > 0 && !(orig_index = tb_inspect_index_build(oins))) {
+    fprintf(stderr, "%s: cannot index the original: %s\n", image, tb_errmsg());
+    return 2;
+  }
   signal(SIGALRM, on_alarm);
   if (count == 0) { /* inspect IMAGE itself: to replay a mutant written with OUT */
     struct counts c0 = {0};
     alarm(PER_MUTANT_SECONDS);
-    inspect_all(odisk, NULL, &c0);
+    inspect_all(odisk, NULL, &c0, NULL);
     printf("%s: %lu files, %lu errors\n", image, c0.files, c0.errors);
     return 0;
   }
@@ -260,7 +321,7 @@ int main(int argc, char **argv)
     alarm(PER_MUTANT_SECONDS);
     struct tb_disk *d = tb_disk_new(m.size, mem_read, NULL, &m, "mutant");
     unsigned long before = c.errors;
-    inspect_all(d, oins, &c);
+    inspect_all(d, oins, &c, &m);
     if (c.errors > before)
       unopenable++;
     tb_disk_unref(d);
@@ -269,6 +330,9 @@ int main(int argc, char **argv)
   printf("%s: %d mutants survived: %lu files (%lu bytes), %lu dirs, %lu links read; "
          "%lu errors in %lu mutants\n",
          image, count, c.files, c.bytes, c.dirs, c.links, c.errors, unopenable);
+  printf("%s: indexed diff vs full diff: %lu compared, %lu differ, %lu failed (EIO)\n", image,
+         index_diffs, index_mismatches, index_errors);
+  tb_inspect_index_free(orig_index);
   tb_inspect_close(oins);
   tb_disk_unref(odisk);
   free(m.buf);

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Hostile filesystems: a few hundred mutated images (random bytes in their
 # metadata sectors) go through lib/inspect, the code under the view
-# (tests/fuse-mutate: open, walk, stat, readdir, readlink, read, diff), each
-# under a 30 s alarm; then a batch of mutants is mounted with tabula-fuse and
+# (tests/fuse-mutate: open, walk, stat, readdir, readlink, read, diff, and
+# the indexed diff, which must equal the full one), each under a 30 s alarm; then a batch of mutants is mounted with tabula-fuse and
 # read with ls -lR and cat under a time limit.  No crash, no hang (with
 # --enable-sanitizers: no ASan/UBSan report); errors are EIO and the mount
 # stays up and serves the intact image next to the broken ones.
@@ -47,6 +47,9 @@ for img in ext4 fat16 fat12 ntfs exfat gpt; do
   [ $st -eq 0 ] || tb_fail "mutants of $img: exit $st: $(tail -5 "$T/mutate-$img.log")"
   grep -Eq 'AddressSanitizer|runtime error' "$T/mutate-$img.log" &&
     tb_fail "sanitizer report on mutants of $img: $(grep -m3 -E 'AddressSanitizer|runtime error' "$T/mutate-$img.log")"
+  # The indexed diff reports what the full diff reports, on damaged disks too.
+  grep -q 'indexed diff vs full diff: 60 compared, 0 differ,' "$T/mutate-$img.log" ||
+    tb_fail "mutants of $img: the indexed diff differs from the full diff: $(grep 'indexed diff' "$T/mutate-$img.log")"
   cat "$T/mutate-$img.log"
   seed=$((seed + 1))
 done
