@@ -2,8 +2,9 @@
 # Hostile filesystems: a few hundred mutated images (random bytes in their
 # metadata sectors) go through lib/inspect, the code under the view
 # (tests/fuse-mutate: open, walk, stat, readdir, readlink, read, diff, and
-# the indexed diff, which must equal the full one), each under a 30 s alarm; then a batch of mutants is mounted with tabula-fuse and
-# read with ls -lR and cat under a time limit.  No crash, no hang (with
+# the indexed diff, which must equal the full one), each under a 30 s alarm;
+# then a batch of mutants is mounted with tabula-fuse and read with ls -lR
+# and cat under a time limit.  No crash, no hang (with
 # --enable-sanitizers: no ASan/UBSan report); errors are EIO and the mount
 # stays up and serves the intact image next to the broken ones.
 . "$abs_top_srcdir/tests/functions.sh"
