@@ -720,7 +720,7 @@ static void run_request(struct request *rq)
                 (json_int_t)rq->session);
     const struct tb_diff_stats *ds = &s->diff_stats;
     tb_eventf(state, "watchdog-scan", c->id,
-              "{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "scan",
+              "{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "scan",
               rq->end ? "session-end" : "interval", "session", (json_int_t)s->info.session, "hits",
               (json_int_t)json_array_size(x.hits), "dirty_bytes",
               (json_int_t)tb_ranges_bytes(&s->dirty), "ms", (json_int_t)(tb_now_ms() - t0),

@@ -40,6 +40,9 @@ write $T/mine.txt home/user/mine.txt"
 tw_wait "$state" '.type == "watchdog-rule" and .client == "pc01" and .rule == "exe" and
   .kind == "created" and .path == "whole-ext4/apps/evil.exe" and .action == "quarantine"' "exe rule"
 tw_wait "$state" '.type == "quarantine" and .client == "pc01" and .number == 1' "quarantine event"
+# The diff went through the base version's index: a few files looked at, no fallback.
+tw_wait "$state" '.type == "watchdog-scan" and .client == "pc01" and .scan == "session-end" and
+  .index_files > 0 and .diff_fallbacks == 0 and .files_examined < 100' "indexed scan event"
 [ ! -e "$state/clients/pc01/overlay" ] || tb_fail "the quarantined overlay is still the client's"
 [ -f "$state/clients/pc01/quarantine/1/overlay" ] || tb_fail "no clients/pc01/quarantine/1/overlay"
 tctl quarantine list >"$T/qlist" || tb_fail "quarantine list"
