@@ -3,9 +3,13 @@
 # guest ext4 holds FILES small files (100,000, mke2fs -d from a generated
 # tree); its session writes 1 GiB into one new file and creates, changes and
 # deletes a handful of others (nbdfuse + debugfs -w, real NBD writes).  The
-# daemon then scans the overlay: reported are the created/changed/deleted
-# diff (tb_inspect_diff limited to the dirty map, the view's changes.txt
-# code), and for comparison a walk of the whole tree (an "exists" glob rule).
+# daemon then scans the overlay: reported are the building of the base
+# version's index (once per version, then cached), the created/changed/
+# deleted diff through it (tb_inspect_diff_indexed: it reads only what the
+# dirty map touches) with the files it examined, and for comparison a walk of
+# the whole tree (an "exists" glob rule).  Then tests/inspect-index runs the
+# indexed diff and the full diff (tb_inspect_diff: both whole trees, the
+# view's changes.txt code) on the same overlay, cold, and checks they agree.
 #
 #   scripts/bench-watchdog.sh [BUILD_DIR] [FILES]   (default: ., 100000)
 set -eu
@@ -15,7 +19,9 @@ files=${2:-100000}
 daemon=$build/restored/tabula-restored
 ctl=$build/restored/tabulactl
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
-for f in "$daemon" "$ctl" "$plugin"; do
+idxtool=$build/tests/inspect-index
+make -C "$build/tests" inspect-index >/dev/null
+for f in "$daemon" "$ctl" "$plugin" "$idxtool"; do
   [ -x "$f" ] || [ -f "$f" ] || { echo "bench-watchdog: $f is not built" >&2; exit 1; }
 done
 for t in mke2fs debugfs nbdfuse fusermount3 jq python3; do
@@ -107,12 +113,36 @@ diff_ms=$(echo "$scan" | jq -r .diff_ms)
 walk_ms=$(echo "$scan" | jq -r .walk_ms)
 total_ms=$(echo "$scan" | jq -r .ms)
 [ "$hits" -ge 4 ] || { echo "bench-watchdog: expected 4 rule hits, got $hits: $scan" >&2; exit 1; }
+index_ms=$(echo "$scan" | jq -r .index_ms)
+index_files=$(echo "$scan" | jq -r .index_files)
+examined=$(echo "$scan" | jq -r .files_examined)
+relisted=$(echo "$scan" | jq -r .dirs_relisted)
+fallbacks=$(echo "$scan" | jq -r .diff_fallbacks)
+[ "$fallbacks" = 0 ] || { echo "bench-watchdog: the diff fell back to walking: $scan" >&2; exit 1; }
+
+# The same overlay, cold: the indexed diff and the full diff side by side.
+"$idxtool" --scan "$T/state" "$T/state/clients/pc01/overlay" >"$T/idx.out" ||
+  { echo "bench-watchdog: indexed and full diffs differ: $(grep -v '^indexed' "$T/idx.out")" >&2; exit 1; }
+st=$(grep '^stats: ' "$T/idx.out")
+val() { echo "$st" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+changes=$(grep -c '^indexed: ' "$T/idx.out" || true)
 
 printf '\n## watchdog: file rules at a session end, %d files, %s MiB dirty\n\n' "$files" "$dirty"
+printf 'The session touched %s files (created, changed or deleted) with its %s MiB.\n\n' \
+  "$changes" "$dirty"
 printf '| scan part | ms |\n|---|---:|\n'
-printf '| created/changed/deleted (dirty map, tb_inspect_diff) | %s |\n' "$diff_ms"
+printf '| index of the base version, %s files (once per version, cached) | %s |\n' \
+  "$index_files" "$index_ms"
+printf '| created/changed/deleted through the index: %s files examined, %s directories listed | %s |\n' \
+  "$examined" "$relisted" "$diff_ms"
 printf '| exists glob (full tree walk) | %s |\n' "$walk_ms"
-printf '| whole scan, %s hits | %s |\n' "$hits" "$total_ms"
-echo "watchdog scan: $files files, $dirty MiB dirty: diff $diff_ms ms, full walk $walk_ms ms, total $total_ms ms"
-bench_summary "watchdog file-rule diff, $files files, $dirty MiB dirty" "$diff_ms ms" \
-  "full tree walk (exists glob)" "$walk_ms ms" "uses the dirty map"
+printf '| whole scan, %s hits (index build included) | %s |\n' "$hits" "$total_ms"
+printf '\nCold, on the same overlay (tests/inspect-index):\n\n| diff | files examined | ms |\n|---|---:|---:|\n'
+printf '| index build | %s | %s |\n' "$(val files)" "$(val index_ms)"
+printf '| indexed (tb_inspect_diff_indexed) | %s | %s |\n' "$(val examined)" "$(val indexed_ms)"
+printf '| full (tb_inspect_diff, both trees) | %s | %s |\n' "$(val full_examined)" "$(val full_ms)"
+echo "watchdog scan: $files files, $dirty MiB dirty, $changes files touched: index build $index_ms ms" \
+  "(once per version), indexed diff $diff_ms ms examining $examined files," \
+  "full diff $(val full_ms) ms, full walk $walk_ms ms, total $total_ms ms"
+bench_summary "watchdog file-rule diff (indexed), $files files, $dirty MiB dirty" "$diff_ms ms" \
+  "full diff (both trees)" "$(val full_ms) ms" "uses the dirty map"
