@@ -1969,6 +1969,7 @@ static int idiff_request(struct tb_inspect_index *idx, size_t ivol, struct tb_in
                          int64_t deadline_ms, struct changes *out, struct tb_diff_stats *stats);
 static int index_volume(const struct tb_inspect_index *idx, const struct tb_volume *bv,
                         const struct tb_volume *lv, bool *by_design);
+static bool index_of(const struct tb_inspect_index *idx, struct tb_inspect *base);
 
 /* Both diffs: through IDX where it serves, else by walking both trees. */
 static int diff_all(struct tb_inspect_index *idx, struct tb_inspect *base, struct tb_inspect *live,
@@ -2038,6 +2039,8 @@ int tb_inspect_diff_indexed(struct tb_inspect_index *idx, struct tb_inspect *bas
   if (!stats)
     stats = &tmp;
   memset(stats, 0, sizeof *stats);
+  if (idx && !index_of(idx, base))
+    idx = NULL; /* not an index of this base: the full diff, counted as fallbacks */
   return diff_all(idx, base, live, dirty, fn, ctx, stats);
 }
 
@@ -2558,6 +2561,18 @@ uint64_t tb_inspect_index_files(const struct tb_inspect_index *idx)
 size_t tb_inspect_index_bytes(const struct tb_inspect_index *idx)
 {
   return idx ? idx->bytes : 0;
+}
+
+/* Was IDX built from a disk like BASE's (same size, same volumes)? */
+static bool index_of(const struct tb_inspect_index *idx, struct tb_inspect *base)
+{
+  if (idx->disk_size != tb_disk_size(base->disk) || idx->n_vols != base->n_vols)
+    return false;
+  for (size_t i = 0; i < idx->n_vols; i++)
+    if (strcmp(idx->vols[i].pub.name, base->vols[i].pub.name) != 0 ||
+        idx->vols[i].pub.offset != base->vols[i].pub.offset)
+      return false;
+  return true;
 }
 
 /* The index volume that serves base volume BV against live volume LV, or -1
