@@ -2338,6 +2338,16 @@ static void *grow(void *p, size_t *cap, size_t need, size_t size)
   return q;
 }
 
+/* An index is kept for long: give back what the doubling left unused. */
+static void shrink(void **p, size_t *cap, size_t n, size_t size)
+{
+  void *q = n > 0 && n < *cap ? realloc(*p, n * size) : NULL;
+  if (q) {
+    *p = q;
+    *cap = n;
+  }
+}
+
 static int64_t add_node(struct ivol *iv, const char *name, uint32_t parent,
                         const struct tb_istat *st)
 {
@@ -2477,6 +2487,9 @@ static int build_volume(struct tb_inspect *ins, struct vol *v, struct ivol *iv)
       return tb_error("out of memory indexing a filesystem");
     }
   }
+  shrink((void **)&iv->nodes, &iv->cap_nodes, iv->n_nodes, sizeof *iv->nodes);
+  shrink((void **)&iv->names, &iv->names_cap, iv->names_len, 1);
+  shrink((void **)&iv->runs, &iv->cap_runs, iv->n_runs, sizeof *iv->runs);
   if (iv->n_runs > 0) {
     qsort(iv->runs, iv->n_runs, sizeof *iv->runs, interval_cmp);
     if (!(iv->max_end = malloc(iv->n_runs * sizeof *iv->max_end))) {

@@ -138,7 +138,7 @@ printf '| created/changed/deleted through the index: %s files examined, %s direc
 printf '| exists glob (full tree walk) | %s |\n' "$walk_ms"
 printf '| whole scan, %s hits (index build included) | %s |\n' "$hits" "$total_ms"
 printf '\nCold, on the same overlay (tests/inspect-index):\n\n| diff | files examined | ms |\n|---|---:|---:|\n'
-printf '| index build | %s | %s |\n' "$(val files)" "$(val index_ms)"
+printf '| index build (%s KiB in memory) | %s | %s |\n' "$(val index_kib)" "$(val files)" "$(val index_ms)"
 printf '| indexed (tb_inspect_diff_indexed) | %s | %s |\n' "$(val examined)" "$(val indexed_ms)"
 printf '| full (tb_inspect_diff, both trees) | %s | %s |\n' "$(val full_examined)" "$(val full_ms)"
 echo "watchdog scan: $files files, $dirty MiB dirty, $changes files touched: index build $index_ms ms" \
