@@ -62,8 +62,20 @@ static int dirty_extent(void *ctx, uint64_t offset, uint64_t length, enum tb_blo
   return state == TB_CLEAN ? 0 : tb_ranges_add(ctx, offset, length);
 }
 
-struct tb_scan *tb_scan_open(const char *state, const char *overlay_path)
+struct tb_disk *tb_scan_stuck(struct tb_scan *s)
 {
+  if (s && s->live && tb_disk_stuck(s->live))
+    return tb_disk_ref(s->live);
+  if (s && s->base && tb_disk_stuck(s->base))
+    return tb_disk_ref(s->base);
+  return NULL;
+}
+
+struct tb_scan *tb_scan_open(const char *state, const char *overlay_path, int64_t budget_ms,
+                             struct tb_disk **stuck)
+{
+  if (stuck)
+    *stuck = NULL;
   struct tb_scan *s = calloc(1, sizeof *s);
   if (!s) {
     tb_error("scanning %s: out of memory", overlay_path);
@@ -93,11 +105,16 @@ struct tb_scan *tb_scan_open(const char *state, const char *overlay_path)
     goto fail;
   if (!(s->live = tb_disk_new(s->info.size, overlay_read, overlay_close, s->overlay, overlay_path)))
     goto fail;
-  if (!(s->base_ins = tb_inspect_open(s->base)) || !(s->live_ins = tb_inspect_open(s->live)))
+  if (budget_ms <= 0)
+    budget_ms = TB_INSPECT_DEFAULT_BUDGET_MS;
+  if (!(s->base_ins = tb_inspect_open_budget(s->base, budget_ms)) ||
+      !(s->live_ins = tb_inspect_open_budget(s->live, budget_ms)))
     goto fail;
   return s;
 fail:
   tb_error_prefix("scanning %s", overlay_path);
+  if (stuck)
+    *stuck = tb_scan_stuck(s);
   tb_scan_close(s);
   return NULL;
 }

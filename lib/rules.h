@@ -43,9 +43,21 @@ struct tb_scan {
 };
 
 /* Open OVERLAY_PATH (a client's overlay, retained session or quarantined
- * overlay) and its base version from STATE's store.  NULL with tb_error. */
-struct tb_scan *tb_scan_open(const char *state, const char *overlay_path);
+ * overlay) and its base version from STATE's store; every inspection call
+ * gets BUDGET_MS (0: lib/inspect's default, see tb_inspect_set_budget).
+ * NULL with tb_error; then
+ * if STUCK is not NULL, *STUCK is tb_scan_stuck's answer for the failed scan
+ * (else NULL). */
+struct tb_scan *tb_scan_open(const char *state, const char *overlay_path, int64_t budget_ms,
+                             struct tb_disk **stuck);
 void tb_scan_close(struct tb_scan *s);
+
+/* A reference to the scan's live or base disk if an inspection of it was
+ * abandoned at its deadline and still runs (lib/inspect.h: a filesystem
+ * crafted to keep libtsk computing), else NULL.  Callers scanning the same
+ * client again wait until tb_disk_stuck() of it turns false, so a hostile
+ * guest keeps at most one inspection thread busy. */
+struct tb_disk *tb_scan_stuck(struct tb_scan *s);
 
 /* Called for each (rule, file) that matches.  KIND is "created", "changed",
  * "deleted" or "exists"; PATH is "VOLUME/path/in/volume". */

@@ -209,8 +209,8 @@ static int parse_health(const json_t *h, const char *path, struct tb_watchdog_co
 
 int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_conf *w)
 {
-  static const char *const keys[] = {"protect",  "idle",   "reserve", "rules",
-                                     "interval", "health", "canary",  NULL};
+  static const char *const keys[] = {"protect", "idle",   "reserve",      "rules", "interval",
+                                     "health",  "canary", "scan_timeout", NULL};
   if (!w->health_strikes)
     w->health_strikes = 3;
   if (!w->canary_promote_after)
@@ -229,8 +229,13 @@ int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_co
       return -1;
   }
   if (get_duration(obj, path, "idle", &w->idle_ms) == -1 ||
-      get_duration(obj, path, "interval", &w->interval_ms) == -1)
+      get_duration(obj, path, "interval", &w->interval_ms) == -1 ||
+      get_duration(obj, path, "scan_timeout", &w->scan_timeout_ms) == -1)
     return -1;
+  if (json_object_get(obj, "scan_timeout") &&
+      (w->scan_timeout_ms < 100 || w->scan_timeout_ms > 3600 * 1000))
+    return bad(path, "scan_timeout", "a duration from \"100ms\" to \"1h\"",
+               json_object_get(obj, "scan_timeout"));
   if ((v = json_object_get(obj, "reserve"))) {
     if (json_is_integer(v) && json_integer_value(v) >= 0)
       w->reserve_bytes = (uint64_t)json_integer_value(v);

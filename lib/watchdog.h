@@ -13,6 +13,8 @@
  *     "rules":    [ {"name": "hosts", "path": "/Windows/System32/drivers/etc/hosts",
  *                    "volume": "p2-ntfs", "on": "changed", "action": "quarantine"} ],
  *     "interval": "5m",             how often rules run on live clients (and at session end)
+ *     "scan_timeout": "10s",        deadline of each read into the guest's filesystems
+ *                                   (a tree walk gets 12 times as long, a diff 24)
  *     "health":   {"marker": "/var/lib/tabula/healthy", "volume": "p1-ext4",
  *                  "min_session": "10m", "strikes": 3},
  *     "canary":   {"promote_after": 5, "withdraw_after": 2}
@@ -66,8 +68,9 @@ struct tb_watchdog_conf {
   uint64_t reserve_bytes; /* 0 = off */
   struct tb_file_rule *rules;
   size_t n_rules;
-  int64_t interval_ms; /* 0 = only at session end */
-  char *health_marker; /* NULL = no marker */
+  int64_t interval_ms;     /* 0 = only at session end */
+  int64_t scan_timeout_ms; /* 0 = lib/inspect's default (10 s) */
+  char *health_marker;     /* NULL = no marker */
   char health_volume[48];
   int64_t health_min_session_ms; /* 0 = off */
   int health_strikes;            /* default 3 */

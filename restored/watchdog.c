@@ -667,11 +667,60 @@ static void canary_count(const struct request *rq, const struct tb_client_conf *
 /* ---- the worker --------------------------------------------------------------------------------
  */
 
+/* Clients whose last scan was abandoned at its deadline, with the disk the
+ * abandoned inspection still computes on (a guest filesystem crafted to keep
+ * libtsk busy).  Their scans are skipped until that work ends: a hostile
+ * guest keeps at most one inspection thread busy, however short its
+ * interval, and cannot use up lib/inspect's global allowance of stuck
+ * inspections (TB_INSPECT_MAX_STUCK) that every other client's scans need.
+ * Only the worker thread touches the table. */
+struct stuck_scan {
+  char id[TB_NAME_MAX + 1];
+  struct tb_disk *disk;
+};
+static struct stuck_scan *stuck_scans;
+static size_t n_stuck_scans;
+
+/* Is ID's last abandoned scan still running?  Forgets it once it ended. */
+static bool scan_still_stuck(const char *id)
+{
+  for (size_t i = 0; i < n_stuck_scans; i++) {
+    if (strcmp(stuck_scans[i].id, id) != 0)
+      continue;
+    if (tb_disk_stuck(stuck_scans[i].disk))
+      return true;
+    tb_disk_unref(stuck_scans[i].disk);
+    stuck_scans[i] = stuck_scans[--n_stuck_scans];
+    return false;
+  }
+  return false;
+}
+
+/* Remember DISK (a reference, consumed) as ID's stuck scan, with an event. */
+static void scan_got_stuck(const char *state, const char *id, uint64_t session,
+                           struct tb_disk *disk)
+{
+  struct stuck_scan *grown = realloc(stuck_scans, (n_stuck_scans + 1) * sizeof *stuck_scans);
+  if (!grown) {
+    tb_disk_unref(disk);
+    return;
+  }
+  stuck_scans = grown;
+  struct stuck_scan *st = &stuck_scans[n_stuck_scans++];
+  snprintf(st->id, sizeof st->id, "%s", id);
+  st->disk = disk;
+  tb_eventf(state, "watchdog-stuck", id, "{s:s, s:I}", "error",
+            "inspecting the guest's filesystem did not end by its deadline (damaged or crafted "
+            "metadata?): this client's scans are skipped until that work ends",
+            "session", (json_int_t)session);
+}
+
 /* Open the overlay session SESSION ended with (0: the current overlay).  By
  * the time the scan runs the client may be in its next session: then a
  * rotated overlay is sessions/SESSION, and a persist overlay is the one the
  * new session continues.  NULL with errno ENOENT if there is none. */
-static struct tb_scan *open_ended(const char *state, const char *id, uint64_t session)
+static struct tb_scan *open_ended(const char *state, const char *id, uint64_t session,
+                                  int64_t budget_ms, struct tb_disk **stuck)
 {
   char ovl[TB_PATH_MAX], retained[TB_PATH_MAX];
   if (tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == -1 ||
@@ -684,7 +733,7 @@ static struct tb_scan *open_ended(const char *state, const char *id, uint64_t se
       errno = ENOENT;
       return NULL;
     }
-    struct tb_scan *s = tb_scan_open(state, path);
+    struct tb_scan *s = tb_scan_open(state, path, budget_ms, stuck);
     if (!s || path == retained || !session || tb_client_last_session(state, id) == session ||
         access(retained, F_OK) == -1)
       return s;
@@ -705,8 +754,16 @@ static void run_request(struct request *rq)
     return;
   }
   bool want_scan = w.n_rules > 0 || (rq->end && w.health_marker);
+  if (want_scan && scan_still_stuck(c->id)) {
+    log_msg("watchdog: client %s: skipping a scan, the last one still runs past its deadline",
+            c->id);
+    want_scan = false;
+  }
   struct tb_scan *s = NULL;
-  if (want_scan && !(s = open_ended(state, c->id, rq->end ? rq->session : 0)) && errno != ENOENT)
+  struct tb_disk *stuck = NULL;
+  if (want_scan &&
+      !(s = open_ended(state, c->id, rq->end ? rq->session : 0, w.scan_timeout_ms, &stuck)) &&
+      errno != ENOENT)
     tb_eventf(state, "watchdog-error", c->id, "{s:s, s:I}", "error", tb_errmsg(), "session",
               (json_int_t)rq->session);
   if (s && w.n_rules > 0) {
@@ -731,6 +788,10 @@ static void run_request(struct request *rq)
     take_actions(&x, s);
     json_decref(x.hits);
   }
+  if (s && !stuck)
+    stuck = tb_scan_stuck(s);
+  if (stuck)
+    scan_got_stuck(state, c->id, rq->session, stuck);
   if (rq->end) {
     bool healthy;
     check_health(rq, c, &w, s, &healthy);
@@ -892,6 +953,11 @@ int64_t watchdog_next(const struct daemon *d)
 
 void watchdog_free(void)
 {
+  for (size_t i = 0; i < n_stuck_scans; i++)
+    tb_disk_unref(stuck_scans[i].disk);
+  free(stuck_scans);
+  stuck_scans = NULL;
+  n_stuck_scans = 0;
   free(intervals);
   intervals = NULL;
   n_intervals = 0;

@@ -16,6 +16,8 @@
 #   tb_import STATE IMAGE FILE     publish FILE as the next version of IMAGE
 #   tb_make_file FILE SIZE SEED [DATA_BYTES]  patterned master image
 #   tb_fail MSG / tb_skip MSG      exit 1 / exit 77 with a message
+#   tb_ext3_selfmap IMG PATH       damage PATH in the ext3 (4 KiB blocks) of IMG so
+#                                  that libtsk computes for an hour mapping it
 #
 # Set TB_KEEP=1 to keep the temporary directory for a post-mortem.
 
@@ -393,4 +395,26 @@ tb_wait_idle()
     [ $_i -lt 300 ] || tb_fail "client $2's session did not end within 30 s of its last disconnect"
     sleep 0.05
   done
+}
+
+# tb_ext3_selfmap IMG PATH: PATH (a file of the block-mapped ext2/3 with 4 KiB
+# blocks in IMG, an image or a disk nbdfuse exposes) gets a double-indirect
+# block that is a free block filled with its own number, and a size within the
+# double-indirect range.  libtsk's map builder then makes a million runs and
+# appends each by walking the list (quadratic): an hour of computation without
+# a single read, what a hostile guest can do to an inspector.
+tb_ext3_selfmap()
+{
+  _b=$(debugfs -R "ffb 1 1000" "$1" 2>/dev/null | sed -n 's/^Free blocks found: *\([0-9][0-9]*\).*/\1/p')
+  [ -n "$_b" ] || tb_fail "no free block in $1"
+  _le=$(printf '\\%03o\\%03o\\%03o\\%03o' $((_b & 255)) $((_b >> 8 & 255)) $((_b >> 16 & 255)) $((_b >> 24)))
+  _i=0
+  while [ $_i -lt 1024 ]; do
+    printf "$_le"
+    _i=$((_i + 1))
+  done | dd of="$1" bs=4096 seek="$_b" conv=notrunc status=none
+  debugfs -w -R "setb $_b" "$1" 2>/dev/null # in use: a later write must not take it
+  debugfs -w -R "sif $2 block[DIND] $_b" "$1" 2>/dev/null
+  debugfs -w -R "sif $2 size 4000000000" "$1" 2>/dev/null
+  debugfs -R "stat $2" "$1" 2>/dev/null | grep -q "(DIND):$_b" || tb_fail "could not damage $2 in $1"
 }

@@ -18,29 +18,12 @@ MUTATE=$abs_builddir/fuse-mutate
 T=$TB_TMP
 TIMEOUT=2
 
-# ext3 with 4 KiB blocks and block maps (no extents): FILE gets a
-# double-indirect block, a free block filled with its own number, and a size
-# within the double-indirect range.
-ext3_selfmap()
-{
-  truncate -s 8M "$1"
-  mke2fs -q -F -t ext3 -b 4096 -d "$2" "$1"
-  _b=$(debugfs -R "ffb 1 1000" "$1" 2>/dev/null | sed -n 's/^Free blocks found: *\([0-9][0-9]*\).*/\1/p')
-  [ -n "$_b" ] || tb_fail "no free block in $1"
-  _le=$(printf '\\%03o\\%03o\\%03o\\%03o' $((_b & 255)) $((_b >> 8 & 255)) $((_b >> 16 & 255)) $((_b >> 24)))
-  _i=0
-  while [ $_i -lt 1024 ]; do
-    printf "$_le"
-    _i=$((_i + 1))
-  done | dd of="$1" bs=4096 seek="$_b" conv=notrunc status=none
-  debugfs -w -R "sif $3 block[DIND] $_b" "$1" 2>/dev/null
-  debugfs -w -R "sif $3 size 4000000000" "$1" 2>/dev/null
-  debugfs -R "stat $3" "$1" 2>/dev/null | grep -q "(DIND):$_b" || tb_fail "could not damage $3 in $1"
-}
-
 mkdir "$T/src" "$T/exports"
 tf_src "$T/src"
-ext3_selfmap "$T/exports/hang@1" "$T/src" /hello.txt
+# ext3 with 4 KiB blocks and block maps (no extents).
+truncate -s 8M "$T/exports/hang@1"
+mke2fs -q -F -t ext3 -b 4096 -d "$T/src" "$T/exports/hang@1"
+tb_ext3_selfmap "$T/exports/hang@1" /hello.txt
 # Size past the double-indirect range (5 GiB with 4 KiB blocks).
 truncate -s 8M "$T/exports/big@1"
 mke2fs -q -F -t ext3 -b 4096 -d "$T/src" "$T/exports/big@1"

@@ -86,7 +86,7 @@ int main(int argc, char **argv)
   struct tb_ranges dirty = {0};
   struct tb_scan *scan = NULL;
   if (argc == 4 && strcmp(argv[1], "--scan") == 0) {
-    if (!(scan = tb_scan_open(argv[2], argv[3]))) {
+    if (!(scan = tb_scan_open(argv[2], argv[3], 0, NULL))) {
       fprintf(stderr, "inspect-index: %s\n", tb_errmsg());
       return 2;
     }

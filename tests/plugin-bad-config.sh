@@ -59,6 +59,8 @@ bad "{ $S, $C, \"clients\": { \"pc01\": { \"image\": \"demo\", \"version\": 7 } 
 bad "{ $S, $C, \"clients\": { \"../x\": { \"image\": \"demo\" } } }" 'clients\.\.\./x: not a valid client id'
 bad "{ \"state_dir\": \"$TB_TMP/empty\", $C, \"clients\": { \"pc01\": { \"image\": \"demo\" } } }" \
   'clients\.pc01\.image: .*demo'
+bad "{ $S, $C, \"watchdog\": { \"scan_timeout\": \"10ms\" }, \"clients\": {} }" \
+  'watchdog\.scan_timeout: expected a duration from "100ms" to "1h", got "10ms"'
 rm -f "$cfg"
 tb_refuses_to_start nofile "$cfg"
 tb_assert_log nofile 'bad.json: No such file' "a missing config file"
