@@ -290,7 +290,38 @@ static int default_client_acl(struct tb_acl *acl)
 
 static const char *const client_keys[] = {
     "image",   "version",        "policy",   "keep_sessions", "allow",    "address", "group",
-    "refresh", "refresh_jitter", "preserve", "quota",         "watchdog", NULL};
+    "refresh", "refresh_jitter", "preserve", "quota",         "watchdog", "merge",   NULL};
+
+/* "merge": {"into": IMAGE, "when": SCHEDULE, "note": TEXT} */
+static int parse_merge(const struct tb_config *cfg, const json_t *v, const char *path,
+                       struct tb_client_conf *c)
+{
+  static const char *const keys[] = {"into", "when", "note", NULL};
+  const char *want = "an object such as {\"into\": \"demo\", \"when\": \"daily 03:00\"}";
+  if (!json_is_object(v))
+    return bad(path, want, v);
+  if (check_keys(v, path, keys) == -1)
+    return -1;
+  char p[512];
+  if (!json_object_get(v, "into") || !json_object_get(v, "when"))
+    return tb_error("%s: needs \"into\" (an image) and \"when\" (a schedule such as \"daily "
+                    "03:00\")",
+                    path);
+  if (get_name(v, path, "into", c->merge_into) == -1 ||
+      get_string(v, path, "when", &c->merge_when) == -1 ||
+      get_string(v, path, "note", &c->merge_note) == -1)
+    return -1;
+  if (!tb_config_has_image(cfg, c->merge_into)) {
+    subpath(p, sizeof p, path, "into");
+    return tb_error("%s: image \"%s\" is not listed in \"images\"", p, c->merge_into);
+  }
+  struct tb_schedule sched;
+  if (tb_schedule_parse(c->merge_when, &sched) == -1) {
+    subpath(p, sizeof p, path, "when");
+    return tb_error_prefix("%s", p);
+  }
+  return 0;
+}
 
 static int parse_preserve(const json_t *v, const char *path, struct tb_client_conf *c)
 {
@@ -388,6 +419,12 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   if (pres) {
     subpath(p, sizeof p, path, "preserve");
     if (parse_preserve(pres, p, c) == -1)
+      return -1;
+  }
+  json_t *merge = json_object_get(obj, "merge");
+  if (merge) {
+    subpath(p, sizeof p, path, "merge");
+    if (parse_merge(cfg, merge, p, c) == -1)
       return -1;
   }
   json_t *wd = json_object_get(obj, "watchdog");
@@ -731,6 +768,8 @@ static void client_free(struct tb_client_conf *c)
 {
   free(c->allow.nets);
   free(c->refresh);
+  free(c->merge_when);
+  free(c->merge_note);
   free(c->preserve);
   json_decref(c->watchdog);
 }

@@ -56,6 +56,12 @@ struct tb_client_conf {
   struct tb_cidr address;
   char *refresh; /* schedule text ("daily 03:00"...) or NULL */
   int64_t refresh_jitter_ms;
+  /* Scheduled merge ("merge": {"into", "when", "note"}): the daemon merges
+   * the client's overlay into image MERGE_INTO when MERGE_WHEN (a schedule
+   * text) comes due, or as soon as the client's session has ended. */
+  char merge_into[TB_NAME_MAX + 1]; /* "" if none */
+  char *merge_when;
+  char *merge_note;           /* or NULL */
   struct tb_region *preserve; /* "partition:N" or "lba:A-B" */
   size_t n_preserve;
   uint64_t quota;   /* bytes of overlay, 0 = unlimited */

@@ -165,6 +165,23 @@ int tb_base_lookup(const char *state, const char *image, uint32_t version, struc
   return path ? tb_store_version_path(state, image, version, path, path_len) : 0;
 }
 
+int tb_overlay_exact_info(const char *state, const char *path, struct tb_overlay_info *info)
+{
+  if (tb_overlay_read_info(path, info) == -1)
+    return -1;
+  char base[TB_PATH_MAX];
+  struct tb_base_id id;
+  if (tb_base_lookup(state, info->base.image, info->base.version, &id, base, sizeof base, NULL) ==
+      -1)
+    return -1;
+  struct tb_overlay *o = tb_overlay_open(path, base, &id, TB_OVL_RDONLY);
+  if (!o)
+    return -1;
+  tb_overlay_info(o, info);
+  tb_overlay_close(o);
+  return 0;
+}
+
 int tb_client_target(const char *state, const struct tb_client_conf *c, char image[TB_NAME_MAX + 1],
                      uint32_t *version)
 {

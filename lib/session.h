@@ -66,4 +66,10 @@ int tb_client_session_path(const char *state, const char *id, uint64_t n, char *
 int tb_base_lookup(const char *state, const char *image, uint32_t version, struct tb_base_id *id,
                    char *path, size_t path_len, uint64_t *size);
 
+/* The exact info of an overlay file no session holds (PATH: a client's
+ * overlay or retained session): unlike tb_overlay_read_info, which reads the
+ * header only, it opens the overlay read-only on its base and counts the
+ * dirty blocks of its map. */
+int tb_overlay_exact_info(const char *state, const char *path, struct tb_overlay_info *info);
+
 #endif

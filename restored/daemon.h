@@ -51,6 +51,12 @@ struct client_sched {
   struct tb_schedule sched;
   int64_t last_ms; /* last scheduled refresh, 0: never (kept in clients/ID/schedule.json) */
   int64_t next_ms;
+  /* The scheduled merge ("merge" of the client; clients/ID/merge-schedule.json). */
+  bool merge_has;
+  struct tb_schedule merge_sched;
+  int64_t merge_last_ms, merge_next_ms;
+  bool merge_pending;  /* due: waiting for the client's session to end */
+  bool merge_deferred; /* the wait was announced (one merge-deferred event) */
 };
 
 /* ---- counters for status and metrics ---- */

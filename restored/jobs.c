@@ -298,6 +298,8 @@ int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, si
   snprintf(j->state_dir, sizeof j->state_dir, "%s", d->cfg->state_dir);
   j->client = *c; /* only plain fields are used by the job (id, image, version) */
   j->client.refresh = NULL;
+  j->client.merge_when = NULL;
+  j->client.merge_note = NULL;
   j->client.preserve = NULL;
   j->client.watchdog = NULL;
   j->client.allow.nets = NULL;

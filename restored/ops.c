@@ -180,24 +180,6 @@ static json_t *pending_json(const struct tb_mailbox *mb)
   return p;
 }
 
-/* Exact dirty bytes of an overlay file (opens it read-only with its base). */
-static int overlay_dirty(const char *state, const char *path, struct tb_overlay_info *info)
-{
-  if (tb_overlay_read_info(path, info) == -1)
-    return -1;
-  char base[TB_PATH_MAX];
-  struct tb_base_id id;
-  if (tb_base_lookup(state, info->base.image, info->base.version, &id, base, sizeof base, NULL) ==
-      -1)
-    return -1;
-  struct tb_overlay *o = tb_overlay_open(path, base, &id, TB_OVL_RDONLY);
-  if (!o)
-    return -1;
-  tb_overlay_info(o, info);
-  tb_overlay_close(o);
-  return 0;
-}
-
 static json_t *session_entry(const char *state, const char *id, uint64_t n, bool exact)
 {
   char path[TB_PATH_MAX];
@@ -205,7 +187,7 @@ static json_t *session_entry(const char *state, const char *id, uint64_t n, bool
     return NULL;
   json_t *s = json_pack("{s:I}", "session", (json_int_t)n);
   struct tb_overlay_info info;
-  int r = exact ? overlay_dirty(state, path, &info) : tb_overlay_read_info(path, &info);
+  int r = exact ? tb_overlay_exact_info(state, path, &info) : tb_overlay_read_info(path, &info);
   if (r == 0) {
     json_object_set_new(s, "image", json_string(info.base.image));
     json_object_set_new(s, "version", json_integer(info.base.version));
@@ -275,7 +257,7 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   tb_store_client_path(state, c->id, "session.json", sj, sizeof sj);
   struct tb_overlay_info info;
   bool have_overlay = access(ovl, F_OK) == 0;
-  bool have_info = have_overlay && (detail ? overlay_dirty(state, ovl, &info) == 0
+  bool have_info = have_overlay && (detail ? tb_overlay_exact_info(state, ovl, &info) == 0
                                            : tb_overlay_read_info(ovl, &info) == 0);
   if (have_info) {
     json_object_set_new(o, "image", json_string(info.base.image));
@@ -312,7 +294,7 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   const struct client_sched *sch = schedule_for(c->id);
   if (c->refresh) {
     json_object_set_new(o, "refresh", json_string(c->refresh));
-    if (sch) {
+    if (sch && sch->has) {
       char iso[32];
       tb_iso_time(sch->next_ms, iso);
       json_object_set_new(o, "next_refresh", json_string(iso));
@@ -321,6 +303,22 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
         tb_iso_time(sch->last_ms, iso);
         json_object_set_new(o, "last_refresh", json_string(iso));
         json_object_set_new(o, "last_refresh_ms", json_integer(sch->last_ms));
+      }
+    }
+  }
+  if (c->merge_when) {
+    json_object_set_new(o, "merge",
+                        json_pack("{s:s, s:s}", "into", c->merge_into, "when", c->merge_when));
+    if (sch && sch->merge_has) {
+      char iso[32];
+      tb_iso_time(sch->merge_next_ms, iso);
+      json_object_set_new(o, "next_merge", json_string(iso));
+      json_object_set_new(o, "next_merge_ms", json_integer(sch->merge_next_ms));
+      json_object_set_new(o, "merge_waiting", json_boolean(sch->merge_pending));
+      if (sch->merge_last_ms > 0) {
+        tb_iso_time(sch->merge_last_ms, iso);
+        json_object_set_new(o, "last_merge", json_string(iso));
+        json_object_set_new(o, "last_merge_ms", json_integer(sch->merge_last_ms));
       }
     }
   }

@@ -1040,6 +1040,17 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
     printf("  next:       %s\n", jtime(res, "next_refresh_ms", when, sizeof when));
     printf("  last:       %s\n", jtime(res, "last_refresh_ms", when, sizeof when));
   }
+  json_t *merge = json_object_get(res, "merge");
+  if (json_is_object(merge)) {
+    char when[96];
+    printf("merge:        into %s, %s\n", json_string_value(json_object_get(merge, "into")),
+           json_string_value(json_object_get(merge, "when")));
+    printf("  next:       %s%s\n", jtime(res, "next_merge_ms", when, sizeof when),
+           json_is_true(json_object_get(res, "merge_waiting"))
+               ? " (one is due: waiting for the session to end)"
+               : "");
+    printf("  last:       %s\n", jtime(res, "last_merge_ms", when, sizeof when));
+  }
   json_t *last = json_object_get(res, "last_session");
   if (json_is_object(last)) {
     char rd[32], wr[32];
