@@ -9,6 +9,7 @@ set -euo pipefail
 . "$(dirname "$0")/setup.sh"
 
 tb_install_packages
+tb_install_guest_packages
 build=${TB_BUILD_DIR:-$TB_TOP/build-check}
 tb_build "$build" --enable-werror --enable-sanitizers
 cd "$build"

@@ -54,7 +54,7 @@ die() {
 }
 
 for cmd in qemu-system-x86_64 jq timeout; do
-  command -v "$cmd" >/dev/null || die "$cmd is missing (scripts/packages.txt lists its package)"
+  command -v "$cmd" >/dev/null || die "$cmd is missing (scripts/packages-guest.txt lists its package)"
 done
 mkdir -p "$work"
 "$top/scripts/mkguest.sh" --boot "$work/boot" >/dev/null || die "cannot make the guest's kernel and initramfs"

@@ -31,6 +31,7 @@ for arg in "$@"; do
 done
 
 tb_install_packages
+tb_install_guest_packages
 build=$TB_TOP/build-demo
 echo "building in $build ..."
 tb_build "$build" --enable-werror

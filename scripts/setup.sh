@@ -3,7 +3,11 @@
 # when any is missing, then prepare the build tree.  Sourced by demo.sh, check.sh
 # and bench.sh; safe to run again (it installs nothing when all is present).
 #
-#   tb_install_packages   apt-get update once, then apt-get install -y the missing ones
+#   tb_install_packages [LIST...]   apt-get update once, then apt-get install -y the
+#                                   missing ones (default list: scripts/packages.txt)
+#   tb_install_guest_packages       the same for scripts/packages-guest.txt; a failure
+#                                   (a kernel package in a container...) only warns:
+#                                   the real-guest tests then skip, saying why
 #   tb_build DIR [CONFIGURE-ARGS]   autoreconf, configure in DIR, make -j2
 
 TB_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,8 +34,19 @@ tb_install_packages()
   fi
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  if [ -z "${TB_APT_UPDATED:-}" ]; then # once per run
+    apt-get update -qq
+    TB_APT_UPDATED=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+tb_install_guest_packages()
+{
+  tb_install_packages "$TB_TOP/scripts/packages-guest.txt" && return 0
+  echo "warning: could not install the packages of scripts/packages-guest.txt; the" \
+    "real-guest tests (tests/guest-*.sh) and demo.sh --guest will skip" >&2
+  return 0
 }
 
 tb_build()
