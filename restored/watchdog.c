@@ -550,12 +550,16 @@ static int canary_path(const char *state, const char *image, char *buf, size_t l
 }
 
 /* The image a client runs next (mailbox override or configured). */
-static void client_image(const char *state, const struct tb_client_conf *c, char *buf, size_t len)
+/* Does C follow the versions of IMAGE (its image, or the one its mailbox
+ * reimaged it to, and no configured version)?  Promotions move only these. */
+static bool follows_image(const char *state, const struct tb_client_conf *c, const char *image)
 {
   struct tb_mailbox mb;
+  if (c->version)
+    return false;
   if (tb_mailbox_read(state, c->id, &mb) == -1)
     memset(&mb, 0, sizeof mb);
-  snprintf(buf, len, "%s", mb.image[0] ? mb.image : c->image);
+  return strcmp(mb.image[0] ? mb.image : c->image, image) == 0;
 }
 
 /* N becomes current for every client of IMAGE without a configured version:
@@ -569,9 +573,7 @@ static json_t *make_current(const struct tb_config *cfg, const char *image, uint
   json_t *moved = json_array();
   for (size_t i = 0; i < cfg->n_clients; i++) {
     const struct tb_client_conf *c = &cfg->clients[i];
-    char img[TB_NAME_MAX + 1];
-    client_image(state, c, img, sizeof img);
-    if (c->version || strcmp(img, image) != 0)
+    if (!follows_image(state, c, image))
       continue;
     struct tb_mailbox mb;
     if (tb_mailbox_read(state, c->id, &mb) == -1)
@@ -1186,9 +1188,7 @@ static json_t *start_canary(struct daemon *d, const char *image, uint32_t n, con
   json_t *held = json_array(), *canaries = json_array();
   for (size_t i = 0; i < d->cfg->n_clients; i++) {
     const struct tb_client_conf *c = &d->cfg->clients[i];
-    char img[TB_NAME_MAX + 1];
-    client_image(state, c, img, sizeof img);
-    if (c->version || strcmp(img, image) != 0)
+    if (!follows_image(state, c, image))
       continue;
     struct tb_mailbox mb;
     if (tb_mailbox_read(state, c->id, &mb) == -1)
