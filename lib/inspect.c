@@ -2196,7 +2196,10 @@ static int ext_geometry(struct tb_disk *disk, const struct tb_volume *vol, struc
   }
   uint64_t groups = (inodes + (uint64_t)ipg - 1) / ipg;
   uint64_t gdt = ((uint64_t)fdb + 1) * bs, gdt_len = groups * ds, table = (uint64_t)ipg * isz;
-  if (groups > (1u << 22) || gdt_len > vl || gdt > vl - gdt_len || table > vl)
+  /* 64 MiB of descriptors is a 64 TiB filesystem with 64-byte descriptors:
+   * past that a crafted superblock would only make us allocate and read. */
+  if (groups > (1u << 22) || gdt_len > (64u << 20) || gdt_len > vl || gdt > vl - gdt_len ||
+      table > vl)
     return -1;
   unsigned char *d = malloc(gdt_len);
   int r = d && tb_disk_pread(disk, d, gdt_len, vo + gdt) == 0 ? 0 : -1;
