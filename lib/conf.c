@@ -289,8 +289,9 @@ static int default_client_acl(struct tb_acl *acl)
 /* ---- clients ------------------------------------------------------------- */
 
 static const char *const client_keys[] = {
-    "image",   "version",        "policy",   "keep_sessions", "allow",    "address", "group",
-    "refresh", "refresh_jitter", "preserve", "quota",         "watchdog", "merge",   NULL};
+    "image",   "version",  "policy",  "keep_sessions",   "allow",
+    "address", "group",    "refresh", "refresh_jitter",  "preserve",
+    "quota",   "watchdog", "merge",   "reconnect_grace", NULL};
 
 /* "merge": {"into": IMAGE, "when": SCHEDULE, "note": TEXT} */
 static int parse_merge(const struct tb_config *cfg, const json_t *v, const char *path,
@@ -408,6 +409,9 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
       get_duration(obj, path, "refresh_jitter", &c->refresh_jitter_ms) == -1 ||
       get_size(obj, path, "quota", &c->quota) == -1)
     return -1;
+  c->reconnect_grace_ms = cfg->reconnect_grace_ms;
+  if (get_duration(obj, path, "reconnect_grace", &c->reconnect_grace_ms) == -1)
+    return -1;
   if (c->refresh) {
     struct tb_schedule sched;
     if (tb_schedule_parse(c->refresh, &sched) == -1) {
@@ -469,10 +473,10 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
 
 /* ---- top level ------------------------------------------------------------ */
 
-static const char *const top_keys[] = {"state_dir", "block_size", "images",   "clients", "groups",
-                                       "listen",    "control",    "nbdkit",   "plugin",  "tls",
-                                       "admin",     "events",     "webhooks", "metrics", "pull",
-                                       "watchdog",  NULL};
+static const char *const top_keys[] = {
+    "state_dir", "block_size", "images", "clients",  "groups",          "listen",
+    "control",   "nbdkit",     "plugin", "tls",      "admin",           "events",
+    "webhooks",  "metrics",    "pull",   "watchdog", "reconnect_grace", NULL};
 
 static int parse_images(struct tb_config *cfg, const json_t *v)
 {
@@ -678,6 +682,9 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if (bsv)
     bs = json_integer_value(bsv);
   cfg->block_size = (uint32_t)bs;
+  cfg->reconnect_grace_ms = TB_DEFAULT_RECONNECT_GRACE_MS;
+  if (get_duration(root, "", "reconnect_grace", &cfg->reconnect_grace_ms) == -1)
+    return -1;
 
   json_t *v;
   if (!(v = json_object_get(root, "images")))

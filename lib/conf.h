@@ -25,6 +25,7 @@
 #include "util.h"
 
 #define TB_DEFAULT_BLOCK_SIZE 4096
+#define TB_DEFAULT_RECONNECT_GRACE_MS 60000
 #define TB_MIN_BLOCK_SIZE 512
 #define TB_MAX_BLOCK_SIZE (1024 * 1024)
 
@@ -64,7 +65,10 @@ struct tb_client_conf {
   char *merge_note;           /* or NULL */
   struct tb_region *preserve; /* "partition:N" or "lba:A-B" */
   size_t n_preserve;
-  uint64_t quota;   /* bytes of overlay, 0 = unlimited */
+  uint64_t quota; /* bytes of overlay, 0 = unlimited */
+  /* How long a session waits for its boot to reconnect after the last
+   * connection closed (live.h); the top-level "reconnect_grace" by default. */
+  int64_t reconnect_grace_ms;
   json_t *watchdog; /* the client's "watchdog" section (owned), or NULL */
 };
 
@@ -80,7 +84,8 @@ struct tb_config {
   char *path; /* file it was read from */
   char *state_dir;
   uint32_t block_size;
-  char **images; /* names from "images" */
+  int64_t reconnect_grace_ms; /* default of clients.ID.reconnect_grace */
+  char **images;              /* names from "images" */
   size_t n_images;
   struct tb_client_conf *clients;
   size_t n_clients;
