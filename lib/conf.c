@@ -291,7 +291,151 @@ static int default_client_acl(struct tb_acl *acl)
 static const char *const client_keys[] = {
     "image",   "version",  "policy",  "keep_sessions",   "allow",
     "address", "group",    "refresh", "refresh_jitter",  "preserve",
-    "quota",   "watchdog", "merge",   "reconnect_grace", NULL};
+    "quota",   "watchdog", "merge",   "reconnect_grace", "mac",
+    "boot",    NULL};
+
+int tb_mac_parse(const char *text, char out[18])
+{
+  static const char hex[] = "0123456789abcdef";
+  if (strlen(text) != 17)
+    return tb_error("\"%s\" is not a MAC address such as \"52:54:00:12:34:56\"", text);
+  for (int i = 0; i < 17; i++) {
+    char ch = text[i];
+    if (i % 3 == 2) {
+      if (ch != ':')
+        return tb_error("\"%s\" is not a MAC address such as \"52:54:00:12:34:56\"", text);
+      out[i] = ':';
+      continue;
+    }
+    if (ch >= 'A' && ch <= 'F')
+      ch = (char)(ch - 'A' + 'a');
+    if (!strchr(hex, ch) || !ch)
+      return tb_error("\"%s\" is not a MAC address such as \"52:54:00:12:34:56\"", text);
+    out[i] = ch;
+  }
+  out[17] = '\0';
+  return 0;
+}
+
+/* An absolute path (a kernel, an initrd, a directory). */
+static int get_abs_path(const json_t *obj, const char *path, const char *key, char **out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512];
+  subpath(p, sizeof p, path, key);
+  if (!json_is_string(v) || json_string_value(v)[0] != '/')
+    return bad(p, "an absolute path", v);
+  return get_string(obj, path, key, out);
+}
+
+/* A kernel command line: printable text on one line (it goes into an iPXE script). */
+static int get_cmdline(const json_t *obj, const char *path, const char *key, char **out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[512];
+  subpath(p, sizeof p, path, key);
+  if (!json_is_string(v))
+    return bad(p, "a kernel command line such as \"console=ttyS0 quiet\"", v);
+  for (const char *c = json_string_value(v); *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7f)
+      return tb_error("%s: the kernel command line must be one line of printable text", p);
+  free(*out);
+  *out = strdup(json_string_value(v));
+  return *out ? 0 : tb_error_errno("%s", p);
+}
+
+/* "boot": {"kernel": PATH, "initrd": PATH, "cmdline": TEXT}, each optional;
+ * with OUT NULL only checked (a group's), else stored into OUT's fields. */
+static int parse_boot(const json_t *v, const char *path, struct tb_client_conf *c)
+{
+  static const char *const keys[] = {"kernel", "initrd", "cmdline", NULL};
+  if (!json_is_object(v))
+    return bad(path,
+               "an object such as {\"kernel\": \"/srv/tabula/vmlinuz\", \"initrd\": "
+               "\"/srv/tabula/initrd.img\", \"cmdline\": \"quiet\"}",
+               v);
+  if (check_keys(v, path, keys) == -1)
+    return -1;
+  struct tb_client_conf scratch = {0};
+  struct tb_client_conf *t = c ? c : &scratch;
+  int r = get_abs_path(v, path, "kernel", &t->boot_kernel) == -1 ||
+                  get_abs_path(v, path, "initrd", &t->boot_initrd) == -1 ||
+                  get_cmdline(v, path, "cmdline", &t->boot_cmdline) == -1
+              ? -1
+              : 0;
+  free(scratch.boot_kernel);
+  free(scratch.boot_initrd);
+  free(scratch.boot_cmdline);
+  return r;
+}
+
+/* A group's "mac" and "boot" are checked where they are written, so an error
+ * names the group's path rather than each client's. */
+static int check_group_pxe(const json_t *g, const char *path)
+{
+  char p[512], mac[18];
+  json_t *v = json_object_get(g, "mac");
+  if (v) {
+    subpath(p, sizeof p, path, "mac");
+    if (!json_is_string(v))
+      return bad(p, "a MAC address such as \"52:54:00:12:34:56\"", v);
+    if (tb_mac_parse(json_string_value(v), mac) == -1)
+      return tb_error_prefix("%s", p);
+  }
+  v = json_object_get(g, "boot");
+  if (v) {
+    subpath(p, sizeof p, path, "boot");
+    return parse_boot(v, p, NULL);
+  }
+  return 0;
+}
+
+/* The PXE settings of a client with a "mac": an IPv4 address inside
+ * pxe.network, and a kernel and an initrd from its boot, its group or pxe. */
+static int check_client_pxe(const struct tb_config *cfg, const char *path, struct tb_client_conf *c)
+{
+  char p[512];
+  subpath(p, sizeof p, path, "mac");
+  if (!cfg->pxe.enabled)
+    return tb_error("%s: a client with a MAC boots over PXE, which needs the top-level \"pxe\" "
+                    "section ({\"interface\": ..., \"server\": ..., \"network\": ...})",
+                    p);
+  subpath(p, sizeof p, path, "address");
+  if (!c->has_address)
+    return tb_error("%s: missing: a PXE client (it has a \"mac\") needs the address of its "
+                    "static DHCP lease, inside pxe.network %s",
+                    p, cfg->pxe.network_text);
+  char text[INET6_ADDRSTRLEN] = "?";
+  inet_ntop(c->address.family, c->address.addr, text, sizeof text);
+  struct sockaddr_in sin = {.sin_family = AF_INET};
+  memcpy(&sin.sin_addr, c->address.addr, 4);
+  if (c->address.family != AF_INET || !tb_cidr_match(&cfg->pxe.network, (struct sockaddr *)&sin))
+    return tb_error("%s: client \"%s\" has address %s, outside pxe.network %s (give it an "
+                    "address in that network, or remove its \"mac\")",
+                    p, c->id, text, cfg->pxe.network_text);
+  if (strcmp(text, cfg->pxe.server) == 0)
+    return tb_error("%s: %s is pxe.server, the appliance's own address; give client \"%s\" "
+                    "another one",
+                    p, text, c->id);
+  if (!c->boot_kernel && cfg->pxe.kernel && !(c->boot_kernel = strdup(cfg->pxe.kernel)))
+    return tb_error_errno("%s", path);
+  if (!c->boot_initrd && cfg->pxe.initrd && !(c->boot_initrd = strdup(cfg->pxe.initrd)))
+    return tb_error_errno("%s", path);
+  if (!c->boot_cmdline && cfg->pxe.cmdline && !(c->boot_cmdline = strdup(cfg->pxe.cmdline)))
+    return tb_error_errno("%s", path);
+  const char *missing = !c->boot_kernel ? "kernel" : !c->boot_initrd ? "initrd" : NULL;
+  if (missing) {
+    snprintf(p, sizeof p, "%s.boot.%s", path, missing);
+    return tb_error("%s: missing: PXE client \"%s\" needs a %s: set it here, in its group's "
+                    "\"boot\" or as pxe.%s",
+                    p, c->id, missing, missing);
+  }
+  return 0;
+}
 
 /* "merge": {"into": IMAGE, "when": SCHEDULE, "note": TEXT} */
 static int parse_merge(const struct tb_config *cfg, const json_t *v, const char *path,
@@ -412,6 +556,23 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   c->reconnect_grace_ms = cfg->reconnect_grace_ms;
   if (get_duration(obj, path, "reconnect_grace", &c->reconnect_grace_ms) == -1)
     return -1;
+  json_t *mac = json_object_get(obj, "mac");
+  if (mac) {
+    subpath(p, sizeof p, path, "mac");
+    if (!json_is_string(mac))
+      return bad(p, "a MAC address such as \"52:54:00:12:34:56\"", mac);
+    if (tb_mac_parse(json_string_value(mac), c->mac) == -1)
+      return tb_error_prefix("%s", p);
+    c->has_mac = true;
+  }
+  json_t *boot = json_object_get(obj, "boot");
+  if (boot) {
+    subpath(p, sizeof p, path, "boot");
+    if (parse_boot(boot, p, c) == -1)
+      return -1;
+  }
+  if (c->has_mac && check_client_pxe(cfg, path, c) == -1)
+    return -1;
   if (c->refresh) {
     struct tb_schedule sched;
     if (tb_schedule_parse(c->refresh, &sched) == -1) {
@@ -468,15 +629,26 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
     tb_error("%s: out of memory", path);
     return NULL;
   }
+  /* "boot" merges key by key: a client may set only its cmdline. */
+  json_t *gb = json_object_get(grp, "boot"), *cb = json_object_get(client, "boot");
+  if (json_is_object(gb) && json_is_object(cb)) {
+    json_t *b = json_deep_copy(gb);
+    if (!b || json_object_update(b, cb) == -1 || json_object_set_new(m, "boot", b) == -1) {
+      json_decref(m);
+      tb_error("%s: out of memory", path);
+      return NULL;
+    }
+  }
   return m;
 }
 
 /* ---- top level ------------------------------------------------------------ */
 
-static const char *const top_keys[] = {
-    "state_dir", "block_size", "images", "clients",  "groups",          "listen",
-    "control",   "nbdkit",     "plugin", "tls",      "admin",           "events",
-    "webhooks",  "metrics",    "pull",   "watchdog", "reconnect_grace", NULL};
+static const char *const top_keys[] = {"state_dir",       "block_size", "images",  "clients",
+                                       "groups",          "listen",     "control", "nbdkit",
+                                       "plugin",          "tls",        "admin",   "events",
+                                       "webhooks",        "metrics",    "pull",    "watchdog",
+                                       "reconnect_grace", "pxe",        NULL};
 
 static int parse_images(struct tb_config *cfg, const json_t *v)
 {
@@ -523,6 +695,8 @@ static int parse_groups(const json_t *v)
       return -1;
     if (json_object_get(g, "group"))
       return tb_error("%s.group: groups cannot be nested", p);
+    if (check_group_pxe(g, p) == -1)
+      return -1;
   }
   return 0;
 }
@@ -559,6 +733,91 @@ static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t
       if (cfg->clients[i].has_address &&
           memcmp(&cfg->clients[i].address, &c->address, sizeof c->address) == 0)
         return tb_error("%s.address: same address as client \"%s\"", p, cfg->clients[i].id);
+    for (size_t i = 0; i + 1 < cfg->n_clients && c->has_mac; i++)
+      if (cfg->clients[i].has_mac && strcmp(cfg->clients[i].mac, c->mac) == 0)
+        return tb_error("%s.mac: MAC %s is given to clients \"%s\" and \"%s\" (one PC has one "
+                        "MAC: remove it from one of them)",
+                        p, c->mac, cfg->clients[i].id, c->id);
+  }
+  return 0;
+}
+
+/* One IPv4 address inside pxe.network (PATH names it in errors). */
+static int pxe_address_in(const struct tb_config *cfg, const char *path, const char *text)
+{
+  struct sockaddr_in sin = {.sin_family = AF_INET};
+  if (inet_pton(AF_INET, text, &sin.sin_addr) != 1)
+    return tb_error("%s: \"%s\" is not an IPv4 address such as \"10.20.0.1\"", path, text);
+  if (!tb_cidr_match(&cfg->pxe.network, (struct sockaddr *)&sin))
+    return tb_error("%s: %s is outside pxe.network %s", path, text, cfg->pxe.network_text);
+  return 0;
+}
+
+/* "pxe": {"interface", "server", "network", "unknown_range", "kernel",
+ * "initrd", "cmdline", "nbd_port", "dnsmasq", "tftp_dir"} */
+static int parse_pxe(struct tb_config *cfg, const json_t *v)
+{
+  static const char *const keys[] = {"interface", "server",   "network", "unknown_range",
+                                     "kernel",    "initrd",   "cmdline", "nbd_port",
+                                     "dnsmasq",   "tftp_dir", NULL};
+  struct tb_pxe_conf *x = &cfg->pxe;
+  if (!json_is_object(v))
+    return bad("pxe",
+               "an object such as {\"interface\": \"tbbr0\", \"server\": \"10.20.0.1\", "
+               "\"network\": \"10.20.0.0/24\"}",
+               v);
+  if (check_keys(v, "pxe", keys) == -1)
+    return -1;
+  x->enabled = true;
+  static const char *const required[] = {"interface", "server", "network", NULL};
+  for (const char *const *k = required; *k; k++)
+    if (!json_object_get(v, *k))
+      return tb_error("pxe.%s: missing (pxe needs \"interface\": the network interface the PCs "
+                      "are on, \"server\": this host's IPv4 address there, \"network\": their "
+                      "network such as \"10.20.0.0/24\")",
+                      *k);
+  long long port = 0;
+  if (get_string(v, "pxe", "interface", &x->interface) == -1 ||
+      get_string(v, "pxe", "server", &x->server) == -1 ||
+      get_string(v, "pxe", "network", &x->network_text) == -1 ||
+      get_abs_path(v, "pxe", "kernel", &x->kernel) == -1 ||
+      get_abs_path(v, "pxe", "initrd", &x->initrd) == -1 ||
+      get_cmdline(v, "pxe", "cmdline", &x->cmdline) == -1 ||
+      get_int(v, "pxe", "nbd_port", 1, 65535, &port) == -1 ||
+      get_string(v, "pxe", "dnsmasq", &x->dnsmasq) == -1 ||
+      get_abs_path(v, "pxe", "tftp_dir", &x->tftp_dir) == -1)
+    return -1;
+  x->nbd_port = (int)port;
+  if (strlen(x->interface) > 15 || strpbrk(x->interface, "/ ,\t\n:"))
+    return bad("pxe.interface", "a network interface name such as \"tbbr0\" (1-15 characters)",
+               json_object_get(v, "interface"));
+  if (tb_cidr_parse(x->network_text, &x->network) == -1)
+    return tb_error_prefix("pxe.network");
+  if (x->network.family != AF_INET || !strchr(x->network_text, '/'))
+    return bad("pxe.network", "an IPv4 network such as \"10.20.0.0/24\"",
+               json_object_get(v, "network"));
+  if (pxe_address_in(cfg, "pxe.server", x->server) == -1)
+    return -1;
+  json_t *r = json_object_get(v, "unknown_range");
+  if (r) {
+    const char *want = "\"FIRST,LAST\" such as \"10.20.0.200,10.20.0.250\"";
+    const char *s = json_is_string(r) ? json_string_value(r) : NULL;
+    const char *comma = s ? strchr(s, ',') : NULL;
+    if (!comma || comma == s || !comma[1] || strchr(comma + 1, ','))
+      return bad("pxe.unknown_range", want, r);
+    x->unknown_first = strndup(s, (size_t)(comma - s));
+    x->unknown_last = strdup(comma + 1);
+    if (!x->unknown_first || !x->unknown_last)
+      return tb_error_errno("pxe.unknown_range");
+    if (pxe_address_in(cfg, "pxe.unknown_range", x->unknown_first) == -1 ||
+        pxe_address_in(cfg, "pxe.unknown_range", x->unknown_last) == -1)
+      return -1;
+    struct in_addr a, b;
+    inet_pton(AF_INET, x->unknown_first, &a);
+    inet_pton(AF_INET, x->unknown_last, &b);
+    if (ntohl(a.s_addr) > ntohl(b.s_addr))
+      return tb_error("pxe.unknown_range: %s comes after %s (write the lower address first)",
+                      x->unknown_first, x->unknown_last);
   }
   return 0;
 }
@@ -691,6 +950,8 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     return tb_error("images: missing (an object of image names, such as {\"demo\": {}})");
   if (parse_images(cfg, v) == -1)
     return -1;
+  if ((v = json_object_get(root, "pxe")) && parse_pxe(cfg, v) == -1)
+    return -1;
   if ((v = json_object_get(root, "groups")) && parse_groups(v) == -1)
     return -1;
   if ((v = json_object_get(root, "clients")) && parse_clients(cfg, root, v) == -1)
@@ -764,6 +1025,15 @@ static int apply_defaults(struct tb_config *cfg)
     if (getuid() != 0)
       cfg->admin_uids[cfg->n_admin_uids++] = getuid();
   }
+  if (cfg->pxe.enabled && !cfg->pxe.nbd_port)
+    cfg->pxe.nbd_port = cfg->listen_tcp ? atoi(strrchr(cfg->listen_tcp, ':') + 1) : 10809;
+  if (cfg->pxe.enabled && !cfg->pxe.dnsmasq && !(cfg->pxe.dnsmasq = strdup("dnsmasq")))
+    return tb_error_errno("config");
+  if (cfg->pxe.enabled && !cfg->pxe.tftp_dir) {
+    if (tb_path(buf, sizeof buf, "%s/pxe/tftp", cfg->state_dir) == -1 ||
+        !(cfg->pxe.tftp_dir = strdup(buf)))
+      return -1;
+  }
   if (!cfg->events_max_bytes)
     cfg->events_max_bytes = 16 * 1024 * 1024;
   if (!cfg->metrics_interval_ms)
@@ -779,6 +1049,9 @@ static void client_free(struct tb_client_conf *c)
   free(c->merge_note);
   free(c->preserve);
   json_decref(c->watchdog);
+  free(c->boot_kernel);
+  free(c->boot_initrd);
+  free(c->boot_cmdline);
 }
 
 static void config_free(struct tb_config *cfg)
@@ -810,6 +1083,17 @@ static void config_free(struct tb_config *cfg)
   json_decref(cfg->pull);
   json_decref(cfg->watchdog);
   json_decref(cfg->json);
+  struct tb_pxe_conf *x = &cfg->pxe;
+  free(x->interface);
+  free(x->server);
+  free(x->network_text);
+  free(x->unknown_first);
+  free(x->unknown_last);
+  free(x->kernel);
+  free(x->initrd);
+  free(x->cmdline);
+  free(x->dnsmasq);
+  free(x->tftp_dir);
   free(cfg);
 }
 
@@ -876,4 +1160,15 @@ bool tb_config_has_image(const struct tb_config *cfg, const char *name)
     if (strcmp(cfg->images[i], name) == 0)
       return true;
   return false;
+}
+
+const struct tb_client_conf *tb_config_client_by_mac(const struct tb_config *cfg, const char *mac)
+{
+  char m[18];
+  if (tb_mac_parse(mac, m) == -1)
+    return NULL;
+  for (size_t i = 0; i < cfg->n_clients; i++)
+    if (cfg->clients[i].has_mac && strcmp(cfg->clients[i].mac, m) == 0)
+      return &cfg->clients[i];
+  return NULL;
 }

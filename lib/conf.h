@@ -70,6 +70,14 @@ struct tb_client_conf {
    * connection closed (live.h); the top-level "reconnect_grace" by default. */
   int64_t reconnect_grace_ms;
   json_t *watchdog; /* the client's "watchdog" section (owned), or NULL */
+  /* PXE (pxe.c in the daemon): "mac" makes the client a PXE client; its
+   * "boot" {kernel, initrd, cmdline} is merged key by key over its group's
+   * and over pxe.{kernel, initrd, cmdline}. */
+  bool has_mac;
+  char mac[18];      /* "52:54:00:12:34:56", lowercase */
+  char *boot_kernel; /* absolute paths, or NULL (only for clients without a mac) */
+  char *boot_initrd;
+  char *boot_cmdline; /* extra kernel command line, or NULL */
 };
 
 struct tb_webhook_conf {
@@ -77,6 +85,22 @@ struct tb_webhook_conf {
   char *secret; /* HMAC-SHA256 key, or NULL */
   int64_t timeout_ms;
   int retries;
+};
+
+/* The top-level "pxe" section: tabula-restored writes and runs dnsmasq
+ * (DHCP with a static lease per client "mac", TFTP, iPXE) on INTERFACE. */
+struct tb_pxe_conf {
+  bool enabled; /* the section is present */
+  char *interface;
+  char *server;           /* IPv4 address of this host on INTERFACE */
+  struct tb_cidr network; /* IPv4 network the clients' addresses are in */
+  char *network_text;     /* as written, e.g. "10.20.0.0/24" */
+  char *unknown_first;    /* leases for unregistered PCs, or NULL */
+  char *unknown_last;
+  char *kernel, *initrd, *cmdline; /* defaults of clients.ID.boot, or NULL */
+  int nbd_port;                    /* default: the port of listen.tcp, else 10809 */
+  char *dnsmasq;                   /* binary, default "dnsmasq" */
+  char *tftp_dir;                  /* TFTP root the daemon fills, default STATE/pxe/tftp */
 };
 
 struct tb_config {
@@ -108,6 +132,7 @@ struct tb_config {
   json_t *pull;     /* "pull" section (image distribution), or NULL */
   json_t *watchdog; /* top-level "watchdog" defaults, or NULL */
   json_t *json;     /* the whole document, for sections parsed elsewhere */
+  struct tb_pxe_conf pxe;
 };
 
 /* Load and validate FILE.  On error returns NULL; tb_errmsg() has
@@ -120,6 +145,11 @@ void tb_config_unref(struct tb_config *cfg);
 
 const struct tb_client_conf *tb_config_client(const struct tb_config *cfg, const char *id);
 bool tb_config_has_image(const struct tb_config *cfg, const char *name);
+/* The client whose "mac" is MAC (any case), or NULL. */
+const struct tb_client_conf *tb_config_client_by_mac(const struct tb_config *cfg, const char *mac);
+
+/* Parse a MAC address "xx:xx:xx:xx:xx:xx" (any case) into OUT as lowercase. */
+int tb_mac_parse(const char *text, char out[18]);
 
 /* Parse "10.0.0.0/8", "::1", "127.0.0.1" into a cidr. */
 int tb_cidr_parse(const char *text, struct tb_cidr *out);

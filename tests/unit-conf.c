@@ -81,6 +81,72 @@ START_TEST(test_groups_and_acl)
 }
 END_TEST
 
+/* A PXE lab: pxe defaults, a group's boot, a client's own cmdline, MACs in
+ * any case stored lowercase, nbd_port from listen.tcp. */
+#define PXE_HEAD                                                                                   \
+  "{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"listen\": {\"tcp\": \"0.0.0.0:10900\"},"     \
+  " \"pxe\": {\"interface\": \"tbbr0\", \"server\": \"10.20.0.1\", \"network\": \"10.20.0.0/24\"," \
+  "   \"kernel\": \"/srv/vmlinuz\", \"initrd\": \"/srv/initrd.img\", \"cmdline\": \"quiet\"},"
+
+START_TEST(test_pxe)
+{
+  const char *text = PXE_HEAD
+      "\"groups\": {\"lab\": {\"image\": \"d\", \"boot\": {\"kernel\": \"/lab/vmlinuz\","
+      " \"cmdline\": \"console=ttyS0\"}}},"
+      " \"clients\": {\"pc1\": {\"group\": \"lab\", \"mac\": \"52:54:00:AB:cd:01\","
+      "   \"address\": \"10.20.0.21\", \"boot\": {\"cmdline\": \"single\"}},"
+      "  \"pc2\": {\"image\": \"d\", \"mac\": \"52:54:00:00:00:02\", \"address\": \"10.20.0.22\"},"
+      "  \"vm\": {\"image\": \"d\", \"address\": \"127.0.0.5\"}}}";
+  struct tb_config *cfg = tb_config_parse(text, "t");
+  ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
+  ck_assert(cfg->pxe.enabled);
+  ck_assert_str_eq(cfg->pxe.interface, "tbbr0");
+  ck_assert_int_eq(cfg->pxe.nbd_port, 10900);
+  ck_assert_str_eq(cfg->pxe.dnsmasq, "dnsmasq");
+  ck_assert_str_eq(cfg->pxe.tftp_dir, "/s/pxe/tftp");
+  ck_assert_ptr_null(cfg->pxe.unknown_first);
+  const struct tb_client_conf *p1 = tb_config_client(cfg, "pc1");
+  ck_assert(p1->has_mac);
+  ck_assert_str_eq(p1->mac, "52:54:00:ab:cd:01");
+  ck_assert_str_eq(p1->boot_kernel, "/lab/vmlinuz");    /* the group's */
+  ck_assert_str_eq(p1->boot_initrd, "/srv/initrd.img"); /* pxe's */
+  ck_assert_str_eq(p1->boot_cmdline, "single");         /* its own, over the group's */
+  const struct tb_client_conf *p2 = tb_config_client(cfg, "pc2");
+  ck_assert_str_eq(p2->boot_kernel, "/srv/vmlinuz");
+  ck_assert_str_eq(p2->boot_cmdline, "quiet");
+  ck_assert(!tb_config_client(cfg, "vm")->has_mac); /* no mac: not checked against pxe */
+  ck_assert_ptr_eq(tb_config_client_by_mac(cfg, "52:54:00:ab:CD:01"), p1);
+  ck_assert_ptr_null(tb_config_client_by_mac(cfg, "52:54:00:ab:cd:09"));
+  ck_assert_ptr_null(tb_config_client_by_mac(cfg, "nonsense"));
+  tb_config_unref(cfg);
+
+  /* nbd_port defaults to 10809 without listen.tcp; unknown_range parses. */
+  cfg =
+      tb_config_parse("{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\","
+                      " \"server\": \"10.9.0.1\", \"network\": \"10.9.0.0/16\", \"unknown_range\":"
+                      " \"10.9.1.1,10.9.1.9\", \"nbd_port\": 10811}}",
+                      "t");
+  ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
+  ck_assert_int_eq(cfg->pxe.nbd_port, 10811);
+  ck_assert_str_eq(cfg->pxe.unknown_first, "10.9.1.1");
+  ck_assert_str_eq(cfg->pxe.unknown_last, "10.9.1.9");
+  tb_config_unref(cfg);
+  cfg = tb_config_parse("{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\","
+                        " \"server\": \"10.9.0.1\", \"network\": \"10.9.0.0/16\"}}",
+                        "t");
+  ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
+  ck_assert_int_eq(cfg->pxe.nbd_port, 10809);
+  tb_config_unref(cfg);
+
+  char mac[18];
+  ck_assert_int_eq(tb_mac_parse("AA:BB:CC:DD:EE:FF", mac), 0);
+  ck_assert_str_eq(mac, "aa:bb:cc:dd:ee:ff");
+  ck_assert_int_eq(tb_mac_parse("aa-bb-cc-dd-ee-ff", mac), -1);
+  ck_assert_int_eq(tb_mac_parse("aa:bb:cc:dd:ee:fg", mac), -1);
+  ck_assert_int_eq(tb_mac_parse("aa:bb:cc:dd:ee:f", mac), -1);
+}
+END_TEST
+
 /* Each bad document and the text its error must contain. */
 static const struct {
   const char *json;
@@ -142,6 +208,72 @@ static const struct {
     {"{\"state_dir\": \"/s\", \"images\": {}, \"webhooks\": [{\"url\": \"ftp://x\"}]}",
      "webhooks[0].url: expected an http:// or https:// URL"},
     {"{\"state_dir\": \"/s\", \"state_dir\": \"/t\", \"images\": {}}", "duplicate"},
+    /* PXE */
+    {PXE_HEAD
+     "\"clients\": {\"a\": {\"image\": \"d\", \"mac\": \"52:54:00:00:00:0A\", \"address\":"
+     " \"10.20.0.5\"}, \"b\": {\"image\": \"d\", \"mac\": \"52:54:00:00:00:0a\", \"address\":"
+     " \"10.20.0.6\"}}}",
+     "clients.b.mac: MAC 52:54:00:00:00:0a is given to clients \"a\" and \"b\""},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"mac\": \"52:54:00:00:00:0A\", \"address\":"
+              " \"10.30.0.5\"}}}",
+     "clients.a.address: client \"a\" has address 10.30.0.5, outside pxe.network 10.20.0.0/24"},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"mac\": \"52:54:00:00:00:0A\"}}}",
+     "clients.a.address: missing: a PXE client"},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"mac\": \"52:54:00:00:00:0A\", \"address\":"
+              " \"10.20.0.1\"}}}",
+     "clients.a.address: 10.20.0.1 is pxe.server"},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"mac\": \"52-54-00-00-00-0A\", \"address\":"
+              " \"10.20.0.5\"}}}",
+     "clients.a.mac: \"52-54-00-00-00-0A\" is not a MAC address"},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"boot\": {\"kernal\": \"/k\"}}}}",
+     "clients.a.boot.kernal: unknown key (allowed here: kernel, initrd, cmdline)"},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"boot\": {\"kernel\": \"vmlinuz\"}}}}",
+     "clients.a.boot.kernel: expected an absolute path, got \"vmlinuz\""},
+    {PXE_HEAD "\"groups\": {\"lab\": {\"boot\": {\"initrd\": 7}}}, \"clients\": {}}",
+     "groups.lab.boot.initrd: expected an absolute path, got 7"},
+    {PXE_HEAD "\"groups\": {\"lab\": {\"mac\": \"zz:54:00:00:00:0A\"}}, \"clients\": {}}",
+     "groups.lab.mac: \"zz:54:00:00:00:0A\" is not a MAC address"},
+    {PXE_HEAD "\"groups\": {\"lab\": {\"boot\": {\"cmdline\": \"a\\nb\"}}}, \"clients\": {}}",
+     "groups.lab.boot.cmdline: the kernel command line must be one line"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"pxe\": {\"interface\": \"e0\", \"server\":"
+     " \"10.9.0.1\", \"network\": \"10.9.0.0/24\"}, \"clients\": {\"a\": {\"image\": \"d\", "
+     "\"mac\":"
+     " \"52:54:00:00:00:0a\", \"address\": \"10.9.0.5\"}}}",
+     "clients.a.boot.kernel: missing: PXE client \"a\" needs a kernel"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"pxe\": {\"interface\": \"e0\", \"server\":"
+     " \"10.9.0.1\", \"network\": \"10.9.0.0/24\", \"kernel\": \"/k\"}, \"clients\": {\"a\":"
+     " {\"image\": \"d\", \"mac\": \"52:54:00:00:00:0a\", \"address\": \"10.9.0.5\"}}}",
+     "clients.a.boot.initrd: missing"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"a\": {\"image\": \"d\","
+     " \"mac\": \"52:54:00:00:00:0a\", \"address\": \"10.9.0.5\"}}}",
+     "clients.a.mac: a client with a MAC boots over PXE, which needs the top-level \"pxe\""},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.9.0.1\"}}",
+     "pxe.network: missing"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.9.0.1\", \"network\": \"10.9.0.0/24\", \"dhcp\": 1}}",
+     "pxe.dhcp: unknown key"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.8.0.1\", \"network\": \"10.9.0.0/24\"}}",
+     "pxe.server: 10.8.0.1 is outside pxe.network 10.9.0.0/24"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.9.0.1\", \"network\": \"10.9.0.1\"}}",
+     "pxe.network: expected an IPv4 network"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.9.0.1\", \"network\": \"10.9.0.0/24\", \"unknown_range\": \"10.9.0.200\"}}",
+     "pxe.unknown_range: expected \"FIRST,LAST\""},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.9.0.1\", \"network\": \"10.9.0.0/24\", \"unknown_range\": \"10.9.0.250,10.9.0.200\"}}",
+     "pxe.unknown_range: 10.9.0.250 comes after 10.9.0.200"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.9.0.1\", \"network\": \"10.9.0.0/24\", \"unknown_range\": \"10.9.0.2,10.9.1.2\"}}",
+     "pxe.unknown_range: 10.9.1.2 is outside pxe.network"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\", \"server\": "
+     "\"10.9.0.1\", \"network\": \"10.9.0.0/24\", \"nbd_port\": 0}}",
+     "pxe.nbd_port: expected an integer from 1 to 65535"},
+    {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"a/b\", \"server\": "
+     "\"10.9.0.1\", \"network\": \"10.9.0.0/24\"}}",
+     "pxe.interface: expected a network interface name"},
 };
 
 START_TEST(test_bad_input)
@@ -207,6 +339,7 @@ static Suite *conf_suite(void)
   TCase *tc = tcase_create("parse");
   tcase_add_test(tc, test_example);
   tcase_add_test(tc, test_groups_and_acl);
+  tcase_add_test(tc, test_pxe);
   tcase_add_loop_test(tc, test_bad_input, 0, sizeof bad_cases / sizeof bad_cases[0]);
   tcase_add_test(tc, test_missing_file);
   tcase_add_test(tc, test_names);
