@@ -1124,7 +1124,7 @@ struct tb_config *tb_config_parse(const char *text, const char *name)
 
 struct tb_config *tb_config_load(const char *file)
 {
-  char *text = tb_read_file(file, 16 * 1024 * 1024, NULL);
+  char *text = tb_read_file_follow(file, 16 * 1024 * 1024, NULL);
   if (!text) {
     tb_error_prefix("cannot read the configuration");
     return NULL;

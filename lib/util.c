@@ -83,6 +83,109 @@ bool tb_name_valid(const char *name)
   return n <= TB_NAME_MAX;
 }
 
+/* ---- guest names ------------------------------------------------------------ */
+
+/* Length of the valid UTF-8 character at P (N bytes left): 1-4, or 0 if
+ * the byte at P does not start one (overlong forms and surrogates too). */
+static size_t utf8_char(const unsigned char *p, size_t n, uint32_t *cp)
+{
+  unsigned char c = p[0];
+  size_t len;
+  uint32_t v, min;
+  if (c < 0x80) {
+    *cp = c;
+    return 1;
+  } else if ((c & 0xE0) == 0xC0) {
+    len = 2, v = c & 0x1F, min = 0x80;
+  } else if ((c & 0xF0) == 0xE0) {
+    len = 3, v = c & 0x0F, min = 0x800;
+  } else if ((c & 0xF8) == 0xF0) {
+    len = 4, v = c & 0x07, min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (len > n)
+    return 0;
+  for (size_t i = 1; i < len; i++) {
+    if ((p[i] & 0xC0) != 0x80)
+      return 0;
+    v = v << 6 | (p[i] & 0x3F);
+  }
+  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
+    return 0;
+  *cp = v;
+  return len;
+}
+
+static bool needs_escape(uint32_t cp)
+{
+  return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x200E || cp == 0x200F ||
+         (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+char *tb_guest_name_len(const char *raw, size_t n)
+{
+  const unsigned char *p = (const unsigned char *)raw;
+  char *out = malloc(4 * n + 1), *o = out;
+  if (!out) {
+    tb_error("out of memory encoding a name");
+    return NULL;
+  }
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < n;) {
+    uint32_t cp;
+    size_t len = utf8_char(p + i, n - i, &cp);
+    if (len && cp == '\\') {
+      *o++ = '\\';
+      *o++ = '\\';
+    } else if (len && !needs_escape(cp)) {
+      memcpy(o, p + i, len);
+      o += len;
+    } else {
+      for (size_t k = 0; k < (len ? len : 1); k++) {
+        *o++ = '\\';
+        *o++ = 'x';
+        *o++ = hex[p[i + k] >> 4];
+        *o++ = hex[p[i + k] & 15];
+      }
+    }
+    i += len ? len : 1;
+  }
+  *o = '\0';
+  return out;
+}
+
+char *tb_guest_name(const char *raw)
+{
+  return tb_guest_name_len(raw, strlen(raw));
+}
+
+static int hexval(char c);
+
+ssize_t tb_guest_name_decode(const char *enc, char *out, size_t len)
+{
+  size_t o = 0;
+  for (const char *p = enc; *p; o++) {
+    if (o + 1 >= len)
+      return -1;
+    if (*p != '\\') {
+      out[o] = *p++;
+    } else if (p[1] == '\\') {
+      out[o] = '\\';
+      p += 2;
+    } else if (p[1] == 'x' && hexval(p[2]) >= 0 && hexval(p[3]) >= 0) {
+      out[o] = (char)(hexval(p[2]) << 4 | hexval(p[3]));
+      p += 4;
+    } else {
+      return -1;
+    }
+  }
+  if (len == 0)
+    return -1;
+  out[o] = '\0';
+  return (ssize_t)o;
+}
+
 int tb_path(char *buf, size_t len, const char *fmt, ...)
 {
   va_list ap;
@@ -179,13 +282,15 @@ int tb_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 
 int tb_write_file_atomic(const char *path, const void *data, size_t len, int mode)
 {
+  /* An unpredictable name created with O_EXCL (mkostemp), so nobody can
+   * plant the temporary file (or a symlink in its place) beforehand. */
   char tmp[TB_PATH_MAX];
-  if (tb_path(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) == -1)
+  if (tb_path(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) == -1)
     return -1;
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  int fd = mkostemp(tmp, O_CLOEXEC);
   if (fd == -1)
-    return tb_error_errno("cannot create %s", tmp);
-  if (tb_pwrite_full(fd, data, len, 0) == -1 || fsync(fd) == -1) {
+    return tb_error_errno("cannot create a temporary file next to %s", path);
+  if (fchmod(fd, (mode_t)mode) == -1 || tb_pwrite_full(fd, data, len, 0) == -1 || fsync(fd) == -1) {
     tb_error_errno("cannot write %s", tmp);
     close(fd);
     unlink(tmp);
@@ -204,11 +309,13 @@ int tb_write_file_atomic(const char *path, const void *data, size_t len, int mod
   return tb_fsync_dir(path);
 }
 
-char *tb_read_file(const char *path, size_t max_len, size_t *len_out)
+static char *read_file(const char *path, size_t max_len, size_t *len_out, int flags)
 {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
   if (fd == -1) {
-    tb_error_errno("cannot open %s", path);
+    tb_error_errno(errno == ELOOP ? "cannot open %s (a symlink: tabula does not follow them)"
+                                  : "cannot open %s",
+                   path);
     return NULL;
   }
   struct stat st;
@@ -244,6 +351,16 @@ char *tb_read_file(const char *path, size_t max_len, size_t *len_out)
   if (len_out)
     *len_out = got;
   return buf;
+}
+
+char *tb_read_file(const char *path, size_t max_len, size_t *len_out)
+{
+  return read_file(path, max_len, len_out, O_NOFOLLOW);
+}
+
+char *tb_read_file_follow(const char *path, size_t max_len, size_t *len_out)
+{
+  return read_file(path, max_len, len_out, 0);
 }
 
 int64_t tb_now_ms(void)

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define TB_NAME_MAX 64
 #define TB_PATH_MAX 4096
@@ -32,17 +33,41 @@ const char *tb_errmsg(void);
 /* True if NAME is a valid client id / image name (see above). */
 bool tb_name_valid(const char *name);
 
+/* Guest names: file names read from a guest filesystem (and anything else a
+ * guest or a peer controls) leave the inspector only through this encoding,
+ * in events, mailboxes, quarantine notes, status.json, changes.txt and
+ * tabulactl's output.  It is lossless and its result is valid UTF-8 with no
+ * control character:
+ *   - a backslash becomes "\\" (two backslashes);
+ *   - a byte that is not part of a valid UTF-8 character, a control
+ *     character (U+0000-U+001F, U+007F-U+009F) and a bidirectional
+ *     formatting character (U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)
+ *     become "\xHH" per byte (lower-case hex);
+ *   - everything else is copied.
+ * tb_guest_name_decode() gives the raw bytes back.  Rules match raw bytes. */
+char *tb_guest_name(const char *raw);                 /* malloc'd; NULL: out of memory */
+char *tb_guest_name_len(const char *raw, size_t len); /* LEN bytes, NULs included */
+/* Decode ENC into OUT (at most LEN-1 bytes, NUL-terminated); the length, or
+ * -1 if ENC is not an encoding or does not fit. */
+ssize_t tb_guest_name_decode(const char *enc, char *out, size_t len);
+
 /* snprintf into a PATH_MAX buffer; fails (tb_error) if the result would not fit. */
 int tb_path(char *buf, size_t len, const char *fmt, ...) TB_PRINTF(3, 4);
 
-/* mkdir -p with mode 0755 (0700 for the last component if private is set). */
+/* mkdir -p with mode 0755 (0700 for the last component if private is set:
+ * everything in the state directory is private). */
 int tb_mkdirs(const char *path, bool private_dir);
 
-/* Write LEN bytes to PATH atomically: tmp file in the same directory, fsync,
- * rename, fsync of the directory.  Readers see the old or the new file. */
+/* Write LEN bytes to PATH atomically: tmp file in the same directory (an
+ * unpredictable name created with O_EXCL, removed on failure), mode MODE
+ * exactly whatever the umask, fsync, rename, fsync of the directory.
+ * Readers see the old or the new file. */
 int tb_write_file_atomic(const char *path, const void *data, size_t len, int mode);
-/* Read a whole (small) file; returns malloc'd NUL-terminated buffer or NULL. */
+/* Read a whole (small) file; returns malloc'd NUL-terminated buffer or NULL.
+ * A symlink is refused (O_NOFOLLOW, ELOOP): state files are never read
+ * through one.  tb_read_file_follow() follows (the configuration file). */
 char *tb_read_file(const char *path, size_t max_len, size_t *len_out);
+char *tb_read_file_follow(const char *path, size_t max_len, size_t *len_out);
 int tb_fsync_dir(const char *dir_or_file_path);
 
 /* Full pread/pwrite loops: return 0 on success, -1 with errno on error (short
