@@ -1,0 +1,77 @@
+# tests/powercut-functions.sh: power cuts under tabula (sourced after functions.sh).
+#
+# tests/powercut mounts $PC_MNT over $PC_STATE: $PC_STATE/disk is the disk
+# (what survives), the mount shows the live state.  A cut kills the simulator
+# with SIGKILL, so nothing that was not fsynced reaches the disk, then kills
+# the programs that used the mount and detaches it.  pc_mount again is the
+# reboot: the live state is rebuilt from the disk.
+#
+#   pc_init                  $PC_STATE (put the initial state in $PC_STATE/disk) and $PC_MNT
+#   pc_mount [--strict]      start the simulator and wait until it serves
+#   pc_cut [NBDKIT-NAME...]  the power cut; nbdkit servers named are killed too
+#   pc_cuts DEFAULT          cuts per case: $TB_POWERCUT_CUTS, else DEFAULT
+#   pc_pause                 sleep 0.1 to 0.9 s at random (where the cut falls)
+#   pc_fsync PATH...         fsync files or directories (as a careful writer does)
+
+PC_BIN=$abs_builddir/powercut
+
+pc_init()
+{
+  [ -x "$PC_BIN" ] || tb_fail "$PC_BIN is not built (make check builds it)"
+  [ -c /dev/fuse ] || tb_skip "no /dev/fuse"
+  PC_STATE=$TB_TMP/pc
+  PC_MNT=$TB_TMP/mnt
+  mkdir -p "$PC_STATE/disk" "$PC_MNT"
+  TB_MOUNTS="$TB_MOUNTS $PC_MNT"
+}
+
+pc_cuts()
+{
+  echo "${TB_POWERCUT_CUTS:-$1}"
+}
+
+pc_pause()
+{
+  sleep "0.$(($(od -An -N2 -tu2 /dev/urandom) % 9 + 1))"
+}
+
+pc_mount()
+{
+  "$PC_BIN" "$@" "$PC_STATE" "$PC_MNT" >>"$TB_TMP/powercut.log" 2>&1 &
+  echo $! >"$TB_TMP/powercut.bgpid"
+  _i=0
+  until grep -q " $PC_MNT fuse.powercut " /proc/mounts; do
+    kill -0 "$(cat "$TB_TMP/powercut.bgpid")" 2>/dev/null ||
+      tb_fail "the power-cut simulator did not start: $(tail -n 5 "$TB_TMP/powercut.log")"
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || tb_fail "the power-cut simulator did not mount within 30 s"
+    sleep 0.1
+  done
+}
+
+pc_cut()
+{
+  _pid=$(cat "$TB_TMP/powercut.bgpid")
+  kill -9 "$_pid" 2>/dev/null || true
+  wait "$_pid" 2>/dev/null || true
+  rm -f "$TB_TMP/powercut.bgpid"
+  for _n in "$@"; do
+    [ -f "$TB_TMP/$_n.bgpid" ] && tb_kill9 "$_n"
+  done
+  umount -l "$PC_MNT" 2>/dev/null || fusermount3 -uz "$PC_MNT" 2>/dev/null || true
+  ! grep -q " $PC_MNT fuse" /proc/mounts ||
+    tb_fail "$PC_MNT is still mounted after the cut"
+  grep -q 'AddressSanitizer\|runtime error' "$TB_TMP/powercut.log" &&
+    tb_fail "the simulator hit a sanitizer error: $(grep -m3 'AddressSanitizer\|runtime error' "$TB_TMP/powercut.log")"
+  return 0
+}
+
+pc_fsync()
+{
+  python3 -c '
+import os, sys
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)' "$@"
+}
