@@ -227,20 +227,34 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
     return tb_error_errno("creating overlay %s", path);
   encode_header(h, &info, map_off, data_off);
 
-  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  /* Built under a temporary name and linked into place once durable: a cut
+   * can never leave PATH empty or headerless (on ext4 the create of PATH may
+   * reach the disk with another file's fsync, long before its header). */
+  char tmp[TB_PATH_MAX];
+  if (tb_path(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) == -1) {
+    free(h);
+    return -1;
+  }
+  int fd = mkostemp(tmp, O_CLOEXEC);
   if (fd == -1) {
     free(h);
-    return tb_error_errno("cannot create overlay %s", path);
+    return tb_error_errno("cannot create overlay %s", tmp);
   }
   int r = tb_pwrite_full(fd, h, HEADER_SIZE, 0);
   free(h);
   if (r == -1 || ftruncate(fd, (off_t)(data_off + nblocks * block_size)) == -1 || fsync(fd) == -1) {
-    tb_error_errno("cannot write overlay %s", path);
+    tb_error_errno("cannot write overlay %s", tmp);
     close(fd);
-    unlink(path);
+    unlink(tmp);
     return -1;
   }
   close(fd);
+  if (link(tmp, path) == -1) { /* never replaces: PATH must not exist */
+    tb_error_errno("cannot create overlay %s", path);
+    unlink(tmp);
+    return -1;
+  }
+  unlink(tmp);
   return tb_fsync_dir(path);
 }
 

@@ -199,6 +199,19 @@ int tb_path(char *buf, size_t len, const char *fmt, ...)
   return 0;
 }
 
+/* mkdir PATH unless it exists; a directory it creates is made durable (its
+ * parent fsynced), else a power cut on a filesystem without a journal undoes
+ * the mkdir and with it everything later made durable inside. */
+static int mkdir_durable(const char *path, mode_t mode)
+{
+  if (mkdir(path, mode) == -1)
+    return errno == EEXIST ? 0 : tb_error_errno("cannot create directory %s", path);
+  char parent[TB_PATH_MAX];
+  if (tb_path(parent, sizeof parent, "%s", path) == -1)
+    return -1;
+  return tb_fsync_dir(dirname(parent));
+}
+
 int tb_mkdirs(const char *path, bool private_dir)
 {
   char tmp[TB_PATH_MAX];
@@ -211,13 +224,11 @@ int tb_mkdirs(const char *path, bool private_dir)
     if (*p != '/')
       continue;
     *p = '\0';
-    if (mkdir(tmp, 0755) == -1 && errno != EEXIST)
-      return tb_error_errno("cannot create directory %s", tmp);
+    if (mkdir_durable(tmp, 0755) == -1)
+      return -1;
     *p = '/';
   }
-  if (mkdir(tmp, private_dir ? 0700 : 0755) == -1 && errno != EEXIST)
-    return tb_error_errno("cannot create directory %s", tmp);
-  return 0;
+  return mkdir_durable(tmp, private_dir ? 0700 : 0755);
 }
 
 int tb_fsync_dir(const char *path)

@@ -2,7 +2,7 @@
  * would lose -- in the spirit of LazyFS (the FUSE filesystem Jepsen uses to find
  * lost writes).  The power-cut tests (tests/powercut-*.sh) run tabula over it.
  *
- *   powercut [--strict] STATE MOUNTPOINT
+ *   powercut [--strict] [--cut-at N] STATE MOUNTPOINT
  *
  * STATE/disk is "the disk": what survives a cut.  At start the simulator copies
  * it to STATE/live (what programs see through MOUNTPOINT, i.e. the page cache)
@@ -25,6 +25,10 @@
  * and the mount goes away (auto_unmount); nothing pending reaches the disk.  The
  * test then kills the programs that used the mount and starts powercut again on
  * the same STATE, which rebuilds STATE/live from the disk: the "reboot".
+ * --cut-at N cuts by itself at the Nth sync call (fsync, fdatasync, fsyncdir),
+ * before doing it; STATE/syncs.log lists the calls, so a test can count a
+ * run's calls and then cut before each one in turn: every cut point, not a
+ * random sample.
  *
  * How the disk is kept: every file has one durable inode, STATE/disk/.pc-inodes/
  * OID (OID: a number given to each file or directory when it is created or found
@@ -64,6 +68,8 @@ static int live_fd = -1;
 static bool strict;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t next_oid = 1;
+static long sync_count, cut_at; /* --cut-at N: the cut comes at the Nth sync call */
+static int sync_log = -1;       /* STATE/syncs.log: one line per sync call */
 
 static void die(const char *what, const char *path)
 {
@@ -252,6 +258,16 @@ static int sync_file(struct obj *o, int fd)
 }
 
 static void rm_rf(const char *path);
+
+/* Count a sync call (fsync, fdatasync, fsyncdir) and log it; at the Nth one
+ * with --cut-at N the power goes before it is done.  Caller holds LOCK. */
+static void count_sync(const char *what, const char *path)
+{
+  long n = ++sync_count;
+  dprintf(sync_log, "%ld %s %s\n", n, what, path ? path : "?");
+  if (cut_at && n >= cut_at)
+    _exit(0);
+}
 
 /* A directory entry change: DIR/NAME now names TARGET, or (remove) no longer does. */
 struct effect {
@@ -784,8 +800,8 @@ static int pc_release(const char *path, struct fuse_file_info *fi)
 
 static int pc_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
-  (void)path, (void)datasync;
   pthread_mutex_lock(&lock);
+  count_sync(datasync ? "fdatasync" : "fsync", path);
   struct obj *o = obj_of_fd((int)fi->fh);
   int r = o ? sync_file(o, (int)fi->fh) : 0;
   pthread_mutex_unlock(&lock);
@@ -808,8 +824,9 @@ static int pc_releasedir(const char *path, struct fuse_file_info *fi)
 
 static int pc_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi)
 {
-  (void)path, (void)datasync;
+  (void)datasync;
   pthread_mutex_lock(&lock);
+  count_sync("fsyncdir", path);
   struct obj *o = obj_of_fd((int)fi->fh);
   if (o)
     sync_dir(o);
@@ -904,14 +921,21 @@ static void on_cut(int sig)
 int main(int argc, char **argv)
 {
   int a = 1;
-  if (a < argc && !strcmp(argv[a], "--strict")) {
-    strict = true;
-    a++;
+  for (; a < argc && argv[a][0] == '-'; a++) {
+    if (!strcmp(argv[a], "--strict"))
+      strict = true;
+    else if (!strcmp(argv[a], "--cut-at") && a + 1 < argc)
+      cut_at = atol(argv[++a]);
+    else
+      break;
   }
   if (argc - a != 2) {
-    fprintf(stderr, "usage: powercut [--strict] STATE MOUNTPOINT\n"
+    fprintf(stderr, "usage: powercut [--strict] [--cut-at N] STATE MOUNTPOINT\n"
                     "  STATE/disk is the disk (created empty if missing); kill -9 or SIGUSR1 "
-                    "is a power cut\n");
+                    "is a power cut\n"
+                    "  --cut-at N: the cut comes at the Nth fsync, fdatasync or fsyncdir, before "
+                    "it is done\n"
+                    "  (STATE/syncs.log lists them, one a line)\n");
     return 1;
   }
   const char *mnt = argv[a + 1];
@@ -938,6 +962,11 @@ int main(int argc, char **argv)
     die("cannot stat", live_dir);
   root = obj_new(st.st_ino, true);
   load_tree(disk_dir, live_dir, root);
+  char logp[PATH_MAX];
+  snprintf(logp, sizeof logp, "%s/syncs.log", state);
+  sync_log = open(logp, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+  if (sync_log == -1)
+    die("cannot create", logp);
   live_fd = open(live_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (live_fd == -1)
     die("cannot open", live_dir);
