@@ -101,6 +101,26 @@ int64_t nbdkit_next_wakeup(const struct daemon *d);
 void nbdkit_stop(struct daemon *d); /* SIGTERM, wait, SIGKILL */
 bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b);
 void nbdkit_restart(struct daemon *d, const char *why);
+/* Helpers for every supervised child (nbdkit, dnsmasq). */
+void supervise_describe_status(int status, char *buf, size_t len); /* "exited with status 2" */
+/* The delay before restarting a child that ran RAN_MS: doubles with each
+ * consecutive short run counted in *FAILURES (0.5 s ... 30 s), 0 after a
+ * stable one. */
+int64_t supervise_backoff(int *failures, int64_t ran_ms);
+/* Reap PID (SIGTERM it first: stop_child), SIGKILL at DEADLINE_MS. */
+void supervise_wait_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
+                          size_t len);
+void supervise_stop_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
+                          size_t len);
+
+/* pxe.c: dnsmasq (DHCP, TFTP, iPXE) for PXE boots, from the "pxe" section */
+void pxe_apply(struct daemon *d); /* at start and reload: files, (re)start or SIGHUP */
+bool pxe_reaped(struct daemon *d, pid_t pid, int status); /* true: it was dnsmasq */
+void pxe_tick(struct daemon *d, int64_t now);
+int64_t pxe_next_wakeup(const struct daemon *d);
+void pxe_stop(struct daemon *d);
+json_t *pxe_status(struct daemon *d);
+json_t *pxe_op(struct daemon *d, const char *op, json_t *req); /* NULL: not a PXE op */
 
 /* pulls.c: scheduled pulls from image repositories */
 void pulls_tick(struct daemon *d, int64_t now);

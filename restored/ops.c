@@ -24,6 +24,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <signal.h>
+
+#include "boot.h"
 #include "daemon.h"
 #include "events.h"
 #include "mailbox.h"
@@ -223,6 +227,41 @@ static json_t *sessions_json(const char *state, const char *id, bool exact)
   return arr;
 }
 
+/* The boot session as the frontend reports it (clients/ID/live.json, written
+ * by the plugin): state, connections, the boot marker that opened it.  No
+ * file is "ended"; a frontend whose pid is gone keeps its last state, marked
+ * "frontend_gone".  And the client's latest boot marker (lib/boot.h). */
+static json_t *live_json(const char *state, const char *id)
+{
+  char path[TB_PATH_MAX];
+  json_t *live = NULL;
+  if (tb_store_client_path(state, id, "live.json", path, sizeof path) == 0)
+    live = read_json_file(path);
+  json_t *o = json_object();
+  const char *st = json_string_value(json_object_get(live, "state"));
+  json_object_set_new(o, "state", json_string(json_is_object(live) && st ? st : "ended"));
+  static const char *const copy[] = {"session", "pid",         "updated", "connections",
+                                     "boot",    "grace_until", NULL};
+  for (const char *const *k = copy; *k; k++)
+    json_object_set(o, *k, json_object_get(live, *k) ? json_object_get(live, *k) : json_null());
+  json_t *pid = json_object_get(live, "pid");
+  bool gone = false;
+  if (json_is_integer(pid) && json_integer_value(pid) > 0 && st && strcmp(st, "ended") != 0)
+    gone = kill((pid_t)json_integer_value(pid), 0) == -1 && errno == ESRCH;
+  json_object_set_new(o, "frontend_gone", json_boolean(gone));
+  if (!json_is_array(json_object_get(o, "connections")))
+    json_object_set_new(o, "connections", json_array());
+  json_decref(live);
+  struct tb_boot_marker m;
+  if (tb_boot_marker_read(state, id, &m) == 0 && m.seq > 0)
+    json_object_set_new(o, "last_boot_marker",
+                        json_pack("{s:I, s:I, s:s, s:s}", "seq", (json_int_t)m.seq, "at",
+                                  (json_int_t)m.at_ms, "via", m.via, "detail", m.detail));
+  else
+    json_object_set_new(o, "last_boot_marker", json_null());
+  return o;
+}
+
 /* One client's state.  DETAIL adds exact dirty bytes, the last session and
  * the retained sessions (it opens overlays: fine for one client, not for 500). */
 static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, bool detail)
@@ -287,6 +326,12 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)dirty));
   json_object_set_new(o, "disk_bytes", json_integer((json_int_t)disk_bytes(ovl)));
   json_object_set_new(o, "pending", pending_json(&mb));
+  json_object_set_new(o, "live", live_json(state, c->id));
+  if (c->has_mac) {
+    char addr[64] = "?";
+    inet_ntop(c->address.family, c->address.addr, addr, sizeof addr);
+    json_object_set_new(o, "pxe", json_pack("{s:s, s:s}", "mac", c->mac, "address", addr));
+  }
   if (mb.lockdown[0])
     json_object_set_new(o, "lockdown", json_string(mb.lockdown));
   bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
@@ -435,9 +480,9 @@ static json_t *op_status(struct daemon *d, struct args *a)
     }
     tb_strv_free(names, n);
   }
-  return reply_ok(json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "daemon", daemon, "nbdkit", nb,
+  return reply_ok(json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "daemon", daemon, "nbdkit", nb,
                             "clients", clients, "images", images, "jobs", jobs_status(), "webhooks",
-                            webhooks_status()));
+                            webhooks_status(), "pxe", pxe_status(d)));
 }
 
 static json_t *op_clients(struct daemon *d, struct args *a)
@@ -998,9 +1043,11 @@ json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req)
   json_t *r = watchdog_op(d, a.op, req);
   if (r)
     return r;
+  if ((r = pxe_op(d, a.op, req)))
+    return r;
   return reply_error("unknown operation \"%.64s\" (status, clients, client, sessions, rollback, "
                      "restore, merge, reimage, pin, unpin, refresh, image-rm, image-gc, events, "
                      "reload, lockdown, unlock, quarantine-list, quarantine-show, "
-                     "quarantine-release, image-promote)",
+                     "quarantine-release, image-promote, pxe, pxe-event, pxe-unknown)",
                      a.op);
 }

@@ -370,7 +370,7 @@ int nbdkit_start(struct daemon *d)
   return 0;
 }
 
-static void describe_status(int status, char *buf, size_t len)
+void supervise_describe_status(int status, char *buf, size_t len)
 {
   if (WIFEXITED(status))
     snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
@@ -378,6 +378,17 @@ static void describe_status(int status, char *buf, size_t len)
     snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
   else
     snprintf(buf, len, "stopped (status %d)", status);
+}
+
+int64_t supervise_backoff(int *failures, int64_t ran_ms)
+{
+  *failures = ran_ms >= STABLE_MS ? 0 : *failures + 1;
+  if (ran_ms >= STABLE_MS)
+    return 0;
+  int64_t backoff = BACKOFF_MIN_MS;
+  for (int i = 1; i < *failures && backoff < BACKOFF_MAX_MS; i++)
+    backoff *= 2;
+  return backoff > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff;
 }
 
 static struct nbdkit_instance *instance_of(struct daemon *d, pid_t pid)
@@ -394,23 +405,18 @@ void nbdkit_reap(struct daemon *d)
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     struct nbdkit_instance *in = instance_of(d, pid);
-    if (!in)
+    if (!in) {
+      pxe_reaped(d, pid, status); /* dnsmasq (pxe.c), or no child of interest */
       continue;
+    }
     int64_t now = tb_now_ms();
     int64_t ran = now - in->started_ms;
-    describe_status(status, in->last_exit, sizeof in->last_exit);
+    supervise_describe_status(status, in->last_exit, sizeof in->last_exit);
     in->pid = 0;
     in->ready = false;
     if (d->nbdkit.stopping)
       continue;
-    in->failures = ran >= STABLE_MS ? 0 : in->failures + 1;
-    int64_t backoff = BACKOFF_MIN_MS;
-    for (int i = 1; i < in->failures && backoff < BACKOFF_MAX_MS; i++)
-      backoff *= 2;
-    if (backoff > BACKOFF_MAX_MS)
-      backoff = BACKOFF_MAX_MS;
-    if (ran >= STABLE_MS)
-      backoff = 0;
+    int64_t backoff = supervise_backoff(&in->failures, ran);
     in->restart_at_ms = now + backoff;
     log_msg("nbdkit (pid %d) %s after %.1f s; restarting in %.1f s", (int)pid, in->last_exit,
             (double)ran / 1000, (double)backoff / 1000);
@@ -458,6 +464,34 @@ int64_t nbdkit_next_wakeup(const struct daemon *d)
   return next;
 }
 
+void supervise_wait_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
+                          size_t len)
+{
+  for (;;) {
+    int status;
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid || (r == -1 && errno == ECHILD)) {
+      if (r == pid)
+        supervise_describe_status(status, last_exit, len);
+      return;
+    }
+    if (tb_now_ms() > deadline_ms) {
+      log_msg("%s (pid %d) did not stop in time after SIGTERM; killing it", name, (int)pid);
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return;
+    }
+    usleep(20000);
+  }
+}
+
+void supervise_stop_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
+                          size_t len)
+{
+  kill(pid, SIGTERM);
+  supervise_wait_child(pid, deadline_ms, name, last_exit, len);
+}
+
 /* SIGTERM every instance, wait (reaping) up to STOP_WAIT_MS, then SIGKILL. */
 static void stop_all(struct daemon *d)
 {
@@ -467,23 +501,8 @@ static void stop_all(struct daemon *d)
       kill(d->nbdkit.inst[i].pid, SIGTERM);
   for (int i = 0; i < d->nbdkit.n; i++) {
     struct nbdkit_instance *in = &d->nbdkit.inst[i];
-    while (in->pid) {
-      int status;
-      pid_t r = waitpid(in->pid, &status, WNOHANG);
-      if (r == in->pid || (r == -1 && errno == ECHILD)) {
-        if (r == in->pid)
-          describe_status(status, in->last_exit, sizeof in->last_exit);
-        break;
-      }
-      if (tb_now_ms() > deadline) {
-        log_msg("nbdkit (pid %d) did not stop within %d s of SIGTERM; killing it", (int)in->pid,
-                STOP_WAIT_MS / 1000);
-        kill(in->pid, SIGKILL);
-        waitpid(in->pid, &status, 0);
-        break;
-      }
-      usleep(20000);
-    }
+    if (in->pid)
+      supervise_wait_child(in->pid, deadline, "nbdkit", in->last_exit, sizeof in->last_exit);
     in->pid = 0;
     in->ready = false;
     in->restart_at_ms = 0;

@@ -19,10 +19,12 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <arpa/inet.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -914,6 +916,16 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
     printf("job:      %s %s (%s of %s)\n", jstr(v, "kind"), jstr(v, "what"),
            jsize(v, "done", done, sizeof done), jsize(v, "total", total, sizeof total));
   }
+  json_t *pxe = json_object_get(res, "pxe");
+  if (json_is_object(pxe) && strcmp(jstr(pxe, "state"), "off") != 0) {
+    printf("pxe:      dnsmasq %s", jstr(pxe, "state"));
+    if (jint(pxe, "pid"))
+      printf(", pid %" JSON_INTEGER_FORMAT, jint(pxe, "pid"));
+    printf(", %s on %s, %" JSON_INTEGER_FORMAT " PXE clients\n", jstr(pxe, "server"),
+           jstr(pxe, "interface"), jint(pxe, "clients"));
+    if (json_is_string(json_object_get(pxe, "error")))
+      printf("          %s\n", jstr(pxe, "error"));
+  }
   if (wh)
     printf("webhooks: %" JSON_INTEGER_FORMAT " sent, %" JSON_INTEGER_FORMAT
            " failed, %" JSON_INTEGER_FORMAT " queued, %" JSON_INTEGER_FORMAT " dropped\n",
@@ -935,10 +947,91 @@ static const char *pending_text(const json_t *c, char *buf, size_t len)
   return buf[0] ? buf : "-";
 }
 
+/* The boot session of a client (its "live" object): "running", "running
+ * (frontend gone)", "ended". */
+static const char *live_state(const json_t *c, char *buf, size_t len)
+{
+  json_t *live = json_object_get(c, "live");
+  if (!json_is_object(live))
+    return "-";
+  snprintf(buf, len, "%s%s", jstr(live, "state"),
+           json_is_true(json_object_get(live, "frontend_gone")) ? " (frontend gone)" : "");
+  return buf;
+}
+
+/* Its connections' peers, "10.20.0.21,10.20.0.21" or "-". */
+static const char *live_peers(const json_t *c, char *buf, size_t len)
+{
+  buf[0] = '\0';
+  size_t i;
+  json_t *v;
+  json_array_foreach(json_object_get(json_object_get(c, "live"), "connections"), i, v)
+  {
+    size_t n = strlen(buf);
+    snprintf(buf + n, len - n, "%s%s", n ? "," : "", jstr(v, "peer"));
+  }
+  return buf[0] ? buf : "-";
+}
+
+/* How its session's boot was recognised: "dhcp #4", "token", "-". */
+static const char *live_boot(const json_t *c, char *buf, size_t len)
+{
+  json_t *boot = json_object_get(json_object_get(c, "live"), "boot");
+  if (!json_is_object(boot) || !json_is_string(json_object_get(boot, "via")))
+    return "-";
+  if (json_integer_value(json_object_get(boot, "marker_seq")) > 0)
+    snprintf(buf, len, "%s #%" JSON_INTEGER_FORMAT, jstr(boot, "via"), jint(boot, "marker_seq"));
+  else
+    snprintf(buf, len, "%s", jstr(boot, "via"));
+  return buf;
+}
+
+static int clients_unknown(struct ctl *ctl)
+{
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s}", "op", "pxe-unknown"), NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+    json_decref(res);
+    return 0;
+  }
+  struct table t = {.ncols = 7};
+  table_row(&t, "MAC", "ADDRESS", "PXE", "VENDOR CLASS", "FIRST SEEN", "LAST SEEN", "COUNT");
+  size_t i;
+  json_t *u;
+  json_array_foreach(json_object_get(res, "unknown"), i, u)
+  {
+    char first[96], last[96], count[32];
+    table_row(&t, jstr(u, "mac"), jstr(u, "address"),
+              json_is_true(json_object_get(u, "pxe")) ? "yes" : "no", jstr(u, "vendor_class"),
+              jtime(u, "first_seen_ms", first, sizeof first),
+              jtime(u, "last_seen_ms", last, sizeof last), jnum(u, "count", count, sizeof count));
+  }
+  if (t.nrows == 1) {
+    printf("no unknown PCs asked for a lease (pxe.unknown_range gives them one, so they are "
+           "recorded)\n");
+    table_free(&t);
+  } else {
+    table_print(&t);
+    printf("\nregister one with: %s register MAC ID [--group G] [--address A]\n", prog);
+  }
+  json_decref(res);
+  return 0;
+}
+
 static int cmd_clients(struct ctl *ctl, int argc, char **argv)
 {
-  if (no_operands(argc, argv, 0, "no operands"))
+  static const struct option lo[] = {{"unknown", no_argument, NULL, 'u'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
     return EXIT_USAGE;
+  if (argc - optind != 0)
+    return usage_error("expected no operands");
+  if (seen['u'])
+    return clients_unknown(ctl);
   int code;
   json_t *res = request(ctl, json_pack("{s:s}", "op", "clients"), NULL, NULL, &code);
   if (!res)
@@ -948,14 +1041,14 @@ static int cmd_clients(struct ctl *ctl, int argc, char **argv)
     json_decref(res);
     return 0;
   }
-  struct table t = {.ncols = 9};
-  table_row(&t, "CLIENT", "GROUP", "POLICY", "BASE", "NEXT", "STATE", "SESSION", "DIRTY",
-            "PENDING");
+  struct table t = {.ncols = 12};
+  table_row(&t, "CLIENT", "GROUP", "POLICY", "BASE", "NEXT", "STATE", "SESSION", "DIRTY", "PENDING",
+            "BOOT SESSION", "PEERS", "BOOT");
   size_t i;
   json_t *c;
   json_array_foreach(json_object_get(res, "clients"), i, c)
   {
-    char base[96], next[96], sess[32], dirty[32], pend[128];
+    char base[96], next[96], sess[32], dirty[32], pend[128], live[64], peers[256], boot[64];
     snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT "%s", jstr(c, "image"),
              jint(c, "version"), json_is_true(json_object_get(c, "pinned")) ? " (pinned)" : "");
     if (!jint(c, "version"))
@@ -964,10 +1057,12 @@ static int cmd_clients(struct ctl *ctl, int argc, char **argv)
              jint(c, "next_version"));
     if (!jint(c, "next_version"))
       snprintf(next, sizeof next, "-");
-    table_row(
-        &t, jstr(c, "id"), json_is_string(json_object_get(c, "group")) ? jstr(c, "group") : "-",
-        jstr(c, "policy"), base, next, jstr(c, "state"), jnum(c, "session", sess, sizeof sess),
-        jsize(c, "dirty_bytes", dirty, sizeof dirty), pending_text(c, pend, sizeof pend));
+    table_row(&t, jstr(c, "id"),
+              json_is_string(json_object_get(c, "group")) ? jstr(c, "group") : "-",
+              jstr(c, "policy"), base, next, jstr(c, "state"),
+              jnum(c, "session", sess, sizeof sess), jsize(c, "dirty_bytes", dirty, sizeof dirty),
+              pending_text(c, pend, sizeof pend), live_state(c, live, sizeof live),
+              live_peers(c, peers, sizeof peers), live_boot(c, boot, sizeof boot));
   }
   table_print(&t);
   json_decref(res);
@@ -1050,6 +1145,41 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
                ? " (one is due: waiting for the session to end)"
                : "");
     printf("  last:       %s\n", jtime(res, "last_merge_ms", when, sizeof when));
+  }
+  json_t *pxe = json_object_get(res, "pxe");
+  if (json_is_object(pxe))
+    printf("pxe:          mac %s, address %s\n", jstr(pxe, "mac"), jstr(pxe, "address"));
+  json_t *live = json_object_get(res, "live");
+  if (json_is_object(live)) {
+    char st[64], when[96];
+    printf("boot session: %s", live_state(res, st, sizeof st));
+    if (json_is_integer(json_object_get(live, "session")))
+      printf(", session %" JSON_INTEGER_FORMAT, jint(live, "session"));
+    if (json_is_integer(json_object_get(live, "grace_until")))
+      printf(", waits for its boot until %s", jtime(live, "grace_until", when, sizeof when));
+    printf("\n");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(live, "connections"), i, v)
+        printf("  connection: %s %s since %s\n", jstr(v, "frontend"), jstr(v, "peer"),
+               jtime(v, "since", when, sizeof when));
+    json_t *boot = json_object_get(live, "boot");
+    if (json_is_object(boot)) {
+      printf("  opened by:  %s", jstr(boot, "via"));
+      if (json_is_string(json_object_get(boot, "token")))
+        printf(" (boot id %s)", jstr(boot, "token"));
+      if (jint(boot, "marker_seq"))
+        printf(" (boot marker %" JSON_INTEGER_FORMAT ")", jint(boot, "marker_seq"));
+      if (json_is_string(json_object_get(boot, "detail")))
+        printf(": %s", jstr(boot, "detail"));
+      printf("\n");
+    }
+    json_t *m = json_object_get(live, "last_boot_marker");
+    if (json_is_object(m))
+      printf("last boot:    marker %" JSON_INTEGER_FORMAT " via %s at %s: %s\n", jint(m, "seq"),
+             jstr(m, "via"), jtime(m, "at", when, sizeof when), jstr(m, "detail"));
+    else
+      printf("last boot:    - (no PXE boot seen)\n");
   }
   json_t *last = json_object_get(res, "last_session");
   if (json_is_object(last)) {
@@ -1411,9 +1541,211 @@ static int cmd_quarantine(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
+/* ---- PXE ------------------------------------------------------------------------------------ */
+
+static int cmd_pxe(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"hosts", no_argument, NULL, 'H'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != 0)
+    return usage_error("expected no operands");
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s}", "op", "pxe"), NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json)
+    print_json(res);
+  else
+    fputs(jstr(res, seen['H'] ? "hosts" : "dnsmasq_conf"), stdout);
+  json_decref(res);
+  return 0;
+}
+
+/* dnsmasq's dhcp-script: ACTION MAC ADDRESS [HOSTNAME], or tftp SIZE ADDRESS
+ * FILE; the DNSMASQ_* environment adds the vendor and user classes.  Quiet
+ * on success (dnsmasq logs what a script prints). */
+static int cmd_pxe_event(struct ctl *ctl, int argc, char **argv)
+{
+  if (argc < 4 || argc > 5)
+    return usage_error("expected ACTION MAC ADDRESS [HOSTNAME] or tftp SIZE ADDRESS FILE");
+  json_t *req = json_pack("{s:s, s:s}", "op", "pxe-event", "action", argv[1]);
+  if (strcmp(argv[1], "tftp") == 0) {
+    if (argc != 5)
+      return json_decref(req), usage_error("tftp needs SIZE ADDRESS FILE");
+    uint64_t size;
+    if (parse_uint(argv[2], "SIZE", UINT64_MAX >> 1, &size))
+      return json_decref(req), EXIT_USAGE;
+    json_object_set_new(req, "size", json_integer((json_int_t)size));
+    json_object_set_new(req, "address", json_string(argv[3]));
+    json_object_set_new(req, "file", json_string(argv[4]));
+  } else {
+    json_object_set_new(req, "mac", json_string(argv[2]));
+    json_object_set_new(req, "address", json_string(argv[3]));
+    if (argc == 5)
+      json_object_set_new(req, "hostname", json_string(argv[4]));
+    const char *vendor = getenv("DNSMASQ_VENDOR_CLASS");
+    if (vendor)
+      json_object_set_new(req, "vendor_class", json_string(vendor));
+    json_t *uc = json_array();
+    for (int i = 0; i < 16; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "DNSMASQ_USER_CLASS%d", i);
+      if (getenv(name))
+        json_array_append_new(uc, json_string(getenv(name)));
+    }
+    json_object_set_new(req, "user_class", uc);
+  }
+  if (getenv("DNSMASQ_TAGS"))
+    json_object_set_new(req, "tags", json_string(getenv("DNSMASQ_TAGS")));
+  if (getenv("DNSMASQ_INTERFACE"))
+    json_object_set_new(req, "interface", json_string(getenv("DNSMASQ_INTERFACE")));
+  int code;
+  json_t *res = request(ctl, req, NULL, NULL, &code);
+  if (!res)
+    return code;
+  if (ctl->json)
+    print_json(res);
+  json_decref(res);
+  return 0;
+}
+
+/* The first address of pxe.network that is no client's, not the server's,
+ * not in the unknown range, nor the network's or broadcast address. */
+static int free_address(const struct tb_config *cfg, char *out, size_t len)
+{
+  const struct tb_pxe_conf *x = &cfg->pxe;
+  uint32_t net, first = 0, last = 0, server;
+  memcpy(&net, x->network.addr, 4);
+  net = ntohl(net);
+  uint32_t size = x->network.prefix >= 31 ? 1 : 1u << (32 - x->network.prefix);
+  struct in_addr a;
+  inet_pton(AF_INET, x->server, &a);
+  server = ntohl(a.s_addr);
+  if (x->unknown_first && inet_pton(AF_INET, x->unknown_first, &a) == 1)
+    first = ntohl(a.s_addr);
+  if (x->unknown_last && inet_pton(AF_INET, x->unknown_last, &a) == 1)
+    last = ntohl(a.s_addr);
+  for (uint32_t i = 1; i + 1 < size && i < 65536; i++) {
+    uint32_t ip = net + i;
+    bool used = ip == server || (x->unknown_first && ip >= first && ip <= last);
+    for (size_t k = 0; k < cfg->n_clients && !used; k++) {
+      uint32_t c;
+      memcpy(&c, cfg->clients[k].address.addr, 4);
+      used = cfg->clients[k].has_address && cfg->clients[k].address.family == AF_INET &&
+             ntohl(c) == ip;
+    }
+    if (!used) {
+      a.s_addr = htonl(ip);
+      inet_ntop(AF_INET, &a, out, (socklen_t)len);
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* register MAC ID: the client entry to add (printed; with --write added to
+ * the configuration file, which is checked, rewritten atomically and
+ * reloaded). */
+static int cmd_register(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {{"group", required_argument, NULL, 'g'},
+                                     {"address", required_argument, NULL, 'a'},
+                                     {"image", required_argument, NULL, 'i'},
+                                     {"write", no_argument, NULL, 'w'},
+                                     {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - optind != 2)
+    return usage_error("expected MAC ID");
+  char mac[18];
+  const char *id = argv[optind + 1];
+  if (tb_mac_parse(argv[optind], mac) == -1)
+    return usage_error("%s", tb_errmsg());
+  if (check_client_arg(id))
+    return EXIT_USAGE;
+  if (load_config(ctl) == -1)
+    return EXIT_FAIL;
+  const struct tb_config *cfg = ctl->cfg;
+  if (!cfg->pxe.enabled)
+    return fail("%s has no \"pxe\" section: add one first (see tabula-restored(8))", cfg->path);
+  if (tb_config_client(cfg, id))
+    return fail("client \"%s\" already exists in %s: choose another id", id, cfg->path);
+  const struct tb_client_conf *other = tb_config_client_by_mac(cfg, mac);
+  if (other)
+    return fail("MAC %s is already client \"%s\"", mac, other->id);
+  char addr[64];
+  if (seen['a'])
+    snprintf(addr, sizeof addr, "%s", val['a']);
+  else if (free_address(cfg, addr, sizeof addr) == -1)
+    return fail("no free address left in pxe.network %s: pass --address", cfg->pxe.network_text);
+  json_t *entry = json_object();
+  if (seen['g'])
+    json_object_set_new(entry, "group", json_string(val['g']));
+  const char *image = seen['i'] ? val['i'] : NULL;
+  if (!image && !seen['g']) {
+    if (cfg->n_images != 1)
+      return json_decref(entry), fail("pass --image IMAGE or --group GROUP (the configuration "
+                                      "has %zu images)",
+                                      cfg->n_images);
+    image = cfg->images[0];
+  }
+  if (image)
+    json_object_set_new(entry, "image", json_string(image));
+  json_object_set_new(entry, "mac", json_string(mac));
+  json_object_set_new(entry, "address", json_string(addr));
+
+  /* The configuration with the client added, checked by the real parser. */
+  json_t *root = json_load_file(cfg->path, JSON_REJECT_DUPLICATES, NULL);
+  json_t *clients = json_object_get(root, "clients");
+  if (!json_is_object(root))
+    return json_decref(entry), fail("cannot read %s as JSON", cfg->path);
+  if (!clients)
+    json_object_set_new(root, "clients", clients = json_object());
+  json_object_set(clients, id, entry);
+  char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  json_decref(root);
+  struct tb_config *check = text ? tb_config_parse(text, cfg->path) : NULL;
+  if (!check) {
+    free(text);
+    json_decref(entry);
+    return fail("%s (the client was not added)", tb_errmsg());
+  }
+  tb_config_unref(check);
+  char *snippet = json_dumps(entry, JSON_PRESERVE_ORDER);
+  json_decref(entry);
+  if (!seen['w']) {
+    printf("add this to \"clients\" in %s, then run %s reload (or pass --write):\n\n"
+           "    \"%s\": %s\n",
+           cfg->path, prog, id, snippet ? snippet : "?");
+    free(snippet);
+    free(text);
+    return 0;
+  }
+  free(snippet);
+  size_t len = strlen(text);
+  text = realloc(text, len + 2);
+  strcpy(text + len, "\n");
+  struct stat st;
+  int mode = stat(cfg->path, &st) == 0 ? (int)(st.st_mode & 07777) : 0644;
+  int r = tb_write_file_atomic(cfg->path, text, len + 1, mode);
+  free(text);
+  if (r == -1)
+    return fail("%s", tb_errmsg());
+  printf("client %s (mac %s, address %s) added to %s\n", id, mac, addr, cfg->path);
+  return simple_request(ctl, json_pack("{s:s}", "op", "reload"), "configuration reloaded");
+}
+
 static const struct command commands[] = {
     {"status", "", "Show the daemon, nbdkit and a summary of clients and images.", cmd_status},
-    {"clients", "", "List clients: policy, base version, next version, state, dirty bytes.",
+    {"clients", "[--unknown]",
+     "List clients: policy, base version, next version, state, dirty bytes, and the boot\n"
+     "session (booting, running, reconnecting, ended), its peers and how its boot was seen.\n"
+     "--unknown lists the MACs that asked for a PXE lease and are not configured.",
      cmd_clients},
     {"client", "ID",
      "Show one client: policy, base version, pinned or not, dirty bytes, session state,\n"
@@ -1458,6 +1790,19 @@ static const struct command commands[] = {
      "Re-read the daemon's configuration file.  An invalid file is refused with its error\n"
      "and the running configuration stays.",
      cmd_reload},
+    {"pxe", "[--hosts]",
+     "Print the dnsmasq configuration the daemon generated from the \"pxe\" section (with\n"
+     "--hosts its static leases), for administrators who run dnsmasq themselves.",
+     cmd_pxe},
+    {"pxe-event", "ACTION MAC ADDRESS [HOSTNAME] | tftp SIZE ADDRESS FILE",
+     "dnsmasq's dhcp-script (STATE/pxe/event.sh runs it): report a lease or a TFTP\n"
+     "transfer to the daemon, which records PXE boots and unknown MACs.",
+     cmd_pxe_event},
+    {"register", "MAC ID [--group G] [--image I] [--address A] [--write]",
+     "Print the configuration entry of a new PXE client (the first free address of\n"
+     "pxe.network unless --address); --write adds it to the configuration file (checked,\n"
+     "rewritten atomically, key order kept) and reloads the daemon.",
+     cmd_register},
 };
 
 static void usage(FILE *f)
@@ -1475,19 +1820,17 @@ static void usage(FILE *f)
           "Commands:\n",
           prog, DEFAULT_CONFIG);
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-    fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].usage);
+    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].usage);
   fprintf(f, "\nExit status: 0 done, 1 failed, 2 bad usage, 3 daemon not reachable.\n");
 }
 
 int main(int argc, char **argv)
 {
-  static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
-                                     {"state", required_argument, NULL, 's'},
-                                     {"socket", required_argument, NULL, 'S'},
-                                     {"json", no_argument, NULL, 'j'},
-                                     {"help", no_argument, NULL, 'h'},
-                                     {"version", no_argument, NULL, 'V'},
-                                     {0}};
+  static const struct option lo[] = {
+      {"config", required_argument, NULL, 'c'}, {"state", required_argument, NULL, 's'},
+      {"socket", required_argument, NULL, 'S'}, {"control", required_argument, NULL, 'S'},
+      {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+      {"version", no_argument, NULL, 'V'},      {0}};
   struct ctl ctl = {0};
   signal(SIGPIPE, SIG_IGN);
   int ch;
