@@ -624,14 +624,16 @@ bool pxe_reaped(struct daemon *d, pid_t pid, int status)
   P.pid = 0;
   if (P.stopping)
     return true;
-  char tail[512];
-  log_tail(d->cfg, tail, sizeof tail);
+  char tail[512] = "";
+  if (WIFEXITED(status)) /* its last words say why; a signal is the reason itself */
+    log_tail(d->cfg, tail, sizeof tail);
   schedule_restart(d, ran);
   int64_t backoff = P.restart_at_ms - tb_now_ms();
   snprintf(P.error, sizeof P.error,
-           "dnsmasq %s after %.1f s: %s (%s); PCs cannot PXE-boot, NBD "
-           "clients are served as before",
-           P.last_exit, (double)ran / 1000, tail[0] ? tail : "no message", exit_hint(tail));
+           "dnsmasq %s after %.1f s%s%s (%s); PCs cannot PXE-boot, NBD clients are served as "
+           "before",
+           P.last_exit, (double)ran / 1000, tail[0] ? ": " : "", tail,
+           WIFEXITED(status) ? exit_hint(tail) : "it is restarted");
   log_msg("pxe: %s; restarting in %.1f s", P.error, (double)backoff / 1000);
   tb_eventf(d->cfg->state_dir, "dnsmasq-exit", NULL, "{s:I, s:s, s:s, s:I, s:I}", "pid",
             (json_int_t)pid, "status", P.last_exit, "message", tail, "ran_ms", (json_int_t)ran,
