@@ -595,16 +595,14 @@ struct text {
   FILE *f;
 };
 
+/* A guest path as changes.txt prints it: the tb_guest_name() encoding
+ * (util.h), so no control character (a newline, a terminal escape) and no
+ * byte that is not UTF-8 reaches a terminal or a line-based reader raw. */
 static void change_path_escaped(FILE *f, const char *path)
 {
-  for (const char *p = path; *p; p++) {
-    if (*p == '\n')
-      fputs("\\n", f);
-    else if (*p == '\\')
-      fputs("\\\\", f);
-    else
-      fputc(*p, f);
-  }
+  char *enc = tb_guest_name(path);
+  fputs(enc ? enc : "(out of memory)", f);
+  free(enc);
 }
 
 static int change_line(void *ctx, enum tb_change kind, const char *path, const struct tb_istat *st)

@@ -47,6 +47,7 @@
 #include <unistd.h>
 
 #include <libnbd.h>
+#include <openssl/evp.h>
 #include <tsk/libtsk.h>
 
 #include "inspect.h"
@@ -828,10 +829,92 @@ static int dent_cmp(const void *a, const void *b)
   return strcmp(((const struct dent *)a)->name, ((const struct dent *)b)->name);
 }
 
-static bool name_ok(const char *name)
+/* Names a listing can hold.  A guest with raw disk access can write names
+ * no path component can be: with a '/', empty (a NUL first: libtsk stops
+ * at a NUL), "." or ".." beyond a directory's own two entries, longer than
+ * FUSE's 1024 bytes.  Dropping them would hide the file from the view and
+ * from every rule, so they are listed under an escaped name instead: the
+ * tb_guest_name() encoding (util.h) with '/' as "\x2f", "." as "\x2e" and
+ * ".." as "\x2e\x2e", an empty name as "\x00", and a name still longer
+ * than 1024 bytes cut to 1000 and ended with "\~" and 16 hex digits of the
+ * sha256 of the whole name (so two long names stay apart).  Every other
+ * name is listed as libtsk reports it, raw bytes and all. */
+#define LIST_NAME_MAX 1024
+
+struct name_seen {
+  bool dot, dotdot; /* the directory's own "." and ".." were passed over */
+};
+
+static char *escaped_name(const char *raw)
 {
-  return name && *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 && !strchr(name, '/') &&
-         strlen(name) <= 1024;
+  if (!*raw)
+    return strdup("\\x00");
+  if (strcmp(raw, ".") == 0 || strcmp(raw, "..") == 0)
+    return strdup(raw[1] ? "\\x2e\\x2e" : "\\x2e");
+  char *enc = tb_guest_name(raw);
+  if (!enc)
+    return NULL;
+  size_t slashes = 0, n = strlen(enc);
+  for (size_t i = 0; i < n; i++)
+    slashes += enc[i] == '/';
+  char *out = malloc(n + 3 * slashes + 24 + 1), *o = out;
+  if (!out) {
+    free(enc);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (enc[i] == '/') {
+      memcpy(o, "\\x2f", 4);
+      o += 4;
+    } else {
+      *o++ = enc[i];
+    }
+  }
+  *o = '\0';
+  free(enc);
+  if ((size_t)(o - out) > LIST_NAME_MAX) {
+    size_t cut = 1000; /* not inside a UTF-8 character or an escape */
+    while (cut > 0 && ((unsigned char)out[cut] & 0xC0) == 0x80)
+      cut--;
+    for (size_t k = cut; k > 0 && k + 4 > cut; k--)
+      if (out[k - 1] == '\\') {
+        cut = k - 1;
+        break;
+      }
+    unsigned char md[32];
+    EVP_Digest(raw, strlen(raw), md, NULL, EVP_sha256(), NULL);
+    char hex[65];
+    tb_hex(md, 8, hex);
+    snprintf(out + cut, 24, "\\~%s", hex);
+  }
+  return out;
+}
+
+/* The listed name of entry NM of directory DIR_INUM (malloc'd), or NULL
+ * with errno 0 if the entry is not listed (the directory's own "." and
+ * "..", libtsk's unallocated names), ENOMEM if out of memory. */
+static char *entry_name(const TSK_FS_NAME *nm, struct name_seen *seen)
+{
+  errno = 0;
+  if (!nm || !nm->name || !(nm->flags & TSK_FS_NAME_FLAG_ALLOC))
+    return NULL;
+  const char *name = nm->name;
+  bool own = nm->type == TSK_FS_NAME_TYPE_DIR || nm->type == TSK_FS_NAME_TYPE_UNDEF;
+  if (strcmp(name, ".") == 0 && !seen->dot && own) {
+    seen->dot = true;
+    return NULL;
+  }
+  if (strcmp(name, "..") == 0 && !seen->dotdot && own) {
+    seen->dotdot = true;
+    return NULL;
+  }
+  char *r = *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 && !strchr(name, '/') &&
+                    strlen(name) <= LIST_NAME_MAX
+                ? strdup(name)
+                : escaped_name(name);
+  if (!r)
+    errno = ENOMEM;
+  return r;
 }
 
 /* An ext2/3 block map (no extents) reaching into the triple-indirect block:
@@ -919,18 +1002,19 @@ static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64
     return NULL;
   }
   d->inum = inum;
+  struct name_seen seen = {0};
   for (size_t i = 0; i < n; i++) {
     if ((i & 255) == 0 && past_deadline(ins))
       break;
     const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, i);
-    if (!nm || !(nm->flags & TSK_FS_NAME_FLAG_ALLOC) || !name_ok(nm->name))
-      continue;
-    struct tb_istat st;
-    if (!entry_stat(td, i, nm, &st))
-      continue;
-    char *name = strdup(nm->name);
+    char *name = entry_name(nm, &seen);
     if (!name)
       continue;
+    struct tb_istat st;
+    if (!entry_stat(td, i, nm, &st)) {
+      free(name);
+      continue;
+    }
     d->v[d->n++] = (struct dent){name, st};
   }
   tsk_fs_dir_close(td);
@@ -2900,17 +2984,17 @@ static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_l
   struct lent *le = calloc(cnt ? cnt : 1, sizeof *le);
   size_t n = 0;
   int r = le ? 0 : -1;
+  struct name_seen seen = {0};
   for (size_t i = 0; i < cnt && r == 0; i++) {
     if ((i & 255) == 0 && past_deadline(x->ins))
       break;
     const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, i);
-    if (!nm || !(nm->flags & TSK_FS_NAME_FLAG_ALLOC) || !name_ok(nm->name) ||
-        path_len + 1 + strlen(nm->name) >= TB_PATH_MAX)
-      continue;
-    char *name = strdup(nm->name);
-    if (!name)
+    char *name = entry_name(nm, &seen);
+    if (!name && errno == ENOMEM)
       r = -1;
-    else
+    else if (name && path_len + 1 + strlen(name) >= TB_PATH_MAX)
+      free(name);
+    else if (name)
       le[n++] = (struct lent){.name = name, .inum = nm->meta_addr, .idx = i};
   }
   if (r == 0 && n > 0) {

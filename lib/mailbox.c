@@ -79,25 +79,30 @@ int tb_mailbox_read(const char *state, const char *id, struct tb_mailbox *mb)
   return read_locked(path, mb);
 }
 
+/* Every key or none: a value jansson refuses (a string that is not UTF-8)
+ * fails the write, so no request is ever dropped while the caller hears
+ * it succeeded. */
 static int write_mailbox(const char *path, const struct tb_mailbox *mb)
 {
   json_t *o = json_object();
+  int bad = !o;
   if (mb->rollback)
-    json_object_set_new(o, "rollback", json_true());
+    bad |= json_object_set_new(o, "rollback", json_true());
   if (mb->refresh)
-    json_object_set_new(o, "refresh", json_true());
+    bad |= json_object_set_new(o, "refresh", json_true());
   if (mb->restore > 0)
-    json_object_set_new(o, "restore", json_integer(mb->restore));
+    bad |= json_object_set_new(o, "restore", json_integer(mb->restore));
   if (mb->image[0])
-    json_object_set_new(o, "image", json_string(mb->image));
+    bad |= json_object_set_new(o, "image", json_string(mb->image));
   if (mb->pin)
-    json_object_set_new(o, "pin", json_integer(mb->pin));
+    bad |= json_object_set_new(o, "pin", json_integer(mb->pin));
   if (mb->lockdown[0])
-    json_object_set_new(o, "lockdown", json_string(mb->lockdown));
-  char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    bad |= json_object_set_new(o, "lockdown", json_string(mb->lockdown));
+  char *text = bad ? NULL : json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
   json_decref(o);
   if (!text)
-    return tb_error("cannot encode %s", path);
+    return tb_error("cannot encode %s (a value is not valid UTF-8?); the mailbox is unchanged",
+                    path);
   int r = tb_write_file_atomic(path, text, strlen(text), 0600);
   free(text);
   return r;
@@ -106,11 +111,11 @@ static int write_mailbox(const char *path, const struct tb_mailbox *mb)
 int tb_mailbox_update(const char *state, const char *id, tb_mailbox_fn fn, void *ctx)
 {
   char dir[TB_PATH_MAX], path[TB_PATH_MAX], lock[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, false) == -1 ||
+  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1 ||
       tb_path(path, sizeof path, "%s/mailbox.json", dir) == -1 ||
       tb_path(lock, sizeof lock, "%s/mailbox.lock", dir) == -1)
     return -1;
-  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd == -1 || flock(fd, LOCK_EX) == -1) {
     tb_error_errno("cannot lock %s", lock);
     if (fd >= 0)

@@ -160,6 +160,18 @@ char *tb_guest_name(const char *raw)
   return tb_guest_name_len(raw, strlen(raw));
 }
 
+void tb_utf8_truncate(char *s)
+{
+  size_t n = strlen(s), start = n;
+  while (start > 0 && n - start < 4 && ((unsigned char)s[start - 1] & 0xC0) == 0x80)
+    start--;
+  if (start == 0 || (unsigned char)s[start - 1] < 0x80)
+    return;
+  uint32_t cp;
+  if (utf8_char((const unsigned char *)s + start - 1, n - start + 1, &cp) == 0)
+    s[start - 1] = '\0';
+}
+
 static int hexval(char c);
 
 ssize_t tb_guest_name_decode(const char *enc, char *out, size_t len)

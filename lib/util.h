@@ -51,6 +51,9 @@ char *tb_guest_name_len(const char *raw, size_t len); /* LEN bytes, NULs include
  * -1 if ENC is not an encoding or does not fit. */
 ssize_t tb_guest_name_decode(const char *enc, char *out, size_t len);
 
+/* Drop an incomplete UTF-8 character at the end of S (left by a cut). */
+void tb_utf8_truncate(char *s);
+
 /* snprintf into a PATH_MAX buffer; fails (tb_error) if the result would not fit. */
 int tb_path(char *buf, size_t len, const char *fmt, ...) TB_PRINTF(3, 4);
 

@@ -80,7 +80,7 @@ static json_t *load_json(const char *path)
 static int save_json(const char *path, json_t *v)
 {
   char *text = json_dumps(v, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
-  int r = text ? tb_write_file_atomic(path, text, strlen(text), 0644)
+  int r = text ? tb_write_file_atomic(path, text, strlen(text), 0600)
                : tb_error("cannot encode %s", path);
   free(text);
   return r;
@@ -113,8 +113,10 @@ static int apply_change(struct tb_mailbox *mb, void *ctx)
     mb->rollback = true;
   if (c->refresh)
     mb->refresh = true;
-  if (c->lockdown)
+  if (c->lockdown) {
     snprintf(mb->lockdown, sizeof mb->lockdown, "%s", c->lockdown);
+    tb_utf8_truncate(mb->lockdown);
+  }
   if (c->set_pin)
     mb->pin = c->pin;
   if (c->restore > 0)
@@ -179,8 +181,10 @@ static int quarantine_move(const char *state, const char *id, const char *src, j
   if (mkdir(qdir, 0700) == -1)
     return tb_error_errno("cannot create %s", qdir);
   json_object_set_new(note, "number", json_integer((json_int_t)*number));
-  if (save_json(notep, note) == -1)
+  if (save_json(notep, note) == -1) {
+    rmdir(qdir); /* no empty quarantine left behind */
     return -1;
+  }
   if (rename(src, dst) == -1) {
     int saved = errno;
     unlink(notep);
@@ -322,6 +326,10 @@ struct scan_ctx {
   char reason[256];
 };
 
+/* PATH is the guest's (raw bytes, matched as such by the rule): everything
+ * recorded carries it encoded (tb_guest_name), so a name that is not UTF-8
+ * or holds terminal escapes is written, never dropped.  A hit that cannot
+ * be recorded still acts, and says so (watchdog-error). */
 static int on_hit(void *ctx, const struct tb_file_rule *rule, const char *kind, const char *path)
 {
   struct scan_ctx *x = ctx;
@@ -331,16 +339,32 @@ static int on_hit(void *ctx, const struct tb_file_rule *rule, const char *kind, 
   if (!x->rq->end && !fresh)
     return 0; /* reported by an earlier interval scan of this session */
   const char *action = tb_rule_action_name(rule->action);
-  if (fresh)
-    tb_eventf(x->state, "watchdog-rule", x->rq->id, "{s:s, s:s, s:s, s:s, s:I, s:s}", "rule",
-              rule->name, "kind", kind, "path", path, "action", action, "session",
-              (json_int_t)x->rq->session, "scan", x->rq->end ? "session-end" : "interval");
+  char *enc = tb_guest_name(path);
+  const char *shown = enc ? enc : "(a name that could not be encoded: out of memory)";
+  if (fresh &&
+      tb_eventf(x->state, "watchdog-rule", x->rq->id, "{s:s, s:s, s:s, s:s, s:I, s:s}", "rule",
+                rule->name, "kind", kind, "path", shown, "action", action, "session",
+                (json_int_t)x->rq->session, "scan", x->rq->end ? "session-end" : "interval") == -1)
+    log_msg("watchdog: %s: rule %s hit %s but the event could not be written: %s", x->rq->id,
+            rule->name, shown, tb_errmsg());
   json_array_append_new(x->hits, json_pack("{s:s, s:s, s:s, s:s}", "rule", rule->name, "kind", kind,
-                                           "path", path, "action", action));
-  if (!x->act[rule->action] && rule->action != TB_RULE_ALERT)
-    snprintf(x->reason, sizeof x->reason, "rule %s: %s %s", rule->name, kind, path);
+                                           "path", shown, "action", action));
+  if (!x->act[rule->action] && rule->action != TB_RULE_ALERT) {
+    snprintf(x->reason, sizeof x->reason, "rule %s: %s %s", rule->name, kind, shown);
+    tb_utf8_truncate(x->reason); /* a cut must not leave half a character */
+  }
   x->act[rule->action] = true;
+  free(enc);
   return 0;
+}
+
+/* An action the watchdog decided but could not take or record: an event
+ * and the log, never silence. */
+static void action_failed(const char *state, const char *id, const char *action, const char *reason)
+{
+  log_msg("watchdog: %s of %s failed: %s (%s)", action, id, tb_errmsg(), reason);
+  tb_eventf(state, "watchdog-error", id, "{s:s, s:s, s:s}", "action", action, "error", tb_errmsg(),
+            "reason", reason);
 }
 
 static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
@@ -350,7 +374,7 @@ static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
     if (mailbox_change(state, id, MB_CHANGE(.lockdown = x->reason)) == 0)
       tb_eventf(state, "lockdown", id, "{s:s, s:s}", "reason", x->reason, "by", "watchdog");
     else
-      log_msg("watchdog: lockdown of %s: %s", id, tb_errmsg());
+      action_failed(state, id, "lockdown", x->reason);
   }
   if (x->act[TB_RULE_QUARANTINE]) {
     char when[32];
@@ -360,7 +384,8 @@ static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
                              (json_int_t)s->info.base.version, "time", when, "reason", x->reason,
                              "hits", x->hits);
     uint64_t number = 0;
-    int r = quarantine_scanned(state, id, x->rq->session, s, note, &number);
+    int r = note ? quarantine_scanned(state, id, x->rq->session, s, note, &number)
+                 : tb_error("cannot encode the quarantine note");
     if (r == 1)
       tb_eventf(state, "quarantine", id, "{s:I, s:I, s:s}", "number", (json_int_t)number, "session",
                 (json_int_t)s->info.session, "reason", x->reason);
@@ -368,14 +393,14 @@ static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
       tb_eventf(state, "quarantine-deferred", id, "{s:I, s:s, s:s}", "session",
                 (json_int_t)s->info.session, "reason", x->reason, "applies", "session-end");
     else
-      log_msg("watchdog: quarantine of %s: %s", id, tb_errmsg());
+      action_failed(state, id, "quarantine", x->reason);
   }
   if (x->act[TB_RULE_ROLLBACK] && !x->act[TB_RULE_QUARANTINE]) {
     if (mailbox_change(state, id, MB_CHANGE(.rollback = true)) == 0)
       tb_eventf(state, "rollback", id, "{s:s, s:s, s:s}", "reason", x->reason, "by", "watchdog",
                 "applies", "next-session");
     else
-      log_msg("watchdog: rollback of %s: %s", id, tb_errmsg());
+      action_failed(state, id, "rollback", x->reason);
   }
 }
 
