@@ -5,7 +5,11 @@
  *
  *   0            header (4 KiB): magic, format, geometry, base identity, session,
  *                a sha256 of the header.  Written once at creation, never again.
- *   map_offset   the block map, 2 bits a block (CLEAN, DATA, ZERO), 4 KiB pages.
+ *   map_offset   the block map, 2 bits a block (CLEAN, DATA, ZERO), 4 KiB pages;
+ *                format 2 ends each page with a 32-byte trailer (magic, page
+ *                index, truncated sha256), set when flush writes the page and
+ *                checked when the map is loaded: a flipped entry is refused, not
+ *                served.  Format 1 (no trailers, 16384 blocks a page) is still read.
  *   data_offset  the data region: block b lives at data_offset + b * block_size.
  *
  * Because a block's data has a fixed home, a read is a map lookup and a pread,
@@ -25,7 +29,13 @@
  *   CLEAN->DATA  unflushed: the disk map still says CLEAN (old content);
  *   DATA->ZERO   the hole is punched before the map says ZERO: reads zeros (new);
  *   ZERO->DATA   the disk map says ZERO until the data is durable (old).
- * The header is never rewritten, so it cannot be torn.
+ * The header is never rewritten, so it cannot be torn.  An overlay is created
+ * under a temporary name, fsynced, then linked into place (a cut never leaves
+ * a headerless file at the final path), and a DATA block past the end of the
+ * file (a truncated copy) is refused at open: past EOF a pread reads zeros.
+ * A map page is one aligned 4 KiB write; a disk that tears such a write (512-
+ * byte sectors losing power mid-write) makes the page fail its checksum and the
+ * overlay is refused rather than served with a torn map.
  *
  * Concurrency: any number of threads.  Writes to a block hold its stripe lock
  * (stripes are taken in ascending order, so multi-block requests cannot
@@ -53,9 +63,10 @@
 
 #define HEADER_SIZE 4096
 #define MAGIC "TABULAOV"
-#define FORMAT_VERSION 1
+#define FORMAT_VERSION 2 /* what is created; format 1 (no map checksums) is still read */
 #define PAGE_BYTES 4096
-#define BLOCKS_PER_PAGE (PAGE_BYTES * 4)
+#define PAGE_TRAILER 32 /* format 2: each map page ends with its checksum */
+#define PAGE_MAGIC "TBMP"
 #define NSTRIPES 256
 #define DATA_ALIGN (1024 * 1024)
 
@@ -66,6 +77,8 @@ struct tb_overlay {
   char *path; /* heap: a session costs memory as long as it runs */
   struct tb_overlay_info info;
   uint64_t nblocks;
+  uint64_t bpp; /* blocks a map page holds (by format) */
+  uint64_t file_size;
   uint32_t block_shift;
   uint64_t map_offset, data_offset;
 
@@ -130,10 +143,47 @@ static uint64_t get_u64(const uint8_t *p)
   return v;
 }
 
-static uint64_t map_bytes_for(uint64_t nblocks)
+/* Blocks a map page holds: format 2 keeps the last PAGE_TRAILER bytes for the
+ * page's checksum. */
+static uint64_t blocks_per_page(uint32_t format)
 {
-  uint64_t bytes = (nblocks + 3) / 4;
-  return (bytes + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES;
+  return format == 1 ? PAGE_BYTES * 4 : (PAGE_BYTES - PAGE_TRAILER) * 4;
+}
+
+static uint64_t map_bytes_for(uint64_t nblocks, uint32_t format)
+{
+  uint64_t bpp = blocks_per_page(format);
+  return (nblocks + bpp - 1) / bpp * PAGE_BYTES;
+}
+
+/* Format 2's map page trailer: magic, the page's index (a page written to the
+ * wrong place fails too), the first 20 bytes of the sha256 of both.  Computed
+ * when flush writes the page, checked when the map is loaded. */
+static void page_sum(const uint8_t *page, uint64_t index, uint8_t *sum)
+{
+  uint8_t buf[PAGE_BYTES - PAGE_TRAILER + 8], full[32];
+  memcpy(buf, page, PAGE_BYTES - PAGE_TRAILER);
+  put_u64(buf + PAGE_BYTES - PAGE_TRAILER, index);
+  SHA256(buf, sizeof buf, full);
+  memcpy(sum, full, 20);
+}
+
+static void page_seal(uint8_t *page, uint64_t index)
+{
+  uint8_t *t = page + PAGE_BYTES - PAGE_TRAILER;
+  memcpy(t, PAGE_MAGIC, 4);
+  put_u64(t + 4, index);
+  page_sum(page, index, t + 12);
+}
+
+static bool page_sealed(const uint8_t *page, uint64_t index)
+{
+  const uint8_t *t = page + PAGE_BYTES - PAGE_TRAILER;
+  uint8_t sum[20];
+  if (memcmp(t, PAGE_MAGIC, 4) != 0 || get_u64(t + 4) != index)
+    return false;
+  page_sum(page, index, sum);
+  return memcmp(sum, t + 12, 20) == 0;
 }
 
 static void encode_header(uint8_t *h, const struct tb_overlay_info *info, uint64_t map_off,
@@ -170,7 +220,7 @@ static int decode_header(const uint8_t *h, const char *path, uint64_t file_size,
                     path);
   memset(info, 0, sizeof *info);
   info->format_version = get_u32(h + H_FORMAT);
-  if (info->format_version != FORMAT_VERSION)
+  if (info->format_version != 1 && info->format_version != FORMAT_VERSION)
     return tb_error("%s: overlay format %u is not supported (this tabula reads format %d)", path,
                     info->format_version, FORMAT_VERSION);
   info->block_size = get_u32(h + H_BLOCK_SIZE);
@@ -189,8 +239,8 @@ static int decode_header(const uint8_t *h, const char *path, uint64_t file_size,
       info->size > (UINT64_C(1) << 60) || !tb_name_valid(info->base.image))
     return tb_error("%s: overlay header has impossible values; move it aside", path);
   uint64_t nblocks = (info->size + bs - 1) / bs;
-  if (*map_off < HEADER_SIZE || *data_off < *map_off + map_bytes_for(nblocks) ||
-      *data_off % bs != 0)
+  if (*map_off < HEADER_SIZE ||
+      *data_off < *map_off + map_bytes_for(nblocks, info->format_version) || *data_off % bs != 0)
     return tb_error("%s: overlay header has an impossible layout; move it aside", path);
   if (file_size < *data_off)
     return tb_error("%s: overlay file is truncated (%llu bytes, its map alone needs %llu); "
@@ -221,7 +271,8 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
                                  .base = *base};
   uint64_t nblocks = (size + block_size - 1) / block_size;
   uint64_t map_off = HEADER_SIZE;
-  uint64_t data_off = (map_off + map_bytes_for(nblocks) + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
+  uint64_t data_off =
+      (map_off + map_bytes_for(nblocks, FORMAT_VERSION) + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
   uint8_t *h = calloc(1, HEADER_SIZE);
   if (!h)
     return tb_error_errno("creating overlay %s", path);
@@ -305,15 +356,18 @@ static uint8_t *page_get_or_alloc(struct tb_overlay *o, uint64_t pi)
   return p;
 }
 
-static int count_page(const uint8_t *page, uint64_t *dirty, uint64_t *data)
+/* Count page PI's dirty and DATA blocks; *LAST_DATA: its last DATA block + 1. */
+static int count_page(const struct tb_overlay *o, const uint8_t *page, uint64_t pi, uint64_t *dirty,
+                      uint64_t *data, uint64_t *last_data)
 {
-  for (size_t i = 0; i < PAGE_BYTES; i++) {
+  for (size_t i = 0; i < o->bpp / 4; i++) {
     uint8_t v = page[i];
     for (int k = 0; k < 4; k++, v >>= 2) {
       switch (v & 3) {
       case TB_DATA:
         (*data)++;
         (*dirty)++;
+        *last_data = pi * o->bpp + i * 4 + (uint64_t)k + 1;
         break;
       case TB_ZERO:
         (*dirty)++;
@@ -331,7 +385,7 @@ static int count_page(const uint8_t *page, uint64_t *dirty, uint64_t *data)
 static int load_map(struct tb_overlay *o)
 {
   uint8_t buf[PAGE_BYTES];
-  uint64_t map_end = o->map_offset + o->npages * PAGE_BYTES;
+  uint64_t map_end = o->map_offset + o->npages * PAGE_BYTES, last_data = 0;
   uint64_t off = o->map_offset;
   while (off < map_end) {
     off_t d = lseek(o->fd, (off_t)off, SEEK_DATA);
@@ -348,14 +402,28 @@ static int load_map(struct tb_overlay *o)
     static const uint8_t zero[PAGE_BYTES];
     if (memcmp(buf, zero, PAGE_BYTES) == 0)
       continue;
-    if (count_page(buf, &o->dirty_blocks, &o->data_blocks) == -1)
+    if (o->info.format_version >= 2 && !page_sealed(buf, pi))
+      return tb_error("%s: block map page %llu is corrupt (checksum mismatch); move the "
+                      "overlay aside (tabulactl quarantine) or roll the client back",
+                      o->path, (unsigned long long)pi);
+    if (count_page(o, buf, pi, &o->dirty_blocks, &o->data_blocks, &last_data) == -1)
       return tb_error("%s: block map page %llu is corrupt; move the overlay aside", o->path,
                       (unsigned long long)pi);
     o->pages[pi] = malloc(PAGE_BYTES);
     if (!o->pages[pi])
       return tb_error_errno("loading the block map of %s", o->path);
     memcpy(o->pages[pi], buf, PAGE_BYTES);
+    if (o->info.format_version >= 2)
+      memset(o->pages[pi] + PAGE_BYTES - PAGE_TRAILER, 0, PAGE_TRAILER);
   }
+  /* pread past the end reads zeros: a truncated file would serve them silently. */
+  uint64_t need = last_data ? o->data_offset + (last_data << o->block_shift) : 0;
+  if (need > o->data_offset + o->info.size)
+    need = o->data_offset + o->info.size;
+  if (need > o->file_size)
+    return tb_error("%s: overlay file is truncated (%llu bytes) but its map has data up to "
+                    "byte %llu; move it aside (tabulactl quarantine) or roll the client back",
+                    o->path, (unsigned long long)o->file_size, (unsigned long long)need);
   return 0;
 }
 
@@ -428,6 +496,7 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
   }
   int r = decode_header(h, path, (uint64_t)st.st_size, &o->info, &o->map_offset, &o->data_offset);
   free(h);
+  o->file_size = (uint64_t)st.st_size;
   if (r == -1)
     goto fail;
 
@@ -444,7 +513,8 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
 
   o->block_shift = (uint32_t)__builtin_ctz(o->info.block_size);
   o->nblocks = (o->info.size + o->info.block_size - 1) >> o->block_shift;
-  o->npages = (o->nblocks + BLOCKS_PER_PAGE - 1) / BLOCKS_PER_PAGE;
+  o->bpp = blocks_per_page(o->info.format_version);
+  o->npages = (o->nblocks + o->bpp - 1) / o->bpp;
   o->pages = calloc(o->npages, sizeof *o->pages);
   o->page_dirty = calloc(o->npages, 1);
   if (!o->pages || !o->page_dirty) {
@@ -517,10 +587,10 @@ void tb_overlay_stats(struct tb_overlay *o, struct tb_overlay_stats *st)
 
 enum tb_block_state tb_overlay_block(struct tb_overlay *o, uint64_t b)
 {
-  const uint8_t *p = page_get(o, b / BLOCKS_PER_PAGE);
+  const uint8_t *p = page_get(o, b / o->bpp);
   if (!p)
     return TB_CLEAN;
-  uint64_t i = b % BLOCKS_PER_PAGE;
+  uint64_t i = b % o->bpp;
   uint8_t v = __atomic_load_n(&p[i / 4], __ATOMIC_RELAXED);
   return (enum tb_block_state)((v >> (2 * (i % 4))) & 3);
 }
@@ -529,11 +599,11 @@ enum tb_block_state tb_overlay_block(struct tb_overlay *o, uint64_t b)
  * The caller holds B's stripe lock, so only neighbours change under us. */
 static int block_set(struct tb_overlay *o, uint64_t b, enum tb_block_state s)
 {
-  uint64_t pi = b / BLOCKS_PER_PAGE;
+  uint64_t pi = b / o->bpp;
   uint8_t *p = s == TB_CLEAN ? page_get(o, pi) : page_get_or_alloc(o, pi);
   if (!p)
     return s == TB_CLEAN ? TB_CLEAN : -1;
-  uint64_t i = b % BLOCKS_PER_PAGE;
+  uint64_t i = b % o->bpp;
   unsigned shift = 2 * (i % 4);
   uint8_t *byte = &p[i / 4];
   uint8_t old = __atomic_load_n(byte, __ATOMIC_RELAXED), nv;
@@ -871,10 +941,13 @@ int tb_overlay_flush(struct tb_overlay *o)
   if (r == -1) {
     errno = ENOMEM;
     tb_error_errno("flush of %s", o->path);
-  } else if (fdatasync(o->fd) == -1) {
+  } else if (fdatasync(o->fd) == -1) { /* data first: the map never points at lost data */
     tb_error_errno("flush of %s (data)", o->path);
     r = -1;
   } else if (n > 0) {
+    if (o->info.format_version >= 2) /* checksums per page per flush, not per write */
+      for (uint64_t i = 0; i < n; i++)
+        page_seal(snap + i * PAGE_BYTES, idx[i]);
     for (uint64_t i = 0; i < n && r == 0; i++)
       if (tb_pwrite_full(o->fd, snap + i * PAGE_BYTES, PAGE_BYTES,
                          o->map_offset + idx[i] * PAGE_BYTES) == -1) {
@@ -912,8 +985,8 @@ int tb_overlay_extents(struct tb_overlay *o, uint64_t offset, uint64_t count, tb
     while (run_end < end) {
       uint64_t nb = run_end >> o->block_shift;
       /* Skip whole unallocated pages (all CLEAN) in one step. */
-      if (s == TB_CLEAN && nb % BLOCKS_PER_PAGE == 0 && !page_get(o, nb / BLOCKS_PER_PAGE)) {
-        run_end += (uint64_t)BLOCKS_PER_PAGE * bs;
+      if (s == TB_CLEAN && nb % o->bpp == 0 && !page_get(o, nb / o->bpp)) {
+        run_end += o->bpp * bs;
         continue;
       }
       if (tb_overlay_block(o, nb) != s)

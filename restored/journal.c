@@ -171,9 +171,15 @@ static void tail_file(const char *path, size_t n, json_t *out)
       break;
     }
     buf[len] = '\0';
+    /* A crash or a power cut can leave a run of NULs where the journal's last
+     * appends were (the size reached the disk before the data): they end a
+     * line, so the events before and after them still read. */
     size_t lines = 0;
-    for (size_t i = 0; i < len; i++)
-      lines += buf[i] == '\n';
+    for (size_t i = 0; i < len; i++) {
+      if (buf[i] == '\0')
+        buf[i] = '\n';
+      lines += buf[i] == '\n' && i > 0 && buf[i - 1] != '\n';
+    }
     if (lines > n || from == 0) {
       /* Skip the first (maybe partial) line unless we read from the start. */
       char *p = buf;

@@ -1,7 +1,8 @@
 /* Unit tests of lib/overlay.c: the map, reads and writes of every alignment
  * against an in-memory model, flush and reopen, header checks (corrupt,
- * truncated, other base), quota, extents, preserved-block copies, and many
- * threads writing at once. */
+ * truncated, other base), quota, extents, preserved-block copies, many
+ * threads writing at once, DATA past the end of the file, map page checksums,
+ * and format 1 files. */
 #include <config.h>
 
 #include <check.h>
@@ -13,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <openssl/sha.h>
 
 #include "overlay.h"
 
@@ -352,6 +355,116 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* A copy cut short (68 MB to 21 MB in the field): flushed DATA past the end of
+ * the file must be refused, not read as zeros. */
+START_TEST(test_truncated_data_refused)
+{
+  struct tb_overlay *o = create_open(4096);
+  unsigned char *buf = malloc(65536);
+  memset(buf, 0xab, 65536);
+  ck_assert_int_eq(tb_overlay_pwrite(o, buf, 65536, 2 * 1024 * 1024, 0), 0);
+  ck_assert_int_eq(tb_overlay_close(o), 0);
+  free(buf);
+  /* data_offset is 1 MiB here: the file now ends 1 MiB into the data region. */
+  ck_assert_int_eq(truncate(ovl_path, 2 * 1024 * 1024), 0);
+  ck_assert_ptr_null(tb_overlay_open(ovl_path, base_path, &base, 0));
+  ck_assert_ptr_nonnull(strstr(tb_errmsg(), "truncated"));
+  /* Cut after the last DATA block: nothing is lost, it opens. */
+  unlink(ovl_path);
+  o = create_open(4096);
+  buf = calloc(1, 4096);
+  memset(buf, 1, 4096);
+  ck_assert_int_eq(tb_overlay_pwrite(o, buf, 4096, 0, 0), 0);
+  ck_assert_int_eq(tb_overlay_close(o), 0);
+  ck_assert_int_eq(truncate(ovl_path, 1024 * 1024 + 4096), 0);
+  ck_assert_ptr_nonnull(o = tb_overlay_open(ovl_path, base_path, &base, 0));
+  unsigned char got[4096];
+  ck_assert_int_eq(tb_overlay_pread(o, got, 4096, 0), 0);
+  ck_assert_int_eq(memcmp(got, buf, 4096), 0);
+  tb_overlay_close(o);
+  free(buf);
+}
+END_TEST
+
+/* A flipped map entry (CLEAN -> DATA) is caught by the page checksum. */
+START_TEST(test_map_checksum)
+{
+  struct tb_overlay *o = create_open(4096);
+  unsigned char buf[4096];
+  memset(buf, 0x5a, sizeof buf);
+  ck_assert_int_eq(tb_overlay_pwrite(o, buf, 4096, 5 * 4096, 0), 0);
+  ck_assert_int_eq(tb_overlay_close(o), 0);
+  struct tb_overlay_info info;
+  ck_assert_int_eq(tb_overlay_read_info(ovl_path, &info), 0);
+  ck_assert_uint_eq(info.format_version, 2);
+  int fd = open(ovl_path, O_RDWR);
+  unsigned char byte;
+  ck_assert_int_eq(pread(fd, &byte, 1, 4096 + 100 / 4), 1); /* block 100 */
+  byte |= 1;
+  ck_assert_int_eq(pwrite(fd, &byte, 1, 4096 + 100 / 4), 1);
+  ck_assert_ptr_null(tb_overlay_open(ovl_path, base_path, &base, TB_OVL_RDONLY));
+  ck_assert_ptr_nonnull(strstr(tb_errmsg(), "checksum"));
+  byte &= (unsigned char)~1;
+  ck_assert_int_eq(pwrite(fd, &byte, 1, 4096 + 100 / 4), 1);
+  close(fd);
+  ck_assert_ptr_nonnull(o = tb_overlay_open(ovl_path, base_path, &base, 0));
+  unsigned char got[4096];
+  ck_assert_int_eq(tb_overlay_pread(o, got, 4096, 5 * 4096), 0);
+  ck_assert_int_eq(memcmp(got, buf, 4096), 0);
+  tb_overlay_close(o);
+}
+END_TEST
+
+static void put_le(unsigned char *p, uint64_t v, int n)
+{
+  for (int i = 0; i < n; i++)
+    p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Format 1 (no map checksums, 16384 blocks a map page) is still read. */
+START_TEST(test_format1_read)
+{
+  unsigned char h[4096] = {0};
+  memcpy(h, "TABULAOV", 8);
+  put_le(h + 8, 1, 4);        /* format */
+  put_le(h + 12, 4096, 4);    /* block size */
+  put_le(h + 16, SIZE, 8);    /* size */
+  put_le(h + 24, 3, 8);       /* session */
+  put_le(h + 40, 4096, 8);    /* map offset */
+  put_le(h + 48, 1 << 20, 8); /* data offset */
+  put_le(h + 56, base.version, 4);
+  memcpy(h + 64, base.image, strlen(base.image));
+  memcpy(h + 136, base.manifest_sha256, 32);
+  SHA256(h, 4064, h + 4064);
+  int fd = open(ovl_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(pwrite(fd, h, 4096, 0), 4096);
+  unsigned char map = 0x01 | 0x08; /* block 0 DATA, block 1 ZERO */
+  ck_assert_int_eq(pwrite(fd, &map, 1, 4096), 1);
+  unsigned char data[4096];
+  memset(data, 0x77, sizeof data);
+  ck_assert_int_eq(pwrite(fd, data, 4096, 1 << 20), 4096);
+  ck_assert_int_eq(ftruncate(fd, (1 << 20) + SIZE), 0);
+  close(fd);
+  struct tb_overlay *o = tb_overlay_open(ovl_path, base_path, &base, 0);
+  ck_assert_msg(o != NULL, "%s", tb_errmsg());
+  unsigned char got[3 * 4096], zero[4096] = {0};
+  ck_assert_int_eq(tb_overlay_pread(o, got, sizeof got, 0), 0);
+  ck_assert_int_eq(memcmp(got, data, 4096), 0);
+  ck_assert_int_eq(memcmp(got + 4096, zero, 4096), 0);
+  ck_assert_int_eq(memcmp(got + 8192, master + 8192, 4096), 0);
+  /* Written and reopened: it stays format 1 and readable. */
+  ck_assert_int_eq(tb_overlay_pwrite(o, data, 4096, 1000 * 4096, 0), 0);
+  ck_assert_int_eq(tb_overlay_close(o), 0);
+  ck_assert_ptr_nonnull(o = tb_overlay_open(ovl_path, base_path, &base, 0));
+  struct tb_overlay_info info;
+  tb_overlay_info(o, &info);
+  ck_assert_uint_eq(info.format_version, 1);
+  ck_assert_uint_eq(info.dirty_blocks, 3);
+  tb_overlay_close(o);
+}
+END_TEST
+
 static Suite *overlay_suite(void)
 {
   Suite *s = suite_create("overlay");
@@ -366,6 +479,9 @@ static Suite *overlay_suite(void)
   tcase_add_test(tc, test_quota);
   tcase_add_test(tc, test_copy_blocks);
   tcase_add_test(tc, test_threads);
+  tcase_add_test(tc, test_truncated_data_refused);
+  tcase_add_test(tc, test_map_checksum);
+  tcase_add_test(tc, test_format1_read);
   suite_add_tcase(s, tc);
   return s;
 }
