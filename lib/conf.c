@@ -573,6 +573,14 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   }
   if (c->has_mac && check_client_pxe(cfg, path, c) == -1)
     return -1;
+  /* A PXE client's static lease is its address: by default it may connect from there. */
+  if (c->has_mac && !json_object_get(obj, "allow")) {
+    struct tb_cidr *nets = realloc(c->allow.nets, (c->allow.n_nets + 1) * sizeof *nets);
+    if (!nets)
+      return tb_error_errno("%s", path);
+    c->allow.nets = nets;
+    nets[c->allow.n_nets++] = c->address;
+  }
   if (c->refresh) {
     struct tb_schedule sched;
     if (tb_schedule_parse(c->refresh, &sched) == -1) {

@@ -115,6 +115,12 @@ START_TEST(test_pxe)
   ck_assert_str_eq(p2->boot_kernel, "/srv/vmlinuz");
   ck_assert_str_eq(p2->boot_cmdline, "quiet");
   ck_assert(!tb_config_client(cfg, "vm")->has_mac); /* no mac: not checked against pxe */
+  /* A PXE client may connect from its lease's address (and, as every client, unix/loopback). */
+  struct sockaddr_in in = {.sin_family = AF_INET};
+  inet_pton(AF_INET, "10.20.0.21", &in.sin_addr);
+  ck_assert(tb_acl_allows(&p1->allow, (struct sockaddr *)&in));
+  ck_assert(!tb_acl_allows(&p2->allow, (struct sockaddr *)&in));
+  ck_assert(p1->allow.unix_socket);
   ck_assert_ptr_eq(tb_config_client_by_mac(cfg, "52:54:00:ab:CD:01"), p1);
   ck_assert_ptr_null(tb_config_client_by_mac(cfg, "52:54:00:ab:cd:09"));
   ck_assert_ptr_null(tb_config_client_by_mac(cfg, "nonsense"));
