@@ -28,12 +28,13 @@
  * and status.json stay served.  FUSE runs multi-threaded: sources and
  * snapshots lock themselves, libtsk handles are serialised per snapshot.
  */
-#define FUSE_USE_VERSION 31
+#define FUSE_USE_VERSION 312
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -42,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -436,9 +438,29 @@ static void list_clients_arg(const char *unused, struct names *out)
 }
 
 /* Parse PATH into a node; -ENOENT if it names nothing. */
+/* Who may see the view: the admin exports behind it are for admin uids only
+ * (admin.uids with -c; root and the mounting user always), and so is the
+ * view, whatever the mount options (allow_other lets others reach the
+ * mount, never its content).  Every lookup, listing, open and readlink
+ * goes through parse(), which asks this first.  With allow_other the
+ * kernel may still answer a stat from its attribute cache for up to
+ * KERNEL_TIMEOUT_S; data always needs an open. */
+static bool caller_is_admin(void)
+{
+  struct fuse_context *fc = fuse_get_context();
+  if (!fc || fc->uid == 0 || fc->uid == getuid())
+    return true;
+  for (size_t i = 0; cfg && i < cfg->n_admin_uids; i++)
+    if (cfg->admin_uids[i] == (int64_t)fc->uid)
+      return true;
+  return false;
+}
+
 static int parse(const char *path, struct node *n)
 {
   memset(n, 0, sizeof *n);
+  if (!caller_is_admin())
+    return -EACCES;
   const char *p = path;
   char c[TB_PATH_MAX];
   n->kind = K_ROOT;
@@ -1262,6 +1284,76 @@ static const struct fuse_operations ops = {
 
 /* ---- main -------------------------------------------------------------------------------- */
 
+/* Guest symlinks stay symlinks (readlink shows them), but the host must
+ * never follow one: clients/ID/fs/.../x -> /etc/shadow would make `grep -r`
+ * or `diff -r` read the host's files.  So the mount gets nosymfollow
+ * (MOUNT_ATTR_NOSYMFOLLOW, Linux 5.12), set with mount_setattr right after
+ * the mount and before the first request is served.  libfuse does not
+ * know the option and fusermount3 cannot set it: without CAP_SYS_ADMIN it
+ * fails, and the view says so and mounts anyway. */
+#ifndef MOUNT_ATTR_NOSYMFOLLOW
+#define MOUNT_ATTR_NOSYMFOLLOW 0x00200000
+#endif
+struct tf_mount_attr {
+  uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+static void no_symfollow(const char *mountpoint)
+{
+#ifdef SYS_mount_setattr
+  struct tf_mount_attr a = {.attr_set = MOUNT_ATTR_NOSYMFOLLOW};
+  if (syscall(SYS_mount_setattr, AT_FDCWD, mountpoint, 0, &a, sizeof a) == 0)
+    return;
+  fprintf(stderr,
+          "tabula-fuse: warning: cannot make %s nosymfollow (%s): the host will follow the "
+          "guests' symlinks (mount as root to prevent it; see tabula-fuse(1))\n",
+          mountpoint, strerror(errno));
+#else
+  fprintf(stderr, "tabula-fuse: warning: this system has no mount_setattr: the host will follow "
+                  "the guests' symlinks (see tabula-fuse(1))\n");
+#endif
+}
+
+/* fuse_main(), unrolled so nosymfollow is set between the mount and the
+ * first request. */
+static int run(struct fuse_args *args)
+{
+  struct fuse_cmdline_opts o;
+  if (fuse_parse_cmdline(args, &o) != 0)
+    return 1;
+  if (!o.mountpoint) {
+    fprintf(stderr, "tabula-fuse: no mount point (tabula-fuse --help)\n");
+    return 1;
+  }
+  int r = 2;
+  struct fuse *f = fuse_new(args, &ops, sizeof ops, NULL);
+  if (!f)
+    goto out;
+  if (fuse_mount(f, o.mountpoint) != 0)
+    goto out_destroy;
+  no_symfollow(o.mountpoint);
+  if (fuse_daemonize(o.foreground) != 0 || fuse_set_signal_handlers(fuse_get_session(f)) != 0)
+    goto out_unmount;
+  struct fuse_loop_config *lc = fuse_loop_cfg_create();
+  if (!lc)
+    goto out_signals;
+  fuse_loop_cfg_set_max_threads(lc, o.max_threads);
+  fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
+  fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
+  int lr = o.singlethread ? fuse_loop(f) : fuse_loop_mt(f, lc);
+  fuse_loop_cfg_destroy(lc);
+  r = lr == 0 ? 0 : 2;
+out_signals:
+  fuse_remove_signal_handlers(fuse_get_session(f));
+out_unmount:
+  fuse_unmount(f);
+out_destroy:
+  fuse_destroy(f);
+out:
+  free(o.mountpoint);
+  return r;
+}
+
 static void usage(FILE *f)
 {
   fprintf(f,
@@ -1280,7 +1372,10 @@ static void usage(FILE *f)
           "                     (default %d); past it the request answers EIO.\n"
           "                     changes.txt gets %d times as long\n"
           "  -f                 stay in the foreground;  -d  debug FUSE\n"
-          "  -o OPT             FUSE mount options (allow_other...)\n"
+          "  -o OPT             FUSE mount options.  allow_other lets other users reach\n"
+          "                     the mount point, but only admin uids (admin.uids, root,\n"
+          "                     the mounting user) are answered: the view is as\n"
+          "                     private as the admin exports behind it\n"
           "  -h, --help         this text;  -V, --version  the version\n"
           "\n"
           "Live clients are re-read at most every %d ms; see tabula-fuse(1).\n"
@@ -1391,7 +1486,7 @@ int main(int argc, char **argv)
   }
   mount_time = time(NULL);
   fuse_opt_add_arg(&args, "-oro,fsname=tabula,subtype=tabula,max_threads=16");
-  int r = fuse_main(args.argc, args.argv, &ops, NULL);
+  int r = run(&args);
   fuse_opt_free_args(&args);
-  return r == 0 ? 0 : 2;
+  return r;
 }
