@@ -7,7 +7,9 @@
  * The mark file (tb_schedule_save) is {"schedule": TEXT, "last_ms": N,
  * "next_ms": N, "last": ISO, "next": ISO}; the ISO times are for people, the
  * milliseconds are what is read back.  A file that does not parse is treated
- * as absent and replaced: a schedule then counts from now, the safe side.
+ * as absent and replaced: a schedule then counts from now, the safe side; so
+ * is one whose times are implausible (due past two turns from now, or last
+ * run in the future), with a warning naming the file.
  */
 #include <config.h>
 
@@ -168,6 +170,18 @@ int tb_schedule_resume(const struct tb_schedule *s, const char *text, const char
   char was[256];
   struct tb_schedule_mark old;
   bool have = load_mark(file, was, sizeof was, &old) == 0;
+  /* Read back with a plausibility check: a due time past two turns from now
+   * (a year 3000 in a torn or edited file) would never fire, and a last run in
+   * the future would hold every turn back.  Such a mark counts from now. */
+  int64_t slack = jitter_ms > 0 ? jitter_ms : 0;
+  if (have && (old.next_ms > tb_schedule_next(s, tb_schedule_next(s, now_ms)) + slack ||
+               old.last_ms > now_ms + 60000)) {
+    fprintf(stderr,
+            "tabula: warning: %s: schedule mark is implausible (next %lld ms, last %lld ms, now "
+            "%lld ms); the schedule counts from now\n",
+            file, (long long)old.next_ms, (long long)old.last_ms, (long long)now_ms);
+    have = false;
+  }
   if (have && strcmp(was, text) == 0) {
     *m = old;
     return 0;

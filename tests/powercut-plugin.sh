@@ -73,6 +73,11 @@ for mode in default strict; do
     reset_disk
     one_run $flag --cut-at $at
     pc_cut s
+    # A server whose disk vanished may trip nbdkit's own assertions (1.32:
+    # raw_send_socket); only sanitizer reports from the plugin count here.
+    grep -E 'AddressSanitizer|runtime error:' "$TB_TMP/s.log" &&
+      tb_fail "sanitizer report in the run cut at $at"
+    mv "$TB_TMP/s.log" "$TB_TMP/s-cut.txt"
     WHAT="$mode mode, cut at sync call $at ($(sed -n "${at}p" "$PC_STATE/syncs.log"))"
     after_cut $flag
     i=$((i + 1))
