@@ -197,7 +197,7 @@ static int apply_extent(void *ctx, uint64_t offset, uint64_t length, enum tb_blo
 /* Clone BASE into the builder's temporary: reflink if possible, else a sparse copy. */
 static int clone_base(struct walk *w, const char *base_path, const char *tmp)
 {
-  int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (out == -1)
     return tb_error_errno("cannot create %s", tmp);
   bool reflinked = ioctl(out, FICLONE, w->base_fd) == 0;

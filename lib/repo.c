@@ -1094,10 +1094,10 @@ static bool pull_can_resume(struct pull *p)
 static int pull_open_files(struct pull *p, bool create)
 {
   int flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0);
-  p->fd = open(p->partial, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
+  p->fd = open(p->partial, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0), 0600);
   if (p->fd == -1)
     return tb_error_errno("cannot open %s", p->partial);
-  p->done_fd = open(p->done_path, flags, 0644);
+  p->done_fd = open(p->done_path, flags | O_NOFOLLOW, 0600);
   if (p->done_fd == -1)
     return tb_error_errno("cannot open %s", p->done_path);
   return 0;
@@ -1135,7 +1135,7 @@ static int pull_start(struct pull *p)
   if (fsync(p->fd) == -1 || fsync(p->done_fd) == -1)
     return tb_error_errno("cannot sync %s", p->partial);
   char *text = pull_meta_text(p);
-  int r = text ? tb_write_file_atomic(p->meta, text, strlen(text), 0644)
+  int r = text ? tb_write_file_atomic(p->meta, text, strlen(text), 0600)
                : tb_error("cannot encode %s", p->meta);
   free(text);
   return r;
@@ -1565,7 +1565,7 @@ static int pull_version(struct pull *p)
       tb_path(p->meta, sizeof p->meta, "%s/pull.json", p->dir) == -1 ||
       tb_path(lock, sizeof lock, "%s/lock", p->dir) == -1 || tb_mkdirs(p->dir, true) == -1)
     return -1;
-  p->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  p->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (p->lock_fd == -1)
     return tb_error_errno("cannot open %s", lock);
   if (flock(p->lock_fd, LOCK_EX | LOCK_NB) == -1)

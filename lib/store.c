@@ -79,15 +79,84 @@ int tb_store_client_path(const char *state, const char *id, const char *file, ch
   return tb_path(buf, len, "%s/clients/%s/%s", state, id, file);
 }
 
+/* ---- privacy ------------------------------------------------------------
+ *
+ * Everything under the state directory is the daemon's: directories are
+ * created 0700 and files 0600 (0400 for published versions) whatever the
+ * umask.  A state directory, or a directory in it, that another user owns
+ * or may write to is refused: whoever can write there can plant a symlink
+ * or a file the daemon (often root) would then write through or trust. */
+
+#define PRIVATE_CHECK_DEPTH 3    /* STATE/clients/ID/sessions */
+#define PRIVATE_CHECK_MAX 100000 /* directories examined at most */
+
+static int check_dir_private(const char *dir, const struct stat *st)
+{
+  if (st->st_uid != geteuid())
+    return tb_error("%s is owned by uid %u, not by this user (uid %u), so that user could plant "
+                    "files in tabula's state: chown -R %u %s (or run tabula as its owner)",
+                    dir, (unsigned)st->st_uid, (unsigned)geteuid(), (unsigned)geteuid(), dir);
+  if (st->st_mode & (S_IWGRP | S_IWOTH))
+    return tb_error("%s is writable by %s (mode %04o), so they could plant files in tabula's "
+                    "state: chmod go-w %s (tabula keeps its state private: chmod 700)",
+                    dir, st->st_mode & S_IWOTH ? "every user" : "its group",
+                    (unsigned)(st->st_mode & 07777), dir);
+  return 0;
+}
+
+static int check_tree(const char *dir, int depth, size_t *budget)
+{
+  struct stat st;
+  if (stat(dir, &st) == -1)
+    return errno == ENOENT ? 0 : tb_error_errno("cannot examine %s", dir);
+  if (!S_ISDIR(st.st_mode))
+    return 0;
+  if (check_dir_private(dir, &st) == -1)
+    return -1;
+  if (depth == 0)
+    return 0;
+  DIR *d = opendir(dir);
+  if (!d)
+    return tb_error_errno("cannot list %s", dir);
+  struct dirent *e;
+  int r = 0;
+  while (r == 0 && (e = readdir(d)) && *budget > 0) {
+    if (e->d_type != DT_DIR && e->d_type != DT_LNK && e->d_type != DT_UNKNOWN)
+      continue;
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    char sub[TB_PATH_MAX];
+    (*budget)--;
+    if (tb_path(sub, sizeof sub, "%s/%s", dir, e->d_name) == 0)
+      r = check_tree(sub, depth - 1, budget);
+  }
+  closedir(d);
+  return r;
+}
+
+int tb_store_check_private(const char *state)
+{
+  size_t budget = PRIVATE_CHECK_MAX;
+  return check_tree(state, PRIVATE_CHECK_DEPTH, &budget);
+}
+
+bool tb_store_exposed(const char *state)
+{
+  struct stat st;
+  return stat(state, &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO));
+}
+
 int tb_store_init(const char *state)
 {
   char p[TB_PATH_MAX];
-  if (tb_mkdirs(state, false) == -1)
+  if (tb_mkdirs(state, true) == -1)
     return -1;
-  if (tb_path(p, sizeof p, "%s/images", state) == -1 || tb_mkdirs(p, false) == -1)
+  if (tb_path(p, sizeof p, "%s/images", state) == -1 || tb_mkdirs(p, true) == -1)
     return -1;
-  if (tb_path(p, sizeof p, "%s/clients", state) == -1 || tb_mkdirs(p, false) == -1)
+  if (tb_path(p, sizeof p, "%s/clients", state) == -1 || tb_mkdirs(p, true) == -1)
     return -1;
+  if (tb_store_check_private(state) == -1)
+    return tb_error_prefix("state directory %s", state);
   return 0;
 }
 
@@ -380,7 +449,7 @@ int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, voi
     close(in);
     return -1;
   }
-  int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (out == -1) {
     tb_error_errno("cannot create %s", dst);
     close(in);
@@ -463,7 +532,7 @@ struct tb_version_builder *tb_version_begin(const char *state, const char *image
                                             const char *note)
 {
   char dir[TB_PATH_MAX], lock[TB_PATH_MAX];
-  if (tb_store_image_dir(state, image, dir, sizeof dir) == -1 || tb_mkdirs(dir, false) == -1 ||
+  if (tb_store_image_dir(state, image, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1 ||
       tb_path(lock, sizeof lock, "%s/.lock", dir) == -1)
     return NULL;
   struct tb_version_builder *b = calloc(1, sizeof *b);
@@ -471,7 +540,7 @@ struct tb_version_builder *tb_version_begin(const char *state, const char *image
     tb_error_errno("new version of %s", image);
     return NULL;
   }
-  b->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  b->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (b->lock_fd == -1 || flock(b->lock_fd, LOCK_EX) == -1) {
     tb_error_errno("cannot lock %s", lock);
     if (b->lock_fd >= 0)
@@ -550,13 +619,13 @@ int tb_version_commit_manifest(struct tb_version_builder *b, struct tb_manifest 
     goto fail;
   }
   close(fd);
-  chmod(b->tmp, 0444); /* versions are immutable */
+  chmod(b->tmp, 0400); /* versions are immutable, and private (IMAGE@N is admin-only) */
   if (rename(b->tmp, img) == -1) {
     tb_error_errno("cannot publish %s", img);
     goto fail;
   }
   char *text = tb_manifest_dump(m);
-  if (!text || tb_write_file_atomic(man, text, strlen(text), 0444) == -1) {
+  if (!text || tb_write_file_atomic(man, text, strlen(text), 0400) == -1) {
     free(text);
     unlink(img);
     goto fail;
@@ -676,7 +745,7 @@ int tb_store_gc_temp(const char *state)
         /* Skip temporaries of a build that is still running (it holds .lock). */
         char lock[TB_PATH_MAX];
         int lfd = tb_path(lock, sizeof lock, "%s/.lock", dir) == 0
-                      ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644)
+                      ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
                       : -1;
         if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0 && unlink(p) == 0)
           removed++;

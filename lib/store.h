@@ -62,8 +62,14 @@ int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len
 int tb_store_client_path(const char *state, const char *id, const char *file, char *buf,
                          size_t len);
 
-/* Create STATE/{images,clients} if missing. */
+/* Create STATE/{images,clients} if missing (0700), then refuse the state
+ * directory if it, or a directory in it (three levels deep), is owned by
+ * another user or writable by group or others (tb_store_check_private). */
 int tb_store_init(const char *state);
+int tb_store_check_private(const char *state);
+/* True if STATE itself is readable or searchable by group or others (an
+ * older tabula made it 0755): worth a warning, since its files then are. */
+bool tb_store_exposed(const char *state);
 
 /* Published versions of IMAGE, ascending; *vers is malloc'd (may be NULL with n 0). */
 int tb_store_versions(const char *state, const char *image, uint32_t **vers, size_t *n);
