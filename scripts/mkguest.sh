@@ -11,6 +11,23 @@
 #       mounts /dev/vda (ext4) on /newroot, runs /tabula/run.sh there (chroot),
 #       unmounts it (which flushes the disk) and powers off.  Rebuilt only when
 #       the kernel or this script changed (DIR/stamp), so callers may cache DIR.
+#   mkguest.sh --pxe DIR --persist HELPER [--kernel VMLINUZ]
+#       The same for a diskless PC booted over PXE (scripts/lab.sh, the
+#       tests/lab-*.sh): the initramfs also holds Debian's nbd-client and
+#       HELPER (tabula-nbd-persist, built in restored/), each with the
+#       libraries it links, and loads virtio_net and nbd instead of
+#       virtio_blk.  Given tabula.nbd=SERVER:PORT:ID on the command line, /init
+#       brings the first NIC up with busybox udhcpc (the cloud kernel has no
+#       built-in NIC driver, so the kernel's own ip=dhcp cannot), attaches
+#       /dev/nbd0 with
+#         nbd-client SERVER PORT /dev/nbd0 -N ID@boot/BOOT_ID -persist -b 4096
+#       (BOOT_ID is /proc/sys/kernel/random/boot_id: each boot is recognised
+#       by it; tabula.bootid=0 sends the plain ID), starts
+#         tabula-nbd-persist /dev/nbd0 SERVER PORT ID@boot/BOOT_ID
+#       (nbd-client 3.24's -persist does nothing over netlink: the helper
+#       reattaches the device after a dead link), mounts it as the root and
+#       goes on as above; before it powers off or reboots it disconnects
+#       cleanly (nbd-client -d).
 #   mkguest.sh --rootfs DIR
 #       Adds to DIR what the guest's disk needs: /bin/busybox and
 #       /tabula/run.sh (plus empty /dev, /proc, /tmp).  Then
@@ -18,6 +35,9 @@
 #
 # What the guest does comes from the kernel command line:
 #   tabula.do=ACTION[,ACTION...]   each ACTION is VERB[:ARG[:ARG]]
+#   tabula.do=ask       print "tabula-ask" once the root is mounted and read
+#                       the ACTIONs as one line from the console: a PC that
+#                       reboots gets each boot's actions from the host
 #     write:PATH:TEXT     TEXT and a newline into PATH (directories created)
 #     random:PATH:KIB     KIB KiB of random bytes into PATH
 #     rm:PATH             delete PATH (recursively)
@@ -29,6 +49,8 @@
 #     sleep:SECONDS
 #     pause[:SECONDS]     sync, print "tabula-paused", wait for a line on the
 #                         console (qemu's stdin) or SECONDS (default 120)
+#     reboot              reboot instead of powering off at the end (a PXE PC
+#                         then boots again over the network)
 #   TEXT and PATH cannot hold spaces, commas or colons.
 # The guest prints "tabula-done ok" when every action succeeded, else
 # "tabula-done failed ACTION", then powers off; with -no-reboot and panic=-1
@@ -53,8 +75,14 @@ die()
   exit 1
 }
 
-# The guest's modules: what virtio-blk over PCI needs, in load order.
+# The guest's modules: what virtio-blk over PCI needs, in load order; for a
+# PXE boot, the virtio NIC and the kernel's NBD client instead.
 GUEST_MODULES="virtio_pci virtio_blk"
+PXE_MODULES="virtio_pci virtio_net nbd"
+# Busybox applets the init calls (the PXE boot's list adds its own).
+GUEST_APPLETS="sh mount umount insmod mkdir sleep cat cut chroot sync poweroff"
+PXE_APPLETS="ip udhcpc ls grep head awk reboot"
+NBD_CLIENT=/sbin/nbd-client
 
 # newest_kernel: the newest cloud kernel, else the newest kernel.
 newest_kernel()
@@ -93,7 +121,7 @@ module_load_order()
     }' "$1/modules.dep"
 }
 
-# write_init FILE: the initramfs's /init (busybox sh).
+# write_init FILE: the initramfs's /init (busybox sh), for both kinds of boot.
 write_init()
 {
   cat >"$1" <<'INIT'
@@ -109,38 +137,122 @@ for m in $(cat /modules.order); do
 done
 actions=
 root=/dev/vda
+nbd=
+bootid=1
+nbdopts=
 for arg in $(cat /proc/cmdline); do
   case $arg in
   tabula.do=*) actions=${arg#tabula.do=} ;;
+  tabula.nbd=*) nbd=${arg#tabula.nbd=} ;;
+  tabula.bootid=*) bootid=${arg#tabula.bootid=} ;;
+  tabula.nbdopts=*) nbdopts=${arg#tabula.nbdopts=} ;;
   root=/dev/*) root=${arg#root=} ;;
   esac
 done
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+# attach_nbd SERVER:PORT:ID: DHCP on the first NIC, then the kernel's NBD
+# client on $root (/dev/nbd0).
+attach_nbd()
+{
+  server=${1%%:*}
+  rest=${1#*:}
+  port=${rest%%:*}
+  id=${rest#*:}
+  ip link set lo up
+  i=0
+  nic=
+  while [ -z "$nic" ] && [ $i -lt 100 ]; do
+    nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+    [ -n "$nic" ] || sleep 0.1
+    i=$((i + 1))
+  done
+  [ -n "$nic" ] || { echo "tabula-done failed no network interface"; return 1; }
+  ip link set "$nic" up
+  udhcpc -i "$nic" -s /bin/udhcpc.script -q -n -t 20 -T 1 >/dev/null 2>&1 ||
+    { echo "tabula-done failed no DHCP lease on $nic"; return 1; }
+  echo "tabula-net $nic $(ip -4 -o addr show dev "$nic" | awk '{ print $4 }') $(uptime_s)"
+  name=$id
+  [ "$bootid" = 0 ] || name="$id@boot/$(cat /proc/sys/kernel/random/boot_id)"
+  echo "tabula-nbd $server $port $name"
+  nbd-client "$server" "$port" "$root" -N "$name" -persist -b 4096 $nbdopts ||
+    { echo "tabula-done failed nbd-client $server $port $name"; return 1; }
+  i=0
+  while [ "$(cat "/sys/block/${root#/dev/}/size" 2>/dev/null || echo 0)" = 0 ] && [ $i -lt 100 ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  tabula-nbd-persist "$root" "$server" "$port" "$name" &
+}
+
+# finish: unmount (flushes the disk), detach an NBD disk, power off or reboot.
+finish()
+{
+  if [ "$mounted" = yes ]; then
+    umount /newroot/proc /newroot/dev
+    sync
+    umount /newroot || echo "tabula-error cannot unmount $root"
+  fi
+  [ -z "$nbd" ] || nbd-client -d "$root" >/dev/null 2>&1
+  case ",$actions," in
+  *,reboot,*)
+    echo "tabula-reboot $(uptime_s)"
+    reboot -f
+    ;;
+  esac
+  echo "tabula-poweroff $(uptime_s)"
+  poweroff -f
+}
+
+mounted=no
+mkdir -p /newroot
+if [ -n "$nbd" ] && ! attach_nbd "$nbd"; then
+  finish
+fi
 i=0
 while [ ! -b "$root" ] && [ $i -lt 100 ]; do
   sleep 0.1
   i=$((i + 1))
 done
-mkdir -p /newroot
 if ! [ -b "$root" ]; then
   echo "tabula-done failed no disk $root"
-elif ! mount -t ext4 "$root" /newroot; then
+elif ! mount -t ext4 -o noatime "$root" /newroot; then
   echo "tabula-done failed cannot mount $root"
 elif ! [ -f /newroot/tabula/run.sh ]; then
   echo "tabula-done failed no /tabula/run.sh on $root"
 else
+  mounted=yes
   echo
-  echo "tabula-booted $(cut -d' ' -f1 /proc/uptime)"
+  echo "tabula-booted $(uptime_s)"
+  if [ "$actions" = ask ]; then
+    echo "tabula-ask"
+    read -r actions || actions=
+  fi
   mkdir -p /newroot/dev /newroot/proc
   mount -t devtmpfs devtmpfs /newroot/dev
   mount -t proc proc /newroot/proc
   chroot /newroot /bin/busybox sh /tabula/run.sh "$actions"
-  umount /newroot/proc /newroot/dev
-  sync
-  umount /newroot || echo "tabula-error cannot unmount $root"
 fi
-echo "tabula-poweroff $(cut -d' ' -f1 /proc/uptime)"
-poweroff -f
+finish
 INIT
+  chmod 755 "$1"
+}
+
+# write_udhcpc_script FILE: what busybox udhcpc runs with the lease it got.
+write_udhcpc_script()
+{
+  cat >"$1" <<'DHCP'
+#!/bin/busybox sh
+case $1 in
+deconfig) ip -4 addr flush dev "$interface" ;;
+bound | renew)
+  ip -4 addr flush dev "$interface"
+  ip addr add "$ip/${mask:-24}" dev "$interface"
+  [ -z "$router" ] || ip route add default via "${router%% *}" dev "$interface"
+  ;;
+esac
+exit 0
+DHCP
   chmod 755 "$1"
 }
 
@@ -175,6 +287,7 @@ act()
     ;;
   sync) sync ;;
   sleep) sleep "$a1" ;;
+  reboot) ;; # /init reboots at the end
   pause)
     sync
     echo "tabula-paused"
@@ -226,16 +339,41 @@ make_rootfs()
 
 # make_boot DIR KERNEL: DIR/vmlinuz and DIR/initramfs.cpio.gz, unless DIR/stamp
 # says they were made from this kernel by this script.
+# copy_with_libs ROOT FILE DEST: FILE to ROOT/DEST, and the shared libraries
+# it links (as ldd resolves them here) into their own paths under ROOT.
+copy_with_libs()
+{
+  mkdir -p "$1/$(dirname "$3")"
+  cp -L "$2" "$1/$3"
+  for f in $(ldd "$2" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+    mkdir -p "$1/$(dirname "$f")"
+    cp -L "$f" "$1/$f"
+  done
+}
+
+# make_boot DIR KERNEL KIND: KIND "disk" (virtio-blk) or "pxe" (NBD over the NIC).
 make_boot()
 {
   dir=$1
   kernel=$2
+  kind=$3
   [ -r "$kernel" ] || die "cannot read the kernel $kernel (apt-get install linux-image-cloud-amd64; run as root)"
   need_static_busybox
   kver=${kernel##*/vmlinuz-}
   moddir=/lib/modules/$kver
   [ -f "$moddir/modules.dep" ] || die "$moddir/modules.dep is missing for $kernel"
-  stamp="$kernel $(stat -c %Y:%s "$kernel") $(cksum <"$0")"
+  modules=$GUEST_MODULES
+  applets=$GUEST_APPLETS
+  stamp="$kind $kernel $(stat -c %Y:%s "$kernel") $(cksum <"$0")"
+  if [ "$kind" = pxe ]; then
+    [ -x "$NBD_CLIENT" ] || die "$NBD_CLIENT is missing: apt-get install nbd-client"
+    [ -n "$persist" ] && [ -x "$persist" ] ||
+      die "--pxe needs --persist PATH of tabula-nbd-persist (built in BUILD/restored/)"
+    case $persist in /*) ;; *) persist=$(pwd)/$persist ;; esac
+    modules=$PXE_MODULES
+    applets="$applets $PXE_APPLETS"
+    stamp="$stamp $(stat -c %Y:%s "$NBD_CLIENT") $persist $(stat -c %Y:%s "$persist")"
+  fi
   if [ -f "$dir/stamp" ] && [ "$(cat "$dir/stamp")" = "$stamp" ] &&
     [ -f "$dir/vmlinuz" ] && [ -f "$dir/initramfs.cpio.gz" ]; then
     return 0
@@ -246,12 +384,17 @@ make_boot()
   root=$work/root
   mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/newroot"
   cp /bin/busybox "$root/bin/busybox"
-  for applet in sh mount umount insmod mkdir sleep cat cut chroot sync poweroff; do
+  for applet in $applets; do
     ln -s busybox "$root/bin/$applet"
   done
   write_init "$root/init"
+  if [ "$kind" = pxe ]; then
+    write_udhcpc_script "$root/bin/udhcpc.script"
+    copy_with_libs "$root" "$NBD_CLIENT" /bin/nbd-client
+    copy_with_libs "$root" "$persist" /bin/tabula-nbd-persist
+  fi
   : >"$root/modules.order"
-  for m in $(module_load_order "$moddir" $GUEST_MODULES); do
+  for m in $(module_load_order "$moddir" $modules); do
     mkdir -p "$root/$(dirname "$m")"
     case $m in
     *.ko) cp "$moddir/$m" "$root/$m" ;;
@@ -275,9 +418,10 @@ make_boot()
 mode=
 target=
 kernel=
+persist=
 while [ $# -gt 0 ]; do
   case $1 in
-  --boot | --rootfs)
+  --boot | --pxe | --rootfs)
     [ $# -ge 2 ] || die "$1 needs a directory (try --help)"
     mode=$1
     target=$2
@@ -286,6 +430,11 @@ while [ $# -gt 0 ]; do
   --kernel)
     [ $# -ge 2 ] || die "--kernel needs a file"
     kernel=$2
+    shift 2
+    ;;
+  --persist)
+    [ $# -ge 2 ] || die "--persist needs the path of tabula-nbd-persist"
+    persist=$2
     shift 2
     ;;
   -h | --help)
@@ -301,10 +450,12 @@ case $mode in
   make_rootfs "$target"
   echo "$target: guest root filesystem content (busybox, /tabula/run.sh)"
   ;;
---boot)
+--boot | --pxe)
   [ -n "$kernel" ] || kernel=$(newest_kernel)
   [ -n "$kernel" ] || die "no kernel in /boot: apt-get install linux-image-cloud-amd64"
-  make_boot "$target" "$kernel"
+  kind=disk
+  [ "$mode" = --pxe ] && kind=pxe
+  make_boot "$target" "$kernel" "$kind"
   echo "$target/vmlinuz $target/initramfs.cpio.gz"
   ;;
 *)
