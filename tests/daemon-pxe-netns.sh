@@ -147,6 +147,32 @@ tctl reload >/dev/null || tb_fail "reload"
 td_wait '.pxe.error | test("pxe.interface does not exist")' "the error names pxe.interface"
 tb_event "$state" '.type == "dnsmasq-exit" and (.message | test("unknown interface tbnope0"))' "dnsmasq-exit names the interface"
 "$TB_IO" -s "$state/nbd.sock" -e pc21 write:0:4096:5 read:0:4096:5 || tb_fail "pc21 must be served over NBD"
+
+echo "== port 67 taken by another server: a clear error; free again: dnsmasq runs"
+ip netns exec "$NS_S" python3 -c 'import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 67))
+print("bound", flush=True)
+time.sleep(120)' >"$TB_TMP/port67.out" 2>&1 &
+echo $! >"$TB_TMP/port67.bgpid"
+i=0
+until grep -q bound "$TB_TMP/port67.out"; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || tb_fail "cannot take port 67: $(cat "$TB_TMP/port67.out")"
+  sleep 0.1
+done
+jq '.pxe.interface = "tbbr0"' "$conf" >"$conf.new" && mv "$conf.new" "$conf"
+tctl reload >/dev/null || tb_fail "reload"
+td_wait '.pxe.error | test("Address already in use.*another DHCP or TFTP server")' "the error says port 67 is taken"
+kill "$(cat "$TB_TMP/port67.bgpid")"
+wait "$(cat "$TB_TMP/port67.bgpid")" 2>/dev/null || true
+rm -f "$TB_TMP/port67.bgpid"
+i=0
+until ip netns exec "$NS_S" ss -ulnp | grep dnsmasq | grep -q ':67 '; do
+  i=$((i + 1))
+  [ $i -lt 300 ] || tb_fail "dnsmasq must be restarted once port 67 is free: $(tctl --json status | jq .pxe)"
+  sleep 0.1
+done
 td_stop
 ip netns exec "$NS_S" ss -ulnp | grep -q dnsmasq && tb_fail "dnsmasq must stop with the daemon"
 tb_check_logs
