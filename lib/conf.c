@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "events.h"
 #include "repo.h"
 #include "schedule.h"
 #include "watchdog.h"
@@ -975,12 +976,15 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if ((v = json_object_get(root, "admin")) && parse_admin(cfg, v) == -1)
     return -1;
   if ((v = json_object_get(root, "events"))) {
-    static const char *const keys[] = {"max_bytes", NULL};
+    static const char *const keys[] = {"max_bytes", "keep", NULL};
     if (!json_is_object(v))
-      return bad("events", "an object such as {\"max_bytes\": \"16M\"}", v);
+      return bad("events", "an object such as {\"max_bytes\": \"16M\", \"keep\": 5}", v);
+    long long keep = TB_EVENTS_DEFAULT_KEEP;
     if (check_keys(v, "events", keys) == -1 ||
-        get_size(v, "events", "max_bytes", &cfg->events_max_bytes) == -1)
+        get_size(v, "events", "max_bytes", &cfg->events_max_bytes) == -1 ||
+        get_int(v, "events", "keep", 1, TB_EVENTS_MAX_KEEP, &keep) == -1)
       return -1;
+    cfg->events_keep = (unsigned)keep;
   }
   if ((v = json_object_get(root, "webhooks")) && parse_webhooks(cfg, v) == -1)
     return -1;
@@ -1044,6 +1048,8 @@ static int apply_defaults(struct tb_config *cfg)
   }
   if (!cfg->events_max_bytes)
     cfg->events_max_bytes = 16 * 1024 * 1024;
+  if (!cfg->events_keep)
+    cfg->events_keep = TB_EVENTS_DEFAULT_KEEP;
   if (!cfg->metrics_interval_ms)
     cfg->metrics_interval_ms = 15000;
   return 0;

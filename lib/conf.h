@@ -125,6 +125,7 @@ struct tb_config {
   int64_t *admin_uids;      /* admin uids on the unix socket; default: 0 and our uid */
   size_t n_admin_uids;
   uint64_t events_max_bytes; /* journal rotation size */
+  unsigned events_keep;      /* rotated generations kept (events.keep) */
   struct tb_webhook_conf *webhooks;
   size_t n_webhooks;
   char *metrics_file;

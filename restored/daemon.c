@@ -31,6 +31,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,6 +44,8 @@
 #include "overlay.h"
 #include "session.h"
 #include "store.h"
+
+static void warn_if_exposed(const char *config, const char *state);
 
 #define DEFAULT_CONFIG "/etc/tabula/tabula.json"
 #define DEFAULT_METRICS_INTERVAL_MS 15000
@@ -339,6 +342,8 @@ int daemon_reload(char *err, size_t errlen)
   D.sched = sched;
   D.n_sched = n;
   tb_events_set_max_bytes(cfg->events_max_bytes);
+  tb_events_set_keep(cfg->events_keep);
+  warn_if_exposed(D.config_file, cfg->state_dir);
   webhooks_configure(cfg);
   bool restart = nbdkit_config_changed(old, cfg);
   tb_config_unref(old);
@@ -471,6 +476,22 @@ static void usage(FILE *f)
              "Exit status: 0 stopped by a signal, 1 could not start.\n");
 }
 
+/* The configuration may hold secrets (a webhook's secret, S3 keys): say so
+ * when others may read it.  A state directory others may enter (an older
+ * tabula made it 0755) exposes what is in it. */
+static void warn_if_exposed(const char *config, const char *state)
+{
+  struct stat st;
+  if (config && stat(config, &st) == 0 && (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)))
+    log_msg("warning: the configuration %s is %s by other users and may hold secrets (webhook "
+            "secrets, S3 keys): chmod 600 %s",
+            config, st.st_mode & (S_IWOTH | S_IWGRP) ? "writable" : "readable", config);
+  if (tb_store_exposed(state))
+    log_msg("warning: the state directory %s is open to other users (its images and clients' "
+            "disks are admin-only): chmod 700 %s",
+            state, state);
+}
+
 int main(int argc, char **argv)
 {
   static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
@@ -503,6 +524,9 @@ int main(int argc, char **argv)
     usage(stderr);
     return 1;
   }
+  /* Everything the daemon creates (and nbdkit, which inherits it) is its
+   * own: the state is private whatever the shell's or the unit's umask. */
+  umask(077);
   D.started_ms = tb_now_ms();
   srandom((unsigned)(D.started_ms ^ getpid()));
   D.signal_fd = D.listen_fd = -1;
@@ -514,10 +538,12 @@ int main(int argc, char **argv)
   }
   const char *state = D.cfg->state_dir;
   tb_events_set_max_bytes(D.cfg->events_max_bytes);
+  tb_events_set_keep(D.cfg->events_keep);
   if (tb_store_init(state) == -1) {
     log_msg("%s", tb_errmsg());
     return 1;
   }
+  warn_if_exposed(D.config_file, state);
   schedules_resume(D.cfg, D.sched, D.n_sched);
   int tmp = tb_store_gc_temp(state);
   if (tmp > 0)

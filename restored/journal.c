@@ -4,9 +4,14 @@
  * sessions, the daemon's own actions, tabulactl's imports.  The daemon tails
  * it by offset, from where it was when the daemon started, and hands each new
  * line to `events --follow` connections, to the webhooks and to the per-client
- * counters of the metrics.  Rotation (rename to .1) is noticed by the inode
- * changing: the rest of the old file is read first, then the new one from 0.
- * Only complete lines are consumed.
+ * counters of the metrics.  Rotation (rename to .1, ours or logrotate's) is
+ * noticed by the inode changing: the rest of the old file is read first,
+ * then .1 if it is not the old file (a second rotation between two polls),
+ * then the new one from 0.  A truncation in place (logrotate's copytruncate)
+ * is noticed by the file getting shorter than what was read: the copy
+ * (.1, if it is at least that long) gives the lines written since the last
+ * poll, then the file is read from 0.  Only complete lines are consumed.
+ * Journals are opened with O_NOFOLLOW.
  */
 #include <config.h>
 
@@ -16,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -28,6 +34,7 @@ static int fd = -1;
 static ino_t ino;
 static char *partial;
 static size_t partial_len;
+static time_t last_poll_s; /* wall clock of the previous poll */
 
 static void journal_path(const char *state, char *buf, size_t len)
 {
@@ -38,7 +45,7 @@ void journal_open(struct daemon *d)
 {
   char path[4096];
   journal_path(d->cfg->state_dir, path, sizeof path);
-  fd = open(path, O_RDONLY | O_CLOEXEC | O_CREAT, 0600);
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_CREAT | O_NOFOLLOW, 0600);
   if (fd == -1) {
     log_msg("cannot open the event journal %s: %s", path, strerror(errno));
     return;
@@ -120,12 +127,27 @@ static void read_new(void)
   }
 }
 
+/* Deliver what PATH holds from offset FROM (a rotated generation). */
+static void read_other(const char *path, off_t from)
+{
+  int saved = fd;
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd != -1) {
+    if (lseek(fd, from, SEEK_SET) == from)
+      read_new();
+    close(fd);
+  }
+  fd = saved;
+  partial_len = 0;
+}
+
 void journal_poll(struct daemon *d)
 {
-  char path[4096];
+  char path[4096], old[4200];
   journal_path(d->cfg->state_dir, path, sizeof path);
+  snprintf(old, sizeof old, "%s.1", path);
   if (fd == -1) {
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd == -1)
       return;
     struct stat st;
@@ -133,12 +155,26 @@ void journal_poll(struct daemon *d)
     ino = st.st_ino;
   }
   read_new();
-  struct stat st;
+  time_t prev = last_poll_s;
+  last_poll_s = time(NULL);
+  struct stat st, ost;
+  off_t at = lseek(fd, 0, SEEK_CUR);
+  if (fstat(fd, &st) == 0 && st.st_size < at) { /* truncated in place (copytruncate) */
+    partial_len = 0;
+    if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_size >= at)
+      read_other(old, at);
+    lseek(fd, 0, SEEK_SET);
+    read_new();
+  }
   if (stat(path, &st) == 0 && st.st_ino != ino) { /* rotated: finish the old, follow the new */
     read_new();
     close(fd);
     partial_len = 0;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* Rotated twice since the last poll: .1 is a file we never saw (and it
+     * was written since; an older .1 is a generation already read). */
+    if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_mtime >= prev)
+      read_other(old, 0);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd == -1)
       return;
     fstat(fd, &st);

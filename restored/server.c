@@ -15,7 +15,10 @@
  *     or any connection idle for IDLE_MS, is closed;
  *   - replies are buffered per connection; a peer that does not read more
  *     than MAX_OUTPUT of them is dropped;
- *   - at most MAX_CONNS connections; more are refused with an error line.
+ *   - at most MAX_CONNS connections.  An administrator must always get in,
+ *     so when they are all taken the one idle the longest goes (an error
+ *     line tells it why), then the oldest follower of events; only when
+ *     every one is in the middle of a job is a new one refused.
  * Requests on one connection are answered in order: while one waits for a
  * job (merge) or follows events, later lines stay in the buffer.
  */
@@ -342,6 +345,24 @@ static void refuse(int fd, const char *msg)
   close(fd);
 }
 
+/* The connection to drop for a newcomer when all are taken: the one idle
+ * the longest (no request in progress, nothing to send), else the oldest
+ * follower of events; MAX_CONNS if every one is busy with a job. */
+static size_t victim(void)
+{
+  size_t best = MAX_CONNS;
+  for (int pass = 0; pass < 2 && best == MAX_CONNS; pass++) {
+    enum conn_state want = pass == 0 ? CONN_READY : CONN_FOLLOWING;
+    for (size_t i = 0; i < MAX_CONNS; i++) {
+      struct conn *c = conns[i];
+      if (c && c->state == want && !c->in_len && !c->out_len &&
+          (best == MAX_CONNS || c->last_ms < conns[best]->last_ms))
+        best = i;
+    }
+  }
+  return best;
+}
+
 void server_accept(struct daemon *d)
 {
   for (;;) {
@@ -362,6 +383,17 @@ void server_accept(struct daemon *d)
         slot = i;
         break;
       }
+    if (slot == MAX_CONNS && (slot = victim()) < MAX_CONNS) {
+      struct conn *old = conns[slot];
+      log_msg("control: %d connections: closing the one idle the longest (uid %d) for a new one",
+              MAX_CONNS, (int)old->uid);
+      conn_finish(old, reply_error("closed: %d control connections are open and this one was "
+                                   "idle the longest",
+                                   MAX_CONNS));
+      conn_write(old);
+      conn_free(old);
+      conns[slot] = NULL;
+    }
     struct conn *c = slot < MAX_CONNS ? calloc(1, sizeof *c) : NULL;
     if (c)
       c->in = malloc(TB_CONTROL_MAX_LINE + 1);

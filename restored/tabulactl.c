@@ -1833,6 +1833,7 @@ int main(int argc, char **argv)
       {"version", no_argument, NULL, 'V'},      {0}};
   struct ctl ctl = {0};
   signal(SIGPIPE, SIG_IGN);
+  umask(077); /* imports write into the private state directory */
   int ch;
   opterr = 0;
   while ((ch = getopt_long(argc, argv, "+c:hV", lo, NULL)) != -1) {
