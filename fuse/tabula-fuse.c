@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -290,6 +291,7 @@ static void snap_put(struct snap *s)
 
 struct source {
   char export[TB_PATH_MAX];
+  size_t idx;  /* in sources[]: part of the inode numbers of its files */
   bool moving; /* a live disk: snapshots expire */
   pthread_mutex_t mu;
   struct tb_disk *disk;
@@ -317,6 +319,7 @@ static struct source *source_get(const char *export, bool moving)
     snprintf(s->export, sizeof s->export, "%s", export);
     s->moving = moving;
     pthread_mutex_init(&s->mu, NULL);
+    s->idx = n_sources;
     sources[n_sources++] = s;
   }
   pthread_mutex_unlock(&sources_lock);
@@ -851,7 +854,29 @@ static void dir_stat(struct stat *st)
   st->st_mtime = st->st_ctime = st->st_atime = mount_time;
 }
 
-static void istat_to_stat(const struct tb_istat *is, struct stat *st)
+/* Inode numbers (use_ino).  A guest file's is made of its source, its
+ * volume and its inode number in the guest, so the hard links of a volume
+ * share one and no two volumes, snapshots or images collide (diff -r
+ * takes equal inode numbers for equal files): bits 63-51 the source + 1,
+ * 50-46 the volume, 45-0 the guest's number.  The view's own directories
+ * and files get a hash of their path, with the source bits 0. */
+static uint64_t guest_ino(const struct source *s, int vol, uint64_t inum)
+{
+  return (uint64_t)(s->idx + 1) << 51 | (uint64_t)(vol & 31) << 46 | (inum & ((1ull << 46) - 1));
+}
+
+static uint64_t path_ino(const char *path)
+{
+  uint64_t h = 1469598103934665603ull;
+  for (; *path; path++) {
+    h ^= (unsigned char)*path;
+    h *= 1099511628211ull;
+  }
+  h &= (1ull << 51) - 1;
+  return h < 2 ? h + 2 : h;
+}
+
+static void istat_to_stat(const struct tb_istat *is, struct stat *st, uint64_t ino)
 {
   memset(st, 0, sizeof *st);
   mode_t type = S_IFREG;
@@ -887,7 +912,9 @@ static void istat_to_stat(const struct tb_istat *is, struct stat *st)
   st->st_size = (off_t)(is->size > INT64_MAX ? INT64_MAX : is->size);
   st->st_blocks = (blkcnt_t)((is->size + 511) / 512);
   st->st_blksize = 4096;
-  st->st_ino = is->inum;
+  st->st_ino = ino;
+  if (type == S_IFCHR || type == S_IFBLK)
+    st->st_rdev = makedev(is->rdev_major, is->rdev_minor);
   st->st_mtim.tv_sec = is->mtime;
   st->st_mtim.tv_nsec = is->mtime_ns;
   st->st_atim.tv_sec = is->atime;
@@ -909,7 +936,7 @@ static int vol_index(struct snap *s, const char *volume)
   return tb_inspect_find_volume(s->ins, volume);
 }
 
-static int tf_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+static int getattr_node(const char *path, struct stat *st)
 {
   struct node n;
   int r = parse(path, &n);
@@ -963,24 +990,36 @@ static int tf_getattr(const char *path, struct stat *st, struct fuse_file_info *
                                                                   : errno_or_eio();
     snap_put(sn);
     if (r == 0)
-      istat_to_stat(&is, st);
+      istat_to_stat(&is, st, guest_ino(s, vi, is.inum));
     return r;
   }
   }
   return -ENOENT;
 }
 
+static int tf_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+  int r = getattr_node(path, st);
+  if (r == 0 && st->st_ino == 0)
+    st->st_ino = path_ino(path);
+  return r;
+}
+
 struct fill_ctx {
   void *buf;
   fuse_fill_dir_t fill;
+  const struct source *source;
+  int vol;
 };
 
+/* Each entry with its attributes: the kernel takes them (readdirplus) and
+ * need not ask again for each file. */
 static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
 {
   struct fill_ctx *fc = ctx;
   struct stat st;
-  istat_to_stat(is, &st);
-  fc->fill(fc->buf, name, &st, 0, 0);
+  istat_to_stat(is, &st, guest_ino(fc->source, fc->vol, is->inum));
+  fc->fill(fc->buf, name, &st, 0, FUSE_FILL_DIR_PLUS);
   return 0;
 }
 
@@ -1043,7 +1082,7 @@ static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
     if (!sn)
       return -EIO;
     int vi = vol_index(sn, n.volume);
-    struct fill_ctx fc = {buf, fill};
+    struct fill_ctx fc = {buf, fill, s, vi};
     r = vi < 0                                                                ? -ENOENT
         : tb_inspect_readdir(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
                                                                               : errno_or_eio();
@@ -1076,6 +1115,62 @@ static int tf_readlink(const char *path, char *buf, size_t size)
                                                                           : errno_or_eio();
   snap_put(sn);
   return r;
+}
+
+/* Extended attributes of a guest file (lib/inspect.h: ext xattrs, NTFS
+ * streams as user.NAME); the view's own nodes have none. */
+static int node_xattrs(const char *path, struct tb_xattrs *x)
+{
+  memset(x, 0, sizeof *x);
+  struct node n;
+  int r = parse(path, &n);
+  if (r < 0 || n.kind != K_VOL)
+    return r;
+  struct source *s = node_source(&n);
+  struct snap *sn = s ? source_snap(s) : NULL;
+  if (!sn)
+    return -EIO;
+  int vi = vol_index(sn, n.volume);
+  r = vi < 0                                                    ? -ENOENT
+      : tb_inspect_xattrs(sn->ins, (size_t)vi, n.inner, x) == 0 ? 0
+                                                                : errno_or_eio();
+  snap_put(sn);
+  return r;
+}
+
+static int tf_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+  struct tb_xattrs x;
+  int r = node_xattrs(path, &x);
+  if (r == 0) {
+    r = -ENODATA;
+    for (size_t i = 0; i < x.n; i++)
+      if (strcmp(x.v[i].name, name) == 0) {
+        r = size == 0 ? (int)x.v[i].len : size < x.v[i].len ? -ERANGE : (int)x.v[i].len;
+        if (size >= x.v[i].len && x.v[i].len)
+          memcpy(value, x.v[i].value, x.v[i].len);
+        break;
+      }
+  }
+  tb_xattrs_free(&x);
+  return r;
+}
+
+static int tf_listxattr(const char *path, char *list, size_t size)
+{
+  struct tb_xattrs x;
+  int r = node_xattrs(path, &x);
+  size_t len = 0;
+  for (size_t i = 0; r == 0 && i < x.n; i++) {
+    size_t n = strlen(x.v[i].name) + 1;
+    if (size && len + n > size)
+      r = -ERANGE;
+    else if (size)
+      memcpy(list + len, x.v[i].name, n);
+    len += n;
+  }
+  tb_xattrs_free(&x);
+  return r < 0 ? r : (int)len;
 }
 
 /* What an open file reads. */
@@ -1192,12 +1287,22 @@ static int tf_statfs(const char *path, struct statvfs *st)
   return 0;
 }
 
+/* use_ino: the inode numbers are ours (see node_ino), so hard links share
+ * one and du, tar and rsync -H see them.  Listings carry each entry's
+ * attributes (readdirplus), and reads go to the kernel in large requests
+ * with readahead: a find or a copy costs few round trips. */
 static void *tf_init(struct fuse_conn_info *conn, struct fuse_config *fc)
 {
   fc->entry_timeout = KERNEL_TIMEOUT_S;
   fc->attr_timeout = KERNEL_TIMEOUT_S;
   fc->negative_timeout = KERNEL_TIMEOUT_S;
-  fc->use_ino = 0;
+  fc->use_ino = 1;
+  fc->readdir_ino = 1;
+  conn->max_readahead = 1u << 20;
+  if (conn->capable & FUSE_CAP_READDIRPLUS)
+    conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_ASYNC_READ)
+    conn->want |= FUSE_CAP_ASYNC_READ;
   return NULL;
 }
 
@@ -1278,6 +1383,8 @@ static const struct fuse_operations ops = {
     .create = rofs_create,
     .utimens = rofs_utimens,
     .setxattr = rofs_setxattr,
+    .getxattr = tf_getxattr,
+    .listxattr = tf_listxattr,
     .removexattr = rofs_2path,
     .fallocate = rofs_fallocate,
 };
@@ -1339,7 +1446,10 @@ static int run(struct fuse_args *args)
     goto out_signals;
   fuse_loop_cfg_set_max_threads(lc, o.max_threads);
   fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
-  fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
+  /* libfuse 3.14 reports "unset" as UINT_MAX and then complains about it
+   * ("Ignoring invalid max threads value 4294967295") at every mount. */
+  if (o.max_idle_threads != UINT_MAX)
+    fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
   int lr = o.singlethread ? fuse_loop(f) : fuse_loop_mt(f, lc);
   fuse_loop_cfg_destroy(lc);
   r = lr == 0 ? 0 : 2;

@@ -129,6 +129,27 @@ struct tb_istat {
   uint32_t nlink;
   int64_t mtime, atime, ctime, crtime; /* seconds since the epoch */
   uint32_t mtime_ns, atime_ns, ctime_ns;
+  uint32_t rdev_major, rdev_minor; /* device nodes */
+  /* A digest of what the other fields do not show: ext extended attributes,
+   * NTFS alternate data streams (names and sizes) and resident data (a
+   * small file's bytes live in its MFT record, not in a content run).  0
+   * when there is none.  The diff compares it. */
+  uint64_t xdigest;
+};
+
+/* Extended attributes of a file: ext xattrs (user., trusted., security.;
+ * system.* such as POSIX ACLs are not shown), NTFS alternate data streams
+ * as "user.STREAM" (the way ntfs-3g shows them).  Values over
+ * TB_XATTR_MAX bytes are left out. */
+#define TB_XATTR_MAX 65536
+struct tb_xattr {
+  char *name;
+  unsigned char *value;
+  size_t len;
+};
+struct tb_xattrs {
+  struct tb_xattr *v;
+  size_t n;
 };
 
 struct tb_volume {
@@ -173,6 +194,10 @@ int tb_inspect_stat(struct tb_inspect *ins, size_t vol, const char *path, struct
 typedef int (*tb_inspect_dir_fn)(void *ctx, const char *name, const struct tb_istat *st);
 int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
                        void *ctx);
+
+/* The extended attributes of PATH into OUT (free with tb_xattrs_free). */
+int tb_inspect_xattrs(struct tb_inspect *ins, size_t vol, const char *path, struct tb_xattrs *out);
+void tb_xattrs_free(struct tb_xattrs *x);
 
 /* Symlink target into BUF (NUL-terminated, truncated to LEN-1). */
 int tb_inspect_readlink(struct tb_inspect *ins, size_t vol, const char *path, char *buf,
