@@ -20,9 +20,9 @@
 #             keep_sessions 0, where the 2 GiB retained session is deleted.
 #   idle      N (200) clients, each its own export, connected to one nbdkit on
 #             a 64 GiB sparse master: nbdkit's VmRSS before and after, per client.
-#   sections  every scripts/bench-*.sh (boot storm, view, pull, merge,
-#             watchdog scan), called with the build directory, its output
-#             appended.
+#   sections  every scripts/bench-*.sh (boot storm, PXE boot storm of real
+#             diskless PCs, view, pull, merge, watchdog scan), called with the
+#             build directory, its output appended.
 #
 # The report ends with one summary table: every figure, its anchor from the
 # same run, the ratio and the goal the issues set.

@@ -10,17 +10,28 @@
 #   ./scripts/demo.sh --guest    also boot a small Linux VM from it (QEMU, TCG):
 #                                the guest writes a file, the view shows it, a
 #                                rollback, and the next boot is clean again
+#   ./scripts/demo.sh --lab N    a virtual lab instead: N diskless PCs PXE-boot
+#                                from an appliance in a network namespace
+#                                (scripts/lab.sh; root, QEMU under TCG)
 #   ./scripts/demo.sh --reset    forget the demo state first
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
 
 guest=no
+lab=
+prev=
 for arg in "$@"; do
+  if [ "$prev" = --lab ]; then
+    lab=$arg
+    prev=
+    continue
+  fi
   case $arg in
   --guest) guest=yes ;;
+  --lab) prev=--lab ;;
   --reset) rm -rf "$TB_TOP/demo" ;;
   -h | --help)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -30,11 +41,16 @@ for arg in "$@"; do
   esac
 done
 
+if [ "$prev" = --lab ] || { [ -n "$lab" ] && ! [ "$lab" -ge 1 ] 2>/dev/null; }; then
+  echo "demo.sh: --lab needs a number of PCs (try --help)" >&2
+  exit 2
+fi
 tb_install_packages
 tb_install_guest_packages
 build=$TB_TOP/build-demo
 echo "building in $build ..."
 tb_build "$build" --enable-werror
+[ -z "$lab" ] || exec "$TB_TOP/scripts/lab.sh" "$lab" --build "$build"
 
 demo=$TB_TOP/demo
 state=$demo/state
