@@ -293,7 +293,7 @@ static const char *const client_keys[] = {
     "image",   "version",  "policy",  "keep_sessions",   "allow",
     "address", "group",    "refresh", "refresh_jitter",  "preserve",
     "quota",   "watchdog", "merge",   "reconnect_grace", "mac",
-    "boot",    NULL};
+    "boot",    "iscsi",    NULL};
 
 int tb_mac_parse(const char *text, char out[18])
 {
@@ -611,6 +611,14 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
       return -1;
     c->watchdog = json_incref(wd);
   }
+  json_t *isc = json_object_get(obj, "iscsi");
+  if (isc) {
+    subpath(p, sizeof p, path, "iscsi");
+    if (!(c->iscsi = malloc(sizeof *c->iscsi)))
+      return tb_error_errno("%s", p);
+    if (tb_iscsi_client_parse(isc, p, c->iscsi) == -1)
+      return -1;
+  }
   return 0;
 }
 
@@ -657,7 +665,7 @@ static const char *const top_keys[] = {"state_dir",       "block_size", "images"
                                        "groups",          "listen",     "control", "nbdkit",
                                        "plugin",          "tls",        "admin",   "events",
                                        "webhooks",        "metrics",    "pull",    "watchdog",
-                                       "reconnect_grace", "pxe",        NULL};
+                                       "reconnect_grace", "pxe",        "iscsi",   NULL};
 
 static int parse_images(struct tb_config *cfg, const json_t *v)
 {
@@ -835,10 +843,18 @@ static int parse_listen(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_object(v))
     return bad("listen", "an object such as {\"unix\": PATH, \"tcp\": \"ADDR:PORT\"}", v);
-  static const char *const keys[] = {"unix", "tcp", NULL};
+  static const char *const keys[] = {"unix", "tcp", "iscsi", NULL};
   if (check_keys(v, "listen", keys) == -1 || get_string(v, "listen", "unix", &cfg->listen_unix) ||
-      get_string(v, "listen", "tcp", &cfg->listen_tcp))
+      get_string(v, "listen", "tcp", &cfg->listen_tcp) ||
+      get_string(v, "listen", "iscsi", &cfg->listen_iscsi))
     return -1;
+  const char *icolon = cfg->listen_iscsi ? strrchr(cfg->listen_iscsi, ':') : NULL;
+  char *iend = NULL;
+  long iport = icolon ? strtol(icolon + 1, &iend, 10) : -1;
+  if (cfg->listen_iscsi &&
+      (!icolon || icolon == cfg->listen_iscsi || !icolon[1] || *iend || iport < 1 || iport > 65535))
+    return tb_error("listen.iscsi: expected \"ADDR:PORT\" such as \"0.0.0.0:3260\", got \"%s\"",
+                    cfg->listen_iscsi);
   if (cfg->listen_unix && strlen(cfg->listen_unix) >= sizeof(((struct sockaddr_un *)0)->sun_path))
     return tb_error("listen.unix: path is too long for a unix socket (limit 107 bytes)");
   if (cfg->listen_tcp) {
@@ -961,6 +977,8 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     return -1;
   if ((v = json_object_get(root, "pxe")) && parse_pxe(cfg, v) == -1)
     return -1;
+  if (tb_iscsi_conf_parse(json_object_get(root, "iscsi"), &cfg->iscsi) == -1)
+    return -1;
   if ((v = json_object_get(root, "groups")) && parse_groups(v) == -1)
     return -1;
   if ((v = json_object_get(root, "clients")) && parse_clients(cfg, root, v) == -1)
@@ -1066,6 +1084,7 @@ static void client_free(struct tb_client_conf *c)
   free(c->boot_kernel);
   free(c->boot_initrd);
   free(c->boot_cmdline);
+  free(c->iscsi);
 }
 
 static void config_free(struct tb_config *cfg)
@@ -1082,6 +1101,8 @@ static void config_free(struct tb_config *cfg)
   free(cfg->clients);
   free(cfg->listen_unix);
   free(cfg->listen_tcp);
+  free(cfg->listen_iscsi);
+  free(cfg->iscsi.program);
   free(cfg->control);
   free(cfg->nbdkit);
   free(cfg->plugin);

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "iscsi-conf.h"
 #include "region.h"
 #include "util.h"
 
@@ -77,7 +78,8 @@ struct tb_client_conf {
   char mac[18];      /* "52:54:00:12:34:56", lowercase */
   char *boot_kernel; /* absolute paths, or NULL (only for clients without a mac) */
   char *boot_initrd;
-  char *boot_cmdline; /* extra kernel command line, or NULL */
+  char *boot_cmdline;            /* extra kernel command line, or NULL */
+  struct tb_iscsi_client *iscsi; /* "iscsi" (iscsi-conf.h), or NULL */
 };
 
 struct tb_webhook_conf {
@@ -134,6 +136,8 @@ struct tb_config {
   json_t *watchdog; /* top-level "watchdog" defaults, or NULL */
   json_t *json;     /* the whole document, for sections parsed elsewhere */
   struct tb_pxe_conf pxe;
+  char *listen_iscsi;         /* "ADDR:PORT" where tabula-iscsid listens, or NULL */
+  struct tb_iscsi_conf iscsi; /* top-level "iscsi" (iscsi-conf.h) */
 };
 
 /* Load and validate FILE.  On error returns NULL; tb_errmsg() has
