@@ -29,9 +29,10 @@ KNOWN="GetLBAStatus.UnmapSingle WriteSame10.InvalidDataOutSize WriteSame16.Inval
 PreventAllow.2ITNexuses"
 failed=
 for s in $SUITES; do
-  timeout 300 iscsi-test-cu -d -n -t "ALL.$s" "$(tb_iscsi_url pc01)" >"$TB_TMP/cu-$s.log" 2>&1 ||
+  # its exit status counts failed tests: the summary says whether it finished
+  timeout 300 iscsi-test-cu -d -n -t "ALL.$s" "$(tb_iscsi_url pc01)" >"$TB_TMP/cu-$s.log" 2>&1 || true
+  grep -q "Run Summary" "$TB_TMP/cu-$s.log" ||
     tb_fail "iscsi-test-cu $s did not finish: $(tail -n 5 "$TB_TMP/cu-$s.log")"
-  grep -q "Run Summary" "$TB_TMP/cu-$s.log" || tb_fail "iscsi-test-cu $s: no summary"
   for t in $(sed -n 's/^Suite \([^,]*\), Test \(.*\) had failures:$/\1.\2/p' "$TB_TMP/cu-$s.log"); do
     case " $(echo $KNOWN) " in
     *" $t "*) echo "known failure: $t" ;;
