@@ -385,6 +385,9 @@ struct change {
   enum tb_change kind;
   char *path;
   struct tb_istat st;
+  /* Changed by its content bytes alone: confirmed against the base's copy
+   * of the file before it is reported (content_differs). */
+  bool confirm;
 };
 
 struct changes {
@@ -409,7 +412,8 @@ enum job_kind {
   JOB_WALK,
   JOB_INDEX,
   JOB_IDIFF,
-  JOB_XATTRS
+  JOB_XATTRS,
+  JOB_FRANGES
 };
 
 struct job {
@@ -435,6 +439,7 @@ struct job {
   /* results */
   struct changes *changes;    /* JOB_IDIFF */
   struct tb_xattrs *xattrs;   /* JOB_XATTRS */
+  struct tb_ranges franges;   /* JOB_FRANGES: file offsets whose bytes lie in DIRTY */
   struct tb_diff_stats stats; /* JOB_IDIFF */
   char *buf;                  /* JOB_READLINK, JOB_PREAD: LEN bytes */
   struct tb_istat st;
@@ -1569,6 +1574,8 @@ static bool entry_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_DIR *td, si
                        const TSK_FS_NAME *nm, struct tb_istat *st)
 {
   *st = (struct tb_istat){.type = name_type(nm->type), .inum = nm->meta_addr, .nlink = 1};
+  if (TSK_FS_TYPE_ISNTFS(v->fs->ftype) && nm->meta_addr < NTFS_FIRST_USER_RECORD)
+    return false; /* a system file, whether or not its record reads */
   TSK_FS_FILE *f = tsk_fs_dir_get(td, i);
   bool keep = true;
   if (f && f->meta) {
@@ -1871,6 +1878,48 @@ static int do_xattrs(struct tb_inspect *ins, struct job *j)
   return 0;
 }
 
+/* The file offsets of PATH's content (its default data stream) whose bytes
+ * lie in the job's dirty ranges; a compressed stream is taken whole. */
+static size_t ranges_lower_bound(const struct tb_ranges *r, uint64_t off);
+static int do_franges(struct tb_inspect *ins, struct job *j)
+{
+  struct vol *v = get_vol(ins, j->vol);
+  struct tb_istat st;
+  if (!v || resolve(ins, v, j->path, &st) < 0)
+    return -1;
+  TSK_FS_FILE *f = open_meta(ins, v, st.inum);
+  if (!f)
+    return -1;
+  const TSK_FS_ATTR *a = tsk_fs_file_attr_get(f);
+  uint64_t bs = v->fs->block_size;
+  int r = 0, guard = 0;
+  if (a && (a->flags & TSK_FS_ATTR_NONRES) && a->size > 0 && (a->flags & TSK_FS_ATTR_COMP))
+    r = tb_ranges_add(&j->franges, 0, (uint64_t)a->size);
+  else if (a && (a->flags & TSK_FS_ATTR_NONRES) && a->size > 0) {
+    uint64_t asize = (uint64_t)a->size;
+    for (const TSK_FS_ATTR_RUN *run = a->nrd.run; run && r == 0 && guard < 1000000;
+         run = run->next, guard++) {
+      if ((run->flags & (TSK_FS_ATTR_RUN_FLAG_FILLER | TSK_FS_ATTR_RUN_FLAG_SPARSE)) ||
+          run->len == 0 || run->addr > UINT64_MAX / bs / 2 || run->len > UINT64_MAX / bs / 2 ||
+          run->offset > UINT64_MAX / bs / 2 || run->offset * bs >= asize)
+        continue;
+      uint64_t foff = run->offset * bs, len = run->len * bs;
+      if (len > asize - foff)
+        len = asize - foff;
+      uint64_t d0 = v->pub.offset + run->addr * bs, d1 = d0 + len;
+      for (size_t k = ranges_lower_bound(&j->dirty, d0);
+           k < j->dirty.n && j->dirty.v[k].off < d1 && r == 0; k++) {
+        uint64_t x0 = j->dirty.v[k].off > d0 ? j->dirty.v[k].off : d0;
+        uint64_t e = j->dirty.v[k].off + j->dirty.v[k].len, x1 = e < d1 ? e : d1;
+        r = tb_ranges_add(&j->franges, foff + (x0 - d0), x1 - x0);
+      }
+    }
+  }
+  tsk_fs_file_close(f);
+  tsk_error_reset();
+  return r;
+}
+
 static int do_open_file(struct tb_inspect *ins, struct job *j)
 {
   struct vol *v = get_vol(ins, j->vol);
@@ -2121,6 +2170,7 @@ static void job_put(struct job *j)
   free(j->path);
   free(j->buf);
   tb_ranges_free(&j->dirty);
+  tb_ranges_free(&j->franges);
   tb_disk_unref(j->base);
   index_put(j->index);
   if (j->xattrs) {
@@ -2150,6 +2200,7 @@ static void ins_put(struct tb_inspect *ins)
 static int do_index(struct tb_inspect *ins, struct job *j);
 static int do_idiff(struct tb_inspect *ins, struct job *j);
 static int do_xattrs(struct tb_inspect *ins, struct job *j);
+static int do_franges(struct tb_inspect *ins, struct job *j);
 
 static void run_job(struct tb_inspect *ins, struct job *j)
 {
@@ -2187,6 +2238,9 @@ static void run_job(struct tb_inspect *ins, struct job *j)
     break;
   case JOB_XATTRS:
     j->r = do_xattrs(ins, j);
+    break;
+  case JOB_FRANGES:
+    j->r = do_franges(ins, j);
     break;
   }
   if (j->r < 0) {
@@ -2680,7 +2734,7 @@ static int changes_add(struct changes *c, enum tb_change kind, const char *vol, 
     errno = ENOMEM;
     return tb_error("out of memory comparing filesystems");
   }
-  c->v[c->n++] = (struct change){kind, p, *st};
+  c->v[c->n++] = (struct change){kind, p, *st, false};
   return 0;
 }
 
@@ -2712,8 +2766,11 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
         r = changes_add(out, TB_CREATED, vname, l->path, &l->st);
       else {
         b->seen = true;
-        if (meta_changed(&b->st, &l->st) || (l->touched && l->st.type == TB_FT_REG))
+        if (meta_changed(&b->st, &l->st))
           r = changes_add(out, TB_CHANGED, vname, l->path, &l->st);
+        else if (l->touched && l->st.type == TB_FT_REG &&
+                 (r = changes_add(out, TB_CHANGED, vname, l->path, &l->st)) == 0)
+          out->v[out->n - 1].confirm = true;
       }
     }
     for (size_t i = 0; i < be.n && r == 0; i++)
@@ -2731,6 +2788,52 @@ static int idiff_request(struct tb_inspect_index *idx, size_t ivol, struct tb_in
 static int index_volume(const struct tb_inspect_index *idx, const struct tb_volume *bv,
                         const struct tb_volume *lv, bool *by_design);
 static bool index_of(const struct tb_inspect_index *idx, struct tb_inspect *base);
+
+/* A file changed by its content bytes alone (the bytes where it lies now
+ * differ from the base's there): does its content differ from the base's
+ * copy of the file?  Its blocks may have moved: a file deleted and made
+ * again with the same bytes and metadata (cp --preserve=all) lies where
+ * the base had free space.  Compared at the file offsets whose bytes lie
+ * in DIRTY, read through both handles; anything unreadable is a change. */
+static bool content_differs(struct tb_inspect *base, struct tb_inspect *live, const char *vpath,
+                            const struct tb_ranges *dirty)
+{
+  const char *slash = strchr(vpath, '/');
+  char vname[64];
+  if (!slash || !dirty || slash - vpath >= (ptrdiff_t)sizeof vname)
+    return true;
+  snprintf(vname, sizeof vname, "%.*s", (int)(slash - vpath), vpath);
+  int bi = tb_inspect_find_volume(base, vname), li = tb_inspect_find_volume(live, vname);
+  if (bi < 0 || li < 0)
+    return true;
+  struct job *j = job_new(live, JOB_FRANGES, deadline_in(live, 1));
+  bool differ = !j || job_path(j, slash) < 0;
+  for (size_t i = 0; !differ && i < dirty->n; i++)
+    differ = tb_ranges_add(&j->dirty, dirty->v[i].off, dirty->v[i].len) < 0;
+  if (!differ) {
+    j->vol = (size_t)li;
+    differ = run_request(live, j) < 0;
+  }
+  struct tb_ifile *lf = differ ? NULL : tb_inspect_open_file(live, (size_t)li, slash);
+  struct tb_ifile *bf = lf ? tb_inspect_open_file(base, (size_t)bi, slash) : NULL;
+  enum { CHUNK = 1 << 20 };
+  char *a = bf ? malloc(2 * CHUNK) : NULL, *b = a + CHUNK;
+  differ = !a || tb_ifile_size(lf) != tb_ifile_size(bf);
+  for (size_t i = 0; !differ && i < j->franges.n; i++) {
+    uint64_t off = j->franges.v[i].off, end = off + j->franges.v[i].len;
+    while (!differ && off < end) {
+      size_t n = end - off < CHUNK ? (size_t)(end - off) : CHUNK;
+      ssize_t x = tb_ifile_pread(lf, a, n, off), y = tb_ifile_pread(bf, b, n, off);
+      differ = x < 0 || x != y || memcmp(a, b, (size_t)x) != 0;
+      off += n;
+    }
+  }
+  free(a);
+  tb_ifile_close(bf);
+  tb_ifile_close(lf);
+  job_put(j);
+  return differ;
+}
 
 /* Both diffs: through IDX where it serves, else by walking both trees. */
 static int diff_all(struct tb_inspect_index *idx, struct tb_inspect *base, struct tb_inspect *live,
@@ -2773,11 +2876,15 @@ static int diff_all(struct tb_inspect_index *idx, struct tb_inspect *base, struc
       stats->volumes_full++;
       r = diff_volume(base, (int)bi, live, -1, dirty, deadline_ms, &out, stats);
     }
+  for (size_t i = 0; i < out.n && r == 0; i++)
+    if (out.v[i].confirm && !content_differs(base, live, out.v[i].path, dirty))
+      out.v[i].kind = 0; /* the same content, moved: not a change */
   if (r == 0) {
     if (out.n > 0)
       qsort(out.v, out.n, sizeof *out.v, change_cmp);
     for (size_t i = 0; i < out.n && r == 0; i++)
-      r = fn(ctx, out.v[i].kind, out.v[i].path, &out.v[i].st);
+      if (out.v[i].kind)
+        r = fn(ctx, out.v[i].kind, out.v[i].path, &out.v[i].st);
   }
   for (size_t i = 0; i < out.n; i++)
     free(out.v[i].path);
@@ -3614,11 +3721,11 @@ static int compare_entry(struct idiff *x, uint32_t bk, const struct tb_istat *ls
              : visit(x, bk, lst->inum, lst->inum != b->inum || cands_has(&x->c, lst->inum),
                      path_len);
   }
-  bool changed = meta_changed(b, lst);
+  bool changed = meta_changed(b, lst), by_content = false;
   if (!changed && lst->type == TB_FT_REG && cands_has(&x->c, lst->inum))
-    changed = content_touched(x->ins, x->v, lst->inum, x->dirty, x->base);
-  if (changed)
-    r = changes_add(x->out, TB_CHANGED, x->vname, x->path, lst);
+    changed = by_content = content_touched(x->ins, x->v, lst->inum, x->dirty, x->base);
+  if (changed && (r = changes_add(x->out, TB_CHANGED, x->vname, x->path, lst)) == 0)
+    x->out->v[x->out->n - 1].confirm = by_content;
   if (r == 0 && b->type == TB_FT_DIR)
     r = deleted_children(x, bk, path_len);
   if (r == 0 && lst->type == TB_FT_DIR)

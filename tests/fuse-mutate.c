@@ -171,8 +171,11 @@ static void compare_diffs(struct tb_inspect *orig, struct tb_inspect *ins, const
   index_diffs++;
   if (rf < 0 || ri < 0)
     index_errors++;
-  else if (full.len != indexed.len || memcmp(full.buf, indexed.buf, full.len) != 0)
+  else if (full.len != indexed.len || memcmp(full.buf, indexed.buf, full.len) != 0) {
     index_mismatches++;
+    fprintf(stderr, "the full diff says\n%.2000s\nthe indexed diff says\n%.2000s\n", full.buf,
+            indexed.buf);
+  }
   free(full.buf);
   free(indexed.buf);
   tb_ranges_free(&dirty);
