@@ -73,7 +73,7 @@ int tb_boot_mark(const char *state, const char *id, const char *via, const char 
 {
   struct tb_boot_marker old;
   char path[TB_PATH_MAX], dir[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, false) == -1 ||
+  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1 ||
       tb_store_client_path(state, id, "boot", path, sizeof path) == -1)
     return -1;
   if (tb_boot_marker_read(state, id, &old) == -1)

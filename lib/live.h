@@ -54,6 +54,9 @@ struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client
 void tb_conn_close(struct tb_conn *conn);
 
 uint64_t tb_conn_size(const struct tb_conn *conn);
+/* A locked-down client opened by an admin: its disk can be read, not changed
+ * (frontends announce it read-only, so a VM refuses to start on it). */
+bool tb_conn_read_only(const struct tb_conn *conn);
 uint32_t tb_conn_block_size(const struct tb_conn *conn);
 
 int tb_conn_pread(struct tb_conn *conn, void *buf, uint32_t count, uint64_t offset);
@@ -77,11 +80,16 @@ void tb_live_tick(const struct tb_config *cfg);
  * "reconnecting" on disk) for the next frontend process. */
 void tb_live_shutdown(void);
 
-/* The running session's overlay of client ID in this process, with a
- * reference that keeps it open (admin views read it), or NULL. */
-struct tb_overlay *tb_live_overlay_get(const char *id, uint64_t *generation);
-void tb_live_overlay_put(const char *id);
-/* Bumped whenever client ID's session starts or ends in this process. */
-uint64_t tb_live_generation(const char *id);
+/* Admin views (ID@live, ID@overlay) read the running session's overlay when
+ * this process serves one, so they see the guest's writes at once.  The
+ * handle keeps client ID's state alive; read_begin returns the session's
+ * overlay (held for reading until read_end) or NULL when no session runs
+ * here (then read the overlay on disk); GENERATION changes whenever a
+ * session starts or ends, to tell when a copy read from disk is stale. */
+struct tb_live_client;
+struct tb_live_client *tb_live_client_get(const char *id);
+void tb_live_client_put(struct tb_live_client *lc);
+struct tb_overlay *tb_live_read_begin(struct tb_live_client *lc, uint64_t *generation);
+void tb_live_read_end(struct tb_live_client *lc);
 
 #endif

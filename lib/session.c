@@ -31,21 +31,21 @@
 
 #include "events.h"
 #include "mailbox.h"
+#include "region.h"
 #include "session.h"
 #include "store.h"
-#include "region.h"
 
 /* ---- locks -------------------------------------------------------------- */
 
 int tb_client_lock(const char *state, const char *id, bool wait)
 {
   char path[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, path, sizeof path) == -1 || tb_mkdirs(path, false) == -1)
+  if (tb_store_client_dir(state, id, path, sizeof path) == -1 || tb_mkdirs(path, true) == -1)
     return -1;
   if (strlen(path) + sizeof "/lock" > sizeof path)
     return tb_error("the state directory path of client %s is too long", id);
   strcat(path, "/lock");
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd == -1)
     return tb_error_errno("cannot open %s", path);
   if (flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) == -1) {
@@ -281,7 +281,7 @@ static __attribute__((noinline)) int retire_into_sessions(const char *state, con
 {
   char dir[TB_PATH_MAX];
   if (tb_store_client_path(state, id, "sessions", dir, sizeof dir) == -1 ||
-      tb_mkdirs(dir, false) == -1 || tb_client_session_path(state, id, prev, retained, len) == -1)
+      tb_mkdirs(dir, true) == -1 || tb_client_session_path(state, id, prev, retained, len) == -1)
     return -1;
   if (access(retained, F_OK) == 0) /* never clobber a restore point */
     return tb_error("cannot retire the overlay of %s: %s already exists (the session counter "
@@ -353,7 +353,7 @@ static void prune_sessions(const char *state, const char *id, int keep)
     char trash[TB_PATH_MAX], from[TB_PATH_MAX], to[TB_PATH_MAX];
   } *b = malloc(sizeof *b); /* heap: see tb_session_begin */
   if (!b || tb_store_client_path(state, id, "trash", b->trash, TB_PATH_MAX) == -1 ||
-      tb_mkdirs(b->trash, false) == -1 || tb_client_sessions(state, id, &nums, &n) == -1) {
+      tb_mkdirs(b->trash, true) == -1 || tb_client_sessions(state, id, &nums, &n) == -1) {
     free(b);
     return;
   }
@@ -416,6 +416,9 @@ static __attribute__((noinline)) int carry_preserved(const char *state,
       r = tb_overlay_copy_blocks(nw, old, first, end - first);
   }
   tb_overlay_close(old);
+  /* Durable before prune_sessions may delete the only other copy. */
+  if (r == 0)
+    r = tb_overlay_flush(nw);
   return r;
 }
 
@@ -444,6 +447,11 @@ static __attribute__((noinline)) int write_session_json(const struct tb_session 
     json_object_set_new(o, "ended", json_string(ended));
     json_object_set_new(o, "ended_ts", json_integer(ended_ms));
   }
+  json_object_set_new(o, "boot",
+                      json_pack("{s:s, s:s?, s:I, s:s}", "via",
+                                s->boot.via[0] ? s->boot.via : "none", "token",
+                                s->boot.token[0] ? s->boot.token : NULL, "marker_seq",
+                                (json_int_t)s->boot.marker_seq, "peer", s->boot.peer));
   if (st) {
     json_object_set_new(o, "bytes_read", json_integer((json_int_t)st->bytes_read));
     json_object_set_new(o, "bytes_written", json_integer((json_int_t)st->bytes_written));
@@ -451,7 +459,7 @@ static __attribute__((noinline)) int write_session_json(const struct tb_session 
   }
   char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
   json_decref(o);
-  int r = text ? tb_write_file_atomic(path, text, strlen(text), 0644) : -1;
+  int r = text ? tb_write_file_atomic(path, text, strlen(text), 0600) : -1;
   free(text);
   return r;
 }
@@ -468,135 +476,365 @@ static int clear_oneshots(struct tb_mailbox *mb, void *ctx)
   return 0;
 }
 
-/* Make retained session N the overlay (a reflink where the filesystem can). */
+/* Make retained session N the overlay (a reflink where the filesystem can):
+ * built under a temporary name and renamed into place once it is durable, so
+ * a crash never leaves a partial copy where the overlay belongs. */
 static __attribute__((noinline)) int restore_session(const char *state, const char *id, int64_t n,
                                                      const char *overlay)
 {
-  char src[TB_PATH_MAX];
-  if (tb_client_session_path(state, id, (uint64_t)n, src, sizeof src) == -1)
+  char src[TB_PATH_MAX], tmp[TB_PATH_MAX];
+  if (tb_client_session_path(state, id, (uint64_t)n, src, sizeof src) == -1 ||
+      tb_path(tmp, sizeof tmp, "%s.restore", overlay) == -1)
     return -1;
-  if (tb_clone_file(src, overlay, NULL, NULL) == -1) {
-    unlink(overlay);
+  unlink(tmp);
+  if (tb_clone_file(src, tmp, NULL, NULL) == -1) {
+    unlink(tmp);
     return tb_error_prefix("restoring session %lld of %s", (long long)n, id);
   }
-  chmod(overlay, 0600);
+  int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+  if (fd == -1 || fchmod(fd, 0600) == -1 || fsync(fd) == -1) {
+    tb_error_errno("restoring session %lld of %s: %s", (long long)n, id, tmp);
+    if (fd != -1)
+      close(fd);
+    unlink(tmp);
+    return -1;
+  }
+  close(fd);
+  if (rename(tmp, overlay) == -1) {
+    tb_error_errno("restoring session %lld of %s: cannot rename %s", (long long)n, id, tmp);
+    unlink(tmp);
+    return -1;
+  }
   return tb_fsync_dir(overlay);
 }
 
-struct tb_session *tb_session_begin(const struct tb_config *cfg, const struct tb_client_conf *c)
+/* ---- plans: the turn decided, not yet done ------------------------------------ */
+
+#define MAX_PRESERVED_RANGES 32
+
+struct tb_session_plan {
+  const struct tb_config *cfg;
+  const struct tb_client_conf *c;
+  char *state_dir;
+  int lock_fd;
+  struct tb_mailbox mb; /* as read when planned: what the turn applies */
+  bool locked_down;     /* an admin looks at a locked-down client: no turn */
+  bool discard;         /* the overlay is retired (rollback, refresh, restore) */
+  bool retain;          /* ... and kept as a restore point */
+  bool keep_overlay;    /* the overlay stays (persist): no new one */
+  uint64_t prev_number;
+  /* The base of the overlay the session will use. */
+  struct tb_base_id base;
+  char base_path[TB_PATH_MAX];
+  uint64_t size;
+  uint32_t block_size;
+  /* The disk the session will show, readable now. */
+  struct tb_overlay *view;    /* the kept or restored overlay, or NULL */
+  int view_fd;                /* else the base */
+  struct tb_overlay *carried; /* the overlay preserved ranges come from */
+  uint64_t carry_first[MAX_PRESERVED_RANGES], carry_n[MAX_PRESERVED_RANGES];
+  size_t n_carry;
+};
+
+static struct tb_overlay *open_ro(const char *state, const char *path, struct tb_base_id *base,
+                                  char *base_path, uint64_t *size)
+{
+  struct tb_overlay_info info;
+  if (tb_overlay_read_info(path, &info) == -1 ||
+      tb_base_lookup(state, info.base.image, info.base.version, base, base_path, TB_PATH_MAX,
+                     size) == -1)
+    return NULL;
+  return tb_overlay_open(path, base_path, base, TB_OVL_RDONLY);
+}
+
+/* The blocks of preserved ranges a rollback carries from the old overlay, as
+ * carry_preserved() would copy them; NULL result and no error when nothing
+ * is carried. */
+static int plan_carry(struct tb_session_plan *pl, const char *old_path)
+{
+  const struct tb_client_conf *c = pl->c;
+  if (c->n_preserve == 0 || !pl->retain)
+    return 0;
+  struct tb_base_id ob;
+  char ob_path[TB_PATH_MAX];
+  uint64_t osize;
+  struct tb_overlay *old = open_ro(pl->state_dir, old_path, &ob, ob_path, &osize);
+  if (!old)
+    return tb_error_prefix("client %s: preserved ranges cannot be carried over", c->id);
+  if (tb_overlay_size(old) != pl->size || tb_overlay_block_size(old) != pl->block_size) {
+    tb_overlay_close(old); /* carry_preserved skips it too (preserve-skipped) */
+    return 0;
+  }
+  uint64_t bs = pl->block_size;
+  for (size_t i = 0; i < c->n_preserve; i++) {
+    uint64_t offs[2], lens[2];
+    int n;
+    if (tb_region_resolve(&c->preserve[i], pl->base_path, pl->size, offs, lens, &n) == -1) {
+      tb_overlay_close(old);
+      return tb_error_prefix("client %s: preserve", c->id);
+    }
+    if (n == 0)
+      continue;
+    uint64_t first = (offs[0] + bs - 1) / bs, end = (offs[0] + lens[0]) / bs;
+    if (end > first && pl->n_carry < MAX_PRESERVED_RANGES) {
+      pl->carry_first[pl->n_carry] = first;
+      pl->carry_n[pl->n_carry++] = end - first;
+    }
+  }
+  pl->carried = old;
+  return 0;
+}
+
+struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struct tb_client_conf *c,
+                                        bool admin_look)
 {
   const char *state = cfg->state_dir;
-  int64_t turn_start = tb_now_ms();
-  /* The paths live on the heap: this runs on nbdkit's connection threads,
-   * and every page of stack a thread touches once stays resident as long as
-   * the connection (hundreds of idle clients). */
-  struct {
-    char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX], base_path[TB_PATH_MAX];
-    char src[TB_PATH_MAX];
-  } *p = malloc(sizeof *p);
-  struct tb_session *s = p ? calloc(1, sizeof *s) : NULL;
-  if (!s) {
+  struct tb_session_plan *pl = calloc(1, sizeof *pl);
+  char *overlay = malloc(TB_PATH_MAX), *src = malloc(TB_PATH_MAX);
+  if (!pl || !overlay || !src || !(pl->state_dir = strdup(state))) {
     tb_error_errno("session of %s", c->id);
-    free(p);
-    return NULL;
+    goto fail_early;
   }
-  char *dir = p->dir, *overlay = p->overlay, *retained = p->retained, *base_path = p->base_path;
-  retained[0] = '\0';
-  s->lock_fd = -1;
-  snprintf(s->id, sizeof s->id, "%s", c->id);
-  if (!(s->state_dir = strdup(state))) {
-    tb_error_errno("session of %s", c->id);
+  pl->cfg = cfg;
+  pl->c = c;
+  pl->view_fd = -1;
+  pl->lock_fd = -1;
+  if (tb_store_client_path(state, c->id, "overlay", overlay, TB_PATH_MAX) == -1 ||
+      (pl->lock_fd = tb_client_lock(state, c->id, false)) == -1 ||
+      tb_mailbox_read(state, c->id, &pl->mb) == -1)
     goto fail;
+  if (pl->mb.lockdown[0]) {
+    if (!admin_look) {
+      tb_error("client %s is locked down (%s); release it with: tabulactl unlock %s", c->id,
+               pl->mb.lockdown, c->id);
+      goto fail;
+    }
+    pl->locked_down = true;
   }
-  if (tb_store_client_dir(state, c->id, dir, TB_PATH_MAX) == -1 ||
-      tb_path(overlay, TB_PATH_MAX, "%s/overlay", dir) == -1)
-    goto fail;
-  if ((s->lock_fd = tb_client_lock(state, c->id, false)) == -1)
-    goto fail;
-
-  struct tb_mailbox mb;
-  if (tb_mailbox_read(state, c->id, &mb) == -1)
-    goto fail;
-  if (mb.lockdown[0]) {
-    tb_error("client %s is locked down (%s); release it with: tabulactl unlock %s", c->id,
-             mb.lockdown, c->id);
-    goto fail;
-  }
-  if (mb.restore > 0) {
-    char *src = p->src;
-    if (tb_client_session_path(state, c->id, (uint64_t)mb.restore, src, TB_PATH_MAX) == -1)
+  const struct tb_mailbox *mb = &pl->mb;
+  if (mb->restore > 0 && !pl->locked_down) {
+    if (tb_client_session_path(state, c->id, (uint64_t)mb->restore, src, TB_PATH_MAX) == -1)
       goto fail;
     if (access(src, F_OK) == -1) {
       tb_error("client %s: cannot restore session %lld: it is not retained (see tabulactl "
                "sessions %s)",
-               c->id, (long long)mb.restore, c->id);
+               c->id, (long long)mb->restore, c->id);
       goto fail;
     }
   }
+  pl->prev_number = tb_client_last_session(state, c->id);
+  bool exists = access(overlay, F_OK) == 0;
+  pl->discard = !pl->locked_down &&
+                (c->policy == TB_POLICY_ROLLBACK || mb->rollback || mb->refresh || mb->restore > 0);
+  pl->retain = pl->discard && exists && !overlay_unused(overlay) && pl->prev_number != 0;
+  pl->keep_overlay = exists && !pl->discard;
 
-  uint64_t prev_number = tb_client_last_session(state, c->id);
-  if (!(s->number = next_session_number(dir)))
-    goto fail;
-
-  bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
-  if (discard) {
-    if (tb_client_retire(state, c->id, prev_number, retained, TB_PATH_MAX) == -1)
-      goto fail;
-    if (retained[0])
-      tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session", (json_int_t)prev_number,
-                "reason",
-                mb.restore > 0 ? "restore"
-                : mb.refresh   ? "refresh"
-                : mb.rollback  ? "requested"
-                               : "policy");
-    if (mb.restore > 0 && restore_session(state, c->id, mb.restore, overlay) == -1)
-      goto fail;
-  }
-
-  struct tb_base_id base;
-  uint64_t size;
-  if (access(overlay, F_OK) == 0) { /* persist (or restored): stays on its own base */
-    struct tb_overlay_info info;
-    if (tb_overlay_read_info(overlay, &info) == -1)
-      goto fail;
-    if (tb_base_lookup(state, info.base.image, info.base.version, &base, base_path, TB_PATH_MAX,
-                       &size) == -1) {
+  const char *view_path = pl->keep_overlay ? overlay : pl->discard && mb->restore > 0 ? src : NULL;
+  if (view_path) {
+    if (!(pl->view = open_ro(state, view_path, &pl->base, pl->base_path, &pl->size))) {
       tb_error_prefix("client %s: the version its overlay is built on is gone", c->id);
       goto fail;
     }
+    pl->block_size = tb_overlay_block_size(pl->view);
   } else {
     char image[TB_NAME_MAX + 1];
     uint32_t version;
     if (tb_client_target(state, c, image, &version) == -1 ||
-        tb_base_lookup(state, image, version, &base, base_path, TB_PATH_MAX, &size) == -1) {
+        tb_base_lookup(state, image, version, &pl->base, pl->base_path, TB_PATH_MAX, &pl->size) ==
+            -1) {
       tb_error_prefix("client %s", c->id);
       goto fail;
     }
-    if (tb_overlay_create(overlay, size, cfg->block_size, &base, s->number) == -1)
+    pl->block_size = cfg->block_size;
+    if ((pl->view_fd = open(pl->base_path, O_RDONLY | O_CLOEXEC)) == -1) {
+      tb_error_errno("client %s: cannot open %s", c->id, pl->base_path);
+      goto fail;
+    }
+  }
+  if (plan_carry(pl, overlay) == -1)
+    goto fail;
+  free(overlay);
+  free(src);
+  return pl;
+
+fail:
+  tb_error_prefix("session start of %s", c->id);
+  tb_session_plan_free(pl);
+  pl = NULL;
+fail_early:
+  if (pl)
+    free(pl->state_dir);
+  free(pl);
+  free(overlay);
+  free(src);
+  return NULL;
+}
+
+void tb_session_plan_free(struct tb_session_plan *pl)
+{
+  if (!pl)
+    return;
+  tb_overlay_close(pl->view);
+  tb_overlay_close(pl->carried);
+  if (pl->view_fd >= 0)
+    close(pl->view_fd);
+  tb_client_unlock(pl->lock_fd);
+  free(pl->state_dir);
+  free(pl);
+}
+
+uint64_t tb_session_plan_size(const struct tb_session_plan *pl)
+{
+  return pl->size;
+}
+
+uint32_t tb_session_plan_block_size(const struct tb_session_plan *pl)
+{
+  return pl->block_size;
+}
+
+bool tb_session_plan_locked_down(const struct tb_session_plan *pl)
+{
+  return pl->locked_down;
+}
+
+const char *tb_session_plan_base_path(const struct tb_session_plan *pl)
+{
+  return pl->base_path;
+}
+
+int tb_session_plan_base_fd(const struct tb_session_plan *pl)
+{
+  return pl->view ? tb_overlay_base_fd(pl->view) : pl->view_fd;
+}
+
+static int view_read(struct tb_session_plan *pl, void *buf, uint32_t count, uint64_t offset)
+{
+  if (pl->view)
+    return tb_overlay_pread(pl->view, buf, count, offset);
+  if (tb_pread_full(pl->view_fd, buf, count, offset) == -1)
+    return tb_error_errno("client %s: read of %u bytes at %llu from %s", pl->c->id, count,
+                          (unsigned long long)offset, pl->base_path);
+  return 0;
+}
+
+int tb_session_plan_pread(struct tb_session_plan *pl, void *buf, uint32_t count, uint64_t offset)
+{
+  uint8_t *p = buf;
+  uint64_t bs = pl->block_size, end = offset + count;
+  while (offset < end) {
+    /* The piece up to the next boundary of a carried range. */
+    uint64_t piece_end = end;
+    bool carried = false;
+    for (size_t i = 0; i < pl->n_carry; i++) {
+      uint64_t a = pl->carry_first[i] * bs, b = (pl->carry_first[i] + pl->carry_n[i]) * bs;
+      if (offset >= a && offset < b) {
+        carried = true;
+        if (b < piece_end)
+          piece_end = b;
+      } else if (a > offset && a < piece_end) {
+        piece_end = a;
+      }
+    }
+    uint32_t n = (uint32_t)(piece_end - offset);
+    int r = carried ? tb_overlay_pread(pl->carried, p, n, offset) : view_read(pl, p, n, offset);
+    if (r == -1)
+      return -1;
+    p += n;
+    offset += n;
+  }
+  return 0;
+}
+
+int tb_session_plan_extents(struct tb_session_plan *pl, uint64_t offset, uint64_t count,
+                            tb_extent_fn fn, void *ctx)
+{
+  if (pl->n_carry) /* "data" is always a true answer */
+    return fn(ctx, offset, count, TB_DATA);
+  if (pl->view)
+    return tb_overlay_extents(pl->view, offset, count, fn, ctx);
+  return fn(ctx, offset, count, TB_CLEAN);
+}
+
+/* ---- the turn ------------------------------------------------------------------- */
+
+struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb_boot_note *boot)
+{
+  const struct tb_client_conf *c = pl->c;
+  const char *state = pl->state_dir;
+  int64_t turn_start = tb_now_ms();
+  if (pl->locked_down) {
+    tb_error("client %s is locked down (%s): its disk can be read, not changed; release it "
+             "with: tabulactl unlock %s",
+             c->id, pl->mb.lockdown, c->id);
+    errno = EPERM;
+    return NULL;
+  }
+  /* The paths live on the heap: this runs on frontend connection threads,
+   * and every page of stack a thread touches once stays resident as long as
+   * the connection (hundreds of idle clients). */
+  struct {
+    char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX];
+  } *p = malloc(sizeof *p);
+  struct tb_session *s = p ? calloc(1, sizeof *s) : NULL;
+  if (!s || !(s->state_dir = strdup(state))) {
+    tb_error_errno("session of %s", c->id);
+    free(s);
+    free(p);
+    return NULL;
+  }
+  char *dir = p->dir, *overlay = p->overlay, *retained = p->retained;
+  retained[0] = '\0';
+  s->lock_fd = -1;
+  snprintf(s->id, sizeof s->id, "%s", c->id);
+  if (boot)
+    s->boot = *boot;
+  const struct tb_mailbox *mb = &pl->mb;
+  if (tb_store_client_dir(state, c->id, dir, TB_PATH_MAX) == -1 ||
+      tb_path(overlay, TB_PATH_MAX, "%s/overlay", dir) == -1 ||
+      !(s->number = next_session_number(dir)))
+    goto fail;
+
+  if (pl->discard) {
+    if (tb_client_retire(state, c->id, pl->prev_number, retained, TB_PATH_MAX) == -1)
+      goto fail;
+    if (retained[0])
+      tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session",
+                (json_int_t)pl->prev_number, "reason",
+                mb->restore > 0 ? "restore"
+                : mb->refresh   ? "refresh"
+                : mb->rollback  ? "requested"
+                                : "policy");
+    if (mb->restore > 0 && restore_session(state, c->id, mb->restore, overlay) == -1)
       goto fail;
   }
+  if (!pl->keep_overlay && !(pl->discard && mb->restore > 0) &&
+      tb_overlay_create(overlay, pl->size, pl->block_size, &pl->base, s->number) == -1)
+    goto fail;
 
-  s->overlay = tb_overlay_open(overlay, base_path, &base, 0);
+  s->overlay = tb_overlay_open(overlay, pl->base_path, &pl->base, 0);
   if (!s->overlay)
     goto fail;
-  if (retained[0] && carry_preserved(state, c, s->overlay, retained, base_path) == -1)
+  if (retained[0] && carry_preserved(state, c, s->overlay, retained, pl->base_path) == -1)
     goto fail;
   tb_overlay_set_quota(s->overlay, c->quota);
-  if (discard && c->policy == TB_POLICY_ROLLBACK)
+  if (retained[0])
     prune_sessions(state, c->id, c->keep_sessions);
-  else if (retained[0])
-    prune_sessions(state, c->id, c->keep_sessions);
-  if (mb.rollback || mb.refresh || mb.restore)
-    tb_mailbox_update(state, c->id, clear_oneshots, &mb);
+  if (mb->rollback || mb->refresh || mb->restore)
+    tb_mailbox_update(state, c->id, clear_oneshots, (void *)mb);
 
+  /* The lock moves from the plan to the session. */
+  s->lock_fd = pl->lock_fd;
+  pl->lock_fd = -1;
   tb_overlay_info(s->overlay, &s->info);
   s->started_ms = tb_now_ms();
   write_session_json(s, "active", NULL, 0);
-  tb_eventf(state, "session-start", c->id, "{s:I, s:s, s:I, s:I, s:I}", "session",
+  tb_eventf(state, "session-start", c->id, "{s:I, s:s, s:I, s:I, s:I, s:s, s:s}", "session",
             (json_int_t)s->number, "image", s->info.base.image, "version",
             (json_int_t)s->info.base.version, "dirty_bytes",
             (json_int_t)(s->info.dirty_blocks * s->info.block_size), "turn_ms",
-            (json_int_t)(s->started_ms - turn_start));
+            (json_int_t)(s->started_ms - turn_start), "boot", s->boot.via[0] ? s->boot.via : "none",
+            "peer", s->boot.peer);
   free(p);
   return s;
 
@@ -604,11 +842,101 @@ fail:
   tb_error_prefix("session start of %s", c->id);
   if (s->overlay)
     tb_overlay_close(s->overlay);
-  tb_client_unlock(s->lock_fd);
   free(s->state_dir);
   free(s);
   free(p);
   return NULL;
+}
+
+int tb_session_record(const char *state, const char *id, struct tb_session_record *rec)
+{
+  char path[TB_PATH_MAX];
+  memset(rec, 0, sizeof *rec);
+  if (tb_store_client_path(state, id, "session.json", path, sizeof path) == -1)
+    return -1;
+  size_t len;
+  char *text = tb_read_file(path, 65536, &len);
+  if (!text)
+    return errno == ENOENT ? 0 : tb_error_errno("cannot read %s", path);
+  json_t *o = json_loadb(text, len, 0, NULL);
+  free(text);
+  if (!json_is_object(o)) {
+    json_decref(o);
+    return tb_error("%s: not a session record (JSON object); it is rewritten at the client's "
+                    "next session",
+                    path);
+  }
+  rec->active = json_is_string(json_object_get(o, "state")) &&
+                strcmp(json_string_value(json_object_get(o, "state")), "active") == 0;
+  rec->number = (uint64_t)json_integer_value(json_object_get(o, "session"));
+  rec->started_ms = json_integer_value(json_object_get(o, "started_ts"));
+  json_t *b = json_object_get(o, "boot");
+  const char *tok = json_string_value(json_object_get(b, "token"));
+  const char *via = json_string_value(json_object_get(b, "via"));
+  snprintf(rec->boot.token, sizeof rec->boot.token, "%s", tok ? tok : "");
+  snprintf(rec->boot.via, sizeof rec->boot.via, "%s", via ? via : "");
+  rec->boot.marker_seq = (uint64_t)json_integer_value(json_object_get(b, "marker_seq"));
+  json_decref(o);
+  return 0;
+}
+
+struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct tb_client_conf *c,
+                                     const struct tb_session_record *rec)
+{
+  const char *state = cfg->state_dir;
+  char *overlay = malloc(TB_PATH_MAX), *base_path = malloc(TB_PATH_MAX);
+  struct tb_session *s = overlay && base_path ? calloc(1, sizeof *s) : NULL;
+  if (!s || !(s->state_dir = strdup(state))) {
+    tb_error_errno("session of %s", c->id);
+    goto fail;
+  }
+  s->lock_fd = -1;
+  snprintf(s->id, sizeof s->id, "%s", c->id);
+  s->boot = rec->boot;
+  s->number = rec->number;
+  s->started_ms = rec->started_ms;
+  struct tb_base_id base;
+  struct tb_overlay_info info;
+  if (tb_store_client_path(state, c->id, "overlay", overlay, TB_PATH_MAX) == -1 ||
+      (s->lock_fd = tb_client_lock(state, c->id, false)) == -1 ||
+      tb_overlay_read_info(overlay, &info) == -1 ||
+      tb_base_lookup(state, info.base.image, info.base.version, &base, base_path, TB_PATH_MAX,
+                     NULL) == -1 ||
+      !(s->overlay = tb_overlay_open(overlay, base_path, &base, 0)))
+    goto fail;
+  tb_overlay_set_quota(s->overlay, c->quota);
+  tb_overlay_info(s->overlay, &s->info);
+  write_session_json(s, "active", NULL, 0);
+  tb_eventf(state, "session-resume", c->id, "{s:I, s:I}", "session", (json_int_t)s->number,
+            "dirty_bytes", (json_int_t)(s->info.dirty_blocks * s->info.block_size));
+  free(overlay);
+  free(base_path);
+  return s;
+
+fail:
+  tb_error_prefix("resuming session %llu of %s", (unsigned long long)rec->number, c->id);
+  if (s) {
+    tb_client_unlock(s->lock_fd);
+    free(s->state_dir);
+  }
+  free(s);
+  free(overlay);
+  free(base_path);
+  return NULL;
+}
+
+int tb_session_suspend(struct tb_session *s)
+{
+  if (!s)
+    return 0;
+  int r = tb_overlay_flush(s->overlay);
+  write_session_json(s, "active", NULL, 0);
+  if (tb_overlay_close(s->overlay) == -1)
+    r = -1;
+  tb_client_unlock(s->lock_fd);
+  free(s->state_dir);
+  free(s);
+  return r;
 }
 
 int tb_session_end(struct tb_session *s)
@@ -618,6 +946,7 @@ int tb_session_end(struct tb_session *s)
   int r = tb_overlay_flush(s->overlay);
   struct tb_overlay_stats st;
   tb_overlay_stats(s->overlay, &st);
+  st.bytes_read += s->bytes_read_before;
   struct tb_overlay_info info;
   tb_overlay_info(s->overlay, &info);
   int64_t now = tb_now_ms();

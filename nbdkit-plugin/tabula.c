@@ -14,12 +14,15 @@
  *   export "ID@session/N"  retained session N (base + that overlay)         } only
  *   export "IMAGE@N"       master version N                                 }
  *
- * Sessions: all connections of one client share one struct live_client.  The
- * first client connection runs the session start (lib/session.c), the last one
- * to close ends it.  Admin connections to ID@live/ID@overlay read the running
- * session's overlay if there is one (so they see the guest's writes at once),
- * else a read-only copy of the overlay on disk, reopened whenever a session
- * starts or ends.
+ *   export "ID@boot/TOKEN" client ID's disk in the boot TOKEN (a per-boot id)
+ *
+ * Sessions are lib/live.c's: a session is a boot, connections of one boot
+ * share it, the turn happens at the first write, and reconnects within
+ * reconnect_grace continue it.  The plugin maps a connection to a client and
+ * a boot token and calls tb_conn_*.  Admin connections to ID@live/ID@overlay
+ * read the running session's overlay if this process has one (so they see
+ * the guest's writes at once), else a read-only copy of the overlay on disk,
+ * reopened whenever a session starts or ends.
  *
  * The configuration is re-read when its file changes (checked at each new
  * connection); a new file with an error is logged and the old one kept.
@@ -45,8 +48,10 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "boot.h"
 #include "conf.h"
 #include "events.h"
+#include "live.h"
 #include "overlay.h"
 #include "session.h"
 #include "store.h"
@@ -116,6 +121,7 @@ static int tabula_get_ready(void)
     return -1;
   }
   tb_events_set_max_bytes(cfg->events_max_bytes);
+  tb_events_set_keep(cfg->events_keep);
   current_cfg = cfg;
   cfg_mtime = st.st_mtim;
   cfg_size = st.st_size;
@@ -140,6 +146,7 @@ static struct tb_config *config_get(void)
       tb_config_unref(current_cfg);
       current_cfg = fresh;
       tb_events_set_max_bytes(fresh->events_max_bytes);
+      tb_events_set_keep(fresh->events_keep);
       nbdkit_debug("configuration reloaded from %s", config_file);
     }
   }
@@ -197,173 +204,70 @@ static bool peer_is_admin(const struct tb_config *cfg, const struct peer *p)
   return !cfg->tls_certificates || nbdkit_is_tls() == 1;
 }
 
-/* ---- the watchdog thread ---------------------------------------------------------
+/* ---- the tick thread ------------------------------------------------------------
  *
- * Once a second: report clients idle for longer than their "idle" setting, and
- * compare the state directory's free space with the watchdog "reserve"; below
- * it, every running overlay refuses writes that need new blocks (ENOSPC to the
- * guest, nothing else breaks) until space is back.
+ * Once a second lib/live.c ends sessions whose reconnect grace ran out,
+ * reports idle clients and applies the state directory's reserve.
  */
 
-static bool low_space; /* protected by live_lock */
-static pthread_t watchdog_thread;
-static bool watchdog_running;
-static pthread_mutex_t watchdog_stop_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t watchdog_stop_cond = PTHREAD_COND_INITIALIZER;
-static bool watchdog_stop;
+static pthread_t tick_thread;
+static bool tick_running;
+static pthread_mutex_t tick_stop_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t tick_stop_cond = PTHREAD_COND_INITIALIZER;
+static bool tick_stop;
 
-static void *watchdog_main(void *arg);
-static void watchdog_tick(void);
+static void *tick_main(void *arg);
 
 static int tabula_after_fork(void)
 {
-  int err = pthread_create(&watchdog_thread, NULL, watchdog_main, NULL);
+  int err = pthread_create(&tick_thread, NULL, tick_main, NULL);
   if (err) {
     errno = err;
-    nbdkit_error("cannot start the watchdog thread: %m");
+    nbdkit_error("cannot start the session tick thread: %m");
     return -1;
   }
-  watchdog_running = true;
+  tick_running = true;
   return 0;
 }
 
 static void tabula_cleanup(void)
 {
-  if (!watchdog_running)
-    return;
-  pthread_mutex_lock(&watchdog_stop_lock);
-  watchdog_stop = true;
-  pthread_cond_signal(&watchdog_stop_cond);
-  pthread_mutex_unlock(&watchdog_stop_lock);
-  pthread_join(watchdog_thread, NULL);
-  watchdog_running = false;
+  if (tick_running) {
+    pthread_mutex_lock(&tick_stop_lock);
+    tick_stop = true;
+    pthread_cond_signal(&tick_stop_cond);
+    pthread_mutex_unlock(&tick_stop_lock);
+    pthread_join(tick_thread, NULL);
+    tick_running = false;
+  }
+  /* Sessions in their reconnect grace stay resumable for the next nbdkit. */
+  tb_live_shutdown();
 }
 
-static void *watchdog_main(void *arg)
+static void *tick_main(void *arg)
 {
-  pthread_mutex_lock(&watchdog_stop_lock);
-  while (!watchdog_stop) {
+  pthread_mutex_lock(&tick_stop_lock);
+  while (!tick_stop) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += 1;
-    pthread_cond_timedwait(&watchdog_stop_cond, &watchdog_stop_lock, &ts);
-    if (watchdog_stop)
+    pthread_cond_timedwait(&tick_stop_cond, &tick_stop_lock, &ts);
+    if (tick_stop)
       break;
-    pthread_mutex_unlock(&watchdog_stop_lock);
-    watchdog_tick();
-    pthread_mutex_lock(&watchdog_stop_lock);
+    pthread_mutex_unlock(&tick_stop_lock);
+    struct tb_config *cfg = config_get();
+    tb_live_tick(cfg);
+    tb_config_unref(cfg);
+    pthread_mutex_lock(&tick_stop_lock);
   }
-  pthread_mutex_unlock(&watchdog_stop_lock);
+  pthread_mutex_unlock(&tick_stop_lock);
   return NULL;
-}
-
-/* ---- live clients ------------------------------------------------------------ */
-
-struct live_client {
-  struct live_client *next;
-  char id[TB_NAME_MAX + 1];
-  int refs;    /* handles of any kind; protected by live_lock */
-  int clients; /* client (read-write) connections; protected by turn_lock */
-  pthread_mutex_t turn_lock;
-  pthread_rwlock_t session_lock; /* admin readers vs session start/end */
-  struct tb_session *session;
-  uint64_t generation; /* bumped at every session start and end */
-  /* Watchdog state of the running session (set at its start). */
-  struct tb_guards guards;
-  pthread_mutex_t guard_lock; /* event rate-limiting only */
-  int64_t idle_ms;            /* 0 = no idle detection */
-  int64_t last_io_ms;         /* atomic */
-  int64_t idle_reported_ms;   /* last_io_ms at the last idle event; idle thread only */
-};
-
-static struct live_client *live_list;
-static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static struct live_client *live_get(const char *id)
-{
-  pthread_mutex_lock(&live_lock);
-  struct live_client *lc;
-  for (lc = live_list; lc; lc = lc->next)
-    if (strcmp(lc->id, id) == 0)
-      break;
-  if (!lc && (lc = calloc(1, sizeof *lc))) {
-    snprintf(lc->id, sizeof lc->id, "%s", id);
-    pthread_mutex_init(&lc->turn_lock, NULL);
-    pthread_rwlock_init(&lc->session_lock, NULL);
-    pthread_mutex_init(&lc->guard_lock, NULL);
-    lc->next = live_list;
-    live_list = lc;
-  }
-  if (lc)
-    lc->refs++;
-  pthread_mutex_unlock(&live_lock);
-  return lc;
-}
-
-static void live_put(struct live_client *lc)
-{
-  pthread_mutex_lock(&live_lock);
-  if (--lc->refs == 0) {
-    for (struct live_client **pp = &live_list; *pp; pp = &(*pp)->next)
-      if (*pp == lc) {
-        *pp = lc->next;
-        break;
-      }
-    pthread_mutex_destroy(&lc->turn_lock);
-    pthread_rwlock_destroy(&lc->session_lock);
-    pthread_mutex_destroy(&lc->guard_lock);
-    tb_guards_free(&lc->guards);
-    free(lc);
-  }
-  pthread_mutex_unlock(&live_lock);
-}
-
-/* Free space of the state directory against the reserve; idle clients. */
-static void watchdog_tick(void)
-{
-  struct tb_config *cfg = config_get();
-  struct tb_watchdog_conf w;
-  uint64_t reserve = 0;
-  if (tb_watchdog_for(cfg->watchdog, NULL, &w) == 0) {
-    reserve = w.reserve_bytes;
-    tb_watchdog_free(&w);
-  }
-  struct statvfs sv = {0};
-  bool low =
-      reserve && statvfs(cfg->state_dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < reserve;
-  int64_t now = tb_now_ms();
-
-  pthread_mutex_lock(&live_lock);
-  bool changed = low != low_space;
-  low_space = low;
-  for (struct live_client *lc = live_list; lc; lc = lc->next) {
-    /* A session's pointer changes only under turn_lock; trylock keeps this
-     * thread from waiting on a slow session turn. */
-    if (pthread_mutex_trylock(&lc->turn_lock) != 0)
-      continue;
-    struct tb_session *s = lc->session;
-    if (s && changed)
-      tb_overlay_deny_new_blocks(s->overlay, low);
-    int64_t last = __atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED);
-    if (s && lc->idle_ms && now - last >= lc->idle_ms && lc->idle_reported_ms != last) {
-      lc->idle_reported_ms = last;
-      tb_eventf(cfg->state_dir, "idle", lc->id, "{s:I, s:I}", "session", (json_int_t)s->number,
-                "idle_ms", (json_int_t)(now - last));
-    }
-    pthread_mutex_unlock(&lc->turn_lock);
-  }
-  pthread_mutex_unlock(&live_lock);
-  if (changed)
-    tb_eventf(cfg->state_dir, low ? "low-space" : "space-recovered", NULL, "{s:I, s:I}",
-              "reserve_bytes", (json_int_t)reserve, "free_bytes",
-              (json_int_t)(reserve ? (uint64_t)sv.f_bavail * sv.f_frsize : 0));
-  tb_config_unref(cfg);
 }
 
 /* ---- handles ------------------------------------------------------------------ */
 
 enum export_kind {
-  EXPORT_CLIENT,  /* ID: read-write */
+  EXPORT_CLIENT,  /* ID, ID@boot/TOKEN: read-write */
   EXPORT_LIVE,    /* ID@live */
   EXPORT_OVERLAY, /* ID@overlay */
   EXPORT_SESSION, /* ID@session/N */
@@ -373,14 +277,17 @@ enum export_kind {
 struct handle {
   enum export_kind kind;
   char name[TB_NAME_MAX + 1]; /* client id or image name */
-  struct live_client *lc;     /* CLIENT, LIVE, OVERLAY */
+  char boot_token[65];        /* CLIENT: the boot id sent with the name, or "" */
+  struct tb_conn *conn;       /* CLIENT */
+  struct tb_live_client *lc;  /* LIVE, OVERLAY */
   /* What an admin handle reads when no session is running (or for SESSION):
    * a read-only overlay, or, for a client with no overlay and for IMAGE, a raw file. */
   pthread_mutex_t fallback_lock;
   struct tb_overlay *ro;
   int raw_fd;
   uint64_t ro_generation;
-  uint64_t size;
+  uint64_t fallback_size; /* of what ro / raw_fd hold */
+  uint64_t size;          /* announced at open; a different disk is ESTALE */
   uint32_t block_size;
 };
 
@@ -388,6 +295,9 @@ static void handle_free(struct handle *h)
 {
   if (!h)
     return;
+  tb_conn_close(h->conn);
+  if (h->lc)
+    tb_live_client_put(h->lc);
   tb_overlay_close(h->ro);
   if (h->raw_fd >= 0)
     close(h->raw_fd);
@@ -397,7 +307,8 @@ static void handle_free(struct handle *h)
 
 /* Parse an export name into its kind, name and number.  Returns -1 for a name
  * that is not of any known form. */
-static int parse_export(const char *export, enum export_kind *kind, char *name, uint64_t *num)
+static int parse_export(const char *export, enum export_kind *kind, char *name, uint64_t *num,
+                        char token[65])
 {
   const char *at = strchr(export, '@');
   size_t len = at ? (size_t)(at - export) : strlen(export);
@@ -413,6 +324,13 @@ static int parse_export(const char *export, enum export_kind *kind, char *name, 
     return 0;
   }
   const char *rest = at + 1;
+  if (strncmp(rest, "boot/", 5) == 0) {
+    if (!tb_boot_token_valid(rest + 5))
+      return -1;
+    snprintf(token, 65, "%s", rest + 5);
+    *kind = EXPORT_CLIENT;
+    return 0;
+  }
   if (strcmp(rest, "live") == 0) {
     *kind = EXPORT_LIVE;
     return 0;
@@ -459,20 +377,23 @@ static struct tb_overlay *open_ro_overlay(const char *state, const char *path)
   return tb_overlay_open(path, base_path, &base, TB_OVL_RDONLY);
 }
 
-static int open_raw(struct handle *h, const char *path)
+/* Open a raw file for H; its size is what H reads (a second open, after a
+ * session changed the client, must find the size the handle announced). */
+static int open_raw(struct handle *h, const char *path, uint64_t *size)
 {
   h->raw_fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (h->raw_fd == -1 || fstat(h->raw_fd, &st) == -1)
     return tb_error_errno("cannot open %s", path);
-  h->size = (uint64_t)st.st_size;
+  *size = (uint64_t)st.st_size;
   h->block_size = 4096;
   return 0;
 }
 
 /* (Re)open what an admin handle of client ID reads when no session runs:
- * its overlay on disk, or its target version if it has none yet. */
-static int admin_fallback_open(struct handle *h, const struct tb_config *cfg)
+ * its overlay on disk, or its target version if it has none yet.  *SIZE
+ * gets the size of what was opened. */
+static int admin_fallback_open(struct handle *h, const struct tb_config *cfg, uint64_t *size)
 {
   char path[TB_PATH_MAX];
   if (tb_store_client_path(cfg->state_dir, h->name, "overlay", path, sizeof path) == -1)
@@ -485,7 +406,7 @@ static int admin_fallback_open(struct handle *h, const struct tb_config *cfg)
   if (access(path, F_OK) == 0) {
     if (!(h->ro = open_ro_overlay(cfg->state_dir, path)))
       return -1;
-    h->size = tb_overlay_size(h->ro);
+    *size = tb_overlay_size(h->ro);
     h->block_size = tb_overlay_block_size(h->ro);
     return 0;
   }
@@ -495,79 +416,7 @@ static int admin_fallback_open(struct handle *h, const struct tb_config *cfg)
   if (!c || tb_client_target(cfg->state_dir, c, image, &version) == -1 ||
       tb_store_version_path(cfg->state_dir, image, version, img_path, sizeof img_path) == -1)
     return -1;
-  return open_raw(h, img_path);
-}
-
-/* Set up the data-path watchdog of a session that just started: protected
- * regions resolved against its base version, idle detection, the reserve. */
-static int watchdog_begin(struct live_client *lc, const struct tb_config *cfg,
-                          const struct tb_client_conf *c, struct tb_session *s)
-{
-  struct tb_watchdog_conf w;
-  char base_path[TB_PATH_MAX];
-  if (tb_watchdog_for(cfg->watchdog, c->watchdog, &w) == -1)
-    return tb_error_prefix("client %s", c->id);
-  int r = tb_store_version_path(cfg->state_dir, s->info.base.image, s->info.base.version, base_path,
-                                sizeof base_path);
-  tb_guards_free(&lc->guards);
-  if (r == 0)
-    r = tb_guards_resolve(&w, base_path, s->info.size, &lc->guards);
-  if (r == -1)
-    tb_error_prefix("client %s", c->id);
-  lc->idle_ms = w.idle_ms;
-  __atomic_store_n(&lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
-  lc->idle_reported_ms = 0;
-  tb_watchdog_free(&w);
-  if (r == 0 && low_space)
-    tb_overlay_deny_new_blocks(s->overlay, true);
-  return r;
-}
-
-static int open_client(struct handle *h, const struct tb_config *cfg,
-                       const struct tb_client_conf *c)
-{
-  h->lc = live_get(c->id);
-  if (!h->lc)
-    return tb_error_errno("client %s", c->id);
-  struct live_client *lc = h->lc;
-  int r = 0;
-  pthread_mutex_lock(&lc->turn_lock);
-  if (lc->clients == 0) {
-    struct tb_session *s = tb_session_begin(cfg, c);
-    if (!s) {
-      r = -1;
-    } else if (watchdog_begin(lc, cfg, c, s) == -1) {
-      tb_session_end(s);
-      r = -1;
-    } else {
-      pthread_rwlock_wrlock(&lc->session_lock);
-      lc->session = s;
-      lc->generation++;
-      pthread_rwlock_unlock(&lc->session_lock);
-    }
-  }
-  if (r == 0) {
-    lc->clients++;
-    h->size = tb_overlay_size(lc->session->overlay);
-    h->block_size = tb_overlay_block_size(lc->session->overlay);
-  }
-  pthread_mutex_unlock(&lc->turn_lock);
-  return r;
-}
-
-static void close_client(struct handle *h)
-{
-  struct live_client *lc = h->lc;
-  pthread_mutex_lock(&lc->turn_lock);
-  if (--lc->clients == 0) {
-    pthread_rwlock_wrlock(&lc->session_lock);
-    if (tb_session_end(lc->session) == -1)
-      nbdkit_error("%s", tb_errmsg());
-    lc->session = NULL;
-    lc->generation++;
-    pthread_rwlock_unlock(&lc->session_lock);
-  }
-  pthread_mutex_unlock(&lc->turn_lock);
+  return open_raw(h, img_path, size);
 }
 
 static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t num)
@@ -585,7 +434,7 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
         return -1;
       tb_manifest_free(m);
     }
-    return open_raw(h, path);
+    return open_raw(h, path, &h->size);
   case EXPORT_SESSION:
     if (!tb_config_client(cfg, h->name))
       return tb_error("no client %s in the configuration", h->name);
@@ -599,18 +448,20 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
   case EXPORT_OVERLAY:
     if (!tb_config_client(cfg, h->name))
       return tb_error("no client %s in the configuration", h->name);
-    if (!(h->lc = live_get(h->name)))
+    if (!(h->lc = tb_live_client_get(h->name)))
       return -1;
-    pthread_rwlock_rdlock(&h->lc->session_lock);
+    uint64_t gen;
+    struct tb_overlay *ovl = tb_live_read_begin(h->lc, &gen);
     int r = 0;
-    if (h->lc->session) {
-      h->size = tb_overlay_size(h->lc->session->overlay);
-      h->block_size = tb_overlay_block_size(h->lc->session->overlay);
+    if (ovl) {
+      h->size = tb_overlay_size(ovl);
+      h->block_size = tb_overlay_block_size(ovl);
+      tb_live_read_end(h->lc);
     } else {
-      r = admin_fallback_open(h, cfg);
-      h->ro_generation = h->lc->generation;
+      r = admin_fallback_open(h, cfg, &h->size);
+      h->fallback_size = h->size;
     }
-    pthread_rwlock_unlock(&h->lc->session_lock);
+    h->ro_generation = gen;
     return r;
   case EXPORT_CLIENT:
     break;
@@ -655,39 +506,56 @@ static void *tabula_open(int readonly)
       nbdkit_error("no client is configured for address %s: send the client id as the export "
                    "name, or set \"address\" in its configuration",
                    peer.text);
+      tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown address", "");
       goto out;
     }
     export = c->id;
   }
-  if (parse_export(export, &h->kind, h->name, &num) == -1) {
+  if (parse_export(export, &h->kind, h->name, &num, h->boot_token) == -1) {
     char shown[84];
     printable_name(export, shown);
     nbdkit_error("invalid export name \"%s\": expected a client id ([A-Za-z0-9._-], up to 64 "
                  "characters)",
                  shown);
+    tb_event_refusal(cfg->state_dir, NULL, peer.text, "invalid export name", export);
     goto out;
   }
   if (h->kind == EXPORT_CLIENT) {
     const struct tb_client_conf *c = tb_config_client(cfg, h->name);
     if (!c) {
       nbdkit_error("unknown client \"%s\": no such client in the configuration", h->name);
+      tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown client", export);
       goto out;
     }
     if (!tb_acl_allows(&c->allow, (const struct sockaddr *)&peer.addr)) {
       nbdkit_error("client \"%s\" refused to peer %s: not in its \"allow\" list", h->name,
                    peer.text);
-      tb_eventf(cfg->state_dir, "refused", h->name, "{s:s, s:s}", "peer", peer.text, "reason",
-                "not in allow");
+      tb_event_refusal(cfg->state_dir, h->name, peer.text, "not in allow", NULL);
       goto out;
     }
-    r = open_client(h, cfg, c);
-    if (r == -1)
-      nbdkit_error("%s", tb_errmsg());
+    struct tb_conn_info info = {.frontend = "nbd",
+                                .peer = peer.text,
+                                .boot_token = h->boot_token[0] ? h->boot_token : NULL,
+                                .admin = admin};
+    if (!(h->conn = tb_conn_open(cfg, c, &info))) {
+      const char *msg = tb_errmsg();
+      nbdkit_error("%s", msg);
+      tb_event_refusal(cfg->state_dir, h->name, peer.text,
+                       strstr(msg, " is busy")         ? "busy"
+                       : strstr(msg, "is locked down") ? "locked down"
+                                                       : msg,
+                       NULL);
+      goto out;
+    }
+    h->size = tb_conn_size(h->conn);
+    h->block_size = tb_conn_block_size(h->conn);
+    r = 0;
     goto out;
   }
   /* Admin exports: to anyone else they do not exist. */
   if (!admin) {
     nbdkit_error("unknown client \"%.80s\": no such client in the configuration", export);
+    tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown client", export);
     goto out;
   }
   r = open_admin(h, cfg, num);
@@ -696,8 +564,6 @@ static void *tabula_open(int readonly)
 out:
   tb_config_unref(cfg);
   if (r == -1) {
-    if (h->lc)
-      live_put(h->lc);
     handle_free(h);
     return NULL;
   }
@@ -706,64 +572,56 @@ out:
 
 static void tabula_close(void *handle)
 {
-  struct handle *h = handle;
-  if (h->kind == EXPORT_CLIENT)
-    close_client(h);
-  if (h->lc)
-    live_put(h->lc);
-  handle_free(h);
+  handle_free(handle);
 }
 
 /* ---- what a handle reads ------------------------------------------------------ */
 
-/* A source of data for one request: an overlay, or a raw file. */
+/* A source of data for one admin request: an overlay, or a raw file. */
 struct source {
   struct tb_overlay *ovl;
   int raw_fd;
-  bool locked; /* holds lc->session_lock for reading */
-  bool fallback_locked;
+  bool live;            /* holds the live session's overlay (tb_live_read_begin) */
+  bool fallback_locked; /* holds fallback_lock */
 };
 
 static int source_get(struct handle *h, struct source *src)
 {
   memset(src, 0, sizeof *src);
   src->raw_fd = -1;
-  if (h->kind == EXPORT_CLIENT) {
-    src->ovl = h->lc->session->overlay;
-    return 0;
-  }
   if (h->kind == EXPORT_SESSION || h->kind == EXPORT_IMAGE) {
     src->ovl = h->ro;
     src->raw_fd = h->raw_fd;
     return 0;
   }
   /* LIVE and OVERLAY: the running session, else the overlay on disk. */
-  pthread_rwlock_rdlock(&h->lc->session_lock);
-  src->locked = true;
-  if (h->lc->session) {
-    src->ovl = h->lc->session->overlay;
+  uint64_t gen, size;
+  if ((src->ovl = tb_live_read_begin(h->lc, &gen))) {
+    src->live = true;
+    size = tb_overlay_size(src->ovl);
   } else {
     pthread_mutex_lock(&h->fallback_lock);
     src->fallback_locked = true;
-    if (h->ro_generation != h->lc->generation) {
+    if (h->ro_generation != gen) {
       struct tb_config *cfg = config_get();
-      int r = admin_fallback_open(h, cfg);
+      int r = admin_fallback_open(h, cfg, &size);
       tb_config_unref(cfg);
       if (r == -1) {
-        nbdkit_error("%s@live: %s", h->name, tb_errmsg());
         errno = EIO;
-        return -1;
+        return tb_error_prefix("%s@live", h->name);
       }
-      h->ro_generation = h->lc->generation;
+      h->ro_generation = gen;
+      h->fallback_size = size;
     }
     src->ovl = h->ro;
     src->raw_fd = h->raw_fd;
+    size = h->fallback_size;
   }
-  uint64_t size = src->ovl ? tb_overlay_size(src->ovl) : h->size;
   if (size != h->size) {
-    nbdkit_error("%s: the client's disk changed size (re-imaged); reconnect", h->name);
     errno = ESTALE;
-    return -1;
+    return tb_error("%s: the client's disk changed (re-imaged from %" PRIu64 " to %" PRIu64
+                    " bytes); reconnect",
+                    h->name, h->size, size);
   }
   return 0;
 }
@@ -772,8 +630,8 @@ static void source_put(struct handle *h, struct source *src)
 {
   if (src->fallback_locked)
     pthread_mutex_unlock(&h->fallback_lock);
-  if (src->locked)
-    pthread_rwlock_unlock(&h->lc->session_lock);
+  if (src->live)
+    tb_live_read_end(h->lc);
 }
 
 static int fail_with_errno(void)
@@ -804,7 +662,8 @@ static int tabula_block_size(void *handle, uint32_t *minimum, uint32_t *preferre
 
 static int tabula_can_write(void *handle)
 {
-  return ((struct handle *)handle)->kind == EXPORT_CLIENT;
+  struct handle *h = handle;
+  return h->kind == EXPORT_CLIENT && !tb_conn_read_only(h->conn);
 }
 
 static int tabula_can_flush(void *handle)
@@ -850,16 +709,11 @@ static int tabula_can_cache(void *handle)
 
 /* ---- data ------------------------------------------------------------------------ */
 
-static void note_io(struct live_client *lc)
-{
-  __atomic_store_n(&lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
-}
-
 static int tabula_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
   if (h->kind == EXPORT_CLIENT)
-    note_io(h->lc);
+    return tb_conn_pread(h->conn, buf, count, offset) == -1 ? fail_with_errno() : 0;
   struct source src;
   int r = source_get(h, &src);
   if (r == 0) {
@@ -876,82 +730,35 @@ static int tabula_pread(void *handle, void *buf, uint32_t count, uint64_t offset
   return r == -1 ? fail_with_errno() : 0;
 }
 
-static struct tb_overlay *client_overlay(void *handle)
+static int fua(uint32_t flags)
 {
-  return ((struct handle *)handle)->lc->session->overlay;
-}
-
-/* Check a change of [offset, offset+count) against the client's protected
- * regions.  Returns -1 (EPERM) if a "deny" region forbids it.  Events are
- * rate-limited to one a second per region; the next one carries the count of
- * hits in between. */
-static int guard_write(struct live_client *lc, const char *what, uint64_t offset, uint32_t count)
-{
-  if (lc->guards.n == 0)
-    return 0;
-  struct tb_guard *g = tb_guards_check(&lc->guards, offset, count);
-  if (!g)
-    return 0;
-  int64_t now = tb_now_ms();
-  pthread_mutex_lock(&lc->guard_lock);
-  bool emit = now - g->last_event_ms >= 1000;
-  uint64_t suppressed = g->suppressed;
-  if (emit) {
-    g->last_event_ms = now;
-    g->suppressed = 0;
-  } else {
-    g->suppressed++;
-  }
-  pthread_mutex_unlock(&lc->guard_lock);
-  bool deny = g->action == TB_GUARD_DENY;
-  if (emit)
-    tb_eventf(lc->session->state_dir, deny ? "protect-deny" : "protect-alert", lc->id,
-              "{s:s, s:s, s:I, s:I, s:I}", "rule", g->name, "request", what, "offset",
-              (json_int_t)offset, "length", (json_int_t)count, "hits_since_last_event",
-              (json_int_t)suppressed);
-  if (!deny)
-    return 0;
-  nbdkit_error("client %s: %s of %" PRIu32 " bytes at %" PRIu64 " refused: protected region \"%s\"",
-               lc->id, what, count, offset, g->name);
-  nbdkit_set_error(EPERM);
-  return -1;
+  return (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
 }
 
 static int tabula_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset,
                          uint32_t flags)
 {
-  struct live_client *lc = ((struct handle *)handle)->lc;
-  note_io(lc);
-  if (guard_write(lc, "write", offset, count) == -1)
-    return -1;
-  int f = (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
-  if (tb_overlay_pwrite(client_overlay(handle), buf, count, offset, f) == -1)
-    return fail_with_errno();
-  return 0;
+  struct handle *h = handle;
+  return tb_conn_pwrite(h->conn, buf, count, offset, fua(flags)) == -1 ? fail_with_errno() : 0;
 }
 
 static int tabula_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  struct live_client *lc = ((struct handle *)handle)->lc;
-  note_io(lc);
-  if (guard_write(lc, "zero", offset, count) == -1)
+  struct handle *h = handle;
+  /* A fast zero must fail rather than be slow (NBD): a partial block would
+   * be written, not mapped. */
+  uint64_t bs = h->block_size;
+  if ((flags & NBDKIT_FLAG_FAST_ZERO) && (offset % bs || count % bs)) {
+    nbdkit_set_error(ENOTSUP);
     return -1;
-  int f = (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
-  if (tb_overlay_zero(client_overlay(handle), count, offset, f) == -1)
-    return fail_with_errno();
-  return 0;
+  }
+  return tb_conn_zero(h->conn, count, offset, fua(flags)) == -1 ? fail_with_errno() : 0;
 }
 
 static int tabula_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  struct live_client *lc = ((struct handle *)handle)->lc;
-  note_io(lc);
-  if (guard_write(lc, "trim", offset, count) == -1)
-    return -1;
-  int f = (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
-  if (tb_overlay_trim(client_overlay(handle), count, offset, f) == -1)
-    return fail_with_errno();
-  return 0;
+  struct handle *h = handle;
+  return tb_conn_trim(h->conn, count, offset, fua(flags)) == -1 ? fail_with_errno() : 0;
 }
 
 static int tabula_flush(void *handle, uint32_t flags)
@@ -959,9 +766,7 @@ static int tabula_flush(void *handle, uint32_t flags)
   struct handle *h = handle;
   if (h->kind != EXPORT_CLIENT)
     return 0;
-  if (tb_overlay_flush(client_overlay(handle)) == -1)
-    return fail_with_errno();
-  return 0;
+  return tb_conn_flush(h->conn) == -1 ? fail_with_errno() : 0;
 }
 
 /* ---- extents ---------------------------------------------------------------------- */
@@ -1024,6 +829,17 @@ static int tabula_extents(void *handle, uint32_t count, uint64_t offset, uint32_
                           struct nbdkit_extents *extents)
 {
   struct handle *h = handle;
+  if (h->kind == EXPORT_CLIENT) {
+    struct extents_ctx x = {extents, tb_conn_base_fd(h->conn), false};
+    uint64_t len = (flags & NBDKIT_FLAG_REQ_ONE) ? h->block_size : count;
+    if (len > count)
+      len = count;
+    if (x.base_fd == -1 || tb_conn_extents(h->conn, offset, len, extent_cb, &x) == -1) {
+      nbdkit_error("%s: extents: %s", h->name, tb_errmsg());
+      return -1;
+    }
+    return 0;
+  }
   struct source src;
   int r = source_get(h, &src);
   if (r == 0) {
@@ -1109,6 +925,8 @@ static const char *tabula_export_description(void *handle)
   const char *desc = NULL;
   if (h->kind == EXPORT_IMAGE)
     return nbdkit_printf_intern("tabula image %s", h->name);
+  if (h->kind == EXPORT_CLIENT)
+    return nbdkit_printf_intern("tabula client %s", h->name);
   if (source_get(h, &src) == 0 && src.ovl) {
     tb_overlay_info(src.ovl, &info);
     desc = nbdkit_printf_intern("base %s@%u, session %" PRIu64 ", client %s", info.base.image,

@@ -32,6 +32,7 @@ td_config()
   cat >"$1" <<EOF2
 {
   "state_dir": "$2",
+  "reconnect_grace": "${TB_RECONNECT_GRACE:-0s}",
   "plugin": "$TB_PLUGIN",
   "nbdkit": "$TB_TMP/nbdkit-wrapper",
   ${4:+$4,}

@@ -45,7 +45,8 @@ sleep 2147483647 >"$TB_TMP/h.fifo" &
 holdpid=$!
 i=0; until grep -q holding "$TB_TMP/h.out" 2>/dev/null; do i=$((i + 1)); [ $i -lt 100 ] || tb_fail "hold"; sleep 0.1; done
 td_expect_fail "merge during a session" "in a session" tctl merge vm01 --into demo
-tctl --json client vm01 | jq -e '.state == "active"' >/dev/null || tb_fail "vm01 must be active"
+tctl --json client vm01 | jq -e '.live.state == "booting"' >/dev/null ||
+  tb_fail "vm01 must be booting: $(tctl --json client vm01)"
 kill $holdpid; wait $iopid || tb_fail "held session"
 tb_wait_idle "$state" vm01
 
@@ -68,9 +69,9 @@ tb_event "$state" '.type == "merge" and .client == "vm01" and .version == 2' "me
 echo "== after the merge"
 tctl --json client vm01 | jq -e '.image == "demo" and .version == 2 and .dirty_bytes == 0' >/dev/null ||
   tb_fail "vm01 must continue on demo@2 with an empty overlay: $(tctl --json client vm01)"
-io -e vm01 read:0:$K:5 read:$((K)):4096:1 || tb_fail "vm01 next session on demo@2"
+io -e vm01 read:0:$K:5 read:$((K)):4096:1 rewrite:0:4096 || tb_fail "vm01 next session on demo@2"
 tb_wait_idle "$state" vm01
-io -e pc01 read:0:$K:5 read:$((2 * 1024 * 1024)):$K:0 || tb_fail "pc01 must boot demo@2"
+io -e pc01 read:0:$K:5 read:$((2 * 1024 * 1024)):$K:0 rewrite:0:4096 || tb_fail "pc01 must boot demo@2"
 tb_wait_idle "$state" pc01
 tctl --json client pc01 | jq -e '.version == 2' >/dev/null || tb_fail "pc01 on demo@2"
 io -e vm02 read:0:4096:7 read:4096:4096:1 || tb_fail "vm02 (persist) must stay on demo@1 with its overlay"

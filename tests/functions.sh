@@ -299,6 +299,7 @@ tb_config()
 {
   "state_dir": "$2",
   ${4:+$4,}
+  "reconnect_grace": "${TB_RECONNECT_GRACE:-0s}",
   "images": { "demo": {} },
   "clients": $3
 }
@@ -384,12 +385,14 @@ tb_start_tcp()
 }
 
 # tb_wait_idle STATE ID: wait until client ID's session has ended (nbdkit
-# ends it just after the last connection closes, asynchronously to the client).
+# ends it just after the last connection closes, asynchronously to the client,
+# or, with a reconnect_grace, when that has passed), or until its connections
+# are gone when none of them wrote (no session).
 tb_wait_idle()
 {
   _i=0
-  until [ -f "$1/clients/$2/session.json" ] &&
-    [ "$(jq -r .state "$1/clients/$2/session.json" 2>/dev/null)" = idle ] &&
+  until { [ ! -f "$1/clients/$2/session.json" ] ||
+    [ "$(jq -r .state "$1/clients/$2/session.json" 2>/dev/null)" = idle ]; } &&
     flock -n -s "$1/clients/$2/lock" true; do
     _i=$((_i + 1))
     [ $_i -lt 300 ] || tb_fail "client $2's session did not end within 30 s of its last disconnect"

@@ -76,8 +76,9 @@ pco=$state/clients/pc01/overlay
 printf 'X' | dd of="$pco" bs=1 seek=100 conv=notrunc status=none
 sum=$(tb_sha256 "$pco")
 tb_start s "$TB_TMP/tabula.json"
-tb_io s -e pc01 read:0:$K:9 || tb_fail "pc01 must start clean on the new master"
-retained=$(ls "$state/clients/pc01/sessions")
+# The turn (and so the rotation) comes with the boot's first write.
+tb_io s -e pc01 read:0:$K:9 write:$K:4096:3 || tb_fail "pc01 must start clean on the new master"
+retained=$(ls "$state/clients/pc01/sessions" | sort -n | tail -n 1)
 [ "$(tb_sha256 "$state/clients/pc01/sessions/$retained")" = "$sum" ] ||
   tb_fail "the bad overlay was modified when rotated aside"
 st=0

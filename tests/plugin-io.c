@@ -23,6 +23,8 @@
  *   write:OFF:LEN:SEED     pwrite the pattern        fua:OFF:LEN:SEED  same with FUA
  *   read:OFF:LEN:SEED      pread and check the pattern
  *   zero:OFF:LEN  trim:OFF:LEN  flush
+ *   rewrite:OFF:LEN        pread and pwrite back the same bytes (a change of
+ *                          nothing: a boot's first write, for session tests)
  *   size:N                 check the export size
  *   fill:OFF:LEN:CHUNK:SEED  write CHUNK at a time until LEN or an error; prints
  *                          "filled BYTES errno NAME" (NAME "none" if no error)
@@ -208,6 +210,14 @@ static int run(struct nbd_handle *h, const char *cmd, int *err)
       }
     }
     free(buf);
+  } else if (!strncmp(cmd, "rewrite:", 8)) {
+    ARGS(2);
+    uint8_t *buf = malloc(v[1] ? v[1] : 1);
+    r = nbd_pread(h, buf, v[1], v[0], 0);
+    if (r == 0)
+      r = nbd_pwrite(h, buf, v[1], v[0], 0);
+    free(buf);
+    NBD(r);
   } else if (!strncmp(cmd, "zero:", 5)) {
     ARGS(2);
     NBD(nbd_zero(h, v[1], v[0], 0));

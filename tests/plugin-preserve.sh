@@ -29,7 +29,7 @@ tb_io s -e pc01 write:$p1:65536:5 write:$p2:65536:6 write:$((p2 + 10 * M - 4096)
   write:$lba:$((1024 * S)):7 write:$((lba - 4096)):4096:8 flush || tb_fail "session 1"
 echo "== session 2: partition 1 is the master again, partition 2 and the LBA range stay"
 tb_io s -e pc01 read:$p1:65536:1 read:$p2:65536:6 read:$((p2 + 10 * M - 4096)):4096:6 \
-  read:$lba:$((1024 * S)):7 read:$((lba - 4096)):4096:1 ||
+  read:$lba:$((1024 * S)):7 read:$((lba - 4096)):4096:1 write:$((p1 + 8192)):4096:3 ||
   tb_fail "preserved ranges after a rollback"
 tb_event "$state" '.type == "rollback" and .client == "pc01"' "rollback"
 

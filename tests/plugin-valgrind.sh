@@ -34,7 +34,7 @@ done
 io() { "$TB_IO" -s "$sock" "$@"; }
 io -e pc01 write:100:5000:2 zero:65536:70000 trim:$((4 * M)):$M fua:$((3 * M + 7)):9000:3 \
   flush read:100:5000:2 extents:0:$((16 * M)) >/dev/null || tb_fail "pc01 session 1"
-io -e pc01 read:100:5000:1 >/dev/null || tb_fail "pc01 session 2 must be clean"
+io -e pc01 read:100:5000:1 write:8192:512:5 >/dev/null || tb_fail "pc01 session 2 must be clean"
 io -e vm01 write:8192:4096:4 !write:0:512:4 flush >/dev/null || tb_fail "vm01 session 1"
 io -e vm01 read:8192:4096:4 >/dev/null || tb_fail "vm01 session 2"
 io -e vm01@overlay extents:0:$((16 * M)) read:0:8192:0 read:8192:4096:4 >/dev/null || tb_fail "vm01@overlay"

@@ -148,7 +148,7 @@ EOF
 repo_write_config()
 {
   cat >"$1.json" <<EOF
-{"state_dir": "$1", "images": {"demo": {}}${2:+, $2}}
+{"state_dir": "$1", "reconnect_grace": "${TB_RECONNECT_GRACE:-0s}", "images": {"demo": {}}${2:+, $2}}
 EOF
 }
 

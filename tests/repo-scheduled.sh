@@ -48,7 +48,7 @@ for mode in hold current; do
       tb_fail "with make_current pc01 must not be pinned"
     fi
   fi
-  nbdinfo --size "nbd+unix:///pc01?socket=$app/nbd.sock" >/dev/null || tb_fail "pc01 session"
+  tb_io_sock -e pc01 rewrite:0:4096 || tb_fail "pc01 session"
   want=$([ $mode = current ] && echo 2 || echo 1)
   jq -s -e "map(select(.type == \"session-start\")) | last | .version == $want" \
     "$app/events.jsonl" >/dev/null || tb_fail "pc01 must run demo@$want"

@@ -24,10 +24,11 @@ td_config "$T/tabula.json" "$state" '{
                 "canary": { "promote_after": 2, "withdraw_after": 1 } }'
 td_start "$T/tabula.json"
 
-# version_of ID: the version ID's next session runs (one session, read-only).
+# version_of ID: the version ID's next session runs (one session that changes
+# nothing: its first write, of the bytes already there, makes it a session).
 version_of()
 {
-  nbdinfo --size "nbd+unix:///$1?socket=$state/nbd.sock" >/dev/null || tb_fail "session of $1"
+  "$TB_IO" -s "$state/nbd.sock" -e "$1" rewrite:0:4096 || tb_fail "session of $1"
   tb_wait_idle "$state" "$1"
   jq -r .version "$state/clients/$1/session.json"
 }

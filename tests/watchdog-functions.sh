@@ -58,6 +58,13 @@ tw_session()
   tw_undisk "$1" "$2"
 }
 
+# tw_boot STATE ID: a session of ID that changes no byte (block 0 rewritten
+# as it is): a probe is no session, a boot that writes is.
+tw_boot()
+{
+  "$TB_IO" -s "$1/nbd.sock" -e "$2" rewrite:0:4096 || tb_fail "a session of $2"
+}
+
 tw_read()
 {
   tw_disk "$1" "$2"

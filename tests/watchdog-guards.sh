@@ -66,7 +66,7 @@ tb_io s -e g1 zero:$((12 * M)):$((64 * 1024)) write:$((13 * M)):4096:9 ||
   tb_fail "zeroing must free quota for new blocks"
 
 echo "== idle"
-tb_hold s idle -e g1 read:4096:512:0
+tb_hold s idle -e g1 write:4096:512:3 read:4096:512:3
 sleep 2.5
 tb_release idle
 tb_event "$state" '.type == "idle" and .client == "g1" and .idle_ms >= 1000' "idle event"

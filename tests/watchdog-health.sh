@@ -71,6 +71,8 @@ tw_wait "$state" '.type == "last-known-good" and .client == "pc02" and .version 
 tctl --json client pc02 | jq -e '.next_version == 1' >/dev/null ||
   tb_fail "pc02 is not pinned to version 1: $(tctl --json client pc02)"
 tw_read "$state" pc02 "ls -l /" | grep -q new-in-v2 && tb_fail "pc02 still runs version 2"
+tw_boot "$state" pc02
+tb_wait_idle "$state" pc02
 jq -e '.version == 1' "$state/clients/pc02/session.json" >/dev/null ||
   tb_fail "pc02's session: $(cat "$state/clients/pc02/session.json")"
 

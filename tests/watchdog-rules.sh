@@ -62,6 +62,7 @@ echo "== release with --restore, then release"
 tctl quarantine release pc01 1 --restore >"$T/out" || tb_fail "release --restore: $(cat "$T/out")"
 tw_read "$state" pc01 "ls -l /home/user" | grep -q mine.txt ||
   tb_fail "the restored overlay is not the client's at its next session"
+tw_boot "$state" pc01
 tw_wait "$state" '.type == "quarantine" and .client == "pc01" and .number == 2' "quarantined again"
 tctl quarantine release pc01 2 >"$T/out" || tb_fail "release: $(cat "$T/out")"
 [ ! -e "$state/clients/pc01/quarantine/2" ] || tb_fail "release left quarantine/2"
@@ -89,12 +90,13 @@ tw_wait "$state" '.type == "lockdown" and .client == "pc02" and .by == "watchdog
 tctl client pc02 >"$T/client" || tb_fail "client pc02"
 grep -q 'lockdown: rule dump: exists whole-ext4/crash/mem.dmp' "$T/client" ||
   tb_fail "status does not show the lockdown reason: $(cat "$T/client")"
-nbdinfo --size "nbd+unix:///pc02?socket=$state/nbd.sock" >"$T/out" 2>&1 &&
-  tb_fail "a locked down client was served"
+# An admin may look (read-only); nothing may change the disk.
+"$TB_IO" -s "$state/nbd.sock" -e pc02 !write:0:512:1 >"$T/out" 2>&1 ||
+  tb_fail "a locked down client must be readable by an admin, not writable: $(cat "$T/out")"
 tctl unlock pc02 >"$T/out" || tb_fail "unlock: $(cat "$T/out")"
 grep -q 'unlocked' "$T/out" || tb_fail "unlock says: $(cat "$T/out")"
-nbdinfo --size "nbd+unix:///pc02?socket=$state/nbd.sock" >/dev/null ||
-  tb_fail "unlock did not restore the export"
+"$TB_IO" -s "$state/nbd.sock" -e pc02 rewrite:0:4096 >"$T/out" 2>&1 ||
+  tb_fail "unlock did not restore the export: $(cat "$T/out")"
 tw_wait "$state" '.type == "unlock" and .client == "pc02"' "unlock event"
 td_expect_fail "unlock twice" 'not locked down' tctl unlock pc02
 
