@@ -47,6 +47,9 @@
 #include "store.h"
 #include "watchdog.h"
 
+/* How often the running sessions' figures in live.json are refreshed. */
+#define LIVE_FIGURES_MS 5000
+
 enum live_state { LIVE_IDLE, LIVE_BOOTING, LIVE_RUNNING, LIVE_RECONNECTING };
 static const char *const state_names[] = {"ended", "booting", "running", "reconnecting"};
 
@@ -91,6 +94,8 @@ struct tb_live_client {
   int64_t idle_ms;
   int64_t last_io_ms; /* atomic */
   int64_t idle_reported_ms;
+  int64_t published_ms;    /* live.json last written (turn_lock) */
+  int64_t published_io_ms; /* last_io_ms it showed */
 };
 
 static struct tb_live_client *live_list;
@@ -170,13 +175,32 @@ static void write_live_json(struct tb_live_client *lc, const char *state_dir)
                                            c->peer, "since", (json_int_t)c->since_ms, "current",
                                            c->boot_gen == lc->boot_gen));
   json_t *session = lc->session ? json_integer((json_int_t)lc->session->number) : json_null();
+  /* The running session's figures, as of now (the tick refreshes them). */
+  json_t *figures = json_null();
+  if (lc->session) {
+    struct tb_overlay_stats st;
+    struct tb_overlay_info info;
+    tb_overlay_stats(lc->session->overlay, &st);
+    tb_overlay_info(lc->session->overlay, &info);
+    figures =
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "dirty_bytes",
+                  (json_int_t)(info.dirty_blocks * info.block_size), "data_bytes",
+                  (json_int_t)(info.data_blocks * info.block_size), "bytes_read",
+                  (json_int_t)(st.bytes_read + lc->session->bytes_read_before), "bytes_written",
+                  (json_int_t)st.bytes_written, "errors", (json_int_t)st.errors, "last_io",
+                  (json_int_t)__atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED), "quota_bytes",
+                  (json_int_t)(lc->c ? lc->c->quota : 0));
+  }
+  lc->published_ms = tb_now_ms();
+  lc->published_io_ms = __atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED);
   json_t *o = json_pack(
-      "{s:s, s:o, s:i, s:I, s:o, s:{s:s, s:s?, s:I, s:s}, s:o}", "state", state_names[lc->state],
-      "session", session, "pid", (int)getpid(), "updated", (json_int_t)tb_now_ms(), "connections",
-      conns, "boot", "via", lc->boot.via[0] ? lc->boot.via : "none", "token",
-      lc->boot.token[0] ? lc->boot.token : NULL, "marker_seq", (json_int_t)lc->boot.marker_seq,
-      "peer", lc->boot.peer, "grace_until",
-      lc->state == LIVE_RECONNECTING ? json_integer(lc->grace_until_ms) : json_null());
+      "{s:s, s:o, s:i, s:I, s:o, s:{s:s, s:s?, s:I, s:s}, s:o, s:o}", "state",
+      state_names[lc->state], "session", session, "pid", (int)getpid(), "updated",
+      (json_int_t)tb_now_ms(), "connections", conns, "boot", "via",
+      lc->boot.via[0] ? lc->boot.via : "none", "token", lc->boot.token[0] ? lc->boot.token : NULL,
+      "marker_seq", (json_int_t)lc->boot.marker_seq, "peer", lc->boot.peer, "grace_until",
+      lc->state == LIVE_RECONNECTING ? json_integer(lc->grace_until_ms) : json_null(), "figures",
+      figures);
   char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   if (!text)
@@ -766,6 +790,11 @@ void tb_live_tick(const struct tb_config *cfg)
       end_boot(lc);
       publish(lc);
     } else if (s) {
+      /* Live figures for tabulactl and metrics: at most every few seconds,
+       * and only when the session did I/O since the last write. */
+      if (now - lc->published_ms >= LIVE_FIGURES_MS &&
+          __atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED) != lc->published_io_ms)
+        publish(lc);
       if (lc->deny_applied != low) {
         tb_overlay_deny_new_blocks(s->overlay, low);
         lc->deny_applied = low;

@@ -94,9 +94,9 @@ void metrics_write(struct daemon *d)
       {"tabula_client_session", "gauge", "the client's current or last session number"},
       {"tabula_client_sessions_total", "counter", "sessions ended since the daemon started"},
       {"tabula_client_read_bytes_total", "counter",
-       "bytes read by ended sessions since the daemon started"},
+       "bytes read by the client's sessions since the daemon started, the running one included"},
       {"tabula_client_written_bytes_total", "counter",
-       "bytes written by ended sessions since the daemon started"},
+       "bytes written by the client's sessions since the daemon started, the running one included"},
       {"tabula_client_errors_total", "counter",
        "I/O errors of ended sessions since the daemon started"},
   };
@@ -108,6 +108,13 @@ void metrics_write(struct daemon *d)
     {
       const char *id = json_string_value(json_object_get(c, "id"));
       struct client_counters *cc = counters_for(id);
+      /* A running session's figures (live.json), added to the ended ones. */
+      json_t *fig = json_object_get(json_object_get(c, "live"), "figures");
+      unsigned long long run_read = 0, run_written = 0;
+      if (json_is_object(fig)) {
+        run_read = (unsigned long long)json_integer_value(json_object_get(fig, "bytes_read"));
+        run_written = (unsigned long long)json_integer_value(json_object_get(fig, "bytes_written"));
+      }
       unsigned long long v = 0;
       switch (m) {
       case 0:
@@ -123,10 +130,10 @@ void metrics_write(struct daemon *d)
         v = cc ? cc->sessions : 0;
         break;
       case 4:
-        v = cc ? cc->bytes_read : 0;
+        v = (cc ? cc->bytes_read : 0) + run_read;
         break;
       case 5:
-        v = cc ? cc->bytes_written : 0;
+        v = (cc ? cc->bytes_written : 0) + run_written;
         break;
       case 6:
         v = cc ? cc->errors : 0;

@@ -241,7 +241,7 @@ static json_t *live_json(const char *state, const char *id)
   const char *st = json_string_value(json_object_get(live, "state"));
   json_object_set_new(o, "state", json_string(json_is_object(live) && st ? st : "ended"));
   static const char *const copy[] = {"session", "pid",         "updated", "connections",
-                                     "boot",    "grace_until", NULL};
+                                     "boot",    "grace_until", "figures", NULL};
   for (const char *const *k = copy; *k; k++)
     json_object_set(o, *k, json_object_get(live, *k) ? json_object_get(live, *k) : json_null());
   json_t *pid = json_object_get(live, "pid");
@@ -318,15 +318,21 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
                        : "busy";
   json_object_set_new(o, "state", json_string(st));
   json_object_set_new(o, "session", json_incref(json_object_get(sess, "session")));
+  json_t *live = live_json(state, c->id);
+  json_t *figures = json_object_get(live, "figures");
+  bool running = json_is_object(figures) && !json_is_true(json_object_get(live, "frontend_gone"));
   uint64_t dirty = 0;
-  if (have_info && detail)
+  if (running) /* the running session's own figure (a few seconds old at most) */
+    dirty = (uint64_t)json_integer_value(json_object_get(figures, "dirty_bytes"));
+  else if (have_info && detail)
     dirty = info.dirty_blocks * info.block_size;
   else if (have_overlay && json_is_integer(json_object_get(sess, "dirty_bytes")))
     dirty = (uint64_t)json_integer_value(json_object_get(sess, "dirty_bytes"));
   json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)dirty));
   json_object_set_new(o, "disk_bytes", json_integer((json_int_t)disk_bytes(ovl)));
+  json_object_set_new(o, "quota_bytes", json_integer((json_int_t)c->quota));
   json_object_set_new(o, "pending", pending_json(&mb));
-  json_object_set_new(o, "live", live_json(state, c->id));
+  json_object_set_new(o, "live", live);
   if (c->has_mac) {
     char addr[64] = "?";
     inet_ntop(c->address.family, c->address.addr, addr, sizeof addr);

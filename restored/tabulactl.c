@@ -1127,6 +1127,14 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
   printf("\n");
   printf("session:      %s\n", jnum(res, "session", buf, sizeof buf));
   printf("dirty:        %s\n", jsize(res, "dirty_bytes", buf, sizeof buf));
+  if (jint(res, "quota_bytes") > 0) {
+    char used[32];
+    json_t *fig = json_object_get(json_object_get(res, "live"), "figures");
+    printf("quota:        %s", jsize(res, "quota_bytes", buf, sizeof buf));
+    if (json_is_object(fig))
+      printf(" (%s of data used)", jsize(fig, "data_bytes", used, sizeof used));
+    printf("\n");
+  }
   printf("on disk:      %s\n", jsize(res, "disk_bytes", buf, sizeof buf));
   printf("pending:      %s\n", pending_text(res, pend, sizeof pend));
   if (json_is_string(json_object_get(res, "refresh"))) {
