@@ -48,7 +48,7 @@ run_on()
 {
   local dir=$1 label=$2 G=1073741824 image_gib=${3:-$size_gib}
   mkdir -p "$dir/state"
-  printf '{ "state_dir": "%s/state", "listen": { "unix": "%s/nbd.sock" }, "plugin": "%s",\n' \
+  printf '{ "state_dir": "%s/state", "reconnect_grace": "0s", "listen": { "unix": "%s/nbd.sock" }, "plugin": "%s",\n' \
     "$dir" "$dir" "$plugin" >"$dir/tabula.json"
   printf '  "images": { "big": {} }, "clients": { "vm01": { "image": "big", "policy": "persist" } } }\n' \
     >>"$dir/tabula.json"

@@ -55,7 +55,7 @@ PY
 mke2fs -q -F -t ext4 -b 4096 -N $((files + 20000)) -d "$T/tree" "$T/master.img" 2G
 rm -rf "$T/tree"
 cat >"$T/tabula.json" <<EOF2
-{ "state_dir": "$T/state", "plugin": "$plugin", "images": { "demo": {} },
+{ "state_dir": "$T/state", "reconnect_grace": "0s", "plugin": "$plugin", "images": { "demo": {} },
   "clients": { "pc01": { "image": "demo", "policy": "persist",
     "watchdog": { "rules": [
       { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "alert" },
