@@ -335,8 +335,12 @@ int tb_overlay_read_info(const char *path, struct tb_overlay_info *info)
   return r;
 }
 
+/* A page index past the map reads as no page (CLEAN): the request checks
+ * above keep callers inside, this keeps a bug from reading past the array. */
 static uint8_t *page_get(struct tb_overlay *o, uint64_t pi)
 {
+  if (pi >= o->npages)
+    return NULL;
   return __atomic_load_n(&o->pages[pi], __ATOMIC_ACQUIRE);
 }
 
@@ -345,6 +349,8 @@ static uint8_t *page_get_or_alloc(struct tb_overlay *o, uint64_t pi)
   uint8_t *p = page_get(o, pi);
   if (p)
     return p;
+  if (pi >= o->npages)
+    return NULL;
   pthread_mutex_lock(&o->page_alloc_lock);
   p = o->pages[pi];
   if (!p) {
@@ -701,14 +707,31 @@ static int read_runs(struct tb_overlay *o, char *buf, uint64_t count, uint64_t o
   return 0;
 }
 
+/* Every request is checked against the overlay's own size: a caller that
+ * announced another size (an admin handle that outlived a re-image) gets an
+ * error, never a read past the map. */
+static int check_range(const struct tb_overlay *o, uint32_t count, uint64_t offset)
+{
+  if (offset > o->info.size || count > o->info.size - offset) {
+    errno = EINVAL;
+    return tb_error("request of %u bytes at %llu is beyond the end of the %llu-byte overlay",
+                    count, (unsigned long long)offset, (unsigned long long)o->info.size);
+  }
+  return 0;
+}
+
 int tb_overlay_pread(struct tb_overlay *o, void *buf, uint32_t count, uint64_t offset)
 {
+  if (check_range(o, count, offset) == -1)
+    return -1;
   STAT_ADD(o, bytes_read, count);
   return read_runs(o, buf, count, offset, false);
 }
 
 int tb_overlay_pread_dirty(struct tb_overlay *o, void *buf, uint32_t count, uint64_t offset)
 {
+  if (check_range(o, count, offset) == -1)
+    return -1;
   return read_runs(o, buf, count, offset, true);
 }
 
@@ -877,6 +900,8 @@ static int do_write(struct tb_overlay *o, const char *src, uint64_t count, uint6
 int tb_overlay_pwrite(struct tb_overlay *o, const void *buf, uint32_t count, uint64_t offset,
                       int flags)
 {
+  if (check_range(o, count, offset) == -1)
+    return -1;
   int r = do_write(o, buf, count, offset, flags, W_DATA);
   if (r == 0)
     STAT_ADD(o, bytes_written, count);
@@ -885,6 +910,8 @@ int tb_overlay_pwrite(struct tb_overlay *o, const void *buf, uint32_t count, uin
 
 int tb_overlay_zero(struct tb_overlay *o, uint32_t count, uint64_t offset, int flags)
 {
+  if (check_range(o, count, offset) == -1)
+    return -1;
   int r = do_write(o, NULL, count, offset, flags, W_ZERO);
   if (r == 0)
     STAT_ADD(o, bytes_zeroed, count);
@@ -893,6 +920,8 @@ int tb_overlay_zero(struct tb_overlay *o, uint32_t count, uint64_t offset, int f
 
 int tb_overlay_trim(struct tb_overlay *o, uint32_t count, uint64_t offset, int flags)
 {
+  if (check_range(o, count, offset) == -1)
+    return -1;
   int r = do_write(o, NULL, count, offset, flags, W_TRIM);
   if (r == 0)
     STAT_ADD(o, bytes_trimmed, count);
