@@ -293,7 +293,7 @@ static const char *const client_keys[] = {
     "image",   "version",  "policy",  "keep_sessions",   "allow",
     "address", "group",    "refresh", "refresh_jitter",  "preserve",
     "quota",   "watchdog", "merge",   "reconnect_grace", "mac",
-    "boot",    "iscsi",    NULL};
+    "boot",    "iscsi",    "limits",  NULL};
 
 int tb_mac_parse(const char *text, char out[18])
 {
@@ -492,6 +492,47 @@ static int parse_preserve(const json_t *v, const char *path, struct tb_client_co
   return 0;
 }
 
+/* "limits": {"read": "50M", "write": "20M", "read_iops": N, "write_iops": N}.
+ * A rate is bytes per second ("50M" or "50M/s": 50 MiB/s); 0 is unlimited. */
+static int parse_limits(const json_t *v, const char *path, struct tb_io_limits *l)
+{
+  static const char *const keys[] = {"read", "write", "read_iops", "write_iops", NULL};
+  if (!json_is_object(v))
+    return bad(path, "an object such as {\"read\": \"50M\", \"write\": \"20M\", \"read_iops\": 2000}",
+               v);
+  if (check_keys(v, path, keys) == -1)
+    return -1;
+  static const char *const rates[] = {"read", "write"};
+  uint64_t *out[] = {&l->read_bps, &l->write_bps};
+  for (int i = 0; i < 2; i++) {
+    json_t *r = json_object_get(v, rates[i]);
+    if (!r)
+      continue;
+    char p[512], text[64];
+    subpath(p, sizeof p, path, rates[i]);
+    const char *s = json_string_value(r);
+    size_t n = s ? strlen(s) : 0;
+    if (s && n > 2 && n < sizeof text && strcmp(s + n - 2, "/s") == 0) {
+      memcpy(text, s, n - 2);
+      text[n - 2] = '\0';
+      s = text;
+    }
+    if (json_is_integer(r) && json_integer_value(r) >= 0)
+      *out[i] = (uint64_t)json_integer_value(r);
+    else if (!s || tb_parse_size(s, out[i]) == -1)
+      return bad(p, "bytes per second, a number or a string such as \"50M\" (MiB/s)", r);
+  }
+  long long n = 0;
+  if (get_int(v, path, "read_iops", 0, 100000000, &n) == -1)
+    return -1;
+  l->read_iops = (uint64_t)n;
+  n = 0;
+  if (get_int(v, path, "write_iops", 0, 100000000, &n) == -1)
+    return -1;
+  l->write_iops = (uint64_t)n;
+  return 0;
+}
+
 /* Parse one client object (already merged with its group) into C. */
 static int parse_client(const struct tb_config *cfg, const json_t *obj, const char *path,
                         struct tb_client_conf *c)
@@ -611,6 +652,12 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
       return -1;
     c->watchdog = json_incref(wd);
   }
+  json_t *lim = json_object_get(obj, "limits");
+  if (lim) {
+    subpath(p, sizeof p, path, "limits");
+    if (parse_limits(lim, p, &c->limits) == -1)
+      return -1;
+  }
   json_t *isc = json_object_get(obj, "iscsi");
   if (isc) {
     subpath(p, sizeof p, path, "iscsi");
@@ -646,11 +693,15 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
     tb_error("%s: out of memory", path);
     return NULL;
   }
-  /* "boot" merges key by key: a client may set only its cmdline. */
-  json_t *gb = json_object_get(grp, "boot"), *cb = json_object_get(client, "boot");
-  if (json_is_object(gb) && json_is_object(cb)) {
+  /* "boot" and "limits" merge key by key: a client may set only its cmdline,
+   * or only its write limit. */
+  static const char *const by_key[] = {"boot", "limits"};
+  for (size_t k = 0; k < sizeof by_key / sizeof *by_key; k++) {
+    json_t *gb = json_object_get(grp, by_key[k]), *cb = json_object_get(client, by_key[k]);
+    if (!json_is_object(gb) || !json_is_object(cb))
+      continue;
     json_t *b = json_deep_copy(gb);
-    if (!b || json_object_update(b, cb) == -1 || json_object_set_new(m, "boot", b) == -1) {
+    if (!b || json_object_update(b, cb) == -1 || json_object_set_new(m, by_key[k], b) == -1) {
       json_decref(m);
       tb_error("%s: out of memory", path);
       return NULL;
@@ -718,6 +769,41 @@ static int parse_groups(const json_t *v)
   return 0;
 }
 
+/* An error in a setting the client inherits names the group's path, where the
+ * administrator must fix it: "groups.lab.policy: ... (inherited by client
+ * pc01)" rather than "clients.pc01.policy".  MSG starts with PATH (the
+ * client's) when it is about one of its settings. */
+static void blame_group(const json_t *client, const char *path, const char *id)
+{
+  const char *group = json_string_value(json_object_get(client, "group"));
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", tb_errmsg());
+  size_t n = strlen(path);
+  if (!group || strncmp(msg, path, n) != 0 || msg[n] != '.')
+    return;
+  const char *key = msg + n + 1;
+  size_t k = strcspn(key, ".[:");
+  char name[64];
+  if (k == 0 || k >= sizeof name)
+    return;
+  memcpy(name, key, k);
+  name[k] = '\0';
+  json_t *own = json_object_get(client, name);
+  if (own && key[k] == '.' && json_is_object(own)) { /* "boot", "limits": merged key by key */
+    const char *sub = key + k + 1;
+    size_t s = strcspn(sub, ".[:");
+    char subname[64];
+    if (s == 0 || s >= sizeof subname)
+      return;
+    memcpy(subname, sub, s);
+    subname[s] = '\0';
+    own = json_object_get(own, subname);
+  }
+  if (own)
+    return; /* the client's own setting */
+  tb_error("groups.%s.%s (inherited by client %s)", group, key, id);
+}
+
 static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t *v)
 {
   if (!json_is_object(v))
@@ -744,8 +830,10 @@ static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t
       return -1;
     int r = parse_client(cfg, m, p, c);
     json_decref(m);
-    if (r == -1)
+    if (r == -1) {
+      blame_group(cv, p, id);
       return -1;
+    }
     for (size_t i = 0; i + 1 < cfg->n_clients && c->has_address; i++)
       if (cfg->clients[i].has_address &&
           memcmp(&cfg->clients[i].address, &c->address, sizeof c->address) == 0)

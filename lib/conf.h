@@ -22,6 +22,7 @@
 #include <jansson.h>
 
 #include "iscsi-conf.h"
+#include "limit.h"
 #include "region.h"
 #include "util.h"
 
@@ -67,6 +68,10 @@ struct tb_client_conf {
   struct tb_region *preserve; /* "partition:N" or "lba:A-B" */
   size_t n_preserve;
   uint64_t quota; /* bytes of overlay, 0 = unlimited */
+  /* "limits": {"read", "write" (bytes per second), "read_iops", "write_iops"}
+   * over all the client's connections (limit.h); merged key by key over its
+   * group's.  All 0: unlimited. */
+  struct tb_io_limits limits;
   /* How long a session waits for its boot to reconnect after the last
    * connection closed (live.h); the top-level "reconnect_grace" by default. */
   int64_t reconnect_grace_ms;

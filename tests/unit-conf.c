@@ -52,9 +52,11 @@ START_TEST(test_groups_and_acl)
   const char *text =
       "{\"state_dir\": \"/s\", \"images\": {\"a\": {}, \"b\": {}},"
       " \"groups\": {\"lab\": {\"image\": \"a\", \"policy\": \"persist\","
-      "   \"allow\": [\"10.1.0.0/16\"], \"keep_sessions\": 5}},"
+      "   \"allow\": [\"10.1.0.0/16\"], \"keep_sessions\": 5,"
+      "   \"limits\": {\"read\": \"50M\", \"write\": \"20M/s\", \"read_iops\": 2000}}},"
       " \"clients\": {\"pc1\": {\"group\": \"lab\"},"
-      "   \"pc2\": {\"group\": \"lab\", \"image\": \"b\", \"address\": \"10.1.2.3\"}}}";
+      "   \"pc2\": {\"group\": \"lab\", \"image\": \"b\", \"address\": \"10.1.2.3\","
+      "     \"limits\": {\"write\": 1000, \"write_iops\": 50}}}}";
   struct tb_config *cfg = tb_config_parse(text, "t");
   ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
   const struct tb_client_conf *p1 = tb_config_client(cfg, "pc1");
@@ -64,6 +66,15 @@ START_TEST(test_groups_and_acl)
   ck_assert_int_eq(p1->policy, TB_POLICY_PERSIST);
   ck_assert_int_eq(p2->keep_sessions, 5);
   ck_assert(!p1->allow.unix_socket);
+  /* limits: the group's, merged key by key under the client's own */
+  ck_assert_uint_eq(p1->limits.read_bps, 50ull << 20);
+  ck_assert_uint_eq(p1->limits.write_bps, 20ull << 20);
+  ck_assert_uint_eq(p1->limits.read_iops, 2000);
+  ck_assert_uint_eq(p1->limits.write_iops, 0);
+  ck_assert_uint_eq(p2->limits.read_bps, 50ull << 20);
+  ck_assert_uint_eq(p2->limits.write_bps, 1000);
+  ck_assert_uint_eq(p2->limits.read_iops, 2000);
+  ck_assert_uint_eq(p2->limits.write_iops, 50);
   struct sockaddr_in in = {.sin_family = AF_INET};
   inet_pton(AF_INET, "10.1.200.1", &in.sin_addr);
   ck_assert(tb_acl_allows(&p1->allow, (struct sockaddr *)&in));
@@ -208,6 +219,26 @@ static const struct {
     {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
      "\"refresh\": \"daily 25:00\"}}}",
      "clients.pc01.refresh: "},
+    /* A setting a client inherits is reported where it is written: its group. */
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"groups\": {\"lab\": {\"policy\": "
+     "\"rollbak\"}}, \"clients\": {\"pc01\": {\"image\": \"d\", \"group\": \"lab\"}}}",
+     "groups.lab.policy: expected \"rollback\" or \"persist\", got \"rollbak\" (inherited by "
+     "client pc01)"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"groups\": {\"lab\": {\"limits\": "
+     "{\"read\": \"fast\"}}}, \"clients\": {\"pc01\": {\"image\": \"d\", \"group\": \"lab\", "
+     "\"limits\": {\"write\": \"1M\"}}}}",
+     "groups.lab.limits.read: expected bytes per second"},
+    /* ... and the client's own setting on the client. */
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"groups\": {\"lab\": {\"policy\": "
+     "\"persist\"}}, \"clients\": {\"pc01\": {\"image\": \"d\", \"group\": \"lab\", "
+     "\"keep_sessions\": -2}}}",
+     "clients.pc01.keep_sessions: expected an integer"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"limits\": {\"read_iops\": -1}}}}",
+     "clients.pc01.limits.read_iops: expected an integer from 0"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": \"d\", "
+     "\"limits\": {\"reads\": \"1M\"}}}}",
+     "clients.pc01.limits.reads: unknown key"},
     {"{\"state_dir\": \"/s\", \"images\": {}, \"pull\": {\"bogus\": 1}}", "pull.bogus"},
     {"{\"state_dir\": \"/s\", \"images\": {}, \"listen\": {\"tcp\": \"10809\"}}",
      "listen.tcp: expected \"ADDR:PORT\""},
