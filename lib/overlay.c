@@ -714,8 +714,8 @@ static int check_range(const struct tb_overlay *o, uint32_t count, uint64_t offs
 {
   if (offset > o->info.size || count > o->info.size - offset) {
     errno = EINVAL;
-    return tb_error("request of %u bytes at %llu is beyond the end of the %llu-byte overlay",
-                    count, (unsigned long long)offset, (unsigned long long)o->info.size);
+    return tb_error("request of %u bytes at %llu is beyond the end of the %llu-byte overlay", count,
+                    (unsigned long long)offset, (unsigned long long)o->info.size);
   }
   return 0;
 }
