@@ -12,11 +12,18 @@
  * (.1, if it is at least that long) gives the lines written since the last
  * poll, then the file is read from 0.  Only complete lines are consumed.
  * Journals are opened with O_NOFOLLOW.
+ *
+ * A generation is named by its fingerprint: the sha256 of its first line
+ * (journal_fingerprint), which survives both a rename and a copy.  The
+ * tailer records how many lines each generation it finished held (a small
+ * ring, journal_lines_between), so a webhook that fell behind by more
+ * generations than are kept can tell how many events it lost.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +31,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "daemon.h"
+#include "journal.h"
 #include "store.h"
 
 #define READ_CHUNK 65536
@@ -34,7 +44,90 @@ static int fd = -1;
 static ino_t ino;
 static char *partial;
 static size_t partial_len;
-static time_t last_poll_s; /* wall clock of the previous poll */
+static time_t last_poll_s;              /* wall clock of the previous poll */
+static char cur_fp[65];                 /* the followed generation's fingerprint, "" until known */
+static uint64_t cur_lines;              /* complete lines it held so far */
+static uint64_t *counting = &cur_lines; /* where read_new counts lines */
+
+/* Finished generations, oldest first (a ring; under gens_lock: webhook
+ * threads read it). */
+#define GENS_MAX 64
+static struct {
+  char fp[65];
+  uint64_t lines;
+} gens[GENS_MAX];
+static size_t gens_start, gens_len;
+static pthread_mutex_t gens_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int journal_fingerprint(int f, char out[65])
+{
+  char buf[JOURNAL_FP_BYTES];
+  out[0] = '\0';
+  ssize_t n = pread(f, buf, sizeof buf, 0);
+  if (n <= 0)
+    return -1;
+  char *nl = memchr(buf, '\n', (size_t)n);
+  if (!nl && (size_t)n < sizeof buf)
+    return -1; /* the first line is not complete yet */
+  size_t len = nl ? (size_t)(nl - buf) + 1 : sizeof buf;
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  if (!EVP_Digest(buf, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
+    return -1;
+  tb_hex(md, 32, out);
+  return 0;
+}
+
+static void generation_done(const char *fp, uint64_t lines)
+{
+  if (!fp[0])
+    return;
+  pthread_mutex_lock(&gens_lock);
+  if (gens_len == GENS_MAX) {
+    gens_start = (gens_start + 1) % GENS_MAX;
+    gens_len--;
+  }
+  size_t i = (gens_start + gens_len++) % GENS_MAX;
+  snprintf(gens[i].fp, sizeof gens[i].fp, "%s", fp);
+  gens[i].lines = lines;
+  pthread_mutex_unlock(&gens_lock);
+}
+
+int64_t journal_lines_between(const char *from, const char *to)
+{
+  int64_t sum = -1;
+  pthread_mutex_lock(&gens_lock);
+  size_t i = gens_len;
+  while (i-- > 0)
+    if (strcmp(gens[(gens_start + i) % GENS_MAX].fp, from) == 0)
+      break;
+  if (i < gens_len) {
+    sum = 0;
+    for (size_t j = i + 1; j < gens_len; j++) {
+      size_t k = (gens_start + j) % GENS_MAX;
+      if (to && strcmp(gens[k].fp, to) == 0)
+        break;
+      sum += (int64_t)gens[k].lines;
+    }
+  }
+  pthread_mutex_unlock(&gens_lock);
+  return sum;
+}
+
+/* Lines in F up to its end (where the tailer starts). */
+static uint64_t count_lines(int f)
+{
+  char buf[READ_CHUNK];
+  uint64_t lines = 0, off = 0;
+  for (;;) {
+    ssize_t n = pread(f, buf, sizeof buf, (off_t)off);
+    if (n <= 0)
+      return lines;
+    for (ssize_t i = 0; i < n; i++)
+      lines += buf[i] == '\n';
+    off += (uint64_t)n;
+  }
+}
 
 static void journal_path(const char *state, char *buf, size_t len)
 {
@@ -53,6 +146,8 @@ void journal_open(struct daemon *d)
   struct stat st;
   fstat(fd, &st);
   ino = st.st_ino;
+  cur_lines = count_lines(fd);
+  journal_fingerprint(fd, cur_fp);
   lseek(fd, 0, SEEK_END);
 }
 
@@ -81,7 +176,6 @@ static void deliver(const char *line, size_t len)
   count_event(ev);
   watchdog_event(&D, ev);
   server_broadcast_event(ev);
-  webhooks_post(json_string_value(json_object_get(ev, "type")), line);
   json_decref(ev);
 }
 
@@ -97,6 +191,7 @@ static void read_new(void)
     for (size_t i = 0; i < (size_t)n; i++) {
       if (buf[i] != '\n')
         continue;
+      (*counting)++;
       if (partial_len) {
         size_t add = i - start;
         if (partial_len + add <= MAX_LINE) {
@@ -127,18 +222,32 @@ static void read_new(void)
   }
 }
 
-/* Deliver what PATH holds from offset FROM (a rotated generation). */
-static void read_other(const char *path, off_t from)
+/* Deliver what PATH holds from offset FROM (a rotated generation), counting
+ * its lines into LINES; its fingerprint goes to FP if not NULL. */
+static void read_other(const char *path, off_t from, uint64_t *lines, char fp[65])
 {
   int saved = fd;
   fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd != -1) {
+    counting = lines;
     if (lseek(fd, from, SEEK_SET) == from)
       read_new();
+    counting = &cur_lines;
+    if (fp)
+      journal_fingerprint(fd, fp);
     close(fd);
   }
   fd = saved;
   partial_len = 0;
+}
+
+/* The followed generation ended (rotated or truncated): record it, start a
+ * new one. */
+static void next_generation(void)
+{
+  generation_done(cur_fp, cur_lines);
+  cur_fp[0] = '\0';
+  cur_lines = 0;
 }
 
 void journal_poll(struct daemon *d)
@@ -155,6 +264,8 @@ void journal_poll(struct daemon *d)
     ino = st.st_ino;
   }
   read_new();
+  if (!cur_fp[0] && cur_lines)
+    journal_fingerprint(fd, cur_fp);
   time_t prev = last_poll_s;
   last_poll_s = time(NULL);
   struct stat st, ost;
@@ -162,18 +273,26 @@ void journal_poll(struct daemon *d)
   if (fstat(fd, &st) == 0 && st.st_size < at) { /* truncated in place (copytruncate) */
     partial_len = 0;
     if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_size >= at)
-      read_other(old, at);
+      read_other(old, at, &cur_lines, cur_fp[0] ? NULL : cur_fp);
+    next_generation();
     lseek(fd, 0, SEEK_SET);
     read_new();
   }
   if (stat(path, &st) == 0 && st.st_ino != ino) { /* rotated: finish the old, follow the new */
     read_new();
+    if (!cur_fp[0])
+      journal_fingerprint(fd, cur_fp);
     close(fd);
     partial_len = 0;
+    next_generation();
     /* Rotated twice since the last poll: .1 is a file we never saw (and it
      * was written since; an older .1 is a generation already read). */
-    if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_mtime >= prev)
-      read_other(old, 0);
+    if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_mtime >= prev) {
+      char fp[65] = "";
+      uint64_t lines = 0;
+      read_other(old, 0, &lines, fp);
+      generation_done(fp, lines);
+    }
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd == -1)
       return;
@@ -181,6 +300,7 @@ void journal_poll(struct daemon *d)
     ino = st.st_ino;
     read_new();
   }
+  webhooks_notify();
 }
 
 /* The last N events (of CLIENT's journal if not NULL), oldest first.  Reads
