@@ -64,6 +64,7 @@ struct tb_conn {
   uint64_t size;
   uint32_t block_size;
   bool read_only;
+  struct tb_limit *limit; /* the client's I/O limits (limit.h), NULL: none */
 };
 
 struct tb_live_client {
@@ -406,6 +407,7 @@ struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client
   snprintf(conn->frontend, sizeof conn->frontend, "%s", info->frontend ? info->frontend : "?");
   snprintf(conn->peer, sizeof conn->peer, "%s", info->peer ? info->peer : "?");
   conn->since_ms = tb_now_ms();
+  conn->limit = tb_limit_get(c->id, &c->limits);
 
   int r = 0;
   pthread_mutex_lock(&lc->turn_lock);
@@ -547,6 +549,7 @@ int tb_conn_pread(struct tb_conn *conn, void *buf, uint32_t count, uint64_t offs
     errno = EINVAL;
     return tb_error("client %s: read beyond the end of the disk", conn->lc->id);
   }
+  tb_limit_take(conn->limit, TB_LIMIT_READ, count);
   __atomic_store_n(&conn->lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
   if (view_begin(conn, &ovl, &plan) == -1)
     return -1;
@@ -611,6 +614,7 @@ static int change(struct tb_conn *conn, enum change kind, const void *buf, uint3
     errno = EINVAL;
     return tb_error("client %s: %s beyond the end of the disk", lc->id, change_names[kind]);
   }
+  tb_limit_take(conn->limit, TB_LIMIT_WRITE, kind == CHANGE_WRITE ? count : 0);
   __atomic_store_n(&lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
   for (;;) {
     struct tb_overlay *ovl;
