@@ -148,6 +148,24 @@ static int get_bool(const json_t *obj, const char *path, const char *key, bool *
   return 0;
 }
 
+/* A file mode written as an octal string such as "0660" (a string, since JSON
+ * has no octal numbers); *OUT is left alone when KEY is missing. */
+static int get_mode(const json_t *obj, const char *path, const char *key, int *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  char p[256];
+  subpath(p, sizeof p, path, key);
+  const char *t = json_is_string(v) ? json_string_value(v) : "";
+  char *end;
+  long m = strtol(t, &end, 8);
+  if (!t[0] || *end || m < 0 || m > 0777 || strspn(t, "01234567") != strlen(t))
+    return bad(p, "a file mode as an octal string, such as \"0660\"", v);
+  *out = (int)m;
+  return 0;
+}
+
 /* A size: an integer number of bytes or a string such as "10G". */
 static int get_size(const json_t *obj, const char *path, const char *key, uint64_t *out)
 {
@@ -712,11 +730,11 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
 
 /* ---- top level ------------------------------------------------------------ */
 
-static const char *const top_keys[] = {"state_dir",       "block_size", "images",  "clients",
-                                       "groups",          "listen",     "control", "nbdkit",
-                                       "plugin",          "tls",        "admin",   "events",
-                                       "webhooks",        "metrics",    "pull",    "watchdog",
-                                       "reconnect_grace", "pxe",        "iscsi",   NULL};
+static const char *const top_keys[] = {
+    "state_dir", "block_size",    "images",  "clients", "groups",   "listen",
+    "control",   "control_group", "nbdkit",  "plugin",  "tls",      "admin",
+    "events",    "webhooks",      "metrics", "pull",    "watchdog", "reconnect_grace",
+    "pxe",       "iscsi",         NULL};
 
 static int parse_images(struct tb_config *cfg, const json_t *v)
 {
@@ -931,8 +949,10 @@ static int parse_listen(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_object(v))
     return bad("listen", "an object such as {\"unix\": PATH, \"tcp\": \"ADDR:PORT\"}", v);
-  static const char *const keys[] = {"unix", "tcp", "iscsi", NULL};
+  static const char *const keys[] = {"unix", "unix_mode", "unix_group", "tcp", "iscsi", NULL};
   if (check_keys(v, "listen", keys) == -1 || get_string(v, "listen", "unix", &cfg->listen_unix) ||
+      get_mode(v, "listen", "unix_mode", &cfg->listen_unix_mode) == -1 ||
+      get_string(v, "listen", "unix_group", &cfg->listen_unix_group) == -1 ||
       get_string(v, "listen", "tcp", &cfg->listen_tcp) ||
       get_string(v, "listen", "iscsi", &cfg->listen_iscsi))
     return -1;
@@ -1074,6 +1094,7 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if ((v = json_object_get(root, "listen")) && parse_listen(cfg, v) == -1)
     return -1;
   if (get_string(root, "", "control", &cfg->control) == -1 ||
+      get_string(root, "", "control_group", &cfg->control_group) == -1 ||
       get_string(root, "", "nbdkit", &cfg->nbdkit) == -1 ||
       get_string(root, "", "plugin", &cfg->plugin) == -1)
     return -1;
@@ -1095,11 +1116,12 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if ((v = json_object_get(root, "webhooks")) && parse_webhooks(cfg, v) == -1)
     return -1;
   if ((v = json_object_get(root, "metrics"))) {
-    static const char *const keys[] = {"file", "interval", NULL};
+    static const char *const keys[] = {"file", "interval", "mode", NULL};
     if (!json_is_object(v))
       return bad("metrics", "an object such as {\"file\": PATH, \"interval\": \"15s\"}", v);
     if (check_keys(v, "metrics", keys) == -1 ||
         get_string(v, "metrics", "file", &cfg->metrics_file) == -1 ||
+        get_mode(v, "metrics", "mode", &cfg->metrics_mode) == -1 ||
         get_duration(v, "metrics", "interval", &cfg->metrics_interval_ms) == -1)
       return -1;
   }
@@ -1192,6 +1214,8 @@ static void config_free(struct tb_config *cfg)
   free(cfg->listen_iscsi);
   free(cfg->iscsi.program);
   free(cfg->control);
+  free(cfg->control_group);
+  free(cfg->listen_unix_group);
   free(cfg->nbdkit);
   free(cfg->plugin);
   free(cfg->tls_certificates);
@@ -1235,6 +1259,7 @@ struct tb_config *tb_config_parse(const char *text, const char *name)
     return NULL;
   }
   cfg->refcount = 1;
+  cfg->listen_unix_mode = cfg->metrics_mode = -1; /* unset: the daemon's private default */
   cfg->json = root;
   cfg->path = strdup(name);
   if (parse_top(cfg, root) == -1 || apply_defaults(cfg) == -1) {

@@ -121,12 +121,15 @@ struct tb_config {
   struct tb_client_conf *clients;
   size_t n_clients;
   /* daemon */
-  char *listen_unix;      /* NBD unix socket, default STATE/nbd.sock */
-  char *listen_tcp;       /* "ADDR:PORT" or NULL */
-  char *control;          /* control socket, default STATE/control.sock */
-  char *nbdkit;           /* nbdkit binary, default "nbdkit" */
-  char *plugin;           /* plugin path, default: nbdkit finds "tabula" */
-  char *tls_certificates; /* directory for nbdkit --tls-certificates, or NULL */
+  char *listen_unix;       /* NBD unix socket, default STATE/nbd.sock */
+  int listen_unix_mode;    /* its mode (listen.unix_mode), -1: 0700 under the daemon's umask */
+  char *listen_unix_group; /* its group (listen.unix_group, name or number), or NULL */
+  char *listen_tcp;        /* "ADDR:PORT" or NULL */
+  char *control;           /* control socket, default STATE/control.sock */
+  char *control_group;     /* operators' group: may use the control socket (mode 0660), or NULL */
+  char *nbdkit;            /* nbdkit binary, default "nbdkit" */
+  char *plugin;            /* plugin path, default: nbdkit finds "tabula" */
+  char *tls_certificates;  /* directory for nbdkit --tls-certificates, or NULL */
   bool tls_require;
   struct tb_acl admin_nets; /* admin peers over TCP (require TLS) */
   int64_t *admin_uids;      /* admin uids on the unix socket; default: 0 and our uid */
@@ -136,6 +139,7 @@ struct tb_config {
   struct tb_webhook_conf *webhooks;
   size_t n_webhooks;
   char *metrics_file;
+  int metrics_mode; /* metrics.mode, -1: 0600 */
   int64_t metrics_interval_ms;
   json_t *pull;     /* "pull" section (image distribution), or NULL */
   json_t *watchdog; /* top-level "watchdog" defaults, or NULL */

@@ -11,10 +11,15 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf.h"
+#include "overlay.h"
+#include "session.h"
+#include "store.h"
 #include "watchdog.h"
 
 static int bad(const char *path, const char *key, const char *expected, const json_t *got)
@@ -344,4 +349,82 @@ struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len
     }
   }
   return hit;
+}
+
+/* True if writing BUF (NULL: zeros) at [off, off+len) leaves the bytes of
+ * [x->off, x->off+x->len) that it covers as they are in OVL. */
+static bool change_keeps(const struct tb_guard *x, struct tb_overlay *ovl, const void *buf,
+                         uint64_t off, uint64_t len)
+{
+  uint64_t a = off > x->off ? off : x->off;
+  uint64_t b = off + len < x->off + x->len ? off + len : x->off + x->len;
+  if (!ovl || b <= a || b - a > UINT32_MAX)
+    return false;
+  uint32_t n = (uint32_t)(b - a);
+  unsigned char *cur = malloc(n);
+  bool same = cur && tb_overlay_pread(ovl, cur, n, a) == 0;
+  if (same && buf)
+    same = memcmp(cur, (const unsigned char *)buf + (a - off), n) == 0;
+  else if (same)
+    for (uint32_t i = 0; i < n && same; i++)
+      same = cur[i] == 0;
+  free(cur);
+  return same;
+}
+
+struct tb_guard *tb_guards_check_change(struct tb_guards *g, struct tb_overlay *ovl,
+                                        const void *buf, uint64_t off, uint64_t len)
+{
+  struct tb_guard *alert = NULL;
+  for (size_t i = 0; i < g->n; i++) {
+    struct tb_guard *x = &g->v[i];
+    if (!(off < x->off + x->len && x->off < off + len))
+      continue;
+    if (x->action == TB_GUARD_DENY && !change_keeps(x, ovl, buf, off, len))
+      return x;
+    if (x->action != TB_GUARD_DENY && !alert)
+      alert = x;
+  }
+  return alert;
+}
+
+/* ---- a client's rules against a version ---- */
+
+int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
+                            const char *image, uint32_t version)
+{
+  const char *state = cfg->state_dir;
+  struct tb_manifest *m = tb_manifest_load(state, image, version);
+  if (!m)
+    return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
+  uint64_t size = m->size;
+  tb_manifest_free(m);
+  char path[TB_PATH_MAX];
+  if (tb_store_version_path(state, image, version, path, sizeof path) == -1)
+    return tb_error_prefix("clients.%s", c->id);
+  for (size_t i = 0; i < c->n_preserve; i++) {
+    uint64_t off[2], len[2];
+    int n;
+    if (tb_region_resolve(&c->preserve[i], path, size, off, len, &n) == -1)
+      return tb_error_prefix("clients.%s.preserve[%zu] on %s@%" PRIu32, c->id, i, image, version);
+  }
+  struct tb_watchdog_conf w;
+  if (tb_watchdog_for(cfg->watchdog, c->watchdog, &w) == -1)
+    return tb_error_prefix("clients.%s.watchdog", c->id);
+  struct tb_guards gs;
+  int r = tb_guards_resolve(&w, path, size, &gs);
+  tb_watchdog_free(&w);
+  tb_guards_free(&gs);
+  if (r == -1)
+    return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
+  return 0;
+}
+
+int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  char image[TB_NAME_MAX + 1];
+  uint32_t v;
+  if (tb_client_target(cfg->state_dir, c, image, &v) == -1)
+    return tb_error_prefix("clients.%s.image", c->id);
+  return tb_client_check_version(cfg, c, image, v);
 }

@@ -116,4 +116,28 @@ void tb_guards_free(struct tb_guards *g);
 /* The first guard that [off, off+len) touches, preferring a "deny" one; NULL if none. */
 struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len);
 
+/* For a change that tb_guards_check() found touching a guard: the guard it
+ * really concerns.  A "deny" guard counts only if the change alters its
+ * bytes: the current content of the intersection, read through OVL, is
+ * compared with BUF (NULL: the change writes zeros, as zero and trim do), so
+ * a filesystem rewriting sector 0 unchanged passes.  Otherwise the first
+ * "alert" guard touched, or NULL.  Off the fast path: only called on a hit. */
+struct tb_overlay;
+struct tb_guard *tb_guards_check_change(struct tb_guards *g, struct tb_overlay *ovl,
+                                        const void *buf, uint64_t off, uint64_t len);
+
+/* Whether client C can be served IMAGE@VERSION: the version's manifest reads,
+ * and each of the client's preserved ranges (clients.ID.preserve) and
+ * protected regions (watchdog.protect) resolves on it.  -1 with a message
+ * naming the rule and the version, e.g. "clients.pc01.preserve[0]
+ * \"partition:3\": win11@6 has no partition 3".  Run when a client is
+ * configured (daemon start, reload, the plugin's start) and when a version is
+ * made (import, merge, pull). */
+struct tb_config;
+struct tb_client_conf;
+int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
+                            const char *image, uint32_t version);
+/* The same for the version C's next session gets (tb_client_target). */
+int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c);
+
 #endif

@@ -87,23 +87,44 @@ static int tabula_config_complete(void)
   return 0;
 }
 
-/* Every client's image must have the version it will be served. */
-static int check_client_images(const struct tb_config *cfg)
+/* Clients whose configuration cannot be served (their image has no version
+ * yet, a pinned version is missing or its manifest is corrupt, a preserved
+ * or protected partition is not on it): id -> the reason.  Each is refused
+ * alone at open, naming the reason, and checked again there (an import may
+ * have fixed it); the others are served.  Built at start and at every
+ * configuration reload; under cfg_lock. */
+static json_t *broken_clients;
+
+static json_t *find_broken(const struct tb_config *cfg)
 {
-  for (size_t i = 0; i < cfg->n_clients; i++) {
+  json_t *b = json_object();
+  for (size_t i = 0; b && i < cfg->n_clients; i++) {
     const struct tb_client_conf *c = &cfg->clients[i];
-    if (c->version) {
-      struct tb_manifest *m = tb_manifest_load(cfg->state_dir, c->image, c->version);
-      if (!m)
-        return tb_error("clients.%s.version: image %s has no version %u (see tabulactl image "
-                        "list)",
-                        c->id, c->image, c->version);
-      tb_manifest_free(m);
-    } else if (!tb_store_latest(cfg->state_dir, c->image)) {
-      return tb_error_prefix("clients.%s.image", c->id);
+    if (tb_client_check(cfg, c) == -1) {
+      nbdkit_error("%s: client %s is refused until this is fixed (the other clients are "
+                   "served): %s",
+                   cfg->path, c->id, tb_errmsg());
+      json_object_set_new(b, c->id, json_string(tb_errmsg()));
     }
   }
-  return 0;
+  return b;
+}
+
+/* Whether client C is still unservable (refreshes its entry); the reason in
+ * tb_errmsg(). */
+static bool client_broken(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  pthread_mutex_lock(&cfg_lock);
+  bool listed = json_object_get(broken_clients, c->id) != NULL;
+  pthread_mutex_unlock(&cfg_lock);
+  if (!listed)
+    return false;
+  bool broken = tb_client_check(cfg, c) == -1;
+  pthread_mutex_lock(&cfg_lock);
+  if (!broken)
+    json_object_del(broken_clients, c->id);
+  pthread_mutex_unlock(&cfg_lock);
+  return broken;
 }
 
 static int tabula_get_ready(void)
@@ -115,11 +136,12 @@ static int tabula_get_ready(void)
     tb_config_unref(cfg);
     return -1;
   }
-  if (tb_store_init(cfg->state_dir) == -1 || check_client_images(cfg) == -1) {
+  if (tb_store_init(cfg->state_dir) == -1) {
     nbdkit_error("%s: %s", config_file, tb_errmsg());
     tb_config_unref(cfg);
     return -1;
   }
+  broken_clients = find_broken(cfg);
   tb_events_set_max_bytes(cfg->events_max_bytes);
   tb_events_set_keep(cfg->events_keep);
   current_cfg = cfg;
@@ -145,6 +167,8 @@ static struct tb_config *config_get(void)
     } else {
       tb_config_unref(current_cfg);
       current_cfg = fresh;
+      json_decref(broken_clients);
+      broken_clients = find_broken(fresh);
       tb_events_set_max_bytes(fresh->events_max_bytes);
       tb_events_set_keep(fresh->events_keep);
       nbdkit_debug("configuration reloaded from %s", config_file);
@@ -157,6 +181,7 @@ static struct tb_config *config_get(void)
 
 static void tabula_unload(void)
 {
+  json_decref(broken_clients);
   tb_config_unref(current_cfg);
   free(config_file);
 }
@@ -531,6 +556,11 @@ static void *tabula_open(int readonly)
       nbdkit_error("client \"%s\" refused to peer %s: not in its \"allow\" list", h->name,
                    peer.text);
       tb_event_refusal(cfg->state_dir, h->name, peer.text, "not in allow", NULL);
+      goto out;
+    }
+    if (client_broken(cfg, c)) {
+      nbdkit_error("client \"%s\" refused: %s", h->name, tb_errmsg());
+      tb_event_refusal(cfg->state_dir, h->name, peer.text, tb_errmsg(), NULL);
       goto out;
     }
     struct tb_conn_info info = {.frontend = "nbd",
