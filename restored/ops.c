@@ -486,9 +486,10 @@ static json_t *op_status(struct daemon *d, struct args *a)
     }
     tb_strv_free(names, n);
   }
-  return reply_ok(json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "daemon", daemon, "nbdkit", nb,
-                            "clients", clients, "images", images, "jobs", jobs_status(), "webhooks",
-                            webhooks_status(), "pxe", pxe_status(d)));
+  return reply_ok(json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "daemon", daemon, "nbdkit",
+                            nb, "clients", clients, "images", images, "jobs", jobs_status(),
+                            "webhooks", webhooks_status(), "pxe", pxe_status(d), "iscsi",
+                            iscsid_status(d)));
 }
 
 static json_t *op_clients(struct daemon *d, struct args *a)

@@ -124,10 +124,10 @@ static int bind_unix(const char *path)
 static void tcp_host_port(const char *listen, char *host, size_t hlen, char *port, size_t plen);
 
 /* Bind every address "ADDR:PORT" resolves to into FDS; returns how many, or
- * -1.  ADDR "*" is every address of both families (each socket IPv6-only
+ * -1 with a message naming KEY (the configuration key, "listen.tcp").  ADDR "*" is every address of both families (each socket IPv6-only
  * beside the IPv4 one); "0.0.0.0" is every IPv4 address and "::" every IPv6
  * one (and IPv4-mapped ones where the system allows), as for other servers. */
-static int bind_tcp(const char *listen_tcp, int *fds, int max)
+int supervise_bind_tcp(const char *key, const char *listen_tcp, int *fds, int max)
 {
   char host[256], port[16];
   tcp_host_port(listen_tcp, host, sizeof host, port, sizeof port);
@@ -137,7 +137,7 @@ static int bind_tcp(const char *listen_tcp, int *fds, int max)
   struct addrinfo *res;
   int e = getaddrinfo(any ? NULL : host, port, &hints, &res);
   if (e != 0)
-    return tb_error("listen.tcp \"%s\": %s (expected \"ADDR:PORT\", e.g. \"0.0.0.0:10809\")",
+    return tb_error("%s \"%s\": %s (expected \"ADDR:PORT\", e.g. \"0.0.0.0:10809\")", key,
                     listen_tcp, gai_strerror(e));
   int n = 0, saved = 0;
   for (struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next) {
@@ -163,14 +163,13 @@ static int bind_tcp(const char *listen_tcp, int *fds, int max)
     for (int i = 0; i < -n - 1; i++)
       close(fds[i]);
     errno = saved ? saved : EADDRNOTAVAIL;
-    const char *hint = errno == EADDRINUSE      ? "another server has the port: stop it or change "
-                                                  "listen.tcp"
+    const char *hint = errno == EADDRINUSE      ? "another server has the port: stop it or change"
                        : errno == EADDRNOTAVAIL ? "the address is not one of this machine's: "
-                                                  "change listen.tcp"
+                                                  "change"
                        : errno == EACCES        ? "a port below 1024 needs root or "
-                                                  "CAP_NET_BIND_SERVICE"
-                                                : "change listen.tcp";
-    return tb_error_errno("listen.tcp \"%s\": cannot listen there (%s)", listen_tcp, hint);
+                                                  "CAP_NET_BIND_SERVICE, or change"
+                                                : "change";
+    return tb_error_errno("%s \"%s\": cannot listen there (%s %s)", key, listen_tcp, hint, key);
   }
   return n;
 }
@@ -199,7 +198,7 @@ int nbdkit_listen(struct daemon *d)
   else if ((fds[n++] = bind_unix(sock)) == -1)
     return -1;
   if (cfg->listen_tcp) {
-    int k = bind_tcp(cfg->listen_tcp, fds + n, TB_MAX_LISTEN - n);
+    int k = supervise_bind_tcp("listen.tcp", cfg->listen_tcp, fds + n, TB_MAX_LISTEN - n);
     if (k == -1) {
       if (!same_unix)
         unlink(sock);
@@ -264,7 +263,7 @@ static bool instance_listening(const struct daemon *d, const struct nbdkit_insta
 }
 
 /* Decimal digits of V into BUF (async-signal-safe, for the child). */
-static void put_decimal(char *buf, long v)
+void supervise_put_decimal(char *buf, long v)
 {
   char tmp[24];
   int n = 0;
@@ -342,7 +341,7 @@ static int start_instance(struct daemon *d, struct nbdkit_instance *in)
     for (int i = 0; i < nfds; i++)
       if (fds[i] == -1 || dup2(fds[i], 3 + i) == -1)
         _exit(126);
-    put_decimal(listen_pid + strlen("LISTEN_PID="), (long)getpid());
+    supervise_put_decimal(listen_pid + strlen("LISTEN_PID="), (long)getpid());
     execvpe(argv[0], (char **)argv, envp);
     static const char msg[] = "tabula-restored: cannot run nbdkit\n";
     ssize_t ignored = write(2, msg, sizeof msg - 1);
@@ -406,7 +405,8 @@ void nbdkit_reap(struct daemon *d)
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     struct nbdkit_instance *in = instance_of(d, pid);
     if (!in) {
-      pxe_reaped(d, pid, status); /* dnsmasq (pxe.c), or no child of interest */
+      if (!pxe_reaped(d, pid, status)) /* dnsmasq (pxe.c) */
+        iscsid_reaped(d, pid, status); /* tabula-iscsid (iscsi.c), or no child of interest */
       continue;
     }
     int64_t now = tb_now_ms();

@@ -926,6 +926,18 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
     if (json_is_string(json_object_get(pxe, "error")))
       printf("          %s\n", jstr(pxe, "error"));
   }
+  json_t *isc = json_object_get(res, "iscsi");
+  if (json_is_object(isc) && strcmp(jstr(isc, "state"), "off") != 0) {
+    printf("iscsi:    tabula-iscsid %s", jstr(isc, "state"));
+    if (jint(isc, "pid"))
+      printf(", pid %" JSON_INTEGER_FORMAT, jint(isc, "pid"));
+    printf(", %" JSON_INTEGER_FORMAT " restart%s, on %s, targets %s:ID\n", jint(isc, "restarts"),
+           jint(isc, "restarts") == 1 ? "" : "s", jstr(isc, "listen"), jstr(isc, "iqn_prefix"));
+    if (json_is_string(json_object_get(isc, "last_exit")))
+      printf("          last exit: %s\n", jstr(isc, "last_exit"));
+    if (json_is_string(json_object_get(isc, "error")))
+      printf("          %s\n", jstr(isc, "error"));
+  }
   if (wh)
     printf("webhooks: %" JSON_INTEGER_FORMAT " sent, %" JSON_INTEGER_FORMAT
            " failed, %" JSON_INTEGER_FORMAT " queued, %" JSON_INTEGER_FORMAT " dropped\n",
