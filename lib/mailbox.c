@@ -4,6 +4,11 @@
  * flock on clients/ID/mailbox.lock, held only for the read-modify-write, so
  * the daemon can post while a session runs and the plugin never loses a
  * request that arrives while it applies the previous one.
+ *
+ * One-shot requests carry the number they were posted under ("posted":
+ * {"restore": 7, "rollback": 8}, the counter in "serial"), so the turn can
+ * apply the latest one and clear exactly the requests it saw: one posted
+ * after the turn read the mailbox stays for the next turn.
  */
 #include <config.h>
 
@@ -53,6 +58,16 @@ static int parse(const char *path, const char *text, size_t len, struct tb_mailb
   }
   if ((v = json_object_get(root, "lockdown")) && json_is_string(v))
     snprintf(mb->lockdown, sizeof mb->lockdown, "%s", json_string_value(v));
+  /* Request numbers only order requests: a bad one is an unknown order. */
+  if ((v = json_object_get(root, "serial")) && json_is_integer(v) && json_integer_value(v) > 0)
+    mb->serial = (uint64_t)json_integer_value(v);
+  json_t *posted = json_object_get(root, "posted");
+  static const char *const names[] = {"rollback", "refresh", "restore"};
+  uint64_t *nos[] = {&mb->rollback_no, &mb->refresh_no, &mb->restore_no};
+  for (size_t i = 0; i < 3; i++)
+    if ((v = json_object_get(posted, names[i])) && json_is_integer(v) &&
+        json_integer_value(v) > 0 && (uint64_t)json_integer_value(v) <= mb->serial)
+      *nos[i] = (uint64_t)json_integer_value(v);
   json_decref(root);
   if (err)
     return tb_error("%s: %s; fix or remove the file", path, err);
@@ -98,6 +113,20 @@ static int write_mailbox(const char *path, const struct tb_mailbox *mb)
     bad |= json_object_set_new(o, "pin", json_integer(mb->pin));
   if (mb->lockdown[0])
     bad |= json_object_set_new(o, "lockdown", json_string(mb->lockdown));
+  json_t *posted = json_object();
+  bad |= !posted;
+  if (mb->rollback && mb->rollback_no)
+    bad |= json_object_set_new(posted, "rollback", json_integer((json_int_t)mb->rollback_no));
+  if (mb->refresh && mb->refresh_no)
+    bad |= json_object_set_new(posted, "refresh", json_integer((json_int_t)mb->refresh_no));
+  if (mb->restore > 0 && mb->restore_no)
+    bad |= json_object_set_new(posted, "restore", json_integer((json_int_t)mb->restore_no));
+  if (json_object_size(posted))
+    bad |= json_object_set_new(o, "posted", posted);
+  else
+    json_decref(posted);
+  if (mb->serial)
+    bad |= json_object_set_new(o, "serial", json_integer((json_int_t)mb->serial));
   char *text = bad ? NULL : json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
   json_decref(o);
   if (!text)
@@ -108,7 +137,10 @@ static int write_mailbox(const char *path, const struct tb_mailbox *mb)
   return r;
 }
 
-int tb_mailbox_update(const char *state, const char *id, tb_mailbox_fn fn, void *ctx)
+/* The mailbox's read-modify-write under its lock: EDIT gets the mailbox as
+ * it is on disk. */
+static int locked_update(const char *state, const char *id,
+                         int (*edit)(struct tb_mailbox *mb, void *ctx), void *ctx)
 {
   char dir[TB_PATH_MAX], path[TB_PATH_MAX], lock[TB_PATH_MAX];
   if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1 ||
@@ -125,7 +157,7 @@ int tb_mailbox_update(const char *state, const char *id, tb_mailbox_fn fn, void 
   struct tb_mailbox mb;
   int r = read_locked(path, &mb);
   if (r == 0) {
-    r = fn(&mb, ctx);
+    r = edit(&mb, ctx);
     if (r == 0)
       r = write_mailbox(path, &mb);
     else if (r == 1)
@@ -133,4 +165,85 @@ int tb_mailbox_update(const char *state, const char *id, tb_mailbox_fn fn, void 
   }
   close(fd);
   return r;
+}
+
+struct post_ctx {
+  tb_mailbox_fn fn;
+  void *ctx;
+};
+
+/* The caller's edit on a copy without the pending one-shots; what it sets
+ * is posted now, under the next request number. */
+static int post_edit(struct tb_mailbox *mb, void *ctx)
+{
+  const struct post_ctx *p = ctx;
+  struct tb_mailbox view = *mb;
+  view.rollback = view.refresh = false;
+  view.restore = 0;
+  view.rollback_no = view.refresh_no = view.restore_no = 0;
+  int r = p->fn(&view, p->ctx);
+  if (r != 0)
+    return r;
+  memcpy(mb->image, view.image, sizeof mb->image);
+  mb->pin = view.pin;
+  memcpy(mb->lockdown, view.lockdown, sizeof mb->lockdown);
+  if (view.rollback) {
+    mb->rollback = true;
+    mb->rollback_no = ++mb->serial;
+  }
+  if (view.refresh) {
+    mb->refresh = true;
+    mb->refresh_no = ++mb->serial;
+  }
+  if (view.restore > 0) {
+    mb->restore = view.restore;
+    mb->restore_no = ++mb->serial;
+  }
+  return 0;
+}
+
+int tb_mailbox_update(const char *state, const char *id, tb_mailbox_fn fn, void *ctx)
+{
+  struct post_ctx p = {fn, ctx};
+  return locked_update(state, id, post_edit, &p);
+}
+
+void tb_mailbox_keep_latest(struct tb_mailbox *mb)
+{
+  /* Ties (requests of unknown order) rank restore, refresh, rollback. */
+  uint64_t rb = mb->rollback ? mb->rollback_no : 0, rf = mb->refresh ? mb->refresh_no : 0,
+           rs = mb->restore > 0 ? mb->restore_no : 0;
+  if (mb->restore > 0 && rs >= rb && rs >= rf) {
+    mb->rollback = mb->refresh = false;
+  } else if (mb->refresh && rf >= rb) {
+    mb->rollback = false;
+    mb->restore = 0;
+  } else if (mb->rollback) {
+    mb->refresh = false;
+    mb->restore = 0;
+  }
+}
+
+static int clear_edit(struct tb_mailbox *mb, void *ctx)
+{
+  uint64_t serial = *(const uint64_t *)ctx;
+  bool changed = false;
+  if (mb->rollback && mb->rollback_no <= serial) {
+    mb->rollback = false;
+    changed = true;
+  }
+  if (mb->refresh && mb->refresh_no <= serial) {
+    mb->refresh = false;
+    changed = true;
+  }
+  if (mb->restore > 0 && mb->restore_no <= serial) {
+    mb->restore = 0;
+    changed = true;
+  }
+  return changed ? 0 : 1;
+}
+
+int tb_mailbox_clear_applied(const char *state, const char *id, uint64_t serial)
+{
+  return locked_update(state, id, clear_edit, &serial);
 }

@@ -31,6 +31,7 @@
 
 #include "events.h"
 #include "mailbox.h"
+#include "maintenance.h"
 #include "region.h"
 #include "session.h"
 #include "store.h"
@@ -188,8 +189,12 @@ int tb_client_target(const char *state, const struct tb_client_conf *c, char ima
   struct tb_mailbox mb;
   if (tb_mailbox_read(state, c->id, &mb) == -1)
     return -1;
-  snprintf(image, TB_NAME_MAX + 1, "%s", mb.image[0] ? mb.image : c->image);
-  *version = mb.pin ? mb.pin : c->version;
+  struct tb_maintenance mt; /* a maintenance PC boots the newest version of its image */
+  int maint = tb_maintenance_read(state, c->id, &mt);
+  if (maint == -1)
+    return -1;
+  snprintf(image, TB_NAME_MAX + 1, "%s", maint ? mt.image : mb.image[0] ? mb.image : c->image);
+  *version = maint ? 0 : mb.pin ? mb.pin : c->version;
   if (!*version && !(*version = tb_store_latest(state, image)))
     return -1;
   return 0;
@@ -215,20 +220,71 @@ int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_
 
 /* ---- the turn ------------------------------------------------------------- */
 
-/* Read and bump clients/ID/seq; returns the new session number or 0. */
-static __attribute__((noinline)) uint64_t next_session_number(const char *dir)
+/* clients/ID/seq read back with a plausibility check.  It must be a plain
+ * number, and not behind what the disk shows: the highest retained session
+ * and the overlay's own session number (its header).  A torn or flipped file
+ * read as 0 would make the next rollback drop the overlay as never used
+ * instead of keeping it as a restore point; one that is behind would collide
+ * with a retained session.  Such a file counts from what the disk shows,
+ * with a warning (and an event) naming it, when WARN is set. */
+static __attribute__((noinline)) uint64_t checked_seq(const char *state, const char *id, bool warn)
+{
+  char path[TB_PATH_MAX], overlay[TB_PATH_MAX];
+  if (tb_store_client_path(state, id, "seq", path, sizeof path) == -1 ||
+      tb_store_client_path(state, id, "overlay", overlay, sizeof overlay) == -1)
+    return 0;
+  size_t len = 0;
+  char *text = tb_read_file(path, 64, &len);
+  bool plain = text != NULL && len > 0 && text[0] >= '0' && text[0] <= '9';
+  uint64_t n = 0;
+  if (plain) {
+    char *end;
+    errno = 0;
+    n = strtoull(text, &end, 10);
+    plain = errno == 0 && (size_t)(end - text) + (*end == '\n') == len;
+  }
+  bool missing = !text && errno == ENOENT;
+  free(text);
+  /* What the disk shows. */
+  uint64_t floor = 0, *nums;
+  size_t count;
+  if (tb_client_sessions(state, id, &nums, &count) == 0 && count > 0)
+    floor = nums[count - 1];
+  free(nums);
+  struct tb_overlay_info info;
+  if (access(overlay, F_OK) == 0 && tb_overlay_read_info(overlay, &info) == 0 &&
+      info.session > floor)
+    floor = info.session;
+  if (plain && n >= floor)
+    return n;
+  if (missing && floor == 0)
+    return 0;
+  if (warn) {
+    fprintf(stderr,
+            "tabula: warning: %s: the session counter is %s; it counts on from session %llu "
+            "(the highest retained session or overlay header)\n",
+            path,
+            missing ? "missing"
+            : plain ? "behind the sessions on disk"
+                    : "not a number",
+            (unsigned long long)floor);
+    tb_eventf(state, "state-recovered", id, "{s:s, s:s, s:I}", "file", path, "problem",
+              missing ? "missing"
+              : plain ? "behind"
+                      : "not a number",
+              "session", (json_int_t)floor);
+  }
+  return floor;
+}
+
+/* Bump clients/ID/seq; returns the new session number or 0. */
+static __attribute__((noinline)) uint64_t next_session_number(const char *state, const char *id,
+                                                              const char *dir)
 {
   char path[TB_PATH_MAX];
   if (tb_path(path, sizeof path, "%s/seq", dir) == -1)
     return 0;
-  uint64_t prev = 0;
-  char *text = tb_read_file(path, 64, NULL);
-  if (text) {
-    prev = strtoull(text, NULL, 10);
-    free(text);
-  } else if (errno != ENOENT) {
-    return 0;
-  }
+  uint64_t prev = checked_seq(state, id, false);
   char buf[32];
   int n = snprintf(buf, sizeof buf, "%llu\n", (unsigned long long)(prev + 1));
   if (tb_write_file_atomic(path, buf, (size_t)n, 0600) == -1)
@@ -245,13 +301,7 @@ static bool overlay_unused(const char *path)
 
 uint64_t tb_client_last_session(const char *state, const char *id)
 {
-  char seq[TB_PATH_MAX];
-  if (tb_store_client_path(state, id, "seq", seq, sizeof seq) == -1)
-    return 0;
-  char *text = tb_read_file(seq, 64, NULL);
-  uint64_t n = text ? strtoull(text, NULL, 10) : 0;
-  free(text);
-  return n;
+  return checked_seq(state, id, true);
 }
 
 static int retire_into_sessions(const char *state, const char *id, uint64_t prev,
@@ -464,16 +514,58 @@ static __attribute__((noinline)) int write_session_json(const struct tb_session 
   return r;
 }
 
-static int clear_oneshots(struct tb_mailbox *mb, void *ctx)
+/* Temporaries a crash left in clients/ID (the caller holds the client's
+ * lock, so no turn of ours is building them): a restore's overlay.restore
+ * and tb_overlay_create's overlay.tmp.XXXXXX (overlay.next.tmp.XXXXXX: a
+ * merge's).  tb_store_gc_temp removes them too. */
+static __attribute__((noinline)) void remove_stale_temps(const char *dir)
 {
-  const struct tb_mailbox *applied = ctx;
-  if (applied->rollback)
-    mb->rollback = false;
-  if (applied->refresh)
-    mb->refresh = false;
-  if (applied->restore && mb->restore == applied->restore)
-    mb->restore = 0;
-  return 0;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (strcmp(e->d_name, "overlay.restore") != 0 &&
+        (strncmp(e->d_name, "overlay.", 8) != 0 || !strstr(e->d_name, ".tmp.")))
+      continue;
+    char path[TB_PATH_MAX];
+    if (tb_path(path, sizeof path, "%s/%s", dir, e->d_name) == 0 && unlink(path) == 0)
+      fprintf(stderr, "tabula: removed %s, left by an interrupted session turn\n", path);
+  }
+  if (d)
+    closedir(d);
+}
+
+/* A merge's move of the client onto its new version (restored/jobs.c) was
+ * cut before its rename, and this session starts first, on the merged
+ * overlay the plan showed: the move is abandoned, so the client stays where
+ * the guest left it.  Its overlay.next goes, and so does the restore point
+ * the move linked to the live overlay (a retained session must not change). */
+static __attribute__((noinline)) void abandon_move(const char *state, const char *id,
+                                                   const char *dir, const char *overlay)
+{
+  char next[TB_PATH_MAX], sessions[TB_PATH_MAX], path[TB_PATH_MAX];
+  struct stat ov, st;
+  if (tb_path(next, sizeof next, "%s/overlay.next", dir) == -1 || access(next, F_OK) == -1 ||
+      tb_path(sessions, sizeof sessions, "%s/sessions", dir) == -1)
+    return;
+  if (stat(overlay, &ov) == 0 && ov.st_nlink > 1) {
+    DIR *d = opendir(sessions);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+      if (e->d_name[0] != '.' && tb_path(path, sizeof path, "%s/%s", sessions, e->d_name) == 0 &&
+          stat(path, &st) == 0 && st.st_ino == ov.st_ino && st.st_dev == ov.st_dev)
+        unlink(path);
+    if (d)
+      closedir(d);
+    tb_fsync_dir(path);
+  }
+  if (unlink(next) == 0) {
+    tb_fsync_dir(next);
+    fprintf(stderr,
+            "tabula: warning: %s: a merge's move of %s onto its new version was interrupted; "
+            "the session starts on the merged overlay as it was (merge it again to move it)\n",
+            next, id);
+    tb_eventf(state, "merge-move-abandoned", id, "{s:s}", "file", next);
+  }
 }
 
 /* Make retained session N the overlay (a reflink where the filesystem can):
@@ -517,7 +609,8 @@ struct tb_session_plan {
   const struct tb_client_conf *c;
   char *state_dir;
   int lock_fd;
-  struct tb_mailbox mb; /* as read when planned: what the turn applies */
+  struct tb_mailbox mb; /* as read when planned, its latest one-shot: what the turn applies */
+  uint64_t mb_serial;   /* the mailbox's last request number then */
   bool locked_down;     /* an admin looks at a locked-down client: no turn */
   bool discard;         /* the overlay is retired (rollback, refresh, restore) */
   bool retain;          /* ... and kept as a restore point */
@@ -603,6 +696,10 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
       (pl->lock_fd = tb_client_lock(state, c->id, false)) == -1 ||
       tb_mailbox_read(state, c->id, &pl->mb) == -1)
     goto fail;
+  /* Only the latest one-shot request applies ("restore 1" then "rollback" is
+   * a rollback); the turn clears it and the ones it superseded. */
+  pl->mb_serial = pl->mb.serial;
+  tb_mailbox_keep_latest(&pl->mb);
   if (pl->mb.lockdown[0]) {
     if (!admin_look) {
       tb_error("client %s is locked down (%s); release it with: tabulactl unlock %s", c->id,
@@ -624,8 +721,9 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
   }
   pl->prev_number = tb_client_last_session(state, c->id);
   bool exists = access(overlay, F_OK) == 0;
-  pl->discard = !pl->locked_down &&
-                (c->policy == TB_POLICY_ROLLBACK || mb->rollback || mb->refresh || mb->restore > 0);
+  /* A maintenance PC keeps its overlay whatever its policy (maintenance.h). */
+  bool rolls = c->policy == TB_POLICY_ROLLBACK && tb_maintenance_read(state, c->id, NULL) != 1;
+  pl->discard = !pl->locked_down && (rolls || mb->rollback || mb->refresh || mb->restore > 0);
   pl->retain = pl->discard && exists && !overlay_unused(overlay) && pl->prev_number != 0;
   pl->keep_overlay = exists && !pl->discard;
 
@@ -792,9 +890,11 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
   const struct tb_mailbox *mb = &pl->mb;
   if (tb_store_client_dir(state, c->id, dir, TB_PATH_MAX) == -1 ||
       tb_path(overlay, TB_PATH_MAX, "%s/overlay", dir) == -1 ||
-      !(s->number = next_session_number(dir)))
+      !(s->number = next_session_number(state, c->id, dir)))
     goto fail;
 
+  remove_stale_temps(dir);
+  abandon_move(state, c->id, dir, overlay);
   if (pl->discard) {
     if (tb_client_retire(state, c->id, pl->prev_number, retained, TB_PATH_MAX) == -1)
       goto fail;
@@ -821,7 +921,7 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
   if (retained[0])
     prune_sessions(state, c->id, c->keep_sessions);
   if (mb->rollback || mb->refresh || mb->restore)
-    tb_mailbox_update(state, c->id, clear_oneshots, (void *)mb);
+    tb_mailbox_clear_applied(state, c->id, pl->mb_serial);
 
   /* The lock moves from the plan to the session. */
   s->lock_fd = pl->lock_fd;

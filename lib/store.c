@@ -715,7 +715,41 @@ int tb_store_remove_version(const char *state, const char *image, uint32_t ver)
   return 0;
 }
 
-int tb_store_gc_temp(const char *state)
+/* Can the lock file LOCK be taken right now (nobody works under it)?  Then
+ * it is taken and its fd returned; else -1.  A missing lock is free (0 would
+ * be a valid fd: -2 means "free, nothing to close"). */
+static int try_lock(const char *lock)
+{
+  int fd = open(lock, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (fd == -1)
+    return errno == ENOENT ? -2 : -1;
+  if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* In images/NAME: a builder's dot-file, N.img without N.json (a build that
+ * died between its two renames), a manifest's temporary N.json.tmp.XXXXXX. */
+static bool image_leftover(const char *state, const char *image, const char *name)
+{
+  size_t len = strlen(name);
+  if (name[0] == '.' && len > 4 && strcmp(name + len - 4, ".tmp") == 0)
+    return true;
+  unsigned v;
+  int end = 0;
+  if (sscanf(name, "%u.json.tmp.%n", &v, &end) == 1 && end > 0)
+    return true;
+  char tail[8];
+  if (sscanf(name, "%u.im%7s", &v, tail) == 2 && strcmp(tail, "g") == 0) {
+    char man[TB_PATH_MAX];
+    return tb_store_manifest_path(state, image, v, man, sizeof man) == 0 && access(man, F_OK) == -1;
+  }
+  return false;
+}
+
+static int gc_images(const char *state)
 {
   char **names;
   size_t n;
@@ -730,18 +764,8 @@ int tb_store_gc_temp(const char *state)
     struct dirent *e;
     while (d && (e = readdir(d))) {
       char p[TB_PATH_MAX];
-      size_t len = strlen(e->d_name);
-      bool tmp = e->d_name[0] == '.' && len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0;
-      /* N.img without N.json: a build that died between its two renames. */
-      bool orphan = false;
-      unsigned v;
-      char tail[8];
-      if (sscanf(e->d_name, "%u.im%7s", &v, tail) == 2 && strcmp(tail, "g") == 0) {
-        char man[TB_PATH_MAX];
-        orphan = tb_store_manifest_path(state, names[i], v, man, sizeof man) == 0 &&
-                 access(man, F_OK) == -1;
-      }
-      if ((tmp || orphan) && tb_path(p, sizeof p, "%s/%s", dir, e->d_name) == 0) {
+      if (image_leftover(state, names[i], e->d_name) &&
+          tb_path(p, sizeof p, "%s/%s", dir, e->d_name) == 0) {
         /* Skip temporaries of a build that is still running (it holds .lock). */
         char lock[TB_PATH_MAX];
         int lfd = tb_path(lock, sizeof lock, "%s/.lock", dir) == 0
@@ -753,9 +777,111 @@ int tb_store_gc_temp(const char *state)
           close(lfd);
       }
     }
-    if (d)
+    if (d) {
       closedir(d);
+      tb_fsync_dir(dir);
+    }
   }
   tb_strv_free(names, n);
   return removed;
+}
+
+/* In clients/ID, while no session holds the client: the temporaries of a
+ * session turn or a merge's move that died (overlay.restore,
+ * overlay.tmp.XXXXXX, overlay.next.tmp.XXXXXX). */
+static int gc_clients(const char *state)
+{
+  char dir[TB_PATH_MAX];
+  int removed = 0;
+  if (tb_path(dir, sizeof dir, "%s/clients", state) == -1)
+    return 0;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    char cdir[TB_PATH_MAX], lock[TB_PATH_MAX];
+    if (!tb_name_valid(e->d_name) || tb_path(cdir, sizeof cdir, "%s/%s", dir, e->d_name) == -1 ||
+        tb_path(lock, sizeof lock, "%s/lock", cdir) == -1)
+      continue;
+    DIR *cd = opendir(cdir);
+    struct dirent *f;
+    int lfd = -1;
+    bool any = false;
+    while (cd && (f = readdir(cd))) {
+      if (strcmp(f->d_name, "overlay.restore") != 0 &&
+          (strncmp(f->d_name, "overlay.", 8) != 0 || !strstr(f->d_name, ".tmp.")))
+        continue;
+      if (lfd == -1 && (lfd = try_lock(lock)) == -1)
+        break; /* a session runs: its turn may be building it */
+      char p[TB_PATH_MAX];
+      if (tb_path(p, sizeof p, "%s/%s", cdir, f->d_name) == 0 && unlink(p) == 0) {
+        removed++;
+        any = true;
+      }
+    }
+    if (cd)
+      closedir(cd);
+    if (any)
+      tb_fsync_dir(cdir);
+    if (lfd >= 0)
+      close(lfd);
+  }
+  if (d)
+    closedir(d);
+  return removed;
+}
+
+/* STATE/pulls/IMAGE/SHA: interrupted pulls (their partial.img is kept for a
+ * resume) that no pull holds.  Only an explicit gc reclaims them. */
+static int gc_pulls(const char *state)
+{
+  static const char *const files[] = {"partial.img", "chunks.done", "pull.json", "lock"};
+  char dir[TB_PATH_MAX];
+  int removed = 0;
+  if (tb_path(dir, sizeof dir, "%s/pulls", state) == -1)
+    return 0;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    char idir[TB_PATH_MAX];
+    if (!tb_name_valid(e->d_name) || tb_path(idir, sizeof idir, "%s/%s", dir, e->d_name) == -1)
+      continue;
+    DIR *id = opendir(idir);
+    struct dirent *f;
+    while (id && (f = readdir(id))) {
+      char sub[TB_PATH_MAX], lock[TB_PATH_MAX], p[TB_PATH_MAX];
+      if (f->d_name[0] == '.' || tb_path(sub, sizeof sub, "%s/%s", idir, f->d_name) == -1 ||
+          tb_path(lock, sizeof lock, "%s/lock", sub) == -1)
+        continue;
+      int lfd = try_lock(lock);
+      if (lfd == -1)
+        continue; /* a pull runs in it */
+      for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        if (tb_path(p, sizeof p, "%s/%s", sub, files[i]) == 0)
+          unlink(p);
+      if (rmdir(sub) == 0)
+        removed++;
+      if (lfd >= 0)
+        close(lfd);
+    }
+    if (id) {
+      closedir(id);
+      tb_fsync_dir(idir);
+    }
+  }
+  if (d)
+    closedir(d);
+  return removed;
+}
+
+int tb_store_gc(const char *state, bool pulls)
+{
+  int images = gc_images(state);
+  if (images == -1)
+    return -1;
+  return images + gc_clients(state) + (pulls ? gc_pulls(state) : 0);
+}
+
+int tb_store_gc_temp(const char *state)
+{
+  return tb_store_gc(state, true);
 }

@@ -123,7 +123,14 @@ int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, voi
 /* Remove version N of IMAGE (manifest first, so it stops being published). */
 int tb_store_remove_version(const char *state, const char *image, uint32_t ver);
 
-/* Remove leftover temporaries of interrupted builds.  Returns count removed. */
+/* Remove leftovers of interrupted work: builders' temporaries, N.img without
+ * its manifest, manifest temporaries (images/NAME/N.json.tmp.*), a turn's or a
+ * merge's overlay temporaries in clients/ID (when no session holds it), and,
+ * with PULLS, interrupted pulls no pull holds (STATE/pulls/IMAGE/SHA: their
+ * partial.img would let a pull resume, so only an explicit gc takes them;
+ * the daemon's start does not).  Returns the count removed. */
+int tb_store_gc(const char *state, bool pulls);
+/* tb_store_gc(state, true): what tabulactl image gc runs. */
 int tb_store_gc_temp(const char *state);
 
 #endif

@@ -12,16 +12,20 @@
  * point) and an empty overlay on the new version takes its place.  A pinned
  * client is re-pinned to the new version.  Killed at any point, the store's
  * builder leaves no version or a complete one, and the overlay is untouched
- * until the version is published.
+ * until the version is published; the move is replayed at the next start
+ * (see move_finish).
  */
 #include <config.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -164,6 +168,66 @@ static int repin(struct tb_mailbox *mb, void *ctx)
   return 0;
 }
 
+/* ---- moving a merged client onto its new version ------------------------------------------
+ *
+ * Retire, create and re-pin are one recoverable step.  clients/ID/overlay.next,
+ * the new empty overlay on the merged version, is the journal of intent: it is
+ * built first (under a temporary name, durable, then linked into place), and
+ * its header names the version and the session number.  Then:
+ *   1. the mailbox re-pins the client to that version (idempotent);
+ *   2. sessions/N becomes a hard link of the merged overlay (the restore point);
+ *   3. overlay.next is renamed over overlay, and the directory fsynced.
+ * clients/ID/overlay exists at every point: the merged one (intact, on its old
+ * version) until the rename, the new one after it.  A kill anywhere leaves
+ * overlay.next behind and the daemon's start replays steps 1-3 (move_recover).
+ * A session that starts on the merged overlay first abandons the move
+ * (session.c removes overlay.next and the link: the client stays where the
+ * guest left it).
+ *
+ * TABULA_DEBUG_KILL_MOVE=N (tests only) kills the daemon with SIGKILL after
+ * step N (0: overlay.next is built), so a test can cut at every point. */
+static void debug_kill_point(int step)
+{
+  const char *v = getenv("TABULA_DEBUG_KILL_MOVE");
+  if (v && *v && atoi(v) == step) {
+    fprintf(stderr, "tabula-restored: TABULA_DEBUG_KILL_MOVE=%d: killed in move_client\n", step);
+    raise(SIGKILL);
+  }
+}
+
+/* Steps 1-3 for client C, overlay.next NEXT in place (the client's lock is
+ * held). */
+static int move_finish(const char *state, const struct tb_client_conf *c, const char *next)
+{
+  const char *id = c->id;
+  char overlay[TB_PATH_MAX], retained[TB_PATH_MAX], sessions[TB_PATH_MAX];
+  struct tb_overlay_info ni;
+  if (tb_overlay_read_info(next, &ni) == -1 ||
+      tb_store_client_path(state, id, "overlay", overlay, sizeof overlay) == -1 ||
+      tb_store_client_path(state, id, "sessions", sessions, sizeof sessions) == -1 ||
+      tb_client_session_path(state, id, ni.session, retained, sizeof retained) == -1)
+    return -1;
+  struct repin rp = {.c = c, .image = ni.base.image, .version = ni.base.version};
+  if (tb_mailbox_update(state, id, repin, &rp) == -1)
+    return -1;
+  debug_kill_point(1);
+  struct stat st;
+  bool used = stat(overlay, &st) == 0 && (uint64_t)st.st_blocks * 512 > 4096;
+  if (used && ni.session > 0 && access(retained, F_OK) == -1) {
+    if (tb_mkdirs(sessions, true) == -1)
+      return -1;
+    if (link(overlay, retained) == -1)
+      return tb_error_errno("cannot keep %s as %s", overlay, retained);
+    if (tb_fsync_dir(retained) == -1)
+      return -1;
+  }
+  debug_kill_point(2);
+  if (rename(next, overlay) == -1)
+    return tb_error_errno("cannot move %s to %s", next, overlay);
+  debug_kill_point(3);
+  return tb_fsync_dir(overlay);
+}
+
 /* Retire the merged overlay as a retained session and start an empty one on
  * the new version (the client's lock is held). */
 static int move_client(const struct job *j, const char *overlay, const struct tb_merge_result *res)
@@ -171,21 +235,64 @@ static int move_client(const struct job *j, const char *overlay, const struct tb
   const char *state = j->state_dir;
   const char *id = j->req.client;
   struct tb_overlay_info info;
-  if (tb_overlay_read_info(overlay, &info) == -1)
-    return -1;
-  char retained[TB_PATH_MAX];
-  if (tb_client_retire(state, id, tb_client_last_session(state, id), retained, sizeof retained) ==
-      -1)
+  char next[TB_PATH_MAX];
+  if (tb_overlay_read_info(overlay, &info) == -1 ||
+      tb_store_client_path(state, id, "overlay.next", next, sizeof next) == -1)
     return -1;
   uint64_t number = tb_client_last_session(state, id);
   struct tb_base_id base;
   uint64_t size;
+  unlink(next); /* a move abandoned before it was built */
   if (tb_base_lookup(state, res->image, res->version, &base, NULL, 0, &size) == -1 ||
-      tb_overlay_create(overlay, size, info.block_size, &base, number) == -1)
+      tb_overlay_create(next, size, info.block_size, &base, number) == -1)
     return -1;
-  tb_fsync_dir(overlay);
-  struct repin rp = {.c = &j->client, .image = res->image, .version = res->version};
-  return tb_mailbox_update(state, id, repin, &rp);
+  debug_kill_point(0);
+  return move_finish(state, &j->client, next);
+}
+
+/* At the daemon's start: finish the moves a kill interrupted. */
+void jobs_recover(const struct tb_config *cfg)
+{
+  char dir[TB_PATH_MAX];
+  if (tb_path(dir, sizeof dir, "%s/clients", cfg->state_dir) == -1)
+    return;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    char next[TB_PATH_MAX];
+    if (!tb_name_valid(e->d_name) ||
+        tb_store_client_path(cfg->state_dir, e->d_name, "overlay.next", next, sizeof next) == -1 ||
+        access(next, F_OK) == -1)
+      continue;
+    const struct tb_client_conf *c = tb_config_client(cfg, e->d_name);
+    if (!c) {
+      log_msg("%s: a merge's move of client %s was interrupted, and the client is no longer "
+              "configured; it is left as it is",
+              next, e->d_name);
+      continue;
+    }
+    int fd = tb_client_lock(cfg->state_dir, c->id, false);
+    if (fd == -1) {
+      log_msg("%s: the interrupted move of client %s onto its merged version waits: %s", next,
+              c->id, tb_errmsg());
+      continue;
+    }
+    if (access(next, F_OK) == 0) {
+      if (move_finish(cfg->state_dir, c, next) == 0) {
+        log_msg("client %s: finished its move onto its merged version, interrupted by a crash "
+                "(%s)",
+                c->id, next);
+        tb_eventf(cfg->state_dir, "merge-move-recovered", c->id, "{s:s}", "file", next);
+      } else {
+        log_msg("client %s: cannot finish its interrupted move onto its merged version: %s", c->id,
+                tb_errmsg());
+        tb_eventf(cfg->state_dir, "error", c->id, "{s:s}", "error", tb_errmsg());
+      }
+    }
+    tb_client_unlock(fd);
+  }
+  if (d)
+    closedir(d);
 }
 
 static json_t *run_merge(struct job *j)
