@@ -565,16 +565,21 @@ int tb_conn_pread(struct tb_conn *conn, void *buf, uint32_t count, uint64_t offs
   return r;
 }
 
-/* Check a change of [offset, offset+count) against the client's protected
- * regions.  Returns -1 (EPERM) if a "deny" region forbids it.  Events are
+/* Check a change of [offset, offset+count) (BUF, NULL: zeros) against the
+ * client's protected regions.  Returns -1 (EPERM) if a "deny" region forbids
+ * it.  Events are
  * rate-limited to one a second per region; the next one carries the count of
  * hits in between. */
-static int guard_change(struct tb_live_client *lc, const char *what, uint64_t offset,
-                        uint32_t count)
+static int guard_change(struct tb_live_client *lc, struct tb_overlay *ovl, const char *what,
+                        const void *buf, uint64_t offset, uint32_t count)
 {
   if (lc->guards.n == 0)
     return 0;
   struct tb_guard *g = tb_guards_check(&lc->guards, offset, count);
+  /* On a hit only: a deny region refuses a change of its bytes, not a write
+   * that leaves them as they are (ext4 rewriting sector 0 unchanged). */
+  if (g && g->action == TB_GUARD_DENY)
+    g = tb_guards_check_change(&lc->guards, ovl, buf, offset, count);
   if (!g)
     return 0;
   int64_t now = tb_now_ms();
@@ -622,7 +627,8 @@ static int change(struct tb_conn *conn, enum change kind, const void *buf, uint3
     if (view_begin(conn, &ovl, &plan) == -1)
       return -1;
     if (ovl) {
-      int r = guard_change(lc, change_names[kind], offset, count);
+      int r = guard_change(lc, ovl, change_names[kind], kind == CHANGE_WRITE ? buf : NULL, offset,
+                           count);
       if (r == 0)
         r = kind == CHANGE_WRITE  ? tb_overlay_pwrite(ovl, buf, count, offset, flags)
             : kind == CHANGE_ZERO ? tb_overlay_zero(ovl, count, offset, flags)

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Watchdog guards in the data path, driven by real NBD writes:
-#  - "deny" regions (MBR, a partition read from the base's MBR) fail the write
-#    with EPERM, leave the overlay unchanged and record a protect-deny event;
+#  - "deny" regions (MBR, a partition read from the base's MBR) fail a write
+#    that changes their bytes with EPERM, leave the overlay unchanged and
+#    record a protect-deny event; a write leaving them as they were passes;
 #  - an "alert" region lets the write through and records protect-alert;
 #  - a quota gives ENOSPC for new blocks while rewrites of dirty blocks work;
 #  - a client with no I/O for its "idle" time raises an idle event;
@@ -34,7 +35,7 @@ tb_start s "$TB_TMP/tabula.json"
 
 echo "== deny: MBR and partition 1"
 tb_io s -e g1 !write:0:512:5 !write:100:4:5 !write:$((2048 * 512 + 4096)):4096:5 \
-  !zero:$((2048 * 512)):4096 !trim:$((3000 * 512)):$M >"$TB_TMP/deny.out" ||
+  !zero:$((2048 * 512)):4096 !trim:$((2048 * 512)):$M >"$TB_TMP/deny.out" ||
   tb_fail "denied writes: $(cat "$TB_TMP/deny.out")"
 [ "$(grep -c 'error: EPERM' "$TB_TMP/deny.out")" -eq 5 ] ||
   tb_fail "every denied request must fail with EPERM: $(cat "$TB_TMP/deny.out")"
@@ -45,6 +46,13 @@ fi
 tb_event "$state" '.type == "protect-deny" and .rule == "boot" and .client == "g1"' "MBR deny"
 tb_event "$state" '.type == "protect-deny" and .rule == "efi"' "partition deny"
 tb_assert_log s 'protected region "efi"' "the server log must name the region"
+
+echo "== deny regions refuse a change of their bytes, not a write that leaves them as they are"
+# ext4 on a bare disk rewrites its first 4 KiB, sector 0 unchanged (issue 18).
+tb_io s -e g1 rewrite:0:4096 rewrite:$((2048 * 512)):8192 >"$TB_TMP/same.out" ||
+  tb_fail "a write that leaves the MBR and partition 1 as they were was refused: $(cat "$TB_TMP/same.out")"
+tb_io s -e g1 !write:0:4096:5 >"$TB_TMP/diff.out" ||
+  tb_fail "a write that changes the MBR must still be refused: $(cat "$TB_TMP/diff.out")"
 
 echo "== allowed and alerted writes"
 tb_io s -e g1 write:$((10240 * 512)):4096:6 write:$((30000 * 512)):4096:7 \
