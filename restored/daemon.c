@@ -353,6 +353,7 @@ int daemon_reload(char *err, size_t errlen)
   if (restart)
     nbdkit_restart(&D, "its settings changed in the configuration");
   pxe_apply(&D);
+  iscsid_apply(&D);
   D.next_metrics_ms = 0;
   return 0;
 }
@@ -416,6 +417,7 @@ static int run(void)
     int64_t now = tb_now_ms();
     nbdkit_tick(&D, now);
     pxe_tick(&D, now);
+    iscsid_tick(&D, now);
     schedules_tick(&D, now);
     pulls_tick(&D, now);
     watchdog_tick(&D, now);
@@ -432,6 +434,7 @@ static int run(void)
     int64_t wake = next_journal;
     wake = min64(wake, nbdkit_next_wakeup(&D));
     wake = min64(wake, pxe_next_wakeup(&D));
+    wake = min64(wake, iscsid_next_wakeup(&D));
     wake = min64(wake, schedules_next(&D));
     wake = min64(wake, pulls_next(&D));
     wake = min64(wake, watchdog_next(&D));
@@ -588,6 +591,7 @@ int main(int argc, char **argv)
   if (nbdkit_start(&D) == -1)
     log_msg("%s", tb_errmsg()); /* retried with backoff by nbdkit_tick */
   pxe_apply(&D);                /* dnsmasq failing leaves the NBD side serving */
+  iscsid_apply(&D);             /* so does tabula-iscsid */
   log_msg("serving %s (control %s, %zu clients)", state, D.control_path, D.cfg->n_clients);
   state = NULL; /* a reload replaces D.cfg and its strings */
   notify_systemd("READY=1");
@@ -595,6 +599,7 @@ int main(int argc, char **argv)
   int r = run();
   notify_systemd("STOPPING=1");
   pxe_stop(&D);
+  iscsid_stop(&D);
   nbdkit_stop(&D);
   nbdkit_unlisten(&D);
   tb_eventf(D.cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());

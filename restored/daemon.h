@@ -122,6 +122,17 @@ void pxe_stop(struct daemon *d);
 json_t *pxe_status(struct daemon *d);
 json_t *pxe_op(struct daemon *d, const char *op, json_t *req); /* NULL: not a PXE op */
 
+/* iscsi.c: tabula-iscsid (the iSCSI frontend) while listen.iscsi is set */
+void iscsid_apply(struct daemon *d); /* at start and reload: bind, (re)start or SIGHUP */
+bool iscsid_reaped(struct daemon *d, pid_t pid, int status); /* true: it was tabula-iscsid */
+void iscsid_tick(struct daemon *d, int64_t now);
+int64_t iscsid_next_wakeup(const struct daemon *d);
+void iscsid_stop(struct daemon *d);
+json_t *iscsid_status(struct daemon *d);
+/* supervise.c: bind "ADDR:PORT" (errors name KEY); the child's LISTEN_PID digits */
+int supervise_bind_tcp(const char *key, const char *listen, int *fds, int max);
+void supervise_put_decimal(char *buf, long v);
+
 /* pulls.c: scheduled pulls from image repositories */
 void pulls_tick(struct daemon *d, int64_t now);
 int64_t pulls_next(const struct daemon *d);
