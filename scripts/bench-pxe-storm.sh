@@ -5,7 +5,7 @@
 # kernel's client -- are powered on at the same moment; before that, one PC
 # boots alone in the same run, as the anchor.  Each PC's time is from power-on
 # (QEMU started) to its root mounted ("tabula-booted") and to a marker
-# written and synced ("tabula-done"), as the host sees its serial console
+# written and synced ("tabula-paused"), as the host sees its serial console
 # (polled every 0.2 s).  During the storm: the appliance's CPU (nbdkit +
 # tabula-restored + dnsmasq, from /proc/PID/stat) and its largest resident
 # memory, and the guests' CPU (the QEMU processes) as a share of the
@@ -62,7 +62,9 @@ appliance_pids()
 }
 qemu_pids()
 {
-  cat "$TB_TMP"/qemu-*.pid 2>/dev/null | tr '\n' ' '
+  for f in "$TB_TMP"/qemu-*.pid; do
+    [ -s "$f" ] && echo $(cat "$f") # a pidfile may lack its newline
+  done | tr '\n' ' '
 }
 
 # storm FIRST LAST: PCs pcFIRST..pcLAST on at once; per PC "booted done" seconds
@@ -81,8 +83,7 @@ storm()
     now >"$TB_TMP/$id.t0"
     i=$((i + 1))
   done
-  sleep 1
-  qp=$(qemu_pids)
+  qp=
   maxrss=0
   pending=$ids
   : >"$TB_TMP/times"
@@ -93,12 +94,15 @@ storm()
       c=$(tl_console "$id")
       if [ ! -f "$TB_TMP/$id.tb" ] && echo "$c" | grep -q '^tabula-booted'; then now >"$TB_TMP/$id.tb"; fi
       if [ ! -f "$TB_TMP/$id.ta" ] && echo "$c" | grep -q '^tabula-ask'; then
-        tl_send "$id" "write:/var/marker-$id:written,sync"
+        # (a kernel message may share the line of "tabula-booted")
+        [ -f "$TB_TMP/$id.tb" ] || now >"$TB_TMP/$id.tb"
+        # pause: the PC stays up (its QEMU's CPU is counted at the end)
+        tl_send "$id" "write:/var/marker-$id:written,sync,pause:600"
         touch "$TB_TMP/$id.ta"
       fi
-      if echo "$c" | grep -q '^tabula-done'; then
+      echo "$c" | grep -q '^tabula-done failed' && tb_fail "$id: $(echo "$c" | grep '^tabula-done')"
+      if echo "$c" | grep -q '^tabula-paused'; then # the marker is written and synced
         now >"$TB_TMP/$id.td"
-        echo "$c" | grep -q '^tabula-done ok' || tb_fail "$id: $(echo "$c" | grep '^tabula-done')"
         awk -v a="$(cat "$TB_TMP/$id.t0")" -v b="$(cat "$TB_TMP/$id.tb")" -v d="$(cat "$TB_TMP/$id.td")" \
           -v id="$id" 'BEGIN { printf "%s %.1f %.1f\n", id, b - a, d - a }' >>"$TB_TMP/times"
       else
@@ -106,6 +110,8 @@ storm()
       fi
     done
     pending=$left
+    # QEMU writes its pidfile once it runs: the set is complete after a few polls.
+    [ "$(echo $qp | wc -w)" -ge "$(echo $ids | wc -w)" ] || qp=$(qemu_pids)
     r=$(rss_kib $app)
     [ "$r" -le "$maxrss" ] || maxrss=$r
     k=$((k + 1))
