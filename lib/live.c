@@ -362,6 +362,10 @@ static int try_resume(struct tb_live_client *lc, const struct tb_conn_info *info
     tb_session_end(s);
     return 0;
   }
+  tb_eventf(lc->cfg->state_dir, "session-resume", lc->id, "{s:I, s:I, s:s}", "session",
+            (json_int_t)rec->number, "dirty_bytes",
+            (json_int_t)(s->info.dirty_blocks * s->info.block_size), "peer",
+            info->peer ? info->peer : "?");
   lc->boot = rec->boot;
   lc->boot_started_ms = rec->started_ms;
   set_view(lc, NULL, s);
@@ -712,6 +716,21 @@ int tb_conn_base_fd(struct tb_conn *conn)
 }
 
 /* ---- admin views ---------------------------------------------------------------------- */
+
+bool tb_live_holds(const char *id)
+{
+  bool holds = false;
+  pthread_mutex_lock(&live_lock);
+  for (struct tb_live_client *lc = live_list; lc; lc = lc->next)
+    if (strcmp(lc->id, id) == 0) {
+      pthread_mutex_lock(&lc->turn_lock);
+      holds = lc->state != LIVE_IDLE;
+      pthread_mutex_unlock(&lc->turn_lock);
+      break;
+    }
+  pthread_mutex_unlock(&live_lock);
+  return holds;
+}
 
 struct tb_overlay *tb_live_read_begin(struct tb_live_client *lc, uint64_t *generation)
 {

@@ -80,6 +80,9 @@ void tb_live_tick(const struct tb_config *cfg);
  * "reconnecting" on disk) for the next frontend process. */
 void tb_live_shutdown(void);
 
+/* Does this process hold a boot of client ID (booting, running, reconnecting)? */
+bool tb_live_holds(const char *id);
+
 /* Admin views (ID@live, ID@overlay) read the running session's overlay when
  * this process serves one, so they see the guest's writes at once.  The
  * handle keeps client ID's state alive; read_begin returns the session's

@@ -1001,8 +1001,6 @@ struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct t
   tb_overlay_set_quota(s->overlay, c->quota);
   tb_overlay_info(s->overlay, &s->info);
   write_session_json(s, "active", NULL, 0);
-  tb_eventf(state, "session-resume", c->id, "{s:I, s:I}", "session", (json_int_t)s->number,
-            "dirty_bytes", (json_int_t)(s->info.dirty_blocks * s->info.block_size));
   free(overlay);
   free(base_path);
   return s;

@@ -82,7 +82,8 @@ struct tb_session_record {
 };
 int tb_session_record(const char *state, const char *id, struct tb_session_record *rec);
 /* Take an active session over from a frontend process that is gone: its
- * overlay as it is, no turn, the same number (a session-resume event). */
+ * overlay as it is, no turn, the same number.  The caller records whether it
+ * continues it (session-resume) or ends it (session-orphaned). */
 struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct tb_client_conf *c,
                                      const struct tb_session_record *rec);
 /* Ends the session: flush, figures, event, unlock, free.  Returns flush result. */

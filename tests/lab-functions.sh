@@ -117,7 +117,9 @@ tl_lab()
   tl_master "$TB_TMP/master.img" "$1"
   state=$TB_TMP/state
   _clients=$(echo "$2" | jq -c '. + { "probe": { "image": "demo" } }')
-  td_config "$TB_TMP/tabula.json" "$state" "$_clients" "\"listen\": { \"tcp\": \"$TL_SERVER:$TL_PORT\" },
+  # Real PCs reconnect after a glitch: a session waits for them (the unit
+  # tests' default is 0 s, a session per connection).
+  TB_RECONNECT_GRACE=${TB_RECONNECT_GRACE:-60s} td_config "$TB_TMP/tabula.json" "$state" "$_clients" "\"listen\": { \"tcp\": \"$TL_SERVER:$TL_PORT\" },
   \"pxe\": { \"interface\": \"tbbr0\", \"server\": \"$TL_SERVER\", \"network\": \"10.77.0.0/24\",
     \"unknown_range\": \"10.77.0.200,10.77.0.220\", \"kernel\": \"$TL_BOOT/vmlinuz\",
     \"initrd\": \"$TL_BOOT/initramfs.cpio.gz\", \"dnsmasq\": \"$TL_DNSMASQ\",

@@ -20,7 +20,8 @@ tb_import "$state" demo "$TB_TMP/master.img"
 TB_RECONNECT_GRACE=30s tb_config "$TB_TMP/tabula.json" "$state" '{
     "pc41": { "image": "demo", "policy": "rollback", "keep_sessions": 3 },
     "pc42": { "image": "demo", "policy": "rollback", "reconnect_grace": "1s" },
-    "vm01": { "image": "demo", "policy": "persist", "reconnect_grace": "0s" }
+    "vm01": { "image": "demo", "policy": "persist", "reconnect_grace": "0s" },
+    "busy1": { "image": "demo" }
   }'
 tb_start s "$TB_TMP/tabula.json"
 pc=$state/clients/pc41
@@ -102,14 +103,21 @@ before=$(tb_sha256 "$state/events.jsonl")
 rec=$(cat "$state/clients/vm01/session.json")
 # A probe reads the disk the next boot will get: the rollback is pending.
 tb_io s -e vm01 read:0:4096:1 || tb_fail "a probe must see the disk the pending rollback gives"
-# Listing works even with a locked-down client (an admin sees it read-only).
+# Listing works even with a locked-down client (an admin sees it read-only)
+# and a client another process serves (busy: not listed, its views are).
 printf '{"lockdown": "test"}' >"$state/clients/pc42/mailbox.json"
+mkdir -p "$state/clients/busy1"
+flock -o "$state/clients/busy1/lock" sleep 20 &
+echo $! >"$TB_TMP/busy.bgpid"
 if command -v nbdinfo >/dev/null 2>&1; then
   nbdinfo "nbd+unix:///vm01?socket=$TB_TMP/s.sock" >/dev/null || tb_fail "nbdinfo vm01"
   nbdinfo --list "nbd+unix:///?socket=$TB_TMP/s.sock" >"$TB_TMP/list.out" 2>&1 ||
     tb_fail "nbdinfo --list: $(cat "$TB_TMP/list.out")"
+  grep -q 'export="busy1@live"' "$TB_TMP/list.out" || tb_fail "busy1's views must be listed"
+  grep -q 'export="busy1"' "$TB_TMP/list.out" && tb_fail "busy1 is busy: its export must not be listed"
 fi
 rm "$state/clients/pc42/mailbox.json"
+kill "$(cat "$TB_TMP/busy.bgpid")"
 if command -v qemu-img >/dev/null 2>&1; then
   qemu-img info "nbd+unix:///vm01?socket=$TB_TMP/s.sock" >/dev/null || tb_fail "qemu-img info"
 fi
