@@ -7,12 +7,12 @@
  * configuration all live in lib/.  What lives here is the mapping from an NBD
  * connection to what it may see:
  *
- *   export "ID"            client ID's disk, read-write, for peers in its
- * "allow" export ""              the client whose "address" is the peer's
- * address export "ID@live"       ID's current disk (base + overlay), read-only
- * } admin export "ID@overlay"    the overlay alone; NBD extents = the dirty map
- * } peers export "ID@session/N"  retained session N (base + that overlay) }
- * only export "IMAGE@N"       master version N }
+ *   export "ID"            client ID's disk, read-write, for peers in its "allow"
+ *   export ""              the client whose "address" is the peer's address
+ *   export "ID@live"       ID's current disk (base + overlay), read-only   } admin
+ *   export "ID@overlay"    the overlay alone; NBD extents = the dirty map  } peers
+ *   export "ID@session/N"  retained session N (base + that overlay)         } only
+ *   export "IMAGE@N"       master version N                                 }
  *
  *   export "ID@boot/TOKEN" client ID's disk in the boot TOKEN (a per-boot id)
  *
@@ -29,16 +29,16 @@
  */
 #include <config.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -59,8 +59,7 @@
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
-/* ---- configuration ----------------------------------------------------------
- */
+/* ---- configuration ---------------------------------------------------------- */
 
 static char *config_file;
 static struct tb_config *current_cfg;
@@ -68,21 +67,21 @@ static struct timespec cfg_mtime;
 static off_t cfg_size;
 static pthread_mutex_t cfg_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int tabula_config(const char *key, const char *value) {
+static int tabula_config(const char *key, const char *value)
+{
   if (strcmp(key, "config") == 0) {
     free(config_file);
     config_file = nbdkit_absolute_path(value);
     return config_file ? 0 : -1;
   }
-  nbdkit_error("unknown parameter '%s' (the only parameter is config=FILE)",
-               key);
+  nbdkit_error("unknown parameter '%s' (the only parameter is config=FILE)", key);
   return -1;
 }
 
-static int tabula_config_complete(void) {
+static int tabula_config_complete(void)
+{
   if (!config_file) {
-    nbdkit_error("missing config=FILE: the tabula configuration (see "
-                 "nbdkit-tabula-plugin(1))");
+    nbdkit_error("missing config=FILE: the tabula configuration (see nbdkit-tabula-plugin(1))");
     return -1;
   }
   return 0;
@@ -96,15 +95,15 @@ static int tabula_config_complete(void) {
  * configuration reload; under cfg_lock. */
 static json_t *broken_clients;
 
-static json_t *find_broken(const struct tb_config *cfg) {
+static json_t *find_broken(const struct tb_config *cfg)
+{
   json_t *b = json_object();
   for (size_t i = 0; b && i < cfg->n_clients; i++) {
     const struct tb_client_conf *c = &cfg->clients[i];
     if (tb_client_check(cfg, c) == -1) {
-      nbdkit_error(
-          "%s: client %s is refused until this is fixed (the other clients are "
-          "served): %s",
-          cfg->path, c->id, tb_errmsg());
+      nbdkit_error("%s: client %s is refused until this is fixed (the other clients are "
+                   "served): %s",
+                   cfg->path, c->id, tb_errmsg());
       json_object_set_new(b, c->id, json_string(tb_errmsg()));
     }
   }
@@ -113,8 +112,8 @@ static json_t *find_broken(const struct tb_config *cfg) {
 
 /* Whether client C is still unservable (refreshes its entry); the reason in
  * tb_errmsg(). */
-static bool client_broken(const struct tb_config *cfg,
-                          const struct tb_client_conf *c) {
+static bool client_broken(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
   pthread_mutex_lock(&cfg_lock);
   bool listed = json_object_get(broken_clients, c->id) != NULL;
   pthread_mutex_unlock(&cfg_lock);
@@ -128,7 +127,8 @@ static bool client_broken(const struct tb_config *cfg,
   return broken;
 }
 
-static int tabula_get_ready(void) {
+static int tabula_get_ready(void)
+{
   struct stat st;
   struct tb_config *cfg = tb_config_load(config_file);
   if (!cfg || stat(config_file, &st) == -1) {
@@ -152,18 +152,18 @@ static int tabula_get_ready(void) {
 
 /* The current configuration (a reference the caller must drop), re-read first
  * if the file changed. */
-static struct tb_config *config_get(void) {
+static struct tb_config *config_get(void)
+{
   struct stat st;
   pthread_mutex_lock(&cfg_lock);
   if (stat(config_file, &st) == 0 &&
-      (st.st_mtim.tv_sec != cfg_mtime.tv_sec ||
-       st.st_mtim.tv_nsec != cfg_mtime.tv_nsec || st.st_size != cfg_size)) {
+      (st.st_mtim.tv_sec != cfg_mtime.tv_sec || st.st_mtim.tv_nsec != cfg_mtime.tv_nsec ||
+       st.st_size != cfg_size)) {
     cfg_mtime = st.st_mtim;
     cfg_size = st.st_size;
     struct tb_config *fresh = tb_config_load(config_file);
     if (!fresh) {
-      nbdkit_error("configuration not reloaded, keeping the running one: %s",
-                   tb_errmsg());
+      nbdkit_error("configuration not reloaded, keeping the running one: %s", tb_errmsg());
     } else {
       tb_config_unref(current_cfg);
       current_cfg = fresh;
@@ -179,14 +179,14 @@ static struct tb_config *config_get(void) {
   return cfg;
 }
 
-static void tabula_unload(void) {
+static void tabula_unload(void)
+{
   json_decref(broken_clients);
   tb_config_unref(current_cfg);
   free(config_file);
 }
 
-/* ---- peers ------------------------------------------------------------------
- */
+/* ---- peers ------------------------------------------------------------------ */
 
 struct peer {
   struct sockaddr_storage addr;
@@ -194,7 +194,8 @@ struct peer {
   char text[128];
 };
 
-static int peer_get(struct peer *p) {
+static int peer_get(struct peer *p)
+{
   socklen_t len = sizeof p->addr;
   memset(p, 0, sizeof *p);
   if (nbdkit_peer_name((struct sockaddr *)&p->addr, &len) == -1)
@@ -205,17 +206,17 @@ static int peer_get(struct peer *p) {
     snprintf(p->text, sizeof p->text, "unix socket (uid %" PRIi64 ")", uid);
   } else {
     char host[64] = "?";
-    const void *a =
-        p->addr.ss_family == AF_INET
-            ? (const void *)&((struct sockaddr_in *)&p->addr)->sin_addr
-            : (const void *)&((struct sockaddr_in6 *)&p->addr)->sin6_addr;
+    const void *a = p->addr.ss_family == AF_INET
+                        ? (const void *)&((struct sockaddr_in *)&p->addr)->sin_addr
+                        : (const void *)&((struct sockaddr_in6 *)&p->addr)->sin6_addr;
     inet_ntop(p->addr.ss_family, a, host, sizeof host);
     snprintf(p->text, sizeof p->text, "%s", host);
   }
   return 0;
 }
 
-static bool peer_is_admin(const struct tb_config *cfg, const struct peer *p) {
+static bool peer_is_admin(const struct tb_config *cfg, const struct peer *p)
+{
   if (p->is_unix) {
     int64_t uid = nbdkit_peer_uid();
     for (size_t i = 0; i < cfg->n_admin_uids; i++)
@@ -228,8 +229,7 @@ static bool peer_is_admin(const struct tb_config *cfg, const struct peer *p) {
   return !cfg->tls_certificates || nbdkit_is_tls() == 1;
 }
 
-/* ---- the tick thread
- * ------------------------------------------------------------
+/* ---- the tick thread ------------------------------------------------------------
  *
  * Once a second lib/live.c ends sessions whose reconnect grace ran out,
  * reports idle clients and applies the state directory's reserve.
@@ -243,7 +243,8 @@ static bool tick_stop;
 
 static void *tick_main(void *arg);
 
-static int tabula_after_fork(void) {
+static int tabula_after_fork(void)
+{
   int err = pthread_create(&tick_thread, NULL, tick_main, NULL);
   if (err) {
     errno = err;
@@ -254,7 +255,8 @@ static int tabula_after_fork(void) {
   return 0;
 }
 
-static void tabula_cleanup(void) {
+static void tabula_cleanup(void)
+{
   if (tick_running) {
     pthread_mutex_lock(&tick_stop_lock);
     tick_stop = true;
@@ -267,7 +269,8 @@ static void tabula_cleanup(void) {
   tb_live_shutdown();
 }
 
-static void *tick_main(void *arg) {
+static void *tick_main(void *arg)
+{
   pthread_mutex_lock(&tick_stop_lock);
   while (!tick_stop) {
     struct timespec ts;
@@ -286,8 +289,7 @@ static void *tick_main(void *arg) {
   return NULL;
 }
 
-/* ---- handles
- * ------------------------------------------------------------------ */
+/* ---- handles ------------------------------------------------------------------ */
 
 enum export_kind {
   EXPORT_CLIENT,  /* ID, ID@boot/TOKEN: read-write */
@@ -300,12 +302,11 @@ enum export_kind {
 struct handle {
   enum export_kind kind;
   char name[TB_NAME_MAX + 1]; /* client id or image name */
-  char boot_token[65];       /* CLIENT: the boot id sent with the name, or "" */
-  struct tb_conn *conn;      /* CLIENT */
-  struct tb_live_client *lc; /* LIVE, OVERLAY */
+  char boot_token[65];        /* CLIENT: the boot id sent with the name, or "" */
+  struct tb_conn *conn;       /* CLIENT */
+  struct tb_live_client *lc;  /* LIVE, OVERLAY */
   /* What an admin handle reads when no session is running (or for SESSION):
-   * a read-only overlay, or, for a client with no overlay and for IMAGE, a raw
-   * file. */
+   * a read-only overlay, or, for a client with no overlay and for IMAGE, a raw file. */
   pthread_mutex_t fallback_lock;
   struct tb_overlay *ro;
   int raw_fd;
@@ -315,7 +316,8 @@ struct handle {
   uint32_t block_size;
 };
 
-static void handle_free(struct handle *h) {
+static void handle_free(struct handle *h)
+{
   if (!h)
     return;
   tb_conn_close(h->conn);
@@ -330,8 +332,9 @@ static void handle_free(struct handle *h) {
 
 /* Parse an export name into its kind, name and number.  Returns -1 for a name
  * that is not of any known form. */
-static int parse_export(const char *export, enum export_kind *kind, char *name,
-                        uint64_t *num, char token[65]) {
+static int parse_export(const char *export, enum export_kind *kind, char *name, uint64_t *num,
+                        char token[65])
+{
   const char *at = strchr(export, '@');
   size_t len = at ? (size_t)(at - export) : strlen(export);
   if (len == 0 || len > TB_NAME_MAX)
@@ -374,33 +377,35 @@ static int parse_export(const char *export, enum export_kind *kind, char *name,
   return *end ? -1 : 0;
 }
 
-static const struct tb_client_conf *
-client_by_address(const struct tb_config *cfg, const struct peer *p) {
+static const struct tb_client_conf *client_by_address(const struct tb_config *cfg,
+                                                      const struct peer *p)
+{
   if (p->is_unix)
     return NULL;
   for (size_t i = 0; i < cfg->n_clients; i++)
     if (cfg->clients[i].has_address &&
-        tb_cidr_match(&cfg->clients[i].address,
-                      (const struct sockaddr *)&p->addr))
+        tb_cidr_match(&cfg->clients[i].address, (const struct sockaddr *)&p->addr))
       return &cfg->clients[i];
   return NULL;
 }
 
 /* Open a read-only overlay from PATH on the base its header names. */
-static struct tb_overlay *open_ro_overlay(const char *state, const char *path) {
+static struct tb_overlay *open_ro_overlay(const char *state, const char *path)
+{
   struct tb_overlay_info info;
   struct tb_base_id base;
   char base_path[TB_PATH_MAX];
   if (tb_overlay_read_info(path, &info) == -1 ||
-      tb_base_lookup(state, info.base.image, info.base.version, &base,
-                     base_path, sizeof base_path, NULL) == -1)
+      tb_base_lookup(state, info.base.image, info.base.version, &base, base_path, sizeof base_path,
+                     NULL) == -1)
     return NULL;
   return tb_overlay_open(path, base_path, &base, TB_OVL_RDONLY);
 }
 
 /* Open a raw file for H; its size is what H reads (a second open, after a
  * session changed the client, must find the size the handle announced). */
-static int open_raw(struct handle *h, const char *path, uint64_t *size) {
+static int open_raw(struct handle *h, const char *path, uint64_t *size)
+{
   h->raw_fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (h->raw_fd == -1 || fstat(h->raw_fd, &st) == -1)
@@ -413,11 +418,10 @@ static int open_raw(struct handle *h, const char *path, uint64_t *size) {
 /* (Re)open what an admin handle of client ID reads when no session runs:
  * its overlay on disk, or its target version if it has none yet.  *SIZE
  * gets the size of what was opened. */
-static int admin_fallback_open(struct handle *h, const struct tb_config *cfg,
-                               uint64_t *size) {
+static int admin_fallback_open(struct handle *h, const struct tb_config *cfg, uint64_t *size)
+{
   char path[TB_PATH_MAX];
-  if (tb_store_client_path(cfg->state_dir, h->name, "overlay", path,
-                           sizeof path) == -1)
+  if (tb_store_client_path(cfg->state_dir, h->name, "overlay", path, sizeof path) == -1)
     return -1;
   tb_overlay_close(h->ro);
   h->ro = NULL;
@@ -435,25 +439,22 @@ static int admin_fallback_open(struct handle *h, const struct tb_config *cfg,
   char image[TB_NAME_MAX + 1], img_path[TB_PATH_MAX];
   uint32_t version;
   if (!c || tb_client_target(cfg->state_dir, c, image, &version) == -1 ||
-      tb_store_version_path(cfg->state_dir, image, version, img_path,
-                            sizeof img_path) == -1)
+      tb_store_version_path(cfg->state_dir, image, version, img_path, sizeof img_path) == -1)
     return -1;
   return open_raw(h, img_path, size);
 }
 
-static int open_admin(struct handle *h, const struct tb_config *cfg,
-                      uint64_t num) {
+static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t num)
+{
   char path[TB_PATH_MAX];
   switch (h->kind) {
   case EXPORT_IMAGE:
     if (!tb_config_has_image(cfg, h->name) || num > UINT32_MAX)
       return tb_error("no image %s in the configuration", h->name);
-    if (tb_store_version_path(cfg->state_dir, h->name, (uint32_t)num, path,
-                              sizeof path) == -1)
+    if (tb_store_version_path(cfg->state_dir, h->name, (uint32_t)num, path, sizeof path) == -1)
       return -1;
     {
-      struct tb_manifest *m =
-          tb_manifest_load(cfg->state_dir, h->name, (uint32_t)num);
+      struct tb_manifest *m = tb_manifest_load(cfg->state_dir, h->name, (uint32_t)num);
       if (!m)
         return -1;
       tb_manifest_free(m);
@@ -462,8 +463,7 @@ static int open_admin(struct handle *h, const struct tb_config *cfg,
   case EXPORT_SESSION:
     if (!tb_config_client(cfg, h->name))
       return tb_error("no client %s in the configuration", h->name);
-    if (tb_client_session_path(cfg->state_dir, h->name, num, path,
-                               sizeof path) == -1 ||
+    if (tb_client_session_path(cfg->state_dir, h->name, num, path, sizeof path) == -1 ||
         !(h->ro = open_ro_overlay(cfg->state_dir, path)))
       return -1;
     h->size = tb_overlay_size(h->ro);
@@ -496,14 +496,16 @@ static int open_admin(struct handle *h, const struct tb_config *cfg,
 
 /* A copy of NAME fit for a log line: at most 80 bytes, and bytes that are not
  * printable ASCII (escape sequences from the network) shown as '?'. */
-static void printable_name(const char *name, char out[84]) {
+static void printable_name(const char *name, char out[84])
+{
   size_t i;
   for (i = 0; name[i] && i < 80; i++)
     out[i] = name[i] >= 0x20 && name[i] < 0x7f ? name[i] : '?';
   strcpy(out + i, name[i] ? "..." : "");
 }
 
-static void *tabula_open(int readonly) {
+static void *tabula_open(int readonly)
+{
   const char *export = nbdkit_export_name();
   struct peer peer;
   if (!export || peer_get(&peer) == -1) {
@@ -526,8 +528,7 @@ static void *tabula_open(int readonly) {
   if (export[0] == '\0') {
     const struct tb_client_conf *c = client_by_address(cfg, &peer);
     if (!c) {
-      nbdkit_error("no client is configured for address %s: send the client id "
-                   "as the export "
+      nbdkit_error("no client is configured for address %s: send the client id as the export "
                    "name, or set \"address\" in its configuration",
                    peer.text);
       tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown address", "");
@@ -538,29 +539,23 @@ static void *tabula_open(int readonly) {
   if (parse_export(export, &h->kind, h->name, &num, h->boot_token) == -1) {
     char shown[84];
     printable_name(export, shown);
-    nbdkit_error("invalid export name \"%s\": expected a client id "
-                 "([A-Za-z0-9._-], up to 64 "
+    nbdkit_error("invalid export name \"%s\": expected a client id ([A-Za-z0-9._-], up to 64 "
                  "characters)",
                  shown);
-    tb_event_refusal(cfg->state_dir, NULL, peer.text, "invalid export name",
-                     export);
+    tb_event_refusal(cfg->state_dir, NULL, peer.text, "invalid export name", export);
     goto out;
   }
   if (h->kind == EXPORT_CLIENT) {
     const struct tb_client_conf *c = tb_config_client(cfg, h->name);
     if (!c) {
-      nbdkit_error("unknown client \"%s\": no such client in the configuration",
-                   h->name);
-      tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown client",
-                       export);
+      nbdkit_error("unknown client \"%s\": no such client in the configuration", h->name);
+      tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown client", export);
       goto out;
     }
     if (!tb_acl_allows(&c->allow, (const struct sockaddr *)&peer.addr)) {
-      nbdkit_error(
-          "client \"%s\" refused to peer %s: not in its \"allow\" list",
-          h->name, peer.text);
-      tb_event_refusal(cfg->state_dir, h->name, peer.text, "not in allow",
-                       NULL);
+      nbdkit_error("client \"%s\" refused to peer %s: not in its \"allow\" list", h->name,
+                   peer.text);
+      tb_event_refusal(cfg->state_dir, h->name, peer.text, "not in allow", NULL);
       goto out;
     }
     if (client_broken(cfg, c)) {
@@ -570,8 +565,7 @@ static void *tabula_open(int readonly) {
     }
     struct tb_conn_info info = {.frontend = "nbd",
                                 .peer = peer.text,
-                                .boot_token =
-                                    h->boot_token[0] ? h->boot_token : NULL,
+                                .boot_token = h->boot_token[0] ? h->boot_token : NULL,
                                 .admin = admin};
     if (!(h->conn = tb_conn_open(cfg, c, &info))) {
       const char *msg = tb_errmsg();
@@ -590,9 +584,7 @@ static void *tabula_open(int readonly) {
   }
   /* Admin exports: to anyone else they do not exist. */
   if (!admin) {
-    nbdkit_error(
-        "unknown client \"%.80s\": no such client in the configuration",
-        export);
+    nbdkit_error("unknown client \"%.80s\": no such client in the configuration", export);
     tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown client", export);
     goto out;
   }
@@ -608,20 +600,23 @@ out:
   return h;
 }
 
-static void tabula_close(void *handle) { handle_free(handle); }
+static void tabula_close(void *handle)
+{
+  handle_free(handle);
+}
 
-/* ---- what a handle reads
- * ------------------------------------------------------ */
+/* ---- what a handle reads ------------------------------------------------------ */
 
 /* A source of data for one admin request: an overlay, or a raw file. */
 struct source {
   struct tb_overlay *ovl;
   int raw_fd;
-  bool live; /* holds the live session's overlay (tb_live_read_begin) */
+  bool live;            /* holds the live session's overlay (tb_live_read_begin) */
   bool fallback_locked; /* holds fallback_lock */
 };
 
-static int source_get(struct handle *h, struct source *src) {
+static int source_get(struct handle *h, struct source *src)
+{
   memset(src, 0, sizeof *src);
   src->raw_fd = -1;
   if (h->kind == EXPORT_SESSION || h->kind == EXPORT_IMAGE) {
@@ -654,37 +649,40 @@ static int source_get(struct handle *h, struct source *src) {
   }
   if (size != h->size) {
     errno = ESTALE;
-    return tb_error("%s: the client's disk changed (re-imaged from %" PRIu64
-                    " to %" PRIu64 " bytes); reconnect",
+    return tb_error("%s: the client's disk changed (re-imaged from %" PRIu64 " to %" PRIu64
+                    " bytes); reconnect",
                     h->name, h->size, size);
   }
   return 0;
 }
 
-static void source_put(struct handle *h, struct source *src) {
+static void source_put(struct handle *h, struct source *src)
+{
   if (src->fallback_locked)
     pthread_mutex_unlock(&h->fallback_lock);
   if (src->live)
     tb_live_read_end(h->lc);
 }
 
-static int fail_with_errno(void) {
+static int fail_with_errno(void)
+{
   int e = errno ? errno : EIO;
   nbdkit_error("%s", tb_errmsg());
   nbdkit_set_error(e);
   return -1;
 }
 
-/* ---- size and capabilities
- * ---------------------------------------------------------- */
+/* ---- size and capabilities ---------------------------------------------------------- */
 
-static int64_t tabula_get_size(void *handle) {
+static int64_t tabula_get_size(void *handle)
+{
   struct handle *h = handle;
   return (int64_t)h->size;
 }
 
-static int tabula_block_size(void *handle, uint32_t *minimum,
-                             uint32_t *preferred, uint32_t *maximum) {
+static int tabula_block_size(void *handle, uint32_t *minimum, uint32_t *preferred,
+                             uint32_t *maximum)
+{
   struct handle *h = handle;
   *minimum = 1; /* unaligned requests are handled (read-modify-write) */
   *preferred = h->block_size < 4096 ? 4096 : h->block_size;
@@ -692,42 +690,60 @@ static int tabula_block_size(void *handle, uint32_t *minimum,
   return 0;
 }
 
-static int tabula_can_write(void *handle) {
+static int tabula_can_write(void *handle)
+{
   struct handle *h = handle;
   return h->kind == EXPORT_CLIENT && !tb_conn_read_only(h->conn);
 }
 
-static int tabula_can_flush(void *handle) { return 1; }
-
-static int tabula_can_fua(void *handle) { return NBDKIT_FUA_NATIVE; }
-
-static int tabula_can_multi_conn(void *handle) {
-  /* All connections of a client share one overlay, and flush is global to it.
-   */
+static int tabula_can_flush(void *handle)
+{
   return 1;
 }
 
-static int tabula_can_extents(void *handle) { return 1; }
+static int tabula_can_fua(void *handle)
+{
+  return NBDKIT_FUA_NATIVE;
+}
 
-static int tabula_can_zero(void *handle) { return 1; }
+static int tabula_can_multi_conn(void *handle)
+{
+  /* All connections of a client share one overlay, and flush is global to it. */
+  return 1;
+}
 
-static int tabula_can_fast_zero(void *handle) {
+static int tabula_can_extents(void *handle)
+{
+  return 1;
+}
+
+static int tabula_can_zero(void *handle)
+{
+  return 1;
+}
+
+static int tabula_can_fast_zero(void *handle)
+{
   return 1; /* zeroing whole blocks is a map update */
 }
 
-static int tabula_can_trim(void *handle) { return 1; }
+static int tabula_can_trim(void *handle)
+{
+  return 1;
+}
 
-static int tabula_can_cache(void *handle) { return NBDKIT_CACHE_NONE; }
+static int tabula_can_cache(void *handle)
+{
+  return NBDKIT_CACHE_NONE;
+}
 
-/* ---- data
- * ------------------------------------------------------------------------ */
+/* ---- data ------------------------------------------------------------------------ */
 
-static int tabula_pread(void *handle, void *buf, uint32_t count,
-                        uint64_t offset, uint32_t flags) {
+static int tabula_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
+{
   struct handle *h = handle;
   if (h->kind == EXPORT_CLIENT)
-    return tb_conn_pread(h->conn, buf, count, offset) == -1 ? fail_with_errno()
-                                                            : 0;
+    return tb_conn_pread(h->conn, buf, count, offset) == -1 ? fail_with_errno() : 0;
   struct source src;
   int r = source_get(h, &src);
   if (r == 0) {
@@ -744,20 +760,20 @@ static int tabula_pread(void *handle, void *buf, uint32_t count,
   return r == -1 ? fail_with_errno() : 0;
 }
 
-static int fua(uint32_t flags) {
+static int fua(uint32_t flags)
+{
   return (flags & NBDKIT_FLAG_FUA) ? TB_FUA : 0;
 }
 
-static int tabula_pwrite(void *handle, const void *buf, uint32_t count,
-                         uint64_t offset, uint32_t flags) {
+static int tabula_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset,
+                         uint32_t flags)
+{
   struct handle *h = handle;
-  return tb_conn_pwrite(h->conn, buf, count, offset, fua(flags)) == -1
-             ? fail_with_errno()
-             : 0;
+  return tb_conn_pwrite(h->conn, buf, count, offset, fua(flags)) == -1 ? fail_with_errno() : 0;
 }
 
-static int tabula_zero(void *handle, uint32_t count, uint64_t offset,
-                       uint32_t flags) {
+static int tabula_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
   struct handle *h = handle;
   /* A fast zero must fail rather than be slow (NBD): a partial block would
    * be written, not mapped. */
@@ -766,28 +782,24 @@ static int tabula_zero(void *handle, uint32_t count, uint64_t offset,
     nbdkit_set_error(ENOTSUP);
     return -1;
   }
-  return tb_conn_zero(h->conn, count, offset, fua(flags)) == -1
-             ? fail_with_errno()
-             : 0;
+  return tb_conn_zero(h->conn, count, offset, fua(flags)) == -1 ? fail_with_errno() : 0;
 }
 
-static int tabula_trim(void *handle, uint32_t count, uint64_t offset,
-                       uint32_t flags) {
+static int tabula_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
   struct handle *h = handle;
-  return tb_conn_trim(h->conn, count, offset, fua(flags)) == -1
-             ? fail_with_errno()
-             : 0;
+  return tb_conn_trim(h->conn, count, offset, fua(flags)) == -1 ? fail_with_errno() : 0;
 }
 
-static int tabula_flush(void *handle, uint32_t flags) {
+static int tabula_flush(void *handle, uint32_t flags)
+{
   struct handle *h = handle;
   if (h->kind != EXPORT_CLIENT)
     return 0;
   return tb_conn_flush(h->conn) == -1 ? fail_with_errno() : 0;
 }
 
-/* ---- extents
- * ---------------------------------------------------------------------- */
+/* ---- extents ---------------------------------------------------------------------- */
 
 struct extents_ctx {
   struct nbdkit_extents *extents;
@@ -796,8 +808,8 @@ struct extents_ctx {
 };
 
 /* Report [off, off+len) of a raw file by its data and holes. */
-static int raw_extents(struct nbdkit_extents *ex, int fd, uint64_t off,
-                       uint64_t len) {
+static int raw_extents(struct nbdkit_extents *ex, int fd, uint64_t off, uint64_t len)
+{
   uint64_t end = off + len;
   while (off < end) {
     off_t data = lseek(fd, (off_t)off, SEEK_DATA);
@@ -807,8 +819,7 @@ static int raw_extents(struct nbdkit_extents *ex, int fd, uint64_t off,
     if (d > end)
       d = end;
     if (d > off) {
-      if (nbdkit_add_extent(ex, off, d - off,
-                            NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
+      if (nbdkit_add_extent(ex, off, d - off, NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
         return -1;
       off = d;
       continue;
@@ -826,36 +837,34 @@ static int raw_extents(struct nbdkit_extents *ex, int fd, uint64_t off,
   return 0;
 }
 
-static int extent_cb(void *opaque, uint64_t off, uint64_t len,
-                     enum tb_block_state s) {
+static int extent_cb(void *opaque, uint64_t off, uint64_t len, enum tb_block_state s)
+{
   struct extents_ctx *x = opaque;
   switch (s) {
   case TB_DATA:
     return nbdkit_add_extent(x->extents, off, len, 0);
   case TB_ZERO:
     return nbdkit_add_extent(x->extents, off, len,
-                             x->overlay_only
-                                 ? NBDKIT_EXTENT_ZERO
-                                 : NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+                             x->overlay_only ? NBDKIT_EXTENT_ZERO
+                                             : NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
   case TB_CLEAN:
     if (x->overlay_only)
-      return nbdkit_add_extent(x->extents, off, len,
-                               NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+      return nbdkit_add_extent(x->extents, off, len, NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
     return raw_extents(x->extents, x->base_fd, off, len);
   }
   return 0;
 }
 
-static int tabula_extents(void *handle, uint32_t count, uint64_t offset,
-                          uint32_t flags, struct nbdkit_extents *extents) {
+static int tabula_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+                          struct nbdkit_extents *extents)
+{
   struct handle *h = handle;
   if (h->kind == EXPORT_CLIENT) {
     struct extents_ctx x = {extents, tb_conn_base_fd(h->conn), false};
     uint64_t len = (flags & NBDKIT_FLAG_REQ_ONE) ? h->block_size : count;
     if (len > count)
       len = count;
-    if (x.base_fd == -1 ||
-        tb_conn_extents(h->conn, offset, len, extent_cb, &x) == -1) {
+    if (x.base_fd == -1 || tb_conn_extents(h->conn, offset, len, extent_cb, &x) == -1) {
       nbdkit_error("%s: extents: %s", h->name, tb_errmsg());
       return -1;
     }
@@ -865,18 +874,14 @@ static int tabula_extents(void *handle, uint32_t count, uint64_t offset,
   int r = source_get(h, &src);
   if (r == 0) {
     if (src.ovl) {
-      struct extents_ctx x = {extents, tb_overlay_base_fd(src.ovl),
-                              h->kind == EXPORT_OVERLAY};
+      struct extents_ctx x = {extents, tb_overlay_base_fd(src.ovl), h->kind == EXPORT_OVERLAY};
       /* With REQ_ONE only the first extent is needed: stop after it. */
-      uint64_t len = (flags & NBDKIT_FLAG_REQ_ONE)
-                         ? tb_overlay_block_size(src.ovl)
-                         : count;
+      uint64_t len = (flags & NBDKIT_FLAG_REQ_ONE) ? tb_overlay_block_size(src.ovl) : count;
       if (len > count)
         len = count;
       r = tb_overlay_extents(src.ovl, offset, len, extent_cb, &x);
     } else if (h->kind == EXPORT_OVERLAY) {
-      r = nbdkit_add_extent(extents, offset, count,
-                            NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+      r = nbdkit_add_extent(extents, offset, count, NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
     } else {
       r = raw_extents(extents, src.raw_fd, offset, count);
     }
@@ -889,12 +894,11 @@ static int tabula_extents(void *handle, uint32_t count, uint64_t offset,
   return 0;
 }
 
-/* ---- export listing (admin peers only)
- * --------------------------------------------------- */
+/* ---- export listing (admin peers only) --------------------------------------------------- */
 
+static int add_export(struct nbdkit_exports *ex, const char *fmt, ...) TB_PRINTF(2, 3);
 static int add_export(struct nbdkit_exports *ex, const char *fmt, ...)
-    TB_PRINTF(2, 3);
-static int add_export(struct nbdkit_exports *ex, const char *fmt, ...) {
+{
   char name[TB_PATH_MAX];
   va_list ap;
   va_start(ap, fmt);
@@ -908,8 +912,8 @@ static int add_export(struct nbdkit_exports *ex, const char *fmt, ...) {
  * listing tool (nbdinfo --list) opens every export it is given and fails on
  * the first that refuses.  A locked-down client is listed: admins see it
  * read-only.  The admin views (ID@live...) are listed either way. */
-static bool client_listable(const struct tb_config *cfg,
-                            const struct tb_client_conf *c) {
+static bool client_listable(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
   if (tb_live_holds(c->id))
     return true;
   if (tb_client_locked(cfg->state_dir, c->id))
@@ -917,13 +921,12 @@ static bool client_listable(const struct tb_config *cfg,
   char image[TB_NAME_MAX + 1], path[TB_PATH_MAX];
   uint32_t version;
   return tb_client_target(cfg->state_dir, c, image, &version) == 0 &&
-         tb_store_manifest_path(cfg->state_dir, image, version, path,
-                                sizeof path) == 0 &&
+         tb_store_manifest_path(cfg->state_dir, image, version, path, sizeof path) == 0 &&
          access(path, F_OK) == 0;
 }
 
-static int tabula_list_exports(int readonly, int is_tls,
-                               struct nbdkit_exports *exports) {
+static int tabula_list_exports(int readonly, int is_tls, struct nbdkit_exports *exports)
+{
   struct peer peer;
   if (peer_get(&peer) == -1)
     return -1;
@@ -938,8 +941,7 @@ static int tabula_list_exports(int readonly, int is_tls,
     const char *id = cfg->clients[i].id;
     if (client_listable(cfg, &cfg->clients[i]))
       r = add_export(exports, "%s", id);
-    r |= add_export(exports, "%s@live", id) |
-         add_export(exports, "%s@overlay", id);
+    r |= add_export(exports, "%s@live", id) | add_export(exports, "%s@overlay", id);
     uint64_t *nums;
     size_t n;
     if (r == 0 && tb_client_sessions(cfg->state_dir, id, &nums, &n) == 0) {
@@ -962,10 +964,10 @@ out:
   return r == 0 ? 0 : -1;
 }
 
-/* "base IMAGE@N" for exports that have a base version: remote views
- * (tabula-fuse
+/* "base IMAGE@N" for exports that have a base version: remote views (tabula-fuse
  * --uri) read it to know what a client or session is compared with. */
-static const char *tabula_export_description(void *handle) {
+static const char *tabula_export_description(void *handle)
+{
   struct handle *h = handle;
   struct tb_overlay_info info;
   struct source src;
@@ -976,25 +978,23 @@ static const char *tabula_export_description(void *handle) {
     return nbdkit_printf_intern("tabula client %s", h->name);
   if (source_get(h, &src) == 0 && src.ovl) {
     tb_overlay_info(src.ovl, &info);
-    desc = nbdkit_printf_intern("base %s@%u, session %" PRIu64 ", client %s",
-                                info.base.image, info.base.version,
-                                info.session, h->name);
+    desc = nbdkit_printf_intern("base %s@%u, session %" PRIu64 ", client %s", info.base.image,
+                                info.base.version, info.session, h->name);
   }
   source_put(h, &src);
   return desc;
 }
 
-static const char *tabula_default_export(int readonly, int is_tls) {
+static const char *tabula_default_export(int readonly, int is_tls)
+{
   return ""; /* the client found by its peer address */
 }
 
 static struct nbdkit_plugin plugin = {
     .name = "tabula",
-    .longname =
-        "tabula: copy-on-write overlays of master images for many clients",
+    .longname = "tabula: copy-on-write overlays of master images for many clients",
     .version = PACKAGE_VERSION,
-    .description =
-        "Serves each client its own copy-on-write overlay of a master image.",
+    .description = "Serves each client its own copy-on-write overlay of a master image.",
     .config = tabula_config,
     .config_complete = tabula_config_complete,
     .config_help = "config=FILE     (required) the tabula configuration (JSON)",
