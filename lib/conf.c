@@ -20,7 +20,6 @@
 
 #include "conf.h"
 #include "events.h"
-#include "repo.h"
 #include "schedule.h"
 #include "watchdog.h"
 
@@ -1128,8 +1127,8 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if ((v = json_object_get(root, "pull"))) {
     if (!json_is_object(v) && !json_is_array(v))
       return bad("pull", "an object or an array of objects", v);
-    if (tb_repo_pull_config_validate(v, "pull") == -1)
-      return -1;
+    /* Its contents are the repository layer's (tb_repo_pull_config_validate,
+     * called by the daemon at load): the core does not link libcurl. */
     cfg->pull = json_incref(v);
   }
   if ((v = json_object_get(root, "watchdog"))) {

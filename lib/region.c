@@ -1,15 +1,18 @@
 /* tabula: regions of a disk (see region.h).
  *
- * Partition tables are read with The Sleuth Kit through lib/inspect, the same
- * code the view uses, so "partition:2" here and "p2-ntfs" in the view are the
- * same bytes.
+ * Partition tables are read with lib/ptable, the core's own MBR and GPT
+ * reader, which numbers partitions as the view's libtsk does (tests/ptable-
+ * tsk.sh), so "partition:2" here and "p2-ntfs" in the view are the same bytes
+ * while the core links neither libtsk nor libnbd.
  */
 #include <config.h>
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "inspect.h"
+#include "ptable.h"
 #include "region.h"
 
 int tb_region_parse(const char *s, bool tables_allowed, struct tb_region *r)
@@ -36,15 +39,21 @@ int tb_region_parse(const char *s, bool tables_allowed, struct tb_region *r)
 
 int tb_image_partition(const char *path, uint32_t n, uint64_t *off, uint64_t *len)
 {
-  struct tb_disk *d = tb_disk_open_file(path);
-  if (!d)
-    return -1;
-  struct tb_inspect *ins = tb_inspect_open(d);
-  tb_disk_unref(d);
-  if (!ins)
-    return -1;
-  int r = tb_inspect_partition(ins, n, off, len);
-  tb_inspect_close(ins);
+  struct tb_ptable *t = malloc(sizeof *t);
+  if (!t) {
+    errno = ENOMEM;
+    return tb_error("reading the partition table of %s: out of memory", path);
+  }
+  int r = tb_ptable_read_file(path, t);
+  const struct tb_partition *p = r == 0 ? tb_ptable_find(t, n) : NULL;
+  if (p) {
+    *off = p->offset;
+    *len = p->length;
+  } else if (r == 0) {
+    errno = ENOENT;
+    r = tb_error("partition %u does not exist in the partition table of %s", n, path);
+  }
+  free(t);
   return r;
 }
 

@@ -4,8 +4,8 @@
  *   "gpt"              the primary table (sectors 0-33) and the backup table
  *                      (the last 33 sectors)
  *   "partition:N"      partition N (1-based, as Linux numbers them) of the MBR
- *                      or GPT of the image the client runs, read through
- *                      lib/inspect (libtsk) when the region is resolved
+ *                      or GPT of the image the client runs, read
+ *                      by lib/ptable when the region is resolved
  *   "lba:FIRST-LAST"   512-byte sectors, inclusive
  *
  * Preserved ranges (conf.h) and protected regions (watchdog.h) both use them,

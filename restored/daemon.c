@@ -42,6 +42,7 @@
 #include "events.h"
 #include "mailbox.h"
 #include "overlay.h"
+#include "repo.h"
 #include "session.h"
 #include "store.h"
 
@@ -286,13 +287,15 @@ int64_t schedules_next(const struct daemon *d)
 
 /* ---- configuration --------------------------------------------------------------- */
 
-/* Checks beyond the parser's that only the daemon needs (schedules). */
+/* Checks beyond the core parser's that only the daemon needs: the "pull"
+ * section (the repository layer's) and the schedules. */
 static struct tb_config *load_config(const char *file, struct client_sched **sched, size_t *n)
 {
   struct tb_config *cfg = tb_config_load(file);
   if (!cfg)
     return NULL;
-  if (schedules_build(cfg, sched, n) == -1) {
+  if ((cfg->pull && tb_repo_pull_config_validate(cfg->pull, "pull") == -1) ||
+      schedules_build(cfg, sched, n) == -1) {
     tb_error_prefix("%s", file);
     tb_config_unref(cfg);
     return NULL;
