@@ -93,7 +93,7 @@ struct tb_live_client {
   struct tb_guards guards; /* of the session */
   pthread_mutex_t guard_lock;
   int64_t idle_ms;
-  int64_t last_io_ms; /* atomic */
+  int64_t last_io_ms; /* atomic; this and every interval here: tb_mono_ms() */
   int64_t idle_reported_ms;
   int64_t published_ms;    /* live.json last written (turn_lock) */
   int64_t published_io_ms; /* last_io_ms it showed */
@@ -111,7 +111,7 @@ struct tb_live_client *tb_live_client_get(const char *id)
 {
   pthread_mutex_lock(&live_lock);
   if (!process_start_ms)
-    process_start_ms = tb_now_ms();
+    process_start_ms = tb_mono_ms();
   struct tb_live_client *lc;
   for (lc = live_list; lc; lc = lc->next)
     if (strcmp(lc->id, id) == 0)
@@ -161,6 +161,12 @@ void tb_live_client_put(struct tb_live_client *lc)
 
 /* ---- live.json: what is happening now, for tabulactl ---------------------------- */
 
+/* The wall-clock time of monotonic time MONO, for display. */
+static int64_t wall_of(int64_t mono)
+{
+  return tb_now_ms() - (tb_mono_ms() - mono);
+}
+
 /* Written at every change of state or connections; runtime information, so
  * it is renamed into place but not fsynced (after a power cut the pid in it
  * is dead, and the daemon shows the state as stale). */
@@ -189,10 +195,10 @@ static void write_live_json(struct tb_live_client *lc, const char *state_dir)
                   (json_int_t)(info.data_blocks * info.block_size), "bytes_read",
                   (json_int_t)(st.bytes_read + lc->session->bytes_read_before), "bytes_written",
                   (json_int_t)st.bytes_written, "errors", (json_int_t)st.errors, "last_io",
-                  (json_int_t)__atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED), "quota_bytes",
-                  (json_int_t)(lc->c ? lc->c->quota : 0));
+                  (json_int_t)wall_of(__atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED)),
+                  "quota_bytes", (json_int_t)(lc->c ? lc->c->quota : 0));
   }
-  lc->published_ms = tb_now_ms();
+  lc->published_ms = tb_mono_ms();
   lc->published_io_ms = __atomic_load_n(&lc->last_io_ms, __ATOMIC_RELAXED);
   json_t *o = json_pack(
       "{s:s, s:o, s:i, s:I, s:o, s:{s:s, s:s?, s:I, s:s}, s:o, s:o}", "state",
@@ -200,8 +206,8 @@ static void write_live_json(struct tb_live_client *lc, const char *state_dir)
       (json_int_t)tb_now_ms(), "connections", conns, "boot", "via",
       lc->boot.via[0] ? lc->boot.via : "none", "token", lc->boot.token[0] ? lc->boot.token : NULL,
       "marker_seq", (json_int_t)lc->boot.marker_seq, "peer", lc->boot.peer, "grace_until",
-      lc->state == LIVE_RECONNECTING ? json_integer(lc->grace_until_ms) : json_null(), "figures",
-      figures);
+      lc->state == LIVE_RECONNECTING ? json_integer(wall_of(lc->grace_until_ms)) : json_null(),
+      "figures", figures);
   char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   if (!text)
@@ -244,7 +250,7 @@ static int guards_resolve(struct tb_live_client *lc, const char *base_path, uint
 static void guards_begin(struct tb_live_client *lc)
 {
   struct tb_session *s = lc->session;
-  __atomic_store_n(&lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
+  __atomic_store_n(&lc->last_io_ms, tb_mono_ms(), __ATOMIC_RELAXED);
   lc->idle_reported_ms = 0;
   lc->deny_applied = __atomic_load_n(&low_space, __ATOMIC_RELAXED);
   if (lc->deny_applied)
@@ -344,7 +350,7 @@ static int try_resume(struct tb_live_client *lc, const struct tb_conn_info *info
     return 0;
   bool same_boot = (!info->boot_token || strcmp(info->boot_token, rec->boot.token) == 0) &&
                    marker->seq <= rec->boot.marker_seq;
-  bool in_grace = tb_now_ms() < process_start_ms + lc->c->reconnect_grace_ms;
+  bool in_grace = tb_mono_ms() < process_start_ms + lc->c->reconnect_grace_ms;
   struct tb_session *s = tb_session_resume(lc->cfg, lc->c, rec);
   if (!s)
     return -1; /* busy: another frontend process serves it */
@@ -489,7 +495,7 @@ void tb_conn_close(struct tb_conn *conn)
     } else if (lc->state == LIVE_RUNNING) {
       if (tb_overlay_flush(lc->session->overlay) == -1)
         tb_eventf(lc->cfg->state_dir, "flush-failed", lc->id, "{s:s}", "error", tb_errmsg());
-      lc->grace_until_ms = tb_now_ms() + lc->c->reconnect_grace_ms;
+      lc->grace_until_ms = tb_mono_ms() + lc->c->reconnect_grace_ms;
       lc->state = LIVE_RECONNECTING;
       if (lc->c->reconnect_grace_ms <= 0)
         end_boot(lc);
@@ -554,7 +560,7 @@ int tb_conn_pread(struct tb_conn *conn, void *buf, uint32_t count, uint64_t offs
     return tb_error("client %s: read beyond the end of the disk", conn->lc->id);
   }
   tb_limit_take(conn->limit, TB_LIMIT_READ, count);
-  __atomic_store_n(&conn->lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
+  __atomic_store_n(&conn->lc->last_io_ms, tb_mono_ms(), __ATOMIC_RELAXED);
   if (view_begin(conn, &ovl, &plan) == -1)
     return -1;
   int r;
@@ -586,7 +592,7 @@ static int guard_change(struct tb_live_client *lc, struct tb_overlay *ovl, const
     g = tb_guards_check_change(&lc->guards, ovl, buf, offset, count);
   if (!g)
     return 0;
-  int64_t now = tb_now_ms();
+  int64_t now = tb_mono_ms();
   pthread_mutex_lock(&lc->guard_lock);
   bool emit = now - g->last_event_ms >= 1000;
   uint64_t suppressed = g->suppressed;
@@ -624,7 +630,7 @@ static int change(struct tb_conn *conn, enum change kind, const void *buf, uint3
     return tb_error("client %s: %s beyond the end of the disk", lc->id, change_names[kind]);
   }
   tb_limit_take(conn->limit, TB_LIMIT_WRITE, kind == CHANGE_WRITE ? count : 0);
-  __atomic_store_n(&lc->last_io_ms, tb_now_ms(), __ATOMIC_RELAXED);
+  __atomic_store_n(&lc->last_io_ms, tb_mono_ms(), __ATOMIC_RELAXED);
   for (;;) {
     struct tb_overlay *ovl;
     struct tb_session_plan *plan;
@@ -755,7 +761,7 @@ static void sweep_orphans(const struct tb_config *cfg)
 {
   for (size_t i = 0; i < cfg->n_clients; i++) {
     const struct tb_client_conf *c = &cfg->clients[i];
-    if (tb_now_ms() < process_start_ms + c->reconnect_grace_ms)
+    if (tb_mono_ms() < process_start_ms + c->reconnect_grace_ms)
       continue;
     struct tb_live_client *lc = tb_live_client_get(c->id);
     if (!lc)
@@ -797,7 +803,7 @@ void tb_live_tick(const struct tb_config *cfg)
   /* Take a reference on every client, then visit each without live_lock. */
   pthread_mutex_lock(&live_lock);
   if (!process_start_ms)
-    process_start_ms = tb_now_ms();
+    process_start_ms = tb_mono_ms();
   size_t n = 0;
   for (struct tb_live_client *lc = live_list; lc; lc = lc->next)
     n++;
@@ -810,7 +816,7 @@ void tb_live_tick(const struct tb_config *cfg)
   bool sweep = !swept && all;
   pthread_mutex_unlock(&live_lock);
 
-  int64_t now = tb_now_ms();
+  int64_t now = tb_mono_ms();
   for (size_t i = 0; i < n; i++) {
     struct tb_live_client *lc = all[i];
     pthread_mutex_lock(&lc->turn_lock);

@@ -80,6 +80,9 @@ int tb_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
 /* Wall clock in seconds / milliseconds, and an ISO-8601 UTC timestamp. */
 int64_t tb_now_ms(void);
+/* A monotonic clock in milliseconds, for intervals (grace periods, idle
+ * time, backoff): a stepped wall clock must not stretch or cut them. */
+int64_t tb_mono_ms(void);
 void tb_iso_time(int64_t epoch_ms, char out[32]);
 
 /* Hex encoding of a sha256 (65 bytes with NUL) and back. */
