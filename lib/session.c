@@ -31,6 +31,7 @@
 
 #include "events.h"
 #include "mailbox.h"
+#include "maintenance.h"
 #include "region.h"
 #include "session.h"
 #include "store.h"
@@ -188,8 +189,12 @@ int tb_client_target(const char *state, const struct tb_client_conf *c, char ima
   struct tb_mailbox mb;
   if (tb_mailbox_read(state, c->id, &mb) == -1)
     return -1;
-  snprintf(image, TB_NAME_MAX + 1, "%s", mb.image[0] ? mb.image : c->image);
-  *version = mb.pin ? mb.pin : c->version;
+  struct tb_maintenance mt; /* a maintenance PC boots the newest version of its image */
+  int maint = tb_maintenance_read(state, c->id, &mt);
+  if (maint == -1)
+    return -1;
+  snprintf(image, TB_NAME_MAX + 1, "%s", maint ? mt.image : mb.image[0] ? mb.image : c->image);
+  *version = maint ? 0 : mb.pin ? mb.pin : c->version;
   if (!*version && !(*version = tb_store_latest(state, image)))
     return -1;
   return 0;
@@ -716,8 +721,9 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
   }
   pl->prev_number = tb_client_last_session(state, c->id);
   bool exists = access(overlay, F_OK) == 0;
-  pl->discard = !pl->locked_down &&
-                (c->policy == TB_POLICY_ROLLBACK || mb->rollback || mb->refresh || mb->restore > 0);
+  /* A maintenance PC keeps its overlay whatever its policy (maintenance.h). */
+  bool rolls = c->policy == TB_POLICY_ROLLBACK && tb_maintenance_read(state, c->id, NULL) != 1;
+  pl->discard = !pl->locked_down && (rolls || mb->rollback || mb->refresh || mb->restore > 0);
   pl->retain = pl->discard && exists && !overlay_unused(overlay) && pl->prev_number != 0;
   pl->keep_overlay = exists && !pl->discard;
 

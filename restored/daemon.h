@@ -175,6 +175,11 @@ struct merge_request {
   int64_t session; /* 0: the current overlay */
   bool progress;
   uint64_t conn_id;
+  /* maintenance finish (maintenance.c): after the merge the client leaves
+   * maintenance, back to this mailbox image ("" none) and pin */
+  bool maintenance;
+  char maint_image[TB_NAME_MAX + 1];
+  uint32_t maint_pin;
 };
 int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, size_t errlen);
 
@@ -197,6 +202,14 @@ void webhooks_configure(const struct tb_config *cfg);
 void webhooks_post(const char *type, const char *body);
 json_t *webhooks_status(void);
 void webhooks_shutdown(void);
+
+/* maintenance.c: the maintenance PC of an image (lib/maintenance.h) */
+json_t *maintenance_op(struct daemon *d, struct conn *conn, const char *op, json_t *req,
+                       bool *handled); /* *HANDLED false: not a maintenance op */
+json_t *maintenance_status(struct daemon *d, const char *id); /* NULL: not in maintenance */
+/* From the merge job, the client's lock held: the merge into IMAGE@VERSION is done. */
+void maintenance_merged(const char *state, const struct merge_request *req, const char *image,
+                        uint32_t version);
 
 /* metrics.c */
 void metrics_write(struct daemon *d);

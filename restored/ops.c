@@ -161,7 +161,10 @@ static uint64_t disk_bytes(const char *path)
   return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
 }
 
-static json_t *pending_json(const struct tb_mailbox *mb)
+/* What the client's next session start will apply.  A reimage (the
+ * mailbox's standing image) is pending only until the client's overlay is on
+ * that image (BASE_IMAGE, NULL: no overlay). */
+static json_t *pending_json(const struct tb_mailbox *mb, const char *base_image)
 {
   json_t *p = json_array();
   char buf[128];
@@ -173,7 +176,7 @@ static json_t *pending_json(const struct tb_mailbox *mb)
     snprintf(buf, sizeof buf, "restore %lld", (long long)mb->restore);
     json_array_append_new(p, json_string(buf));
   }
-  if (mb->image[0]) {
+  if (mb->image[0] && (!base_image || strcmp(base_image, mb->image) != 0)) {
     snprintf(buf, sizeof buf, "image %s", mb->image);
     json_array_append_new(p, json_string(buf));
   }
@@ -331,7 +334,10 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)dirty));
   json_object_set_new(o, "disk_bytes", json_integer((json_int_t)disk_bytes(ovl)));
   json_object_set_new(o, "quota_bytes", json_integer((json_int_t)c->quota));
-  json_object_set_new(o, "pending", pending_json(&mb));
+  json_object_set_new(o, "pending", pending_json(&mb, have_info ? info.base.image : NULL));
+  json_t *maint = maintenance_status(d, c->id);
+  if (maint)
+    json_object_set_new(o, "maintenance", maint);
   json_object_set_new(o, "live", live);
   if (c->has_mac) {
     char addr[64] = "?";
@@ -340,7 +346,8 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   }
   if (mb.lockdown[0])
     json_object_set_new(o, "lockdown", json_string(mb.lockdown));
-  bool discard = c->policy == TB_POLICY_ROLLBACK || mb.rollback || mb.refresh || mb.restore > 0;
+  bool rolls = c->policy == TB_POLICY_ROLLBACK && !maint; /* a maintenance PC persists */
+  bool discard = rolls || mb.rollback || mb.refresh || mb.restore > 0;
   json_object_set_new(o, "keeps_overlay", json_boolean(have_overlay && !discard));
   const struct client_sched *sch = schedule_for(c->id);
   if (c->refresh) {
@@ -374,8 +381,18 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
     }
   }
   if (detail) {
-    if (sess)
+    /* A session.json left "active" by a frontend that stopped without ending
+     * it (kill -9, a daemon stop under a running client) is interrupted: it
+     * is resumed or ended when the client next connects. */
+    const char *sst = json_string_value(json_object_get(sess, "state"));
+    if (sess && sst && !strcmp(sst, "active") &&
+        (!locked || json_is_true(json_object_get(live, "frontend_gone")))) {
+      json_t *copy = json_copy(sess);
+      json_object_set_new(copy, "state", json_string("interrupted"));
+      json_object_set_new(o, "last_session", copy);
+    } else if (sess) {
       json_object_set(o, "last_session", sess);
+    }
     json_object_set_new(o, "sessions", sessions_json(state, c->id, true));
     struct client_counters *cc = counters_for(c->id);
     if (cc)
@@ -1047,7 +1064,11 @@ json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req)
     return op_events(d, c, &a);
   if (!strcmp(a.op, "reload"))
     return op_reload(d, &a);
-  json_t *r = watchdog_op(d, a.op, req);
+  bool ours;
+  json_t *r = maintenance_op(d, c, a.op, req, &ours);
+  if (ours)
+    return r; /* NULL: a merge job answers */
+  r = watchdog_op(d, a.op, req);
   if (r)
     return r;
   if ((r = pxe_op(d, a.op, req)))

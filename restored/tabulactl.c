@@ -202,6 +202,35 @@ static const char *jtime(const json_t *o, const char *key, char *buf, size_t len
   return buf;
 }
 
+/* KEY, a time as --json gives it (ISO 8601 UTC, "2026-12-01T23:02:21.123Z"),
+ * in local time for people: "2026-12-02 00:02:21 CET", with the milliseconds
+ * when MS (event lines, where the order within a second matters).  A value
+ * that does not parse is shown as it is. */
+static const char *jlocal(const json_t *o, const char *key, bool ms, char *buf, size_t len)
+{
+  const char *s = json_string_value(json_object_get(o, key));
+  if (!s)
+    return "-";
+  struct tm tm = {0};
+  const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!end)
+    return s;
+  int millis = 0;
+  if (end[0] == '.' && end[1] >= '0' && end[1] <= '9')
+    millis = (int)strtol(end + 1, NULL, 10) % 1000;
+  time_t t = timegm(&tm);
+  struct tm lt;
+  localtime_r(&t, &lt);
+  char day[32], zone[16];
+  strftime(day, sizeof day, "%Y-%m-%d %H:%M:%S", &lt);
+  strftime(zone, sizeof zone, "%Z", &lt);
+  if (ms)
+    snprintf(buf, len, "%s.%03d %s", day, millis, zone);
+  else
+    snprintf(buf, len, "%s %s", day, zone);
+  return buf;
+}
+
 /* ---- progress on a terminal ------------------------------------------------- */
 
 struct progress {
@@ -621,9 +650,10 @@ static int cmd_image_list(struct ctl *ctl, int argc, char **argv)
     json_t *v;
     json_array_foreach(json_object_get(img, "versions"), k, v)
     {
-      char ver[32], size[32], parent[32];
+      char ver[32], size[32], parent[32], created[64];
       table_row(&t, jstr(img, "name"), jnum(v, "version", ver, sizeof ver),
-                jsize(v, "size", size, sizeof size), jstr(v, "created"),
+                jsize(v, "size", size, sizeof size),
+                jlocal(v, "created", false, created, sizeof created),
                 jnum(v, "parent", parent, sizeof parent), jstr(v, "note"));
     }
   }
@@ -1061,12 +1091,15 @@ static int cmd_clients(struct ctl *ctl, int argc, char **argv)
   json_array_foreach(json_object_get(res, "clients"), i, c)
   {
     char base[96], next[96], sess[32], dirty[32], pend[128], live[64], peers[256], boot[64];
-    snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT "%s", jstr(c, "image"),
-             jint(c, "version"), json_is_true(json_object_get(c, "pinned")) ? " (pinned)" : "");
+    snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT, jstr(c, "image"), jint(c, "version"));
     if (!jint(c, "version"))
       snprintf(base, sizeof base, "-");
-    snprintf(next, sizeof next, "%s@%" JSON_INTEGER_FORMAT, jstr(c, "next_image"),
-             jint(c, "next_version"));
+    /* A pin (or a maintenance PC's image) decides the next version, not the base. */
+    snprintf(next, sizeof next, "%s@%" JSON_INTEGER_FORMAT "%s", jstr(c, "next_image"),
+             jint(c, "next_version"),
+             json_is_object(json_object_get(c, "maintenance")) ? " (maintenance)"
+             : json_is_true(json_object_get(c, "pinned"))      ? " (pinned)"
+                                                               : "");
     if (!jint(c, "next_version"))
       snprintf(next, sizeof next, "-");
     table_row(&t, jstr(c, "id"),
@@ -1089,11 +1122,11 @@ static void print_sessions_table(const json_t *sessions)
   json_t *s;
   json_array_foreach(sessions, i, s)
   {
-    char num[32], base[96], dirty[32], disk[32];
+    char num[32], base[96], dirty[32], disk[32], ended[64];
     snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT, jstr(s, "image"), jint(s, "version"));
-    table_row(&t, jnum(s, "session", num, sizeof num), base,
-              jsize(s, "dirty_bytes", dirty, sizeof dirty),
-              jsize(s, "disk_bytes", disk, sizeof disk), jstr(s, "ended"));
+    table_row(
+        &t, jnum(s, "session", num, sizeof num), base, jsize(s, "dirty_bytes", dirty, sizeof dirty),
+        jsize(s, "disk_bytes", disk, sizeof disk), jlocal(s, "ended", false, ended, sizeof ended));
   }
   if (t.nrows == 1) {
     printf("no retained sessions\n");
@@ -1126,13 +1159,28 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
   printf("policy:       %s (keep %" JSON_INTEGER_FORMAT " sessions)\n", jstr(res, "policy"),
          jint(res, "keep_sessions"));
   if (jint(res, "version"))
-    printf("base:         %s@%" JSON_INTEGER_FORMAT "%s\n", jstr(res, "image"),
-           jint(res, "version"), json_is_true(json_object_get(res, "pinned")) ? " (pinned)" : "");
+    printf("base:         %s@%" JSON_INTEGER_FORMAT "\n", jstr(res, "image"), jint(res, "version"));
   else
     printf("base:         - (no overlay yet)\n");
-  printf("next session: %s@%" JSON_INTEGER_FORMAT "%s\n", jstr(res, "next_image"),
-         jint(res, "next_version"),
-         json_is_true(json_object_get(res, "keeps_overlay")) ? " (keeps its overlay)" : "");
+  /* The pin is the next clean start's version; an overlay kept stays on its base. */
+  if (json_is_true(json_object_get(res, "keeps_overlay")) && jint(res, "version"))
+    printf("next session: %s@%" JSON_INTEGER_FORMAT " (keeps its overlay; a clean start is on "
+           "%s@%" JSON_INTEGER_FORMAT "%s)\n",
+           jstr(res, "image"), jint(res, "version"), jstr(res, "next_image"),
+           jint(res, "next_version"),
+           json_is_true(json_object_get(res, "pinned")) ? ", pinned" : "");
+  else
+    printf("next session: %s@%" JSON_INTEGER_FORMAT "%s\n", jstr(res, "next_image"),
+           jint(res, "next_version"),
+           json_is_true(json_object_get(res, "pinned")) ? " (pinned)" : "");
+  json_t *maint = json_object_get(res, "maintenance");
+  if (json_is_object(maint)) {
+    char since[96];
+    printf("maintenance:  the maintenance PC of %s since %s (from %s@%" JSON_INTEGER_FORMAT
+           "): tabulactl maintenance finish %s\n",
+           jstr(maint, "image"), jtime(maint, "since", since, sizeof since), jstr(maint, "image"),
+           jint(maint, "from_version"), jstr(res, "id"));
+  }
   printf("state:        %s", jstr(res, "state"));
   if (json_is_string(json_object_get(res, "lockdown")))
     printf(" (locked down: its export is refused until tabulactl unlock %s)", jstr(res, "id"));
@@ -1203,10 +1251,16 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
   }
   json_t *last = json_object_get(res, "last_session");
   if (json_is_object(last)) {
-    char rd[32], wr[32];
+    char rd[32], wr[32], from[64], to[64];
+    bool cut = !strcmp(jstr(last, "state"), "interrupted");
     printf("last session: %" JSON_INTEGER_FORMAT " %s, %s -> %s, read %s, written %s\n",
-           jint(last, "session"), jstr(last, "state"), jstr(last, "started"), jstr(last, "ended"),
-           jsize(last, "bytes_read", rd, sizeof rd), jsize(last, "bytes_written", wr, sizeof wr));
+           jint(last, "session"),
+           cut ? "interrupted (its frontend stopped without ending it: it resumes, or ends, when "
+                 "the client connects again)"
+               : jstr(last, "state"),
+           jlocal(last, "started", false, from, sizeof from),
+           jlocal(last, "ended", false, to, sizeof to), jsize(last, "bytes_read", rd, sizeof rd),
+           jsize(last, "bytes_written", wr, sizeof wr));
   }
   printf("\n");
   print_sessions_table(json_object_get(res, "sessions"));
@@ -1322,6 +1376,102 @@ static int cmd_merge(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
+/* ---- maintenance: the maintenance PC of an image (restored/maintenance.c) ------------ */
+
+static int maintenance_list(struct ctl *ctl)
+{
+  int code;
+  json_t *res = request(ctl, json_pack("{s:s}", "op", "maintenance-list"), NULL, NULL, &code);
+  if (!res)
+    return code;
+  json_t *arr = json_object_get(res, "maintenance");
+  if (ctl->json) {
+    print_json(res);
+  } else if (json_array_size(arr) == 0) {
+    puts("no maintenance PC (tabulactl maintenance start ID --image IMAGE makes one)");
+  } else {
+    struct table t = {.ncols = 4};
+    table_row(&t, "CLIENT", "FROM", "SINCE", "SESSION");
+    size_t i;
+    json_t *m;
+    json_array_foreach(arr, i, m)
+    {
+      char from[96], since[96];
+      snprintf(from, sizeof from, "%s@%" JSON_INTEGER_FORMAT, jstr(m, "image"),
+               jint(m, "from_version"));
+      table_row(&t, jstr(m, "client"), from, jtime(m, "since", since, sizeof since),
+                json_is_true(json_object_get(m, "in_session")) ? "running" : "-");
+    }
+    table_print(&t);
+  }
+  json_decref(res);
+  return 0;
+}
+
+static int cmd_maintenance(struct ctl *ctl, int argc, char **argv)
+{
+  static const struct option lo[] = {
+      {"image", required_argument, NULL, 'i'}, {"note", required_argument, NULL, 'n'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (argc < 2 || strcmp(argv[1], "list") == 0)
+    return argc <= 2 ? maintenance_list(ctl) : usage_error("maintenance list takes no operand");
+  const char *sub = argv[1];
+  if (strcmp(sub, "start") && strcmp(sub, "finish") && strcmp(sub, "abort"))
+    return usage_error("unknown maintenance subcommand \"%.40s\" (start, finish, abort, list)",
+                       sub);
+  if (parse_opts(argc - 1, argv + 1, lo, seen, val))
+    return EXIT_USAGE;
+  if (argc - 1 - optind != 1)
+    return usage_error("expected: maintenance %s ID%s", sub,
+                       !strcmp(sub, "start")    ? " --image IMAGE"
+                       : !strcmp(sub, "finish") ? " [--note TEXT]"
+                                                : "");
+  const char *id = argv[1 + optind];
+  if (check_client_arg(id))
+    return EXIT_USAGE;
+  if (!strcmp(sub, "start") && !seen['i'])
+    return usage_error("say which image %s maintains: --image IMAGE", id);
+  if (strcmp(sub, "start") && seen['i'])
+    return usage_error("--image is for maintenance start");
+  if (seen['n'] && strcmp(sub, "finish"))
+    return usage_error("--note is for maintenance finish");
+  if (!strcmp(sub, "start") && !tb_name_valid(val['i']))
+    return usage_error("invalid image name \"%.80s\"", val['i']);
+  char op[32];
+  snprintf(op, sizeof op, "maintenance-%s", sub);
+  json_t *req = json_pack("{s:s, s:s}", "op", op, "client", id);
+  if (seen['i'])
+    json_object_set_new(req, "image", json_string(val['i']));
+  if (strcmp(sub, "finish"))
+    return simple_request(ctl, req, NULL);
+  if (seen['n'])
+    json_object_set_new(req, "note", json_string(val['n']));
+  json_object_set_new(req, "progress", json_boolean(isatty(STDERR_FILENO)));
+  char what[128];
+  snprintf(what, sizeof what, "merging %s's maintenance", id);
+  struct progress p;
+  progress_init(&p, what);
+  int code;
+  json_t *res = request(ctl, req, merge_progress, &p, &code);
+  progress_done(&p);
+  if (!res)
+    return code;
+  if (ctl->json) {
+    print_json(res);
+  } else {
+    char changed[32];
+    printf("%s's maintenance is %s@%" JSON_INTEGER_FORMAT " (from %s@%" JSON_INTEGER_FORMAT
+           ", %s changed), now the newest: every client following %s boots it next; %s is back "
+           "on its own configuration from its next boot\n",
+           id, jstr(res, "image"), jint(res, "version"), jstr(res, "base_image"),
+           jint(res, "base_version"), jsize(res, "changed_bytes", changed, sizeof changed),
+           jstr(res, "image"), id);
+  }
+  json_decref(res);
+  return 0;
+}
+
 static int cmd_reimage(struct ctl *ctl, int argc, char **argv)
 {
   if (no_operands(argc, argv, 2, "ID IMAGE[@N]"))
@@ -1402,7 +1552,8 @@ static void print_event(struct ctl *ctl, const json_t *ev)
     fflush(stdout);
     return;
   }
-  printf("%s %-16s %-10s", jstr(ev, "time"), jstr(ev, "type"),
+  char when[64];
+  printf("%s %-16s %-10s", jlocal(ev, "time", true, when, sizeof when), jstr(ev, "type"),
          json_is_string(json_object_get(ev, "client")) ? jstr(ev, "client") : "-");
   const char *key;
   json_t *v;
@@ -1545,10 +1696,11 @@ static int cmd_quarantine(struct ctl *ctl, int argc, char **argv)
     json_t *e;
     json_array_foreach(arr, i, e)
     {
-      char nb[32], sb[32], base[TB_NAME_MAX + 32];
+      char nb[32], sb[32], base[TB_NAME_MAX + 32], when[64];
       snprintf(base, sizeof base, "%s@%" JSON_INTEGER_FORMAT, jstr(e, "image"), jint(e, "version"));
       table_row(&t, jstr(e, "client"), jnum(e, "number", nb, sizeof nb),
-                jnum(e, "session", sb, sizeof sb), base, jstr(e, "time"), jstr(e, "reason"));
+                jnum(e, "session", sb, sizeof sb), base,
+                jlocal(e, "time", false, when, sizeof when), jstr(e, "reason"));
     }
     if (t.nrows == 1) {
       table_free(&t);
@@ -1782,6 +1934,14 @@ static const struct command commands[] = {
      "clients pick the new version at their next session, persist clients stay pinned to\n"
      "theirs until refreshed.",
      cmd_merge},
+    {"maintenance", "start ID --image IMAGE | finish ID [--note TEXT] | abort ID | list",
+     "The maintenance PC of an image, the everyday way to update a master: start makes\n"
+     "the client boot the newest version of IMAGE and keep what it writes across its\n"
+     "reboots; finish (the client shut down) merges that into IMAGE@N+1, which every\n"
+     "client following the newest version boots next (refused if IMAGE got a new version\n"
+     "meanwhile); abort discards it (kept as a restore point).  Either way the client\n"
+     "is back on its own configuration from its next boot.",
+     cmd_maintenance},
     {"reimage", "ID IMAGE[@N]",
      "Start the client's next session on another image (or version), overlay discarded.",
      cmd_reimage},
