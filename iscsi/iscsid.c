@@ -141,14 +141,39 @@ static void *ticker(void *arg)
 
 static void usage(void)
 {
-  fprintf(stderr, "usage: tabula-iscsid [--listen ADDR:PORT] [--pidfile FILE] CONFIG\n");
+  fprintf(stderr, "usage: tabula-iscsid [--listen ADDR:PORT] [--pidfile FILE] CONFIG\n"
+                  "(tabula-iscsid --help says more)\n");
+}
+
+static void help(void)
+{
+  printf("usage: tabula-iscsid [--listen ADDR:PORT] [--pidfile FILE] CONFIG\n"
+         "\n"
+         "The iSCSI target of tabula: each client of CONFIG is a target PREFIX:ID\n"
+         "(iscsi.iqn_prefix, default " TB_ISCSI_DEFAULT_PREFIX "), LUN 0 its disk, with the\n"
+         "sessions, policies, guards, quotas and events of the NBD plugin.\n"
+         "tabula-restored runs it while listen.iscsi is set; run by hand it listens\n"
+         "on listen.iscsi or --listen.\n"
+         "\n"
+         "  --listen ADDR:PORT  listen there instead of listen.iscsi (\"*:3260\" every\n"
+         "                      address, \"[::]:3260\" IPv6); sockets handed over by\n"
+         "                      socket activation (LISTEN_PID, LISTEN_FDS) come first\n"
+         "  --pidfile FILE      write the pid to FILE once the target serves\n"
+         "  --help              this text\n"
+         "\n"
+         "SIGHUP re-reads CONFIG (new logins use it); SIGTERM ends every connection\n"
+         "and leaves the sessions to continue within reconnect_grace.\n"
+         "TABULA_ISCSI_DEBUG=1 logs every PDU.  See tabula-iscsid(8).\n");
 }
 
 int main(int argc, char **argv)
 {
   const char *listen_arg = NULL, *pidfile = NULL, *config = NULL;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      help();
+      return 0;
+    } else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
       listen_arg = argv[++i];
     else if (strcmp(argv[i], "--pidfile") == 0 && i + 1 < argc)
       pidfile = argv[++i];

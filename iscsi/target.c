@@ -2,6 +2,18 @@
  *
  * How it reads: a connection thread (conn_main) runs login() until the
  * full feature phase, then ffp_loop() until the connection or the boot ends.
+ * The connection thread reads every PDU and answers all but SCSI commands
+ * itself; a command whose data is complete becomes a job on the
+ * connection's queue, which ISC_WORKERS worker threads (started at the first
+ * command) run straight on tb_conn_* and answer in any order, so an
+ * initiator's queue depth (16-32) runs in parallel.  StatSN is taken under
+ * the send lock, so it rises in the order PDUs leave; ExpCmdSN and MaxCmdSN
+ * are the reader's (atomic), the window is CMD_WINDOW and at most MAX_JOBS
+ * jobs wait (beyond that: TASK SET FULL).  An ORDERED command waits until
+ * every earlier one has answered and runs alone; ABORT TASK removes a queued
+ * job (no answer for it) or waits for a running one to answer; the resets
+ * drop the queue and wait for the running jobs; a Logout waits for every
+ * job's answer first.
  * Every PDU passes isc_pdu_parse() (pdu.c) with the limits of the moment:
  * 8 KiB data segments during login, our MaxRecvDataSegmentLength after.
  * What the initiator may do wrong has one answer each:
@@ -50,6 +62,8 @@
 #define WRITE_MAX (ISC_MAX_XFER_BLOCKS * ISC_LBS + 65536)
 #define READ_MAX (ISC_MAX_XFER_BLOCKS * ISC_LBS)
 #define MAX_TASKS 128
+#define ISC_WORKERS 8
+#define MAX_JOBS 256
 
 void isc_log(const char *fmt, ...) TB_PRINTF(1, 2);
 
@@ -98,6 +112,18 @@ struct task {
   uint32_t data_sn;   /* DataSN expected of the next Data-Out */
   uint32_t r2t_sn;
   bool nolun;
+  uint8_t attr; /* task attribute (SIMPLE, ORDERED, ...) */
+};
+
+/* A SCSI command with all its data, waiting for or run by a worker. */
+struct job {
+  struct job *next;
+  uint32_t itt, edtl;
+  uint8_t cdb[16];
+  uint8_t lun[8];
+  bool nolun, read;
+  uint8_t *dout; /* owned */
+  uint32_t dout_len;
 };
 
 struct conn {
@@ -128,6 +154,16 @@ struct conn {
   size_t rbuf_cap;
   volatile bool dropped; /* replaced by a reinstated session, or the server stops */
   struct conn *next;
+  /* the job queue and its workers (jobs_lock guards all of it) */
+  pthread_mutex_t jobs_lock;
+  pthread_cond_t jobs_cond; /* a job was queued, or the workers must end */
+  pthread_cond_t idle_cond; /* a job ended */
+  struct job *queue_head, *queue_tail;
+  int queued, running, n_workers;
+  uint32_t running_itt[ISC_WORKERS];
+  bool running_used[ISC_WORKERS];
+  bool workers_quit;
+  pthread_t workers[ISC_WORKERS];
 };
 
 /* TABULA_ISCSI_DEBUG=1: log every PDU of the full feature phase. */
@@ -262,32 +298,57 @@ static int recv_pdu(struct conn *c, struct isc_pdu *p)
   return isc_pdu_parse(c->rbuf, (size_t)total, &c->rx, p, &used);
 }
 
-static int send_pdu(struct conn *c, uint8_t *bhs, const void *data, uint32_t len)
+static uint32_t exp_cmd_sn(const struct conn *c)
+{
+  return __atomic_load_n(&c->exp_cmd_sn, __ATOMIC_ACQUIRE);
+}
+
+static uint32_t max_cmd_sn(const struct conn *c)
+{
+  return exp_cmd_sn(c) + CMD_WINDOW - 1;
+}
+
+/* A non-immediate command with CMDSN was taken (the reader's thread only). */
+static void sn_take(struct conn *c, uint32_t cmdsn)
+{
+  __atomic_store_n(&c->exp_cmd_sn, cmdsn + 1, __ATOMIC_RELEASE);
+}
+
+/* How send_pdu fills bytes 24, 28, 32 (StatSN, ExpCmdSN, MaxCmdSN). */
+enum sn_mode {
+  SN_NONE,    /* as the caller set them */
+  SN_ADVANCE, /* StatSN: the next one, taken */
+  SN_PEEK,    /* StatSN: the next one, not taken (R2T) */
+  SN_CMD,     /* ExpCmdSN and MaxCmdSN only (Data-In without status) */
+};
+
+/* One PDU, whole, under the send lock: PDUs of several jobs interleave
+ * but never mix, and StatSN rises in the order they leave. */
+static int send_pdu_sn(struct conn *c, uint8_t *bhs, const void *data, uint32_t len,
+                       enum sn_mode mode)
 {
   pthread_mutex_lock(&c->send_lock);
+  if (mode != SN_NONE) {
+    if (mode != SN_CMD)
+      isc_put32(bhs + 24, mode == SN_ADVANCE ? c->stat_sn++ : c->stat_sn);
+    uint32_t exp = exp_cmd_sn(c);
+    isc_put32(bhs + 28, exp);
+    isc_put32(bhs + 32, exp + CMD_WINDOW - 1);
+  }
   int r = isc_pdu_send(c->fd, bhs, data, len, &c->tx);
   pthread_mutex_unlock(&c->send_lock);
   return r;
 }
 
-static uint32_t max_cmd_sn(const struct conn *c)
+static int send_pdu(struct conn *c, uint8_t *bhs, const void *data, uint32_t len)
 {
-  return c->exp_cmd_sn + CMD_WINDOW - 1;
-}
-
-/* StatSN, ExpCmdSN, MaxCmdSN at bytes 24, 28, 32 of most target PDUs. */
-static void put_sn(struct conn *c, uint8_t *bhs, bool advance)
-{
-  isc_put32(bhs + 24, advance ? c->stat_sn++ : c->stat_sn);
-  isc_put32(bhs + 28, c->exp_cmd_sn);
-  isc_put32(bhs + 32, max_cmd_sn(c));
+  return send_pdu_sn(c, bhs, data, len, SN_ADVANCE);
 }
 
 static int send_reject(struct conn *c, const uint8_t *bad_bhs, uint8_t reason)
 {
   uint8_t bhs[ISC_BHS_LEN] = {ISC_OP_REJECT, 0x80, reason};
   isc_put32(bhs + 16, ISC_RSVD_TAG);
-  put_sn(c, bhs, true);
   uint8_t copy[ISC_BHS_LEN];
   memcpy(copy, bad_bhs, ISC_BHS_LEN);
   return send_pdu(c, bhs, copy, ISC_BHS_LEN);
@@ -658,7 +719,6 @@ static int send_login_rsp(struct conn *c, const uint8_t *req, struct login *lg, 
   memcpy(bhs + 8, req + 8, 6); /* ISID */
   isc_put16(bhs + 14, lg->status ? 0 : (transit && nsg == 3 ? c->tsih : 0));
   memcpy(bhs + 16, req + 16, 4); /* ITT */
-  put_sn(c, bhs, true);
   bhs[36] = (uint8_t)(lg->status >> 8);
   bhs[37] = (uint8_t)lg->status;
   return send_pdu(c, bhs, resp ? resp->buf : NULL, resp ? (uint32_t)resp->len : 0);
@@ -814,7 +874,6 @@ static int send_scsi_rsp(struct conn *c, uint32_t itt, const struct isc_task *t,
 {
   uint8_t bhs[ISC_BHS_LEN] = {ISC_OP_SCSI_RSP, 0x80, 0x00, t->status};
   isc_put32(bhs + 16, itt);
-  put_sn(c, bhs, true);
   if (t->status == ISC_GOOD && t->wanted != edtl) {
     if (t->wanted > edtl) {
       bhs[1] |= 0x04;
@@ -865,14 +924,10 @@ static int send_data_in(struct conn *c, uint32_t itt, const uint8_t *lun, const 
         uint64_t res = t->wanted > edtl ? t->wanted - edtl : edtl - t->wanted;
         isc_put32(bhs + 44, res > 0xffffffffu ? 0xffffffffu : (uint32_t)res);
       }
-      put_sn(c, bhs, true);
-    } else {
-      isc_put32(bhs + 28, c->exp_cmd_sn);
-      isc_put32(bhs + 32, max_cmd_sn(c));
     }
     isc_put32(bhs + 36, sn++);
     isc_put32(bhs + 40, off);
-    if (send_pdu(c, bhs, t->din + off, n) == -1)
+    if (send_pdu_sn(c, bhs, t->din + off, n, last && collapse ? SN_ADVANCE : SN_CMD) == -1)
       return -1;
     off += n;
   }
@@ -881,27 +936,173 @@ static int send_data_in(struct conn *c, uint32_t itt, const uint8_t *lun, const 
   return send_scsi_rsp(c, itt, t, edtl);
 }
 
-static int run_task(struct conn *c, uint32_t itt, const uint8_t *cdb, const uint8_t *lun,
-                    bool nolun, const uint8_t *dout, uint32_t dout_len, bool read, uint32_t edtl)
+enum { ATTR_ORDERED = 2, ATTR_HEAD_OF_QUEUE = 3 };
+#define ISC_TASK_SET_FULL 0x28
+
+static void drop_conn(struct conn *c)
 {
-  struct isc_task t = {.cdb = cdb, .dout = dout, .dout_len = dout_len};
+  c->dropped = true;
+  shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Run one command and answer it: a worker's job, or the reader's for an
+ * ORDERED command.  -1: the connection must end. */
+static int exec_job(struct conn *c, const struct job *j)
+{
+  struct isc_task t = {.cdb = j->cdb, .dout = j->dout, .dout_len = j->dout_len};
   uint8_t small[512];
-  uint32_t cap = read ? (edtl < READ_MAX ? edtl : READ_MAX) : 0;
+  uint32_t cap = j->read ? (j->edtl < READ_MAX ? j->edtl : READ_MAX) : 0;
   t.din = cap <= sizeof small ? small : malloc(cap);
   if (!t.din)
     return -1;
   t.din_cap = cap;
-  if (nolun)
+  if (j->nolun)
     isc_scsi_exec_nolun(&c->lu, &t);
   else
     isc_scsi_exec(&c->lu, &t);
-  int r = t.drop ? -1 : send_data_in(c, itt, lun, &t, edtl);
+  int r = t.drop ? -1 : send_data_in(c, j->itt, j->lun, &t, j->edtl);
   if (t.drop)
     isc_log("%s: the boot this connection from %s belonged to has ended: dropping it",
             c->client->id, c->peer);
   if (t.din != small)
     free(t.din);
   return r;
+}
+
+static void job_free(struct job *j)
+{
+  free(j->dout);
+  free(j);
+}
+
+static void *worker_main(void *arg)
+{
+  struct conn *c = arg;
+  pthread_mutex_lock(&c->jobs_lock);
+  for (;;) {
+    while (!c->queue_head && !c->workers_quit)
+      pthread_cond_wait(&c->jobs_cond, &c->jobs_lock);
+    if (c->workers_quit)
+      break;
+    struct job *j = c->queue_head;
+    c->queue_head = j->next;
+    if (!c->queue_head)
+      c->queue_tail = NULL;
+    c->queued--;
+    c->running++;
+    int slot = 0;
+    while (c->running_used[slot])
+      slot++;
+    c->running_used[slot] = true;
+    c->running_itt[slot] = j->itt;
+    pthread_mutex_unlock(&c->jobs_lock);
+    int r = c->dropped ? -1 : exec_job(c, j);
+    job_free(j);
+    if (r == -1)
+      drop_conn(c);
+    pthread_mutex_lock(&c->jobs_lock);
+    c->running_used[slot] = false;
+    c->running--;
+    pthread_cond_broadcast(&c->idle_cond);
+  }
+  pthread_mutex_unlock(&c->jobs_lock);
+  return NULL;
+}
+
+/* Wait until every queued and running job has answered. */
+static void jobs_wait_idle(struct conn *c)
+{
+  pthread_mutex_lock(&c->jobs_lock);
+  while (c->queued || c->running)
+    pthread_cond_wait(&c->idle_cond, &c->jobs_lock);
+  pthread_mutex_unlock(&c->jobs_lock);
+}
+
+/* Drop every queued job (no answers: the initiator aborted them) and wait
+ * for the running ones.  With jobs_lock held. */
+static void jobs_clear_locked(struct conn *c)
+{
+  while (c->queue_head) {
+    struct job *j = c->queue_head;
+    c->queue_head = j->next;
+    job_free(j);
+  }
+  c->queue_tail = NULL;
+  c->queued = 0;
+  while (c->running)
+    pthread_cond_wait(&c->idle_cond, &c->jobs_lock);
+}
+
+/* At the end of the connection: the workers stop, the queue goes. */
+static void jobs_end(struct conn *c)
+{
+  shutdown(c->fd, SHUT_RDWR); /* a worker blocked sending gives up */
+  pthread_mutex_lock(&c->jobs_lock);
+  c->workers_quit = true;
+  pthread_cond_broadcast(&c->jobs_cond);
+  pthread_mutex_unlock(&c->jobs_lock);
+  for (int i = 0; i < c->n_workers; i++)
+    pthread_join(c->workers[i], NULL);
+  c->n_workers = 0;
+  while (c->queue_head) {
+    struct job *j = c->queue_head;
+    c->queue_head = j->next;
+    job_free(j);
+  }
+}
+
+/* A command whose data is complete: queue it for the workers (DOUT is
+ * taken, freed in any case).  -1: the connection must end. */
+static int run_task(struct conn *c, uint32_t itt, const uint8_t *cdb, const uint8_t *lun,
+                    bool nolun, uint8_t *dout, uint32_t dout_len, bool read, uint32_t edtl,
+                    uint8_t attr)
+{
+  struct job *j = calloc(1, sizeof *j);
+  if (!j) {
+    free(dout);
+    return -1;
+  }
+  j->itt = itt;
+  j->edtl = edtl;
+  memcpy(j->cdb, cdb, 16);
+  memcpy(j->lun, lun, 8);
+  j->nolun = nolun;
+  j->read = read;
+  j->dout = dout;
+  j->dout_len = dout_len;
+  pthread_mutex_lock(&c->jobs_lock);
+  while (c->n_workers < ISC_WORKERS && attr != ATTR_ORDERED) {
+    if (pthread_create(&c->workers[c->n_workers], NULL, worker_main, c) != 0)
+      break;
+    c->n_workers++;
+  }
+  if (attr == ATTR_ORDERED || c->n_workers == 0) { /* alone, after every earlier one */
+    while (c->queued || c->running)
+      pthread_cond_wait(&c->idle_cond, &c->jobs_lock);
+    pthread_mutex_unlock(&c->jobs_lock);
+    int r = exec_job(c, j);
+    job_free(j);
+    return r;
+  }
+  if (c->queued >= MAX_JOBS) {
+    pthread_mutex_unlock(&c->jobs_lock);
+    struct isc_task st = {.cdb = cdb, .status = ISC_TASK_SET_FULL};
+    job_free(j);
+    return send_scsi_rsp(c, itt, &st, edtl);
+  }
+  if (attr == ATTR_HEAD_OF_QUEUE || !c->queue_head) {
+    j->next = c->queue_head;
+    c->queue_head = j;
+    if (!c->queue_tail)
+      c->queue_tail = j;
+  } else {
+    c->queue_tail->next = j;
+    c->queue_tail = j;
+  }
+  c->queued++;
+  pthread_cond_signal(&c->jobs_cond);
+  pthread_mutex_unlock(&c->jobs_lock);
+  return 0;
 }
 
 static struct task *task_find(struct conn *c, uint32_t itt)
@@ -932,20 +1133,21 @@ static int send_r2t(struct conn *c, struct task *t)
   memcpy(bhs + 8, t->lun, 8);
   isc_put32(bhs + 16, t->itt);
   isc_put32(bhs + 20, t->ttt);
-  put_sn(c, bhs, false);
   isc_put32(bhs + 36, t->r2t_sn++);
   isc_put32(bhs + 40, t->received);
   isc_put32(bhs + 44, len);
-  return send_pdu(c, bhs, NULL, 0);
+  return send_pdu_sn(c, bhs, NULL, 0, SN_PEEK);
 }
 
 /* A write task got data: run it when complete, else ask for more. */
 static int task_progress(struct conn *c, struct task *t)
 {
   if (t->received == t->edtl && !t->unsolicited) {
-    int r = run_task(c, t->itt, t->cdb, t->lun, t->nolun, t->buf, t->edtl, false, t->edtl);
+    struct task done = *t;
+    t->buf = NULL; /* the job takes it */
     task_free(t);
-    return r;
+    return run_task(c, done.itt, done.cdb, done.lun, done.nolun, done.buf, done.edtl, false,
+                    done.edtl, done.attr);
   }
   if (!t->unsolicited && t->received == t->burst_end)
     return send_r2t(c, t);
@@ -958,9 +1160,9 @@ static int handle_scsi_cmd(struct conn *c, struct isc_pdu *p)
   uint32_t itt = isc_get32(b + 16), edtl = isc_get32(b + 20), cmdsn = isc_get32(b + 24);
   bool fbit = b[1] & 0x80, rbit = b[1] & 0x40, wbit = b[1] & 0x20;
   if (!isc_immediate(b)) {
-    if (sn_lt(cmdsn, c->exp_cmd_sn) || sn_lt(max_cmd_sn(c), cmdsn))
+    if (sn_lt(cmdsn, exp_cmd_sn(c)) || sn_lt(max_cmd_sn(c), cmdsn))
       return 0; /* outside the command window: ignored (RFC 7143 §4.2.2.1) */
-    c->exp_cmd_sn = cmdsn + 1;
+    sn_take(c, cmdsn);
   }
   uint8_t lun[8];
   memcpy(lun, b + 8, 8);
@@ -968,7 +1170,7 @@ static int handle_scsi_cmd(struct conn *c, struct isc_pdu *p)
   if (!wbit) {
     if (p->data_len)
       return send_reject(c, b, ISC_REJ_PROTOCOL);
-    return run_task(c, itt, b + 32, lun, nolun, NULL, 0, rbit, edtl);
+    return run_task(c, itt, b + 32, lun, nolun, NULL, 0, rbit, edtl, b[1] & 7);
   }
   if ((p->data_len && !c->immediate_data) || p->data_len > edtl || p->data_len > c->first_burst ||
       (!fbit && c->initial_r2t))
@@ -998,6 +1200,7 @@ static int handle_scsi_cmd(struct conn *c, struct isc_pdu *p)
   memcpy(t->cdb, b + 32, 16);
   memcpy(t->lun, lun, 8);
   t->nolun = nolun;
+  t->attr = b[1] & 7;
   t->edtl = edtl;
   if (p->data_len)
     memcpy(t->buf, p->data, p->data_len);
@@ -1047,15 +1250,14 @@ static int handle_nop_out(struct conn *c, struct isc_pdu *p)
 {
   const uint8_t *b = p->bhs;
   uint32_t itt = isc_get32(b + 16), cmdsn = isc_get32(b + 24);
-  if (!isc_immediate(b) && !sn_lt(cmdsn, c->exp_cmd_sn) && !sn_lt(max_cmd_sn(c), cmdsn))
-    c->exp_cmd_sn = cmdsn + 1;
+  if (!isc_immediate(b) && !sn_lt(cmdsn, exp_cmd_sn(c)) && !sn_lt(max_cmd_sn(c), cmdsn))
+    sn_take(c, cmdsn);
   if (itt == ISC_RSVD_TAG)
     return 0; /* an answer to a ping of ours, or a ping that wants none */
   uint8_t bhs[ISC_BHS_LEN] = {ISC_OP_NOP_IN, 0x80};
   memcpy(bhs + 8, b + 8, 8);
   isc_put32(bhs + 16, itt);
   isc_put32(bhs + 20, ISC_RSVD_TAG);
-  put_sn(c, bhs, true);
   uint32_t n = p->data_len < c->peer_mrdsl ? p->data_len : c->peer_mrdsl;
   return send_pdu(c, bhs, p->data, n);
 }
@@ -1065,17 +1267,39 @@ static int handle_tmf(struct conn *c, struct isc_pdu *p)
   const uint8_t *b = p->bhs;
   uint8_t fn = b[1] & 0x7f;
   uint32_t ref = isc_get32(b + 20), cmdsn = isc_get32(b + 24);
-  if (!isc_immediate(b) && !sn_lt(cmdsn, c->exp_cmd_sn) && !sn_lt(max_cmd_sn(c), cmdsn))
-    c->exp_cmd_sn = cmdsn + 1;
+  if (!isc_immediate(b) && !sn_lt(cmdsn, exp_cmd_sn(c)) && !sn_lt(max_cmd_sn(c), cmdsn))
+    sn_take(c, cmdsn);
   uint8_t response = 0;
   switch (fn) {
-  case 1: { /* ABORT TASK: commands run to completion in order, so only a
-             * write still waiting for its data can be aborted */
+  case 1: { /* ABORT TASK: a write still waiting for its data or a queued
+             * job goes unanswered; a running job is waited for (it answers) */
     struct task *t = task_find(c, ref);
-    if (t)
+    if (t) {
       task_free(t);
-    else
-      response = 1; /* task does not exist: it completed before the abort */
+      break;
+    }
+    response = 1; /* task does not exist: it completed before the abort */
+    pthread_mutex_lock(&c->jobs_lock);
+    for (struct job **jp = &c->queue_head, *prev = NULL; *jp; prev = *jp, jp = &(*jp)->next) {
+      if ((*jp)->itt != ref)
+        continue;
+      struct job *j = *jp;
+      *jp = j->next;
+      if (c->queue_tail == j)
+        c->queue_tail = prev;
+      c->queued--;
+      job_free(j);
+      response = 0;
+      break;
+    }
+    for (bool busy = true; response == 1 && busy;) {
+      busy = false;
+      for (int i = 0; i < ISC_WORKERS; i++)
+        busy |= c->running_used[i] && c->running_itt[i] == ref;
+      if (busy)
+        pthread_cond_wait(&c->idle_cond, &c->jobs_lock);
+    }
+    pthread_mutex_unlock(&c->jobs_lock);
     break;
   }
   case 2: /* ABORT TASK SET */
@@ -1090,6 +1314,9 @@ static int handle_tmf(struct conn *c, struct isc_pdu *p)
     for (int i = 0; i < MAX_TASKS; i++)
       if (c->tasks[i].used)
         task_free(&c->tasks[i]);
+    pthread_mutex_lock(&c->jobs_lock);
+    jobs_clear_locked(c);
+    pthread_mutex_unlock(&c->jobs_lock);
     break;
   case 7: /* TARGET COLD RESET: answered, then the connection ends */
     break;
@@ -1099,7 +1326,6 @@ static int handle_tmf(struct conn *c, struct isc_pdu *p)
   }
   uint8_t bhs[ISC_BHS_LEN] = {ISC_OP_TMF_RSP, 0x80, response};
   isc_put32(bhs + 16, isc_get32(b + 16));
-  put_sn(c, bhs, true);
   if (send_pdu(c, bhs, NULL, 0) == -1)
     return -1;
   return fn == 7 ? -1 : 0;
@@ -1151,8 +1377,8 @@ static int handle_text(struct conn *c, struct isc_pdu *p)
 {
   const uint8_t *b = p->bhs;
   uint32_t cmdsn = isc_get32(b + 24);
-  if (!isc_immediate(b) && !sn_lt(cmdsn, c->exp_cmd_sn) && !sn_lt(max_cmd_sn(c), cmdsn))
-    c->exp_cmd_sn = cmdsn + 1;
+  if (!isc_immediate(b) && !sn_lt(cmdsn, exp_cmd_sn(c)) && !sn_lt(max_cmd_sn(c), cmdsn))
+    sn_take(c, cmdsn);
   if (b[1] & 0x40) /* continued text requests: our answers are small, we take none */
     return send_reject(c, b, ISC_REJ_NOT_SUPPORTED);
   struct isc_text *resp = calloc(1, sizeof *resp);
@@ -1178,7 +1404,6 @@ static int handle_text(struct conn *c, struct isc_pdu *p)
     uint8_t bhs[ISC_BHS_LEN] = {ISC_OP_TEXT_RSP, 0x80};
     isc_put32(bhs + 16, isc_get32(b + 16));
     isc_put32(bhs + 20, ISC_RSVD_TAG);
-    put_sn(c, bhs, true);
     uint32_t len = (uint32_t)resp->len < c->peer_mrdsl ? (uint32_t)resp->len : c->peer_mrdsl;
     r = send_pdu(c, bhs, resp->buf, len);
   }
@@ -1192,12 +1417,12 @@ static int handle_logout(struct conn *c, struct isc_pdu *p)
   const uint8_t *b = p->bhs;
   uint8_t reason = b[1] & 0x7f;
   uint32_t cmdsn = isc_get32(b + 24);
-  if (!isc_immediate(b) && !sn_lt(cmdsn, c->exp_cmd_sn) && !sn_lt(max_cmd_sn(c), cmdsn))
-    c->exp_cmd_sn = cmdsn + 1;
+  if (!isc_immediate(b) && !sn_lt(cmdsn, exp_cmd_sn(c)) && !sn_lt(max_cmd_sn(c), cmdsn))
+    sn_take(c, cmdsn);
+  jobs_wait_idle(c); /* every command answered before the Logout Response */
   uint8_t bhs[ISC_BHS_LEN] = {ISC_OP_LOGOUT_RSP, 0x80};
   bhs[2] = reason == 2 ? 2 : 0; /* connection recovery: not supported at ERL 0 */
   isc_put32(bhs + 16, isc_get32(b + 16));
-  put_sn(c, bhs, true);
   isc_put16(bhs + 40, 2);
   isc_put16(bhs + 42, 0);
   send_pdu(c, bhs, NULL, 0);
@@ -1277,6 +1502,7 @@ static void *conn_main(void *arg)
       isc_log("%s: %s logged in from %s (%s)", c->client->id, c->initiator, c->peer, c->target);
     ffp_loop(c);
   }
+  jobs_end(c);
   for (int i = 0; i < MAX_TASKS; i++)
     if (c->tasks[i].used)
       task_free(&c->tasks[i]);
@@ -1288,6 +1514,9 @@ static void *conn_main(void *arg)
   close(c->fd);
   tb_config_unref(c->cfg);
   pthread_mutex_destroy(&c->send_lock);
+  pthread_mutex_destroy(&c->jobs_lock);
+  pthread_cond_destroy(&c->jobs_cond);
+  pthread_cond_destroy(&c->idle_cond);
   free(c->rbuf);
   free(c);
   return NULL;
@@ -1336,6 +1565,9 @@ int isc_serve(int fd)
   c->rbuf_cap = 65536;
   c->rbuf = malloc(c->rbuf_cap);
   pthread_mutex_init(&c->send_lock, NULL);
+  pthread_mutex_init(&c->jobs_lock, NULL);
+  pthread_cond_init(&c->jobs_cond, NULL);
+  pthread_cond_init(&c->idle_cond, NULL);
   if (!c->rbuf || !c->cfg) {
     tb_config_unref(c->cfg);
     free(c->rbuf);

@@ -1,8 +1,9 @@
 /* tabula-iscsid: iSCSI sessions and connections (RFC 7143) over live clients.
  *
  * One thread per TCP connection (like nbdkit) runs the login (text
- * negotiation, CHAP), then the full feature phase: it reads PDUs in order
- * and answers each; a write's data arrives as immediate data, unsolicited
+ * negotiation, CHAP), then the full feature phase: it reads PDUs in order;
+ * SCSI commands run on a small pool of worker threads of the connection
+ * and are answered in any order (target.c); a write's data arrives as immediate data, unsolicited
  * Data-Out or Data-Out solicited by R2T (one R2T outstanding at a time).
  * Each client is one target, PREFIX:ID, with LUN 0 its disk; a normal
  * session opens one tb_conn (live.h) for the client, so sessions, policies,

@@ -56,6 +56,11 @@ grep -q "pc02: CHAP from 127.0.0.1 .* failed: wrong user or secret" "$TB_TMP/t.l
 [ "$(tb_iscsi_raw pc01 badop)" = "reject 5" ] || tb_fail "an unknown opcode: not rejected as 'command not supported'"
 [ "$(tb_iscsi_raw pc01 truncated)" = "sent" ] || tb_fail "truncated login"
 [ "$(tb_iscsi_raw pc01 ddigest | tr '\n' ' ')" = "reject 2 pong " ] || tb_fail "a data digest error: not rejected, or the connection did not stay"
+# Queue depth: 48 commands in flight, answered in any order with StatSN in
+# sequence, an ORDERED command alone in its place, ABORT TASK and LUN RESET
+# amid running commands (the workers of target.c).
+r=$(tb_iscsi_raw pc01 pipeline "$TB_TMP/master.img")
+[ "$r" = ok ] || tb_fail "pipelined commands: $r"
 kill -0 "$(cat "$TB_TMP/t.bgpid")" || tb_fail "tabula-iscsid died"
 
 # One initiator per client: a second one is refused as busy while the

@@ -15,6 +15,15 @@ Actions (each prints one line a test can match):
   badtext        a login whose text has no '=': "status CCDD"
   ddigest        log in with DataDigest=CRC32C, then a NOP-Out whose data
                  digest is wrong: "reject REASON", then a good ping: "pong"
+  pipeline FILE  log in, 48 READ(10) of 64 KiB pipelined (queue depth 48)
+                 with an ORDERED TEST UNIT READY after the 24th, then an
+                 ABORT TASK of the last read and a LOGICAL UNIT RESET: every
+                 read answered once with FILE's bytes (or aborted: then never
+                 answered), StatSN consecutive in arrival order, ExpCmdSN
+                 never falling, the TUR after every earlier command and
+                 before every later one, no answer after the reset's
+                 response (queued reads it aborted are never answered):
+                 "ok", else what went wrong
 """
 import socket
 import struct
@@ -139,6 +148,100 @@ class Conn:
             pass
 
 
+def pipeline(c, path):
+    """See the module's docstring (action pipeline)."""
+    with open(path, "rb") as f:
+        disk = f.read(48 * 65536 * 2)
+    n, blk = 48, 128  # 128 blocks of 512 bytes: 64 KiB
+    sent = {}
+    order = []
+    for i in range(n + 1):
+        bhs = bytearray(48)
+        bhs[0] = 0x01
+        itt = 100 + i
+        if i == 24:  # ORDERED TEST UNIT READY
+            bhs[1] = 0x80 | 0x02
+            cdb = bytes(6)
+            edtl = 0
+        else:
+            bhs[1] = 0x80 | 0x40 | 0x01  # F, R, SIMPLE
+            lba = (i * 2 * blk) % (len(disk) // 512 - blk)
+            cdb = struct.pack(">BBIBHB", 0x28, 0, lba, 0, blk, 0)
+            edtl = blk * 512
+            sent[itt] = lba
+        bhs[16:20] = struct.pack(">I", itt)
+        bhs[20:24] = struct.pack(">I", edtl)
+        bhs[24:28] = struct.pack(">I", c.cmdsn)
+        bhs[28:32] = struct.pack(">I", c.statsn)
+        bhs[32 : 32 + len(cdb)] = cdb
+        c.cmdsn += 1
+        c.send(bhs)
+        order.append(itt)
+    # ABORT TASK of the last read, then a LOGICAL UNIT RESET (both immediate).
+    last = 100 + n
+    for itt, fn, ref in ((900, 1, last), (901, 5, 0)):
+        bhs = bytearray(48)
+        bhs[0] = 0x42 | 0x40  # immediate
+        bhs[1] = 0x80 | fn
+        bhs[16:20] = struct.pack(">I", itt)
+        bhs[20:24] = struct.pack(">I", ref)
+        bhs[24:28] = struct.pack(">I", c.cmdsn)
+        c.send(bhs)
+    data = {}
+    answered = []
+    tmf = {}
+    statsn, expcmd = c.statsn, 0
+    while len(tmf) < 2:
+        rsp, d = c.recv()
+        op = rsp[0] & 0x3F
+        itt = struct.unpack(">I", rsp[16:20])[0]
+        has_status = op in (0x21, 0x22) or (op == 0x25 and rsp[1] & 0x01)
+        if op == 0x25:
+            off = struct.unpack(">I", rsp[40:44])[0]
+            data.setdefault(itt, bytearray(65536))[off : off + len(d)] = d
+        if has_status:
+            sn, e, m = struct.unpack(">III", rsp[24:36])
+            if sn != statsn:
+                return "StatSN %d where %d was next (ITT %d)" % (sn, statsn, itt)
+            statsn += 1
+            if (e - expcmd) & 0x80000000 and expcmd:
+                return "ExpCmdSN fell from %d to %d" % (expcmd, e)
+            expcmd = e
+            if ((m + 1 - e) & 0xFFFFFFFF) & 0x80000000:
+                return "MaxCmdSN %d below ExpCmdSN %d - 1" % (m, e)
+            if op == 0x22:
+                tmf[itt] = rsp[2]
+                continue
+            if 901 in tmf:
+                return "ITT %d answered after the LOGICAL UNIT RESET's response" % itt
+            if rsp[3] != 0:
+                return "ITT %d: status %d" % (itt, rsp[3])
+            if itt in answered:
+                return "ITT %d answered twice" % itt
+            answered.append(itt)
+    if tmf[900] == 0 and last in answered:
+        return "ABORT TASK said aborted, yet ITT %d was answered" % last
+    if tmf[900] == 1 and last not in answered:
+        return "ABORT TASK said no such task, yet ITT %d was never answered" % last
+    # Commands before the ORDERED TUR and the TUR itself ran before the reader
+    # took the TMFs: answered.  Later ones may have been aborted by the reset.
+    want = set(i for i in order if i <= 124)
+    if not want <= set(answered):
+        return "unanswered: %s" % sorted(want - set(answered))
+    tur = answered.index(124)
+    for itt in order:
+        if itt < 124 and answered.index(itt) > tur:
+            return "ITT %d (before the ORDERED TUR) answered after it" % itt
+        if itt > 124 and itt in answered and answered.index(itt) < tur:
+            return "ITT %d (after the ORDERED TUR) answered before it" % itt
+    for itt, lba in sent.items():
+        if itt in answered and bytes(data.get(itt, b"")) != disk[lba * 512 : lba * 512 + 65536]:
+            return "ITT %d: wrong data for LBA %d" % (itt, lba)
+    c.statsn = statsn
+    st, _, _ = c.scsi(0, bytes(6), itt=950)
+    return "ok" if st == 0 else "TEST UNIT READY after the reset: status %d" % st
+
+
 def main():
     port, target, initiator, action = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     c = Conn(port)
@@ -181,6 +284,8 @@ def main():
         c.send(bhs)
         rsp, _ = c.recv()
         print("reject %d" % rsp[2] if rsp[0] & 0x3F == 0x3F else "opcode %02x" % rsp[0])
+    elif action == "pipeline":
+        print(pipeline(c, sys.argv[5]))
     elif action == "ddigest":
         c.nop(bad_ddigest=True)
         rsp, _ = c.recv()
