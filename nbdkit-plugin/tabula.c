@@ -51,6 +51,7 @@
 #include "boot.h"
 #include "conf.h"
 #include "events.h"
+#include "export.h"
 #include "live.h"
 #include "overlay.h"
 #include "session.h"
@@ -291,12 +292,13 @@ static void *tick_main(void *arg)
 
 /* ---- handles ------------------------------------------------------------------ */
 
+/* The grammar is lib/export.h's (fuzzed: tests/fuzz-export.sh). */
 enum export_kind {
-  EXPORT_CLIENT,  /* ID, ID@boot/TOKEN: read-write */
-  EXPORT_LIVE,    /* ID@live */
-  EXPORT_OVERLAY, /* ID@overlay */
-  EXPORT_SESSION, /* ID@session/N */
-  EXPORT_IMAGE,   /* IMAGE@N */
+  EXPORT_CLIENT = TB_EXPORT_CLIENT,   /* ID, ID@boot/TOKEN: read-write */
+  EXPORT_LIVE = TB_EXPORT_LIVE,       /* ID@live */
+  EXPORT_OVERLAY = TB_EXPORT_OVERLAY, /* ID@overlay */
+  EXPORT_SESSION = TB_EXPORT_SESSION, /* ID@session/N */
+  EXPORT_IMAGE = TB_EXPORT_IMAGE,     /* IMAGE@N */
 };
 
 struct handle {
@@ -335,46 +337,14 @@ static void handle_free(struct handle *h)
 static int parse_export(const char *export, enum export_kind *kind, char *name, uint64_t *num,
                         char token[65])
 {
-  const char *at = strchr(export, '@');
-  size_t len = at ? (size_t)(at - export) : strlen(export);
-  if (len == 0 || len > TB_NAME_MAX)
+  struct tb_export e;
+  if (tb_export_parse(export, &e) == -1)
     return -1;
-  memcpy(name, export, len);
-  name[len] = '\0';
-  if (!tb_name_valid(name))
-    return -1;
-  *num = 0;
-  if (!at) {
-    *kind = EXPORT_CLIENT;
-    return 0;
-  }
-  const char *rest = at + 1;
-  if (strncmp(rest, "boot/", 5) == 0) {
-    if (!tb_boot_token_valid(rest + 5))
-      return -1;
-    snprintf(token, 65, "%s", rest + 5);
-    *kind = EXPORT_CLIENT;
-    return 0;
-  }
-  if (strcmp(rest, "live") == 0) {
-    *kind = EXPORT_LIVE;
-    return 0;
-  }
-  if (strcmp(rest, "overlay") == 0) {
-    *kind = EXPORT_OVERLAY;
-    return 0;
-  }
-  const char *digits = rest;
-  *kind = EXPORT_IMAGE;
-  if (strncmp(rest, "session/", 8) == 0) {
-    digits = rest + 8;
-    *kind = EXPORT_SESSION;
-  }
-  if (digits[0] < '1' || digits[0] > '9' || strlen(digits) > 19)
-    return -1;
-  char *end;
-  *num = strtoull(digits, &end, 10);
-  return *end ? -1 : 0;
+  *kind = (enum export_kind)e.kind;
+  memcpy(name, e.name, sizeof e.name);
+  *num = e.num;
+  memcpy(token, e.token, sizeof e.token);
+  return 0;
 }
 
 static const struct tb_client_conf *client_by_address(const struct tb_config *cfg,
