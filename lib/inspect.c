@@ -385,9 +385,11 @@ struct change {
   enum tb_change kind;
   char *path;
   struct tb_istat st;
-  /* Changed by its content bytes alone: confirmed against the base's copy
-   * of the file before it is reported (content_differs). */
-  bool confirm;
+  /* Changed by its content bytes alone, or a regular file with another
+   * inode (deleted and made again, renamed over) and the same metadata:
+   * confirmed against the base's copy of the file before it is reported
+   * (content_differs: at the dirty file offsets, or the whole content). */
+  enum { CONFIRM_NONE, CONFIRM_DIRTY, CONFIRM_WHOLE } confirm;
 };
 
 struct changes {
@@ -942,7 +944,8 @@ static char *entry_name(const TSK_FS_NAME *nm, struct name_seen *seen)
  * whatever the file's size (a million indirect blocks with 4 KiB blocks)
  * and appends each run by walking the whole list: an hour of CPU and a
  * hundred MiB for one damaged inode (or one honest file over 4 GiB), with
- * no read the deadline could stop.  Such files are refused. */
+ * no read the deadline could stop.  Such files never reach it: a regular
+ * one is read by our own walker (ext_bmap_pread), anything else refused. */
 static bool needs_triple_indirect(const struct vol *v, const TSK_FS_META *m, uint64_t size)
 {
   if (!TSK_FS_TYPE_ISEXT(v->fs->ftype) || m->content_type != TSK_FS_META_CONTENT_TYPE_DEFAULT)
@@ -959,12 +962,13 @@ static bool needs_triple_indirect(const struct vol *v, const TSK_FS_META *m, uin
  * their volume, files more than 16 times larger than their volume (sparse
  * files that large are unheard of in a PC or VM guest), except ext4
  * extent-mapped files, whose size costs libtsk nothing. */
+static bool ext_bmapped(const struct vol *v, const TSK_FS_META *m);
 static bool size_plausible(const struct vol *v, const TSK_FS_META *m)
 {
   uint64_t vol = v->pub.length > (1u << 30) ? v->pub.length : (1u << 30);
   uint64_t size = m->size > 0 ? (uint64_t)m->size : 0;
   if (needs_triple_indirect(v, m, size))
-    return false;
+    return ext_bmapped(v, m); /* a regular file: our own reader's */
   switch (m->type) {
   case TSK_FS_META_TYPE_LNK:
     return size <= 65536;
@@ -976,6 +980,191 @@ static bool size_plausible(const struct vol *v, const TSK_FS_META *m)
      * and sparse files of any size read (a 1 TiB one on a 560 MiB volume). */
     return m->content_type == TSK_FS_META_CONTENT_TYPE_EXT4_EXTENTS || size / 16 <= vol;
   }
+}
+
+/* ------------------------------------------------------------------ */
+/* ext2/3 block maps past libtsk                                       */
+/* ------------------------------------------------------------------ */
+
+/* A regular ext2/3 file whose block map reaches the triple-indirect block
+ * (over 4 GiB with 4 KiB blocks: a big file, a 5 GiB sparse one) is never
+ * given to libtsk's map builder (needs_triple_indirect): this walker reads
+ * it.  A file block is found by following at most three pointers from
+ * i_block (libtsk's inode copy keeps the 15 pointers in content_ptr), each
+ * read through libtsk's image cache, so a read costs the blocks it touches
+ * and a sparse file its allocated blocks; nothing is built up front.  A
+ * pointer past the volume's last block is damage: EIO.  Its runs (the dirty
+ * map, the index) are enumerated within the file's size, each allocated
+ * pointer once, checking the request's deadline as they go. */
+#define EXT_NDIRECT 12
+#define EXT_NPTRS 15
+
+static bool raw_read(struct vol *v, uint64_t voff, void *buf, size_t len);
+static uint32_t le32(const unsigned char *p);
+
+static bool ext_bmapped(const struct vol *v, const TSK_FS_META *m)
+{
+  uint64_t size = m->size > 0 ? (uint64_t)m->size : 0;
+  return m->type == TSK_FS_META_TYPE_REG && needs_triple_indirect(v, m, size) && m->content_ptr &&
+         m->content_len >= EXT_NPTRS * sizeof(TSK_DADDR_T) && v->fs->block_size >= 1024 &&
+         v->fs->block_size <= 65536;
+}
+
+/* The disk block holding file block LBLK (0: a hole); false if the map is
+ * damaged or unreadable. */
+static bool ext_bmap_block(struct vol *v, const TSK_FS_META *m, uint64_t lblk, uint64_t *pblk)
+{
+  const TSK_DADDR_T *ip = m->content_ptr;
+  uint64_t bs = v->fs->block_size, per = bs / 4, idx[3], p;
+  int depth;
+  if (lblk < EXT_NDIRECT) {
+    p = ip[lblk];
+    depth = 0;
+  } else if ((lblk -= EXT_NDIRECT) < per) {
+    p = ip[12];
+    depth = 1;
+    idx[0] = lblk;
+  } else if ((lblk -= per) < per * per) {
+    p = ip[13];
+    depth = 2;
+    idx[0] = lblk / per;
+    idx[1] = lblk % per;
+  } else if ((lblk -= per * per) < per * per * per) {
+    p = ip[14];
+    depth = 3;
+    idx[0] = lblk / (per * per);
+    idx[1] = lblk / per % per;
+    idx[2] = lblk % per;
+  } else {
+    return false;
+  }
+  for (int d = 0; d < depth && p != 0; d++) {
+    unsigned char b[4];
+    if (p > v->fs->last_block || !raw_read(v, p * bs + idx[d] * 4, b, sizeof b))
+      return false;
+    p = le32(b);
+  }
+  if (p > v->fs->last_block)
+    return false;
+  *pblk = p;
+  return true;
+}
+
+/* LEN bytes of the file at OFF (clipped to its size), holes as zeros;
+ * contiguous blocks are read at once. */
+static ssize_t ext_bmap_pread(struct tb_inspect *ins, struct vol *v, const TSK_FS_META *m,
+                              char *buf, size_t len, uint64_t off)
+{
+  uint64_t size = m->size > 0 ? (uint64_t)m->size : 0, bs = v->fs->block_size;
+  if (off >= size)
+    return 0;
+  if (len > size - off)
+    len = (size_t)(size - off);
+  size_t done = 0;
+  while (done < len) {
+    uint64_t o = off + done, lblk = o / bs, p, q;
+    size_t n = (size_t)(bs - o % bs);
+    if (n > len - done)
+      n = len - done;
+    if (!ext_bmap_block(v, m, lblk, &p))
+      return tsk_fail(ins, "cannot read file (damaged block map)");
+    /* Extend over the next blocks while they follow on the disk (or
+     * stay holes). */
+    for (uint64_t k = 1; done + n < len; k++) {
+      if (!ext_bmap_block(v, m, lblk + k, &q) || (p ? q != p + k : q != 0))
+        break;
+      n += len - done - n < bs ? len - done - n : (size_t)bs;
+    }
+    if (p == 0)
+      memset(buf + done, 0, n);
+    else if (!raw_read(v, p * bs + o % bs, buf + done, n))
+      return tsk_fail(ins, "cannot read file");
+    done += n;
+  }
+  return (ssize_t)done;
+}
+
+/* The file's content runs as disk byte ranges: FN(CTX, FOFF, d0, d1), FOFF
+ * the file offset of d0, UINT64_MAX for an indirect block.  FN returns true
+ * to stop. */
+typedef bool (*bmap_run_fn)(void *ctx, uint64_t foff, uint64_t d0, uint64_t d1);
+struct bmap_walk {
+  struct tb_inspect *ins;
+  struct vol *v;
+  uint64_t nblk, size, visits;
+  unsigned char *buf[3];
+  bmap_run_fn fn;
+  void *ctx;
+  bool stop;
+  uint64_t run_l, run_p, run_n; /* the data run being gathered */
+};
+
+static void bmap_flush(struct bmap_walk *w)
+{
+  if (w->run_n == 0 || w->stop)
+    return;
+  uint64_t bs = w->v->fs->block_size, foff = w->run_l * bs, len = w->run_n * bs;
+  if (len > w->size - foff)
+    len = w->size - foff;
+  uint64_t d0 = w->v->pub.offset + w->run_p * bs;
+  w->stop = w->fn(w->ctx, foff, d0, d0 + len);
+  w->run_n = 0;
+}
+
+static void bmap_tree(struct bmap_walk *w, uint64_t p, int depth, uint64_t lbase)
+{
+  if (w->stop || p == 0 || lbase >= w->nblk)
+    return;
+  uint64_t bs = w->v->fs->block_size, per = bs / 4;
+  if (p > w->v->fs->last_block || ((++w->visits & 4095) == 0 && past_deadline(w->ins))) {
+    w->stop = true; /* damaged, or out of time: the runs so far */
+    return;
+  }
+  if (depth == 0) {
+    if (w->run_n > 0 && w->run_l + w->run_n == lbase && w->run_p + w->run_n == p) {
+      w->run_n++;
+      return;
+    }
+    bmap_flush(w);
+    w->run_l = lbase;
+    w->run_p = p;
+    w->run_n = 1;
+    return;
+  }
+  uint64_t d0 = w->v->pub.offset + p * bs;
+  unsigned char *b = w->buf[depth - 1];
+  if (w->fn(w->ctx, UINT64_MAX, d0, d0 + bs) || !raw_read(w->v, p * bs, b, bs)) {
+    w->stop = true;
+    return;
+  }
+  uint64_t span = 1;
+  for (int d = 1; d < depth; d++)
+    span *= per;
+  for (uint64_t i = 0; i < per && !w->stop && lbase + i * span < w->nblk; i++)
+    bmap_tree(w, le32(b + 4 * i), depth - 1, lbase + i * span);
+}
+
+static void ext_bmap_runs(struct tb_inspect *ins, struct vol *v, const TSK_FS_META *m,
+                          bmap_run_fn fn, void *ctx)
+{
+  uint64_t bs = v->fs->block_size, per = bs / 4;
+  struct bmap_walk w = {.ins = ins, .v = v, .fn = fn, .ctx = ctx};
+  w.size = m->size > 0 ? (uint64_t)m->size : 0;
+  w.nblk = (w.size + bs - 1) / bs;
+  unsigned char *mem = malloc(3 * bs);
+  if (!mem)
+    return;
+  for (int d = 0; d < 3; d++)
+    w.buf[d] = mem + d * bs;
+  const TSK_DADDR_T *ip = m->content_ptr;
+  for (uint64_t i = 0; i < EXT_NDIRECT && !w.stop; i++)
+    bmap_tree(&w, ip[i], 0, i);
+  bmap_tree(&w, ip[12], 1, EXT_NDIRECT);
+  bmap_tree(&w, ip[13], 2, EXT_NDIRECT + per);
+  bmap_tree(&w, ip[14], 3, EXT_NDIRECT + per + per * per);
+  bmap_flush(&w);
+  free(mem);
+  tsk_error_reset();
 }
 
 /* ------------------------------------------------------------------ */
@@ -1532,8 +1721,14 @@ static bool fix_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, cons
   }
   if (TSK_FS_TYPE_ISNTFS(t))
     return ntfs_fix(v, f, nm, st);
-  if (TSK_FS_TYPE_ISFAT(t) || t == TSK_FS_TYPE_EXFAT)
+  if (TSK_FS_TYPE_ISFAT(t) || t == TSK_FS_TYPE_EXFAT) {
+    /* libtsk keeps the first cluster's address in content_ptr[0]. */
+    const TSK_FS_META *m = f ? f->meta : NULL;
+    st->first_data = m && m->content_ptr && m->content_len >= sizeof(TSK_DADDR_T)
+                         ? ((const TSK_DADDR_T *)m->content_ptr)[0]
+                         : 0;
     return fat_fix(v, nm, st);
+  }
   return true;
 }
 
@@ -1799,6 +1994,7 @@ static int do_readdir(struct tb_inspect *ins, struct job *j)
 struct tb_ifile {
   struct tb_inspect *ins;
   TSK_FS_FILE *file;
+  size_t vol;
   uint64_t size;
   struct tb_ifile *next_orphan;
 };
@@ -1881,6 +2077,27 @@ static int do_xattrs(struct tb_inspect *ins, struct job *j)
 /* The file offsets of PATH's content (its default data stream) whose bytes
  * lie in the job's dirty ranges; a compressed stream is taken whole. */
 static size_t ranges_lower_bound(const struct tb_ranges *r, uint64_t off);
+struct franges_ctx {
+  struct job *j;
+  int r;
+};
+
+/* A data run of a file our ext walker maps: its dirty part, as file offsets. */
+static bool franges_run(void *ctx, uint64_t foff, uint64_t d0, uint64_t d1)
+{
+  struct franges_ctx *fc = ctx;
+  struct job *j = fc->j;
+  if (foff == UINT64_MAX)
+    return false; /* an indirect block: no file offset */
+  for (size_t k = ranges_lower_bound(&j->dirty, d0);
+       k < j->dirty.n && j->dirty.v[k].off < d1 && fc->r == 0; k++) {
+    uint64_t x0 = j->dirty.v[k].off > d0 ? j->dirty.v[k].off : d0;
+    uint64_t e = j->dirty.v[k].off + j->dirty.v[k].len, x1 = e < d1 ? e : d1;
+    fc->r = tb_ranges_add(&j->franges, foff + (x0 - d0), x1 - x0);
+  }
+  return fc->r != 0;
+}
+
 static int do_franges(struct tb_inspect *ins, struct job *j)
 {
   struct vol *v = get_vol(ins, j->vol);
@@ -1890,6 +2107,12 @@ static int do_franges(struct tb_inspect *ins, struct job *j)
   TSK_FS_FILE *f = open_meta(ins, v, st.inum);
   if (!f)
     return -1;
+  if (ext_bmapped(v, f->meta)) {
+    struct franges_ctx fc = {j, 0};
+    ext_bmap_runs(ins, v, f->meta, franges_run, &fc);
+    tsk_fs_file_close(f);
+    return fc.r;
+  }
   const TSK_FS_ATTR *a = tsk_fs_file_attr_get(f);
   uint64_t bs = v->fs->block_size;
   int r = 0, guard = 0;
@@ -1938,6 +2161,9 @@ static int do_open_file(struct tb_inspect *ins, struct job *j)
 
 static ssize_t do_pread(struct tb_inspect *ins, struct job *j)
 {
+  struct vol *v = get_vol(ins, j->vol);
+  if (v && v->fs == j->file->fs_info && ext_bmapped(v, j->file->meta))
+    return ext_bmap_pread(ins, v, j->file->meta, j->buf, j->len, j->off);
   ssize_t r =
       tsk_fs_file_read(j->file, (TSK_OFF_T)j->off, j->buf, j->len, TSK_FS_FILE_READ_FLAG_NONE);
   if (r < 0)
@@ -2003,10 +2229,28 @@ static bool bytes_differ(struct tb_inspect *ins, struct tb_disk *base, uint64_t 
  * filler runs left out.  FN returns true to stop.  Files of implausible
  * size have no runs (libtsk would hang building them). */
 typedef bool (*run_fn)(void *ctx, uint64_t d0, uint64_t d1);
-static void for_each_run(struct vol *v, uint64_t inum, run_fn fn, void *ctx)
+struct run_relay {
+  run_fn fn;
+  void *ctx;
+};
+
+static bool relay_run(void *ctx, uint64_t foff, uint64_t d0, uint64_t d1)
+{
+  (void)foff;
+  struct run_relay *rr = ctx;
+  return rr->fn(rr->ctx, d0, d1);
+}
+
+static void for_each_run(struct tb_inspect *ins, struct vol *v, uint64_t inum, run_fn fn, void *ctx)
 {
   TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
   bool stop = false;
+  if (f && f->meta && ext_bmapped(v, f->meta)) {
+    struct run_relay rr = {fn, ctx};
+    ext_bmap_runs(ins, v, f->meta, relay_run, &rr);
+    tsk_fs_file_close(f);
+    return;
+  }
   int n = f && f->meta && size_plausible(v, f->meta) ? tsk_fs_file_attr_getsize(f) : 0;
   uint64_t bs = v->fs->block_size;
   for (int i = 0; i < n && !stop; i++) {
@@ -2065,7 +2309,7 @@ static bool content_touched(struct tb_inspect *ins, struct vol *v, uint64_t inum
                             const struct tb_ranges *dirty, struct tb_disk *base)
 {
   struct touch t = {ins, dirty, base, false};
-  for_each_run(v, inum, touch_run, &t);
+  for_each_run(ins, v, inum, touch_run, &t);
   return t.touched;
 }
 
@@ -2557,6 +2801,7 @@ struct tb_ifile *tb_inspect_open_file(struct tb_inspect *ins, size_t vol, const 
   } else {
     fh->ins = ins;
     fh->file = j->file;
+    fh->vol = vol;
     fh->size = j->st.size;
   }
   job_put(j);
@@ -2583,6 +2828,7 @@ ssize_t tb_ifile_pread(struct tb_ifile *f, void *buf, size_t len, uint64_t off)
     return tb_error("out of memory reading a file");
   }
   j->file = f->file;
+  j->vol = f->vol;
   j->off = off;
   j->len = len;
   ssize_t r = run_request(f->ins, j);
@@ -2710,10 +2956,23 @@ static bool meta_changed(const struct tb_istat *a, const struct tb_istat *b)
     return true;
   if (a->type == TB_FT_DIR)
     return a->mode != b->mode; /* entries added or removed show as their own lines */
+  /* The inode number is the filesystem's, not the file's (a FAT inode is
+   * where its entry lies): another inode with the same metadata is
+   * confirmed by the content (replaced). */
   return a->size != b->size || a->mtime != b->mtime || a->mtime_ns != b->mtime_ns ||
-         a->inum != b->inum || a->mode != b->mode || a->uid != b->uid || a->gid != b->gid ||
-         a->xdigest != b->xdigest || a->rdev_major != b->rdev_major ||
-         a->rdev_minor != b->rdev_minor;
+         a->mode != b->mode || a->uid != b->uid || a->gid != b->gid || a->xdigest != b->xdigest ||
+         a->rdev_major != b->rdev_major || a->rdev_minor != b->rdev_minor;
+}
+
+/* A path whose metadata did not change but whose inode did: a regular
+ * file is changed if its content differs (CONFIRM_WHOLE), anything else
+ * (a symlink, a device) is changed. */
+static bool replaced(const struct tb_istat *a, const struct tb_istat *b, int *confirm)
+{
+  if (a->inum == b->inum && a->first_data == b->first_data)
+    return false;
+  *confirm = b->type == TB_FT_REG ? CONFIRM_WHOLE : CONFIRM_NONE;
+  return true;
 }
 
 static int changes_add(struct changes *c, enum tb_change kind, const char *vol, const char *path,
@@ -2734,7 +2993,7 @@ static int changes_add(struct changes *c, enum tb_change kind, const char *vol, 
     errno = ENOMEM;
     return tb_error("out of memory comparing filesystems");
   }
-  c->v[c->n++] = (struct change){kind, p, *st, false};
+  c->v[c->n++] = (struct change){kind, p, *st, CONFIRM_NONE};
   return 0;
 }
 
@@ -2766,11 +3025,13 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
         r = changes_add(out, TB_CREATED, vname, l->path, &l->st);
       else {
         b->seen = true;
+        int confirm = CONFIRM_NONE;
         if (meta_changed(&b->st, &l->st))
           r = changes_add(out, TB_CHANGED, vname, l->path, &l->st);
-        else if (l->touched && l->st.type == TB_FT_REG &&
+        else if ((replaced(&b->st, &l->st, &confirm) ||
+                  (l->touched && l->st.type == TB_FT_REG && (confirm = CONFIRM_DIRTY))) &&
                  (r = changes_add(out, TB_CHANGED, vname, l->path, &l->st)) == 0)
-          out->v[out->n - 1].confirm = true;
+          out->v[out->n - 1].confirm = confirm;
       }
     }
     for (size_t i = 0; i < be.n && r == 0; i++)
@@ -2794,13 +3055,16 @@ static bool index_of(const struct tb_inspect_index *idx, struct tb_inspect *base
  * copy of the file?  Its blocks may have moved: a file deleted and made
  * again with the same bytes and metadata (cp --preserve=all) lies where
  * the base had free space.  Compared at the file offsets whose bytes lie
- * in DIRTY, read through both handles; anything unreadable is a change. */
+ * in DIRTY, or (DIRTY NULL: a file with another inode) the whole content up
+ * to CONFIRM_WHOLE_MAX (larger: a change), read through both handles;
+ * anything unreadable is a change. */
+#define CONFIRM_WHOLE_MAX (1ull << 30)
 static bool content_differs(struct tb_inspect *base, struct tb_inspect *live, const char *vpath,
                             const struct tb_ranges *dirty)
 {
   const char *slash = strchr(vpath, '/');
   char vname[64];
-  if (!slash || !dirty || slash - vpath >= (ptrdiff_t)sizeof vname)
+  if (!slash || slash - vpath >= (ptrdiff_t)sizeof vname)
     return true;
   snprintf(vname, sizeof vname, "%.*s", (int)(slash - vpath), vpath);
   int bi = tb_inspect_find_volume(base, vname), li = tb_inspect_find_volume(live, vname);
@@ -2808,9 +3072,9 @@ static bool content_differs(struct tb_inspect *base, struct tb_inspect *live, co
     return true;
   struct job *j = job_new(live, JOB_FRANGES, deadline_in(live, 1));
   bool differ = !j || job_path(j, slash) < 0;
-  for (size_t i = 0; !differ && i < dirty->n; i++)
+  for (size_t i = 0; !differ && dirty && i < dirty->n; i++)
     differ = tb_ranges_add(&j->dirty, dirty->v[i].off, dirty->v[i].len) < 0;
-  if (!differ) {
+  if (!differ && dirty) {
     j->vol = (size_t)li;
     differ = run_request(live, j) < 0;
   }
@@ -2819,6 +3083,9 @@ static bool content_differs(struct tb_inspect *base, struct tb_inspect *live, co
   enum { CHUNK = 1 << 20 };
   char *a = bf ? malloc(2 * CHUNK) : NULL, *b = a + CHUNK;
   differ = !a || tb_ifile_size(lf) != tb_ifile_size(bf);
+  if (!differ && !dirty)
+    differ = tb_ifile_size(lf) > CONFIRM_WHOLE_MAX ||
+             tb_ranges_add(&j->franges, 0, tb_ifile_size(lf)) < 0;
   for (size_t i = 0; !differ && i < j->franges.n; i++) {
     uint64_t off = j->franges.v[i].off, end = off + j->franges.v[i].len;
     while (!differ && off < end) {
@@ -2877,7 +3144,8 @@ static int diff_all(struct tb_inspect_index *idx, struct tb_inspect *base, struc
       r = diff_volume(base, (int)bi, live, -1, dirty, deadline_ms, &out, stats);
     }
   for (size_t i = 0; i < out.n && r == 0; i++)
-    if (out.v[i].confirm && !content_differs(base, live, out.v[i].path, dirty))
+    if (out.v[i].confirm && !content_differs(base, live, out.v[i].path,
+                                             out.v[i].confirm == CONFIRM_DIRTY ? dirty : NULL))
       out.v[i].kind = 0; /* the same content, moved: not a change */
   if (r == 0) {
     if (out.n > 0)
@@ -3378,7 +3646,7 @@ static int build_volume(struct tb_inspect *ins, struct vol *v, struct ivol *iv)
     if (i > 0 && iv->inums[i - 1].inum == iv->inums[i].inum)
       continue; /* a hard link: runs once per inode */
     struct run_add ra = {iv, iv->inums[i].inum, false};
-    for_each_run(v, ra.inum, add_run, &ra);
+    for_each_run(ins, v, ra.inum, add_run, &ra);
     if (ra.failed) {
       errno = ENOMEM;
       return tb_error("out of memory indexing a filesystem");
@@ -3721,11 +3989,15 @@ static int compare_entry(struct idiff *x, uint32_t bk, const struct tb_istat *ls
              : visit(x, bk, lst->inum, lst->inum != b->inum || cands_has(&x->c, lst->inum),
                      path_len);
   }
-  bool changed = meta_changed(b, lst), by_content = false;
-  if (!changed && lst->type == TB_FT_REG && cands_has(&x->c, lst->inum))
-    changed = by_content = content_touched(x->ins, x->v, lst->inum, x->dirty, x->base);
+  bool changed = meta_changed(b, lst);
+  int confirm = CONFIRM_NONE;
+  if (!changed)
+    changed = replaced(b, lst, &confirm);
+  if (!changed && lst->type == TB_FT_REG && cands_has(&x->c, lst->inum) &&
+      (changed = content_touched(x->ins, x->v, lst->inum, x->dirty, x->base)))
+    confirm = CONFIRM_DIRTY;
   if (changed && (r = changes_add(x->out, TB_CHANGED, x->vname, x->path, lst)) == 0)
-    x->out->v[x->out->n - 1].confirm = by_content;
+    x->out->v[x->out->n - 1].confirm = confirm;
   if (r == 0 && b->type == TB_FT_DIR)
     r = deleted_children(x, bk, path_len);
   if (r == 0 && lst->type == TB_FT_DIR)

@@ -135,6 +135,11 @@ struct tb_istat {
    * small file's bytes live in its MFT record, not in a content run).  0
    * when there is none.  The diff compares it. */
   uint64_t xdigest;
+  /* Where the content starts where the inode number is no identity: FAT
+   * and exFAT's first cluster (their inode numbers are where the directory
+   * entry lies); 0 elsewhere.  Like another inode, another value with the
+   * same metadata is confirmed by the content. */
+  uint64_t first_data;
 };
 
 /* Extended attributes of a file: ext xattrs (user., trusted., security.;

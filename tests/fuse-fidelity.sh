@@ -52,6 +52,11 @@ echo long >"$S/$(printf 'L%.0s' $(seq 255))"
 echo ü >"$S/ünïcödé.txt"
 for i in $(seq 1 300); do echo "$i" >"$S/many/f-$i"; done
 cp -a "$S" "$T/src-ext23"
+# ext2/3: a 5 GiB sparse file maps its end through the triple-indirect
+# block (read by lib/inspect's own block-map walker, not libtsk).
+truncate -s 5G "$T/src-ext23/big/sparse-5G.bin"
+printf mid | dd of="$T/src-ext23/big/sparse-5G.bin" bs=1 seek=$((4 << 30)) conv=notrunc status=none
+printf end | dd of="$T/src-ext23/big/sparse-5G.bin" bs=1 seek=$(((5 << 30) - 3)) conv=notrunc status=none
 truncate -s 1T "$S/big/sparse-1T.bin"
 printf end | dd of="$S/big/sparse-1T.bin" bs=1 seek=$((1 << 39)) conv=notrunc status=none
 truncate -s 5G "$S/big/sparse-5G.bin"

@@ -13,6 +13,12 @@
   changes BEFORE AFTER VOLUME    changes.txt lines (kind type size path, sorted
                                  like the view sorts them) that the documented
                                  rule gives for two walks of one volume
+  changes-txt FILE               a changes.txt as those lines: comments out,
+                                 columns single-spaced, directory sizes "*"
+  push OLD NEW TARGET [BS]       write into TARGET (a client's disk exposed as
+                                 a file) the BS-byte blocks (4096) where NEW
+                                 differs from OLD: the dirty map is then just
+                                 what changed
 
 walk's --strip-target P: symlink targets under P (ntfs-3g's own mount point,
 which it puts in front of absolute NTFS targets) are made volume-rooted, as
@@ -23,8 +29,9 @@ The rule (tabula-fuse(1), CHANGES.TXT): a path present only after is
 created, only before deleted; a path in both is changed if its type changed
 or, for anything but a directory, its size, mtime, mode, owner, content
 (sha256), xattrs (ext) or alternate data streams (NTFS, seen through
-ntfs-3g's ntfs.streams.list) changed.  nlink, atime and ctime do not count:
-a link added or removed is its own created or deleted line.
+ntfs-3g's ntfs.streams.list) changed.  nlink, atime, ctime and the inode
+number do not count: a link added or removed is its own created or deleted
+line, a file deleted and made again identical is no change.
 """
 import hashlib
 import json
@@ -187,6 +194,28 @@ def changes(before, after, volume, content_only):
     return ["%s %s %s %s" % (k, t, "*" if t == "dir" else s, p) for p, k, t, s in lines]
 
 
+def push(old, new, target, bs):
+    """Write the blocks of NEW that differ from OLD (same size) into TARGET."""
+    n = 0
+    chunk = 256 * bs
+    with open(old, "rb") as a, open(new, "rb") as b, open(target, "r+b") as t:
+        off = 0
+        while True:
+            x, y = a.read(chunk), b.read(chunk)
+            if not y:
+                break
+            if x != y:
+                for i in range(0, len(y), bs):
+                    if x[i:i + bs] != y[i:i + bs]:
+                        t.seek(off + i)
+                        t.write(y[i:i + bs])
+                        n += 1
+            off += len(y)
+        t.flush()
+        os.fsync(t.fileno())
+    return n
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "walk":
@@ -215,8 +244,19 @@ def main():
     elif cmd == "changes":
         for line in changes(load(sys.argv[2]), load(sys.argv[3]), sys.argv[4], None):
             print(line)
+    elif cmd == "changes-txt":
+        with open(sys.argv[2], encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                if line.startswith("#") or not line.strip():
+                    continue
+                kind, t, size, path = line.rstrip("\n").split(None, 3)
+                print("%s %s %s %s" % (kind, t, "*" if t == "dir" else size, path))
+    elif cmd == "push":
+        bs = int(sys.argv[5]) if len(sys.argv) > 5 else 4096
+        print("%d blocks written" % push(sys.argv[2], sys.argv[3], sys.argv[4], bs))
     else:
-        sys.exit("usage: fuse-walk.py walk ROOT | compare REF VIEW | changes BEFORE AFTER VOLUME")
+        sys.exit("usage: fuse-walk.py walk ROOT | compare REF VIEW | changes BEFORE AFTER VOLUME"
+                 " | changes-txt FILE | push OLD NEW TARGET [BS]")
 
 
 if __name__ == "__main__":
