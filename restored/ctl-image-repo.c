@@ -115,7 +115,7 @@ int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
     snprintf(where, sizeof where, "%s/%s", dir, image);
     json_t *j = json_pack("{s:s, s:I, s:s}", "image", image, "version", (json_int_t)published,
                           "dir", where);
-    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     if (text)
       printf("%s\n", text);
     free(text);
@@ -253,7 +253,7 @@ static void print_pull_result(const char *image, const char *url,
         (json_int_t)r->chunks_copied, "chunks_resumed", (json_int_t)r->chunks_resumed,
         "chunks_downloaded", (json_int_t)r->chunks_downloaded, "bytes_downloaded",
         (json_int_t)r->bytes_downloaded);
-    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     if (text)
       printf("%s\n", text);
     free(text);

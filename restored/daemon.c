@@ -600,6 +600,7 @@ int main(int argc, char **argv)
   notify_systemd("READY=1");
 
   int r = run();
+  D.quit = true; /* also after a failed loop: the last metrics say the daemon is down */
   notify_systemd("STOPPING=1");
   pxe_stop(&D);
   iscsid_stop(&D);
@@ -607,6 +608,8 @@ int main(int argc, char **argv)
   nbdkit_unlisten(&D);
   tb_eventf(D.cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
   journal_poll(&D); /* hand the last events to the webhooks */
+  if (D.cfg->metrics_file)
+    metrics_write(&D); /* D.quit: tabula_up 0, so a scraper sees the daemon stopped */
   watchdog_stop();
   watchdog_free();
   webhooks_shutdown();

@@ -5,6 +5,11 @@
  * textfile collector requires.  Per-client gauges come from the state
  * directory (session.json, the lock); counters (sessions, bytes, errors) from
  * the session-end events the daemon has seen since it started.
+ *
+ * A scraper must tell a stopped daemon from a quiet one: the daemon writes
+ * the file once more as it stops, with tabula_up 0, and every write carries
+ * tabula_metrics_timestamp_seconds (when it was written), so a file left by
+ * a daemon that was killed shows its age.
  */
 #include <config.h>
 
@@ -59,10 +64,13 @@ void metrics_write(struct daemon *d)
   bool up = d->nbdkit.n > 0;
   for (int i = 0; i < d->nbdkit.n; i++)
     up = up && d->nbdkit.inst[i].ready;
-  header(&b, "tabula_up", "gauge", "1 while tabula-restored runs");
-  add(&b, "tabula_up 1\n");
+  header(&b, "tabula_up", "gauge", "1 while tabula-restored runs, 0 once it has stopped");
+  add(&b, "tabula_up %d\n", !d->quit);
+  header(&b, "tabula_metrics_timestamp_seconds", "gauge",
+         "when this file was written (seconds since the epoch): a stale file shows its age");
+  add(&b, "tabula_metrics_timestamp_seconds %.3f\n", (double)tb_now_ms() / 1000.0);
   header(&b, "tabula_nbdkit_up", "gauge", "1 while nbdkit serves");
-  add(&b, "tabula_nbdkit_up %d\n", up);
+  add(&b, "tabula_nbdkit_up %d\n", up && !d->quit);
   header(&b, "tabula_nbdkit_restarts_total", "counter", "nbdkit restarts since the daemon started");
   add(&b, "tabula_nbdkit_restarts_total %d\n", d->nbdkit.restarts);
   header(&b, "tabula_merges_total", "counter",

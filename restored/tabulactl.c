@@ -137,13 +137,75 @@ static void table_print(struct table *t)
   table_free(t);
 }
 
+/* ---- --json: one style, errors too ----------------------------------------------
+ *
+ * Every command's --json result is one document, indented by 2, keys in the
+ * daemon's order (events --follow: one compact document a line).  A command
+ * that fails under --json prints {"ok": false, "error": MESSAGE,
+ * "exit_status": N} on stdout as well, so a script reading stdout always
+ * gets JSON; MESSAGE is what went to stderr (its "tabulactl: " lines, joined),
+ * which every error path writes, here and in ctl-image-repo.c alike, so
+ * stderr goes through a stream that remembers them. */
+static bool json_printed; /* stdout got a JSON document */
+static FILE *real_stderr;
+static char err_text[2048], err_line[1024];
+static size_t err_line_len;
+
+static ssize_t stderr_write(void *cookie, const char *buf, size_t n)
+{
+  (void)cookie;
+  fwrite(buf, 1, n, real_stderr);
+  fflush(real_stderr);
+  for (size_t i = 0; i < n; i++) {
+    if (buf[i] == '\r') {
+      err_line_len = 0; /* a progress line redraws itself */
+    } else if (buf[i] != '\n') {
+      if (err_line_len + 1 < sizeof err_line)
+        err_line[err_line_len++] = buf[i];
+    } else {
+      err_line[err_line_len] = '\0';
+      size_t plen = strlen(prog);
+      if (!strncmp(err_line, prog, plen) && !strncmp(err_line + plen, ": ", 2)) {
+        size_t have = strlen(err_text);
+        snprintf(err_text + have, sizeof err_text - have, "%s%s", have ? " " : "",
+                 err_line + plen + 2);
+      }
+      err_line_len = 0;
+    }
+  }
+  return (ssize_t)n;
+}
+
+static void capture_stderr(void)
+{
+  real_stderr = fdopen(dup(STDERR_FILENO), "w");
+  FILE *f =
+      real_stderr ? fopencookie(NULL, "w", (cookie_io_functions_t){.write = stderr_write}) : NULL;
+  if (f) {
+    setvbuf(f, NULL, _IOLBF, 0);
+    stderr = f;
+  }
+}
+
 static void print_json(const json_t *v)
 {
   char *text = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
   if (text) {
     puts(text);
     free(text);
+    json_printed = true;
   }
+}
+
+/* After a failed command under --json. */
+static void print_json_error(int code)
+{
+  if (json_printed)
+    return;
+  json_t *e = json_pack("{s:b, s:s, s:i}", "ok", 0, "error",
+                        err_text[0] ? err_text : "failed (no message)", "exit_status", code);
+  print_json(e);
+  json_decref(e);
 }
 
 /* Field accessors that tolerate missing keys (older daemons, optional data). */
@@ -349,15 +411,20 @@ static int socket_from_config(struct ctl *ctl, char *path, size_t len)
   return 0;
 }
 
-static struct tb_control *connect_daemon(struct ctl *ctl)
+/* *CODE: EXIT_FAIL when the configuration cannot tell where the daemon is
+ * (a broken or missing file: the message says what is wrong with it),
+ * EXIT_NODAEMON when nothing answers there. */
+static struct tb_control *connect_daemon(struct ctl *ctl, int *code)
 {
   char path[TB_PATH_MAX];
+  *code = EXIT_FAIL;
   if (ctl->socket)
     snprintf(path, sizeof path, "%s", ctl->socket);
   else if (!ctl->config_file && !getenv("TABULA_CONFIG") && ctl->state_dir)
     snprintf(path, sizeof path, "%s/control.sock", ctl->state_dir);
   else if (socket_from_config(ctl, path, sizeof path) == -1)
     return NULL;
+  *code = EXIT_NODAEMON;
   struct tb_control *c = tb_control_connect(path);
   if (!c)
     fprintf(stderr, "%s: %s\n", prog, tb_errmsg());
@@ -371,8 +438,7 @@ typedef void (*interim_fn)(void *ctx, json_t *line);
  * (a new reference) or NULL after printing why; *code gets the exit code. */
 static json_t *request(struct ctl *ctl, json_t *req, interim_fn interim, void *ictx, int *code)
 {
-  *code = EXIT_NODAEMON;
-  struct tb_control *c = connect_daemon(ctl);
+  struct tb_control *c = connect_daemon(ctl, code);
   if (!c) {
     json_decref(req);
     return NULL;
@@ -749,18 +815,27 @@ static int cmd_image_gc(struct ctl *ctl, int argc, char **argv)
 
 /* publish and pull live in ctl-image-repo.c (lib/repo.c does the work); they
  * parse their own options, so --json, which main() took, is handed back. */
+/* The state directory is found as for every other command: --state DIR,
+ * else the configuration's state_dir.  With --state the configuration is
+ * read only when one is named (-c, $TABULA_CONFIG), for its "pull" section. */
 static int run_repo_cmd(struct ctl *ctl, int argc, char **argv,
                         int (*fn)(int, char **, const struct tb_config *))
 {
-  if (load_config(ctl) == -1)
+  bool named = ctl->config_file || getenv("TABULA_CONFIG");
+  if ((!ctl->state_dir || named) && load_config(ctl) == -1)
     return EXIT_FAIL;
+  struct tb_config cfg = {0};
+  if (ctl->cfg)
+    cfg = *ctl->cfg; /* a shallow copy, only read */
+  if (ctl->state_dir)
+    cfg.state_dir = (char *)ctl->state_dir;
   char **args = calloc((size_t)argc + 2, sizeof *args);
   if (!args)
     return EXIT_FAIL;
   memcpy(args, argv, (size_t)argc * sizeof *args);
   if (ctl->json)
     args[argc++] = (char *)"--json";
-  int r = fn(argc, args, ctl->cfg);
+  int r = fn(argc, args, &cfg);
   free(args);
   return r;
 }
@@ -2004,14 +2079,27 @@ static void usage(FILE *f)
   fprintf(f, "\nExit status: 0 done, 1 failed, 2 bad usage, 3 daemon not reachable.\n");
 }
 
+static int ctl_main(int argc, char **argv, struct ctl *ctlp);
+
 int main(int argc, char **argv)
+{
+  capture_stderr();
+  struct ctl ctl = {0};
+  int r = ctl_main(argc, argv, &ctl);
+  fflush(stderr);
+  if (ctl.json && r != 0)
+    print_json_error(r);
+  tb_config_unref(ctl.cfg);
+  return r;
+}
+
+static int ctl_main(int argc, char **argv, struct ctl *ctlp)
 {
   static const struct option lo[] = {
       {"config", required_argument, NULL, 'c'}, {"state", required_argument, NULL, 's'},
       {"socket", required_argument, NULL, 'S'}, {"control", required_argument, NULL, 'S'},
       {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
       {"version", no_argument, NULL, 'V'},      {0}};
-  struct ctl ctl = {0};
   signal(SIGPIPE, SIG_IGN);
   umask(077); /* imports write into the private state directory */
   int ch;
@@ -2019,16 +2107,16 @@ int main(int argc, char **argv)
   while ((ch = getopt_long(argc, argv, "+c:hV", lo, NULL)) != -1) {
     switch (ch) {
     case 'c':
-      ctl.config_file = optarg;
+      ctlp->config_file = optarg;
       break;
     case 's':
-      ctl.state_dir = optarg;
+      ctlp->state_dir = optarg;
       break;
     case 'S':
-      ctl.socket = optarg;
+      ctlp->socket = optarg;
       break;
     case 'j':
-      ctl.json = true;
+      ctlp->json = true;
       break;
     case 'h':
       usage(stdout);
@@ -2050,7 +2138,7 @@ int main(int argc, char **argv)
   /* --json may also follow the command. */
   for (int i = 1; i < sub_argc; i++)
     if (strcmp(sub_argv[i], "--json") == 0) {
-      ctl.json = true;
+      ctlp->json = true;
       memmove(&sub_argv[i], &sub_argv[i + 1], (size_t)(sub_argc - i) * sizeof *sub_argv);
       sub_argc--;
       break;
@@ -2063,9 +2151,7 @@ int main(int argc, char **argv)
       command_help(&commands[i]);
       return 0;
     }
-    int r = commands[i].run(&ctl, sub_argc, sub_argv);
-    tb_config_unref(ctl.cfg);
-    return r;
+    return commands[i].run(ctlp, sub_argc, sub_argv);
   }
   return usage_error("unknown command \"%s\"", name);
 }

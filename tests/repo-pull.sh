@@ -42,7 +42,7 @@ url=$(repo_url)
 ctl "$app" image pull demo --from "$url" --json >"$TB_TMP/pull1" || tb_fail "first pull failed"
 cat "$TB_TMP/pull1"
 cmp -s "$app/images/demo/1.img" "$TB_TMP/v1.img" || tb_fail "pulled demo@1 differs"
-grep -q '"chunks_downloaded":41' "$TB_TMP/pull1" || tb_fail "first pull: not 41 chunks"
+jq -e '.chunks_downloaded == 41' "$TB_TMP/pull1" >/dev/null || tb_fail "first pull: not 41 chunks"
 served=$(repo_bytes_served)
 [ "$served" -ge "$size" ] || tb_fail "first pull: nginx served $served bytes < $size"
 echo "first pull: nginx served $served bytes for a $size-byte image"
