@@ -7,7 +7,8 @@
  * started with, so a reload during a pull is harmless.
  *
  * Versions and clients: a client that follows the newest version of its image
- * would boot a pulled version at its next session.  That is what
+ * (its configured image, or the one its mailbox reimaged it to, and no
+ * configured version or pin) would boot a pulled version at its next session.  That is what
  * "make_current": true asks for.  Without it, before a source runs, every
  * client of its images that follows the newest version is pinned (mailbox) to
  * the version it runs now, so a pulled version waits until an administrator
@@ -104,27 +105,40 @@ static bool source_has_image(const json_t *pull, size_t i, const char *image)
   return false;
 }
 
+/* The hold: pin to VERSION if the mailbox still has no pin and still names
+ * IMAGE ("" for the configured one), as when it was read. */
+struct hold {
+  const char *image;
+  uint32_t version;
+};
+
 static int pin_to(struct tb_mailbox *mb, void *ctx)
 {
-  if (mb->pin)
+  const struct hold *h = ctx;
+  if (mb->pin || strcmp(mb->image, h->image) != 0)
     return 1;
-  mb->pin = *(const uint32_t *)ctx;
+  mb->pin = h->version;
   return 0;
 }
 
-/* Keep the clients of source I on the versions they run now. */
+/* Keep the clients of source I on the versions they run now: every client
+ * that follows the newest version of an image the source pulls, whether the
+ * image is its configured one or the one its mailbox reimaged it to (as the
+ * watchdog's promotions count them). */
 static void hold_clients(const struct tb_config *cfg, size_t i)
 {
   for (size_t k = 0; k < cfg->n_clients; k++) {
     const struct tb_client_conf *c = &cfg->clients[k];
     struct tb_mailbox mb;
-    if (c->version || !source_has_image(cfg->pull, i, c->image) ||
-        tb_mailbox_read(cfg->state_dir, c->id, &mb) == -1 || mb.pin || mb.image[0])
+    if (c->version || tb_mailbox_read(cfg->state_dir, c->id, &mb) == -1 || mb.pin)
       continue;
-    uint32_t now = tb_store_latest(cfg->state_dir, c->image);
-    if (now && tb_mailbox_update(cfg->state_dir, c->id, pin_to, &now) == 0)
-      tb_eventf(cfg->state_dir, "pin", c->id, "{s:s, s:I, s:s}", "image", c->image, "version",
-                (json_int_t)now, "reason", "scheduled pull without make_current");
+    const char *image = mb.image[0] ? mb.image : c->image;
+    if (!source_has_image(cfg->pull, i, image))
+      continue;
+    struct hold h = {mb.image, tb_store_latest(cfg->state_dir, image)};
+    if (h.version && tb_mailbox_update(cfg->state_dir, c->id, pin_to, &h) == 0)
+      tb_eventf(cfg->state_dir, "pin", c->id, "{s:s, s:I, s:s}", "image", image, "version",
+                (json_int_t)h.version, "reason", "scheduled pull without make_current");
   }
 }
 

@@ -3,7 +3,9 @@
 # versions from a repository served by a real nginx.  Without "make_current"
 # the clients that follow the newest version are pinned to the one they run,
 # so the pulled version waits for an administrator; with it, they boot the
-# pulled version at their next session.
+# pulled version at their next session.  A client reimaged (mailbox) to the
+# newest version of a pulled image follows it as much as a client configured
+# with it: held the same way (pc02, configured on "other", reimaged to demo).
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
@@ -24,9 +26,14 @@ for mode in hold current; do
   echo "== scheduled pull, make_current: $([ $mode = current ] && echo true || echo false)"
   app=$TB_TMP/app-$mode
   tb_import "$app" demo "$TB_TMP/v1.img"
-  td_config "$TB_TMP/$mode.json" "$app" '{ "pc01": { "image": "demo", "policy": "rollback" } }' \
+  td_config "$TB_TMP/$mode.json" "$app" '{ "pc01": { "image": "demo", "policy": "rollback" },
+    "pc02": { "image": "other", "policy": "rollback" } }' \
     "\"pull\": { \"from\": \"$url\", \"images\": [\"demo\"], \"when\": \"every 1s\",
                  \"make_current\": $([ $mode = current ] && echo true || echo false) }"
+  tb_import "$app" other "$TB_TMP/v2.img"
+  mkdir -p -m 700 "$app/clients" "$app/clients/pc02"
+  printf '{"image": "demo"}\n' >"$app/clients/pc02/mailbox.json"
+  chmod 600 "$app/clients/pc02/mailbox.json"
   ctl "$pub" image publish demo@2 "$www" >/dev/null || tb_fail "publish demo@2"
   td_start "$TB_TMP/$mode.json"
   i=0
@@ -43,15 +50,23 @@ for mode in hold current; do
       tb_fail "without make_current pc01 must be pinned to demo@1"
     tctl client pc01 >"$TB_TMP/client.out"
     grep -q 'demo@1' "$TB_TMP/client.out" || tb_fail "tabulactl client: $(cat "$TB_TMP/client.out")"
+    jq -e '.pin == 1 and .image == "demo"' "$app/clients/pc02/mailbox.json" >/dev/null 2>&1 ||
+      tb_fail "without make_current pc02 (reimaged to demo) must be pinned to demo@1:" \
+        "$(cat "$app/clients/pc02/mailbox.json")"
   else
-    if jq -e '.pin' "$app/clients/pc01/mailbox.json" >/dev/null 2>&1; then
-      tb_fail "with make_current pc01 must not be pinned"
-    fi
+    for id in pc01 pc02; do
+      if jq -e '.pin' "$app/clients/$id/mailbox.json" >/dev/null 2>&1; then
+        tb_fail "with make_current $id must not be pinned"
+      fi
+    done
   fi
-  tb_io_sock -e pc01 rewrite:0:4096 || tb_fail "pc01 session"
   want=$([ $mode = current ] && echo 2 || echo 1)
-  jq -s -e "map(select(.type == \"session-start\")) | last | .version == $want" \
-    "$app/events.jsonl" >/dev/null || tb_fail "pc01 must run demo@$want"
+  for id in pc01 pc02; do
+    tb_io_sock -e $id rewrite:0:4096 || tb_fail "$id session"
+    jq -s -e "map(select(.type == \"session-start\" and .client == \"$id\")) | last |
+      .image == \"demo\" and .version == $want" "$app/events.jsonl" >/dev/null ||
+      tb_fail "$id must run demo@$want"
+  done
   td_stop
   # Back to one version in the repository for the next round.
   rm -f "$www/demo/2.img"
