@@ -334,6 +334,12 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)dirty));
   json_object_set_new(o, "disk_bytes", json_integer((json_int_t)disk_bytes(ovl)));
   json_object_set_new(o, "quota_bytes", json_integer((json_int_t)c->quota));
+  if (tb_io_limits_set(&c->limits)) /* 0: that one is unlimited */
+    json_object_set_new(
+        o, "limits",
+        json_pack("{s:I, s:I, s:I, s:I}", "read_bytes_per_s", (json_int_t)c->limits.read_bps,
+                  "write_bytes_per_s", (json_int_t)c->limits.write_bps, "read_iops",
+                  (json_int_t)c->limits.read_iops, "write_iops", (json_int_t)c->limits.write_iops));
   json_object_set_new(o, "pending", pending_json(&mb, have_info ? info.base.image : NULL));
   json_t *maint = maintenance_status(d, c->id);
   if (maint)

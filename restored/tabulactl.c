@@ -1271,6 +1271,26 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
     printf("\n");
   }
   printf("on disk:      %s\n", jsize(res, "disk_bytes", buf, sizeof buf));
+  json_t *lim = json_object_get(res, "limits");
+  if (json_is_object(lim)) {
+    static const char *const keys[] = {"read_bytes_per_s", "write_bytes_per_s", "read_iops",
+                                       "write_iops"};
+    static const char *const names[] = {"read", "write", "read", "write"};
+    printf("limits:      ");
+    for (int k = 0; k < 4; k++) {
+      json_int_t v = jint(lim, keys[k]);
+      char sz[32];
+      if (k < 2)
+        human_size((uint64_t)v, sz, sizeof sz);
+      if (!v)
+        printf(" %s%s unlimited", names[k], k < 2 ? "" : " IOPS");
+      else if (k < 2)
+        printf(" %s %s/s", names[k], sz);
+      else
+        printf(" %s %" JSON_INTEGER_FORMAT " IOPS", names[k], v);
+      printf(k < 3 ? "," : "\n");
+    }
+  }
   printf("pending:      %s\n", pending_text(res, pend, sizeof pend));
   if (json_is_string(json_object_get(res, "refresh"))) {
     char when[96];

@@ -7,7 +7,8 @@
 #   - a broken or missing configuration is exit 1 with what is wrong, not
 #     "daemon not reachable" (3); under --json errors are JSON on stdout;
 #   - image publish finds the state with --state like every command;
-#   - after the daemon stops the metrics say tabula_up 0, with a timestamp.
+#   - after the daemon stops the metrics say tabula_up 0, with a timestamp;
+#   - tabulactl client shows the I/O limits.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$abs_top_srcdir/tests/daemon-functions.sh"
 tb_setup
@@ -19,7 +20,7 @@ tb_make_file "$TB_TMP/o1.img" $M 2 $M
 conf=$TB_TMP/tabula.json
 td_config "$conf" "$state" '{
     "pc01": { "image": "demo" },
-    "pc02": { "image": "demo", "policy": "persist" },
+    "pc02": { "image": "demo", "policy": "persist", "limits": { "write": "20M", "read_iops": 100 } },
     "pc03": { "image": "demo", "reconnect_grace": "60s" }
   }' "\"metrics\": { \"file\": \"$TB_TMP/tabula.prom\", \"interval\": \"1s\" }"
 TD_CONF=$conf
@@ -49,6 +50,8 @@ line=$(tctl clients | grep '^pc02 ')
 echo "$line" | grep -Eq ' demo@1 +demo@2 \(pinned\) ' ||
   tb_fail "clients: base demo@1 and next demo@2 (pinned) expected: $line"
 tctl client pc02 | grep -q '^base: *demo@1$' || tb_fail "client: $(tctl client pc02)"
+tctl client pc02 | grep -q '^limits: *read unlimited, write 20.* MiB/s, read 100 IOPS, write IOPS unlimited$' ||
+  tb_fail "client limits: $(tctl client pc02 | grep limits)"
 
 echo "== a session its frontend left behind is interrupted"
 mkfifo "$TB_TMP/h.fifo"
