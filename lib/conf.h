@@ -139,7 +139,7 @@ struct tb_config {
   struct tb_webhook_conf *webhooks;
   size_t n_webhooks;
   char *metrics_file;
-  int metrics_mode; /* metrics.mode, -1: 0600 */
+  int metrics_mode; /* metrics.mode, -1: 0644 (node_exporter reads it as another user) */
   int64_t metrics_interval_ms;
   json_t *pull;     /* "pull" section (image distribution), or NULL */
   json_t *watchdog; /* top-level "watchdog" defaults, or NULL */

@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -45,6 +46,7 @@
 #include "repo.h"
 #include "session.h"
 #include "store.h"
+#include "watchdog.h"
 
 static void warn_if_exposed(const char *config, const char *state);
 
@@ -54,14 +56,46 @@ static void warn_if_exposed(const char *config, const char *state);
 
 struct daemon D;
 
+/* True when stderr is the journal (systemd sets JOURNAL_STREAM to its
+ * "DEV:INODE"): the journal adds the program's name and time, and reads a
+ * "<N>" prefix as the line's priority. */
+static bool stderr_is_journal(void)
+{
+  static int known = -1;
+  if (known == -1) {
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    known = js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(2, &st) == 0 &&
+            (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+  }
+  return known;
+}
+
+/* The syslog priority of a log line: warnings 4, errors 3, the rest 6 (info). */
+static int line_priority(const char *line)
+{
+  if (strncmp(line, "warning", 7) == 0)
+    return 4;
+  static const char *const errs[] = {"cannot ", "error",  "failed",  "refused", "not reloaded",
+                                     "No such", "denied", "invalid", "unknown"};
+  for (size_t i = 0; i < sizeof errs / sizeof *errs; i++)
+    if (strstr(line, errs[i]))
+      return 3;
+  return 6;
+}
+
 void log_msg(const char *fmt, ...)
 {
+  char line[4096];
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "tabula-restored: ");
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
+  if (stderr_is_journal())
+    fprintf(stderr, "<%d>%s\n", line_priority(line), line);
+  else
+    fprintf(stderr, "tabula-restored: %s\n", line);
 }
 
 /* ---- counters ------------------------------------------------------------------ */
@@ -303,11 +337,73 @@ static struct tb_config *load_config(const char *file, struct client_sched **sch
   return cfg;
 }
 
+int daemon_group(const char *text, const char *key, gid_t *gid)
+{
+  char *end;
+  unsigned long n = strtoul(text, &end, 10);
+  if (text[0] && !*end) {
+    *gid = (gid_t)n;
+    return 0;
+  }
+  struct group *g = getgrnam(text);
+  if (!g)
+    return tb_error("%s: no group \"%s\" on this machine (create it with groupadd, or name "
+                    "another)",
+                    key, text);
+  *gid = g->gr_gid;
+  return 0;
+}
+
+/* What start and reload check beyond load_config(), alike: -1 refuses the
+ * configuration (a group that does not exist, a missing TLS directory:
+ * nbdkit could not start with it).  A client that cannot be served (no
+ * version of its image yet, a pinned version missing or torn, a preserved or
+ * protected partition its version lacks) does not refuse the file: the
+ * plugin refuses that client alone.  Each is a log line, a
+ * "client-unservable" event and an entry in WARNINGS (id -> reason). */
+static int validate_config(const struct tb_config *cfg, json_t *warnings)
+{
+  gid_t gid;
+  if ((cfg->listen_unix_group &&
+       daemon_group(cfg->listen_unix_group, "listen.unix_group", &gid) == -1) ||
+      (cfg->control_group && daemon_group(cfg->control_group, "control_group", &gid) == -1))
+    return tb_error_prefix("%s", cfg->path);
+  struct stat st;
+  if (cfg->tls_certificates && (stat(cfg->tls_certificates, &st) == -1 || !S_ISDIR(st.st_mode)))
+    return tb_error("%s: tls.certificates: %s is not a directory (nbdkit could not start: see "
+                    "nbdkit-tls(1) for the files it holds)",
+                    cfg->path, cfg->tls_certificates);
+  for (size_t i = 0; i < cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &cfg->clients[i];
+    if (tb_client_check(cfg, c) == 0)
+      continue;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", tb_errmsg());
+    log_msg("warning: client %s will be refused until this is fixed (the other clients are "
+            "served): %s",
+            c->id, why);
+    tb_eventf(cfg->state_dir, "client-unservable", c->id, "{s:s}", "error", why);
+    if (warnings)
+      json_object_set_new(warnings, c->id, json_string(why));
+  }
+  return 0;
+}
+
 int daemon_reload(char *err, size_t errlen)
+{
+  return daemon_reload_warn(err, errlen, NULL);
+}
+
+int daemon_reload_warn(char *err, size_t errlen, json_t *warnings)
 {
   struct client_sched *sched;
   size_t n;
   struct tb_config *cfg = load_config(D.config_file, &sched, &n);
+  if (cfg && validate_config(cfg, warnings) == -1) {
+    tb_config_unref(cfg);
+    free(sched);
+    cfg = NULL;
+  }
   if (!cfg) {
     snprintf(err, errlen, "configuration not reloaded, the running one stays: %s", tb_errmsg());
     log_msg("%s", err);
@@ -355,6 +451,10 @@ int daemon_reload(char *err, size_t errlen)
   log_msg("configuration reloaded from %s (%zu clients)", D.config_file, cfg->n_clients);
   if (restart)
     nbdkit_restart(&D, "its settings changed in the configuration");
+  else if (nbdkit_listen(&D) == -1) /* the same sockets: their mode and group */
+    log_msg("%s", tb_errmsg());
+  if (!restart)
+    nbdkit_retry_now(&D); /* a good file after a bad state: no backoff wait */
   pxe_apply(&D);
   iscsid_apply(&D);
   D.next_metrics_ms = 0;
@@ -362,6 +462,18 @@ int daemon_reload(char *err, size_t errlen)
 }
 
 /* ---- systemd readiness (Type=notify), without linking libsystemd ---------------------- */
+
+static void notify_systemd(const char *msg);
+
+void daemon_notify(const char *fmt, ...)
+{
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  notify_systemd(msg);
+}
 
 static void notify_systemd(const char *msg)
 {
@@ -411,7 +523,7 @@ static int64_t min64(int64_t a, int64_t b)
 
 static int run(void)
 {
-  size_t max = 3 + server_max_fds();
+  size_t max = 3 + server_max_fds() + TB_MAX_LISTEN;
   struct pollfd *fds = calloc(max, sizeof *fds);
   if (!fds)
     return tb_error_errno("poll set");
@@ -448,7 +560,10 @@ static int run(void)
     fds[0] = (struct pollfd){.fd = D.signal_fd, .events = POLLIN};
     fds[1] = (struct pollfd){.fd = D.listen_fd, .events = POLLIN};
     fds[2] = (struct pollfd){.fd = jobs_fd(), .events = POLLIN};
-    size_t n = 3 + server_pollfds(fds + 3, max - 3);
+    size_t n_srv = server_pollfds(fds + 3, max - 3 - TB_MAX_LISTEN);
+    /* While nbdkit is down, its listeners: connecting clients are answered. */
+    size_t n_sb = nbdkit_standby_pollfds(&D, fds + 3 + n_srv, TB_MAX_LISTEN);
+    size_t n = 3 + n_srv + n_sb;
     int r = poll(fds, n, timeout);
     if (r == -1) {
       if (errno == EINTR)
@@ -460,8 +575,10 @@ static int run(void)
       handle_signals();
     if (fds[2].revents)
       jobs_drain();
-    if (n > 3)
-      server_io(&D, fds + 3, n - 3);
+    if (n_srv > 0)
+      server_io(&D, fds + 3, n_srv);
+    if (n_sb > 0)
+      nbdkit_standby_io(&D, fds + 3 + n_srv, n_sb);
     if (fds[1].revents)
       server_accept(&D);
   }
@@ -550,6 +667,10 @@ int main(int argc, char **argv)
     return 1;
   }
   warn_if_exposed(D.config_file, state);
+  if (validate_config(D.cfg, NULL) == -1) {
+    log_msg("%s", tb_errmsg());
+    return 1;
+  }
   schedules_resume(D.cfg, D.sched, D.n_sched);
   int tmp = tb_store_gc(state, false); /* interrupted pulls stay: they resume */
   if (tmp > 0)
@@ -597,7 +718,8 @@ int main(int argc, char **argv)
   iscsid_apply(&D);             /* so does tabula-iscsid */
   log_msg("serving %s (control %s, %zu clients)", state, D.control_path, D.cfg->n_clients);
   state = NULL; /* a reload replaces D.cfg and its strings */
-  notify_systemd("READY=1");
+  /* READY=1 comes once nbdkit serves (supervise.c), not before. */
+  daemon_notify("STATUS=starting nbdkit for %zu clients", D.cfg->n_clients);
 
   int r = run();
   D.quit = true; /* also after a failed loop: the last metrics say the daemon is down */

@@ -87,6 +87,13 @@ extern struct daemon D;
 /* daemon.c */
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int daemon_reload(char *err, size_t errlen);
+/* The same, with the clients that cannot be served (id -> reason) added to
+ * WARNINGS (a JSON object, may be NULL). */
+int daemon_reload_warn(char *err, size_t errlen, json_t *warnings);
+/* A sd_notify(3) message ("READY=1", "STATUS=...") to systemd, if it asked. */
+void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A group named (or numbered) TEXT, for the setting KEY: -1 with a message. */
+int daemon_group(const char *text, const char *key, gid_t *gid);
 struct client_counters *counters_for(const char *id);
 
 /* supervise.c */
@@ -101,6 +108,14 @@ int64_t nbdkit_next_wakeup(const struct daemon *d);
 void nbdkit_stop(struct daemon *d); /* SIGTERM, wait, SIGKILL */
 bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b);
 void nbdkit_restart(struct daemon *d, const char *why);
+/* nbdkit waits out a backoff: start it at the next tick (after a good reload). */
+void nbdkit_retry_now(struct daemon *d);
+/* While nbdkit is not running, the daemon answers on its listeners: each
+ * client gets the NBD handshake and, for its first option, an error
+ * (NBD_REP_ERR_SHUTDOWN) whose text says nbdkit is down and when it comes
+ * back, instead of waiting in the backlog.  0 fds while nbdkit runs. */
+size_t nbdkit_standby_pollfds(struct daemon *d, struct pollfd *fds, size_t max);
+void nbdkit_standby_io(struct daemon *d, const struct pollfd *fds, size_t n);
 /* Helpers for every supervised child (nbdkit, dnsmasq). */
 void supervise_describe_status(int status, char *buf, size_t len); /* "exited with status 2" */
 /* The delay before restarting a child that ran RAN_MS: doubles with each

@@ -151,7 +151,8 @@ void metrics_write(struct daemon *d)
     }
   }
   json_decref(clients);
-  if (b.p && tb_write_file_atomic(cfg->metrics_file, b.p, b.len, 0644) == -1)
+  if (b.p && tb_write_file_atomic(cfg->metrics_file, b.p, b.len,
+                                  cfg->metrics_mode >= 0 ? cfg->metrics_mode : 0644) == -1)
     log_msg("metrics: %s", tb_errmsg());
   free(b.p);
 }

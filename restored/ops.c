@@ -1022,13 +1022,27 @@ static json_t *op_reload(struct daemon *d, struct args *a)
   if (a->err[0])
     return reply_error("%s", a->err);
   char err[1024];
-  if (daemon_reload(err, sizeof err) == -1)
+  json_t *refused = json_object();
+  if (daemon_reload_warn(err, sizeof err, refused) == -1) {
+    json_decref(refused);
     return reply_error("%s", err);
-  char msg[512];
-  snprintf(msg, sizeof msg, "configuration reloaded from %s (%zu clients)", d->config_file,
-           d->cfg->n_clients);
-  return reply_ok(json_pack("{s:s, s:I, s:s}", "config", d->config_file, "clients",
-                            (json_int_t)d->cfg->n_clients, "message", msg));
+  }
+  char msg[2048];
+  int len = snprintf(msg, sizeof msg, "configuration reloaded from %s (%zu clients)",
+                     d->config_file, d->cfg->n_clients);
+  const char *id;
+  json_t *why;
+  json_object_foreach(refused, id, why)
+  {
+    if (len >= 0 && (size_t)len < sizeof msg)
+      len += snprintf(msg + len, sizeof msg - (size_t)len,
+                      "\nwarning: client %s is refused until "
+                      "this is fixed: %s",
+                      id, json_string_value(why));
+  }
+  return reply_ok(json_pack("{s:s, s:I, s:s, s:o}", "config", d->config_file, "clients",
+                            (json_int_t)d->cfg->n_clients, "message", msg, "refused_clients",
+                            refused));
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------- */

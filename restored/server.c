@@ -2,8 +2,9 @@
  *
  * A unix stream socket, mode 0600, created under a 0077 umask so there is no
  * window where others could connect.  Every accepted peer is checked with
- * SO_PEERCRED: only the daemon's own uid and root may talk; anyone else gets
- * one error line and the door.
+ * SO_PEERCRED: only the daemon's own uid and root may talk, and the members
+ * of "control_group" if it is set (the socket is then 0660 in that group, so
+ * operators need no root); anyone else gets one error line and the door.
  *
  * Connections are non-blocking and driven by the daemon's poll() loop, so a
  * slow, silent or hostile client never stalls another:
@@ -26,6 +27,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +63,7 @@ struct conn {
 
 static struct conn *conns[MAX_CONNS];
 static uint64_t next_conn_id = 1;
+static gid_t operators_gid = (gid_t)-1; /* control_group, read at start */
 
 size_t server_max_fds(void)
 {
@@ -106,9 +110,29 @@ int server_open(struct daemon *d)
   mode_t old = umask(0077);
   int r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
   umask(old);
+  if (r == -1 && errno == ENOENT) {
+    tb_error_errno("cannot listen on %s (its directory does not exist: create it, or let "
+                   "systemd do it with RuntimeDirectory=tabula as the shipped unit does)",
+                   path);
+    close(fd);
+    return -1;
+  }
   if (r == -1 || chmod(path, 0600) == -1 || listen(fd, 64) == -1) {
     tb_error_errno("cannot listen on %s", path);
     close(fd);
+    return -1;
+  }
+  /* control_group: its members (operators) may use the socket too. */
+  operators_gid = (gid_t)-1;
+  if (d->cfg->control_group &&
+      (daemon_group(d->cfg->control_group, "control_group", &operators_gid) == -1 ||
+       chown(path, (uid_t)-1, operators_gid) == -1 || chmod(path, 0660) == -1)) {
+    if (operators_gid != (gid_t)-1)
+      tb_error_errno("control_group: cannot give %s to group %s (the daemon must run as root or "
+                     "be a member of it)",
+                     path, d->cfg->control_group);
+    close(fd);
+    unlink(path);
     return -1;
   }
   d->listen_fd = fd;
@@ -327,6 +351,24 @@ static void conn_read(struct daemon *d, struct conn *c)
 
 /* ---- the poll loop's side -------------------------------------------------------------- */
 
+/* True if UID (whose primary group is GID) is in the operators' group. */
+static bool is_operator(uid_t uid, gid_t gid)
+{
+  if (operators_gid == (gid_t)-1)
+    return false;
+  if (gid == operators_gid)
+    return true;
+  struct passwd *pw = getpwuid(uid);
+  gid_t groups[256];
+  int n = (int)(sizeof groups / sizeof *groups);
+  if (!pw || getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) == -1)
+    return false;
+  for (int i = 0; i < n; i++)
+    if (groups[i] == operators_gid)
+      return true;
+  return false;
+}
+
 static bool peer_allowed(int fd, uid_t *uid)
 {
   struct ucred cred;
@@ -334,7 +376,7 @@ static bool peer_allowed(int fd, uid_t *uid)
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1)
     return false;
   *uid = cred.uid;
-  return cred.uid == geteuid() || cred.uid == 0;
+  return cred.uid == geteuid() || cred.uid == 0 || is_operator(cred.uid, cred.gid);
 }
 
 static void refuse(int fd, const char *msg)

@@ -18,12 +18,19 @@
  * reconnect to the same addresses at once, and a restart can never fail
  * with EADDRINUSE.  A listener that cannot be bound is an error at start
  * that names it; on a reload it keeps the old sockets and says so.
+ *
+ * While nbdkit is down (between an exit and its restart) the daemon answers
+ * on those sockets itself (standby below): a client gets an NBD error that
+ * says so within a moment, rather than hanging in the backlog until nbdkit
+ * is back.  One short-lived thread per such connection (at most
+ * STANDBY_MAX), which touches no daemon state.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +38,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -181,13 +189,31 @@ static void close_listeners(int *fds, int *n)
   *n = 0;
 }
 
+/* listen.unix_mode and listen.unix_group on the socket (by default it is
+ * the daemon's alone, 0700 under its umask): e.g. 0660 and the group QEMU
+ * runs as under libvirt.  Applied at every bind and every reload. */
+static int unix_access(const struct tb_config *cfg, const char *sock)
+{
+  gid_t gid = (gid_t)-1;
+  if (cfg->listen_unix_group &&
+      daemon_group(cfg->listen_unix_group, "listen.unix_group", &gid) == -1)
+    return -1;
+  if (gid != (gid_t)-1 && chown(sock, (uid_t)-1, gid) == -1)
+    return tb_error_errno("listen.unix_group: cannot give %s to group %s (the daemon must run as "
+                          "root or be a member of it)",
+                          sock, cfg->listen_unix_group);
+  if (cfg->listen_unix_mode >= 0 && chmod(sock, (mode_t)cfg->listen_unix_mode) == -1)
+    return tb_error_errno("listen.unix_mode: cannot chmod %s", sock);
+  return 0;
+}
+
 int nbdkit_listen(struct daemon *d)
 {
   const struct tb_config *cfg = d->cfg;
   struct nbdkit_state *st = &d->nbdkit;
   if (st->n_listen > 0 && str_eq(st->bound_unix, cfg->listen_unix) &&
       str_eq(st->bound_tcp, cfg->listen_tcp))
-    return 0; /* already listening where the configuration says */
+    return unix_access(cfg, st->unix_path); /* already listening where the configuration says */
   int fds[TB_MAX_LISTEN], n = 0;
   char sock[TB_PATH_MAX];
   nbd_socket_path(cfg, sock, sizeof sock);
@@ -197,6 +223,12 @@ int nbdkit_listen(struct daemon *d)
     fds[n++] = dup(st->listen_fds[0]);
   else if ((fds[n++] = bind_unix(sock)) == -1)
     return -1;
+  if (unix_access(cfg, sock) == -1) {
+    close_listeners(fds, &n);
+    if (!same_unix)
+      unlink(sock);
+    return -1;
+  }
   if (cfg->listen_tcp) {
     int k = supervise_bind_tcp("listen.tcp", cfg->listen_tcp, fds + n, TB_MAX_LISTEN - n);
     if (k == -1) {
@@ -420,6 +452,8 @@ void nbdkit_reap(struct daemon *d)
     in->restart_at_ms = now + backoff;
     log_msg("nbdkit (pid %d) %s after %.1f s; restarting in %.1f s", (int)pid, in->last_exit,
             (double)ran / 1000, (double)backoff / 1000);
+    daemon_notify("STATUS=not serving: nbdkit %s; restarting in %.1f s", in->last_exit,
+                  (double)backoff / 1000);
     tb_eventf(d->cfg->state_dir, "nbdkit-exit", NULL, "{s:I, s:s, s:I, s:I}", "pid",
               (json_int_t)pid, "status", in->last_exit, "ran_ms", (json_int_t)ran, "restart_in_ms",
               (json_int_t)backoff);
@@ -434,6 +468,11 @@ void nbdkit_tick(struct daemon *d, int64_t now)
     struct nbdkit_instance *in = &d->nbdkit.inst[i];
     if (in->pid && !in->ready && instance_listening(d, in)) {
       in->ready = true;
+      /* systemd's READY=1 when nbdkit serves, not before (again after a
+       * restart: harmless, and the STATUS line says it serves again). */
+      daemon_notify("READY=1\nSTATUS=serving %zu clients on %s%s%s", d->cfg->n_clients,
+                    d->nbdkit.unix_path, d->cfg->listen_tcp ? " and " : "",
+                    d->cfg->listen_tcp ? d->cfg->listen_tcp : "");
       tb_eventf(d->cfg->state_dir, "nbdkit-ready", NULL, "{s:I, s:I}", "pid", (json_int_t)in->pid,
                 "restarts", (json_int_t)d->nbdkit.restarts);
     }
@@ -515,6 +554,18 @@ void nbdkit_stop(struct daemon *d)
   stop_all(d);
 }
 
+void nbdkit_retry_now(struct daemon *d)
+{
+  for (int i = 0; i < d->nbdkit.n; i++) {
+    struct nbdkit_instance *in = &d->nbdkit.inst[i];
+    if (!in->pid && in->restart_at_ms) {
+      log_msg("nbdkit is waiting out its backoff: starting it now with the new configuration");
+      in->restart_at_ms = tb_now_ms();
+      in->failures = 0;
+    }
+  }
+}
+
 void nbdkit_restart(struct daemon *d, const char *why)
 {
   log_msg("restarting nbdkit: %s", why);
@@ -530,4 +581,162 @@ void nbdkit_restart(struct daemon *d, const char *why)
     log_msg("%s", tb_errmsg());
   tb_eventf(d->cfg->state_dir, "nbdkit-restart", NULL, "{s:I, s:s}", "restarts",
             (json_int_t)d->nbdkit.restarts, "reason", why);
+}
+
+/* ---- standby: answering while nbdkit is down ---------------------------------------- */
+
+#define STANDBY_MAX 32
+#define STANDBY_TIMEOUT_S 2
+#define NBD_MAGIC 0x4e42444d41474943ULL /* "NBDMAGIC" */
+#define NBD_IHAVEOPT 0x49484156454f5054ULL
+#define NBD_REP_MAGIC 0x0003e889045565a9ULL
+#define NBD_OPT_EXPORT_NAME 1
+#define NBD_OPT_ABORT 2
+#define NBD_REP_ACK 1
+#define NBD_REP_ERR_SHUTDOWN (0x80000000u + 7)
+
+static int standby_threads; /* atomic */
+
+struct standby_conn {
+  int fd;
+  char msg[256];
+};
+
+static void put_be(unsigned char *p, uint64_t v, int bytes)
+{
+  for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+    p[i] = (unsigned char)v;
+}
+
+static uint64_t get_be(const unsigned char *p, int bytes)
+{
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+static bool io_full(int fd, void *buf, size_t len, bool rd)
+{
+  unsigned char *p = buf;
+  while (len > 0) {
+    ssize_t r = rd ? read(fd, p, len) : send(fd, p, len, MSG_NOSIGNAL);
+    if (r <= 0) {
+      if (r == -1 && errno == EINTR)
+        continue;
+      return false;
+    }
+    p += r;
+    len -= (size_t)r;
+  }
+  return true;
+}
+
+/* The fixed-newstyle handshake, then an error for each option (at most 16,
+ * their data skipped) until the client gives up or asks for an export by
+ * NBD_OPT_EXPORT_NAME, which cannot get an error: the close is the answer. */
+static void *standby_run(void *arg)
+{
+  struct standby_conn *sc = arg;
+  struct timeval tv = {.tv_sec = STANDBY_TIMEOUT_S};
+  setsockopt(sc->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(sc->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  unsigned char hello[18], flags[4], opt[16];
+  put_be(hello, NBD_MAGIC, 8);
+  put_be(hello + 8, NBD_IHAVEOPT, 8);
+  put_be(hello + 16, 3, 2); /* FIXED_NEWSTYLE | NO_ZEROES */
+  if (io_full(sc->fd, hello, sizeof hello, false) && io_full(sc->fd, flags, sizeof flags, true)) {
+    for (int k = 0; k < 16 && io_full(sc->fd, opt, sizeof opt, true); k++) {
+      if (get_be(opt, 8) != NBD_IHAVEOPT)
+        break;
+      uint32_t option = (uint32_t)get_be(opt + 8, 4), len = (uint32_t)get_be(opt + 12, 4);
+      if (option == NBD_OPT_EXPORT_NAME || len > 65536)
+        break;
+      unsigned char skip[4096];
+      bool ok = true;
+      for (uint32_t left = len; left > 0 && ok;) {
+        uint32_t step = left < sizeof skip ? left : (uint32_t)sizeof skip;
+        ok = io_full(sc->fd, skip, step, true);
+        left -= step;
+      }
+      size_t mlen = option == NBD_OPT_ABORT ? 0 : strlen(sc->msg);
+      unsigned char rep[20 + sizeof sc->msg];
+      put_be(rep, NBD_REP_MAGIC, 8);
+      put_be(rep + 8, option, 4);
+      put_be(rep + 12, option == NBD_OPT_ABORT ? NBD_REP_ACK : NBD_REP_ERR_SHUTDOWN, 4);
+      put_be(rep + 16, mlen, 4);
+      memcpy(rep + 20, sc->msg, mlen);
+      if (!ok || !io_full(sc->fd, rep, 20 + mlen, false) || option == NBD_OPT_ABORT)
+        break;
+    }
+  }
+  close(sc->fd);
+  free(sc);
+  __atomic_sub_fetch(&standby_threads, 1, __ATOMIC_RELAXED);
+  return NULL;
+}
+
+static bool standby_active(const struct daemon *d)
+{
+  if (d->nbdkit.stopping || d->nbdkit.n_listen == 0 || d->nbdkit.n == 0)
+    return false;
+  for (int i = 0; i < d->nbdkit.n; i++)
+    if (d->nbdkit.inst[i].pid)
+      return false; /* nbdkit has the sockets (starting or serving) */
+  return true;
+}
+
+size_t nbdkit_standby_pollfds(struct daemon *d, struct pollfd *fds, size_t max)
+{
+  if (!standby_active(d))
+    return 0;
+  size_t n = 0;
+  for (int i = 0; i < d->nbdkit.n_listen && n < max; i++)
+    fds[n++] = (struct pollfd){.fd = d->nbdkit.listen_fds[i], .events = POLLIN};
+  return n;
+}
+
+void nbdkit_standby_io(struct daemon *d, const struct pollfd *fds, size_t n)
+{
+  if (!standby_active(d))
+    return; /* nbdkit was started meanwhile: the connections are its own */
+  const struct nbdkit_instance *in = &d->nbdkit.inst[0];
+  int64_t wait = in->restart_at_ms > tb_now_ms() ? in->restart_at_ms - tb_now_ms() : 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!(fds[i].revents & POLLIN))
+      continue;
+    /* The listener non-blocking while the daemon accepts (its flags are
+     * shared with the nbdkit that gets it next: restored below). */
+    int lfl = fcntl(fds[i].fd, F_GETFL);
+    fcntl(fds[i].fd, F_SETFL, lfl | O_NONBLOCK);
+    for (int k = 0; k < 16; k++) { /* a few per wakeup: the loop stays responsive */
+      int fd = accept4(fds[i].fd, NULL, NULL, SOCK_CLOEXEC);
+      if (fd == -1)
+        break;
+      struct standby_conn *sc = calloc(1, sizeof *sc);
+      pthread_t t;
+      pthread_attr_t at;
+      if (!sc || __atomic_add_fetch(&standby_threads, 1, __ATOMIC_RELAXED) > STANDBY_MAX) {
+        if (sc)
+          __atomic_sub_fetch(&standby_threads, 1, __ATOMIC_RELAXED);
+        free(sc);
+        close(fd); /* too many at once: the close is the answer */
+        continue;
+      }
+      sc->fd = fd;
+      snprintf(sc->msg, sizeof sc->msg,
+               "tabula: the NBD server is not running (nbdkit %s); it restarts in %.1f s: try "
+               "again then",
+               in->last_exit[0] ? in->last_exit : "is down", (double)wait / 1000);
+      pthread_attr_init(&at);
+      pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+      if (pthread_create(&t, &at, standby_run, sc) != 0) {
+        __atomic_sub_fetch(&standby_threads, 1, __ATOMIC_RELAXED);
+        close(fd);
+        free(sc);
+      }
+      pthread_attr_destroy(&at);
+    }
+    fcntl(fds[i].fd, F_SETFL, lfl);
+  }
 }

@@ -965,10 +965,14 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
   json_t *res = request(ctl, json_pack("{s:s}", "op", "status"), NULL, NULL, &code);
   if (!res)
     return code;
+  /* Exit 1 when the appliance does not serve (nbdkit starting, restarting or
+   * stopped), so a monitor or a script can tell; the output says why. */
+  const char *nbstate = json_string_value(json_object_get(json_object_get(res, "nbdkit"), "state"));
+  int serving = nbstate && strcmp(nbstate, "running") == 0 ? 0 : EXIT_FAIL;
   if (ctl->json) {
     print_json(res);
     json_decref(res);
-    return 0;
+    return serving;
   }
   json_t *d = json_object_get(res, "daemon"), *nb = json_object_get(res, "nbdkit"),
          *cl = json_object_get(res, "clients"), *wh = json_object_get(res, "webhooks");
@@ -1047,8 +1051,13 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
     printf("webhooks: %" JSON_INTEGER_FORMAT " sent, %" JSON_INTEGER_FORMAT
            " failed, %" JSON_INTEGER_FORMAT " queued, %" JSON_INTEGER_FORMAT " dropped\n",
            jint(wh, "sent"), jint(wh, "failed"), jint(wh, "queued"), jint(wh, "dropped"));
+  if (serving != 0)
+    fprintf(stderr,
+            "tabulactl: the appliance does not serve: nbdkit is %s (see the daemon's "
+            "log: journalctl -u tabula-restored)\n",
+            nbstate ? nbstate : "unknown");
   json_decref(res);
-  return 0;
+  return serving;
 }
 
 static const char *pending_text(const json_t *c, char *buf, size_t len)

@@ -1,0 +1,39 @@
+#!/bin/sh
+# The shipped systemd unit and configuration fit together (issue 18 §1):
+#  - `systemd-analyze verify` accepts the unit as make install writes it;
+#  - every socket the shipped conf/tabula.json puts under /run lies in a
+#    directory the unit creates (RuntimeDirectory=): without it the daemon
+#    exited with "cannot listen on /run/tabula/control.sock";
+#  - the shipped configuration loads.
+. "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
+tb_setup
+tb_require systemd-analyze jq
+
+unit=$TB_TMP/tabula-restored.service
+# As the top Makefile.am generates it, with the built daemon as the binary.
+sed -e "s|@sbindir[@]|$abs_top_builddir/restored|g" -e "s|@sysconfdir[@]|$TB_TMP|g" \
+  "$abs_top_srcdir/conf/tabula-restored.service.in" >"$unit"
+systemd-analyze verify --man=no "$unit" >"$TB_TMP/verify.out" 2>&1 ||
+  tb_fail "systemd-analyze verify: $(cat "$TB_TMP/verify.out")"
+[ ! -s "$TB_TMP/verify.out" ] || tb_fail "systemd-analyze verify warns: $(cat "$TB_TMP/verify.out")"
+
+conf=$abs_top_srcdir/conf/tabula.json
+rundirs=$(sed -n 's/^RuntimeDirectory=//p' "$unit")
+for sock in $(jq -r '.control, .listen.unix, .metrics.file // empty' "$conf"); do
+  case $sock in
+  /run/*) ;;
+  *) continue ;;
+  esac
+  d=$(dirname "$sock")
+  ok=
+  for r in $rundirs; do
+    [ "$d" = "/run/$r" ] && ok=1
+  done
+  [ -n "$ok" ] || tb_fail "$sock (conf/tabula.json): the unit creates no $d (RuntimeDirectory=$rundirs)"
+  echo "ok: $sock in RuntimeDirectory $d"
+done
+
+# The shipped configuration parses (tabulactl reads it for the state dir).
+cp "$conf" "$TB_TMP/tabula.json"
+"$abs_top_builddir/restored/tabulactl" -c "$TB_TMP/tabula.json" --state "$TB_TMP/state" image list \
+  >"$TB_TMP/list.out" 2>&1 || tb_fail "the shipped configuration: $(cat "$TB_TMP/list.out")"
