@@ -103,6 +103,12 @@ static json_t *op_start(struct daemon *d, json_t *req)
     return reply_error("maintenance start: say which image %s maintains (--image IMAGE)", c->id);
   if (!tb_config_has_image(d->cfg, image))
     return reply_error("image \"%.64s\" is not in the configuration's \"images\"", image);
+  if (c->refresh || c->merge_when)
+    return reply_error("client %s has a %s schedule, which would %s its maintenance work; use a "
+                       "client without \"%s\" as the maintenance PC",
+                       c->id, c->refresh ? "refresh" : "merge",
+                       c->refresh ? "throw away" : "merge elsewhere",
+                       c->refresh ? "refresh" : "merge");
   if (c->n_preserve > 0)
     return reply_error("client %s has preserve rules: its preserved ranges would be merged into "
                        "%s; use a client without \"preserve\" as the maintenance PC",

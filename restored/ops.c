@@ -31,6 +31,7 @@
 #include "daemon.h"
 #include "events.h"
 #include "mailbox.h"
+#include "maintenance.h"
 #include "overlay.h"
 #include "session.h"
 #include "store.h"
@@ -733,6 +734,8 @@ static json_t *op_refresh(struct daemon *d, struct args *a)
     const struct tb_client_conf *c = &d->cfg->clients[i];
     if (strcmp(c->group, group) != 0)
       continue;
+    if (tb_maintenance_read(d->cfg->state_dir, c->id, NULL) == 1)
+      continue; /* a maintenance PC keeps its work (maintenance finish or abort ends it) */
     struct mb_edit e = {.op = "refresh"};
     if (tb_mailbox_update(d->cfg->state_dir, c->id, edit_mailbox, &e) == -1) {
       json_decref(ids);

@@ -2,7 +2,9 @@
 # The maintenance PC (tabulactl maintenance, restored/maintenance.c): pc00,
 # a rollback client, is made the maintenance PC of image demo; what it writes
 # survives its reboots, `finish` merges it into demo@2 which a rollback
-# client (pc01) then boots, and pc00 is back to rollback on demo@2.  Finish
+# client (pc01) then boots, and pc00 is back to rollback on demo@2.  Its
+# group's refresh passes it by; a client with preserve rules or a refresh
+# schedule cannot be one.  Finish
 # is refused before the PC has booted, while it runs, and when the image got
 # a new version meanwhile; abort discards the work and the PC's next boot is
 # clean on the newest version.
@@ -17,10 +19,11 @@ state=$TB_TMP/state
 tb_make_file "$TB_TMP/v1.img" $M 1 $M
 conf=$TB_TMP/tabula.json
 td_config "$conf" "$state" '{
-    "pc00": { "image": "demo", "policy": "rollback" },
-    "pc01": { "image": "demo", "policy": "rollback" },
-    "pc02": { "image": "demo", "preserve": ["lba:0-7"] }
-  }'
+    "pc00": { "image": "demo", "policy": "rollback", "group": "lab" },
+    "pc01": { "image": "demo", "policy": "rollback", "group": "lab" },
+    "pc02": { "image": "demo", "preserve": ["lba:0-7"] },
+    "pc03": { "image": "demo", "policy": "persist", "refresh": "daily 03:00" }
+  }' '"groups": { "lab": {} }'
 TD_CONF=$conf
 tctl image import demo "$TB_TMP/v1.img" >/dev/null || tb_fail "import"
 td_start "$conf"
@@ -32,6 +35,8 @@ td_expect_fail "start without --image" "--image IMAGE" tctl maintenance start pc
 td_expect_fail "start on an unknown image" "not in the configuration" \
   tctl maintenance start pc00 --image nosuch
 td_expect_fail "a client with preserve rules" "preserve" tctl maintenance start pc02 --image demo
+td_expect_fail "a client with a refresh schedule" "refresh schedule" \
+  tctl maintenance start pc03 --image demo
 tctl maintenance start pc00 --image demo >"$TB_TMP/out" || tb_fail "start: $(cat "$TB_TMP/out")"
 grep -q "next boot starts on demo@1" "$TB_TMP/out" || tb_fail "start says: $(cat "$TB_TMP/out")"
 td_expect_fail "a second maintenance PC of demo" "already has a maintenance PC, pc00" \
@@ -47,6 +52,7 @@ td_expect_fail "finish before a boot" "has not booted since" tctl maintenance fi
 echo "== the maintenance PC keeps its writes across reboots (its policy is rollback)"
 io -e pc00 write:0:$K:5 || tb_fail "pc00 boot 1"
 tb_wait_idle "$state" pc00
+tctl refresh --group lab >/dev/null || tb_fail "refresh --group lab" # passes pc00 by
 io -e pc00 read:0:$K:5 write:$MB:$K:6 || tb_fail "pc00 boot 2 lost boot 1's write"
 tb_wait_idle "$state" pc00
 
