@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -568,6 +569,21 @@ static __attribute__((noinline)) void abandon_move(const char *state, const char
   }
 }
 
+/* TABULA_DEBUG_KILL_RESTORE=K (tests only): the process kills itself
+ * (SIGKILL) after the Kth extent a restore copies, as a kill -9 in the middle
+ * of the copy would (tests/durability-restore-kill.sh). */
+static int restore_progress(void *ctx, uint64_t done, uint64_t total)
+{
+  int *calls = ctx;
+  const char *v = getenv("TABULA_DEBUG_KILL_RESTORE");
+  if (v && *v && ++*calls == atoi(v)) {
+    fprintf(stderr, "tabula: TABULA_DEBUG_KILL_RESTORE=%s: killed after %llu of %llu bytes\n", v,
+            (unsigned long long)done, (unsigned long long)total);
+    raise(SIGKILL);
+  }
+  return 0;
+}
+
 /* Make retained session N the overlay (a reflink where the filesystem can):
  * built under a temporary name and renamed into place once it is durable, so
  * a crash never leaves a partial copy where the overlay belongs. */
@@ -579,7 +595,8 @@ static __attribute__((noinline)) int restore_session(const char *state, const ch
       tb_path(tmp, sizeof tmp, "%s.restore", overlay) == -1)
     return -1;
   unlink(tmp);
-  if (tb_clone_file(src, tmp, NULL, NULL) == -1) {
+  int calls = 0;
+  if (tb_clone_file(src, tmp, restore_progress, &calls) == -1) {
     unlink(tmp);
     return tb_error_prefix("restoring session %lld of %s", (long long)n, id);
   }
