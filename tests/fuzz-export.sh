@@ -1,0 +1,8 @@
+#!/bin/sh
+# Export names (lib/export.c) under libFuzzer: tests/fuzz/export.c.
+. "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
+. "$abs_top_srcdir/tests/fuzz-functions.sh"
+TB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tabula-test.XXXXXX")
+trap 'rm -rf "$TB_TMP"' EXIT
+tb_fuzz export 256 "export.c boot.c util.c store.c" "-ljansson -lcrypto"
+echo PASS
