@@ -473,6 +473,47 @@ static __attribute__((noinline)) int carry_preserved(const char *state,
   return r;
 }
 
+/* session.json on a full disk.  Its atomic rewrite needs a new file, which a
+ * full filesystem refuses, and a session that ended would stay "active" with
+ * the figures of its start.  So every session start keeps a spare
+ * (session.json.spare, space allocated); the end writes into it and renames
+ * it over session.json when the rewrite fails with ENOSPC. */
+static void make_spare(const char *path)
+{
+  char spare[TB_PATH_MAX];
+  if (tb_path(spare, sizeof spare, "%s.spare", path) == -1)
+    return;
+  int fd = open(spare, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd == -1)
+    return;
+  struct stat st;
+  if (fstat(fd, &st) == 0 && (uint64_t)st.st_blocks * 512 < 65536)
+    (void)posix_fallocate(fd, 0, 65536);
+  close(fd);
+}
+
+static int write_into_spare(const char *path, const char *text)
+{
+  char spare[TB_PATH_MAX];
+  size_t len = strlen(text);
+  if (tb_path(spare, sizeof spare, "%s.spare", path) == -1)
+    return -1;
+  int fd = open(spare, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd == -1)
+    return tb_error_errno("cannot write %s: the disk is full and there is no spare %s", path,
+                          spare);
+  if (tb_pwrite_full(fd, text, len, 0) == -1 || ftruncate(fd, (off_t)len) == -1 ||
+      fsync(fd) == -1) {
+    tb_error_errno("cannot write %s (the disk is full)", spare);
+    close(fd);
+    return -1;
+  }
+  close(fd);
+  if (rename(spare, path) == -1)
+    return tb_error_errno("cannot rename %s to %s", spare, path);
+  return tb_fsync_dir(path);
+}
+
 static __attribute__((noinline)) int write_session_json(const struct tb_session *s,
                                                         const char *state_word,
                                                         const struct tb_overlay_stats *st,
@@ -511,6 +552,10 @@ static __attribute__((noinline)) int write_session_json(const struct tb_session 
   char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
   json_decref(o);
   int r = text ? tb_write_file_atomic(path, text, strlen(text), 0600) : -1;
+  if (r == -1 && text && errno == ENOSPC)
+    r = write_into_spare(path, text);
+  else if (r == 0 && !ended_ms)
+    make_spare(path);
   free(text);
   return r;
 }
