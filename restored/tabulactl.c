@@ -1653,6 +1653,7 @@ static void print_event(struct ctl *ctl, const json_t *ev)
     if (text)
       puts(text);
     free(text);
+    json_printed = true; /* a stream of documents: no error document after it */
     fflush(stdout);
     return;
   }
