@@ -22,7 +22,7 @@ td_config "$T/tabula.json" "$state" '{
             "watchdog": { "rules": [
               { "name": "exe-lock", "path": "/**/*.exe", "on": "created", "action": "lockdown" },
               { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "quarantine" } ] } }
-}' '"reconnect_grace": "0s"'
+}'
 td_start "$T/tabula.json"
 
 echo "MZ" >"$T/x.exe"
