@@ -16,7 +16,8 @@
  *
  * Each source's place in its schedule is kept in STATE/schedules/pull-I.json
  * (lib/schedule.h), so a restart of the daemon neither pulls every source
- * again nor forgets a pull that came due while it was down.
+ * again nor forgets a pull that came due while it was down.  A turn is saved
+ * when its pull is done, so a pull a kill interrupted runs at the next start.
  */
 #include <config.h>
 
@@ -145,6 +146,7 @@ static void hold_clients(const struct tb_config *cfg, size_t i)
 struct run {
   struct tb_config *cfg;
   size_t index;
+  int64_t started_ms, next_ms; /* the turn, for its mark */
 };
 
 static void *run_source(void *arg)
@@ -158,6 +160,9 @@ static void *run_source(void *arg)
             failed < 0 ? tb_errmsg() : "some images failed (see the events)");
   tb_eventf(r->cfg->state_dir, "pull-scheduled-done", NULL, "{s:I, s:i}", "source",
             (json_int_t)r->index, "failed", failed);
+  /* The turn is marked done only now: a pull cut by a daemon kill is due
+   * again at the next start, not a whole period later. */
+  save_mark(r->cfg, r->index, r->started_ms, r->next_ms);
   pthread_mutex_lock(&lock);
   if (r->index < n_scheds)
     scheds[r->index].running = false;
@@ -177,7 +182,6 @@ void pulls_tick(struct daemon *d, int64_t now)
     if (!s->has || now < s->next_ms)
       continue;
     s->next_ms = tb_schedule_next(&s->sched, now);
-    save_mark(d->cfg, i, now, s->next_ms);
     if (s->running) {
       log_msg("scheduled pull (source %zu) is still running: this turn is skipped", i);
       continue;
@@ -190,6 +194,8 @@ void pulls_tick(struct daemon *d, int64_t now)
     if (r) {
       r->cfg = tb_config_ref(d->cfg);
       r->index = i;
+      r->started_ms = now;
+      r->next_ms = s->next_ms;
       tb_eventf(d->cfg->state_dir, "pull-scheduled", NULL, "{s:I}", "source", (json_int_t)i);
       if (pthread_create(&t, &attr, run_source, r) == 0) {
         s->running = true;
