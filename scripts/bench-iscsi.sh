@@ -12,8 +12,8 @@
 # from fio (one job, the same queue depths).  Each figure is the median of
 # REPEAT runs after a warm-up run; tabula's clients write into their overlays
 # (first writes allocate overlay blocks), tgt into its copy of the file.
-# "tgt null LUN" is tgt's null backing store (no I/O at all): the ceiling of
-# the load tool, loopback and the machine, for reading the iSCSI columns.
+# "tgt null LUN" is tgt's null backing store (no I/O at all): tgt's own
+# overhead with the same load tool and loopback.
 #
 #   scripts/bench-iscsi.sh [BUILD_DIR] [RUNTIME] [REPEAT]   (default: ., 10, 1)
 #
@@ -42,7 +42,7 @@ cleanup()
   [ -z "${CP:-}" ] || tgtadm -C "$CP" --op delete --mode system >/dev/null 2>&1 || true
   sleep 0.3
   [ ! -f "$T/tgtd.pid" ] || kill -9 "$(cat "$T/tgtd.pid")" 2>/dev/null || true
-  for p in "$T"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
+  for p in "$T"/*.pid; do [ ! -f "$p" ] || kill "$(cat "$p")" 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$T"
 }
