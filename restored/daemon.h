@@ -211,6 +211,15 @@ void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event 
 void watchdog_tick(struct daemon *d, int64_t now);       /* interval scans */
 int64_t watchdog_next(const struct daemon *d);
 json_t *watchdog_op(struct daemon *d, const char *op, json_t *req); /* NULL: not ours */
+/* What the watchdog's state of client ID holds, for image rm and gc: its last
+ * known good overlay and quarantined overlays (OVERLAY gets each path) and
+ * health.json's last good version (VERSION). */
+struct watchdog_refs_cb {
+  void (*overlay)(void *ctx, const char *path, const char *why);
+  void (*version)(void *ctx, const char *image, uint32_t version, const char *why);
+  void *ctx;
+};
+void watchdog_refs(const char *state, const char *id, const struct watchdog_refs_cb *cb);
 
 /* webhooks.c */
 void webhooks_configure(const struct tb_config *cfg);

@@ -10,8 +10,10 @@
  *
  * Version references (what `image rm` and `image gc` must keep): every
  * client's next version (mailbox image and pin, configured version, else the
- * newest), every overlay's and retained session's base, and for gc the newest
- * version of every image.
+ * newest), every overlay's and retained session's base, what the watchdog
+ * keeps (the last known good overlay's base and health.json's last good
+ * version, every quarantined overlay's base: watchdog_refs), and for gc the
+ * newest version of every image.
  */
 #include <config.h>
 
@@ -835,6 +837,16 @@ static void ref_overlay(struct refs *r, const char *path, const char *why)
     ref_add(r, info.base.image, info.base.version, "%s", why);
 }
 
+static void refs_overlay_cb(void *ctx, const char *path, const char *why)
+{
+  ref_overlay(ctx, path, why);
+}
+
+static void refs_version_cb(void *ctx, const char *image, uint32_t version, const char *why)
+{
+  ref_add(ctx, image, version, "%s", why);
+}
+
 /* Every reference to a version (see the top of this file).  Client
  * directories in the state dir count even if the client left the config. */
 static void collect_refs(struct daemon *d, struct refs *r)
@@ -880,6 +892,8 @@ static void collect_refs(struct daemon *d, struct refs *r)
         }
       free(nums);
     }
+    const struct watchdog_refs_cb cb = {refs_overlay_cb, refs_version_cb, r};
+    watchdog_refs(state, e->d_name, &cb);
   }
   if (dp)
     closedir(dp);

@@ -564,6 +564,40 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
   json_decref(health);
 }
 
+/* ---- what the watchdog's state holds ----------------------------------------------------- */
+
+void watchdog_refs(const char *state, const char *id, const struct watchdog_refs_cb *cb)
+{
+  char p[TB_PATH_MAX], why[96];
+  if (tb_store_client_path(state, id, "good/overlay", p, sizeof p) == 0 && access(p, F_OK) == 0) {
+    snprintf(why, sizeof why, "%s (its last known good overlay)", id);
+    cb->overlay(cb->ctx, p, why);
+  }
+  uint64_t *nums;
+  size_t n;
+  char dir[TB_PATH_MAX];
+  if (quarantine_list(state, id, &nums, &n) == 0 &&
+      quarantine_dir(state, id, dir, sizeof dir) == 0) {
+    for (size_t k = 0; k < n; k++) {
+      if (tb_path(p, sizeof p, "%s/%llu/overlay", dir, (unsigned long long)nums[k]) == -1)
+        continue;
+      snprintf(why, sizeof why, "%s (quarantined overlay %llu)", id, (unsigned long long)nums[k]);
+      cb->overlay(cb->ctx, p, why);
+    }
+  }
+  free(nums);
+  json_t *health =
+      health_path(state, id, p, sizeof p) == 0 && access(p, F_OK) == 0 ? load_json(p) : NULL;
+  json_t *good = json_object_get(health, "last_good");
+  const char *image = json_string_value(json_object_get(good, "image"));
+  json_int_t version = json_integer_value(json_object_get(good, "version"));
+  if (image && version > 0 && version <= UINT32_MAX) {
+    snprintf(why, sizeof why, "%s (its last known good version)", id);
+    cb->version(cb->ctx, image, (uint32_t)version, why);
+  }
+  json_decref(health);
+}
+
 /* ---- canary ------------------------------------------------------------------------------------
  */
 
