@@ -22,10 +22,13 @@ td_config "$conf" "$state" '{
     "pc00": { "image": "demo", "policy": "rollback", "group": "lab" },
     "pc01": { "image": "demo", "policy": "rollback", "group": "lab" },
     "pc02": { "image": "demo", "preserve": ["lba:0-7"] },
-    "pc03": { "image": "demo", "policy": "persist", "refresh": "daily 03:00" }
+    "pc03": { "image": "demo", "policy": "persist", "refresh": "daily 03:00" },
+    "pc04": { "image": "other", "policy": "persist" }
   }' '"groups": { "lab": {} }'
 TD_CONF=$conf
 tctl image import demo "$TB_TMP/v1.img" >/dev/null || tb_fail "import"
+tb_make_file "$TB_TMP/o1.img" $M 2 $M
+tctl image import other "$TB_TMP/o1.img" >/dev/null || tb_fail "import other"
 td_start "$conf"
 sock=$state/nbd.sock
 io() { "$TB_IO" -s "$sock" "$@"; }
@@ -107,6 +110,19 @@ td_expect_fail "abort twice" "not a maintenance PC" tctl maintenance abort pc00
 io -e pc00 read:0:$M:3 rewrite:0:4096 || tb_fail "pc00 after abort is not clean on demo@3"
 tb_wait_idle "$state" pc00
 [ "$(tb_count_events maintenance-abort pc00 "$state")" = 1 ] || tb_fail "maintenance-abort events"
+
+echo "== a persist client of another image maintains demo, then is back on its own"
+io -e pc04 read:0:$K:2 write:$((5 * MB)):$K:4 || tb_fail "pc04 on other"
+tb_wait_idle "$state" pc04
+tctl maintenance start pc04 --image demo >/dev/null || tb_fail "start pc04"
+io -e pc04 read:0:$M:3 write:$((6 * MB)):$K:9 || tb_fail "pc04 is not on demo@3"
+tb_wait_idle "$state" pc04
+tctl --json maintenance finish pc04 >"$TB_TMP/fin.json" || tb_fail "finish pc04: $(cat "$TB_TMP/fin.json")"
+jq -e '.image == "demo" and .version == 4' "$TB_TMP/fin.json" >/dev/null || tb_fail "$(cat "$TB_TMP/fin.json")"
+io -e pc04 read:0:$K:2 read:$((6 * MB)):$K:2 rewrite:0:4096 || tb_fail "pc04 is not back on other"
+tb_wait_idle "$state" pc04
+tctl --json client pc04 | jq -e '.image == "other" and .pinned == false and .next_image == "other"' \
+  >/dev/null || tb_fail "pc04: $(tctl --json client pc04 | jq -c '{image, pinned, next_image, next_version}')"
 
 td_stop
 tb_check_logs
