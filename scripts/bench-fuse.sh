@@ -1,119 +1,129 @@
 #!/bin/sh
-# bench-fuse.sh: the view against fuse2fs and guestmount on one ext4 image.
+# bench-fuse.sh: the view side by side with the reference drivers, in one run.
 #
-#   scripts/bench-fuse.sh [BUILD_DIR]     (default: the current directory)
+#   scripts/bench-fuse.sh [BUILD_DIR]     (default: the current directory;
+#                                          build it WITHOUT --enable-sanitizers)
 #
-# For each tool: time from starting the mount to the first listing of the
-# guest's root directory, and a sequential read (dd, 1 MiB blocks) of a
-# 256 MiB file, page cache dropped before each when we may (so the first
-# listing includes loading the tool's shared libraries from disk: for
-# tabula-fuse, libtsk's and libnbd's forty).  A second table repeats the
-# first listing with everything cached (median of 5 mounts).  tabula-fuse
-# reads the image over NBD from nbdkit (file plugin, unix socket) the way it
-# reads an appliance's IMAGE@N export.  guestmount runs with
-# LIBGUESTFS_BACKEND=direct, force_tcg (KVM hangs on some hosts), and is
-# skipped if it cannot start here.
+# Two images, exported by nbdkit (file plugin, unix socket) the way the
+# appliance exports IMAGE@N: an ext4 with a 20,000-entry directory, 500
+# small files in a tree and a 256 MiB file; an NTFS (filled by ntfs-3g) with
+# a 5,000-entry directory and the same tree.  The references mount the same
+# image files: the kernel's ext4 (a loop device, read-only) and ntfs-3g
+# (read-only).  For each: mount to first listing of the root (mount started
+# to ls done), `find` and `find -ls` over the whole tree, and a sequential
+# read of the big file (dd, 1 MiB blocks).  Each figure is the median of 5
+# runs, each on a fresh mount with the page cache warm (the image files
+# cached; one run first to warm them), so what is measured is the driver,
+# not the disk.  Needs root (mount, loop devices).
 set -eu
 . "$(dirname "$0")/benchlib.sh"
 build=$(cd "${1:-.}" && pwd)
 fuse=$build/fuse/tabula-fuse
 [ -x "$fuse" ] || { echo "bench-fuse: $fuse is not built (give the build directory)" >&2; exit 1; }
-command -v nbdkit >/dev/null || { echo "bench-fuse: nbdkit is missing" >&2; exit 1; }
+for c in nbdkit mke2fs mkntfs ntfs-3g losetup; do
+  command -v $c >/dev/null || { echo "bench-fuse: $c is missing" >&2; exit 1; }
+done
 
 T=$(mktemp -d /tmp/tabula-bench-fuse.XXXXXX)
 cleanup()
 {
-  for m in "$T"/m-*; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
+  for m in "$T"/m-*; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
   [ -f "$T/nbdkit.pid" ] && kill "$(cat "$T/nbdkit.pid")" 2>/dev/null
   rm -rf "$T"
 }
 trap cleanup EXIT INT TERM
-
 progress() { [ -t 2 ] && printf '\r%-60s' "$*" >&2 || true; }
 
-progress "building a 512 MiB ext4 image with a 256 MiB file..."
-mkdir -p "$T/src/etc" "$T/exports"
-head -c 268435456 /dev/urandom >"$T/src/big.bin"
-for i in $(seq 1 200); do echo "config $i" >"$T/src/etc/file$i.conf"; done
-img=$T/exports/bench@1
-truncate -s 512M "$img"
-mke2fs -q -F -t ext4 -b 4096 -d "$T/src" "$img"
+progress "building the images..."
+mkdir -p "$T/src/many" "$T/src/tree" "$T/exports"
+for i in $(seq 1 20000); do : >"$T/src/many/entry-$i"; done
+for d in $(seq 1 20); do
+  mkdir -p "$T/src/tree/d$d/sub"
+  for f in $(seq 1 25); do echo "file $d $f" >"$T/src/tree/d$d/sub/f$f.txt"; done
+done
+head -c 268435456 /dev/urandom >"$T/big.bin"
+cp "$T/big.bin" "$T/src/big.bin"
+ext=$T/exports/ext4@1
+truncate -s 600M "$ext"
+mke2fs -q -F -t ext4 -b 4096 -d "$T/src" "$ext"
+ntfs=$T/exports/ntfs@1
+truncate -s 600M "$ntfs"
+mkntfs -q -F -Q "$ntfs" >/dev/null 2>&1
+mkdir -p "$T/m-fill"
+ntfs-3g "$ntfs" "$T/m-fill"
+(cd "$T/src" && cp -r tree big.bin "$T/m-fill"/ && mkdir "$T/m-fill/many" &&
+  for i in $(seq 1 5000); do : >"$T/m-fill/many/entry-$i"; done)
+umount "$T/m-fill"
+rm -rf "$T/src"
 nbdkit --unix "$T/nbd.sock" -P "$T/nbdkit.pid" file dir="$T/exports"
+until [ -S "$T/nbd.sock" ]; do sleep 0.05; done
 
 now_ms() { date +%s%3N; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
-# measure NAME ROOT-DIR-INSIDE-MOUNT MOUNT-COMMAND...
-measure()
+# mount_NAME DIR: mount; root_NAME: the directory the guest's root is in.
+mount_tabula() { "$fuse" --uri "nbd+unix:///?socket=$T/nbd.sock" "$1"; }
+mount_kernel() { mount -o ro,loop,noload "$ext" "$1"; }
+mount_ntfs3g() { ntfs-3g -o ro "$ntfs" "$1"; }
+
+# run KIND TOOL ROOT-SUBDIR: one mount; prints "first find findls read" (ms).
+run()
 {
-  name=$1; sub=$2; shift 2
-  m=$T/m-$name
+  kind=$1 tool=$2 sub=$3
+  m=$T/m-$tool-$kind
   mkdir -p "$m"
-  progress "$name: mounting..."
-  drop_caches
   t0=$(now_ms)
-  if ! "$@" "$m" >"$T/$name.log" 2>&1; then
-    printf '%-12s %14s %14s   (%s)\n' "$name" "-" "-" "could not mount: $(tail -1 "$T/$name.log")"
-    return 0
-  fi
-  i=0
-  until ls "$m/$sub" >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 3000 ] || { printf '%-12s %14s\n' "$name" "no listing"; return 0; }
-    sleep 0.01
-  done
+  "mount_$tool" "$m" >>"$T/$tool.log" 2>&1 || { echo "- - - -"; return 0; }
+  until ls "$m/$sub" >/dev/null 2>&1; do sleep 0.001; done
   t1=$(now_ms)
-  drop_caches
-  r0=$(now_ms)
+  find "$m/$sub" >/dev/null
+  t2=$(now_ms)
+  find "$m/$sub" -ls >/dev/null
+  t3=$(now_ms)
   dd if="$m/$sub/big.bin" of=/dev/null bs=1M status=none
-  r1=$(now_ms)
-  mbs=$(awk "BEGIN { printf \"%.0f\", 256 * 1000 / ($r1 - $r0 + 0.001) }")
-  printf '%-12s %11d ms %10s MiB/s\n' "$name" $((t1 - t0)) "$mbs"
-  echo "$name $((t1 - t0)) $mbs" >>"$T/figures"
-  fusermount3 -u "$m" 2>/dev/null || umount "$m"
+  t4=$(now_ms)
+  echo "$((t1 - t0)) $((t2 - t1)) $((t3 - t2)) $((t4 - t3))"
+  umount "$m" 2>/dev/null || fusermount3 -u "$m"
+  # a FUSE daemon may still be exiting: wait until the mount point is free
+  i=0
+  while mountpoint -q "$m" && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
 }
 
-tabula_mount() { "$fuse" --uri "nbd+unix:///?socket=$T/nbd.sock" "$1"; }
-fuse2fs_mount() { fuse2fs -o ro,fakeroot "$img" "$1"; }
-guest_mount() { LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg timeout 300 guestmount -a "$img" -m /dev/sda --ro "$1"; }
+# median KIND TOOL SUB: 1 warm-up run, then the median of 5, per column.
+median()
+{
+  run "$@" >/dev/null
+  for k in 1 2 3 4 5; do run "$@"; done >"$T/runs"
+  for c in 1 2 3 4; do cut -d' ' -f$c "$T/runs" | sort -n | sed -n 3p; done | tr '\n' ' '
+}
 
 out=$T/table
-{
-  printf '%-12s %14s %16s\n' tool "first listing" "seq. read 256M"
-  measure tabula-fuse images/bench/1/fs/whole-ext4 tabula_mount
-  if command -v fuse2fs >/dev/null; then measure fuse2fs . fuse2fs_mount; else echo "fuse2fs      (not installed)"; fi
-  if command -v guestmount >/dev/null; then measure guestmount . guest_mount; else echo "guestmount   (not installed)"; fi
-} >"$out"
-# warm NAME ROOT-DIR MOUNT-COMMAND: median ms of 5 mounts to the first
-# listing, after one to warm the caches.
-warm()
-{
-  name=$1; sub=$2; shift 2
-  m=$T/m-$name
-  for k in 0 1 2 3 4 5; do
-    t0=$(now_ms)
-    "$@" "$m" >"$T/$name.log" 2>&1 || return 0
-    until ls "$m/$sub" >/dev/null 2>&1; do sleep 0.001; done
-    t1=$(now_ms)
-    [ $k -eq 0 ] || echo $((t1 - t0))
-    fusermount3 -u "$m" 2>/dev/null || umount "$m"
-  done | sort -n | sed -n 3p
-}
-progress "warm mounts..."
-warm_tabula=$(warm tabula-fuse images/bench/1/fs/whole-ext4 tabula_mount)
-warm_fuse2fs=$(command -v fuse2fs >/dev/null && warm fuse2fs . fuse2fs_mount || true)
+for pair in "ext4 tabula images/ext4/1/fs/whole-ext4" "ext4 kernel ." \
+  "ntfs tabula images/ntfs/1/fs/whole-ntfs" "ntfs ntfs3g ."; do
+  set -- $pair
+  progress "$1: $2..."
+  echo "$1 $2 $(median "$1" "$2" "$3")" >>"$T/figures"
+done
 progress ""
 [ -t 2 ] && printf '\r' >&2
-cat "$out"
-printf '\nwith the page cache warm (median of 5 mounts):\n'
-printf '%-12s %11s ms\n' tabula-fuse "$warm_tabula" fuse2fs "${warm_fuse2fs:--}"
-figure() { awk -v n="$1" -v f="$2" '$1 == n { print $f }' "$T/figures" 2>/dev/null; }
-for anchor in fuse2fs guestmount; do
-  [ -n "$(figure $anchor 2)" ] || continue
-  bench_summary "view: mount to first listing" "$(figure tabula-fuse 2) ms" "$anchor" \
-    "$(figure $anchor 2) ms" "< 100 ms"
-  bench_summary "view: sequential read 256 MiB" "$(figure tabula-fuse 3) MiB/s" "$anchor" \
-    "$(figure $anchor 3) MiB/s" ">= 0.5 of fuse2fs"
-done
-[ -z "$warm_fuse2fs" ] || bench_summary "view: mount to first listing, caches warm" \
-  "$warm_tabula ms" fuse2fs "$warm_fuse2fs ms" "< 100 ms"
+mbs() { awk -v ms="$1" 'BEGIN { if (ms + 0 > 0) printf "%.0f", 256 * 1000 / ms; else print "-" }'; }
+printf '%-6s %-12s %14s %10s %10s %16s\n' fs tool "first listing" find "find -ls" "seq. read 256M"
+while read -r fs tool first find findls read; do
+  printf '%-6s %-12s %11s ms %7s ms %7s ms %10s MiB/s\n' "$fs" "$tool" "$first" "$find" "$findls" \
+    "$(mbs "$read")"
+done <"$T/figures"
+printf '(ext4: 20,000-entry directory + 520 more; NTFS: 5,000 + 520; median of 5 warm mounts)\n'
+fig() { awk -v f="$1" -v t="$2" -v c="$3" '$1 == f && $2 == t { print $c }' "$T/figures"; }
+bench_summary "view ext4: find (20,500 entries)" "$(fig ext4 tabula 4) ms" "kernel ext4" \
+  "$(fig ext4 kernel 4) ms" "<= 2x"
+bench_summary "view ext4: find -ls" "$(fig ext4 tabula 5) ms" "kernel ext4" \
+  "$(fig ext4 kernel 5) ms" "<= 2x"
+bench_summary "view ext4: mount to first listing" "$(fig ext4 tabula 3) ms" "kernel ext4" \
+  "$(fig ext4 kernel 3) ms" "<= 2x"
+bench_summary "view ext4: sequential read 256 MiB" "$(mbs "$(fig ext4 tabula 6)") MiB/s" \
+  "kernel ext4" "$(mbs "$(fig ext4 kernel 6)") MiB/s" ">= 0.8x"
+bench_summary "view NTFS: find (5,500 entries)" "$(fig ntfs tabula 4) ms" "ntfs-3g" \
+  "$(fig ntfs ntfs3g 4) ms" "<= 1.2x"
+bench_summary "view NTFS: mount to first listing" "$(fig ntfs tabula 3) ms" "ntfs-3g" \
+  "$(fig ntfs ntfs3g 3) ms" "<= 2x"
+bench_summary "view NTFS: sequential read 256 MiB" "$(mbs "$(fig ntfs tabula 6)") MiB/s" \
+  "ntfs-3g" "$(mbs "$(fig ntfs ntfs3g 6)") MiB/s" ">= 0.8x"
