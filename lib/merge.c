@@ -247,7 +247,7 @@ static struct tb_manifest *incremental_manifest(struct walk *w, const char *stat
     uint64_t off = (uint64_t)i * TB_CHUNK_SIZE;
     size_t len = (size_t)(m->size - off < TB_CHUNK_SIZE ? m->size - off : TB_CHUNK_SIZE);
     if (tb_hash_chunk(fd, off, len, buf, m->chunks[i]) == -1 ||
-        report(w, "hashing", ++done, todo) == -1) {
+        report(w, "hashing chunks", ++done, todo) == -1) {
       *failed = true;
       tb_manifest_free(m);
       m = NULL;

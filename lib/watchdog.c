@@ -390,23 +390,14 @@ struct tb_guard *tb_guards_check_change(struct tb_guards *g, struct tb_overlay *
 
 /* ---- a client's rules against a version ---- */
 
-int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
-                            const char *image, uint32_t version)
+int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_conf *c,
+                          const char *path, uint64_t size, const char *what)
 {
-  const char *state = cfg->state_dir;
-  struct tb_manifest *m = tb_manifest_load(state, image, version);
-  if (!m)
-    return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
-  uint64_t size = m->size;
-  tb_manifest_free(m);
-  char path[TB_PATH_MAX];
-  if (tb_store_version_path(state, image, version, path, sizeof path) == -1)
-    return tb_error_prefix("clients.%s", c->id);
   for (size_t i = 0; i < c->n_preserve; i++) {
     uint64_t off[2], len[2];
     int n;
     if (tb_region_resolve(&c->preserve[i], path, size, off, len, &n) == -1)
-      return tb_error_prefix("clients.%s.preserve[%zu] on %s@%" PRIu32, c->id, i, image, version);
+      return tb_error_prefix("clients.%s.preserve[%zu] on %s", c->id, i, what);
   }
   struct tb_watchdog_conf w;
   if (tb_watchdog_for(cfg->watchdog, c->watchdog, &w) == -1)
@@ -416,8 +407,24 @@ int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_
   tb_watchdog_free(&w);
   tb_guards_free(&gs);
   if (r == -1)
-    return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
+    return tb_error_prefix("clients.%s: %s", c->id, what);
   return 0;
+}
+
+int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
+                            const char *image, uint32_t version)
+{
+  const char *state = cfg->state_dir;
+  struct tb_manifest *m = tb_manifest_load(state, image, version);
+  if (!m)
+    return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
+  uint64_t size = m->size;
+  tb_manifest_free(m);
+  char path[TB_PATH_MAX], what[TB_NAME_MAX + 16];
+  if (tb_store_version_path(state, image, version, path, sizeof path) == -1)
+    return tb_error_prefix("clients.%s", c->id);
+  snprintf(what, sizeof what, "%s@%" PRIu32, image, version);
+  return tb_client_check_image(cfg, c, path, size, what);
 }
 
 int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c)

@@ -137,6 +137,10 @@ struct tb_config;
 struct tb_client_conf;
 int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
                             const char *image, uint32_t version);
+/* The rules alone against the raw disk image at PATH of SIZE bytes (a file
+ * about to become a version), WHAT naming it in the message. */
+int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_conf *c,
+                          const char *path, uint64_t size, const char *what);
 /* The same for the version C's next session gets (tb_client_target). */
 int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c);
 

@@ -19,6 +19,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -764,17 +765,45 @@ static json_t *op_refresh(struct daemon *d, struct args *a)
 
 static json_t *op_merge(struct daemon *d, struct conn *conn, struct args *a)
 {
-  static const char *const keys[] = {"client", "into", "note", "session", "progress", NULL};
+  static const char *const keys[] = {"client",   "into",  "note", "session",
+                                     "progress", "force", NULL};
   check_keys(a, keys);
   const struct tb_client_conf *c = arg_client(d, a);
   const char *into = arg_str(a, "into", true);
   const char *note = arg_str(a, "note", false);
   int64_t session = arg_int(a, "session", false, 1, INT64_MAX, 0);
   bool progress = arg_bool(a, "progress");
+  bool force = arg_bool(a, "force");
   if (!c || a->err[0])
     return reply_error("%s", a->err);
   if (!tb_name_valid(into))
     return reply_error("invalid image name \"%.80s\"", into);
+  if (!tb_config_has_image(d->cfg, into))
+    return reply_error("--into %s: there is no image %s in the configuration's \"images\" (add "
+                       "it there and reload, or name a configured image)",
+                       into, into);
+  /* A merge from a base older than the image's newest version would make a
+   * version without what the newer ones changed: only with force. */
+  char ovl[TB_PATH_MAX];
+  struct tb_overlay_info info;
+  const char *state = d->cfg->state_dir;
+  if (!force &&
+      (session ? tb_client_session_path(state, c->id, (uint64_t)session, ovl, sizeof ovl)
+               : tb_store_client_path(state, c->id, "overlay", ovl, sizeof ovl)) == 0 &&
+      tb_overlay_read_info(ovl, &info) == 0 && strcmp(info.base.image, into) == 0) {
+    uint32_t newest = tb_store_latest(state, into);
+    char range[48];
+    if (newest == info.base.version + 1)
+      snprintf(range, sizeof range, "@%" PRIu32, newest);
+    else
+      snprintf(range, sizeof range, "@%" PRIu32 "..@%" PRIu32, info.base.version + 1, newest);
+    if (newest > info.base.version)
+      return reply_error("%s is on %s@%" PRIu32 " but %s@%" PRIu32 " is the newest: the merge "
+                         "would make %s@%" PRIu32 " from @%" PRIu32 " and supersede what %s "
+                         "changed; pass --force to merge anyway",
+                         c->id, into, info.base.version, into, newest, into, newest + 1,
+                         info.base.version, range);
+  }
   if (tb_client_locked(d->cfg->state_dir, c->id))
     return reply_error("client %s is in a session (or busy); merge it when its session has "
                        "ended",

@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +37,7 @@
 #include "ctl-image-repo.h"
 #include "events.h"
 #include "store.h"
+#include "watchdog.h"
 
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
@@ -324,15 +327,35 @@ static void progress_show(struct progress *p, const char *phase, uint64_t done, 
   if (now - p->last_ms < 100 && done < total)
     return;
   p->last_ms = now;
-  char d[32], t[32], rate[32] = "";
-  human_size(done, d, sizeof d);
-  human_size(total, t, sizeof t);
-  if (now > p->phase_ms + 200) {
-    human_size((uint64_t)((double)done * 1000 / (double)(now - p->phase_ms)), rate, sizeof rate);
-    strcat(rate, "/s");
+  char d[32], t[32], rate[32] = "", eta[48] = "";
+  /* A phase counted in chunks (merge's "hashing chunks") is not in bytes. */
+  bool chunks = phase && strstr(phase, "chunks");
+  if (chunks) {
+    snprintf(d, sizeof d, "%" PRIu64, done);
+    snprintf(t, sizeof t, "%" PRIu64, total);
+  } else {
+    human_size(done, d, sizeof d);
+    human_size(total, t, sizeof t);
   }
-  fprintf(stderr, "\r\033[K%s: %s %3d%% %s of %s %s", p->what, phase ? phase : "",
-          total ? (int)(done * 100 / total) : 100, d, t, rate);
+  if (now > p->phase_ms + 200) {
+    double per_s = (double)done * 1000 / (double)(now - p->phase_ms);
+    if (chunks)
+      snprintf(rate, sizeof rate, "%.0f/s", per_s);
+    else
+      human_size((uint64_t)per_s, rate, sizeof rate);
+    if (!chunks)
+      strcat(rate, "/s");
+    /* The phase's remaining time at its rate so far. */
+    if (per_s > 0 && done < total) {
+      uint64_t left = (uint64_t)((double)(total - done) / per_s + 0.5);
+      if (left >= 3600)
+        snprintf(eta, sizeof eta, ", ETA %" PRIu64 "h%02" PRIu64 "m", left / 3600, left / 60 % 60);
+      else
+        snprintf(eta, sizeof eta, ", ETA %" PRIu64 "m%02" PRIu64 "s", left / 60, left % 60);
+    }
+  }
+  fprintf(stderr, "\r\033[K%s: %s %3d%% %s of %s %s%s", p->what, phase ? phase : "",
+          total ? (int)(done * 100 / total) : 100, d, t, rate, eta);
   fflush(stderr);
 }
 
@@ -589,9 +612,146 @@ static int check_client_arg(const char *id)
 
 /* ---- image import / list (direct on the state directory) ---------------------------- */
 
+/* ---- image import guardrails (issue 18 §2) ---------------------------------- */
+
+/* The format of the disk image FILE from its magic: "raw" when it is none of
+ * the container formats qemu-img knows (a raw disk has no magic). */
+static const char *image_format(const char *file)
+{
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return NULL;
+  char head[64] = {0}, tail[512] = {0};
+  struct stat st;
+  ssize_t n = pread(fd, head, sizeof head, 0);
+  bool have_tail = fstat(fd, &st) == 0 && st.st_size >= 512 &&
+                   pread(fd, tail, sizeof tail, st.st_size - 512) == 512;
+  close(fd);
+  if (n < 8)
+    return "raw";
+  if (memcmp(head, "QFI\xfb", 4) == 0)
+    return "qcow2";
+  if (memcmp(head, "vhdxfile", 8) == 0)
+    return "vhdx";
+  if (memcmp(head, "KDMV", 4) == 0 || strncmp(head, "# Disk DescriptorFile", 21) == 0)
+    return "vmdk";
+  if (memcmp(head, "conectix", 8) == 0 || (have_tail && memcmp(tail, "conectix", 8) == 0))
+    return "vpc"; /* VHD: qemu-img calls it vpc */
+  return "raw";
+}
+
+/* qemu-img convert -O raw FILE OUT; -1 with a message naming the command. */
+static int convert_to_raw(const char *file, const char *fmt, const char *out)
+{
+  pid_t pid = fork();
+  if (pid == -1)
+    return tb_error_errno("cannot run qemu-img");
+  if (pid == 0) {
+    execlp("qemu-img", "qemu-img", "convert", "-f", fmt, "-O", "raw", "--", file, out,
+           (char *)NULL);
+    _exit(127);
+  }
+  int status;
+  while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+    ;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return 0;
+  unlink(out);
+  return tb_error("%s is a %s image, which tabula serves only as raw, and %s; convert it yourself "
+                  "with: qemu-img convert -f %s -O raw %s %s.raw (then import the .raw)",
+                  file, fmt,
+                  WIFEXITED(status) && WEXITSTATUS(status) == 127
+                      ? "qemu-img is not installed (apt-get install qemu-utils)"
+                      : "qemu-img convert failed (see its message above)",
+                  fmt, file, file);
+}
+
+static int compare_progress(void *ctx, uint64_t done, uint64_t total)
+{
+  progress_show(ctx, "comparing with the newest version", done, total);
+  return 0;
+}
+
+/* The way back from an unwanted new version, for messages. */
+static void promote_hint(const char *image, uint32_t prev, char *buf, size_t len)
+{
+  if (prev)
+    snprintf(buf, len, "; to go back: tabulactl image promote %s@%" PRIu32, image, prev);
+  else
+    buf[0] = '\0';
+}
+
+/* Checks of FILE (raw) against IMAGE's newest version PREV (0: none) before
+ * it becomes the next one: a size change needs --force; content identical
+ * to PREV is a no-op (1); each configured client of IMAGE that is not pinned
+ * must find its preserved and protected partitions in FILE (--force to
+ * import anyway).  0 to go on, 1 nothing to do, -1 refused. */
+static int import_checks(struct ctl *ctl, const char *state, const char *image, const char *file,
+                         const char *shown, uint32_t prev, bool force, struct progress *p)
+{
+  struct stat st;
+  if (stat(file, &st) == -1)
+    return tb_error_errno("%s", file);
+  char back[128];
+  promote_hint(image, prev, back, sizeof back);
+  if (prev) {
+    struct tb_manifest *m = tb_manifest_load(state, image, prev);
+    if (!m)
+      return -1;
+    uint64_t size = m->size;
+    uint8_t want[32];
+    memcpy(want, m->sha256, 32);
+    uint32_t chunk = m->chunk_size;
+    tb_manifest_free(m);
+    if ((uint64_t)st.st_size != size && !force) {
+      char a[32], b[32];
+      human_size((uint64_t)st.st_size, a, sizeof a);
+      human_size(size, b, sizeof b);
+      return tb_error("%s is %s but %s@%" PRIu32 " is %s: every client's disk would change "
+                      "size; pass --force if that is meant",
+                      shown, a, image, prev, b);
+    }
+    if ((uint64_t)st.st_size == size) {
+      int fd = open(file, O_RDONLY | O_CLOEXEC);
+      uint8_t got[32], (*chunks)[32] = NULL;
+      size_t n = 0;
+      if (fd == -1)
+        return tb_error_errno("%s", file);
+      int r = tb_hash_file(fd, size, chunk, got, &chunks, &n, compare_progress, p);
+      close(fd);
+      free(chunks);
+      if (r == -1)
+        return -1;
+      if (memcmp(got, want, 32) == 0) {
+        tb_error("%s is identical to %s@%" PRIu32 ": nothing imported", shown, image, prev);
+        return 1;
+      }
+      p->phase_no = 0; /* the import's own passes follow */
+      p->last_done = 0;
+    }
+  }
+  if (!ctl->cfg)
+    return 0;
+  for (size_t i = 0; i < ctl->cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &ctl->cfg->clients[i];
+    char what[TB_NAME_MAX + 32];
+    snprintf(what, sizeof what, "the new %s@%" PRIu32, image, prev + 1);
+    if (strcmp(c->image, image) != 0 || c->version ||
+        tb_client_check_image(ctl->cfg, c, file, (uint64_t)st.st_size, what) == 0)
+      continue;
+    if (!force)
+      return tb_error_prefix("%s cannot be served to %s: pass --force to import it anyway (%s "
+                             "is then refused until its rules are fixed)",
+                             shown, c->id, c->id);
+    fprintf(stderr, "%s: warning: %s (%s is refused on it%s)\n", prog, tb_errmsg(), c->id, back);
+  }
+  return 0;
+}
+
 static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
 {
-  static const struct option lo[] = {{"note", required_argument, NULL, 'n'}, {0}};
+  static const struct option lo[] = {
+      {"note", required_argument, NULL, 'n'}, {"force", no_argument, NULL, 'f'}, {0}};
   int seen[256] = {0};
   const char *val[256] = {0};
   if (parse_opts(argc, argv, lo, seen, val))
@@ -615,16 +775,57 @@ static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
   snprintf(what, sizeof what, "importing %s", name);
   struct progress p;
   progress_init(&p, what);
+  /* qcow2, VHD, VHDX, VMDK: converted to raw first (next to the store). */
+  const char *fmt = image_format(file);
+  if (!fmt)
+    return fail("cannot read %s: %s", file, strerror(errno));
+  char raw[TB_PATH_MAX] = "";
+  const char *shown = file;
+  if (strcmp(fmt, "raw") != 0) {
+    if (tb_path(raw, sizeof raw, "%s/images/.import-%s-%ld.raw", state, name, (long)getpid()) ==
+            -1 ||
+        tb_store_init(state) == -1)
+      return fail("%s", tb_errmsg());
+    fprintf(stderr, "%s: %s is a %s image: converting it to raw with qemu-img\n", prog, file, fmt);
+    if (convert_to_raw(file, fmt, raw) == -1)
+      return fail("%s", tb_errmsg());
+    file = raw;
+  }
+  uint32_t prev = 0, *vers = NULL;
+  size_t nv = 0;
+  if (tb_store_versions(state, name, &vers, &nv) == 0 && nv)
+    prev = vers[nv - 1];
+  free(vers);
+  int r = import_checks(ctl, state, name, file, shown, prev, seen['f'], &p);
+  if (r != 0) {
+    progress_done(&p);
+    if (raw[0])
+      unlink(raw);
+    if (r == 1) { /* identical: a no-op that names the version */
+      if (ctl->json) {
+        json_t *o = json_pack("{s:s, s:I, s:b}", "image", name, "version", (json_int_t)prev,
+                              "unchanged", 1);
+        print_json(o);
+        json_decref(o);
+      } else {
+        printf("%s\n", tb_errmsg());
+      }
+      return 0;
+    }
+    return fail("%s", tb_errmsg());
+  }
   uint32_t ver;
-  int r = tb_store_import(state, name, file, val['n'], import_progress, &p, &ver);
+  r = tb_store_import(state, name, file, val['n'], import_progress, &p, &ver);
   progress_done(&p);
+  if (raw[0])
+    unlink(raw);
   if (r == -1)
     return fail("%s", tb_errmsg());
   struct tb_manifest *m = tb_manifest_load(state, name, ver);
   if (!m)
     return fail("%s", tb_errmsg());
   tb_eventf(state, "image-import", NULL, "{s:s, s:I, s:I, s:s}", "image", name, "version",
-            (json_int_t)ver, "size", (json_int_t)m->size, "file", file);
+            (json_int_t)ver, "size", (json_int_t)m->size, "file", shown);
   char sha[65], size[32];
   tb_hex(m->sha256, 32, sha);
   human_size(m->size, size, sizeof size);
@@ -634,7 +835,7 @@ static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
     print_json(o);
     json_decref(o);
   } else {
-    printf("imported %s as %s@%" PRIu32 " (%s, sha256 %.16s..., %.1f s)\n", file, name, ver, size,
+    printf("imported %s as %s@%" PRIu32 " (%s, sha256 %.16s..., %.1f s)\n", shown, name, ver, size,
            sha, (double)(tb_now_ms() - p.start_ms) / 1000);
   }
   tb_manifest_free(m);
@@ -877,11 +1078,14 @@ static int cmd_image_promote(struct ctl *ctl, int argc, char **argv)
 }
 
 static const struct command image_commands[] = {
-    {"import", "NAME FILE [--note TEXT]",
-     "Add FILE (a raw disk image) as the next version of image NAME, directly in the state\n"
-     "directory (no daemon needed).  The version is published atomically with its manifest\n"
-     "(size, sha256, per-chunk sha256).  Holes stay holes; a reflink is used where the\n"
-     "filesystem allows.",
+    {"import", "NAME FILE [--note TEXT] [--force]",
+     "Add FILE as the next version of image NAME, directly in the state directory (no\n"
+     "daemon needed).  The version is published atomically with its manifest (size,\n"
+     "sha256, per-chunk sha256).  Holes stay holes; a reflink is used where the filesystem\n"
+     "allows.  A qcow2, VHD, VHDX or VMDK file is converted to raw with qemu-img first.\n"
+     "Refused without --force: a size different from the newest version's, a file in\n"
+     "which a client's preserved or protected partition is missing.  A file identical to\n"
+     "the newest version imports nothing and names that version.",
      cmd_image_import},
     {"list", "[NAME]",
      "List images and their versions, directly from the state directory (no daemon needed).",
@@ -1427,11 +1631,31 @@ static void merge_progress(void *ctx, json_t *line)
     progress_show(ctx, jstr(p, "phase"), (uint64_t)jint(p, "done"), (uint64_t)jint(p, "total"));
 }
 
+/* After a new version IMAGE@VER was made (merge, pull): the configured
+ * clients that follow IMAGE's newest version checked against it, each one
+ * that cannot be served named with the rule and the way back. */
+static void check_new_version(struct ctl *ctl, const char *image, uint32_t ver)
+{
+  if (load_config(ctl) == -1)
+    return;
+  for (size_t i = 0; i < ctl->cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &ctl->cfg->clients[i];
+    if (strcmp(c->image, image) != 0 || c->version ||
+        tb_client_check_version(ctl->cfg, c, image, ver) == 0)
+      continue;
+    char back[128];
+    promote_hint(image, ver > 1 ? ver - 1 : 0, back, sizeof back);
+    fprintf(stderr, "%s: warning: %s (%s is refused on %s@%" PRIu32 "%s)\n", prog, tb_errmsg(),
+            c->id, image, ver, back);
+  }
+}
+
 static int cmd_merge(struct ctl *ctl, int argc, char **argv)
 {
   static const struct option lo[] = {{"into", required_argument, NULL, 'i'},
                                      {"note", required_argument, NULL, 'n'},
                                      {"session", required_argument, NULL, 's'},
+                                     {"force", no_argument, NULL, 'f'},
                                      {0}};
   int seen[256] = {0};
   const char *val[256] = {0};
@@ -1447,6 +1671,8 @@ static int cmd_merge(struct ctl *ctl, int argc, char **argv)
                           val['i'], "progress", isatty(STDERR_FILENO));
   if (seen['n'])
     json_object_set_new(req, "note", json_string(val['n']));
+  if (seen['f'])
+    json_object_set_new(req, "force", json_true());
   if (seen['s']) {
     uint64_t n;
     if (parse_uint(val['s'], "--session", INT64_MAX, &n)) {
@@ -1476,6 +1702,8 @@ static int cmd_merge(struct ctl *ctl, int argc, char **argv)
            (double)jint(res, "duration_ms") / 1000,
            json_is_true(json_object_get(res, "reflink")) ? ", reflinked" : "");
   }
+  if (json_is_string(json_object_get(res, "image")))
+    check_new_version(ctl, jstr(res, "image"), (uint32_t)jint(res, "version"));
   json_decref(res);
   return 0;
 }
@@ -2032,9 +2260,11 @@ static const struct command commands[] = {
     {"rollback", "ID", "Discard the client's overlay at its next session start.", cmd_rollback},
     {"restore", "ID --session N",
      "Make retained session N the client's overlay again, at its next session start.", cmd_restore},
-    {"merge", "ID --into IMAGE [--note TEXT] [--session N]",
+    {"merge", "ID --into IMAGE [--note TEXT] [--session N] [--force]",
      "Build IMAGE@N+1 from the client's base plus its overlay (or retained session N),\n"
      "writing only blocks that differ from the base.  The client must not be in a session.\n"
+     "IMAGE must be configured; a base older than IMAGE's newest version needs --force\n"
+     "(the new version would supersede what the newer ones changed).\n"
      "The merged client continues on the new version with an empty overlay; rollback\n"
      "clients pick the new version at their next session, persist clients stay pinned to\n"
      "theirs until refreshed.",

@@ -77,6 +77,14 @@ tctl --json client pc01 | jq -e '.version == 2' >/dev/null || tb_fail "pc01 on d
 io -e vm02 read:0:4096:7 read:4096:4096:1 || tb_fail "vm02 (persist) must stay on demo@1 with its overlay"
 tb_wait_idle "$state" vm02
 tctl --json client vm02 | jq -e '.version == 1' >/dev/null || tb_fail "vm02 stays pinned to demo@1"
+# Guardrails (issue 18 §2): a base older than the newest needs --force and
+# says what it would supersede; --into must name a configured image.
+td_expect_fail "merge from an older base" \
+  "vm02 is on demo@1 but demo@2 is the newest: the merge would make demo@3 from @1 and supersede what @2 changed; pass --force" \
+  tctl merge vm02 --into demo
+td_expect_fail "merge into an image not configured" "no image nosuch in the configuration" \
+  tctl merge vm02 --into nosuch
+[ ! -e "$state/images/nosuch" ] || tb_fail "a refused merge created image nosuch"
 td_expect_fail "merge of a client that never ran" "no overlay to merge" tctl merge new1 --into demo
 
 echo "== merge of a retained session into another image"
@@ -88,7 +96,7 @@ cmp "$state/images/other/1.img" "$TB_TMP/expected.img" || tb_fail "other@1 diffe
 echo "== kill -9 of the daemon in the middle of merges"
 big=$((256 * 1024 * 1024))
 tb_make_file "$TB_TMP/big.img" $big 3 $big
-tctl image import other "$TB_TMP/big.img" >/dev/null
+tctl image import other "$TB_TMP/big.img" --force >/dev/null # a new size: --force
 tctl reimage vm02 other >/dev/null
 io -e vm02 fill:0:$((128 * 1024 * 1024)):1048576:8 >/dev/null || tb_fail "vm02 fill"
 tb_wait_idle "$state" vm02
