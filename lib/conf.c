@@ -20,6 +20,7 @@
 
 #include "conf.h"
 #include "events.h"
+#include "handshake.h"
 #include "schedule.h"
 #include "watchdog.h"
 
@@ -948,12 +949,15 @@ static int parse_listen(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_object(v))
     return bad("listen", "an object such as {\"unix\": PATH, \"tcp\": \"ADDR:PORT\"}", v);
-  static const char *const keys[] = {"unix", "unix_mode", "unix_group", "tcp", "iscsi", NULL};
+  static const char *const keys[] = {"unix",  "unix_mode",       "unix_group",        "tcp",
+                                     "iscsi", "max_connections", "handshake_timeout", NULL};
   if (check_keys(v, "listen", keys) == -1 || get_string(v, "listen", "unix", &cfg->listen_unix) ||
       get_mode(v, "listen", "unix_mode", &cfg->listen_unix_mode) == -1 ||
       get_string(v, "listen", "unix_group", &cfg->listen_unix_group) == -1 ||
       get_string(v, "listen", "tcp", &cfg->listen_tcp) ||
-      get_string(v, "listen", "iscsi", &cfg->listen_iscsi))
+      get_string(v, "listen", "iscsi", &cfg->listen_iscsi) ||
+      get_int(v, "listen", "max_connections", 0, 1000000, &cfg->listen_max_connections) == -1 ||
+      get_duration(v, "listen", "handshake_timeout", &cfg->listen_handshake_timeout_ms) == -1)
     return -1;
   const char *icolon = cfg->listen_iscsi ? strrchr(cfg->listen_iscsi, ':') : NULL;
   char *iend = NULL;
@@ -1259,6 +1263,8 @@ struct tb_config *tb_config_parse(const char *text, const char *name)
   }
   cfg->refcount = 1;
   cfg->listen_unix_mode = cfg->metrics_mode = -1; /* unset: the daemon's private default */
+  cfg->listen_max_connections = TB_DEFAULT_MAX_CONNECTIONS;
+  cfg->listen_handshake_timeout_ms = TB_HANDSHAKE_DEFAULT_TIMEOUT_MS;
   cfg->json = root;
   cfg->path = strdup(name);
   if (parse_top(cfg, root) == -1 || apply_defaults(cfg) == -1) {

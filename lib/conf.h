@@ -87,6 +87,8 @@ struct tb_client_conf {
   struct tb_iscsi_client *iscsi; /* "iscsi" (iscsi-conf.h), or NULL */
 };
 
+#define TB_DEFAULT_MAX_CONNECTIONS 1024
+
 struct tb_webhook_conf {
   char *url;
   char *secret; /* HMAC-SHA256 key, or NULL */
@@ -131,6 +133,12 @@ struct tb_config {
   char *plugin;            /* plugin path, default: nbdkit finds "tabula" */
   char *tls_certificates;  /* directory for nbdkit --tls-certificates, or NULL */
   bool tls_require;
+  /* NBD connections nbdkit serves at once (listen.max_connections, nbdkit's
+   * limit filter; default TB_DEFAULT_MAX_CONNECTIONS, 0: no limit) */
+  long long listen_max_connections;
+  /* how long a TCP connection may take to open an export
+   * (listen.handshake_timeout, lib/handshake.h; 0: forever) */
+  int64_t listen_handshake_timeout_ms;
   struct tb_acl admin_nets; /* admin peers over TCP (require TLS) */
   int64_t *admin_uids;      /* admin uids on the unix socket; default: 0 and our uid */
   size_t n_admin_uids;

@@ -52,6 +52,7 @@
 #include "conf.h"
 #include "events.h"
 #include "export.h"
+#include "handshake.h"
 #include "live.h"
 #include "overlay.h"
 #include "session.h"
@@ -216,6 +217,34 @@ static int peer_get(struct peer *p)
   return 0;
 }
 
+/* Was nbdkit started with --tls-verify-peer (tabula-restored starts it so
+ * when tls is set)?  Only then does a TLS connection prove a client
+ * certificate signed by the configured CA: nbdkit 1.32 tells a plugin
+ * whether a connection is TLS, not whether its peer was verified. */
+static bool nbdkit_verifies_peers(void)
+{
+  static int verified = -1;
+  if (verified == -1) {
+    char buf[8192];
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd == -1 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (fd != -1)
+      close(fd);
+    int found = 0;
+    for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1) {
+      buf[n] = '\0';
+      if (strcmp(buf + i, "--tls-verify-peer") == 0)
+        found = 1;
+    }
+    if (!found)
+      nbdkit_error("tls is configured but nbdkit runs without --tls-verify-peer: admin exports "
+                   "are refused over TCP (start nbdkit with --tls-verify-peer, as "
+                   "tabula-restored does)");
+    verified = found;
+  }
+  return verified == 1;
+}
+
 static bool peer_is_admin(const struct tb_config *cfg, const struct peer *p)
 {
   if (p->is_unix) {
@@ -227,7 +256,8 @@ static bool peer_is_admin(const struct tb_config *cfg, const struct peer *p)
   }
   if (!tb_acl_allows(&cfg->admin_nets, (const struct sockaddr *)&p->addr))
     return false;
-  return !cfg->tls_certificates || nbdkit_is_tls() == 1;
+  /* With tls, a verified client certificate (see nbdkit_verifies_peers). */
+  return !cfg->tls_certificates || (nbdkit_is_tls() == 1 && nbdkit_verifies_peers());
 }
 
 /* ---- the tick thread ------------------------------------------------------------
@@ -270,6 +300,17 @@ static void tabula_cleanup(void)
   tb_live_shutdown();
 }
 
+/* Every TCP connection gets listen.handshake_timeout to open an export
+ * (lib/handshake.h: nbdkit 1.32 would wait forever, a thread each). */
+static int tabula_preconnect(int readonly)
+{
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (nbdkit_peer_name((struct sockaddr *)&ss, &len) == 0)
+    tb_handshake_begin((struct sockaddr *)&ss, len);
+  return 0;
+}
+
 static void *tick_main(void *arg)
 {
   pthread_mutex_lock(&tick_stop_lock);
@@ -283,6 +324,7 @@ static void *tick_main(void *arg)
     pthread_mutex_unlock(&tick_stop_lock);
     struct tb_config *cfg = config_get();
     tb_live_tick(cfg);
+    tb_handshake_reap(cfg->listen_handshake_timeout_ms);
     tb_config_unref(cfg);
     pthread_mutex_lock(&tick_stop_lock);
   }
@@ -567,6 +609,7 @@ out:
     handle_free(h);
     return NULL;
   }
+  tb_handshake_done();
   return h;
 }
 
@@ -972,6 +1015,7 @@ static struct nbdkit_plugin plugin = {
     .get_ready = tabula_get_ready,
     .unload = tabula_unload,
     .after_fork = tabula_after_fork,
+    .preconnect = tabula_preconnect,
     .cleanup = tabula_cleanup,
     .list_exports = tabula_list_exports,
     .default_export = tabula_default_export,

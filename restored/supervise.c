@@ -68,7 +68,8 @@ bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b)
 {
   return !str_eq(a->listen_unix, b->listen_unix) || !str_eq(a->listen_tcp, b->listen_tcp) ||
          !str_eq(a->nbdkit, b->nbdkit) || !str_eq(a->plugin, b->plugin) ||
-         !str_eq(a->tls_certificates, b->tls_certificates) || a->tls_require != b->tls_require;
+         !str_eq(a->tls_certificates, b->tls_certificates) || a->tls_require != b->tls_require ||
+         a->listen_max_connections != b->listen_max_connections;
 }
 
 /* True if a server listens on the unix socket SA (a full backlog, EAGAIN on
@@ -311,7 +312,7 @@ static int start_instance(struct daemon *d, struct nbdkit_instance *in)
 {
   const struct tb_config *cfg = d->cfg;
   const struct nbdkit_state *st = &d->nbdkit;
-  char cfgarg[4200], tls[4200] = "", pidfile[4200];
+  char cfgarg[4200], tls[4200] = "", pidfile[4200], limit[64];
   if (st->n_listen == 0)
     return tb_error("nbdkit has no listening socket (see the error about listen.unix or "
                     "listen.tcp above)");
@@ -326,12 +327,25 @@ static int start_instance(struct daemon *d, struct nbdkit_instance *in)
   argv[n++] = "-P";
   argv[n++] = pidfile;
   if (cfg->tls_certificates) {
+    /* Admin exports over TCP are for verified client certificates only
+     * (signed by the directory's ca-cert.pem): a TLS peer without one is
+     * refused by the handshake; with tls.require false, clients' own
+     * exports still work over plain TCP. */
     snprintf(tls, sizeof tls, "--tls-certificates=%s", cfg->tls_certificates);
     argv[n++] = cfg->tls_require ? "--tls=require" : "--tls=on";
     argv[n++] = tls;
+    argv[n++] = "--tls-verify-peer";
+  }
+  if (cfg->listen_max_connections > 0) {
+    /* nbdkit's limit filter: past the limit a connection is refused at
+     * once instead of taking another thread. */
+    snprintf(limit, sizeof limit, "limit=%lld", cfg->listen_max_connections);
+    argv[n++] = "--filter=limit";
   }
   argv[n++] = cfg->plugin ? cfg->plugin : "tabula";
   argv[n++] = cfgarg;
+  if (cfg->listen_max_connections > 0)
+    argv[n++] = limit;
   argv[n] = NULL;
 
   /* The environment with LISTEN_FDS and room for LISTEN_PID, which only the
