@@ -2334,9 +2334,28 @@ static void usage(FILE *f)
           "  -V, --version      print the version\n\n"
           "Commands:\n",
           prog, DEFAULT_CONFIG);
-  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
     fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].usage);
-  fprintf(f, "\nExit status: 0 done, 1 failed, 2 bad usage, 3 daemon not reachable.\n");
+    /* What it does: the first sentence of its help, on one line. */
+    const char *h = commands[i].help ? commands[i].help : "";
+    size_t col = 13;
+    fputs("             ", f);
+    for (size_t k = 0; h[k]; k++) {
+      char ch = h[k] == '\n' ? ' ' : h[k];
+      if (ch == ' ' && col > 72) { /* wrap under the indent */
+        fputs("\n             ", f);
+        col = 13;
+        continue;
+      }
+      fputc(ch, f);
+      col++;
+      if (h[k] == '.' && (h[k + 1] == ' ' || h[k + 1] == '\n' || !h[k + 1]))
+        break;
+    }
+    fputc('\n', f);
+  }
+  fprintf(f, "\nExit status: 0 done, 1 failed, 2 bad usage, 3 daemon not reachable (status: 1 "
+             "when the appliance does not serve).\n");
 }
 
 static int ctl_main(int argc, char **argv, struct ctl *ctlp);

@@ -171,6 +171,9 @@ for c in status clients client sessions rollback restore merge reimage pin unpin
 done
 tctl image --help | grep -q "image import" || tb_fail "image --help"
 "$TD_DAEMON" --help | grep -q "^usage: tabula-restored" || tb_fail "tabula-restored --help"
+# --help says what each command does (issue 18 §5): a line under each.
+tctl --help | grep -A1 '^  merge ' | grep -q '^  *Build IMAGE@N+1' || tb_fail "--help: no line for merge"
+tctl --help | grep -A1 '^  status ' | grep -q '^  *Show the daemon' || tb_fail "--help: no line for status"
 
 td_stop
 tb_check_logs
