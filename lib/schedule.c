@@ -1,8 +1,13 @@
 /* tabula: refresh schedules (see schedule.h).
  *
  * Calendar forms are computed with mktime() on a broken-down local time, so
- * month lengths, leap years and daylight-saving changes are the C library's
- * business.  "every" is a plain interval from the previous due time.
+ * month lengths, leap years and time zones are the C library's business; a
+ * daylight-saving change is ours (at_local): a due time in the repeated hour
+ * fires once, at its first occurrence, one in the skipped hour fires in the
+ * hour after, and "hourly" fires every hour of real time (25 on the day the
+ * clocks go back, 23 on the day they go forward; tests/unit-pure checks it
+ * for Europe/Berlin).  "every" is a plain interval from the previous due
+ * time.
  *
  * The mark file (tb_schedule_save) is {"schedule": TEXT, "last_ms": N,
  * "next_ms": N, "last": ISO, "next": ISO}; the ISO times are for people, the
@@ -84,34 +89,60 @@ int tb_schedule_parse(const char *text, struct tb_schedule *s)
   return tb_error("refresh schedule \"%s\": expected " FORMS, text);
 }
 
+/* H:MI local time on the day Y-MON-MDAY (struct tm fields; MDAY may run past
+ * the month: mktime carries it over).  A time that happens twice (the hour
+ * a daylight-saving change repeats) is its first occurrence; a time that
+ * does not happen (the hour skipped) is the wall-clock time it would have
+ * been, in the hour after.  mktime with tm_isdst -1 would choose between the
+ * two by glibc's last guess, so a schedule could fire twice in a night. */
+static time_t at_local(int year, int mon, int mday, int hour, int minute)
+{
+  time_t best = (time_t)-1, skipped = (time_t)-1;
+  for (int dst = 0; dst <= 1; dst++) {
+    struct tm tm = {.tm_year = year,
+                    .tm_mon = mon,
+                    .tm_mday = mday,
+                    .tm_hour = hour,
+                    .tm_min = minute,
+                    .tm_isdst = dst};
+    time_t t = mktime(&tm);
+    struct tm back;
+    if (t == (time_t)-1 || !localtime_r(&t, &back))
+      continue;
+    if (back.tm_hour == hour && back.tm_min == minute && back.tm_isdst == dst) {
+      if (best == (time_t)-1 || t < best)
+        best = t;
+    } else if (skipped == (time_t)-1 || t > skipped)
+      skipped = t;
+  }
+  return best != (time_t)-1 ? best : skipped;
+}
+
 int64_t tb_schedule_next(const struct tb_schedule *s, int64_t after_ms)
 {
   if (s->kind == TB_SCHED_EVERY)
     return after_ms + s->every_ms;
   time_t t = (time_t)(after_ms / 1000);
   struct tm tm;
-  localtime_r(&t, &tm);
-  tm.tm_sec = 0;
-  tm.tm_isdst = -1;
   if (s->kind == TB_SCHED_HOURLY) {
-    tm.tm_min = 0;
-    tm.tm_hour++;
-    return (int64_t)mktime(&tm) * 1000;
+    /* Minute 0 of the next hour of real time: each of the 25 hours of the
+     * day a daylight-saving change repeats one, every hour of any offset. */
+    for (time_t m = (t / 60 + 1) * 60; m <= t + 2 * 3600; m += 60)
+      if (localtime_r(&m, &tm) && tm.tm_min == 0)
+        return (int64_t)m * 1000;
+    return ((int64_t)t / 3600 + 1) * 3600 * 1000; /* unreachable in practice */
   }
-  tm.tm_hour = s->hour;
-  tm.tm_min = s->minute;
+  localtime_r(&t, &tm);
+  int mday = tm.tm_mday, step = s->kind == TB_SCHED_WEEKLY ? 7 : 1;
   if (s->kind == TB_SCHED_WEEKLY)
-    tm.tm_mday += (s->wday - tm.tm_wday + 7) % 7;
-  /* Step forward a day (or a week) until strictly after; at most 2 steps, but
-   * a daylight-saving change can make mktime land a little off. */
-  for (int i = 0; i < 16; i++) {
-    struct tm try = tm;
-    time_t due = mktime(&try);
-    if ((int64_t)due * 1000 > after_ms)
+    mday += (s->wday - tm.tm_wday + 7) % 7;
+  /* The first day whose due time is strictly after: at most two steps. */
+  for (int i = 0; i < 4; i++, mday += step) {
+    time_t due = at_local(tm.tm_year, tm.tm_mon, mday, s->hour, s->minute);
+    if (due != (time_t)-1 && (int64_t)due * 1000 > after_ms)
       return (int64_t)due * 1000;
-    tm.tm_mday += s->kind == TB_SCHED_WEEKLY ? 7 : 1;
   }
-  return after_ms + 24 * 3600 * 1000; /* unreachable in practice */
+  return after_ms + (int64_t)step * 24 * 3600 * 1000; /* unreachable in practice */
 }
 
 /* ---- the mark file ------------------------------------------------------------------ */
