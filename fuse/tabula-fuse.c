@@ -1423,6 +1423,72 @@ static void no_symfollow(const char *mountpoint)
 
 /* fuse_main(), unrolled so nosymfollow is set between the mount and the
  * first request. */
+/* True if a tabula view is already mounted on MOUNTPOINT (a second mount
+ * would stack on it). */
+static bool already_mounted(const char *mountpoint)
+{
+  char real[PATH_MAX];
+  if (!realpath(mountpoint, real))
+    return false;
+  FILE *f = fopen("/proc/self/mountinfo", "re");
+  if (!f)
+    return false;
+  char line[8192];
+  bool found = false;
+  while (!found && fgets(line, sizeof line, f)) {
+    /* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ... - FSTYPE SOURCE ... */
+    char mp[4096], fstype[256];
+    const char *dash = strstr(line, " - ");
+    if (!dash || sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+        sscanf(dash + 3, "%255s", fstype) != 1)
+      continue;
+    found = strcmp(mp, real) == 0 && strcmp(fstype, "fuse.tabula") == 0;
+  }
+  fclose(f);
+  return found;
+}
+
+/* The view of a local appliance reads its state directory and connects to
+ * nbdkit's socket as an admin peer: without that access every file would
+ * answer EIO, so the mount fails instead, saying why. */
+static int check_local_access(const struct tb_config *c, const char *sock)
+{
+  char clients[TB_PATH_MAX];
+  if (tb_path(clients, sizeof clients, "%s/clients", c->state_dir) < 0)
+    return -1;
+  if (access(c->state_dir, R_OK | X_OK) == -1 ||
+      (access(clients, F_OK) == 0 && access(clients, R_OK | X_OK) == -1)) {
+    fprintf(stderr,
+            "tabula-fuse: cannot read the state directory %s: %s (the view needs the "
+            "daemon's user or root)\n",
+            c->state_dir, strerror(errno));
+    return -1;
+  }
+  struct nbd_handle *h = nbd_create();
+  if (!h)
+    return 0;
+  int r = 0;
+  if (nbd_set_opt_mode(h, true) == -1 || nbd_connect_unix(h, sock) == -1) {
+    int e = nbd_get_errno();
+    if (e == EACCES || e == EPERM) {
+      fprintf(stderr,
+              "tabula-fuse: cannot connect to nbdkit at %s: %s (the view is an admin peer: "
+              "run it as a uid in admin.uids)\n",
+              sock, strerror(e));
+      r = -1;
+    } else {
+      fprintf(stderr,
+              "tabula-fuse: warning: nbdkit does not answer at %s (%s): disks read EIO until "
+              "tabula-restored serves\n",
+              sock, nbd_get_error());
+    }
+  } else {
+    nbd_opt_abort(h);
+  }
+  nbd_close(h);
+  return r;
+}
+
 static int run(struct fuse_args *args)
 {
   struct fuse_cmdline_opts o;
@@ -1430,6 +1496,18 @@ static int run(struct fuse_args *args)
     return 1;
   if (!o.mountpoint) {
     fprintf(stderr, "tabula-fuse: no mount point (tabula-fuse --help)\n");
+    return 1;
+  }
+  if (already_mounted(o.mountpoint)) {
+    fprintf(stderr,
+            "tabula-fuse: a tabula view is already mounted on %s (fusermount3 -u %s "
+            "first)\n",
+            o.mountpoint, o.mountpoint);
+    free(o.mountpoint);
+    return 1;
+  }
+  if (cfg && check_local_access(cfg, nbd_socket) == -1) {
+    free(o.mountpoint);
     return 1;
   }
   int r = 2;
