@@ -1,0 +1,89 @@
+#!/bin/sh
+# A session is a boot over iSCSI too: a real guest booted by QEMU's iSCSI
+# driver from a rollback client's target keeps its session when its
+# connection drops.  While the guest is paused between two writes,
+# tabula-iscsid is killed with -9 (the daemon restarts it on the same port,
+# which it keeps bound); libiscsi logs in again and the guest continues:
+# nothing is rolled back, no write is lost, one session (session-resume by
+# the new target process).  Then the daemon itself restarts under the guest.
+# The next boot, after the grace, is clean.
+. "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
+. "$abs_top_srcdir/tests/daemon-functions.sh"
+. "$abs_top_srcdir/tests/iscsi-functions.sh"
+tb_setup
+. "$abs_top_srcdir/tests/guest-functions.sh"
+ls /usr/lib/*/qemu/block-iscsi.so >/dev/null 2>&1 ||
+  tb_skip "QEMU has no iSCSI driver (apt-get install qemu-block-extra)"
+
+T=$TB_TMP
+P=$(tb_free_port)
+mkdir -p "$T/root/etc"
+echo "the master's motd" >"$T/root/etc/motd"
+tg_master "$T/master.img" "$T/root"
+state=$T/state
+appliance_config()
+{
+  TB_RECONNECT_GRACE=$1 td_config "$T/tabula.json" "$state" '{
+      "pc01": { "image": "demo", "policy": "rollback", "keep_sessions": 2 }
+    }' "\"listen\": { \"iscsi\": \"127.0.0.1:$P\" }, \"iscsi\": { \"program\": \"$TB_ISCSID\" }"
+}
+appliance_config 60s
+TD_CONF=$T/tabula.json
+tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
+td_start "$T/tabula.json"
+td_wait '.iscsi.state == "running"' "tabula-iscsid must be running"
+
+tg_qemu()
+{
+  timeout -k 5 "$TG_TIMEOUT" qemu-system-x86_64 -accel tcg -m 256 -nographic -no-reboot -nic none \
+    -pidfile "$TB_TMP/guest-$1.bgpid" \
+    -kernel "$TG_BOOT/vmlinuz" -initrd "$TG_BOOT/initramfs.cpio.gz" \
+    -append "console=ttyS0 root=/dev/vda panic=-1 quiet tabula.do=$4" \
+    -iscsi "initiator-name=iqn.2024-01.lan.tabula.test:qemu-$3" \
+    -drive "file=iscsi://127.0.0.1:$P/$TB_ISCSI_PREFIX:$3/0,format=raw,if=virtio,cache=none"
+}
+
+# continue_to_pause TAG N: let the paused guest go on to its Nth pause.
+continue_to_pause()
+{
+  timeout 10 sh -c 'echo go >"$1"' sh "$T/$1.fifo" || tb_fail "guest $1 is gone"
+  _i=0
+  until [ "$(grep -c '^tabula-paused' "$T/guest-$1.log" 2>/dev/null)" -ge "$2" ]; do
+    [ ! -f "$T/$1.status" ] || tb_fail "guest $1 stopped: $(tail -n 5 "$T/guest-$1.log")"
+    _i=$((_i + 1))
+    [ $_i -lt $((TG_TIMEOUT * 10)) ] || tb_fail "guest $1 did not reach pause $2"
+    sleep 0.1
+  done
+}
+
+echo "== the guest writes, tabula-iscsid is killed with -9 under it"
+tg_boot_paused run "" pc01 \
+  "write:/home/one.txt:before,sync,pause:300,write:/home/two.txt:after-kill,sync,pause:300,write:/home/three.txt:after-restart,sync,list:/home"
+old=$(tctl --json status | jq -r .iscsi.pid)
+kill -9 "$old"
+td_wait ".iscsi.state == \"running\" and .iscsi.pid != $old" "tabula-iscsid must be restarted"
+continue_to_pause run 2
+tb_event "$state" '.type == "session-resume" and .client == "pc01" and .session == 1' \
+  "the restarted tabula-iscsid must resume session 1"
+
+echo "== the daemon restarts under the guest"
+td_stop
+td_start "$T/tabula.json"
+td_wait '.iscsi.state == "running"' "tabula-iscsid must be running again"
+tg_resume run
+grep -q "/home/one.txt$" "$T/run.files" || tb_fail "the write before the kill is lost: $(cat "$T/run.files")"
+grep -q "/home/two.txt$" "$T/run.files" || tb_fail "the write after the kill is lost: $(cat "$T/run.files")"
+grep -q "/home/three.txt$" "$T/run.files" || tb_fail "the write after the restart is lost: $(cat "$T/run.files")"
+[ "$(tb_count_events rollback pc01 "$state")" = 0 ] || tb_fail "a reconnect rolled pc01 back"
+[ "$(tb_count_events session-start pc01 "$state")" = 1 ] || tb_fail "a reconnect started a new session"
+
+echo "== the next boot (after the grace) is clean"
+td_stop
+appliance_config 0s
+td_start "$T/tabula.json"
+td_wait '.iscsi.state == "running"' "tabula-iscsid must be running"
+tg_boot next "" pc01 "write:/tmp/x:1,list:/home"
+grep -q "/home/one.txt$" "$T/next.files" && tb_fail "the next boot of a rollback client is not clean"
+td_stop
+tb_check_logs
+echo PASS
