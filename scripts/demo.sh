@@ -14,24 +14,37 @@
 #                                from an appliance in a network namespace
 #                                (scripts/lab.sh; root, QEMU under TCG)
 #   ./scripts/demo.sh --reset    forget the demo state first
+#   ./scripts/demo.sh --port N   NBD over TCP on 127.0.0.1:N (default 10809)
+#
+# A checkout that was also configured in the source tree (./configure run
+# there, as in README's Deployment) cannot build in build-demo: the demo then
+# builds and runs in the source tree itself.
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
 
 guest=no
 lab=
 prev=
+port=
 for arg in "$@"; do
   if [ "$prev" = --lab ]; then
     lab=$arg
     prev=
     continue
   fi
+  if [ "$prev" = --port ]; then
+    port=$arg
+    prev=
+    continue
+  fi
   case $arg in
   --guest) guest=yes ;;
   --lab) prev=--lab ;;
+  --port) prev=--port ;;
+  --port=*) port=${arg#--port=} ;;
   --reset) rm -rf "$TB_TOP/demo" ;;
   -h | --help)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set /{/^set /!p}' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -45,11 +58,24 @@ if [ "$prev" = --lab ] || { [ -n "$lab" ] && ! [ "$lab" -ge 1 ] 2>/dev/null; }; 
   echo "demo.sh: --lab needs a number of PCs (try --help)" >&2
   exit 2
 fi
+if [ "$prev" = --port ] || { [ -n "$port" ] && ! { [ "$port" -ge 1 ] && [ "$port" -le 65535 ]; } 2>/dev/null; }; then
+  echo "demo.sh: --port needs a TCP port from 1 to 65535 (try --help)" >&2
+  exit 2
+fi
 tb_install_packages
 tb_install_guest_packages
 build=$TB_TOP/build-demo
-echo "building in $build ..."
-tb_build "$build" --enable-werror
+if [ -f "$TB_TOP/config.status" ]; then
+  # configured in-tree: a second build directory is refused by configure
+  # ("source directory already configured"), so the in-tree build serves.
+  build=$TB_TOP
+  echo "this checkout is configured in its source tree: building there (make distclean in"
+  echo "$TB_TOP lets the demo build in build-demo instead) ..."
+  make -C "$build" -j2 --quiet
+else
+  echo "building in $build ..."
+  tb_build "$build" --enable-werror
+fi
 [ -z "$lab" ] || exec "$TB_TOP/scripts/lab.sh" "$lab" --build "$build"
 
 demo=$TB_TOP/demo
@@ -61,8 +87,12 @@ ctl() { "$build/restored/tabulactl" -c "$cfg" "$@"; }
 
 if [ ! -f "$cfg" ]; then
   sed -e "s|@DEMO@|$demo|g" -e "s|@PLUGIN@|$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so|g" \
-    "$TB_TOP/conf/demo.json.in" >"$cfg"
+    -e "s|@PORT@|${port:-10809}|g" "$TB_TOP/conf/demo.json.in" >"$cfg"
+elif [ -n "$port" ]; then # the demo's configuration from an earlier run, on another port
+  sed -i -e "s|\"tcp\": \"127\.0\.0\.1:[0-9]*\"|\"tcp\": \"127.0.0.1:$port\"|" "$cfg"
 fi
+port=$(sed -n 's|.*"tcp": "127\.0\.0\.1:\([0-9]*\)".*|\1|p' "$cfg")
+port=${port:-10809}
 
 if [ ! -f "$state/images/demo/1.json" ]; then
   echo "creating the demo master image (ext4, 512 MiB, sparse) ..."
@@ -113,7 +143,7 @@ cat <<GUIDE
 
 tabula demo is running.   state: $state   log: $demo/restored.log
 
-  NBD on unix socket $demo/nbd.sock and on 127.0.0.1:10809
+  NBD on unix socket $demo/nbd.sock and on 127.0.0.1:$port
   clients: pc01 (rollback: every session starts clean), vm01 (persist)
 
 Look at a client's disk over NBD:
@@ -124,10 +154,10 @@ Look at a client's disk over NBD:
 
 Boot a VM from it (QEMU, no KVM needed):
   qemu-system-x86_64 -accel tcg -m 512 -nographic \\
-    -drive file=nbd:127.0.0.1:10809:exportname=vm01,format=raw,if=virtio ...
+    -drive file=nbd:127.0.0.1:$port:exportname=vm01,format=raw,if=virtio ...
   ./scripts/demo.sh --guest does it with a small Linux guest.
 A PC boots it over PXE with a Linux kernel whose initramfs has nbdroot
-(root=/dev/nbd0 nbdroot=APPLIANCE:10809/pc01); see README.md, "Deployment".
+(root=/dev/nbd0 nbdroot=APPLIANCE:$port/pc01); see README.md, "Deployment".
 
 The read-only view (tabula-fuse):
   ls $view/clients/vm01/fs/        cat $view/clients/vm01/changes.txt
