@@ -223,7 +223,6 @@ void watchdog_refs(const char *state, const char *id, const struct watchdog_refs
 
 /* webhooks.c */
 void webhooks_configure(const struct tb_config *cfg);
-void webhooks_post(const char *type, const char *body);
 json_t *webhooks_status(void);
 void webhooks_shutdown(void);
 
