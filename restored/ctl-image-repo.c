@@ -21,6 +21,7 @@
 #include "ctl-image-repo.h"
 #include "repo.h"
 #include "store.h"
+#include "watchdog.h"
 
 static void human_size(uint64_t n, char out[32])
 {
@@ -209,15 +210,23 @@ static void bar_draw(void *ctx, const struct tb_repo_progress *p)
   for (int i = 0; i < 30; i++)
     fill[i] = i < w ? '#' : '.';
   fill[30] = '\0';
-  char done[32], total[32], rate[32] = "";
+  char done[32], total[32], rate[32] = "", eta[48] = "";
   human_size(p->done, done);
   human_size(p->total, total);
   if (now > b->start_ms + 500) {
-    human_size(p->done * 1000 / (uint64_t)(now - b->start_ms), rate);
+    uint64_t per_s = p->done * 1000 / (uint64_t)(now - b->start_ms);
+    human_size(per_s, rate);
     strcat(rate, "/s");
+    if (per_s > 0 && p->done < p->total) { /* the phase's remaining time at its rate so far */
+      uint64_t left = (p->total - p->done + per_s / 2) / per_s;
+      if (left >= 3600)
+        snprintf(eta, sizeof eta, " ETA %" PRIu64 "h%02" PRIu64 "m", left / 3600, left / 60 % 60);
+      else
+        snprintf(eta, sizeof eta, " ETA %" PRIu64 "m%02" PRIu64 "s", left / 60, left % 60);
+    }
   }
-  fprintf(stderr, "\r\033[K%-12s [%s] %3d%% %s / %s %s", phase_name(p->phase), fill, pct, done,
-          total, rate);
+  fprintf(stderr, "\r\033[K%-12s [%s] %3d%% %s / %s %s%s", phase_name(p->phase), fill, pct, done,
+          total, rate, eta);
   fflush(stderr);
   b->drawn = true;
 }
@@ -414,5 +423,20 @@ int ctl_image_pull(int argc, char **argv, const struct tb_config *cfg)
     return 1;
   }
   print_pull_result(image, o.url, &r, json);
+  /* The configured clients that follow IMAGE's newest version, checked
+   * against the pulled one: one that cannot be served is named, with the
+   * rule and the way back. */
+  for (size_t i = 0; !r.already_present && i < cfg->n_clients; i++) {
+    const struct tb_client_conf *cl = &cfg->clients[i];
+    if (strcmp(cl->image, image) != 0 || cl->version ||
+        tb_client_check_version(cfg, cl, image, r.local_version) == 0)
+      continue;
+    fprintf(stderr, "tabulactl: warning: %s (%s is refused on %s@%" PRIu32, tb_errmsg(), cl->id,
+            image, r.local_version);
+    if (r.local_version > 1)
+      fprintf(stderr, "; to go back: tabulactl image promote %s@%" PRIu32, image,
+              r.local_version - 1);
+    fprintf(stderr, ")\n");
+  }
   return 0;
 }
