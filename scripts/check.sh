@@ -5,6 +5,7 @@
 #
 #   ./scripts/check.sh            everything
 #   TESTS='unit-conf' ./scripts/check.sh   a subset (any make check variable)
+#   TB_DISTCHECK=0 ./scripts/check.sh       without make distcheck at the end
 set -euo pipefail
 . "$(dirname "$0")/setup.sh"
 
@@ -25,5 +26,16 @@ fi
 if [ "${total:-0}" -eq 0 ]; then
   echo "check.sh: no test ran" >&2
   exit 1
+fi
+# The release tarball: it builds from scratch (-Werror, no sanitizers),
+# installs and uninstalls under its own prefix and passes the unit tests
+# (Makefile.am: distcheck-unit).  TB_DISTCHECK=0 skips it.
+if [ "${TB_DISTCHECK:-1}" != 0 ]; then
+  make -C "$build" distcheck-unit >"$build/distcheck.log" 2>&1 || {
+    tail -n 30 "$build/distcheck.log"
+    echo "check.sh: make distcheck failed (log: $build/distcheck.log)" >&2
+    status=1
+  }
+  grep -E "^=+$|archives ready|is ready for distribution" "$build/distcheck.log" | tail -n 3 || true
 fi
 exit $status
