@@ -310,6 +310,18 @@ static int locate(struct worker *w)
   return rc;
 }
 
+/* Has F (a rotated generation) not changed for a second? */
+static bool settled(int f)
+{
+  struct stat st;
+  struct timespec now;
+  if (fstat(f, &st) == -1 || clock_gettime(CLOCK_REALTIME, &now) == -1)
+    return true;
+  int64_t age_ms = ((int64_t)now.tv_sec - st.st_mtim.tv_sec) * 1000 +
+                   ((int64_t)now.tv_nsec - st.st_mtim.tv_nsec) / 1000000;
+  return age_ms >= 1000;
+}
+
 /* At the end of what the current generation holds: move on if it is no
  * longer the live file.  Returns true if there is something new to read. */
 static bool next_generation(struct worker *w)
@@ -336,6 +348,9 @@ static bool next_generation(struct worker *w)
         moved = open_generation(w, live, 0) == 0;
       }
     }
+  } else if (n && !settled(w->fd)) {
+    /* Ours was just rotated: a writer that opened it before the rename may
+     * still append its line (lib/events.c); look again at the next wake. */
   } else if (n) {
     /* Ours was rotated (renamed, or it is a copy): go on with the next newer
      * generation. */
