@@ -4,7 +4,10 @@
 #  - every socket the shipped conf/tabula.json puts under /run lies in a
 #    directory the unit creates (RuntimeDirectory=): without it the daemon
 #    exited with "cannot listen on /run/tabula/control.sock";
-#  - the shipped configuration loads.
+#  - the shipped configuration loads;
+#  - make install (DESTDIR) puts tabulactl in bin (a user command),
+#    tabula-restored in sbin where the unit's ExecStart points, the unit,
+#    README.md in docdir and tabula.json(5).
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 tb_setup
 tb_require systemd-analyze jq
@@ -37,3 +40,28 @@ done
 cp "$conf" "$TB_TMP/tabula.json"
 "$abs_top_builddir/restored/tabulactl" -c "$TB_TMP/tabula.json" --state "$TB_TMP/state" image list \
   >"$TB_TMP/list.out" 2>&1 || tb_fail "the shipped configuration: $(cat "$TB_TMP/list.out")"
+
+echo "== make install DESTDIR"
+dest=$TB_TMP/root
+make -C "$abs_top_builddir" install DESTDIR="$dest" >"$TB_TMP/install.log" 2>&1 ||
+  tb_fail "make install: $(tail -n 5 "$TB_TMP/install.log")"
+var() { sed -n "s|^$1 = ||p" "$abs_top_builddir/Makefile" | head -1; }
+prefix=$(var prefix)
+expand() { echo "$1" | sed -e "s|\${exec_prefix}|$prefix|" -e "s|\${prefix}|$prefix|" \
+  -e "s|\${datarootdir}|$prefix/share|" -e "s|\${PACKAGE_TARNAME}|tabula|" \
+  -e "s|\${PACKAGE}|tabula|"; }
+bindir=$(expand "$(var bindir)")
+sbindir=$(expand "$(var sbindir)")
+docdir=$(expand "$(expand "$(var docdir)")")
+mandir=$(expand "$(expand "$(var mandir)")")
+unitdir=$(expand "$(var systemdsystemunitdir)")
+for f in "$bindir/tabulactl" "$sbindir/tabula-restored" "$docdir/README.md" \
+  "$mandir/man5/tabula.json.5" "$unitdir/tabula-restored.service"; do
+  [ -e "$dest$f" ] || tb_fail "make install did not install $f: $(find "$dest" -type f | head -n 30)"
+  echo "ok: installed $f"
+done
+[ ! -e "$dest$sbindir/tabulactl" ] || tb_fail "tabulactl is installed in sbin, not in a user's PATH"
+grep -q "^ExecStart=$sbindir/tabula-restored " "$dest$unitdir/tabula-restored.service" ||
+  tb_fail "the installed unit's ExecStart: $(grep ExecStart "$dest$unitdir/tabula-restored.service")"
+grep -q '^RuntimeDirectory=tabula$' "$dest$unitdir/tabula-restored.service" ||
+  tb_fail "the installed unit creates no /run/tabula"
