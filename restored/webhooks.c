@@ -32,7 +32,8 @@
  *
  * A reload replaces the set of workers; old workers are told to stop, finish
  * the request in flight (bounded by its timeout), save their position and free
- * themselves; a new worker for the same URL starts where the old one stopped.
+ * themselves; a new worker for the same URL waits for that, then starts where
+ * the old one stopped.
  */
 #include <config.h>
 
@@ -85,8 +86,10 @@ struct worker {
   bool pos_error; /* the position file could not be written (logged once) */
   /* counters (under lock) */
   uint64_t sent, failed, dropped, retried, gaps;
-  bool busy; /* an event is being delivered or waits for a retry */
-  bool idle; /* at the end of the journal */
+  bool busy;                /* an event is being delivered or waits for a retry */
+  bool idle;                /* at the end of the journal */
+  struct worker *next_live; /* every thread still running (under totals_lock) */
+  bool retired;             /* told to stop (under totals_lock) */
   char last_error[256];
 };
 
@@ -95,6 +98,7 @@ static size_t n_workers;
 /* Counters of retired workers, so totals survive a reload; live threads. */
 static uint64_t old_sent, old_failed, old_dropped;
 static size_t running;
+static struct worker *threads; /* running threads, new and retired */
 static pthread_mutex_t totals_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t totals_cond = PTHREAD_COND_INITIALIZER;
 
@@ -511,6 +515,11 @@ static void worker_free(struct worker *w)
   old_failed += w->failed;
   old_dropped += w->dropped;
   running--;
+  for (struct worker **p = &threads; *p; p = &(*p)->next_live)
+    if (*p == w) {
+      *p = w->next_live;
+      break;
+    }
   pthread_cond_broadcast(&totals_cond);
   pthread_mutex_unlock(&totals_lock);
   if (w->fd != -1)
@@ -524,9 +533,25 @@ static void worker_free(struct worker *w)
   free(w);
 }
 
+/* Is another thread (a retired worker of the same URL, after a reload) still
+ * using W's position file?  Under totals_lock. */
+static bool position_taken(const struct worker *w)
+{
+  for (const struct worker *o = threads; o; o = o->next_live)
+    if (o != w && strcmp(o->pos_path, w->pos_path) == 0)
+      return true;
+  return false;
+}
+
 static void *worker_main(void *arg)
 {
   struct worker *w = arg;
+  /* After a reload, start where the retired worker stops: once it has
+   * finished its request in flight and saved its position. */
+  pthread_mutex_lock(&totals_lock);
+  while (position_taken(w) && !w->retired)
+    pthread_cond_wait(&totals_cond, &totals_lock);
+  pthread_mutex_unlock(&totals_lock);
   load_position(w);
   while (!stopping(w)) {
     if (w->fd == -1 && locate(w) == -1) {
@@ -575,6 +600,11 @@ static void stop_all(void)
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->lock);
   }
+  pthread_mutex_lock(&totals_lock);
+  for (size_t i = 0; i < n_workers; i++)
+    workers[i]->retired = true;
+  pthread_cond_broadcast(&totals_cond);
+  pthread_mutex_unlock(&totals_lock);
   free(workers);
   workers = NULL;
   n_workers = 0;
@@ -632,6 +662,8 @@ void webhooks_configure(const struct tb_config *cfg)
     pthread_cond_init(&w->cond, NULL);
     pthread_mutex_lock(&totals_lock);
     running++;
+    w->next_live = threads;
+    threads = w;
     pthread_mutex_unlock(&totals_lock);
     pthread_t t;
     if (pthread_create(&t, NULL, worker_main, w) != 0) {

@@ -5,6 +5,7 @@
 #    does), then resumes: every event arrives, once, in order;
 #  - the receiver gone, the daemon restarted, 50 more events and two more
 #    rotations (one while the daemon is down): all 300 arrive exactly once;
+#  - a reload while a delivery is stalled: still once each;
 #  - behind by more generations than are kept: the events of the generation
 #    rotated out are lost and a webhook-gap event says how many.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
@@ -145,25 +146,37 @@ tctl --json status | jq -e '.webhooks.dropped == 0' >/dev/null ||
   tb_fail "nothing may be counted as dropped: $(tctl --json status | jq -c .webhooks)"
 grep -q '"type": "webhook-gap"' "$got" && tb_fail "no gap expected: $(grep webhook-gap "$got")"
 
+echo "== a reload while a delivery is stalled: the new thread starts where the old one stops"
+touch "$TB_TMP/stall"
+emit 301 305 "$pad"
+sleep 0.5
+tctl reload >/dev/null || tb_fail "reload"
+emit 306 310 "$pad"
+sleep 0.5
+rm -f "$TB_TMP/stall"
+wait_got 310 "after the reload"
+sleep 1
+check_got 1 310 '[]' "across a reload, every event once and in order"
+
 echo "== behind by more generations than are kept: a webhook-gap event with the count"
 touch "$TB_TMP/stall"
-emit 301 310 "$pad"
+emit 311 320 "$pad"
 for r in 1 2 3 4 5 6 7; do
   sleep 0.5 # the tailer (every 0.2 s) sees each generation
   rotate rename
-  emit $((300 + r * 10 + 1)) $((300 + r * 10 + 10)) "$pad"
+  emit $((310 + r * 10 + 1)) $((310 + r * 10 + 10)) "$pad"
 done
-sleep 0.5
+sleep 1.5 # the last rotated generation settles
 rm -f "$TB_TMP/stall"
-# 301..310 (the generation being read), 311..320 rotated out, 321..380 kept.
-wait_got 370 "after the gap"
+# 311..320 (the generation being read), 321..330 rotated out, 331..390 kept.
+wait_got 380 "after the gap"
 i=0
 until grep -q '"type": "webhook-gap"' "$got"; do
   i=$((i + 1)); [ $i -lt 100 ] || tb_fail "no webhook-gap event: $(tail -n 5 "$TB_TMP/daemon.log")"
   sleep 0.1
 done
 sleep 1
-check_got 1 380 "[$(seq -s, 311 320)]" "after the gap"
+check_got 1 390 "[$(seq -s, 321 330)]" "after the gap"
 jq -se '[.[] | select(.type == "webhook-gap")] | length == 1 and .[0].lost == 10' "$got" >/dev/null ||
   tb_fail "the gap event must count the 10 lost events: $(grep webhook-gap "$got")"
 tctl --json status | jq -e '.webhooks.dropped == 10' >/dev/null ||
