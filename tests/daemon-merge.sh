@@ -119,6 +119,9 @@ for delay in 0.05 0.3 0.8 1.5; do
     [ -f "${img%.img}.json" ] || tb_fail "$img without a manifest after restart"
   done
   echo "delay $delay: versions $before -> $after"
+  # Interrupted at any point, a merge leaves no new version or one complete one.
+  [ "$after" -ge "$before" ] && [ "$after" -le $((before + 1)) ] ||
+    tb_fail "delay $delay: versions $before -> $after (a killed merge adds none or one)"
   # vm02 is usable whatever happened
   io -e vm02 read:0:4096:8 >/dev/null 2>&1 || io -e vm02 read:0:4096:3 >/dev/null 2>&1 ||
     tb_fail "vm02 unusable after a killed merge"

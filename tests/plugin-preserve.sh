@@ -43,6 +43,8 @@ jq -e 'select(.type == "session-start")' "$state/events.jsonl" | jq -s -e 'last 
   >/dev/null || tb_fail "the session after the new version must run on demo@2"
 tb_io s -e pc01 read:$p2:65536:6 read:$lba:$((1024 * S)):7 ||
   tb_fail "preserved ranges must survive the move to demo@2"
-tb_io s -e pc01@live read:$((p1 + 4096)):4096:0 >/dev/null 2>&1 || true
+echo "== the admin view of the live disk shows the preserved ranges too"
+tb_io s -e pc01@live read:$p2:65536:6 read:$((p2 + 4096)):4096:6 read:$lba:$((1024 * S)):7 ||
+  tb_fail "pc01@live must show the preserved ranges of the running session"
 tb_stop s
 tb_check_logs

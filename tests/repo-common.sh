@@ -13,10 +13,20 @@
 #   repo_make_image FILE CHUNKS SEED       CHUNKS x 4 MiB of random data (+ a short tail)
 #   repo_change_chunks FILE SEED I...      overwrite part of chunks I... with new data
 #   ctl STATE ARGS...                      tabulactl -c STATE.json ARGS (config written on first use)
+#   repo_setup CHUNKS SEED [SEED2 I...]    the tests' common start: $pub (the publishing store),
+#                                          $app (the pulling one, empty), $www (the repository);
+#                                          $TB_TMP/v1.img (repo_make_image) imported as demo@1
+#                                          into $pub; with SEED2, v2.img is v1.img with chunks
+#                                          I... changed (repo_change_chunks), imported as demo@2
+#   repo_serve                             repo_nginx_start, then $url is repo_url
 #   store_snapshot STATE                   what the store holds (names, sizes, manifests)
 
 REPO_PORT=
 REPO_CHUNK=4194304
+pub=$TB_TMP/pub
+app=$TB_TMP/app
+www=$TB_TMP/www
+url=
 TB_CTL=$abs_top_builddir/restored/tabulactl
 
 command -v nginx >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin
@@ -182,4 +192,21 @@ expect_fail()
     tb_fail "$_what: sanitizer error: $(cat "$TB_TMP/err")"
   fi
   echo "ok: $_what: $(head -c 300 "$TB_TMP/err")"
+}
+
+repo_setup()
+{
+  repo_make_image "$TB_TMP/v1.img" "$1" "$2"
+  tb_import "$pub" demo "$TB_TMP/v1.img"
+  shift 2
+  [ $# -gt 0 ] || return 0
+  cp "$TB_TMP/v1.img" "$TB_TMP/v2.img"
+  repo_change_chunks "$TB_TMP/v2.img" "$@"
+  tb_import "$pub" demo "$TB_TMP/v2.img"
+}
+
+repo_serve()
+{
+  repo_nginx_start
+  url=$(repo_url)
 }

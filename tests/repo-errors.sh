@@ -8,19 +8,10 @@
 tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
 
-pub=$TB_TMP/pub
-app=$TB_TMP/app
-www=$TB_TMP/www
-
-repo_make_image "$TB_TMP/v1.img" 8 11
-cp "$TB_TMP/v1.img" "$TB_TMP/v2.img"
-repo_change_chunks "$TB_TMP/v2.img" 12 2 5
-tb_import "$pub" demo "$TB_TMP/v1.img"
-tb_import "$pub" demo "$TB_TMP/v2.img"
+repo_setup 8 11 12 2 5
 ctl "$pub" image publish demo@1 "$www" >/dev/null || tb_fail "publish demo@1"
 ctl "$pub" image publish demo@2 "$www/corrupt" >/dev/null || tb_fail "publish demo@2"
-repo_nginx_start
-url=$(repo_url)
+repo_serve
 
 # The appliance starts with demo@1.
 ctl "$app" image pull demo --from "$url" >/dev/null || tb_fail "pull demo@1"

@@ -8,12 +8,9 @@ tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
 tb_require openssl
 
-pub=$TB_TMP/pub
-www=$TB_TMP/www
 log=$TB_TMP/nginx/logs/access.log
 
-repo_make_image "$TB_TMP/v1.img" 2 31
-tb_import "$pub" demo "$TB_TMP/v1.img"
+repo_setup 2 31
 ctl "$pub" image publish demo "$www" >/dev/null || tb_fail "publish"
 ctl "$pub" image publish demo "$www/bucket/images" >/dev/null || tb_fail "publish to bucket"
 

@@ -7,16 +7,8 @@
 tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
 
-pub=$TB_TMP/pub
-app=$TB_TMP/app
-www=$TB_TMP/www
-
 # The publishing appliance: demo@1, and demo@2 with 2 of 40 chunks (5%) changed.
-repo_make_image "$TB_TMP/v1.img" 40 1
-cp "$TB_TMP/v1.img" "$TB_TMP/v2.img"
-repo_change_chunks "$TB_TMP/v2.img" 2 7 31
-tb_import "$pub" demo "$TB_TMP/v1.img"
-tb_import "$pub" demo "$TB_TMP/v2.img"
+repo_setup 40 1 2 7 31
 size=$(stat -c %s "$TB_TMP/v1.img")
 
 ctl "$pub" image publish demo@1 "$www" >"$TB_TMP/out" || tb_fail "publish demo@1 failed"
@@ -35,8 +27,7 @@ assert v["chunk_size"] == 4194304 and len(v["chunks"]) == 41, v
 # Publishing the same version again changes nothing.
 ctl "$pub" image publish demo@1 "$www" >/dev/null || tb_fail "re-publish demo@1 failed"
 
-repo_nginx_start
-url=$(repo_url)
+repo_serve
 
 # A first pull downloads the whole image.
 ctl "$app" image pull demo --from "$url" --json >"$TB_TMP/pull1" || tb_fail "first pull failed"

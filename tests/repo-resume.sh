@@ -7,16 +7,10 @@
 tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
 
-pub=$TB_TMP/pub
-app=$TB_TMP/app
-www=$TB_TMP/www
-
-repo_make_image "$TB_TMP/v1.img" 40 21
+repo_setup 40 21
 size=$(stat -c %s "$TB_TMP/v1.img")
-tb_import "$pub" demo "$TB_TMP/v1.img"
 ctl "$pub" image publish demo "$www" >/dev/null || tb_fail "publish"
-repo_nginx_start
-url=$(repo_url)
+repo_serve
 
 # verified_chunks: how many chunks the pull in progress has recorded as verified.
 verified_chunks()

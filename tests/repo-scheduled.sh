@@ -11,16 +11,9 @@ tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
 . "$abs_top_srcdir/tests/daemon-functions.sh"
 
-pub=$TB_TMP/pub
-www=$TB_TMP/www
-repo_make_image "$TB_TMP/v1.img" 8 1
-cp "$TB_TMP/v1.img" "$TB_TMP/v2.img"
-repo_change_chunks "$TB_TMP/v2.img" 2 3
-tb_import "$pub" demo "$TB_TMP/v1.img"
-tb_import "$pub" demo "$TB_TMP/v2.img"
+repo_setup 8 1 2 3
 ctl "$pub" image publish demo@1 "$www" >/dev/null || tb_fail "publish demo@1"
-repo_nginx_start "$www"
-url=$(repo_url)
+repo_serve
 
 for mode in hold current; do
   echo "== scheduled pull, make_current: $([ $mode = current ] && echo true || echo false)"
