@@ -21,6 +21,7 @@
  */
 #include <config.h>
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 #include "repo.h"
 #include "schedule.h"
 #include "store.h"
+#include "watchdog.h"
 
 struct pull_sched {
   bool has;
@@ -143,6 +145,28 @@ static void hold_clients(const struct tb_config *cfg, size_t i)
   }
 }
 
+/* After a pull: each client that follows an image of source I checked
+ * against the version its next session gets (a pulled version whose
+ * partition table lacks a client's preserved or protected partition): one
+ * that cannot be served is a warning and a client-unservable event naming
+ * the rule, the version and the way back. */
+static void check_clients(const struct tb_config *cfg, size_t i)
+{
+  for (size_t k = 0; k < cfg->n_clients; k++) {
+    const struct tb_client_conf *c = &cfg->clients[k];
+    if (c->version || !source_has_image(cfg->pull, i, c->image) || tb_client_check(cfg, c) == 0)
+      continue;
+    char why[1024];
+    uint32_t newest = tb_store_latest(cfg->state_dir, c->image);
+    snprintf(why, sizeof why, "%s", tb_errmsg());
+    log_msg("warning: after the scheduled pull, client %s is refused: %s (to go back: tabulactl "
+            "image promote %s@%" PRIu32 ")",
+            c->id, why, c->image, newest > 1 ? newest - 1 : 1);
+    tb_eventf(cfg->state_dir, "client-unservable", c->id, "{s:s, s:s}", "error", why, "after",
+              "scheduled pull");
+  }
+}
+
 struct run {
   struct tb_config *cfg;
   size_t index;
@@ -158,6 +182,7 @@ static void *run_source(void *arg)
   if (failed != 0)
     log_msg("scheduled pull (source %zu): %s", r->index,
             failed < 0 ? tb_errmsg() : "some images failed (see the events)");
+  check_clients(r->cfg, r->index);
   tb_eventf(r->cfg->state_dir, "pull-scheduled-done", NULL, "{s:I, s:i}", "source",
             (json_int_t)r->index, "failed", failed);
   /* The turn is marked done only now: a pull cut by a daemon kill is due
