@@ -3,6 +3,9 @@
 # client's export is exposed as a file by nbdfuse and written by debugfs, so
 # the guest's ext4 changes exactly as a guest's writes would change it.
 #
+#   tw_setup CLIENTS-JSON [EXTRA]   the tests' common start: $T ($TB_TMP), $state; the
+#                                   tw_master image as demo@1, $T/tabula.json (td_config
+#                                   with CLIENTS-JSON and EXTRA), the daemon started
 #   tw_master IMG                   a 32 MiB ext4 with /etc/hosts, /apps, /home
 #   tw_session STATE ID [CMDS]      one session of ID: debugfs -w runs CMDS
 #                                   (stdin if not given), then the session ends
@@ -12,6 +15,17 @@
 #   tw_count STATE JQ-COND          number of matching events
 
 tb_require mke2fs debugfs nbdfuse nbdcopy fusermount3
+
+T=$TB_TMP
+state=$T/state
+
+tw_setup()
+{
+  tw_master "$T/master.img"
+  tb_import "$state" demo "$T/master.img"
+  td_config "$T/tabula.json" "$state" "$@"
+  td_start "$T/tabula.json"
+}
 
 tw_master()
 {

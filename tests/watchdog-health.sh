@@ -12,17 +12,12 @@ tb_setup
 . "$abs_top_srcdir/tests/daemon-functions.sh"
 . "$abs_top_srcdir/tests/watchdog-functions.sh"
 
-T=$TB_TMP
-state=$T/state
-tw_master "$T/master.img"
-tb_import "$state" demo "$T/master.img"
-td_config "$T/tabula.json" "$state" '{
+tw_setup '{
   "pc01": { "image": "demo", "policy": "persist",
             "watchdog": { "health": { "marker": "/healthy", "volume": "whole-ext4", "strikes": 3 } } },
   "pc02": { "image": "demo",
             "watchdog": { "health": { "marker": "/healthy", "strikes": 2 } } }
 }'
-td_start "$T/tabula.json"
 echo "ok" >"$T/marker"
 
 echo "== persist: a healthy session is kept"

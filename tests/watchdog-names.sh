@@ -13,17 +13,12 @@ tb_setup
 . "$abs_top_srcdir/tests/daemon-functions.sh"
 . "$abs_top_srcdir/tests/watchdog-functions.sh"
 
-T=$TB_TMP
-state=$T/state
-tw_master "$T/master.img"
-tb_import "$state" demo "$T/master.img"
-td_config "$T/tabula.json" "$state" '{
+tw_setup '{
   "pc01": { "image": "demo", "policy": "persist",
             "watchdog": { "rules": [
               { "name": "exe-lock", "path": "/**/*.exe", "on": "created", "action": "lockdown" },
               { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "quarantine" } ] } }
 }'
-td_start "$T/tabula.json"
 
 echo "MZ" >"$T/x.exe"
 evil=$(printf 'evil\377.exe')

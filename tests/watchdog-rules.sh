@@ -13,11 +13,7 @@ tb_setup
 . "$abs_top_srcdir/tests/daemon-functions.sh"
 . "$abs_top_srcdir/tests/watchdog-functions.sh"
 
-T=$TB_TMP
-state=$T/state
-tw_master "$T/master.img"
-tb_import "$state" demo "$T/master.img"
-td_config "$T/tabula.json" "$state" '{
+tw_setup '{
   "pc01": { "image": "demo", "policy": "persist",
             "watchdog": { "rules": [
               { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "quarantine" },
@@ -30,7 +26,6 @@ td_config "$T/tabula.json" "$state" '{
             "watchdog": { "interval": "1s", "rules": [
               { "name": "notes", "path": "/home/*/notes.txt", "on": "deleted", "action": "alert" } ] } }
 }'
-td_start "$T/tabula.json"
 
 echo "== a created .exe: quarantine, the next session is clean"
 echo "MZ not really" >"$T/evil.exe"
