@@ -252,9 +252,12 @@ static void report_gap(struct worker *w, int64_t lost, const char *resumed)
   if (lost > 0)
     w->dropped += (uint64_t)lost;
   pthread_mutex_unlock(&w->lock);
-  log_msg("webhook %s: the journal was rotated past events it had not delivered (%s lost); it "
-          "resumes at %s (keep more generations with events.keep)",
-          w->url, lost >= 0 ? "some" : "an unknown number", resumed);
+  char count[32] = "an unknown number of";
+  if (lost >= 0)
+    snprintf(count, sizeof count, "%lld", (long long)lost);
+  log_msg("webhook %s: the journal was rotated past events it had not delivered (%s events "
+          "lost); it resumes at %s (keep more generations with events.keep)",
+          w->url, count, resumed);
   json_t *f = json_pack("{s:s, s:s, s:s}", "url", w->url, "resumed_at", resumed, "reason",
                         "the journal was rotated past events not yet delivered");
   json_object_set_new(f, "lost", lost >= 0 ? json_integer(lost) : json_null());
@@ -299,7 +302,8 @@ static int locate(struct worker *w)
         found = k;
     }
     uint64_t off = w->off;
-    if (found == n) {
+    bool gap = found == n;
+    if (gap) {
       found = n - 1;
       if (w->fp[0])
         report_gap(w, journal_lines_between(w->fp, g[found].fp[0] ? g[found].fp : NULL),
@@ -307,7 +311,7 @@ static int locate(struct worker *w)
       off = 0;
     }
     rc = open_generation(w, &g[found], off);
-    if (rc == 0 && off != w->off)
+    if (rc == 0 && gap)
       save_position(w);
   }
   free(g);
@@ -593,6 +597,12 @@ static void *worker_main(void *arg)
 
 static void stop_all(void)
 {
+  /* Retired first: once told to stop, a worker may free itself at once. */
+  pthread_mutex_lock(&totals_lock);
+  for (size_t i = 0; i < n_workers; i++)
+    workers[i]->retired = true;
+  pthread_cond_broadcast(&totals_cond);
+  pthread_mutex_unlock(&totals_lock);
   for (size_t i = 0; i < n_workers; i++) {
     struct worker *w = workers[i];
     pthread_mutex_lock(&w->lock);
@@ -600,11 +610,6 @@ static void stop_all(void)
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->lock);
   }
-  pthread_mutex_lock(&totals_lock);
-  for (size_t i = 0; i < n_workers; i++)
-    workers[i]->retired = true;
-  pthread_cond_broadcast(&totals_cond);
-  pthread_mutex_unlock(&totals_lock);
   free(workers);
   workers = NULL;
   n_workers = 0;
