@@ -269,11 +269,79 @@ static void list_images(const char *image, struct names *out)
 
 /* ---- sources: one NBD export and its snapshot ------------------------------------ */
 
+/* A snapshot remembers the attributes its listings gave (VOLUME index and
+ * path -> tb_istat): a stat of a listed entry (find -ls, ls -l: a kernel
+ * lookup once its 1 s cache is past) is answered here, from the very
+ * listing tb_inspect_stat would resolve it through, without a trip to the
+ * filesystem's worker thread.  It lives and dies with the snapshot, so it
+ * is never fresher or staler than the snapshot's own listings.  At most
+ * STAT_CACHE_MAX entries; past that, stats take the worker's way. */
+#define STAT_CACHE_BUCKETS 16384
+#define STAT_CACHE_MAX 262144
+struct stat_entry {
+  struct stat_entry *next;
+  int vol;
+  struct tb_istat is;
+  char path[];
+};
+
 struct snap {
   atomic_int refs;
   struct tb_inspect *ins;
   int64_t opened_ms;
+  pthread_mutex_t stat_mu;
+  struct stat_entry **stat_buckets; /* STAT_CACHE_BUCKETS, allocated at the first listing */
+  size_t stat_n;
 };
+
+static uint32_t stat_hash(int vol, const char *path)
+{
+  uint32_t h = 2166136261u ^ (uint32_t)vol;
+  for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+    h = (h ^ *p) * 16777619u;
+  return h % STAT_CACHE_BUCKETS;
+}
+
+static void stat_put(struct snap *sn, int vol, const char *dir, const char *name,
+                     const struct tb_istat *is)
+{
+  size_t dl = strlen(dir), nl = strlen(name);
+  bool slash = dl == 0 || dir[dl - 1] != '/';
+  pthread_mutex_lock(&sn->stat_mu);
+  if (!sn->stat_buckets && sn->stat_n == 0)
+    sn->stat_buckets = calloc(STAT_CACHE_BUCKETS, sizeof *sn->stat_buckets);
+  struct stat_entry *e = sn->stat_buckets && sn->stat_n < STAT_CACHE_MAX
+                             ? malloc(sizeof *e + dl + slash + nl + 1)
+                             : NULL;
+  if (e) {
+    memcpy(e->path, dir, dl);
+    if (slash)
+      e->path[dl] = '/';
+    memcpy(e->path + dl + slash, name, nl + 1);
+    e->vol = vol;
+    e->is = *is;
+    uint32_t h = stat_hash(vol, e->path);
+    e->next = sn->stat_buckets[h];
+    sn->stat_buckets[h] = e;
+    sn->stat_n++;
+  }
+  pthread_mutex_unlock(&sn->stat_mu);
+}
+
+static bool stat_get(struct snap *sn, int vol, const char *path, struct tb_istat *is)
+{
+  bool found = false;
+  pthread_mutex_lock(&sn->stat_mu);
+  if (sn->stat_buckets)
+    for (const struct stat_entry *e = sn->stat_buckets[stat_hash(vol, path)]; e && !found;
+         e = e->next)
+      if (e->vol == vol && strcmp(e->path, path) == 0) {
+        *is = e->is;
+        found = true;
+      }
+  pthread_mutex_unlock(&sn->stat_mu);
+  return found;
+}
 
 static struct snap *snap_ref(struct snap *s)
 {
@@ -285,6 +353,13 @@ static void snap_put(struct snap *s)
 {
   if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
     tb_inspect_close(s->ins);
+    for (size_t i = 0; s->stat_buckets && i < STAT_CACHE_BUCKETS; i++)
+      for (struct stat_entry *e = s->stat_buckets[i], *next; e; e = next) {
+        next = e->next;
+        free(e);
+      }
+    free(s->stat_buckets);
+    pthread_mutex_destroy(&s->stat_mu);
     free(s);
   }
 }
@@ -369,6 +444,7 @@ static struct snap *source_snap(struct source *s)
     struct snap *n = calloc(1, sizeof *n);
     if (n && (n->ins = tb_inspect_open_budget(s->disk, op_timeout_ms))) {
       atomic_init(&n->refs, 1);
+      pthread_mutex_init(&n->stat_mu, NULL);
       n->opened_ms = now;
       s->snap = n;
     } else {
@@ -986,6 +1062,7 @@ static int getattr_node(const char *path, struct stat *st)
     int vi = vol_index(sn, n.volume);
     struct tb_istat is;
     r = vi < 0                                                    ? -ENOENT
+        : stat_get(sn, vi, n.inner, &is)                          ? 0
         : tb_inspect_stat(sn->ins, (size_t)vi, n.inner, &is) == 0 ? 0
                                                                   : errno_or_eio();
     snap_put(sn);
@@ -1010,6 +1087,8 @@ struct fill_ctx {
   fuse_fill_dir_t fill;
   const struct source *source;
   int vol;
+  struct snap *snap;
+  const char *dir;
 };
 
 /* Each entry with its attributes: the kernel takes them (readdirplus) and
@@ -1020,6 +1099,7 @@ static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
   struct stat st;
   istat_to_stat(is, &st, guest_ino(fc->source, fc->vol, is->inum));
   fc->fill(fc->buf, name, &st, 0, FUSE_FILL_DIR_PLUS);
+  stat_put(fc->snap, fc->vol, fc->dir, name, is);
   return 0;
 }
 
@@ -1082,7 +1162,7 @@ static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
     if (!sn)
       return -EIO;
     int vi = vol_index(sn, n.volume);
-    struct fill_ctx fc = {buf, fill, s, vi};
+    struct fill_ctx fc = {buf, fill, s, vi, sn, n.inner};
     r = vi < 0                                                                ? -ENOENT
         : tb_inspect_readdir(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
                                                                               : errno_or_eio();
