@@ -340,7 +340,12 @@ static __attribute__((noinline)) int retire_into_sessions(const char *state, con
                     id, retained, id);
   if (rename(overlay, retained) == -1)
     return tb_error_errno("cannot rotate %s to %s", overlay, retained);
-  return tb_fsync_dir(retained);
+  /* sessions/ holds the new name, clients/ID loses the old one (OVERLAY is
+   * gone, so tb_fsync_dir syncs its directory): on a filesystem without a
+   * journal a cut would otherwise leave the overlay in both. */
+  if (tb_fsync_dir(retained) == -1 || tb_fsync_dir(overlay) == -1)
+    return -1;
+  return 0;
 }
 
 /* Delete every file in DIR without waiting for it.  Unlinking an overlay

@@ -180,6 +180,8 @@ static int quarantine_move(const char *state, const char *id, const char *src, j
     return -1;
   if (mkdir(qdir, 0700) == -1)
     return tb_error_errno("cannot create %s", qdir);
+  if (tb_fsync_dir(dir) == -1) /* quarantine/N itself survives a power cut */
+    return -1;
   json_object_set_new(note, "number", json_integer((json_int_t)*number));
   if (save_json(notep, note) == -1) {
     rmdir(qdir); /* no empty quarantine left behind */
@@ -192,7 +194,11 @@ static int quarantine_move(const char *state, const char *id, const char *src, j
     errno = saved;
     return tb_error_errno("cannot move %s to %s", src, dst);
   }
-  return tb_fsync_dir(dst);
+  /* Both directories: the new name, and the old one gone (SRC no longer
+   * exists, so tb_fsync_dir syncs its directory). */
+  if (tb_fsync_dir(dst) == -1 || tb_fsync_dir(src) == -1)
+    return -1;
+  return 0;
 }
 
 /* The retained session of ID whose file is DEV/INO, into BUF; false if none. */
@@ -487,13 +493,20 @@ static bool restore_good(const char *state, const char *id, uint64_t session)
   int lk = lock_after(state, id, session);
   if (lk < 0)
     return false;
+  /* The copy is built as overlay.restore (durable: tb_clone_file fsyncs it)
+   * and renamed into place, so a crash never leaves a partial overlay; a
+   * stale overlay.restore goes at the next turn or gc. */
+  char tmp[TB_PATH_MAX];
   bool ok = tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == 0 &&
+            tb_store_client_path(state, id, "overlay.restore", tmp, sizeof tmp) == 0 &&
             tb_client_retire(state, id, tb_client_last_session(state, id), retained,
                              sizeof retained) == 0 &&
-            tb_clone_file(good, ovl, NULL, NULL) == 0 && chmod(ovl, 0600) == 0 &&
-            tb_fsync_dir(ovl) == 0;
-  if (!ok)
+            tb_clone_file(good, tmp, NULL, NULL) == 0 && chmod(tmp, 0600) == 0 &&
+            rename(tmp, ovl) == 0 && tb_fsync_dir(ovl) == 0;
+  if (!ok) {
     log_msg("watchdog: cannot restore the last known good overlay of %s: %s", id, tb_errmsg());
+    unlink(tmp);
+  }
   tb_client_unlock(lk);
   return ok;
 }
@@ -886,6 +899,45 @@ static void *worker(void *arg)
   return NULL;
 }
 
+/* At the daemon's start, before anything moves quarantines: a numbered
+ * quarantine without its overlay is what a crash leaves of a release (the
+ * overlay went back to sessions/, its note and directory not yet removed) or
+ * of a quarantine (the note written, the overlay not yet moved in: it is still
+ * where it was).  Either way the step is finished by removing the rest, so
+ * no quarantine is ever half moved. */
+void watchdog_recover(const struct tb_config *cfg)
+{
+  for (size_t i = 0; i < cfg->n_clients; i++) {
+    const char *id = cfg->clients[i].id;
+    char dir[TB_PATH_MAX];
+    uint64_t *nums;
+    size_t n;
+    if (quarantine_dir(cfg->state_dir, id, dir, sizeof dir) == -1 ||
+        quarantine_list(cfg->state_dir, id, &nums, &n) == -1)
+      continue;
+    bool removed = false;
+    for (size_t k = 0; k < n; k++) {
+      char qdir[TB_PATH_MAX], ovl[TB_PATH_MAX], note[TB_PATH_MAX];
+      if (tb_path(qdir, sizeof qdir, "%s/%llu", dir, (unsigned long long)nums[k]) == -1 ||
+          tb_path(ovl, sizeof ovl, "%s/overlay", qdir) == -1 ||
+          tb_path(note, sizeof note, "%s/note.json", qdir) == -1 || access(ovl, F_OK) == 0)
+        continue;
+      unlink(note);
+      if (rmdir(qdir) == 0) {
+        removed = true;
+        log_msg("%s: a quarantine of %s without its overlay (a release or a quarantine cut by a "
+                "crash) is removed",
+                qdir, id);
+        tb_eventf(cfg->state_dir, "state-recovered", id, "{s:s, s:s}", "file", qdir, "problem",
+                  "quarantine without its overlay");
+      }
+    }
+    free(nums);
+    if (removed)
+      tb_fsync_dir(dir);
+  }
+}
+
 int watchdog_start(void)
 {
   if (pthread_create(&thread, NULL, worker, NULL) != 0)
@@ -1195,6 +1247,10 @@ static json_t *op_quarantine_show(struct daemon *d, json_t *req, bool release)
                          c->id, (unsigned long long)info.session);
     if (rename(ovl, dst) == -1)
       return reply_error("cannot move %s to %s: %s", ovl, dst, strerror(errno));
+    /* Durable before the mailbox asks for it: a restore of a session that a
+     * cut took back would refuse every boot of the client. */
+    if (tb_fsync_dir(dst) == -1 || tb_fsync_dir(ovl) == -1)
+      return reply_error("%s", tb_errmsg());
     if (mailbox_change(state, c->id, MB_CHANGE(.restore = (int64_t)info.session)) == -1)
       return reply_error("%s", tb_errmsg());
     snprintf(msg, sizeof msg,
@@ -1207,6 +1263,7 @@ static json_t *op_quarantine_show(struct daemon *d, json_t *req, bool release)
   if ((unlink(ovl) == -1 && errno != ENOENT) || (unlink(note) == -1 && errno != ENOENT) ||
       rmdir(qdir) == -1)
     return reply_error("cannot remove %s: %s", qdir, strerror(errno));
+  tb_fsync_dir(dir);
   tb_eventf(state, "quarantine-release", c->id, "{s:I, s:b}", "number", (json_int_t)n, "restore",
             json_is_true(json_object_get(req, "restore")));
   return reply_ok(

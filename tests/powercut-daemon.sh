@@ -3,9 +3,13 @@
 # image import, merge (and the client's move onto the merged version), image
 # publish (the repository on the same disk), gc, pull from a repository
 # served by nginx (after the cut the pull is run again: it resumes or starts
-# over, and its version verifies).  Each case runs once uncut to
+# over, and its version verifies), quarantine release --restore (the client
+# boots the quarantined session or the one it had, never refused, and no
+# quarantine is half moved).  Each case runs once uncut to
 # count its sync calls, then is cut at sync calls spread over the operation
-# (TB_POWERCUT_CUTS per case, default 5; --strict with TB_POWERCUT_STRICT=1).
+# (TB_POWERCUT_CUTS per case, default 5; --strict with TB_POWERCUT_STRICT=1;
+# TB_POWERCUT_CASES="merge pull release:strict" runs only those; release runs
+# in both modes by default).
 # After each cut: the daemon starts and tabulactl status is sane; every
 # version is absent or complete (manifest and image agree, sha256 checked,
 # no image without its manifest, no temporary left); the published
@@ -17,8 +21,8 @@ tb_setup
 . "$abs_top_srcdir/tests/repo-common.sh"
 pc_init
 cuts=$(pc_cuts 5)
-flag=
-[ "${TB_POWERCUT_STRICT:-0}" = 1 ] && flag=--strict
+base_flag=
+[ "${TB_POWERCUT_STRICT:-0}" = 1 ] && base_flag=--strict
 
 M=1048576
 tb_make_file "$TB_TMP/v1.img" $((8 * M)) 1
@@ -45,11 +49,26 @@ repo_nginx_start "$TB_TMP/www"
 url=$(repo_url)
 cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
 st=$PC_MNT/state
+# For the release case: session 2 (9 at 0) after a rollback, session 1's
+# overlay (7 at 0, 8 at 5 MiB) quarantined as number 1.
+cp -a "$TB_TMP/pristine" "$TB_TMP/pq"
+q=$TB_TMP/pq/state
+printf '{ "rollback": true }\n' >"$q/clients/vm01/mailbox.json"
+chmod 600 "$q/clients/vm01/mailbox.json"
+td_config "$TB_TMP/prep-q.json" "$q" "$clients"
+td_start "$TB_TMP/prep-q.json"
+"$TB_IO" -s "$q/nbd.sock" -e vm01 write:0:$M:9 flush || tb_fail "vm01's session 2"
+tb_wait_idle "$q" vm01
+td_stop
+mkdir -p -m 700 "$q/clients/vm01/quarantine/1"
+mv "$q/clients/vm01/sessions/1" "$q/clients/vm01/quarantine/1/overlay"
+printf '{ "number": 1, "reason": "powercut-daemon.sh" }\n' >"$q/clients/vm01/quarantine/1/note.json"
+chmod 600 "$q/clients/vm01/quarantine/1/note.json"
 
 reset_disk()
 {
   rm -rf "$PC_STATE/disk"
-  cp -a "$TB_TMP/pristine" "$PC_STATE/disk"
+  if [ "$1" = release ]; then cp -a "$TB_TMP/pq" "$PC_STATE/disk"; else cp -a "$TB_TMP/pristine" "$PC_STATE/disk"; fi
 }
 
 # op CASE: the operation, against the running daemon.
@@ -60,6 +79,7 @@ op()
   merge) tctl merge vm01 --into demo ;;
   publish) tctl image publish demo@1 "$PC_MNT/www" ;;
   pull) tctl image pull demo --from "$url" ;;
+  release) tctl quarantine release vm01 1 --restore ;;
   gc)
     printf '{"x' >"$st/images/demo/7.json.tmp.Zz12Yy"
     chmod 600 "$st/images/demo/7.json.tmp.Zz12Yy"
@@ -97,8 +117,19 @@ check()
         tb_fail "$WHAT: the repository lists demo@$v and its file is incomplete"
     done
   fi
-  "$TB_IO" -s "$st/nbd.sock" -e vm01 read:0:$M:7 read:$((5 * M)):65536:8 rewrite:$((6 * M)):4096 \
-    >"$TB_TMP/vm01.out" 2>&1 || tb_fail "$WHAT: vm01 does not boot its data: $(cat "$TB_TMP/vm01.out")"
+  for qd in "$st"/clients/vm01/quarantine/*/; do
+    [ -d "$qd" ] || continue
+    [ -f "$qd/overlay" ] && [ -f "$qd/note.json" ] ||
+      tb_fail "$WHAT: a half-moved quarantine: $qd holds $(ls "$qd")"
+  done
+  _io() { "$TB_IO" -s "$st/nbd.sock" -e vm01 "$@" rewrite:$((6 * M)):4096 >"$TB_TMP/vm01.out" 2>&1; }
+  if [ "$1" = release ]; then # the quarantined session 1, or session 2 as it was
+    _io read:0:$M:7 read:$((5 * M)):65536:8 || _io read:0:$M:9 read:$((5 * M)):65536:1 ||
+      tb_fail "$WHAT: vm01 does not boot session 1 or 2: $(cat "$TB_TMP/vm01.out")"
+  else
+    _io read:0:$M:7 read:$((5 * M)):65536:8 ||
+      tb_fail "$WHAT: vm01 does not boot its data: $(cat "$TB_TMP/vm01.out")"
+  fi
 }
 
 # stop everything that used the mount, then cut.
@@ -135,8 +166,13 @@ start_loose()
   td_nbdkit_pid >"$TB_TMP/nbdkit.pid"
 }
 
-for case in import merge publish gc pull; do
-  reset_disk
+# release also in strict mode: a restore point a cut takes back refused every boot.
+runs=${TB_POWERCUT_CASES:-import merge publish gc pull release release:strict}
+for run in $runs; do
+  case=${run%:strict}
+  flag=$base_flag
+  [ "$case" = "$run" ] || flag=--strict
+  reset_disk $case
   pc_mount $flag
   start_daemon
   s0=$(wc -l <"$PC_STATE/syncs.log")
@@ -145,20 +181,20 @@ for case in import merge publish gc pull; do
   td_stop
   cut
   n=$((s1 - s0))
-  echo "== $case: $n sync calls; $cuts cuts"
+  echo "== $case${flag:+ ($flag)}: $n sync calls; $cuts cuts"
   [ "$n" -gt 0 ] || tb_fail "$case made no sync call"
   i=1
   while [ $i -le "$cuts" ]; do
     at=$((s0 + (i * n + cuts - 1) / cuts)) # spread over the operation, its last call included
     [ $i -gt "$n" ] && at=$((s0 + $(od -An -N2 -tu2 /dev/urandom) % n + 1))
-    reset_disk
+    reset_disk $case
     pc_mount $flag --cut-at $at
     start_loose
     op $case >"$TB_TMP/op.out" 2>&1 || true
     sleep 0.2
     cut
     mv "$TB_TMP/daemon.log" "$TB_TMP/daemon-cut.txt"
-    WHAT="$case, cut at sync call $at"
+    WHAT="$case${flag:+ ($flag)}, cut at sync call $at"
     pc_mount $flag
     start_daemon
     check $case
