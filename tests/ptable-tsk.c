@@ -7,7 +7,9 @@
  * tb_ptable_read_file, libtsk through lib/inspect's tb_inspect_partition
  * (what the view calls "pN-..." and the core resolved "partition:N" with
  * before the layers were split).  Prints "IMAGE N OFF LEN" for each partition
- * found, and "DIFF ..." for each number where they disagree.
+ * found, "IMAGE volume NAME" for each volume the view shows, and "DIFF ..."
+ * for each number where they disagree or a view's "pN-..." volume is not
+ * partition N of lib/ptable.
  *
  * Exit 0 if they agree on every image, 1 if not, 2 on an error.
  */
@@ -52,6 +54,18 @@ static int compare(const char *path)
              p ? p->length : 0);
       r = 1;
     }
+  }
+  /* The view's volumes: "pN-TYPE" is partition N of the table, same bytes. */
+  for (size_t i = 0; i < tb_inspect_n_volumes(ins); i++) {
+    const struct tb_volume *v = tb_inspect_volume(ins, i);
+    const struct tb_partition *p =
+        v->partition > 0 ? tb_ptable_find(t, (uint32_t)v->partition) : NULL;
+    if (v->partition > 0 && (!p || p->offset != v->offset || p->length != v->length)) {
+      printf("DIFF %s volume %s at %" PRIu64 ": ptable %s\n", path, v->name, v->offset,
+             p ? "has it elsewhere" : "lacks the partition");
+      r = 1;
+    } else
+      printf("%s volume %s\n", path, v->name);
   }
   tb_inspect_close(ins);
   free(t);

@@ -45,6 +45,22 @@ mkfs.vfat "$T/fat" >/dev/null
 mkntfs -q -F -f "$T/ntfs" >/dev/null 2>&1
 mke2fs -q -F -t ext4 "$T/ext4"
 
+# tests/fuse-files.sh's disks, filesystems in: a GPT of FAT32, ext4, NTFS,
+# exFAT (here FAT16, ext4, NTFS, FAT12), an MBR of a FAT16 primary and an ext2
+# logical partition; the view's volume names must be the table's numbers.
+printf 'label: gpt\nstart=2048, size=16M, type=linux\nsize=8M, type=linux
+size=8M, type=linux\nsize=8M, type=linux\n' | img gpt-fs 48M
+mkfs.vfat --offset 2048 "$T/gpt-fs" 16384 >/dev/null 2>&1
+mke2fs -q -F -t ext4 -E offset=$((34816 * 512)) "$T/gpt-fs" 8M
+truncate -s 8M "$T/ntfs-part"
+mkntfs -q -F -f "$T/ntfs-part" >/dev/null 2>&1
+dd if="$T/ntfs-part" of="$T/gpt-fs" bs=512 seek=51200 conv=notrunc status=none
+mkfs.vfat --offset 67584 "$T/gpt-fs" 8192 >/dev/null 2>&1
+printf 'label: dos\nstart=2048, size=16M, type=6\nstart=34816, size=20M, type=5
+start=36864, size=16M, type=83\n' | img mbr-fs 40M
+mkfs.vfat -F 16 --offset 2048 "$T/mbr-fs" 16384 >/dev/null 2>&1
+mke2fs -q -F -t ext2 -E offset=$((36864 * 512)) "$T/mbr-fs" 16M
+
 # Hostile tables, written byte by byte.
 python3 - "$T" <<'EOF'
 import struct, sys
@@ -99,7 +115,7 @@ open(d + "/gpt-table-out", "wb").write(gpt(128, 128, 1 << 40, []))
 open(d + "/gpt-first-out", "wb").write(gpt(128, 128, 2, [(1, (1 << 40, (1 << 40) + 10))]))
 EOF
 
-set -- mbr-logical mbr-gaps gpt gpt-gaps gpt-noprimary mbr-cut fat ntfs ext4 \
+set -- mbr-logical mbr-gaps gpt gpt-gaps gpt-noprimary mbr-cut fat ntfs ext4 gpt-fs mbr-fs \
   mbr-loop mbr-far mbr-unsigned mbr-outside mbr-refused mbr-oem \
   gpt-huge gpt-esize gpt-table-out gpt-first-out
 cd "$T"
@@ -109,13 +125,18 @@ cd "$T"
 }
 cat "$T/out"
 # The tables were read at all: the counts each image must give.
+for want in gpt-fs:p1-fat16 gpt-fs:p2-ext4 gpt-fs:p3-ntfs gpt-fs:p4-fat12 mbr-fs:p1-fat16 \
+  mbr-fs:p5-ext2; do
+  grep -q "^${want%:*} volume ${want#*:}\$" "$T/out" ||
+    tb_fail "${want%:*}: the view shows no ${want#*:}: $(grep "^${want%:*} volume" "$T/out")"
+done
 # (A GPT that libtsk refuses leaves its protective MBR: one partition.)
-for want in mbr-logical:6 mbr-gaps:2 gpt:5 gpt-gaps:3 gpt-noprimary:1 mbr-cut:3 mbr-loop:3 \
+for want in mbr-logical:6 mbr-gaps:2 gpt:5 gpt-fs:4 mbr-fs:2 gpt-gaps:3 gpt-noprimary:1 mbr-cut:3 mbr-loop:3 \
   mbr-far:2 mbr-unsigned:1 mbr-outside:3 gpt-huge:1 gpt-esize:2 gpt-table-out:1 \
   gpt-first-out:1; do
-  n=$(grep -c "^${want%:*} " "$T/out" || true)
+  n=$(grep -c "^${want%:*} [0-9]" "$T/out" || true)
   [ "$n" = "${want#*:}" ] || tb_fail "${want%:*}: $n partitions, expected ${want#*:}"
 done
 for none in fat ntfs ext4 mbr-refused mbr-oem; do
-  ! grep -q "^$none " "$T/out" || tb_fail "$none: no partition expected"
+  ! grep -q "^$none [0-9]" "$T/out" || tb_fail "$none: no partition expected"
 done
