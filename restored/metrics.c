@@ -84,7 +84,8 @@ void metrics_write(struct daemon *d)
          "webhook deliveries that failed after retries");
   add(&b, "tabula_webhook_failed_total %lld\n",
       (long long)json_integer_value(json_object_get(wh, "failed")));
-  header(&b, "tabula_webhook_dropped_total", "counter", "events dropped from a full webhook queue");
+  header(&b, "tabula_webhook_dropped_total", "counter",
+         "events a webhook lost: rotated out of the journal before it could send them");
   add(&b, "tabula_webhook_dropped_total %lld\n",
       (long long)json_integer_value(json_object_get(wh, "dropped")));
   json_decref(wh);
