@@ -6,7 +6,8 @@
 # together with the lib/ sources it exercises, so the parser is
 # coverage-instrumented and under ASan/UBSan.  The sources must be a closed set
 # (dead code is dropped: --gc-sections).  It runs from its seed corpus
-# (tests/fuzz/NAME/, committed; new inputs go to a temporary copy) for
+# (tests/fuzz/NAME/, committed, large ones as .gz; new inputs go to a
+# temporary directory) for
 # TB_FUZZ_SECONDS (default 3: make check; set e.g. 600 for a longer run).
 # A crash, a sanitizer report, a leak, a timeout (10 s per input) or memory
 # past 2 GiB fails the test; the input that did it is kept as
@@ -32,6 +33,11 @@ tb_fuzz()
   mkdir -p "$TB_TMP/corpus"
   _seeds=$abs_top_srcdir/tests/fuzz/$_name
   [ -d "$_seeds" ] || tb_fail "no seed corpus $_seeds"
+  # Large seeds (disk images) are committed gzipped.
+  rm -rf "$TB_TMP/seeds" && mkdir -p "$TB_TMP/seeds" && cp "$_seeds"/* "$TB_TMP/seeds/" &&
+    for _f in "$TB_TMP"/seeds/*.gz; do [ ! -e "$_f" ] || gunzip "$_f"; done ||
+    tb_fail "cannot copy the seeds of $_name"
+  _seeds=$TB_TMP/seeds
   _secs=${TB_FUZZ_SECONDS:-3}
   echo "fuzzing $_name for $_secs s from $(ls "$_seeds" | wc -l) seeds"
   rm -f "$abs_builddir/fuzz-$_name-crash-"*

@@ -1,9 +1,12 @@
 #!/bin/sh
-# The ext record geometry and raw-inode parsers of lib/inspect.c (the
-# indexed diff's, on guest bytes) under libFuzzer: tests/fuzz/geometry.c.
+# The ext and NTFS record geometry and the raw-inode parsers of
+# lib/inspect.c (the indexed diff's, on guest bytes) under libFuzzer:
+# tests/fuzz/geometry.c, tests/fuzz/ntfs-geometry.c (a 2 MiB mkntfs image
+# as its seed).
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$abs_top_srcdir/tests/fuzz-functions.sh"
 TB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tabula-test.XXXXXX")
 trap 'rm -rf "$TB_TMP"' EXIT
 tb_fuzz geometry 65536 "util.c" "-ljansson -lcrypto -lnbd -ltsk"
+tb_fuzz ntfs-geometry 2097152 "util.c" "-ljansson -lcrypto -lnbd -ltsk"
 echo PASS
