@@ -411,15 +411,41 @@ int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_co
   return 0;
 }
 
-int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
-                            const char *image, uint32_t version)
+/* The size of IMAGE@VERSION from its manifest, through MEMO ("IMAGE@N" ->
+ * size or error text; NULL: no memo), so a pass over 500 clients of one
+ * image reads its manifest once. */
+static int version_size(const char *state, const char *image, uint32_t version, json_t *memo,
+                        uint64_t *size)
+{
+  char key[TB_NAME_MAX + 16];
+  snprintf(key, sizeof key, "%s@%" PRIu32, image, version);
+  json_t *seen = memo ? json_object_get(memo, key) : NULL;
+  if (json_is_string(seen))
+    return tb_error("%s", json_string_value(seen));
+  if (json_is_integer(seen)) {
+    *size = (uint64_t)json_integer_value(seen);
+    return 0;
+  }
+  struct tb_manifest *m = tb_manifest_load(state, image, version);
+  if (!m) {
+    if (memo)
+      json_object_set_new(memo, key, json_string(tb_errmsg()));
+    return -1;
+  }
+  *size = m->size;
+  tb_manifest_free(m);
+  if (memo)
+    json_object_set_new(memo, key, json_integer((json_int_t)*size));
+  return 0;
+}
+
+static int check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
+                         const char *image, uint32_t version, json_t *memo)
 {
   const char *state = cfg->state_dir;
-  struct tb_manifest *m = tb_manifest_load(state, image, version);
-  if (!m)
+  uint64_t size;
+  if (version_size(state, image, version, memo, &size) == -1)
     return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
-  uint64_t size = m->size;
-  tb_manifest_free(m);
   char path[TB_PATH_MAX], what[TB_NAME_MAX + 16];
   if (tb_store_version_path(state, image, version, path, sizeof path) == -1)
     return tb_error_prefix("clients.%s", c->id);
@@ -427,11 +453,22 @@ int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_
   return tb_client_check_image(cfg, c, path, size, what);
 }
 
-int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c)
+int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
+                            const char *image, uint32_t version)
+{
+  return check_version(cfg, c, image, version, NULL);
+}
+
+int tb_client_check_memo(const struct tb_config *cfg, const struct tb_client_conf *c, json_t *memo)
 {
   char image[TB_NAME_MAX + 1];
   uint32_t v;
   if (tb_client_target(cfg->state_dir, c, image, &v) == -1)
     return tb_error_prefix("clients.%s.image", c->id);
-  return tb_client_check_version(cfg, c, image, v);
+  return check_version(cfg, c, image, v, memo);
+}
+
+int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  return tb_client_check_memo(cfg, c, NULL);
 }

@@ -143,5 +143,8 @@ int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_co
                           const char *path, uint64_t size, const char *what);
 /* The same for the version C's next session gets (tb_client_target). */
 int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c);
+/* The same in a pass over many clients: MEMO (a JSON object the caller
+ * makes and frees) keeps each version's manifest read once. */
+int tb_client_check_memo(const struct tb_config *cfg, const struct tb_client_conf *c, json_t *memo);
 
 #endif

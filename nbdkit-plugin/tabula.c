@@ -99,16 +99,17 @@ static json_t *broken_clients;
 
 static json_t *find_broken(const struct tb_config *cfg)
 {
-  json_t *b = json_object();
+  json_t *b = json_object(), *memo = json_object();
   for (size_t i = 0; b && i < cfg->n_clients; i++) {
     const struct tb_client_conf *c = &cfg->clients[i];
-    if (tb_client_check(cfg, c) == -1) {
+    if (tb_client_check_memo(cfg, c, memo) == -1) {
       nbdkit_error("%s: client %s is refused until this is fixed (the other clients are "
                    "served): %s",
                    cfg->path, c->id, tb_errmsg());
       json_object_set_new(b, c->id, json_string(tb_errmsg()));
     }
   }
+  json_decref(memo);
   return b;
 }
 

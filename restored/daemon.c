@@ -373,9 +373,10 @@ static int validate_config(const struct tb_config *cfg, json_t *warnings)
     return tb_error("%s: tls.certificates: %s is not a directory (nbdkit could not start: see "
                     "nbdkit-tls(1) for the files it holds)",
                     cfg->path, cfg->tls_certificates);
+  json_t *memo = json_object(); /* each version's manifest read once */
   for (size_t i = 0; i < cfg->n_clients; i++) {
     const struct tb_client_conf *c = &cfg->clients[i];
-    if (tb_client_check(cfg, c) == 0)
+    if (tb_client_check_memo(cfg, c, memo) == 0)
       continue;
     char why[1024];
     snprintf(why, sizeof why, "%s", tb_errmsg());
@@ -386,6 +387,7 @@ static int validate_config(const struct tb_config *cfg, json_t *warnings)
     if (warnings)
       json_object_set_new(warnings, c->id, json_string(why));
   }
+  json_decref(memo);
   return 0;
 }
 

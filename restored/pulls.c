@@ -152,9 +152,11 @@ static void hold_clients(const struct tb_config *cfg, size_t i)
  * the rule, the version and the way back. */
 static void check_clients(const struct tb_config *cfg, size_t i)
 {
+  json_t *memo = json_object();
   for (size_t k = 0; k < cfg->n_clients; k++) {
     const struct tb_client_conf *c = &cfg->clients[k];
-    if (c->version || !source_has_image(cfg->pull, i, c->image) || tb_client_check(cfg, c) == 0)
+    if (c->version || !source_has_image(cfg->pull, i, c->image) ||
+        tb_client_check_memo(cfg, c, memo) == 0)
       continue;
     char why[1024];
     uint32_t newest = tb_store_latest(cfg->state_dir, c->image);
@@ -165,6 +167,7 @@ static void check_clients(const struct tb_config *cfg, size_t i)
     tb_eventf(cfg->state_dir, "client-unservable", c->id, "{s:s, s:s}", "error", why, "after",
               "scheduled pull");
   }
+  json_decref(memo);
 }
 
 struct run {
