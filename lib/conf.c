@@ -308,10 +308,11 @@ static int default_client_acl(struct tb_acl *acl)
 /* ---- clients ------------------------------------------------------------- */
 
 static const char *const client_keys[] = {
-    "image",   "version",  "policy",  "keep_sessions",   "allow",
-    "address", "group",    "refresh", "refresh_jitter",  "preserve",
-    "quota",   "watchdog", "merge",   "reconnect_grace", "mac",
-    "boot",    "iscsi",    "limits",  NULL};
+    "image",          "version",         "policy", "keep_sessions",
+    "allow",          "address",         "group",  "refresh",
+    "refresh_jitter", "preserve",        "quota",  "watchdog",
+    "merge",          "reconnect_grace", "mac",    "boot",
+    "iscsi",          "limits",          NULL};
 
 int tb_mac_parse(const char *text, char out[18])
 {
@@ -516,8 +517,8 @@ static int parse_limits(const json_t *v, const char *path, struct tb_io_limits *
 {
   static const char *const keys[] = {"read", "write", "read_iops", "write_iops", NULL};
   if (!json_is_object(v))
-    return bad(path, "an object such as {\"read\": \"50M\", \"write\": \"20M\", \"read_iops\": 2000}",
-               v);
+    return bad(path,
+               "an object such as {\"read\": \"50M\", \"write\": \"20M\", \"read_iops\": 2000}", v);
   if (check_keys(v, path, keys) == -1)
     return -1;
   static const char *const rates[] = {"read", "write"};

@@ -179,10 +179,10 @@ int clients_status_json(struct daemon *d, json_t **out);
 
 /* jobs.c: long work on a thread */
 int jobs_start(void);
-int jobs_fd(void);         /* readable when a job has news */
-void jobs_drain(void);     /* deliver news to connections (main thread) */
-json_t *jobs_status(void); /* running and queued jobs */
-void jobs_recover(const struct tb_config *cfg); /* at start: finish moves a kill cut */
+int jobs_fd(void);                                  /* readable when a job has news */
+void jobs_drain(void);                              /* deliver news to connections (main thread) */
+json_t *jobs_status(void);                          /* running and queued jobs */
+void jobs_recover(const struct tb_config *cfg);     /* at start: finish moves a kill cut */
 void watchdog_recover(const struct tb_config *cfg); /* at start: no half-moved quarantine */
 struct merge_request {
   char client[TB_NAME_MAX + 1];

@@ -133,9 +133,9 @@ static int bind_unix(const char *path)
 static void tcp_host_port(const char *listen, char *host, size_t hlen, char *port, size_t plen);
 
 /* Bind every address "ADDR:PORT" resolves to into FDS; returns how many, or
- * -1 with a message naming KEY (the configuration key, "listen.tcp").  ADDR "*" is every address of both families (each socket IPv6-only
- * beside the IPv4 one); "0.0.0.0" is every IPv4 address and "::" every IPv6
- * one (and IPv4-mapped ones where the system allows), as for other servers. */
+ * -1 with a message naming KEY (the configuration key, "listen.tcp").  ADDR "*" is every address of
+ * both families (each socket IPv6-only beside the IPv4 one); "0.0.0.0" is every IPv4 address and
+ * "::" every IPv6 one (and IPv4-mapped ones where the system allows), as for other servers. */
 int supervise_bind_tcp(const char *key, const char *listen_tcp, int *fds, int max)
 {
   char host[256], port[16];
