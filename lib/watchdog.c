@@ -443,7 +443,7 @@ static int check_version(const struct tb_config *cfg, const struct tb_client_con
                          const char *image, uint32_t version, json_t *memo)
 {
   const char *state = cfg->state_dir;
-  uint64_t size;
+  uint64_t size = 0; /* set by version_size (GCC -O2 cannot see it) */
   if (version_size(state, image, version, memo, &size) == -1)
     return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
   char path[TB_PATH_MAX], what[TB_NAME_MAX + 16];
