@@ -15,6 +15,7 @@
 #                                      lines in $TB_TMP/TAG.files, its console in guest-TAG.log
 #   tg_boot_paused TAG SOCK ID ACTIONS boot in the background until the guest's "pause" action
 #   tg_resume TAG                      let it continue, wait for it to power off
+#   tg_continue TAG N                  let it continue to its Nth pause
 #   tg_same_files A B WHAT             two manifests must be equal
 
 tb_require qemu-system-x86_64 timeout mke2fs cpio gzip
@@ -128,4 +129,17 @@ tg_resume()
 tg_same_files()
 {
   diff -u "$1" "$2" >"$TB_TMP/files.diff" || tb_fail "$3: $(cat "$TB_TMP/files.diff")"
+}
+
+# tg_continue TAG N: let the paused guest go on to its Nth pause.
+tg_continue()
+{
+  timeout 10 sh -c 'echo go >"$1"' sh "$TB_TMP/$1.fifo" || tb_fail "guest $1 is gone"
+  _i=0
+  until [ "$(grep -c '^tabula-paused' "$TB_TMP/guest-$1.log" 2>/dev/null)" -ge "$2" ]; do
+    [ ! -f "$TB_TMP/$1.status" ] || tb_fail "guest $1 stopped: $(tail -n 5 "$TB_TMP/guest-$1.log")"
+    _i=$((_i + 1))
+    [ $_i -lt $((TG_TIMEOUT * 10)) ] || tb_fail "guest $1 did not reach pause $2"
+    sleep 0.1
+  done
 }

@@ -29,26 +29,13 @@ tg_qemu()
     -blockdev "driver=raw,node-name=d0,file=n0" -device virtio-blk-pci,drive=d0
 }
 
-# continue_to_pause TAG N: let the paused guest go on to its Nth pause.
-continue_to_pause()
-{
-  timeout 10 sh -c 'echo go >"$1"' sh "$T/$1.fifo" || tb_fail "guest $1 is gone"
-  _i=0
-  until [ "$(grep -c '^tabula-paused' "$T/guest-$1.log" 2>/dev/null)" -ge "$2" ]; do
-    [ ! -f "$T/$1.status" ] || tb_fail "guest $1 stopped: $(tail -n 5 "$T/guest-$1.log")"
-    _i=$((_i + 1))
-    [ $_i -lt $((TG_TIMEOUT * 10)) ] || tb_fail "guest $1 did not reach pause $2"
-    sleep 0.1
-  done
-}
-
 echo "== the guest writes, nbdkit is killed with -9 under it"
 tg_boot_paused run "$sock" pc01 \
   "write:/home/one.txt:before,sync,pause:300,write:/home/two.txt:after-kill,sync,pause:300,write:/home/three.txt:after-restart,sync,list:/home"
 old=$(tctl --json status | jq -r .nbdkit.pid)
 kill -9 "$old"
 td_wait ".nbdkit.state == \"running\" and .nbdkit.pid != $old" "nbdkit must be restarted"
-continue_to_pause run 2
+tg_continue run 2
 tb_event "$state" '.type == "session-resume" and .client == "pc01" and .session == 1' \
   "the restarted nbdkit must resume session 1"
 

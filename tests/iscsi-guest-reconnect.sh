@@ -43,26 +43,13 @@ tg_qemu()
     -drive "file=iscsi://127.0.0.1:$P/$TB_ISCSI_PREFIX:$3/0,format=raw,if=virtio,cache=none"
 }
 
-# continue_to_pause TAG N: let the paused guest go on to its Nth pause.
-continue_to_pause()
-{
-  timeout 10 sh -c 'echo go >"$1"' sh "$T/$1.fifo" || tb_fail "guest $1 is gone"
-  _i=0
-  until [ "$(grep -c '^tabula-paused' "$T/guest-$1.log" 2>/dev/null)" -ge "$2" ]; do
-    [ ! -f "$T/$1.status" ] || tb_fail "guest $1 stopped: $(tail -n 5 "$T/guest-$1.log")"
-    _i=$((_i + 1))
-    [ $_i -lt $((TG_TIMEOUT * 10)) ] || tb_fail "guest $1 did not reach pause $2"
-    sleep 0.1
-  done
-}
-
 echo "== the guest writes, tabula-iscsid is killed with -9 under it"
 tg_boot_paused run "" pc01 \
   "write:/home/one.txt:before,sync,pause:300,write:/home/two.txt:after-kill,sync,pause:300,write:/home/three.txt:after-restart,sync,list:/home"
 old=$(tctl --json status | jq -r .iscsi.pid)
 kill -9 "$old"
 td_wait ".iscsi.state == \"running\" and .iscsi.pid != $old" "tabula-iscsid must be restarted"
-continue_to_pause run 2
+tg_continue run 2
 tb_event "$state" '.type == "session-resume" and .client == "pc01" and .session == 1' \
   "the restarted tabula-iscsid must resume session 1"
 
