@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "iscsi-conf.h"
+#include "json.h"
 #include "util.h"
 
 bool tb_iscsi_name_valid(const char *s)
@@ -19,23 +20,6 @@ bool tb_iscsi_name_valid(const char *s)
     if (!isalnum((unsigned char)*p) && *p != '.' && *p != ':' && *p != '-')
       return false;
   return true;
-}
-
-static int check_only(const json_t *v, const char *path, const char *const *keys)
-{
-  const char *key;
-  json_t *e;
-  json_object_foreach((json_t *)v, key, e)
-  {
-    bool ok = false;
-    for (const char *const *k = keys; *k && !ok; k++)
-      ok = strcmp(*k, key) == 0;
-    if (!ok)
-      return tb_error("%s.%s: unknown key (allowed here: %s%s%s%s%s)", path, key, keys[0],
-                      keys[1] ? ", " : "", keys[1] ? keys[1] : "", keys[1] && keys[2] ? ", " : "",
-                      keys[1] && keys[2] ? keys[2] : "");
-  }
-  return 0;
 }
 
 static int get_str(const json_t *v, const char *path, const char *key, char *out, size_t max,
@@ -59,7 +43,7 @@ static int parse_chap(const json_t *v, const char *path, struct tb_iscsi_chap *c
     return tb_error("%s: expected an object such as {\"user\": \"pc07\", \"secret\": "
                     "\"12 to 16 chars\"}",
                     path);
-  if (check_only(v, path, keys) == -1)
+  if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   int u = get_str(v, path, "user", c->user, sizeof c->user, NULL);
   int s = get_str(v, path, "secret", c->secret, sizeof c->secret, &c->secret_len);
@@ -81,7 +65,7 @@ int tb_iscsi_client_parse(const json_t *v, const char *path, struct tb_iscsi_cli
     return tb_error("%s: expected an object such as {\"initiator\": "
                     "\"iqn.1991-05.com.microsoft:pc07\"}",
                     path);
-  if (check_only(v, path, keys) == -1)
+  if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   int r = get_str(v, path, "initiator", out->initiator, sizeof out->initiator, NULL);
   if (r == -1)
@@ -120,7 +104,7 @@ int tb_iscsi_conf_parse(const json_t *v, struct tb_iscsi_conf *out)
   if (!json_is_object(v))
     return tb_error("iscsi: expected an object such as {\"iqn_prefix\": \"%s\"}",
                     TB_ISCSI_DEFAULT_PREFIX);
-  if (check_only(v, "iscsi", keys) == -1)
+  if (tb_json_check_keys(v, "iscsi", keys) == -1)
     return -1;
   int r = get_str(v, "iscsi", "iqn_prefix", out->iqn_prefix, sizeof out->iqn_prefix - 65, NULL);
   if (r == -1)

@@ -49,12 +49,13 @@
 
 #include "conf.h"
 #include "events.h"
+#include "json.h"
 #include "repo.h"
 #include "schedule.h"
+#include "manifest.h"
 #include "store.h"
 
 #define INDEX_FORMAT 1
-#define MAX_IMAGE_SIZE (UINT64_C(1) << 50) /* 1 PiB: anything larger is a lying index */
 #define MAX_PARALLEL 32
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -84,112 +85,6 @@ static void index_free(struct repo_index *ix)
   free(ix->versions);
   ix->versions = NULL;
   ix->n = 0;
-}
-
-static json_t *manifest_to_index_entry(const struct tb_manifest *m)
-{
-  char hex[65], file[32];
-  json_t *chunks = json_array();
-  for (size_t i = 0; chunks && i < m->n_chunks; i++) {
-    tb_hex(m->chunks[i], 32, hex);
-    json_array_append_new(chunks, json_string(hex));
-  }
-  tb_hex(m->sha256, 32, hex);
-  snprintf(file, sizeof file, "%u.img", m->version);
-  json_t *e = json_pack(
-      "{s:I, s:s, s:I, s:s, s:I, s:o, s:o, s:s, s:o*}", "version", (json_int_t)m->version, "file",
-      file, "size", (json_int_t)m->size, "sha256", hex, "chunk_size", (json_int_t)m->chunk_size,
-      "parent", m->parent ? json_integer(m->parent) : json_null(), "note",
-      m->note ? json_string(m->note) : json_null(), "created", m->created, "chunks", chunks);
-  return e;
-}
-
-/* Check one "versions" entry; WHAT names it in messages ("URL: versions[2]"). */
-static struct tb_manifest *parse_index_entry(json_t *e, const char *image, const char *what)
-{
-  static const char *keys[] = {"version", "file",   "size", "sha256", "chunk_size",
-                               "chunks",  "parent", "note", "created"};
-  if (!json_is_object(e)) {
-    tb_error("%s: expected an object", what);
-    return NULL;
-  }
-  const char *key;
-  json_t *val;
-  json_object_foreach(e, key, val)
-  {
-    bool known = false;
-    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
-      known |= strcmp(key, keys[i]) == 0;
-    if (!known) {
-      tb_error("%s: unknown key \"%.64s\"", what, key);
-      return NULL;
-    }
-  }
-  json_t *ver = json_object_get(e, "version"), *file = json_object_get(e, "file");
-  json_t *size = json_object_get(e, "size"), *sha = json_object_get(e, "sha256");
-  json_t *cs = json_object_get(e, "chunk_size"), *chunks = json_object_get(e, "chunks");
-  json_t *parent = json_object_get(e, "parent"), *note = json_object_get(e, "note");
-  json_t *created = json_object_get(e, "created");
-  const char *err = NULL;
-  struct tb_manifest *m = calloc(1, sizeof *m);
-  if (!m)
-    err = "out of memory";
-  else if (!json_is_integer(ver) || json_integer_value(ver) < 1 ||
-           json_integer_value(ver) > UINT32_MAX)
-    err = "\"version\" is missing or not a positive integer";
-  else if (!json_is_integer(size) || json_integer_value(size) < 1 ||
-           (uint64_t)json_integer_value(size) > MAX_IMAGE_SIZE)
-    err = "\"size\" is missing or not a size from 1 byte to 1 PiB";
-  else if (!json_is_string(sha) || tb_unhex(json_string_value(sha), m->sha256, 32) == -1)
-    err = "\"sha256\" is missing or not 64 hex digits";
-  else if (!json_is_integer(cs) || json_integer_value(cs) < 4096 ||
-           json_integer_value(cs) > (1 << 30) || !tb_is_pow2((uint64_t)json_integer_value(cs)))
-    err = "\"chunk_size\" is missing or not a power of two from 4096 to 1 GiB";
-  else if (!json_is_array(chunks))
-    err = "\"chunks\" is missing or not an array";
-  else if (parent && !json_is_null(parent) &&
-           (!json_is_integer(parent) || json_integer_value(parent) < 0 ||
-            json_integer_value(parent) > UINT32_MAX))
-    err = "\"parent\" is not a version number or null";
-  else if (note && !json_is_null(note) && !json_is_string(note))
-    err = "\"note\" is not a string or null";
-  else if (created && (!json_is_string(created) || strlen(json_string_value(created)) > 31))
-    err = "\"created\" is not a timestamp";
-  if (!err) {
-    snprintf(m->image, sizeof m->image, "%s", image);
-    m->version = (uint32_t)json_integer_value(ver);
-    m->size = (uint64_t)json_integer_value(size);
-    m->chunk_size = (uint32_t)json_integer_value(cs);
-    m->parent = json_is_integer(parent) ? (uint32_t)json_integer_value(parent) : 0;
-    char want_file[32];
-    snprintf(want_file, sizeof want_file, "%u.img", m->version);
-    if (file && (!json_is_string(file) || strcmp(json_string_value(file), want_file) != 0))
-      err = "\"file\" is not \"VERSION.img\"";
-  }
-  if (!err) {
-    if (json_is_string(note) && !(m->note = strdup(json_string_value(note))))
-      err = "out of memory";
-    if (json_is_string(created))
-      snprintf(m->created, sizeof m->created, "%s", json_string_value(created));
-    uint64_t want = (m->size + m->chunk_size - 1) / m->chunk_size;
-    m->n_chunks = json_array_size(chunks);
-    if (m->n_chunks != want)
-      err = "\"chunks\" does not have one hash per chunk of \"size\" (the index lies about "
-            "the size)";
-    else if (!(m->chunks = calloc(m->n_chunks + 1, 32)))
-      err = "out of memory";
-    for (size_t i = 0; !err && i < m->n_chunks; i++) {
-      json_t *c = json_array_get(chunks, i);
-      if (!json_is_string(c) || tb_unhex(json_string_value(c), m->chunks[i], 32) == -1)
-        err = "a chunk hash is not 64 hex digits";
-    }
-  }
-  if (err) {
-    tb_error("%s: %s", what, err);
-    tb_manifest_free(m);
-    return NULL;
-  }
-  return m;
 }
 
 static int cmp_manifest_version(const void *a, const void *b)
@@ -240,7 +135,7 @@ static int parse_index(const char *text, size_t len, const char *image, const ch
   for (size_t i = 0; i < n; i++) {
     char ewhat[TB_PATH_MAX + 32];
     snprintf(ewhat, sizeof ewhat, "%s: versions[%zu]", what, i);
-    struct tb_manifest *m = parse_index_entry(json_array_get(vers, i), image, ewhat);
+    struct tb_manifest *m = tb_manifest_from_index_entry(json_array_get(vers, i), image, ewhat);
     if (!m)
       goto out;
     ix->versions[ix->n++] = m;
@@ -263,7 +158,7 @@ static char *dump_index(const char *image, const struct repo_index *ix)
 {
   json_t *vers = json_array();
   for (size_t i = 0; vers && i < ix->n; i++)
-    json_array_append_new(vers, manifest_to_index_entry(ix->versions[i]));
+    json_array_append_new(vers, tb_manifest_to_index_entry(ix->versions[i]));
   json_t *root =
       json_pack("{s:i, s:s, s:o}", "format", INDEX_FORMAT, "image", image, "versions", vers);
   if (!root) {
@@ -278,22 +173,6 @@ static char *dump_index(const char *image, const struct repo_index *ix)
 }
 
 /* ---- publish ------------------------------------------------------------------- */
-
-static struct tb_manifest *manifest_copy(const struct tb_manifest *m)
-{
-  struct tb_manifest *c = calloc(1, sizeof *c);
-  if (!c)
-    return NULL;
-  *c = *m;
-  c->note = NULL;
-  c->chunks = malloc((m->n_chunks + 1) * 32);
-  if (!c->chunks || (m->note && !(c->note = strdup(m->note)))) {
-    tb_manifest_free(c);
-    return NULL;
-  }
-  memcpy(c->chunks, m->chunks, m->n_chunks * 32);
-  return c;
-}
 
 /* Copy the version file into the repository under a temporary name, then rename. */
 static int publish_file(const char *src, const char *dir, uint32_t ver)
@@ -376,7 +255,7 @@ int tb_repo_publish(const char *state, const char *image, uint32_t ver, const ch
   }
   if (publish_file(src, idir, ver) == -1)
     goto out;
-  struct tb_manifest *c = manifest_copy(m);
+  struct tb_manifest *c = tb_manifest_copy(m);
   if (!c) {
     tb_error_errno("publishing %s@%u", image, ver);
     goto out;
@@ -453,21 +332,16 @@ static int json_duration(const json_t *v, int64_t *out)
 
 static int validate_s3(const json_t *s3, const char *path)
 {
-  static const char *keys[] = {"region",        "endpoint", "access_key_id", "secret_access_key",
-                               "session_token", "sign"};
+  static const char *const keys[] = {
+      "region", "endpoint", "access_key_id", "secret_access_key", "session_token", "sign", NULL};
   if (!json_is_object(s3))
     return tb_error("%s: expected an object", path);
+  if (tb_json_check_keys(s3, path, keys) == -1)
+    return -1;
   const char *key;
   json_t *val;
   json_object_foreach((json_t *)s3, key, val)
   {
-    size_t k = 0;
-    while (k < sizeof keys / sizeof *keys && strcmp(key, keys[k]) != 0)
-      k++;
-    if (k == sizeof keys / sizeof *keys)
-      return tb_error("%s.%s: unknown key (expected one of region, endpoint, access_key_id, "
-                      "secret_access_key, session_token, sign)",
-                      path, key);
     if (strcmp(key, "sign") == 0) {
       if (!json_is_boolean(val))
         return tb_error("%s.sign: expected true or false", path);
@@ -496,6 +370,21 @@ static int validate_pull_source(const json_t *pull, const char *path)
     return tb_error("%s: expected an object such as {\"from\": \"https://repo/images\", "
                     "\"images\": [\"win11\"], \"when\": \"daily 03:00\"}",
                     path);
+  static const char *const keys[] = {"from",
+                                     "images",
+                                     "when",
+                                     "make_current",
+                                     "rate_limit",
+                                     "parallel",
+                                     "connect_timeout",
+                                     "stall_timeout",
+                                     "max_redirects",
+                                     "max_index_size",
+                                     "ca_file",
+                                     "s3",
+                                     NULL};
+  if (tb_json_check_keys(pull, path, keys) == -1)
+    return -1;
   const char *key;
   json_t *v;
   json_object_foreach((json_t *)pull, key, v)
@@ -548,11 +437,7 @@ static int validate_pull_source(const json_t *pull, const char *path)
       snprintf(sub, sizeof sub, "%s.s3", path);
       if (validate_s3(v, sub) == -1)
         return -1;
-    } else
-      return tb_error("%s.%s: unknown key (expected one of from, images, when, make_current, "
-                      "rate_limit, parallel, connect_timeout, stall_timeout, max_redirects, "
-                      "max_index_size, ca_file, s3)",
-                      path, key);
+    }
   }
   return 0;
 }
@@ -1484,7 +1369,7 @@ static int publish_pulled(struct pull *p)
     tb_version_abort(b);
     return -1;
   }
-  struct tb_manifest *m = manifest_copy(w);
+  struct tb_manifest *m = tb_manifest_copy(w);
   if (!m) {
     tb_error_errno("publishing %s", p->image);
     tb_version_abort(b);

@@ -244,84 +244,6 @@ int tb_store_images(const char *state, char ***names, size_t *n)
 
 /* ---- manifests ----------------------------------------------------------- */
 
-void tb_manifest_free(struct tb_manifest *m)
-{
-  if (!m)
-    return;
-  free(m->chunks);
-  free(m->note);
-  free(m);
-}
-
-struct tb_manifest *tb_manifest_parse(const char *text, size_t len, const char *what)
-{
-  json_error_t jerr;
-  json_t *root = json_loadb(text, len, 0, &jerr);
-  if (!root) {
-    tb_error("%s: not valid JSON (line %d: %s)", what, jerr.line, jerr.text);
-    return NULL;
-  }
-  struct tb_manifest *m = calloc(1, sizeof *m);
-  json_t *chunks = json_object_get(root, "chunks");
-  json_t *image = json_object_get(root, "image"), *ver = json_object_get(root, "version");
-  json_t *size = json_object_get(root, "size"), *sha = json_object_get(root, "sha256");
-  json_t *cs = json_object_get(root, "chunk_size"), *parent = json_object_get(root, "parent");
-  json_t *note = json_object_get(root, "note"), *created = json_object_get(root, "created");
-  const char *err = NULL;
-  if (!m)
-    err = "out of memory";
-  else if (!json_is_string(image) || !tb_name_valid(json_string_value(image)))
-    err = "\"image\" is missing or not a valid name";
-  else if (!json_is_integer(ver) || json_integer_value(ver) < 1 ||
-           json_integer_value(ver) > UINT32_MAX)
-    err = "\"version\" is missing or not a positive integer";
-  else if (!json_is_integer(size) || json_integer_value(size) < 0)
-    err = "\"size\" is missing or negative";
-  else if (!json_is_string(sha) || tb_unhex(json_string_value(sha), m->sha256, 32) == -1)
-    err = "\"sha256\" is missing or not 64 hex digits";
-  else if (!json_is_integer(cs) || !tb_is_pow2((uint64_t)json_integer_value(cs)) ||
-           json_integer_value(cs) < 4096 || json_integer_value(cs) > (1 << 30))
-    err = "\"chunk_size\" is missing or not a power of two from 4096 to 1 GiB";
-  else if (!json_is_array(chunks))
-    err = "\"chunks\" is missing or not an array";
-  else if (parent && !json_is_null(parent) &&
-           (!json_is_integer(parent) || json_integer_value(parent) < 0 ||
-            json_integer_value(parent) > UINT32_MAX))
-    err = "\"parent\" is not a version number";
-  else if (note && !json_is_null(note) && !json_is_string(note))
-    err = "\"note\" is not a string";
-  if (!err) {
-    strcpy(m->image, json_string_value(image));
-    m->version = (uint32_t)json_integer_value(ver);
-    m->size = (uint64_t)json_integer_value(size);
-    m->chunk_size = (uint32_t)json_integer_value(cs);
-    m->parent = json_is_integer(parent) ? (uint32_t)json_integer_value(parent) : 0;
-    if (json_is_string(note))
-      m->note = strdup(json_string_value(note));
-    if (json_is_string(created))
-      snprintf(m->created, sizeof m->created, "%s", json_string_value(created));
-    uint64_t want = (m->size + m->chunk_size - 1) / m->chunk_size;
-    m->n_chunks = json_array_size(chunks);
-    if (m->n_chunks != want)
-      err = "\"chunks\" does not have one hash per chunk of \"size\"";
-    else if (!(m->chunks = calloc(m->n_chunks + 1, 32)))
-      err = "out of memory";
-    for (size_t i = 0; !err && i < m->n_chunks; i++) {
-      json_t *c = json_array_get(chunks, i);
-      if (!json_is_string(c) || tb_unhex(json_string_value(c), m->chunks[i], 32) == -1)
-        err = "a chunk hash is not 64 hex digits";
-    }
-  }
-  json_decref(root);
-  if (err) {
-    tb_error("%s: %s", what, err);
-    tb_manifest_free(m);
-    return NULL;
-  }
-  EVP_Digest(text, len, m->manifest_sha256, NULL, EVP_sha256(), NULL);
-  return m;
-}
-
 struct tb_manifest *tb_manifest_load(const char *state, const char *image, uint32_t ver)
 {
   char path[TB_PATH_MAX];
@@ -342,30 +264,6 @@ struct tb_manifest *tb_manifest_load(const char *state, const char *image, uint3
     return NULL;
   }
   return m;
-}
-
-char *tb_manifest_dump(const struct tb_manifest *m)
-{
-  char hex[65];
-  json_t *chunks = json_array();
-  for (size_t i = 0; chunks && i < m->n_chunks; i++) {
-    tb_hex(m->chunks[i], 32, hex);
-    json_array_append_new(chunks, json_string(hex));
-  }
-  tb_hex(m->sha256, 32, hex);
-  json_t *root = json_pack("{s:s, s:I, s:I, s:s, s:I, s:o, s:o, s:s}", "image", m->image, "version",
-                           (json_int_t)m->version, "size", (json_int_t)m->size, "sha256", hex,
-                           "chunk_size", (json_int_t)m->chunk_size, "parent",
-                           m->parent ? json_integer(m->parent) : json_null(), "note",
-                           m->note ? json_string(m->note) : json_null(), "created", m->created);
-  if (!root || json_object_set_new(root, "chunks", chunks) == -1) {
-    json_decref(root);
-    tb_error("cannot encode the manifest of %s@%u", m->image, m->version);
-    return NULL;
-  }
-  char *text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
-  json_decref(root);
-  return text;
 }
 
 /* ---- hashing and copying ------------------------------------------------- */

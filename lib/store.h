@@ -17,14 +17,7 @@
  * leaves either no version N or a complete one; stale temporaries are removed
  * by tb_store_gc_temp().
  *
- * Manifest (JSON): image, version, size, sha256, chunk_size, chunks (sha256 of
- * each chunk, hex), parent, note, created.  "sha256" is the version's digest:
- * the SHA-256 of its chunk hashes (32 bytes each, in order), a hash tree of
- * one level.  It verifies the whole image as surely as a SHA-256 of the bytes
- * (every chunk is bound to its hash, every hash to the digest), and a new
- * version that changes a few chunks of another (a merge) is hashed in time
- * proportional to those chunks, not to the image.  The sha256 of the manifest
- * file itself identifies the version in overlay headers.
+ * A version's manifest (N.json) is read and written by manifest.h.
  */
 #ifndef TB_STORE_H
 #define TB_STORE_H
@@ -33,23 +26,10 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "manifest.h"
 #include "util.h"
 
 #define TB_CHUNK_SIZE (4 * 1024 * 1024)
-
-struct tb_manifest {
-  char image[TB_NAME_MAX + 1];
-  uint32_t version;
-  uint64_t size;
-  uint8_t sha256[32];
-  uint32_t chunk_size;
-  size_t n_chunks;
-  uint8_t (*chunks)[32];
-  uint32_t parent; /* 0 if none */
-  char *note;      /* may be NULL */
-  char created[32];
-  uint8_t manifest_sha256[32]; /* sha256 of the manifest file's bytes */
-};
 
 /* Paths (return -1 with tb_error if too long or a name is invalid). */
 int tb_store_image_dir(const char *state, const char *image, char *buf, size_t len);
@@ -80,9 +60,6 @@ int tb_store_images(const char *state, char ***names, size_t *n);
 void tb_strv_free(char **v, size_t n);
 
 struct tb_manifest *tb_manifest_load(const char *state, const char *image, uint32_t ver);
-struct tb_manifest *tb_manifest_parse(const char *json_text, size_t len, const char *what);
-char *tb_manifest_dump(const struct tb_manifest *m); /* JSON text, malloc'd */
-void tb_manifest_free(struct tb_manifest *m);
 
 /* Progress callback for long work: done and total in bytes.  Return non-zero to cancel. */
 typedef int (*tb_progress_fn)(void *ctx, uint64_t done, uint64_t total);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "conf.h"
+#include "json.h"
 #include "overlay.h"
 #include "session.h"
 #include "store.h"
@@ -29,21 +30,6 @@ static int bad(const char *path, const char *key, const char *expected, const js
   if (json_is_string(got))
     return tb_error("%s: expected %s, got \"%s\"", p, expected, json_string_value(got));
   return tb_error("%s: expected %s", p, expected);
-}
-
-static int check_keys(const json_t *obj, const char *path, const char *const *allowed)
-{
-  const char *key;
-  json_t *v;
-  json_object_foreach((json_t *)obj, key, v)
-  {
-    bool ok = false;
-    for (const char *const *a = allowed; *a && !ok; a++)
-      ok = strcmp(*a, key) == 0;
-    if (!ok)
-      return tb_error("%s.%s: unknown key", path, key);
-  }
-  return 0;
 }
 
 static int get_duration(const json_t *obj, const char *path, const char *key, int64_t *out)
@@ -98,7 +84,7 @@ static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog
     struct tb_protect *pr = &w->protect[w->n_protect];
     if (!json_is_object(e))
       return bad(p, NULL, "an object {\"name\", \"region\", \"action\"}", e);
-    if (check_keys(e, p, keys) == -1 || get_name(e, p, pr->name) == -1)
+    if (tb_json_check_keys(e, p, keys) == -1 || get_name(e, p, pr->name) == -1)
       return -1;
     json_t *r = json_object_get(e, "region");
     if (!json_is_string(r) || tb_region_parse(json_string_value(r), true, &pr->region) == -1)
@@ -150,7 +136,7 @@ static int parse_rules(const json_t *arr, const char *path, struct tb_watchdog_c
     struct tb_file_rule *r = &w->rules[w->n_rules];
     if (!json_is_object(e))
       return bad(p, NULL, "an object {\"name\", \"path\", \"on\", \"action\"}", e);
-    if (check_keys(e, p, keys) == -1 || get_name(e, p, r->name) == -1)
+    if (tb_json_check_keys(e, p, keys) == -1 || get_name(e, p, r->name) == -1)
       return -1;
     json_t *v = json_object_get(e, "path");
     if (!json_is_string(v) || json_string_value(v)[0] != '/')
@@ -191,7 +177,7 @@ static int parse_health(const json_t *h, const char *path, struct tb_watchdog_co
   static const char *const keys[] = {"marker", "volume", "min_session", "strikes", NULL};
   if (!json_is_object(h))
     return bad(path, NULL, "an object {\"marker\", \"min_session\", \"strikes\"}", h);
-  if (check_keys(h, path, keys) == -1)
+  if (tb_json_check_keys(h, path, keys) == -1)
     return -1;
   json_t *v;
   if ((v = json_object_get(h, "marker"))) {
@@ -224,7 +210,7 @@ int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_co
     w->canary_withdraw_after = 2;
   if (!json_is_object(obj))
     return bad(path, NULL, "an object", obj);
-  if (check_keys(obj, path, keys) == -1)
+  if (tb_json_check_keys(obj, path, keys) == -1)
     return -1;
   char p[512];
   json_t *v;
@@ -262,7 +248,7 @@ int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_co
     snprintf(p, sizeof p, "%s.canary", path);
     if (!json_is_object(v))
       return bad(p, NULL, "an object {\"promote_after\", \"withdraw_after\"}", v);
-    if (check_keys(v, p, ckeys) == -1 ||
+    if (tb_json_check_keys(v, p, ckeys) == -1 ||
         get_count(v, p, "promote_after", &w->canary_promote_after) == -1 ||
         get_count(v, p, "withdraw_after", &w->canary_withdraw_after) == -1)
       return -1;

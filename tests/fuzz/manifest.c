@@ -1,4 +1,4 @@
-/* libFuzzer target: version manifests (lib/store.c tb_manifest_parse), read
+/* libFuzzer target: version manifests (lib/manifest.c tb_manifest_parse), read
  * from the state directory and from image repositories.  A manifest that
  * parses must dump to text that parses again to the same dump. */
 #include <config.h>
