@@ -31,6 +31,7 @@
 #include <openssl/evp.h>
 
 #include "store.h"
+#include "vector.h"
 
 /* ---- paths ------------------------------------------------------------- */
 
@@ -220,25 +221,29 @@ int tb_store_images(const char *state, char ***names, size_t *n)
   DIR *d = opendir(dir);
   if (!d)
     return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
-  size_t cap = 0;
+  TB_VECTOR(, char *) list = {0};
   struct dirent *e;
-  while ((e = readdir(d))) {
+  int r = 0;
+  while (r == 0 && (e = readdir(d))) {
     if (!tb_name_valid(e->d_name))
       continue;
-    if (*n == cap) {
-      cap = cap ? cap * 2 : 8;
-      char **nn = realloc(*names, cap * sizeof *nn);
-      if (!nn)
-        break;
-      *names = nn;
+    char *name = strdup(e->d_name);
+    if (!name || tb_vector_push(&list, name) == -1) {
+      free(name);
+      r = tb_error("listing %s: out of memory", dir);
     }
-    if (!((*names)[*n] = strdup(e->d_name)))
-      break;
-    (*n)++;
   }
   closedir(d);
-  if (*n)
-    qsort(*names, *n, sizeof **names, cmp_str);
+  if (r == -1) { /* a truncated list would look like missing images */
+    for (size_t i = 0; i < list.len; i++)
+      free(list.ptr[i]);
+    tb_vector_free(&list);
+    return -1;
+  }
+  if (list.len)
+    qsort(list.ptr, list.len, sizeof *list.ptr, cmp_str);
+  *names = list.ptr;
+  *n = list.len;
   return 0;
 }
 

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "util.h"
+#include "vector.h"
 
 static _Thread_local char errbuf[1024];
 
@@ -539,7 +540,7 @@ int tb_list_numbers_suffix(const char *dir, const char *suffix, uint64_t max, ui
   DIR *d = opendir(dir);
   if (!d)
     return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
-  size_t cap = 0;
+  TB_VECTOR(, uint64_t) list = {0};
   struct dirent *e;
   while ((e = readdir(d))) {
     if (e->d_name[0] < '1' || e->d_name[0] > '9')
@@ -549,22 +550,16 @@ int tb_list_numbers_suffix(const char *dir, const char *suffix, uint64_t max, ui
     unsigned long long v = strtoull(e->d_name, &end, 10);
     if (errno || strcmp(end, suffix) != 0 || v > max)
       continue;
-    if (*n == cap) {
-      cap = cap ? cap * 2 : 8;
-      uint64_t *nn = realloc(*nums, cap * sizeof *nn);
-      if (!nn) {
-        closedir(d);
-        free(*nums);
-        *nums = NULL;
-        *n = 0;
-        return tb_error_errno("listing %s", dir);
-      }
-      *nums = nn;
+    if (tb_vector_push(&list, (uint64_t)v) == -1) {
+      closedir(d);
+      tb_vector_free(&list);
+      return tb_error("listing %s: out of memory", dir);
     }
-    (*nums)[(*n)++] = v;
   }
   closedir(d);
-  if (*n)
-    qsort(*nums, *n, sizeof **nums, cmp_u64);
+  if (list.len)
+    qsort(list.ptr, list.len, sizeof *list.ptr, cmp_u64);
+  *nums = list.ptr;
+  *n = list.len;
   return 0;
 }

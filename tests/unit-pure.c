@@ -30,6 +30,7 @@
 #include "rules.h"
 #include "schedule.h"
 #include "store.h"
+#include "vector.h"
 
 /* ---- schedules ---------------------------------------------------------------------- */
 
@@ -464,6 +465,28 @@ static void entry(uint8_t *sector, int slot, uint8_t type, uint32_t start, uint3
   sector[511] = 0xAA;
 }
 
+/* The growable array: doubling keeps every element, in order, and a
+ * refused size leaves the vector as it was. */
+START_TEST(test_vector)
+{
+  TB_VECTOR(, uint32_t) v = {0};
+  for (uint32_t i = 0; i < 1000; i++)
+    ck_assert_int_eq(tb_vector_push(&v, i * 7), 0);
+  ck_assert_uint_eq(v.len, 1000);
+  ck_assert_uint_ge(v.cap, 1000);
+  for (uint32_t i = 0; i < 1000; i++)
+    ck_assert_uint_eq(v.ptr[i], i * 7);
+  uint32_t *before = v.ptr;
+  /* LEN + N wraps around: refused before any allocation. */
+  volatile size_t huge = SIZE_MAX;
+  ck_assert_int_eq(tb_vector_reserve(&v, huge), -1);
+  ck_assert(v.ptr == before && v.len == 1000);
+  ck_assert_msg(strstr(tb_errmsg(), "out of memory"), "%s", tb_errmsg());
+  tb_vector_free(&v);
+  ck_assert(v.ptr == NULL && v.len == 0 && v.cap == 0);
+}
+END_TEST
+
 START_TEST(test_ptable_memory)
 {
   struct tb_ptable *t = malloc(sizeof *t);
@@ -521,6 +544,7 @@ static Suite *pure_suite(void)
   tcase_add_test(tc, test_allow_lists);
   tcase_add_test(tc, test_regions);
   tcase_add_test(tc, test_manifests);
+  tcase_add_test(tc, test_vector);
   tcase_add_test(tc, test_ptable_memory);
   suite_add_tcase(s, tc);
   return s;
