@@ -47,6 +47,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "events.h"
 #include "live.h"
 #include "pdu.h"
 #include "scsi.h"
@@ -733,10 +734,13 @@ static int open_disk(struct conn *c, struct login *lg)
     return -1;
   }
   struct tb_conn_info info = {.frontend = "iscsi", .peer = c->peer, .boot_token = NULL};
-  c->tconn = tb_conn_open(c->cfg, c->client, &info);
+  enum tb_conn_refusal why;
+  c->tconn = tb_conn_open(c->cfg, c->client, &info, &why);
   if (!c->tconn) {
     isc_log("%s: login from %s (%s): %s", c->client->id, c->peer, c->initiator, tb_errmsg());
-    lg->status = errno == EBUSY || errno == EWOULDBLOCK ? LS_UNAVAILABLE : LS_TARGET_ERROR;
+    tb_event_refusal(c->cfg->state_dir, c->client->id, c->peer,
+                     tb_conn_refusal_reason(why, tb_errmsg()), NULL);
+    lg->status = why == TB_CONN_BUSY ? LS_UNAVAILABLE : LS_TARGET_ERROR;
     return -1;
   }
   isc_lu_init(&c->lu, c->tconn, c->client->id, c->target, false);

@@ -340,11 +340,18 @@ static void note_boot(struct tb_live_client *lc, const struct tb_conn_info *info
   lc->boot_started_ms = tb_now_ms();
 }
 
+/* The refusal errno of tb_session_plan() and tb_session_resume() (session.h). */
+static enum tb_conn_refusal refusal_of(int err)
+{
+  return err == EWOULDBLOCK ? TB_CONN_BUSY : err == EACCES ? TB_CONN_LOCKED_DOWN : TB_CONN_FAILED;
+}
+
 /* Take over a session a dead process left active, if this connection is of
  * its boot and comes within its grace.  Returns 1 if resumed, 0 if not (an
  * old record is then ended), -1 on error. */
 static int try_resume(struct tb_live_client *lc, const struct tb_conn_info *info,
-                      const struct tb_boot_marker *marker, const struct tb_session_record *rec)
+                      const struct tb_boot_marker *marker, const struct tb_session_record *rec,
+                      enum tb_conn_refusal *why)
 {
   if (!rec->active)
     return 0;
@@ -352,8 +359,10 @@ static int try_resume(struct tb_live_client *lc, const struct tb_conn_info *info
                    marker->seq <= rec->boot.marker_seq;
   bool in_grace = tb_mono_ms() < process_start_ms + lc->c->reconnect_grace_ms;
   struct tb_session *s = tb_session_resume(lc->cfg, lc->c, rec);
-  if (!s)
-    return -1; /* busy: another frontend process serves it */
+  if (!s) {
+    *why = refusal_of(errno); /* busy: another frontend process serves it */
+    return -1;
+  }
   char base_path[TB_PATH_MAX];
   if (same_boot && in_grace &&
       (tb_store_version_path(lc->cfg->state_dir, s->info.base.image, s->info.base.version,
@@ -396,9 +405,23 @@ static int commit_turn(struct tb_live_client *lc)
 
 /* ---- connections ---------------------------------------------------------------- */
 
-struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client_conf *c,
-                             const struct tb_conn_info *info)
+const char *tb_conn_refusal_reason(enum tb_conn_refusal why, const char *msg)
 {
+  switch (why) {
+  case TB_CONN_BUSY:
+    return "busy";
+  case TB_CONN_LOCKED_DOWN:
+    return "locked down";
+  case TB_CONN_FAILED:
+    break;
+  }
+  return msg;
+}
+
+struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client_conf *c,
+                             const struct tb_conn_info *info, enum tb_conn_refusal *why)
+{
+  enum tb_conn_refusal refusal = TB_CONN_FAILED;
   struct tb_boot_marker marker;
   if (tb_boot_marker_read(cfg->state_dir, c->id, &marker) == -1)
     memset(&marker, 0, sizeof marker); /* a damaged marker marks nothing */
@@ -432,9 +455,11 @@ struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client
     take_config(lc, cfg, c);
     if (tb_session_record(cfg->state_dir, c->id, &last) == -1)
       memset(&last, 0, sizeof last); /* rewritten by the next session */
-    r = try_resume(lc, info, &marker, &last);
+    r = try_resume(lc, info, &marker, &last, &refusal);
     if (r == 0) {
       struct tb_session_plan *pl = tb_session_plan(lc->cfg, lc->c, info->admin);
+      if (!pl)
+        refusal = refusal_of(errno);
       if (pl && guards_resolve(lc, tb_session_plan_base_path(pl), tb_session_plan_size(pl)) == -1) {
         tb_session_plan_free(pl);
         pl = NULL;
@@ -470,6 +495,8 @@ struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client
   if (r == -1) {
     tb_live_client_put(lc);
     free(conn);
+    if (why)
+      *why = refusal;
     return NULL;
   }
   return conn;

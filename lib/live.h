@@ -46,11 +46,24 @@ struct tb_conn_info {
   bool admin;             /* an admin peer: may look at a locked-down client */
 };
 
+/* Why tb_conn_open refused a connection: what a frontend records in its
+ * refusal event and answers in its protocol (iSCSI: busy is "target
+ * unavailable"). */
+enum tb_conn_refusal {
+  TB_CONN_FAILED,      /* the disk cannot be served: tb_errmsg() says why */
+  TB_CONN_BUSY,        /* another process serves the client, or the daemon works on it */
+  TB_CONN_LOCKED_DOWN, /* the client is locked down and the peer is no admin */
+};
+/* The "reason" of the refusal event: "busy", "locked down", else MSG (the
+ * error message). */
+const char *tb_conn_refusal_reason(enum tb_conn_refusal why, const char *msg);
+
 /* Open a connection of client C.  Fails when the client is busy (another
  * process serves it), locked down (unless INFO->admin: then reads work and
- * writes fail with EPERM), or its disk cannot be found. */
+ * writes fail with EPERM), or its disk cannot be found; then *WHY (if WHY is
+ * not NULL) says which. */
 struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client_conf *c,
-                             const struct tb_conn_info *info);
+                             const struct tb_conn_info *info, enum tb_conn_refusal *why);
 void tb_conn_close(struct tb_conn *conn);
 
 uint64_t tb_conn_size(const struct tb_conn *conn);

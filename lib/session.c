@@ -749,6 +749,7 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
                                         bool admin_look)
 {
   const char *state = cfg->state_dir;
+  int saved;
   struct tb_session_plan *pl = calloc(1, sizeof *pl);
   char *overlay = malloc(TB_PATH_MAX), *src = malloc(TB_PATH_MAX);
   if (!pl || !overlay || !src || !(pl->state_dir = strdup(state))) {
@@ -771,6 +772,7 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
     if (!admin_look) {
       tb_error("client %s is locked down (%s); release it with: tabulactl unlock %s", c->id,
                pl->mb.lockdown, c->id);
+      errno = EACCES;
       goto fail;
     }
     pl->locked_down = true;
@@ -824,14 +826,18 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
 
 fail:
   tb_error_prefix("session start of %s", c->id);
+  saved = errno;
   tb_session_plan_free(pl);
   pl = NULL;
+  errno = saved;
 fail_early:
+  saved = errno; /* EWOULDBLOCK and EACCES tell busy and locked down apart */
   if (pl)
     free(pl->state_dir);
   free(pl);
   free(overlay);
   free(src);
+  errno = saved;
   return NULL;
 }
 
@@ -1080,6 +1086,7 @@ struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct t
 
 fail:
   tb_error_prefix("resuming session %llu of %s", (unsigned long long)rec->number, c->id);
+  int saved = errno; /* EWOULDBLOCK: busy */
   if (s) {
     tb_client_unlock(s->lock_fd);
     free(s->state_dir);
@@ -1087,6 +1094,7 @@ fail:
   free(s);
   free(overlay);
   free(base_path);
+  errno = saved;
   return NULL;
 }
 

@@ -52,7 +52,9 @@ int tb_client_target(const char *state, const struct tb_client_conf *c, char ima
  * (tb_session_plan_pread) without changing anything on disk.  Commit does
  * the turn exactly as planned (a mailbox request posted in between waits
  * for the next boot).  CFG and C must outlive the plan.  ADMIN_LOOK: a
- * locked-down client may be planned (and read), never committed. */
+ * locked-down client may be planned (and read), never committed.  Fails with
+ * EWOULDBLOCK when the client is busy (its lock is held), EACCES when it is
+ * locked down and !ADMIN_LOOK (lib/live.c tells refusals apart by these). */
 struct tb_session_plan;
 struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struct tb_client_conf *c,
                                         bool admin_look);
@@ -83,7 +85,8 @@ struct tb_session_record {
 int tb_session_record(const char *state, const char *id, struct tb_session_record *rec);
 /* Take an active session over from a frontend process that is gone: its
  * overlay as it is, no turn, the same number.  The caller records whether it
- * continues it (session-resume) or ends it (session-orphaned). */
+ * continues it (session-resume) or ends it (session-orphaned).  Fails with
+ * EWOULDBLOCK when the client is busy. */
 struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct tb_client_conf *c,
                                      const struct tb_session_record *rec);
 /* Ends the session: flush, figures, event, unlock, free.  Returns flush result. */

@@ -580,13 +580,10 @@ static void *tabula_open(int readonly)
                                 .peer = peer.text,
                                 .boot_token = h->boot_token[0] ? h->boot_token : NULL,
                                 .admin = admin};
-    if (!(h->conn = tb_conn_open(cfg, c, &info))) {
-      const char *msg = tb_errmsg();
-      nbdkit_error("%s", msg);
-      tb_event_refusal(cfg->state_dir, h->name, peer.text,
-                       strstr(msg, " is busy")         ? "busy"
-                       : strstr(msg, "is locked down") ? "locked down"
-                                                       : msg,
+    enum tb_conn_refusal why;
+    if (!(h->conn = tb_conn_open(cfg, c, &info, &why))) {
+      nbdkit_error("%s", tb_errmsg());
+      tb_event_refusal(cfg->state_dir, h->name, peer.text, tb_conn_refusal_reason(why, tb_errmsg()),
                        NULL);
       goto out;
     }

@@ -15,7 +15,8 @@ cat >"$TB_TMP/tabula.json" <<JSON
    "pc01": {"image": "demo"},
    "pc02": {"image": "demo", "iscsi": {"chap": {"user": "pc02", "secret": "pc02-secret-12"}}},
    "pc03": {"image": "demo", "iscsi": {"initiator": "iqn.2024-01.lan.tabula.test:pc03"}},
-   "pc04": {"image": "demo", "allow": ["10.9.9.9"]}
+   "pc04": {"image": "demo", "allow": ["10.9.9.9"]},
+   "pc05": {"image": "demo"}
  }}
 JSON
 tb_iscsi_start t "$TB_TMP/tabula.json"
@@ -78,14 +79,23 @@ iscsi-inq -i "$TB_ISCSI_INITIATOR" "$(tb_iscsi_url pc01)" >/dev/null || tb_fail 
 # NBD while iSCSI serves pc01: the plugin says busy; pc02 over NBD still works.
 cat >"$TB_TMP/nbd.json" <<JSON
 {"state_dir": "$S", "images": {"demo": {}},
- "clients": {"pc01": {"image": "demo"}, "pc02": {"image": "demo"}}}
+ "clients": {"pc01": {"image": "demo"}, "pc02": {"image": "demo"}, "pc05": {"image": "demo"}}}
 JSON
 tb_start n "$TB_TMP/nbd.json"
 st=0
 tb_io n -e pc01 size:67108864 >"$TB_TMP/nbd-out" 2>&1 || st=$?
 [ "$st" = 2 ] || tb_fail "pc01's NBD export was not refused while its iSCSI session runs (exit $st)"
 grep -qi "busy" "$TB_TMP/nbd-out" "$TB_TMP/n.log" || tb_fail "pc01's NBD refusal does not say busy: $(cat "$TB_TMP/nbd-out")"
+tb_event "$S" '.type == "refused" and .client == "pc01" and .reason == "busy" and (.peer | test("unix"))' \
+  "the NBD refusal of busy pc01"
 tb_io n -e pc02 size:67108864 >/dev/null || tb_fail "pc02 over NBD"
+# And the other way round: NBD serves pc05, an iSCSI login is "target
+# unavailable" and recorded as a busy refusal.
+tb_hold n nbdhold -e pc05 size:67108864
+[ "$(tb_iscsi_raw pc05 login)" = "status 0301" ] || tb_fail "an iSCSI login while NBD serves pc05 was not refused as busy"
+tb_event "$S" '.type == "refused" and .client == "pc05" and .reason == "busy" and .peer == "127.0.0.1"' \
+  "the iSCSI refusal of busy pc05"
+tb_release nbdhold
 tb_stop n
 kill "$(cat "$TB_TMP/hold.bgpid")" 2>/dev/null || true
 tb_iscsi_stop t

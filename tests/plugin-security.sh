@@ -2,7 +2,8 @@
 # Who may reach what.
 #  - A client's export is served only to peers in its "allow" list, over TCP
 #    (IPv4 and IPv6 loopback) and the unix socket; a refusal is logged with the
-#    peer and recorded as a "refused" event.
+#    peer and recorded as a "refused" event; so is a locked-down client
+#    ("locked down") and one another process serves ("busy").
 #  - The empty export name finds the client whose "address" is the peer's.
 #  - Admin exports (ID@live, ID@overlay, ID@session/N, IMAGE@N) and the export
 #    list exist only for admin peers: never over TCP without admin networks,
@@ -49,6 +50,26 @@ fi
 tb_assert_log tcp 'listing exports is only for admin peers' "listing exports over TCP"
 tb_event "$state" '.type == "refused" and .client == "unixonly" and .peer == "127.0.0.1"' \
   "refusal of unixonly"
+# A locked-down client and a busy one (another process holds its lock): the
+# refused event says which (lib/live.h's reason, not the message text).
+tb_wait_idle "$state" dflt
+printf '{"lockdown": "test"}' >"$state/clients/dflt/mailbox.json"
+refused "$T" dflt 'client dflt is locked down \(test\)' "locked-down dflt from 127.0.0.1" tcp
+tb_event "$state" '.type == "refused" and .client == "dflt" and .reason == "locked down"' \
+  "refusal of locked-down dflt"
+rm "$state/clients/dflt/mailbox.json"
+flock -o "$state/clients/dflt/lock" sleep 60 &
+echo $! >"$TB_TMP/busy.bgpid"
+i=0
+while flock -n "$state/clients/dflt/lock" true; do
+  i=$((i + 1))
+  [ $i -lt 300 ] || tb_fail "flock did not take dflt's lock"
+  sleep 0.1
+done
+refused "$T" dflt 'client dflt is busy' "busy dflt from 127.0.0.1" tcp
+tb_event "$state" '.type == "refused" and .client == "dflt" and .reason == "busy"' \
+  "refusal of busy dflt"
+kill "$(cat "$TB_TMP/busy.bgpid")"
 tb_stop tcp
 
 if python3 -c 'import socket; socket.socket(socket.AF_INET6).bind(("::1", 0))' 2>/dev/null; then
