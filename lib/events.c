@@ -29,19 +29,26 @@
 #include "events.h"
 #include "store.h"
 
+/* Set at start and on reload while other threads append: read and written
+ * atomically (relaxed: each is one independent number). */
 static uint64_t max_bytes = TB_EVENTS_DEFAULT_MAX;
 static unsigned keep_gens = TB_EVENTS_DEFAULT_KEEP;
 
 void tb_events_set_max_bytes(uint64_t max)
 {
   if (max >= 4096)
-    max_bytes = max;
+    __atomic_store_n(&max_bytes, max, __ATOMIC_RELAXED);
 }
 
 void tb_events_set_keep(unsigned keep)
 {
   if (keep >= 1 && keep <= TB_EVENTS_MAX_KEEP)
-    keep_gens = keep;
+    __atomic_store_n(&keep_gens, keep, __ATOMIC_RELAXED);
+}
+
+static uint64_t journal_max(void)
+{
+  return __atomic_load_n(&max_bytes, __ATOMIC_RELAXED);
 }
 
 /* PATH.N+1 <- PATH.N for N = keep-1 .. 1 (the oldest falls off), then
@@ -49,7 +56,7 @@ void tb_events_set_keep(unsigned keep)
 static void shift_generations(const char *path)
 {
   char from[TB_PATH_MAX], to[TB_PATH_MAX];
-  for (unsigned n = keep_gens; n > 1; n--) {
+  for (unsigned n = __atomic_load_n(&keep_gens, __ATOMIC_RELAXED); n > 1; n--) {
     if (tb_path(from, sizeof from, "%s.%u", path, n - 1) == -1 ||
         tb_path(to, sizeof to, "%s.%u", path, n) == -1)
       return;
@@ -71,7 +78,7 @@ static __attribute__((noinline)) void rotate(const char *path)
   if (fd == -1)
     return;
   if (flock(fd, LOCK_EX) == 0 && lstat(path, &st) == 0 && S_ISREG(st.st_mode) &&
-      (uint64_t)st.st_size >= max_bytes)
+      (uint64_t)st.st_size >= journal_max())
     shift_generations(path);
   close(fd);
 }
@@ -79,7 +86,7 @@ static __attribute__((noinline)) void rotate(const char *path)
 static void rotate_if_large(const char *path)
 {
   struct stat st;
-  if (lstat(path, &st) == 0 && (uint64_t)st.st_size >= max_bytes)
+  if (lstat(path, &st) == 0 && (uint64_t)st.st_size >= journal_max())
     rotate(path);
 }
 

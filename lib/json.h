@@ -24,4 +24,11 @@ int tb_json_check_keys(const json_t *obj, const char *path, const char *const *a
 /* PATH.KEY (or KEY when PATH is empty) into OUT, truncated to LEN. */
 void tb_json_subpath(char *out, size_t len, const char *path, const char *key);
 
+/* Scoped release of a reference (cleanup.h). */
+static inline void tb_cleanup_json(json_t **j)
+{
+  json_decref(*j);
+}
+#define CLEANUP_JSON __attribute__((cleanup(tb_cleanup_json)))
+
 #endif

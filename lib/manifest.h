@@ -58,5 +58,10 @@ json_t *tb_manifest_to_index_entry(const struct tb_manifest *m);
 
 struct tb_manifest *tb_manifest_copy(const struct tb_manifest *m);
 void tb_manifest_free(struct tb_manifest *m);
+static inline void tb_cleanup_manifest(struct tb_manifest **m)
+{
+  tb_manifest_free(*m);
+}
+#define CLEANUP_MANIFEST __attribute__((cleanup(tb_cleanup_manifest)))
 
 #endif

@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "merge.h"
 #include "overlay.h"
 #include "session.h"
@@ -217,21 +218,15 @@ static struct tb_manifest *incremental_manifest(struct walk *w, const char *stat
                                                 const struct tb_base_id *base, int fd, bool *failed)
 {
   *failed = false;
-  struct tb_manifest *bm = tb_manifest_load(state, base->image, base->version);
-  if (!bm)
+  CLEANUP_MANIFEST struct tb_manifest *bm = tb_manifest_load(state, base->image, base->version);
+  if (!bm || bm->chunk_size != TB_CHUNK_SIZE || bm->size != w->size || bm->n_chunks != w->n_chunks)
     return NULL;
-  struct tb_manifest *m = NULL;
-  char *buf = NULL;
-  if (bm->chunk_size != TB_CHUNK_SIZE || bm->size != w->size || bm->n_chunks != w->n_chunks)
-    goto out;
-  m = calloc(1, sizeof *m);
-  buf = malloc(TB_CHUNK_SIZE);
+  CLEANUP_MANIFEST struct tb_manifest *m = calloc(1, sizeof *m);
+  CLEANUP_FREE char *buf = malloc(TB_CHUNK_SIZE);
   if (!m || !buf || !(m->chunks = malloc(bm->n_chunks * 32 + 32))) {
     tb_error_errno("hashing the new version");
     *failed = true;
-    tb_manifest_free(m);
-    m = NULL;
-    goto out;
+    return NULL;
   }
   m->size = bm->size;
   m->chunk_size = bm->chunk_size;
@@ -249,16 +244,13 @@ static struct tb_manifest *incremental_manifest(struct walk *w, const char *stat
     if (tb_hash_chunk(fd, off, len, buf, m->chunks[i]) == -1 ||
         report(w, "hashing chunks", ++done, todo) == -1) {
       *failed = true;
-      tb_manifest_free(m);
-      m = NULL;
-      goto out;
+      return NULL;
     }
   }
   tb_chunks_digest((const uint8_t(*)[32])m->chunks, m->n_chunks, m->sha256);
-out:
-  free(buf);
-  tb_manifest_free(bm);
-  return m;
+  struct tb_manifest *ret = m;
+  m = NULL;
+  return ret;
 }
 
 static int hash_progress(void *ctx, uint64_t done, uint64_t total)

@@ -30,6 +30,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "cleanup.h"
 #include "store.h"
 #include "vector.h"
 
@@ -310,33 +311,25 @@ int tb_hash_file(int fd, uint64_t size, uint32_t chunk_size, uint8_t sha256[32],
                  uint8_t (**chunks_out)[32], size_t *n_chunks, tb_progress_fn progress, void *ctx)
 {
   size_t n = (size_t)((size + chunk_size - 1) / chunk_size);
-  uint8_t(*chunks)[32] = calloc(n + 1, 32);
-  char *buf = malloc(chunk_size);
-  int r = -1;
-  if (!chunks || !buf) {
-    tb_error_errno("hashing");
-    goto out;
-  }
+  CLEANUP_FREE uint8_t(*chunks)[32] = calloc(n + 1, 32);
+  CLEANUP_FREE char *buf = malloc(chunk_size);
+  if (!chunks || !buf)
+    return tb_error_errno("hashing");
   for (size_t i = 0; i < n; i++) {
     uint64_t off = (uint64_t)i * chunk_size;
     size_t len = (size_t)(size - off < chunk_size ? size - off : chunk_size);
     if (tb_hash_chunk(fd, off, len, buf, chunks[i]) == -1)
-      goto out;
+      return -1;
     if (progress && progress(ctx, off + len, size)) {
       errno = ECANCELED;
-      tb_error("cancelled");
-      goto out;
+      return tb_error("cancelled");
     }
   }
   tb_chunks_digest((const uint8_t(*)[32])chunks, n, sha256);
   *chunks_out = chunks;
   *n_chunks = n;
   chunks = NULL;
-  r = 0;
-out:
-  free(buf);
-  free(chunks);
-  return r;
+  return 0;
 }
 
 int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, void *ctx)
@@ -545,32 +538,23 @@ fail:
 
 int tb_version_commit(struct tb_version_builder *b, tb_progress_fn progress, void *ctx)
 {
-  struct tb_manifest *m = calloc(1, sizeof *m);
-  int fd = open(b->tmp, O_RDONLY | O_CLOEXEC);
+  CLEANUP_MANIFEST struct tb_manifest *m = calloc(1, sizeof *m);
+  CLEANUP_CLOSE int fd = open(b->tmp, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (!m || fd == -1 || fstat(fd, &st) == -1) {
     tb_error_errno("cannot read %s", b->tmp);
-    goto fail;
+    tb_version_abort(b);
+    return -1;
   }
   m->size = (uint64_t)st.st_size;
   m->chunk_size = TB_CHUNK_SIZE;
-  if (m->size == 0) {
+  if (m->size == 0)
     tb_error("the new version is empty (0 bytes)");
-    goto fail;
-  }
-  if (tb_hash_file(fd, m->size, m->chunk_size, m->sha256, &m->chunks, &m->n_chunks, progress,
-                   ctx) == -1) {
+  else if (tb_hash_file(fd, m->size, m->chunk_size, m->sha256, &m->chunks, &m->n_chunks, progress,
+                        ctx) == -1)
     tb_error_prefix("hashing %s", b->tmp);
-    goto fail;
-  }
-  close(fd);
-  int r = tb_version_commit_manifest(b, m);
-  tb_manifest_free(m);
-  return r;
-fail:
-  if (fd >= 0)
-    close(fd);
-  tb_manifest_free(m);
+  else
+    return tb_version_commit_manifest(b, m);
   tb_version_abort(b);
   return -1;
 }

@@ -105,11 +105,6 @@ static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog
 static const char *const on_names[] = {"created", "changed", "deleted", "exists"};
 static const char *const action_names[] = {"alert", "quarantine", "rollback", "lockdown"};
 
-const char *tb_rule_on_name(enum tb_rule_on on)
-{
-  return on_names[on];
-}
-
 const char *tb_rule_action_name(enum tb_rule_action a)
 {
   return action_names[a];

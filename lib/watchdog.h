@@ -87,7 +87,6 @@ int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_co
 int tb_watchdog_for(const json_t *top, const json_t *client, struct tb_watchdog_conf *w);
 void tb_watchdog_free(struct tb_watchdog_conf *w);
 
-const char *tb_rule_on_name(enum tb_rule_on on);
 const char *tb_rule_action_name(enum tb_rule_action a);
 
 /* ---- guards in the data path ---- */
