@@ -9,6 +9,9 @@
  * logins; SIGTERM/SIGINT end every connection, flush and leave the sessions
  * resumable (tb_live_shutdown) for the next start.  A thread calls
  * tb_live_tick() once a second (grace periods, idle clients, the reserve).
+ * The admin views of the sessions it runs (ID@live, ID@overlay, served by
+ * nbdkit) are answered on STATE/view-iscsi.sock (lib/liveview.h), so they
+ * show every write acknowledged here, flushed or not.
  * Protocol and session rules: target.h; SCSI: scsi.h.
  */
 #include <config.h>
@@ -27,6 +30,7 @@
 #include <unistd.h>
 
 #include "live.h"
+#include "liveview.h"
 #include "target.h"
 
 #define MAX_LISTEN 8
@@ -161,6 +165,9 @@ static void help(void)
          "  --pidfile FILE      write the pid to FILE once the target serves\n"
          "  --help              this text\n"
          "\n"
+         "nbdkit's admin views of the sessions it runs (ID@live, ID@overlay, the view)\n"
+         "are answered on STATE/view-iscsi.sock, so they show unflushed writes too.\n"
+         "\n"
          "SIGHUP re-reads CONFIG (new logins use it); SIGTERM ends every connection\n"
          "and leaves the sessions to continue within reconnect_grace.\n"
          "TABULA_ISCSI_DEBUG=1 logs every PDU.  See tabula-iscsid(8).\n");
@@ -214,6 +221,12 @@ int main(int argc, char **argv)
       return 1;
     }
   }
+  /* Without it the admin views would show this target's clients as of
+   * their last flush: refuse to run rather than serve them wrong. */
+  if (tb_liveview_serve(cfg->state_dir, "iscsi") == -1) {
+    isc_log("%s", tb_errmsg());
+    return 1;
+  }
   tb_config_unref(cfg);
 
   struct sigaction sa = {.sa_handler = on_signal};
@@ -265,6 +278,7 @@ int main(int argc, char **argv)
     close(fds[i]);
   isc_stop_all(10000);
   pthread_join(tick, NULL);
+  tb_liveview_serve_stop();
   tb_live_shutdown();
   struct tb_config *last = isc_get_config();
   if (last) {

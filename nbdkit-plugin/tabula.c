@@ -20,9 +20,14 @@
  * share it, the turn happens at the first write, and reconnects within
  * reconnect_grace continue it.  The plugin maps a connection to a client and
  * a boot token and calls tb_conn_*.  Admin connections to ID@live/ID@overlay
- * read the running session's overlay if this process has one (so they see
- * the guest's writes at once), else a read-only copy of the overlay on disk,
- * reopened whenever a session starts or ends.
+ * read what the client itself would read at that moment, flushed or not:
+ *   - the running session's overlay, if this process runs it;
+ *   - else, if another frontend process runs it (tabula-iscsid), that
+ *     process's answer from its overlay (lib/liveview.h says why the file
+ *     cannot show it: its map on disk is as of the last flush);
+ *   - else a read-only copy of the overlay on disk, which no process then
+ *     writes: reopened when this process's sessions started or ended, or the
+ *     file changed (another process's session ended or turned).
  *
  * The configuration is re-read when its file changes (checked at each new
  * connection); a new file with an error is logged and the old one kept.
@@ -54,6 +59,7 @@
 #include "export.h"
 #include "handshake.h"
 #include "live.h"
+#include "liveview.h"
 #include "overlay.h"
 #include "session.h"
 #include "store.h"
@@ -346,16 +352,19 @@ enum export_kind {
 
 struct handle {
   enum export_kind kind;
-  char name[TB_NAME_MAX + 1]; /* client id or image name */
-  char boot_token[65];        /* CLIENT: the boot id sent with the name, or "" */
-  struct tb_conn *conn;       /* CLIENT */
-  struct tb_live_client *lc;  /* LIVE, OVERLAY */
+  char name[TB_NAME_MAX + 1];    /* client id or image name */
+  char boot_token[65];           /* CLIENT: the boot id sent with the name, or "" */
+  struct tb_conn *conn;          /* CLIENT */
+  struct tb_live_client *lc;     /* LIVE, OVERLAY */
+  struct tb_liveview_peer *peer; /* LIVE, OVERLAY: the session in tabula-iscsid */
   /* What an admin handle reads when no session is running (or for SESSION):
    * a read-only overlay, or, for a client with no overlay and for IMAGE, a raw file. */
-  pthread_mutex_t fallback_lock;
+  pthread_mutex_t fallback_lock; /* also serialises the peer's requests */
   struct tb_overlay *ro;
   int raw_fd;
-  uint64_t ro_generation;
+  bool fallback_open;     /* LIVE, OVERLAY: ro / raw_fd hold what is below */
+  uint64_t ro_generation; /* this process's session generation when opened */
+  struct stat ro_stat;    /* clients/ID/overlay when opened (st_ino 0: none) */
   uint64_t fallback_size; /* of what ro / raw_fd hold */
   uint64_t size;          /* announced at open; a different disk is ESTALE */
   uint32_t block_size;
@@ -368,6 +377,7 @@ static void handle_free(struct handle *h)
   tb_conn_close(h->conn);
   if (h->lc)
     tb_live_client_put(h->lc);
+  tb_liveview_peer_free(h->peer);
   tb_overlay_close(h->ro);
   if (h->raw_fd >= 0)
     close(h->raw_fd);
@@ -441,9 +451,14 @@ static int admin_fallback_open(struct handle *h, const struct tb_config *cfg, ui
   if (h->raw_fd >= 0)
     close(h->raw_fd);
   h->raw_fd = -1;
-  if (access(path, F_OK) == 0) {
+  h->fallback_open = false;
+  /* Stat first: a change after this is seen at the next request. */
+  if (stat(path, &h->ro_stat) == -1)
+    memset(&h->ro_stat, 0, sizeof h->ro_stat);
+  if (h->ro_stat.st_ino) {
     if (!(h->ro = open_ro_overlay(cfg->state_dir, path)))
       return -1;
+    h->fallback_open = true;
     *size = tb_overlay_size(h->ro);
     h->block_size = tb_overlay_block_size(h->ro);
     return 0;
@@ -454,7 +469,26 @@ static int admin_fallback_open(struct handle *h, const struct tb_config *cfg, ui
   if (!c || tb_client_target(cfg->state_dir, c, image, &version) == -1 ||
       tb_store_version_path(cfg->state_dir, image, version, img_path, sizeof img_path) == -1)
     return -1;
-  return open_raw(h, img_path, size);
+  if (open_raw(h, img_path, size) == -1)
+    return -1;
+  h->fallback_open = true;
+  return 0;
+}
+
+/* Has clients/ID/overlay changed since the fallback was opened?  Another
+ * process's session that ended flushed its map there, one that turned
+ * renamed it away. */
+static bool fallback_changed(struct handle *h, const struct tb_config *cfg)
+{
+  char path[TB_PATH_MAX];
+  struct stat st;
+  if (tb_store_client_path(cfg->state_dir, h->name, "overlay", path, sizeof path) == -1)
+    return true;
+  if (stat(path, &st) == -1)
+    return h->ro_stat.st_ino != 0;
+  return st.st_ino != h->ro_stat.st_ino || st.st_dev != h->ro_stat.st_dev ||
+         st.st_size != h->ro_stat.st_size || st.st_mtim.tv_sec != h->ro_stat.st_mtim.tv_sec ||
+         st.st_mtim.tv_nsec != h->ro_stat.st_mtim.tv_nsec;
 }
 
 static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t num)
@@ -488,14 +522,21 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
       return tb_error("no client %s in the configuration", h->name);
     if (!(h->lc = tb_live_client_get(h->name)))
       return -1;
+    if (!(h->peer = tb_liveview_peer_new(cfg->state_dir, "iscsi", h->name)))
+      return -1;
     uint64_t gen;
     struct tb_overlay *ovl = tb_live_read_begin(h->lc, &gen);
+    struct tb_overlay_info info;
     int r = 0;
     if (ovl) {
       h->size = tb_overlay_size(ovl);
       h->block_size = tb_overlay_block_size(ovl);
       tb_live_read_end(h->lc);
-    } else {
+    } else if ((r = tb_liveview_peer_info(h->peer, &info)) == 1) {
+      h->size = info.size;
+      h->block_size = info.block_size;
+      r = 0; /* the fallback opens when that session has ended */
+    } else if (r == 0) {
       r = admin_fallback_open(h, cfg, &h->size);
       h->fallback_size = h->size;
     }
@@ -618,13 +659,48 @@ static void tabula_close(void *handle)
 
 /* ---- what a handle reads ------------------------------------------------------ */
 
-/* A source of data for one admin request: an overlay, or a raw file. */
+/* A source of data for one admin request: an overlay, or a raw file, or
+ * the peer that may run the session. */
 struct source {
   struct tb_overlay *ovl;
   int raw_fd;
   bool live;            /* holds the live session's overlay (tb_live_read_begin) */
   bool fallback_locked; /* holds fallback_lock */
+  bool remote;          /* ask h->peer first; source_fallback if it runs no session */
+  uint64_t generation;
 };
+
+/* What an admin request reads when no process runs the client's session:
+ * the overlay on disk, reopened when it may be stale.  Call with
+ * fallback_lock held (source_get). */
+static int source_fallback(struct handle *h, struct source *src)
+{
+  src->remote = false;
+  struct tb_config *cfg = config_get();
+  int r = 0;
+  if (!h->fallback_open || h->ro_generation != src->generation || fallback_changed(h, cfg)) {
+    uint64_t size;
+    r = admin_fallback_open(h, cfg, &size);
+    if (r == 0) {
+      h->ro_generation = src->generation;
+      h->fallback_size = size;
+    }
+  }
+  tb_config_unref(cfg);
+  if (r == -1) {
+    errno = EIO;
+    return tb_error_prefix("%s@live", h->name);
+  }
+  src->ovl = h->ro;
+  src->raw_fd = h->raw_fd;
+  if (h->fallback_size != h->size) {
+    errno = ESTALE;
+    return tb_error("%s: the client's disk changed (re-imaged from %" PRIu64 " to %" PRIu64
+                    " bytes); reconnect",
+                    h->name, h->size, h->fallback_size);
+  }
+  return 0;
+}
 
 static int source_get(struct handle *h, struct source *src)
 {
@@ -635,29 +711,18 @@ static int source_get(struct handle *h, struct source *src)
     src->raw_fd = h->raw_fd;
     return 0;
   }
-  /* LIVE and OVERLAY: the running session, else the overlay on disk. */
-  uint64_t gen, size;
-  if ((src->ovl = tb_live_read_begin(h->lc, &gen))) {
-    src->live = true;
-    size = tb_overlay_size(src->ovl);
-  } else {
+  /* LIVE and OVERLAY: the running session here, else the one another
+   * process runs, else the overlay on disk. */
+  uint64_t gen;
+  if (!(src->ovl = tb_live_read_begin(h->lc, &gen))) {
     pthread_mutex_lock(&h->fallback_lock);
     src->fallback_locked = true;
-    if (h->ro_generation != gen) {
-      struct tb_config *cfg = config_get();
-      int r = admin_fallback_open(h, cfg, &size);
-      tb_config_unref(cfg);
-      if (r == -1) {
-        errno = EIO;
-        return tb_error_prefix("%s@live", h->name);
-      }
-      h->ro_generation = gen;
-      h->fallback_size = size;
-    }
-    src->ovl = h->ro;
-    src->raw_fd = h->raw_fd;
-    size = h->fallback_size;
+    src->generation = gen;
+    src->remote = true;
+    return 0;
   }
+  src->live = true;
+  uint64_t size = tb_overlay_size(src->ovl);
   if (size != h->size) {
     errno = ESTALE;
     return tb_error("%s: the client's disk changed (re-imaged from %" PRIu64 " to %" PRIu64
@@ -757,6 +822,15 @@ static int tabula_pread(void *handle, void *buf, uint32_t count, uint64_t offset
     return tb_conn_pread(h->conn, buf, count, offset) == -1 ? fail_with_errno() : 0;
   struct source src;
   int r = source_get(h, &src);
+  if (r == 0 && src.remote) {
+    int served =
+        tb_liveview_peer_pread(h->peer, h->kind == EXPORT_OVERLAY, buf, count, offset, h->size);
+    if (served != 0) {
+      source_put(h, &src);
+      return served == 1 ? 0 : fail_with_errno();
+    }
+    r = source_fallback(h, &src);
+  }
   if (r == 0) {
     if (src.ovl && h->kind == EXPORT_OVERLAY)
       r = tb_overlay_pread_dirty(src.ovl, buf, count, offset);
@@ -883,6 +957,28 @@ static int tabula_extents(void *handle, uint32_t count, uint64_t offset, uint32_
   }
   struct source src;
   int r = source_get(h, &src);
+  if (r == 0 && src.remote) {
+    struct tb_liveview_run *runs;
+    size_t n;
+    int base_fd;
+    int served = tb_liveview_peer_extents(h->peer, offset, count, h->size, &runs, &n, &base_fd);
+    if (served == 1) {
+      struct extents_ctx x = {extents, base_fd, h->kind == EXPORT_OVERLAY};
+      /* With REQ_ONE only the first extent is needed. */
+      for (size_t i = 0; i < n && r == 0 && (i == 0 || !(flags & NBDKIT_FLAG_REQ_ONE)); i++)
+        r = extent_cb(&x, runs[i].offset, runs[i].length, runs[i].state);
+      free(runs);
+    }
+    if (served != 0) {
+      source_put(h, &src);
+      if (served == -1 || r == -1) {
+        nbdkit_error("%s: extents: %s", h->name, tb_errmsg());
+        return -1;
+      }
+      return 0;
+    }
+    r = source_fallback(h, &src);
+  }
   if (r == 0) {
     if (src.ovl) {
       struct extents_ctx x = {extents, tb_overlay_base_fd(src.ovl), h->kind == EXPORT_OVERLAY};
@@ -987,11 +1083,14 @@ static const char *tabula_export_description(void *handle)
     return nbdkit_printf_intern("tabula image %s", h->name);
   if (h->kind == EXPORT_CLIENT)
     return nbdkit_printf_intern("tabula client %s", h->name);
-  if (source_get(h, &src) == 0 && src.ovl) {
+  int r = source_get(h, &src);
+  if (r == 0 && src.remote && (r = tb_liveview_peer_info(h->peer, &info)) == 0)
+    r = source_fallback(h, &src);
+  if (r == 0 && src.ovl)
     tb_overlay_info(src.ovl, &info);
+  if (r == 1 || (r == 0 && src.ovl))
     desc = nbdkit_printf_intern("base %s@%u, session %" PRIu64 ", client %s", info.base.image,
                                 info.base.version, info.session, h->name);
-  }
   source_put(h, &src);
   return desc;
 }

@@ -1,24 +1,12 @@
 #!/bin/sh
-# XFAIL (issue 19, for the lead): the view of a client whose session runs in
-# tabula-iscsid.  tabula-fuse reads ID@live from nbdkit, and nbdkit's
-# fallback for a session it does not run itself (nbdkit-plugin/tabula.c,
-# admin_fallback_open) opens clients/ID/overlay once per handle and re-opens
-# it only when its own process's session generation changes, which a
-# session in another process never does.  Verified with qemu-io: a
-# long-lived ID@live connection opened before an iSCSI write does not see
-# it, a new connection does.  Re-opening the fallback when clients/ID/overlay's
-# inode or mtime changed makes the long-lived connection see the write, yet
-# this test still fails with it (the view keeps showing the master), so a
-# second layer is stale too (the plugin's extents of the fallback, or the
-# view's snapshot reuse): not found yet.  When it works this test passes and
-# must leave XFAIL_TESTS.
-#
 # Real guests over iSCSI, with NBD on the same appliance: tabula-restored runs
 # nbdkit and tabula-iscsid (listen.iscsi); QEMU's iSCSI block driver
 # (libiscsi, qemu-block-extra) boots the guest test image from a client's
 # target, LUN 0.
-#  - the view (tabula-fuse) of the running session shows the guest's files
-#    and changes.txt lists them.
+#  - the view (tabula-fuse), mounted before the boot, of the running session
+#    shows the guest's files and changes.txt lists them: nbdkit reads the
+#    session through tabula-iscsid (lib/liveview.h); tests/iscsi-live-view.sh
+#    checks the same byte for byte without QEMU.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$abs_top_srcdir/tests/daemon-functions.sh"
 . "$abs_top_srcdir/tests/iscsi-functions.sh"

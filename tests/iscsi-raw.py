@@ -15,6 +15,16 @@ Actions (each prints one line a test can match):
   badtext        a login whose text has no '=': "status CCDD"
   ddigest        log in with DataDigest=CRC32C, then a NOP-Out whose data
                  digest is wrong: "reject REASON", then a good ping: "pong"
+  session        log in, then commands from stdin, one a line, each
+                 answered with one line when done:
+                   write OFFSET FILE   FILE's bytes at byte OFFSET (a multiple
+                                       of 512), WRITE(10) with immediate data,
+                                       no FUA: "written BYTES"
+                   writediff NEW OLD   the 4 KiB blocks where NEW differs from
+                                       OLD (same size): "written BLOCKS blocks"
+                   sync                SYNCHRONIZE CACHE(10): "synced"
+                   quit                log out: "bye"
+                 a SCSI error: "scsi STATUS key K asc A", and the session ends
   pipeline FILE  log in, 48 READ(10) of 64 KiB pipelined (queue depth 48)
                  with an ORDERED TEST UNIT READY after the 24th, then an
                  ABORT TASK of the last read and a LOGICAL UNIT RESET: every
@@ -106,10 +116,12 @@ class Conn:
             self.hd = self.dd = True
         return rsp[36] << 8 | rsp[37]
 
-    def scsi(self, lun, cdb, edtl=0, itt=7):
+    def scsi(self, lun, cdb, edtl=0, itt=7, data=b""):
         bhs = bytearray(48)
         bhs[0] = 0x01
-        bhs[1] = 0x80 | (0x40 if edtl else 0)
+        if data:
+            edtl = len(data)
+        bhs[1] = 0x80 | (0x20 if data else 0x40 if edtl else 0)
         bhs[9] = lun
         bhs[16:20] = struct.pack(">I", itt)
         bhs[20:24] = struct.pack(">I", edtl)
@@ -117,7 +129,7 @@ class Conn:
         bhs[28:32] = struct.pack(">I", self.statsn)
         bhs[32 : 32 + len(cdb)] = cdb
         self.cmdsn += 1
-        self.send(bhs)
+        self.send(bhs, data)  # immediate data: at most FirstBurstLength (64 KiB)
         while True:
             rsp, data = self.recv()
             if rsp[0] & 0x3F == 0x21:
@@ -242,6 +254,62 @@ def pipeline(c, path):
     return "ok" if st == 0 else "TEST UNIT READY after the reset: status %d" % st
 
 
+WRITE_PIECE = 32768  # immediate data a command carries
+
+
+def write_at(c, offset, data):
+    """WRITE(10) of DATA at byte OFFSET; (status, key, asc) of the first failure or None."""
+    for i in range(0, len(data), WRITE_PIECE):
+        piece = data[i : i + WRITE_PIECE]
+        lba = (offset + i) // 512
+        cdb = struct.pack(">BBIBH", 0x2A, 0, lba, 0, len(piece) // 512)
+        st, key, asc = c.scsi(0, cdb, data=piece, itt=100 + i // WRITE_PIECE % 1000)
+        if st != 0:
+            return st, key, asc
+    return None
+
+
+def session(c):
+    for line in sys.stdin:
+        words = line.split()
+        failed = None
+        if not words:
+            continue
+        if words[0] == "write":
+            with open(words[2], "rb") as f:
+                data = f.read()
+            failed = write_at(c, int(words[1]), data)
+            done = "written %d" % len(data)
+        elif words[0] == "writediff":
+            with open(words[1], "rb") as f:
+                new = f.read()
+            with open(words[2], "rb") as f:
+                old = f.read()
+            n = 0
+            for off in range(0, len(new), 4096):
+                if new[off : off + 4096] != old[off : off + 4096]:
+                    failed = write_at(c, off, new[off : off + 4096])
+                    n += 1
+                    if failed:
+                        break
+            done = "written %d blocks" % n
+        elif words[0] == "sync":
+            st, key, asc = c.scsi(0, bytes([0x35]) + bytes(9))
+            failed = (st, key, asc) if st else None
+            done = "synced"
+        elif words[0] == "quit":
+            c.logout()
+            print("bye", flush=True)
+            return
+        else:
+            print("unknown command %s" % words[0], flush=True)
+            return
+        if failed:
+            print("scsi %d key %d asc %02x" % failed, flush=True)
+            return
+        print(done, flush=True)
+
+
 def main():
     port, target, initiator, action = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     c = Conn(port)
@@ -286,6 +354,9 @@ def main():
         print("reject %d" % rsp[2] if rsp[0] & 0x3F == 0x3F else "opcode %02x" % rsp[0])
     elif action == "pipeline":
         print(pipeline(c, sys.argv[5]))
+    elif action == "session":
+        print("ready", flush=True)
+        session(c)
     elif action == "ddigest":
         c.nop(bad_ddigest=True)
         rsp, _ = c.recv()

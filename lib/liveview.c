@@ -1,0 +1,674 @@
+/* tabula: admin views of a session another frontend process runs (see liveview.h).
+ *
+ * The promise.  An admin export of a running client (ID@live, ID@overlay)
+ * reads the client's disk as the client itself would read it at that
+ * moment: every write the client had acknowledged before the admin read was
+ * issued is seen, flushed or not, and a session turn (a rollback rotation)
+ * is never seen half-way.  For a session nbdkit runs itself that is
+ * lib/live.c's tb_live_read_begin: the admin read takes the session's
+ * io_lock and reads its overlay in memory.  The view (tabula-fuse) and the
+ * tools (nbdinfo, nbdcopy) build on it; the view's own lag is its snapshot
+ * lifetime (fuse/tabula-fuse.c), not the export's.
+ *
+ * The problem.  When the session runs in another process (tabula-iscsid),
+ * the overlay file cannot keep that promise.  Its data region is current
+ * (a pwrite is in the shared page cache at once), but the map that says
+ * which blocks are DATA is written by a flush only, and must stay so: data
+ * fdatasync, then the map, then fdatasync (lib/overlay.c; the crash order
+ * tests/powercut-plugin.sh checks).  A reader of the file sees the disk as
+ * of the last flush (a guest that writes and does not flush stays
+ * invisible), and a map page read while a flush writes it fails its
+ * checksum.
+ *
+ * The options.  (1) Re-read the map from the file when it changed: as of
+ * the last flush only, and racing every flush.  (2) The running process
+ * publishes its map in shared memory: exact, but a second copy of every map
+ * update on the data path of every client, and a shared structure whose
+ * identity (which session's overlay), lifetime (a crash, a restart that
+ * resumes the session) and consistency against a rotation need a protocol
+ * of their own.  (3) Ask the process that runs the session.  This file is
+ * (3): that process answers each admin request from the session's overlay
+ * under the same io_lock an in-process admin read takes, so the answer is
+ * exact by construction, and nothing about the overlay, its file or its
+ * durability changes.  The price, one round trip on a unix socket per admin
+ * request, is paid by admin reads alone; the data path is untouched.
+ *
+ * The channel.  STATE/view-FRONTEND.sock, mode 0600, peers of the serving
+ * process's uid (or root) only (SO_PEERCRED); read-only requests.  A
+ * request is fixed-size, little-endian: magic, op (READ, READ_DIRTY,
+ * EXTENTS, INFO), offset, count, the size the reader announced (another size
+ * is ESTALE: re-imaged), the client id.  A reply: magic, status (0 or an
+ * errno), payload length; on success the session's identity (size, block
+ * size, base, session number) and the op's payload (data, or runs of block
+ * states), on error the message.  ENOENT means this process runs no session
+ * of that client: the reader then reads the overlay on disk, which is then
+ * quiescent (no process writes an overlay it does not run).  io_lock is held
+ * while the answer is read into memory, never while it is sent, so a slow
+ * reader cannot hold up a session turn.  A reader only connects when the
+ * client's lock (clients/ID/lock) is held by someone, so a client that runs
+ * nowhere costs no round trip.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "live.h"
+#include "liveview.h"
+#include "session.h"
+#include "store.h"
+
+#define REQ_MAGIC 0x51564254u   /* "TBVQ" */
+#define REPLY_MAGIC 0x52564254u /* "TBVR" */
+#define REQ_BYTES 104
+#define REPLY_BYTES 16
+#define INFO_BYTES 104
+#define RUN_BYTES 20
+#define MAX_READ (1u << 20) /* bytes a READ answers; the reader splits longer ones */
+#define MAX_RUNS 8192       /* runs an EXTENTS answers */
+#define MAX_MESSAGE 1024    /* an error reply's text */
+#define MAX_CONNS 128       /* admin handles answered at once */
+#define PEER_TIMEOUT_S 30   /* a reader gives up on a process that does not answer */
+
+enum op { OP_INFO = 1, OP_READ = 2, OP_READ_DIRTY = 3, OP_EXTENTS = 4 };
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p)
+{
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+static uint64_t get_u64(const uint8_t *p)
+{
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+
+/* Whole reads and writes on a blocking socket; -1 with errno (EPIPE at EOF). */
+static int read_all(int fd, void *buf, size_t len)
+{
+  uint8_t *p = buf;
+  while (len) {
+    ssize_t n = read(fd, p, len);
+    if (n == 0) {
+      errno = EPIPE;
+      return -1;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+  const uint8_t *p = buf;
+  while (len) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+int tb_liveview_socket_path(const char *state, const char *frontend, char *buf, size_t len)
+{
+  if (tb_path(buf, len, "%s/view-%s.sock", state, frontend) == -1)
+    return -1;
+  if (strlen(buf) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+    return tb_error("%s: the path is too long for a unix socket (at most %zu bytes): use a "
+                    "shorter state directory",
+                    buf, sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+  return 0;
+}
+
+/* The session's identity, as every successful reply carries it. */
+static void encode_info(uint8_t *p, const struct tb_overlay_info *info)
+{
+  memset(p, 0, INFO_BYTES);
+  put_u64(p, info->size);
+  put_u32(p + 8, info->block_size);
+  put_u32(p + 12, info->base.version);
+  put_u64(p + 16, info->session);
+  memcpy(p + 24, info->base.image, strnlen(info->base.image, TB_NAME_MAX));
+  memcpy(p + 72, info->base.manifest_sha256, 32);
+}
+
+static int decode_info(const uint8_t *p, struct tb_overlay_info *info)
+{
+  memset(info, 0, sizeof *info);
+  info->size = get_u64(p);
+  info->block_size = get_u32(p + 8);
+  info->base.version = get_u32(p + 12);
+  info->session = get_u64(p + 16);
+  memcpy(info->base.image, p + 24, TB_NAME_MAX);
+  info->base.image[TB_NAME_MAX] = '\0';
+  memcpy(info->base.manifest_sha256, p + 72, 32);
+  if (!tb_name_valid(info->base.image) || info->block_size == 0)
+    return tb_error("a malformed answer (base \"%.64s\")", info->base.image);
+  return 0;
+}
+
+/* ---- the serving side -------------------------------------------------------------- */
+
+static struct {
+  pthread_mutex_t lock;
+  int listen_fd;
+  pthread_t listener;
+  bool running;
+  char path[108];
+  struct conn_slot {
+    pthread_t thread;
+    int fd;
+    bool used, done;
+  } conns[MAX_CONNS];
+} S = {.lock = PTHREAD_MUTEX_INITIALIZER, .listen_fd = -1};
+
+static int send_reply(int fd, uint32_t status, const void *a, size_t alen, const void *b,
+                      size_t blen)
+{
+  uint8_t h[REPLY_BYTES] = {0};
+  put_u32(h, REPLY_MAGIC);
+  put_u32(h + 4, status);
+  put_u32(h + 8, (uint32_t)(alen + blen));
+  return write_all(fd, h, sizeof h) == 0 && (!alen || write_all(fd, a, alen) == 0) &&
+                 (!blen || write_all(fd, b, blen) == 0)
+             ? 0
+             : -1;
+}
+
+static int send_error(int fd, int err, const char *fmt, ...) TB_PRINTF(3, 4);
+static int send_error(int fd, int err, const char *fmt, ...)
+{
+  char msg[MAX_MESSAGE];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return send_reply(fd, (uint32_t)(err ? err : EIO), msg, strlen(msg), NULL, 0);
+}
+
+struct runs {
+  uint8_t *buf;
+  size_t n;
+};
+
+static int collect_run(void *ctx, uint64_t offset, uint64_t length, enum tb_block_state state)
+{
+  struct runs *r = ctx;
+  if (r->n == MAX_RUNS)
+    return 1; /* the reader asks again from where these end */
+  uint8_t *p = r->buf + r->n++ * RUN_BYTES;
+  put_u64(p, offset);
+  put_u64(p + 8, length);
+  put_u32(p + 16, (uint32_t)state);
+  return 0;
+}
+
+/* Answer one request.  Returns -1 when the connection is unusable. */
+static int answer(int fd, const uint8_t *req, uint8_t *data)
+{
+  uint32_t op = get_u32(req + 4);
+  uint64_t offset = get_u64(req + 8), count = get_u64(req + 16), expect = get_u64(req + 24);
+  char id[TB_NAME_MAX + 1];
+  memcpy(id, req + 32, TB_NAME_MAX);
+  id[TB_NAME_MAX] = '\0';
+  if (get_u32(req) != REQ_MAGIC || op < OP_INFO || op > OP_EXTENTS || !tb_name_valid(id)) {
+    send_error(fd, EINVAL, "a malformed request");
+    return -1;
+  }
+  if ((op == OP_READ || op == OP_READ_DIRTY) && count > MAX_READ)
+    return send_error(fd, EINVAL, "a read of %" PRIu64 " bytes (at most %u)", count, MAX_READ);
+  struct tb_live_client *lc = tb_live_client_get(id);
+  if (!lc)
+    return send_error(fd, errno, "%s", tb_errmsg());
+  uint64_t generation;
+  struct tb_overlay *o = tb_live_read_begin(lc, &generation);
+  if (!o) {
+    tb_live_client_put(lc);
+    return send_error(fd, ENOENT, "client %s has no session running here", id);
+  }
+  struct tb_overlay_info info;
+  tb_overlay_info(o, &info);
+  int r = 0, err = 0;
+  char msg[MAX_MESSAGE] = "";
+  struct runs runs = {data, 0};
+  size_t len = 0;
+  if (expect && info.size != expect) {
+    err = ESTALE;
+    snprintf(msg, sizeof msg, "%" PRIu64 " bytes, not %" PRIu64, info.size, expect);
+  } else if (offset > info.size || count > info.size - offset) {
+    err = EINVAL;
+    snprintf(msg, sizeof msg, "a request beyond the end of the disk");
+  } else if (op == OP_READ || op == OP_READ_DIRTY) {
+    r = op == OP_READ ? tb_overlay_pread(o, data, (uint32_t)count, offset)
+                      : tb_overlay_pread_dirty(o, data, (uint32_t)count, offset);
+    len = (size_t)count;
+  } else if (op == OP_EXTENTS) {
+    r = tb_overlay_extents(o, offset, count, collect_run, &runs) == -1 ? -1 : 0;
+    len = runs.n * RUN_BYTES;
+  }
+  if (r == -1) {
+    err = errno ? errno : EIO;
+    snprintf(msg, sizeof msg, "%s", tb_errmsg());
+  }
+  tb_live_read_end(lc); /* before sending: a slow reader must not hold up a turn */
+  tb_live_client_put(lc);
+  if (err)
+    return send_error(fd, err, "client %s: %s", id, msg);
+  uint8_t inf[INFO_BYTES];
+  encode_info(inf, &info);
+  return send_reply(fd, 0, inf, sizeof inf, data, len);
+}
+
+static bool peer_allowed(int fd)
+{
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+         (cred.uid == 0 || cred.uid == geteuid());
+}
+
+static void *conn_main(void *arg)
+{
+  struct conn_slot *slot = arg;
+  size_t cap = MAX_READ > MAX_RUNS * RUN_BYTES ? MAX_READ : MAX_RUNS * RUN_BYTES;
+  uint8_t *data = malloc(cap);
+  uint8_t req[REQ_BYTES];
+  if (data && peer_allowed(slot->fd))
+    while (read_all(slot->fd, req, sizeof req) == 0 && answer(slot->fd, req, data) == 0)
+      ;
+  free(data);
+  pthread_mutex_lock(&S.lock);
+  slot->done = true;
+  pthread_mutex_unlock(&S.lock);
+  return NULL;
+}
+
+/* Join the connection threads that ended.  Call with S.lock. */
+static void reap(void)
+{
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (S.conns[i].used && S.conns[i].done) {
+      pthread_join(S.conns[i].thread, NULL);
+      close(S.conns[i].fd);
+      S.conns[i] = (struct conn_slot){0};
+    }
+}
+
+static void *listener_main(void *arg)
+{
+  (void)arg;
+  for (;;) {
+    int fd = accept4(S.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd == -1) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE ||
+          errno == ENOMEM)
+        continue;
+      return NULL; /* shut down */
+    }
+    pthread_mutex_lock(&S.lock);
+    reap();
+    struct conn_slot *slot = NULL;
+    for (int i = 0; i < MAX_CONNS && !slot && S.running; i++)
+      if (!S.conns[i].used)
+        slot = &S.conns[i];
+    if (slot) {
+      *slot = (struct conn_slot){.fd = fd, .used = true};
+      if (pthread_create(&slot->thread, NULL, conn_main, slot) != 0) {
+        *slot = (struct conn_slot){0};
+        slot = NULL;
+      }
+    }
+    pthread_mutex_unlock(&S.lock);
+    if (!slot) {
+      uint8_t req[REQ_BYTES];
+      /* Say why before closing, so the reader reports it. */
+      if (read_all(fd, req, sizeof req) == 0)
+        send_error(fd, EAGAIN, "more than %d admin views at once", MAX_CONNS);
+      close(fd);
+    }
+  }
+}
+
+int tb_liveview_serve(const char *state, const char *frontend)
+{
+  char path[TB_PATH_MAX];
+  if (tb_liveview_socket_path(state, frontend, path, sizeof path) == -1)
+    return -1;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  strcpy(sa.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1)
+    return tb_error_errno("%s", path);
+  /* One frontend of a kind serves a state directory: a socket left by one
+   * that died is replaced. */
+  unlink(path);
+  mode_t old = umask(0177);
+  int r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+  umask(old);
+  if (r == -1 || listen(fd, 64) == -1) {
+    tb_error_errno("cannot listen on %s", path);
+    close(fd);
+    return -1;
+  }
+  pthread_mutex_lock(&S.lock);
+  S.listen_fd = fd;
+  S.running = true;
+  snprintf(S.path, sizeof S.path, "%s", path);
+  int e = pthread_create(&S.listener, NULL, listener_main, NULL);
+  if (e) {
+    S.running = false;
+    S.listen_fd = -1;
+  }
+  pthread_mutex_unlock(&S.lock);
+  if (e) {
+    close(fd);
+    unlink(path);
+    errno = e;
+    return tb_error_errno("%s: cannot start its thread", path);
+  }
+  return 0;
+}
+
+void tb_liveview_serve_stop(void)
+{
+  pthread_mutex_lock(&S.lock);
+  bool was = S.running;
+  S.running = false;
+  if (was) {
+    unlink(S.path);
+    shutdown(S.listen_fd, SHUT_RDWR); /* accept returns */
+    for (int i = 0; i < MAX_CONNS; i++)
+      if (S.conns[i].used)
+        shutdown(S.conns[i].fd, SHUT_RDWR); /* their reads return */
+  }
+  pthread_mutex_unlock(&S.lock);
+  if (!was)
+    return;
+  pthread_join(S.listener, NULL);
+  close(S.listen_fd);
+  S.listen_fd = -1;
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (S.conns[i].used) {
+      pthread_join(S.conns[i].thread, NULL);
+      close(S.conns[i].fd);
+      S.conns[i] = (struct conn_slot){0};
+    }
+}
+
+/* ---- the reading side --------------------------------------------------------------- */
+
+struct tb_liveview_peer {
+  pthread_mutex_t lock;
+  char state[TB_PATH_MAX];
+  char id[TB_NAME_MAX + 1];
+  char frontend[16];
+  int fd;
+  /* The base version of the last answer, open for holes in CLEAN runs. */
+  char base_image[TB_NAME_MAX + 1];
+  uint32_t base_version;
+  int base_fd;
+};
+
+struct tb_liveview_peer *tb_liveview_peer_new(const char *state, const char *frontend,
+                                              const char *id)
+{
+  struct tb_liveview_peer *p = calloc(1, sizeof *p);
+  if (!p) {
+    tb_error_errno("client %s", id);
+    return NULL;
+  }
+  pthread_mutex_init(&p->lock, NULL);
+  snprintf(p->state, sizeof p->state, "%s", state);
+  snprintf(p->id, sizeof p->id, "%s", id);
+  snprintf(p->frontend, sizeof p->frontend, "%s", frontend);
+  p->fd = p->base_fd = -1;
+  return p;
+}
+
+void tb_liveview_peer_free(struct tb_liveview_peer *p)
+{
+  if (!p)
+    return;
+  if (p->fd >= 0)
+    close(p->fd);
+  if (p->base_fd >= 0)
+    close(p->base_fd);
+  pthread_mutex_destroy(&p->lock);
+  free(p);
+}
+
+static void disconnect(struct tb_liveview_peer *p)
+{
+  if (p->fd >= 0)
+    close(p->fd);
+  p->fd = -1;
+}
+
+/* Connect if the client's lock is held by someone (a session may run in
+ * another process).  Returns 1 connected, 0 nobody there, -1 error. */
+static int peer_connect(struct tb_liveview_peer *p)
+{
+  if (p->fd >= 0)
+    return 1;
+  if (!tb_client_locked(p->state, p->id))
+    return 0;
+  char path[TB_PATH_MAX];
+  if (tb_liveview_socket_path(p->state, p->frontend, path, sizeof path) == -1)
+    return -1;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  strcpy(sa.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1)
+    return tb_error_errno("%s", path);
+  struct timeval tv = {.tv_sec = PEER_TIMEOUT_S};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == -1) {
+    int e = errno;
+    close(fd);
+    if (e == ENOENT || e == ECONNREFUSED)
+      return 0; /* no such frontend running: the lock is another's */
+    errno = e;
+    return tb_error_errno("cannot connect to %s", path);
+  }
+  p->fd = fd;
+  return 1;
+}
+
+/* The base version named by INFO, open in P->base_fd. */
+static int peer_base(struct tb_liveview_peer *p, const struct tb_overlay_info *info)
+{
+  if (p->base_fd >= 0 && strcmp(p->base_image, info->base.image) == 0 &&
+      p->base_version == info->base.version)
+    return 0;
+  char path[TB_PATH_MAX];
+  if (tb_store_version_path(p->state, info->base.image, info->base.version, path, sizeof path) ==
+      -1)
+    return -1;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return tb_error_errno("cannot open %s", path);
+  if (p->base_fd >= 0)
+    close(p->base_fd);
+  p->base_fd = fd;
+  snprintf(p->base_image, sizeof p->base_image, "%s", info->base.image);
+  p->base_version = info->base.version;
+  return 0;
+}
+
+/* One request and its answer: the identity into INFO, the payload into
+ * OUT (at most OUT_LEN bytes; *GOT its length).  Returns 1, 0 (no session
+ * runs there) or -1.  A connection that broke (the frontend restarted) is
+ * opened again once. */
+static int peer_ask(struct tb_liveview_peer *p, enum op op, uint64_t offset, uint64_t count,
+                    uint64_t expect, struct tb_overlay_info *info, void *out, size_t out_len,
+                    size_t *got)
+{
+  uint8_t req[REQ_BYTES] = {0};
+  put_u32(req, REQ_MAGIC);
+  put_u32(req + 4, op);
+  put_u64(req + 8, offset);
+  put_u64(req + 16, count);
+  put_u64(req + 24, expect);
+  memcpy(req + 32, p->id, strlen(p->id));
+  for (int attempt = 0;; attempt++) {
+    int c = peer_connect(p);
+    if (c <= 0)
+      return c;
+    uint8_t h[REPLY_BYTES];
+    if (write_all(p->fd, req, sizeof req) == -1 || read_all(p->fd, h, sizeof h) == -1) {
+      int e = errno;
+      disconnect(p);
+      if ((e == EPIPE || e == ECONNRESET) && attempt == 0)
+        continue;
+      errno = EIO;
+      return tb_error("client %s: tabula-%sd did not answer: %s", p->id, p->frontend,
+                      e == EAGAIN ? "timed out" : strerror(e));
+    }
+    uint32_t status = get_u32(h + 4), len = get_u32(h + 8);
+    if (get_u32(h) != REPLY_MAGIC || (status && len > MAX_MESSAGE) ||
+        (!status && (len < INFO_BYTES || len - INFO_BYTES > out_len))) {
+      disconnect(p);
+      errno = EIO;
+      return tb_error("client %s: a malformed answer from tabula-%sd", p->id, p->frontend);
+    }
+    if (status) {
+      char msg[MAX_MESSAGE + 1];
+      if (read_all(p->fd, msg, len) == -1) {
+        disconnect(p);
+        errno = EIO;
+        return tb_error("client %s: tabula-%sd did not answer", p->id, p->frontend);
+      }
+      msg[len] = '\0';
+      if (status == ENOENT) {
+        disconnect(p); /* until the client's lock says a session may run again */
+        return 0;
+      }
+      errno = (int)status;
+      return tb_error("tabula-%sd: %s", p->frontend, msg);
+    }
+    uint8_t inf[INFO_BYTES];
+    if (read_all(p->fd, inf, sizeof inf) == -1 || read_all(p->fd, out, len - INFO_BYTES) == -1) {
+      disconnect(p);
+      errno = EIO;
+      return tb_error("client %s: tabula-%sd did not answer", p->id, p->frontend);
+    }
+    if (decode_info(inf, info) == -1) {
+      disconnect(p);
+      errno = EIO;
+      return tb_error_prefix("client %s: tabula-%sd", p->id, p->frontend);
+    }
+    *got = len - INFO_BYTES;
+    return 1;
+  }
+}
+
+int tb_liveview_peer_info(struct tb_liveview_peer *p, struct tb_overlay_info *info)
+{
+  size_t got;
+  pthread_mutex_lock(&p->lock);
+  int r = peer_ask(p, OP_INFO, 0, 0, 0, info, NULL, 0, &got);
+  pthread_mutex_unlock(&p->lock);
+  return r;
+}
+
+int tb_liveview_peer_pread(struct tb_liveview_peer *p, bool dirty_only, void *buf, uint32_t count,
+                           uint64_t offset, uint64_t expect_size)
+{
+  int r = 1;
+  pthread_mutex_lock(&p->lock);
+  /* Longer reads in pieces: each piece is exact at its moment, as a long
+   * read of a running session's overlay in this process is. */
+  for (uint32_t done = 0; r == 1 && done < count;) {
+    uint32_t n = count - done < MAX_READ ? count - done : MAX_READ;
+    struct tb_overlay_info info;
+    size_t got;
+    r = peer_ask(p, dirty_only ? OP_READ_DIRTY : OP_READ, offset + done, n, expect_size, &info,
+                 (uint8_t *)buf + done, n, &got);
+    if (r == 1 && got != n) {
+      errno = EIO;
+      r = tb_error("client %s: a short answer from tabula-%sd", p->id, p->frontend);
+    }
+    /* 0 after some pieces (the session ended in between): the caller
+     * reads the whole request from disk. */
+    done += n;
+  }
+  pthread_mutex_unlock(&p->lock);
+  return r;
+}
+
+int tb_liveview_peer_extents(struct tb_liveview_peer *p, uint64_t offset, uint64_t count,
+                             uint64_t expect_size, struct tb_liveview_run **runs_out,
+                             size_t *n_runs, int *base_fd)
+{
+  *runs_out = NULL;
+  *n_runs = 0;
+  uint8_t *buf = malloc(MAX_RUNS * RUN_BYTES);
+  if (!buf)
+    return tb_error_errno("client %s: extents", p->id);
+  pthread_mutex_lock(&p->lock);
+  struct tb_overlay_info info;
+  size_t got = 0;
+  int r =
+      peer_ask(p, OP_EXTENTS, offset, count, expect_size, &info, buf, MAX_RUNS * RUN_BYTES, &got);
+  if (r == 1 && peer_base(p, &info) == -1)
+    r = -1;
+  struct tb_liveview_run *runs = NULL;
+  size_t n = got / RUN_BYTES;
+  if (r == 1 && !(runs = calloc(n ? n : 1, sizeof *runs)))
+    r = tb_error_errno("client %s: extents", p->id);
+  for (size_t i = 0; r == 1 && i < n; i++) {
+    const uint8_t *q = buf + i * RUN_BYTES;
+    runs[i] =
+        (struct tb_liveview_run){get_u64(q), get_u64(q + 8), (enum tb_block_state)get_u32(q + 16)};
+    uint64_t expect_at = i ? runs[i - 1].offset + runs[i - 1].length : offset;
+    if (runs[i].offset != expect_at || runs[i].length == 0 || runs[i].state > TB_ZERO) {
+      errno = EIO;
+      r = tb_error("client %s: malformed extents from tabula-%sd", p->id, p->frontend);
+    }
+  }
+  if (r == 1) {
+    *runs_out = runs;
+    *n_runs = n;
+    *base_fd = p->base_fd;
+  } else {
+    free(runs);
+  }
+  pthread_mutex_unlock(&p->lock);
+  free(buf);
+  return r;
+}
