@@ -23,13 +23,12 @@
 
 #include "iscsi-conf.h"
 #include "limit.h"
+#include "overlay.h" /* TB_MIN_BLOCK_SIZE, TB_MAX_BLOCK_SIZE */
 #include "region.h"
 #include "util.h"
 
 #define TB_DEFAULT_BLOCK_SIZE 4096
 #define TB_DEFAULT_RECONNECT_GRACE_MS 60000
-#define TB_MIN_BLOCK_SIZE 512
-#define TB_MAX_BLOCK_SIZE (1024 * 1024)
 
 enum tb_policy { TB_POLICY_ROLLBACK = 0, TB_POLICY_PERSIST = 1 };
 

@@ -235,7 +235,7 @@ static int decode_header(const uint8_t *h, const char *path, uint64_t file_size,
   *data_off = get_u64(h + H_DATA_OFF);
 
   uint64_t bs = info->block_size;
-  if (!tb_is_pow2(bs) || bs < 512 || bs > 1024 * 1024 || info->size == 0 ||
+  if (!tb_is_pow2(bs) || bs < TB_MIN_BLOCK_SIZE || bs > TB_MAX_BLOCK_SIZE || info->size == 0 ||
       info->size > (UINT64_C(1) << 60) || !tb_name_valid(info->base.image))
     return tb_error("%s: overlay header has impossible values; move it aside", path);
   uint64_t nblocks = (info->size + bs - 1) / bs;
@@ -260,8 +260,9 @@ static bool base_equal(const struct tb_base_id *a, const struct tb_base_id *b)
 int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
                       const struct tb_base_id *base, uint64_t session)
 {
-  if (!tb_is_pow2(block_size) || block_size < 512 || block_size > 1024 * 1024)
-    return tb_error("block size %u is not a power of two between 512 and 1048576", block_size);
+  if (!tb_is_pow2(block_size) || block_size < TB_MIN_BLOCK_SIZE || block_size > TB_MAX_BLOCK_SIZE)
+    return tb_error("block size %u is not a power of two between %u and %u", block_size,
+                    TB_MIN_BLOCK_SIZE, TB_MAX_BLOCK_SIZE);
   if (size == 0)
     return tb_error("cannot create an overlay of an empty image");
   struct tb_overlay_info info = {.block_size = block_size,

@@ -18,6 +18,10 @@
 
 #include "util.h"
 
+/* Block sizes an overlay can have (the configuration's "block_size" bounds). */
+#define TB_MIN_BLOCK_SIZE 512
+#define TB_MAX_BLOCK_SIZE (1024 * 1024)
+
 enum tb_block_state { TB_CLEAN = 0, TB_DATA = 1, TB_ZERO = 2 };
 
 /* What an overlay is built on: checked every time it is opened. */
