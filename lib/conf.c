@@ -308,11 +308,15 @@ static int default_client_acl(struct tb_acl *acl)
 /* ---- clients ------------------------------------------------------------- */
 
 static const char *const client_keys[] = {
-    "image",          "version",         "policy", "keep_sessions",
-    "allow",          "address",         "group",  "refresh",
-    "refresh_jitter", "preserve",        "quota",  "watchdog",
-    "merge",          "reconnect_grace", "mac",    "boot",
-    "iscsi",          "limits",          NULL};
+    "image",   "version",  "policy",  "keep_sessions",   "allow",
+    "address", "group",    "refresh", "refresh_jitter",  "preserve",
+    "quota",   "watchdog", "merge",   "reconnect_grace", "mac",
+    "boot",    "iscsi",    "limits",  "disks",           NULL};
+
+/* What a further disk may set for itself; the rest is its client's. */
+static const char *const disk_keys[] = {"image",          "version", "policy",    "keep_sessions",
+                                        "preserve",       "quota",   "watchdog",  "refresh",
+                                        "refresh_jitter", "merge",   "read_only", NULL};
 
 int tb_mac_parse(const char *text, char out[18])
 {
@@ -712,9 +716,9 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
     tb_error("%s: out of memory", path);
     return NULL;
   }
-  /* "boot" and "limits" merge key by key: a client may set only its cmdline,
-   * or only its write limit. */
-  static const char *const by_key[] = {"boot", "limits"};
+  /* "boot", "limits" and "disks" merge key by key: a client may set only its
+   * cmdline, or only its write limit, or add a disk to its group's. */
+  static const char *const by_key[] = {"boot", "limits", "disks"};
   for (size_t k = 0; k < sizeof by_key / sizeof *by_key; k++) {
     json_t *gb = json_object_get(grp, by_key[k]), *cb = json_object_get(client, by_key[k]);
     if (!json_is_object(gb) || !json_is_object(cb))
@@ -808,7 +812,7 @@ static void blame_group(const json_t *client, const char *path, const char *id)
   memcpy(name, key, k);
   name[k] = '\0';
   json_t *own = json_object_get(client, name);
-  if (own && key[k] == '.' && json_is_object(own)) { /* "boot", "limits": merged key by key */
+  if (own && key[k] == '.' && json_is_object(own)) { /* "boot", "limits", "disks": by key */
     const char *sub = key + k + 1;
     size_t s = strcspn(sub, ".[:");
     char subname[64];
@@ -823,11 +827,71 @@ static void blame_group(const json_t *client, const char *path, const char *id)
   tb_error("groups.%s.%s (inherited by client %s)", group, key, id);
 }
 
+/* Further disk NAME of client C (whose merged settings are M) into D. */
+static int parse_disk(const struct tb_config *cfg, const json_t *m, const char *name,
+                      const json_t *obj, const char *path, const struct tb_client_conf *c,
+                      struct tb_client_conf *d)
+{
+  if (!tb_name_valid(name))
+    return tb_error("%s: not a valid disk name (1-64 characters [A-Za-z0-9._-], starting with "
+                    "a letter or digit)",
+                    path);
+  if (strlen(c->id) + 1 + strlen(name) > TB_NAME_MAX)
+    return tb_error("%s: the disk's id \"%s/%s\" is longer than %d characters (shorten the "
+                    "client id or the disk name)",
+                    path, c->id, name, TB_NAME_MAX);
+  if (!json_is_object(obj))
+    return bad(path, "an object such as {\"image\": \"games\", \"policy\": \"persist\"}", obj);
+  if (check_keys(obj, path, disk_keys) == -1 || get_bool(obj, path, "read_only", &d->read_only))
+    return -1;
+  /* The machine's settings every disk shares, as the client has them. */
+  json_t *o = json_deep_copy(obj);
+  static const char *const shared[] = {"allow", "reconnect_grace", "limits"};
+  for (size_t i = 0; o && i < sizeof shared / sizeof *shared; i++) {
+    json_t *v = json_object_get(m, shared[i]);
+    if (v && json_object_set(o, shared[i], v) == -1) {
+      json_decref(o);
+      o = NULL;
+    }
+  }
+  if (!o)
+    return tb_error("%s: out of memory", path);
+  json_object_del(o, "read_only");
+  snprintf(d->id, sizeof d->id, "%s/%s", c->id, name);
+  int r = parse_client(cfg, o, path, d);
+  json_decref(o);
+  if (r == -1)
+    return -1;
+  snprintf(d->client, sizeof d->client, "%s", c->id);
+  snprintf(d->disk, sizeof d->disk, "%s", name);
+  snprintf(d->group, sizeof d->group, "%s", c->group);
+  return 0;
+}
+
+/* Entries cfg->clients needs for V: every client and every disk it or its
+ * group names (an upper bound: a client's disk may replace its group's). */
+static size_t count_entries(const json_t *root, const json_t *v)
+{
+  size_t n = 0;
+  const char *id;
+  json_t *cv;
+  json_t *groups = json_object_get(root, "groups");
+  json_object_foreach((json_t *)v, id, cv)
+  {
+    n += 1 + json_object_size(json_object_get(cv, "disks"));
+    json_t *g = json_object_get(cv, "group");
+    if (json_is_string(g) && json_is_object(groups))
+      n +=
+          json_object_size(json_object_get(json_object_get(groups, json_string_value(g)), "disks"));
+  }
+  return n;
+}
+
 static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t *v)
 {
   if (!json_is_object(v))
     return bad("clients", "an object of client ids, such as {\"pc01\": {...}}", v);
-  cfg->clients = calloc(json_object_size(v) + 1, sizeof *cfg->clients);
+  cfg->clients = calloc(count_entries(root, v) + 1, sizeof *cfg->clients);
   if (!cfg->clients)
     return tb_error_errno("clients");
   const char *id;
@@ -844,20 +908,39 @@ static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t
       return bad(p, "an object of client settings", cv);
     struct tb_client_conf *c = &cfg->clients[cfg->n_clients++];
     strcpy(c->id, id);
+    strcpy(c->client, id);
     json_t *m = merged_client(root, cv, p);
     if (!m)
       return -1;
     int r = parse_client(cfg, m, p, c);
+    json_t *disks = json_object_get(m, "disks");
+    if (r == 0 && disks && !json_is_object(disks)) {
+      char dp[512];
+      subpath(dp, sizeof dp, p, "disks");
+      r = bad(dp, "an object of disk names, such as {\"games\": {\"image\": \"games\"}}", disks);
+    }
+    const char *dname;
+    json_t *dv;
+    json_object_foreach(r == 0 ? disks : NULL, dname, dv)
+    {
+      char dp[512];
+      snprintf(dp, sizeof dp, "%s.disks.%s", p, dname);
+      if ((r = parse_disk(cfg, m, dname, dv, dp, c, &cfg->clients[cfg->n_clients])) == -1)
+        break;
+      cfg->n_clients++;
+      c->n_disks++;
+    }
     json_decref(m);
     if (r == -1) {
       blame_group(cv, p, id);
       return -1;
     }
-    for (size_t i = 0; i + 1 < cfg->n_clients && c->has_address; i++)
+    size_t self = (size_t)(c - cfg->clients); /* its disks follow it */
+    for (size_t i = 0; i < self && c->has_address; i++)
       if (cfg->clients[i].has_address &&
           memcmp(&cfg->clients[i].address, &c->address, sizeof c->address) == 0)
         return tb_error("%s.address: same address as client \"%s\"", p, cfg->clients[i].id);
-    for (size_t i = 0; i + 1 < cfg->n_clients && c->has_mac; i++)
+    for (size_t i = 0; i < self && c->has_mac; i++)
       if (cfg->clients[i].has_mac && strcmp(cfg->clients[i].mac, c->mac) == 0)
         return tb_error("%s.mac: MAC %s is given to clients \"%s\" and \"%s\" (one PC has one "
                         "MAC: remove it from one of them)",
@@ -1306,6 +1389,15 @@ const struct tb_client_conf *tb_config_client(const struct tb_config *cfg, const
     if (strcmp(cfg->clients[i].id, id) == 0)
       return &cfg->clients[i];
   return NULL;
+}
+
+const char *tb_client_conf_path(const struct tb_client_conf *c, char *buf, size_t len)
+{
+  if (c->disk[0])
+    snprintf(buf, len, "clients.%s.disks.%s", c->client, c->disk);
+  else
+    snprintf(buf, len, "clients.%s", c->id);
+  return buf;
 }
 
 bool tb_config_has_image(const struct tb_config *cfg, const char *name)

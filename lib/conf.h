@@ -9,6 +9,18 @@
  * Groups: "groups": {"lab": {...client settings...}} and a client with
  * "group": "lab" inherits every setting of the group; its own keys override.
  *
+ * Disks: a client's "image" (with its version, policy, preserve...) is its
+ * first disk, served as export ID.  "disks": {"games": {...}} gives it
+ * further disks, each from its own image with its own version, policy,
+ * keep_sessions, preserve, quota, watchdog, refresh and merge (and
+ * "read_only": served as the master, never written); they share the
+ * client's allow list, reconnect_grace and I/O limits.  Each further disk is
+ * one more entry of cfg->clients, right after its client's, with the id
+ * "ID/DISK" (util.h), so everything that works on a client id (sessions,
+ * the mailbox, merges, the view, status) works on a disk; its "client"
+ * names the machine and "disk" the disk.  One boot of the machine is one
+ * session across its disks (live.c).
+ *
  * The loaded config is immutable and reference counted, so a reload can swap
  * it while sessions still hold the old one.
  */
@@ -47,7 +59,11 @@ struct tb_acl {
 };
 
 struct tb_client_conf {
-  char id[TB_NAME_MAX + 1];
+  char id[TB_NAME_MAX + 1];     /* "ID", or "ID/DISK" for a further disk */
+  char client[TB_NAME_MAX + 1]; /* the machine: ID for its every disk */
+  char disk[TB_NAME_MAX + 1];   /* "" for the client's first disk, else DISK */
+  size_t n_disks;               /* first disk: its further disks follow it in cfg->clients */
+  bool read_only;               /* a further disk served as its master, never written */
   char image[TB_NAME_MAX + 1];
   char group[TB_NAME_MAX + 1]; /* "" if none */
   enum tb_policy policy;
@@ -164,8 +180,12 @@ struct tb_config *tb_config_parse(const char *text, const char *name);
 struct tb_config *tb_config_ref(struct tb_config *cfg);
 void tb_config_unref(struct tb_config *cfg);
 
+/* Client ID or disk "ID/DISK". */
 const struct tb_client_conf *tb_config_client(const struct tb_config *cfg, const char *id);
 bool tb_config_has_image(const struct tb_config *cfg, const char *name);
+/* Where C is written in the file, for messages: "clients.pc01", or
+ * "clients.pc01.disks.games" for a further disk.  Returns BUF. */
+const char *tb_client_conf_path(const struct tb_client_conf *c, char *buf, size_t len);
 /* The client whose "mac" is MAC (any case), or NULL. */
 const struct tb_client_conf *tb_config_client_by_mac(const struct tb_config *cfg, const char *mac);
 

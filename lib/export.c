@@ -36,7 +36,7 @@ int tb_export_parse(const char *export, struct tb_export *out)
     return -1;
   memcpy(out->name, export, len);
   out->name[len] = '\0';
-  if (!tb_name_valid(out->name))
+  if (!tb_client_id_valid(out->name))
     return -1;
   if (!at) {
     out->kind = TB_EXPORT_CLIENT;
@@ -63,6 +63,8 @@ int tb_export_parse(const char *export, struct tb_export *out)
     return parse_number(rest + 8, &out->num);
   }
   out->kind = TB_EXPORT_IMAGE;
+  if (strchr(out->name, '/')) /* images have no disks */
+    return -1;
   return parse_number(rest, &out->num);
 }
 

@@ -8,6 +8,13 @@
  *   IMAGE@N            admin: master version N (N >= 1)
  * ID and IMAGE are names (tb_name_valid); N is decimal without leading
  * zeros, at most 19 digits.  Anything else is not an export.
+ *
+ * A client's further disk (conf.h "disks") is ID/DISK in every client form:
+ * "pc01/games", "pc01/games@boot/TOKEN", "pc01/games@live",
+ * "pc01/games@overlay", "pc01/games@session/N" (tb_client_id_valid: 64
+ * characters in all).  NBD export names are free strings, so nbd-client,
+ * QEMU (nbd+unix:///pc01/games?socket=...) and libnbd pass the '/' as is.
+ * An image name never has one ("a/b@3" is nothing).
  */
 #ifndef TB_EXPORT_H
 #define TB_EXPORT_H
@@ -27,7 +34,7 @@ enum tb_export_kind {
 
 struct tb_export {
   enum tb_export_kind kind;
-  char name[TB_NAME_MAX + 1]; /* the client id or image name */
+  char name[TB_NAME_MAX + 1]; /* the client id ("ID" or "ID/DISK") or image name */
   uint64_t num;               /* SESSION, IMAGE: N; else 0 */
   char token[65];             /* CLIENT: the boot token, or "" */
 };

@@ -21,10 +21,28 @@
  * comes within reconnect_grace of the restart; one that nobody takes over is
  * ended when its grace has passed.
  *
+ * A client with further disks (conf.h "disks") has one tb_live_client a
+ * disk ("pc01", "pc01/games"), each with its own session, overlay, lock and
+ * turn, and one boot across them (its machine, struct machine):
+ *   - a disk's boot markers are its client's (clients/ID/boot);
+ *   - the machine counts its boots (epoch): a disk that sees a new boot
+ *     (another boot token than the machine's, a newer marker) starts the
+ *     machine's next one, and the sessions of its other disks that belong
+ *     to an older boot end at once (their stale connections get ESHUTDOWN),
+ *     so the games disk of a PC that rebooted turns (rolls back or keeps,
+ *     by its own policy) in the same boot as its system disk;
+ *   - each disk turns at its own first write, so a disk the boot never
+ *     writes spends no session, as a probe does not;
+ *   - the busy rule is the machine's: while a process serves any of its
+ *     disks it holds clients/ID/disks.lock (flock), so another frontend
+ *     process (NBD or iSCSI) is refused every disk of that client;
+ *   - the I/O limits are the machine's, one budget over all its disks.
+ * A client without disks has no machine: nothing of this applies to it.
+ *
  * Lock order: live_lock, then a client's turn_lock, then its io_lock (write),
- * then guard_lock.  I/O holds io_lock for reading (so a transition waits for
- * the requests in flight), never turn_lock; live_lock is never held across
- * I/O or a turn.
+ * then guard_lock; machine_lock is a leaf (taken under turn_lock).  I/O holds io_lock for reading
+ * (so a transition waits for the requests in flight), never turn_lock; live_lock is never held
+ * across I/O or a turn.
  */
 #include <config.h>
 
@@ -35,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -97,13 +116,152 @@ struct tb_live_client {
   int64_t idle_reported_ms;
   int64_t published_ms;    /* live.json last written (turn_lock) */
   int64_t published_io_ms; /* last_io_ms it showed */
+
+  uint64_t epoch;     /* the machine's boot this disk's boot belongs to (turn_lock) */
+  bool holds_machine; /* holds its machine's disks.lock (turn_lock) */
+};
+
+/* The machine of a client with further disks: its boots and its hold of
+ * clients/ID/disks.lock, shared by the tb_live_client of each disk. */
+struct machine {
+  struct machine *next;
+  char id[TB_NAME_MAX + 1];
+  uint64_t epoch; /* its boots seen by this process */
+  char token[65]; /* the boot id of the current boot, or "" */
+  int hold_fd;    /* disks.lock while holders > 0 */
+  int holders;    /* its disks' clients holding a boot here */
 };
 
 static struct tb_live_client *live_list;
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t process_start_ms;
-static bool swept;     /* sessions of a dead process past their grace were ended */
-static bool low_space; /* atomic: the state directory is below its reserve */
+static bool swept;               /* sessions of a dead process past their grace were ended */
+static bool low_space;           /* atomic: the state directory is below its reserve */
+static struct machine *machines; /* never freed: one small entry a client with disks */
+static pthread_mutex_t machine_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- machines: one boot across a client's disks ------------------------------- */
+
+/* The client part of a client or disk id ("pc01/games" -> "pc01"). */
+static void client_of(const char *id, char out[TB_NAME_MAX + 1])
+{
+  size_t n = strcspn(id, "/");
+  memcpy(out, id, n);
+  out[n] = '\0';
+}
+
+static bool has_machine(const struct tb_client_conf *c)
+{
+  return c->n_disks > 0 || c->disk[0];
+}
+
+/* machine_lock held. */
+static struct machine *machine_get(const char *client)
+{
+  struct machine *m;
+  for (m = machines; m; m = m->next)
+    if (strcmp(m->id, client) == 0)
+      return m;
+  if ((m = calloc(1, sizeof *m))) {
+    snprintf(m->id, sizeof m->id, "%s", client);
+    m->hold_fd = -1;
+    m->next = machines;
+    machines = m;
+  }
+  return m;
+}
+
+/* Hold LC's machine for a boot (turn_lock held): the first disk of a
+ * machine to boot in this process takes clients/ID/disks.lock. */
+static int machine_hold(struct tb_live_client *lc, const char *state, const char *client)
+{
+  if (lc->holds_machine)
+    return 0;
+  char dir[TB_PATH_MAX], path[TB_PATH_MAX];
+  pthread_mutex_lock(&machine_lock);
+  struct machine *m = machine_get(client);
+  int r = m ? 0 : tb_error_errno("client %s", client);
+  if (m && m->holders == 0) {
+    int fd = -1;
+    r = tb_store_client_mkdir(state, client, dir, sizeof dir) == -1 ||
+                tb_path(path, sizeof path, "%s/disks.lock", dir) == -1
+            ? -1
+            : 0;
+    if (r == 0 && (fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) == -1)
+      r = tb_error_errno("cannot open %s", path);
+    if (r == 0 && flock(fd, LOCK_EX | LOCK_NB) == -1) {
+      int err = errno;
+      r = err == EWOULDBLOCK
+              ? tb_error("client %s is busy: another process serves one of its disks (every "
+                         "disk of a client is served by one frontend at a time)",
+                         client)
+              : tb_error_errno("cannot lock %s", path);
+      close(fd);
+      errno = err;
+      fd = -1;
+    }
+    m->hold_fd = fd;
+  }
+  if (r == 0) {
+    m->holders++;
+    lc->holds_machine = true;
+  }
+  pthread_mutex_unlock(&machine_lock);
+  return r;
+}
+
+/* LC's boot is over (turn_lock held): the last disk lets the machine go. */
+static void machine_release(struct tb_live_client *lc)
+{
+  if (!lc->holds_machine)
+    return;
+  char client[TB_NAME_MAX + 1];
+  client_of(lc->id, client);
+  pthread_mutex_lock(&machine_lock);
+  struct machine *m = machine_get(client);
+  if (m && --m->holders == 0) {
+    close(m->hold_fd);
+    m->hold_fd = -1;
+  }
+  pthread_mutex_unlock(&machine_lock);
+  lc->holds_machine = false;
+}
+
+/* The machine's current boot, after LC's connection with TOKEN (or NULL)
+ * was seen; NEW_BOOT: LC saw a new boot.  Returns the machine's epoch and
+ * sets *BEGAN when this began the machine's next boot. */
+static uint64_t machine_boot(const char *id, const char *token, bool new_boot, bool *began)
+{
+  char client[TB_NAME_MAX + 1];
+  client_of(id, client);
+  pthread_mutex_lock(&machine_lock);
+  struct machine *m = machine_get(client);
+  uint64_t epoch = 0;
+  *began = false;
+  if (m) {
+    if (new_boot || (token && m->token[0] && strcmp(token, m->token) != 0)) {
+      m->epoch++;
+      m->token[0] = '\0';
+      *began = true;
+    }
+    if (token)
+      snprintf(m->token, sizeof m->token, "%s", token);
+    epoch = m->epoch;
+  }
+  pthread_mutex_unlock(&machine_lock);
+  return epoch;
+}
+
+static uint64_t machine_epoch(const char *id)
+{
+  char client[TB_NAME_MAX + 1];
+  client_of(id, client);
+  pthread_mutex_lock(&machine_lock);
+  struct machine *m = machine_get(client);
+  uint64_t epoch = m ? m->epoch : 0;
+  pthread_mutex_unlock(&machine_lock);
+  return epoch;
+}
 
 /* ---- the registry ------------------------------------------------------------ */
 
@@ -288,6 +446,7 @@ static void end_boot(struct tb_live_client *lc)
     tb_eventf(lc->cfg->state_dir, "session-end-failed", lc->id, "{s:s}", "error", tb_errmsg());
   tb_guards_free(&lc->guards);
   lc->state = LIVE_IDLE;
+  machine_release(lc);
   next_boot(lc);
   lc->boot_conns = 0;
   memset(&lc->boot, 0, sizeof lc->boot);
@@ -405,6 +564,41 @@ static int commit_turn(struct tb_live_client *lc)
 
 /* ---- connections ---------------------------------------------------------------- */
 
+/* SELF began boot EPOCH of its machine: the other disks' sessions of older
+ * boots end now (turn_lock of none held). */
+static void end_stale_siblings(struct tb_live_client *self, uint64_t epoch)
+{
+  char client[TB_NAME_MAX + 1], other[TB_NAME_MAX + 1];
+  client_of(self->id, client);
+  pthread_mutex_lock(&live_lock);
+  size_t n = 0;
+  for (struct tb_live_client *lc = live_list; lc; lc = lc->next)
+    n++;
+  struct tb_live_client **sib = calloc(n ? n : 1, sizeof *sib);
+  n = 0;
+  for (struct tb_live_client *lc = live_list; lc && sib; lc = lc->next) {
+    client_of(lc->id, other);
+    if (lc != self && strcmp(client, other) == 0) {
+      lc->refs++;
+      sib[n++] = lc;
+    }
+  }
+  pthread_mutex_unlock(&live_lock);
+  for (size_t i = 0; i < n; i++) {
+    struct tb_live_client *lc = sib[i];
+    pthread_mutex_lock(&lc->turn_lock);
+    if (lc->state != LIVE_IDLE && lc->epoch < epoch && lc->cfg) {
+      tb_eventf(lc->cfg->state_dir, "boot-new", lc->id, "{s:s, s:s, s:I}", "via", "disk", "disk",
+                self->id, "stale_connections", (json_int_t)lc->boot_conns);
+      end_boot(lc);
+      publish(lc);
+    }
+    pthread_mutex_unlock(&lc->turn_lock);
+    tb_live_client_put(lc);
+  }
+  free(sib);
+}
+
 const char *tb_conn_refusal_reason(enum tb_conn_refusal why, const char *msg)
 {
   switch (why) {
@@ -423,7 +617,7 @@ struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client
 {
   enum tb_conn_refusal refusal = TB_CONN_FAILED;
   struct tb_boot_marker marker;
-  if (tb_boot_marker_read(cfg->state_dir, c->id, &marker) == -1)
+  if (tb_boot_marker_read(cfg->state_dir, c->client, &marker) == -1)
     memset(&marker, 0, sizeof marker); /* a damaged marker marks nothing */
   struct tb_conn *conn = calloc(1, sizeof *conn);
   if (!conn) {
@@ -440,18 +634,32 @@ struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client
   snprintf(conn->frontend, sizeof conn->frontend, "%s", info->frontend ? info->frontend : "?");
   snprintf(conn->peer, sizeof conn->peer, "%s", info->peer ? info->peer : "?");
   conn->since_ms = tb_now_ms();
-  conn->limit = tb_limit_get(c->id, &c->limits);
+  conn->limit = tb_limit_get(c->client, &c->limits); /* the machine's, over all its disks */
 
   int r = 0;
+  bool machine = has_machine(c), new_boot = false, began = false;
+  uint64_t epoch = 0;
   pthread_mutex_lock(&lc->turn_lock);
-  if (lc->state != LIVE_IDLE && is_new_boot(lc, info->boot_token, &marker)) {
+  /* Another disk of the machine began a boot after this disk's. */
+  bool stale = machine && lc->state != LIVE_IDLE && lc->epoch < machine_epoch(c->id);
+  if (lc->state != LIVE_IDLE && (stale || is_new_boot(lc, info->boot_token, &marker))) {
     tb_eventf(cfg->state_dir, "boot-new", c->id, "{s:s, s:s, s:I}", "peer", conn->peer, "via",
-              info->boot_token ? "token" : marker.via, "stale_connections",
-              (json_int_t)lc->boot_conns);
+              stale              ? "disk"
+              : info->boot_token ? "token"
+                                 : marker.via,
+              "stale_connections", (json_int_t)lc->boot_conns);
     end_boot(lc);
+    new_boot = !stale;
   }
-  if (lc->state == LIVE_IDLE) {
+  if (machine)
+    epoch = machine_boot(c->id, info->boot_token, new_boot, &began);
+  if (lc->state == LIVE_IDLE && machine && machine_hold(lc, cfg->state_dir, c->client) == -1) {
+    refusal = refusal_of(errno);
+    r = -1;
+  }
+  if (lc->state == LIVE_IDLE && r == 0) {
     struct tb_session_record last;
+    lc->epoch = epoch;
     take_config(lc, cfg, c);
     if (tb_session_record(cfg->state_dir, c->id, &last) == -1)
       memset(&last, 0, sizeof last); /* rewritten by the next session */
@@ -487,11 +695,15 @@ struct tb_conn *tb_conn_open(const struct tb_config *cfg, const struct tb_client
         lc->session ? tb_overlay_size(lc->session->overlay) : tb_session_plan_size(lc->plan);
     conn->block_size = lc->session ? tb_overlay_block_size(lc->session->overlay)
                                    : tb_session_plan_block_size(lc->plan);
-    conn->read_only = !lc->session && tb_session_plan_locked_down(lc->plan);
+    conn->read_only = !lc->session && tb_session_plan_read_only(lc->plan);
     pthread_rwlock_unlock(&lc->io_lock);
     publish(lc);
   }
+  if (lc->state == LIVE_IDLE)
+    machine_release(lc);
   pthread_mutex_unlock(&lc->turn_lock);
+  if (began)
+    end_stale_siblings(lc, epoch);
   if (r == -1) {
     tb_live_client_put(lc);
     free(conn);
@@ -518,6 +730,7 @@ void tb_conn_close(struct tb_conn *conn)
       set_view(lc, NULL, NULL);
       __atomic_store_n(&lc->plan_bytes_read, 0, __ATOMIC_RELAXED);
       lc->state = LIVE_IDLE;
+      machine_release(lc);
       next_boot(lc);
     } else if (lc->state == LIVE_RUNNING) {
       if (tb_overlay_flush(lc->session->overlay) == -1)
@@ -689,7 +902,7 @@ static int change(struct tb_conn *conn, enum change kind, const void *buf, uint3
       r = commit_turn(lc);
     pthread_mutex_unlock(&lc->turn_lock);
     if (r == -1) {
-      if (errno != EPERM)
+      if (errno != EPERM && errno != EROFS)
         errno = EIO;
       return -1;
     }
@@ -763,6 +976,29 @@ bool tb_live_holds(const char *id)
     }
   pthread_mutex_unlock(&live_lock);
   return holds;
+}
+
+bool tb_live_busy(const char *state, const struct tb_client_conf *c)
+{
+  if (tb_live_holds(c->id))
+    return false;
+  if (tb_client_locked(state, c->id))
+    return true;
+  if (!has_machine(c))
+    return false;
+  pthread_mutex_lock(&machine_lock);
+  struct machine *m = machine_get(c->client);
+  bool ours = m && m->holders > 0;
+  pthread_mutex_unlock(&machine_lock);
+  char path[TB_PATH_MAX];
+  if (ours || tb_store_client_path(state, c->client, "disks.lock", path, sizeof path) == -1)
+    return false;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return false;
+  bool busy = flock(fd, LOCK_SH | LOCK_NB) == -1 && errno == EWOULDBLOCK;
+  close(fd);
+  return busy;
 }
 
 struct tb_overlay *tb_live_read_begin(struct tb_live_client *lc, uint64_t *generation)
@@ -848,8 +1084,9 @@ void tb_live_tick(const struct tb_config *cfg)
     struct tb_live_client *lc = all[i];
     pthread_mutex_lock(&lc->turn_lock);
     struct tb_session *s = lc->session;
-    if (lc->state == LIVE_RECONNECTING && now >= lc->grace_until_ms) {
-      end_boot(lc);
+    if ((lc->state == LIVE_RECONNECTING && now >= lc->grace_until_ms) ||
+        (lc->holds_machine && lc->epoch < machine_epoch(lc->id))) {
+      end_boot(lc); /* its grace ran out, or its machine began another boot */
       publish(lc);
     } else if (s) {
       /* Live figures for tabulactl and metrics: at most every few seconds,
@@ -901,6 +1138,7 @@ void tb_live_shutdown(void)
       publish(lc);
     }
     lc->state = LIVE_IDLE;
+    machine_release(lc);
     next_boot(lc);
     pthread_mutex_unlock(&lc->turn_lock);
   }

@@ -95,6 +95,9 @@ void tb_live_shutdown(void);
 
 /* Does this process hold a boot of client ID (booting, running, reconnecting)? */
 bool tb_live_holds(const char *id);
+/* Would client (or disk) C be refused as busy here: another process holds
+ * its lock, or (a client with disks) any disk of it? */
+bool tb_live_busy(const char *state, const struct tb_client_conf *c);
 
 /* Admin views (ID@live, ID@overlay) read the running session's overlay when
  * this process serves one, so they see the guest's writes at once.  The

@@ -143,7 +143,7 @@ static int locked_update(const char *state, const char *id,
                          int (*edit)(struct tb_mailbox *mb, void *ctx), void *ctx)
 {
   char dir[TB_PATH_MAX], path[TB_PATH_MAX], lock[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1 ||
+  if (tb_store_client_mkdir(state, id, dir, sizeof dir) == -1 ||
       tb_path(path, sizeof path, "%s/mailbox.json", dir) == -1 ||
       tb_path(lock, sizeof lock, "%s/mailbox.lock", dir) == -1)
     return -1;

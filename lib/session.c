@@ -42,7 +42,7 @@
 int tb_client_lock(const char *state, const char *id, bool wait)
 {
   char path[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, path, sizeof path) == -1 || tb_mkdirs(path, true) == -1)
+  if (tb_store_client_mkdir(state, id, path, sizeof path) == -1)
     return -1;
   if (strlen(path) + sizeof "/lock" > sizeof path)
     return tb_error("the state directory path of client %s is too long", id);
@@ -679,9 +679,11 @@ struct tb_session_plan {
   struct tb_mailbox mb; /* as read when planned, its latest one-shot: what the turn applies */
   uint64_t mb_serial;   /* the mailbox's last request number then */
   bool locked_down;     /* an admin looks at a locked-down client: no turn */
-  bool discard;         /* the overlay is retired (rollback, refresh, restore) */
-  bool retain;          /* ... and kept as a restore point */
-  bool keep_overlay;    /* the overlay stays (persist): no new one */
+  bool read_only;       /* a read-only disk (conf.h): its master as is, no turn */
+  char lockdown_id[TB_NAME_MAX + 1]; /* whose mailbox locked it down: the disk or its client */
+  bool discard;                      /* the overlay is retired (rollback, refresh, restore) */
+  bool retain;                       /* ... and kept as a restore point */
+  bool keep_overlay;                 /* the overlay stays (persist): no new one */
   uint64_t prev_number;
   /* The base of the overlay the session will use. */
   struct tb_base_id base;
@@ -768,15 +770,27 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
    * a rollback); the turn clears it and the ones it superseded. */
   pl->mb_serial = pl->mb.serial;
   tb_mailbox_keep_latest(&pl->mb);
+  snprintf(pl->lockdown_id, sizeof pl->lockdown_id, "%s", c->id);
+  if (!pl->mb.lockdown[0] && c->disk[0]) { /* a locked-down client: every disk of it */
+    struct tb_mailbox *cm = malloc(sizeof *cm);
+    if (!cm || tb_mailbox_read(state, c->client, cm) == -1) {
+      free(cm);
+      goto fail;
+    }
+    snprintf(pl->mb.lockdown, sizeof pl->mb.lockdown, "%s", cm->lockdown);
+    snprintf(pl->lockdown_id, sizeof pl->lockdown_id, "%s", c->client);
+    free(cm);
+  }
   if (pl->mb.lockdown[0]) {
     if (!admin_look) {
       tb_error("client %s is locked down (%s); release it with: tabulactl unlock %s", c->id,
-               pl->mb.lockdown, c->id);
+               pl->mb.lockdown, pl->lockdown_id);
       errno = EACCES;
       goto fail;
     }
     pl->locked_down = true;
   }
+  pl->read_only = c->read_only;
   const struct tb_mailbox *mb = &pl->mb;
   if (mb->restore > 0 && !pl->locked_down) {
     if (tb_client_session_path(state, c->id, (uint64_t)mb->restore, src, TB_PATH_MAX) == -1)
@@ -789,10 +803,11 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
     }
   }
   pl->prev_number = tb_client_last_session(state, c->id);
-  bool exists = access(overlay, F_OK) == 0;
+  bool exists = !pl->read_only && access(overlay, F_OK) == 0;
   /* A maintenance PC keeps its overlay whatever its policy (maintenance.h). */
   bool rolls = c->policy == TB_POLICY_ROLLBACK && tb_maintenance_read(state, c->id, NULL) != 1;
-  pl->discard = !pl->locked_down && (rolls || mb->rollback || mb->refresh || mb->restore > 0);
+  pl->discard = !pl->locked_down && !pl->read_only &&
+                (rolls || mb->rollback || mb->refresh || mb->restore > 0);
   pl->retain = pl->discard && exists && !overlay_unused(overlay) && pl->prev_number != 0;
   pl->keep_overlay = exists && !pl->discard;
 
@@ -869,6 +884,11 @@ bool tb_session_plan_locked_down(const struct tb_session_plan *pl)
   return pl->locked_down;
 }
 
+bool tb_session_plan_read_only(const struct tb_session_plan *pl)
+{
+  return pl->locked_down || pl->read_only;
+}
+
 const char *tb_session_plan_base_path(const struct tb_session_plan *pl)
 {
   return pl->base_path;
@@ -937,8 +957,13 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
   if (pl->locked_down) {
     tb_error("client %s is locked down (%s): its disk can be read, not changed; release it "
              "with: tabulactl unlock %s",
-             c->id, pl->mb.lockdown, c->id);
+             c->id, pl->mb.lockdown, pl->lockdown_id);
     errno = EPERM;
+    return NULL;
+  }
+  if (pl->read_only) {
+    tb_error("disk %s is read-only (\"read_only\": true in its configuration)", c->id);
+    errno = EROFS;
     return NULL;
   }
   /* The paths live on the heap: this runs on frontend connection threads,

@@ -63,6 +63,8 @@ void tb_session_plan_free(struct tb_session_plan *pl);
 uint64_t tb_session_plan_size(const struct tb_session_plan *pl);
 uint32_t tb_session_plan_block_size(const struct tb_session_plan *pl);
 bool tb_session_plan_locked_down(const struct tb_session_plan *pl);
+/* Locked down, or a read-only disk: served read-only, never committed. */
+bool tb_session_plan_read_only(const struct tb_session_plan *pl);
 int tb_session_plan_base_fd(const struct tb_session_plan *pl);
 /* The master file the planned session's overlay is built on. */
 const char *tb_session_plan_base_path(const struct tb_session_plan *pl);

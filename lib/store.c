@@ -67,18 +67,49 @@ int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, c
   return tb_path(buf, len, "%s/images/%s/%u.json", state, image, ver);
 }
 
+/* A client id is a name; a disk id "ID/DISK" (util.h) lives in
+ * clients/ID/disks/DISK, beside the client's own files, so a client's
+ * first disk keeps the layout it always had. */
+static int client_dir(const char *state, const char *id, char *buf, size_t len)
+{
+  if (!tb_client_id_valid(id))
+    return tb_error("invalid client name \"%.80s\" (1-64 characters [A-Za-z0-9._-], starting "
+                    "with a letter or digit; a disk: CLIENT/DISK)",
+                    id ? id : "");
+  const char *slash = strchr(id, '/');
+  if (!slash)
+    return tb_path(buf, len, "%s/clients/%s", state, id);
+  return tb_path(buf, len, "%s/clients/%.*s/disks/%s", state, (int)(slash - id), id, slash + 1);
+}
+
 int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len)
 {
-  if (check_name("client", id) == -1)
-    return -1;
-  return tb_path(buf, len, "%s/clients/%s", state, id);
+  return client_dir(state, id, buf, len);
 }
 
 int tb_store_client_path(const char *state, const char *id, const char *file, char *buf, size_t len)
 {
-  if (check_name("client", id) == -1)
+  char dir[TB_PATH_MAX];
+  if (client_dir(state, id, dir, sizeof dir) == -1)
     return -1;
-  return tb_path(buf, len, "%s/clients/%s/%s", state, id, file);
+  return tb_path(buf, len, "%s/%s", dir, file);
+}
+
+int tb_store_client_mkdir(const char *state, const char *id, char *buf, size_t len)
+{
+  if (client_dir(state, id, buf, len) == -1)
+    return -1;
+  const char *slash = strchr(id, '/');
+  if (slash) { /* clients/ID and clients/ID/disks private too, not mkdir -p's 0755 */
+    char parent[TB_PATH_MAX];
+    if (tb_path(parent, sizeof parent, "%s/clients/%.*s", state, (int)(slash - id), id) == -1 ||
+        tb_mkdirs(parent, true) == -1 ||
+        tb_path(parent, sizeof parent, "%s/clients/%.*s/disks", state, (int)(slash - id), id) ==
+            -1 ||
+        tb_mkdirs(parent, true) == -1)
+      return -1;
+  }
+  return tb_mkdirs(buf, true);
 }
 
 /* ---- privacy ------------------------------------------------------------

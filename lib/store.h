@@ -9,6 +9,10 @@
  *   clients/ID/mailbox.json  pending actions, written by the daemon (mailbox.h)
  *   clients/ID/lock          flock: held for a whole session, or by the daemon
  *   clients/ID/session.json  the plugin's view of the session (state, figures)
+ *   clients/ID/disks/DISK/   a further disk of the client (conf.h "disks"): the
+ *                            same files as above, for disk id "ID/DISK"
+ *   clients/ID/disks.lock    flock: held while a frontend serves any disk of a
+ *                            client with further disks (live.c: one frontend a client)
  *   events.jsonl             the event journal (events.h)
  *
  * Versions are published atomically: the image is written under a temporary
@@ -38,7 +42,9 @@ int tb_store_version_path(const char *state, const char *image, uint32_t ver, ch
 int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, char *buf,
                            size_t len);
 int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len);
-/* clients/ID/FILE */
+/* Create client ID's directory (and a disk's parents), private; BUF gets its path. */
+int tb_store_client_mkdir(const char *state, const char *id, char *buf, size_t len);
+/* clients/ID/FILE; for a disk id "ID/DISK", clients/ID/disks/DISK/FILE */
 int tb_store_client_path(const char *state, const char *id, const char *file, char *buf,
                          size_t len);
 

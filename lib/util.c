@@ -84,6 +84,19 @@ bool tb_name_valid(const char *name)
   return n <= TB_NAME_MAX;
 }
 
+bool tb_client_id_valid(const char *id)
+{
+  if (!id || strlen(id) > TB_NAME_MAX)
+    return false;
+  const char *slash = strchr(id, '/');
+  if (!slash)
+    return tb_name_valid(id);
+  char client[TB_NAME_MAX + 1];
+  memcpy(client, id, (size_t)(slash - id));
+  client[slash - id] = '\0';
+  return tb_name_valid(client) && tb_name_valid(slash + 1);
+}
+
 /* ---- guest names ------------------------------------------------------------ */
 
 /* Length of the valid UTF-8 character at P (N bytes left): 1-4, or 0 if

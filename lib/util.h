@@ -6,7 +6,10 @@
  * (the nbdkit plugin, the daemon, the CLI) decide where the message goes.
  *
  * Names: anything that becomes part of a path (client ids, image names) must
- * pass tb_name_valid() first: [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
+ * pass tb_name_valid() first: [A-Za-z0-9][A-Za-z0-9._-]{0,63}.  A client's
+ * further disk (conf.h, "disks") is named "ID/DISK": two names joined by one
+ * '/', at most 64 characters in all (tb_client_id_valid), so it fits every
+ * buffer a client id fits; its state lives in clients/ID/disks/DISK.
  */
 #ifndef TB_UTIL_H
 #define TB_UTIL_H
@@ -32,6 +35,8 @@ const char *tb_errmsg(void);
 
 /* True if NAME is a valid client id / image name (see above). */
 bool tb_name_valid(const char *name);
+/* True if ID is a client id or a disk id "ID/DISK" (see above). */
+bool tb_client_id_valid(const char *id);
 
 /* Guest names: file names read from a guest filesystem (and anything else a
  * guest or a peer controls) leave the inspector only through this encoding,

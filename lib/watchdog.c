@@ -371,6 +371,9 @@ struct tb_guard *tb_guards_check_change(struct tb_guards *g, struct tb_overlay *
 
 /* ---- a client's rules against a version ---- */
 
+/* Where client (or disk) C is in the configuration file, for a message. */
+#define CPATH(c) tb_client_conf_path((c), (char[TB_NAME_MAX * 2 + 32]){0}, TB_NAME_MAX * 2 + 32)
+
 int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_conf *c,
                           const char *path, uint64_t size, const char *what)
 {
@@ -378,17 +381,17 @@ int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_co
     uint64_t off[2], len[2];
     int n;
     if (tb_region_resolve(&c->preserve[i], path, size, off, len, &n) == -1)
-      return tb_error_prefix("clients.%s.preserve[%zu] on %s", c->id, i, what);
+      return tb_error_prefix("%s.preserve[%zu] on %s", CPATH(c), i, what);
   }
   struct tb_watchdog_conf w;
   if (tb_watchdog_for(cfg->watchdog, c->watchdog, &w) == -1)
-    return tb_error_prefix("clients.%s.watchdog", c->id);
+    return tb_error_prefix("%s.watchdog", CPATH(c));
   struct tb_guards gs;
   int r = tb_guards_resolve(&w, path, size, &gs);
   tb_watchdog_free(&w);
   tb_guards_free(&gs);
   if (r == -1)
-    return tb_error_prefix("clients.%s: %s", c->id, what);
+    return tb_error_prefix("%s: %s", CPATH(c), what);
   return 0;
 }
 
@@ -426,10 +429,10 @@ static int check_version(const struct tb_config *cfg, const struct tb_client_con
   const char *state = cfg->state_dir;
   uint64_t size = 0; /* set by version_size (GCC -O2 cannot see it) */
   if (version_size(state, image, version, memo, &size) == -1)
-    return tb_error_prefix("clients.%s: %s@%" PRIu32, c->id, image, version);
+    return tb_error_prefix("%s: %s@%" PRIu32, CPATH(c), image, version);
   char path[TB_PATH_MAX], what[TB_NAME_MAX + 16];
   if (tb_store_version_path(state, image, version, path, sizeof path) == -1)
-    return tb_error_prefix("clients.%s", c->id);
+    return tb_error_prefix("%s", CPATH(c));
   snprintf(what, sizeof what, "%s@%" PRIu32, image, version);
   return tb_client_check_image(cfg, c, path, size, what);
 }
@@ -445,7 +448,7 @@ int tb_client_check_memo(const struct tb_config *cfg, const struct tb_client_con
   char image[TB_NAME_MAX + 1];
   uint32_t v;
   if (tb_client_target(cfg->state_dir, c, image, &v) == -1)
-    return tb_error_prefix("clients.%s.image", c->id);
+    return tb_error_prefix("%s.image", CPATH(c));
   return check_version(cfg, c, image, v, memo);
 }
 

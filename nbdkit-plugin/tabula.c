@@ -16,6 +16,9 @@
  *
  *   export "ID@boot/TOKEN" client ID's disk in the boot TOKEN (a per-boot id)
  *
+ *   export "ID/DISK"       the client's further disk DISK (conf.h "disks"), in
+ *                          every form above: ID/DISK@boot/TOKEN, ID/DISK@live...
+ *
  * Sessions are lib/live.c's: a session is a boot, connections of one boot
  * share it, the turn happens at the first write, and reconnects within
  * reconnect_grace continue it.  The plugin maps a connection to a client and
@@ -594,7 +597,7 @@ static void *tabula_open(int readonly)
     char shown[84];
     printable_name(export, shown);
     nbdkit_error("invalid export name \"%s\": expected a client id ([A-Za-z0-9._-], up to 64 "
-                 "characters)",
+                 "characters) or a client's disk ID/DISK",
                  shown);
     tb_event_refusal(cfg->state_dir, NULL, peer.text, "invalid export name", export);
     goto out;
@@ -1018,18 +1021,34 @@ static int add_export(struct nbdkit_exports *ex, const char *fmt, ...)
  * when another process serves it (busy) or it has no version to boot; a
  * listing tool (nbdinfo --list) opens every export it is given and fails on
  * the first that refuses.  A locked-down client is listed: admins see it
- * read-only.  The admin views (ID@live...) are listed either way. */
-static bool client_listable(const struct tb_config *cfg, const struct tb_client_conf *c)
+ * read-only.  The admin views (ID@live...) are listed whenever they can be
+ * opened (views_listable). */
+static bool has_target(const struct tb_config *cfg, const struct tb_client_conf *c)
 {
-  if (tb_live_holds(c->id))
-    return true;
-  if (tb_client_locked(cfg->state_dir, c->id))
-    return false;
   char image[TB_NAME_MAX + 1], path[TB_PATH_MAX];
   uint32_t version;
   return tb_client_target(cfg->state_dir, c, image, &version) == 0 &&
          tb_store_manifest_path(cfg->state_dir, image, version, path, sizeof path) == 0 &&
          access(path, F_OK) == 0;
+}
+
+static bool client_listable(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  if (tb_live_holds(c->id))
+    return true;
+  if (tb_live_busy(cfg->state_dir, c))
+    return false;
+  return has_target(cfg, c);
+}
+
+/* Can its views (ID@live, ID@overlay) be opened: it has an overlay, or a
+ * version to show (a disk whose image has none yet has neither). */
+static bool views_listable(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  char path[TB_PATH_MAX];
+  return (tb_store_client_path(cfg->state_dir, c->id, "overlay", path, sizeof path) == 0 &&
+          access(path, F_OK) == 0) ||
+         has_target(cfg, c);
 }
 
 static int tabula_list_exports(int readonly, int is_tls, struct nbdkit_exports *exports)
@@ -1048,7 +1067,8 @@ static int tabula_list_exports(int readonly, int is_tls, struct nbdkit_exports *
     const char *id = cfg->clients[i].id;
     if (client_listable(cfg, &cfg->clients[i]))
       r = add_export(exports, "%s", id);
-    r |= add_export(exports, "%s@live", id) | add_export(exports, "%s@overlay", id);
+    if (views_listable(cfg, &cfg->clients[i]))
+      r |= add_export(exports, "%s@live", id) | add_export(exports, "%s@overlay", id);
     uint64_t *nums;
     size_t n;
     if (r == 0 && tb_client_sessions(cfg->state_dir, id, &nums, &n) == 0) {

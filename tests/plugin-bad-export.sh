@@ -31,7 +31,9 @@ refused()
 }
 
 refused '../x' 'invalid export name "\.\./x"'
-refused 'a/b' 'invalid export name "a/b"'
+refused 'a/b' 'unknown client "a/b"' # a disk's name (ID/DISK), of no client here
+refused 'a/b/c' 'invalid export name "a/b/c"'
+refused 'pc01/' 'invalid export name "pc01/"'
 refused "$long" 'invalid export name "a{80}\.\.\."'
 refused 'nobody' 'unknown client "nobody"'
 refused '' 'no client is configured for address unix'

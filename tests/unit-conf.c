@@ -313,7 +313,89 @@ static const struct {
     {"{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"a/b\", \"server\": "
      "\"10.9.0.1\", \"network\": \"10.9.0.0/24\"}}",
      "pxe.interface: expected a network interface name"},
+    /* disks (conf.h) */
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"disks\": []}}}",
+     "clients.pc1.disks: expected an object of disk names"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"disks\": {\"g\": {\"policy\": \"persist\"}}}}}",
+     "clients.pc1.disks.g.image: missing"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"disks\": {\"g\": {\"image\": \"b\"}}}}}",
+     "clients.pc1.disks.g.image: image \"b\" is not listed"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"disks\": {\"g\": {\"image\": \"a\", \"mac\": \"52:54:00:00:00:01\"}}}}}",
+     "clients.pc1.disks.g.mac: unknown key"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"disks\": {\"g/h\": {\"image\": \"a\"}}}}}",
+     "clients.pc1.disks.g/h: not a valid disk name"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"disks\": {\"g\": {\"image\": \"a\", \"read_only\": 1}}}}}",
+     "clients.pc1.disks.g.read_only: expected true or false"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"disks\": {\"gggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg\": "
+     "{\"image\": \"a\"}}}}}",
+     "is longer than 64 characters"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"a\": {}}, \"groups\": {\"lab\": {\"disks\": "
+     "{\"g\": {\"image\": \"a\", \"policy\": \"x\"}}}}, \"clients\": {\"pc1\": {\"image\": "
+     "\"a\", \"group\": \"lab\"}}}",
+     "groups.lab.disks.g.policy: expected \"rollback\" or \"persist\""},
 };
+
+/* A client's further disks: entries after it, "ID/DISK", their own image
+ * and policy, the client's allow, grace and limits; a group's disks merge
+ * with the client's by name. */
+START_TEST(test_disks)
+{
+  const char *text =
+      "{\"state_dir\": \"/s\", \"images\": {\"win\": {}, \"games\": {}},"
+      " \"groups\": {\"cafe\": {\"image\": \"win\", \"allow\": [\"10.1.0.0/16\"],"
+      "   \"reconnect_grace\": \"5m\", \"limits\": {\"write\": \"20M\"},"
+      "   \"disks\": {\"games\": {\"image\": \"games\", \"policy\": \"persist\"},"
+      "             \"tools\": {\"image\": \"games\", \"read_only\": true}}}},"
+      " \"clients\": {\"pc1\": {\"group\": \"cafe\", \"address\": \"10.1.0.5\"},"
+      "   \"pc2\": {\"group\": \"cafe\", \"address\": \"10.1.0.6\","
+      "     \"disks\": {\"games\": {\"image\": \"games\", \"version\": 3, \"quota\": \"1G\"}}},"
+      "   \"vm\": {\"image\": \"win\"}}}";
+  struct tb_config *cfg = tb_config_parse(text, "t");
+  ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
+  ck_assert_uint_eq(cfg->n_clients, 7);
+  const struct tb_client_conf *pc1 = tb_config_client(cfg, "pc1");
+  ck_assert_uint_eq(pc1->n_disks, 2);
+  ck_assert_str_eq(pc1->client, "pc1");
+  ck_assert_str_eq(pc1->disk, "");
+  ck_assert_str_eq(pc1[1].id, "pc1/games");
+  const struct tb_client_conf *g = tb_config_client(cfg, "pc1/games");
+  ck_assert_ptr_eq(g, &pc1[1]);
+  ck_assert_str_eq(g->client, "pc1");
+  ck_assert_str_eq(g->disk, "games");
+  ck_assert_str_eq(g->image, "games");
+  ck_assert_int_eq(g->policy, TB_POLICY_PERSIST);
+  ck_assert(!g->has_address); /* the machine's, not the disk's */
+  ck_assert_uint_eq(g->n_disks, 0);
+  ck_assert_uint_eq(g->allow.n_nets, 1);
+  ck_assert(!g->allow.unix_socket);
+  ck_assert_int_eq(g->reconnect_grace_ms, 300000);
+  ck_assert_uint_eq(g->limits.write_bps, 20 << 20);
+  ck_assert(!g->read_only);
+  const struct tb_client_conf *t = tb_config_client(cfg, "pc1/tools");
+  ck_assert(t->read_only);
+  char path[128];
+  ck_assert_str_eq(tb_client_conf_path(t, path, sizeof path), "clients.pc1.disks.tools");
+  ck_assert_str_eq(tb_client_conf_path(pc1, path, sizeof path), "clients.pc1");
+  /* pc2's own games disk replaces the group's; tools stays. */
+  const struct tb_client_conf *pc2 = tb_config_client(cfg, "pc2");
+  ck_assert_uint_eq(pc2->n_disks, 2);
+  const struct tb_client_conf *g2 = tb_config_client(cfg, "pc2/games");
+  ck_assert_uint_eq(g2->version, 3);
+  ck_assert_int_eq(g2->policy, TB_POLICY_ROLLBACK);
+  ck_assert_uint_eq(g2->quota, 1 << 30);
+  ck_assert_ptr_nonnull(tb_config_client(cfg, "pc2/tools"));
+  ck_assert_uint_eq(tb_config_client(cfg, "vm")->n_disks, 0);
+  ck_assert_ptr_null(tb_config_client(cfg, "vm/games"));
+  tb_config_unref(cfg);
+}
+END_TEST
 
 START_TEST(test_bad_input)
 {
@@ -379,6 +461,7 @@ static Suite *conf_suite(void)
   tcase_add_test(tc, test_example);
   tcase_add_test(tc, test_groups_and_acl);
   tcase_add_test(tc, test_pxe);
+  tcase_add_test(tc, test_disks);
   tcase_add_loop_test(tc, test_bad_input, 0, sizeof bad_cases / sizeof bad_cases[0]);
   tcase_add_test(tc, test_missing_file);
   tcase_add_test(tc, test_names);

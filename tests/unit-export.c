@@ -61,7 +61,16 @@ START_TEST(test_refused)
       "pc01@boot/a b",
       "pc01@boot/a/b",
       "../etc@live",
-      "pc/01",
+      "pc01/",
+      "/games",
+      "pc01//games",
+      "pc01/games/x",
+      "pc01/.games",
+      "pc01/ga mes",
+      "win11/games@3",
+      "pc01/games@",
+      "pc01/games@boot/",
+      "pc01/games@session/0",
       ".pc01",
       "pc01@live@live",
       "pc01\n@live",
@@ -85,12 +94,49 @@ START_TEST(test_refused)
 }
 END_TEST
 
+/* A client's further disk: ID/DISK in every client form (conf.h "disks"). */
+START_TEST(test_disks)
+{
+  ck_assert_int_eq(tb_export_parse("pc01/games", &e), 0);
+  ck_assert_int_eq(e.kind, TB_EXPORT_CLIENT);
+  ck_assert_str_eq(e.name, "pc01/games");
+  ck_assert_str_eq(e.token, "");
+  ck_assert_int_eq(tb_export_parse("pc01/games@boot/5f3e-a1", &e), 0);
+  ck_assert_int_eq(e.kind, TB_EXPORT_CLIENT);
+  ck_assert_str_eq(e.name, "pc01/games");
+  ck_assert_str_eq(e.token, "5f3e-a1");
+  ck_assert_int_eq(tb_export_parse("pc01/games@live", &e), 0);
+  ck_assert_int_eq(e.kind, TB_EXPORT_LIVE);
+  ck_assert_str_eq(e.name, "pc01/games");
+  ck_assert_int_eq(tb_export_parse("pc01/games@overlay", &e), 0);
+  ck_assert_int_eq(e.kind, TB_EXPORT_OVERLAY);
+  ck_assert_int_eq(tb_export_parse("pc01/games@session/7", &e), 0);
+  ck_assert_int_eq(e.kind, TB_EXPORT_SESSION);
+  ck_assert_str_eq(e.name, "pc01/games");
+  ck_assert_uint_eq(e.num, 7);
+  /* 64 characters in all, the '/' included. */
+  char id[200];
+  memset(id, 'a', sizeof id);
+  id[10] = '/';
+  id[TB_NAME_MAX] = '\0';
+  ck_assert_int_eq(tb_export_parse(id, &e), 0);
+  ck_assert_str_eq(e.name, id);
+  id[TB_NAME_MAX] = 'a';
+  id[TB_NAME_MAX + 1] = '\0';
+  ck_assert_int_eq(tb_export_parse(id, &e), -1);
+  ck_assert(tb_client_id_valid("pc01/games"));
+  ck_assert(!tb_client_id_valid("pc01/games/x"));
+  ck_assert(!tb_client_id_valid("pc01/"));
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("export");
   TCase *tc = tcase_create("export");
   tcase_add_test(tc, test_forms);
   tcase_add_test(tc, test_refused);
+  tcase_add_test(tc, test_disks);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

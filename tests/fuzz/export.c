@@ -4,6 +4,7 @@
  * each export). */
 #include <config.h>
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +43,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     default:
       abort();
     }
-    if (!tb_name_valid(e.name) || strcmp(back, s) != 0)
+    bool name_ok = e.kind == TB_EXPORT_IMAGE ? tb_name_valid(e.name) : tb_client_id_valid(e.name);
+    if (!name_ok || strcmp(back, s) != 0)
       abort();
   }
   free(s);
