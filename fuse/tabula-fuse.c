@@ -2,6 +2,7 @@
  * and the master versions, down to the files of the guest filesystems.
  *
  *   MOUNT/clients/ID/{disk,status.json,changes.txt,fs/VOLUME/...,sessions/N/...}
+ *   MOUNT/clients/ID/disks/DISK/{the same}   a client's further disk ID/DISK
  *   MOUNT/images/NAME/N/{disk,fs/VOLUME/...}
  *
  * How it works.  The view is an NBD client of the appliance's admin exports
@@ -171,12 +172,13 @@ static bool is_number(const char *s)
   return true;
 }
 
-/* Clients. */
+/* Clients (their further disks are under clients/ID/disks: list_disks). */
 static void list_clients(struct names *out)
 {
   if (cfg) {
     for (size_t i = 0; i < cfg->n_clients; i++)
-      names_add(out, cfg->clients[i].id);
+      if (!cfg->clients[i].disk[0])
+        names_add(out, cfg->clients[i].id);
     return;
   }
   pthread_mutex_lock(&list_lock);
@@ -190,6 +192,31 @@ static void list_clients(struct names *out)
       if (tb_name_valid(id))
         names_add(out, id);
     }
+  }
+  pthread_mutex_unlock(&list_lock);
+}
+
+/* The further disks of client ID (conf.h "disks"): DISK of each "ID/DISK". */
+static void list_disks(const char *id, struct names *out)
+{
+  if (cfg) {
+    const struct tb_client_conf *c = tb_config_client(cfg, id);
+    for (size_t k = 1; c && k <= c->n_disks; k++)
+      names_add(out, c[k].disk);
+    return;
+  }
+  size_t idlen = strlen(id);
+  pthread_mutex_lock(&list_lock);
+  remote_refresh();
+  for (size_t i = 0; i < remote_exports.n; i++) {
+    const char *e = remote_exports.v[i];
+    const char *at = strrchr(e, '@');
+    if (!at || strcmp(at, "@live") != 0 || strncmp(e, id, idlen) != 0 || e[idlen] != '/')
+      continue;
+    char disk[TB_NAME_MAX + 1];
+    snprintf(disk, sizeof disk, "%.*s", (int)(at - e - idlen - 1), e + idlen + 1);
+    if (tb_name_valid(disk))
+      names_add(out, disk);
   }
   pthread_mutex_unlock(&list_lock);
 }
@@ -466,6 +493,7 @@ enum kind {
   K_IMAGE,    /* images/NAME */
   K_CTX,      /* clients/ID, clients/ID/sessions/N, images/NAME/N */
   K_SESSIONS, /* clients/ID/sessions */
+  K_DISKS,    /* clients/ID/disks: a client's further disks, each a CTX */
   K_DISK,     /* CTX/disk */
   K_STATUS,   /* clients/ID/status.json */
   K_CHANGES,  /* CTX/changes.txt (clients and sessions) */
@@ -478,7 +506,7 @@ enum ctx_type { CTX_LIVE, CTX_SESSION, CTX_VERSION };
 struct node {
   enum kind kind;
   enum ctx_type ctx;
-  char name[TB_NAME_MAX + 1]; /* client id or image name */
+  char name[TB_NAME_MAX + 1]; /* client id ("ID" or "ID/DISK") or image name */
   char num[24];               /* session or version number */
   char export[TB_PATH_MAX];   /* the context's export */
   char volume[64];
@@ -557,6 +585,27 @@ static int parse(const char *path, struct node *n)
     snprintf(n->export, sizeof n->export, "%s@live", c);
     if (!next_comp(&p, c, sizeof c))
       return 0;
+    if (strcmp(c, "disks") == 0) { /* clients/ID/disks/DISK: disk ID/DISK */
+      struct names disks = {0};
+      list_disks(n->name, &disks);
+      bool any = disks.n > 0;
+      names_free(&disks);
+      if (!any)
+        return -ENOENT;
+      n->kind = K_DISKS;
+      if (!next_comp(&p, c, sizeof c))
+        return 0;
+      char id[TB_NAME_MAX + 1];
+      if (!tb_name_valid(c) || strlen(n->name) + 1 + strlen(c) > TB_NAME_MAX ||
+          !exists_in(list_disks, n->name, c))
+        return -ENOENT;
+      snprintf(id, sizeof id, "%s/%s", n->name, c);
+      snprintf(n->name, sizeof n->name, "%s", id);
+      n->kind = K_CTX;
+      snprintf(n->export, sizeof n->export, "%s@live", n->name);
+      if (!next_comp(&p, c, sizeof c))
+        return 0;
+    }
     if (strcmp(c, "status.json") == 0)
       n->kind = K_STATUS;
     else if (strcmp(c, "sessions") == 0) {
@@ -1026,6 +1075,7 @@ static int getattr_node(const char *path, struct stat *st)
   case K_IMAGE:
   case K_CTX:
   case K_SESSIONS:
+  case K_DISKS:
   case K_FS:
     dir_stat(st);
     return 0;
@@ -1136,6 +1186,9 @@ static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
   case K_SESSIONS:
     list_sessions(n.name, &names);
     break;
+  case K_DISKS:
+    list_disks(n.name, &names);
+    break;
   case K_CTX:
     fill(buf, "disk", NULL, 0, 0);
     fill(buf, "fs", NULL, 0, 0);
@@ -1144,6 +1197,12 @@ static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
     if (n.ctx == CTX_LIVE) {
       fill(buf, "status.json", NULL, 0, 0);
       fill(buf, "sessions", NULL, 0, 0);
+      if (!strchr(n.name, '/')) {
+        list_disks(n.name, &names);
+        if (names.n > 0)
+          fill(buf, "disks", NULL, 0, 0);
+        names_free(&names);
+      }
     }
     return 0;
   case K_FS: {

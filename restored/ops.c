@@ -135,7 +135,7 @@ static const struct tb_client_conf *arg_client(struct daemon *d, struct args *a)
   const char *id = arg_str(a, "client", true);
   if (!id)
     return NULL;
-  if (!tb_name_valid(id)) {
+  if (!tb_client_id_valid(id)) {
     snprintf(a->err, sizeof a->err, "invalid client id \"%.80s\"", id);
     return NULL;
   }
@@ -260,7 +260,9 @@ static json_t *live_json(const char *state, const char *id)
     json_object_set_new(o, "connections", json_array());
   json_decref(live);
   struct tb_boot_marker m;
-  if (tb_boot_marker_read(state, id, &m) == 0 && m.seq > 0)
+  char client[TB_NAME_MAX + 1]; /* a disk's boots are its client's */
+  snprintf(client, sizeof client, "%.*s", (int)strcspn(id, "/"), id);
+  if (tb_boot_marker_read(state, client, &m) == 0 && m.seq > 0)
     json_object_set_new(o, "last_boot_marker",
                         json_pack("{s:I, s:I, s:s, s:s}", "seq", (json_int_t)m.seq, "at",
                                   (json_int_t)m.at_ms, "via", m.via, "detail", m.detail));
@@ -277,6 +279,17 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   json_t *o = json_pack("{s:s}", "id", c->id);
   if (c->group[0])
     json_object_set_new(o, "group", json_string(c->group));
+  /* A client's disks (conf.h): each its own entry, tied to its machine. */
+  json_object_set_new(o, "client", json_string(c->client));
+  json_object_set_new(o, "disk", c->disk[0] ? json_string(c->disk) : json_null());
+  if (c->disk[0])
+    json_object_set_new(o, "read_only", json_boolean(c->read_only));
+  if (c->n_disks) {
+    json_t *disks = json_array();
+    for (size_t k = 1; k <= c->n_disks; k++)
+      json_array_append_new(disks, json_string(c[k].id));
+    json_object_set_new(o, "disks", disks);
+  }
   json_object_set_new(o, "policy",
                       json_string(c->policy == TB_POLICY_PERSIST ? "persist" : "rollback"));
   json_object_set_new(o, "keep_sessions", json_integer(c->keep_sessions));
@@ -1048,7 +1061,7 @@ static json_t *op_events(struct daemon *d, struct conn *conn, struct args *a)
   int64_t last = arg_int(a, "last", false, 0, 1000000, 20);
   if (a->err[0])
     return reply_error("%s", a->err);
-  if (client && !tb_name_valid(client))
+  if (client && !tb_client_id_valid(client))
     return reply_error("invalid client id \"%.80s\"", client);
   json_t *events = journal_last(d->cfg->state_dir, client, (size_t)last);
   if (!follow)

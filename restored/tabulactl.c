@@ -605,8 +605,10 @@ static int parse_opts(int argc, char **argv, const struct option *longopts, int 
 
 static int check_client_arg(const char *id)
 {
-  if (!tb_name_valid(id))
-    return usage_error("invalid client id \"%.80s\" (1-64 characters [A-Za-z0-9._-])", id);
+  if (!tb_client_id_valid(id))
+    return usage_error("invalid client id \"%.80s\" (1-64 characters [A-Za-z0-9._-], or a "
+                       "client's disk ID/DISK)",
+                       id);
   return 0;
 }
 
@@ -1444,6 +1446,17 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
   printf("client:       %s\n", jstr(res, "id"));
   if (json_is_string(json_object_get(res, "group")))
     printf("group:        %s\n", jstr(res, "group"));
+  if (json_is_string(json_object_get(res, "disk")))
+    printf("disk:         %s of client %s%s\n", jstr(res, "disk"), jstr(res, "client"),
+           json_is_true(json_object_get(res, "read_only")) ? " (read-only)" : "");
+  json_t *disks = json_object_get(res, "disks");
+  if (json_array_size(disks) > 0) {
+    printf("disks:        %s (this one, export %s)", jstr(res, "id"), jstr(res, "id"));
+    size_t k;
+    json_t *dv;
+    json_array_foreach(disks, k, dv) printf(", %s", json_string_value(dv));
+    printf("\n");
+  }
   printf("policy:       %s (keep %" JSON_INTEGER_FORMAT " sessions)\n", jstr(res, "policy"),
          jint(res, "keep_sessions"));
   if (jint(res, "version"))
@@ -2354,6 +2367,9 @@ static void usage(FILE *f)
     }
     fputc('\n', f);
   }
+  fprintf(f, "\nA client's further disk is ID/DISK wherever a command takes an ID (tabulactl "
+             "rollback pc01/games,\ntabulactl merge pc01/games --into games); ID alone is its "
+             "first disk.\n");
   fprintf(f, "\nExit status: 0 done, 1 failed, 2 bad usage, 3 daemon not reachable (status: 1 "
              "when the appliance does not serve).\n");
 }

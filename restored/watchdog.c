@@ -543,6 +543,10 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
   *healthy = true;
   if (!health_configured(w))
     return;
+  /* A machine's health is its system disk's: a further disk (a games disk
+   * has no health marker) is judged only when its own watchdog asks. */
+  if (c->disk[0] && !json_object_get(c->watchdog, "health"))
+    return;
   char path[TB_PATH_MAX], why[512] = "";
   if (health_path(state, c->id, path, sizeof path) == -1)
     return;
@@ -1107,7 +1111,7 @@ static const struct tb_client_conf *req_client(struct daemon *d, json_t *req, co
   const struct tb_client_conf *c = NULL;
   if (!id)
     *err = reply_error("%s: missing argument \"client\"", op);
-  else if (!tb_name_valid(id))
+  else if (!tb_client_id_valid(id))
     *err = reply_error("invalid client id \"%.80s\"", id);
   else if (!(c = tb_config_client(d->cfg, id)))
     *err = reply_error("no client \"%s\" in %s (see tabulactl clients)", id, d->config_file);
