@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "json.h"
 #include "events.h"
 #include "handshake.h"
 #include "schedule.h"
@@ -58,39 +59,6 @@ static int bad(const char *path, const char *expected, const json_t *got)
   return tb_error("%s: expected %s, got %s", path, expected, type_name(got));
 }
 
-static void subpath(char *out, size_t len, const char *path, const char *key)
-{
-  if (path[0])
-    snprintf(out, len, "%s.%s", path, key);
-  else
-    snprintf(out, len, "%s", key);
-}
-
-/* Fail on any key of OBJ not in ALLOWED (NULL-terminated). */
-static int check_keys(const json_t *obj, const char *path, const char *const *allowed)
-{
-  const char *key;
-  json_t *v;
-  json_object_foreach((json_t *)obj, key, v)
-  {
-    bool ok = false;
-    for (const char *const *a = allowed; *a && !ok; a++)
-      ok = strcmp(*a, key) == 0;
-    if (!ok) {
-      char p[512];
-      subpath(p, sizeof p, path, key);
-      char list[512] = "";
-      for (const char *const *a = allowed; *a; a++) {
-        strncat(list, *a, sizeof list - strlen(list) - 1);
-        if (a[1])
-          strncat(list, ", ", sizeof list - strlen(list) - 1);
-      }
-      return tb_error("%s: unknown key (allowed here: %s)", p, list);
-    }
-  }
-  return 0;
-}
-
 /* ---- typed getters (missing key: leave *out alone) ----------------------- */
 
 static int get_string(const json_t *obj, const char *path, const char *key, char **out)
@@ -99,7 +67,7 @@ static int get_string(const json_t *obj, const char *path, const char *key, char
   if (!v)
     return 0;
   char p[512];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v) || json_string_length(v) == 0)
     return bad(p, "a non-empty string", v);
   free(*out);
@@ -113,7 +81,7 @@ static int get_name(const json_t *obj, const char *path, const char *key, char *
   if (!v)
     return 0;
   char p[512];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v) || !tb_name_valid(json_string_value(v)))
     return bad(p, "a name of 1-64 characters [A-Za-z0-9._-] starting with a letter or digit", v);
   strcpy(out, json_string_value(v));
@@ -127,7 +95,7 @@ static int get_int(const json_t *obj, const char *path, const char *key, long lo
   if (!v)
     return 0;
   char p[512], what[128];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   snprintf(what, sizeof what, "an integer from %lld to %lld", lo, hi);
   if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
     return bad(p, what, v);
@@ -141,7 +109,7 @@ static int get_bool(const json_t *obj, const char *path, const char *key, bool *
   if (!v)
     return 0;
   char p[512];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_boolean(v))
     return bad(p, "true or false", v);
   *out = json_is_true(v);
@@ -156,7 +124,7 @@ static int get_mode(const json_t *obj, const char *path, const char *key, int *o
   if (!v)
     return 0;
   char p[256];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   const char *t = json_is_string(v) ? json_string_value(v) : "";
   char *end;
   long m = strtol(t, &end, 8);
@@ -173,7 +141,7 @@ static int get_size(const json_t *obj, const char *path, const char *key, uint64
   if (!v)
     return 0;
   char p[512];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   if (json_is_integer(v) && json_integer_value(v) >= 0) {
     *out = (uint64_t)json_integer_value(v);
     return 0;
@@ -189,7 +157,7 @@ static int get_duration(const json_t *obj, const char *path, const char *key, in
   if (!v)
     return 0;
   char p[512];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   if (json_is_string(v) && tb_parse_duration(json_string_value(v), out) == 0)
     return 0;
   return bad(p, "a duration such as \"90s\", \"15m\", \"2h\" or \"1d\"", v);
@@ -348,7 +316,7 @@ static int get_abs_path(const json_t *obj, const char *path, const char *key, ch
   if (!v)
     return 0;
   char p[512];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v) || json_string_value(v)[0] != '/')
     return bad(p, "an absolute path", v);
   return get_string(obj, path, key, out);
@@ -361,7 +329,7 @@ static int get_cmdline(const json_t *obj, const char *path, const char *key, cha
   if (!v)
     return 0;
   char p[512];
-  subpath(p, sizeof p, path, key);
+  tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v))
     return bad(p, "a kernel command line such as \"console=ttyS0 quiet\"", v);
   for (const char *c = json_string_value(v); *c; c++)
@@ -382,7 +350,7 @@ static int parse_boot(const json_t *v, const char *path, struct tb_client_conf *
                "an object such as {\"kernel\": \"/srv/tabula/vmlinuz\", \"initrd\": "
                "\"/srv/tabula/initrd.img\", \"cmdline\": \"quiet\"}",
                v);
-  if (check_keys(v, path, keys) == -1)
+  if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   struct tb_client_conf scratch = {0};
   struct tb_client_conf *t = c ? c : &scratch;
@@ -404,7 +372,7 @@ static int check_group_pxe(const json_t *g, const char *path)
   char p[512], mac[18];
   json_t *v = json_object_get(g, "mac");
   if (v) {
-    subpath(p, sizeof p, path, "mac");
+    tb_json_subpath(p, sizeof p, path, "mac");
     if (!json_is_string(v))
       return bad(p, "a MAC address such as \"52:54:00:12:34:56\"", v);
     if (tb_mac_parse(json_string_value(v), mac) == -1)
@@ -412,7 +380,7 @@ static int check_group_pxe(const json_t *g, const char *path)
   }
   v = json_object_get(g, "boot");
   if (v) {
-    subpath(p, sizeof p, path, "boot");
+    tb_json_subpath(p, sizeof p, path, "boot");
     return parse_boot(v, p, NULL);
   }
   return 0;
@@ -423,12 +391,12 @@ static int check_group_pxe(const json_t *g, const char *path)
 static int check_client_pxe(const struct tb_config *cfg, const char *path, struct tb_client_conf *c)
 {
   char p[512];
-  subpath(p, sizeof p, path, "mac");
+  tb_json_subpath(p, sizeof p, path, "mac");
   if (!cfg->pxe.enabled)
     return tb_error("%s: a client with a MAC boots over PXE, which needs the top-level \"pxe\" "
                     "section ({\"interface\": ..., \"server\": ..., \"network\": ...})",
                     p);
-  subpath(p, sizeof p, path, "address");
+  tb_json_subpath(p, sizeof p, path, "address");
   if (!c->has_address)
     return tb_error("%s: missing: a PXE client (it has a \"mac\") needs the address of its "
                     "static DHCP lease, inside pxe.network %s",
@@ -469,7 +437,7 @@ static int parse_merge(const struct tb_config *cfg, const json_t *v, const char 
   const char *want = "an object such as {\"into\": \"demo\", \"when\": \"daily 03:00\"}";
   if (!json_is_object(v))
     return bad(path, want, v);
-  if (check_keys(v, path, keys) == -1)
+  if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   char p[512];
   if (!json_object_get(v, "into") || !json_object_get(v, "when"))
@@ -481,12 +449,12 @@ static int parse_merge(const struct tb_config *cfg, const json_t *v, const char 
       get_string(v, path, "note", &c->merge_note) == -1)
     return -1;
   if (!tb_config_has_image(cfg, c->merge_into)) {
-    subpath(p, sizeof p, path, "into");
+    tb_json_subpath(p, sizeof p, path, "into");
     return tb_error("%s: image \"%s\" is not listed in \"images\"", p, c->merge_into);
   }
   struct tb_schedule sched;
   if (tb_schedule_parse(c->merge_when, &sched) == -1) {
-    subpath(p, sizeof p, path, "when");
+    tb_json_subpath(p, sizeof p, path, "when");
     return tb_error_prefix("%s", p);
   }
   return 0;
@@ -523,7 +491,7 @@ static int parse_limits(const json_t *v, const char *path, struct tb_io_limits *
   if (!json_is_object(v))
     return bad(path,
                "an object such as {\"read\": \"50M\", \"write\": \"20M\", \"read_iops\": 2000}", v);
-  if (check_keys(v, path, keys) == -1)
+  if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   static const char *const rates[] = {"read", "write"};
   uint64_t *out[] = {&l->read_bps, &l->write_bps};
@@ -532,7 +500,7 @@ static int parse_limits(const json_t *v, const char *path, struct tb_io_limits *
     if (!r)
       continue;
     char p[512], text[64];
-    subpath(p, sizeof p, path, rates[i]);
+    tb_json_subpath(p, sizeof p, path, rates[i]);
     const char *s = json_string_value(r);
     size_t n = s ? strlen(s) : 0;
     if (s && n > 2 && n < sizeof text && strcmp(s + n - 2, "/s") == 0) {
@@ -560,17 +528,17 @@ static int parse_limits(const json_t *v, const char *path, struct tb_io_limits *
 static int parse_client(const struct tb_config *cfg, const json_t *obj, const char *path,
                         struct tb_client_conf *c)
 {
-  if (check_keys(obj, path, client_keys) == -1)
+  if (tb_json_check_keys(obj, path, client_keys) == -1)
     return -1;
   char p[512];
   if (!json_object_get(obj, "image")) {
-    subpath(p, sizeof p, path, "image");
+    tb_json_subpath(p, sizeof p, path, "image");
     return tb_error("%s: missing (the name of one of \"images\")", p);
   }
   if (get_name(obj, path, "image", c->image) == -1)
     return -1;
   if (!tb_config_has_image(cfg, c->image)) {
-    subpath(p, sizeof p, path, "image");
+    tb_json_subpath(p, sizeof p, path, "image");
     return tb_error("%s: image \"%s\" is not listed in \"images\"", p, c->image);
   }
   long long n;
@@ -581,7 +549,7 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   json_t *pol = json_object_get(obj, "policy");
   c->policy = TB_POLICY_ROLLBACK;
   if (pol) {
-    subpath(p, sizeof p, path, "policy");
+    tb_json_subpath(p, sizeof p, path, "policy");
     const char *s = json_is_string(pol) ? json_string_value(pol) : "";
     if (strcmp(s, "rollback") == 0)
       c->policy = TB_POLICY_ROLLBACK;
@@ -596,7 +564,7 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   c->keep_sessions = (int)n;
   json_t *allow = json_object_get(obj, "allow");
   if (allow) {
-    subpath(p, sizeof p, path, "allow");
+    tb_json_subpath(p, sizeof p, path, "allow");
     if (parse_acl(allow, p, &c->allow) == -1)
       return -1;
   } else if (default_client_acl(&c->allow) == -1) {
@@ -604,7 +572,7 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   }
   json_t *addr = json_object_get(obj, "address");
   if (addr) {
-    subpath(p, sizeof p, path, "address");
+    tb_json_subpath(p, sizeof p, path, "address");
     if (!json_is_string(addr))
       return bad(p, "an IP address such as \"192.168.1.17\"", addr);
     if (tb_cidr_parse(json_string_value(addr), &c->address) == -1)
@@ -623,7 +591,7 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
     return -1;
   json_t *mac = json_object_get(obj, "mac");
   if (mac) {
-    subpath(p, sizeof p, path, "mac");
+    tb_json_subpath(p, sizeof p, path, "mac");
     if (!json_is_string(mac))
       return bad(p, "a MAC address such as \"52:54:00:12:34:56\"", mac);
     if (tb_mac_parse(json_string_value(mac), c->mac) == -1)
@@ -632,7 +600,7 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   }
   json_t *boot = json_object_get(obj, "boot");
   if (boot) {
-    subpath(p, sizeof p, path, "boot");
+    tb_json_subpath(p, sizeof p, path, "boot");
     if (parse_boot(boot, p, c) == -1)
       return -1;
   }
@@ -649,25 +617,25 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   if (c->refresh) {
     struct tb_schedule sched;
     if (tb_schedule_parse(c->refresh, &sched) == -1) {
-      subpath(p, sizeof p, path, "refresh");
+      tb_json_subpath(p, sizeof p, path, "refresh");
       return tb_error_prefix("%s", p);
     }
   }
   json_t *pres = json_object_get(obj, "preserve");
   if (pres) {
-    subpath(p, sizeof p, path, "preserve");
+    tb_json_subpath(p, sizeof p, path, "preserve");
     if (parse_preserve(pres, p, c) == -1)
       return -1;
   }
   json_t *merge = json_object_get(obj, "merge");
   if (merge) {
-    subpath(p, sizeof p, path, "merge");
+    tb_json_subpath(p, sizeof p, path, "merge");
     if (parse_merge(cfg, merge, p, c) == -1)
       return -1;
   }
   json_t *wd = json_object_get(obj, "watchdog");
   if (wd) {
-    subpath(p, sizeof p, path, "watchdog");
+    tb_json_subpath(p, sizeof p, path, "watchdog");
     struct tb_watchdog_conf w = {0};
     int r = tb_watchdog_parse(wd, p, &w);
     tb_watchdog_free(&w);
@@ -677,13 +645,13 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   }
   json_t *lim = json_object_get(obj, "limits");
   if (lim) {
-    subpath(p, sizeof p, path, "limits");
+    tb_json_subpath(p, sizeof p, path, "limits");
     if (parse_limits(lim, p, &c->limits) == -1)
       return -1;
   }
   json_t *isc = json_object_get(obj, "iscsi");
   if (isc) {
-    subpath(p, sizeof p, path, "iscsi");
+    tb_json_subpath(p, sizeof p, path, "iscsi");
     if (!(c->iscsi = malloc(sizeof *c->iscsi)))
       return tb_error_errno("%s", p);
     if (tb_iscsi_client_parse(isc, p, c->iscsi) == -1)
@@ -699,7 +667,7 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
   if (!g)
     return json_incref((json_t *)client);
   char p[512];
-  subpath(p, sizeof p, path, "group");
+  tb_json_subpath(p, sizeof p, path, "group");
   json_t *groups = json_object_get(root, "groups");
   const char *name = json_is_string(g) ? json_string_value(g) : NULL;
   json_t *grp = name && groups ? json_object_get(groups, name) : NULL;
@@ -761,7 +729,7 @@ static int parse_images(struct tb_config *cfg, const json_t *v)
     if (!json_is_object(img))
       return bad(p, "an object (settings of the image; {} for none)", img);
     static const char *const image_keys[] = {"description", NULL};
-    if (check_keys(img, p, image_keys) == -1)
+    if (tb_json_check_keys(img, p, image_keys) == -1)
       return -1;
     cfg->images[cfg->n_images++] = strdup(name);
   }
@@ -782,7 +750,7 @@ static int parse_groups(const json_t *v)
       return tb_error("%s: not a valid group name", p);
     if (!json_is_object(g))
       return bad(p, "an object of client settings", g);
-    if (check_keys(g, p, client_keys) == -1)
+    if (tb_json_check_keys(g, p, client_keys) == -1)
       return -1;
     if (json_object_get(g, "group"))
       return tb_error("%s.group: groups cannot be nested", p);
@@ -842,7 +810,8 @@ static int parse_disk(const struct tb_config *cfg, const json_t *m, const char *
                     path, c->id, name, TB_NAME_MAX);
   if (!json_is_object(obj))
     return bad(path, "an object such as {\"image\": \"games\", \"policy\": \"persist\"}", obj);
-  if (check_keys(obj, path, disk_keys) == -1 || get_bool(obj, path, "read_only", &d->read_only))
+  if (tb_json_check_keys(obj, path, disk_keys) == -1 ||
+      get_bool(obj, path, "read_only", &d->read_only))
     return -1;
   /* The machine's settings every disk shares, as the client has them. */
   json_t *o = json_deep_copy(obj);
@@ -916,7 +885,7 @@ static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t
     json_t *disks = json_object_get(m, "disks");
     if (r == 0 && disks && !json_is_object(disks)) {
       char dp[512];
-      subpath(dp, sizeof dp, p, "disks");
+      tb_json_subpath(dp, sizeof dp, p, "disks");
       r = bad(dp, "an object of disk names, such as {\"games\": {\"image\": \"games\"}}", disks);
     }
     const char *dname;
@@ -973,7 +942,7 @@ static int parse_pxe(struct tb_config *cfg, const json_t *v)
                "an object such as {\"interface\": \"tbbr0\", \"server\": \"10.20.0.1\", "
                "\"network\": \"10.20.0.0/24\"}",
                v);
-  if (check_keys(v, "pxe", keys) == -1)
+  if (tb_json_check_keys(v, "pxe", keys) == -1)
     return -1;
   x->enabled = true;
   static const char *const required[] = {"interface", "server", "network", NULL};
@@ -1035,7 +1004,8 @@ static int parse_listen(struct tb_config *cfg, const json_t *v)
     return bad("listen", "an object such as {\"unix\": PATH, \"tcp\": \"ADDR:PORT\"}", v);
   static const char *const keys[] = {"unix",  "unix_mode",       "unix_group",        "tcp",
                                      "iscsi", "max_connections", "handshake_timeout", NULL};
-  if (check_keys(v, "listen", keys) == -1 || get_string(v, "listen", "unix", &cfg->listen_unix) ||
+  if (tb_json_check_keys(v, "listen", keys) == -1 ||
+      get_string(v, "listen", "unix", &cfg->listen_unix) ||
       get_mode(v, "listen", "unix_mode", &cfg->listen_unix_mode) == -1 ||
       get_string(v, "listen", "unix_group", &cfg->listen_unix_group) == -1 ||
       get_string(v, "listen", "tcp", &cfg->listen_tcp) ||
@@ -1068,7 +1038,7 @@ static int parse_admin(struct tb_config *cfg, const json_t *v)
   if (!json_is_object(v))
     return bad("admin", "an object such as {\"uids\": [0], \"networks\": [\"10.0.0.0/24\"]}", v);
   static const char *const keys[] = {"uids", "networks", NULL};
-  if (check_keys(v, "admin", keys) == -1)
+  if (tb_json_check_keys(v, "admin", keys) == -1)
     return -1;
   json_t *uids = json_object_get(v, "uids");
   if (uids) {
@@ -1100,7 +1070,7 @@ static int parse_tls(struct tb_config *cfg, const json_t *v)
   if (!json_is_object(v))
     return bad("tls", "an object such as {\"certificates\": DIR, \"require\": true}", v);
   static const char *const keys[] = {"certificates", "require", NULL};
-  return check_keys(v, "tls", keys) == -1 ||
+  return tb_json_check_keys(v, "tls", keys) == -1 ||
                  get_string(v, "tls", "certificates", &cfg->tls_certificates) == -1 ||
                  get_bool(v, "tls", "require", &cfg->tls_require) == -1
              ? -1
@@ -1127,7 +1097,7 @@ static int parse_webhooks(struct tb_config *cfg, const json_t *v)
     w->timeout_ms = 5000;
     w->retries = 5;
     long long retries = w->retries;
-    if (check_keys(e, p, keys) == -1 || get_string(e, p, "url", &w->url) == -1 ||
+    if (tb_json_check_keys(e, p, keys) == -1 || get_string(e, p, "url", &w->url) == -1 ||
         get_string(e, p, "secret", &w->secret) == -1 ||
         get_duration(e, p, "timeout", &w->timeout_ms) == -1 ||
         get_int(e, p, "retries", 0, 100, &retries) == -1)
@@ -1143,7 +1113,7 @@ static int parse_top(struct tb_config *cfg, json_t *root)
 {
   if (!json_is_object(root))
     return bad("(top level)", "an object", root);
-  if (check_keys(root, "", top_keys) == -1)
+  if (tb_json_check_keys(root, "", top_keys) == -1)
     return -1;
   if (!json_object_get(root, "state_dir"))
     return tb_error("state_dir: missing (the directory that holds images and clients, such "
@@ -1194,7 +1164,7 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     if (!json_is_object(v))
       return bad("events", "an object such as {\"max_bytes\": \"16M\", \"keep\": 5}", v);
     long long keep = TB_EVENTS_DEFAULT_KEEP;
-    if (check_keys(v, "events", keys) == -1 ||
+    if (tb_json_check_keys(v, "events", keys) == -1 ||
         get_size(v, "events", "max_bytes", &cfg->events_max_bytes) == -1 ||
         get_int(v, "events", "keep", 1, TB_EVENTS_MAX_KEEP, &keep) == -1)
       return -1;
@@ -1206,7 +1176,7 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     static const char *const keys[] = {"file", "interval", "mode", NULL};
     if (!json_is_object(v))
       return bad("metrics", "an object such as {\"file\": PATH, \"interval\": \"15s\"}", v);
-    if (check_keys(v, "metrics", keys) == -1 ||
+    if (tb_json_check_keys(v, "metrics", keys) == -1 ||
         get_string(v, "metrics", "file", &cfg->metrics_file) == -1 ||
         get_mode(v, "metrics", "mode", &cfg->metrics_mode) == -1 ||
         get_duration(v, "metrics", "interval", &cfg->metrics_interval_ms) == -1)
