@@ -98,8 +98,13 @@ void isc_lu_init(struct isc_lu *lu, struct tb_conn *conn, const char *id, const 
   lu->phys_blocks = bs >= ISC_LBS ? bs / ISC_LBS : 1;
   snprintf(lu->serial, sizeof lu->serial, "%s", id);
   snprintf(lu->target_name, sizeof lu->target_name, "%s", target_name);
+  /* LUN 0 keeps the identity it always had; a further disk's is its own
+   * (an initiator tells disks apart by it). */
   uint8_t md[SHA256_DIGEST_LENGTH];
-  SHA256((const uint8_t *)target_name, strlen(target_name), md);
+  char seed[512];
+  const char *disk = strchr(id, '/');
+  snprintf(seed, sizeof seed, "%s%s", target_name, disk ? disk : "");
+  SHA256((const uint8_t *)seed, strlen(seed), md);
   memcpy(lu->naa, md, sizeof lu->naa);
   lu->naa[0] = (uint8_t)(0x60 | (lu->naa[0] & 0x0f)); /* NAA 6: IEEE registered extended */
   lu->read_only = read_only;
@@ -262,7 +267,7 @@ static void cmd_read_capacity16(struct isc_lu *lu, struct isc_task *t)
   reply(t, d, sizeof d, isc_get32(t->cdb + 10));
 }
 
-static void cmd_report_luns(struct isc_task *t)
+static void cmd_report_luns(struct isc_lu *lu, struct isc_task *t)
 {
   const uint8_t *c = t->cdb;
   uint32_t alloc = isc_get32(c + 6);
@@ -270,9 +275,13 @@ static void cmd_report_luns(struct isc_task *t)
     invalid_cdb(t);
     return;
   }
-  uint8_t d[16] = {0};
-  isc_put32(d, 8); /* one LUN: 0 */
-  reply(t, d, sizeof d, alloc);
+  uint8_t d[8 + 8 * ISC_MAX_LUNS] = {0};
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < ISC_MAX_LUNS; k++)
+    if (k == 0 || (lu->lun_mask & (1u << k)))
+      d[8 + 8 * n++ + 1] = (uint8_t)k; /* peripheral device addressing, bus 0 */
+  isc_put32(d, 8 * n);
+  reply(t, d, 8 + 8 * n, alloc);
 }
 
 static void cmd_request_sense(struct isc_task *t)
@@ -723,7 +732,7 @@ void isc_scsi_exec(struct isc_lu *lu, struct isc_task *t)
       invalid_cdb(t);
     break;
   case 0xa0:
-    cmd_report_luns(t);
+    cmd_report_luns(lu, t);
     break;
   case 0x1a:
     cmd_mode_sense(lu, t, false);
@@ -781,7 +790,7 @@ void isc_scsi_exec_nolun(struct isc_lu *lu, struct isc_task *t)
   if (t->cdb[0] == 0x12)
     cmd_inquiry(lu, t, true);
   else if (t->cdb[0] == 0xa0)
-    cmd_report_luns(t);
+    cmd_report_luns(lu, t);
   else if (t->cdb[0] == 0x03)
     cmd_request_sense(t);
   else

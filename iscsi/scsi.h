@@ -1,6 +1,7 @@
 /* tabula-iscsid: the SCSI block device (SBC-3/SPC-4 subset) over a live connection.
  *
- * One logical unit, LUN 0, is a client's disk: 512-byte logical blocks, the
+ * A client's first disk is LUN 0, its further disks (conf.h "disks") LUN 1,
+ * 2... in the order of its configuration.  Each logical unit: 512-byte logical blocks, the
  * overlay's block (4 KiB by default) reported as the physical block and the
  * unmap granularity.  Reads and writes go straight to tb_conn_* (live.h), so
  * every session rule, guard and counter is the NBD frontend's.  A command is
@@ -26,6 +27,7 @@
 #define ISC_MAX_WS_BLOCKS ISC_MAX_XFER_BLOCKS
 #define ISC_MAX_UNMAP_DESC 256u
 #define ISC_SENSE_LEN 18
+#define ISC_MAX_LUNS 32 /* a client's disks served as LUNs: LUN 0 and 31 more */
 
 enum { ISC_GOOD = 0x00, ISC_CHECK_CONDITION = 0x02, ISC_BUSY = 0x08 };
 
@@ -37,8 +39,9 @@ struct isc_lu {
   uint32_t phys_blocks; /* logical blocks per overlay block (power of two) */
   char serial[65];      /* the client id */
   char target_name[256];
-  uint8_t naa[16]; /* NAA 6 identifier derived from the target name */
+  uint8_t naa[16]; /* NAA 6 identifier derived from the target name (and disk) */
   bool read_only;
+  uint32_t lun_mask; /* the target's LUNs (bit N: LUN N), for REPORT LUNS */
 };
 
 struct isc_task {
@@ -56,6 +59,7 @@ struct isc_task {
   bool drop; /* the boot ended: drop the connection */
 };
 
+/* ID: the client's id for LUN 0, its disk's "ID/DISK" for another. */
 void isc_lu_init(struct isc_lu *lu, struct tb_conn *conn, const char *id, const char *target_name,
                  bool read_only);
 void isc_scsi_exec(struct isc_lu *lu, struct isc_task *t);

@@ -23,8 +23,13 @@
  *     where none was negotiated: a Reject PDU, the connection stays;
  *   - a wrong target, initiator or CHAP answer: a Login Response with the
  *     status class and detail of RFC 7143 §11.13.5, then the connection ends;
- *   - a command to a LUN other than 0: CHECK CONDITION LOGICAL UNIT NOT
- *     SUPPORTED (INQUIRY answers "no logical unit").
+ *   - a command to a LUN the target does not have: CHECK CONDITION LOGICAL
+ *     UNIT NOT SUPPORTED (INQUIRY answers "no logical unit").
+ * A client is one target: its first disk is LUN 0, each further disk
+ * (conf.h "disks") LUN 1, 2... in configuration order, each its own
+ * tb_conn of the same boot (live.c ties them into one).  A further disk that
+ * cannot be opened (its image has no version) is a LUN the target lacks,
+ * with a refusal event; the login goes on with the others.
  * Nothing a connection does touches another's state but the session table
  * (one iSCSI session per client), under one mutex.
  */
@@ -147,8 +152,8 @@ struct conn {
   /* negotiated */
   uint32_t max_burst, first_burst;
   bool initial_r2t, immediate_data;
-  struct tb_conn *tconn;
-  struct isc_lu lu;
+  struct tb_conn *tconn[ISC_MAX_LUNS]; /* LUN N: the client's disk N, or NULL */
+  struct isc_lu lu[ISC_MAX_LUNS];
   struct task tasks[MAX_TASKS];
   uint32_t next_ttt;
   uint8_t *rbuf;
@@ -431,6 +436,8 @@ static const struct tb_client_conf *find_client(struct conn *c, const char *targ
     return NULL;
   }
   for (size_t i = 0; i < cfg->n_clients; i++) {
+    if (cfg->clients[i].disk[0])
+      continue; /* a further disk is a LUN of its client's target */
     isc_target_name(cfg->iscsi.iqn_prefix, cfg->clients[i].id, name, sizeof name);
     if (strcasecmp(name, target) == 0)
       return &cfg->clients[i];
@@ -735,15 +742,29 @@ static int open_disk(struct conn *c, struct login *lg)
   }
   struct tb_conn_info info = {.frontend = "iscsi", .peer = c->peer, .boot_token = NULL};
   enum tb_conn_refusal why;
-  c->tconn = tb_conn_open(c->cfg, c->client, &info, &why);
-  if (!c->tconn) {
-    isc_log("%s: login from %s (%s): %s", c->client->id, c->peer, c->initiator, tb_errmsg());
-    tb_event_refusal(c->cfg->state_dir, c->client->id, c->peer,
-                     tb_conn_refusal_reason(why, tb_errmsg()), NULL);
-    lg->status = why == TB_CONN_BUSY ? LS_UNAVAILABLE : LS_TARGET_ERROR;
-    return -1;
+  /* LUN 0, then the client's further disks, right after it in cfg->clients. */
+  uint32_t mask = 0;
+  for (size_t k = 0; k <= c->client->n_disks && k < ISC_MAX_LUNS; k++) {
+    const struct tb_client_conf *d = &c->client[k];
+    c->tconn[k] = tb_conn_open(c->cfg, d, &info, &why);
+    if (!c->tconn[k]) {
+      isc_log("%s: login from %s (%s): %s%s", d->id, c->peer, c->initiator, tb_errmsg(),
+              k ? " (the target has no such LUN meanwhile)" : "");
+      tb_event_refusal(c->cfg->state_dir, d->id, c->peer, tb_conn_refusal_reason(why, tb_errmsg()),
+                       NULL);
+      if (k > 0)
+        continue;
+      lg->status = why == TB_CONN_BUSY ? LS_UNAVAILABLE : LS_TARGET_ERROR;
+      return -1;
+    }
+    isc_lu_init(&c->lu[k], c->tconn[k], d->id, c->target, tb_conn_read_only(c->tconn[k]));
+    mask |= 1u << k;
   }
-  isc_lu_init(&c->lu, c->tconn, c->client->id, c->target, false);
+  if (c->client->n_disks >= ISC_MAX_LUNS)
+    isc_log("%s: %zu disks, of which the first %d are LUNs", c->client->id, c->client->n_disks + 1,
+            ISC_MAX_LUNS);
+  for (size_t k = 0; k < ISC_MAX_LUNS; k++)
+    c->lu[k].lun_mask = mask;
   return 0;
 }
 
@@ -866,12 +887,21 @@ static bool sn_lt(uint32_t a, uint32_t b)
   return (int32_t)(a - b) < 0;
 }
 
-static bool lun_is_zero(const uint8_t *lun)
+/* The index of the logical unit LUN (SAM-5: peripheral device or flat
+ * space addressing of a single level) this connection has, or -1. */
+static int lun_index(const struct conn *c, const uint8_t *lun)
 {
-  for (int i = 0; i < 8; i++)
+  for (int i = 2; i < 8; i++)
     if (lun[i])
-      return false;
-  return true;
+      return -1;
+  int method = lun[0] >> 6, n;
+  if (method == 0 && (lun[0] & 0x3f) == 0)
+    n = lun[1];
+  else if (method == 1)
+    n = (lun[0] & 0x3f) << 8 | lun[1];
+  else
+    return -1;
+  return n < ISC_MAX_LUNS && c->tconn[n] ? n : -1;
 }
 
 static int send_scsi_rsp(struct conn *c, uint32_t itt, const struct isc_task *t, uint32_t edtl)
@@ -960,10 +990,11 @@ static int exec_job(struct conn *c, const struct job *j)
   if (!t.din)
     return -1;
   t.din_cap = cap;
-  if (j->nolun)
-    isc_scsi_exec_nolun(&c->lu, &t);
+  int k = lun_index(c, j->lun);
+  if (j->nolun || k < 0)
+    isc_scsi_exec_nolun(&c->lu[0], &t);
   else
-    isc_scsi_exec(&c->lu, &t);
+    isc_scsi_exec(&c->lu[k], &t);
   int r = t.drop ? -1 : send_data_in(c, j->itt, j->lun, &t, j->edtl);
   if (t.drop)
     isc_log("%s: the boot this connection from %s belonged to has ended: dropping it",
@@ -1170,7 +1201,7 @@ static int handle_scsi_cmd(struct conn *c, struct isc_pdu *p)
   }
   uint8_t lun[8];
   memcpy(lun, b + 8, 8);
-  bool nolun = !lun_is_zero(lun);
+  bool nolun = lun_index(c, lun) < 0;
   if (!wbit) {
     if (p->data_len)
       return send_reject(c, b, ISC_REJ_PROTOCOL);
@@ -1309,7 +1340,7 @@ static int handle_tmf(struct conn *c, struct isc_pdu *p)
   case 2: /* ABORT TASK SET */
   case 4: /* CLEAR TASK SET */
   case 5: /* LOGICAL UNIT RESET */
-    if (!lun_is_zero(b + 8)) {
+    if (lun_index(c, b + 8) < 0) {
       response = 2; /* LUN does not exist */
       break;
     }
@@ -1359,6 +1390,8 @@ static void send_targets(struct conn *c, const char *what, struct isc_text *resp
   }
   for (size_t i = 0; i < cfg->n_clients; i++) {
     const struct tb_client_conf *k = &cfg->clients[i];
+    if (k->disk[0])
+      continue; /* a LUN of its client's target */
     isc_target_name(cfg->iscsi.iqn_prefix, k->id, name, sizeof name);
     bool mine = (k->iscsi && k->iscsi->initiator[0]) || k->has_address
                     ? (k->iscsi && k->iscsi->initiator[0]
@@ -1510,10 +1543,10 @@ static void *conn_main(void *arg)
   for (int i = 0; i < MAX_TASKS; i++)
     if (c->tasks[i].used)
       task_free(&c->tasks[i]);
-  if (c->tconn) {
-    tb_conn_close(c->tconn);
+  if (c->tconn[0])
     isc_log("%s: %s from %s disconnected", c->client->id, c->initiator, c->peer);
-  }
+  for (size_t k = 0; k < ISC_MAX_LUNS; k++)
+    tb_conn_close(c->tconn[k]);
   table_remove(c);
   close(c->fd);
   tb_config_unref(c->cfg);

@@ -245,7 +245,7 @@ static int answer(int fd, const uint8_t *req, uint8_t *data)
   char id[TB_NAME_MAX + 1];
   memcpy(id, req + 32, TB_NAME_MAX);
   id[TB_NAME_MAX] = '\0';
-  if (get_u32(req) != REQ_MAGIC || op < OP_INFO || op > OP_EXTENTS || !tb_name_valid(id)) {
+  if (get_u32(req) != REQ_MAGIC || op < OP_INFO || op > OP_EXTENTS || !tb_client_id_valid(id)) {
     send_error(fd, EINVAL, "a malformed request");
     return -1;
   }
