@@ -34,6 +34,9 @@
 #       `mke2fs -t ext4 -d DIR image.raw 64M` makes a master image.
 #
 # What the guest does comes from the kernel command line:
+#   tabula.init=PATH   hand over to PATH on the mounted root (switch_root)
+#                      instead of running actions: a whole system with its
+#                      own init (scripts/mkguest-debian.sh, systemd)
 #   tabula.do=ACTION[,ACTION...]   each ACTION is VERB[:ARG[:ARG]]
 #   tabula.do=ask       print "tabula-ask" once the root is mounted and read
 #                       the ACTIONs as one line from the console: a PC that
@@ -80,7 +83,7 @@ die()
 GUEST_MODULES="virtio_pci virtio_blk"
 PXE_MODULES="virtio_pci virtio_net nbd"
 # Busybox applets the init calls (the PXE boot's list adds its own).
-GUEST_APPLETS="sh mount umount insmod mkdir sleep cat cut chroot sync poweroff"
+GUEST_APPLETS="sh mount umount insmod mkdir sleep cat cut chroot switch_root sync poweroff"
 PXE_APPLETS="ip udhcpc ls grep head awk reboot"
 NBD_CLIENT=/sbin/nbd-client
 
@@ -136,6 +139,7 @@ for m in $(cat /modules.order); do
   insmod "/$m" || echo "tabula-error insmod $m failed"
 done
 actions=
+init=
 root=/dev/vda
 nbd=
 bootid=1
@@ -146,6 +150,7 @@ for arg in $(cat /proc/cmdline); do
   tabula.nbd=*) nbd=${arg#tabula.nbd=} ;;
   tabula.bootid=*) bootid=${arg#tabula.bootid=} ;;
   tabula.nbdopts=*) nbdopts=${arg#tabula.nbdopts=} ;;
+  tabula.init=/*) init=${arg#tabula.init=} ;;
   root=/dev/*) root=${arg#root=} ;;
   esac
 done
@@ -218,6 +223,14 @@ if ! [ -b "$root" ]; then
   echo "tabula-done failed no disk $root"
 elif ! mount -t ext4 -o noatime "$root" /newroot; then
   echo "tabula-done failed cannot mount $root"
+elif [ -n "$init" ]; then
+  # A whole system (scripts/mkguest-debian.sh): its own init takes over
+  # with /dev, /proc and /sys already mounted, as from any initramfs.
+  echo "tabula-booted $(uptime_s)"
+  for m in dev proc sys; do
+    mkdir -p "/newroot/$m" && mount -o move "/$m" "/newroot/$m"
+  done
+  exec switch_root /newroot "$init"
 elif ! [ -f /newroot/tabula/run.sh ]; then
   echo "tabula-done failed no /tabula/run.sh on $root"
 else

@@ -14,7 +14,8 @@ tb_require systemd-analyze jq
 
 unit=$TB_TMP/tabula-restored.service
 # As the top Makefile.am generates it, with the built daemon as the binary.
-sed -e "s|@sbindir[@]|$abs_top_builddir/restored|g" -e "s|@sysconfdir[@]|$TB_TMP|g" \
+sed -e "s|@sbindir[@]|$abs_top_builddir/restored|g" -e "s|@bindir[@]|$abs_top_builddir/restored|g" \
+  -e "s|@sysconfdir[@]|$TB_TMP|g" \
   "$abs_top_srcdir/conf/tabula-restored.service.in" >"$unit"
 systemd-analyze verify --man=no "$unit" >"$TB_TMP/verify.out" 2>&1 ||
   tb_fail "systemd-analyze verify: $(cat "$TB_TMP/verify.out")"
