@@ -174,14 +174,38 @@ static char *dump_index(const char *image, const struct repo_index *ix)
 
 /* ---- publish ------------------------------------------------------------------- */
 
+/* tb_clone_file's progress (lib/store) reported as a phase of this module. */
+struct copy_progress {
+  tb_repo_progress_fn fn;
+  void *ctx;
+  enum tb_repo_phase phase;
+};
+
+static int copy_progress(void *ctx, uint64_t done, uint64_t total)
+{
+  const struct copy_progress *c = ctx;
+  struct tb_repo_progress pr = {c->phase, done, total};
+  c->fn(c->ctx, &pr);
+  return 0;
+}
+
+/* tb_clone_file with PROGRESS (may be NULL) seeing it as PHASE. */
+static int clone_file(const char *src, const char *dst, enum tb_repo_phase phase,
+                      tb_repo_progress_fn progress, void *ctx)
+{
+  struct copy_progress c = {progress, ctx, phase};
+  return tb_clone_file(src, dst, progress ? copy_progress : NULL, &c);
+}
+
 /* Copy the version file into the repository under a temporary name, then rename. */
-static int publish_file(const char *src, const char *dir, uint32_t ver)
+static int publish_file(const char *src, const char *dir, uint32_t ver,
+                        tb_repo_progress_fn progress, void *ctx)
 {
   char tmp[TB_PATH_MAX], dst[TB_PATH_MAX];
   if (tb_path(tmp, sizeof tmp, "%s/.%u.img.tmp", dir, ver) == -1 ||
       tb_path(dst, sizeof dst, "%s/%u.img", dir, ver) == -1)
     return -1;
-  if (tb_clone_file(src, tmp, NULL, NULL) == -1)
+  if (clone_file(src, tmp, TB_REPO_COPY, progress, ctx) == -1)
     return tb_error_prefix("publishing %s", src);
   chmod(tmp, 0644); /* the web server reads it as another user */
   if (rename(tmp, dst) == -1) {
@@ -200,7 +224,7 @@ static bool file_has_size(const char *path, uint64_t size)
 }
 
 int tb_repo_publish(const char *state, const char *image, uint32_t ver, const char *dir,
-                    uint32_t *published)
+                    tb_repo_progress_fn progress, void *ctx, uint32_t *published)
 {
   if (!tb_name_valid(image))
     return tb_error("invalid image name \"%.80s\"", image);
@@ -253,7 +277,7 @@ int tb_repo_publish(const char *state, const char *image, uint32_t ver, const ch
       goto out;
     }
   }
-  if (publish_file(src, idir, ver) == -1)
+  if (publish_file(src, idir, ver, progress, ctx) == -1)
     goto out;
   struct tb_manifest *c = tb_manifest_copy(m);
   if (!c) {
@@ -996,7 +1020,7 @@ static int pull_start(struct pull *p)
   unlink(p->partial);
   if (p->base.m && p->base.shared > 0) {
     report(p, TB_REPO_CLONE, 0, p->base.m->size, true);
-    if (tb_clone_file(p->base_path, p->partial, NULL, NULL) == -1)
+    if (clone_file(p->base_path, p->partial, TB_REPO_CLONE, p->progress, p->ctx) == -1)
       return tb_error_prefix("cloning %s@%u", p->image, p->base.version);
   }
   if (pull_open_files(p, true) == -1)

@@ -33,12 +33,30 @@
 #define TB_REPO_DEFAULT_MAX_REDIRECTS 5
 #define TB_REPO_DEFAULT_MAX_INDEX (64 * 1024 * 1024)
 
+/* What a publish or a pull is doing, for a progress display (PROGRESS
+ * callbacks below). */
+enum tb_repo_phase {
+  TB_REPO_INDEX,    /* pull: fetching the index */
+  TB_REPO_CLONE,    /* pull: cloning the nearest local version */
+  TB_REPO_RESUME,   /* pull: re-verifying chunks from an interrupted pull */
+  TB_REPO_DOWNLOAD, /* pull: downloading the chunks that differ */
+  TB_REPO_VERIFY,   /* pull: hashing the whole file */
+  TB_REPO_PUBLISH,  /* pull: renaming it into the store */
+  TB_REPO_COPY,     /* publish: copying the version file into the repository */
+};
+struct tb_repo_progress {
+  enum tb_repo_phase phase;
+  uint64_t done, total; /* bytes within the phase */
+};
+typedef void (*tb_repo_progress_fn)(void *ctx, const struct tb_repo_progress *p);
+
 /* Publish version VER (0: the newest) of IMAGE from the store STATE into the
  * repository directory DIR.  Re-publishing an identical version is a no-op;
  * a different version under the same number is refused.  *published gets the
- * version number (may be NULL). */
+ * version number (may be NULL).  PROGRESS (may be NULL) sees the copy of the
+ * version file (TB_REPO_COPY), which is all of a publish's time. */
 int tb_repo_publish(const char *state, const char *image, uint32_t ver, const char *dir,
-                    uint32_t *published);
+                    tb_repo_progress_fn progress, void *ctx, uint32_t *published);
 
 /* Where a pull comes from and how it talks to the server. */
 struct tb_repo_pull_opts {
@@ -79,21 +97,6 @@ void tb_repo_pull_opts_init(struct tb_repo_pull_opts *o);
 int tb_repo_pull_config_validate(const json_t *pull, const char *json_path);
 int tb_repo_pull_opts_from_config(const json_t *pull, const char *image,
                                   struct tb_repo_pull_opts *o);
-
-/* What a pull is doing, for a progress display. */
-enum tb_repo_phase {
-  TB_REPO_INDEX,    /* fetching the index */
-  TB_REPO_CLONE,    /* cloning the nearest local version */
-  TB_REPO_RESUME,   /* re-verifying chunks from an interrupted pull */
-  TB_REPO_DOWNLOAD, /* downloading the chunks that differ */
-  TB_REPO_VERIFY,   /* hashing the whole file */
-  TB_REPO_PUBLISH,
-};
-struct tb_repo_progress {
-  enum tb_repo_phase phase;
-  uint64_t done, total; /* bytes within the phase */
-};
-typedef void (*tb_repo_progress_fn)(void *ctx, const struct tb_repo_progress *p);
 
 struct tb_repo_pull_result {
   uint32_t remote_version;

@@ -401,8 +401,10 @@ int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, voi
     if (hole == -1)
       hole = st.st_size;
     loff_t ipos = data, opos = data;
+    /* With a progress display, pieces small enough for it to move. */
+    uint64_t step = progress ? UINT64_C(64) << 20 : UINT64_C(1) << 30;
     while (ipos < hole) {
-      size_t want = (size_t)((uint64_t)(hole - ipos) > (1u << 30) ? (1u << 30) : hole - ipos);
+      size_t want = (size_t)((uint64_t)(hole - ipos) > step ? step : (uint64_t)(hole - ipos));
       ssize_t n = copy_file_range(in, &ipos, out, &opos, want, 0);
       if (n == -1 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP)) {
         /* Fall back to read/write for this extent. */

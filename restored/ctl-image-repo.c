@@ -61,104 +61,7 @@ bad:
   return -1;
 }
 
-/* ---- publish ------------------------------------------------------------------ */
-
-static void publish_usage(FILE *f)
-{
-  fprintf(f, "Usage: tabulactl image publish IMAGE[@VERSION] DIR\n"
-             "\n"
-             "Write version VERSION of IMAGE (default: the newest) into the static\n"
-             "repository DIR: DIR/IMAGE/VERSION.img and DIR/IMAGE/index.json (replaced\n"
-             "last, by rename).  Serve DIR as it is with any web server (nginx: root DIR)\n"
-             "or copy it to an object store (aws s3 sync DIR s3://BUCKET/); appliances\n"
-             "then run: tabulactl image pull IMAGE --from URL\n"
-             "\n"
-             "Options:\n"
-             "  --json    print the result as JSON\n"
-             "  -h, --help\n");
-}
-
-int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
-{
-  static const struct option longopts[] = {
-      {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-  bool json = false;
-  int c;
-  optind = 0;
-  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-    switch (c) {
-    case 'j':
-      json = true;
-      break;
-    case 'h':
-      publish_usage(stdout);
-      return 0;
-    default:
-      publish_usage(stderr);
-      return 2;
-    }
-  }
-  if (argc - optind != 2) {
-    publish_usage(stderr);
-    return 2;
-  }
-  char image[TB_NAME_MAX + 1];
-  uint32_t ver, published;
-  if (parse_image_ref(argv[optind], image, &ver) == -1)
-    return 2;
-  const char *dir = argv[optind + 1];
-  if (tb_repo_publish(cfg->state_dir, image, ver, dir, &published) == -1) {
-    fprintf(stderr, "tabulactl: image publish: %s\n", tb_errmsg());
-    return 1;
-  }
-  if (json) {
-    char where[TB_PATH_MAX];
-    snprintf(where, sizeof where, "%s/%s", dir, image);
-    json_t *j = json_pack("{s:s, s:I, s:s}", "image", image, "version", (json_int_t)published,
-                          "dir", where);
-    char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
-    if (text)
-      printf("%s\n", text);
-    free(text);
-    json_decref(j);
-  } else
-    printf("published %s@%" PRIu32 " to %s/%s/ (index: %s/%s/index.json)\n", image, published, dir,
-           image, dir, image);
-  return 0;
-}
-
-/* ---- pull ---------------------------------------------------------------------- */
-
-static void pull_usage(FILE *f)
-{
-  fprintf(f,
-          "Usage: tabulactl image pull IMAGE [--from URL] [--version N] [--rate-limit RATE]\n"
-          "\n"
-          "Fetch a version of IMAGE from a repository written by `tabulactl image publish`\n"
-          "and add it to the store as the next local version.  Only the chunks that differ\n"
-          "from the nearest local version are downloaded; every chunk and the whole image\n"
-          "are checked against the repository's sha256 before anything is published.  An\n"
-          "interrupted pull resumes where it stopped when run again.\n"
-          "\n"
-          "Options (defaults come from the config's \"pull\" section):\n"
-          "  --from URL              http://, https:// or s3://BUCKET/PREFIX\n"
-          "  --version N             the repository's version N (default: its newest)\n"
-          "  --rate-limit RATE       bytes per second, e.g. 20M (default: unlimited)\n"
-          "  --parallel N            concurrent range requests (default %d)\n"
-          "  --connect-timeout D     e.g. 10s (default %ds)\n"
-          "  --stall-timeout D       give up on a server that sends nothing for D (default "
-          "%ds)\n"
-          "  --ca-file FILE          CA bundle for https (certificates are always checked)\n"
-          "  --json                  print the result as JSON\n"
-          "  -q, --quiet             no progress display\n"
-          "  -h, --help\n"
-          "\n"
-          "S3: s3:// URLs (and pull.s3.sign) are signed with AWS signature v4; credentials\n"
-          "come from pull.s3 in the config or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and\n"
-          "AWS_SESSION_TOKEN.\n",
-          TB_REPO_DEFAULT_PARALLEL, TB_REPO_DEFAULT_CONNECT_TIMEOUT_MS / 1000,
-          TB_REPO_DEFAULT_STALL_TIMEOUT_MS / 1000);
-}
+/* ---- progress ---------------------------------------------------------------- */
 
 /* A one-line progress bar on stderr, redrawn in place. */
 struct bar {
@@ -183,6 +86,8 @@ static const char *phase_name(enum tb_repo_phase p)
     return "verifying";
   case TB_REPO_PUBLISH:
     return "publishing";
+  case TB_REPO_COPY:
+    return "copying";
   }
   return "";
 }
@@ -233,8 +138,121 @@ static void bar_draw(void *ctx, const struct tb_repo_progress *p)
 
 static void bar_end(struct bar *b)
 {
-  if (b->on && b->drawn)
+  /* Flushed before the result goes to stdout (stderr is line-buffered). */
+  if (b->on && b->drawn) {
     fprintf(stderr, "\r\033[K");
+    fflush(stderr);
+  }
+}
+
+/* ---- publish ------------------------------------------------------------------ */
+
+static void publish_usage(FILE *f)
+{
+  fprintf(f, "Usage: tabulactl image publish IMAGE[@VERSION] DIR\n"
+             "\n"
+             "Write version VERSION of IMAGE (default: the newest) into the static\n"
+             "repository DIR: DIR/IMAGE/VERSION.img and DIR/IMAGE/index.json (replaced\n"
+             "last, by rename).  Serve DIR as it is with any web server (nginx: root DIR)\n"
+             "or copy it to an object store (aws s3 sync DIR s3://BUCKET/); appliances\n"
+             "then run: tabulactl image pull IMAGE --from URL\n"
+             "\n"
+             "Options:\n"
+             "  --json       print the result as JSON\n"
+             "  -q, --quiet  no progress display (shown on a terminal: copied, rate, ETA)\n"
+             "  -h, --help\n");
+}
+
+int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
+{
+  static const struct option longopts[] = {{"json", no_argument, NULL, 'j'},
+                                           {"quiet", no_argument, NULL, 'q'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  bool json = false, quiet = false;
+  int c;
+  optind = 0;
+  while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'j':
+      json = true;
+      break;
+    case 'q':
+      quiet = true;
+      break;
+    case 'h':
+      publish_usage(stdout);
+      return 0;
+    default:
+      publish_usage(stderr);
+      return 2;
+    }
+  }
+  if (argc - optind != 2) {
+    publish_usage(stderr);
+    return 2;
+  }
+  char image[TB_NAME_MAX + 1];
+  uint32_t ver, published;
+  if (parse_image_ref(argv[optind], image, &ver) == -1)
+    return 2;
+  const char *dir = argv[optind + 1];
+  struct bar bar = {.on = !quiet && !json && isatty(STDERR_FILENO),
+                    .start_ms = tb_now_ms(),
+                    .phase = TB_REPO_COPY};
+  int rc = tb_repo_publish(cfg->state_dir, image, ver, dir, bar_draw, &bar, &published);
+  bar_end(&bar);
+  if (rc == -1) {
+    fprintf(stderr, "tabulactl: image publish: %s\n", tb_errmsg());
+    return 1;
+  }
+  if (json) {
+    char where[TB_PATH_MAX];
+    snprintf(where, sizeof where, "%s/%s", dir, image);
+    json_t *j = json_pack("{s:s, s:I, s:s}", "image", image, "version", (json_int_t)published,
+                          "dir", where);
+    char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (text)
+      printf("%s\n", text);
+    free(text);
+    json_decref(j);
+  } else
+    printf("published %s@%" PRIu32 " to %s/%s/ (index: %s/%s/index.json)\n", image, published, dir,
+           image, dir, image);
+  return 0;
+}
+
+/* ---- pull ---------------------------------------------------------------------- */
+
+static void pull_usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: tabulactl image pull IMAGE [--from URL] [--version N] [--rate-limit RATE]\n"
+          "\n"
+          "Fetch a version of IMAGE from a repository written by `tabulactl image publish`\n"
+          "and add it to the store as the next local version.  Only the chunks that differ\n"
+          "from the nearest local version are downloaded; every chunk and the whole image\n"
+          "are checked against the repository's sha256 before anything is published.  An\n"
+          "interrupted pull resumes where it stopped when run again.\n"
+          "\n"
+          "Options (defaults come from the config's \"pull\" section):\n"
+          "  --from URL              http://, https:// or s3://BUCKET/PREFIX\n"
+          "  --version N             the repository's version N (default: its newest)\n"
+          "  --rate-limit RATE       bytes per second, e.g. 20M (default: unlimited)\n"
+          "  --parallel N            concurrent range requests (default %d)\n"
+          "  --connect-timeout D     e.g. 10s (default %ds)\n"
+          "  --stall-timeout D       give up on a server that sends nothing for D (default "
+          "%ds)\n"
+          "  --ca-file FILE          CA bundle for https (certificates are always checked)\n"
+          "  --json                  print the result as JSON\n"
+          "  -q, --quiet             no progress display\n"
+          "  -h, --help\n"
+          "\n"
+          "S3: s3:// URLs (and pull.s3.sign) are signed with AWS signature v4; credentials\n"
+          "come from pull.s3 in the config or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and\n"
+          "AWS_SESSION_TOKEN.\n",
+          TB_REPO_DEFAULT_PARALLEL, TB_REPO_DEFAULT_CONNECT_TIMEOUT_MS / 1000,
+          TB_REPO_DEFAULT_STALL_TIMEOUT_MS / 1000);
 }
 
 static int parse_duration_opt(const char *opt, const char *arg, int64_t *ms)

@@ -301,7 +301,9 @@ static const char *jlocal(const json_t *o, const char *key, bool ms, char *buf, 
 struct progress {
   bool on;
   const char *what;
-  const char *phase;
+  /* A copy: merge's phase names come in the daemon's interim lines, freed
+   * after each callback. */
+  char phase[48];
   uint64_t last_done;
   int64_t start_ms, last_ms, phase_ms;
   int phase_no;
@@ -320,8 +322,10 @@ static void progress_show(struct progress *p, const char *phase, uint64_t done, 
   if (!p->on)
     return;
   int64_t now = tb_now_ms();
-  if (phase != p->phase && (!phase || !p->phase || strcmp(phase, p->phase) != 0)) {
-    p->phase = phase;
+  if (!phase)
+    phase = "";
+  if (strcmp(phase, p->phase) != 0) {
+    snprintf(p->phase, sizeof p->phase, "%s", phase);
     p->phase_ms = now;
   }
   if (now - p->last_ms < 100 && done < total)
@@ -329,7 +333,7 @@ static void progress_show(struct progress *p, const char *phase, uint64_t done, 
   p->last_ms = now;
   char d[32], t[32], rate[32] = "", eta[48] = "";
   /* A phase counted in chunks (merge's "hashing chunks") is not in bytes. */
-  bool chunks = phase && strstr(phase, "chunks");
+  bool chunks = strstr(phase, "chunks") != NULL;
   if (chunks) {
     snprintf(d, sizeof d, "%" PRIu64, done);
     snprintf(t, sizeof t, "%" PRIu64, total);
@@ -354,15 +358,19 @@ static void progress_show(struct progress *p, const char *phase, uint64_t done, 
         snprintf(eta, sizeof eta, ", ETA %" PRIu64 "m%02" PRIu64 "s", left / 60, left % 60);
     }
   }
-  fprintf(stderr, "\r\033[K%s: %s %3d%% %s of %s %s%s", p->what, phase ? phase : "",
+  fprintf(stderr, "\r\033[K%s: %s %3d%% %s of %s %s%s", p->what, phase,
           total ? (int)(done * 100 / total) : 100, d, t, rate, eta);
   fflush(stderr);
 }
 
 static void progress_done(struct progress *p)
 {
-  if (p->on && p->last_ms)
+  /* Flushed before the result goes to stdout: stderr is line-buffered here
+   * (stderr_write), and the cleared line must not follow the result. */
+  if (p->on && p->last_ms) {
     fprintf(stderr, "\r\033[K");
+    fflush(stderr);
+  }
 }
 
 /* lib/store's import reports two passes (copy, then hash), each 0..size. */

@@ -90,7 +90,22 @@ td_expect_fail "merge of a client that never ran" "no overlay to merge" tctl mer
 echo "== merge of a retained session into another image"
 n=$(tctl --json sessions vm01 | jq '[.sessions[] | select(.version == 1)][-1].session')
 [ "$n" != null ] || tb_fail "vm01's merged overlay must be retained: $(tctl sessions vm01)"
-tctl merge vm01 --session "$n" --into other >/dev/null || tb_fail "merge --session $n --into other"
+# On a terminal (script(1)), with its progress line (issue 18 §4): bytes
+# while cloning and applying, the chunk hashing counted in chunks, not
+# bytes; the result on a line of its own.
+script -qec "'$TD_CTL' -c '$TD_CONF' merge vm01 --session $n --into other" /dev/null \
+  </dev/null >"$TB_TMP/merge.raw" 2>&1 || tb_fail "merge --session $n --into other: $(cat "$TB_TMP/merge.raw")"
+tr '\r' '\n' <"$TB_TMP/merge.raw" | sed 's/\x1b\[K//g' >"$TB_TMP/merge.tty"
+for re in '^merging vm01 into other: cloning +[0-9]+% [0-9.]+ [KMG]?i?B of 8.0 MiB' \
+  '^merging vm01 into other: applying +[0-9]+% [0-9.]+ [KMG]?i?B of [0-9.]+ [KMG]?i?B' \
+  '^merging vm01 into other: hashing chunks +[0-9]+% [0-9]+ of 2 ' \
+  '^merged vm01 into other@1 '; do
+  grep -Eq "$re" "$TB_TMP/merge.tty" || tb_fail "merge on a terminal: no line /$re/: $(cat "$TB_TMP/merge.tty")"
+done
+if grep -E 'hashing chunks .* [0-9.]+ [KMG]?i?B of' "$TB_TMP/merge.tty"; then
+  tb_fail "merge's chunk hashing is shown in bytes"
+fi
+echo "ok: merge's progress on a terminal: $(grep -c 'merging vm01' "$TB_TMP/merge.tty") redraws"
 cmp "$state/images/other/1.img" "$TB_TMP/expected.img" || tb_fail "other@1 differs"
 
 echo "== kill -9 of the daemon in the middle of merges"
