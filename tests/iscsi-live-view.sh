@@ -10,9 +10,15 @@
 #    session began, shows the same bytes in disk, the created file in fs/,
 #    and changes.txt lists it and the deleted one;
 #  - after SYNCHRONIZE CACHE and more unflushed writes: the same, again;
+#  - the watchdog: an interval scan (which reads a live client as its
+#    session last flushed it, over NBD too) finds the flushed evil.exe while
+#    the session runs, a scan at or after the end the later.txt written
+#    after the flush;
 #  - after the logout (the session ends, the overlay on disk is quiescent):
 #    the same bytes from the overlay file, through the view's old connection
-#    too; the watchdog's file rule fires on the session.
+#    too;
+#  - hostile requests on STATE/view-iscsi.sock get an error, and the target
+#    and its view go on.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$abs_top_srcdir/tests/daemon-functions.sh"
 . "$abs_top_srcdir/tests/iscsi-functions.sh"
@@ -41,8 +47,9 @@ debugfs -R "stat evil.exe" "$T/step1.img" 2>/dev/null | grep -q "Size: 25" || tb
 state=$T/state
 td_config "$T/tabula.json" "$state" '{
     "pc01": { "image": "demo", "policy": "rollback",
-              "watchdog": { "rules": [
-                { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "alert" } ] } }
+              "watchdog": { "interval": "1s", "rules": [
+                { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "alert" },
+                { "name": "later", "path": "/home/user/later.txt", "on": "created", "action": "alert" } ] } }
   }' "\"listen\": { \"iscsi\": \"127.0.0.1:$P\" }, \"iscsi\": { \"program\": \"$TB_ISCSID\" }"
 TD_CONF=$T/tabula.json
 tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
@@ -126,9 +133,53 @@ wait_view "changes.txt lacks the unflushed changes" \
 nbdinfo "nbd+unix:///pc01@live?socket=$sock" | grep -q "base demo@1, session 1, client pc01" ||
   tb_fail "pc01@live's description: $(nbdinfo "nbd+unix:///pc01@live?socket=$sock")"
 
+# wait_rule RULE SCANS: a watchdog-rule event of pc01's RULE from a scan of
+# one of SCANS (a jq array).
+wait_rule()
+{
+  _i=0
+  until jq -c "select(.type == \"watchdog-rule\" and .client == \"pc01\" and .rule == \"$1\" and
+    .kind == \"created\" and (.scan | IN($2[])))" "$state/events.jsonl" 2>/dev/null | grep -q .; do
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || tb_fail "no $2 scan found rule $1 on the iSCSI client: $(tctl events --client pc01 --last 10)"
+    sleep 0.1
+  done
+}
+
+echo "== hostile requests on the view socket"
+python3 - "$state/view-iscsi.sock" >"$T/hostile.out" 2>&1 <<'EOF2' || tb_fail "hostile requests: $(cat "$T/hostile.out")"
+import socket, struct, sys
+def ask(req):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    s.sendall(req)
+    h = b""
+    while len(h) < 16:
+        chunk = s.recv(16 - len(h))
+        if not chunk:
+            return "closed"
+        h += chunk
+    magic, status, length, _ = struct.unpack("<IIII", h)
+    return "status %d" % status
+def req(op, off, count, expect, ident):
+    return struct.pack("<IIQQQ", 0x51564254, op, off, count, expect) + ident.ljust(72, b"\0")
+print(ask(b"\xff" * 104))                                # no magic
+print(ask(req(2, 0, 1 << 30, 0, b"pc01")))              # a read of 1 GiB
+print(ask(req(2, 1 << 62, 4096, 0, b"pc01")))           # past the end
+print(ask(req(2, 0, 4096, 12345, b"pc01")))             # another disk size
+print(ask(req(2, 0, 4096, 0, b"../../etc")))            # not a client id
+print(ask(req(9, 0, 0, 0, b"pc01")))                    # no such op
+print(ask(req(2, 0, 4096, 0, b"nobody")))               # no session of that name
+EOF2
+[ "$(tr '\n' ' ' <"$T/hostile.out")" = "status 22 status 22 status 22 status 116 status 22 status 22 status 2 " ] ||
+  tb_fail "hostile requests on view-iscsi.sock: $(cat "$T/hostile.out")"
+check "$T/step1.img" "after hostile requests"
+
 echo "== a flush, then more unflushed writes"
 ask sync '^synced$'
 check "$T/step1.img" "flushed"
+wait_rule exe '["interval"]'
 ask "writediff $T/step2.img $T/step1.img" '^written [1-9][0-9]* blocks$'
 check "$T/step2.img" "written after the flush"
 wait_view "the view lacks later.txt" '[ "$(cat "$fs/home/user/later.txt" 2>/dev/null)" = "written after the sync" ]'
@@ -140,13 +191,9 @@ wait "$(cat "$T/initiator.bgpid")" || true
 rm -f "$T/initiator.bgpid"
 tb_wait_idle "$state" pc01
 check "$T/step2.img" "after the session"
-_i=0
-until jq -c 'select(.type == "watchdog-rule" and .client == "pc01" and .rule == "exe" and .kind == "created")' \
-  "$state/events.jsonl" 2>/dev/null | grep -q .; do
-  _i=$((_i + 1))
-  [ $_i -lt 300 ] || tb_fail "the watchdog rule did not fire on the iSCSI session: $(tctl events --client pc01 --last 10)"
-  sleep 0.1
-done
+# Usually the session-end scan; an interval scan queued before the end may
+# read the flushed file first (a hit is reported once a session).
+wait_rule later '["session-end", "interval"]'
 tf_umount "$M"
 td_stop
 tb_check_logs
