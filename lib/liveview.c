@@ -44,15 +44,26 @@
  * of that client: the reader then reads the overlay on disk, which is then
  * quiescent (no process writes an overlay it does not run).  io_lock is held
  * while the answer is read into memory, never while it is sent, so a slow
- * reader cannot hold up a session turn.  A reader only connects when the
- * client's lock (clients/ID/lock) is held by someone, so a client that runs
- * nowhere costs no round trip.
+ * reader cannot hold up a session turn.
+ *
+ * The reader's gate.  Asking costs a round trip, and most clients a view
+ * reads run nowhere.  After a "none" answer the reader asks again only when
+ * the client's live.json or overlay changed since just before it asked
+ * (two stats a request): a frontend rewrites live.json (rename: a new
+ * inode) when it opens a boot and when its turn makes the session, before
+ * the first write goes in, and a rollback turn renames the overlay away, so
+ * no session can start unseen.  The client's flock is not used for this: a
+ * test of it takes the lock for an instant, and a boot's connection that
+ * tries to lock it at that instant would be refused as busy.  A reader
+ * keeps up to PEER_CONNS connections, so overlapping requests of one
+ * handle are answered in parallel.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -78,8 +89,9 @@
 #define MAX_READ (1u << 20) /* bytes a READ answers; the reader splits longer ones */
 #define MAX_RUNS 8192       /* runs an EXTENTS answers */
 #define MAX_MESSAGE 1024    /* an error reply's text */
-#define MAX_CONNS 128       /* admin handles answered at once */
+#define MAX_CONNS 256       /* connections answered at once (PEER_CONNS an admin handle) */
 #define PEER_TIMEOUT_S 30   /* a reader gives up on a process that does not answer */
+#define PEER_CONNS 4        /* requests a reader has in flight at once (per admin handle) */
 
 enum op { OP_INFO = 1, OP_READ = 2, OP_READ_DIRTY = 3, OP_EXTENTS = 4 };
 
@@ -334,9 +346,12 @@ static void *listener_main(void *arg)
   for (;;) {
     int fd = accept4(S.listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (fd == -1) {
-      if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE ||
-          errno == ENOMEM)
+      if (errno == EINTR || errno == ECONNABORTED)
         continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOMEM || errno == ENOBUFS) {
+        poll(NULL, 0, 100); /* out of descriptors: not a busy loop */
+        continue;
+      }
       return NULL; /* shut down */
     }
     pthread_mutex_lock(&S.lock);
@@ -355,7 +370,10 @@ static void *listener_main(void *arg)
     pthread_mutex_unlock(&S.lock);
     if (!slot) {
       uint8_t req[REQ_BYTES];
-      /* Say why before closing, so the reader reports it. */
+      /* Say why before closing, so the reader reports it; a peer that
+       * sends nothing holds this thread up a second at most. */
+      struct timeval tv = {.tv_sec = 1};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
       if (read_all(fd, req, sizeof req) == 0)
         send_error(fd, EAGAIN, "more than %d admin views at once", MAX_CONNS);
       close(fd);
@@ -431,13 +449,45 @@ void tb_liveview_serve_stop(void)
 
 /* ---- the reading side --------------------------------------------------------------- */
 
+/* What a file was when last looked at (st_ino 0: it did not exist). */
+struct file_id {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+};
+
+static void file_id_of(const char *path, struct file_id *id)
+{
+  struct stat st;
+  memset(id, 0, sizeof *id);
+  if (stat(path, &st) == 0)
+    *id = (struct file_id){st.st_dev, st.st_ino, st.st_size, st.st_mtim};
+}
+
+static bool file_id_same(const struct file_id *a, const struct file_id *b)
+{
+  return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+         a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
+
 struct tb_liveview_peer {
-  pthread_mutex_t lock;
+  pthread_mutex_t lock; /* everything below */
+  pthread_cond_t freed;
   char state[TB_PATH_MAX];
   char id[TB_NAME_MAX + 1];
   char frontend[16];
-  int fd;
-  /* The base version of the last answer, open for holes in CLEAN runs. */
+  char live_json[TB_PATH_MAX], overlay[TB_PATH_MAX];
+  /* Connections: one request at a time each, opened as requests overlap. */
+  int fds[PEER_CONNS];
+  bool busy[PEER_CONNS];
+  /* The last answer was "no session here" and these files were so before
+   * it was asked: while they stay so, no session started there since (a
+   * frontend rewrites live.json when a session starts, before its first
+   * write; a turn renames the overlay), so nothing is asked. */
+  bool idle_known;
+  struct file_id idle_live_json, idle_overlay;
+  /* The base version of the last extents, open for holes in CLEAN runs. */
   char base_image[TB_NAME_MAX + 1];
   uint32_t base_version;
   int base_fd;
@@ -451,11 +501,19 @@ struct tb_liveview_peer *tb_liveview_peer_new(const char *state, const char *fro
     tb_error_errno("client %s", id);
     return NULL;
   }
+  if (tb_store_client_path(state, id, "live.json", p->live_json, sizeof p->live_json) == -1 ||
+      tb_store_client_path(state, id, "overlay", p->overlay, sizeof p->overlay) == -1) {
+    free(p);
+    return NULL;
+  }
   pthread_mutex_init(&p->lock, NULL);
+  pthread_cond_init(&p->freed, NULL);
   snprintf(p->state, sizeof p->state, "%s", state);
   snprintf(p->id, sizeof p->id, "%s", id);
   snprintf(p->frontend, sizeof p->frontend, "%s", frontend);
-  p->fd = p->base_fd = -1;
+  for (int i = 0; i < PEER_CONNS; i++)
+    p->fds[i] = -1;
+  p->base_fd = -1;
   return p;
 }
 
@@ -463,29 +521,20 @@ void tb_liveview_peer_free(struct tb_liveview_peer *p)
 {
   if (!p)
     return;
-  if (p->fd >= 0)
-    close(p->fd);
+  for (int i = 0; i < PEER_CONNS; i++)
+    if (p->fds[i] >= 0)
+      close(p->fds[i]);
   if (p->base_fd >= 0)
     close(p->base_fd);
+  pthread_cond_destroy(&p->freed);
   pthread_mutex_destroy(&p->lock);
   free(p);
 }
 
-static void disconnect(struct tb_liveview_peer *p)
+/* A connection to the frontend.  Returns the descriptor, -2 when no such
+ * frontend runs (nobody listens), -1 on error. */
+static int peer_connect(const struct tb_liveview_peer *p)
 {
-  if (p->fd >= 0)
-    close(p->fd);
-  p->fd = -1;
-}
-
-/* Connect if the client's lock is held by someone (a session may run in
- * another process).  Returns 1 connected, 0 nobody there, -1 error. */
-static int peer_connect(struct tb_liveview_peer *p)
-{
-  if (p->fd >= 0)
-    return 1;
-  if (!tb_client_locked(p->state, p->id))
-    return 0;
   char path[TB_PATH_MAX];
   if (tb_liveview_socket_path(p->state, p->frontend, path, sizeof path) == -1)
     return -1;
@@ -501,39 +550,66 @@ static int peer_connect(struct tb_liveview_peer *p)
     int e = errno;
     close(fd);
     if (e == ENOENT || e == ECONNREFUSED)
-      return 0; /* no such frontend running: the lock is another's */
+      return -2;
     errno = e;
     return tb_error_errno("cannot connect to %s", path);
   }
-  p->fd = fd;
-  return 1;
+  return fd;
 }
 
-/* The base version named by INFO, open in P->base_fd. */
-static int peer_base(struct tb_liveview_peer *p, const struct tb_overlay_info *info)
+/* One request and its answer on *FD (opened if -1, closed and set to -1 if
+ * it broke): the identity into INFO, the payload into OUT (at most OUT_LEN
+ * bytes; *GOT its length).  Returns 1, 0 (no session runs there) or -1.  A
+ * connection that broke (the frontend restarted) is opened again once. */
+static int ask_on(const struct tb_liveview_peer *p, int *fd, const uint8_t *req,
+                  struct tb_overlay_info *info, void *out, size_t out_len, size_t *got)
 {
-  if (p->base_fd >= 0 && strcmp(p->base_image, info->base.image) == 0 &&
-      p->base_version == info->base.version)
-    return 0;
-  char path[TB_PATH_MAX];
-  if (tb_store_version_path(p->state, info->base.image, info->base.version, path, sizeof path) ==
-      -1)
-    return -1;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1)
-    return tb_error_errno("cannot open %s", path);
-  if (p->base_fd >= 0)
-    close(p->base_fd);
-  p->base_fd = fd;
-  snprintf(p->base_image, sizeof p->base_image, "%s", info->base.image);
-  p->base_version = info->base.version;
-  return 0;
+  for (int attempt = 0;; attempt++) {
+    if (*fd < 0 && (*fd = peer_connect(p)) < 0) {
+      int r = *fd == -2 ? 0 : -1;
+      *fd = -1;
+      return r;
+    }
+    uint8_t h[REPLY_BYTES];
+    if (write_all(*fd, req, REQ_BYTES) == -1 || read_all(*fd, h, sizeof h) == -1) {
+      int e = errno;
+      close(*fd);
+      *fd = -1;
+      if ((e == EPIPE || e == ECONNRESET) && attempt == 0)
+        continue;
+      errno = EIO;
+      return tb_error("client %s: tabula-%sd did not answer: %s", p->id, p->frontend,
+                      e == EAGAIN ? "timed out" : strerror(e));
+    }
+    uint32_t status = get_u32(h + 4), len = get_u32(h + 8);
+    bool ok = get_u32(h) == REPLY_MAGIC &&
+              (status ? len <= MAX_MESSAGE : len >= INFO_BYTES && len - INFO_BYTES <= out_len);
+    char msg[MAX_MESSAGE + 1];
+    uint8_t inf[INFO_BYTES];
+    if (ok && status)
+      ok = read_all(*fd, msg, len) == 0;
+    else if (ok)
+      ok = read_all(*fd, inf, sizeof inf) == 0 && read_all(*fd, out, len - INFO_BYTES) == 0 &&
+           decode_info(inf, info) == 0;
+    if (!ok) {
+      close(*fd);
+      *fd = -1;
+      errno = EIO;
+      return tb_error("client %s: a malformed or short answer from tabula-%sd", p->id, p->frontend);
+    }
+    if (status == ENOENT)
+      return 0;
+    if (status) {
+      msg[len] = '\0';
+      errno = (int)status;
+      return tb_error("tabula-%sd: %s", p->frontend, msg);
+    }
+    *got = len - INFO_BYTES;
+    return 1;
+  }
 }
 
-/* One request and its answer: the identity into INFO, the payload into
- * OUT (at most OUT_LEN bytes; *GOT its length).  Returns 1, 0 (no session
- * runs there) or -1.  A connection that broke (the frontend restarted) is
- * opened again once. */
+/* Ask OP unless no session can have started there since the last "none". */
 static int peer_ask(struct tb_liveview_peer *p, enum op op, uint64_t offset, uint64_t count,
                     uint64_t expect, struct tb_overlay_info *info, void *out, size_t out_len,
                     size_t *got)
@@ -545,72 +621,55 @@ static int peer_ask(struct tb_liveview_peer *p, enum op op, uint64_t offset, uin
   put_u64(req + 16, count);
   put_u64(req + 24, expect);
   memcpy(req + 32, p->id, strlen(p->id));
-  for (int attempt = 0;; attempt++) {
-    int c = peer_connect(p);
-    if (c <= 0)
-      return c;
-    uint8_t h[REPLY_BYTES];
-    if (write_all(p->fd, req, sizeof req) == -1 || read_all(p->fd, h, sizeof h) == -1) {
-      int e = errno;
-      disconnect(p);
-      if ((e == EPIPE || e == ECONNRESET) && attempt == 0)
-        continue;
-      errno = EIO;
-      return tb_error("client %s: tabula-%sd did not answer: %s", p->id, p->frontend,
-                      e == EAGAIN ? "timed out" : strerror(e));
-    }
-    uint32_t status = get_u32(h + 4), len = get_u32(h + 8);
-    if (get_u32(h) != REPLY_MAGIC || (status && len > MAX_MESSAGE) ||
-        (!status && (len < INFO_BYTES || len - INFO_BYTES > out_len))) {
-      disconnect(p);
-      errno = EIO;
-      return tb_error("client %s: a malformed answer from tabula-%sd", p->id, p->frontend);
-    }
-    if (status) {
-      char msg[MAX_MESSAGE + 1];
-      if (read_all(p->fd, msg, len) == -1) {
-        disconnect(p);
-        errno = EIO;
-        return tb_error("client %s: tabula-%sd did not answer", p->id, p->frontend);
-      }
-      msg[len] = '\0';
-      if (status == ENOENT) {
-        disconnect(p); /* until the client's lock says a session may run again */
-        return 0;
-      }
-      errno = (int)status;
-      return tb_error("tabula-%sd: %s", p->frontend, msg);
-    }
-    uint8_t inf[INFO_BYTES];
-    if (read_all(p->fd, inf, sizeof inf) == -1 || read_all(p->fd, out, len - INFO_BYTES) == -1) {
-      disconnect(p);
-      errno = EIO;
-      return tb_error("client %s: tabula-%sd did not answer", p->id, p->frontend);
-    }
-    if (decode_info(inf, info) == -1) {
-      disconnect(p);
-      errno = EIO;
-      return tb_error_prefix("client %s: tabula-%sd", p->id, p->frontend);
-    }
-    *got = len - INFO_BYTES;
-    return 1;
+  /* Before asking: a change after this is seen next time. */
+  struct file_id live_json, overlay;
+  file_id_of(p->live_json, &live_json);
+  file_id_of(p->overlay, &overlay);
+  pthread_mutex_lock(&p->lock);
+  if (p->idle_known && file_id_same(&live_json, &p->idle_live_json) &&
+      file_id_same(&overlay, &p->idle_overlay)) {
+    pthread_mutex_unlock(&p->lock);
+    return 0;
   }
+  int slot;
+  for (;;) {
+    for (slot = 0; slot < PEER_CONNS && p->busy[slot]; slot++)
+      ;
+    if (slot < PEER_CONNS)
+      break;
+    pthread_cond_wait(&p->freed, &p->lock);
+  }
+  p->busy[slot] = true;
+  int fd = p->fds[slot];
+  pthread_mutex_unlock(&p->lock);
+
+  int r = ask_on(p, &fd, req, info, out, out_len, got);
+
+  pthread_mutex_lock(&p->lock);
+  p->fds[slot] = fd;
+  p->busy[slot] = false;
+  pthread_cond_signal(&p->freed);
+  if (r == 0) {
+    p->idle_known = true;
+    p->idle_live_json = live_json;
+    p->idle_overlay = overlay;
+  } else if (r == 1) {
+    p->idle_known = false;
+  }
+  pthread_mutex_unlock(&p->lock);
+  return r;
 }
 
 int tb_liveview_peer_info(struct tb_liveview_peer *p, struct tb_overlay_info *info)
 {
   size_t got;
-  pthread_mutex_lock(&p->lock);
-  int r = peer_ask(p, OP_INFO, 0, 0, 0, info, NULL, 0, &got);
-  pthread_mutex_unlock(&p->lock);
-  return r;
+  return peer_ask(p, OP_INFO, 0, 0, 0, info, NULL, 0, &got);
 }
 
 int tb_liveview_peer_pread(struct tb_liveview_peer *p, bool dirty_only, void *buf, uint32_t count,
                            uint64_t offset, uint64_t expect_size)
 {
   int r = 1;
-  pthread_mutex_lock(&p->lock);
   /* Longer reads in pieces: each piece is exact at its moment, as a long
    * read of a running session's overlay in this process is. */
   for (uint32_t done = 0; r == 1 && done < count;) {
@@ -627,8 +686,38 @@ int tb_liveview_peer_pread(struct tb_liveview_peer *p, bool dirty_only, void *bu
      * reads the whole request from disk. */
     done += n;
   }
-  pthread_mutex_unlock(&p->lock);
   return r;
+}
+
+/* A descriptor of INFO's base version for the caller (a dup of the one
+ * kept open), or -1. */
+static int base_fd_for(struct tb_liveview_peer *p, const struct tb_overlay_info *info)
+{
+  pthread_mutex_lock(&p->lock);
+  if (p->base_fd < 0 || strcmp(p->base_image, info->base.image) != 0 ||
+      p->base_version != info->base.version) {
+    char path[TB_PATH_MAX];
+    int fd = -1;
+    if (tb_store_version_path(p->state, info->base.image, info->base.version, path, sizeof path) ==
+            0 &&
+        (fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+      tb_error_errno("cannot open %s", path);
+    if (fd >= 0) {
+      if (p->base_fd >= 0)
+        close(p->base_fd);
+      p->base_fd = fd;
+      snprintf(p->base_image, sizeof p->base_image, "%s", info->base.image);
+      p->base_version = info->base.version;
+    } else {
+      pthread_mutex_unlock(&p->lock);
+      return -1;
+    }
+  }
+  int fd = fcntl(p->base_fd, F_DUPFD_CLOEXEC, 0);
+  if (fd == -1)
+    tb_error_errno("client %s: base %s@%u", p->id, info->base.image, info->base.version);
+  pthread_mutex_unlock(&p->lock);
+  return fd;
 }
 
 int tb_liveview_peer_extents(struct tb_liveview_peer *p, uint64_t offset, uint64_t count,
@@ -637,16 +726,14 @@ int tb_liveview_peer_extents(struct tb_liveview_peer *p, uint64_t offset, uint64
 {
   *runs_out = NULL;
   *n_runs = 0;
+  *base_fd = -1;
   uint8_t *buf = malloc(MAX_RUNS * RUN_BYTES);
   if (!buf)
     return tb_error_errno("client %s: extents", p->id);
-  pthread_mutex_lock(&p->lock);
   struct tb_overlay_info info;
   size_t got = 0;
   int r =
       peer_ask(p, OP_EXTENTS, offset, count, expect_size, &info, buf, MAX_RUNS * RUN_BYTES, &got);
-  if (r == 1 && peer_base(p, &info) == -1)
-    r = -1;
   struct tb_liveview_run *runs = NULL;
   size_t n = got / RUN_BYTES;
   if (r == 1 && !(runs = calloc(n ? n : 1, sizeof *runs)))
@@ -661,14 +748,14 @@ int tb_liveview_peer_extents(struct tb_liveview_peer *p, uint64_t offset, uint64
       r = tb_error("client %s: malformed extents from tabula-%sd", p->id, p->frontend);
     }
   }
+  if (r == 1 && (*base_fd = base_fd_for(p, &info)) == -1)
+    r = -1;
   if (r == 1) {
     *runs_out = runs;
     *n_runs = n;
-    *base_fd = p->base_fd;
   } else {
     free(runs);
   }
-  pthread_mutex_unlock(&p->lock);
   free(buf);
   return r;
 }

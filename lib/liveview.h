@@ -30,9 +30,10 @@ int tb_liveview_socket_path(const char *state, const char *frontend, char *buf, 
 int tb_liveview_serve(const char *state, const char *frontend);
 void tb_liveview_serve_stop(void);
 
-/* In the admin process: client ID's session as FRONTEND runs it.  One
- * connection, opened when the client's lock is held by someone and kept;
- * calls on one peer are serialised. */
+/* In the admin process: client ID's session as FRONTEND runs it.  Calls
+ * may overlap (a few connections, opened as needed and kept); after an
+ * answer "none" they answer 0 without asking until the client's live.json
+ * or overlay changes. */
 struct tb_liveview_peer;
 struct tb_liveview_peer *tb_liveview_peer_new(const char *state, const char *frontend,
                                               const char *id);
@@ -47,8 +48,7 @@ int tb_liveview_peer_pread(struct tb_liveview_peer *p, bool dirty_only, void *bu
                            uint64_t offset, uint64_t expect_size);
 /* Runs of block states from OFFSET (they may cover less than COUNT: call
  * again from where they end), malloc'd into *RUNS; *BASE_FD is the base
- * version's file (for holes in CLEAN runs), owned by the peer and valid
- * until the next call on it. */
+ * version's file (for holes in CLEAN runs), for the caller to close. */
 struct tb_liveview_run {
   uint64_t offset, length;
   enum tb_block_state state;

@@ -362,14 +362,15 @@ struct handle {
   struct tb_liveview_peer *peer; /* LIVE, OVERLAY: the session in tabula-iscsid */
   /* What an admin handle reads when no session is running (or for SESSION):
    * a read-only overlay, or, for a client with no overlay and for IMAGE, a raw file. */
-  pthread_mutex_t fallback_lock; /* also serialises the peer's requests */
+  pthread_mutex_t fallback_lock;
   struct tb_overlay *ro;
   int raw_fd;
-  bool fallback_open;     /* LIVE, OVERLAY: ro / raw_fd hold what is below */
-  uint64_t ro_generation; /* this process's session generation when opened */
-  struct stat ro_stat;    /* clients/ID/overlay when opened (st_ino 0: none) */
-  uint64_t fallback_size; /* of what ro / raw_fd hold */
-  uint64_t size;          /* announced at open; a different disk is ESTALE */
+  bool fallback_open;        /* LIVE, OVERLAY: ro / raw_fd hold what is below */
+  uint64_t ro_generation;    /* this process's session generation when opened */
+  char ro_path[TB_PATH_MAX]; /* LIVE, OVERLAY: clients/ID/overlay */
+  struct stat ro_stat;       /* it, when opened (st_ino 0: none) */
+  uint64_t fallback_size;    /* of what ro / raw_fd hold */
+  uint64_t size;             /* announced at open; a different disk is ESTALE */
   uint32_t block_size;
 };
 
@@ -481,13 +482,10 @@ static int admin_fallback_open(struct handle *h, const struct tb_config *cfg, ui
 /* Has clients/ID/overlay changed since the fallback was opened?  Another
  * process's session that ended flushed its map there, one that turned
  * renamed it away. */
-static bool fallback_changed(struct handle *h, const struct tb_config *cfg)
+static bool fallback_changed(struct handle *h)
 {
-  char path[TB_PATH_MAX];
   struct stat st;
-  if (tb_store_client_path(cfg->state_dir, h->name, "overlay", path, sizeof path) == -1)
-    return true;
-  if (stat(path, &st) == -1)
+  if (stat(h->ro_path, &st) == -1)
     return h->ro_stat.st_ino != 0;
   return st.st_ino != h->ro_stat.st_ino || st.st_dev != h->ro_stat.st_dev ||
          st.st_size != h->ro_stat.st_size || st.st_mtim.tv_sec != h->ro_stat.st_mtim.tv_sec ||
@@ -525,7 +523,9 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
       return tb_error("no client %s in the configuration", h->name);
     if (!(h->lc = tb_live_client_get(h->name)))
       return -1;
-    if (!(h->peer = tb_liveview_peer_new(cfg->state_dir, "iscsi", h->name)))
+    if (!(h->peer = tb_liveview_peer_new(cfg->state_dir, "iscsi", h->name)) ||
+        tb_store_client_path(cfg->state_dir, h->name, "overlay", h->ro_path, sizeof h->ro_path) ==
+            -1)
       return -1;
     uint64_t gen;
     struct tb_overlay *ovl = tb_live_read_begin(h->lc, &gen);
@@ -674,22 +674,24 @@ struct source {
 };
 
 /* What an admin request reads when no process runs the client's session:
- * the overlay on disk, reopened when it may be stale.  Call with
- * fallback_lock held (source_get). */
+ * the overlay on disk, reopened when it may be stale.  Holds fallback_lock
+ * until source_put. */
 static int source_fallback(struct handle *h, struct source *src)
 {
   src->remote = false;
-  struct tb_config *cfg = config_get();
+  pthread_mutex_lock(&h->fallback_lock);
+  src->fallback_locked = true;
   int r = 0;
-  if (!h->fallback_open || h->ro_generation != src->generation || fallback_changed(h, cfg)) {
+  if (!h->fallback_open || h->ro_generation != src->generation || fallback_changed(h)) {
+    struct tb_config *cfg = config_get();
     uint64_t size;
     r = admin_fallback_open(h, cfg, &size);
     if (r == 0) {
       h->ro_generation = src->generation;
       h->fallback_size = size;
     }
+    tb_config_unref(cfg);
   }
-  tb_config_unref(cfg);
   if (r == -1) {
     errno = EIO;
     return tb_error_prefix("%s@live", h->name);
@@ -718,8 +720,6 @@ static int source_get(struct handle *h, struct source *src)
    * process runs, else the overlay on disk. */
   uint64_t gen;
   if (!(src->ovl = tb_live_read_begin(h->lc, &gen))) {
-    pthread_mutex_lock(&h->fallback_lock);
-    src->fallback_locked = true;
     src->generation = gen;
     src->remote = true;
     return 0;
@@ -971,6 +971,7 @@ static int tabula_extents(void *handle, uint32_t count, uint64_t offset, uint32_
       for (size_t i = 0; i < n && r == 0 && (i == 0 || !(flags & NBDKIT_FLAG_REQ_ONE)); i++)
         r = extent_cb(&x, runs[i].offset, runs[i].length, runs[i].state);
       free(runs);
+      close(base_fd);
     }
     if (served != 0) {
       source_put(h, &src);
