@@ -10,6 +10,8 @@
 #    session began, shows the same bytes in disk, the created file in fs/,
 #    and changes.txt lists it and the deleted one;
 #  - after SYNCHRONIZE CACHE and more unflushed writes: the same, again;
+#  - the client's further disk (LUN 1): pc01/games@live reads its unflushed
+#    write too;
 #  - the watchdog: an interval scan (which reads a live client as its
 #    session last flushed it, over NBD too) finds the flushed evil.exe while
 #    the session runs, a scan at or after the end the later.txt written
@@ -47,12 +49,15 @@ debugfs -R "stat evil.exe" "$T/step1.img" 2>/dev/null | grep -q "Size: 25" || tb
 state=$T/state
 td_config "$T/tabula.json" "$state" '{
     "pc01": { "image": "demo", "policy": "rollback",
+              "disks": { "games": { "image": "other", "policy": "persist" } },
               "watchdog": { "interval": "1s", "rules": [
                 { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "alert" },
                 { "name": "later", "path": "/home/user/later.txt", "on": "created", "action": "alert" } ] } }
   }' "\"listen\": { \"iscsi\": \"127.0.0.1:$P\" }, \"iscsi\": { \"program\": \"$TB_ISCSID\" }"
 TD_CONF=$T/tabula.json
 tctl image import demo "$T/master.img" >/dev/null || tb_fail "import"
+tb_make_file "$T/games.img" 8388608 5
+tctl image import other "$T/games.img" >/dev/null || tb_fail "import other"
 td_start "$T/tabula.json"
 td_wait '.iscsi.state == "running"' "tabula-iscsid must be running"
 sock=$state/nbd.sock
@@ -184,6 +189,15 @@ ask "writediff $T/step2.img $T/step1.img" '^written [1-9][0-9]* blocks$'
 check "$T/step2.img" "written after the flush"
 wait_view "the view lacks later.txt" '[ "$(cat "$fs/home/user/later.txt" 2>/dev/null)" = "written after the sync" ]'
 
+echo "== the further disk, LUN 1"
+head -c 8192 /dev/urandom >"$T/games-blk"
+cp "$T/games.img" "$T/games-new.img"
+dd if="$T/games-blk" of="$T/games-new.img" bs=4096 seek=100 conv=notrunc status=none
+ask "write 409600 $T/games-blk 1" '^written 8192$'
+nbdcopy "nbd+unix:///pc01/games@live?socket=$sock" "$T/games-live.img" || tb_fail "nbdcopy of pc01/games@live"
+cmp -s "$T/games-live.img" "$T/games-new.img" ||
+  tb_fail "pc01/games@live does not read LUN 1's unflushed write ($(cmp "$T/games-live.img" "$T/games-new.img" | head -1))"
+
 echo "== the session ends: the overlay on disk, through the same connections"
 ask quit '^bye$'
 exec 3>&-
@@ -191,6 +205,9 @@ wait "$(cat "$T/initiator.bgpid")" || true
 rm -f "$T/initiator.bgpid"
 tb_wait_idle "$state" pc01
 check "$T/step2.img" "after the session"
+rm -f "$T/games-live.img"
+nbdcopy "nbd+unix:///pc01/games@live?socket=$sock" "$T/games-live.img" || tb_fail "nbdcopy of pc01/games@live"
+cmp -s "$T/games-live.img" "$T/games-new.img" || tb_fail "pc01/games@live after the session: $(cmp "$T/games-live.img" "$T/games-new.img" | head -1)"
 # Usually the session-end scan; an interval scan queued before the end may
 # read the flushed file first (a hit is reported once a session).
 wait_rule later '["session-end", "interval"]'

@@ -17,9 +17,10 @@ Actions (each prints one line a test can match):
                  digest is wrong: "reject REASON", then a good ping: "pong"
   session        log in, then commands from stdin, one a line, each
                  answered with one line when done:
-                   write OFFSET FILE   FILE's bytes at byte OFFSET (a multiple
-                                       of 512), WRITE(10) with immediate data,
-                                       no FUA: "written BYTES"
+                   write OFFSET FILE [LUN]
+                                       FILE's bytes at byte OFFSET (a multiple
+                                       of 512) of LUN (0), WRITE(10) with
+                                       immediate data, no FUA: "written BYTES"
                    writediff NEW OLD   the 4 KiB blocks where NEW differs from
                                        OLD (same size): "written BLOCKS blocks"
                    sync                SYNCHRONIZE CACHE(10): "synced"
@@ -257,13 +258,13 @@ def pipeline(c, path):
 WRITE_PIECE = 32768  # immediate data a command carries
 
 
-def write_at(c, offset, data):
+def write_at(c, offset, data, lun=0):
     """WRITE(10) of DATA at byte OFFSET; (status, key, asc) of the first failure or None."""
     for i in range(0, len(data), WRITE_PIECE):
         piece = data[i : i + WRITE_PIECE]
         lba = (offset + i) // 512
         cdb = struct.pack(">BBIBH", 0x2A, 0, lba, 0, len(piece) // 512)
-        st, key, asc = c.scsi(0, cdb, data=piece, itt=100 + i // WRITE_PIECE % 1000)
+        st, key, asc = c.scsi(lun, cdb, data=piece, itt=100 + i // WRITE_PIECE % 1000)
         if st != 0:
             return st, key, asc
     return None
@@ -278,7 +279,7 @@ def session(c):
         if words[0] == "write":
             with open(words[2], "rb") as f:
                 data = f.read()
-            failed = write_at(c, int(words[1]), data)
+            failed = write_at(c, int(words[1]), data, int(words[3]) if len(words) > 3 else 0)
             done = "written %d" % len(data)
         elif words[0] == "writediff":
             with open(words[1], "rb") as f:
