@@ -52,9 +52,11 @@
  * (two stats a request): a frontend rewrites live.json (rename: a new
  * inode) when it opens a boot and when its turn makes the session, before
  * the first write goes in, and a rollback turn renames the overlay away, so
- * no session can start unseen.  The client's flock is not used for this: a
- * test of it takes the lock for an instant, and a boot's connection that
- * tries to lock it at that instant would be refused as busy.  A reader
+ * no session can start unseen (were live.json not written, a full state
+ * directory, a write's change of the overlay's mtime would still tell).
+ * The client's flock is not used for this: a test of it takes the lock for
+ * an instant, and a boot's connection that tries to lock it at that
+ * instant would be refused as busy.  A reader
  * keeps up to PEER_CONNS connections, so overlapping requests of one
  * handle are answered in parallel.
  */
