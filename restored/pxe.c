@@ -214,8 +214,14 @@ static void address_text(const struct tb_cidr *a, char *out, size_t len)
 static void kernel_cmdline(const struct tb_config *cfg, const struct tb_client_conf *c, char *out,
                            size_t len)
 {
-  snprintf(out, len, "initrd=initrd ip=dhcp root=/dev/nbd0 tabula.nbd=%s:%d:%s%s%s",
-           cfg->pxe.server, cfg->pxe.nbd_port, c->id, c->boot_cmdline ? " " : "",
+  /* The client's further disks, in configuration order: /dev/nbd1, 2... */
+  char disks[2048] = "";
+  for (size_t k = 1; k <= c->n_disks; k++) {
+    size_t n = strlen(disks);
+    snprintf(disks + n, sizeof disks - n, "%s%s", k == 1 ? " tabula.disks=" : ",", c[k].disk);
+  }
+  snprintf(out, len, "initrd=initrd ip=dhcp root=/dev/nbd0 tabula.nbd=%s:%d:%s%s%s%s",
+           cfg->pxe.server, cfg->pxe.nbd_port, c->id, disks, c->boot_cmdline ? " " : "",
            c->boot_cmdline ? c->boot_cmdline : "");
 }
 

@@ -3,7 +3,8 @@
 # writes everything and runs no dnsmasq):
 #  - `tabulactl pxe` prints the dnsmasq configuration of a 3-client lab: no DNS,
 #    a static lease per MAC (hosts file), the iPXE chain and a script per
-#    client that boots its kernel and initrd with the NBD command line;
+#    client that boots its kernel and initrd with the NBD command line (and
+#    a client's further disks: tabula.disks=games,data);
 #  - dnsmasq's events through STATE/pxe/event.sh (tabulactl pxe-event): a PXE
 #    or iPXE DHCP request is a boot marker (clients/ID/boot seq grows), a
 #    renewal by the running system is not, the TFTP fetch of the client's
@@ -32,7 +33,8 @@ pxe_config()
     "pc21": { "group": "lab", "mac": "52:54:00:00:00:21", "address": "10.20.0.21" },
     "pc22": { "group": "lab", "mac": "52:54:00:00:00:22", "address": "10.20.0.22",
               "boot": { "cmdline": "console=ttyS0 single" } },
-    "pc23": { "image": "demo", "mac": "52:54:00:00:00:23", "address": "10.20.0.23" },
+    "pc23": { "image": "demo", "mac": "52:54:00:00:00:23", "address": "10.20.0.23",
+              "disks": { "games": { "image": "demo", "policy": "persist" }, "data": { "image": "demo" } } },
     "vm01": { "image": "demo" }
   }' "\"groups\": { \"lab\": { \"image\": \"demo\", \"boot\": { \"kernel\": \"$TB_TMP/boot/vmlinuz-lab\" } } },
   \"pxe\": { \"interface\": \"tbbr0\", \"server\": \"10.20.0.1\", \"network\": \"10.20.0.0/24\",
@@ -70,7 +72,8 @@ echo "== the TFTP tree: a script per client, its kernel and initrd"
 tftp=$state/pxe/tftp
 grep -qxF "kernel boot/pc22/linux initrd=initrd ip=dhcp root=/dev/nbd0 tabula.nbd=10.20.0.1:10809:pc22 console=ttyS0 single" \
   "$tftp/pc22.ipxe" || tb_fail "pc22.ipxe: $(cat "$tftp/pc22.ipxe")"
-grep -qxF "kernel boot/pc23/linux initrd=initrd ip=dhcp root=/dev/nbd0 tabula.nbd=10.20.0.1:10809:pc23 quiet" \
+# pc23's further disks, in configuration order: /dev/nbd1, /dev/nbd2 in its initramfs.
+grep -qxF "kernel boot/pc23/linux initrd=initrd ip=dhcp root=/dev/nbd0 tabula.nbd=10.20.0.1:10809:pc23 tabula.disks=games,data quiet" \
   "$tftp/pc23.ipxe" || tb_fail "pc23.ipxe: $(cat "$tftp/pc23.ipxe")"
 grep -qxF "initrd --name initrd boot/pc21/initrd" "$tftp/pc21.ipxe" || tb_fail "pc21.ipxe: $(cat "$tftp/pc21.ipxe")"
 [ "$(cat "$tftp/boot/pc21/linux")" = lab-kernel ] || tb_fail "pc21 boots the group's kernel"
