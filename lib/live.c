@@ -564,6 +564,16 @@ static int commit_turn(struct tb_live_client *lc)
 
 /* ---- connections ---------------------------------------------------------------- */
 
+/* LC's machine began another boot (seen on disk BY, or NULL when the tick
+ * finds it first): LC's boot ends (turn_lock held). */
+static void end_stale(struct tb_live_client *lc, const char *by)
+{
+  tb_eventf(lc->cfg->state_dir, "boot-new", lc->id, "{s:s, s:s?, s:I}", "via", "disk", "disk", by,
+            "stale_connections", (json_int_t)lc->boot_conns);
+  end_boot(lc);
+  publish(lc);
+}
+
 /* SELF began boot EPOCH of its machine: the other disks' sessions of older
  * boots end now (turn_lock of none held). */
 static void end_stale_siblings(struct tb_live_client *self, uint64_t epoch)
@@ -587,12 +597,8 @@ static void end_stale_siblings(struct tb_live_client *self, uint64_t epoch)
   for (size_t i = 0; i < n; i++) {
     struct tb_live_client *lc = sib[i];
     pthread_mutex_lock(&lc->turn_lock);
-    if (lc->state != LIVE_IDLE && lc->epoch < epoch && lc->cfg) {
-      tb_eventf(lc->cfg->state_dir, "boot-new", lc->id, "{s:s, s:s, s:I}", "via", "disk", "disk",
-                self->id, "stale_connections", (json_int_t)lc->boot_conns);
-      end_boot(lc);
-      publish(lc);
-    }
+    if (lc->state != LIVE_IDLE && lc->epoch < epoch && lc->cfg)
+      end_stale(lc, self->id);
     pthread_mutex_unlock(&lc->turn_lock);
     tb_live_client_put(lc);
   }
@@ -1084,10 +1090,11 @@ void tb_live_tick(const struct tb_config *cfg)
     struct tb_live_client *lc = all[i];
     pthread_mutex_lock(&lc->turn_lock);
     struct tb_session *s = lc->session;
-    if ((lc->state == LIVE_RECONNECTING && now >= lc->grace_until_ms) ||
-        (lc->holds_machine && lc->epoch < machine_epoch(lc->id))) {
-      end_boot(lc); /* its grace ran out, or its machine began another boot */
+    if (lc->state == LIVE_RECONNECTING && now >= lc->grace_until_ms) {
+      end_boot(lc);
       publish(lc);
+    } else if (lc->holds_machine && lc->epoch < machine_epoch(lc->id) && lc->cfg) {
+      end_stale(lc, NULL); /* before end_stale_siblings got to it */
     } else if (s) {
       /* Live figures for tabulactl and metrics: at most every few seconds,
        * and only when the session did I/O since the last write. */
