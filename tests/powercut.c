@@ -259,12 +259,22 @@ static int sync_file(struct obj *o, int fd)
 
 static void rm_rf(const char *path);
 
-/* Count a sync call (fsync, fdatasync, fsyncdir) and log it; at the Nth one
- * with --cut-at N the power goes before it is done.  Caller holds LOCK. */
-static void count_sync(const char *what, const char *path)
+/* Count a sync call (fsync, fdatasync, fsyncdir) of FD and log it with the
+ * file's path below STATE/live (FUSE passes no path for an open file:
+ * nullpath_ok); at the Nth one with --cut-at N the power goes before it is
+ * done.  Caller holds LOCK. */
+static void count_sync(const char *what, int fd)
 {
   long n = ++sync_count;
-  dprintf(sync_log, "%ld %s %s\n", n, what, path ? path : "?");
+  char link[64], path[PATH_MAX];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t len = readlink(link, path, sizeof path - 1);
+  path[len > 0 ? len : 0] = '\0';
+  size_t skip = strlen(live_dir);
+  dprintf(sync_log, "%ld %s %s\n", n, what,
+          len <= 0                             ? "?"
+          : strncmp(path, live_dir, skip) == 0 ? (path[skip] ? path + skip : "/")
+                                               : path);
   if (cut_at && n >= cut_at)
     _exit(0);
 }
@@ -801,7 +811,8 @@ static int pc_release(const char *path, struct fuse_file_info *fi)
 static int pc_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
   pthread_mutex_lock(&lock);
-  count_sync(datasync ? "fdatasync" : "fsync", path);
+  (void)path;
+  count_sync(datasync ? "fdatasync" : "fsync", (int)fi->fh);
   struct obj *o = obj_of_fd((int)fi->fh);
   int r = o ? sync_file(o, (int)fi->fh) : 0;
   pthread_mutex_unlock(&lock);
@@ -826,7 +837,8 @@ static int pc_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi
 {
   (void)datasync;
   pthread_mutex_lock(&lock);
-  count_sync("fsyncdir", path);
+  (void)path;
+  count_sync("fsyncdir", (int)fi->fh);
   struct obj *o = obj_of_fd((int)fi->fh);
   if (o)
     sync_dir(o);
