@@ -706,9 +706,25 @@ static int gc_images(const char *state)
   return removed;
 }
 
+/* A temporary tb_write_file_atomic leaves when a crash cuts it: NAME.tmp.XXXXXX
+ * of one of the client's records (session.json and seq are written under the
+ * client's lock, mailbox.json also under mailbox.lock). */
+static bool record_temp(const char *name, bool *mailbox)
+{
+  static const char *const records[] = {"session.json.tmp.", "seq.tmp.", "mailbox.json.tmp."};
+  for (size_t i = 0; i < sizeof records / sizeof *records; i++)
+    if (strncmp(name, records[i], strlen(records[i])) == 0 &&
+        strlen(name) == strlen(records[i]) + 6) {
+      *mailbox = i == 2;
+      return true;
+    }
+  return false;
+}
+
 /* In clients/ID, while no session holds the client: the temporaries of a
  * session turn or a merge's move that died (overlay.restore,
- * overlay.tmp.XXXXXX, overlay.next.tmp.XXXXXX). */
+ * overlay.tmp.XXXXXX, overlay.next.tmp.XXXXXX) and of its records' atomic
+ * writes (record_temp). */
 static int gc_clients(const char *state)
 {
   char dir[TB_PATH_MAX];
@@ -724,14 +740,21 @@ static int gc_clients(const char *state)
       continue;
     DIR *cd = opendir(cdir);
     struct dirent *f;
-    int lfd = -1;
+    int lfd = -1, mfd = -1;
     bool any = false;
     while (cd && (f = readdir(cd))) {
+      bool mailbox = false;
       if (strcmp(f->d_name, "overlay.restore") != 0 &&
-          (strncmp(f->d_name, "overlay.", 8) != 0 || !strstr(f->d_name, ".tmp.")))
+          (strncmp(f->d_name, "overlay.", 8) != 0 || !strstr(f->d_name, ".tmp.")) &&
+          !record_temp(f->d_name, &mailbox))
         continue;
       if (lfd == -1 && (lfd = try_lock(lock)) == -1)
         break; /* a session runs: its turn may be building it */
+      char mlock[TB_PATH_MAX];
+      if (mailbox && mfd < 0 &&
+          (tb_path(mlock, sizeof mlock, "%s/mailbox.lock", cdir) == -1 ||
+           (mfd = try_lock(mlock)) == -1))
+        continue; /* a mailbox update runs */
       char p[TB_PATH_MAX];
       if (tb_path(p, sizeof p, "%s/%s", cdir, f->d_name) == 0 && unlink(p) == 0) {
         removed++;
@@ -744,6 +767,8 @@ static int gc_clients(const char *state)
       tb_fsync_dir(cdir);
     if (lfd >= 0)
       close(lfd);
+    if (mfd >= 0)
+      close(mfd);
   }
   if (d)
     closedir(d);
