@@ -41,8 +41,13 @@
  * also refreshed: their overlays were built on the failing version).
  *
  * State files: clients/ID/health.json (strikes, last good, marker identity),
- * clients/ID/quarantine/N/{overlay,note.json}, clients/ID/good/overlay,
- * STATE/watchdog/canary-IMAGE.json.  All written atomically.
+ * clients/ID/quarantine/N/{overlay,note.json}, clients/ID/good/overlay (and
+ * good/overlay.S, overlay.good while a save or a fall-back runs: see "the last
+ * known good overlay"), STATE/watchdog/canary-IMAGE.json.  All written
+ * atomically; at the daemon's start (watchdog_recover) what a crash left
+ * half done is finished, and the records are read back with a plausibility
+ * check, what fails it recovered with a warning naming the file
+ * (tests/powercut-watchdog.sh cuts the power under each writer).
  */
 #include <config.h>
 
@@ -422,6 +427,60 @@ static int health_path(const char *state, const char *id, char *buf, size_t len)
   return tb_store_client_path(state, id, "health.json", buf, len);
 }
 
+/* Is V what check_health writes?  strikes a count, last_good an image, a
+ * version and a session, marker numbers.  WHY says what is wrong. */
+static bool health_plausible(json_t *v, char *why, size_t len)
+{
+  json_t *strikes = json_object_get(v, "strikes"), *good = json_object_get(v, "last_good"),
+         *marker = json_object_get(v, "marker");
+  if (!json_is_object(v))
+    snprintf(why, len, "not a JSON object");
+  else if (strikes && (!json_is_integer(strikes) || json_integer_value(strikes) < 0))
+    snprintf(why, len, "\"strikes\" is not a count");
+  else if (good && (!json_is_object(good) || !json_is_string(json_object_get(good, "image")) ||
+                    !tb_name_valid(json_string_value(json_object_get(good, "image"))) ||
+                    json_integer_value(json_object_get(good, "version")) < 1 ||
+                    json_integer_value(json_object_get(good, "version")) > UINT32_MAX ||
+                    json_integer_value(json_object_get(good, "session")) < 1))
+    snprintf(why, len, "\"last_good\" does not name an image, a version and a session");
+  else if (marker && !json_is_object(marker))
+    snprintf(why, len, "\"marker\" is not an object");
+  else
+    return true;
+  return false;
+}
+
+/* clients/ID/health.json, checked: a file that does not parse or is not
+ * plausible (a damaged disk; an atomic write never tears it) counts from
+ * nothing, with a warning and a state-recovered event naming it.  Absent:
+ * an empty record.  Never NULL but on allocation failure. */
+static json_t *load_health(const char *state, const char *id, const char *path, bool *recovered)
+{
+  if (recovered)
+    *recovered = false;
+  size_t len;
+  errno = 0;
+  char *text = tb_read_file(path, 1 << 20, &len);
+  if (!text && errno == ENOENT)
+    return json_object();
+  bool read = text != NULL;
+  json_t *v = read ? json_loadb(text, len, 0, NULL) : NULL;
+  free(text);
+  char why[128];
+  if (!v)
+    snprintf(why, sizeof why, "%s", read ? "not JSON" : tb_errmsg());
+  if (v && health_plausible(v, why, sizeof why))
+    return v;
+  json_decref(v);
+  log_msg("warning: %s: %s; the health record of %s counts from nothing (strikes 0, no last known "
+          "good version)",
+          path, why, id);
+  tb_eventf(state, "state-recovered", id, "{s:s, s:s}", "file", path, "problem", why);
+  if (recovered)
+    *recovered = true;
+  return json_object();
+}
+
 /* Is the session healthy?  WHY says why not. */
 static bool judge(const struct request *rq, const struct tb_client_conf *c,
                   const struct tb_watchdog_conf *w, struct tb_scan *s, json_t *health, char *why,
@@ -461,51 +520,124 @@ static bool judge(const struct request *rq, const struct tb_client_conf *c,
   return true;
 }
 
-/* Keep a copy of the scanned overlay as the last known good (persist clients). */
-static bool save_good(const char *state, const char *id, uint64_t session, const struct tb_scan *s)
+/* ---- the last known good overlay --------------------------------------------------------------
+ *
+ * clients/ID/good/overlay is a copy of the overlay of the session health.json's
+ * "last_good" names, and the record is the commit point.  A save of session S
+ * builds good/overlay.S (durable: tb_clone_file fsyncs it, and good/ is fsynced
+ * for its name), then health.json names S, then good/overlay.S is renamed over
+ * good/overlay.  A cut before the record leaves a good/overlay.S the daemon's
+ * start removes; one after it, a good/overlay.S the start renames into place
+ * (good_recover): the copy and its record never disagree.
+ *
+ * Putting it back (the fall-back) builds clients/ID/overlay.good, a durable
+ * copy of good/overlay: the journal of intent.  Then (good_swap) the current
+ * overlay is linked into sessions/N as a restore point and overlay.good is
+ * renamed over the overlay.  clients/ID/overlay exists at every point, and a
+ * cut anywhere after the journal leaves overlay.good, which the daemon's start
+ * swaps in (the session numbers and the pin are the same then: no session ran). */
+
+static int good_dir(const char *state, const char *id, char *buf, size_t len)
 {
-  char ovl[TB_PATH_MAX], dir[TB_PATH_MAX], tmp[TB_PATH_MAX], dst[TB_PATH_MAX];
+  return tb_store_client_path(state, id, "good", buf, len);
+}
+
+/* Copy the scanned overlay of SESSION to good/overlay.SESSION (persist clients):
+ * its path into PENDING; commit_good makes it the last known good once
+ * health.json names SESSION. */
+static bool save_good(const char *state, const char *id, uint64_t session, const struct tb_scan *s,
+                      char *pending, size_t len)
+{
+  char ovl[TB_PATH_MAX], dir[TB_PATH_MAX];
+  pending[0] = '\0';
   int lk = lock_after(state, id, session);
   if (lk < 0)
     return false; /* a new session already writes it */
   bool ok = tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == 0 &&
-            same_file(ovl, s->dev, s->ino) &&
-            tb_store_client_path(state, id, "good", dir, sizeof dir) == 0 &&
-            tb_mkdirs(dir, true) == 0 && tb_path(tmp, sizeof tmp, "%s/.overlay.tmp", dir) == 0 &&
-            tb_path(dst, sizeof dst, "%s/overlay", dir) == 0 &&
-            tb_clone_file(ovl, tmp, NULL, NULL) == 0 && rename(tmp, dst) == 0 &&
-            tb_fsync_dir(dst) == 0;
+            same_file(ovl, s->dev, s->ino) && good_dir(state, id, dir, sizeof dir) == 0 &&
+            tb_mkdirs(dir, true) == 0 &&
+            tb_path(pending, len, "%s/overlay.%llu", dir, (unsigned long long)session) == 0 &&
+            tb_clone_file(ovl, pending, NULL, NULL) == 0 && tb_fsync_dir(pending) == 0;
   if (!ok) {
     log_msg("watchdog: cannot keep the last known good overlay of %s: %s", id, tb_errmsg());
-    unlink(tmp);
+    if (pending[0])
+      unlink(pending);
+    pending[0] = '\0';
   }
   tb_client_unlock(lk);
   return ok;
 }
 
+/* PENDING (good/overlay.S) becomes good/overlay: health.json names S now. */
+static int commit_good(const char *pending)
+{
+  char dst[TB_PATH_MAX], dir[TB_PATH_MAX];
+  if (tb_path(dir, sizeof dir, "%s", pending) == -1 || !strrchr(dir, '/'))
+    return tb_error("%s: not a path", pending);
+  *strrchr(dir, '/') = '\0';
+  if (tb_path(dst, sizeof dst, "%s/overlay", dir) == -1)
+    return -1;
+  if (rename(pending, dst) == -1)
+    return tb_error_errno("cannot rename %s to %s", pending, dst);
+  return tb_fsync_dir(dst);
+}
+
+/* The current overlay becomes retained session N (a hard link, so the
+ * overlay stays where it is) and JOURNAL (overlay.good) replaces it.  The
+ * client's lock is held. */
+static int good_swap(const char *state, const char *id, const char *journal)
+{
+  char ovl[TB_PATH_MAX], retained[TB_PATH_MAX], sessions[TB_PATH_MAX];
+  uint64_t n = tb_client_last_session(state, id);
+  if (tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == -1 ||
+      tb_store_client_path(state, id, "sessions", sessions, sizeof sessions) == -1 ||
+      tb_client_session_path(state, id, n, retained, sizeof retained) == -1)
+    return -1;
+  struct stat st = {0};
+  bool used = stat(ovl, &st) == 0 && (uint64_t)st.st_blocks * 512 > 4096;
+  if (used && n > 0 && !same_file(retained, st.st_dev, st.st_ino)) {
+    if (access(retained, F_OK) == 0) /* never clobber a restore point */
+      return tb_error("cannot keep the overlay of %s as %s: it already exists (the session "
+                      "counter clients/%s/seq is behind)",
+                      id, retained, id);
+    if (tb_mkdirs(sessions, true) == -1)
+      return -1;
+    if (link(ovl, retained) == -1)
+      return tb_error_errno("cannot keep %s as %s", ovl, retained);
+    if (tb_fsync_dir(retained) == -1)
+      return -1;
+  }
+  if (rename(journal, ovl) == -1) {
+    int saved = errno;
+    if (same_file(retained, st.st_dev, st.st_ino) && unlink(retained) == 0)
+      tb_fsync_dir(retained); /* no restore point that is the live overlay */
+    errno = saved;
+    return tb_error_errno("cannot move %s to %s", journal, ovl);
+  }
+  return tb_fsync_dir(ovl);
+}
+
 /* Put the good overlay back (the current one becomes a retained session). */
 static bool restore_good(const char *state, const char *id, uint64_t session)
 {
-  char good[TB_PATH_MAX], ovl[TB_PATH_MAX], retained[TB_PATH_MAX];
+  char good[TB_PATH_MAX], tmp[TB_PATH_MAX], journal[TB_PATH_MAX];
   if (tb_store_client_path(state, id, "good/overlay", good, sizeof good) == -1 ||
       access(good, F_OK) == -1)
     return false;
   int lk = lock_after(state, id, session);
   if (lk < 0)
     return false;
-  /* The copy is built as overlay.restore (durable: tb_clone_file fsyncs it)
-   * and renamed into place, so a crash never leaves a partial overlay; a
-   * stale overlay.restore goes at the next turn or gc. */
-  char tmp[TB_PATH_MAX];
-  bool ok = tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == 0 &&
-            tb_store_client_path(state, id, "overlay.restore", tmp, sizeof tmp) == 0 &&
-            tb_client_retire(state, id, tb_client_last_session(state, id), retained,
-                             sizeof retained) == 0 &&
-            tb_clone_file(good, tmp, NULL, NULL) == 0 && chmod(tmp, 0600) == 0 &&
-            rename(tmp, ovl) == 0 && tb_fsync_dir(ovl) == 0;
+  /* The copy is built under a temporary name (what a cut leaves of it goes
+   * with the next turn or gc) and named overlay.good once durable. */
+  bool ok = tb_store_client_path(state, id, "overlay.good.tmp.watchdog", tmp, sizeof tmp) == 0 &&
+            tb_store_client_path(state, id, "overlay.good", journal, sizeof journal) == 0 &&
+            (unlink(tmp) == 0 || errno == ENOENT) && tb_clone_file(good, tmp, NULL, NULL) == 0 &&
+            rename(tmp, journal) == 0 && tb_fsync_dir(journal) == 0 &&
+            good_swap(state, id, journal) == 0;
   if (!ok) {
     log_msg("watchdog: cannot restore the last known good overlay of %s: %s", id, tb_errmsg());
     unlink(tmp);
+    unlink(journal);
   }
   tb_client_unlock(lk);
   return ok;
@@ -550,14 +682,16 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
   char path[TB_PATH_MAX], why[512] = "";
   if (health_path(state, c->id, path, sizeof path) == -1)
     return;
-  json_t *health = load_json(path);
+  json_t *health = load_health(state, c->id, path, NULL);
   if (!health)
-    health = json_object();
+    return;
   *healthy = judge(rq, c, w, s, health, why, sizeof why);
   const char *image = s ? s->info.base.image : rq->image;
   uint32_t version = s ? s->info.base.version : rq->version;
+  char pending[TB_PATH_MAX] = "";
   if (*healthy) {
-    bool saved = c->policy == TB_POLICY_PERSIST && s && save_good(state, c->id, rq->session, s);
+    bool saved = c->policy == TB_POLICY_PERSIST && s &&
+                 save_good(state, c->id, rq->session, s, pending, sizeof pending);
     char when[32];
     tb_iso_time(tb_now_ms(), when);
     json_object_set_new(health, "strikes", json_integer(0));
@@ -576,8 +710,13 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
     if (strikes >= w->health_strikes)
       fall_back(state, c, rq->session, health);
   }
-  if (save_json(path, health) == -1)
+  if (save_json(path, health) == -1) {
     log_msg("watchdog: %s", tb_errmsg());
+    if (pending[0])
+      unlink(pending); /* the record still names the copy before */
+  } else if (pending[0] && commit_good(pending) == -1) {
+    log_msg("watchdog: %s (the daemon's next start finishes it)", tb_errmsg());
+  }
   json_decref(health);
 }
 
@@ -903,6 +1042,185 @@ static void *worker(void *arg)
   return NULL;
 }
 
+/* At the daemon's start: on a filesystem without a journal, a cut between
+ * the two directory fsyncs of quarantine_move leaves the quarantined overlay
+ * under both names, and the client would go on writing into its quarantine.
+ * The move is finished: the client's name goes. */
+static void quarantine_unlink_live(const char *state, const char *id)
+{
+  char ovl[TB_PATH_MAX], dir[TB_PATH_MAX], q[TB_PATH_MAX];
+  struct stat st;
+  uint64_t *nums;
+  size_t n;
+  if (tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == -1 || stat(ovl, &st) == -1 ||
+      st.st_nlink < 2 || quarantine_dir(state, id, dir, sizeof dir) == -1 ||
+      quarantine_list(state, id, &nums, &n) == -1)
+    return;
+  for (size_t k = 0; k < n; k++) {
+    if (tb_path(q, sizeof q, "%s/%llu/overlay", dir, (unsigned long long)nums[k]) == -1 ||
+        !same_file(q, st.st_dev, st.st_ino) || unlink(ovl) == -1)
+      continue;
+    tb_fsync_dir(ovl);
+    log_msg("warning: %s: the client's overlay is also quarantined as %s (a quarantine cut by a "
+            "crash); the move is finished, the client starts clean",
+            ovl, q);
+    tb_eventf(state, "state-recovered", id, "{s:s, s:s}", "file", ovl, "problem",
+              "overlay also quarantined: the move is finished");
+    break;
+  }
+  free(nums);
+}
+
+/* At the daemon's start: what a crash left of a save of the last known good
+ * or of a fall-back to it (see "the last known good overlay"), finished with
+ * a warning and a state-recovered event naming the file. */
+static void good_recover(const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  const char *state = cfg->state_dir, *id = c->id;
+  char dir[TB_PATH_MAX], hpath[TB_PATH_MAX], journal[TB_PATH_MAX], p[TB_PATH_MAX];
+  if (good_dir(state, id, dir, sizeof dir) == -1 ||
+      health_path(state, id, hpath, sizeof hpath) == -1 ||
+      tb_store_client_path(state, id, "overlay.good", journal, sizeof journal) == -1)
+    return;
+  json_t *health = NULL;
+  json_int_t named = 0;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    const char *num = strncmp(e->d_name, "overlay.", 8) == 0 ? e->d_name + 8 : NULL;
+    bool saving = num && *num && strspn(num, "0123456789") == strlen(num);
+    if ((!saving && strcmp(e->d_name, ".overlay.tmp") != 0) ||
+        tb_path(p, sizeof p, "%s/%s", dir, e->d_name) == -1)
+      continue;
+    if (!health) {
+      health = load_health(state, id, hpath, NULL);
+      json_t *lg = json_object_get(health, "last_good");
+      if (json_is_true(json_object_get(lg, "overlay")))
+        named = json_integer_value(json_object_get(lg, "session"));
+    }
+    if (saving && strtoll(num, NULL, 10) == named && named > 0) {
+      if (commit_good(p) == 0) {
+        log_msg("warning: %s: the save of %s's last known good overlay (session %s) was cut by a "
+                "crash after health.json recorded it; it is finished",
+                p, id, num);
+        tb_eventf(state, "state-recovered", id, "{s:s, s:s}", "file", p, "problem",
+                  "last known good saved, not yet in place: finished");
+      } else {
+        log_msg("watchdog: %s", tb_errmsg());
+      }
+    } else if (unlink(p) == 0) {
+      tb_fsync_dir(p);
+      log_msg("warning: %s: a save of %s's last known good overlay cut by a crash before "
+              "health.json recorded it is removed (the last known good stays the one recorded)",
+              p, id);
+      tb_eventf(state, "state-recovered", id, "{s:s, s:s}", "file", p, "problem",
+                "unfinished save of the last known good: removed");
+    }
+  }
+  if (d)
+    closedir(d);
+  if (access(journal, F_OK) == 0) {
+    int lk = tb_client_lock(state, id, false);
+    if (lk == -1) {
+      log_msg("%s: the interrupted fall-back of %s to its last known good waits: %s", journal, id,
+              tb_errmsg());
+    } else if (good_swap(state, id, journal) == 0) {
+      if (!health)
+        health = load_health(state, id, hpath, NULL);
+      json_t *lg = json_object_get(health, "last_good");
+      json_int_t version = json_integer_value(json_object_get(lg, "version"));
+      if (version > 0 && version <= UINT32_MAX &&
+          mailbox_change(state, id, MB_CHANGE(.set_pin = true, .pin = (uint32_t)version)) == -1)
+        log_msg("watchdog: %s", tb_errmsg());
+      json_object_set_new(health, "strikes", json_integer(0));
+      if (save_json(hpath, health) == -1)
+        log_msg("watchdog: %s", tb_errmsg());
+      log_msg("warning: %s: the fall-back of %s to its last known good overlay was cut by a "
+              "crash; it is finished (the overlay it replaced is kept in sessions/)",
+              journal, id);
+      tb_eventf(state, "state-recovered", id, "{s:s, s:s}", "file", journal, "problem",
+                "fall-back to the last known good cut by a crash: finished");
+      tb_eventf(state, "last-known-good", id, "{s:s, s:I, s:I, s:b, s:b}", "image",
+                json_string_value(json_object_get(lg, "image"))
+                    ? json_string_value(json_object_get(lg, "image"))
+                    : "",
+                "version", version, "session", json_integer_value(json_object_get(lg, "session")),
+                "overlay", 1, "recovered", 1);
+    } else {
+      log_msg("watchdog: cannot finish the fall-back of %s to its last known good: %s", id,
+              tb_errmsg());
+      tb_eventf(state, "error", id, "{s:s}", "error", tb_errmsg());
+    }
+    tb_client_unlock(lk);
+  }
+  json_decref(health);
+}
+
+/* At the daemon's start: the temporaries a crash left of the watchdog's
+ * atomic writes (health.json.tmp.XXXXXX, watchdog/canary-IMAGE.json.tmp.XXXXXX). */
+static void remove_temps(const char *dir, const char *prefix)
+{
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  bool any = false;
+  char p[TB_PATH_MAX];
+  while (d && (e = readdir(d))) {
+    if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || !strstr(e->d_name, ".json.tmp.") ||
+        tb_path(p, sizeof p, "%s/%s", dir, e->d_name) == -1 || unlink(p) == -1)
+      continue;
+    log_msg("removed %s, left by a write a crash cut", p);
+    any = true;
+  }
+  if (d)
+    closedir(d);
+  if (any)
+    tb_fsync_dir(dir);
+}
+
+/* At the daemon's start: every STATE/watchdog/canary-IMAGE.json read back
+ * with a plausibility check (its image, a version above its previous one, a
+ * group, a state).  One that fails it is moved aside to
+ * canary-IMAGE.json.bad, with a warning and a state-recovered event naming
+ * it: the pins it set stay until an administrator promotes a version. */
+static void canary_check(const char *state, const char *dir)
+{
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    size_t len = strlen(e->d_name);
+    char image[TB_NAME_MAX + 1], path[TB_PATH_MAX], bad[TB_PATH_MAX];
+    if (strncmp(e->d_name, "canary-", 7) != 0 || len < 13 ||
+        strcmp(e->d_name + len - 5, ".json") != 0 || len - 12 > TB_NAME_MAX)
+      continue;
+    snprintf(image, sizeof image, "%.*s", (int)(len - 12), e->d_name + 7);
+    if (tb_path(path, sizeof path, "%s/%s", dir, e->d_name) == -1)
+      continue;
+    json_t *v = load_json(path);
+    const char *im = json_string_value(json_object_get(v, "image"));
+    const char *group = json_string_value(json_object_get(v, "group"));
+    const char *st = json_string_value(json_object_get(v, "state"));
+    json_int_t n = json_integer_value(json_object_get(v, "version"));
+    json_int_t prev = json_integer_value(json_object_get(v, "previous"));
+    bool ok = im && strcmp(im, image) == 0 && group && tb_name_valid(group) && st &&
+              (strcmp(st, "running") == 0 || strcmp(st, "promoted") == 0 ||
+               strcmp(st, "withdrawn") == 0) &&
+              prev >= 1 && n > prev && n <= UINT32_MAX &&
+              json_integer_value(json_object_get(v, "healthy")) >= 0 &&
+              json_integer_value(json_object_get(v, "strikes")) >= 0;
+    json_decref(v);
+    if (ok || tb_path(bad, sizeof bad, "%s.bad", path) == -1 || rename(path, bad) == -1)
+      continue;
+    tb_fsync_dir(bad);
+    log_msg("warning: %s: not a canary record (damaged); moved aside to %s. The pins it set stay: "
+            "promote a version of %s (tabulactl image promote %s@N) to move its clients",
+            path, bad, image, image);
+    tb_eventf(state, "state-recovered", NULL, "{s:s, s:s, s:s}", "file", path, "problem",
+              "not a canary record", "moved_to", bad);
+  }
+  if (d)
+    closedir(d);
+}
+
 /* At the daemon's start, before anything moves quarantines: a numbered
  * quarantine without its overlay is what a crash leaves of a release (the
  * overlay went back to sessions/, its note and directory not yet removed) or
@@ -927,6 +1245,7 @@ void watchdog_recover(const struct tb_config *cfg)
           tb_path(note, sizeof note, "%s/note.json", qdir) == -1 || access(ovl, F_OK) == 0)
         continue;
       unlink(note);
+      remove_temps(qdir, "note.json"); /* a note whose write the crash cut */
       if (rmdir(qdir) == 0) {
         removed = true;
         log_msg("%s: a quarantine of %s without its overlay (a release or a quarantine cut by a "
@@ -939,6 +1258,24 @@ void watchdog_recover(const struct tb_config *cfg)
     free(nums);
     if (removed)
       tb_fsync_dir(dir);
+    quarantine_unlink_live(cfg->state_dir, id);
+    char hpath[TB_PATH_MAX];
+    bool bad = false;
+    if (health_path(cfg->state_dir, id, hpath, sizeof hpath) == 0 && access(hpath, F_OK) == 0) {
+      json_t *h = load_health(cfg->state_dir, id, hpath, &bad);
+      if (bad && save_json(hpath, h) == -1)
+        log_msg("watchdog: %s", tb_errmsg());
+      json_decref(h);
+    }
+    good_recover(cfg, &cfg->clients[i]);
+    char cdir[TB_PATH_MAX];
+    if (tb_store_client_dir(cfg->state_dir, id, cdir, sizeof cdir) == 0)
+      remove_temps(cdir, "health.json");
+  }
+  char wdir[TB_PATH_MAX];
+  if (tb_path(wdir, sizeof wdir, "%s/watchdog", cfg->state_dir) == 0) {
+    remove_temps(wdir, "canary-");
+    canary_check(cfg->state_dir, wdir);
   }
 }
 
