@@ -98,9 +98,7 @@ struct tb_config *isc_get_config(void)
 
 void isc_target_name(const char *prefix, const char *id, char *out, size_t len)
 {
-  snprintf(out, len, "%s:%s", prefix, id);
-  for (char *p = out; *p; p++)
-    *p = (char)tolower((unsigned char)*p);
+  tb_iscsi_target_name(prefix, id, out, len);
 }
 
 /* ---- connection state ---- */

@@ -340,21 +340,42 @@ static int get_cmdline(const json_t *obj, const char *path, const char *key, cha
   return *out ? 0 : tb_error_errno("%s", p);
 }
 
-/* "boot": {"kernel": PATH, "initrd": PATH, "cmdline": TEXT}, each optional;
- * with OUT NULL only checked (a group's), else stored into OUT's fields. */
+/* "mode": "nbd" (the default: a Linux kernel and initrd, root over NBD) or
+ * "iscsi" (iPXE sanboots the client's iSCSI target: Windows PCs). */
+static int get_boot_mode(const json_t *obj, const char *path, bool *iscsi)
+{
+  json_t *v = json_object_get(obj, "mode");
+  if (!v)
+    return 0;
+  char p[512];
+  tb_json_subpath(p, sizeof p, path, "mode");
+  const char *m = json_string_value(v);
+  if (!m || (strcmp(m, "nbd") != 0 && strcmp(m, "iscsi") != 0))
+    return bad(p,
+               "\"nbd\" (a kernel and an initrd, root over NBD) or \"iscsi\" (iPXE sanboots the "
+               "client's iSCSI target, e.g. Windows)",
+               v);
+  *iscsi = strcmp(m, "iscsi") == 0;
+  return 0;
+}
+
+/* "boot": {"mode": "nbd"|"iscsi", "kernel": PATH, "initrd": PATH,
+ * "cmdline": TEXT}, each optional; with OUT NULL only checked (a group's),
+ * else stored into OUT's fields. */
 static int parse_boot(const json_t *v, const char *path, struct tb_client_conf *c)
 {
-  static const char *const keys[] = {"kernel", "initrd", "cmdline", NULL};
+  static const char *const keys[] = {"kernel", "initrd", "cmdline", "mode", NULL};
   if (!json_is_object(v))
     return bad(path,
                "an object such as {\"kernel\": \"/srv/tabula/vmlinuz\", \"initrd\": "
-               "\"/srv/tabula/initrd.img\", \"cmdline\": \"quiet\"}",
+               "\"/srv/tabula/initrd.img\", \"cmdline\": \"quiet\"} or {\"mode\": \"iscsi\"}",
                v);
   if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   struct tb_client_conf scratch = {0};
   struct tb_client_conf *t = c ? c : &scratch;
-  int r = get_abs_path(v, path, "kernel", &t->boot_kernel) == -1 ||
+  int r = get_boot_mode(v, path, &t->boot_iscsi) == -1 ||
+                  get_abs_path(v, path, "kernel", &t->boot_kernel) == -1 ||
                   get_abs_path(v, path, "initrd", &t->boot_initrd) == -1 ||
                   get_cmdline(v, path, "cmdline", &t->boot_cmdline) == -1
               ? -1
@@ -413,6 +434,8 @@ static int check_client_pxe(const struct tb_config *cfg, const char *path, struc
     return tb_error("%s: %s is pxe.server, the appliance's own address; give client \"%s\" "
                     "another one",
                     p, text, c->id);
+  if (c->boot_iscsi)
+    return 0; /* iPXE boots its iSCSI target: no kernel, no initrd */
   if (!c->boot_kernel && cfg->pxe.kernel && !(c->boot_kernel = strdup(cfg->pxe.kernel)))
     return tb_error_errno("%s", path);
   if (!c->boot_initrd && cfg->pxe.initrd && !(c->boot_initrd = strdup(cfg->pxe.initrd)))
@@ -1150,6 +1173,11 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     return -1;
   if ((v = json_object_get(root, "listen")) && parse_listen(cfg, v) == -1)
     return -1;
+  for (size_t i = 0; i < cfg->n_clients && !cfg->listen_iscsi; i++)
+    if (cfg->clients[i].has_mac && cfg->clients[i].boot_iscsi)
+      return tb_error("clients.%s.boot.mode: \"iscsi\" boots the client from tabula-iscsid, "
+                      "which needs listen.iscsi (e.g. \"0.0.0.0:3260\")",
+                      cfg->clients[i].id);
   if (get_string(root, "", "control", &cfg->control) == -1 ||
       get_string(root, "", "control_group", &cfg->control_group) == -1 ||
       get_string(root, "", "nbdkit", &cfg->nbdkit) == -1 ||

@@ -92,10 +92,11 @@ struct tb_client_conf {
   int64_t reconnect_grace_ms;
   json_t *watchdog; /* the client's "watchdog" section (owned), or NULL */
   /* PXE (pxe.c in the daemon): "mac" makes the client a PXE client; its
-   * "boot" {kernel, initrd, cmdline} is merged key by key over its group's
-   * and over pxe.{kernel, initrd, cmdline}. */
+   * "boot" {mode, kernel, initrd, cmdline} is merged key by key over its
+   * group's and over pxe.{kernel, initrd, cmdline}. */
   bool has_mac;
   char mac[18];      /* "52:54:00:12:34:56", lowercase */
+  bool boot_iscsi;   /* boot.mode "iscsi": iPXE sanboots its target (no kernel) */
   char *boot_kernel; /* absolute paths, or NULL (only for clients without a mac) */
   char *boot_initrd;
   char *boot_cmdline;            /* extra kernel command line, or NULL */

@@ -2,6 +2,7 @@
 #include <config.h>
 
 #include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "iscsi-conf.h"
@@ -121,4 +122,11 @@ int tb_iscsi_conf_parse(const json_t *v, struct tb_iscsi_conf *out)
       return tb_error_errno("iscsi.program");
   }
   return 0;
+}
+
+void tb_iscsi_target_name(const char *prefix, const char *id, char *out, size_t len)
+{
+  snprintf(out, len, "%s:%s", prefix, id);
+  for (char *p = out; *p; p++)
+    *p = (char)tolower((unsigned char)*p);
 }

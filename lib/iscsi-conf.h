@@ -47,6 +47,9 @@ struct tb_iscsi_conf {
 int tb_iscsi_client_parse(const json_t *v, const char *path, struct tb_iscsi_client *out);
 /* The top-level "iscsi" object (V may be NULL: the defaults). */
 int tb_iscsi_conf_parse(const json_t *v, struct tb_iscsi_conf *out);
+/* The target name of client ID under PREFIX ("PREFIX:ID", lower case)
+ * into OUT: what tabula-iscsid serves and what a sanboot script names. */
+void tb_iscsi_target_name(const char *prefix, const char *id, char *out, size_t len);
 /* Is S a valid iSCSI name ("iqn.", "eui." or "naa." form, at most 223 bytes
  * of [a-z0-9.:-] after case folding)? */
 bool tb_iscsi_name_valid(const char *s);

@@ -19,7 +19,11 @@
  *   dnsmasq.log    dnsmasq's stderr (its log), truncated at each start.
  *   tftp/ID.ipxe, tftp/boot/ID/{linux,initrd} (symlinks to the configured
  *                  kernel and initrd), tftp/unknown.ipxe, tftp/undionly.kpxe,
- *                  tftp/ipxe.efi (symlinks into /usr/lib/ipxe).
+ *                  tftp/ipxe.efi (symlinks into /usr/lib/ipxe).  A client
+ *                  with boot.mode "iscsi" (Windows) has no kernel: its script
+ *                  sets its initiator name and CHAP and sanboots its target
+ *                  on tabula-iscsid (listen.iscsi), and iPXE hands the iBFT
+ *                  to the operating system it boots.
  *
  * Files are rewritten atomically, and only when their content changes; a
  * changed dnsmasq.conf restarts dnsmasq, a changed hosts file alone is a
@@ -225,6 +229,62 @@ static void kernel_cmdline(const struct tb_config *cfg, const struct tb_client_c
            c->boot_cmdline ? c->boot_cmdline : "");
 }
 
+/* Where a PC reaches tabula-iscsid: listen.iscsi's address, or pxe.server
+ * when it listens on every address; listen.iscsi's port. */
+static void iscsi_portal(const struct tb_config *cfg, char *host, size_t hlen, char *port,
+                         size_t plen)
+{
+  const char *where = cfg->listen_iscsi ? cfg->listen_iscsi : "";
+  const char *colon = strrchr(where, ':');
+  size_t n = colon ? (size_t)(colon - where) : 0;
+  if (n >= 2 && where[0] == '[')
+    snprintf(host, hlen, "%.*s", (int)(n - 2), where + 1);
+  else
+    snprintf(host, hlen, "%.*s", (int)n, where);
+  /* iPXE's iscsi: URI has no room for an IPv6 literal; PXE is IPv4 anyway. */
+  if (!host[0] || strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0 || strchr(host, ':'))
+    snprintf(host, hlen, "%s", cfg->pxe.server);
+  snprintf(port, plen, "%s", colon ? colon + 1 : "3260");
+}
+
+/* "set NAME:hex 70:63:..." : any byte of a CHAP name or secret reaches iPXE
+ * as it is (its script parser would expand "${", split at spaces...). */
+static void ipxe_set_hex(FILE *f, const char *name, const char *value, size_t len)
+{
+  fprintf(f, "set %s:hex ", name);
+  for (size_t i = 0; i < len; i++)
+    fprintf(f, "%s%02x", i ? ":" : "", (unsigned char)value[i]);
+  fputc('\n', f);
+}
+
+/* The script of a client with boot.mode "iscsi": iPXE logs into the
+ * client's target with its initiator name and CHAP, publishes them in the
+ * iBFT and boots the disk (README "Windows PCs over iSCSI"). */
+static void sanboot_script(FILE *f, const struct tb_config *cfg, const struct tb_client_conf *c)
+{
+  char host[256], port[16], target[TB_ISCSI_NAME_MAX + TB_NAME_MAX + 2];
+  char initiator[TB_ISCSI_NAME_MAX + 1];
+  iscsi_portal(cfg, host, sizeof host, port, sizeof port);
+  tb_iscsi_target_name(cfg->iscsi.iqn_prefix, c->id, target, sizeof target);
+  if (c->iscsi && c->iscsi->initiator[0])
+    snprintf(initiator, sizeof initiator, "%s", c->iscsi->initiator);
+  else /* iPXE's own form, with the client's id */
+    tb_iscsi_target_name("iqn.2010-04.org.ipxe", c->id, initiator, sizeof initiator);
+  fprintf(f, "echo tabula: booting %s (%s) over iSCSI from %s\nset initiator-iqn %s\n", c->id,
+          c->image, host, initiator);
+  if (c->iscsi && c->iscsi->chap.set) {
+    ipxe_set_hex(f, "username", c->iscsi->chap.user, strlen(c->iscsi->chap.user));
+    ipxe_set_hex(f, "password", c->iscsi->chap.secret, c->iscsi->chap.secret_len);
+  }
+  if (c->iscsi && c->iscsi->mutual_chap.set) {
+    ipxe_set_hex(f, "reverse-username", c->iscsi->mutual_chap.user,
+                 strlen(c->iscsi->mutual_chap.user));
+    ipxe_set_hex(f, "reverse-password", c->iscsi->mutual_chap.secret,
+                 c->iscsi->mutual_chap.secret_len);
+  }
+  fprintf(f, "sanboot iscsi:%s::%s::%s\n", host, port, target);
+}
+
 static char *client_script(const struct tb_config *cfg, const struct tb_client_conf *c,
                            const char *problem)
 {
@@ -239,6 +299,8 @@ static char *client_script(const struct tb_config *cfg, const struct tb_client_c
             "echo tabula: client %s cannot boot: %s\necho Fix it on the appliance, then this PC "
             "retries in 5 minutes.\nsleep 300\nreboot\n",
             c->id, problem);
+  } else if (c->boot_iscsi) {
+    sanboot_script(f, cfg, c);
   } else {
     kernel_cmdline(cfg, c, cmdline, sizeof cmdline);
     fprintf(f,
@@ -403,7 +465,15 @@ static bool is_pxe_client(const struct tb_config *cfg, const char *id)
   return c && c->has_mac;
 }
 
-/* Remove the scripts and boot links of clients that are no longer PXE clients. */
+/* Does client ID boot a kernel and an initrd (TFTP boot/ID/{linux,initrd})? */
+static bool boots_kernel(const struct tb_config *cfg, const char *id)
+{
+  const struct tb_client_conf *c = tb_config_client(cfg, id);
+  return c && c->has_mac && !c->boot_iscsi;
+}
+
+/* Remove the scripts of clients that are no longer PXE clients, and the boot
+ * links of those that do not boot a kernel any more. */
 static void tftp_prune(const struct tb_config *cfg)
 {
   const char *root = cfg->pxe.tftp_dir;
@@ -425,7 +495,7 @@ static void tftp_prune(const struct tb_config *cfg)
   if (tb_path(path, sizeof path, "%s/boot", root) == -1 || !(dir = opendir(path)))
     return;
   while ((e = readdir(dir))) {
-    if (e->d_name[0] == '.' || !tb_name_valid(e->d_name) || is_pxe_client(cfg, e->d_name))
+    if (e->d_name[0] == '.' || !tb_name_valid(e->d_name) || boots_kernel(cfg, e->d_name))
       continue;
     char f[TB_PATH_MAX];
     if (tb_path(f, sizeof f, "%s/boot/%s/linux", root, e->d_name) == 0)
@@ -445,13 +515,15 @@ static void tftp_client(struct daemon *d, const struct tb_client_conf *c)
   const char *root = d->cfg->pxe.tftp_dir;
   char dir[TB_PATH_MAX], link[TB_PATH_MAX], script[TB_PATH_MAX], problem[1024] = "";
   struct stat st;
-  if (stat(c->boot_kernel, &st) == -1 || !S_ISREG(st.st_mode))
+  if (c->boot_iscsi)
+    ; /* the iSCSI target is the disk: no kernel, no initrd */
+  else if (stat(c->boot_kernel, &st) == -1 || !S_ISREG(st.st_mode))
     snprintf(problem, sizeof problem, "its kernel %s is not a file (%s): fix clients.%s.boot",
              c->boot_kernel, errno ? strerror(errno) : "not a regular file", c->id);
   else if (stat(c->boot_initrd, &st) == -1 || !S_ISREG(st.st_mode))
     snprintf(problem, sizeof problem, "its initrd %s is not a file (%s): fix clients.%s.boot",
              c->boot_initrd, errno ? strerror(errno) : "not a regular file", c->id);
-  if (!problem[0] &&
+  if (!problem[0] && !c->boot_iscsi &&
       (tb_path(dir, sizeof dir, "%s/boot/%s", root, c->id) == -1 || tb_mkdirs(dir, false) == -1 ||
        tb_path(link, sizeof link, "%s/linux", dir) == -1 ||
        ensure_symlink(c->boot_kernel, link) == -1 ||

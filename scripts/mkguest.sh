@@ -28,6 +28,17 @@
 #       reattaches the device after a dead link), mounts it as the root and
 #       goes on as above; before it powers off or reboots it disconnects
 #       cleanly (nbd-client -d).
+#   mkguest.sh --ibft DIR [--kernel VMLINUZ]
+#       The same for a PC that iPXE booted with `sanboot iscsi:...` (the path
+#       Windows takes; tests/iscsi-ibft.sh): the initramfs holds Debian's
+#       iscsistart (open-iscsi) with its libraries and loads virtio_net,
+#       iscsi_tcp, iscsi_ibft and sd_mod.  Given tabula.ibft=1 on the command
+#       line, /init reads the iBFT iPXE left in memory (/sys/firmware/ibft),
+#       brings the NIC up as it says (iscsistart -N), logs into the target
+#       it names with its initiator name and CHAP (iscsistart -b) and mounts
+#       root= (e.g. /dev/sda2, a partition of that disk) as above.  The
+#       kernel and this initramfs go onto the disk itself, behind a
+#       bootloader (tests/ibft-functions.sh builds such a disk).
 #   mkguest.sh --rootfs DIR
 #       Adds to DIR what the guest's disk needs: /bin/busybox and
 #       /tabula/run.sh (plus empty /dev, /proc, /tmp).  Then
@@ -82,10 +93,12 @@ die()
 # PXE boot, the virtio NIC and the kernel's NBD client instead.
 GUEST_MODULES="virtio_pci virtio_blk"
 PXE_MODULES="virtio_pci virtio_net nbd"
+IBFT_MODULES="virtio_pci virtio_net iscsi_tcp iscsi_ibft sd_mod"
 # Busybox applets the init calls (the PXE boot's list adds its own).
 GUEST_APPLETS="sh mount umount insmod mkdir sleep cat cut chroot switch_root sync poweroff"
 PXE_APPLETS="ip udhcpc ls grep head awk reboot"
 NBD_CLIENT=/sbin/nbd-client
+ISCSISTART=/usr/sbin/iscsistart
 
 # newest_kernel: the newest cloud kernel, else the newest kernel.
 newest_kernel()
@@ -144,6 +157,7 @@ root=/dev/vda
 nbd=
 bootid=1
 nbdopts=
+ibft=
 for arg in $(cat /proc/cmdline); do
   case $arg in
   tabula.do=*) actions=${arg#tabula.do=} ;;
@@ -151,6 +165,7 @@ for arg in $(cat /proc/cmdline); do
   tabula.bootid=*) bootid=${arg#tabula.bootid=} ;;
   tabula.nbdopts=*) nbdopts=${arg#tabula.nbdopts=} ;;
   tabula.init=/*) init=${arg#tabula.init=} ;;
+  tabula.ibft=*) ibft=${arg#tabula.ibft=} ;;
   root=/dev/*) root=${arg#root=} ;;
   esac
 done
@@ -190,6 +205,45 @@ attach_nbd()
   tabula-nbd-persist "$root" "$server" "$port" "$name" &
 }
 
+# attach_ibft: the iSCSI disk iPXE booted from, as its iBFT says: the NIC
+# configured from it (iscsistart -N), then a login with its initiator name,
+# target and CHAP (iscsistart -b); $root is a partition of that disk.
+attach_ibft()
+{
+  ip link set lo up
+  i=0
+  while ! [ -d /sys/firmware/ibft/target0 ] && [ $i -lt 50 ]; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+  [ -d /sys/firmware/ibft/target0 ] ||
+    { echo "tabula-done failed no iBFT (was this PC booted by iPXE's sanboot?)"; return 1; }
+  # The NIC iPXE booted from, by its MAC (a virtio NIC's net device sits
+  # below the PCI device the iBFT names, not in it).
+  mac=$(cat /sys/firmware/ibft/ethernet0/mac)
+  i=0
+  nic=
+  while [ -z "$nic" ] && [ $i -lt 100 ]; do
+    for n in $(ls /sys/class/net); do
+      [ "$(cat "/sys/class/net/$n/address")" != "$mac" ] || nic=$n
+    done
+    [ -n "$nic" ] || sleep 0.1
+    i=$((i + 1))
+  done
+  [ -n "$nic" ] || { echo "tabula-done failed no network interface with the iBFT's MAC $mac"; return 1; }
+  ibft_target=$(cat /sys/firmware/ibft/target0/target-name)
+  ibft_initiator=$(cat /sys/firmware/ibft/initiator/initiator-name)
+  # A line of its own: the bootloader's last screen codes end without one.
+  echo
+  echo "tabula-ibft $(cat /sys/firmware/ibft/target0/ip-addr):$(cat /sys/firmware/ibft/target0/port) $ibft_target $ibft_initiator $(uptime_s)"
+  iscsistart -N >/tmp/iscsistart-N.log 2>&1 ||
+    { echo "tabula-done failed iscsistart -N: $(tail -n 1 /tmp/iscsistart-N.log)"; return 1; }
+  echo "tabula-net $nic $(ip -4 -o addr show dev "$nic" | awk '{ print $4 }') $(uptime_s)"
+  iscsistart -b >/tmp/iscsistart-b.log 2>&1 ||
+    { echo "tabula-done failed iscsistart -b: $(tail -n 1 /tmp/iscsistart-b.log)"; return 1; }
+  echo "tabula-iscsi $ibft_target $(uptime_s)"
+}
+
 # finish: unmount (flushes the disk), detach an NBD disk, power off or reboot.
 finish()
 {
@@ -212,6 +266,9 @@ finish()
 mounted=no
 mkdir -p /newroot
 if [ -n "$nbd" ] && ! attach_nbd "$nbd"; then
+  finish
+fi
+if [ -n "$ibft" ] && ! attach_ibft; then
   finish
 fi
 i=0
@@ -364,7 +421,8 @@ copy_with_libs()
   done
 }
 
-# make_boot DIR KERNEL KIND: KIND "disk" (virtio-blk) or "pxe" (NBD over the NIC).
+# make_boot DIR KERNEL KIND: KIND "disk" (virtio-blk), "pxe" (NBD over the
+# NIC) or "ibft" (the iSCSI disk iPXE booted from).
 make_boot()
 {
   dir=$1
@@ -387,6 +445,12 @@ make_boot()
     applets="$applets $PXE_APPLETS"
     stamp="$stamp $(stat -c %Y:%s "$NBD_CLIENT") $persist $(stat -c %Y:%s "$persist")"
   fi
+  if [ "$kind" = ibft ]; then
+    [ -x "$ISCSISTART" ] || die "$ISCSISTART is missing: apt-get install open-iscsi"
+    modules=$IBFT_MODULES
+    applets="$applets $PXE_APPLETS tail"
+    stamp="$stamp $(stat -c %Y:%s "$ISCSISTART")"
+  fi
   if [ -f "$dir/stamp" ] && [ "$(cat "$dir/stamp")" = "$stamp" ] &&
     [ -f "$dir/vmlinuz" ] && [ -f "$dir/initramfs.cpio.gz" ]; then
     return 0
@@ -405,6 +469,10 @@ make_boot()
     write_udhcpc_script "$root/bin/udhcpc.script"
     copy_with_libs "$root" "$NBD_CLIENT" /bin/nbd-client
     copy_with_libs "$root" "$persist" /bin/tabula-nbd-persist
+  fi
+  if [ "$kind" = ibft ]; then
+    copy_with_libs "$root" "$ISCSISTART" /bin/iscsistart
+    mkdir -p "$root/tmp" "$root/run" "$root/etc/iscsi"
   fi
   : >"$root/modules.order"
   for m in $(module_load_order "$moddir" $modules); do
@@ -434,7 +502,7 @@ kernel=
 persist=
 while [ $# -gt 0 ]; do
   case $1 in
-  --boot | --pxe | --rootfs)
+  --boot | --pxe | --ibft | --rootfs)
     [ $# -ge 2 ] || die "$1 needs a directory (try --help)"
     mode=$1
     target=$2
@@ -463,11 +531,12 @@ case $mode in
   make_rootfs "$target"
   echo "$target: guest root filesystem content (busybox, /tabula/run.sh)"
   ;;
---boot | --pxe)
+--boot | --pxe | --ibft)
   [ -n "$kernel" ] || kernel=$(newest_kernel)
   [ -n "$kernel" ] || die "no kernel in /boot: apt-get install linux-image-cloud-amd64"
   kind=disk
   [ "$mode" = --pxe ] && kind=pxe
+  [ "$mode" = --ibft ] && kind=ibft
   make_boot "$target" "$kernel" "$kind"
   echo "$target/vmlinuz $target/initramfs.cpio.gz"
   ;;

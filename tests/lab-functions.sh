@@ -14,9 +14,11 @@
 # "tabula-ask" and runs the actions the host types on its serial console,
 # which is the PC's QEMU stdin (a fifo) and stdout ($TB_TMP/pc-TAG.log).
 #
-#   tl_lab DIR CLIENTS [EXTRA]  master from DIR (+ the guest's rootfs) imported as "demo",
-#                          the namespace, the daemon with CLIENTS (the "clients"
-#                          JSON; each PC has "mac" and "address" in 10.77.0.0/24)
+#   tl_lab DIR CLIENTS [EXTRA [LISTEN]]  master from DIR (+ the guest's rootfs) imported as
+#                          "demo" (DIR a file: that master image as it is), the namespace,
+#                          the daemon with CLIENTS (the "clients" JSON; each PC has "mac"
+#                          and "address" in 10.77.0.0/24), EXTRA top-level keys and
+#                          LISTEN more "listen" keys (e.g. "\"iscsi\": \"10.77.0.1:3260\"")
 #   tl_on TAG MAC          power a PC on (its tap tbTAG, console pc-TAG.log)
 #   tl_boot TAG ACTIONS    wait for the PC's next "tabula-ask", give it ACTIONS, wait until
 #                          it is done; its "tabula-file" lines in $TB_TMP/TAG.files, its
@@ -114,12 +116,16 @@ tl_bootid_opt()
 tl_lab()
 {
   tl_netns
-  tl_master "$TB_TMP/master.img" "$1"
+  if [ -f "$1" ]; then
+    cp "$1" "$TB_TMP/master.img"
+  else
+    tl_master "$TB_TMP/master.img" "$1"
+  fi
   state=$TB_TMP/state
   _clients=$(echo "$2" | jq -c '. + { "probe": { "image": "demo" } }')
   # Real PCs reconnect after a glitch: a session waits for them (the unit
   # tests' default is 0 s, a session per connection).
-  TB_RECONNECT_GRACE=${TB_RECONNECT_GRACE:-60s} td_config "$TB_TMP/tabula.json" "$state" "$_clients" "\"listen\": { \"tcp\": \"$TL_SERVER:$TL_PORT\" },
+  TB_RECONNECT_GRACE=${TB_RECONNECT_GRACE:-60s} td_config "$TB_TMP/tabula.json" "$state" "$_clients" "\"listen\": { \"tcp\": \"$TL_SERVER:$TL_PORT\"${4:+, $4} },
   \"pxe\": { \"interface\": \"tbbr0\", \"server\": \"$TL_SERVER\", \"network\": \"10.77.0.0/24\",
     \"unknown_range\": \"10.77.0.200,10.77.0.220\", \"kernel\": \"$TL_BOOT/vmlinuz\",
     \"initrd\": \"$TL_BOOT/initramfs.cpio.gz\", \"dnsmasq\": \"$TL_DNSMASQ\",
@@ -224,9 +230,9 @@ tl_ask()
 tl_done()
 {
   tl_wait "$1" '^tabula-done' "PC $1 must run its actions"
-  # The last boot's lines: from its "tabula-nbd" (the NBD attach) to its
-  # "tabula-done" (the PC may be booting again already).
-  tl_console "$1" | awk '/^tabula-nbd / { n = 0 } { l[++n] = $0 }
+  # The last boot's lines: from its "tabula-nbd" or "tabula-iscsi" (the
+  # disk's attach) to its "tabula-done" (the PC may be booting again already).
+  tl_console "$1" | awk '/^tabula-(nbd|iscsi) / { n = 0 } { l[++n] = $0 }
     /^tabula-done/ { m = n; for (i = 1; i <= n; i++) out[i] = l[i] }
     END { for (i = 1; i <= m; i++) print out[i] }' >"$TB_TMP/$1.last"
   sed -n 's/^tabula-file //p' "$TB_TMP/$1.last" >"$TB_TMP/$1.files"

@@ -148,6 +148,19 @@ START_TEST(test_pxe)
   ck_assert_str_eq(cfg->pxe.unknown_first, "10.9.1.1");
   ck_assert_str_eq(cfg->pxe.unknown_last, "10.9.1.9");
   tb_config_unref(cfg);
+
+  /* boot.mode "iscsi" (a group's): iPXE sanboots the target, no kernel needed. */
+  cfg = tb_config_parse(
+      "{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"listen\": {\"iscsi\": \"0.0.0.0:3260\"},"
+      " \"pxe\": {\"interface\": \"e0\", \"server\": \"10.9.0.1\", \"network\": \"10.9.0.0/24\"},"
+      " \"groups\": {\"win\": {\"image\": \"d\", \"boot\": {\"mode\": \"iscsi\"}}},"
+      " \"clients\": {\"pc7\": {\"group\": \"win\", \"mac\": \"52:54:00:00:00:07\","
+      "   \"address\": \"10.9.0.7\"}}}",
+      "t");
+  ck_assert_msg(cfg != NULL, "%s", tb_errmsg());
+  ck_assert(tb_config_client(cfg, "pc7")->boot_iscsi);
+  ck_assert_ptr_null(tb_config_client(cfg, "pc7")->boot_kernel);
+  tb_config_unref(cfg);
   cfg = tb_config_parse("{\"state_dir\": \"/s\", \"images\": {}, \"pxe\": {\"interface\": \"e0\","
                         " \"server\": \"10.9.0.1\", \"network\": \"10.9.0.0/16\"}}",
                         "t");
@@ -265,7 +278,13 @@ static const struct {
               " \"10.20.0.5\"}}}",
      "clients.a.mac: \"52-54-00-00-00-0A\" is not a MAC address"},
     {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"boot\": {\"kernal\": \"/k\"}}}}",
-     "clients.a.boot.kernal: unknown key (allowed here: kernel, initrd, cmdline)"},
+     "clients.a.boot.kernal: unknown key (allowed here: kernel, initrd, cmdline, mode)"},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"boot\": {\"mode\": \"sanboot\"}}}}",
+     "clients.a.boot.mode: expected \"nbd\" (a kernel and an initrd, root over NBD) or \"iscsi\""},
+    {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"mac\": \"52:54:00:00:00:0A\", \"address\":"
+              " \"10.20.0.5\", \"boot\": {\"mode\": \"iscsi\"}}}}",
+     "clients.a.boot.mode: \"iscsi\" boots the client from tabula-iscsid, which needs "
+     "listen.iscsi"},
     {PXE_HEAD "\"clients\": {\"a\": {\"image\": \"d\", \"boot\": {\"kernel\": \"vmlinuz\"}}}}",
      "clients.a.boot.kernel: expected an absolute path, got \"vmlinuz\""},
     {PXE_HEAD "\"groups\": {\"lab\": {\"boot\": {\"initrd\": 7}}}, \"clients\": {}}",
