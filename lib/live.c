@@ -999,12 +999,7 @@ bool tb_live_busy(const char *state, const struct tb_client_conf *c)
   char path[TB_PATH_MAX];
   if (ours || tb_store_client_path(state, c->client, "disks.lock", path, sizeof path) == -1)
     return false;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1)
-    return false;
-  bool busy = flock(fd, LOCK_SH | LOCK_NB) == -1 && errno == EWOULDBLOCK;
-  close(fd);
-  return busy;
+  return tb_flock_held(path);
 }
 
 struct tb_overlay *tb_live_read_begin(struct tb_live_client *lc, uint64_t *generation)

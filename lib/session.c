@@ -50,7 +50,7 @@ int tb_client_lock(const char *state, const char *id, bool wait)
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd == -1)
     return tb_error_errno("cannot open %s", path);
-  if (flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) == -1) {
+  if ((wait ? flock(fd, LOCK_EX) : tb_flock_nb(fd, LOCK_EX)) == -1) {
     int saved = errno;
     close(fd);
     errno = saved;
@@ -74,12 +74,7 @@ bool tb_client_locked(const char *state, const char *id)
   char path[TB_PATH_MAX];
   if (tb_store_client_path(state, id, "lock", path, sizeof path) == -1)
     return false;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1)
-    return false;
-  bool locked = flock(fd, LOCK_SH | LOCK_NB) == -1 && errno == EWOULDBLOCK;
-  close(fd);
-  return locked;
+  return tb_flock_held(path);
 }
 
 /* ---- lookups -------------------------------------------------------------- */

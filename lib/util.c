@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -575,4 +577,43 @@ int tb_list_numbers_suffix(const char *dir, const char *suffix, uint64_t max, ui
   *nums = list.ptr;
   *n = list.len;
   return 0;
+}
+
+/* ---- locks ----------------------------------------------------------------- */
+
+/* /proc/locks lines: "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a
+ * waiter's line has "->" after the number and holds nothing. */
+bool tb_flock_held(const char *path)
+{
+  struct stat st;
+  if (stat(path, &st) == -1)
+    return false;
+  char want[64];
+  snprintf(want, sizeof want, "%02x:%02x:%llu", major(st.st_dev), minor(st.st_dev),
+           (unsigned long long)st.st_ino);
+  FILE *f = fopen("/proc/locks", "re");
+  if (!f)
+    return false;
+  char line[256];
+  bool held = false;
+  while (!held && fgets(line, sizeof line, f)) {
+    char kind[16], ident[64];
+    if (strstr(line, "->") || sscanf(line, "%*s %15s %*s %*s %*s %63s", kind, ident) != 2)
+      continue;
+    held = strcmp(kind, "FLOCK") == 0 && strcmp(ident, want) == 0;
+  }
+  fclose(f);
+  return held;
+}
+
+int tb_flock_nb(int fd, int op)
+{
+  int64_t deadline = tb_mono_ms() + TB_FLOCK_PATIENCE_MS;
+  for (unsigned pause_us = 200;; pause_us = pause_us < 5000 ? pause_us * 2 : pause_us) {
+    if (flock(fd, op | LOCK_NB) == 0)
+      return 0;
+    if (errno != EWOULDBLOCK || tb_mono_ms() >= deadline)
+      return -1;
+    usleep(pause_us);
+  }
 }

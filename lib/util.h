@@ -88,6 +88,19 @@ int64_t tb_now_ms(void);
 /* A monotonic clock in milliseconds, for intervals (grace periods, idle
  * time, backoff): a stepped wall clock must not stretch or cut them. */
 int64_t tb_mono_ms(void);
+
+/* Whether some process holds an flock on PATH, found without taking it
+ * (/proc/locks).  Testing with flock(LOCK_SH | LOCK_NB) would hold the lock
+ * for an instant, and a client booting in that instant is refused as busy. */
+bool tb_flock_held(const char *path);
+
+/* flock(FD, OP | LOCK_NB), patient with a passer-by: EWOULDBLOCK is retried
+ * for up to TB_FLOCK_PATIENCE_MS, so a tool of an older tabula (or anything
+ * else) that only tests the lock does not make a booting client look busy.
+ * A session holds its lock for minutes: a real holder still answers
+ * EWOULDBLOCK, 50 ms later.  0, or -1 with errno. */
+#define TB_FLOCK_PATIENCE_MS 50
+int tb_flock_nb(int fd, int op);
 void tb_iso_time(int64_t epoch_ms, char out[32]);
 
 /* Hex encoding of a sha256 (65 bytes with NUL) and back. */

@@ -8,7 +8,10 @@
  *    others may write to or another user owns, saying how to fix it;
  *  - the event journal is never appended through a symlink;
  *  - the journal keeps several rotated generations (a flood of events
- *    does not wipe out the history in one rotation). */
+ *    does not wipe out the history in one rotation);
+ *  - testing whether a client is in a session never takes its lock, and
+ *    taking it is patient with a process that only tests it (a probe in
+ *    the wrong instant refused a booting client as busy). */
 #include <config.h>
 
 #include <check.h>
@@ -18,10 +21,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "events.h"
+#include "session.h"
 #include "store.h"
 #include "util.h"
 
@@ -169,6 +176,79 @@ START_TEST(test_journal_generations)
 }
 END_TEST
 
+static volatile bool probing;
+
+static void *probe_loop(void *arg)
+{
+  (void)arg;
+  while (probing)
+    (void)tb_client_locked(dir, "pc01");
+  return NULL;
+}
+
+START_TEST(test_client_lock_probe)
+{
+  ck_assert_int_eq(tb_store_init(dir), 0);
+  int fd = tb_client_lock(dir, "pc01", false);
+  ck_assert_msg(fd >= 0, "%s", tb_errmsg());
+  tb_client_unlock(fd);
+  ck_assert(!tb_client_locked(dir, "pc01"));
+
+  /* Held by another process: seen; released: not. */
+  int ready[2], go[2];
+  ck_assert_int_eq(pipe(ready), 0);
+  ck_assert_int_eq(pipe(go), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int cfd = tb_client_lock(dir, "pc01", false);
+    char c = cfd >= 0 ? 'y' : 'n';
+    if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
+      _exit(1);
+    _exit(0);
+  }
+  char c;
+  ck_assert_int_eq(read(ready[0], &c, 1), 1);
+  ck_assert_int_eq(c, 'y');
+  ck_assert(tb_client_locked(dir, "pc01"));
+  ck_assert_int_eq(write(go[1], "x", 1), 1);
+  int status;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert(!tb_client_locked(dir, "pc01"));
+
+  /* Probes while sessions start and end: no start is refused. */
+  pthread_t t;
+  probing = true;
+  ck_assert_int_eq(pthread_create(&t, NULL, probe_loop, NULL), 0);
+  int refused = 0;
+  for (int i = 0; i < 2000; i++) {
+    int f = tb_client_lock(dir, "pc01", false);
+    if (f < 0)
+      refused++;
+    tb_client_unlock(f);
+  }
+  probing = false;
+  pthread_join(t, NULL);
+  ck_assert_msg(refused == 0, "%d of 2000 session starts refused as busy by a mere probe", refused);
+
+  /* Someone else tests with flock(LOCK_SH) for an instant: still taken. */
+  pid = fork();
+  if (pid == 0) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/clients/pc01/lock", dir);
+    int pfd = open(p, O_RDONLY);
+    if (pfd == -1 || flock(pfd, LOCK_SH) == -1 || write(ready[1], "y", 1) != 1)
+      _exit(1);
+    usleep(10 * 1000);
+    _exit(0);
+  }
+  ck_assert_int_eq(read(ready[0], &c, 1), 1);
+  fd = tb_client_lock(dir, "pc01", false);
+  ck_assert_msg(fd >= 0, "a lock tested for 10 ms refused the session: %s", tb_errmsg());
+  tb_client_unlock(fd);
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+}
+END_TEST
+
 int main(void)
 {
   Suite *s = suite_create("state");
@@ -180,6 +260,7 @@ int main(void)
   tcase_add_test(tc, test_state_owned_by_another_user);
   tcase_add_test(tc, test_journal_symlink);
   tcase_add_test(tc, test_journal_generations);
+  tcase_add_test(tc, test_client_lock_probe);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
