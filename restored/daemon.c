@@ -59,7 +59,7 @@ struct daemon D;
 /* True when stderr is the journal (systemd sets JOURNAL_STREAM to its
  * "DEV:INODE"): the journal adds the program's name and time, and reads a
  * "<N>" prefix as the line's priority. */
-static bool stderr_is_journal(void)
+bool daemon_stderr_is_journal(void)
 {
   static int known = -1;
   if (known == -1) {
@@ -92,7 +92,7 @@ void log_msg(const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
-  if (stderr_is_journal())
+  if (daemon_stderr_is_journal())
     fprintf(stderr, "<%d>%s\n", line_priority(line), line);
   else
     fprintf(stderr, "tabula-restored: %s\n", line);

@@ -86,6 +86,9 @@ extern struct daemon D;
 
 /* daemon.c */
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* stderr is the journal (JOURNAL_STREAM): log_msg writes "<N>" priorities
+ * without the program name, and nbdkit logs through syslog. */
+bool daemon_stderr_is_journal(void);
 int daemon_reload(char *err, size_t errlen);
 /* The same, with the clients that cannot be served (id -> reason) added to
  * WARNINGS (a JSON object, may be NULL). */

@@ -326,6 +326,11 @@ static int start_instance(struct daemon *d, struct nbdkit_instance *in)
   unlink(pidfile);
   argv[n++] = "-P";
   argv[n++] = pidfile;
+  /* Under the journal nbdkit's messages (a client refused, a plugin error)
+   * go through syslog with their priority: on the shared stderr every one
+   * of them would be an info line. */
+  if (daemon_stderr_is_journal())
+    argv[n++] = "--log=syslog";
   if (cfg->tls_certificates) {
     /* Admin exports over TCP are for verified client certificates only
      * (signed by the directory's ca-cert.pem): a TLS peer without one is

@@ -8,7 +8,8 @@
 #    wait); a reload with a client that cannot be served (no version of its
 #    image) is accepted and names that client, which alone is refused;
 #  - listen.unix_mode/unix_group, control_group and metrics.mode are applied;
-#  - under the journal (JOURNAL_STREAM is stderr) log lines carry "<N>"
+#  - under the journal (JOURNAL_STREAM is stderr) nbdkit runs with
+#    --log=syslog, and log lines carry "<N>"
 #    priorities and no program-name prefix.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$abs_top_srcdir/tests/daemon-functions.sh"
@@ -141,6 +142,11 @@ echo "== under the journal: <N> priorities, no program prefix"
 echo $! >"$TB_TMP/daemon.bgpid"
 wait_daemon
 td_wait '.nbdkit.state == "running"' "nbdkit under the journal"
+# nbdkit's own errors keep their priority through syslog (on the shared
+# stderr they were info lines; tests/deploy-systemd.sh reads them back).
+nbpid=$(tctl --json status | jq -r '.nbdkit.pid')
+tr '\0' ' ' <"/proc/$nbpid/cmdline" | grep -q -- ' --log=syslog ' ||
+  tb_fail "nbdkit under the journal logs to stderr: $(tr '\0' ' ' <"/proc/$nbpid/cmdline")"
 td_stop
 grep -q '^<6>serving ' "$TB_TMP/journal.log" || tb_fail "no <6> info line: $(head -n 5 "$TB_TMP/journal.log")"
 grep -q '^<4>warning: client vm01' "$TB_TMP/journal.log" || tb_fail "no <4> warning line: $(head -n 5 "$TB_TMP/journal.log")"

@@ -17,7 +17,7 @@
 #    `tabulactl status` right after it exits 0); StatusText says "serving";
 #  - the journal has the daemon's lines with priorities (the warning about
 #    vm01, whose image has no version yet, at priority 4) and no program-
-#    name prefix;
+#    name prefix, and nbdkit's error refusing vm01 at priority 3;
 #  - a client is served: after `tabulactl image import debian`, vm01 over
 #    nbd.sock as a member of libvirt-qemu (unix_mode 0660, unix_group), its
 #    content the master's; a user outside the group is refused; an operator
@@ -190,6 +190,10 @@ ok "journal, priority 4: $warn"
 info=$(journalctl -u tabula-restored -p info..info -o cat _COMM=tabula-restored | head -n 1)
 [ -n "$info" ] || fail "no priority-6 line of tabula-restored in the journal"
 ok "journal, priority 6: $info"
+# nbdkit's own errors (it refuses vm01) at priority 3, not as info lines.
+err=$(journalctl -u tabula-restored -p err..err -o cat _COMM=nbdkit | grep 'vm01' | head -n 1)
+[ -n "$err" ] || fail "no priority-3 line of nbdkit about vm01 in the journal: $(journalctl -u tabula-restored -o verbose _COMM=nbdkit | grep -E 'PRIORITY|MESSAGE' | tail -n 4 | tr '\n' ' ')"
+ok "journal, priority 3 (nbdkit): $err"
 if journalctl -u tabula-restored -o cat _COMM=tabula-restored | grep -E '^(tabula-restored:|<[0-7]>)'; then
   fail "journal lines carry a program name or a visible <N> prefix"
 fi
