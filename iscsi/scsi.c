@@ -559,7 +559,10 @@ static void cmd_write_same(struct isc_lu *lu, struct isc_task *t)
     return;
   }
   t->wanted = ndob ? 0 : ISC_LBS;
-  if (!ndob && t->dout_len < ISC_LBS) {
+  /* The Data-Out buffer is exactly one logical block: shorter or longer is
+   * a parameter list length error (SBC-4 5.49; iscsi-test-cu
+   * WriteSame*.InvalidDataOutSize), not a block taken from a longer buffer. */
+  if (!ndob && t->dout_len != ISC_LBS) {
     isc_sense(t, SK_ILLEGAL_REQUEST, 0x1a, 0x00);
     return;
   }

@@ -9,8 +9,13 @@
 #   CompareAndWrite, ExtendedCopy, ReceiveCopyResults, OrWrite, WriteAtomic16,
 #   WriteVerify*, Sanitize, ReportSupportedOpcodes, ReadDefectData*: not
 #   implemented (the tests skip themselves on INVALID OPCODE).
-# Known failures still to fix (listed so the run stays honest):
-#   GetLBAStatus.UnmapSingle, WriteSame10/16.InvalidDataOutSize.
+#   GetLBAStatus.UnmapSingle: its second half is wrong when a physical block
+#   holds more than one logical block (tabula reports 8 x 512 in 4 KiB): it
+#   asks for the status at LBA i+1 and requires the first descriptor to
+#   start at i+8, where SBC-4 (5.8) says the first descriptor starts at the
+#   LBA asked for, as tabula answers; its first half (i+8 asked, i+8
+#   expected) passes.  The test stays in the run: any other assertion of it
+#   failing is a failure here.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$abs_top_srcdir/tests/iscsi-functions.sh"
 tb_require iscsi-test-cu
@@ -25,8 +30,7 @@ SUITES="Inquiry Mandatory ModeSense6 NoMedia Prefetch10 Prefetch16 PreventAllow 
 Read16 ReadCapacity10 ReadCapacity16 ReadOnly StartStopUnit TestUnitReady Unmap Verify10 Verify12
 Verify16 Write10 Write12 Write16 WriteSame10 WriteSame16 GetLBAStatus iSCSIcmdsn iSCSIdatasn
 iSCSIResiduals iSCSITMF"
-KNOWN="GetLBAStatus.UnmapSingle WriteSame10.InvalidDataOutSize WriteSame16.InvalidDataOutSize
-PreventAllow.2ITNexuses"
+KNOWN="PreventAllow.2ITNexuses"
 failed=
 for s in $SUITES; do
   # its exit status counts failed tests: the summary says whether it finished
@@ -34,6 +38,13 @@ for s in $SUITES; do
   grep -q "Run Summary" "$TB_TMP/cu-$s.log" ||
     tb_fail "iscsi-test-cu $s did not finish: $(tail -n 5 "$TB_TMP/cu-$s.log")"
   for t in $(sed -n 's/^Suite \([^,]*\), Test \(.*\) had failures:$/\1.\2/p' "$TB_TMP/cu-$s.log"); do
+    # GetLBAStatus.UnmapSingle (above): only its one wrong assertion is excused.
+    if [ "$t" = GetLBAStatus.UnmapSingle ] &&
+      [ "$(grep -c 'CU_FAIL\|CU_ASSERT' "$TB_TMP/cu-$s.log")" -eq 1 ] &&
+      grep -q 'lba offset in first descriptor does not' "$TB_TMP/cu-$s.log"; then
+      echo "not applicable: $t (libiscsi's test assumes one logical block per physical block)"
+      continue
+    fi
     case " $(echo $KNOWN) " in
     *" $t "*) echo "known failure: $t" ;;
     *) failed="$failed $t" ;;
