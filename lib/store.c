@@ -279,6 +279,64 @@ int tb_store_images(const char *state, char ***names, size_t *n)
   return 0;
 }
 
+TB_VECTOR(name_list, char *);
+
+/* Add the names among DIR's entries to LIST, as PREFIX/NAME when PREFIX is set. */
+static int list_names_into(const char *dir, const char *prefix, struct name_list *list)
+{
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT || errno == ENOTDIR ? 0 : tb_error_errno("cannot list %s", dir);
+  struct dirent *e;
+  int r = 0;
+  while (r == 0 && (e = readdir(d))) {
+    if (!tb_name_valid(e->d_name))
+      continue;
+    if (prefix && strlen(prefix) + 1 + strlen(e->d_name) > TB_NAME_MAX)
+      continue; /* no disk id (util.h) is that long */
+    char *name = NULL;
+    if (!prefix)
+      name = strdup(e->d_name);
+    else if (asprintf(&name, "%s/%s", prefix, e->d_name) == -1)
+      name = NULL;
+    if (!name || tb_vector_push(list, name) == -1) {
+      free(name);
+      r = tb_error("listing %s: out of memory", dir);
+    }
+  }
+  closedir(d);
+  return r;
+}
+
+int tb_store_clients(const char *state, char ***ids, size_t *n)
+{
+  char dir[TB_PATH_MAX];
+  *ids = NULL;
+  *n = 0;
+  if (tb_path(dir, sizeof dir, "%s/clients", state) == -1)
+    return -1;
+  struct name_list list = {0};
+  int r = list_names_into(dir, NULL, &list);
+  size_t clients = list.len;
+  for (size_t i = 0; r == 0 && i < clients; i++) {
+    char disks[TB_PATH_MAX];
+    r = tb_path(disks, sizeof disks, "%s/%s/disks", dir, list.ptr[i]);
+    if (r == 0)
+      r = list_names_into(disks, list.ptr[i], &list);
+  }
+  if (r == -1) { /* a truncated list would look like clients without state */
+    for (size_t i = 0; i < list.len; i++)
+      free(list.ptr[i]);
+    tb_vector_free(&list);
+    return -1;
+  }
+  if (list.len)
+    qsort(list.ptr, list.len, sizeof *list.ptr, cmp_str);
+  *ids = list.ptr;
+  *n = list.len;
+  return 0;
+}
+
 /* ---- manifests ----------------------------------------------------------- */
 
 struct tb_manifest *tb_manifest_load(const char *state, const char *image, uint32_t ver)
@@ -721,21 +779,20 @@ static bool record_temp(const char *name, bool *mailbox)
   return false;
 }
 
-/* In clients/ID, while no session holds the client: the temporaries of a
+/* In clients/ID (and each disk's directory), while no session holds it: the temporaries of a
  * session turn or a merge's move that died (overlay.restore,
  * overlay.tmp.XXXXXX, overlay.next.tmp.XXXXXX) and of its records' atomic
  * writes (record_temp). */
 static int gc_clients(const char *state)
 {
-  char dir[TB_PATH_MAX];
   int removed = 0;
-  if (tb_path(dir, sizeof dir, "%s/clients", state) == -1)
+  char **ids;
+  size_t n_ids;
+  if (tb_store_clients(state, &ids, &n_ids) == -1)
     return 0;
-  DIR *d = opendir(dir);
-  struct dirent *e;
-  while (d && (e = readdir(d))) {
+  for (size_t i = 0; i < n_ids; i++) {
     char cdir[TB_PATH_MAX], lock[TB_PATH_MAX];
-    if (!tb_name_valid(e->d_name) || tb_path(cdir, sizeof cdir, "%s/%s", dir, e->d_name) == -1 ||
+    if (tb_store_client_dir(state, ids[i], cdir, sizeof cdir) == -1 ||
         tb_path(lock, sizeof lock, "%s/lock", cdir) == -1)
       continue;
     DIR *cd = opendir(cdir);
@@ -770,8 +827,7 @@ static int gc_clients(const char *state)
     if (mfd >= 0)
       close(mfd);
   }
-  if (d)
-    closedir(d);
+  tb_strv_free(ids, n_ids);
   return removed;
 }
 

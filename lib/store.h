@@ -64,6 +64,9 @@ uint32_t tb_store_latest(const char *state, const char *image);
 /* Image names present in the store (malloc'd array of malloc'd strings). */
 int tb_store_images(const char *state, char ***names, size_t *n);
 void tb_strv_free(char **v, size_t n);
+/* Client ids with a directory in the store, and "ID/DISK" for each disk
+ * directory of theirs (clients/ID/disks/DISK), sorted (malloc'd). */
+int tb_store_clients(const char *state, char ***ids, size_t *n);
 
 struct tb_manifest *tb_manifest_load(const char *state, const char *image, uint32_t ver);
 

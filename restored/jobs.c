@@ -253,22 +253,21 @@ static int move_client(const struct job *j, const char *overlay, const struct tb
 /* At the daemon's start: finish the moves a kill interrupted. */
 void jobs_recover(const struct tb_config *cfg)
 {
-  char dir[TB_PATH_MAX];
-  if (tb_path(dir, sizeof dir, "%s/clients", cfg->state_dir) == -1)
+  char **ids; /* every client's and disk's directory */
+  size_t n_ids;
+  if (tb_store_clients(cfg->state_dir, &ids, &n_ids) == -1)
     return;
-  DIR *d = opendir(dir);
-  struct dirent *e;
-  while (d && (e = readdir(d))) {
+  for (size_t i = 0; i < n_ids; i++) {
+    const char *id = ids[i];
     char next[TB_PATH_MAX];
-    if (!tb_name_valid(e->d_name) ||
-        tb_store_client_path(cfg->state_dir, e->d_name, "overlay.next", next, sizeof next) == -1 ||
+    if (tb_store_client_path(cfg->state_dir, id, "overlay.next", next, sizeof next) == -1 ||
         access(next, F_OK) == -1)
       continue;
-    const struct tb_client_conf *c = tb_config_client(cfg, e->d_name);
+    const struct tb_client_conf *c = tb_config_client(cfg, id);
     if (!c) {
       log_msg("%s: a merge's move of client %s was interrupted, and the client is no longer "
               "configured; it is left as it is",
-              next, e->d_name);
+              next, id);
       continue;
     }
     int fd = tb_client_lock(cfg->state_dir, c->id, false);
@@ -291,8 +290,7 @@ void jobs_recover(const struct tb_config *cfg)
     }
     tb_client_unlock(fd);
   }
-  if (d)
-    closedir(d);
+  tb_strv_free(ids, n_ids);
 }
 
 static json_t *run_merge(struct job *j)

@@ -903,42 +903,39 @@ static void collect_refs(struct daemon *d, struct refs *r)
     if (c->version)
       ref_add(r, c->image, c->version, "%s (pinned in the configuration)", c->id);
   }
-  char dir[TB_PATH_MAX];
-  if (tb_path(dir, sizeof dir, "%s/clients", state) == -1)
+  /* Every client's and every disk's directory (clients/ID/disks/DISK). */
+  char **ids;
+  size_t n_ids;
+  if (tb_store_clients(state, &ids, &n_ids) == -1)
     return;
-  DIR *dp = opendir(dir);
-  struct dirent *e;
-  while (dp && (e = readdir(dp))) {
-    if (!tb_name_valid(e->d_name))
-      continue;
+  for (size_t i = 0; i < n_ids; i++) {
+    const char *id = ids[i];
     char p[TB_PATH_MAX];
-    if (tb_store_client_path(state, e->d_name, "overlay", p, sizeof p) == 0) {
+    if (tb_store_client_path(state, id, "overlay", p, sizeof p) == 0) {
       char why[96];
-      snprintf(why, sizeof why, "%s (its overlay)", e->d_name);
+      snprintf(why, sizeof why, "%s (its overlay)", id);
       ref_overlay(r, p, why);
     }
     struct tb_mailbox mb;
-    if (tb_mailbox_read(state, e->d_name, &mb) == 0 && mb.pin) {
-      const struct tb_client_conf *c = tb_config_client(d->cfg, e->d_name);
-      ref_add(r, mb.image[0] ? mb.image : c ? c->image : "", mb.pin, "%s (pinned)", e->d_name);
+    if (tb_mailbox_read(state, id, &mb) == 0 && mb.pin) {
+      const struct tb_client_conf *c = tb_config_client(d->cfg, id);
+      ref_add(r, mb.image[0] ? mb.image : c ? c->image : "", mb.pin, "%s (pinned)", id);
     }
     uint64_t *nums;
     size_t n;
-    if (tb_client_sessions(state, e->d_name, &nums, &n) == 0) {
+    if (tb_client_sessions(state, id, &nums, &n) == 0) {
       for (size_t k = 0; k < n; k++)
-        if (tb_client_session_path(state, e->d_name, nums[k], p, sizeof p) == 0) {
+        if (tb_client_session_path(state, id, nums[k], p, sizeof p) == 0) {
           char why[96];
-          snprintf(why, sizeof why, "%s (retained session %llu)", e->d_name,
-                   (unsigned long long)nums[k]);
+          snprintf(why, sizeof why, "%s (retained session %llu)", id, (unsigned long long)nums[k]);
           ref_overlay(r, p, why);
         }
       free(nums);
     }
     const struct watchdog_refs_cb cb = {refs_overlay_cb, refs_version_cb, r};
-    watchdog_refs(state, e->d_name, &cb);
+    watchdog_refs(state, id, &cb);
   }
-  if (dp)
-    closedir(dp);
+  tb_strv_free(ids, n_ids);
 }
 
 static const char *refs_of(const struct refs *r, const char *image, uint32_t v, char *buf,

@@ -8,7 +8,8 @@
 #  - the view shows clients/ID/ as the system disk and clients/ID/disks/DISK/
 #    as the disk: its raw disk, its files (a file written through
 #    nbd+unix:///pc01/games with nbdfuse and debugfs), changes.txt,
-#    status.json and retained sessions.
+#    status.json and retained sessions;
+#  - image rm refuses a version a disk's retained sessions are built on.
 . "$abs_top_srcdir/tests/functions.sh"
 tb_setup
 . "$abs_top_srcdir/tests/daemon-functions.sh"
@@ -125,6 +126,14 @@ until [ -f "$M/images/other/2/fs/whole-ext4/save.txt" ]; do
   [ $i -lt 100 ] || tb_fail "other@2 must hold save.txt: $(ls "$M/images/other" 2>&1)"
   sleep 0.1
 done
+
+echo "== a version a disk's retained sessions are built on is in use"
+st=0
+tctl image rm other@1 >"$T/rm.out" 2>&1 || st=$?
+[ $st != 0 ] || tb_fail "other@1 holds pc01/games's retained sessions: it must not be removed"
+grep -q "other@1 is in use.*pc01/games (retained session" "$T/rm.out" ||
+  tb_fail "the refusal names the disk's sessions: $(cat "$T/rm.out")"
+[ -f "$state/images/other/1.img" ] || tb_fail "other@1 is gone"
 
 tf_umount "$M"
 td_stop
