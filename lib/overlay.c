@@ -163,7 +163,7 @@ static void page_sum(const uint8_t *page, uint64_t index, uint8_t *sum)
 {
   uint8_t buf[PAGE_BYTES - PAGE_TRAILER + 8], full[32];
   memcpy(buf, page, PAGE_BYTES - PAGE_TRAILER);
-  put_u64(buf + PAGE_BYTES - PAGE_TRAILER, index);
+  put_u64(buf + (PAGE_BYTES - PAGE_TRAILER), index); /* not buf + PAGE_BYTES: past the array */
   SHA256(buf, sizeof buf, full);
   memcpy(sum, full, 20);
 }
