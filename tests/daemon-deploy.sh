@@ -39,11 +39,10 @@ until [ -S "$TB_TMP/notify.sock" ]; do
 done
 
 # nbdkit fails while $TB_TMP/broken exists.
-td_nbdkit_wrapper
 cat >"$TB_TMP/flaky-nbdkit" <<EOF2
 #!/bin/sh
 if [ -e "$TB_TMP/broken" ]; then echo "flaky-nbdkit: broken on purpose" >&2; exit 1; fi
-exec "$TB_TMP/nbdkit-wrapper" "\$@"
+exec "$TB_NBDKIT" "\$@"
 EOF2
 chmod +x "$TB_TMP/flaky-nbdkit"
 conf=$TB_TMP/tabula.json

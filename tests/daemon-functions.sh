@@ -14,27 +14,16 @@ TD_CONF=
 [ -x "$TD_DAEMON" ] || tb_fail "$TD_DAEMON is not built"
 tb_require jq python3
 
-# nbdkit under a wrapper that preloads the sanitizer runtime when the plugin
-# is a sanitizer build (see tb_nbdkit_env in functions.sh).
-td_nbdkit_wrapper()
-{
-  tb_nbdkit_env
-  cat >"$TB_TMP/nbdkit-wrapper" <<EOF2
-#!/bin/sh
-LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=\${ASAN_OPTIONS:-detect_leaks=0} exec nbdkit $TB_NBDKIT_DEBUG "\$@"
-EOF2
-  chmod +x "$TB_TMP/nbdkit-wrapper"
-}
-
+# The daemon runs nbdkit as tests/nbdkit-san (the sanitizer runtime preloaded
+# in a sanitizer build; see nbdkit-san.in).
 td_config()
 {
-  td_nbdkit_wrapper
   cat >"$1" <<EOF2
 {
   "state_dir": "$2",
   "reconnect_grace": "${TB_RECONNECT_GRACE:-0s}",
   "plugin": "$TB_PLUGIN",
-  "nbdkit": "$TB_TMP/nbdkit-wrapper",
+  "nbdkit": "$TB_NBDKIT",
   ${4:+$4,}
   "images": { "demo": {}, "other": {} },
   "clients": $3

@@ -22,9 +22,7 @@ tb_config "$T/tabula.json" "$state" '{
 # nbdkit serves one kind of socket: one server on the unix socket (admin),
 # one on TCP (where pc01 comes from), same configuration and state.
 tb_start srv "$T/tabula.json"
-tb_nbdkit_env
-LD_PRELOAD=$TB_PRELOAD ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
-  nbdkit -f --port "$port" --ipaddr 127.0.0.1 "$TB_PLUGIN" config="$T/tabula.json" \
+"$TB_NBDKIT" -f --port "$port" --ipaddr 127.0.0.1 "$TB_PLUGIN" config="$T/tabula.json" \
   >"$T/tcp.log" 2>&1 &
 echo $! >"$T/tcp.bgpid"
 tcp=nbd://127.0.0.1:$port
