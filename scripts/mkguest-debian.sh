@@ -11,7 +11,7 @@
 #       (what an appliance runs on: no compiler, no -dev package) and
 #       libnbd-bin (the test's client: nbdinfo, nbdcopy).  Nothing of the
 #       host or the build tree is in it.  The first build downloads about
-#       60 MB and takes 2-3 minutes; the image is reused while this script
+#       60 MB and takes 2-4 minutes; the image is reused while this script
 #       and the package list are unchanged (CACHE_DIR/debian-systemd.stamp),
 #       and the downloaded packages stay in CACHE_DIR/debs for a rebuild.
 #       Concurrent callers wait for one build (flock on CACHE_DIR/.lock).
@@ -19,7 +19,7 @@
 #
 # Boot it with the kernel and initramfs of scripts/mkguest.sh --boot, which
 # hands over to the image's /sbin/init given tabula.init=/sbin/init, and a
-# second disk (the "payload", ext4, first its /run.sh):
+# second disk (the "payload", ext4, holding run.sh):
 #
 #   qemu-img create -f qcow2 -b CACHE_DIR/debian-systemd.img -F raw root.qcow2
 #   qemu-system-x86_64 -accel tcg -m 1024 -smp 2 -nographic -no-reboot -nic none \
