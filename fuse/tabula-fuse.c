@@ -1132,23 +1132,72 @@ static int tf_getattr(const char *path, struct stat *st, struct fuse_file_info *
   return r;
 }
 
+/* Directory listings.  opendir takes the whole listing once (a guest
+ * directory is one request to its snapshot's worker) into the handle;
+ * each readdir then hands the kernel the entries from its offset on, with
+ * offsets, so libfuse passes each entry's attributes along (readdirplus:
+ * a `find -ls` or `ls -l` needs no lookup per file).  Without offsets
+ * libfuse would take the listing in one go and drop the attributes. */
+struct listing {
+  size_t n, cap;
+  struct listed {
+    char *name;
+    bool has_st;
+    struct stat st;
+  } * v;
+};
+
+static void listing_free(struct listing *l)
+{
+  for (size_t i = 0; l && i < l->n; i++)
+    free(l->v[i].name);
+  if (l)
+    free(l->v);
+  free(l);
+}
+
+/* A fuse_fill_dir_t that adds to a listing: the listers below fill one. */
+static int listing_add(void *buf, const char *name, const struct stat *st, off_t off,
+                       enum fuse_fill_dir_flags flags)
+{
+  struct listing *l = buf;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    struct listed *v = realloc(l->v, cap * sizeof *v);
+    if (!v)
+      return 1;
+    l->v = v;
+    l->cap = cap;
+  }
+  struct listed *e = &l->v[l->n];
+  if (!(e->name = strdup(name)))
+    return 1;
+  e->has_st = st != NULL;
+  if (st)
+    e->st = *st;
+  l->n++;
+  return 0;
+}
+
 struct fill_ctx {
-  void *buf;
-  fuse_fill_dir_t fill;
+  struct listing *listing;
   const struct source *source;
   int vol;
   struct snap *snap;
   const char *dir;
+  bool full; /* out of memory */
 };
 
-/* Each entry with its attributes: the kernel takes them (readdirplus) and
- * need not ask again for each file. */
+/* Each entry with its attributes, kept for the lookups that follow. */
 static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
 {
   struct fill_ctx *fc = ctx;
   struct stat st;
   istat_to_stat(is, &st, guest_ino(fc->source, fc->vol, is->inum));
-  fc->fill(fc->buf, name, &st, 0, FUSE_FILL_DIR_PLUS);
+  if (listing_add(fc->listing, name, &st, 0, FUSE_FILL_DIR_PLUS) != 0) {
+    fc->full = true;
+    return 1;
+  }
   stat_put(fc->snap, fc->vol, fc->dir, name, is);
   return 0;
 }
@@ -1159,14 +1208,16 @@ static void fill_names(void *buf, fuse_fill_dir_t fill, const struct names *name
     fill(buf, names->v[i], NULL, 0, 0);
 }
 
-static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t offset,
-                      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+/* The entries of directory PATH into L. */
+static int list_dir(const char *path, struct listing *l)
 {
   struct node n;
   int r = parse(path, &n);
   if (r < 0)
     return r;
   struct names names = {0};
+  fuse_fill_dir_t fill = listing_add;
+  void *buf = l;
   fill(buf, ".", NULL, 0, 0);
   fill(buf, "..", NULL, 0, 0);
   switch (n.kind) {
@@ -1221,9 +1272,10 @@ static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
     if (!sn)
       return -EIO;
     int vi = vol_index(sn, n.volume);
-    struct fill_ctx fc = {buf, fill, s, vi, sn, n.inner};
+    struct fill_ctx fc = {l, s, vi, sn, n.inner, false};
     r = vi < 0                                                                ? -ENOENT
         : tb_inspect_readdir(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
+        : fc.full                                                             ? -ENOMEM
                                                                               : errno_or_eio();
     snap_put(sn);
     return r;
@@ -1233,6 +1285,40 @@ static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
   }
   fill_names(buf, fill, &names);
   names_free(&names);
+  return 0;
+}
+
+static int tf_opendir(const char *path, struct fuse_file_info *fi)
+{
+  struct listing *l = calloc(1, sizeof *l);
+  if (!l)
+    return -ENOMEM;
+  int r = list_dir(path, l);
+  if (r < 0) {
+    listing_free(l);
+    return r;
+  }
+  fi->fh = (uint64_t)(uintptr_t)l;
+  return 0;
+}
+
+static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t offset,
+                      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+  const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
+  bool plus = flags & FUSE_READDIR_PLUS;
+  for (size_t i = offset > 0 ? (size_t)offset : 0; i < l->n; i++) {
+    const struct listed *e = &l->v[i];
+    if (fill(buf, e->name, e->has_st ? &e->st : NULL, (off_t)(i + 1),
+             e->has_st && plus ? FUSE_FILL_DIR_PLUS : 0) != 0)
+      break;
+  }
+  return 0;
+}
+
+static int tf_releasedir(const char *path, struct fuse_file_info *fi)
+{
+  listing_free((struct listing *)(uintptr_t)fi->fh);
   return 0;
 }
 
@@ -1427,9 +1513,12 @@ static int tf_statfs(const char *path, struct statvfs *st)
 }
 
 /* use_ino: the inode numbers are ours (see node_ino), so hard links share
- * one and du, tar and rsync -H see them.  Listings carry each entry's
- * attributes (readdirplus), and reads go to the kernel in large requests
- * with readahead: a find or a copy costs few round trips. */
+ * one and du, tar and rsync -H see them.  Every listing carries each
+ * entry's attributes (readdirplus, not the kernel's "auto" choice, which
+ * asks for them only in the first request of a directory: `find -ls` then
+ * costs a lookup round trip per file, three times the kernel's ext4), and
+ * reads go to the kernel in large requests with readahead: a find or a
+ * copy costs few round trips. */
 static void *tf_init(struct fuse_conn_info *conn, struct fuse_config *fc)
 {
   fc->entry_timeout = KERNEL_TIMEOUT_S;
@@ -1440,6 +1529,7 @@ static void *tf_init(struct fuse_conn_info *conn, struct fuse_config *fc)
   conn->max_readahead = 1u << 20;
   if (conn->capable & FUSE_CAP_READDIRPLUS)
     conn->want |= FUSE_CAP_READDIRPLUS;
+  conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_ASYNC_READ)
     conn->want |= FUSE_CAP_ASYNC_READ;
   return NULL;
@@ -1502,7 +1592,9 @@ static int rofs_fallocate(const char *p, int m, off_t o, off_t l, struct fuse_fi
 static const struct fuse_operations ops = {
     .init = tf_init,
     .getattr = tf_getattr,
+    .opendir = tf_opendir,
     .readdir = tf_readdir,
+    .releasedir = tf_releasedir,
     .readlink = tf_readlink,
     .open = tf_open,
     .read = tf_read,
