@@ -1654,9 +1654,10 @@ static void no_symfollow(const char *mountpoint)
 
 /* fuse_main(), unrolled so nosymfollow is set between the mount and the
  * first request. */
-/* True if a tabula view is already mounted on MOUNTPOINT (a second mount
- * would stack on it). */
-static bool already_mounted(const char *mountpoint)
+/* The device (MAJ:MIN) of the tabula view mounted on MOUNTPOINT, from
+ * /proc/self/mountinfo (no request to the filesystem, which does not serve
+ * yet); false if there is none. */
+static bool mounted_dev(const char *mountpoint, char *dev, size_t len)
 {
   char real[PATH_MAX];
   if (!realpath(mountpoint, real))
@@ -1668,15 +1669,45 @@ static bool already_mounted(const char *mountpoint)
   bool found = false;
   while (!found && fgets(line, sizeof line, f)) {
     /* ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ... - FSTYPE SOURCE ... */
-    char mp[4096], fstype[256];
+    char mp[4096], fstype[256], majmin[64];
     const char *dash = strstr(line, " - ");
-    if (!dash || sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+    if (!dash || sscanf(line, "%*s %*s %63s %*s %4095s", majmin, mp) != 2 ||
         sscanf(dash + 3, "%255s", fstype) != 1)
       continue;
     found = strcmp(mp, real) == 0 && strcmp(fstype, "fuse.tabula") == 0;
+    if (found)
+      snprintf(dev, len, "%s", majmin);
   }
   fclose(f);
   return found;
+}
+
+/* True if a tabula view is already mounted on MOUNTPOINT (a second mount
+ * would stack on it). */
+static bool already_mounted(const char *mountpoint)
+{
+  char dev[64];
+  return mounted_dev(mountpoint, dev, sizeof dev);
+}
+
+/* The kernel reads ahead 128 KiB on a FUSE mount, whatever the INIT reply
+ * asks (it only lowers the value), so a sequential read of a guest file is
+ * one request per 128 KiB, each a round trip to the worker and to NBD.
+ * Root may raise it in sysfs, as for a block device: READAHEAD_KB, which
+ * the kernel then sends as reads of up to 1 MiB (max_pages).  Without the
+ * permission reads stay at 128 KiB: slower, nothing else. */
+#define READAHEAD_KB 1024
+static void raise_readahead(const char *mountpoint)
+{
+  char dev[64], path[128];
+  if (!mounted_dev(mountpoint, dev, sizeof dev))
+    return;
+  snprintf(path, sizeof path, "/sys/class/bdi/%s/read_ahead_kb", dev);
+  FILE *f = fopen(path, "we");
+  if (f) {
+    fprintf(f, "%d\n", READAHEAD_KB);
+    fclose(f);
+  }
 }
 
 /* The view of a local appliance reads its state directory and connects to
@@ -1748,6 +1779,7 @@ static int run(struct fuse_args *args)
   if (fuse_mount(f, o.mountpoint) != 0)
     goto out_destroy;
   no_symfollow(o.mountpoint);
+  raise_readahead(o.mountpoint);
   if (fuse_daemonize(o.foreground) != 0 || fuse_set_signal_handlers(fuse_get_session(f)) != 0)
     goto out_unmount;
   struct fuse_loop_config *lc = fuse_loop_cfg_create();
