@@ -13,7 +13,8 @@
  * what readdir shows.
  *
  * Robustness.  Each handle has a worker thread that alone touches libtsk and
- * the caches; a public call packs its arguments into a job the worker owns,
+ * the caches (content reads of a file mapped at open go to the disk from the
+ * caller's thread: see struct frun); a public call packs its arguments into a job the worker owns,
  * hands it over and waits on a condition variable until the job's deadline.
  * The worker's image read callback enforces the same deadline: once it is
  * spent every further read fails, libtsk unwinds with an error and the caller

@@ -212,7 +212,11 @@ int tb_inspect_readlink(struct tb_inspect *ins, size_t vol, const char *path, ch
  * never waits (the worker releases it between requests). */
 struct tb_ifile;
 struct tb_ifile *tb_inspect_open_file(struct tb_inspect *ins, size_t vol, const char *path);
-/* Returns the bytes read (short only at the end of the file), or -1. */
+/* Returns the bytes read (short only at the end of the file), or -1.  A
+ * file whose content is plain runs of the disk (most are) was mapped at
+ * open: its reads run on the caller's thread, in parallel, as plain disk
+ * reads (no libtsk, so no deadline is needed beyond the disk's own); the
+ * others run on the worker under the deadline like every other call. */
 ssize_t tb_ifile_pread(struct tb_ifile *f, void *buf, size_t len, uint64_t off);
 uint64_t tb_ifile_size(const struct tb_ifile *f);
 void tb_ifile_close(struct tb_ifile *f);
