@@ -4,10 +4,12 @@
  * tb_inspect hands the disk to libtsk through tsk_img_open_external(), finds
  * the volume system (MBR/GPT) or an unpartitioned filesystem, and opens each
  * recognised filesystem once.  Everything else is built from one primitive,
- * the directory listing: load_dir() reads a directory through libtsk, keeps
- * only allocated, real (not TSK-virtual) entries with sane names, loads each
- * entry's metadata, sorts the entries by name and caches the result per
- * volume (LRU, bounded by directories and entries).  Path lookups walk these
+ * the directory listing: read_dir() reads a directory (ext and NTFS
+ * directories with our own readers, which avoid libtsk's quadratic
+ * tsk_fs_dir_add; the others through libtsk), keeps only allocated, real
+ * (not TSK-virtual) entries with sane names, loads each entry's metadata,
+ * sorts the entries by name and caches the result per volume (LRU, bounded
+ * by directories and entries).  Path lookups walk these
  * listings with a binary search per component, so stat and lookup cost no
  * filesystem I/O once a directory is cached, and lookups can only ever find
  * what readdir shows.
@@ -1218,6 +1220,7 @@ static bool ext_inode_off(struct tb_inspect *ins, struct vol *v, uint64_t inum, 
 
 static uint16_t le16(const unsigned char *p);
 static uint32_t le32(const unsigned char *p);
+static uint64_t le64(const unsigned char *p);
 
 static void raw_free(struct vol *v)
 {
@@ -1900,16 +1903,278 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
   return NULL;
 }
 
-/* Read directory INUM (ext: ext_read_dir; else through libtsk) into a
+/* NTFS directories, read by us: libtsk's ntfs_dir_open_meta adds each
+ * name with tsk_fs_dir_add, which compares it with every name already
+ * added (a 5,000-entry directory: three quarters of its listing time),
+ * scans the slack of every index block for deleted names, and at the first
+ * listing walks the whole MFT for files naming the directory as parent
+ * that its index lacks.  None of that is what ntfs-3g shows: it lists the
+ * index, the $INDEX_ROOT and the index blocks of $INDEX_ALLOCATION that
+ * $BITMAP marks in use, in order, without DOS (8.3) names.  So do we,
+ * through the directory's attributes as libtsk loaded them (attribute
+ * lists included) and libtsk's reads, with the same checks on each entry
+ * as libtsk (parent reference, lengths inside the record) and its lenient
+ * UTF-16 decoding (ntfs_name).  Anything that does not parse exactly (a
+ * record without its magic, a bad update sequence, an entry running past
+ * its record) goes to libtsk: *FALLBACK is set. */
+#define NTFS_ATTR_FILE_NAME 0x30
+#define NTFS_INDEX_ENTRY_LAST 0x02
+#define NTFS_FNAME_FLAG_DIR 0x10000000u
+#define NTFS_NS_DOS 2
+#define NTFS_SECTOR 512
+
+/* An index entry's name as libtsk decodes it (tsk_UTF16toUTF8, lenient):
+ * an unpaired surrogate is '^' (a high one takes the unit after it
+ * along), a high surrogate at the very end makes the name empty. */
+static void ntfs_name(const unsigned char *p, size_t units, char *out)
+{
+  size_t o = 0;
+  for (size_t i = 0; i < units; i++) {
+    uint32_t c = le16(p + 2 * i);
+    if (c >= 0xD800 && c < 0xDC00) {
+      if (i + 1 >= units) {
+        o = 0;
+        break;
+      }
+      uint32_t c2 = le16(p + 2 * ++i);
+      c = c2 >= 0xDC00 && c2 < 0xE000 ? ((c - 0xD800) << 10) + (c2 - 0xDC00) + 0x10000 : '^';
+    } else if (c >= 0xDC00 && c < 0xE000) {
+      c = '^';
+    }
+    if (c < 0x80) {
+      out[o++] = (char)c;
+    } else if (c < 0x800) {
+      out[o++] = (char)(0xC0 | c >> 6);
+      out[o++] = (char)(0x80 | (c & 0x3F));
+    } else if (c < 0x10000) {
+      out[o++] = (char)(0xE0 | c >> 12);
+      out[o++] = (char)(0x80 | ((c >> 6) & 0x3F));
+      out[o++] = (char)(0x80 | (c & 0x3F));
+    } else {
+      out[o++] = (char)(0xF0 | c >> 18);
+      out[o++] = (char)(0x80 | ((c >> 12) & 0x3F));
+      out[o++] = (char)(0x80 | ((c >> 6) & 0x3F));
+      out[o++] = (char)(0x80 | (c & 0x3F));
+    }
+  }
+  out[o] = '\0';
+}
+
+/* An entry as the index names it, for a listing without metadata
+ * (ntfs_list_names: the indexed diff loads only what it compares). */
+struct ntfs_name {
+  char *name;
+  uint64_t ref;
+  uint16_t seq;
+  TSK_FS_NAME_TYPE_ENUM type;
+};
+
+struct ntfs_dir_read {
+  struct tb_inspect *ins;
+  struct vol *v;
+  struct cached_dir *d; /* with the entries' metadata, or */
+  size_t cap;
+  struct ntfs_name *names; /* ... without, when names_only */
+  size_t n_names, cap_names;
+  bool names_only;
+  struct name_seen seen;
+  bool oom;
+};
+
+static bool ntfs_name_add(struct ntfs_dir_read *x, char *name, const TSK_FS_NAME *nm)
+{
+  if (x->n_names == x->cap_names) {
+    size_t nc = x->cap_names ? x->cap_names * 2 : 64;
+    struct ntfs_name *nv = realloc(x->names, nc * sizeof *nv);
+    if (!nv)
+      return false;
+    x->names = nv;
+    x->cap_names = nc;
+  }
+  x->names[x->n_names++] = (struct ntfs_name){name, nm->meta_addr, nm->meta_seq, nm->type};
+  return true;
+}
+
+/* The entries of one index node (BUF[OFF, END)); false if they do not
+ * parse exactly. */
+static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf, size_t off,
+                               size_t end)
+{
+  while (off + 16 <= end) {
+    const unsigned char *e = buf + off;
+    uint32_t len = le16(e + 8), klen = le16(e + 10), flags = le32(e + 12);
+    if (flags & NTFS_INDEX_ENTRY_LAST)
+      return true;
+    if (len < 16 + 66 || len % 8 || len > end - off || klen < 66 || klen > len - 16)
+      return false;
+    const unsigned char *fn = e + 16;
+    unsigned units = fn[64], ns = fn[65];
+    uint64_t ref = le64(e) & 0xFFFFFFFFFFFFull, parent = le64(fn) & 0xFFFFFFFFFFFFull;
+    if (66 + 2u * units > klen)
+      return false;
+    off += len;
+    /* libtsk's checks: a reference inside the MFT, naming this directory */
+    if (ns == NTFS_NS_DOS || ref < x->v->fs->first_inum || ref > x->v->fs->last_inum ||
+        parent != x->d->inum ||
+        (x->names_only ? x->n_names : x->d->n) >= TB_INSPECT_MAX_DIR_ENTRIES)
+      continue;
+    char raw[4 * 255 + 1];
+    ntfs_name(fn + 66, units, raw);
+    TSK_FS_NAME nm = {.name = raw,
+                      .meta_addr = ref,
+                      .meta_seq = le16(e + 6),
+                      .flags = TSK_FS_NAME_FLAG_ALLOC,
+                      .type = le32(fn + 56) & NTFS_FNAME_FLAG_DIR ? TSK_FS_NAME_TYPE_DIR
+                                                                  : TSK_FS_NAME_TYPE_REG};
+    char *name = entry_name(&nm, &x->seen);
+    struct tb_istat st = {.type = name_type(nm.type), .inum = ref, .nlink = 1};
+    if (name && x->names_only && ref >= NTFS_FIRST_USER_RECORD) {
+      if (!ntfs_name_add(x, name, &nm)) {
+        free(name);
+        x->oom = true;
+        return false;
+      }
+    } else if (name && !x->names_only && ref >= NTFS_FIRST_USER_RECORD &&
+               file_stat(x->ins, x->v, tsk_fs_file_open_meta(x->v->fs, NULL, ref), &nm, &st)) {
+      if (!dir_add(x->d, &x->cap, name, &st)) {
+        free(name);
+        x->oom = true;
+        return false;
+      }
+    } else {
+      free(name);
+    }
+  }
+  return off == end;
+}
+
+/* Undo the update sequence of an index record of SIZE bytes in place. */
+static bool ntfs_fixup(unsigned char *rec, size_t size)
+{
+  size_t usa = le16(rec + 4), count = le16(rec + 6);
+  if (count < 1 || usa + 2 * count > size || (count - 1) * NTFS_SECTOR > size)
+    return false;
+  for (size_t i = 1; i < count; i++) {
+    unsigned char *tail = rec + i * NTFS_SECTOR - 2;
+    if (memcmp(tail, rec + usa, 2) != 0)
+      return false;
+    memcpy(tail, rec + usa + 2 * i, 2);
+  }
+  return true;
+}
+
+/* The index of directory DM into X (x->d allocated, its inum set); false
+ * if it does not parse (*FALLBACK: libtsk may read it) or on error. */
+static bool ntfs_read_index(struct ntfs_dir_read *x, TSK_FS_FILE *dm, bool *fallback)
+{
+  struct tb_inspect *ins = x->ins;
+  struct vol *v = x->v;
+  *fallback = true;
+  const TSK_FS_ATTR *root = ntfs_attr(dm, TSK_FS_ATTR_TYPE_NTFS_IDXROOT);
+  const TSK_FS_ATTR *alloc = ntfs_attr(dm, TSK_FS_ATTR_TYPE_NTFS_IDXALLOC);
+  const TSK_FS_ATTR *bitmap = ntfs_attr(dm, TSK_FS_ATTR_TYPE_NTFS_BITMAP);
+  tsk_error_reset();
+  if (!root || !(root->flags & TSK_FS_ATTR_RES) || !root->rd.buf || root->rd.buf_size < 32 ||
+      root->size < 32 || (size_t)root->size > root->rd.buf_size)
+    return NULL;
+  const unsigned char *rb = root->rd.buf;
+  size_t rsize = (size_t)root->size, recsize = le32(rb + 8);
+  size_t rbeg = 16 + (size_t)le32(rb + 16), rend = 16 + (size_t)le32(rb + 20);
+  if (le32(rb) != NTFS_ATTR_FILE_NAME || rbeg > rend || rend > rsize || recsize < NTFS_SECTOR ||
+      recsize > 65536 || (recsize & (recsize - 1)))
+    return false;
+  bool ok = ntfs_index_entries(x, rb, rbeg, rend);
+  uint64_t asize = alloc && alloc->size > 0 ? (uint64_t)alloc->size : 0;
+  unsigned char *bits = NULL, *rec = NULL;
+  uint64_t nbits = 0;
+  if (ok && asize) {
+    uint64_t bsize = bitmap && bitmap->size > 0 ? (uint64_t)bitmap->size : 0;
+    ok = (alloc->flags & TSK_FS_ATTR_NONRES) && !(alloc->flags & TSK_FS_ATTR_COMP) && bsize &&
+         bsize <= (1u << 24) && asize <= v->pub.length && (bits = malloc(bsize)) &&
+         (rec = malloc(recsize)) &&
+         tsk_fs_attr_read(bitmap, 0, (char *)bits, bsize, TSK_FS_FILE_READ_FLAG_NONE) ==
+             (ssize_t)bsize;
+    nbits = bsize * 8;
+  }
+  for (uint64_t b = 0; ok && asize && b < asize / recsize && b < nbits; b++) {
+    if (!(bits[b / 8] & (1u << (b % 8))))
+      continue;
+    if (past_deadline(ins) ||
+        tsk_fs_attr_read(alloc, (TSK_OFF_T)(b * recsize), (char *)rec, recsize,
+                         TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)recsize ||
+        memcmp(rec, "INDX", 4) != 0 || !ntfs_fixup(rec, recsize)) {
+      ok = false;
+      break;
+    }
+    size_t beg = 0x18 + (size_t)le32(rec + 0x18), end = 0x18 + (size_t)le32(rec + 0x1C);
+    ok = beg <= end && end <= recsize && ntfs_index_entries(x, rec, beg, end);
+  }
+  free(bits);
+  free(rec);
+  tsk_error_reset();
+  if (!ok && (ins->deadline_hit || x->oom))
+    *fallback = false;
+  return ok;
+}
+
+static struct cached_dir *ntfs_read_dir(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *dm,
+                                        uint64_t inum, bool *fallback)
+{
+  struct ntfs_dir_read x = {.ins = ins, .v = v, .d = calloc(1, sizeof *x.d)};
+  if (!x.d) {
+    *fallback = false;
+    return NULL;
+  }
+  x.d->inum = inum;
+  if (ntfs_read_index(&x, dm, fallback))
+    return x.d;
+  free_dir(x.d);
+  return NULL;
+}
+
+static void ntfs_names_free(struct ntfs_name *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    free(v[i].name);
+  free(v);
+}
+
+/* Directory INUM's entries as ntfs_read_dir lists them, without their
+ * metadata; false if libtsk must read it (*FALLBACK) or on error. */
+static bool ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
+                            struct ntfs_name **out, size_t *n, bool *fallback)
+{
+  struct cached_dir d = {.inum = inum};
+  struct ntfs_dir_read x = {.ins = ins, .v = v, .d = &d, .names_only = true};
+  *fallback = true;
+  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  bool ok = dm && dm->meta && size_plausible(v, dm->meta) && ntfs_read_index(&x, dm, fallback);
+  if (!dm || !dm->meta)
+    *fallback = true;
+  tsk_fs_file_close(dm);
+  tsk_error_reset();
+  if (!ok) {
+    ntfs_names_free(x.names, x.n_names);
+    return false;
+  }
+  *out = x.names;
+  *n = x.n_names;
+  return true;
+}
+
+/* Read directory INUM (ext: ext_read_dir, NTFS: ntfs_read_dir; else
+ * through libtsk) into a
  * sorted listing. */
 static struct cached_dir *dir_finish(struct cached_dir *d);
 static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
   TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
   bool plausible = dm && dm->meta && size_plausible(v, dm->meta), fallback = true;
-  struct cached_dir *ed = plausible && TSK_FS_TYPE_ISEXT(v->fs->ftype)
-                              ? ext_read_dir(ins, v, dm, inum, &fallback)
-                              : NULL;
+  struct cached_dir *ed =
+      !plausible                         ? NULL
+      : TSK_FS_TYPE_ISEXT(v->fs->ftype)  ? ext_read_dir(ins, v, dm, inum, &fallback)
+      : TSK_FS_TYPE_ISNTFS(v->fs->ftype) ? ntfs_read_dir(ins, v, dm, inum, &fallback)
+                                         : NULL;
   tsk_fs_file_close(dm);
   if (!plausible) {
     tsk_fail(ins, "implausible directory (damaged filesystem?)");
@@ -4286,7 +4551,7 @@ static int compare_entry(struct idiff *x, uint32_t bk, const struct tb_istat *ls
 struct lent {
   char *name;
   uint64_t inum;
-  size_t idx;        /* in the TSK_FS_DIR */
+  size_t idx;        /* in the TSK_FS_DIR, or in the NTFS names */
   uint32_t base;     /* the base child of that name, or NODE_NONE */
   bool loaded, virt; /* stat read (virt: libtsk's virtual file, not listed) */
   struct tb_istat st;
@@ -4331,14 +4596,31 @@ static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_l
   *out = NULL;
   *n_out = 0;
   x->stats->dirs_relisted++;
-  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)linum);
-  bool plausible = dm && dm->meta && size_plausible(v, dm->meta);
-  tsk_fs_file_close(dm);
-  TSK_FS_DIR *td = plausible ? tsk_fs_dir_open_meta(v->fs, (TSK_INUM_T)linum) : NULL;
-  tsk_error_reset();
-  if (!td) /* unreadable: the walk skips it */
-    return x->ins->deadline_hit ? tsk_fail(x->ins, "cannot read directory") : 0;
-  size_t cnt = tsk_fs_dir_getsize(td);
+  /* NTFS through its index, as read_dir() lists it (libtsk adds names
+   * ntfs-3g does not show). */
+  struct ntfs_name *names = NULL;
+  size_t n_names = 0, cnt = 0;
+  bool fallback = true;
+  bool ours = TSK_FS_TYPE_ISNTFS(v->fs->ftype) &&
+              ntfs_list_names(x->ins, v, linum, &names, &n_names, &fallback);
+  if (!ours && !fallback && x->ins->deadline_hit)
+    return tsk_fail(x->ins, "cannot read directory");
+  if (!ours && !fallback) {
+    errno = ENOMEM;
+    return tb_error("out of memory comparing filesystems");
+  }
+  cnt = n_names;
+  TSK_FS_DIR *td = NULL;
+  if (!ours) {
+    TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)linum);
+    bool plausible = dm && dm->meta && size_plausible(v, dm->meta);
+    tsk_fs_file_close(dm);
+    td = plausible ? tsk_fs_dir_open_meta(v->fs, (TSK_INUM_T)linum) : NULL;
+    tsk_error_reset();
+    if (!td) /* unreadable: the walk skips it */
+      return x->ins->deadline_hit ? tsk_fail(x->ins, "cannot read directory") : 0;
+    cnt = tsk_fs_dir_getsize(td);
+  }
   if (cnt > TB_INSPECT_MAX_DIR_ENTRIES)
     cnt = TB_INSPECT_MAX_DIR_ENTRIES;
   struct lent *le = calloc(cnt ? cnt : 1, sizeof *le);
@@ -4348,6 +4630,13 @@ static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_l
   for (size_t i = 0; i < cnt && r == 0; i++) {
     if ((i & 255) == 0 && past_deadline(x->ins))
       break;
+    if (ours) { /* already an entry_name(); the metadata is loaded below */
+      if (path_len + 1 + strlen(names[i].name) < TB_PATH_MAX) {
+        le[n++] = (struct lent){.name = names[i].name, .inum = names[i].ref, .idx = i};
+        names[i].name = NULL;
+      }
+      continue;
+    }
     const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, i);
     char *name = entry_name(nm, &seen);
     if (!name && errno == ENOMEM)
@@ -4375,12 +4664,26 @@ static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_l
       continue; /* the base's entry, unchanged */
     if ((i & 63) == 0 && past_deadline(x->ins))
       break;
-    const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, le[i].idx);
     le[i].loaded = true;
-    le[i].virt = !nm || !entry_stat(x->ins, x->v, td, le[i].idx, nm, &le[i].st);
+    if (ours) {
+      const struct ntfs_name *nn = &names[le[i].idx];
+      TSK_FS_NAME nm = {.name = le[i].name,
+                        .meta_addr = nn->ref,
+                        .meta_seq = nn->seq,
+                        .flags = TSK_FS_NAME_FLAG_ALLOC,
+                        .type = nn->type};
+      le[i].st = (struct tb_istat){.type = name_type(nn->type), .inum = nn->ref, .nlink = 1};
+      le[i].virt =
+          !file_stat(x->ins, v, tsk_fs_file_open_meta(v->fs, NULL, nn->ref), &nm, &le[i].st);
+    } else {
+      const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, le[i].idx);
+      le[i].virt = !nm || !entry_stat(x->ins, x->v, td, le[i].idx, nm, &le[i].st);
+    }
     x->stats->files_examined++;
   }
-  tsk_fs_dir_close(td);
+  if (td)
+    tsk_fs_dir_close(td);
+  ntfs_names_free(names, n_names);
   if (r < 0) {
     lents_free(le, n);
     errno = ENOMEM;
