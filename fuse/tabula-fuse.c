@@ -15,7 +15,11 @@
  * long as the mount; a live client's snapshot is re-opened when it is older
  * than CACHE_MS, so directory listings and stats lag the guest by at most
  * CACHE_MS plus the kernel's attribute timeout (KERNEL_TIMEOUT_S).  Open files
- * hold the snapshot they were opened on.
+ * hold the snapshot they were opened on.  The kernel's caches follow the
+ * same line (node_timeout): what lies inside an immutable export (names,
+ * attributes, absences, listings, pages) it may keep without limit, the
+ * rest KERNEL_TIMEOUT_S; this is why the view speaks libfuse's low-level
+ * API, whose replies each carry their own timeouts.
  *
  * Promises: nothing is ever written (the mount is "ro" and every modifying
  * operation answers EROFS); a damaged or hostile guest filesystem answers EIO
@@ -34,7 +38,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse.h>
 #include <fuse_lowlevel.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -60,6 +63,7 @@
 
 #define CACHE_MS 2000        /* lifetime of a live snapshot, of listings and of changes.txt */
 #define KERNEL_TIMEOUT_S 1.0 /* kernel entry/attribute cache */
+#define IMMUTABLE_TIMEOUT_S (365 * 86400.0) /* ... inside immutable exports: node_timeout */
 #define MAX_SOURCES 4096
 #define DEFAULT_OP_TIMEOUT_S 5 /* --op-timeout */
 
@@ -552,13 +556,14 @@ static void list_clients_arg(const char *unused, struct names *out)
  * goes through parse(), which asks this first.  With allow_other the
  * kernel may still answer a stat from its attribute cache for up to
  * KERNEL_TIMEOUT_S; data always needs an open. */
+static __thread int64_t req_uid = -1; /* the caller of the request being served */
+
 static bool caller_is_admin(void)
 {
-  struct fuse_context *fc = fuse_get_context();
-  if (!fc || fc->uid == 0 || fc->uid == getuid())
+  if (req_uid < 0 || req_uid == 0 || req_uid == (int64_t)getuid())
     return true;
   for (size_t i = 0; cfg && i < cfg->n_admin_uids; i++)
-    if (cfg->admin_uids[i] == (int64_t)fc->uid)
+    if (cfg->admin_uids[i] == req_uid)
       return true;
   return false;
 }
@@ -1061,12 +1066,28 @@ static int vol_index(struct snap *s, const char *volume)
   return tb_inspect_find_volume(s->ins, volume);
 }
 
-static int getattr_node(const char *path, struct stat *st)
+/* How long the kernel may keep a node's entry and attributes (and its
+ * absence): the inside of an immutable export (a version, a retained
+ * session: their disk, volumes and files) for as long as it likes, the
+ * rest KERNEL_TIMEOUT_S.  Not with allow_other: the kernel answers a stat
+ * from its cache without asking the view, so another user could see what
+ * an admin looked up; there, everything keeps KERNEL_TIMEOUT_S. */
+static bool shared_mount; /* allow_other or allow_root */
+
+static double node_timeout(const struct node *n)
+{
+  bool inside = n->kind == K_DISK || n->kind == K_FS || n->kind == K_VOL;
+  return inside && n->ctx != CTX_LIVE && !shared_mount ? IMMUTABLE_TIMEOUT_S : KERNEL_TIMEOUT_S;
+}
+
+static int getattr_node(const char *path, struct stat *st, double *timeout)
 {
   struct node n;
+  *timeout = KERNEL_TIMEOUT_S;
   int r = parse(path, &n);
   if (r < 0)
     return r;
+  *timeout = node_timeout(&n);
   memset(st, 0, sizeof *st);
   switch (n.kind) {
   case K_ROOT:
@@ -1124,9 +1145,9 @@ static int getattr_node(const char *path, struct stat *st)
   return -ENOENT;
 }
 
-static int tf_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+static int tf_getattr(const char *path, struct stat *st, double *timeout)
 {
-  int r = getattr_node(path, st);
+  int r = getattr_node(path, st, timeout);
   if (r == 0 && st->st_ino == 0)
     st->st_ino = path_ino(path);
   return r;
@@ -1139,6 +1160,7 @@ static int tf_getattr(const char *path, struct stat *st, struct fuse_file_info *
  * a `find -ls` or `ls -l` needs no lookup per file).  Without offsets
  * libfuse would take the listing in one go and drop the attributes. */
 struct listing {
+  double timeout; /* of its entries (node_timeout) */
   size_t n, cap;
   struct listed {
     char *name;
@@ -1156,11 +1178,9 @@ static void listing_free(struct listing *l)
   free(l);
 }
 
-/* A fuse_fill_dir_t that adds to a listing: the listers below fill one. */
-static int listing_add(void *buf, const char *name, const struct stat *st, off_t off,
-                       enum fuse_fill_dir_flags flags)
+/* Add NAME (and its attributes, if known) to L; non-zero when out of memory. */
+static int listing_add(struct listing *l, const char *name, const struct stat *st)
 {
-  struct listing *l = buf;
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 64;
     struct listed *v = realloc(l->v, cap * sizeof *v);
@@ -1194,7 +1214,7 @@ static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
   struct fill_ctx *fc = ctx;
   struct stat st;
   istat_to_stat(is, &st, guest_ino(fc->source, fc->vol, is->inum));
-  if (listing_add(fc->listing, name, &st, 0, FUSE_FILL_DIR_PLUS) != 0) {
+  if (listing_add(fc->listing, name, &st) != 0) {
     fc->full = true;
     return 1;
   }
@@ -1202,10 +1222,10 @@ static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
   return 0;
 }
 
-static void fill_names(void *buf, fuse_fill_dir_t fill, const struct names *names)
+static void fill_names(struct listing *l, const struct names *names)
 {
   for (size_t i = 0; i < names->n; i++)
-    fill(buf, names->v[i], NULL, 0, 0);
+    listing_add(l, names->v[i], NULL);
 }
 
 /* The entries of directory PATH into L. */
@@ -1216,14 +1236,13 @@ static int list_dir(const char *path, struct listing *l)
   if (r < 0)
     return r;
   struct names names = {0};
-  fuse_fill_dir_t fill = listing_add;
-  void *buf = l;
-  fill(buf, ".", NULL, 0, 0);
-  fill(buf, "..", NULL, 0, 0);
+  l->timeout = node_timeout(&n);
+  listing_add(l, ".", NULL);
+  listing_add(l, "..", NULL);
   switch (n.kind) {
   case K_ROOT:
-    fill(buf, "clients", NULL, 0, 0);
-    fill(buf, "images", NULL, 0, 0);
+    listing_add(l, "clients", NULL);
+    listing_add(l, "images", NULL);
     return 0;
   case K_CLIENTS:
     list_clients(&names);
@@ -1241,17 +1260,17 @@ static int list_dir(const char *path, struct listing *l)
     list_disks(n.name, &names);
     break;
   case K_CTX:
-    fill(buf, "disk", NULL, 0, 0);
-    fill(buf, "fs", NULL, 0, 0);
+    listing_add(l, "disk", NULL);
+    listing_add(l, "fs", NULL);
     if (n.ctx != CTX_VERSION)
-      fill(buf, "changes.txt", NULL, 0, 0);
+      listing_add(l, "changes.txt", NULL);
     if (n.ctx == CTX_LIVE) {
-      fill(buf, "status.json", NULL, 0, 0);
-      fill(buf, "sessions", NULL, 0, 0);
+      listing_add(l, "status.json", NULL);
+      listing_add(l, "sessions", NULL);
       if (!strchr(n.name, '/')) {
         list_disks(n.name, &names);
         if (names.n > 0)
-          fill(buf, "disks", NULL, 0, 0);
+          listing_add(l, "disks", NULL);
         names_free(&names);
       }
     }
@@ -1262,7 +1281,7 @@ static int list_dir(const char *path, struct listing *l)
     if (!sn)
       return -EIO;
     for (size_t i = 0; i < tb_inspect_n_volumes(sn->ins); i++)
-      fill(buf, tb_inspect_volume(sn->ins, i)->name, NULL, 0, 0);
+      listing_add(l, tb_inspect_volume(sn->ins, i)->name, NULL);
     snap_put(sn);
     return 0;
   }
@@ -1283,7 +1302,7 @@ static int list_dir(const char *path, struct listing *l)
   default:
     return -ENOTDIR;
   }
-  fill_names(buf, fill, &names);
+  fill_names(l, &names);
   names_free(&names);
   return 0;
 }
@@ -1299,20 +1318,6 @@ static int tf_opendir(const char *path, struct fuse_file_info *fi)
     return r;
   }
   fi->fh = (uint64_t)(uintptr_t)l;
-  return 0;
-}
-
-static int tf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t offset,
-                      struct fuse_file_info *fi, enum fuse_readdir_flags flags)
-{
-  const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
-  bool plus = flags & FUSE_READDIR_PLUS;
-  for (size_t i = offset > 0 ? (size_t)offset : 0; i < l->n; i++) {
-    const struct listed *e = &l->v[i];
-    if (fill(buf, e->name, e->has_st ? &e->st : NULL, (off_t)(i + 1),
-             e->has_st && plus ? FUSE_FILL_DIR_PLUS : 0) != 0)
-      break;
-  }
   return 0;
 }
 
@@ -1512,111 +1517,446 @@ static int tf_statfs(const char *path, struct statvfs *st)
   return 0;
 }
 
-/* use_ino: the inode numbers are ours (see node_ino), so hard links share
- * one and du, tar and rsync -H see them.  Every listing carries each
- * entry's attributes (readdirplus, not the kernel's "auto" choice, which
- * asks for them only in the first request of a directory: `find -ls` then
- * costs a lookup round trip per file, three times the kernel's ext4), and
- * reads go to the kernel in large requests with readahead: a find or a
- * copy costs few round trips. */
-static void *tf_init(struct fuse_conn_info *conn, struct fuse_config *fc)
+/* ---- the kernel's side: nodes and low-level operations ------------------------------ */
+
+/* The view answers the kernel through libfuse's low-level API, for the
+ * cache timeouts: each reply says how long the kernel may keep what it
+ * got (node_timeout), which libfuse's path API fixes for the whole mount.
+ * The kernel names files by node ids; a node is a path of the view,
+ * looked up (or listed with attributes) nlookup times and not yet
+ * forgotten.  Everything else works on paths, as above.
+ *
+ * Inode numbers (st_ino) are ours (guest_ino), so hard links share one and
+ * du, tar and rsync -H see them; node ids are per path.  Every listing
+ * carries each entry's attributes (readdirplus, not the kernel's "auto"
+ * choice, which asks for them only in a directory's first request:
+ * `find -ls` then costs a lookup round trip per file), and reads go to the
+ * kernel in large requests with readahead: a find or a copy costs few
+ * round trips. */
+struct lnode {
+  uint64_t id, nlookup;
+  struct lnode *next_id, *next_path; /* hash chains */
+  char path[];
+};
+
+#define LNODE_BUCKETS 65536
+static pthread_mutex_t lnodes_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lnode *lnodes_by_id[LNODE_BUCKETS], *lnodes_by_path[LNODE_BUCKETS];
+static uint64_t next_lnode_id = FUSE_ROOT_ID + 1;
+
+static size_t lnode_path_bucket(const char *path)
 {
-  fc->entry_timeout = KERNEL_TIMEOUT_S;
-  fc->attr_timeout = KERNEL_TIMEOUT_S;
-  fc->negative_timeout = KERNEL_TIMEOUT_S;
-  fc->use_ino = 1;
-  fc->readdir_ino = 1;
+  uint64_t h = 1469598103934665603ull;
+  for (; *path; path++)
+    h = (h ^ (unsigned char)*path) * 1099511628211ull;
+  return (size_t)(h % LNODE_BUCKETS);
+}
+
+/* The path of node ID (malloc'd), or NULL if the kernel named no such node. */
+static char *lnode_path(fuse_ino_t id)
+{
+  if (id == FUSE_ROOT_ID)
+    return strdup("/");
+  char *r = NULL;
+  pthread_mutex_lock(&lnodes_lock);
+  for (struct lnode *n = lnodes_by_id[id % LNODE_BUCKETS]; n; n = n->next_id)
+    if (n->id == id) {
+      r = strdup(n->path);
+      break;
+    }
+  pthread_mutex_unlock(&lnodes_lock);
+  return r;
+}
+
+/* One more lookup of PATH: its node id (0 when out of memory). */
+static uint64_t lnode_lookup(const char *path)
+{
+  size_t b = lnode_path_bucket(path);
+  uint64_t id = 0;
+  pthread_mutex_lock(&lnodes_lock);
+  struct lnode *n = lnodes_by_path[b];
+  while (n && strcmp(n->path, path) != 0)
+    n = n->next_path;
+  if (!n && (n = malloc(sizeof *n + strlen(path) + 1))) {
+    n->id = next_lnode_id++;
+    n->nlookup = 0;
+    strcpy(n->path, path);
+    n->next_path = lnodes_by_path[b];
+    lnodes_by_path[b] = n;
+    n->next_id = lnodes_by_id[n->id % LNODE_BUCKETS];
+    lnodes_by_id[n->id % LNODE_BUCKETS] = n;
+  }
+  if (n) {
+    n->nlookup++;
+    id = n->id;
+  }
+  pthread_mutex_unlock(&lnodes_lock);
+  return id;
+}
+
+static void lnode_forget(fuse_ino_t id, uint64_t count)
+{
+  if (id == FUSE_ROOT_ID)
+    return;
+  pthread_mutex_lock(&lnodes_lock);
+  struct lnode **p = &lnodes_by_id[id % LNODE_BUCKETS];
+  while (*p && (*p)->id != id)
+    p = &(*p)->next_id;
+  struct lnode *n = *p;
+  if (n && (n->nlookup -= count < n->nlookup ? count : n->nlookup) == 0) {
+    *p = n->next_id;
+    struct lnode **q = &lnodes_by_path[lnode_path_bucket(n->path)];
+    while (*q != n)
+      q = &(*q)->next_path;
+    *q = n->next_path;
+    free(n);
+  }
+  pthread_mutex_unlock(&lnodes_lock);
+}
+
+/* PARENT's path joined with NAME (malloc'd), or NULL (errno set). */
+static char *child_path(const char *parent, const char *name)
+{
+  char *r;
+  if (asprintf(&r, "%s%s%s", parent, strcmp(parent, "/") == 0 ? "" : "/", name) < 0)
+    return NULL;
+  return r;
+}
+
+/* Start serving REQ: the caller's uid for caller_is_admin, and ID's path
+ * (NULL after replying ESTALE: the kernel named a node it forgot). */
+static char *begin(fuse_req_t req, fuse_ino_t id)
+{
+  req_uid = (int64_t)fuse_req_ctx(req)->uid;
+  char *path = lnode_path(id);
+  if (!path)
+    fuse_reply_err(req, ESTALE);
+  return path;
+}
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  char *dir = begin(req, parent);
+  if (!dir)
+    return;
+  char *path = child_path(dir, name);
+  free(dir);
+  if (!path) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  struct fuse_entry_param e = {0};
+  double timeout;
+  int r = tf_getattr(path, &e.attr, &timeout);
+  if (r == 0 && !(e.ino = lnode_lookup(path)))
+    r = -ENOMEM;
+  if (r == 0 || r == -ENOENT) {
+    /* ENOENT: ino 0, the kernel keeps the absence for the timeout */
+    e.entry_timeout = timeout;
+    e.attr_timeout = timeout;
+    fuse_reply_entry(req, &e);
+  } else {
+    fuse_reply_err(req, -r);
+  }
+  free(path);
+}
+
+static void ll_forget(fuse_req_t req, fuse_ino_t id, uint64_t nlookup)
+{
+  lnode_forget(id, nlookup);
+  fuse_reply_none(req);
+}
+
+static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+  for (size_t i = 0; i < count; i++)
+    lnode_forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
+{
+  char *path = begin(req, id);
+  if (!path)
+    return;
+  struct stat st;
+  double timeout;
+  int r = tf_getattr(path, &st, &timeout);
+  if (r == 0)
+    fuse_reply_attr(req, &st, timeout);
+  else
+    fuse_reply_err(req, -r);
+  free(path);
+}
+
+static void ll_readlink(fuse_req_t req, fuse_ino_t id)
+{
+  char *path = begin(req, id);
+  if (!path)
+    return;
+  char buf[PATH_MAX + 1];
+  int r = tf_readlink(path, buf, sizeof buf);
+  if (r == 0)
+    fuse_reply_readlink(req, buf);
+  else
+    fuse_reply_err(req, -r);
+  free(path);
+}
+
+static void ll_opendir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
+{
+  char *path = begin(req, id);
+  if (!path)
+    return;
+  int r = tf_opendir(path, fi);
+  if (r == 0) {
+    const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
+    /* An immutable directory's listing may stay in the kernel's cache. */
+    fi->cache_readdir = fi->keep_cache = l->timeout > KERNEL_TIMEOUT_S;
+    if (fuse_reply_open(req, fi) != 0)
+      tf_releasedir(path, fi);
+  } else {
+    fuse_reply_err(req, -r);
+  }
+  free(path);
+}
+
+/* The entries of the listing from OFF on, as many as SIZE bytes hold; with
+ * PLUS each entry whose attributes are known is a lookup of its node. */
+static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
+                          struct fuse_file_info *fi, bool plus)
+{
+  char *dir = begin(req, id);
+  if (!dir)
+    return;
+  const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
+  char *buf = malloc(size ? size : 1);
+  size_t used = 0;
+  for (size_t i = off > 0 ? (size_t)off : 0; buf && i < l->n; i++) {
+    const struct listed *le = &l->v[i];
+    bool dots = strcmp(le->name, ".") == 0 || strcmp(le->name, "..") == 0;
+    char *path = dots ? NULL : child_path(dir, le->name);
+    struct fuse_entry_param e = {0};
+    if (le->has_st)
+      e.attr = le->st;
+    else /* no attributes: an inode number for d_ino, the type unknown */
+      e.attr.st_ino = path_ino(path ? path : dir);
+    size_t n;
+    if (!plus) {
+      n = fuse_add_direntry(req, buf + used, size - used, le->name, &e.attr, (off_t)(i + 1));
+    } else if (fuse_add_direntry_plus(req, NULL, 0, le->name, &e, (off_t)(i + 1)) > size - used) {
+      free(path);
+      break;
+    } else {
+      if (path && le->has_st) {
+        e.ino = lnode_lookup(path); /* 0 (out of memory): the kernel takes no lookup */
+        e.entry_timeout = e.attr_timeout = l->timeout;
+      }
+      n = fuse_add_direntry_plus(req, buf + used, size - used, le->name, &e, (off_t)(i + 1));
+    }
+    free(path);
+    if (n > size - used)
+      break;
+    used += n;
+  }
+  if (buf)
+    fuse_reply_buf(req, buf, used);
+  else
+    fuse_reply_err(req, ENOMEM);
+  free(buf);
+  free(dir);
+}
+
+static void ll_readdir(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+  readdir_reply(req, id, size, off, fi, false);
+}
+
+static void ll_readdirplus(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+  readdir_reply(req, id, size, off, fi, true);
+}
+
+static void ll_releasedir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
+{
+  tf_releasedir(NULL, fi);
+  fuse_reply_err(req, 0);
+}
+
+static void ll_open(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
+{
+  char *path = begin(req, id);
+  if (!path)
+    return;
+  int r = tf_open(path, fi);
+  if (r < 0)
+    fuse_reply_err(req, -r);
+  else if (fuse_reply_open(req, fi) != 0)
+    tf_release(path, fi);
+  free(path);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+  req_uid = (int64_t)fuse_req_ctx(req)->uid;
+  char *buf = malloc(size ? size : 1);
+  int r = buf ? tf_read(NULL, buf, size, off, fi) : -ENOMEM;
+  if (r >= 0)
+    fuse_reply_buf(req, buf, (size_t)r);
+  else
+    fuse_reply_err(req, -r);
+  free(buf);
+}
+
+static void ll_release(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
+{
+  tf_release(NULL, fi);
+  fuse_reply_err(req, 0);
+}
+
+static void ll_statfs(fuse_req_t req, fuse_ino_t id)
+{
+  struct statvfs st;
+  tf_statfs(NULL, &st);
+  fuse_reply_statfs(req, &st);
+}
+
+static void ll_getxattr(fuse_req_t req, fuse_ino_t id, const char *name, size_t size)
+{
+  char *path = begin(req, id);
+  if (!path)
+    return;
+  char *value = size ? malloc(size) : NULL;
+  int r = size && !value ? -ENOMEM : tf_getxattr(path, name, value, size);
+  if (r < 0)
+    fuse_reply_err(req, -r);
+  else if (size == 0)
+    fuse_reply_xattr(req, (size_t)r);
+  else
+    fuse_reply_buf(req, value, (size_t)r);
+  free(value);
+  free(path);
+}
+
+static void ll_listxattr(fuse_req_t req, fuse_ino_t id, size_t size)
+{
+  char *path = begin(req, id);
+  if (!path)
+    return;
+  char *list = size ? malloc(size) : NULL;
+  int r = size && !list ? -ENOMEM : tf_listxattr(path, list, size);
+  if (r < 0)
+    fuse_reply_err(req, -r);
+  else if (size == 0)
+    fuse_reply_xattr(req, (size_t)r);
+  else
+    fuse_reply_buf(req, list, (size_t)r);
+  free(list);
+  free(path);
+}
+
+static void ll_init(void *userdata, struct fuse_conn_info *conn)
+{
   conn->max_readahead = 1u << 20;
   if (conn->capable & FUSE_CAP_READDIRPLUS)
     conn->want |= FUSE_CAP_READDIRPLUS;
   conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_ASYNC_READ)
     conn->want |= FUSE_CAP_ASYNC_READ;
-  return NULL;
 }
 
 /* Everything that would modify the tree. */
-static int rofs_path(const char *path)
+static void rofs(fuse_req_t req)
 {
-  return -EROFS;
+  fuse_reply_err(req, EROFS);
 }
-static int rofs_mknod(const char *p, mode_t m, dev_t d)
+static void rofs_setattr(fuse_req_t req, fuse_ino_t i, struct stat *a, int s,
+                         struct fuse_file_info *fi)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_mkdir(const char *p, mode_t m)
+static void rofs_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t d)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_2path(const char *a, const char *b)
+static void rofs_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_rename(const char *a, const char *b, unsigned int flags)
+static void rofs_unlink(fuse_req_t req, fuse_ino_t p, const char *n)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_chmod(const char *p, mode_t m, struct fuse_file_info *fi)
+static void rofs_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_chown(const char *p, uid_t u, gid_t g, struct fuse_file_info *fi)
+static void rofs_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn,
+                        unsigned f)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_truncate(const char *p, off_t o, struct fuse_file_info *fi)
+static void rofs_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np, const char *nn)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_write(const char *p, const char *b, size_t s, off_t o, struct fuse_file_info *fi)
+static void rofs_write(fuse_req_t req, fuse_ino_t i, const char *b, size_t s, off_t o,
+                       struct fuse_file_info *fi)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_create(const char *p, mode_t m, struct fuse_file_info *fi)
+static void rofs_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m,
+                        struct fuse_file_info *fi)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_utimens(const char *p, const struct timespec tv[2], struct fuse_file_info *fi)
+static void rofs_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v, size_t s,
+                          int f)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_setxattr(const char *p, const char *n, const char *v, size_t s, int f)
+static void rofs_removexattr(fuse_req_t req, fuse_ino_t i, const char *n)
 {
-  return -EROFS;
+  rofs(req);
 }
-static int rofs_fallocate(const char *p, int m, off_t o, off_t l, struct fuse_file_info *fi)
+static void rofs_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l,
+                           struct fuse_file_info *fi)
 {
-  return -EROFS;
+  rofs(req);
 }
 
-static const struct fuse_operations ops = {
-    .init = tf_init,
-    .getattr = tf_getattr,
-    .opendir = tf_opendir,
-    .readdir = tf_readdir,
-    .releasedir = tf_releasedir,
-    .readlink = tf_readlink,
-    .open = tf_open,
-    .read = tf_read,
-    .release = tf_release,
-    .statfs = tf_statfs,
+static const struct fuse_lowlevel_ops ops = {
+    .init = ll_init,
+    .lookup = ll_lookup,
+    .forget = ll_forget,
+    .forget_multi = ll_forget_multi,
+    .getattr = ll_getattr,
+    .readlink = ll_readlink,
+    .opendir = ll_opendir,
+    .readdir = ll_readdir,
+    .readdirplus = ll_readdirplus,
+    .releasedir = ll_releasedir,
+    .open = ll_open,
+    .read = ll_read,
+    .release = ll_release,
+    .statfs = ll_statfs,
+    .getxattr = ll_getxattr,
+    .listxattr = ll_listxattr,
+    .setattr = rofs_setattr,
     .mknod = rofs_mknod,
     .mkdir = rofs_mkdir,
-    .unlink = rofs_path,
-    .rmdir = rofs_path,
-    .symlink = rofs_2path,
+    .unlink = rofs_unlink,
+    .rmdir = rofs_unlink,
+    .symlink = rofs_symlink,
     .rename = rofs_rename,
-    .link = rofs_2path,
-    .chmod = rofs_chmod,
-    .chown = rofs_chown,
-    .truncate = rofs_truncate,
+    .link = rofs_link,
     .write = rofs_write,
     .create = rofs_create,
-    .utimens = rofs_utimens,
     .setxattr = rofs_setxattr,
-    .getxattr = tf_getxattr,
-    .listxattr = tf_listxattr,
-    .removexattr = rofs_2path,
+    .removexattr = rofs_removexattr,
     .fallocate = rofs_fallocate,
 };
 
@@ -1772,15 +2112,18 @@ static int run(struct fuse_args *args)
     free(o.mountpoint);
     return 1;
   }
+  for (int i = 0; i < args->argc; i++)
+    if (strstr(args->argv[i], "allow_other") || strstr(args->argv[i], "allow_root"))
+      shared_mount = true;
   int r = 2;
-  struct fuse *f = fuse_new(args, &ops, sizeof ops, NULL);
-  if (!f)
+  struct fuse_session *se = fuse_session_new(args, &ops, sizeof ops, NULL);
+  if (!se)
     goto out;
-  if (fuse_mount(f, o.mountpoint) != 0)
+  if (fuse_session_mount(se, o.mountpoint) != 0)
     goto out_destroy;
   no_symfollow(o.mountpoint);
   raise_readahead(o.mountpoint);
-  if (fuse_daemonize(o.foreground) != 0 || fuse_set_signal_handlers(fuse_get_session(f)) != 0)
+  if (fuse_daemonize(o.foreground) != 0 || fuse_set_signal_handlers(se) != 0)
     goto out_unmount;
   struct fuse_loop_config *lc = fuse_loop_cfg_create();
   if (!lc)
@@ -1791,15 +2134,15 @@ static int run(struct fuse_args *args)
    * ("Ignoring invalid max threads value 4294967295") at every mount. */
   if (o.max_idle_threads != UINT_MAX)
     fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
-  int lr = o.singlethread ? fuse_loop(f) : fuse_loop_mt(f, lc);
+  int lr = o.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
   fuse_loop_cfg_destroy(lc);
   r = lr == 0 ? 0 : 2;
 out_signals:
-  fuse_remove_signal_handlers(fuse_get_session(f));
+  fuse_remove_signal_handlers(se);
 out_unmount:
-  fuse_unmount(f);
+  fuse_session_unmount(se);
 out_destroy:
-  fuse_destroy(f);
+  fuse_session_destroy(se);
 out:
   free(o.mountpoint);
   return r;

@@ -1,0 +1,78 @@
+#!/bin/sh
+# What the kernel may keep of the view (issue 16, speed), counted in the
+# requests libfuse's debug log shows (-d), not in time:
+#  - a listing carries every entry's attributes (readdirplus): `ls -l` of a
+#    300-entry directory of a version asks no lookup per file;
+#  - inside an immutable export (a version) the kernel keeps names and
+#    attributes without limit: the same `ls -l` after the 1 s timeout of the
+#    live trees asks nothing at all;
+#  - mounted allow_other it keeps nothing past a second (another user would
+#    see what an admin looked up): the same `ls -l` asks again;
+#  - mounted by root, reads come in 1 MiB requests (the mount's readahead).
+. "$abs_top_srcdir/tests/functions.sh"
+tb_setup
+. "$abs_top_srcdir/tests/fuse-functions.sh"
+tb_require mke2fs
+[ "$(id -u)" = 0 ] || tb_skip "needs root (allow_other, the mount's readahead in sysfs)"
+
+T=$TB_TMP
+mkdir -p "$T/src/many"
+i=1
+while [ $i -le 300 ]; do
+  echo "$i" >"$T/src/many/f$i"
+  i=$((i + 1))
+done
+head -c 4194304 /dev/urandom >"$T/src/big.bin"
+mkdir "$T/exports"
+tf_ext4 "$T/exports/ext4@1" "$T/src" 32M
+tb_start_plugin srv file dir="$T/exports"
+URI="nbd+unix:///?socket=$T/srv.sock"
+
+requests() { grep -c "opcode: $2 " "$TB_TMP/fuse-$1.log" || true; }
+# stat each file of DIR by name (no listing: a listing refreshes the
+# attributes it carries)
+stat_all() { stat -c %s $(seq -f "$1/f%g" 1 300) >/dev/null || tb_fail "stat in $1 failed"; }
+
+echo "== readdirplus: ls -l asks no lookup per file"
+M=$T/mnt
+tf_mount "$M" --uri "$URI" -d
+V=$M/images/ext4/1/fs/whole-ext4
+ls -l "$V/many" >"$T/ls.out" || tb_fail "ls -l: $(cat "$T/ls.out")"
+[ "$(grep -c ' f[0-9]' "$T/ls.out")" = 300 ] || tb_fail "ls -l listed $(grep -c ' f[0-9]' "$T/ls.out") files"
+n=$(requests mnt LOOKUP)
+[ "$n" -le 20 ] || tb_fail "ls -l of 300 files made $n lookups: the listing did not carry the attributes"
+echo "$n lookups"
+
+echo "== a version's names and attributes stay in the kernel's cache"
+sleep 2 # past KERNEL_TIMEOUT_S, the live trees' timeout
+before=$(($(requests mnt LOOKUP) + $(requests mnt GETATTR)))
+stat_all "$V/many"
+after=$(($(requests mnt LOOKUP) + $(requests mnt GETATTR)))
+# (the view's own directories above the version, 1 s like the live trees,
+# are looked up again: images, ext4, 1)
+[ $((after - before)) -le 10 ] ||
+  tb_fail "stat of the 300 files after 2 s asked $((after - before)) lookups and getattrs"
+
+echo "== 1 MiB reads"
+dev=$(mountpoint -d "$M")
+[ "$(cat "/sys/class/bdi/$dev/read_ahead_kb")" = 1024 ] ||
+  tb_fail "the mount's readahead is $(cat "/sys/class/bdi/$dev/read_ahead_kb") KiB, not 1024"
+cmp "$T/src/big.bin" "$V/big.bin" || tb_fail "big.bin differs"
+grep -q "success, outsize: 1048592$" "$TB_TMP/fuse-mnt.log" ||
+  tb_fail "no 1 MiB read reply: $(grep -m3 'outsize: [0-9]\{6,\}' "$TB_TMP/fuse-mnt.log")"
+tf_umount "$M"
+
+echo "== allow_other: nothing is kept past a second"
+S=$T/shared
+tf_mount "$S" --uri "$URI" -d -o allow_other
+V=$S/images/ext4/1/fs/whole-ext4
+ls -l "$V/many" >/dev/null
+sleep 2
+before=$(requests shared LOOKUP)
+stat_all "$V/many"
+after=$(requests shared LOOKUP)
+[ $((after - before)) -ge 300 ] ||
+  tb_fail "mounted allow_other, stat of the 300 files after 2 s asked only $((after - before)) lookups (kept in the cache)"
+tf_umount "$S"
+tb_check_logs
+exit 0
