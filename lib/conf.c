@@ -920,6 +920,7 @@ static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t
       if ((r = parse_disk(cfg, m, dname, dv, dp, c, &cfg->clients[cfg->n_clients])) == -1)
         break;
       cfg->n_clients++;
+      cfg->n_disks++;
       c->n_disks++;
     }
     json_decref(m);

@@ -137,7 +137,8 @@ struct tb_config {
   char **images;              /* names from "images" */
   size_t n_images;
   struct tb_client_conf *clients;
-  size_t n_clients;
+  size_t n_clients; /* entries: clients and their further disks */
+  size_t n_disks;   /* of which further disks ("ID/DISK"); clients: n_clients - n_disks */
   /* daemon */
   char *listen_unix;       /* NBD unix socket, default STATE/nbd.sock */
   int listen_unix_mode;    /* its mode (listen.unix_mode), -1: 0700 under the daemon's umask */

@@ -90,7 +90,11 @@ void metrics_write(struct daemon *d)
       (long long)json_integer_value(json_object_get(wh, "dropped")));
   json_decref(wh);
   header(&b, "tabula_clients", "gauge", "configured clients");
-  add(&b, "tabula_clients %zu\n", cfg->n_clients);
+  add(&b, "tabula_clients %zu\n", cfg->n_clients - cfg->n_disks);
+  header(&b, "tabula_disks", "gauge",
+         "further disks of the configured clients (each has its own tabula_client_* lines, "
+         "client=\"ID/DISK\")");
+  add(&b, "tabula_disks %zu\n", cfg->n_disks);
 
   json_t *clients;
   clients_status_json(d, &clients);

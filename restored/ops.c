@@ -478,16 +478,24 @@ static json_t *op_status(struct daemon *d, struct args *a)
     if (d->nbdkit.inst[i].last_exit[0])
       json_object_set_new(nb, "last_exit", json_string(d->nbdkit.inst[i].last_exit));
 
-  /* Clients: cheap per-client reads only (this must stay fast with 500 clients). */
+  /* Clients: cheap per-client reads only (this must stay fast with 500 clients).
+   * A client with further disks counts once: active, pending or locked down
+   * when any of its disks is. */
   json_int_t active = 0, pending = 0, locked_down = 0, dirty = 0;
+  bool m_active = false, m_pending = false, m_locked = false;
   for (size_t i = 0; i < d->cfg->n_clients; i++) {
     const struct tb_client_conf *c = &d->cfg->clients[i];
-    if (tb_client_locked(state, c->id))
-      active++;
+    if (!c->disk[0]) { /* the next client: count the one before */
+      active += m_active;
+      pending += m_pending;
+      locked_down += m_locked;
+      m_active = m_pending = m_locked = false;
+    }
+    m_active |= tb_client_locked(state, c->id);
     struct tb_mailbox mb;
     if (tb_mailbox_read(state, c->id, &mb) == 0) {
-      pending += mb.rollback || mb.refresh || mb.restore || mb.lockdown[0];
-      locked_down += mb.lockdown[0] != '\0';
+      m_pending |= mb.rollback || mb.refresh || mb.restore || mb.lockdown[0];
+      m_locked |= mb.lockdown[0] != '\0';
     }
     char sj[TB_PATH_MAX];
     if (tb_store_client_path(state, c->id, "session.json", sj, sizeof sj) == 0) {
@@ -496,9 +504,13 @@ static json_t *op_status(struct daemon *d, struct args *a)
       json_decref(s);
     }
   }
-  json_t *clients =
-      json_pack("{s:I, s:I, s:I, s:I, s:I}", "total", (json_int_t)d->cfg->n_clients, "active",
-                active, "pending", pending, "locked_down", locked_down, "dirty_bytes", dirty);
+  active += m_active;
+  pending += m_pending;
+  locked_down += m_locked;
+  json_t *clients = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "total",
+                              (json_int_t)(d->cfg->n_clients - d->cfg->n_disks), "disks",
+                              (json_int_t)d->cfg->n_disks, "active", active, "pending", pending,
+                              "locked_down", locked_down, "dirty_bytes", dirty);
   const struct client_sched *soonest = NULL;
   for (size_t i = 0; i < d->n_sched; i++)
     if (d->sched[i].has && (!soonest || d->sched[i].next_ms < soonest->next_ms))

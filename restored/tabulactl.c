@@ -1208,9 +1208,13 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
     printf("          next start in %.1f s (the backoff grows while nbdkit keeps exiting; see "
            "the daemon's log)\n",
            (double)jint(nb, "restart_in_ms") / 1000);
-  printf("clients:  %" JSON_INTEGER_FORMAT " configured, %" JSON_INTEGER_FORMAT
+  char disks[64] = "";
+  if (jint(cl, "disks"))
+    snprintf(disks, sizeof disks, " (%" JSON_INTEGER_FORMAT " further disk%s)", jint(cl, "disks"),
+             jint(cl, "disks") == 1 ? "" : "s");
+  printf("clients:  %" JSON_INTEGER_FORMAT " configured%s, %" JSON_INTEGER_FORMAT
          " in a session, %" JSON_INTEGER_FORMAT " with pending actions, %s dirty\n",
-         jint(cl, "total"), jint(cl, "active"), jint(cl, "pending"),
+         jint(cl, "total"), disks, jint(cl, "active"), jint(cl, "pending"),
          jsize(cl, "dirty_bytes", dirty, sizeof dirty));
   if (jint(cl, "locked_down"))
     printf("          %" JSON_INTEGER_FORMAT

@@ -66,12 +66,17 @@ grep -q '^disks: .*pc01/games' "$T/client.out" || tb_fail "tabulactl client pc01
 tctl client pc01/games >"$T/disk.out"
 grep -q '^disk: *games of client pc01' "$T/disk.out" || tb_fail "tabulactl client pc01/games: $(cat "$T/disk.out")"
 grep -q '^base: *other@1' "$T/disk.out" || tb_fail "pc01/games is on other@1: $(cat "$T/disk.out")"
+tctl --json status >"$T/status.json" || tb_fail "tabulactl status"
+tb_json "$T/status.json" '.clients.total == 2 and .clients.disks == 1' "status counts clients and disks"
+tctl status | grep -q '^clients:  2 configured (1 further disk), ' || tb_fail "status: $(tctl status)"
 i=0
 until grep -q 'client="pc01/games"' "$T/tabula.prom" 2>/dev/null; do
   i=$((i + 1))
   [ $i -lt 100 ] || tb_fail "the metrics must show pc01/games: $(grep pc01 "$T/tabula.prom")"
   sleep 0.1
 done
+grep -qx 'tabula_clients 2' "$T/tabula.prom" && grep -qx 'tabula_disks 1' "$T/tabula.prom" ||
+  tb_fail "the metrics count clients and disks: $(grep -E '^tabula_(clients|disks)' "$T/tabula.prom")"
 
 echo "== the view: clients/pc01/ is the system disk, clients/pc01/disks/games/ the games disk"
 M=$T/mnt
