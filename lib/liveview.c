@@ -97,31 +97,6 @@
 
 enum op { OP_INFO = 1, OP_READ = 2, OP_READ_DIRTY = 3, OP_EXTENTS = 4 };
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-  for (int i = 0; i < 4; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v)
-{
-  for (int i = 0; i < 8; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p)
-{
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
-static uint64_t get_u64(const uint8_t *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
-
 /* Whole reads and writes on a blocking socket; -1 with errno (EPIPE at EOF). */
 static int read_all(int fd, void *buf, size_t len)
 {
@@ -172,10 +147,10 @@ int tb_liveview_socket_path(const char *state, const char *frontend, char *buf, 
 static void encode_info(uint8_t *p, const struct tb_overlay_info *info)
 {
   memset(p, 0, INFO_BYTES);
-  put_u64(p, info->size);
-  put_u32(p + 8, info->block_size);
-  put_u32(p + 12, info->base.version);
-  put_u64(p + 16, info->session);
+  tb_put_le64(p, info->size);
+  tb_put_le32(p + 8, info->block_size);
+  tb_put_le32(p + 12, info->base.version);
+  tb_put_le64(p + 16, info->session);
   memcpy(p + 24, info->base.image, strnlen(info->base.image, TB_NAME_MAX));
   memcpy(p + 72, info->base.manifest_sha256, 32);
 }
@@ -183,10 +158,10 @@ static void encode_info(uint8_t *p, const struct tb_overlay_info *info)
 static int decode_info(const uint8_t *p, struct tb_overlay_info *info)
 {
   memset(info, 0, sizeof *info);
-  info->size = get_u64(p);
-  info->block_size = get_u32(p + 8);
-  info->base.version = get_u32(p + 12);
-  info->session = get_u64(p + 16);
+  info->size = tb_get_le64(p);
+  info->block_size = tb_get_le32(p + 8);
+  info->base.version = tb_get_le32(p + 12);
+  info->session = tb_get_le64(p + 16);
   memcpy(info->base.image, p + 24, TB_NAME_MAX);
   info->base.image[TB_NAME_MAX] = '\0';
   memcpy(info->base.manifest_sha256, p + 72, 32);
@@ -214,9 +189,9 @@ static int send_reply(int fd, uint32_t status, const void *a, size_t alen, const
                       size_t blen)
 {
   uint8_t h[REPLY_BYTES] = {0};
-  put_u32(h, REPLY_MAGIC);
-  put_u32(h + 4, status);
-  put_u32(h + 8, (uint32_t)(alen + blen));
+  tb_put_le32(h, REPLY_MAGIC);
+  tb_put_le32(h + 4, status);
+  tb_put_le32(h + 8, (uint32_t)(alen + blen));
   return write_all(fd, h, sizeof h) == 0 && (!alen || write_all(fd, a, alen) == 0) &&
                  (!blen || write_all(fd, b, blen) == 0)
              ? 0
@@ -245,21 +220,22 @@ static int collect_run(void *ctx, uint64_t offset, uint64_t length, enum tb_bloc
   if (r->n == MAX_RUNS)
     return 1; /* the reader asks again from where these end */
   uint8_t *p = r->buf + r->n++ * RUN_BYTES;
-  put_u64(p, offset);
-  put_u64(p + 8, length);
-  put_u32(p + 16, (uint32_t)state);
+  tb_put_le64(p, offset);
+  tb_put_le64(p + 8, length);
+  tb_put_le32(p + 16, (uint32_t)state);
   return 0;
 }
 
 /* Answer one request.  Returns -1 when the connection is unusable. */
 static int answer(int fd, const uint8_t *req, uint8_t *data)
 {
-  uint32_t op = get_u32(req + 4);
-  uint64_t offset = get_u64(req + 8), count = get_u64(req + 16), expect = get_u64(req + 24);
+  uint32_t op = tb_get_le32(req + 4);
+  uint64_t offset = tb_get_le64(req + 8), count = tb_get_le64(req + 16),
+           expect = tb_get_le64(req + 24);
   char id[TB_NAME_MAX + 1];
   memcpy(id, req + 32, TB_NAME_MAX);
   id[TB_NAME_MAX] = '\0';
-  if (get_u32(req) != REQ_MAGIC || op < OP_INFO || op > OP_EXTENTS || !tb_client_id_valid(id)) {
+  if (tb_get_le32(req) != REQ_MAGIC || op < OP_INFO || op > OP_EXTENTS || !tb_client_id_valid(id)) {
     send_error(fd, EINVAL, "a malformed request");
     return -1;
   }
@@ -583,8 +559,8 @@ static int ask_on(const struct tb_liveview_peer *p, int *fd, const uint8_t *req,
       return tb_error("client %s: tabula-%sd did not answer: %s", p->id, p->frontend,
                       e == EAGAIN ? "timed out" : strerror(e));
     }
-    uint32_t status = get_u32(h + 4), len = get_u32(h + 8);
-    bool ok = get_u32(h) == REPLY_MAGIC &&
+    uint32_t status = tb_get_le32(h + 4), len = tb_get_le32(h + 8);
+    bool ok = tb_get_le32(h) == REPLY_MAGIC &&
               (status ? len <= MAX_MESSAGE : len >= INFO_BYTES && len - INFO_BYTES <= out_len);
     char msg[MAX_MESSAGE + 1];
     uint8_t inf[INFO_BYTES];
@@ -617,11 +593,11 @@ static int peer_ask(struct tb_liveview_peer *p, enum op op, uint64_t offset, uin
                     size_t *got)
 {
   uint8_t req[REQ_BYTES] = {0};
-  put_u32(req, REQ_MAGIC);
-  put_u32(req + 4, op);
-  put_u64(req + 8, offset);
-  put_u64(req + 16, count);
-  put_u64(req + 24, expect);
+  tb_put_le32(req, REQ_MAGIC);
+  tb_put_le32(req + 4, op);
+  tb_put_le64(req + 8, offset);
+  tb_put_le64(req + 16, count);
+  tb_put_le64(req + 24, expect);
   memcpy(req + 32, p->id, strlen(p->id));
   /* Before asking: a change after this is seen next time. */
   struct file_id live_json, overlay;
@@ -742,8 +718,8 @@ int tb_liveview_peer_extents(struct tb_liveview_peer *p, uint64_t offset, uint64
     r = tb_error_errno("client %s: extents", p->id);
   for (size_t i = 0; r == 1 && i < n; i++) {
     const uint8_t *q = buf + i * RUN_BYTES;
-    runs[i] =
-        (struct tb_liveview_run){get_u64(q), get_u64(q + 8), (enum tb_block_state)get_u32(q + 16)};
+    runs[i] = (struct tb_liveview_run){tb_get_le64(q), tb_get_le64(q + 8),
+                                       (enum tb_block_state)tb_get_le32(q + 16)};
     uint64_t expect_at = i ? runs[i - 1].offset + runs[i - 1].length : offset;
     if (runs[i].offset != expect_at || runs[i].length == 0 || runs[i].state > TB_ZERO) {
       errno = EIO;

@@ -118,31 +118,6 @@ enum {
   H_CHECKSUM = 4064, /* 32 bytes: sha256 of bytes [0, 4064) */
 };
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-  for (int i = 0; i < 4; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v)
-{
-  for (int i = 0; i < 8; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p)
-{
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
-static uint64_t get_u64(const uint8_t *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
-
 /* Blocks a map page holds: format 2 keeps the last PAGE_TRAILER bytes for the
  * page's checksum. */
 static uint64_t blocks_per_page(uint32_t format)
@@ -163,7 +138,7 @@ static void page_sum(const uint8_t *page, uint64_t index, uint8_t *sum)
 {
   uint8_t buf[PAGE_BYTES - PAGE_TRAILER + 8], full[32];
   memcpy(buf, page, PAGE_BYTES - PAGE_TRAILER);
-  put_u64(buf + (PAGE_BYTES - PAGE_TRAILER), index); /* not buf + PAGE_BYTES: past the array */
+  tb_put_le64(buf + (PAGE_BYTES - PAGE_TRAILER), index); /* not buf + PAGE_BYTES: past the array */
   SHA256(buf, sizeof buf, full);
   memcpy(sum, full, 20);
 }
@@ -172,7 +147,7 @@ static void page_seal(uint8_t *page, uint64_t index)
 {
   uint8_t *t = page + PAGE_BYTES - PAGE_TRAILER;
   memcpy(t, PAGE_MAGIC, 4);
-  put_u64(t + 4, index);
+  tb_put_le64(t + 4, index);
   page_sum(page, index, t + 12);
 }
 
@@ -180,7 +155,7 @@ static bool page_sealed(const uint8_t *page, uint64_t index)
 {
   const uint8_t *t = page + PAGE_BYTES - PAGE_TRAILER;
   uint8_t sum[20];
-  if (memcmp(t, PAGE_MAGIC, 4) != 0 || get_u64(t + 4) != index)
+  if (memcmp(t, PAGE_MAGIC, 4) != 0 || tb_get_le64(t + 4) != index)
     return false;
   page_sum(page, index, sum);
   return memcmp(sum, t + 12, 20) == 0;
@@ -191,14 +166,14 @@ static void encode_header(uint8_t *h, const struct tb_overlay_info *info, uint64
 {
   memset(h, 0, HEADER_SIZE);
   memcpy(h + H_MAGIC, MAGIC, 8);
-  put_u32(h + H_FORMAT, FORMAT_VERSION);
-  put_u32(h + H_BLOCK_SIZE, info->block_size);
-  put_u64(h + H_SIZE, info->size);
-  put_u64(h + H_SESSION, info->session);
-  put_u64(h + H_CREATED, (uint64_t)info->created_ms);
-  put_u64(h + H_MAP_OFF, map_off);
-  put_u64(h + H_DATA_OFF, data_off);
-  put_u32(h + H_VERSION, info->base.version);
+  tb_put_le32(h + H_FORMAT, FORMAT_VERSION);
+  tb_put_le32(h + H_BLOCK_SIZE, info->block_size);
+  tb_put_le64(h + H_SIZE, info->size);
+  tb_put_le64(h + H_SESSION, info->session);
+  tb_put_le64(h + H_CREATED, (uint64_t)info->created_ms);
+  tb_put_le64(h + H_MAP_OFF, map_off);
+  tb_put_le64(h + H_DATA_OFF, data_off);
+  tb_put_le32(h + H_VERSION, info->base.version);
   memcpy(h + H_IMAGE, info->base.image, strnlen(info->base.image, TB_NAME_MAX));
   memcpy(h + H_MANIFEST, info->base.manifest_sha256, 32);
   SHA256(h, H_CHECKSUM, h + H_CHECKSUM);
@@ -219,20 +194,20 @@ static int decode_header(const uint8_t *h, const char *path, uint64_t file_size,
                     "roll the client back",
                     path);
   memset(info, 0, sizeof *info);
-  info->format_version = get_u32(h + H_FORMAT);
+  info->format_version = tb_get_le32(h + H_FORMAT);
   if (info->format_version != 1 && info->format_version != FORMAT_VERSION)
     return tb_error("%s: overlay format %u is not supported (this tabula reads format %d)", path,
                     info->format_version, FORMAT_VERSION);
-  info->block_size = get_u32(h + H_BLOCK_SIZE);
-  info->size = get_u64(h + H_SIZE);
-  info->session = get_u64(h + H_SESSION);
-  info->created_ms = (int64_t)get_u64(h + H_CREATED);
-  info->base.version = get_u32(h + H_VERSION);
+  info->block_size = tb_get_le32(h + H_BLOCK_SIZE);
+  info->size = tb_get_le64(h + H_SIZE);
+  info->session = tb_get_le64(h + H_SESSION);
+  info->created_ms = (int64_t)tb_get_le64(h + H_CREATED);
+  info->base.version = tb_get_le32(h + H_VERSION);
   memcpy(info->base.image, h + H_IMAGE, TB_NAME_MAX);
   info->base.image[TB_NAME_MAX] = '\0';
   memcpy(info->base.manifest_sha256, h + H_MANIFEST, 32);
-  *map_off = get_u64(h + H_MAP_OFF);
-  *data_off = get_u64(h + H_DATA_OFF);
+  *map_off = tb_get_le64(h + H_MAP_OFF);
+  *data_off = tb_get_le64(h + H_DATA_OFF);
 
   uint64_t bs = info->block_size;
   if (!tb_is_pow2(bs) || bs < TB_MIN_BLOCK_SIZE || bs > TB_MAX_BLOCK_SIZE || info->size == 0 ||

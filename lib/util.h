@@ -33,6 +33,33 @@ int tb_error_errno(const char *fmt, ...) TB_PRINTF(1, 2);
 int tb_error_prefix(const char *fmt, ...) TB_PRINTF(1, 2);
 const char *tb_errmsg(void);
 
+/* Little-endian fields of tabula's own formats (the overlay file, the
+ * live-view protocol), byte by byte: no alignment or host-order assumption. */
+static inline void tb_put_le32(uint8_t *p, uint32_t v)
+{
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void tb_put_le64(uint8_t *p, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint32_t tb_get_le32(const uint8_t *p)
+{
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+static inline uint64_t tb_get_le64(const uint8_t *p)
+{
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+
 /* True if NAME is a valid client id / image name (see above). */
 bool tb_name_valid(const char *name);
 /* True if ID is a client id or a disk id "ID/DISK" (see above). */
