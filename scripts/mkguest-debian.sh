@@ -93,7 +93,8 @@ url=$(mirror | head -n 1)
 
 packages=$(sed -e 's/#.*//' "$top/scripts/packages-runtime.txt" | tr -s ' \n' '\n' | sed '/^$/d')
 packages="$packages $EXTRA_PACKAGES"
-stamp="$suite $url $(echo $packages) $(cksum <"$0")"
+# The script without its comments: a change of its text alone keeps the image.
+stamp="$suite $url $(echo $packages) $(grep -v '^#' "$0" | cksum)"
 
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
