@@ -703,6 +703,7 @@ int main(int argc, char **argv)
     server_close(&D);
     return 1;
   }
+  watchdog_resume(D.cfg);
   journal_open(&D);
   webhooks_configure(D.cfg);
   tb_eventf(state, "daemon-start", NULL, "{s:s, s:I, s:s}", "config", D.config_file, "pid",

@@ -209,6 +209,8 @@ json_t *journal_last(const char *state, const char *client, size_t n);
 
 /* watchdog.c: file rules, health, canaries (scans on a thread of their own) */
 int watchdog_start(void);
+void watchdog_resume(
+    struct tb_config *cfg); /* at start: scan session ends a crash left unscanned */
 void watchdog_stop(void);
 void watchdog_free(void);
 void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event */

@@ -443,6 +443,8 @@ static bool health_plausible(json_t *v, char *why, size_t len)
                     json_integer_value(json_object_get(good, "version")) > UINT32_MAX ||
                     json_integer_value(json_object_get(good, "session")) < 1))
     snprintf(why, len, "\"last_good\" does not name an image, a version and a session");
+  else if (json_object_get(v, "judged") && json_integer_value(json_object_get(v, "judged")) < 1)
+    snprintf(why, len, "\"judged\" is not a session number");
   else if (marker && !json_is_object(marker))
     snprintf(why, len, "\"marker\" is not an object");
   else
@@ -595,11 +597,11 @@ static int good_swap(const char *state, const char *id, const char *journal)
     return -1;
   struct stat st = {0};
   bool used = stat(ovl, &st) == 0 && (uint64_t)st.st_blocks * 512 > 4096;
-  if (used && n > 0 && !same_file(retained, st.st_dev, st.st_ino)) {
-    if (access(retained, F_OK) == 0) /* never clobber a restore point */
-      return tb_error("cannot keep the overlay of %s as %s: it already exists (the session "
-                      "counter clients/%s/seq is behind)",
-                      id, retained, id);
+  /* A retained session N that is another file: the overlay was put in place
+   * after session N ended (an earlier fall-back, whose health.json a crash
+   * took back, or a merge's move) and no session ran on it since (a session
+   * would have counted past N), so it holds nothing to keep. */
+  if (used && n > 0 && access(retained, F_OK) == -1) {
     if (tb_mkdirs(sessions, true) == -1)
       return -1;
     if (link(ovl, retained) == -1)
@@ -669,10 +671,12 @@ static void fall_back(const char *state, const struct tb_client_conf *c, uint64_
 }
 
 static void check_health(const struct request *rq, const struct tb_client_conf *c,
-                         const struct tb_watchdog_conf *w, struct tb_scan *s, bool *healthy)
+                         const struct tb_watchdog_conf *w, struct tb_scan *s, bool *healthy,
+                         bool *judged_before)
 {
   const char *state = rq->cfg->state_dir;
   *healthy = true;
+  *judged_before = false;
   if (!health_configured(w))
     return;
   /* A machine's health is its system disk's: a further disk (a games disk
@@ -685,6 +689,12 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
   json_t *health = load_health(state, c->id, path, NULL);
   if (!health)
     return;
+  if (json_integer_value(json_object_get(health, "judged")) >= (json_int_t)rq->session) {
+    *judged_before = true; /* a scan the daemon's start resumed: counted once */
+    json_decref(health);
+    return;
+  }
+  json_object_set_new(health, "judged", json_integer((json_int_t)rq->session));
   *healthy = judge(rq, c, w, s, health, why, sizeof why);
   const char *image = s ? s->info.base.image : rq->image;
   uint32_t version = s ? s->info.base.version : rq->version;
@@ -959,6 +969,22 @@ static struct tb_scan *open_ended(const char *state, const char *id, uint64_t se
   return NULL;
 }
 
+/* clients/ID/watchdog.json {"ended": S}: the watchdog is done with the end
+ * of session S (rules, health, canary).  The queue is in memory, so a
+ * session that ended just before a crash would never be scanned or judged:
+ * the daemon's start queues the end of a session the record is behind
+ * (watchdog_resume).  Rule actions taken twice are the same; health.json's
+ * "judged" keeps a session from being counted twice. */
+static void mark_ended(const char *state, const char *id, uint64_t session)
+{
+  char path[TB_PATH_MAX];
+  json_t *v = json_pack("{s:I}", "ended", (json_int_t)session);
+  if (tb_store_client_path(state, id, "watchdog.json", path, sizeof path) == -1 || !v ||
+      save_json(path, v) == -1)
+    log_msg("watchdog: %s", tb_errmsg());
+  json_decref(v);
+}
+
 static void run_request(struct request *rq)
 {
   const char *state = rq->cfg->state_dir;
@@ -1010,10 +1036,13 @@ static void run_request(struct request *rq)
   if (stuck)
     scan_got_stuck(state, c->id, rq->session, stuck);
   if (rq->end) {
-    bool healthy;
-    check_health(rq, c, &w, s, &healthy);
-    canary_count(rq, c, &w, s ? s->info.base.image : rq->image,
-                 s ? s->info.base.version : rq->version, healthy);
+    bool healthy, judged_before;
+    check_health(rq, c, &w, s, &healthy, &judged_before);
+    if (!judged_before)
+      canary_count(rq, c, &w, s ? s->info.base.image : rq->image,
+                   s ? s->info.base.version : rq->version, healthy);
+    if (want_scan || health_configured(&w))
+      mark_ended(state, c->id, rq->session);
   }
   tb_scan_close(s);
   tb_watchdog_free(&w);
@@ -1157,7 +1186,8 @@ static void good_recover(const struct tb_config *cfg, const struct tb_client_con
 }
 
 /* At the daemon's start: the temporaries a crash left of the watchdog's
- * atomic writes (health.json.tmp.XXXXXX, watchdog/canary-IMAGE.json.tmp.XXXXXX). */
+ * atomic writes (health.json.tmp.XXXXXX, watchdog.json.tmp.XXXXXX,
+ * watchdog/canary-IMAGE.json.tmp.XXXXXX). */
 static void remove_temps(const char *dir, const char *prefix)
 {
   DIR *d = opendir(dir);
@@ -1269,8 +1299,10 @@ void watchdog_recover(const struct tb_config *cfg)
     }
     good_recover(cfg, &cfg->clients[i]);
     char cdir[TB_PATH_MAX];
-    if (tb_store_client_dir(cfg->state_dir, id, cdir, sizeof cdir) == 0)
+    if (tb_store_client_dir(cfg->state_dir, id, cdir, sizeof cdir) == 0) {
       remove_temps(cdir, "health.json");
+      remove_temps(cdir, "watchdog.json");
+    }
   }
   char wdir[TB_PATH_MAX];
   if (tb_path(wdir, sizeof wdir, "%s/watchdog", cfg->state_dir) == 0) {
@@ -1305,8 +1337,51 @@ void watchdog_stop(void)
   n_seen = 0;
 }
 
+static void enqueue_cfg(struct tb_config *cfg, const char *id, bool end, uint64_t session,
+                        int64_t duration_ms);
+
 static void enqueue(struct daemon *d, const char *id, bool end, uint64_t session,
                     int64_t duration_ms)
+{
+  enqueue_cfg(d->cfg, id, end, session, duration_ms);
+}
+
+/* At the daemon's start: the end of each client's last session, if it
+ * ended and the watchdog's record (mark_ended) is behind it. */
+void watchdog_resume(struct tb_config *cfg)
+{
+  for (size_t i = 0; i < cfg->n_clients; i++) {
+    const struct tb_client_conf *c = &cfg->clients[i];
+    struct tb_watchdog_conf w = {0};
+    if (tb_watchdog_for(cfg->watchdog, c->watchdog, &w) == -1)
+      continue;
+    bool watched = w.n_rules > 0 || health_configured(&w);
+    tb_watchdog_free(&w);
+    char sj[TB_PATH_MAX], mark[TB_PATH_MAX];
+    if (!watched ||
+        tb_store_client_path(cfg->state_dir, c->id, "session.json", sj, sizeof sj) == -1 ||
+        tb_store_client_path(cfg->state_dir, c->id, "watchdog.json", mark, sizeof mark) == -1)
+      continue;
+    json_t *sess = access(sj, F_OK) == 0 ? load_json(sj) : NULL;
+    json_t *done = access(mark, F_OK) == 0 ? load_json(mark) : NULL;
+    const char *st = json_string_value(json_object_get(sess, "state"));
+    json_int_t n = json_integer_value(json_object_get(sess, "session"));
+    json_int_t ended = json_integer_value(json_object_get(sess, "ended_ts"));
+    json_int_t began = json_integer_value(json_object_get(sess, "started_ts"));
+    json_int_t last = json_integer_value(json_object_get(done, "ended"));
+    if (st && strcmp(st, "active") != 0 && n > 0 && ended > 0 && n > last) {
+      log_msg("watchdog: %s: session %lld of %s ended before the daemon stopped and was not "
+              "scanned; it is scanned now",
+              sj, (long long)n, c->id);
+      enqueue_cfg(cfg, c->id, true, (uint64_t)n, ended > began ? ended - began : 0);
+    }
+    json_decref(sess);
+    json_decref(done);
+  }
+}
+
+static void enqueue_cfg(struct tb_config *cfg, const char *id, bool end, uint64_t session,
+                        int64_t duration_ms)
 {
   struct request *rq = calloc(1, sizeof *rq);
   if (!rq)
@@ -1316,7 +1391,7 @@ static void enqueue(struct daemon *d, const char *id, bool end, uint64_t session
   rq->session = session;
   rq->duration_ms = duration_ms;
   char sj[TB_PATH_MAX];
-  json_t *sess = tb_store_client_path(d->cfg->state_dir, id, "session.json", sj, sizeof sj) == 0
+  json_t *sess = tb_store_client_path(cfg->state_dir, id, "session.json", sj, sizeof sj) == 0
                      ? load_json(sj)
                      : NULL;
   if (sess && json_integer_value(json_object_get(sess, "session")) == (json_int_t)session) {
@@ -1334,7 +1409,7 @@ static void enqueue(struct daemon *d, const char *id, bool end, uint64_t session
     free(rq);
     return;
   }
-  rq->cfg = tb_config_ref(d->cfg);
+  rq->cfg = tb_config_ref(cfg);
   *queue_tail = rq;
   queue_tail = &rq->next;
   queued++;

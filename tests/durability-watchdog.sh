@@ -8,7 +8,9 @@
 #    above its previous one) is moved aside to .bad, with a warning naming it;
 #  - temporaries of those writes and an unrecorded good/overlay.N (what a cut
 #    leaves of a save) are removed; a good/overlay.N that health.json already
-#    records is renamed into place.
+#    records is renamed into place;
+#  - a session end the watchdog never got to (clients/ID/watchdog.json is
+#    behind session.json) is scanned and judged at the start, and only once.
 # (tests/powercut-watchdog.sh cuts the power under the same writers.)
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 tb_setup
@@ -80,5 +82,29 @@ tctl image promote demo@2 --canary lab >"$T/out" || tb_fail "promote --canary af
 jq -e '.state == "running" and .version == 2' "$state/watchdog/canary-demo.json" >/dev/null ||
   tb_fail "the new canary record: $(cat "$state/watchdog/canary-demo.json")"
 td_stop
+
+# A session end the watchdog never got to (the daemon stopped, or a cut came,
+# between the end and its scan) is scanned and judged at the next start, once.
+td_start "$T/tabula.json"
+td_stop
+printf '{ "ended": 0 }\n' >"$c2/watchdog.json"
+jq 'del(.judged)' "$c2/health.json" >"$T/h.json" && install -m 600 "$T/h.json" "$c2/health.json"
+n=$(jq -c 'select(.type == "strike" and .client == "pc02")' "$state/events.jsonl" | wc -l)
+td_start "$T/tabula.json"
+i=0
+until [ "$(jq -r .ended "$c2/watchdog.json")" = 1 ]; do
+  i=$((i + 1))
+  [ $i -lt 300 ] || tb_fail "pc02's last session end was not scanned at the start: $(cat "$c2/watchdog.json")"
+  sleep 0.1
+done
+grep -q "session.json: session 1 of pc02 ended before the daemon stopped and was not scanned" "$log" ||
+  tb_fail "no log line for the resumed scan: $(tail -n 5 "$log")"
+[ "$(jq -c 'select(.type == "strike" and .client == "pc02")' "$state/events.jsonl" | wc -l)" = $((n + 1)) ] ||
+  tb_fail "the resumed session end was not judged once: $(jq -c 'select(.client == "pc02")' "$state/events.jsonl")"
+td_stop
+td_start "$T/tabula.json" # judged: not again
+td_stop
+[ "$(jq -c 'select(.type == "strike" and .client == "pc02")' "$state/events.jsonl" | wc -l)" = $((n + 1)) ] ||
+  tb_fail "a session end was judged twice"
 tb_check_logs
 exit 0

@@ -21,7 +21,9 @@
 #     own, never a clean master; if its own, the next strike brings the good
 #     one back;
 #   - no quarantine is half moved, the live overlay is never a quarantined
-#     one, and the quarantined client's next session is clean.
+#     one, and the quarantined client's next session is clean;
+#   - a session whose end is recorded was scanned and judged (the watchdog's
+#     queue is in memory: the start scans a session end the cut left unscanned).
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 tb_setup
 . "$abs_top_srcdir/tests/daemon-functions.sh"
@@ -94,22 +96,27 @@ ev_wait()
 }
 
 # settle ID: after the start, the session the cut left active is ended (the
-# plugin's sweep, within a second or two) and the watchdog judged every
-# session end logged since line E0 of the journal; bounded, never fails.
+# plugin's sweep, within a second or two), and the watchdog is done with the
+# end of ID's last session (clients/ID/watchdog.json: a session that ended
+# before the cut and was not scanned is scanned at the start); bounded.
 settle()
 {
   tb_wait_idle "$st" "$1"
   _i=0
-  while [ $_i -lt 100 ]; do
-    _new=$(tail -n +$((e0 + 1)) "$st/events.jsonl" | tr -d '\000' | jq -cR 'fromjson? // empty' 2>/dev/null)
-    _ends=$(printf '%s\n' "$_new" | jq -c "select(.client == \"$1\" and .type == \"session-end\")" | wc -l)
-    _judged=$(printf '%s\n' "$_new" | jq -c "select(.client == \"$1\" and
-      (.type == \"healthy\" or .type == \"strike\" or (.type == \"watchdog-scan\" and .scan == \"session-end\")))" | wc -l)
-    [ "$_judged" -lt "$_ends" ] || [ $_i -lt 15 ] || break
+  until [ "$(jq -r '.ended // 0' "$st/clients/$1/watchdog.json" 2>/dev/null || echo 0)" -ge \
+    "$(jq -r '.session // 0' "$st/clients/$1/session.json" 2>/dev/null || echo 0)" ]; do
     _i=$((_i + 1))
+    [ $_i -lt 300 ] || tb_fail "$WHAT: the watchdog did not scan the end of $1's last session: $(cat "$st/clients/$1/session.json")"
     sleep 0.1
   done
-  sleep 0.5 # health.json, the fall-back or the quarantine come just after the event
+  sleep 0.3
+}
+
+# ended ID N: had session N of ID ended before the cut (its record on the
+# disk the cut left says so: not a session the start ended as an orphan)?
+ended()
+{
+  jq -e ".state != \"active\" and .session >= $2" "$T/cut-records/$1.json" >/dev/null 2>&1
 }
 
 # A session of ID that may be cut: nothing fails, every step is bounded.
@@ -233,6 +240,8 @@ check()
     # good2.ovl: the overlay as session 2 left it (no session since).
     cp "$st/clients/pc01/overlay" "$T/good2.ovl"
     check_health_file
+    ! ended pc01 2 || jq -e '.judged >= 2' "$h" >/dev/null ||
+      tb_fail "$WHAT: session 2 ended, and it was never judged: $(cat "$h")"
     # The fall-back after the cut: sessions without the marker (whatever the
     # cut left of it) until the strikes (two, or one if the cut run's session
     # counted as one) bring the recorded session back.
@@ -285,6 +294,9 @@ check()
         tb_fail "$WHAT: $qd/note.json: $(cat "$qd/note.json")"
     done
     ls_of qc01
+    if ended qc01 2 && ! ls "$st/clients/qc01/quarantine" 2>/dev/null | grep -q '^[0-9]'; then
+      tb_fail "$WHAT: the session that wrote evil.exe ended, and it was never quarantined"
+    fi
     if ls "$st/clients/qc01/quarantine" 2>/dev/null | grep -q '^[0-9]'; then
       ! grep -q 'evil.exe\|mine.txt' "$T/ls" || tb_fail "$WHAT: quarantined, yet the next session is not clean: $(cat "$T/ls")"
     else
@@ -355,8 +367,12 @@ for run in $runs; do
     cut_all
     WHAT="$case${flag:+ ($flag)}, cut at sync call $at ($(sed -n "${at}p" "$PC_STATE/syncs.log" | cut -d' ' -f2-))"
     mv "$T/daemon.log" "$T/daemon-cut.txt"
+    rm -rf "$T/cut-records"
+    mkdir "$T/cut-records"
+    for id in pc01 qc01; do
+      cp "$PC_STATE/disk/state/clients/$id/session.json" "$T/cut-records/$id.json" 2>/dev/null || true
+    done
     pc_mount $flag
-    e0=$(wc -l <"$st/events.jsonl" 2>/dev/null || echo 0)
     start_daemon
     check "$case"
     td_stop
