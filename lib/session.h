@@ -13,6 +13,12 @@
  *         Then open the overlay and record a session-start event.
  * End:    flush, write session figures to session.json and a session-end
  *         event, release the lock.
+ *
+ * A client's further disk (conf.h "disks", id "ID/DISK") has sessions of its
+ * own, in clients/ID/disks/DISK, turned by its own policy; live.c ties them
+ * to its client's boot.  Its plan also reads its client's mailbox for a
+ * lockdown (a locked-down client is locked down on every disk), and a
+ * read-only disk plans its master as is and never commits (EROFS).
  */
 #ifndef TB_SESSION_H
 #define TB_SESSION_H
