@@ -1620,14 +1620,48 @@ static int cmd_sessions(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
+/* rollback ID [--all-disks]: with --all-disks, ID and each of its further
+ * disks (conf.h "disks"), each its own request. */
 static int cmd_rollback(struct ctl *ctl, int argc, char **argv)
 {
-  if (no_operands(argc, argv, 1, "ID"))
+  static const struct option lo[] = {{"all-disks", no_argument, NULL, 'a'}, {0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
     return EXIT_USAGE;
-  if (check_client_arg(argv[optind]))
+  if (argc - optind != 1)
+    return usage_error("expected ID [--all-disks]");
+  const char *id = argv[optind];
+  if (check_client_arg(id))
     return EXIT_USAGE;
-  return simple_request(ctl, json_pack("{s:s, s:s}", "op", "rollback", "client", argv[optind]),
-                        "%s: rollback at the next session start", argv[optind]);
+  if (seen['a'] && strchr(id, '/'))
+    return usage_error("--all-disks takes a client (%.*s), not one of its disks",
+                       (int)strcspn(id, "/"), id);
+  json_t *ids = json_pack("[s]", id);
+  if (seen['a']) {
+    int code;
+    json_t *res =
+        request(ctl, json_pack("{s:s, s:s}", "op", "client", "client", id), NULL, NULL, &code);
+    if (!res) {
+      json_decref(ids);
+      return code;
+    }
+    json_array_extend(ids, json_object_get(res, "disks"));
+    json_decref(res);
+  }
+  int worst = 0;
+  size_t i;
+  json_t *v;
+  json_array_foreach(ids, i, v)
+  {
+    const char *one = json_string_value(v);
+    int r = simple_request(ctl, json_pack("{s:s, s:s}", "op", "rollback", "client", one),
+                           "%s: rollback at the next session start", one);
+    if (r > worst)
+      worst = r;
+  }
+  json_decref(ids);
+  return worst;
 }
 
 static int cmd_restore(struct ctl *ctl, int argc, char **argv)
@@ -2282,7 +2316,10 @@ static const struct command commands[] = {
      "pending actions, last session and retained sessions.",
      cmd_client},
     {"sessions", "ID", "List a client's retained sessions (restore points).", cmd_sessions},
-    {"rollback", "ID", "Discard the client's overlay at its next session start.", cmd_rollback},
+    {"rollback", "ID [--all-disks]",
+     "Discard the client's overlay at its next session start; --all-disks: and its further\n"
+     "disks' (ID/DISK alone rolls back that disk).",
+     cmd_rollback},
     {"restore", "ID --session N",
      "Make retained session N the client's overlay again, at its next session start.", cmd_restore},
     {"merge", "ID --into IMAGE [--note TEXT] [--session N] [--force]",

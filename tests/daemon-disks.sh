@@ -5,6 +5,7 @@
 #    disk (ID/DISK), tied to its client;
 #  - rollback, restore, sessions and merge act on one disk
 #    (tabulactl merge pc01/games --into games), the system disk untouched;
+#    rollback pc01 --all-disks on the client and each of its disks;
 #  - the view shows clients/ID/ as the system disk and clients/ID/disks/DISK/
 #    as the disk: its raw disk, its files (a file written through
 #    nbd+unix:///pc01/games with nbdfuse and debugfs), changes.txt,
@@ -131,6 +132,16 @@ until [ -f "$M/images/other/2/fs/whole-ext4/save.txt" ]; do
   [ $i -lt 100 ] || tb_fail "other@2 must hold save.txt: $(ls "$M/images/other" 2>&1)"
   sleep 0.1
 done
+
+echo "== rollback ID --all-disks: the client and each of its disks"
+tctl rollback pc01 --all-disks >"$T/rball.out" 2>&1 || tb_fail "rollback --all-disks: $(cat "$T/rball.out")"
+grep -q '^pc01: rollback' "$T/rball.out" && grep -q '^pc01/games: rollback' "$T/rball.out" ||
+  tb_fail "rollback --all-disks must post for pc01 and pc01/games: $(cat "$T/rball.out")"
+tb_json "$state/clients/pc01/mailbox.json" '.rollback == true' "pc01's rollback"
+tb_json "$state/clients/pc01/disks/games/mailbox.json" '.rollback == true' "pc01/games's rollback"
+st=0
+tctl rollback pc01/games --all-disks >/dev/null 2>&1 || st=$?
+[ $st = 2 ] || tb_fail "--all-disks of a disk is a usage error ($st)"
 
 echo "== a version a disk's retained sessions are built on is in use"
 st=0
