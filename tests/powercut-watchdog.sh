@@ -7,7 +7,9 @@
 #   fallback  the last strike: the good overlay is put back, the current one
 #             kept as a retained session, the client pinned, health.json reset;
 #   quarantine  a rule's quarantine: the scanned overlay moves into
-#             clients/ID/quarantine/N with its note.
+#             clients/ID/quarantine/N with its note;
+#   canary    promote demo@2 --canary lab: the group's clients pinned to 2,
+#             the others held on 1, then watchdog/canary-demo.json.
 # Each case runs once uncut to count its sync calls, then is cut at sync calls
 # spread over the operation (TB_POWERCUT_CUTS per case, default 4: 24 cuts), in the
 # default mode and in --strict (TB_POWERCUT_CASES="good fallback:strict" runs
@@ -22,6 +24,8 @@
 #     one back;
 #   - no quarantine is half moved, the live overlay is never a quarantined
 #     one, and the quarantined client's next session is clean;
+#   - the canary record is whole and its pins are there, or absent and the
+#     promote runs again;
 #   - a session whose end is recorded was scanned and judged (the watchdog's
 #     queue is in memory: the start scans a session end the cut left unscanned).
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
@@ -39,13 +43,16 @@ clients='{
             "watchdog": { "health": { "marker": "/healthy", "volume": "whole-ext4", "strikes": 2 } } },
   "qc01": { "image": "demo", "policy": "persist",
             "watchdog": { "rules": [
-              { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "quarantine" } ] } }
+              { "name": "exe", "path": "/**/*.exe", "on": "created", "action": "quarantine" } ] } },
+  "lc01": { "image": "demo", "group": "lab" },
+  "oc01": { "image": "demo" }
 }'
+groups='"groups": { "lab": { "policy": "rollback" } }'
 prep=$PC_STATE/disk/state
 tw_master "$T/master.img"
 tb_import "$prep" demo "$T/master.img"
-td_config "$T/prep.json" "$prep" "$clients"
-td_config "$T/tabula.json" "$PC_MNT/state" "$clients"
+td_config "$T/prep.json" "$prep" "$clients" "$groups"
+td_config "$T/tabula.json" "$PC_MNT/state" "$clients" "$groups"
 td_start "$T/prep.json"
 # pc01: session 1 healthy (good1.txt): the last known good.
 tw_session "$prep" pc01 "write $T/marker healthy
@@ -65,6 +72,11 @@ tw_wait "$prep" '.type == "strike" and .client == "pc01" and .session == 2' "str
 until jq -e '.strikes == 1' "$prep/clients/pc01/health.json" >/dev/null 2>&1; do sleep 0.1; done
 td_stop
 cp -a "$PC_STATE/disk" "$T/p-fall"
+# The canary case: demo@2 beside demo@1, nothing promoted yet.
+cp -a "$T/p-good" "$T/p-canary"
+cp "$T/master.img" "$T/v2.img"
+debugfs -w -R "write $T/marker v2.txt" "$T/v2.img" >/dev/null 2>&1
+tb_import "$T/p-canary/state" demo "$T/v2.img"
 rm -rf "$PC_STATE/disk"
 st=$PC_MNT/state
 
@@ -73,6 +85,7 @@ reset_disk()
   rm -rf "$PC_STATE/disk"
   case $1 in
   fallback) cp -a "$T/p-fall" "$PC_STATE/disk" ;;
+  canary) cp -a "$T/p-canary" "$PC_STATE/disk" ;;
   *) cp -a "$T/p-good" "$PC_STATE/disk" ;;
   esac
 }
@@ -168,6 +181,9 @@ write $T/marker good2.txt"
   fallback)
     loose_session pc01 "write $T/marker bad-3.txt"
     loose_wait '.type == "last-known-good" and .client == "pc01"'
+    ;;
+  canary)
+    tctl image promote demo@2 --canary lab >"$T/promote.out" 2>&1 || true
     ;;
   quarantine)
     loose_session qc01 "write $T/evil.exe apps/evil.exe"
@@ -283,6 +299,24 @@ check()
     ls "$st/clients/pc01/sessions" 2>/dev/null | grep -q . || tb_fail "$WHAT: no retained session"
     check_files pc01
     ;;
+  canary)
+    # The canary record is written after the pins: present, it is whole and
+    # its pins are there; absent, the promote was not acknowledged and runs
+    # again.
+    cf=$st/watchdog/canary-demo.json
+    if [ -e "$cf" ]; then
+      jq -e '.state == "running" and .version == 2 and .previous == 1 and .group == "lab"' "$cf" >/dev/null 2>&1 ||
+        tb_fail "$WHAT: the canary record is not whole: $(cat "$cf")"
+    else
+      tctl image promote demo@2 --canary lab >"$T/promote.out" 2>&1 ||
+        tb_fail "$WHAT: promote --canary after the cut: $(cat "$T/promote.out")"
+    fi
+    jq -e '.pin == 2' "$st/clients/lc01/mailbox.json" >/dev/null 2>&1 ||
+      tb_fail "$WHAT: lc01 (group lab) is not pinned to the canary: $(cat "$st/clients/lc01/mailbox.json" 2>&1)"
+    jq -e '.pin == 1' "$st/clients/oc01/mailbox.json" >/dev/null 2>&1 ||
+      tb_fail "$WHAT: oc01 is not held on version 1: $(cat "$st/clients/oc01/mailbox.json" 2>&1)"
+    ! ls -A "$st/watchdog" | grep -q tmp || tb_fail "$WHAT: a temporary is left in watchdog/: $(ls -A "$st/watchdog")"
+    ;;
   quarantine)
     settle qc01
     check_files qc01
@@ -340,7 +374,7 @@ start_loose()
   td_nbdkit_pid >"$T/nbdkit.pid"
 }
 
-runs=${TB_POWERCUT_CASES:-good good:strict fallback fallback:strict quarantine quarantine:strict}
+runs=${TB_POWERCUT_CASES:-good good:strict fallback fallback:strict quarantine quarantine:strict canary canary:strict}
 for run in $runs; do
   case=${run%:strict}
   flag=
