@@ -1010,7 +1010,6 @@ static bool size_plausible(const struct vol *v, const TSK_FS_META *m)
 #define EXT_NPTRS 15
 
 static bool raw_read(struct vol *v, uint64_t voff, void *buf, size_t len);
-static uint32_t le32(const unsigned char *p);
 
 static bool ext_bmapped(const struct vol *v, const TSK_FS_META *m)
 {
@@ -1052,7 +1051,7 @@ static bool ext_bmap_block(struct vol *v, const TSK_FS_META *m, uint64_t lblk, u
     unsigned char b[4];
     if (p > v->fs->last_block || !raw_read(v, p * bs + idx[d] * 4, b, sizeof b))
       return false;
-    p = le32(b);
+    p = tb_get_le32(b);
   }
   if (p > v->fs->last_block)
     return false;
@@ -1151,7 +1150,7 @@ static void bmap_tree(struct bmap_walk *w, uint64_t p, int depth, uint64_t lbase
   for (int d = 1; d < depth; d++)
     span *= per;
   for (uint64_t i = 0; i < per && !w->stop && lbase + i * span < w->nblk; i++)
-    bmap_tree(w, le32(b + 4 * i), depth - 1, lbase + i * span);
+    bmap_tree(w, tb_get_le32(b + 4 * i), depth - 1, lbase + i * span);
 }
 
 static void ext_bmap_runs(struct tb_inspect *ins, struct vol *v, const TSK_FS_META *m,
@@ -1217,10 +1216,6 @@ struct geom;
 static void geom_free(struct geom *g);
 static bool ext_inode_off(struct tb_inspect *ins, struct vol *v, uint64_t inum, uint64_t *voff,
                           uint32_t *isz);
-
-static uint16_t le16(const unsigned char *p);
-static uint32_t le32(const unsigned char *p);
-static uint64_t le64(const unsigned char *p);
 
 static void raw_free(struct vol *v)
 {
@@ -1290,10 +1285,10 @@ static void ext_xattr_entries(const unsigned char *base, size_t base_len, const 
   size_t p = 0;
   for (int guard = 0; p + 16 <= len && guard < 4096; guard++) {
     const unsigned char *e = ents + p;
-    if (le32(e) == 0)
+    if (tb_get_le32(e) == 0)
       break;
     unsigned nlen = e[0];
-    uint32_t voff = le16(e + 2), vinum = le32(e + 4), vsize = le32(e + 8);
+    uint32_t voff = tb_get_le16(e + 2), vinum = tb_get_le32(e + 4), vsize = tb_get_le32(e + 8);
     if (p + 16 + nlen > len)
       break;
     const char *prefix = ext_xattr_prefix(e[1]);
@@ -1312,18 +1307,19 @@ static void ext_xattr_entries(const unsigned char *base, size_t base_len, const 
 static void ext_xattrs(struct vol *v, const unsigned char *ino, uint32_t isz, xattr_fn fn,
                        void *ctx)
 {
-  uint32_t extra = isz > 128 ? le16(ino + 128) : 0;
-  if (extra && 128 + extra + 4 <= isz && le32(ino + 128 + extra) == EXT_XATTR_MAGIC) {
+  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
+  if (extra && 128 + extra + 4 <= isz && tb_get_le32(ino + 128 + extra) == EXT_XATTR_MAGIC) {
     const unsigned char *first = ino + 128 + extra + 4;
     size_t n = isz - (128 + extra + 4);
     ext_xattr_entries(first, n, first, n, fn, ctx);
   }
-  uint64_t blk = le32(ino + 104) | (uint64_t)le16(ino + 118) << 32;
+  uint64_t blk = tb_get_le32(ino + 104) | (uint64_t)tb_get_le16(ino + 118) << 32;
   uint32_t bs = v->fs->block_size;
   if (blk == 0 || blk > v->fs->last_block || bs < 1024 || bs > 65536)
     return;
   unsigned char *b = malloc(bs);
-  if (b && raw_read(v, blk * bs, b, bs) && le32(b) == EXT_XATTR_MAGIC && le32(b + 8) == 1)
+  if (b && raw_read(v, blk * bs, b, bs) && tb_get_le32(b) == EXT_XATTR_MAGIC &&
+      tb_get_le32(b + 8) == 1)
     ext_xattr_entries(b, bs, b + 32, bs - 32, fn, ctx);
   free(b);
 }
@@ -1333,10 +1329,10 @@ static void ext_xattrs(struct vol *v, const unsigned char *ino, uint32_t isz, xa
 static int64_t ext_time(const unsigned char *ino, uint32_t isz, unsigned off, unsigned xoff,
                         uint32_t *ns)
 {
-  int64_t t = (int32_t)le32(ino + off);
-  uint32_t extra = isz > 128 ? le16(ino + 128) : 0;
+  int64_t t = (int32_t)tb_get_le32(ino + off);
+  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
   if (xoff && 128 + extra >= xoff + 4 && xoff + 4 <= isz) {
-    uint32_t x = le32(ino + xoff);
+    uint32_t x = tb_get_le32(ino + xoff);
     t += (int64_t)(x & 3) << 32;
     if (ns)
       *ns = (x >> 2) < 1000000000 ? x >> 2 : 0;
@@ -1367,11 +1363,11 @@ static void ext_fix(struct tb_inspect *ins, struct vol *v, struct tb_istat *st)
   st->atime = ext_time(ino, isz, 8, 140, &st->atime_ns);
   st->ctime = ext_time(ino, isz, 12, 132, &st->ctime_ns);
   st->mtime = ext_time(ino, isz, 16, 136, &st->mtime_ns);
-  uint32_t extra = isz > 128 ? le16(ino + 128) : 0;
+  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
   if (128 + extra >= 148)
     st->crtime = ext_time(ino, isz, 144, 148, NULL);
   if (st->type == TB_FT_CHR || st->type == TB_FT_BLK) {
-    uint32_t b0 = le32(ino + 40), b1 = le32(ino + 44);
+    uint32_t b0 = tb_get_le32(ino + 40), b1 = tb_get_le32(ino + 44);
     if (b0) {
       st->rdev_major = (b0 >> 8) & 0xff;
       st->rdev_minor = b0 & 0xff;
@@ -1398,10 +1394,10 @@ static ssize_t utf16_path(const unsigned char *p, size_t len, char *out, size_t 
 {
   size_t o = 0;
   for (size_t i = 0; i + 1 < len; i += 2) {
-    uint32_t c = le16(p + i);
-    if (c >= 0xD800 && c < 0xDC00 && i + 3 < len && le16(p + i + 2) >= 0xDC00 &&
-        le16(p + i + 2) < 0xE000) {
-      c = 0x10000 + ((c - 0xD800) << 10) + (le16(p + i + 2) - 0xDC00);
+    uint32_t c = tb_get_le16(p + i);
+    if (c >= 0xD800 && c < 0xDC00 && i + 3 < len && tb_get_le16(p + i + 2) >= 0xDC00 &&
+        tb_get_le16(p + i + 2) < 0xE000) {
+      c = 0x10000 + ((c - 0xD800) << 10) + (tb_get_le16(p + i + 2) - 0xDC00);
       i += 2;
     }
     if (c == 0)
@@ -1453,12 +1449,12 @@ static ssize_t ntfs_link(TSK_FS_FILE *f, char *out, size_t size)
   if (rp && (rp->flags & TSK_FS_ATTR_RES) && rp->rd.buf && rp->size >= 16) {
     const unsigned char *b = rp->rd.buf;
     size_t blen = (size_t)rp->size < rp->rd.buf_size ? (size_t)rp->size : rp->rd.buf_size;
-    uint32_t tag = le32(b);
+    uint32_t tag = tb_get_le32(b);
     size_t hdr = tag == REPARSE_SYMLINK ? 20 : tag == REPARSE_MOUNT_POINT ? 16 : 0;
     if (!hdr || blen < hdr)
       return -1;
-    size_t so = le16(b + 8), sl = le16(b + 10);
-    bool relative = tag == REPARSE_SYMLINK && (le32(b + 16) & 1);
+    size_t so = tb_get_le16(b + 8), sl = tb_get_le16(b + 10);
+    bool relative = tag == REPARSE_SYMLINK && (tb_get_le32(b + 16) & 1);
     if (hdr + so > blen || sl > blen - hdr - so)
       return -1;
     ssize_t n = utf16_path(b + hdr + so, sl, out, size);
@@ -1482,7 +1478,7 @@ static ssize_t ntfs_link(TSK_FS_FILE *f, char *out, size_t size)
   }
   const TSK_FS_ATTR *si = ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_SI);
   bool system = si && (si->flags & TSK_FS_ATTR_RES) && si->rd.buf && si->size >= 36 &&
-                (le32(si->rd.buf + 32) & 0x4);
+                (tb_get_le32(si->rd.buf + 32) & 0x4);
   uint64_t sz = f->meta->size > 0 ? (uint64_t)f->meta->size : 0;
   if (!system || f->meta->type != TSK_FS_META_TYPE_REG || sz < 10 || sz > 8 + 2 * 4096)
     return -1;
@@ -1578,13 +1574,14 @@ static bool fat_setup(struct vol *v)
       unsigned shift = b[108];
       if (shift >= 9 && shift <= 12) {
         v->fat_ssize = 1u << shift;
-        v->fat_data_sect = le32(b + 88);
+        v->fat_data_sect = tb_get_le32(b + 88);
       }
     } else {
-      uint32_t bps = le16(b + 11), fatsz = le16(b + 22) ? le16(b + 22) : le32(b + 36);
+      uint32_t bps = tb_get_le16(b + 11),
+               fatsz = tb_get_le16(b + 22) ? tb_get_le16(b + 22) : tb_get_le32(b + 36);
       if (bps >= 512 && bps <= 4096 && !(bps & (bps - 1))) {
         v->fat_ssize = bps;
-        v->fat_data_sect = le16(b + 14) + (uint64_t)b[16] * fatsz;
+        v->fat_data_sect = tb_get_le16(b + 14) + (uint64_t)b[16] * fatsz;
       }
     }
     v->fat_per_sect = v->fat_ssize / 32;
@@ -1644,19 +1641,19 @@ static bool fat_fix(struct vol *v, const TSK_FS_NAME *nm, struct tb_istat *st)
     if (e[0] != 0x85) /* a file entry; 0x81 bitmap, 0x82 up-case, 0x83 label, 0xA0 GUID... */
       return false;
     st->mtime_ns = st->atime_ns = st->ctime_ns = 0;
-    st->crtime = exfat_time(le32(e + 8), e[20], e[22], NULL);
-    st->mtime = exfat_time(le32(e + 12), e[21], e[23], &st->mtime_ns);
-    st->atime = exfat_time(le32(e + 16), 0, e[24], NULL);
+    st->crtime = exfat_time(tb_get_le32(e + 8), e[20], e[22], NULL);
+    st->mtime = exfat_time(tb_get_le32(e + 12), e[21], e[23], &st->mtime_ns);
+    st->atime = exfat_time(tb_get_le32(e + 16), 0, e[24], NULL);
     st->ctime = st->mtime;
     st->ctime_ns = st->mtime_ns;
     return true;
   }
   if ((e[11] & 0x3F) != 0x0F && (e[11] & 0x08)) /* a volume label, not a long-name slot */
     return false;
-  st->mtime = st->ctime = fat_time(le16(e + 24), le16(e + 22));
+  st->mtime = st->ctime = fat_time(tb_get_le16(e + 24), tb_get_le16(e + 22));
   st->mtime_ns = st->ctime_ns = st->atime_ns = 0;
-  st->atime = fat_time(le16(e + 18), 0);
-  st->crtime = fat_time(le16(e + 16), le16(e + 14)) + e[13] / 100;
+  st->atime = fat_time(tb_get_le16(e + 18), 0);
+  st->crtime = fat_time(tb_get_le16(e + 16), tb_get_le16(e + 14)) + e[13] / 100;
   return true;
 }
 
@@ -1862,8 +1859,8 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
         ok = false;
         break;
       }
-      uint32_t ino = le32(blk + idx);
-      unsigned reclen = le16(blk + idx + 4), nl = blk[idx + 6];
+      uint32_t ino = tb_get_le32(blk + idx);
+      unsigned reclen = tb_get_le16(blk + idx + 4), nl = blk[idx + 6];
       if (reclen < 8 || reclen % 4 || idx + reclen > bs ||
           (ino && (nl == 0 || 8 + nl > reclen || ino > v->fs->last_inum))) {
         ok = false;
@@ -1930,13 +1927,13 @@ static void ntfs_name(const unsigned char *p, size_t units, char *out)
 {
   size_t o = 0;
   for (size_t i = 0; i < units; i++) {
-    uint32_t c = le16(p + 2 * i);
+    uint32_t c = tb_get_le16(p + 2 * i);
     if (c >= 0xD800 && c < 0xDC00) {
       if (i + 1 >= units) {
         o = 0;
         break;
       }
-      uint32_t c2 = le16(p + 2 * ++i);
+      uint32_t c2 = tb_get_le16(p + 2 * ++i);
       c = c2 >= 0xDC00 && c2 < 0xE000 ? ((c - 0xD800) << 10) + (c2 - 0xDC00) + 0x10000 : '^';
     } else if (c >= 0xDC00 && c < 0xE000) {
       c = '^';
@@ -2002,14 +1999,14 @@ static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf
 {
   while (off + 16 <= end) {
     const unsigned char *e = buf + off;
-    uint32_t len = le16(e + 8), klen = le16(e + 10), flags = le32(e + 12);
+    uint32_t len = tb_get_le16(e + 8), klen = tb_get_le16(e + 10), flags = tb_get_le32(e + 12);
     if (flags & NTFS_INDEX_ENTRY_LAST)
       return true;
     if (len < 16 + 66 || len % 8 || len > end - off || klen < 66 || klen > len - 16)
       return false;
     const unsigned char *fn = e + 16;
     unsigned units = fn[64], ns = fn[65];
-    uint64_t ref = le64(e) & 0xFFFFFFFFFFFFull, parent = le64(fn) & 0xFFFFFFFFFFFFull;
+    uint64_t ref = tb_get_le64(e) & 0xFFFFFFFFFFFFull, parent = tb_get_le64(fn) & 0xFFFFFFFFFFFFull;
     if (66 + 2u * units > klen)
       return false;
     off += len;
@@ -2022,10 +2019,10 @@ static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf
     ntfs_name(fn + 66, units, raw);
     TSK_FS_NAME nm = {.name = raw,
                       .meta_addr = ref,
-                      .meta_seq = le16(e + 6),
+                      .meta_seq = tb_get_le16(e + 6),
                       .flags = TSK_FS_NAME_FLAG_ALLOC,
-                      .type = le32(fn + 56) & NTFS_FNAME_FLAG_DIR ? TSK_FS_NAME_TYPE_DIR
-                                                                  : TSK_FS_NAME_TYPE_REG};
+                      .type = tb_get_le32(fn + 56) & NTFS_FNAME_FLAG_DIR ? TSK_FS_NAME_TYPE_DIR
+                                                                         : TSK_FS_NAME_TYPE_REG};
     char *name = entry_name(&nm, &x->seen);
     struct tb_istat st = {.type = name_type(nm.type), .inum = ref, .nlink = 1};
     if (name && x->names_only && ref >= NTFS_FIRST_USER_RECORD) {
@@ -2051,7 +2048,7 @@ static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf
 /* Undo the update sequence of an index record of SIZE bytes in place. */
 static bool ntfs_fixup(unsigned char *rec, size_t size)
 {
-  size_t usa = le16(rec + 4), count = le16(rec + 6);
+  size_t usa = tb_get_le16(rec + 4), count = tb_get_le16(rec + 6);
   if (count < 1 || usa + 2 * count > size || (count - 1) * NTFS_SECTOR > size)
     return false;
   for (size_t i = 1; i < count; i++) {
@@ -2078,10 +2075,10 @@ static bool ntfs_read_index(struct ntfs_dir_read *x, TSK_FS_FILE *dm, bool *fall
       root->size < 32 || (size_t)root->size > root->rd.buf_size)
     return NULL;
   const unsigned char *rb = root->rd.buf;
-  size_t rsize = (size_t)root->size, recsize = le32(rb + 8);
-  size_t rbeg = 16 + (size_t)le32(rb + 16), rend = 16 + (size_t)le32(rb + 20);
-  if (le32(rb) != NTFS_ATTR_FILE_NAME || rbeg > rend || rend > rsize || recsize < NTFS_SECTOR ||
-      recsize > 65536 || (recsize & (recsize - 1)))
+  size_t rsize = (size_t)root->size, recsize = tb_get_le32(rb + 8);
+  size_t rbeg = 16 + (size_t)tb_get_le32(rb + 16), rend = 16 + (size_t)tb_get_le32(rb + 20);
+  if (tb_get_le32(rb) != NTFS_ATTR_FILE_NAME || rbeg > rend || rend > rsize ||
+      recsize < NTFS_SECTOR || recsize > 65536 || (recsize & (recsize - 1)))
     return false;
   bool ok = ntfs_index_entries(x, rb, rbeg, rend);
   uint64_t asize = alloc && alloc->size > 0 ? (uint64_t)alloc->size : 0;
@@ -2106,7 +2103,8 @@ static bool ntfs_read_index(struct ntfs_dir_read *x, TSK_FS_FILE *dm, bool *fall
       ok = false;
       break;
     }
-    size_t beg = 0x18 + (size_t)le32(rec + 0x18), end = 0x18 + (size_t)le32(rec + 0x1C);
+    size_t beg = 0x18 + (size_t)tb_get_le32(rec + 0x18),
+           end = 0x18 + (size_t)tb_get_le32(rec + 0x1C);
     ok = beg <= end && end <= recsize && ntfs_index_entries(x, rec, beg, end);
   }
   free(bits);
@@ -3790,21 +3788,6 @@ struct tb_inspect_index {
   size_t bytes;
 };
 
-static uint16_t le16(const unsigned char *p)
-{
-  return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t le32(const unsigned char *p)
-{
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const unsigned char *p)
-{
-  return le32(p) | (uint64_t)le32(p + 4) << 32;
-}
-
 static void geom_free(struct geom *g)
 {
   free(g->v);
@@ -3857,19 +3840,21 @@ static int ext_geometry(struct tb_disk *disk, const struct tb_volume *vol, struc
 {
   unsigned char sb[1024];
   uint64_t vo = vol->offset, vl = vol->length;
-  if (vl < 4096 || tb_disk_pread(disk, sb, sizeof sb, vo + 1024) < 0 || le16(sb + 56) != 0xEF53)
+  if (vl < 4096 || tb_disk_pread(disk, sb, sizeof sb, vo + 1024) < 0 ||
+      tb_get_le16(sb + 56) != 0xEF53)
     return -1;
-  uint32_t inodes = le32(sb), fdb = le32(sb + 20), logbs = le32(sb + 24), ipg = le32(sb + 40);
-  uint32_t rev = le32(sb + 76), incompat = le32(sb + 96);
+  uint32_t inodes = tb_get_le32(sb), fdb = tb_get_le32(sb + 20), logbs = tb_get_le32(sb + 24),
+           ipg = tb_get_le32(sb + 40);
+  uint32_t rev = tb_get_le32(sb + 76), incompat = tb_get_le32(sb + 96);
   if (logbs > 6 || ipg == 0 || inodes == 0 || (incompat & 0x10)) /* 0x10: meta_bg, not parsed */
     return -1;
   uint64_t bs = 1024ull << logbs;
-  uint32_t isz = rev == 0 ? 128 : le16(sb + 88);
+  uint32_t isz = rev == 0 ? 128 : tb_get_le16(sb + 88);
   if (isz < 128 || isz > bs || (isz & (isz - 1)))
     return -1;
   uint32_t ds = 32;
   if (incompat & 0x80) { /* 64bit: descriptors of s_desc_size bytes */
-    ds = le16(sb + 254);
+    ds = tb_get_le16(sb + 254);
     if (ds < 32 || ds > 1024 || (ds & (ds - 1)))
       return -1;
   }
@@ -3884,7 +3869,7 @@ static int ext_geometry(struct tb_disk *disk, const struct tb_volume *vol, struc
   int r = d && tb_disk_pread(disk, d, gdt_len, vo + gdt) == 0 ? 0 : -1;
   for (uint64_t i = 0; i < groups && r == 0; i++) {
     const unsigned char *e = d + i * ds;
-    uint64_t it = le32(e + 8) | (ds >= 64 ? (uint64_t)le32(e + 0x28) << 32 : 0);
+    uint64_t it = tb_get_le32(e + 8) | (ds >= 64 ? (uint64_t)tb_get_le32(e + 0x28) << 32 : 0);
     if (it > vl / bs || it * bs > vl - table)
       r = -1;
     else
@@ -3931,7 +3916,7 @@ static int ntfs_geometry(struct vol *v, struct tb_disk *disk, struct geom *g)
   unsigned char b[512];
   if (tb_disk_pread(disk, b, sizeof b, v->pub.offset) < 0 || memcmp(b + 3, "NTFS    ", 8) != 0)
     return -1;
-  uint64_t bps = le16(b + 0x0B), spc = b[0x0D];
+  uint64_t bps = tb_get_le16(b + 0x0B), spc = b[0x0D];
   if (spc > 0x80)
     spc = spc >= 0xF4 ? 1ull << (256 - spc) : 0;
   if (bps < 256 || bps > 4096 || (bps & (bps - 1)) || spc == 0)
@@ -4389,8 +4374,8 @@ static int meta_candidates(struct idiff *x, const struct geom *g)
         if (g->kind == GEOM_NTFS && at >= m->foff && m->len >= sizeof h &&
             at - m->foff <= m->len - sizeof h &&
             tb_disk_pread(x->ins->disk, h, sizeof h, m->off + (at - m->foff)) == 0 &&
-            memcmp(h, "FILE", 4) == 0 && (le64(h + 0x20) & 0xFFFFFFFFFFFFull) != 0 &&
-            cands_add(&x->c, le64(h + 0x20) & 0xFFFFFFFFFFFFull) < 0)
+            memcmp(h, "FILE", 4) == 0 && (tb_get_le64(h + 0x20) & 0xFFFFFFFFFFFFull) != 0 &&
+            cands_add(&x->c, tb_get_le64(h + 0x20) & 0xFFFFFFFFFFFFull) < 0)
           return -1;
       }
     }

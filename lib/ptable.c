@@ -38,16 +38,6 @@
 #define GPT_ENTRY 128
 #define PROTECTIVE 0xEE
 
-static uint32_t le32(const uint8_t *p)
-{
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-  return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
-
 static bool is_extended(uint8_t type)
 {
   return type == 0x05 || type == 0x0F || type == 0x85;
@@ -93,9 +83,9 @@ static bool mbr_valid(const uint8_t *s, uint64_t max_sector)
   bool any = false;
   for (int i = 0; i < 4; i++) {
     const uint8_t *e = s + MBR_ENTRIES + 16 * i;
-    if (le32(e + 12) == 0)
+    if (tb_get_le32(e + 12) == 0)
       continue;
-    if (i < 2 && le32(e + 8) > max_sector)
+    if (i < 2 && tb_get_le32(e + 8) > max_sector)
       return false;
     any = true;
   }
@@ -123,7 +113,7 @@ static int mbr_logicals(const struct reader *r, uint64_t base, struct tb_ptable 
     uint64_t next = 0, first = 0, len = 0;
     for (int i = 0; i < 4; i++) {
       const uint8_t *e = s + MBR_ENTRIES + 16 * i;
-      uint32_t start = le32(e + 8), sectors = le32(e + 12);
+      uint32_t start = tb_get_le32(e + 8), sectors = tb_get_le32(e + 12);
       if (start == 0 || sectors == 0)
         continue;
       if (is_extended(e[4])) {
@@ -149,7 +139,7 @@ static int mbr_read(const struct reader *r, const uint8_t *s, struct tb_ptable *
   bool followed = false;
   for (int i = 0; i < 4; i++) {
     const uint8_t *e = s + MBR_ENTRIES + 16 * i;
-    uint32_t start = le32(e + 8), sectors = le32(e + 12);
+    uint32_t start = tb_get_le32(e + 8), sectors = tb_get_le32(e + 12);
     if (sectors == 0)
       continue;
     if (!is_extended(e[4]))
@@ -168,7 +158,7 @@ static bool mbr_protective(const uint8_t *s)
 {
   for (int i = 0; i < 4; i++) {
     const uint8_t *e = s + MBR_ENTRIES + 16 * i;
-    if (e[4] == PROTECTIVE && le32(e + 12) != 0 && le32(e + 8) <= 63)
+    if (e[4] == PROTECTIVE && tb_get_le32(e + 12) != 0 && tb_get_le32(e + 8) <= 63)
       return true;
   }
   return false;
@@ -188,10 +178,10 @@ static int gpt_read(const struct reader *r, uint64_t at, struct tb_ptable *t)
     return g;
   if (memcmp(h, "EFI PART", 8) != 0)
     return 0;
-  uint64_t table = le64(h + 72), max_sector = r->size / SECTOR;
-  uint32_t count = le32(h + 80);
+  uint64_t table = tb_get_le64(h + 72), max_sector = r->size / SECTOR;
+  uint32_t count = tb_get_le32(h + 80);
   uint64_t sectors = ((uint64_t)count * GPT_ENTRY + SECTOR - 1) / SECTOR;
-  if (le32(h + 84) < GPT_ENTRY || table > max_sector || sectors > max_sector - table)
+  if (tb_get_le32(h + 84) < GPT_ENTRY || table > max_sector || sectors > max_sector - table)
     return 0;
   if (count > TB_PTABLE_GPT_ENTRIES)
     count = TB_PTABLE_GPT_ENTRIES;
@@ -210,7 +200,7 @@ static int gpt_read(const struct reader *r, uint64_t at, struct tb_ptable *t)
   int found = 1;
   for (uint32_t i = 0; i < count; i++) {
     const uint8_t *e = a + (size_t)i * GPT_ENTRY;
-    uint64_t first = le64(e + 32), last = le64(e + 40);
+    uint64_t first = tb_get_le64(e + 32), last = tb_get_le64(e + 40);
     if (first == 0)
       continue;
     if (i < 2 && first > max_sector) {

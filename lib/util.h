@@ -33,8 +33,10 @@ int tb_error_errno(const char *fmt, ...) TB_PRINTF(1, 2);
 int tb_error_prefix(const char *fmt, ...) TB_PRINTF(1, 2);
 const char *tb_errmsg(void);
 
-/* Little-endian fields of tabula's own formats (the overlay file, the
- * live-view protocol), byte by byte: no alignment or host-order assumption. */
+/* Little-endian fields, byte by byte (no alignment or host-order
+ * assumption): tabula's own formats (the overlay file, the live-view
+ * protocol) and what it reads of guests' (partition tables, ext and NTFS
+ * records). */
 static inline void tb_put_le32(uint8_t *p, uint32_t v)
 {
   for (int i = 0; i < 4; i++)
@@ -44,6 +46,10 @@ static inline void tb_put_le64(uint8_t *p, uint64_t v)
 {
   for (int i = 0; i < 8; i++)
     p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint16_t tb_get_le16(const uint8_t *p)
+{
+  return (uint16_t)(p[0] | p[1] << 8);
 }
 static inline uint32_t tb_get_le32(const uint8_t *p)
 {

@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   /* The raw-inode parsers on the first 1 KiB read as an inode. */
   if (size >= 256) {
     uint32_t isz = size >= 1024 ? 1024 : 256;
-    uint32_t extra = le16(data + 128);
+    uint32_t extra = tb_get_le16(data + 128);
     size_t n = 0;
     if (128 + extra + 4 <= isz) {
       const unsigned char *first = data + 128 + extra + 4;
