@@ -8,29 +8,9 @@
 # root's, and each boot is one session of each disk, told by its boot id.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 tb_setup
-tb_require qemu-system-x86_64 mkinitramfs lsinitramfs mke2fs jq python3 timeout
-kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1)
-[ -n "$kernel" ] || tb_skip "no cloud kernel in /boot (apt-get install linux-image-cloud-amd64)"
-kver=${kernel#/boot/vmlinuz-}
-[ -d "/lib/modules/$kver" ] || tb_skip "no modules for $kver"
-[ -x /bin/busybox ] || tb_skip "/bin/busybox is missing (apt-get install busybox-static)"
-[ -x /usr/sbin/nbd-client ] || [ -x /sbin/nbd-client ] || tb_skip "nbd-client is not installed"
-persist=$abs_top_builddir/restored/tabula-nbd-persist
-[ -x "$persist" ] || tb_fail "$persist was not built"
-
+. "$abs_top_srcdir/tests/initramfs-functions.sh"
 T=$TB_TMP
-echo "== mkinitramfs with tabula's hook"
-cp -r /etc/initramfs-tools "$T/itc"
-cp "$abs_top_srcdir/conf/initramfs-tools/hooks/tabula" "$T/itc/hooks/"
-mkdir -p "$T/itc/scripts/local-top"
-cp "$abs_top_srcdir/conf/initramfs-tools/scripts/local-top/tabula" "$T/itc/scripts/local-top/"
-chmod +x "$T/itc/hooks/tabula" "$T/itc/scripts/local-top/tabula"
-TABULA_NBD_PERSIST=$persist mkinitramfs -d "$T/itc" -o "$T/initrd.img" "$kver" >"$T/mkinitramfs.log" 2>&1 ||
-  tb_fail "mkinitramfs: $(tail -n 5 "$T/mkinitramfs.log")"
-lsinitramfs "$T/initrd.img" >"$T/initrd.list"
-for f in scripts/local-top/tabula sbin/nbd-client sbin/tabula-nbd-persist drivers/block/nbd.ko; do
-  grep -q "$f" "$T/initrd.list" || tb_fail "the initramfs lacks $f"
-done
+ti_mkinitramfs "$T"
 
 echo "== a root whose /sbin/init marks both disks and powers off"
 mkdir -p "$T/root/bin" "$T/root/sbin" "$T/root/proc" "$T/root/sys" "$T/root/dev" "$T/root/home" \
