@@ -132,40 +132,6 @@ check()
   fi
 }
 
-# stop everything that used the mount, then cut.
-cut()
-{
-  _nb=$(cat "$TB_TMP/nbdkit.pid" 2>/dev/null)
-  pc_cut daemon
-  [ -z "$_nb" ] || kill -9 "$_nb" 2>/dev/null || true
-  rm -f "$TB_TMP/daemon.bgpid"
-  return 0
-}
-
-start_daemon()
-{
-  td_start "$TB_TMP/tabula.json"
-  td_nbdkit_pid >"$TB_TMP/nbdkit.pid"
-}
-
-# the daemon on a disk that may be cut while it starts: no failure if it dies.
-start_loose()
-{
-  TD_CONF=$TB_TMP/tabula.json
-  rm -f "$TB_TMP/nbdkit.pid"
-  "$TD_DAEMON" -c "$TD_CONF" >>"$TB_TMP/daemon.log" 2>&1 &
-  echo $! >"$TB_TMP/daemon.bgpid"
-  _i=0
-  until tctl --json status 2>/dev/null | jq -e '.nbdkit.state == "running"' >/dev/null 2>&1; do
-    kill -0 "$(cat "$TB_TMP/daemon.bgpid")" 2>/dev/null && grep -q " $PC_MNT fuse" /proc/mounts ||
-      return 0
-    _i=$((_i + 1))
-    [ $_i -lt 100 ] || return 0
-    sleep 0.1
-  done
-  td_nbdkit_pid >"$TB_TMP/nbdkit.pid"
-}
-
 # release also in strict mode: a restore point a cut takes back refused every boot.
 runs=${TB_POWERCUT_CASES:-import merge publish gc pull release release:strict}
 for run in $runs; do
@@ -174,12 +140,12 @@ for run in $runs; do
   [ "$case" = "$run" ] || flag=--strict
   reset_disk $case
   pc_mount $flag
-  start_daemon
+  pc_daemon_start
   s0=$(wc -l <"$PC_STATE/syncs.log")
   op $case >"$TB_TMP/op.out" 2>&1 || tb_fail "$case (no cut): $(cat "$TB_TMP/op.out")"
   s1=$(wc -l <"$PC_STATE/syncs.log")
   td_stop
-  cut
+  pc_daemon_cut
   n=$((s1 - s0))
   echo "== $case${flag:+ ($flag)}: $n sync calls; $cuts cuts"
   [ "$n" -gt 0 ] || tb_fail "$case made no sync call"
@@ -189,17 +155,17 @@ for run in $runs; do
     [ $i -gt "$n" ] && at=$((s0 + $(od -An -N2 -tu2 /dev/urandom) % n + 1))
     reset_disk $case
     pc_mount $flag --cut-at $at
-    start_loose
+    pc_daemon_start_loose
     op $case >"$TB_TMP/op.out" 2>&1 || true
     sleep 0.2
-    cut
+    pc_daemon_cut
     mv "$TB_TMP/daemon.log" "$TB_TMP/daemon-cut.txt"
     WHAT="$case${flag:+ ($flag)}, cut at sync call $at"
     pc_mount $flag
-    start_daemon
+    pc_daemon_start
     check $case
     td_stop
-    cut
+    pc_daemon_cut
     i=$((i + 1))
   done
 done

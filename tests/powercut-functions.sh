@@ -12,6 +12,13 @@
 #   pc_cuts DEFAULT          cuts per case: $TB_POWERCUT_CUTS, else DEFAULT
 #   pc_pause                 sleep 0.1 to 0.9 s at random (where the cut falls)
 #   pc_fsync PATH...         fsync files or directories (as a careful writer does)
+#
+# With daemon-functions.sh, the daemon on the mount ($TB_TMP/tabula.json):
+#   pc_daemon_start          td_start; nbdkit's pid in $TB_TMP/nbdkit.pid
+#   pc_daemon_start_loose    the same on a disk that may be cut while it starts:
+#                            no failure if it dies, every wait bounded
+#   pc_daemon_cut [MNT...]   stop everything that used the mount, then cut
+#                            (fuse mounts MNT of the test detached too)
 
 PC_BIN=$abs_builddir/powercut
 
@@ -74,4 +81,39 @@ for p in sys.argv[1:]:
     fd = os.open(p, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)' "$@"
+}
+
+pc_daemon_start()
+{
+  td_start "$TB_TMP/tabula.json"
+  td_nbdkit_pid >"$TB_TMP/nbdkit.pid"
+}
+
+pc_daemon_start_loose()
+{
+  TD_CONF=$TB_TMP/tabula.json
+  rm -f "$TB_TMP/nbdkit.pid"
+  "$TD_DAEMON" -c "$TD_CONF" >>"$TB_TMP/daemon.log" 2>&1 &
+  echo $! >"$TB_TMP/daemon.bgpid"
+  _i=0
+  until tctl --json status 2>/dev/null | jq -e '.nbdkit.state == "running"' >/dev/null 2>&1; do
+    kill -0 "$(cat "$TB_TMP/daemon.bgpid")" 2>/dev/null && grep -q " $PC_MNT fuse" /proc/mounts ||
+      return 0
+    _i=$((_i + 1))
+    [ $_i -lt 100 ] || return 0
+    sleep 0.1
+  done
+  td_nbdkit_pid >"$TB_TMP/nbdkit.pid"
+}
+
+pc_daemon_cut()
+{
+  _nb=$(cat "$TB_TMP/nbdkit.pid" 2>/dev/null)
+  pc_cut daemon
+  [ -z "$_nb" ] || kill -9 "$_nb" 2>/dev/null || true
+  for _m in "$@"; do
+    fusermount3 -uz "$_m" 2>/dev/null || true
+  done
+  rm -f "$TB_TMP/daemon.bgpid"
+  return 0
 }

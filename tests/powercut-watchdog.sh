@@ -340,40 +340,6 @@ check()
   esac
 }
 
-cut_all()
-{
-  _nb=$(cat "$T/nbdkit.pid" 2>/dev/null)
-  pc_cut daemon
-  [ -z "$_nb" ] || kill -9 "$_nb" 2>/dev/null || true
-  fusermount3 -uz "$T/nf" 2>/dev/null || true
-  rm -f "$T/daemon.bgpid"
-  return 0
-}
-
-start_daemon()
-{
-  td_start "$T/tabula.json"
-  td_nbdkit_pid >"$T/nbdkit.pid"
-}
-
-# the daemon on a disk that may be cut while it starts: no failure if it dies.
-start_loose()
-{
-  TD_CONF=$T/tabula.json
-  rm -f "$T/nbdkit.pid"
-  "$TD_DAEMON" -c "$TD_CONF" >>"$T/daemon.log" 2>&1 &
-  echo $! >"$T/daemon.bgpid"
-  _i=0
-  until tctl --json status 2>/dev/null | jq -e '.nbdkit.state == "running"' >/dev/null 2>&1; do
-    kill -0 "$(cat "$T/daemon.bgpid")" 2>/dev/null && grep -q " $PC_MNT fuse" /proc/mounts ||
-      return 0
-    _i=$((_i + 1))
-    [ $_i -lt 100 ] || return 0
-    sleep 0.1
-  done
-  td_nbdkit_pid >"$T/nbdkit.pid"
-}
-
 runs=${TB_POWERCUT_CASES:-good good:strict fallback fallback:strict quarantine quarantine:strict canary canary:strict}
 for run in $runs; do
   case=${run%:strict}
@@ -381,12 +347,12 @@ for run in $runs; do
   [ "$case" = "$run" ] || flag=--strict
   reset_disk "$case"
   pc_mount $flag
-  start_daemon
+  pc_daemon_start
   s0=$(wc -l <"$PC_STATE/syncs.log")
   op "$case"
   s1=$(wc -l <"$PC_STATE/syncs.log")
   td_stop
-  cut_all
+  pc_daemon_cut "$T/nf"
   n=$((s1 - s0))
   echo "== $case${flag:+ ($flag)}: $n sync calls; $cuts cuts"
   [ "$n" -gt 0 ] || tb_fail "$case made no sync call"
@@ -396,9 +362,9 @@ for run in $runs; do
     [ $i -gt "$n" ] && at=$((s0 + $(od -An -N2 -tu2 /dev/urandom) % n + 1))
     reset_disk "$case"
     pc_mount $flag --cut-at $at
-    start_loose
+    pc_daemon_start_loose
     op "$case"
-    cut_all
+    pc_daemon_cut "$T/nf"
     WHAT="$case${flag:+ ($flag)}, cut at sync call $at ($(sed -n "${at}p" "$PC_STATE/syncs.log" | cut -d' ' -f2-))"
     mv "$T/daemon.log" "$T/daemon-cut.txt"
     rm -rf "$T/cut-records"
@@ -407,10 +373,10 @@ for run in $runs; do
       cp "$PC_STATE/disk/state/clients/$id/session.json" "$T/cut-records/$id.json" 2>/dev/null || true
     done
     pc_mount $flag
-    start_daemon
+    pc_daemon_start
     check "$case"
     td_stop
-    cut_all
+    pc_daemon_cut "$T/nf"
     i=$((i + 1))
   done
 done
