@@ -54,8 +54,6 @@ static void warn_if_exposed(const char *config, const char *state);
 #define DEFAULT_METRICS_INTERVAL_MS 15000
 #define JOURNAL_POLL_MS 200
 
-struct daemon D;
-
 /* True when stderr is the journal (systemd sets JOURNAL_STREAM to its
  * "DEV:INODE"): the journal adds the program's name and time, and reads a
  * "<N>" prefix as the line's priority. */
@@ -100,16 +98,16 @@ void log_msg(const char *fmt, ...)
 
 /* ---- counters ------------------------------------------------------------------ */
 
-struct client_counters *counters_for(const char *id)
+struct client_counters *counters_for(struct daemon *d, const char *id)
 {
-  for (size_t i = 0; i < D.n_counters; i++)
-    if (strcmp(D.counters[i].id, id) == 0)
-      return &D.counters[i];
-  struct client_counters *n = realloc(D.counters, (D.n_counters + 1) * sizeof *n);
+  for (size_t i = 0; i < d->n_counters; i++)
+    if (strcmp(d->counters[i].id, id) == 0)
+      return &d->counters[i];
+  struct client_counters *n = realloc(d->counters, (d->n_counters + 1) * sizeof *n);
   if (!n)
     return NULL;
-  D.counters = n;
-  struct client_counters *c = &D.counters[D.n_counters++];
+  d->counters = n;
+  struct client_counters *c = &d->counters[d->n_counters++];
   memset(c, 0, sizeof *c);
   snprintf(c->id, sizeof c->id, "%s", id);
   return c;
@@ -185,11 +183,11 @@ void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_
   }
 }
 
-const struct client_sched *schedule_for(const char *id)
+const struct client_sched *schedule_for(const struct daemon *d, const char *id)
 {
-  for (size_t i = 0; i < D.n_sched; i++)
-    if (strcmp(D.sched[i].id, id) == 0)
-      return D.sched[i].has || D.sched[i].merge_has ? &D.sched[i] : NULL;
+  for (size_t i = 0; i < d->n_sched; i++)
+    if (strcmp(d->sched[i].id, id) == 0)
+      return d->sched[i].has || d->sched[i].merge_has ? &d->sched[i] : NULL;
   return NULL;
 }
 
@@ -391,16 +389,16 @@ static int validate_config(const struct tb_config *cfg, json_t *warnings)
   return 0;
 }
 
-int daemon_reload(char *err, size_t errlen)
+int daemon_reload(struct daemon *d, char *err, size_t errlen)
 {
-  return daemon_reload_warn(err, errlen, NULL);
+  return daemon_reload_warn(d, err, errlen, NULL);
 }
 
-int daemon_reload_warn(char *err, size_t errlen, json_t *warnings)
+int daemon_reload_warn(struct daemon *d, char *err, size_t errlen, json_t *warnings)
 {
   struct client_sched *sched;
   size_t n;
-  struct tb_config *cfg = load_config(D.config_file, &sched, &n);
+  struct tb_config *cfg = load_config(d->config_file, &sched, &n);
   if (cfg && validate_config(cfg, warnings) == -1) {
     tb_config_unref(cfg);
     free(sched);
@@ -409,57 +407,57 @@ int daemon_reload_warn(char *err, size_t errlen, json_t *warnings)
   if (!cfg) {
     snprintf(err, errlen, "configuration not reloaded, the running one stays: %s", tb_errmsg());
     log_msg("%s", err);
-    tb_eventf(D.cfg->state_dir, "reload-failed", NULL, "{s:s}", "error", tb_errmsg());
+    tb_eventf(d->cfg->state_dir, "reload-failed", NULL, "{s:s}", "error", tb_errmsg());
     return -1;
   }
-  if (strcmp(cfg->state_dir, D.cfg->state_dir) != 0) {
+  if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0) {
     snprintf(err, errlen,
              "configuration not reloaded: state_dir changed from %s to %s; restart "
              "tabula-restored to move it",
-             D.cfg->state_dir, cfg->state_dir);
+             d->cfg->state_dir, cfg->state_dir);
     tb_config_unref(cfg);
     free(sched);
     log_msg("%s", err);
     return -1;
   }
-  char control[sizeof D.control_path];
+  char control[sizeof d->control_path];
   if (tb_control_socket_path(cfg, control, sizeof control) == 0 &&
-      strcmp(control, D.control_path) != 0)
+      strcmp(control, d->control_path) != 0)
     log_msg("the control socket moved to %s in the configuration; it stays at %s until a "
             "restart",
-            control, D.control_path);
-  struct tb_config *old = D.cfg;
-  D.cfg = cfg;
+            control, d->control_path);
+  struct tb_config *old = d->cfg;
+  d->cfg = cfg;
   /* Unchanged schedules keep their due times (their files), changed ones
    * count from their last refresh. */
   schedules_resume(cfg, sched, n);
   for (size_t i = 0; i < n; i++) /* a merge waiting for its client's session still waits */
-    for (size_t k = 0; k < D.n_sched; k++)
-      if (sched[i].merge_has && strcmp(sched[i].id, D.sched[k].id) == 0) {
-        sched[i].merge_pending = D.sched[k].merge_pending;
-        sched[i].merge_deferred = D.sched[k].merge_deferred;
+    for (size_t k = 0; k < d->n_sched; k++)
+      if (sched[i].merge_has && strcmp(sched[i].id, d->sched[k].id) == 0) {
+        sched[i].merge_pending = d->sched[k].merge_pending;
+        sched[i].merge_deferred = d->sched[k].merge_deferred;
       }
-  free(D.sched);
-  D.sched = sched;
-  D.n_sched = n;
+  free(d->sched);
+  d->sched = sched;
+  d->n_sched = n;
   tb_events_set_max_bytes(cfg->events_max_bytes);
   tb_events_set_keep(cfg->events_keep);
-  warn_if_exposed(D.config_file, cfg->state_dir);
+  warn_if_exposed(d->config_file, cfg->state_dir);
   webhooks_configure(cfg);
   bool restart = nbdkit_config_changed(old, cfg);
   tb_config_unref(old);
-  tb_eventf(cfg->state_dir, "reload", NULL, "{s:s, s:I, s:b}", "config", D.config_file, "clients",
+  tb_eventf(cfg->state_dir, "reload", NULL, "{s:s, s:I, s:b}", "config", d->config_file, "clients",
             (json_int_t)cfg->n_clients, "nbdkit_restart", restart);
-  log_msg("configuration reloaded from %s (%zu clients)", D.config_file, cfg->n_clients);
+  log_msg("configuration reloaded from %s (%zu clients)", d->config_file, cfg->n_clients);
   if (restart)
-    nbdkit_restart(&D, "its settings changed in the configuration");
-  else if (nbdkit_listen(&D) == -1) /* the same sockets: their mode and group */
+    nbdkit_restart(d, "its settings changed in the configuration");
+  else if (nbdkit_listen(d) == -1) /* the same sockets: their mode and group */
     log_msg("%s", tb_errmsg());
   if (!restart)
-    nbdkit_retry_now(&D); /* a good file after a bad state: no backoff wait */
-  pxe_apply(&D);
-  iscsid_apply(&D);
-  D.next_metrics_ms = 0;
+    nbdkit_retry_now(d); /* a good file after a bad state: no backoff wait */
+  pxe_apply(d);
+  iscsid_apply(d);
+  d->next_metrics_ms = 0;
   return 0;
 }
 
@@ -496,23 +494,23 @@ static void notify_systemd(const char *msg)
 
 /* ---- the loop ------------------------------------------------------------------------ */
 
-static void handle_signals(void)
+static void handle_signals(struct daemon *d)
 {
   struct signalfd_siginfo si;
-  while (read(D.signal_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+  while (read(d->signal_fd, &si, sizeof si) == (ssize_t)sizeof si) {
     switch (si.ssi_signo) {
     case SIGCHLD:
-      nbdkit_reap(&D);
+      nbdkit_reap(d);
       break;
     case SIGHUP: {
       char err[1024];
-      daemon_reload(err, sizeof err);
+      daemon_reload(d, err, sizeof err);
       break;
     }
     case SIGTERM:
     case SIGINT:
       log_msg("signal %d: stopping", (int)si.ssi_signo);
-      D.quit = true;
+      d->quit = true;
       break;
     }
   }
@@ -523,48 +521,48 @@ static int64_t min64(int64_t a, int64_t b)
   return a < b ? a : b;
 }
 
-static int run(void)
+static int run(struct daemon *d)
 {
   size_t max = 3 + server_max_fds() + TB_MAX_LISTEN;
   struct pollfd *fds = calloc(max, sizeof *fds);
   if (!fds)
     return tb_error_errno("poll set");
   int64_t next_journal = 0;
-  while (!D.quit) {
+  while (!d->quit) {
     int64_t now = tb_now_ms();
-    nbdkit_tick(&D, now);
-    pxe_tick(&D, now);
-    iscsid_tick(&D, now);
-    schedules_tick(&D, now);
-    pulls_tick(&D, now);
-    watchdog_tick(&D, now);
-    server_tick(&D, now);
+    nbdkit_tick(d, now);
+    pxe_tick(d, now);
+    iscsid_tick(d, now);
+    schedules_tick(d, now);
+    pulls_tick(d, now);
+    watchdog_tick(d, now);
+    server_tick(d, now);
     if (now >= next_journal) {
-      journal_poll(&D);
+      journal_poll(d);
       next_journal = now + JOURNAL_POLL_MS;
     }
-    if (D.cfg->metrics_file && now >= D.next_metrics_ms) {
-      metrics_write(&D);
-      D.next_metrics_ms = now + (D.cfg->metrics_interval_ms > 0 ? D.cfg->metrics_interval_ms
-                                                                : DEFAULT_METRICS_INTERVAL_MS);
+    if (d->cfg->metrics_file && now >= d->next_metrics_ms) {
+      metrics_write(d);
+      d->next_metrics_ms = now + (d->cfg->metrics_interval_ms > 0 ? d->cfg->metrics_interval_ms
+                                                                  : DEFAULT_METRICS_INTERVAL_MS);
     }
     int64_t wake = next_journal;
-    wake = min64(wake, nbdkit_next_wakeup(&D));
-    wake = min64(wake, pxe_next_wakeup(&D));
-    wake = min64(wake, iscsid_next_wakeup(&D));
-    wake = min64(wake, schedules_next(&D));
-    wake = min64(wake, pulls_next(&D));
-    wake = min64(wake, watchdog_next(&D));
-    if (D.cfg->metrics_file)
-      wake = min64(wake, D.next_metrics_ms);
+    wake = min64(wake, nbdkit_next_wakeup(d));
+    wake = min64(wake, pxe_next_wakeup(d));
+    wake = min64(wake, iscsid_next_wakeup(d));
+    wake = min64(wake, schedules_next(d));
+    wake = min64(wake, pulls_next(d));
+    wake = min64(wake, watchdog_next(d));
+    if (d->cfg->metrics_file)
+      wake = min64(wake, d->next_metrics_ms);
     int timeout = wake <= now ? 0 : (int)min64(wake - now, 1000);
 
-    fds[0] = (struct pollfd){.fd = D.signal_fd, .events = POLLIN};
-    fds[1] = (struct pollfd){.fd = D.listen_fd, .events = POLLIN};
+    fds[0] = (struct pollfd){.fd = d->signal_fd, .events = POLLIN};
+    fds[1] = (struct pollfd){.fd = d->listen_fd, .events = POLLIN};
     fds[2] = (struct pollfd){.fd = jobs_fd(), .events = POLLIN};
     size_t n_srv = server_pollfds(fds + 3, max - 3 - TB_MAX_LISTEN);
     /* While nbdkit is down, its listeners: connecting clients are answered. */
-    size_t n_sb = nbdkit_standby_pollfds(&D, fds + 3 + n_srv, TB_MAX_LISTEN);
+    size_t n_sb = nbdkit_standby_pollfds(d, fds + 3 + n_srv, TB_MAX_LISTEN);
     size_t n = 3 + n_srv + n_sb;
     int r = poll(fds, n, timeout);
     if (r == -1) {
@@ -574,15 +572,15 @@ static int run(void)
       return tb_error_errno("poll");
     }
     if (fds[0].revents)
-      handle_signals();
+      handle_signals(d);
     if (fds[2].revents)
-      jobs_drain();
+      jobs_drain(d);
     if (n_srv > 0)
-      server_io(&D, fds + 3, n_srv);
+      server_io(d, fds + 3, n_srv);
     if (n_sb > 0)
-      nbdkit_standby_io(&D, fds + 3 + n_srv, n_sb);
+      nbdkit_standby_io(d, fds + 3 + n_srv, n_sb);
     if (fds[1].revents)
-      server_accept(&D);
+      server_accept(d);
   }
   free(fds);
   return 0;
@@ -624,12 +622,15 @@ int main(int argc, char **argv)
                                      {"version", no_argument, NULL, 'V'},
                                      {"foreground", no_argument, NULL, 'f'},
                                      {0}};
+  /* The one daemon; every part is handed it. */
+  struct daemon daemon = {0};
+  struct daemon *d = &daemon;
   int ch;
-  D.config_file = getenv("TABULA_CONFIG") ? getenv("TABULA_CONFIG") : DEFAULT_CONFIG;
+  d->config_file = getenv("TABULA_CONFIG") ? getenv("TABULA_CONFIG") : DEFAULT_CONFIG;
   while ((ch = getopt_long(argc, argv, "c:hVf", lo, NULL)) != -1) {
     switch (ch) {
     case 'c':
-      D.config_file = optarg;
+      d->config_file = optarg;
       break;
     case 'h':
       usage(stdout);
@@ -652,33 +653,33 @@ int main(int argc, char **argv)
   /* Everything the daemon creates (and nbdkit, which inherits it) is its
    * own: the state is private whatever the shell's or the unit's umask. */
   umask(077);
-  D.started_ms = tb_now_ms();
-  srandom((unsigned)(D.started_ms ^ getpid()));
-  D.signal_fd = D.listen_fd = -1;
+  d->started_ms = tb_now_ms();
+  srandom((unsigned)(d->started_ms ^ getpid()));
+  d->signal_fd = d->listen_fd = -1;
 
-  D.cfg = load_config(D.config_file, &D.sched, &D.n_sched);
-  if (!D.cfg) {
+  d->cfg = load_config(d->config_file, &d->sched, &d->n_sched);
+  if (!d->cfg) {
     log_msg("%s", tb_errmsg());
     return 1;
   }
-  const char *state = D.cfg->state_dir;
-  tb_events_set_max_bytes(D.cfg->events_max_bytes);
-  tb_events_set_keep(D.cfg->events_keep);
+  const char *state = d->cfg->state_dir;
+  tb_events_set_max_bytes(d->cfg->events_max_bytes);
+  tb_events_set_keep(d->cfg->events_keep);
   if (tb_store_init(state) == -1) {
     log_msg("%s", tb_errmsg());
     return 1;
   }
-  warn_if_exposed(D.config_file, state);
-  if (validate_config(D.cfg, NULL) == -1) {
+  warn_if_exposed(d->config_file, state);
+  if (validate_config(d->cfg, NULL) == -1) {
     log_msg("%s", tb_errmsg());
     return 1;
   }
-  schedules_resume(D.cfg, D.sched, D.n_sched);
+  schedules_resume(d->cfg, d->sched, d->n_sched);
   int tmp = tb_store_gc(state, false); /* interrupted pulls stay: they resume */
   if (tmp > 0)
     log_msg("removed %d leftover temporaries of interrupted builds", tmp);
-  jobs_recover(D.cfg);
-  watchdog_recover(D.cfg);
+  jobs_recover(d->cfg);
+  watchdog_recover(d->cfg);
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -688,61 +689,61 @@ int main(int argc, char **argv)
   sigaddset(&mask, SIGINT);
   sigprocmask(SIG_BLOCK, &mask, NULL);
   signal(SIGPIPE, SIG_IGN);
-  D.signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (D.signal_fd == -1) {
+  d->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (d->signal_fd == -1) {
     log_msg("signalfd: %s", strerror(errno));
     return 1;
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  if (server_open(&D) == -1) {
+  if (server_open(d) == -1) {
     log_msg("%s", tb_errmsg());
     return 1;
   }
   if (jobs_start() == -1 || watchdog_start() == -1) {
     log_msg("%s", tb_errmsg());
-    server_close(&D);
+    server_close(d);
     return 1;
   }
-  watchdog_resume(D.cfg);
-  journal_open(&D);
-  webhooks_configure(D.cfg);
-  tb_eventf(state, "daemon-start", NULL, "{s:s, s:I, s:s}", "config", D.config_file, "pid",
+  watchdog_resume(d->cfg);
+  journal_open(d);
+  webhooks_configure(d->cfg);
+  tb_eventf(state, "daemon-start", NULL, "{s:s, s:I, s:s}", "config", d->config_file, "pid",
             (json_int_t)getpid(), "version", PACKAGE_VERSION);
-  if (nbdkit_listen(&D) == -1) {
+  if (nbdkit_listen(d) == -1) {
     log_msg("%s", tb_errmsg());
     tb_eventf(state, "daemon-stop", NULL, "{s:I, s:s}", "pid", (json_int_t)getpid(), "error",
               tb_errmsg());
     webhooks_shutdown();
-    server_close(&D);
+    server_close(d);
     return 1;
   }
-  if (nbdkit_start(&D) == -1)
+  if (nbdkit_start(d) == -1)
     log_msg("%s", tb_errmsg()); /* retried with backoff by nbdkit_tick */
-  pxe_apply(&D);                /* dnsmasq failing leaves the NBD side serving */
-  iscsid_apply(&D);             /* so does tabula-iscsid */
-  log_msg("serving %s (control %s, %zu clients)", state, D.control_path, D.cfg->n_clients);
-  state = NULL; /* a reload replaces D.cfg and its strings */
+  pxe_apply(d);                 /* dnsmasq failing leaves the NBD side serving */
+  iscsid_apply(d);              /* so does tabula-iscsid */
+  log_msg("serving %s (control %s, %zu clients)", state, d->control_path, d->cfg->n_clients);
+  state = NULL; /* a reload replaces d->cfg and its strings */
   /* READY=1 comes once nbdkit serves (supervise.c), not before. */
-  daemon_notify("STATUS=starting nbdkit for %zu clients", D.cfg->n_clients);
+  daemon_notify("STATUS=starting nbdkit for %zu clients", d->cfg->n_clients);
 
-  int r = run();
-  D.quit = true; /* also after a failed loop: the last metrics say the daemon is down */
+  int r = run(d);
+  d->quit = true; /* also after a failed loop: the last metrics say the daemon is down */
   notify_systemd("STOPPING=1");
-  pxe_stop(&D);
-  iscsid_stop(&D);
-  nbdkit_stop(&D);
-  nbdkit_unlisten(&D);
-  tb_eventf(D.cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
-  journal_poll(&D); /* hand the last events to the webhooks */
-  if (D.cfg->metrics_file)
-    metrics_write(&D); /* D.quit: tabula_up 0, so a scraper sees the daemon stopped */
+  pxe_stop(d);
+  iscsid_stop(d);
+  nbdkit_stop(d);
+  nbdkit_unlisten(d);
+  tb_eventf(d->cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
+  journal_poll(d); /* hand the last events to the webhooks */
+  if (d->cfg->metrics_file)
+    metrics_write(d); /* d->quit: tabula_up 0, so a scraper sees the daemon stopped */
   watchdog_stop();
   watchdog_free();
   webhooks_shutdown();
-  server_close(&D);
-  tb_config_unref(D.cfg);
-  free(D.sched);
-  free(D.counters);
+  server_close(d);
+  tb_config_unref(d->cfg);
+  free(d->sched);
+  free(d->counters);
   curl_global_cleanup();
   if (r == -1) {
     log_msg("%s", tb_errmsg());

@@ -77,27 +77,25 @@ struct daemon {
   size_t n_sched;
   struct client_counters *counters;
   size_t n_counters;
-  uint64_t merges, merge_failures;
+  uint64_t merges; /* finished or failed since the start (jobs.c) */
   int64_t next_metrics_ms;
   bool quit;
 };
-
-extern struct daemon D;
 
 /* daemon.c */
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* stderr is the journal (JOURNAL_STREAM): log_msg writes "<N>" priorities
  * without the program name, and nbdkit logs through syslog. */
 bool daemon_stderr_is_journal(void);
-int daemon_reload(char *err, size_t errlen);
+int daemon_reload(struct daemon *d, char *err, size_t errlen);
 /* The same, with the clients that cannot be served (id -> reason) added to
  * WARNINGS (a JSON object, may be NULL). */
-int daemon_reload_warn(char *err, size_t errlen, json_t *warnings);
+int daemon_reload_warn(struct daemon *d, char *err, size_t errlen, json_t *warnings);
 /* A sd_notify(3) message ("READY=1", "STATUS=...") to systemd, if it asked. */
 void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A group named (or numbered) TEXT, for the setting KEY: -1 with a message. */
 int daemon_group(const char *text, const char *key, gid_t *gid);
-struct client_counters *counters_for(const char *id);
+struct client_counters *counters_for(struct daemon *d, const char *id);
 
 /* supervise.c */
 /* Bind the listeners of the configuration (kept across nbdkit restarts;
@@ -183,7 +181,7 @@ int clients_status_json(struct daemon *d, json_t **out);
 /* jobs.c: long work on a thread */
 int jobs_start(void);
 int jobs_fd(void);                                  /* readable when a job has news */
-void jobs_drain(void);                              /* deliver news to connections (main thread) */
+void jobs_drain(struct daemon *d);                  /* deliver news to connections (main thread) */
 json_t *jobs_status(void);                          /* running and queued jobs */
 void jobs_recover(const struct tb_config *cfg);     /* at start: finish moves a kill cut */
 void watchdog_recover(const struct tb_config *cfg); /* at start: no half-moved quarantine */
@@ -248,6 +246,6 @@ int schedules_build(const struct tb_config *cfg, struct client_sched **out, size
 void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_t n);
 void schedules_tick(struct daemon *d, int64_t now);
 int64_t schedules_next(const struct daemon *d);
-const struct client_sched *schedule_for(const char *id);
+const struct client_sched *schedule_for(const struct daemon *d, const char *id);
 
 #endif

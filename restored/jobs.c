@@ -87,7 +87,7 @@ static void post_message(uint64_t conn, json_t *line, bool final)
     perror("tabula-restored: job pipe");
 }
 
-void jobs_drain(void)
+void jobs_drain(struct daemon *d)
 {
   char buf[256];
   while (read(wake_pipe[0], buf, sizeof buf) > 0)
@@ -108,7 +108,7 @@ void jobs_drain(void)
     else
       json_decref(m->line);
     if (m->final)
-      D.merges++; /* counted for metrics whatever happened to the peer */
+      d->merges++; /* counted for metrics whatever happened to the peer */
     free(m);
   }
 }

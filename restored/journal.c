@@ -151,13 +151,13 @@ void journal_open(struct daemon *d)
   lseek(fd, 0, SEEK_END);
 }
 
-static void count_event(const json_t *ev)
+static void count_event(struct daemon *d, const json_t *ev)
 {
   const char *type = json_string_value(json_object_get(ev, "type"));
   const char *client = json_string_value(json_object_get(ev, "client"));
   if (!type || !client || strcmp(type, "session-end") != 0)
     return;
-  struct client_counters *c = counters_for(client);
+  struct client_counters *c = counters_for(d, client);
   if (!c)
     return;
   c->sessions++;
@@ -166,21 +166,21 @@ static void count_event(const json_t *ev)
   c->errors += (uint64_t)json_integer_value(json_object_get(ev, "errors"));
 }
 
-static void deliver(const char *line, size_t len)
+static void deliver(struct daemon *d, const char *line, size_t len)
 {
   json_t *ev = json_loadb(line, len, 0, NULL);
   if (!json_is_object(ev)) {
     json_decref(ev);
     return;
   }
-  count_event(ev);
-  watchdog_event(&D, ev);
+  count_event(d, ev);
+  watchdog_event(d, ev);
   server_broadcast_event(ev);
   json_decref(ev);
 }
 
 /* Read what FD has beyond its offset; deliver complete lines. */
-static void read_new(void)
+static void read_new(struct daemon *d)
 {
   char buf[READ_CHUNK];
   for (;;) {
@@ -200,13 +200,13 @@ static void read_new(void)
             partial = p;
             memcpy(partial + partial_len, buf + start, add);
             partial[partial_len + add] = '\0';
-            deliver(partial, partial_len + add);
+            deliver(d, partial, partial_len + add);
           }
         }
         partial_len = 0;
       } else {
         buf[i] = '\0';
-        deliver(buf + start, i - start);
+        deliver(d, buf + start, i - start);
       }
       start = i + 1;
     }
@@ -224,14 +224,14 @@ static void read_new(void)
 
 /* Deliver what PATH holds from offset FROM (a rotated generation), counting
  * its lines into LINES; its fingerprint goes to FP if not NULL. */
-static void read_other(const char *path, off_t from, uint64_t *lines, char fp[65])
+static void read_other(struct daemon *d, const char *path, off_t from, uint64_t *lines, char fp[65])
 {
   int saved = fd;
   fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd != -1) {
     counting = lines;
     if (lseek(fd, from, SEEK_SET) == from)
-      read_new();
+      read_new(d);
     counting = &cur_lines;
     if (fp)
       journal_fingerprint(fd, fp);
@@ -263,7 +263,7 @@ void journal_poll(struct daemon *d)
     fstat(fd, &st);
     ino = st.st_ino;
   }
-  read_new();
+  read_new(d);
   if (!cur_fp[0] && cur_lines)
     journal_fingerprint(fd, cur_fp);
   time_t prev = last_poll_s;
@@ -273,13 +273,13 @@ void journal_poll(struct daemon *d)
   if (fstat(fd, &st) == 0 && st.st_size < at) { /* truncated in place (copytruncate) */
     partial_len = 0;
     if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_size >= at)
-      read_other(old, at, &cur_lines, cur_fp[0] ? NULL : cur_fp);
+      read_other(d, old, at, &cur_lines, cur_fp[0] ? NULL : cur_fp);
     next_generation();
     lseek(fd, 0, SEEK_SET);
-    read_new();
+    read_new(d);
   }
   if (stat(path, &st) == 0 && st.st_ino != ino) { /* rotated: finish the old, follow the new */
-    read_new();
+    read_new(d);
     if (!cur_fp[0])
       journal_fingerprint(fd, cur_fp);
     close(fd);
@@ -290,7 +290,7 @@ void journal_poll(struct daemon *d)
     if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_mtime >= prev) {
       char fp[65] = "";
       uint64_t lines = 0;
-      read_other(old, 0, &lines, fp);
+      read_other(d, old, 0, &lines, fp);
       generation_done(fp, lines);
     }
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -298,7 +298,7 @@ void journal_poll(struct daemon *d)
       return;
     fstat(fd, &st);
     ino = st.st_ino;
-    read_new();
+    read_new(d);
   }
   webhooks_notify();
 }

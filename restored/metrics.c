@@ -120,7 +120,7 @@ void metrics_write(struct daemon *d)
     json_array_foreach(clients, i, c)
     {
       const char *id = json_string_value(json_object_get(c, "id"));
-      struct client_counters *cc = counters_for(id);
+      struct client_counters *cc = counters_for(d, id);
       /* A running session's figures (live.json), added to the ended ones. */
       json_t *fig = json_object_get(json_object_get(c, "live"), "figures");
       unsigned long long run_read = 0, run_written = 0;

@@ -372,7 +372,7 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   bool rolls = c->policy == TB_POLICY_ROLLBACK && !maint; /* a maintenance PC persists */
   bool discard = rolls || mb.rollback || mb.refresh || mb.restore > 0;
   json_object_set_new(o, "keeps_overlay", json_boolean(have_overlay && !discard));
-  const struct client_sched *sch = schedule_for(c->id);
+  const struct client_sched *sch = schedule_for(d, c->id);
   if (c->refresh) {
     json_object_set_new(o, "refresh", json_string(c->refresh));
     if (sch && sch->has) {
@@ -417,7 +417,7 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
       json_object_set(o, "last_session", sess);
     }
     json_object_set_new(o, "sessions", sessions_json(state, c->id, true));
-    struct client_counters *cc = counters_for(c->id);
+    struct client_counters *cc = counters_for(d, c->id);
     if (cc)
       json_object_set_new(o, "since_daemon_start",
                           json_pack("{s:I, s:I, s:I, s:I}", "sessions", (json_int_t)cc->sessions,
@@ -1091,7 +1091,7 @@ static json_t *op_reload(struct daemon *d, struct args *a)
     return reply_error("%s", a->err);
   char err[1024];
   json_t *refused = json_object();
-  if (daemon_reload_warn(err, sizeof err, refused) == -1) {
+  if (daemon_reload_warn(d, err, sizeof err, refused) == -1) {
     json_decref(refused);
     return reply_error("%s", err);
   }

@@ -262,7 +262,7 @@ static int quarantine_scanned(const char *state, const char *id, uint64_t sessio
 
 struct request {
   struct request *next;
-  struct tb_config *cfg; /* a reference: a reload may swap D.cfg */
+  struct tb_config *cfg; /* a reference: a reload may swap the daemon's cfg */
   char id[TB_NAME_MAX + 1];
   bool end;            /* session end (else an interval scan of a live session) */
   uint64_t session;    /* the session that ended or runs */
