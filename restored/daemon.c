@@ -51,8 +51,6 @@
 static void warn_if_exposed(const char *config, const char *state);
 
 #define DEFAULT_CONFIG "/etc/tabula/tabula.json"
-#define DEFAULT_METRICS_INTERVAL_MS 15000
-#define JOURNAL_POLL_MS 200
 
 /* True when stderr is the journal (systemd sets JOURNAL_STREAM to its
  * "DEV:INODE"): the journal adds the program's name and time, and reads a
@@ -277,7 +275,7 @@ static void merge_tick(struct daemon *d, struct client_sched *s, int64_t now)
   }
 }
 
-void schedules_tick(struct daemon *d, int64_t now)
+static void schedules_tick(struct daemon *d, int64_t now)
 {
   for (size_t i = 0; i < d->n_sched; i++) {
     struct client_sched *s = &d->sched[i];
@@ -302,7 +300,7 @@ void schedules_tick(struct daemon *d, int64_t now)
   }
 }
 
-int64_t schedules_next(const struct daemon *d)
+static int64_t schedules_next(const struct daemon *d)
 {
   int64_t next = INT64_MAX;
   for (size_t i = 0; i < d->n_sched; i++) {
@@ -316,6 +314,8 @@ int64_t schedules_next(const struct daemon *d)
   }
   return next;
 }
+
+const struct daemon_timer schedules_timer = {"schedules", schedules_tick, schedules_next};
 
 /* ---- configuration --------------------------------------------------------------- */
 
@@ -521,40 +521,28 @@ static int64_t min64(int64_t a, int64_t b)
   return a < b ? a : b;
 }
 
+/* Every part with work at times of its own, in the order their ticks run
+ * (nbdkit's restarts first, the journal's tail and the metrics last, so they
+ * see what the others did in the same turn). */
+static const struct daemon_timer *const timers[] = {
+    &nbdkit_timer,   &pxe_timer,    &iscsid_timer,  &schedules_timer, &pulls_timer,
+    &watchdog_timer, &server_timer, &journal_timer, &metrics_timer,
+};
+
 static int run(struct daemon *d)
 {
   size_t max = 3 + server_max_fds() + TB_MAX_LISTEN;
   struct pollfd *fds = calloc(max, sizeof *fds);
   if (!fds)
     return tb_error_errno("poll set");
-  int64_t next_journal = 0;
   while (!d->quit) {
     int64_t now = tb_now_ms();
-    nbdkit_tick(d, now);
-    pxe_tick(d, now);
-    iscsid_tick(d, now);
-    schedules_tick(d, now);
-    pulls_tick(d, now);
-    watchdog_tick(d, now);
-    server_tick(d, now);
-    if (now >= next_journal) {
-      journal_poll(d);
-      next_journal = now + JOURNAL_POLL_MS;
-    }
-    if (d->cfg->metrics_file && now >= d->next_metrics_ms) {
-      metrics_write(d);
-      d->next_metrics_ms = now + (d->cfg->metrics_interval_ms > 0 ? d->cfg->metrics_interval_ms
-                                                                  : DEFAULT_METRICS_INTERVAL_MS);
-    }
-    int64_t wake = next_journal;
-    wake = min64(wake, nbdkit_next_wakeup(d));
-    wake = min64(wake, pxe_next_wakeup(d));
-    wake = min64(wake, iscsid_next_wakeup(d));
-    wake = min64(wake, schedules_next(d));
-    wake = min64(wake, pulls_next(d));
-    wake = min64(wake, watchdog_next(d));
-    if (d->cfg->metrics_file)
-      wake = min64(wake, d->next_metrics_ms);
+    int64_t wake = INT64_MAX;
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++)
+      timers[i]->tick(d, now);
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++)
+      if (timers[i]->next)
+        wake = min64(wake, timers[i]->next(d));
     int timeout = wake <= now ? 0 : (int)min64(wake - now, 1000);
 
     fds[0] = (struct pollfd){.fd = d->signal_fd, .events = POLLIN};

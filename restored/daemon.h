@@ -82,6 +82,25 @@ struct daemon {
   bool quit;
 };
 
+/* ---- timers ----
+ * A part with work at times of its own (restarts, schedules, scans, the
+ * journal's tail) defines one of these; the main loop (daemon.c) runs every
+ * tick each turn and sleeps until the earliest next (at most 1 s). */
+struct daemon_timer {
+  const char *name;
+  void (*tick)(struct daemon *d, int64_t now);
+  int64_t (*next)(const struct daemon *d); /* INT64_MAX or NULL: nothing due */
+};
+extern const struct daemon_timer nbdkit_timer;    /* supervise.c: readiness, restarts */
+extern const struct daemon_timer pxe_timer;       /* pxe.c: dnsmasq's restarts, its log */
+extern const struct daemon_timer iscsid_timer;    /* iscsi.c: tabula-iscsid's restarts */
+extern const struct daemon_timer schedules_timer; /* daemon.c: refresh and merge schedules */
+extern const struct daemon_timer pulls_timer;     /* pulls.c: scheduled pulls */
+extern const struct daemon_timer watchdog_timer;  /* watchdog.c: interval scans */
+extern const struct daemon_timer server_timer;    /* server.c: idle timeouts, queued requests */
+extern const struct daemon_timer journal_timer;   /* journal.c: the tail of events.jsonl */
+extern const struct daemon_timer metrics_timer;   /* metrics.c: the textfile */
+
 /* daemon.c */
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* stderr is the journal (JOURNAL_STREAM): log_msg writes "<N>" priorities
@@ -103,9 +122,7 @@ struct client_counters *counters_for(struct daemon *d, const char *id);
 int nbdkit_listen(struct daemon *d);
 void nbdkit_unlisten(struct daemon *d);
 int nbdkit_start(struct daemon *d);
-void nbdkit_reap(struct daemon *d);              /* after SIGCHLD */
-void nbdkit_tick(struct daemon *d, int64_t now); /* readiness, restarts */
-int64_t nbdkit_next_wakeup(const struct daemon *d);
+void nbdkit_reap(struct daemon *d); /* after SIGCHLD */
 void nbdkit_stop(struct daemon *d); /* SIGTERM, wait, SIGKILL */
 bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b);
 void nbdkit_restart(struct daemon *d, const char *why);
@@ -132,8 +149,6 @@ void supervise_stop_child(pid_t pid, int64_t deadline_ms, const char *name, char
 /* pxe.c: dnsmasq (DHCP, TFTP, iPXE) for PXE boots, from the "pxe" section */
 void pxe_apply(struct daemon *d); /* at start and reload: files, (re)start or SIGHUP */
 bool pxe_reaped(struct daemon *d, pid_t pid, int status); /* true: it was dnsmasq */
-void pxe_tick(struct daemon *d, int64_t now);
-int64_t pxe_next_wakeup(const struct daemon *d);
 void pxe_stop(struct daemon *d);
 json_t *pxe_status(struct daemon *d);
 json_t *pxe_op(struct daemon *d, const char *op, json_t *req); /* NULL: not a PXE op */
@@ -141,8 +156,6 @@ json_t *pxe_op(struct daemon *d, const char *op, json_t *req); /* NULL: not a PX
 /* iscsi.c: tabula-iscsid (the iSCSI frontend) while listen.iscsi is set */
 void iscsid_apply(struct daemon *d); /* at start and reload: bind, (re)start or SIGHUP */
 bool iscsid_reaped(struct daemon *d, pid_t pid, int status); /* true: it was tabula-iscsid */
-void iscsid_tick(struct daemon *d, int64_t now);
-int64_t iscsid_next_wakeup(const struct daemon *d);
 void iscsid_stop(struct daemon *d);
 json_t *iscsid_status(struct daemon *d);
 /* supervise.c: bind "ADDR:PORT" (errors name KEY); the child's LISTEN_PID digits */
@@ -150,8 +163,6 @@ int supervise_bind_tcp(const char *key, const char *listen, int *fds, int max);
 void supervise_put_decimal(char *buf, long v);
 
 /* pulls.c: scheduled pulls from image repositories */
-void pulls_tick(struct daemon *d, int64_t now);
-int64_t pulls_next(const struct daemon *d);
 
 /* server.c: the control socket */
 int server_open(struct daemon *d);
@@ -159,7 +170,6 @@ void server_close(struct daemon *d);
 size_t server_pollfds(struct pollfd *fds, size_t max); /* connections' fds */
 void server_accept(struct daemon *d);
 void server_io(struct daemon *d, const struct pollfd *fds, size_t n);
-void server_tick(struct daemon *d, int64_t now); /* idle timeouts, queued requests */
 size_t server_max_fds(void);
 /* Replies from jobs and the journal tail. */
 struct conn;
@@ -211,9 +221,7 @@ void watchdog_resume(
     struct tb_config *cfg); /* at start: scan session ends a crash left unscanned */
 void watchdog_stop(void);
 void watchdog_free(void);
-void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event */
-void watchdog_tick(struct daemon *d, int64_t now);       /* interval scans */
-int64_t watchdog_next(const struct daemon *d);
+void watchdog_event(struct daemon *d, const json_t *ev);            /* every journal event */
 json_t *watchdog_op(struct daemon *d, const char *op, json_t *req); /* NULL: not ours */
 /* What the watchdog's state of client ID holds, for image rm and gc: its last
  * known good overlay and quarantined overlays (OVERLAY gets each path) and
@@ -244,8 +252,6 @@ void metrics_write(struct daemon *d);
 /* schedules (daemon.c) */
 int schedules_build(const struct tb_config *cfg, struct client_sched **out, size_t *n);
 void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_t n);
-void schedules_tick(struct daemon *d, int64_t now);
-int64_t schedules_next(const struct daemon *d);
 const struct client_sched *schedule_for(const struct daemon *d, const char *id);
 
 #endif

@@ -210,7 +210,7 @@ bool iscsid_reaped(struct daemon *d, pid_t pid, int status)
   return true;
 }
 
-void iscsid_tick(struct daemon *d, int64_t now)
+static void iscsid_tick(struct daemon *d, int64_t now)
 {
   if (!d->cfg->listen_iscsi)
     return;
@@ -235,7 +235,7 @@ void iscsid_tick(struct daemon *d, int64_t now)
   }
 }
 
-int64_t iscsid_next_wakeup(const struct daemon *d)
+static int64_t iscsid_next_wakeup(const struct daemon *d)
 {
   if (!d->cfg->listen_iscsi)
     return INT64_MAX;
@@ -245,6 +245,8 @@ int64_t iscsid_next_wakeup(const struct daemon *d)
     return I.restart_at_ms;
   return INT64_MAX;
 }
+
+const struct daemon_timer iscsid_timer = {"iscsid", iscsid_tick, iscsid_next_wakeup};
 
 void iscsid_apply(struct daemon *d)
 {

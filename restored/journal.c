@@ -38,6 +38,7 @@
 #include "store.h"
 
 #define READ_CHUNK 65536
+#define POLL_MS 200 /* how often the tail looks for new lines */
 #define MAX_LINE (1024 * 1024)
 
 static int fd = -1;
@@ -387,3 +388,21 @@ json_t *journal_last(const char *state, const char *client, size_t n)
   json_decref(recent);
   return out;
 }
+
+static int64_t next_poll_ms; /* 0: at the first tick */
+
+static void journal_tick(struct daemon *d, int64_t now)
+{
+  if (now < next_poll_ms)
+    return;
+  journal_poll(d);
+  next_poll_ms = now + POLL_MS;
+}
+
+static int64_t journal_next(const struct daemon *d)
+{
+  (void)d;
+  return next_poll_ms;
+}
+
+const struct daemon_timer journal_timer = {"journal", journal_tick, journal_next};

@@ -161,3 +161,23 @@ void metrics_write(struct daemon *d)
     log_msg("metrics: %s", tb_errmsg());
   free(b.p);
 }
+
+/* Every metrics_interval (DEFAULT_INTERVAL_MS unset), while metrics_file is
+ * set; a reload writes at once (it zeroes next_metrics_ms). */
+#define DEFAULT_INTERVAL_MS 15000
+
+static void metrics_tick(struct daemon *d, int64_t now)
+{
+  if (!d->cfg->metrics_file || now < d->next_metrics_ms)
+    return;
+  metrics_write(d);
+  d->next_metrics_ms =
+      now + (d->cfg->metrics_interval_ms > 0 ? d->cfg->metrics_interval_ms : DEFAULT_INTERVAL_MS);
+}
+
+static int64_t metrics_next(const struct daemon *d)
+{
+  return d->cfg->metrics_file ? d->next_metrics_ms : INT64_MAX;
+}
+
+const struct daemon_timer metrics_timer = {"metrics", metrics_tick, metrics_next};

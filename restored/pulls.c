@@ -200,7 +200,7 @@ static void *run_source(void *arg)
   return NULL;
 }
 
-void pulls_tick(struct daemon *d, int64_t now)
+static void pulls_tick(struct daemon *d, int64_t now)
 {
   if (built_for != d->cfg)
     rebuild(d->cfg, now);
@@ -238,7 +238,7 @@ void pulls_tick(struct daemon *d, int64_t now)
   pthread_mutex_unlock(&lock);
 }
 
-int64_t pulls_next(const struct daemon *d)
+static int64_t pulls_next(const struct daemon *d)
 {
   int64_t next = INT64_MAX;
   pthread_mutex_lock(&lock);
@@ -248,3 +248,5 @@ int64_t pulls_next(const struct daemon *d)
   pthread_mutex_unlock(&lock);
   return next;
 }
+
+const struct daemon_timer pulls_timer = {"pulls", pulls_tick, pulls_next};

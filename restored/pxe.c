@@ -719,7 +719,7 @@ bool pxe_reaped(struct daemon *d, pid_t pid, int status)
   return true;
 }
 
-void pxe_tick(struct daemon *d, int64_t now)
+static void pxe_tick(struct daemon *d, int64_t now)
 {
   if (!P.enabled)
     return;
@@ -741,13 +741,15 @@ void pxe_tick(struct daemon *d, int64_t now)
   }
 }
 
-int64_t pxe_next_wakeup(const struct daemon *d)
+static int64_t pxe_next_wakeup(const struct daemon *d)
 {
   (void)d;
   if (!P.enabled || P.pid || !P.restart_at_ms)
     return INT64_MAX;
   return P.restart_at_ms;
 }
+
+const struct daemon_timer pxe_timer = {"pxe", pxe_tick, pxe_next_wakeup};
 
 void pxe_stop(struct daemon *d)
 {

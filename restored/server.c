@@ -510,7 +510,7 @@ void server_io(struct daemon *d, const struct pollfd *fds, size_t n)
   reap_closed();
 }
 
-void server_tick(struct daemon *d, int64_t now)
+static void server_tick(struct daemon *d, int64_t now)
 {
   for (size_t i = 0; i < MAX_CONNS; i++) {
     struct conn *c = conns[i];
@@ -528,3 +528,7 @@ void server_tick(struct daemon *d, int64_t now)
   }
   reap_closed();
 }
+
+/* Idle timeouts and queued requests: no time of its own (the loop wakes at
+ * least once a second). */
+const struct daemon_timer server_timer = {"server", server_tick, NULL};

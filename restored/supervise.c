@@ -479,7 +479,7 @@ void nbdkit_reap(struct daemon *d)
   }
 }
 
-void nbdkit_tick(struct daemon *d, int64_t now)
+static void nbdkit_tick(struct daemon *d, int64_t now)
 {
   if (d->nbdkit.stopping)
     return;
@@ -509,7 +509,7 @@ void nbdkit_tick(struct daemon *d, int64_t now)
   }
 }
 
-int64_t nbdkit_next_wakeup(const struct daemon *d)
+static int64_t nbdkit_next_wakeup(const struct daemon *d)
 {
   int64_t next = INT64_MAX;
   for (int i = 0; i < d->nbdkit.n; i++) {
@@ -521,6 +521,8 @@ int64_t nbdkit_next_wakeup(const struct daemon *d)
   }
   return next;
 }
+
+const struct daemon_timer nbdkit_timer = {"nbdkit", nbdkit_tick, nbdkit_next_wakeup};
 
 void supervise_wait_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
                           size_t len)

@@ -1456,7 +1456,7 @@ static void intervals_build(const struct tb_config *cfg, int64_t now)
   }
 }
 
-void watchdog_tick(struct daemon *d, int64_t now)
+static void watchdog_tick(struct daemon *d, int64_t now)
 {
   if (intervals_for != d->cfg)
     intervals_build(d->cfg, now);
@@ -1470,7 +1470,7 @@ void watchdog_tick(struct daemon *d, int64_t now)
   }
 }
 
-int64_t watchdog_next(const struct daemon *d)
+static int64_t watchdog_next(const struct daemon *d)
 {
   (void)d;
   int64_t next = INT64_MAX;
@@ -1479,6 +1479,8 @@ int64_t watchdog_next(const struct daemon *d)
       next = intervals[i].next_ms;
   return next;
 }
+
+const struct daemon_timer watchdog_timer = {"watchdog", watchdog_tick, watchdog_next};
 
 void watchdog_free(void)
 {
