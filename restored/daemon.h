@@ -151,7 +151,6 @@ void pxe_apply(struct daemon *d); /* at start and reload: files, (re)start or SI
 bool pxe_reaped(struct daemon *d, pid_t pid, int status); /* true: it was dnsmasq */
 void pxe_stop(struct daemon *d);
 json_t *pxe_status(struct daemon *d);
-json_t *pxe_op(struct daemon *d, const char *op, json_t *req); /* NULL: not a PXE op */
 
 /* iscsi.c: tabula-iscsid (the iSCSI frontend) while listen.iscsi is set */
 void iscsid_apply(struct daemon *d); /* at start and reload: bind, (re)start or SIGHUP */
@@ -182,7 +181,24 @@ void server_broadcast_event(const json_t *ev);        /* to `events --follow` co
 void conn_follow(struct conn *c, const char *client); /* stream events */
 void conn_wait(struct conn *c);                       /* a job will answer */
 
-/* ops.c: the operations; returns the final reply, or NULL if the conn now waits (job, follow) */
+/* ops.c: the operations.  A request {"op": NAME, ...} runs the entry NAME of
+ * one of the tables (ops.c's own, maintenance_ops, watchdog_ops, pxe_ops,
+ * each ended by a NULL name); an unknown NAME gets an error listing them all.
+ * A handler returns the final reply, or NULL when the conn now waits (a job,
+ * the event stream). */
+struct op_call {
+  json_t *req;
+  const char *op;
+  struct conn *conn;
+  char err[512]; /* the first problem with an argument (ops.c's checks) */
+};
+struct daemon_op {
+  const char *name;
+  json_t *(*run)(struct daemon *d, struct op_call *call);
+};
+extern const struct daemon_op maintenance_ops[]; /* maintenance.c */
+extern const struct daemon_op watchdog_ops[];    /* watchdog.c */
+extern const struct daemon_op pxe_ops[];         /* pxe.c */
 json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req);
 json_t *reply_ok(json_t *result);
 json_t *reply_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -221,8 +237,7 @@ void watchdog_resume(
     struct tb_config *cfg); /* at start: scan session ends a crash left unscanned */
 void watchdog_stop(void);
 void watchdog_free(void);
-void watchdog_event(struct daemon *d, const json_t *ev);            /* every journal event */
-json_t *watchdog_op(struct daemon *d, const char *op, json_t *req); /* NULL: not ours */
+void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event */
 /* What the watchdog's state of client ID holds, for image rm and gc: its last
  * known good overlay and quarantined overlays (OVERLAY gets each path) and
  * health.json's last good version (VERSION). */
@@ -239,8 +254,6 @@ json_t *webhooks_status(void);
 void webhooks_shutdown(void);
 
 /* maintenance.c: the maintenance PC of an image (lib/maintenance.h) */
-json_t *maintenance_op(struct daemon *d, struct conn *conn, const char *op, json_t *req,
-                       bool *handled); /* *HANDLED false: not a maintenance op */
 json_t *maintenance_status(struct daemon *d, const char *id); /* NULL: not in maintenance */
 /* From the merge job, the client's lock held: the merge into IMAGE@VERSION is done. */
 void maintenance_merged(const char *state, const struct merge_request *req, const char *image,

@@ -270,18 +270,32 @@ static json_t *op_list(struct daemon *d)
   return reply_ok(json_pack("{s:o}", "maintenance", arr));
 }
 
-json_t *maintenance_op(struct daemon *d, struct conn *conn, const char *op, json_t *req,
-                       bool *handled)
+/* The maintenance operations (ops.c dispatches through this table). */
+static json_t *run_start(struct daemon *d, struct op_call *call)
 {
-  *handled = true;
-  if (!strcmp(op, "maintenance-start"))
-    return op_start(d, req);
-  if (!strcmp(op, "maintenance-finish"))
-    return op_finish(d, conn, req);
-  if (!strcmp(op, "maintenance-abort"))
-    return op_abort(d, req);
-  if (!strcmp(op, "maintenance-list"))
-    return op_list(d);
-  *handled = false;
-  return NULL;
+  return op_start(d, call->req);
 }
+
+static json_t *run_finish(struct daemon *d, struct op_call *call)
+{
+  return op_finish(d, call->conn, call->req); /* NULL: the merge job answers */
+}
+
+static json_t *run_abort(struct daemon *d, struct op_call *call)
+{
+  return op_abort(d, call->req);
+}
+
+static json_t *run_list(struct daemon *d, struct op_call *call)
+{
+  (void)call;
+  return op_list(d);
+}
+
+const struct daemon_op maintenance_ops[] = {
+    {"maintenance-start", run_start},
+    {"maintenance-finish", run_finish},
+    {"maintenance-abort", run_abort},
+    {"maintenance-list", run_list},
+    {NULL, NULL},
+};

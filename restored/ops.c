@@ -63,14 +63,8 @@ static json_t *reply_lib_error(void)
 
 /* ---- arguments ------------------------------------------------------------------------ */
 
-struct args {
-  json_t *req;
-  const char *op;
-  char err[512];
-};
-
 /* A string argument; REQUIRED or not.  Sets a.err on a problem. */
-static const char *arg_str(struct args *a, const char *key, bool required)
+static const char *arg_str(struct op_call *a, const char *key, bool required)
 {
   json_t *v = json_object_get(a->req, key);
   if (!v || json_is_null(v)) {
@@ -86,7 +80,7 @@ static const char *arg_str(struct args *a, const char *key, bool required)
   return json_string_value(v);
 }
 
-static int64_t arg_int(struct args *a, const char *key, bool required, int64_t min, int64_t max,
+static int64_t arg_int(struct op_call *a, const char *key, bool required, int64_t min, int64_t max,
                        int64_t dflt)
 {
   json_t *v = json_object_get(a->req, key);
@@ -104,7 +98,7 @@ static int64_t arg_int(struct args *a, const char *key, bool required, int64_t m
   return json_integer_value(v);
 }
 
-static bool arg_bool(struct args *a, const char *key)
+static bool arg_bool(struct op_call *a, const char *key)
 {
   json_t *v = json_object_get(a->req, key);
   if (v && !json_is_boolean(v) && !json_is_null(v) && !a->err[0])
@@ -113,7 +107,7 @@ static bool arg_bool(struct args *a, const char *key)
 }
 
 /* Only the listed keys (besides "op") may appear. */
-static void check_keys(struct args *a, const char *const *keys)
+static void check_keys(struct op_call *a, const char *const *keys)
 {
   const char *key;
   json_t *v;
@@ -130,7 +124,7 @@ static void check_keys(struct args *a, const char *const *keys)
 }
 
 /* The configured client named by argument "client". */
-static const struct tb_client_conf *arg_client(struct daemon *d, struct args *a)
+static const struct tb_client_conf *arg_client(struct daemon *d, struct op_call *a)
 {
   const char *id = arg_str(a, "client", true);
   if (!id)
@@ -440,7 +434,7 @@ int clients_status_json(struct daemon *d, json_t **out)
 
 /* ---- status, clients, client, sessions ---------------------------------------------------- */
 
-static json_t *op_status(struct daemon *d, struct args *a)
+static json_t *op_status(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {NULL};
   check_keys(a, keys);
@@ -544,7 +538,7 @@ static json_t *op_status(struct daemon *d, struct args *a)
                             iscsid_status(d)));
 }
 
-static json_t *op_clients(struct daemon *d, struct args *a)
+static json_t *op_clients(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {NULL};
   check_keys(a, keys);
@@ -555,7 +549,7 @@ static json_t *op_clients(struct daemon *d, struct args *a)
   return reply_ok(json_pack("{s:o}", "clients", arr));
 }
 
-static json_t *op_client(struct daemon *d, struct args *a)
+static json_t *op_client(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"client", NULL};
   check_keys(a, keys);
@@ -565,7 +559,7 @@ static json_t *op_client(struct daemon *d, struct args *a)
   return reply_ok(client_json(d, c, true));
 }
 
-static json_t *op_sessions(struct daemon *d, struct args *a)
+static json_t *op_sessions(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"client", NULL};
   check_keys(a, keys);
@@ -624,7 +618,7 @@ static json_t *post(struct daemon *d, const struct tb_client_conf *c, struct mb_
                             "message", msg));
 }
 
-static json_t *op_rollback(struct daemon *d, struct args *a)
+static json_t *op_rollback(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"client", NULL};
   check_keys(a, keys);
@@ -637,7 +631,7 @@ static json_t *op_rollback(struct daemon *d, struct args *a)
   return post(d, c, &e, json_object(), msg);
 }
 
-static json_t *op_restore(struct daemon *d, struct args *a)
+static json_t *op_restore(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"client", "session", NULL};
   check_keys(a, keys);
@@ -668,7 +662,7 @@ static json_t *op_restore(struct daemon *d, struct args *a)
   return post(d, c, &e, json_pack("{s:I}", "session", (json_int_t)n), msg);
 }
 
-static json_t *op_reimage(struct daemon *d, struct args *a)
+static json_t *op_reimage(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"client", "image", "version", NULL};
   check_keys(a, keys);
@@ -700,7 +694,7 @@ static json_t *op_reimage(struct daemon *d, struct args *a)
   return post(d, c, &e, json_pack("{s:s, s:I}", "image", image, "version", (json_int_t)v), msg);
 }
 
-static json_t *op_pin(struct daemon *d, struct args *a, bool pin)
+static json_t *set_pin(struct daemon *d, struct op_call *a, bool pin)
 {
   static const char *const pin_keys[] = {"client", "version", NULL};
   static const char *const unpin_keys[] = {"client", NULL};
@@ -739,7 +733,17 @@ static json_t *op_pin(struct daemon *d, struct args *a, bool pin)
               msg);
 }
 
-static json_t *op_refresh(struct daemon *d, struct args *a)
+static json_t *op_pin(struct daemon *d, struct op_call *a)
+{
+  return set_pin(d, a, true);
+}
+
+static json_t *op_unpin(struct daemon *d, struct op_call *a)
+{
+  return set_pin(d, a, false);
+}
+
+static json_t *op_refresh(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"client", "group", NULL};
   check_keys(a, keys);
@@ -788,8 +792,9 @@ static json_t *op_refresh(struct daemon *d, struct args *a)
 
 /* ---- merge --------------------------------------------------------------------------------- */
 
-static json_t *op_merge(struct daemon *d, struct conn *conn, struct args *a)
+static json_t *op_merge(struct daemon *d, struct op_call *a)
 {
+  struct conn *conn = a->conn;
   static const char *const keys[] = {"client",   "into",  "note", "session",
                                      "progress", "force", NULL};
   check_keys(a, keys);
@@ -965,7 +970,7 @@ static const char *refs_of(const struct refs *r, const char *image, uint32_t v, 
   return buf[0] ? buf : NULL;
 }
 
-static json_t *op_image_rm(struct daemon *d, struct args *a)
+static json_t *op_image_rm(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"image", "version", NULL};
   check_keys(a, keys);
@@ -1004,7 +1009,7 @@ static json_t *op_image_rm(struct daemon *d, struct args *a)
   return reply;
 }
 
-static json_t *op_image_gc(struct daemon *d, struct args *a)
+static json_t *op_image_gc(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {"dry_run", NULL};
   check_keys(a, keys);
@@ -1061,8 +1066,9 @@ static json_t *op_image_gc(struct daemon *d, struct args *a)
 
 /* ---- events, reload ------------------------------------------------------------------------- */
 
-static json_t *op_events(struct daemon *d, struct conn *conn, struct args *a)
+static json_t *op_events(struct daemon *d, struct op_call *a)
 {
+  struct conn *conn = a->conn;
   static const char *const keys[] = {"follow", "client", "last", NULL};
   check_keys(a, keys);
   bool follow = arg_bool(a, "follow");
@@ -1083,7 +1089,7 @@ static json_t *op_events(struct daemon *d, struct conn *conn, struct args *a)
   return NULL;
 }
 
-static json_t *op_reload(struct daemon *d, struct args *a)
+static json_t *op_reload(struct daemon *d, struct op_call *a)
 {
   static const char *const keys[] = {NULL};
   check_keys(a, keys);
@@ -1115,55 +1121,55 @@ static json_t *op_reload(struct daemon *d, struct args *a)
 
 /* ---- dispatch ------------------------------------------------------------------------------- */
 
+static const struct daemon_op core_ops[] = {
+    {"status", op_status},     {"clients", op_clients},
+    {"client", op_client},     {"sessions", op_sessions},
+    {"rollback", op_rollback}, {"restore", op_restore},
+    {"merge", op_merge},       {"reimage", op_reimage},
+    {"pin", op_pin},           {"unpin", op_unpin},
+    {"refresh", op_refresh},   {"image-rm", op_image_rm},
+    {"image-gc", op_image_gc}, {"events", op_events},
+    {"reload", op_reload},     {NULL, NULL},
+};
+
+/* Every operation the control socket answers: its owners' tables. */
+static const struct daemon_op *const op_tables[] = {core_ops, maintenance_ops, watchdog_ops,
+                                                    pxe_ops};
+
+static const struct daemon_op *op_named(const char *name)
+{
+  for (size_t t = 0; t < sizeof op_tables / sizeof *op_tables; t++)
+    for (const struct daemon_op *o = op_tables[t]; o->name; o++)
+      if (strcmp(o->name, name) == 0)
+        return o;
+  return NULL;
+}
+
+/* "status, clients, ..., pxe-unknown": the names of every table. */
+static void op_names(char *buf, size_t len)
+{
+  size_t used = 0;
+  buf[0] = '\0';
+  for (size_t t = 0; t < sizeof op_tables / sizeof *op_tables; t++)
+    for (const struct daemon_op *o = op_tables[t]; o->name; o++) {
+      int n = snprintf(buf + used, len - used, "%s%s", used ? ", " : "", o->name);
+      if (n < 0 || (size_t)n >= len - used)
+        return;
+      used += (size_t)n;
+    }
+}
+
 json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req)
 {
-  struct args a = {.req = req};
+  struct op_call call = {.req = req, .conn = c};
   json_t *op = json_object_get(req, "op");
   if (!json_is_string(op))
     return reply_error("missing \"op\": expected a string such as {\"op\": \"status\"}");
-  a.op = json_string_value(op);
-  if (!strcmp(a.op, "status"))
-    return op_status(d, &a);
-  if (!strcmp(a.op, "clients"))
-    return op_clients(d, &a);
-  if (!strcmp(a.op, "client"))
-    return op_client(d, &a);
-  if (!strcmp(a.op, "sessions"))
-    return op_sessions(d, &a);
-  if (!strcmp(a.op, "rollback"))
-    return op_rollback(d, &a);
-  if (!strcmp(a.op, "restore"))
-    return op_restore(d, &a);
-  if (!strcmp(a.op, "merge"))
-    return op_merge(d, c, &a);
-  if (!strcmp(a.op, "reimage"))
-    return op_reimage(d, &a);
-  if (!strcmp(a.op, "pin"))
-    return op_pin(d, &a, true);
-  if (!strcmp(a.op, "unpin"))
-    return op_pin(d, &a, false);
-  if (!strcmp(a.op, "refresh"))
-    return op_refresh(d, &a);
-  if (!strcmp(a.op, "image-rm"))
-    return op_image_rm(d, &a);
-  if (!strcmp(a.op, "image-gc"))
-    return op_image_gc(d, &a);
-  if (!strcmp(a.op, "events"))
-    return op_events(d, c, &a);
-  if (!strcmp(a.op, "reload"))
-    return op_reload(d, &a);
-  bool ours;
-  json_t *r = maintenance_op(d, c, a.op, req, &ours);
-  if (ours)
-    return r; /* NULL: a merge job answers */
-  r = watchdog_op(d, a.op, req);
-  if (r)
-    return r;
-  if ((r = pxe_op(d, a.op, req)))
-    return r;
-  return reply_error("unknown operation \"%.64s\" (status, clients, client, sessions, rollback, "
-                     "restore, merge, reimage, pin, unpin, refresh, image-rm, image-gc, events, "
-                     "reload, lockdown, unlock, quarantine-list, quarantine-show, "
-                     "quarantine-release, image-promote, pxe, pxe-event, pxe-unknown)",
-                     a.op);
+  call.op = json_string_value(op);
+  const struct daemon_op *o = op_named(call.op);
+  if (o)
+    return o->run(d, &call); /* NULL: a job or the event stream answers */
+  char names[1024];
+  op_names(names, sizeof names);
+  return reply_error("unknown operation \"%.64s\" (%s)", call.op, names);
 }

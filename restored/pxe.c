@@ -1087,13 +1087,27 @@ static json_t *op_event(struct daemon *d, json_t *req)
       json_pack("{s:s, s:b, s:I}", "client", c->id, "boot", 1, "seq", (json_int_t)m.seq));
 }
 
-json_t *pxe_op(struct daemon *d, const char *op, json_t *req)
+/* The PXE operations (ops.c dispatches through this table). */
+static json_t *run_pxe(struct daemon *d, struct op_call *call)
 {
-  if (!strcmp(op, "pxe"))
-    return op_pxe(d);
-  if (!strcmp(op, "pxe-event"))
-    return op_event(d, req);
-  if (!strcmp(op, "pxe-unknown"))
-    return op_unknown(d);
-  return NULL;
+  (void)call;
+  return op_pxe(d);
 }
+
+static json_t *run_event(struct daemon *d, struct op_call *call)
+{
+  return op_event(d, call->req);
+}
+
+static json_t *run_unknown(struct daemon *d, struct op_call *call)
+{
+  (void)call;
+  return op_unknown(d);
+}
+
+const struct daemon_op pxe_ops[] = {
+    {"pxe", run_pxe},
+    {"pxe-event", run_event},
+    {"pxe-unknown", run_unknown},
+    {NULL, NULL},
+};

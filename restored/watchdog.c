@@ -1829,19 +1829,43 @@ static json_t *op_promote(struct daemon *d, json_t *req)
   return reply;
 }
 
-json_t *watchdog_op(struct daemon *d, const char *op, json_t *req)
+/* The operations of the watchdog (ops.c dispatches through this table). */
+static json_t *run_lockdown(struct daemon *d, struct op_call *call)
 {
-  if (!strcmp(op, "lockdown"))
-    return op_lockdown(d, req, op, true);
-  if (!strcmp(op, "unlock"))
-    return op_lockdown(d, req, op, false);
-  if (!strcmp(op, "quarantine-list"))
-    return op_quarantine_list(d, req);
-  if (!strcmp(op, "quarantine-show"))
-    return op_quarantine_show(d, req, false);
-  if (!strcmp(op, "quarantine-release"))
-    return op_quarantine_show(d, req, true);
-  if (!strcmp(op, "image-promote"))
-    return op_promote(d, req);
-  return NULL;
+  return op_lockdown(d, call->req, call->op, true);
 }
+
+static json_t *run_unlock(struct daemon *d, struct op_call *call)
+{
+  return op_lockdown(d, call->req, call->op, false);
+}
+
+static json_t *run_quarantine_list(struct daemon *d, struct op_call *call)
+{
+  return op_quarantine_list(d, call->req);
+}
+
+static json_t *run_quarantine_show(struct daemon *d, struct op_call *call)
+{
+  return op_quarantine_show(d, call->req, false);
+}
+
+static json_t *run_quarantine_release(struct daemon *d, struct op_call *call)
+{
+  return op_quarantine_show(d, call->req, true);
+}
+
+static json_t *run_promote(struct daemon *d, struct op_call *call)
+{
+  return op_promote(d, call->req);
+}
+
+const struct daemon_op watchdog_ops[] = {
+    {"lockdown", run_lockdown},
+    {"unlock", run_unlock},
+    {"quarantine-list", run_quarantine_list},
+    {"quarantine-show", run_quarantine_show},
+    {"quarantine-release", run_quarantine_release},
+    {"image-promote", run_promote},
+    {NULL, NULL},
+};

@@ -61,6 +61,22 @@ expect_reply 'hello' '"ok":false,"error":"malformed request'
 expect_reply '[1, 2]' 'expected a JSON object'
 expect_reply '{"op": "explode"}' 'unknown operation \\"explode\\"'
 expect_reply '{"op": 42}' 'missing \\"op\\"'
+# The unknown-operation error lists every operation the daemon answers (the
+# maintenance ones too), and each one listed is answered: the list is the
+# dispatch table's, not a hand-kept copy.
+printf '%s\n' '{"op": "explode"}' >"$TB_TMP/req"
+raw "$TB_TMP/req" >"$TB_TMP/reply"
+ops=$(sed -n 's/.*unknown operation \\"explode\\" (\([a-z, -]*\)).*/\1/p' "$TB_TMP/reply" | tr -d ,)
+for op in status merge lockdown quarantine-release pxe-event maintenance-start maintenance-list; do
+  case " $ops " in *" $op "*) ;; *) tb_fail "the unknown-operation error does not list $op: $ops" ;; esac
+done
+for op in $ops; do
+  # A client that does not exist: each operation refuses it, or its
+  # argument, or only reads.
+  printf '{"op": "%s", "client": "no-such-client"}\n' "$op" >"$TB_TMP/req"
+  raw "$TB_TMP/req" >"$TB_TMP/reply"
+  ! grep -q 'unknown operation' "$TB_TMP/reply" || tb_fail "listed operation $op is unknown: $(cat "$TB_TMP/reply")"
+done
 expect_reply '{"op": "client", "client": 7}' 'argument \\"client\\" must be a string'
 expect_reply '{"op": "client"}' 'missing argument \\"client\\"'
 expect_reply '{"op": "client", "client": "../../etc"}' 'invalid client id'
