@@ -3,7 +3,7 @@
  *   tabula-restored [-c CONFIG]
  *
  * Runs in the foreground (systemd Type=notify, or any supervisor), and:
- *   - supervises nbdkit with the tabula plugin (supervise.c): restarts it with
+ *   - supervises nbdkit with the tabula plugin (nbd.c, supervise.c): restarts it with
  *     a growing backoff when it dies, each restart an event;
  *   - serves the control socket (server.c, ops.c): JSON lines, mode 0600,
  *     only the daemon's own uid and root;
@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -444,17 +445,17 @@ int daemon_reload_warn(struct daemon *d, char *err, size_t errlen, json_t *warni
   tb_events_set_keep(cfg->events_keep);
   warn_if_exposed(d->config_file, cfg->state_dir);
   webhooks_configure(cfg);
-  bool restart = nbdkit_config_changed(old, cfg);
+  bool restart = nbd_config_changed(old, cfg);
   tb_config_unref(old);
   tb_eventf(cfg->state_dir, "reload", NULL, "{s:s, s:I, s:b}", "config", d->config_file, "clients",
             (json_int_t)cfg->n_clients, "nbdkit_restart", restart);
   log_msg("configuration reloaded from %s (%zu clients)", d->config_file, cfg->n_clients);
   if (restart)
-    nbdkit_restart(d, "its settings changed in the configuration");
-  else if (nbdkit_listen(d) == -1) /* the same sockets: their mode and group */
+    nbd_restart(d, "its settings changed in the configuration");
+  else if (nbd_listen(d) == -1) /* the same sockets: their mode and group */
     log_msg("%s", tb_errmsg());
   if (!restart)
-    nbdkit_retry_now(d); /* a good file after a bad state: no backoff wait */
+    nbd_retry_now(d); /* a good file after a bad state: no backoff wait */
   pxe_apply(d);
   iscsid_apply(d);
   d->next_metrics_ms = 0;
@@ -494,13 +495,25 @@ static void notify_systemd(const char *msg)
 
 /* ---- the loop ------------------------------------------------------------------------ */
 
+/* After SIGCHLD: every child that exited goes to its owner (nbdkit,
+ * dnsmasq, tabula-iscsid); others (a helper a part waited for) are of no
+ * interest. */
+static void reap_children(struct daemon *d)
+{
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+    if (!nbd_reaped(d, pid, status) && !pxe_reaped(d, pid, status))
+      iscsid_reaped(d, pid, status);
+}
+
 static void handle_signals(struct daemon *d)
 {
   struct signalfd_siginfo si;
   while (read(d->signal_fd, &si, sizeof si) == (ssize_t)sizeof si) {
     switch (si.ssi_signo) {
     case SIGCHLD:
-      nbdkit_reap(d);
+      reap_children(d);
       break;
     case SIGHUP: {
       char err[1024];
@@ -525,7 +538,7 @@ static int64_t min64(int64_t a, int64_t b)
  * (nbdkit's restarts first, the journal's tail and the metrics last, so they
  * see what the others did in the same turn). */
 static const struct daemon_timer *const timers[] = {
-    &nbdkit_timer,   &pxe_timer,    &iscsid_timer,  &schedules_timer, &pulls_timer,
+    &nbd_timer,      &pxe_timer,    &iscsid_timer,  &schedules_timer, &pulls_timer,
     &watchdog_timer, &server_timer, &journal_timer, &metrics_timer,
 };
 
@@ -550,7 +563,7 @@ static int run(struct daemon *d)
     fds[2] = (struct pollfd){.fd = jobs_fd(), .events = POLLIN};
     size_t n_srv = server_pollfds(fds + 3, max - 3 - TB_MAX_LISTEN);
     /* While nbdkit is down, its listeners: connecting clients are answered. */
-    size_t n_sb = nbdkit_standby_pollfds(d, fds + 3 + n_srv, TB_MAX_LISTEN);
+    size_t n_sb = nbd_standby_pollfds(d, fds + 3 + n_srv, TB_MAX_LISTEN);
     size_t n = 3 + n_srv + n_sb;
     int r = poll(fds, n, timeout);
     if (r == -1) {
@@ -566,7 +579,7 @@ static int run(struct daemon *d)
     if (n_srv > 0)
       server_io(d, fds + 3, n_srv);
     if (n_sb > 0)
-      nbdkit_standby_io(d, fds + 3 + n_srv, n_sb);
+      nbd_standby_io(d, fds + 3 + n_srv, n_sb);
     if (fds[1].revents)
       server_accept(d);
   }
@@ -611,7 +624,7 @@ int main(int argc, char **argv)
                                      {"foreground", no_argument, NULL, 'f'},
                                      {0}};
   /* The one daemon; every part is handed it. */
-  struct daemon daemon = {0};
+  struct daemon daemon = {.nbd.child.name = "nbdkit"};
   struct daemon *d = &daemon;
   int ch;
   d->config_file = getenv("TABULA_CONFIG") ? getenv("TABULA_CONFIG") : DEFAULT_CONFIG;
@@ -697,7 +710,7 @@ int main(int argc, char **argv)
   webhooks_configure(d->cfg);
   tb_eventf(state, "daemon-start", NULL, "{s:s, s:I, s:s}", "config", d->config_file, "pid",
             (json_int_t)getpid(), "version", PACKAGE_VERSION);
-  if (nbdkit_listen(d) == -1) {
+  if (nbd_listen(d) == -1) {
     log_msg("%s", tb_errmsg());
     tb_eventf(state, "daemon-stop", NULL, "{s:I, s:s}", "pid", (json_int_t)getpid(), "error",
               tb_errmsg());
@@ -705,13 +718,13 @@ int main(int argc, char **argv)
     server_close(d);
     return 1;
   }
-  if (nbdkit_start(d) == -1)
-    log_msg("%s", tb_errmsg()); /* retried with backoff by nbdkit_tick */
+  if (nbd_start(d) == -1)
+    log_msg("%s", tb_errmsg()); /* retried with backoff by nbd_timer */
   pxe_apply(d);                 /* dnsmasq failing leaves the NBD side serving */
   iscsid_apply(d);              /* so does tabula-iscsid */
   log_msg("serving %s (control %s, %zu clients)", state, d->control_path, d->cfg->n_clients);
   state = NULL; /* a reload replaces d->cfg and its strings */
-  /* READY=1 comes once nbdkit serves (supervise.c), not before. */
+  /* READY=1 comes once nbdkit serves (nbd.c), not before. */
   daemon_notify("STATUS=starting nbdkit for %zu clients", d->cfg->n_clients);
 
   int r = run(d);
@@ -719,8 +732,8 @@ int main(int argc, char **argv)
   notify_systemd("STOPPING=1");
   pxe_stop(d);
   iscsid_stop(d);
-  nbdkit_stop(d);
-  nbdkit_unlisten(d);
+  nbd_stop(d);
+  nbd_unlisten(d);
   tb_eventf(d->cfg->state_dir, "daemon-stop", NULL, "{s:I}", "pid", (json_int_t)getpid());
   journal_poll(d); /* hand the last events to the webhooks */
   if (d->cfg->metrics_file)

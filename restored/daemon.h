@@ -20,28 +20,59 @@
 #include "conf.h"
 #include "schedule.h"
 
-/* ---- supervise.c: nbdkit ----
+/* ---- supervise.c: the children the daemon runs ----
+ * nbdkit (nbd.c), tabula-iscsid (iscsi.c) and dnsmasq (pxe.c), each one of
+ * these, started, watched, reaped and stopped by the same engine. */
+#define SUPERVISE_BACKOFF_MIN_MS 500
+#define SUPERVISE_BACKOFF_MAX_MS 30000
+#define TB_MAX_LISTEN 8
+struct child {
+  const char *name;      /* in log lines: "nbdkit", "tabula-iscsid", "dnsmasq" */
+  pid_t pid;             /* 0 when not running */
+  bool ready;            /* it serves: its pidfile is written (no pidfile: once started) */
+  bool stopping;         /* its owner stops it: an exit now is no failure */
+  int failures;          /* consecutive short runs, for the backoff */
+  int restarts;          /* since the daemon started */
+  int64_t started_ms;    /* of the running child */
+  int64_t restart_at_ms; /* 0: no restart pending */
+  char last_exit[128];   /* "exited with status 2", "killed by signal 9 (Killed)" */
+  char pidfile[TB_PATH_MAX];
+};
+struct child_spawn {
+  const char *const *argv; /* argv[0] on PATH unless it holds a slash */
+  const int *listen_fds;   /* handed over as fds 3, 4, ... (LISTEN_FDS, LISTEN_PID) */
+  int n_listen;            /* at most TB_MAX_LISTEN */
+  int output_fd;           /* -1: the daemon's stdout and stderr; else both, stdin /dev/null */
+  bool die_with_parent;    /* PR_SET_PDEATHSIG */
+  const char *pidfile;     /* NULL: ready once started; removed before the start */
+  const char *exec_error;  /* the child's stderr line when the program cannot run */
+};
+/* Start C as HOW says: -1 with a message naming the program. */
+int child_start(struct child *c, const struct child_spawn *how);
+/* PID exited with STATUS: true if it was C (then it is not running, its last
+ * exit is noted and *RAN_MS is how long it ran). */
+bool child_reaped(struct child *c, pid_t pid, int status, int64_t *ran_ms);
+/* Schedule the restart after a run of RAN_MS (0: a start that failed): the
+ * delay doubles with each consecutive short run (0.5 s ... 30 s), 0 after a
+ * stable one.  Returns it. */
+int64_t child_backoff(struct child *c, int64_t ran_ms);
+bool child_became_ready(struct child *c); /* true once, when its pidfile appears */
+bool child_restart_due(const struct child *c, int64_t now);
+int64_t child_next_wakeup(const struct child *c);  /* the pidfile watch, the restart */
+void child_stop(struct child *c, int64_t wait_ms); /* SIGTERM, reap, SIGKILL after WAIT_MS */
+/* Bind "ADDR:PORT" (errors name KEY) into FDS: how many, or -1 with a message. */
+int supervise_bind_tcp(const char *key, const char *listen, int *fds, int max);
+
+/* ---- nbd.c: nbdkit ----
  * One nbdkit serves every listener (unix and TCP), on sockets the daemon binds
  * and hands over by socket activation, so one client is one session. */
-struct nbdkit_instance {
-  pid_t pid;    /* 0 when not running */
-  bool ready;   /* it accepts connections */
-  int failures; /* consecutive short runs, for the backoff */
-  int64_t started_ms;
-  int64_t restart_at_ms; /* 0: no restart pending */
-  char last_exit[128];
-};
-#define TB_MAX_LISTEN 8
-struct nbdkit_state {
-  struct nbdkit_instance inst[1];
-  int n;
-  /* The listeners, bound by the daemon and handed to nbdkit (supervise.c). */
+struct nbd_server {
+  struct child child;
+  /* The listeners, bound by the daemon and handed to nbdkit. */
   int listen_fds[TB_MAX_LISTEN];
   int n_listen;
   char unix_path[TB_PATH_MAX];
   char *bound_unix, *bound_tcp; /* the configuration they were bound for */
-  int restarts;                 /* since the daemon started */
-  bool stopping;
 };
 
 /* ---- per-client schedule state ---- */
@@ -72,7 +103,7 @@ struct daemon {
   int64_t started_ms;
   int signal_fd;
   int listen_fd;
-  struct nbdkit_state nbdkit;
+  struct nbd_server nbd;
   struct client_sched *sched;
   size_t n_sched;
   struct client_counters *counters;
@@ -91,7 +122,7 @@ struct daemon_timer {
   void (*tick)(struct daemon *d, int64_t now);
   int64_t (*next)(const struct daemon *d); /* INT64_MAX or NULL: nothing due */
 };
-extern const struct daemon_timer nbdkit_timer;    /* supervise.c: readiness, restarts */
+extern const struct daemon_timer nbd_timer;       /* nbd.c: nbdkit's readiness, restarts */
 extern const struct daemon_timer pxe_timer;       /* pxe.c: dnsmasq's restarts, its log */
 extern const struct daemon_timer iscsid_timer;    /* iscsi.c: tabula-iscsid's restarts */
 extern const struct daemon_timer schedules_timer; /* daemon.c: refresh and merge schedules */
@@ -116,35 +147,24 @@ void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int daemon_group(const char *text, const char *key, gid_t *gid);
 struct client_counters *counters_for(struct daemon *d, const char *id);
 
-/* supervise.c */
+/* nbd.c */
 /* Bind the listeners of the configuration (kept across nbdkit restarts;
  * rebound when listen.* changes).  -1 with a message naming the listener. */
-int nbdkit_listen(struct daemon *d);
-void nbdkit_unlisten(struct daemon *d);
-int nbdkit_start(struct daemon *d);
-void nbdkit_reap(struct daemon *d); /* after SIGCHLD */
-void nbdkit_stop(struct daemon *d); /* SIGTERM, wait, SIGKILL */
-bool nbdkit_config_changed(const struct tb_config *a, const struct tb_config *b);
-void nbdkit_restart(struct daemon *d, const char *why);
+int nbd_listen(struct daemon *d);
+void nbd_unlisten(struct daemon *d);
+int nbd_start(struct daemon *d);
+bool nbd_reaped(struct daemon *d, pid_t pid, int status); /* true: it was nbdkit */
+void nbd_stop(struct daemon *d);                          /* SIGTERM, wait, SIGKILL */
+bool nbd_config_changed(const struct tb_config *a, const struct tb_config *b);
+void nbd_restart(struct daemon *d, const char *why);
 /* nbdkit waits out a backoff: start it at the next tick (after a good reload). */
-void nbdkit_retry_now(struct daemon *d);
+void nbd_retry_now(struct daemon *d);
 /* While nbdkit is not running, the daemon answers on its listeners: each
  * client gets the NBD handshake and, for its first option, an error
  * (NBD_REP_ERR_SHUTDOWN) whose text says nbdkit is down and when it comes
  * back, instead of waiting in the backlog.  0 fds while nbdkit runs. */
-size_t nbdkit_standby_pollfds(struct daemon *d, struct pollfd *fds, size_t max);
-void nbdkit_standby_io(struct daemon *d, const struct pollfd *fds, size_t n);
-/* Helpers for every supervised child (nbdkit, dnsmasq). */
-void supervise_describe_status(int status, char *buf, size_t len); /* "exited with status 2" */
-/* The delay before restarting a child that ran RAN_MS: doubles with each
- * consecutive short run counted in *FAILURES (0.5 s ... 30 s), 0 after a
- * stable one. */
-int64_t supervise_backoff(int *failures, int64_t ran_ms);
-/* Reap PID (SIGTERM it first: stop_child), SIGKILL at DEADLINE_MS. */
-void supervise_wait_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
-                          size_t len);
-void supervise_stop_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
-                          size_t len);
+size_t nbd_standby_pollfds(struct daemon *d, struct pollfd *fds, size_t max);
+void nbd_standby_io(struct daemon *d, const struct pollfd *fds, size_t n);
 
 /* pxe.c: dnsmasq (DHCP, TFTP, iPXE) for PXE boots, from the "pxe" section */
 void pxe_apply(struct daemon *d); /* at start and reload: files, (re)start or SIGHUP */
@@ -157,9 +177,6 @@ void iscsid_apply(struct daemon *d); /* at start and reload: bind, (re)start or 
 bool iscsid_reaped(struct daemon *d, pid_t pid, int status); /* true: it was tabula-iscsid */
 void iscsid_stop(struct daemon *d);
 json_t *iscsid_status(struct daemon *d);
-/* supervise.c: bind "ADDR:PORT" (errors name KEY); the child's LISTEN_PID digits */
-int supervise_bind_tcp(const char *key, const char *listen, int *fds, int max);
-void supervise_put_decimal(char *buf, long v);
 
 /* pulls.c: scheduled pulls from image repositories */
 

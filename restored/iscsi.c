@@ -9,13 +9,12 @@
  * target writes once it serves.  The child dies with the daemon
  * (PR_SET_PDEATHSIG), never outlives it.
  *
- * It exits: an "iscsid-exit" event and a restart after supervise_backoff()
- * (0.5 s doubling to 30 s while runs stay short), each an "iscsid-restart"
- * event.  A reload re-binds when listen.iscsi changed, restarts the target
- * when its address or iscsi.program changed, and otherwise sends it SIGHUP
- * (new logins use the new configuration; running sessions go on).  No
- * listen.iscsi: no target, state "off".  The program is iscsi.program, else
- * tabula-iscsid beside tabula-restored, else on PATH.
+ * It exits: an "iscsid-exit" event and a restart after the supervision
+ * engine's backoff (supervise.c: 0.5 s doubling to 30 s while runs stay short), each an
+ * "iscsid-restart" event.  A reload re-binds when listen.iscsi changed, restarts the target when
+ * its address or iscsi.program changed, and otherwise sends it SIGHUP (new logins use the new
+ * configuration; running sessions go on).  No listen.iscsi: no target, state "off".  The program is
+ * iscsi.program, else tabula-iscsid beside tabula-restored, else on PATH.
  */
 #include <config.h>
 
@@ -26,9 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -37,17 +34,13 @@
 #define STOP_WAIT_MS 15000
 
 static struct {
-  pid_t pid;
-  bool ready, stopping;
-  int failures, restarts;
-  int64_t started_ms, restart_at_ms;
-  char last_exit[128];
+  struct child child;
   char error[1024];
   int fds[TB_MAX_LISTEN];
   int n_fds;
   char *bound;   /* listen.iscsi the sockets were bound for */
   char *program; /* the program of the running child */
-} I;
+} I = {.child.name = "tabula-iscsid"};
 
 static void pidfile_path(const struct daemon *d, char *buf, size_t len)
 {
@@ -107,65 +100,23 @@ static int start_iscsid(struct daemon *d)
   char prog[TB_PATH_MAX], pidfile[TB_PATH_MAX];
   program_path(cfg, prog, sizeof prog);
   pidfile_path(d, pidfile, sizeof pidfile);
-  unlink(pidfile);
   const char *config = cfg->path ? cfg->path : d->config_file;
   const char *argv[] = {prog, "--pidfile", pidfile, config, NULL};
 
-  extern char **environ;
-  size_t nenv = 0;
-  while (environ[nenv])
-    nenv++;
-  char **envp = calloc(nenv + 3, sizeof *envp);
-  static char listen_pid[32], listen_fds[32];
-  if (!envp)
-    return tb_error_errno("cannot start %s", prog);
-  size_t k = 0;
-  for (size_t i = 0; i < nenv; i++)
-    if (strncmp(environ[i], "LISTEN_", 7) != 0)
-      envp[k++] = environ[i];
-  snprintf(listen_fds, sizeof listen_fds, "LISTEN_FDS=%d", I.n_fds);
-  strcpy(listen_pid, "LISTEN_PID=");
-  envp[k++] = listen_fds;
-  envp[k++] = listen_pid;
-  int fds[TB_MAX_LISTEN], nfds = I.n_fds;
-  memcpy(fds, I.fds, sizeof fds[0] * (size_t)nfds);
-  pid_t parent = getpid();
-
-  pid_t pid = fork();
-  if (pid == -1) {
-    free(envp);
-    return tb_error_errno("cannot start %s", prog);
-  }
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlives the daemon */
-    if (getppid() != parent)
-      _exit(0);
-    for (int i = 0; i < nfds; i++)
-      fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + TB_MAX_LISTEN);
-    for (int i = 0; i < nfds; i++)
-      if (fds[i] == -1 || dup2(fds[i], 3 + i) == -1)
-        _exit(126);
-    supervise_put_decimal(listen_pid + strlen("LISTEN_PID="), (long)getpid());
-    execvpe(argv[0], (char **)argv, envp);
-    static const char msg[] = "tabula-restored: cannot run tabula-iscsid (set iscsi.program)\n";
-    ssize_t ignored = write(2, msg, sizeof msg - 1);
-    (void)ignored;
-    _exit(127);
-  }
-  free(envp);
-  I.pid = pid;
-  I.ready = false;
-  I.started_ms = tb_now_ms();
-  I.restart_at_ms = 0;
+  struct child_spawn how = {.argv = argv,
+                            .listen_fds = I.fds,
+                            .n_listen = I.n_fds,
+                            .output_fd = -1,
+                            .die_with_parent = true, /* never outlives the daemon */
+                            .pidfile = pidfile,
+                            .exec_error =
+                                "tabula-restored: cannot run tabula-iscsid (set iscsi.program)\n"};
+  if (child_start(&I.child, &how) == -1)
+    return -1;
   I.error[0] = '\0';
   free(I.program);
   I.program = strdup(prog);
-  log_msg("started tabula-iscsid (pid %d) on %s", (int)pid, cfg->listen_iscsi);
+  log_msg("started tabula-iscsid (pid %d) on %s", (int)I.child.pid, cfg->listen_iscsi);
   return 0;
 }
 
@@ -175,38 +126,28 @@ static void try_start(struct daemon *d)
     snprintf(I.error, sizeof I.error, "%s", tb_errmsg());
     log_msg("iscsi: %s; NBD clients are served as before", I.error);
     tb_eventf(d->cfg->state_dir, "error", NULL, "{s:s}", "message", I.error);
-    I.restart_at_ms = tb_now_ms() + supervise_backoff(&I.failures, 0);
+    child_backoff(&I.child, 0);
   }
 }
 
 static void stop_iscsid(void)
 {
-  if (!I.pid)
-    return;
-  I.stopping = true;
-  supervise_stop_child(I.pid, tb_now_ms() + STOP_WAIT_MS, "tabula-iscsid", I.last_exit,
-                       sizeof I.last_exit);
-  I.pid = 0;
-  I.ready = false;
-  I.stopping = false;
+  child_stop(&I.child, STOP_WAIT_MS);
 }
 
 bool iscsid_reaped(struct daemon *d, pid_t pid, int status)
 {
-  if (!pid || pid != I.pid)
+  int64_t ran;
+  if (!child_reaped(&I.child, pid, status, &ran))
     return false;
-  int64_t now = tb_now_ms(), ran = now - I.started_ms;
-  supervise_describe_status(status, I.last_exit, sizeof I.last_exit);
-  I.pid = 0;
-  I.ready = false;
-  if (I.stopping)
+  if (I.child.stopping)
     return true;
-  int64_t backoff = supervise_backoff(&I.failures, ran);
-  I.restart_at_ms = now + (backoff > 0 ? backoff : 1);
-  log_msg("tabula-iscsid (pid %d) %s after %.1f s; restarting in %.1f s", (int)pid, I.last_exit,
-          (double)ran / 1000, (double)backoff / 1000);
+  int64_t backoff = child_backoff(&I.child, ran);
+  log_msg("tabula-iscsid (pid %d) %s after %.1f s; restarting in %.1f s", (int)pid,
+          I.child.last_exit, (double)ran / 1000, (double)backoff / 1000);
   tb_eventf(d->cfg->state_dir, "iscsid-exit", NULL, "{s:I, s:s, s:I, s:I}", "pid", (json_int_t)pid,
-            "status", I.last_exit, "ran_ms", (json_int_t)ran, "restart_in_ms", (json_int_t)backoff);
+            "status", I.child.last_exit, "ran_ms", (json_int_t)ran, "restart_in_ms",
+            (json_int_t)backoff);
   return true;
 }
 
@@ -214,36 +155,23 @@ static void iscsid_tick(struct daemon *d, int64_t now)
 {
   if (!d->cfg->listen_iscsi)
     return;
-  char pidfile[TB_PATH_MAX];
-  struct stat st;
-  if (I.pid && !I.ready) {
-    pidfile_path(d, pidfile, sizeof pidfile);
-    if (stat(pidfile, &st) == 0 && st.st_size > 0) {
-      I.ready = true;
-      tb_eventf(d->cfg->state_dir, "iscsid-ready", NULL, "{s:I, s:I, s:s}", "pid",
-                (json_int_t)I.pid, "restarts", (json_int_t)I.restarts, "listen",
-                d->cfg->listen_iscsi);
-    }
-  }
-  if (!I.pid && I.restart_at_ms && now >= I.restart_at_ms) {
-    I.restarts++;
+  if (child_became_ready(&I.child))
+    tb_eventf(d->cfg->state_dir, "iscsid-ready", NULL, "{s:I, s:I, s:s}", "pid",
+              (json_int_t)I.child.pid, "restarts", (json_int_t)I.child.restarts, "listen",
+              d->cfg->listen_iscsi);
+  if (child_restart_due(&I.child, now)) {
+    I.child.restarts++;
     try_start(d);
-    if (I.pid)
+    if (I.child.pid)
       tb_eventf(d->cfg->state_dir, "iscsid-restart", NULL, "{s:I, s:I, s:s}", "pid",
-                (json_int_t)I.pid, "restarts", (json_int_t)I.restarts, "previous_exit",
-                I.last_exit[0] ? I.last_exit : "not started");
+                (json_int_t)I.child.pid, "restarts", (json_int_t)I.child.restarts, "previous_exit",
+                I.child.last_exit[0] ? I.child.last_exit : "not started");
   }
 }
 
 static int64_t iscsid_next_wakeup(const struct daemon *d)
 {
-  if (!d->cfg->listen_iscsi)
-    return INT64_MAX;
-  if (I.pid && !I.ready)
-    return tb_now_ms() + 50; /* watch for the pidfile */
-  if (!I.pid && I.restart_at_ms)
-    return I.restart_at_ms;
-  return INT64_MAX;
+  return d->cfg->listen_iscsi ? child_next_wakeup(&I.child) : INT64_MAX;
 }
 
 const struct daemon_timer iscsid_timer = {"iscsid", iscsid_tick, iscsid_next_wakeup};
@@ -252,7 +180,7 @@ void iscsid_apply(struct daemon *d)
 {
   const struct tb_config *cfg = d->cfg;
   if (!cfg->listen_iscsi) {
-    if (I.pid)
+    if (I.child.pid)
       log_msg("iscsi: listen.iscsi is no longer set: stopping tabula-iscsid");
     iscsid_stop(d);
     return;
@@ -268,25 +196,25 @@ void iscsid_apply(struct daemon *d)
               had ? "; tabula-iscsid keeps serving the previous address" : "");
       tb_eventf(cfg->state_dir, "error", NULL, "{s:s}", "message", I.error);
       if (!had)
-        I.restart_at_ms = tb_now_ms() + supervise_backoff(&I.failures, 0);
+        child_backoff(&I.child, 0);
       return;
     }
   }
-  if (I.pid && (moved || !str_eq(I.program, prog))) {
+  if (I.child.pid && (moved || !str_eq(I.program, prog))) {
     log_msg("iscsi: %s changed: restarting tabula-iscsid",
             moved ? "listen.iscsi" : "iscsi.program");
     stop_iscsid();
-    I.failures = 0;
-    I.restarts++;
+    I.child.failures = 0;
+    I.child.restarts++;
     try_start(d);
-    if (I.pid)
-      tb_eventf(cfg->state_dir, "iscsid-restart", NULL, "{s:I, s:I, s:s}", "pid", (json_int_t)I.pid,
-                "restarts", (json_int_t)I.restarts, "reason",
+    if (I.child.pid)
+      tb_eventf(cfg->state_dir, "iscsid-restart", NULL, "{s:I, s:I, s:s}", "pid",
+                (json_int_t)I.child.pid, "restarts", (json_int_t)I.child.restarts, "reason",
                 "its settings changed in the configuration");
-  } else if (I.pid) {
-    kill(I.pid, SIGHUP); /* new logins use the new configuration */
-  } else if (!I.restart_at_ms) {
-    I.failures = 0;
+  } else if (I.child.pid) {
+    kill(I.child.pid, SIGHUP); /* new logins use the new configuration */
+  } else if (!I.child.restart_at_ms) {
+    I.child.failures = 0;
     try_start(d);
   }
 }
@@ -295,7 +223,7 @@ void iscsid_stop(struct daemon *d)
 {
   (void)d;
   stop_iscsid();
-  I.restart_at_ms = 0;
+  I.child.restart_at_ms = 0;
   unbind();
   free(I.program);
   I.program = NULL;
@@ -306,21 +234,21 @@ json_t *iscsid_status(struct daemon *d)
   const struct tb_config *cfg = d->cfg;
   if (!cfg->listen_iscsi)
     return json_pack("{s:s}", "state", "off");
-  const char *state = I.pid && I.ready  ? "running"
-                      : I.pid           ? "starting"
-                      : I.restart_at_ms ? "restarting"
-                                        : "stopped";
+  const char *state = I.child.pid && I.child.ready ? "running"
+                      : I.child.pid                ? "starting"
+                      : I.child.restart_at_ms      ? "restarting"
+                                                   : "stopped";
   json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:s}", "state", state, "listen", cfg->listen_iscsi,
-                        "pid", (json_int_t)I.pid, "restarts", (json_int_t)I.restarts, "iqn_prefix",
-                        cfg->iscsi.iqn_prefix);
-  if (!I.pid && I.restart_at_ms)
+                        "pid", (json_int_t)I.child.pid, "restarts", (json_int_t)I.child.restarts,
+                        "iqn_prefix", cfg->iscsi.iqn_prefix);
+  if (!I.child.pid && I.child.restart_at_ms)
     json_object_set_new(o, "restart_in_ms",
-                        json_integer(I.restart_at_ms > tb_now_ms()
-                                         ? (json_int_t)(I.restart_at_ms - tb_now_ms())
+                        json_integer(I.child.restart_at_ms > tb_now_ms()
+                                         ? (json_int_t)(I.child.restart_at_ms - tb_now_ms())
                                          : 0));
   if (I.error[0])
     json_object_set_new(o, "error", json_string(I.error));
-  if (I.last_exit[0])
-    json_object_set_new(o, "last_exit", json_string(I.last_exit));
+  if (I.child.last_exit[0])
+    json_object_set_new(o, "last_exit", json_string(I.child.last_exit));
   return o;
 }

@@ -61,9 +61,7 @@ void metrics_write(struct daemon *d)
 {
   const struct tb_config *cfg = d->cfg;
   struct buf b = {0};
-  bool up = d->nbdkit.n > 0;
-  for (int i = 0; i < d->nbdkit.n; i++)
-    up = up && d->nbdkit.inst[i].ready;
+  bool up = d->nbd.child.ready;
   header(&b, "tabula_up", "gauge", "1 while tabula-restored runs, 0 once it has stopped");
   add(&b, "tabula_up %d\n", !d->quit);
   header(&b, "tabula_metrics_timestamp_seconds", "gauge",
@@ -72,7 +70,7 @@ void metrics_write(struct daemon *d)
   header(&b, "tabula_nbdkit_up", "gauge", "1 while nbdkit serves");
   add(&b, "tabula_nbdkit_up %d\n", up && !d->quit);
   header(&b, "tabula_nbdkit_restarts_total", "counter", "nbdkit restarts since the daemon started");
-  add(&b, "tabula_nbdkit_restarts_total %d\n", d->nbdkit.restarts);
+  add(&b, "tabula_nbdkit_restarts_total %d\n", d->nbd.child.restarts);
   header(&b, "tabula_merges_total", "counter",
          "merges finished (or failed) since the daemon started");
   add(&b, "tabula_merges_total %llu\n", (unsigned long long)d->merges);

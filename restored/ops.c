@@ -450,17 +450,14 @@ static json_t *op_status(struct daemon *d, struct op_call *a)
     snprintf(sock, sizeof sock, "%s", d->cfg->listen_unix);
   else
     snprintf(sock, sizeof sock, "%s/nbd.sock", state);
-  const struct nbdkit_instance *in = &d->nbdkit.inst[0];
-  bool all_ready = d->nbdkit.n > 0;
-  for (int i = 0; i < d->nbdkit.n; i++)
-    all_ready = all_ready && d->nbdkit.inst[i].ready;
-  json_t *nb = json_pack("{s:s, s:I, s:I, s:s}", "state",
-                         all_ready           ? "running"
-                         : in->pid           ? "starting"
-                         : in->restart_at_ms ? "restarting"
-                                             : "stopped",
-                         "pid", (json_int_t)in->pid, "restarts", (json_int_t)d->nbdkit.restarts,
-                         "unix", sock);
+  const struct child *in = &d->nbd.child;
+  json_t *nb =
+      json_pack("{s:s, s:I, s:I, s:s}", "state",
+                in->ready           ? "running"
+                : in->pid           ? "starting"
+                : in->restart_at_ms ? "restarting"
+                                    : "stopped",
+                "pid", (json_int_t)in->pid, "restarts", (json_int_t)in->restarts, "unix", sock);
   if (d->cfg->listen_tcp)
     json_object_set_new(nb, "tcp", json_string(d->cfg->listen_tcp));
   if (!in->pid && in->restart_at_ms)
@@ -468,9 +465,8 @@ static json_t *op_status(struct daemon *d, struct op_call *a)
                         json_integer(in->restart_at_ms > tb_now_ms()
                                          ? (json_int_t)(in->restart_at_ms - tb_now_ms())
                                          : 0));
-  for (int i = 0; i < d->nbdkit.n; i++)
-    if (d->nbdkit.inst[i].last_exit[0])
-      json_object_set_new(nb, "last_exit", json_string(d->nbdkit.inst[i].last_exit));
+  if (in->last_exit[0])
+    json_object_set_new(nb, "last_exit", json_string(in->last_exit));
 
   /* Clients: cheap per-client reads only (this must stay fast with 500 clients).
    * A client with further disks counts once: active, pending or locked down

@@ -1,8 +1,8 @@
 /* tabula-restored: PXE boot through dnsmasq and iPXE (the "pxe" section).
  *
  * No home-made DHCP or TFTP: the daemon writes a dnsmasq configuration and
- * runs dnsmasq as a supervised child, like nbdkit (supervise.c's helpers:
- * restart with a doubling backoff, dnsmasq-exit / dnsmasq-restart events).
+ * runs dnsmasq as a supervised child, like nbdkit (supervise.c's engine:
+ * restart with a doubling backoff; dnsmasq-exit / dnsmasq-restart events).
  * Everything lives in STATE/pxe (the TFTP root in pxe.tftp_dir):
  *
  *   dnsmasq.conf   DHCP only (port=0: no DNS) on pxe.interface, a static
@@ -50,7 +50,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -69,18 +68,13 @@
 
 static struct {
   bool enabled; /* a "pxe" section and a dnsmasq to run */
-  pid_t pid;
-  int failures;
-  int64_t started_ms, restart_at_ms;
-  int restarts;
-  bool stopping;
-  char last_exit[128];
+  struct child child;
   char error[1024];    /* why dnsmasq is not running, or "" */
   char reported[1024]; /* the last error sent as an event (each once) */
   int64_t next_log_check_ms;
   char renewal_bin[TB_PATH_MAX]; /* the binary script_on_renewal was probed on */
   bool renewal;
-} P;
+} P = {.child.name = "dnsmasq"};
 
 /* ---- paths and small helpers ------------------------------------------------------------ */
 
@@ -633,44 +627,19 @@ static int start_dnsmasq(struct daemon *d)
   int logfd = open(logfile, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
   if (logfd == -1)
     return tb_error_errno("cannot open %s", logfile);
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid == -1) {
-    close(logfd);
-    return tb_error_errno("cannot start dnsmasq");
-  }
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    setpgid(0, 0); /* a ^C on the daemon's terminal goes to the daemon */
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent)
-      _exit(0);
-    int null = open("/dev/null", O_RDONLY);
-    if (null == -1 || dup2(null, 0) == -1 || dup2(logfd, 1) == -1 || dup2(logfd, 2) == -1)
-      _exit(126);
-    execl(bin, bin, "--keep-in-foreground", confarg, (char *)NULL);
-    static const char msg[] = "tabula-restored: cannot run dnsmasq\n";
-    ssize_t ignored = write(2, msg, sizeof msg - 1);
-    (void)ignored;
-    _exit(127);
-  }
+  const char *argv[] = {bin, "--keep-in-foreground", confarg, NULL};
+  struct child_spawn how = {.argv = argv,
+                            .output_fd = logfd,
+                            .die_with_parent = true,
+                            .exec_error = "tabula-restored: cannot run dnsmasq\n"};
+  int r = child_start(&P.child, &how);
   close(logfd);
-  P.pid = pid;
-  P.started_ms = tb_now_ms();
-  P.restart_at_ms = 0;
+  if (r == -1)
+    return -1;
   P.error[0] = '\0';
-  log_msg("started dnsmasq (pid %d) for PXE on %s (%s)", (int)pid, cfg->pxe.interface, conf);
+  log_msg("started dnsmasq (pid %d) for PXE on %s (%s)", (int)P.child.pid, cfg->pxe.interface,
+          conf);
   return 0;
-}
-
-static void schedule_restart(struct daemon *d, int64_t ran_ms)
-{
-  int64_t backoff = supervise_backoff(&P.failures, ran_ms);
-  P.restart_at_ms = tb_now_ms() + backoff;
-  (void)d;
 }
 
 static void try_start(struct daemon *d)
@@ -678,44 +647,35 @@ static void try_start(struct daemon *d)
   if (start_dnsmasq(d) == -1) {
     snprintf(P.error, sizeof P.error, "%s", tb_errmsg());
     pxe_problem(d, NULL, P.error);
-    schedule_restart(d, 0);
+    child_backoff(&P.child, 0);
   }
 }
 
 static void stop_dnsmasq(void)
 {
-  if (!P.pid)
-    return;
-  P.stopping = true;
-  supervise_stop_child(P.pid, tb_now_ms() + STOP_WAIT_MS, "dnsmasq", P.last_exit,
-                       sizeof P.last_exit);
-  P.pid = 0;
-  P.stopping = false;
+  child_stop(&P.child, STOP_WAIT_MS);
 }
 
 bool pxe_reaped(struct daemon *d, pid_t pid, int status)
 {
-  if (!pid || pid != P.pid)
+  int64_t ran;
+  if (!child_reaped(&P.child, pid, status, &ran))
     return false;
-  int64_t ran = tb_now_ms() - P.started_ms;
-  supervise_describe_status(status, P.last_exit, sizeof P.last_exit);
-  P.pid = 0;
-  if (P.stopping)
+  if (P.child.stopping)
     return true;
   char tail[512] = "";
   if (WIFEXITED(status)) /* its last words say why; a signal is the reason itself */
     log_tail(d->cfg, tail, sizeof tail);
-  schedule_restart(d, ran);
-  int64_t backoff = P.restart_at_ms - tb_now_ms();
+  int64_t backoff = child_backoff(&P.child, ran);
   snprintf(P.error, sizeof P.error,
            "dnsmasq %s after %.1f s%s%s (%s); PCs cannot PXE-boot, NBD clients are served as "
            "before",
-           P.last_exit, (double)ran / 1000, tail[0] ? ": " : "", tail,
+           P.child.last_exit, (double)ran / 1000, tail[0] ? ": " : "", tail,
            WIFEXITED(status) ? exit_hint(tail) : "it is restarted");
   log_msg("pxe: %s; restarting in %.1f s", P.error, (double)backoff / 1000);
   tb_eventf(d->cfg->state_dir, "dnsmasq-exit", NULL, "{s:I, s:s, s:s, s:I, s:I}", "pid",
-            (json_int_t)pid, "status", P.last_exit, "message", tail, "ran_ms", (json_int_t)ran,
-            "restart_in_ms", (json_int_t)backoff);
+            (json_int_t)pid, "status", P.child.last_exit, "message", tail, "ran_ms",
+            (json_int_t)ran, "restart_in_ms", (json_int_t)backoff);
   return true;
 }
 
@@ -723,15 +683,15 @@ static void pxe_tick(struct daemon *d, int64_t now)
 {
   if (!P.enabled)
     return;
-  if (!P.pid && P.restart_at_ms && now >= P.restart_at_ms) {
-    P.restarts++;
+  if (child_restart_due(&P.child, now)) {
+    P.child.restarts++;
     try_start(d);
-    if (P.pid)
+    if (P.child.pid)
       tb_eventf(d->cfg->state_dir, "dnsmasq-restart", NULL, "{s:I, s:I, s:s}", "pid",
-                (json_int_t)P.pid, "restarts", (json_int_t)P.restarts, "previous_exit",
-                P.last_exit[0] ? P.last_exit : "not started");
+                (json_int_t)P.child.pid, "restarts", (json_int_t)P.child.restarts, "previous_exit",
+                P.child.last_exit[0] ? P.child.last_exit : "not started");
   }
-  if (P.pid && now >= P.next_log_check_ms) { /* dnsmasq.log stays bounded */
+  if (P.child.pid && now >= P.next_log_check_ms) { /* dnsmasq.log stays bounded */
     P.next_log_check_ms = now + LOG_CHECK_MS;
     char path[TB_PATH_MAX];
     struct stat st;
@@ -744,9 +704,7 @@ static void pxe_tick(struct daemon *d, int64_t now)
 static int64_t pxe_next_wakeup(const struct daemon *d)
 {
   (void)d;
-  if (!P.enabled || P.pid || !P.restart_at_ms)
-    return INT64_MAX;
-  return P.restart_at_ms;
+  return P.enabled ? child_next_wakeup(&P.child) : INT64_MAX;
 }
 
 const struct daemon_timer pxe_timer = {"pxe", pxe_tick, pxe_next_wakeup};
@@ -855,7 +813,7 @@ void pxe_apply(struct daemon *d)
 {
   const struct tb_config *cfg = d->cfg;
   if (!cfg->pxe.enabled) {
-    if (P.pid)
+    if (P.child.pid)
       log_msg("pxe: no \"pxe\" section any more: stopping dnsmasq");
     pxe_stop(d);
     return;
@@ -894,21 +852,21 @@ void pxe_apply(struct daemon *d)
     stop_dnsmasq();
     return;
   }
-  if (P.pid && conf_changed == 1) {
+  if (P.child.pid && conf_changed == 1) {
     log_msg("pxe: dnsmasq.conf changed: restarting dnsmasq");
     stop_dnsmasq();
-    P.failures = 0;
-    P.restarts++;
+    P.child.failures = 0;
+    P.child.restarts++;
     try_start(d);
-    if (P.pid)
+    if (P.child.pid)
       tb_eventf(cfg->state_dir, "dnsmasq-restart", NULL, "{s:I, s:I, s:s}", "pid",
-                (json_int_t)P.pid, "restarts", (json_int_t)P.restarts, "reason",
+                (json_int_t)P.child.pid, "restarts", (json_int_t)P.child.restarts, "reason",
                 "its configuration changed");
-  } else if (P.pid && hosts_changed == 1) {
+  } else if (P.child.pid && hosts_changed == 1) {
     log_msg("pxe: the static leases changed: dnsmasq re-reads them (SIGHUP)");
-    kill(P.pid, SIGHUP);
-  } else if (!P.pid && (!P.restart_at_ms || conf_changed == 1)) {
-    P.failures = 0;
+    kill(P.child.pid, SIGHUP);
+  } else if (!P.child.pid && (!P.child.restart_at_ms || conf_changed == 1)) {
+    P.child.failures = 0;
     try_start(d);
   }
 }
@@ -918,17 +876,17 @@ json_t *pxe_status(struct daemon *d)
   const struct tb_config *cfg = d->cfg;
   if (!cfg->pxe.enabled)
     return json_pack("{s:s}", "state", "off");
-  const char *state = !runs_dnsmasq(cfg) ? "external"
-                      : P.pid            ? "running"
-                      : P.restart_at_ms  ? "restarting"
-                                         : "stopped";
+  const char *state = !runs_dnsmasq(cfg)      ? "external"
+                      : P.child.pid           ? "running"
+                      : P.child.restart_at_ms ? "restarting"
+                                              : "stopped";
   json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I}", "state", state, "interface",
-                        cfg->pxe.interface, "server", cfg->pxe.server, "pid", (json_int_t)P.pid,
-                        "restarts", (json_int_t)P.restarts);
+                        cfg->pxe.interface, "server", cfg->pxe.server, "pid",
+                        (json_int_t)P.child.pid, "restarts", (json_int_t)P.child.restarts);
   if (P.error[0])
     json_object_set_new(o, "error", json_string(P.error));
-  if (P.last_exit[0])
-    json_object_set_new(o, "last_exit", json_string(P.last_exit));
+  if (P.child.last_exit[0])
+    json_object_set_new(o, "last_exit", json_string(P.child.last_exit));
   size_t n = 0;
   for (size_t i = 0; i < cfg->n_clients; i++)
     n += cfg->clients[i].has_mac;
