@@ -1863,47 +1863,6 @@ static int cmd_maintenance(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
-static int cmd_reimage(struct ctl *ctl, int argc, char **argv)
-{
-  if (no_operands(argc, argv, 2, "ID IMAGE[@N]"))
-    return EXIT_USAGE;
-  char image[TB_NAME_MAX + 1];
-  uint32_t ver;
-  if (check_client_arg(argv[optind]) || split_image_version(argv[optind + 1], image, &ver))
-    return EXIT_USAGE;
-  json_t *req =
-      json_pack("{s:s, s:s, s:s}", "op", "reimage", "client", argv[optind], "image", image);
-  if (ver)
-    json_object_set_new(req, "version", json_integer(ver));
-  return simple_request(ctl, req, "%s: the next session starts on %s", argv[optind],
-                        argv[optind + 1]);
-}
-
-static int cmd_pin(struct ctl *ctl, int argc, char **argv)
-{
-  if (no_operands(argc, argv, 2, "ID N"))
-    return EXIT_USAGE;
-  uint64_t v;
-  if (check_client_arg(argv[optind]) || parse_uint(argv[optind + 1], "version", UINT32_MAX, &v))
-    return EXIT_USAGE;
-  if (v == 0)
-    return usage_error("versions start at 1");
-  return simple_request(
-      ctl,
-      json_pack("{s:s, s:s, s:I}", "op", "pin", "client", argv[optind], "version", (json_int_t)v),
-      "%s: pinned to version %" PRIu64, argv[optind], v);
-}
-
-static int cmd_unpin(struct ctl *ctl, int argc, char **argv)
-{
-  if (no_operands(argc, argv, 1, "ID"))
-    return EXIT_USAGE;
-  if (check_client_arg(argv[optind]))
-    return EXIT_USAGE;
-  return simple_request(ctl, json_pack("{s:s, s:s}", "op", "unpin", "client", argv[optind]),
-                        "%s: unpinned (follows the newest version)", argv[optind]);
-}
-
 static int cmd_refresh(struct ctl *ctl, int argc, char **argv)
 {
   static const struct option lo[] = {{"group", required_argument, NULL, 'g'}, {0}};
@@ -1924,13 +1883,6 @@ static int cmd_refresh(struct ctl *ctl, int argc, char **argv)
     req = json_pack("{s:s, s:s}", "op", "refresh", "client", argv[optind]);
   }
   return simple_request(ctl, req, "refresh at the next session start");
-}
-
-static int cmd_reload(struct ctl *ctl, int argc, char **argv)
-{
-  if (no_operands(argc, argv, 0, "no operands"))
-    return EXIT_USAGE;
-  return simple_request(ctl, json_pack("{s:s}", "op", "reload"), "configuration reloaded");
 }
 
 static void print_event(struct ctl *ctl, const json_t *ev)
@@ -2007,33 +1959,6 @@ static int cmd_events(struct ctl *ctl, int argc, char **argv)
 /* ---- main ------------------------------------------------------------------------------- */
 
 /* ---- watchdog: lockdown, unlock, quarantine ------------------------------------------- */
-
-static int cmd_lockdown(struct ctl *ctl, int argc, char **argv)
-{
-  static const struct option lo[] = {{0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind < 1 || argc - optind > 2)
-    return usage_error("expected ID [REASON]");
-  if (check_client_arg(argv[optind]))
-    return EXIT_USAGE;
-  json_t *req = json_pack("{s:s, s:s}", "op", "lockdown", "client", argv[optind]);
-  if (argc - optind == 2)
-    json_object_set_new(req, "reason", json_string(argv[optind + 1]));
-  return simple_request(ctl, req, "%s: locked down", argv[optind]);
-}
-
-static int cmd_unlock(struct ctl *ctl, int argc, char **argv)
-{
-  if (no_operands(argc, argv, 1, "ID"))
-    return EXIT_USAGE;
-  if (check_client_arg(argv[optind]))
-    return EXIT_USAGE;
-  return simple_request(ctl, json_pack("{s:s, s:s}", "op", "unlock", "client", argv[optind]),
-                        "%s: unlocked", argv[optind]);
-}
 
 static int quarantine_number(const char *s, uint64_t *n)
 {
@@ -2304,6 +2229,150 @@ static int cmd_register(struct ctl *ctl, int argc, char **argv)
   return simple_request(ctl, json_pack("{s:s}", "op", "reload"), "configuration reloaded");
 }
 
+/* ---- simple commands: operands to a request, a line when done ---------------------------- */
+
+/* What an operand of a simple command is: its text in the usage, and what it
+ * puts into the request. */
+enum operand {
+  OPERAND_NONE,   /* ends the list */
+  OPERAND_CLIENT, /* ID: "client" */
+  OPERAND_PIN,    /* N >= 1: "version" */
+  OPERAND_IMAGE,  /* IMAGE[@N]: "image" and, with @N, "version" */
+  OPERAND_REASON, /* [REASON], optional and last: "reason" */
+};
+
+struct simple_command {
+  const char *name; /* the command, and the daemon's operation */
+  enum operand operands[3];
+  /* Printed when done (unless the daemon's reply has a "message"): %1, %2
+   * are the operands as given (a version as its number). */
+  const char *done;
+};
+
+static const struct simple_command simple_commands[] = {
+    {"reimage", {OPERAND_CLIENT, OPERAND_IMAGE}, "%1: the next session starts on %2"},
+    {"pin", {OPERAND_CLIENT, OPERAND_PIN}, "%1: pinned to version %2"},
+    {"unpin", {OPERAND_CLIENT}, "%1: unpinned (follows the newest version)"},
+    {"lockdown", {OPERAND_CLIENT, OPERAND_REASON}, "%1: locked down"},
+    {"unlock", {OPERAND_CLIENT}, "%1: unlocked"},
+    {"reload", {OPERAND_NONE}, "configuration reloaded"},
+};
+
+/* OPERANDS as the usage error says them: "ID N", "ID [REASON]", "no operands". */
+static void operands_text(const enum operand *operands, char *buf, size_t len)
+{
+  static const char *const text[] = {[OPERAND_CLIENT] = "ID",
+                                     [OPERAND_PIN] = "N",
+                                     [OPERAND_IMAGE] = "IMAGE[@N]",
+                                     [OPERAND_REASON] = "[REASON]"};
+  size_t used = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < 3 && operands[i] != OPERAND_NONE; i++)
+    used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? " " : "", text[operands[i]]);
+  if (!used)
+    snprintf(buf, len, "no operands");
+}
+
+/* A string argument into the request: one operand. */
+static int put_operand(json_t *req, enum operand kind, const char *arg, char *shown, size_t len)
+{
+  snprintf(shown, len, "%s", arg);
+  switch (kind) {
+  case OPERAND_CLIENT:
+    if (check_client_arg(arg))
+      return -1;
+    json_object_set_new(req, "client", json_string(arg));
+    return 0;
+  case OPERAND_PIN: {
+    uint64_t v;
+    if (parse_uint(arg, "version", UINT32_MAX, &v))
+      return -1;
+    if (v == 0) {
+      usage_error("versions start at 1");
+      return -1;
+    }
+    snprintf(shown, len, "%" PRIu64, v);
+    json_object_set_new(req, "version", json_integer((json_int_t)v));
+    return 0;
+  }
+  case OPERAND_IMAGE: {
+    char image[TB_NAME_MAX + 1];
+    uint32_t ver;
+    if (split_image_version(arg, image, &ver))
+      return -1;
+    json_object_set_new(req, "image", json_string(image));
+    if (ver)
+      json_object_set_new(req, "version", json_integer(ver));
+    return 0;
+  }
+  case OPERAND_REASON:
+    json_object_set_new(req, "reason", json_string(arg));
+    return 0;
+  case OPERAND_NONE:
+    break;
+  }
+  return -1;
+}
+
+/* DONE with %1, %2 replaced by SHOWN. */
+static void print_done(const char *done, char shown[][TB_PATH_MAX], size_t n)
+{
+  for (const char *p = done; *p; p++) {
+    if (p[0] == '%' && p[1] >= '1' && (size_t)(p[1] - '1') < n) {
+      fputs(shown[p[1] - '1'], stdout);
+      p++;
+    } else {
+      putchar(*p);
+    }
+  }
+  putchar('\n');
+}
+
+static int cmd_simple(struct ctl *ctl, int argc, char **argv)
+{
+  const struct simple_command *sc = NULL;
+  for (size_t i = 0; i < sizeof simple_commands / sizeof *simple_commands && !sc; i++)
+    if (strcmp(simple_commands[i].name, current->name) == 0)
+      sc = &simple_commands[i];
+  if (!sc)
+    return fail("%s: not a simple command", current->name);
+  size_t required = 0, most = 0;
+  for (; most < 3 && sc->operands[most] != OPERAND_NONE; most++)
+    if (sc->operands[most] != OPERAND_REASON)
+      required++;
+  static const struct option lo[] = {{0}};
+  int seen[256] = {0};
+  const char *val[256] = {0};
+  if (parse_opts(argc, argv, lo, seen, val))
+    return EXIT_USAGE;
+  size_t given = (size_t)(argc - optind);
+  if (given < required || given > most) {
+    char expected[64];
+    operands_text(sc->operands, expected, sizeof expected);
+    return usage_error("expected %s", expected);
+  }
+  json_t *req = json_pack("{s:s}", "op", sc->name);
+  char shown[3][TB_PATH_MAX];
+  for (size_t i = 0; i < given; i++)
+    if (put_operand(req, sc->operands[i], argv[optind + (int)i], shown[i], sizeof shown[i]) == -1) {
+      json_decref(req);
+      return EXIT_USAGE;
+    }
+  int code;
+  json_t *res = request(ctl, req, NULL, NULL, &code);
+  if (!res)
+    return code;
+  const char *msg = json_string_value(json_object_get(res, "message"));
+  if (ctl->json)
+    print_json(res);
+  else if (msg)
+    puts(msg);
+  else
+    print_done(sc->done, shown, given);
+  json_decref(res);
+  return 0;
+}
+
 static const struct command commands[] = {
     {"status", "", "Show the daemon, nbdkit and a summary of clients and images.", cmd_status},
     {"clients", "[--unknown]",
@@ -2341,17 +2410,17 @@ static const struct command commands[] = {
      cmd_maintenance},
     {"reimage", "ID IMAGE[@N]",
      "Start the client's next session on another image (or version), overlay discarded.",
-     cmd_reimage},
-    {"pin", "ID N", "Pin the client to version N of its image.", cmd_pin},
-    {"unpin", "ID", "Let the client follow the newest version of its image again.", cmd_unpin},
+     cmd_simple},
+    {"pin", "ID N", "Pin the client to version N of its image.", cmd_simple},
+    {"unpin", "ID", "Let the client follow the newest version of its image again.", cmd_simple},
     {"refresh", "ID | --group GROUP",
      "Move the client (or every client of GROUP) to its current version at the next session\n"
      "start, discarding its overlay (for persist clients).",
      cmd_refresh},
     {"lockdown", "ID [REASON]",
      "Refuse the client's export from its next connection on, with REASON in its status.",
-     cmd_lockdown},
-    {"unlock", "ID", "Lift a lockdown (set by the watchdog or by tabulactl lockdown).", cmd_unlock},
+     cmd_simple},
+    {"unlock", "ID", "Lift a lockdown (set by the watchdog or by tabulactl lockdown).", cmd_simple},
     {"quarantine", "list [ID] | show ID N | release ID N [--restore]",
      "Overlays the watchdog kept aside (clients/ID/quarantine/N) with why.  release deletes\n"
      "one; with --restore it becomes a retained session again and the client's overlay at\n"
@@ -2366,7 +2435,7 @@ static const struct command commands[] = {
     {"reload", "",
      "Re-read the daemon's configuration file.  An invalid file is refused with its error\n"
      "and the running configuration stays.",
-     cmd_reload},
+     cmd_simple},
     {"pxe", "[--hosts]",
      "Print the dnsmasq configuration the daemon generated from the \"pxe\" section (with\n"
      "--hosts its static leases), for administrators who run dnsmasq themselves.",
