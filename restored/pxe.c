@@ -403,7 +403,9 @@ static char *dnsmasq_conf(const struct tb_config *cfg, bool renewal)
   return fclose(f) == 0 ? text : (free(text), NULL);
 }
 
-/* tabulactl next to this program (the build tree, sbindir), else $PATH's. */
+/* tabulactl of the build tree this program is in (BUILD/tabulactl/tabulactl
+ * beside BUILD/restored/), else next to it (one directory for both), else
+ * $PATH's. */
 static void tabulactl_path(char *out, size_t len)
 {
   char self[TB_PATH_MAX];
@@ -413,6 +415,9 @@ static void tabulactl_path(char *out, size_t len)
     char *slash = strrchr(self, '/');
     if (slash) {
       *slash = '\0';
+      snprintf(out, len, "%s/../tabulactl/tabulactl", self);
+      if (access(out, X_OK) == 0)
+        return;
       snprintf(out, len, "%s/tabulactl", self);
       if (access(out, X_OK) == 0)
         return;

@@ -25,7 +25,7 @@ build=$(cd "${1:-.}" && pwd)
 runtime=${2:-10}
 repeat=${3:-1}
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
-ctl=$build/restored/tabulactl
+ctl=$build/tabulactl/tabulactl
 iscsid=$build/iscsi/tabula-iscsid
 for f in "$plugin" "$ctl" "$iscsid"; do
   [ -f "$f" ] || { echo "bench-iscsi: $f is not built" >&2; exit 1; }

@@ -22,7 +22,7 @@ build=$(cd "${1:-.}" && pwd)
 runtime=${2:-5}
 repeat=${3:-3}
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
-ctl=$build/restored/tabulactl
+ctl=$build/tabulactl/tabulactl
 iscsid=$build/iscsi/tabula-iscsid
 for f in "$plugin" "$ctl" "$iscsid"; do
   [ -f "$f" ] || { echo "bench-liveview: $f is not built" >&2; exit 1; }

@@ -21,7 +21,7 @@ build=$(cd "${1:-.}" && pwd)
 size_gib=${SIZE_GIB:-8}
 dirty_gib=${DIRTY_GIB:-1}
 daemon=$build/restored/tabula-restored
-ctl=$build/restored/tabulactl
+ctl=$build/tabulactl/tabulactl
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
 for f in "$daemon" "$ctl" "$plugin"; do
   [ -e "$f" ] || { echo "bench-merge: $f is not built (give the build directory)" >&2; exit 1; }

@@ -24,7 +24,7 @@ set -euo pipefail
 
 build=${1:-.}
 build=$(cd "$build" && pwd)
-ctl=$build/restored/tabulactl
+ctl=$build/tabulactl/tabulactl
 [ -x "$ctl" ] || {
   echo "bench-pull: $ctl is not built (give the build directory)" >&2
   exit 1

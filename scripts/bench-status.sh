@@ -12,7 +12,7 @@ set -euo pipefail
 build=$(cd "${1:-.}" && pwd)
 n=${2:-500}
 daemon=$build/restored/tabula-restored
-ctl=$build/restored/tabulactl
+ctl=$build/tabulactl/tabulactl
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
 io=$build/tests/plugin-io
 for f in "$daemon" "$ctl" "$plugin" "$io"; do

@@ -13,7 +13,7 @@ set -eu
 build=$(cd "${1:-.}" && pwd)
 n=${2:-32}
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
-ctl=$build/restored/tabulactl
+ctl=$build/tabulactl/tabulactl
 for f in "$plugin" "$ctl"; do
   [ -x "$f" ] || [ -f "$f" ] || { echo "bench-storm: $f is not built" >&2; exit 1; }
 done

@@ -17,7 +17,7 @@ set -eu
 build=$(cd "${1:-.}" && pwd)
 files=${2:-100000}
 daemon=$build/restored/tabula-restored
-ctl=$build/restored/tabulactl
+ctl=$build/tabulactl/tabulactl
 plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
 idxtool=$build/tests/inspect-index
 make -C "$build/tests" inspect-index >/dev/null

@@ -36,7 +36,7 @@ sock=$(jq -r '.listen.unix // empty' "$cfg")
 client=pc01
 file=/home/user/hello-from-guest.txt
 work=$demo/guest
-ctl() { "$build/restored/tabulactl" -c "$cfg" "$@"; }
+ctl() { "$build/tabulactl/tabulactl" -c "$cfg" "$@"; }
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() {

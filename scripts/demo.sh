@@ -83,7 +83,7 @@ state=$demo/state
 cfg=$demo/tabula.json
 view=$demo/view
 mkdir -p "$demo" "$view"
-ctl() { "$build/restored/tabulactl" -c "$cfg" "$@"; }
+ctl() { "$build/tabulactl/tabulactl" -c "$cfg" "$@"; }
 
 if [ ! -f "$cfg" ]; then
   sed -e "s|@DEMO@|$demo|g" -e "s|@PLUGIN@|$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so|g" \
@@ -163,11 +163,11 @@ The read-only view (tabula-fuse):
   ls $view/clients/vm01/fs/        cat $view/clients/vm01/changes.txt
 
 Manage it:
-  $build/restored/tabulactl -c $cfg status
-  $build/restored/tabulactl -c $cfg clients
-  $build/restored/tabulactl -c $cfg rollback vm01
-  $build/restored/tabulactl -c $cfg merge vm01 --into demo --note "my change"
-  $build/restored/tabulactl -c $cfg events --follow
+  $build/tabulactl/tabulactl -c $cfg status
+  $build/tabulactl/tabulactl -c $cfg clients
+  $build/tabulactl/tabulactl -c $cfg rollback vm01
+  $build/tabulactl/tabulactl -c $cfg merge vm01 --into demo --note "my change"
+  $build/tabulactl/tabulactl -c $cfg events --follow
 
 Ctrl-C stops everything.
 GUIDE

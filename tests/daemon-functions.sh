@@ -9,7 +9,7 @@
 #   td_wait JQ-COND WHAT                        until `tabulactl --json status` matches
 
 TD_DAEMON=$abs_top_builddir/restored/tabula-restored
-TD_CTL=$abs_top_builddir/restored/tabulactl
+TD_CTL=$abs_top_builddir/tabulactl/tabulactl
 TD_CONF=
 [ -x "$TD_DAEMON" ] || tb_fail "$TD_DAEMON is not built"
 tb_require jq python3

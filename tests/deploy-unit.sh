@@ -14,7 +14,7 @@ tb_require systemd-analyze jq
 
 unit=$TB_TMP/tabula-restored.service
 # As the top Makefile.am generates it, with the built daemon as the binary.
-sed -e "s|@sbindir[@]|$abs_top_builddir/restored|g" -e "s|@bindir[@]|$abs_top_builddir/restored|g" \
+sed -e "s|@sbindir[@]|$abs_top_builddir/restored|g" -e "s|@bindir[@]|$abs_top_builddir/tabulactl|g" \
   -e "s|@sysconfdir[@]|$TB_TMP|g" \
   "$abs_top_srcdir/conf/tabula-restored.service.in" >"$unit"
 systemd-analyze verify --man=no "$unit" >"$TB_TMP/verify.out" 2>&1 ||
@@ -39,7 +39,7 @@ done
 
 # The shipped configuration parses (tabulactl reads it for the state dir).
 cp "$conf" "$TB_TMP/tabula.json"
-"$abs_top_builddir/restored/tabulactl" -c "$TB_TMP/tabula.json" --state "$TB_TMP/state" image list \
+"$abs_top_builddir/tabulactl/tabulactl" -c "$TB_TMP/tabula.json" --state "$TB_TMP/state" image list \
   >"$TB_TMP/list.out" 2>&1 || tb_fail "the shipped configuration: $(cat "$TB_TMP/list.out")"
 
 echo "== make install DESTDIR"
@@ -47,7 +47,7 @@ echo "== make install DESTDIR"
 # under the tests running beside this one.
 b=$abs_top_builddir
 newer=
-for pair in "lib restored:restored/tabula-restored" "restored:restored/tabulactl" \
+for pair in "lib restored:restored/tabula-restored" "tabulactl:tabulactl/tabulactl" \
   "fuse:fuse/tabula-fuse" "nbdkit-plugin:nbdkit-plugin/nbdkit-tabula-plugin.la"; do
   for d in ${pair%%:*}; do
     [ -e "$b/${pair#*:}" ] || continue

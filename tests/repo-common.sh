@@ -27,7 +27,7 @@ pub=$TB_TMP/pub
 app=$TB_TMP/app
 www=$TB_TMP/www
 url=
-TB_CTL=$abs_top_builddir/restored/tabulactl
+TB_CTL=$abs_top_builddir/tabulactl/tabulactl
 
 command -v nginx >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin
 tb_require nginx python3
