@@ -1,11 +1,35 @@
-/* tabula-restored: what the daemon's parts share.
+/* tabula-restored: the daemon's private header, what its parts share (in
+ * the manner of nbdkit's server/internal.h): one section per file, in the
+ * order of the layers, each file using only the ones above its own.
  *
- * One thread runs everything that touches daemon state: a poll() loop over
- * signals (signalfd), the control socket and its connections, the job
- * completion pipe, and timers (nbdkit restarts, schedules, metrics, the event
- * journal's tail).  Two kinds of helper threads never touch that state: the
- * job thread (merges) talks back through a pipe, and one thread per webhook
- * URL delivers events from a bounded queue.
+ *   system.c      log lines, sd_notify, group names
+ *   supervise.c   the supervision engine for every child
+ *   (struct daemon, its timers)
+ *   config.c      loading, checking and reloading the configuration
+ *   nbd.c iscsi.c pxe.c   nbdkit, tabula-iscsid, dnsmasq as children
+ *   server.c      the control socket: connections, replies
+ *   jobs.c journal.c webhooks.c watchdog.c maintenance.c schedules.c
+ *   pulls.c metrics.c     the daemon's work
+ *   ops.c         the control operations: one dispatcher over every
+ *                 part's table of operations
+ *   daemon.c      main() and the loop, which walks every part's timer
+ *
+ * One thread, the main loop's, runs everything that touches daemon state (a
+ * struct daemon and what it points to): a poll() loop over signals
+ * (signalfd), the control socket and its connections, the job completion
+ * pipe, and the timers.  Helper threads never touch that state: the job
+ * thread (merges) talks back through a pipe, the watchdog's scan thread
+ * through the event journal, one thread per webhook URL reads the journal
+ * itself, and standby threads answer NBD clients while nbdkit is down.
+ *
+ * Locks.  Each is its file's own and guards only that file's shared data:
+ * jobs.c lock (the job queue, the outbox, progress), journal.c gens_lock
+ * (the generations seen), pulls.c lock (pull schedules and results),
+ * watchdog.c lock (the scan queue) and canary_lock (the canary files),
+ * webhooks.c totals_lock (the worker list, totals) and each worker's lock
+ * (its counters, kick and stop flags).  No code path holds two of them at
+ * once, so there is no order to keep; a new path that must takes them in
+ * the order listed here.
  */
 #ifndef TB_DAEMON_H
 #define TB_DAEMON_H
@@ -19,6 +43,19 @@
 
 #include "conf.h"
 #include "schedule.h"
+
+struct daemon;
+struct conn;
+
+/* ---- system.c: what the daemon says to the system that runs it ---- */
+void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* stderr is the journal (JOURNAL_STREAM): log_msg writes "<N>" priorities
+ * without the program name, and nbdkit logs through syslog. */
+bool daemon_stderr_is_journal(void);
+/* A sd_notify(3) message ("READY=1", "STATUS=...") to systemd, if it asked. */
+void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A group named (or numbered) TEXT, for the setting KEY: -1 with a message. */
+int daemon_group(const char *text, const char *key, gid_t *gid);
 
 /* ---- supervise.c: the children the daemon runs ----
  * nbdkit (nbd.c), tabula-iscsid (iscsi.c) and dnsmasq (pxe.c), each one of
@@ -63,7 +100,9 @@ void child_stop(struct child *c, int64_t wait_ms); /* SIGTERM, reap, SIGKILL aft
 /* Bind "ADDR:PORT" (errors name KEY) into FDS: how many, or -1 with a message. */
 int supervise_bind_tcp(const char *key, const char *listen, int *fds, int max);
 
-/* ---- nbd.c: nbdkit ----
+/* ---- the daemon ---- */
+
+/* nbd.c: nbdkit.
  * One nbdkit serves every listener (unix and TCP), on sockets the daemon binds
  * and hands over by socket activation, so one client is one session. */
 struct nbd_server {
@@ -75,7 +114,7 @@ struct nbd_server {
   char *bound_unix, *bound_tcp; /* the configuration they were bound for */
 };
 
-/* ---- per-client schedule state ---- */
+/* schedules.c: a client's schedules. */
 struct client_sched {
   char id[TB_NAME_MAX + 1];
   bool has;
@@ -90,7 +129,7 @@ struct client_sched {
   bool merge_deferred; /* the wait was announced (one merge-deferred event) */
 };
 
-/* ---- counters for status and metrics ---- */
+/* journal.c: counters of a client's sessions, for status and metrics. */
 struct client_counters {
   char id[TB_NAME_MAX + 1];
   uint64_t sessions, bytes_read, bytes_written, errors;
@@ -125,29 +164,29 @@ struct daemon_timer {
 extern const struct daemon_timer nbd_timer;       /* nbd.c: nbdkit's readiness, restarts */
 extern const struct daemon_timer pxe_timer;       /* pxe.c: dnsmasq's restarts, its log */
 extern const struct daemon_timer iscsid_timer;    /* iscsi.c: tabula-iscsid's restarts */
-extern const struct daemon_timer schedules_timer; /* daemon.c: refresh and merge schedules */
+extern const struct daemon_timer schedules_timer; /* schedules.c: refreshes, merges */
 extern const struct daemon_timer pulls_timer;     /* pulls.c: scheduled pulls */
 extern const struct daemon_timer watchdog_timer;  /* watchdog.c: interval scans */
 extern const struct daemon_timer server_timer;    /* server.c: idle timeouts, queued requests */
 extern const struct daemon_timer journal_timer;   /* journal.c: the tail of events.jsonl */
+extern const struct daemon_timer webhooks_timer;  /* webhooks.c: wake the senders after it */
 extern const struct daemon_timer metrics_timer;   /* metrics.c: the textfile */
 
-/* daemon.c */
-void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* stderr is the journal (JOURNAL_STREAM): log_msg writes "<N>" priorities
- * without the program name, and nbdkit logs through syslog. */
-bool daemon_stderr_is_journal(void);
+/* ---- config.c: the configuration ---- */
+/* Load FILE with the checks beyond the core parser's (the "pull" section, the
+ * schedules, built into *SCHED): NULL with a message. */
+struct tb_config *config_load(const char *file, struct client_sched **sched, size_t *n);
+/* What start and reload check beyond config_load(): -1 refuses the file; a
+ * client that cannot be served is a warning (WARNINGS: id -> reason). */
+int config_validate(const struct tb_config *cfg, json_t *warnings);
+/* Log a warning when others may read CONFIG or enter STATE. */
+void config_warn_if_exposed(const char *config, const char *state);
 int daemon_reload(struct daemon *d, char *err, size_t errlen);
 /* The same, with the clients that cannot be served (id -> reason) added to
  * WARNINGS (a JSON object, may be NULL). */
 int daemon_reload_warn(struct daemon *d, char *err, size_t errlen, json_t *warnings);
-/* A sd_notify(3) message ("READY=1", "STATUS=...") to systemd, if it asked. */
-void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* A group named (or numbered) TEXT, for the setting KEY: -1 with a message. */
-int daemon_group(const char *text, const char *key, gid_t *gid);
-struct client_counters *counters_for(struct daemon *d, const char *id);
 
-/* nbd.c */
+/* ---- nbd.c: nbdkit ---- */
 /* Bind the listeners of the configuration (kept across nbdkit restarts;
  * rebound when listen.* changes).  -1 with a message naming the listener. */
 int nbd_listen(struct daemon *d);
@@ -166,29 +205,31 @@ void nbd_retry_now(struct daemon *d);
 size_t nbd_standby_pollfds(struct daemon *d, struct pollfd *fds, size_t max);
 void nbd_standby_io(struct daemon *d, const struct pollfd *fds, size_t n);
 
-/* pxe.c: dnsmasq (DHCP, TFTP, iPXE) for PXE boots, from the "pxe" section */
-void pxe_apply(struct daemon *d); /* at start and reload: files, (re)start or SIGHUP */
-bool pxe_reaped(struct daemon *d, pid_t pid, int status); /* true: it was dnsmasq */
-void pxe_stop(struct daemon *d);
-json_t *pxe_status(struct daemon *d);
-
-/* iscsi.c: tabula-iscsid (the iSCSI frontend) while listen.iscsi is set */
+/* ---- iscsi.c: tabula-iscsid (the iSCSI frontend) while listen.iscsi is set ---- */
 void iscsid_apply(struct daemon *d); /* at start and reload: bind, (re)start or SIGHUP */
 bool iscsid_reaped(struct daemon *d, pid_t pid, int status); /* true: it was tabula-iscsid */
 void iscsid_stop(struct daemon *d);
 json_t *iscsid_status(struct daemon *d);
 
-/* pulls.c: scheduled pulls from image repositories */
+/* ---- pxe.c: dnsmasq (DHCP, TFTP, iPXE) for PXE boots, from the "pxe" section ---- */
+void pxe_apply(struct daemon *d); /* at start and reload: files, (re)start or SIGHUP */
+bool pxe_reaped(struct daemon *d, pid_t pid, int status); /* true: it was dnsmasq */
+void pxe_stop(struct daemon *d);
+json_t *pxe_status(struct daemon *d);
 
-/* server.c: the control socket */
-int server_open(struct daemon *d);
+/* ---- server.c: the control socket ---- */
+/* A request's reply, or NULL when the conn now waits (ops_dispatch). */
+typedef json_t *server_dispatch_fn(struct daemon *d, struct conn *c, json_t *req);
+int server_open(struct daemon *d, server_dispatch_fn *dispatch);
 void server_close(struct daemon *d);
 size_t server_pollfds(struct pollfd *fds, size_t max); /* connections' fds */
 void server_accept(struct daemon *d);
 void server_io(struct daemon *d, const struct pollfd *fds, size_t n);
 size_t server_max_fds(void);
+/* Replies: {"ok": true, "result": RESULT} (consumed; NULL: {}), {"ok": false, "error": ...}. */
+json_t *reply_ok(json_t *result);
+json_t *reply_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Replies from jobs and the journal tail. */
-struct conn;
 void conn_send(struct conn *c, json_t *line);    /* consumes LINE */
 void conn_finish(struct conn *c, json_t *final); /* final reply; the conn takes requests again */
 bool conn_alive(uint64_t conn_id);
@@ -198,7 +239,74 @@ void server_broadcast_event(const json_t *ev);        /* to `events --follow` co
 void conn_follow(struct conn *c, const char *client); /* stream events */
 void conn_wait(struct conn *c);                       /* a job will answer */
 
-/* ops.c: the operations.  A request {"op": NAME, ...} runs the entry NAME of
+/* ---- jobs.c: long work on a thread ---- */
+int jobs_start(void);
+int jobs_fd(void);                              /* readable when a job has news */
+void jobs_drain(struct daemon *d);              /* deliver news to connections (main thread) */
+json_t *jobs_status(void);                      /* running and queued jobs */
+void jobs_recover(const struct tb_config *cfg); /* at start: finish moves a kill cut */
+struct merge_request {
+  char client[TB_NAME_MAX + 1];
+  char into[TB_NAME_MAX + 1];
+  char *note;
+  int64_t session; /* 0: the current overlay */
+  bool progress;
+  uint64_t conn_id;
+  /* After a merge of the current overlay that moved the client onto
+   * IMAGE@VERSION, on the job thread with the client's lock held (NULL:
+   * nothing): maintenance finish (maintenance.c) takes the client out of
+   * maintenance, back to this mailbox image ("" none) and pin. */
+  void (*merged)(const char *state, const struct merge_request *req, const char *image,
+                 uint32_t version);
+  char maint_image[TB_NAME_MAX + 1];
+  uint32_t maint_pin;
+};
+int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, size_t errlen);
+
+/* ---- journal.c: the tail of STATE/events.jsonl ---- */
+void journal_open(struct daemon *d);
+void journal_poll(struct daemon *d); /* read new lines: followers, the watchdog, counters */
+struct client_counters *counters_for(struct daemon *d, const char *id);
+json_t *journal_last(const char *state, const char *client, size_t n);
+
+/* ---- webhooks.c: events POSTed to URLs ---- */
+void webhooks_configure(const struct tb_config *cfg);
+json_t *webhooks_status(void);
+void webhooks_shutdown(void);
+
+/* ---- watchdog.c: file rules, health, canaries (scans on a thread of their own) ---- */
+int watchdog_start(void);
+void watchdog_recover(const struct tb_config *cfg); /* at start: no half-moved quarantine */
+void watchdog_resume(
+    struct tb_config *cfg); /* at start: scan session ends a crash left unscanned */
+void watchdog_stop(void);
+void watchdog_free(void);
+void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event */
+/* What the watchdog's state of client ID holds, for image rm and gc: its last
+ * known good overlay and quarantined overlays (OVERLAY gets each path) and
+ * health.json's last good version (VERSION). */
+struct watchdog_refs_cb {
+  void (*overlay)(void *ctx, const char *path, const char *why);
+  void (*version)(void *ctx, const char *image, uint32_t version, const char *why);
+  void *ctx;
+};
+void watchdog_refs(const char *state, const char *id, const struct watchdog_refs_cb *cb);
+
+/* ---- maintenance.c: the maintenance PC of an image (lib/maintenance.h) ---- */
+json_t *maintenance_status(struct daemon *d, const char *id); /* NULL: not in maintenance */
+
+/* ---- schedules.c: refresh and merge schedules ---- */
+int schedules_build(const struct tb_config *cfg, struct client_sched **out, size_t *n);
+void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_t n);
+const struct client_sched *schedule_for(const struct daemon *d, const char *id);
+
+/* ---- pulls.c: scheduled pulls from image repositories: pulls_timer ---- */
+
+/* ---- metrics.c: the Prometheus textfile ---- */
+void metrics_write(struct daemon *d);
+
+/* ---- ops.c: the operations ----
+ *   A request {"op": NAME, ...} runs the entry NAME of
  * one of the tables (ops.c's own, maintenance_ops, watchdog_ops, pxe_ops,
  * each ended by a NULL name); an unknown NAME gets an error listing them all.
  * A handler returns the final reply, or NULL when the conn now waits (a job,
@@ -217,71 +325,6 @@ extern const struct daemon_op maintenance_ops[]; /* maintenance.c */
 extern const struct daemon_op watchdog_ops[];    /* watchdog.c */
 extern const struct daemon_op pxe_ops[];         /* pxe.c */
 json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req);
-json_t *reply_ok(json_t *result);
-json_t *reply_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-int clients_status_json(struct daemon *d, json_t **out);
-
-/* jobs.c: long work on a thread */
-int jobs_start(void);
-int jobs_fd(void);                                  /* readable when a job has news */
-void jobs_drain(struct daemon *d);                  /* deliver news to connections (main thread) */
-json_t *jobs_status(void);                          /* running and queued jobs */
-void jobs_recover(const struct tb_config *cfg);     /* at start: finish moves a kill cut */
-void watchdog_recover(const struct tb_config *cfg); /* at start: no half-moved quarantine */
-struct merge_request {
-  char client[TB_NAME_MAX + 1];
-  char into[TB_NAME_MAX + 1];
-  char *note;
-  int64_t session; /* 0: the current overlay */
-  bool progress;
-  uint64_t conn_id;
-  /* maintenance finish (maintenance.c): after the merge the client leaves
-   * maintenance, back to this mailbox image ("" none) and pin */
-  bool maintenance;
-  char maint_image[TB_NAME_MAX + 1];
-  uint32_t maint_pin;
-};
-int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, size_t errlen);
-
-/* journal.c: tail of STATE/events.jsonl */
-void journal_open(struct daemon *d);
-void journal_poll(struct daemon *d); /* read new lines: followers, webhooks, counters */
-json_t *journal_last(const char *state, const char *client, size_t n);
-
-/* watchdog.c: file rules, health, canaries (scans on a thread of their own) */
-int watchdog_start(void);
-void watchdog_resume(
-    struct tb_config *cfg); /* at start: scan session ends a crash left unscanned */
-void watchdog_stop(void);
-void watchdog_free(void);
-void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event */
-/* What the watchdog's state of client ID holds, for image rm and gc: its last
- * known good overlay and quarantined overlays (OVERLAY gets each path) and
- * health.json's last good version (VERSION). */
-struct watchdog_refs_cb {
-  void (*overlay)(void *ctx, const char *path, const char *why);
-  void (*version)(void *ctx, const char *image, uint32_t version, const char *why);
-  void *ctx;
-};
-void watchdog_refs(const char *state, const char *id, const struct watchdog_refs_cb *cb);
-
-/* webhooks.c */
-void webhooks_configure(const struct tb_config *cfg);
-json_t *webhooks_status(void);
-void webhooks_shutdown(void);
-
-/* maintenance.c: the maintenance PC of an image (lib/maintenance.h) */
-json_t *maintenance_status(struct daemon *d, const char *id); /* NULL: not in maintenance */
-/* From the merge job, the client's lock held: the merge into IMAGE@VERSION is done. */
-void maintenance_merged(const char *state, const struct merge_request *req, const char *image,
-                        uint32_t version);
-
-/* metrics.c */
-void metrics_write(struct daemon *d);
-
-/* schedules (daemon.c) */
-int schedules_build(const struct tb_config *cfg, struct client_sched **out, size_t *n);
-void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_t n);
-const struct client_sched *schedule_for(const struct daemon *d, const char *id);
+int clients_status_json(struct daemon *d, json_t **out); /* for metrics.c */
 
 #endif

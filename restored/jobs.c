@@ -332,8 +332,8 @@ static json_t *run_merge(struct job *j)
     else
       moved = true;
   }
-  if (moved && j->req.maintenance)
-    maintenance_merged(state, &j->req, res.image, res.version);
+  if (moved && j->req.merged)
+    j->req.merged(state, &j->req, res.image, res.version);
   double secs = (double)res.duration_ms / 1000;
   json_t *fig = json_pack(
       "{s:s, s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:b}", "image", res.image, "version",

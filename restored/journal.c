@@ -152,6 +152,22 @@ void journal_open(struct daemon *d)
   lseek(fd, 0, SEEK_END);
 }
 
+/* Counters of session-end events, per client (status and metrics read them). */
+struct client_counters *counters_for(struct daemon *d, const char *id)
+{
+  for (size_t i = 0; i < d->n_counters; i++)
+    if (strcmp(d->counters[i].id, id) == 0)
+      return &d->counters[i];
+  struct client_counters *n = realloc(d->counters, (d->n_counters + 1) * sizeof *n);
+  if (!n)
+    return NULL;
+  d->counters = n;
+  struct client_counters *c = &d->counters[d->n_counters++];
+  memset(c, 0, sizeof *c);
+  snprintf(c->id, sizeof c->id, "%s", id);
+  return c;
+}
+
 static void count_event(struct daemon *d, const json_t *ev)
 {
   const char *type = json_string_value(json_object_get(ev, "type"));
@@ -301,7 +317,6 @@ void journal_poll(struct daemon *d)
     ino = st.st_ino;
     read_new(d);
   }
-  webhooks_notify();
 }
 
 /* The last N events (of CLIENT's journal if not NULL), oldest first.  Reads

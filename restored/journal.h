@@ -1,5 +1,6 @@
-/* tabula-restored: what the journal's tailer (journal.c) and the webhooks
- * (webhooks.c), which read the journal on their own, share. */
+/* tabula-restored: what the journal's tailer (journal.c) knows of the
+ * journal's generations, for the webhooks (webhooks.c), which read the
+ * journal on their own. */
 #ifndef TB_JOURNAL_H
 #define TB_JOURNAL_H
 
@@ -15,8 +16,5 @@ int journal_fingerprint(int fd, char out[65]);
  * and before the one named TO (NULL: up to the newest); -1 if FROM is not
  * among the last 64 it saw (e.g. before a restart). */
 int64_t journal_lines_between(const char *from, const char *to);
-
-/* The journal has new lines: wake the webhook threads. */
-void webhooks_notify(void);
 
 #endif

@@ -55,8 +55,8 @@ static int restore_mailbox(struct tb_mailbox *mb, void *ctx)
   return 0;
 }
 
-void maintenance_merged(const char *state, const struct merge_request *req, const char *image,
-                        uint32_t version)
+static void maintenance_merged(const char *state, const struct merge_request *req,
+                               const char *image, uint32_t version)
 {
   if (tb_mailbox_update(state, req->client, restore_mailbox, (void *)req) == -1 ||
       tb_maintenance_clear(state, req->client) == -1) {
@@ -211,7 +211,7 @@ static json_t *op_finish(struct daemon *d, struct conn *conn, json_t *req)
   mr->note = strdup(note ? note : dflt);
   mr->progress = json_is_true(json_object_get(req, "progress"));
   mr->conn_id = conn_id(conn);
-  mr->maintenance = true;
+  mr->merged = maintenance_merged;
   snprintf(mr->maint_image, sizeof mr->maint_image, "%s", mb.image);
   mr->maint_pin = mb.pin;
   char e[512];

@@ -41,21 +41,6 @@
 
 /* ---- replies ------------------------------------------------------------------------ */
 
-json_t *reply_ok(json_t *result)
-{
-  return json_pack("{s:b, s:o}", "ok", 1, "result", result ? result : json_object());
-}
-
-json_t *reply_error(const char *fmt, ...)
-{
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
-}
-
 static json_t *reply_lib_error(void)
 {
   return reply_error("%s", tb_errmsg());

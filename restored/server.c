@@ -26,6 +26,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -64,10 +65,28 @@ struct conn {
 static struct conn *conns[MAX_CONNS];
 static uint64_t next_conn_id = 1;
 static gid_t operators_gid = (gid_t)-1; /* control_group, read at start */
+static server_dispatch_fn *dispatch;    /* a request line to its reply (ops.c) */
 
 size_t server_max_fds(void)
 {
   return MAX_CONNS;
+}
+
+/* ---- replies: {"ok": true, "result": ...} or {"ok": false, "error": "..."} ---------- */
+
+json_t *reply_ok(json_t *result)
+{
+  return json_pack("{s:b, s:o}", "ok", 1, "result", result ? result : json_object());
+}
+
+json_t *reply_error(const char *fmt, ...)
+{
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 }
 
 /* ---- the listening socket --------------------------------------------------------- */
@@ -84,8 +103,9 @@ static int is_live_socket(const char *path)
   return live;
 }
 
-int server_open(struct daemon *d)
+int server_open(struct daemon *d, server_dispatch_fn *dispatch_fn)
 {
+  dispatch = dispatch_fn;
   if (tb_control_socket_path(d->cfg, d->control_path, sizeof d->control_path) == -1)
     return -1;
   const char *path = d->control_path;
@@ -285,7 +305,7 @@ static void handle_line(struct daemon *d, struct conn *c, const char *line, size
                                "{\"op\": \"status\"}"));
     return;
   }
-  json_t *reply = ops_dispatch(d, c, req);
+  json_t *reply = dispatch(d, c, req);
   json_decref(req);
   if (reply)
     conn_finish(c, reply);

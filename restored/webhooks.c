@@ -10,8 +10,9 @@
  * the daemon, our rotation or an external logrotate (rename or copytruncate):
  * when the thread reaches the end of a generation that is no longer the live
  * file, it goes on with the next newer one (.K-1 after .K, the live file after
- * .1); a live file truncated in place is finished from its copy.  The tailer
- * (journal.c) wakes the threads when lines arrive (webhooks_notify).
+ * .1); a live file truncated in place is finished from its copy.  The main
+ * loop wakes the threads as often as the tailer (journal.c) looks for new
+ * lines, just after it (webhooks_timer).
  *
  * Something is lost only when an endpoint is so far behind that the
  * generation it was reading has been rotated out (events.keep): it then
@@ -682,7 +683,7 @@ void webhooks_configure(const struct tb_config *cfg)
   }
 }
 
-void webhooks_notify(void)
+static void webhooks_notify(void)
 {
   for (size_t i = 0; i < n_workers; i++) {
     struct worker *w = workers[i];
@@ -692,6 +693,26 @@ void webhooks_notify(void)
     pthread_mutex_unlock(&w->lock);
   }
 }
+
+#define NOTIFY_MS 200 /* the tailer's pace (journal.c) */
+static int64_t next_notify_ms;
+
+static void webhooks_tick(struct daemon *d, int64_t now)
+{
+  (void)d;
+  if (now < next_notify_ms)
+    return;
+  webhooks_notify();
+  next_notify_ms = now + NOTIFY_MS;
+}
+
+static int64_t webhooks_next(const struct daemon *d)
+{
+  (void)d;
+  return next_notify_ms;
+}
+
+const struct daemon_timer webhooks_timer = {"webhooks", webhooks_tick, webhooks_next};
 
 json_t *webhooks_status(void)
 {
