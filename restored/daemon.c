@@ -3,17 +3,22 @@
  *   tabula-restored [-c CONFIG]
  *
  * Runs in the foreground (systemd Type=notify, or any supervisor), and:
- *   - supervises nbdkit with the tabula plugin (nbd.c, supervise.c): restarts it with
- *     a growing backoff when it dies, each restart an event;
+ *   - supervises nbdkit with the tabula plugin (nbd.c, supervise.c): restarts
+ *     it with a growing backoff when it dies, each restart an event; likewise
+ *     tabula-iscsid (iscsi.c) and dnsmasq (pxe.c) when configured;
  *   - serves the control socket (server.c, ops.c): JSON lines, mode 0600,
- *     only the daemon's own uid and root;
- *   - runs refresh schedules (here), merges (jobs.c, on a thread), webhooks
+ *     only the daemon's own uid and root (and control_group);
+ *   - runs refresh and merge schedules (schedules.c), merges (jobs.c, on a
+ *     thread), scheduled pulls (pulls.c), the watchdog (watchdog.c), webhooks
  *     (webhooks.c, on threads), the Prometheus textfile (metrics.c);
- *   - follows the event journal (journal.c) for webhooks, `events --follow`
- *     and metrics.
- * SIGHUP or `tabulactl reload` re-read the configuration; a file with an error
- * is refused and the running configuration stays.  SIGTERM/SIGINT stop nbdkit
- * and exit.
+ *   - follows the event journal (journal.c) for `events --follow`, the
+ *     watchdog and metrics.
+ * This file is main() and the loop: a poll() over the signals, the control
+ * socket, the job pipe and nbdkit's standby listeners, with the timers of
+ * every part (daemon.h's daemon_timer) between polls.  SIGHUP or `tabulactl
+ * reload` re-read the configuration (config.c); a file with an error is
+ * refused and the running configuration stays.  SIGTERM/SIGINT stop the
+ * children and exit.
  *
  * The daemon never changes a live client's overlay: actions are written to the
  * client's mailbox and applied by the plugin at the next session start; merges
