@@ -61,6 +61,7 @@
 
 #include "boot.h"
 #include "events.h"
+#include "guards.h"
 #include "live.h"
 #include "session.h"
 #include "store.h"

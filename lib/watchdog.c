@@ -1,26 +1,22 @@
-/* tabula: the watchdog's configuration and its data-path guards (see watchdog.h).
+/* tabula: the watchdog's configuration, the "watchdog" sections (see watchdog.h).
  *
  * Parsing follows conf.c's rules: strict keys, errors that start with the JSON
  * path.  conf.c calls tb_watchdog_parse() on every watchdog section so a bad
  * rule stops the configuration from loading; the plugin and the daemon call
  * tb_watchdog_for() to get a client's effective settings.
  *
- * Guards are resolved once per session into byte ranges, so the check on each
- * write is a scan of a handful of ranges: no allocation, no lock, no I/O.
+ * What it configures runs elsewhere: the data-path guards (guards.c), the
+ * idle and reserve checks of the plugin's tick thread (lib/live.c), and the
+ * daemon's scans, actions, health and canaries (restored/watchdog.c).
  */
 #include <config.h>
 
-#include <errno.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "conf.h"
 #include "json.h"
-#include "overlay.h"
-#include "session.h"
-#include "store.h"
 #include "watchdog.h"
 
 static int bad(const char *path, const char *key, const char *expected, const json_t *got)
@@ -272,187 +268,4 @@ void tb_watchdog_free(struct tb_watchdog_conf *w)
   free(w->rules);
   free(w->health_marker);
   memset(w, 0, sizeof *w);
-}
-
-/* ---- guards ---- */
-
-static int add_guard(struct tb_guards *g, const struct tb_protect *p, uint64_t off, uint64_t len)
-{
-  struct tb_guard *ng = realloc(g->v, (g->n + 1) * sizeof *ng);
-  if (!ng)
-    return tb_error_errno("protected regions");
-  g->v = ng;
-  struct tb_guard *x = &g->v[g->n++];
-  memset(x, 0, sizeof *x);
-  snprintf(x->name, sizeof x->name, "%s", p->name);
-  x->off = off;
-  x->len = len;
-  x->action = p->action;
-  return 0;
-}
-
-int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, uint64_t size,
-                      struct tb_guards *out)
-{
-  memset(out, 0, sizeof *out);
-  for (size_t i = 0; i < w->n_protect; i++) {
-    const struct tb_protect *p = &w->protect[i];
-    uint64_t off[2], len[2];
-    int n, r = tb_region_resolve(&p->region, base_path, size, off, len, &n);
-    for (int k = 0; k < n && r == 0; k++)
-      r = add_guard(out, p, off[k], len[k]);
-    if (r == -1) {
-      tb_error_prefix("watchdog protect \"%s\"", p->name);
-      tb_guards_free(out);
-      return -1;
-    }
-  }
-  return 0;
-}
-
-void tb_guards_free(struct tb_guards *g)
-{
-  free(g->v);
-  g->v = NULL;
-  g->n = 0;
-}
-
-struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len)
-{
-  struct tb_guard *hit = NULL;
-  for (size_t i = 0; i < g->n; i++) {
-    struct tb_guard *x = &g->v[i];
-    if (off < x->off + x->len && x->off < off + len) {
-      if (x->action == TB_GUARD_DENY)
-        return x;
-      if (!hit)
-        hit = x;
-    }
-  }
-  return hit;
-}
-
-/* True if writing BUF (NULL: zeros) at [off, off+len) leaves the bytes of
- * [x->off, x->off+x->len) that it covers as they are in OVL. */
-static bool change_keeps(const struct tb_guard *x, struct tb_overlay *ovl, const void *buf,
-                         uint64_t off, uint64_t len)
-{
-  uint64_t a = off > x->off ? off : x->off;
-  uint64_t b = off + len < x->off + x->len ? off + len : x->off + x->len;
-  if (!ovl || b <= a || b - a > UINT32_MAX)
-    return false;
-  uint32_t n = (uint32_t)(b - a);
-  unsigned char *cur = malloc(n);
-  bool same = cur && tb_overlay_pread(ovl, cur, n, a) == 0;
-  if (same && buf)
-    same = memcmp(cur, (const unsigned char *)buf + (a - off), n) == 0;
-  else if (same)
-    for (uint32_t i = 0; i < n && same; i++)
-      same = cur[i] == 0;
-  free(cur);
-  return same;
-}
-
-struct tb_guard *tb_guards_check_change(struct tb_guards *g, struct tb_overlay *ovl,
-                                        const void *buf, uint64_t off, uint64_t len)
-{
-  struct tb_guard *alert = NULL;
-  for (size_t i = 0; i < g->n; i++) {
-    struct tb_guard *x = &g->v[i];
-    if (!(off < x->off + x->len && x->off < off + len))
-      continue;
-    if (x->action == TB_GUARD_DENY && !change_keeps(x, ovl, buf, off, len))
-      return x;
-    if (x->action != TB_GUARD_DENY && !alert)
-      alert = x;
-  }
-  return alert;
-}
-
-/* ---- a client's rules against a version ---- */
-
-/* Where client (or disk) C is in the configuration file, for a message. */
-#define CPATH(c) tb_client_conf_path((c), (char[TB_NAME_MAX * 2 + 32]){0}, TB_NAME_MAX * 2 + 32)
-
-int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_conf *c,
-                          const char *path, uint64_t size, const char *what)
-{
-  for (size_t i = 0; i < c->n_preserve; i++) {
-    uint64_t off[2], len[2];
-    int n;
-    if (tb_region_resolve(&c->preserve[i], path, size, off, len, &n) == -1)
-      return tb_error_prefix("%s.preserve[%zu] on %s", CPATH(c), i, what);
-  }
-  struct tb_watchdog_conf w;
-  if (tb_watchdog_for(cfg->watchdog, c->watchdog, &w) == -1)
-    return tb_error_prefix("%s.watchdog", CPATH(c));
-  struct tb_guards gs;
-  int r = tb_guards_resolve(&w, path, size, &gs);
-  tb_watchdog_free(&w);
-  tb_guards_free(&gs);
-  if (r == -1)
-    return tb_error_prefix("%s: %s", CPATH(c), what);
-  return 0;
-}
-
-/* The size of IMAGE@VERSION from its manifest, through MEMO ("IMAGE@N" ->
- * size or error text; NULL: no memo), so a pass over 500 clients of one
- * image reads its manifest once. */
-static int version_size(const char *state, const char *image, uint32_t version, json_t *memo,
-                        uint64_t *size)
-{
-  char key[TB_NAME_MAX + 16];
-  snprintf(key, sizeof key, "%s@%" PRIu32, image, version);
-  json_t *seen = memo ? json_object_get(memo, key) : NULL;
-  if (json_is_string(seen))
-    return tb_error("%s", json_string_value(seen));
-  if (json_is_integer(seen)) {
-    *size = (uint64_t)json_integer_value(seen);
-    return 0;
-  }
-  struct tb_manifest *m = tb_manifest_load(state, image, version);
-  if (!m) {
-    if (memo)
-      json_object_set_new(memo, key, json_string(tb_errmsg()));
-    return -1;
-  }
-  *size = m->size;
-  tb_manifest_free(m);
-  if (memo)
-    json_object_set_new(memo, key, json_integer((json_int_t)*size));
-  return 0;
-}
-
-static int check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
-                         const char *image, uint32_t version, json_t *memo)
-{
-  const char *state = cfg->state_dir;
-  uint64_t size = 0; /* set by version_size (GCC -O2 cannot see it) */
-  if (version_size(state, image, version, memo, &size) == -1)
-    return tb_error_prefix("%s: %s@%" PRIu32, CPATH(c), image, version);
-  char path[TB_PATH_MAX], what[TB_NAME_MAX + 16];
-  if (tb_store_version_path(state, image, version, path, sizeof path) == -1)
-    return tb_error_prefix("%s", CPATH(c));
-  snprintf(what, sizeof what, "%s@%" PRIu32, image, version);
-  return tb_client_check_image(cfg, c, path, size, what);
-}
-
-int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
-                            const char *image, uint32_t version)
-{
-  return check_version(cfg, c, image, version, NULL);
-}
-
-int tb_client_check_memo(const struct tb_config *cfg, const struct tb_client_conf *c, json_t *memo)
-{
-  char image[TB_NAME_MAX + 1];
-  uint32_t v;
-  if (tb_client_target(cfg->state_dir, c, image, &v) == -1)
-    return tb_error_prefix("%s.image", CPATH(c));
-  return check_version(cfg, c, image, v, memo);
-}
-
-int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c)
-{
-  return tb_client_check_memo(cfg, c, NULL);
 }

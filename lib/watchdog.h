@@ -1,4 +1,4 @@
-/* tabula: the watchdog's configuration and its data-path guards.
+/* tabula: the watchdog's configuration.
  *
  * One "watchdog" object, at the top level (defaults for every client) and/or
  * in a group or client (which replaces the keys it sets):
@@ -88,62 +88,5 @@ int tb_watchdog_for(const json_t *top, const json_t *client, struct tb_watchdog_
 void tb_watchdog_free(struct tb_watchdog_conf *w);
 
 const char *tb_rule_action_name(enum tb_rule_action a);
-
-/* ---- guards in the data path ---- */
-
-/* Resolved byte ranges of the protected regions of one session. */
-struct tb_guard {
-  char name[TB_NAME_MAX + 1];
-  uint64_t off, len;
-  enum tb_guard_action action;
-  int64_t last_event_ms; /* for rate-limiting events */
-  uint64_t suppressed;   /* hits since the last event */
-};
-
-struct tb_guards {
-  struct tb_guard *v;
-  size_t n;
-};
-
-/* Resolve W's regions for a disk of SIZE bytes; partitions are looked up in
- * the partition table of the image at BASE_PATH.  A partition that does not
- * exist is an error that names it. */
-int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, uint64_t size,
-                      struct tb_guards *out);
-void tb_guards_free(struct tb_guards *g);
-
-/* The first guard that [off, off+len) touches, preferring a "deny" one; NULL if none. */
-struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len);
-
-/* For a change that tb_guards_check() found touching a guard: the guard it
- * really concerns.  A "deny" guard counts only if the change alters its
- * bytes: the current content of the intersection, read through OVL, is
- * compared with BUF (NULL: the change writes zeros, as zero and trim do), so
- * a filesystem rewriting sector 0 unchanged passes.  Otherwise the first
- * "alert" guard touched, or NULL.  Off the fast path: only called on a hit. */
-struct tb_overlay;
-struct tb_guard *tb_guards_check_change(struct tb_guards *g, struct tb_overlay *ovl,
-                                        const void *buf, uint64_t off, uint64_t len);
-
-/* Whether client C can be served IMAGE@VERSION: the version's manifest reads,
- * and each of the client's preserved ranges (clients.ID.preserve) and
- * protected regions (watchdog.protect) resolves on it.  -1 with a message
- * naming the rule and the version, e.g. "clients.pc01.preserve[0]
- * \"partition:3\": win11@6 has no partition 3".  Run when a client is
- * configured (daemon start, reload, the plugin's start) and when a version is
- * made (import, merge, pull). */
-struct tb_config;
-struct tb_client_conf;
-int tb_client_check_version(const struct tb_config *cfg, const struct tb_client_conf *c,
-                            const char *image, uint32_t version);
-/* The rules alone against the raw disk image at PATH of SIZE bytes (a file
- * about to become a version), WHAT naming it in the message. */
-int tb_client_check_image(const struct tb_config *cfg, const struct tb_client_conf *c,
-                          const char *path, uint64_t size, const char *what);
-/* The same for the version C's next session gets (tb_client_target). */
-int tb_client_check(const struct tb_config *cfg, const struct tb_client_conf *c);
-/* The same in a pass over many clients: MEMO (a JSON object the caller
- * makes and frees) keeps each version's manifest read once. */
-int tb_client_check_memo(const struct tb_config *cfg, const struct tb_client_conf *c, json_t *memo);
 
 #endif

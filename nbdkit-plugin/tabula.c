@@ -57,6 +57,7 @@
 #include <nbdkit-plugin.h>
 
 #include "boot.h"
+#include "clientcheck.h"
 #include "conf.h"
 #include "events.h"
 #include "export.h"
@@ -66,7 +67,6 @@
 #include "overlay.h"
 #include "session.h"
 #include "store.h"
-#include "watchdog.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 

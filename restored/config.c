@@ -15,12 +15,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "clientcheck.h"
 #include "control.h"
 #include "daemon.h"
 #include "events.h"
 #include "repo.h"
 #include "store.h"
-#include "watchdog.h"
 
 /* Checks beyond the core parser's that only the daemon needs: the "pull"
  * section (the repository layer's) and the schedules. */

@@ -26,13 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clientcheck.h"
 #include "daemon.h"
 #include "events.h"
 #include "mailbox.h"
 #include "repo.h"
 #include "schedule.h"
 #include "store.h"
-#include "watchdog.h"
 
 struct pull_sched {
   bool has;

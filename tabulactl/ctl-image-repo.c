@@ -18,10 +18,10 @@
 
 #include <jansson.h>
 
+#include "clientcheck.h"
 #include "ctl-image-repo.h"
 #include "repo.h"
 #include "store.h"
-#include "watchdog.h"
 
 static void human_size(uint64_t n, char out[32])
 {

@@ -32,12 +32,12 @@
 
 #include <jansson.h>
 
+#include "clientcheck.h"
 #include "conf.h"
 #include "control.h"
 #include "ctl-image-repo.h"
 #include "events.h"
 #include "store.h"
-#include "watchdog.h"
 
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
