@@ -91,13 +91,14 @@ int config_validate(const struct tb_config *cfg, json_t *warnings)
   return 0;
 }
 
-int daemon_reload(struct daemon *d, char *err, size_t errlen)
+int daemon_reload(struct daemon *d)
 {
-  return daemon_reload_warn(d, err, errlen, NULL);
+  return daemon_reload_warn(d, NULL);
 }
 
-int daemon_reload_warn(struct daemon *d, char *err, size_t errlen, json_t *warnings)
+int daemon_reload_warn(struct daemon *d, json_t *warnings)
 {
+  char err[2048];
   struct client_sched *sched;
   size_t n;
   struct tb_config *cfg = config_load(d->config_file, &sched, &n);
@@ -107,20 +108,22 @@ int daemon_reload_warn(struct daemon *d, char *err, size_t errlen, json_t *warni
     cfg = NULL;
   }
   if (!cfg) {
-    snprintf(err, errlen, "configuration not reloaded, the running one stays: %s", tb_errmsg());
+    char why[1024];
+    snprintf(why, sizeof why, "%s", tb_errmsg());
+    snprintf(err, sizeof err, "configuration not reloaded, the running one stays: %s", why);
     log_msg("%s", err);
-    tb_eventf(d->cfg->state_dir, "reload-failed", NULL, "{s:s}", "error", tb_errmsg());
-    return -1;
+    tb_eventf(d->cfg->state_dir, "reload-failed", NULL, "{s:s}", "error", why);
+    return tb_error("%s", err);
   }
   if (strcmp(cfg->state_dir, d->cfg->state_dir) != 0) {
-    snprintf(err, errlen,
+    snprintf(err, sizeof err,
              "configuration not reloaded: state_dir changed from %s to %s; restart "
              "tabula-restored to move it",
              d->cfg->state_dir, cfg->state_dir);
     tb_config_unref(cfg);
     free(sched);
     log_msg("%s", err);
-    return -1;
+    return tb_error("%s", err);
   }
   char control[sizeof d->control_path];
   if (tb_control_socket_path(cfg, control, sizeof control) == 0 &&

@@ -181,10 +181,12 @@ struct tb_config *config_load(const char *file, struct client_sched **sched, siz
 int config_validate(const struct tb_config *cfg, json_t *warnings);
 /* Log a warning when others may read CONFIG or enter STATE. */
 void config_warn_if_exposed(const char *config, const char *state);
-int daemon_reload(struct daemon *d, char *err, size_t errlen);
+/* -1 with a message (also logged, and a reload-failed event): the running
+ * configuration stays. */
+int daemon_reload(struct daemon *d);
 /* The same, with the clients that cannot be served (id -> reason) added to
  * WARNINGS (a JSON object, may be NULL). */
-int daemon_reload_warn(struct daemon *d, char *err, size_t errlen, json_t *warnings);
+int daemon_reload_warn(struct daemon *d, json_t *warnings);
 
 /* ---- nbd.c: nbdkit ---- */
 /* Bind the listeners of the configuration (kept across nbdkit restarts;
@@ -261,7 +263,8 @@ struct merge_request {
   char maint_image[TB_NAME_MAX + 1];
   uint32_t maint_pin;
 };
-int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, size_t errlen);
+/* Queue REQ (taken, freed on failure): -1 with a message. */
+int jobs_submit_merge(struct daemon *d, struct merge_request *req);
 
 /* ---- journal.c: the tail of STATE/events.jsonl ---- */
 void journal_open(struct daemon *d);

@@ -389,12 +389,12 @@ int jobs_start(void)
   return 0;
 }
 
-int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, size_t errlen)
+int jobs_submit_merge(struct daemon *d, struct merge_request *req)
 {
   struct job *j = calloc(1, sizeof *j);
   const struct tb_client_conf *c = tb_config_client(d->cfg, req->client);
   if (!j || !c) {
-    snprintf(err, errlen, "cannot queue the merge of %s", req->client);
+    tb_error("cannot queue the merge of %s", req->client);
     free(j);
     free(req->note);
     free(req);
@@ -414,23 +414,22 @@ int jobs_submit_merge(struct daemon *d, struct merge_request *req, char *err, si
   pthread_mutex_lock(&lock);
   if (queued >= MAX_QUEUED) {
     pthread_mutex_unlock(&lock);
-    snprintf(err, errlen, "%d merges are already queued; try again later", MAX_QUEUED);
     free(j->req.note);
     free(j);
-    return -1;
+    return tb_error("%d merges are already queued; try again later", MAX_QUEUED);
   }
   for (struct job *q = queue; q; q = q->next)
     if (strcmp(q->req.client, j->req.client) == 0 ||
         (current && strcmp(current->req.client, j->req.client) == 0)) {
       pthread_mutex_unlock(&lock);
-      snprintf(err, errlen, "a merge of %s is already queued or running", j->req.client);
+      tb_error("a merge of %s is already queued or running", j->req.client);
       free(j->req.note);
       free(j);
       return -1;
     }
   if (current && strcmp(current->req.client, j->req.client) == 0) {
     pthread_mutex_unlock(&lock);
-    snprintf(err, errlen, "a merge of %s is already running", j->req.client);
+    tb_error("a merge of %s is already running", j->req.client);
     free(j->req.note);
     free(j);
     return -1;

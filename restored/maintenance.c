@@ -214,9 +214,8 @@ static json_t *op_finish(struct daemon *d, struct conn *conn, json_t *req)
   mr->merged = maintenance_merged;
   snprintf(mr->maint_image, sizeof mr->maint_image, "%s", mb.image);
   mr->maint_pin = mb.pin;
-  char e[512];
-  if (jobs_submit_merge(d, mr, e, sizeof e) == -1)
-    return reply_error("%s", e);
+  if (jobs_submit_merge(d, mr) == -1)
+    return reply_error("%s", tb_errmsg());
   conn_wait(conn);
   return NULL;
 }

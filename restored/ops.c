@@ -828,9 +828,8 @@ static json_t *op_merge(struct daemon *d, struct op_call *a)
   r->session = session;
   r->progress = progress;
   r->conn_id = conn_id(conn);
-  char err[512];
-  if (jobs_submit_merge(d, r, err, sizeof err) == -1)
-    return reply_error("%s", err);
+  if (jobs_submit_merge(d, r) == -1)
+    return reply_error("%s", tb_errmsg());
   conn_wait(conn);
   return NULL;
 }
@@ -1076,11 +1075,10 @@ static json_t *op_reload(struct daemon *d, struct op_call *a)
   check_keys(a, keys);
   if (a->err[0])
     return reply_error("%s", a->err);
-  char err[1024];
   json_t *refused = json_object();
-  if (daemon_reload_warn(d, err, sizeof err, refused) == -1) {
+  if (daemon_reload_warn(d, refused) == -1) {
     json_decref(refused);
-    return reply_error("%s", err);
+    return reply_error("%s", tb_errmsg());
   }
   char msg[2048];
   int len = snprintf(msg, sizeof msg, "configuration reloaded from %s (%zu clients)",

@@ -143,7 +143,6 @@ static bool scheduled_merge(struct daemon *d, struct client_sched *s,
     return true;
   }
   struct merge_request *r = calloc(1, sizeof *r);
-  char err[512];
   if (!r)
     return false;
   snprintf(r->client, sizeof r->client, "%s", s->id);
@@ -152,8 +151,11 @@ static bool scheduled_merge(struct daemon *d, struct client_sched *s,
     r->note = strdup(c->merge_note);
   else if (asprintf(&r->note, "scheduled merge (%s)", c->merge_when) < 0)
     r->note = NULL;
-  if (jobs_submit_merge(d, r, err, sizeof err) == -1) /* frees r */
+  if (jobs_submit_merge(d, r) == -1) { /* frees r */
+    char err[512];
+    snprintf(err, sizeof err, "%s", tb_errmsg());
     tb_eventf(state, "merge-failed", s->id, "{s:s, s:s}", "into", c->merge_into, "error", err);
+  }
   return true;
 }
 
