@@ -1,17 +1,24 @@
 /* tabula-restored: the daemon's private header, what its parts share (in
- * the manner of nbdkit's server/internal.h): one section per file, in the
- * order of the layers, each file using only the ones above its own.
+ * the manner of nbdkit's server/internal.h): one section per file, each
+ * file's declarations under its name.
+ *
+ * The files call each other without a cycle; each calls only files before
+ * it in this order:
  *
  *   system.c      log lines, sd_notify, group names
  *   supervise.c   the supervision engine for every child
- *   (struct daemon, its timers)
- *   config.c      loading, checking and reloading the configuration
+ *   server.c      the control socket: connections, replies (its dispatcher
+ *                 is handed to it by main)
+ *   pulls.c       scheduled pulls
  *   nbd.c iscsi.c pxe.c   nbdkit, tabula-iscsid, dnsmasq as children
- *   server.c      the control socket: connections, replies
- *   jobs.c journal.c webhooks.c watchdog.c maintenance.c schedules.c
- *   pulls.c metrics.c     the daemon's work
+ *   jobs.c        merges on the job thread
+ *   watchdog.c    scans, actions, health, canaries
+ *   journal.c maintenance.c schedules.c
+ *   webhooks.c
+ *   config.c      loading, checking and reloading the configuration
  *   ops.c         the control operations: one dispatcher over every
  *                 part's table of operations
+ *   metrics.c
  *   daemon.c      main() and the loop, which walks every part's timer
  *
  * One thread, the main loop's, runs everything that touches daemon state (a
