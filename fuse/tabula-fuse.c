@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-fuse: a read-only view of every client's disk, its retained sessions
  * and the master versions, down to the files of the guest filesystems.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-iscsid: the iSCSI frontend -- each client a target, LUN 0 its disk.
  *
  *   tabula-iscsid [--listen ADDR:PORT] [--pidfile FILE] CONFIG

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-iscsid: iSCSI PDU framing, CRC32C digests and text keys.
  *
  * See pdu.h.  Everything here is pure (no sockets but isc_pdu_send) so the

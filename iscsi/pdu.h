@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-iscsid: iSCSI PDUs (RFC 7143 §11) -- framing, digests, text keys.
  *
  * A PDU on the wire is a 48-byte Basic Header Segment (BHS), optional

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-iscsid: SCSI commands of a client's disk (see scsi.h).
  *
  * Every command checks its CDB completely (reserved protection fields,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-iscsid: the SCSI block device (SBC-3/SPC-4 subset) over a live connection.
  *
  * A client's first disk is LUN 0, its further disks (conf.h "disks") LUN 1,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-iscsid: the iSCSI connection state machine (see target.h).
  *
  * How it reads: a connection thread (conn_main) runs login() until the

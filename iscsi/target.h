@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-iscsid: iSCSI sessions and connections (RFC 7143) over live clients.
  *
  * One thread per TCP connection (like nbdkit) runs the login (text

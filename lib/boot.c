@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: boot markers (see boot.h).
  *
  * clients/ID/boot is {"seq": N, "at": ms, "via": "...", "detail": "..."},

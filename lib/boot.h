@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: boot markers -- evidence that a client's machine started a new boot.
  *
  * A session is one boot of the client machine (DESIGN.md), not one NBD or

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: scoped cleanup, in the style of nbdkit's common/include/cleanup.h.
  *
  * A local declared with one of these attributes is released when it goes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: whether a client can be served a version (see clientcheck.h):
  * the version's manifest reads, and the client's preserved ranges and
  * protected regions resolve on it.

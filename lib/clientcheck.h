@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: whether a client can be served a version. */
 #ifndef TB_CLIENTCHECK_H
 #define TB_CLIENTCHECK_H

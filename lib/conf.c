@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the configuration file (see conf.h).
  *
  * The parser walks the JSON document top-down with a "path" string that grows

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the configuration file (one JSON document, read with Jansson).
  *
  * One parser for every program: the plugin, the daemon, the CLI and the view

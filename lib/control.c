@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the control socket's client side (see control.h).
  *
  * A small buffered line reader over a blocking unix socket with poll() for

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the control socket's client side -- JSON lines to tabula-restored.
  *
  * Protocol (one JSON object per line, UTF-8, each way):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the event journal (see events.h).
  *
  * Appends are one write(2) of a whole line on an O_APPEND descriptor, which

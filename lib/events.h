@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the event journal.
  *
  * Every state change is one JSON object on one line of STATE/events.jsonl

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: export names (see export.h).
  *
  * One pass over a bounded string: the name before '@' is copied only once

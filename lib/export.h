@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the grammar of NBD export names, untrusted bytes from any peer.
  *
  *   ID                 a client's own disk (read-write)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the data-path guards, the "protect" regions of a client's watchdog
  * section as byte ranges of one session's disk (see guards.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the data-path guards: a session's protected regions
  * (watchdog.protect) as byte ranges, checked on every write (lib/live.c).
  */

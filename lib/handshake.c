@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: a deadline for the NBD handshake (see handshake.h).
  *
  * A small table under one mutex, keyed by the connection's thread (nbdkit

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: a deadline for the NBD handshake.
  *
  * nbdkit 1.32 gives every accepted connection a thread and waits for its

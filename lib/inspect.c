@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: inspection of guest disks with The Sleuth Kit (see inspect.h).
  *
  * How it works.  A tb_disk is a byte source (NBD export, file, callback).  A

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: inspection of guest disks -- volumes, filesystems, files, changes.
  *
  * Shared by the view (tabula-fuse) and the daemon's watchdog.  Two layers:

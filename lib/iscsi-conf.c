@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the iSCSI configuration sections (see iscsi-conf.h). */
 #include <config.h>
 

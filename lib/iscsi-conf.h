@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the iSCSI frontend's configuration sections.
  *
  *   "listen": {"iscsi": "ADDR:PORT"}        where tabula-iscsid listens (conf.h)

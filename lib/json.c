@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: strict reading of JSON documents -- see json.h. */
 #include <config.h>
 

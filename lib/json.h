@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: strict reading of JSON documents (Jansson).
  *
  * Every JSON document tabula reads from a user or a peer (the configuration,

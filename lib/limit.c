@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: per-client I/O limits (see limit.h).
  *
  * Each rate is a virtual-time bucket (GCRA): TAT, the time at which the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: per-client I/O limits (bandwidth and IOPS, read and write).
  *
  * One nbdkit serves every client, so nbdkit's rate filter (which limits all

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: live clients (see live.h) -- one client's boots in one frontend process.
  *
  * Each client this process has seen has one struct tb_live_client, found by

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: live clients -- a client's sessions as a frontend sees them.
  *
  * Every way a machine reaches its disk (the NBD plugin, the iSCSI target) is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: admin views of a session another frontend process runs (see liveview.h).
  *
  * The promise.  An admin export of a running client (ID@live, ID@overlay)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: admin views of a session that another frontend process runs.
  *
  * The admin exports (ID@live, ID@overlay) are served by nbdkit only, but a

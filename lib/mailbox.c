@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: a client's mailbox (see mailbox.h).
  *
  * The file is small JSON rewritten atomically; every change happens under an

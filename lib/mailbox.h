@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: a client's mailbox -- what the daemon asks of its next session.
  *
  * The daemon never touches a live client's overlay.  It writes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the maintenance PC of an image (see maintenance.h).
  *
  * One small JSON file per maintenance PC, {"image", "from_version",

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the maintenance PC of an image -- how a café updates its master.
  *
  * `tabulactl maintenance start pc00 --image win11` makes pc00 the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: a version's manifest (see manifest.h).
  *
  * One reader (from_json) serves both documents a manifest lives in; the only

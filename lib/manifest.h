@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: a version's manifest -- the one reader and writer of its fields.
  *
  * A manifest describes one immutable version of an image: image, version,

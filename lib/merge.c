@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: merge of a base version and an overlay into a new version (see merge.h).
  *
  * Walk: the overlay's extents (runs of DATA and ZERO blocks) in order.

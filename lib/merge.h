@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: merge -- a client's base version plus its overlay becomes a new version.
  *
  * The new version is built through the store's version builder (store.h), so

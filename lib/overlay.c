@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the overlay engine.
  *
  * An overlay holds one client's dirty blocks on top of one exact base version.

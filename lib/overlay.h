@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the overlay engine -- a client's dirty blocks on top of one base version.
  *
  * See overlay.c for the design notes.  In short: one file per session,

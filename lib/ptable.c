@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: MBR and GPT partition tables without libtsk (see ptable.h).
  *
  * Which table a disk has is decided the way libtsk's autodetection decides

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the partition table of a raw disk (MBR or GPT), without libtsk.
  *
  * The core (the plugin, the iSCSI target) resolves "partition:N" regions

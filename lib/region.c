@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: regions of a disk (see region.h).
  *
  * Partition tables are read with lib/ptable, the core's own MBR and GPT

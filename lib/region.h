@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: regions of a disk, as the configuration names them.
  *
  *   "mbr"              sector 0

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: image distribution (see repo.h for the repository layout).
  *
  * Publish copies a version file into DIR/NAME/ (temporary name, fsync, rename)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: image distribution -- a static repository of versions, and delta pulls.
  *
  * Repository layout (what `tabulactl image publish` writes and any web server,

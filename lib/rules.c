@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the watchdog's file rules (see rules.h).
  *
  * How it works.  A scan is two lib/inspect handles over two byte sources:

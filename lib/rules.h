@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the watchdog's file rules, evaluated on a client's disk.
  *
  * A scan opens one overlay file read-only on top of its base version (through

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: refresh schedules (see schedule.h).
  *
  * Calendar forms are computed with mktime() on a broken-down local time, so

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: refresh schedules -- when a client's overlay is next refreshed.
  *
  * The forms a configuration may use ("refresh" of a client or a group):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: session turns (see session.h).
  *
  * A session start is a handful of renames and one small file creation, so it

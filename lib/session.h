@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: session turns -- what happens when a boot of a client starts
  * (live.c decides when) and when it ends.  The frontends reach them through
  * live.c; nothing else does the turn, so the policy logic lives here once.

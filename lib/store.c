@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the state directory and its image store (see store.h for the layout).
  *
  * Publishing a version is the only delicate operation here.  A builder holds

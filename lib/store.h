@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the state directory and its image store.
  *
  * Layout under STATE (every name validated with tb_name_valid):

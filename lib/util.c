@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: small shared helpers (see util.h).
  *
  * The error buffer is thread-local so the plugin's many worker threads never

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: small shared helpers -- errors, names, paths, files.
  *
  * Errors: every lib/ function that can fail returns -1 (or NULL) and leaves a

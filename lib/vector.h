@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: a growable array -- one type for every list that grows.
  *
  *   TB_VECTOR(name, type)    declares struct name { type *ptr; size_t len, cap; }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the watchdog's configuration, the "watchdog" sections (see watchdog.h).
  *
  * Parsing follows conf.c's rules: strict keys, errors that start with the JSON

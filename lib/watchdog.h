@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the watchdog's configuration.
  *
  * One "watchdog" object, at the top level (defaults for every client) and/or

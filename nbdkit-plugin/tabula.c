@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit-tabula-plugin: serves every client its own copy-on-write overlay of
  * a master image, and read-only admin views of clients, sessions and versions.
  *

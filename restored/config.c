@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the daemon's configuration: loading, the checks beyond
  * the core parser's (lib/conf.c), and reloading.
  *

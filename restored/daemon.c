@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the tabula daemon.
  *
  *   tabula-restored [-c CONFIG]

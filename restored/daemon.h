@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the daemon's private header, what its parts share (in
  * the manner of nbdkit's server/internal.h): one section per file, each
  * file's declarations under its name.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: supervision of tabula-iscsid, the iSCSI frontend.
  *
  * When listen.iscsi is set the daemon binds it itself (like nbdkit's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: long work (merges) on a job thread.
  *
  * The main loop must never wait on disk-sized work, so merges are queued to

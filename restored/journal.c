@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: following the event journal.
  *
  * Every program appends to STATE/events.jsonl (lib/events.h): the plugin's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: what the journal's tailer (journal.c) knows of the
  * journal's generations, for the webhooks (webhooks.c), which read the
  * journal on their own. */

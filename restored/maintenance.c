@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the maintenance PC flow (lib/maintenance.h).
  *
  *   maintenance-start  {client, image}          the PC's next boot starts on the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: Prometheus metrics in node exporter's textfile format.
  *
  * Every "metrics.interval" (default 15 s) the daemon writes "metrics.file"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the NBD server, nbdkit with the tabula plugin, as a child
  * of the supervision engine (supervise.c).
  *

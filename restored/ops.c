@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the control operations.
  *
  * Each request {"op": NAME, ...} is checked strictly (unknown operation,

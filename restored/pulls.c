@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: scheduled pulls -- the config's "pull" sources that have a
  * "when" schedule (lib/repo.h does the pulling).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: PXE boot through dnsmasq and iPXE (the "pxe" section).
  *
  * No home-made DHCP or TFTP: the daemon writes a dnsmasq configuration and

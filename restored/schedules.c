@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the refresh and merge schedules of the clients.
  *
  * A client's "refresh" schedule (lib/schedule.h: hourly, daily, weekly,

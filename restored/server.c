@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the control socket.
  *
  * A unix stream socket, mode 0600, created under a 0077 umask so there is no

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the children the daemon supervises, one engine for all
  * of them: nbdkit (nbd.c), tabula-iscsid (iscsi.c) and dnsmasq (pxe.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: what the daemon says to the system that runs it.
  *
  * Log lines go to stderr: under systemd (stderr is the journal) each with a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-nbd-persist: keeps a kernel NBD device attached across reconnects.
  *
  * Debian 12's nbd-client (3.24) attaches /dev/nbdN through netlink, and there

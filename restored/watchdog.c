@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: the watchdog in the daemon -- file rules, their actions,
  * health strikes with last known good, and canary versions.
  *

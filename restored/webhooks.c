@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula-restored: webhooks -- every event POSTed as JSON to configured URLs.
  *
  * The journal is the queue.  Each URL has one thread that reads

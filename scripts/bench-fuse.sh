@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-fuse.sh: the view side by side with the reference drivers, in one run.
 #
 #   scripts/bench-fuse.sh [BUILD_DIR]     (default: the current directory;

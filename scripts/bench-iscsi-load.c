@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* bench-iscsi-load: a small libiscsi load generator for scripts/bench-iscsi.sh.
  *
  *   bench-iscsi-load URL randread|randwrite|seqread|seqwrite BLOCK QD SECONDS [SPAN]

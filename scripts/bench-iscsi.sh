@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-iscsi.sh: the iSCSI frontend's speed (issue 19), side by side in one run:
 #   - tabula-iscsid serving client pc01 (LUN 0 of iqn...:pc01),
 #   - tgt (Debian's user-space target, tgtd) serving a copy of the same raw

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-liveview.sh: admin reads of a live client (ID@live), by where its
 # session runs, side by side in one run (lib/liveview.h):
 #   - pc01's session runs in tabula-iscsid: nbdkit asks it over

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-merge.sh: `tabulactl merge` of 1 GiB of dirty blocks into an 8 GiB
 # image, side by side with `cp --sparse=always` of the base image (+ sync) in
 # the same run, on the filesystem of $TMPDIR (ext4 here) and, when this

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-pull.sh: the delta pull of a 4 GiB version that differs from the local
 # one in 5% of its chunks, side by side with `curl -o` of the whole file from
 # the same nginx in the same run.  Bytes come from nginx's access log

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-pxe-storm.sh: a PXE boot storm of real diskless PCs.  In a network
 # namespace (tests/lab-functions.sh), N PCs (default 8) -- QEMU under TCG,
 # PXE through iPXE, Debian's cloud kernel, root over NBD with the guest

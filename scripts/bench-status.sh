@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-status.sh: how fast the daemon answers an administrator.  A daemon with
 # 500 configured clients (each with a state directory and a finished session,
 # so status has something to read for every one); `tabulactl status`,

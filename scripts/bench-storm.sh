@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-storm.sh: a boot storm.  N clients (32) start at once, each reading the
 # same 256 MiB "boot set" through its own export, as diskless PCs do when a lab
 # is switched on.  Reported: aggregate throughput and the slowest client's

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # bench-watchdog.sh: a watchdog file-rule scan at a session end.  The client's
 # guest ext4 holds FILES small files (100,000, mke2fs -d from a generated
 # tree); its session writes 1 GiB into one new file and creates, changes and

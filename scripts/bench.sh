@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/bench.sh: the one entry point for tabula's figures (README.md quotes them).
 #
 #   scripts/bench.sh [--build DIR] [--runtime SECONDS] [--repeat N] [--quick]

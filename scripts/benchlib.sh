@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/benchlib.sh: sourced by scripts/bench.sh and every scripts/bench-*.sh.
 #
 # bench_summary FIGURE TABULA ANCHOR-NAME ANCHOR GOAL

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/check.sh: install what is missing, build with warnings as errors and
 # ASan + UBSan, and run every test (make check).  The output ends with
 # automake's summary (# TOTAL / # PASS / # FAIL ...).

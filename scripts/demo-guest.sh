@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/demo-guest.sh CONFIG BUILD: the guest part of `demo.sh --guest`.
 #
 # Boots a small Linux VM (QEMU in software emulation; scripts/mkguest.sh

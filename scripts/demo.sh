@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/demo.sh: the appliance on an embedded default, for a first look.
 #
 # Installs what is missing, builds, creates a demo master image (ext4 with a few

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/lab.sh N [--build DIR]: a virtual lab of N diskless PCs.
 #
 # In a network namespace of its own: the appliance (tabula-restored with its

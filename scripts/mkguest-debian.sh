@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/mkguest-debian.sh: a Debian guest whose PID 1 is systemd, for
 # tests/deploy-systemd.sh (README's Deployment run as written, under a real
 # systemd).

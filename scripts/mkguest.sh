@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/mkguest.sh: a small Linux guest that boots from a tabula export.
 #
 # Built from Debian packages already on the machine: the kernel from

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # scripts/setup.sh: install the Debian packages tabula needs (scripts/packages.txt)
 # when any is missing, then prepare the build tree.  Sourced by demo.sh, check.sh
 # and bench.sh; safe to run again (it installs nothing when all is present).

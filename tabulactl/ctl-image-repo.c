@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabulactl image publish / image pull (see ctl-image-repo.h).
  *
  * Thin: options are parsed here, the work is lib/repo.c, so the daemon's

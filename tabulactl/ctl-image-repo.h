@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabulactl image publish / image pull: the command-line side of lib/repo.h.
  *
  * Both take argv as main() would for the subcommand: argv[0] is the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tabulactl: the administrator's command line for tabula.
  *
  *   tabulactl [-c CONFIG] [--state DIR] [--socket PATH] [--json] COMMAND [ARGS]

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # `tabulactl client ID` (human and --json) and `tabulactl clients` show the
 # boot session the frontend reports in clients/ID/live.json: its state, its
 # connections (peer, since) and the boot marker that opened it.  A frontend

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Every tabulactl command against a running daemon, for both policies and a
 # group: status, clients, client, sessions, rollback, restore, reimage, pin,
 # unpin, refresh (client and group), image list/rm/gc, events, reload (a bad

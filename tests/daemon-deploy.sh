@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The deployment as systemd runs it (issue 18 §1):
 #  - READY=1 reaches NOTIFY_SOCKET only once nbdkit serves, with STATUS=
 #    lines saying what the daemon does; while nbdkit keeps failing there is

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A client's further disks through the daemon, tabulactl and the view
 # (conf.h "disks"):
 #  - tabulactl clients / client / --json status and the metrics show each

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/daemon-functions.sh: helpers for the daemon's tests (sourced after
 # functions.sh).  The daemon runs in the background of the test shell with its
 # stderr in $TB_TMP/daemon.log; it starts nbdkit with the plugin itself.

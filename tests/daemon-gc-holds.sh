@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # `image gc` and `image rm` keep every version the watchdog's state holds: the
 # base of a client's last known good overlay (clients/ID/good/overlay), the
 # base of each quarantined overlay (clients/ID/quarantine/N/overlay) and the

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Idle NBD connections cannot pile up (issue 14, item 12): nbdkit 1.32 waits
 # for a handshake forever, a thread each, so the plugin gives every TCP
 # connection listen.handshake_timeout (here 2 s) to open an export

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Webhooks, schedules, groups and metrics.
 #  - every event is POSTed to a local listener with an HMAC-SHA256 signature
 #    the test verifies; a second URL answers 500 and a third never answers:

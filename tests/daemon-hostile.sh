@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Bad input on the control socket gets an error reply or a closed connection,
 # and the daemon keeps serving others: malformed JSON, not an object, unknown
 # operation, wrong types, unknown arguments, a 10 MiB line, a client that

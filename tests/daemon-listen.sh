@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # One nbdkit serves both listeners, on sockets the daemon binds and hands over
 # (socket activation), so:
 #  - a client connected over TCP and the same client over the unix socket are

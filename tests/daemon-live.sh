@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # What is happening now: a running session's figures (dirty bytes, bytes read
 # and written, last I/O, its connection's peer) reach tabulactl client/clients
 # while it runs (live.json, refreshed every few seconds), not only when it ends;

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The maintenance PC (tabulactl maintenance, restored/maintenance.c): pc00,
 # a rollback client, is made the maintenance PC of image demo; what it writes
 # survives its reboots, `finish` merges it into demo@2 which a rollback

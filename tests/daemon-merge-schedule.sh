@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Scheduled merges ("merge": {"into", "when"} of a client): the daemon merges
 # the client's overlay into the image when the schedule comes due.
 #  - nothing written yet: the turn is skipped (no empty version);

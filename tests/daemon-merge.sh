@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # merge ID --into IMAGE: the new version equals base + overlay block for block
 # (checked against the client's ID@live export read before the merge), its
 # manifest verifies, only differing blocks were written; the merged client

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The daemon runs the real dnsmasq, inside network namespaces this test
 # creates: the appliance's namespace has tbbr0 (10.20.0.1/24), a PC's
 # namespace the other end of a veth pair with pc21's MAC.  Then:

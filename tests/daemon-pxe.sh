@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # PXE through dnsmasq, without a network (pxe.dnsmasq "none": the daemon
 # writes everything and runs no dnsmasq):
 #  - `tabulactl pxe` prints the dnsmasq configuration of a 3-client lab: no DNS,

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Refresh and pull schedules survive restarts of the daemon (each one's place
 # is kept in clients/ID/schedule.json and schedules/pull-I.json):
 #  - a restart does not move a due time (nothing fires again, nothing is

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The daemon against careless setups and hostile local peers (issue 14):
 #  - item 11: a configuration readable by others (it may hold secrets) is
 #    warned about at start, with the chmod that fixes it;

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # What tabulactl and the metrics say is what is true now (issue 18, section 3):
 #   - a reimage is pending until it is applied, not forever;
 #   - "(pinned)" is shown with the next version it decides, not the base;

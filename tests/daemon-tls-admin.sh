@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # With tls set, admin exports over TCP need a verified client certificate
 # (issue 14, item 10): nbdkit runs with --tls-verify-peer and the plugin
 # grants admin exports to a TLS peer in admin.networks only then.

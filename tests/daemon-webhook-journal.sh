@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Webhooks read the journal as their queue (issue 14, item 6):
 #  - a receiver that stalls (its handler sleeps) while 250 events are written
 #    and the journal is rotated by rename and by copytruncate (as logrotate

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # README's Deployment, run as written under a real systemd (issue 18 §1).
 #
 # QEMU (TCG) boots a Debian guest whose PID 1 is systemd

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The shipped systemd unit and configuration fit together (issue 18 §1):
 #  - `systemd-analyze verify` accepts the unit as make install writes it;
 #  - every socket the shipped conf/tabula.json puts under /run lies in a

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # ENOSPC at session end: the state directory on a small filesystem fills up
 # while a client writes; when its session ends, session.json must say so
 # ("idle", an end time, the dirty figures of the end), not stay "active" with

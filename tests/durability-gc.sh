@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Leftovers of interrupted work are reclaimed: a manifest temporary
 # (images/demo/2.json.tmp.*, a publish cut between its write and its rename),
 # an interrupted pull's partial image (pulls/demo/SHA/partial.img: a pull

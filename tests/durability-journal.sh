@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # What a power cut can leave at the end of events.jsonl: a run of NULs (the
 # file's size reached the disk, its last appends did not).  The daemon appends
 # after it at the next start; `tabulactl events --last` must still show the

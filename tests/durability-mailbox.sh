@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # One-shot mailbox requests are applied in the order they were posted: only
 # the latest of rollback, refresh and restore applies at the next turn, and
 # it clears the ones it superseded.  "restore --session 1" then "rollback":

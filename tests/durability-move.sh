@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A merge moves its client onto the new version (restored/jobs.c move_client:
 # re-pin, keep the merged overlay as a restore point, new empty overlay) as
 # one recoverable step.  The daemon is killed (SIGKILL, TABULA_DEBUG_KILL_MOVE)

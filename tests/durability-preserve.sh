@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Preserved data survives a crash after the turn that carried it: a rollback
 # client with "preserve": ["lba:40960-57343"] and keep_sessions 1 writes user
 # data there in session 1 (flushed); session 2 carries it over; session 3

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A scheduled pull interrupted by a daemon kill runs again at the next start,
 # not a whole period later: its turn is saved (STATE/schedules/pull-0.json)
 # when the pull is done, not when it starts.  The repository here is a

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # kill -9 of nbdkit while a restore copies the retained session: the plugin
 # kills itself (TABULA_DEBUG_KILL_RESTORE=K) after the Kth extent it copied
 # (the state directory is on tests/powercut, which has no reflink, so the

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A restore (mailbox "restore": N, applied at the next turn) under power cuts:
 # restore_session builds the copy as overlay.restore, fsyncs it and renames it
 # into place, and only then is the request cleared.  The cut comes at every

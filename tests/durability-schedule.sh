@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Persistent state read back is checked for plausibility: a schedule.json
 # whose refresh is due in the year 3000 (a torn or corrupt file) must not hold
 # the refresh back for ever; it counts from now, with a warning naming the file.

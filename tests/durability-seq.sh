@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A corrupt clients/ID/seq (a torn write, a bit flip) is read back with a
 # plausibility check: the next rollback must keep the previous overlay as a
 # restore point (its header knows its session number), not delete it as if

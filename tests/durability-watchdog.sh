@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The watchdog's state read back with a plausibility check at the daemon's
 # start (a damaged disk; the atomic writes never tear these files):
 #  - a clients/ID/health.json that does not parse, or whose last_good names

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/functions.sh: helpers shared by the shell integration tests (sourced).
 #
 # Every test gets its own temporary directory and a trap that stops every

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # What the kernel may keep of the view (issue 16, speed), counted in the
 # requests libfuse's debug log shows (-d), not in time:
 #  - a listing carries every entry's attributes (readdirplus): `ls -l` of a

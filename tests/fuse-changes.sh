@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The view over the real appliance (tabula plugin, tabula-fuse -c CONFIG):
 # a client writes into its ext4 disk with real tools through NBD (nbdfuse
 # exposes the export as a file, debugfs -w and dd write into it); within a

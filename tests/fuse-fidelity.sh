@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The view tells the exact truth: each filesystem is built with its own
 # tools (mke2fs -d; mkntfs and ntfs-3g; mkfs.vfat and mtools; mkfs.exfat
 # and exfat-fuse) with the cases of issue 16, and the view's full walk

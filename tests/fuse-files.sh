@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tabula-fuse reads guest filesystems byte for byte: ext4, ext2, FAT12/16/32,
 # NTFS and exFAT, unpartitioned, in an MBR (with a logical partition) and in a
 # GPT disk.  The images are served by nbdkit's file plugin as exports named

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/fuse-functions.sh: helpers for the tabula-fuse tests (sourced after
 # functions.sh).
 #

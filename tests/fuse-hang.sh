@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A filesystem that makes libtsk compute for an hour without a single read:
 # an ext3 file whose double-indirect block points at itself, so libtsk's map
 # builder makes a million runs and appends each one by walking the list

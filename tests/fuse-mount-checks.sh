@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tabula-fuse refuses at mount what would only give EIO later (issue 18 §4):
 #  - a user without access to the state directory (not the daemon's user,
 #    not root) gets an error naming the directory and exit 1, no mount;

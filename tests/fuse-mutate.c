@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* fuse-mutate: hostile filesystems against lib/inspect, the code under the view.
  *
  *   fuse-mutate IMAGE COUNT SEED

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Hostile filesystems: a few hundred mutated images (random bytes in their
 # metadata sectors) go through lib/inspect, the code under the view
 # (tests/fuse-mutate: open, walk, stat, readdir, readlink, read, diff, and

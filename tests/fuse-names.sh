@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Hostile names in the view (issue 14, items 2 and 3).  The master's ext4
 # has, written raw into its directory block as a guest with raw disk access
 # could: hide/me.exe (a '/'), a file named "." and one named ".." (beyond the

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Who may see what in the view (issue 14, items 4 and 7):
 #  - a guest symlink stays a symlink (readlink shows its target) but the host
 #    never follows it: hostshadow -> a host file reads ELOOP (nosymfollow),

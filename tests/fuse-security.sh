@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A client peer gets nothing of the admin side: pc01 connecting over TCP from
 # its own address cannot open pc02, pc01@live, pc01@overlay, demo@1 or list
 # the exports, and tabula-fuse --uri from there refuses to mount with a

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # changes.txt and the watchdog's file rules tell the exact truth.  A GPT
 # disk with an ext4, an NTFS, a FAT32 and an exFAT is the master; a copy of
 # each filesystem gets every kind of change from its own tools (the kernel's

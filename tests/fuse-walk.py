@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """tests/fuse-walk.py: the ground truth the view is held to.
 
   walk ROOT [--strip-target P] [--leap-2100]

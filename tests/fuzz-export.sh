@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Export names (lib/export.c) under libFuzzer: tests/fuzz/export.c.
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 . "$abs_top_srcdir/tests/fuzz-functions.sh"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Helpers of the libFuzzer tests (tests/fuzz-*.sh), one way for every fuzzer.
 #
 # A target is a C file defining LLVMFuzzerTestOneInput (tests/fuzz/NAME.c)

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The ext and NTFS record geometry and the raw-inode parsers of
 # lib/inspect.c (the indexed diff's, on guest bytes) under libFuzzer:
 # tests/fuzz/geometry.c, tests/fuzz/ntfs-geometry.c (a 2 MiB mkntfs image

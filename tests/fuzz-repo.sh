@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # What image repositories and the state directory hand us: version manifests
 # (lib/manifest.c) and a repository's index.json (lib/repo.c) under libFuzzer:
 # tests/fuzz/manifest.c, tests/fuzz/repo-index.c.

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # kill -9 of the daemon while real guests are between sessions: nothing is
 # lost.  vm01 (persist) keeps its files; a rollback asked for vm02 (persist)
 # before the kill is still applied at its next session; pc01 (rollback)

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A PC with two disks booting over NBD through tabula's initramfs-tools hook
 # (README "Clients with more than one disk"): tabula.disks=games attaches
 # /dev/nbd1 as pc01/games@boot/BOOT_ID beside the root /dev/nbd0 as

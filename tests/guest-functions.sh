@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/guest-functions.sh: helpers for the real-guest tests (sourced after
 # functions.sh).  QEMU (TCG, never KVM) boots Debian's cloud kernel with the
 # initramfs scripts/mkguest.sh builds; the guest's root is an ext4 master

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The real-PC route of README ("The initramfs of a real PC"): an initramfs
 # built by Debian's own mkinitramfs with tabula's initramfs-tools hook
 # (conf/initramfs-tools) boots Debian's cloud kernel, brings the network up

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tabulactl merge of a real guest's disk: vm01 (persist) installs files and
 # removes one in its session; `tabulactl merge vm01 --into demo` publishes
 # demo@2; a second client, which never ran, boots demo@2 and sees exactly

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A real guest on a persist client: the files it writes and deletes in
 # session 1 are there in session 2, and again after the whole appliance
 # (tabula-restored and its nbdkit) is stopped and started; a rollback client

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A session is a boot: a real guest whose NBD connection drops keeps its
 # session.  QEMU's NBD driver with reconnect-delay runs a rollback client;
 # while the guest is paused between two writes, nbdkit is killed with -9 (the

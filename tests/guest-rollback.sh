@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A real guest on a rollback client: QEMU boots Linux from tabula (root on the
 # ext4 master, over NBD); in session 1 the guest writes, overwrites and
 # deletes files and sees its changes; in session 2 it sees the master exactly,

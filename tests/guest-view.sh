@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The view while a real guest runs: the guest writes files, deletes one,
 # syncs and pauses (QEMU still running, the session live); within the view's
 # refresh bound tabula-fuse shows the new files under clients/pc01/fs/<volume>/

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/ibft-functions.sh: a disk that iPXE can `sanboot`, for
 # tests/iscsi-ibft.sh (sourced after lab-functions.sh).
 #

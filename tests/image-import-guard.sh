@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Guardrails of `tabulactl image import` (issue 18 §2):
 #  - a qcow2 (and VHDX, VMDK, VHD) file is converted to raw with qemu-img,
 #    never imported as its container bytes;

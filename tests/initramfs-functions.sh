@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/initramfs-functions.sh: the real-PC initramfs (sourced after
 # functions.sh and tb_setup).  Debian's own mkinitramfs with tabula's
 # initramfs-tools hook (conf/initramfs-tools), as README's "The initramfs of

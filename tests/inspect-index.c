@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* inspect-index: the indexed diff against the full diff (lib/inspect).
  *
  *   inspect-index BASE LIVE           two raw images: the dirty map is every

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # libiscsi's conformance suite (iscsi-test-cu) against a tabula target, one
 # suite per run (a fresh session each).  Every applicable test must pass.
 # Not applicable, and why (also in README "Windows PCs over iSCSI"):

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tabula-restored supervises tabula-iscsid while listen.iscsi is set:
 #  - it binds listen.iscsi, starts the target (iscsi.program) with the socket
 #    handed over, `tabulactl status` shows it running, an initiator logs in

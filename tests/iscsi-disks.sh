@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A client's further disks over iSCSI (conf.h "disks", iscsi/target.c): one
 # target a client, its first disk LUN 0, its further disks LUN 1, 2...
 #  - discovery shows the client's target only (a disk is no target of its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/iscsi-functions.sh: helpers of the iSCSI tests (sourced after functions.sh).
 #
 #   tb_iscsi_state STATE SIZE         a state dir with image "demo" (SIZE bytes, patterned)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz target of the iSCSI PDU parser: every byte string through
  * isc_pdu_parse() under each framing (digests on and off, small and large
  * data limits), and every parsed data segment through isc_text_parse() and

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The iSCSI PDU parser under fuzzing (tests/iscsi-fuzz.c).  make check runs
 # the built-in mutator (ASan/UBSan build, fixed seed) and, when clang is
 # installed, libFuzzer for TB_FUZZ_SECONDS (default 10; set e.g. 600 for a

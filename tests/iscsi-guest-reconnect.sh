@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A session is a boot over iSCSI too: a real guest booted by QEMU's iSCSI
 # driver from a rollback client's target keeps its session when its
 # connection drops.  While the guest is paused between two writes,

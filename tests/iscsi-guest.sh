@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Real guests over iSCSI, with NBD on the same appliance: tabula-restored runs
 # nbdkit and tabula-iscsid (listen.iscsi); QEMU's iSCSI block driver
 # (libiscsi, qemu-block-extra) boots the guest test image from a client's

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The path a Windows PC takes, end to end, with Linux in Windows' place: in
 # the virtual lab (tests/lab-functions.sh) a PC's iPXE ROM PXE-boots from the
 # daemon's dnsmasq, gets its script from pxe.c (boot.mode "iscsi": its

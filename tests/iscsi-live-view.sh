@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The admin views of a client whose session runs in tabula-iscsid are exact
 # and current, as for a session nbdkit runs itself (lib/liveview.h): every
 # write the target acknowledged is seen, flushed or not.  tabula-restored runs

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tabula-iscsid: discovery, login, CHAP (one-way and mutual), initiator
 # restriction and every kind of bad input of issue 19 -- each answered with
 # the right iSCSI or SCSI error, the target still serving afterwards, and a

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """A tiny iSCSI initiator for tests/iscsi-*.sh: logins and hostile PDUs.
 
     iscsi-raw.py PORT TARGET INITIATOR ACTION [ARG]

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests of the iSCSI frontend's pure parts: CRC32C (RFC 7143 B.4 test
  * vectors), PDU framing (truncated, oversized, digest errors, AHS and
  * padding), text keys, CHAP binary values, and the configuration keys

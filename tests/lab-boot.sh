@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A virtual lab (tests/lab-functions.sh): diskless PCs PXE-boot from the
 # appliance through dnsmasq and iPXE and mount their root with the guest
 # kernel's NBD client.  pc01 (rollback) and pc02 (persist) power on at once,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/lab-functions.sh: a virtual lab of diskless PCs, for tests/lab-*.sh,
 # scripts/lab.sh and scripts/bench-pxe-storm.sh (sourced after functions.sh
 # and daemon-functions.sh, once tb_setup made $TB_TMP).

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A running diskless PC (tests/lab-functions.sh) rides out what a lab's
 # network and appliance do to it, and an administrator's probes change
 # nothing.  pc01 is a persist client with a rollback pending in its mailbox

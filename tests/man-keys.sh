@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tabula.json(5) lists exactly the keys the parser accepts (issue 18 §5): the
 # key tables of lib/conf.c, lib/watchdog.c and lib/iscsi-conf.c (the
 # `static const char *const ...keys[] = {...}` lists check_keys uses) and

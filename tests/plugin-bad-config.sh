@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A bad configuration stops nbdkit before it serves anything, with an error
 # that names the file, the JSON path and what was expected; the state
 # directory is left exactly as it was.  (A client whose image or version is

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Bad export names are refused, each with its own clear error in nbdkit's log,
 # and the server keeps serving everyone else: "../x", "a/b", 300 characters,
 # an unknown client, the empty name when no client has the peer's address,

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # An overlay that cannot be trusted is refused with a clear error and never
 # modified (sha256 before and after): a corrupt header, a corrupt block map,
 # a truncated file, and an overlay built on another version of the image

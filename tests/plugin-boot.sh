@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A session is a boot, not a connection (lib/live.c):
 #  - a reconnect within reconnect_grace continues the session: a rollback
 #    client's writes are still there, no rollback event, the same number;

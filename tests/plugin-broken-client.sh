@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A client whose image has no version yet, whose pinned version is missing
 # or has a corrupt manifest, or whose preserved or protected partition is not
 # on its version is refused alone, at its own connection, with the reason in

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Real NBD clients against the plugin: qemu-img info and convert, qemu-io,
 # nbdcopy in both directions (multi-conn, zero detection), and the overlay
 # view ID@overlay through qemu-img map and nbdinfo --map, which must show

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* plugin-crash: a write-and-flush workload that survives being crashed, and
  * its checker.  Run by plugin-crash.sh, which kill -9s nbdkit under it.
  *

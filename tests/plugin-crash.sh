@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Crash test: kill -9 nbdkit again and again while tests/plugin-crash writes
 # stamped 4 KiB records over two connections (16 in flight, some FUA) and
 # flushes.  After every restart each record must read as old or new content,

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Clients with more than one disk (conf.h "disks", lib/live.c's machines):
 #  - export ID is the client's first (system) disk, ID/DISK each further
 #    disk, from its own image with its own policy; its state lives in

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # ENOSPC: the state directory on a small filesystem (ext4 on a loop device,
 # else tmpfs) fills up while a client writes.  The client gets ENOSPC, nbdkit
 # keeps serving, and the overlay stays consistent: flushed data reads back in

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* plugin-import: publish FILE as the next version of IMAGE in a state dir.
  *
  * The tests' stand-in for `tabulactl image import`: it calls the same

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* plugin-io: a small scripted NBD client for the plugin's shell tests.
  *
  * The shell tests need more than nbdinfo and qemu-io give them: several

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Per-client I/O limits (clients.ID.limits, lib/limit.c): a limited client is
 # held to its rate over all its connections, while an unlimited client served
 # by the same nbdkit at the same time is not slowed.  A behaviour check of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* plugin-model: a randomized model test of one export over several connections.
  *
  * It keeps the expected content of the whole disk in memory and drives the

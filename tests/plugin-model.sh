@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Randomized model test: thousands of reads, writes, zeroes, trims, flushes
 # and block-status requests of random size and alignment over four
 # connections, compared with an in-memory model (tests/plugin-model.c), for

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Several connections of one client share one overlay and one session:
 #  - write on connection A, flush, read on connection B (and the reverse);
 #  - a session lasts while any connection is open: a second client process

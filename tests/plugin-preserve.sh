@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Preserved ranges survive a rollback: a rollback client with
 # "preserve": ["partition:2", "lba:40960-41983"] writes into partition 1,
 # partition 2 and the LBA range in session 1; session 2 sees partition 1 back

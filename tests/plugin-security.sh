@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Who may reach what.
 #  - A client's export is served only to peers in its "allow" list, over TCP
 #    (IPv4 and IPv6 loopback) and the unix socket; a refusal is logged with the

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Session turns for both policies.
 #  rollback: each session starts from the master; the previous session's
 #    overlay is retained in clients/ID/sessions/N (readable as ID@session/N),

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # An admin handle outlives a change of the client's disk: root opens
 # big01@live (8 MiB) while no session runs, the client is re-imaged to a
 # 1 MiB image, a session of it runs and ends, and the handle reads at 4 MiB.

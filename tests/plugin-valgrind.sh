@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The plugin under valgrind memcheck, inside a real nbdkit: session turns of
 # both policies, unaligned writes, zeroes, trims, flushes, extents, admin
 # exports and a reload, with no invalid read or write, no use of

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Power cuts under the daemon (tests/powercut.c below the state directory):
 # image import, merge (and the client's move onto the merged version), image
 # publish (the repository on the same disk), gc, pull from a repository

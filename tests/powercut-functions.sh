@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/powercut-functions.sh: power cuts under tabula (sourced after functions.sh).
 #
 # tests/powercut mounts $PC_MNT over $PC_STATE: $PC_STATE/disk is the disk

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Power cuts under the plugin (tests/powercut.c below the state directory).
 # A persist client's first session creates clients/vm01 and its overlay, then
 # tests/plugin-crash writes stamped records over two connections (16 in

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The power-cut simulator itself (tests/powercut.c): what it keeps and what it
 # loses, so that the tests built on it can fail.
 #   - a file written and fsynced survives a cut; one never fsynced does not;

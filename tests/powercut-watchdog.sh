@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Power cuts under the watchdog (tests/powercut.c below the state directory),
 # with sessions that really write into the guest's ext4 (nbdfuse + debugfs -w):
 #   good      a healthy session of a persist client: its overlay is saved as

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* powercut: a FUSE passthrough that loses, at a "cut", everything a power loss
  * would lose -- in the spirit of LazyFS (the FUSE filesystem Jepsen uses to find
  * lost writes).  The power-cut tests (tests/powercut-*.sh) run tabula over it.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* ptable-tsk: lib/ptable (the core's MBR/GPT reader) against libtsk.
  *
  *   ptable-tsk IMAGE...

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The core's partition-table reader (lib/ptable, no libtsk) numbers and places
 # every partition exactly as libtsk does through lib/inspect (what the view
 # shows as pN-...): sfdisk's MBR with primaries, an extended partition and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/repo-common.sh: helpers for the image distribution tests (sourced
 # after functions.sh and tb_setup).
 #

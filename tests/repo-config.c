@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* repo-config: the config's "pull" section (lib/repo.c), checked strictly:
  * every mistake is refused with a message that starts with its JSON path. */
 #include <config.h>

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Pulls that must fail, each with a message that says what went wrong, and
 # leave the local store exactly as it was: a chunk corrupted on the server,
 # 404, 500, a redirect loop, a server that stalls, a server that is down, a

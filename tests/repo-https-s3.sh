@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # HTTPS certificates are always checked (a private CA is given with --ca-file),
 # and S3-style repositories get AWS signature v4 on every request, with
 # credentials from the config or the AWS_* environment variables, as nginx's

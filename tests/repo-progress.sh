@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Progress on a terminal (issue 18 §4): tabulactl draws a progress line on
 # stderr when it is a terminal (script(1) gives it one here):
 #  - image import: the "copying" and "hashing" passes, percent, "X of Y" in

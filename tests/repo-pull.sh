@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Publish versions into a static repository served by a real nginx, then pull
 # them into another appliance's store: a first pull fetches every chunk, a
 # delta pull of a version that changes 5% of the chunks fetches only those

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # An interrupted pull resumes: nginx is stopped in the middle of a slow
 # (--rate-limit) pull, which fails and publishes nothing; nginx starts again and
 # the same pull completes, fetching only what it did not have.  A chunk damaged

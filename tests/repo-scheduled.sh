@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Scheduled pulls run by the daemon: a "pull" source with "when" fetches new
 # versions from a repository served by a real nginx.  Without "make_current"
 # the clients that follow the newest version are pinned to the one they run,

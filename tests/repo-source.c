@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* repo-source: run one source of the config's "pull" section, as the daemon's
  * schedule does (lib/repo.h tb_repo_pull_source_run).  Prints the source's
  * schedule and the number of images that failed; exits 0 only if none did. */

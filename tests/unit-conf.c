@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests of lib/conf.c: the example of issue 3 parses with the right
  * defaults, groups merge, and every kind of bad input is refused with a
  * message that starts with the JSON path of the offending value. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests of lib/export.c, the export-name grammar every NBD peer can
  * feed (tests/fuzz-export.sh fuzzes the same function): each form parses to
  * its kind, name, number and token, and the near misses are refused. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests of lib/overlay.c: the map, reads and writes of every alignment
  * against an in-memory model, flush and reopen, header checks (corrupt,
  * truncated, other base), quota, extents, preserved-block copies, many

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests of lib/'s pure functions with tricky semantics (issue 17 §6):
  *
  *   schedules    tb_schedule_next across daylight-saving changes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Unit tests of the state directory's defences (issue 14, items 6, 8, 9),
  * through the APIs every program uses (so each fails on a tabula without
  * the defence):

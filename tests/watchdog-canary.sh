@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Canary versions: `tabulactl image promote demo@N --canary lab` serves N to
 # group "lab" only, the other clients stay on the previous version.  A lab
 # session on N without the health marker is a strike: with withdraw_after 1

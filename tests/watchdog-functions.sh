@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/watchdog-functions.sh: helpers for the watchdog's daemon tests (sourced
 # after functions.sh and daemon-functions.sh).  Sessions are real: the
 # client's export is exposed as a file by nbdfuse and written by debugfs, so

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Watchdog guards in the data path, driven by real NBD writes:
 #  - "deny" regions (MBR, a partition read from the base's MBR) fail a write
 #    that changes their bytes with EPERM, leave the overlay unchanged and

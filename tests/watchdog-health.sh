@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Health strikes and the last known good state, with sessions that really
 # write into the guest's ext4 (nbdfuse + debugfs -w):
 #  - persist client: a session that touches the health marker is healthy and

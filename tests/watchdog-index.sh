@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # The watchdog's indexed diff (tb_inspect_diff_indexed) against the full diff
 # (tb_inspect_diff), through tests/inspect-index: a base image and a live copy
 # changed by the filesystem's own tools and by one raw block overwrite; the

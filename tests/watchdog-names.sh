@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Guest file names the watchdog must record whatever their bytes (issue 14,
 # items 1 and 2): a session creates, in its ext4, evil<0xFF>.exe (not UTF-8:
 # any guest user can make one), a name with an OSC terminal escape, and

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Watchdog file rules in the daemon, driven by real writes into the guest's
 # ext4 through NBD (nbdfuse + debugfs -w):
 #  - a created *.exe quarantines the overlay at session end: it is listed by

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # A guest that makes the watchdog's inspection hang: pc01's session rewires a
 # file of its ext3 so that libtsk computes for an hour mapping it (a
 # double-indirect block pointing at itself, size and times unchanged, so the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: control-socket reply lines (lib/control.c
  * tb_control_recv), the JSON lines tabulactl reads.  Each input is what a
  * daemon sends before closing: it goes through a real unix socket, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: export names (lib/export.c), what any NBD peer sends.
  * A name that parses must be one the grammar allows, and printing what was
  * parsed must give back exactly the input (the grammar has one spelling for

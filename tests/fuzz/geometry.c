@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: the ext record geometry that lib/inspect.c's indexed
  * diff reads from guest bytes (the superblock, the group descriptors, where
  * each inode table lies), its extent checks (geom_finish, geom_covers), and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: version manifests (lib/manifest.c tb_manifest_parse), read
  * from the state directory and from image repositories.  A manifest that
  * parses must dump to text that parses again to the same dump. */

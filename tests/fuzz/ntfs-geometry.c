@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: the NTFS record geometry of lib/inspect.c's indexed
  * diff (ntfs_geometry: the boot sector's record size, then where the MFT
  * lies from $MFT's own $DATA runs, which libtsk reads for it), on a

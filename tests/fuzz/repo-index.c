@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer target: a repository's index.json (lib/repo.c parse_index),
  * fetched from any HTTP(S) or S3 server.  lib/repo.c is included whole so
  * its static parser is reachable.  An index that parses must dump to text
