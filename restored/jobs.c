@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clientcheck.h"
 #include "daemon.h"
 #include "events.h"
 #include "mailbox.h"
@@ -44,11 +46,20 @@ struct job {
   struct merge_request req;
   char state_dir[4096];
   struct tb_client_conf client; /* copied: the config may be reloaded meanwhile */
+  struct tb_config *cfg;        /* a reference: the clients the new version is checked for */
   /* progress, read by jobs_status (under the lock) */
   char phase[16];
   uint64_t done, total;
   bool running;
 };
+
+static void job_free(struct job *j)
+{
+  if (j->cfg)
+    tb_config_unref(j->cfg);
+  free(j->req.note);
+  free(j);
+}
 
 struct message {
   struct message *next;
@@ -294,6 +305,29 @@ void jobs_recover(const struct tb_config *cfg)
   tb_strv_free(ids, n_ids);
 }
 
+/* A new version checked against every client that follows its image's
+ * newest version (clients.ID.preserve, watchdog.protect), whoever asked for
+ * the merge (tabulactl, a merge window, a maintenance finish): one that
+ * cannot be served is a warning and a client-unservable event naming the
+ * rule, the version and the way back, as after a scheduled pull (pulls.c). */
+static void check_clients(const struct job *j, const char *image, uint32_t version)
+{
+  const struct tb_config *cfg = j->cfg;
+  for (size_t k = 0; k < cfg->n_clients; k++) {
+    const struct tb_client_conf *c = &cfg->clients[k];
+    if (c->version || strcmp(c->image, image) != 0 ||
+        tb_client_check_version(cfg, c, image, version) == 0)
+      continue;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", tb_errmsg());
+    log_msg("warning: after the merge of %s into %s@%" PRIu32 ", client %s is refused: %s (to go "
+            "back: tabulactl image promote %s@%" PRIu32 ")",
+            j->req.client, image, version, c->id, why, image, version > 1 ? version - 1 : 1);
+    tb_eventf(j->state_dir, "client-unservable", c->id, "{s:s, s:s, s:s, s:I}", "error", why,
+              "after", "merge", "image", image, "version", (json_int_t)version);
+  }
+}
+
 static json_t *run_merge(struct job *j)
 {
   const char *state = j->state_dir;
@@ -335,6 +369,7 @@ static json_t *run_merge(struct job *j)
   }
   if (moved && j->req.merged)
     j->req.merged(state, &j->req, res.image, res.version);
+  check_clients(j, res.image, res.version);
   double secs = (double)res.duration_ms / 1000;
   json_t *fig = json_pack(
       "{s:s, s:I, s:s, s:I, s:I, s:I, s:b, s:I, s:I, s:b}", "image", res.image, "version",
@@ -370,8 +405,7 @@ static void *worker(void *arg)
     current = NULL;
     pthread_mutex_unlock(&lock);
     post_message(j->req.conn_id, reply, true);
-    free(j->req.note);
-    free(j);
+    job_free(j);
   }
   return NULL;
 }
@@ -411,12 +445,12 @@ int jobs_submit_merge(struct daemon *d, struct merge_request *req)
   j->client.preserve = NULL;
   j->client.watchdog = NULL;
   j->client.allow.nets = NULL;
+  j->cfg = tb_config_ref(d->cfg);
   snprintf(j->phase, sizeof j->phase, "queued");
   pthread_mutex_lock(&lock);
   if (queued >= MAX_QUEUED) {
     pthread_mutex_unlock(&lock);
-    free(j->req.note);
-    free(j);
+    job_free(j);
     return tb_error("%d merges are already queued; try again later", MAX_QUEUED);
   }
   for (struct job *q = queue; q; q = q->next)
@@ -424,15 +458,13 @@ int jobs_submit_merge(struct daemon *d, struct merge_request *req)
         (current && strcmp(current->req.client, j->req.client) == 0)) {
       pthread_mutex_unlock(&lock);
       tb_error("a merge of %s is already queued or running", j->req.client);
-      free(j->req.note);
-      free(j);
+      job_free(j);
       return -1;
     }
   if (current && strcmp(current->req.client, j->req.client) == 0) {
     pthread_mutex_unlock(&lock);
     tb_error("a merge of %s is already running", j->req.client);
-    free(j->req.note);
-    free(j);
+    job_free(j);
     return -1;
   }
   struct job **tail = &queue;
