@@ -244,42 +244,6 @@ static int cmp_str(const void *a, const void *b)
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int tb_store_images(const char *state, char ***names, size_t *n)
-{
-  char dir[TB_PATH_MAX];
-  *names = NULL;
-  *n = 0;
-  if (tb_path(dir, sizeof dir, "%s/images", state) == -1)
-    return -1;
-  DIR *d = opendir(dir);
-  if (!d)
-    return errno == ENOENT ? 0 : tb_error_errno("cannot list %s", dir);
-  TB_VECTOR(, char *) list = {0};
-  struct dirent *e;
-  int r = 0;
-  while (r == 0 && (e = readdir(d))) {
-    if (!tb_name_valid(e->d_name))
-      continue;
-    char *name = strdup(e->d_name);
-    if (!name || tb_vector_push(&list, name) == -1) {
-      free(name);
-      r = tb_error("listing %s: out of memory", dir);
-    }
-  }
-  closedir(d);
-  if (r == -1) { /* a truncated list would look like missing images */
-    for (size_t i = 0; i < list.len; i++)
-      free(list.ptr[i]);
-    tb_vector_free(&list);
-    return -1;
-  }
-  if (list.len)
-    qsort(list.ptr, list.len, sizeof *list.ptr, cmp_str);
-  *names = list.ptr;
-  *n = list.len;
-  return 0;
-}
-
 TB_VECTOR(name_list, char *);
 
 /* Add the names among DIR's entries to LIST, as PREFIX/NAME when PREFIX is set. */
@@ -309,6 +273,34 @@ static int list_names_into(const char *dir, const char *prefix, struct name_list
   return r;
 }
 
+/* Hand LIST to the caller sorted, or free it on an error R: a truncated list
+ * would look like images or clients without state. */
+static int list_finish(struct name_list *list, int r, char ***names, size_t *n)
+{
+  if (r == -1) {
+    for (size_t i = 0; i < list->len; i++)
+      free(list->ptr[i]);
+    tb_vector_free(list);
+    return -1;
+  }
+  if (list->len)
+    qsort(list->ptr, list->len, sizeof *list->ptr, cmp_str);
+  *names = list->ptr;
+  *n = list->len;
+  return 0;
+}
+
+int tb_store_images(const char *state, char ***names, size_t *n)
+{
+  char dir[TB_PATH_MAX];
+  *names = NULL;
+  *n = 0;
+  if (tb_path(dir, sizeof dir, "%s/images", state) == -1)
+    return -1;
+  struct name_list list = {0};
+  return list_finish(&list, list_names_into(dir, NULL, &list), names, n);
+}
+
 int tb_store_clients(const char *state, char ***ids, size_t *n)
 {
   char dir[TB_PATH_MAX];
@@ -325,17 +317,7 @@ int tb_store_clients(const char *state, char ***ids, size_t *n)
     if (r == 0)
       r = list_names_into(disks, list.ptr[i], &list);
   }
-  if (r == -1) { /* a truncated list would look like clients without state */
-    for (size_t i = 0; i < list.len; i++)
-      free(list.ptr[i]);
-    tb_vector_free(&list);
-    return -1;
-  }
-  if (list.len)
-    qsort(list.ptr, list.len, sizeof *list.ptr, cmp_str);
-  *ids = list.ptr;
-  *n = list.len;
-  return 0;
+  return list_finish(&list, r, ids, n);
 }
 
 /* ---- manifests ----------------------------------------------------------- */
