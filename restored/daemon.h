@@ -236,6 +236,7 @@ size_t server_pollfds(struct pollfd *fds, size_t max); /* connections' fds */
 void server_accept(struct daemon *d);
 void server_io(struct daemon *d, const struct pollfd *fds, size_t n);
 size_t server_max_fds(void);
+uint64_t server_requests(void); /* request lines run since the start */
 /* Replies: {"ok": true, "result": RESULT} (consumed; NULL: {}), {"ok": false, "error": ...}. */
 json_t *reply_ok(json_t *result);
 json_t *reply_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

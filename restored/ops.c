@@ -428,9 +428,10 @@ static json_t *op_status(struct daemon *d, struct op_call *a)
     return reply_error("%s", a->err);
   const char *state = d->cfg->state_dir;
   json_t *daemon =
-      json_pack("{s:I, s:I, s:s, s:s, s:s, s:s}", "pid", (json_int_t)getpid(), "uptime_s",
+      json_pack("{s:I, s:I, s:s, s:s, s:s, s:s, s:I}", "pid", (json_int_t)getpid(), "uptime_s",
                 (json_int_t)((tb_now_ms() - d->started_ms) / 1000), "config", d->config_file,
-                "state_dir", state, "control", d->control_path, "version", PACKAGE_VERSION);
+                "state_dir", state, "control", d->control_path, "version", PACKAGE_VERSION,
+                "control_requests", (json_int_t)server_requests());
   char sock[TB_PATH_MAX];
   if (d->cfg->listen_unix)
     snprintf(sock, sizeof sock, "%s", d->cfg->listen_unix);

@@ -44,6 +44,14 @@
 
 #define MAX_CONNS 64
 #define MAX_OUTPUT (64 * 1024 * 1024)
+/* Fairness.  A connection's next request runs only while fewer than
+ * OUTPUT_BACKLOG bytes of its replies wait to be read: a peer that sends and
+ * never reads costs one backlog of work, not MAX_OUTPUT of it, and every
+ * other connection is served meanwhile.  At most LINES_PER_PASS requests of
+ * one connection run per pass of the loop, so a pipelined flood on one
+ * connection cannot keep the others waiting either. */
+#define OUTPUT_BACKLOG (256 * 1024)
+#define LINES_PER_PASS 32
 #define IDLE_PARTIAL_MS 30000
 #define IDLE_MS (10 * 60 * 1000)
 
@@ -67,6 +75,7 @@ static struct conn *conns[MAX_CONNS];
 static uint64_t next_conn_id = 1;
 static gid_t operators_gid = (gid_t)-1; /* control_group, read at start */
 static server_dispatch_fn *dispatch;    /* a request line to its reply (ops.c) */
+static uint64_t requests_run;           /* request lines run since the start (status) */
 
 size_t server_max_fds(void)
 {
@@ -306,16 +315,33 @@ static void handle_line(struct daemon *d, struct conn *c, const char *line, size
                                "{\"op\": \"status\"}"));
     return;
   }
+  requests_run++;
   json_t *reply = dispatch(d, c, req);
   json_decref(req);
   if (reply)
     conn_finish(c, reply);
 }
 
-/* Run every complete line in the buffer, while the connection is ready for one. */
+uint64_t server_requests(void)
+{
+  return requests_run;
+}
+
+/* Whether C has a request it could run now (see OUTPUT_BACKLOG). */
+static bool runnable(const struct conn *c)
+{
+  return c->state == CONN_READY && c->out_len < OUTPUT_BACKLOG && c->in_len &&
+         memchr(c->in, '\n', c->in_len);
+}
+
+/* Run the complete lines in the buffer while the connection is ready for
+ * one, its replies are being read and its share of this pass lasts; the
+ * rest waits for the next pass (server_timer's next says it is due). */
 static void process_input(struct daemon *d, struct conn *c)
 {
-  while (c->state == CONN_READY) {
+  for (int budget = LINES_PER_PASS; c->state == CONN_READY && budget > 0; budget--) {
+    if (c->out_len >= OUTPUT_BACKLOG)
+      return; /* conn_write resumes it once the peer reads */
     char *nl = memchr(c->in, '\n', c->in_len);
     if (!nl) {
       if (c->in_len > TB_CONTROL_MAX_LINE) {
@@ -550,6 +576,15 @@ static void server_tick(struct daemon *d, int64_t now)
   reap_closed();
 }
 
-/* Idle timeouts and queued requests: no time of its own (the loop wakes at
- * least once a second). */
-const struct daemon_timer server_timer = {"server", server_tick, NULL};
+/* Queued requests that can run are due now; idle timeouts need no time of
+ * their own (the loop wakes at least once a second). */
+static int64_t server_next(const struct daemon *d)
+{
+  (void)d;
+  for (size_t i = 0; i < MAX_CONNS; i++)
+    if (conns[i] && runnable(conns[i]))
+      return 0;
+  return INT64_MAX;
+}
+
+const struct daemon_timer server_timer = {"server", server_tick, server_next};

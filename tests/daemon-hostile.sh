@@ -100,6 +100,7 @@ grep -Eq 'EOF|recv-error|send-error' "$TB_TMP/reply" || tb_fail "10 MiB line: th
 tctl status >/dev/null || tb_fail "daemon after a 10 MiB line"
 
 echo "== a client that never sends a newline, one that never reads: others are served"
+ran0=$(tctl --json status | jq '.daemon.control_requests')
 python3 - "$ctl" <<'PY' &
 import socket, sys, time
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
@@ -122,6 +123,13 @@ for i in 1 2 3 4 5; do
   timeout 5 "$TD_CTL" -c "$conf" status >"$TB_TMP/status.out" 2>&1 || st=$?
   [ $st -le 1 ] || tb_fail "status $i while hostile clients hold connections (exit $st): $(cat "$TB_TMP/status.out")"
 done
+# The one that never reads gets no more work than a backlog of unread
+# replies (server.c OUTPUT_BACKLOG: a few hundred status replies), not the
+# 100,000 requests it sent (without the backlog rule the daemon ran them up
+# to its 64 MiB output cap, tens of thousands, while others waited).
+ran=$(($(tctl --json status | jq '.daemon.control_requests') - ran0))
+[ "$ran" -lt 5000 ] || tb_fail "the daemon ran $ran requests of a client that reads no reply"
+echo "ok: $ran requests run while a client sent 100,000 and read nothing"
 tb_io_s() { "$TB_IO" -s "$state/nbd.sock" "$@"; }
 tb_io_s -e pc01 read:0:4096:1 || tb_fail "NBD while hostile control clients exist"
 kill $slow 2>/dev/null; wait $slow 2>/dev/null || true
