@@ -60,13 +60,22 @@ tg_appliance()
 }
 
 # tg_qemu TAG SOCK ID ACTIONS: the QEMU command (stdin and stdout are the caller's).
+# The disk is ID's NBD export on SOCK, or with TG_ISCSI_PORT set, ID's iSCSI
+# target on 127.0.0.1:TG_ISCSI_PORT, LUN 0 (QEMU's libiscsi driver; SOCK unused).
 tg_qemu()
 {
+  if [ -n "${TG_ISCSI_PORT:-}" ]; then
+    set -- "$1" "$2" "$3" "$4" -iscsi "initiator-name=iqn.2024-01.lan.tabula.test:qemu-$3" \
+      -drive "file=iscsi://127.0.0.1:$TG_ISCSI_PORT/$TB_ISCSI_PREFIX:$3/0,format=raw,if=virtio,cache=none"
+  else
+    set -- "$1" "$2" "$3" "$4" -drive "file=nbd+unix:///$3?socket=$2,format=raw,if=virtio,cache=none"
+  fi
+  _tag=$1 _actions=$4
+  shift 4
   timeout -k 5 "$TG_TIMEOUT" qemu-system-x86_64 -accel tcg -m 256 -nographic -no-reboot -nic none \
-    -pidfile "$TB_TMP/guest-$1.bgpid" \
+    -pidfile "$TB_TMP/guest-$_tag.bgpid" \
     -kernel "$TG_BOOT/vmlinuz" -initrd "$TG_BOOT/initramfs.cpio.gz" \
-    -append "console=ttyS0 root=/dev/vda panic=-1 quiet tabula.do=$4" \
-    -drive "file=nbd+unix:///$3?socket=$2,format=raw,if=virtio,cache=none"
+    -append "console=ttyS0 root=/dev/vda panic=-1 quiet tabula.do=$_actions" "$@"
 }
 
 # tg_check TAG STATUS: the guest ran every action and powered off.

@@ -38,15 +38,7 @@ td_wait '.iscsi.state == "running"' "tabula-iscsid must be running"
 sock=$state/nbd.sock
 
 # The guest's disk: the client's iSCSI target instead of its NBD export.
-tg_qemu()
-{
-  timeout -k 5 "$TG_TIMEOUT" qemu-system-x86_64 -accel tcg -m 256 -nographic -no-reboot -nic none \
-    -pidfile "$TB_TMP/guest-$1.bgpid" \
-    -kernel "$TG_BOOT/vmlinuz" -initrd "$TG_BOOT/initramfs.cpio.gz" \
-    -append "console=ttyS0 root=/dev/vda panic=-1 quiet tabula.do=$4" \
-    -iscsi "initiator-name=iqn.2024-01.lan.tabula.test:qemu-$3" \
-    -drive "file=iscsi://127.0.0.1:$P/$TB_ISCSI_PREFIX:$3/0,format=raw,if=virtio,cache=none"
-}
+TG_ISCSI_PORT=$P
 
 echo "== pc01 over iSCSI: session 1 writes while its NBD export is busy"
 tg_boot_paused s1 "" pc01 \
