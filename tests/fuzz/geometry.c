@@ -9,22 +9,9 @@
  * inside the volume, sorted and disjoint, and every inode's place must be
  * inside one of its extents. */
 #include "../../lib/inspect.c"
+#include "buf-disk.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-struct buf {
-  const uint8_t *data;
-  size_t size;
-};
-
-static int buf_read(void *opaque, void *out, size_t len, uint64_t off)
-{
-  const struct buf *b = opaque;
-  memset(out, 0, len);
-  if (off < b->size)
-    memcpy(out, b->data + off, len < b->size - off ? len : b->size - off);
-  return 0;
-}
 
 static void count_xattr(void *ctx, const char *name, const unsigned char *val, size_t len)
 {

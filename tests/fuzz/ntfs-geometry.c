@@ -6,22 +6,9 @@
  * lib/inspect.c is included whole so the static parser is reachable.  An
  * accepted geometry must lie inside the volume, sorted and disjoint. */
 #include "../../lib/inspect.c"
+#include "buf-disk.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-struct buf {
-  const uint8_t *data;
-  size_t size;
-};
-
-static int buf_read(void *opaque, void *out, size_t len, uint64_t off)
-{
-  const struct buf *b = opaque;
-  memset(out, 0, len);
-  if (off < b->size)
-    memcpy(out, b->data + off, len < b->size - off ? len : b->size - off);
-  return 0;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
