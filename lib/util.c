@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -583,28 +584,55 @@ int tb_list_numbers_suffix(const char *dir, const char *suffix, uint64_t max, ui
 /* ---- locks ----------------------------------------------------------------- */
 
 /* /proc/locks lines: "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a
- * waiter's line has "->" after the number and holds nothing. */
+ * waiter's line has "->" after the number and holds nothing.  Reading it
+ * costs in proportion to the locks held (two per running client), so one
+ * read serves every probe of the next TB_FLOCK_SNAPSHOT_MS: a status or an
+ * export listing of 500 clients reads it once, not 500 times. */
+struct held_flock {
+  unsigned maj, min;
+  unsigned long long ino;
+};
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+static TB_VECTOR(, struct held_flock) held;
+static int64_t held_read_ms;
+static bool held_valid;
+
+static void read_held_flocks(void)
+{
+  held.len = 0;
+  held_valid = false;
+  FILE *f = fopen("/proc/locks", "re");
+  if (!f)
+    return;
+  char line[256], kind[16];
+  struct held_flock h;
+  while (fgets(line, sizeof line, f)) {
+    if (strstr(line, "->") ||
+        sscanf(line, "%*s %15s %*s %*s %*s %x:%x:%llu", kind, &h.maj, &h.min, &h.ino) != 4 ||
+        strcmp(kind, "FLOCK") != 0)
+      continue;
+    if (tb_vector_push(&held, h) == -1)
+      break;
+  }
+  fclose(f);
+  held_valid = true;
+  held_read_ms = tb_mono_ms();
+}
+
 bool tb_flock_held(const char *path)
 {
   struct stat st;
   if (stat(path, &st) == -1)
     return false;
-  char want[64];
-  snprintf(want, sizeof want, "%02x:%02x:%llu", major(st.st_dev), minor(st.st_dev),
-           (unsigned long long)st.st_ino);
-  FILE *f = fopen("/proc/locks", "re");
-  if (!f)
-    return false;
-  char line[256];
-  bool held = false;
-  while (!held && fgets(line, sizeof line, f)) {
-    char kind[16], ident[64];
-    if (strstr(line, "->") || sscanf(line, "%*s %15s %*s %*s %*s %63s", kind, ident) != 2)
-      continue;
-    held = strcmp(kind, "FLOCK") == 0 && strcmp(ident, want) == 0;
-  }
-  fclose(f);
-  return held;
+  bool found = false;
+  pthread_mutex_lock(&held_lock);
+  if (!held_valid || tb_mono_ms() - held_read_ms >= TB_FLOCK_SNAPSHOT_MS)
+    read_held_flocks();
+  for (size_t i = 0; i < held.len && !found; i++)
+    found = held.ptr[i].maj == major(st.st_dev) && held.ptr[i].min == minor(st.st_dev) &&
+            held.ptr[i].ino == (unsigned long long)st.st_ino;
+  pthread_mutex_unlock(&held_lock);
+  return found;
 }
 
 int tb_flock_nb(int fd, int op)

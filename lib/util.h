@@ -125,7 +125,10 @@ int64_t tb_mono_ms(void);
 
 /* Whether some process holds an flock on PATH, found without taking it
  * (/proc/locks).  Testing with flock(LOCK_SH | LOCK_NB) would hold the lock
- * for an instant, and a client booting in that instant is refused as busy. */
+ * for an instant, and a client booting in that instant is refused as busy.
+ * The answer may be up to TB_FLOCK_SNAPSHOT_MS old (one read of /proc/locks
+ * serves a burst of probes): an advisory answer, as any probe's is. */
+#define TB_FLOCK_SNAPSHOT_MS 20
 bool tb_flock_held(const char *path);
 
 /* flock(FD, OP | LOCK_NB), patient with a passer-by: EWOULDBLOCK is retried

@@ -210,10 +210,12 @@ START_TEST(test_client_lock_probe)
   char c;
   ck_assert_int_eq(read(ready[0], &c, 1), 1);
   ck_assert_int_eq(c, 'y');
+  usleep((TB_FLOCK_SNAPSHOT_MS + 5) * 1000); /* past the probe's last snapshot */
   ck_assert(tb_client_locked(dir, "pc01"));
   ck_assert_int_eq(write(go[1], "x", 1), 1);
   int status;
   ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  usleep((TB_FLOCK_SNAPSHOT_MS + 5) * 1000);
   ck_assert(!tb_client_locked(dir, "pc01"));
 
   /* Probes while sessions start and end: no start is refused. */
