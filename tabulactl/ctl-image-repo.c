@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* tabulactl image publish / image pull (see ctl-image-repo.h).
  *
- * Thin: options are parsed here, the work is lib/repo.c, so the daemon's
+ * Thin: options are parsed here, the work is lib/repo-*.c, so the daemon's
  * scheduled pulls behave exactly like a pull typed by hand.  The pull runs in
  * this process (not through the daemon), so it works while the daemon is down
  * and Ctrl-C simply leaves a pull that the next run resumes.  Options given on

@@ -1025,7 +1025,7 @@ static int cmd_image_gc(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
-/* publish and pull live in ctl-image-repo.c (lib/repo.c does the work); they
+/* publish and pull live in ctl-image-repo.c (lib/repo-*.c do the work); they
  * parse their own options, so --json, which main() took, is handed back. */
 /* The state directory is found as for every other command: --state DIR,
  * else the configuration's state_dir.  With --state the configuration is

@@ -3,7 +3,7 @@
 # tabula.json(5) lists exactly the keys the parser accepts (issue 18 §5): the
 # key tables of lib/conf.c, lib/watchdog.c and lib/iscsi-conf.c (the
 # `static const char *const ...keys[] = {...}` lists check_keys uses) and
-# the pull section's keys in lib/repo.c (`strcmp(key, "...")`) are compared
+# the pull section's keys in lib/repo-pullconf.c (`strcmp(key, "...")`) are compared
 # with the page: every key must appear in bold (.B/.BR/.RB lines), and every
 # key the page documents as an item (.TP then .B KEY) must be one the parser
 # knows.  A key added to the parser without the page fails here.
@@ -19,7 +19,7 @@ for f in ("lib/conf.c", "lib/watchdog.c", "lib/iscsi-conf.c"):
     s = open(f"{top}/{f}").read()
     for m in re.finditer(r'static const char \*const \w*keys\w*\[\]\s*=\s*\{([^}]*)\}', s):
         keys.update(re.findall(r'"([^"]+)"', m.group(1)))
-repo = open(f"{top}/lib/repo.c").read()
+repo = open(f"{top}/lib/repo-pullconf.c").read()
 keys.update(re.findall(r'strcmp\(key, "([a-z_0-9]+)"\)', repo))
 if len(keys) < 50:
     sys.exit(f"only {len(keys)} keys found in the parser: the extraction is broken")

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* repo-config: the config's "pull" section (lib/repo.c), checked strictly:
+/* repo-config: the config's "pull" section (lib/repo-pullconf.c), checked strictly:
  * every mistake is refused with a message that starts with its JSON path. */
 #include <config.h>
 

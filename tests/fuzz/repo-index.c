@@ -1,29 +1,28 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* libFuzzer target: a repository's index.json (lib/repo.c parse_index),
- * fetched from any HTTP(S) or S3 server.  lib/repo.c is included whole so
- * its static parser is reachable.  An index that parses must dump to text
+/* libFuzzer target: a repository's index.json (lib/repo-index.c), fetched
+ * from any HTTP(S) or S3 server.  An index that parses must dump to text
  * that parses again to the same dump. */
-#include "../../lib/repo.c"
+#include "../../lib/repo-index.c"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   struct repo_index ix;
-  if (parse_index((const char *)data, size, "demo", "fuzz", &ix) == -1)
+  if (repo_parse_index((const char *)data, size, "demo", "fuzz", &ix) == -1)
     return 0;
-  char *text = dump_index("demo", &ix);
+  char *text = repo_dump_index("demo", &ix);
   if (text) {
     struct repo_index again;
-    if (parse_index(text, strlen(text), "demo", "dump", &again) == -1)
+    if (repo_parse_index(text, strlen(text), "demo", "dump", &again) == -1)
       abort();
-    char *text2 = dump_index("demo", &again);
+    char *text2 = repo_dump_index("demo", &again);
     if (!text2 || strcmp(text, text2) != 0)
       abort();
     free(text2);
-    index_free(&again);
+    repo_index_free(&again);
   }
   free(text);
-  index_free(&ix);
+  repo_index_free(&ix);
   return 0;
 }
