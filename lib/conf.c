@@ -24,7 +24,7 @@
 #include "events.h"
 #include "handshake.h"
 #include "schedule.h"
-#include "watchdog.h"
+#include "watchdog-conf.h"
 
 /* ---- error helpers ------------------------------------------------------- */
 

@@ -7,7 +7,7 @@
 
 #include <stdint.h>
 
-#include "watchdog.h"
+#include "watchdog-conf.h"
 
 /* Resolved byte ranges of the protected regions of one session. */
 struct tb_guard {

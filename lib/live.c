@@ -66,7 +66,7 @@
 #include "live.h"
 #include "session.h"
 #include "store.h"
-#include "watchdog.h"
+#include "watchdog-conf.h"
 
 /* How often the running sessions' figures in live.json are refreshed. */
 #define LIVE_FIGURES_MS 5000

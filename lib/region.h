@@ -9,7 +9,7 @@
  *                      by lib/ptable when the region is resolved
  *   "lba:FIRST-LAST"   512-byte sectors, inclusive
  *
- * Preserved ranges (conf.h) and protected regions (watchdog.h) both use them,
+ * Preserved ranges (conf.h) and protected regions (watchdog-conf.h) both use them,
  * so both are parsed and resolved here, once.
  */
 #ifndef TB_REGION_H

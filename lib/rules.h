@@ -27,7 +27,7 @@
 
 #include "inspect.h"
 #include "overlay.h"
-#include "watchdog.h"
+#include "watchdog-conf.h"
 
 struct tb_scan {
   struct tb_overlay *overlay;

@@ -67,7 +67,7 @@
 #include "rules.h"
 #include "session.h"
 #include "store.h"
-#include "watchdog.h"
+#include "watchdog-conf.h"
 
 #define MAX_QUEUED 256
 #define MAX_SEEN 256

@@ -1,7 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: BSD-3-Clause
 # tabula.json(5) lists exactly the keys the parser accepts (issue 18 §5): the
-# key tables of lib/conf.c, lib/watchdog.c and lib/iscsi-conf.c (the
+# key tables of lib/conf.c, lib/watchdog-conf.c and lib/iscsi-conf.c (the
 # `static const char *const ...keys[] = {...}` lists check_keys uses) and
 # the pull section's keys in lib/repo-pullconf.c (`strcmp(key, "...")`) are compared
 # with the page: every key must appear in bold (.B/.BR/.RB lines), and every
@@ -15,7 +15,7 @@ python3 - "$abs_top_srcdir" <<'PY' || tb_fail "tabula.json(5) and the parser dif
 import re, sys
 top = sys.argv[1]
 keys = set()
-for f in ("lib/conf.c", "lib/watchdog.c", "lib/iscsi-conf.c"):
+for f in ("lib/conf.c", "lib/watchdog-conf.c", "lib/iscsi-conf.c"):
     s = open(f"{top}/{f}").read()
     for m in re.finditer(r'static const char \*const \w*keys\w*\[\]\s*=\s*\{([^}]*)\}', s):
         keys.update(re.findall(r'"([^"]+)"', m.group(1)))

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* tabula: the watchdog's configuration, the "watchdog" sections (see watchdog.h).
+/* tabula: the watchdog's configuration, the "watchdog" sections (see watchdog-conf.h).
  *
  * Parsing follows conf.c's rules: strict keys, errors that start with the JSON
  * path.  conf.c calls tb_watchdog_parse() on every watchdog section so a bad
@@ -18,7 +18,7 @@
 
 #include "conf.h"
 #include "json.h"
-#include "watchdog.h"
+#include "watchdog-conf.h"
 
 static int bad(const char *path, const char *key, const char *expected, const json_t *got)
 {

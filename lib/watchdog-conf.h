@@ -32,8 +32,8 @@
  * volume, "volume" a volume name of the view (default: every volume).
  * Actions: "alert", "quarantine", "rollback", "lockdown".
  */
-#ifndef TB_WATCHDOG_H
-#define TB_WATCHDOG_H
+#ifndef TB_WATCHDOG_CONF_H
+#define TB_WATCHDOG_CONF_H
 
 #include <stdbool.h>
 #include <stdint.h>
