@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include "cleanup.h"
 #include "repo-internal.h"
 
 struct hash_ref {
@@ -37,14 +38,13 @@ static int cmp_hash_ref(const void *a, const void *b)
 int repo_fill_local(struct pull *p)
 {
   const struct tb_manifest *w = p->want, *b = p->base.m;
-  uint8_t *buf = malloc(w->chunk_size), zero_hash[32], tail_zero_hash[32];
-  struct hash_ref *refs = NULL;
+  CLEANUP_FREE uint8_t *buf = malloc(w->chunk_size);
+  uint8_t zero_hash[32], tail_zero_hash[32];
+  CLEANUP_FREE struct hash_ref *refs = NULL;
   size_t n_refs = 0;
-  int base_fd = -1, r = -1;
-  if (!buf) {
-    tb_error_errno("pull");
-    goto out;
-  }
+  CLEANUP_CLOSE int base_fd = -1;
+  if (!buf)
+    return tb_error_errno("pull");
   memset(buf, 0, w->chunk_size);
   repo_sha256(buf, w->chunk_size, zero_hash);
   repo_sha256(buf, (size_t)repo_chunk_len(w, w->n_chunks - 1), tail_zero_hash);
@@ -67,13 +67,11 @@ int repo_fill_local(struct pull *p)
       if (fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) ==
           -1) {
         memset(buf, 0, len);
-        if (tb_pwrite_full(p->fd, buf, len, off) == -1) {
-          tb_error_errno("cannot write %s", p->partial);
-          goto out;
-        }
+        if (tb_pwrite_full(p->fd, buf, len, off) == -1)
+          return tb_error_errno("cannot write %s", p->partial);
       }
       if (repo_mark_chunk(p, i, CHUNK_VERIFIED) == -1)
-        goto out;
+        return -1;
       p->r->chunks_copied++;
       continue;
     }
@@ -87,21 +85,13 @@ int repo_fill_local(struct pull *p)
     repo_sha256(buf, len, h);
     if (memcmp(h, w->chunks[i], 32) != 0)
       continue;
-    if (tb_pwrite_full(p->fd, buf, len, off) == -1) {
-      tb_error_errno("cannot write %s", p->partial);
-      goto out;
-    }
+    if (tb_pwrite_full(p->fd, buf, len, off) == -1)
+      return tb_error_errno("cannot write %s", p->partial);
     if (repo_mark_chunk(p, i, CHUNK_VERIFIED) == -1)
-      goto out;
+      return -1;
     p->r->chunks_copied++;
   }
-  r = 0;
-out:
-  if (base_fd >= 0)
-    close(base_fd);
-  free(refs);
-  free(buf);
-  return r;
+  return 0;
 }
 
 /* Verify the assembled file: hash the chunks that are in place, in order,
@@ -184,6 +174,27 @@ static int finish_chunk(struct pull *p, struct xfer *x, CURLcode rc)
   return repo_mark_chunk(p, x->chunk, CHUNK_VERIFIED);
 }
 
+/* The transfers of one download_chunks: a multi handle and N easy ones,
+ * released together (a busy one is taken out of the multi handle first). */
+struct transfers {
+  CURLM *multi;
+  struct xfer *xs;
+  int n;
+};
+
+static void transfers_free(struct transfers *t)
+{
+  for (int s = 0; t->xs && s < t->n; s++) {
+    if (t->xs[s].busy)
+      curl_multi_remove_handle(t->multi, t->xs[s].curl);
+    repo_xfer_free(&t->xs[s]);
+  }
+  free(t->xs);
+  if (t->multi)
+    curl_multi_cleanup(t->multi);
+}
+#define CLEANUP_TRANSFERS __attribute__((cleanup(transfers_free)))
+
 int repo_download_chunks(struct pull *p)
 {
   const struct tb_manifest *w = p->want;
@@ -201,13 +212,12 @@ int repo_download_chunks(struct pull *p)
   long speed = p->o->rate_limit ? (long)(p->o->rate_limit / (uint64_t)parallel) : 0;
   if (p->o->rate_limit && speed < 1)
     speed = 1;
-  CURLM *multi = curl_multi_init();
-  struct xfer *xs = calloc((size_t)parallel, sizeof *xs);
-  int r = -1;
-  if (!multi || !xs) {
-    tb_error("cannot initialise libcurl");
-    goto out;
-  }
+  CLEANUP_TRANSFERS struct transfers set = {curl_multi_init(),
+                                            calloc((size_t)parallel, sizeof *set.xs), parallel};
+  CURLM *multi = set.multi;
+  struct xfer *xs = set.xs;
+  if (!multi || !xs)
+    return tb_error("cannot initialise libcurl");
   bool failed = false;
   for (;;) {
     for (int s = 0; s < parallel && !failed; s++) {
@@ -263,18 +273,8 @@ int repo_download_chunks(struct pull *p)
       break;
     }
   }
-  if (!failed) {
-    repo_report(p, TB_REPO_DOWNLOAD, p->bytes_todo, p->bytes_todo, true);
-    r = 0;
-  }
-out:
-  for (int s = 0; xs && s < parallel; s++) {
-    if (xs[s].busy)
-      curl_multi_remove_handle(multi, xs[s].curl);
-    repo_xfer_free(&xs[s]);
-  }
-  free(xs);
-  if (multi)
-    curl_multi_cleanup(multi);
-  return r;
+  if (failed)
+    return -1;
+  repo_report(p, TB_REPO_DOWNLOAD, p->bytes_todo, p->bytes_todo, true);
+  return 0;
 }

@@ -291,14 +291,13 @@ int repo_xfer_check(struct xfer *x, CURLcode rc, const char *what, uint64_t expe
 char *repo_fetch_index(struct http *h, const char *image, size_t *len, char *url_out,
                        size_t url_len)
 {
-  struct xfer x = {0};
+  CLEANUP_XFER struct xfer x = {0};
   char path[TB_NAME_MAX + 32];
   snprintf(path, sizeof path, "%s/index.json", image);
-  char *text = NULL;
   size_t cap =
       h->o->max_index_size > (64u << 20) * 16 ? (64u << 20) * 16 : (size_t)h->o->max_index_size;
   if (repo_xfer_setup(&x, h, path, cap, 0) == -1)
-    goto out;
+    return NULL;
   snprintf(url_out, url_len, "%s", x.url);
   curl_easy_setopt(x.curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)cap);
   CURLcode rc = curl_easy_perform(x.curl);
@@ -311,17 +310,15 @@ char *repo_fetch_index(struct http *h, const char *image, size_t *len, char *url
       tb_error("%s: HTTP 404 Not Found: the repository has no image \"%s\" (check --from and "
                "the image name)",
                x.url, image);
-    goto out;
+    return NULL;
   }
-  text = malloc(x.len + 1);
+  char *text = malloc(x.len + 1);
   if (!text) {
     tb_error_errno("%s", x.url);
-    goto out;
+    return NULL;
   }
   memcpy(text, x.buf, x.len);
   text[x.len] = '\0';
   *len = x.len;
-out:
-  repo_xfer_free(&x);
   return text;
 }

@@ -14,16 +14,15 @@
 
 #include <jansson.h>
 
+#include "json.h"
 #include "manifest.h"
 #include "repo-internal.h"
 
 void repo_index_free(struct repo_index *ix)
 {
-  for (size_t i = 0; i < ix->n; i++)
-    tb_manifest_free(ix->versions[i]);
-  free(ix->versions);
-  ix->versions = NULL;
-  ix->n = 0;
+  for (size_t i = 0; i < ix->versions.len; i++)
+    tb_manifest_free(ix->versions.ptr[i]);
+  tb_vector_free(&ix->versions);
 }
 
 int repo_cmp_manifest_version(const void *a, const void *b)
@@ -38,74 +37,57 @@ int repo_parse_index(const char *text, size_t len, const char *image, const char
                      struct repo_index *ix)
 {
   json_error_t jerr;
-  ix->versions = NULL;
-  ix->n = 0;
-  json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+  *ix = (struct repo_index){0};
+  CLEANUP_JSON json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!root)
     return tb_error("%s: not a valid index: not JSON (line %d column %d: %s)", what, jerr.line,
                     jerr.column, jerr.text);
-  int r = -1;
   json_t *fmt = json_object_get(root, "format"), *name = json_object_get(root, "image");
   json_t *vers = json_object_get(root, "versions");
-  if (!json_is_object(root)) {
-    tb_error("%s: not a valid index: expected a JSON object", what);
-    goto out;
-  }
-  if (!json_is_integer(fmt) || json_integer_value(fmt) != INDEX_FORMAT) {
-    tb_error("%s: not a valid index: \"format\" must be %d (a newer tabula may have "
-             "written it)",
-             what, INDEX_FORMAT);
-    goto out;
-  }
-  if (!json_is_string(name) || strcmp(json_string_value(name), image) != 0) {
-    tb_error("%s: not a valid index: \"image\" is not \"%s\"", what, image);
-    goto out;
-  }
-  if (!json_is_array(vers)) {
-    tb_error("%s: not a valid index: \"versions\" is missing or not an array", what);
-    goto out;
-  }
+  if (!json_is_object(root))
+    return tb_error("%s: not a valid index: expected a JSON object", what);
+  if (!json_is_integer(fmt) || json_integer_value(fmt) != INDEX_FORMAT)
+    return tb_error("%s: not a valid index: \"format\" must be %d (a newer tabula may have "
+                    "written it)",
+                    what, INDEX_FORMAT);
+  if (!json_is_string(name) || strcmp(json_string_value(name), image) != 0)
+    return tb_error("%s: not a valid index: \"image\" is not \"%s\"", what, image);
+  if (!json_is_array(vers))
+    return tb_error("%s: not a valid index: \"versions\" is missing or not an array", what);
+  CLEANUP_INDEX struct repo_index got = {0};
   size_t n = json_array_size(vers);
-  ix->versions = calloc(n + 1, sizeof *ix->versions);
-  if (!ix->versions) {
-    tb_error_errno("%s", what);
-    goto out;
-  }
+  if (tb_vector_reserve(&got.versions, n + 1) == -1)
+    return tb_error_errno("%s", what);
   for (size_t i = 0; i < n; i++) {
     char ewhat[TB_PATH_MAX + 32];
     snprintf(ewhat, sizeof ewhat, "%s: versions[%zu]", what, i);
     struct tb_manifest *m = tb_manifest_from_index_entry(json_array_get(vers, i), image, ewhat);
     if (!m)
-      goto out;
-    ix->versions[ix->n++] = m;
+      return -1;
+    got.versions.ptr[got.versions.len++] = m; /* reserved above */
   }
-  qsort(ix->versions, ix->n, sizeof *ix->versions, repo_cmp_manifest_version);
-  for (size_t i = 1; i < ix->n; i++)
-    if (ix->versions[i]->version == ix->versions[i - 1]->version) {
-      tb_error("%s: not a valid index: version %u is listed twice", what, ix->versions[i]->version);
-      goto out;
-    }
-  r = 0;
-out:
-  json_decref(root);
-  if (r == -1)
-    repo_index_free(ix);
-  return r;
+  struct tb_manifest **v = got.versions.ptr;
+  qsort(v, got.versions.len, sizeof *v, repo_cmp_manifest_version);
+  for (size_t i = 1; i < got.versions.len; i++)
+    if (v[i]->version == v[i - 1]->version)
+      return tb_error("%s: not a valid index: version %u is listed twice", what, v[i]->version);
+  *ix = got;
+  got = (struct repo_index){0};
+  return 0;
 }
 
 char *repo_dump_index(const char *image, const struct repo_index *ix)
 {
   json_t *vers = json_array();
-  for (size_t i = 0; vers && i < ix->n; i++)
-    json_array_append_new(vers, tb_manifest_to_index_entry(ix->versions[i]));
-  json_t *root =
+  for (size_t i = 0; vers && i < ix->versions.len; i++)
+    json_array_append_new(vers, tb_manifest_to_index_entry(ix->versions.ptr[i]));
+  CLEANUP_JSON json_t *root =
       json_pack("{s:i, s:s, s:o}", "format", INDEX_FORMAT, "image", image, "versions", vers);
   if (!root) {
     tb_error("cannot encode the index of %s", image);
     return NULL;
   }
   char *text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
-  json_decref(root);
   if (!text)
     tb_error("cannot encode the index of %s", image);
   return text;

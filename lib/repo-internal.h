@@ -30,6 +30,7 @@
 #include "manifest.h"
 #include "repo.h"
 #include "util.h"
+#include "vector.h"
 
 #define INDEX_FORMAT 1
 #define MAX_PARALLEL 32
@@ -49,12 +50,17 @@ static inline uint64_t repo_chunk_len(const struct tb_manifest *m, size_t i)
 
 /* ---- repo-index.c: the index document ------------------------------------- */
 
+TB_VECTOR(repo_versions, struct tb_manifest *);
 struct repo_index {
-  struct tb_manifest **versions; /* ascending by version */
-  size_t n;
+  struct repo_versions versions; /* ascending by version */
 };
 
 void repo_index_free(struct repo_index *ix);
+static inline void repo_cleanup_index(struct repo_index *ix)
+{
+  repo_index_free(ix);
+}
+#define CLEANUP_INDEX __attribute__((cleanup(repo_cleanup_index)))
 /* qsort comparator of struct tb_manifest * by version. */
 int repo_cmp_manifest_version(const void *a, const void *b);
 /* Parse and validate an index for IMAGE; WHAT (a URL or path) prefixes errors. */
@@ -109,6 +115,7 @@ void repo_http_cleanup(struct http *h);
 int repo_xfer_setup(struct xfer *x, struct http *h, const char *path, size_t cap,
                     long max_recv_speed);
 void repo_xfer_free(struct xfer *x);
+#define CLEANUP_XFER __attribute__((cleanup(repo_xfer_free)))
 void repo_xfer_set_range(struct xfer *x, uint64_t first, uint64_t last);
 /* Turn a finished transfer into 0 or a message that says what went wrong and
  * what to do.  WHAT says what was being fetched ("the index", "chunk 7"). */

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "cleanup.h"
 #include "events.h"
 #include "manifest.h"
 #include "repo-internal.h"
@@ -82,89 +83,68 @@ int tb_repo_publish(const char *state, const char *image, uint32_t ver, const ch
     return tb_error("invalid image name \"%.80s\"", image);
   if (ver == 0 && (ver = tb_store_latest(state, image)) == 0)
     return -1;
-  struct tb_manifest *m = tb_manifest_load(state, image, ver);
+  CLEANUP_MANIFEST struct tb_manifest *m = tb_manifest_load(state, image, ver);
   if (!m)
     return -1;
   char src[TB_PATH_MAX], idir[TB_PATH_MAX], ipath[TB_PATH_MAX], dst[TB_PATH_MAX];
-  struct repo_index ix = {0};
-  int dfd = -1, r = -1;
-  char *text = NULL;
   if (tb_store_version_path(state, image, ver, src, sizeof src) == -1 ||
       tb_path(idir, sizeof idir, "%s/%s", dir, image) == -1 ||
       tb_path(ipath, sizeof ipath, "%s/index.json", idir) == -1 ||
       tb_path(dst, sizeof dst, "%s/%u.img", idir, ver) == -1 || tb_mkdirs(idir, false) == -1)
-    goto out;
+    return -1;
   /* One publisher at a time per image directory; the lock is on the directory
    * itself so no lock file ends up in the served tree. */
-  dfd = open(idir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd == -1 || flock(dfd, LOCK_EX) == -1) {
-    tb_error_errno("cannot lock %s", idir);
-    goto out;
-  }
+  CLEANUP_CLOSE int dfd = open(idir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd == -1 || flock(dfd, LOCK_EX) == -1)
+    return tb_error_errno("cannot lock %s", idir);
+  CLEANUP_INDEX struct repo_index ix = {0};
   size_t len;
-  char *old = tb_read_file(ipath, TB_REPO_DEFAULT_MAX_INDEX * 4, &len);
+  CLEANUP_FREE char *old = tb_read_file(ipath, TB_REPO_DEFAULT_MAX_INDEX * 4, &len);
   if (old) {
-    int pr = repo_parse_index(old, len, image, ipath, &ix);
-    free(old);
-    if (pr == -1) {
-      tb_error_prefix("the repository's index is damaged (fix or remove it)");
-      goto out;
-    }
+    if (repo_parse_index(old, len, image, ipath, &ix) == -1)
+      return tb_error_prefix("the repository's index is damaged (fix or remove it)");
   } else if (errno != ENOENT)
-    goto out;
-  size_t slot = ix.n;
-  for (size_t i = 0; i < ix.n; i++)
-    if (ix.versions[i]->version == ver)
+    return -1;
+  struct repo_versions *v = &ix.versions;
+  size_t slot = v->len;
+  for (size_t i = 0; i < v->len; i++)
+    if (v->ptr[i]->version == ver)
       slot = i;
-  if (slot < ix.n) {
-    const struct tb_manifest *have = ix.versions[slot];
-    if (have->size != m->size || memcmp(have->sha256, m->sha256, 32) != 0) {
-      tb_error("%s already lists %s@%u with a different sha256; this store's %s@%u is "
-               "another image: publish into another directory, or remove %s first",
-               ipath, image, ver, image, ver, idir);
-      goto out;
-    }
+  if (slot < v->len) {
+    const struct tb_manifest *have = v->ptr[slot];
+    if (have->size != m->size || memcmp(have->sha256, m->sha256, 32) != 0)
+      return tb_error("%s already lists %s@%u with a different sha256; this store's %s@%u is "
+                      "another image: publish into another directory, or remove %s first",
+                      ipath, image, ver, image, ver, idir);
     if (file_has_size(dst, m->size)) {
-      r = 0; /* already published: nothing to do */
-      goto out;
+      if (published) /* already published: nothing to do */
+        *published = ver;
+      return 0;
     }
   }
   if (publish_file(src, idir, ver, progress, ctx) == -1)
-    goto out;
+    return -1;
   struct tb_manifest *c = tb_manifest_copy(m);
-  if (!c) {
-    tb_error_errno("publishing %s@%u", image, ver);
-    goto out;
-  }
-  if (slot < ix.n) {
-    tb_manifest_free(ix.versions[slot]);
-    ix.versions[slot] = c;
+  if (!c)
+    return tb_error_errno("publishing %s@%u", image, ver);
+  if (slot < v->len) {
+    tb_manifest_free(v->ptr[slot]);
+    v->ptr[slot] = c;
   } else {
-    struct tb_manifest **nv = realloc(ix.versions, (ix.n + 1) * sizeof *nv);
-    if (!nv) {
+    if (tb_vector_push(v, c) == -1) {
       tb_manifest_free(c);
-      tb_error_errno("publishing %s@%u", image, ver);
-      goto out;
+      return tb_error_errno("publishing %s@%u", image, ver);
     }
-    ix.versions = nv;
-    ix.versions[ix.n++] = c;
-    qsort(ix.versions, ix.n, sizeof *ix.versions, repo_cmp_manifest_version);
+    qsort(v->ptr, v->len, sizeof *v->ptr, repo_cmp_manifest_version);
   }
-  if (!(text = repo_dump_index(image, &ix)) ||
-      tb_write_file_atomic(ipath, text, strlen(text), 0644) == -1)
-    goto out;
+  CLEANUP_FREE char *text = repo_dump_index(image, &ix);
+  if (!text || tb_write_file_atomic(ipath, text, strlen(text), 0644) == -1)
+    return -1;
   char hex[65];
   tb_hex(m->sha256, 32, hex);
   tb_eventf(state, "image-published", NULL, "{s:s, s:I, s:s, s:I, s:s}", "image", image, "version",
             (json_int_t)ver, "dir", dir, "size", (json_int_t)m->size, "sha256", hex);
-  r = 0;
-out:
-  if (r == 0 && published)
+  if (published)
     *published = ver;
-  free(text);
-  repo_index_free(&ix);
-  if (dfd >= 0)
-    close(dfd);
-  tb_manifest_free(m);
-  return r;
+  return 0;
 }

@@ -27,6 +27,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "cleanup.h"
 #include "events.h"
 #include "repo-internal.h"
 #include "store.h"
@@ -169,17 +170,18 @@ static int pull_version(struct pull *p)
 static const struct tb_manifest *pick_version(const struct repo_index *ix, uint32_t want,
                                               const char *image, const char *url)
 {
-  if (ix->n == 0) {
+  const struct repo_versions *v = &ix->versions;
+  if (v->len == 0) {
     tb_error("%s: the repository lists no versions of %s yet", url, image);
     return NULL;
   }
   if (want == 0)
-    return ix->versions[ix->n - 1];
-  for (size_t i = 0; i < ix->n; i++)
-    if (ix->versions[i]->version == want)
-      return ix->versions[i];
+    return v->ptr[v->len - 1];
+  for (size_t i = 0; i < v->len; i++)
+    if (v->ptr[i]->version == want)
+      return v->ptr[i];
   tb_error("%s: the repository has no version %u of %s (newest: %u)", url, want, image,
-           ix->versions[ix->n - 1]->version);
+           v->ptr[v->len - 1]->version);
   return NULL;
 }
 
@@ -192,6 +194,68 @@ static void curl_init_once(void)
   curl_init_status = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+/* What a pull holds until it returns (the index it chose from is the caller's). */
+static void pull_free(struct pull *p)
+{
+  if (p->fd >= 0)
+    close(p->fd);
+  if (p->done_fd >= 0)
+    close(p->done_fd);
+  if (p->lock_fd >= 0)
+    close(p->lock_fd);
+  free(p->done);
+  EVP_MD_CTX_free(p->whole);
+  free(p->hash_buf);
+  tb_manifest_free(p->base.m);
+  repo_http_cleanup(&p->http);
+}
+#define CLEANUP_PULL __attribute__((cleanup(pull_free)))
+
+/* Everything from the index to the store; IX gets the index (P->want points
+ * into it). */
+static int pull_steps(struct pull *p, struct repo_index *ix)
+{
+  const char *state = p->state, *image = p->image;
+  const struct tb_repo_pull_opts *o = p->o;
+  struct tb_repo_pull_result *r = p->r;
+  char url[2400] = "";
+  if (tb_store_init(state) == -1 || repo_http_init(&p->http, o) == -1)
+    return -1;
+  repo_report(p, TB_REPO_INDEX, 0, 1, true);
+  size_t len = 0;
+  CLEANUP_FREE char *text = repo_fetch_index(&p->http, image, &len, url, sizeof url);
+  if (!text || repo_parse_index(text, len, image, url, ix) == -1)
+    return -1;
+  if (!(p->want = pick_version(ix, o->version, image, url)))
+    return -1;
+  r->remote_version = p->want->version;
+  r->size = p->want->size;
+  r->chunks_total = p->want->n_chunks;
+  if (find_base(state, image, p->want, &p->base) == -1)
+    return -1;
+  if (p->base.identical) {
+    r->already_present = true;
+    r->local_version = p->base.version;
+    r->bytes_downloaded = p->http.bytes;
+    return 0;
+  }
+  r->base_version = p->base.shared ? p->base.version : 0;
+  char sha[65];
+  tb_hex(p->want->sha256, 32, sha);
+  tb_eventf(state, "image-pull-start", NULL, "{s:s, s:s, s:I, s:s, s:I}", "image", image, "url",
+            o->url, "version", (json_int_t)p->want->version, "sha256", sha, "base",
+            (json_int_t)r->base_version);
+  int ret = pull_version(p);
+  r->bytes_downloaded = p->http.bytes;
+  if (ret == 0)
+    tb_eventf(state, "image-pulled", NULL, "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:b}", "image",
+              image, "url", o->url, "remote_version", (json_int_t)p->want->version, "version",
+              (json_int_t)r->local_version, "base", (json_int_t)r->base_version,
+              "chunks_downloaded", (json_int_t)r->chunks_downloaded, "bytes_downloaded",
+              (json_int_t)r->bytes_downloaded, "resumed", r->resumed);
+  return ret;
+}
+
 int tb_repo_pull(const char *state, const char *image, const struct tb_repo_pull_opts *o,
                  tb_repo_progress_fn progress, void *ctx, struct tb_repo_pull_result *r)
 {
@@ -201,55 +265,17 @@ int tb_repo_pull(const char *state, const char *image, const struct tb_repo_pull
   memset(r, 0, sizeof *r);
   if (!tb_name_valid(image))
     return tb_error("invalid image name \"%.80s\" (1-64 characters [A-Za-z0-9._-])", image);
-  struct pull p = {.state = state,
-                   .image = image,
-                   .o = o,
-                   .r = r,
-                   .progress = progress,
-                   .ctx = ctx,
-                   .lock_fd = -1,
-                   .fd = -1,
-                   .done_fd = -1};
-  struct repo_index ix = {0};
-  char url[2400] = "";
-  char *text = NULL;
-  int ret = -1;
-  if (tb_store_init(state) == -1 || repo_http_init(&p.http, o) == -1)
-    goto out;
-  repo_report(&p, TB_REPO_INDEX, 0, 1, true);
-  size_t len = 0;
-  if (!(text = repo_fetch_index(&p.http, image, &len, url, sizeof url)) ||
-      repo_parse_index(text, len, image, url, &ix) == -1)
-    goto out;
-  if (!(p.want = pick_version(&ix, o->version, image, url)))
-    goto out;
-  r->remote_version = p.want->version;
-  r->size = p.want->size;
-  r->chunks_total = p.want->n_chunks;
-  if (find_base(state, image, p.want, &p.base) == -1)
-    goto out;
-  if (p.base.identical) {
-    r->already_present = true;
-    r->local_version = p.base.version;
-    r->bytes_downloaded = p.http.bytes;
-    ret = 0;
-    goto out;
-  }
-  r->base_version = p.base.shared ? p.base.version : 0;
-  char sha[65];
-  tb_hex(p.want->sha256, 32, sha);
-  tb_eventf(state, "image-pull-start", NULL, "{s:s, s:s, s:I, s:s, s:I}", "image", image, "url",
-            o->url, "version", (json_int_t)p.want->version, "sha256", sha, "base",
-            (json_int_t)r->base_version);
-  ret = pull_version(&p);
-  r->bytes_downloaded = p.http.bytes;
-  if (ret == 0)
-    tb_eventf(state, "image-pulled", NULL, "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:b}", "image",
-              image, "url", o->url, "remote_version", (json_int_t)p.want->version, "version",
-              (json_int_t)r->local_version, "base", (json_int_t)r->base_version,
-              "chunks_downloaded", (json_int_t)r->chunks_downloaded, "bytes_downloaded",
-              (json_int_t)r->bytes_downloaded, "resumed", r->resumed);
-out:
+  CLEANUP_PULL struct pull p = {.state = state,
+                                .image = image,
+                                .o = o,
+                                .r = r,
+                                .progress = progress,
+                                .ctx = ctx,
+                                .lock_fd = -1,
+                                .fd = -1,
+                                .done_fd = -1};
+  CLEANUP_INDEX struct repo_index ix = {0};
+  int ret = pull_steps(&p, &ix);
   if (ret == 0)
     repo_prune_obsolete_pulls(state, image, o->url, p.want->version);
   if (ret == -1 && !r->bytes_downloaded)
@@ -263,18 +289,5 @@ out:
               msg);
     tb_error("%s", msg); /* the event may have overwritten it */
   }
-  if (p.fd >= 0)
-    close(p.fd);
-  if (p.done_fd >= 0)
-    close(p.done_fd);
-  if (p.lock_fd >= 0)
-    close(p.lock_fd);
-  free(p.done);
-  EVP_MD_CTX_free(p.whole);
-  free(p.hash_buf);
-  tb_manifest_free(p.base.m);
-  repo_http_cleanup(&p.http);
-  repo_index_free(&ix);
-  free(text);
   return ret;
 }

@@ -24,6 +24,8 @@
 
 #include <jansson.h>
 
+#include "cleanup.h"
+#include "json.h"
 #include "repo-internal.h"
 
 void repo_report(struct pull *p, enum tb_repo_phase phase, uint64_t done, uint64_t total,
@@ -55,13 +57,12 @@ static char *pull_meta_text(const struct pull *p)
   tb_hex(p->want->sha256, 32, sha);
   if (p->base.m)
     tb_hex(p->base.m->manifest_sha256, 32, base_sha);
-  json_t *j = json_pack("{s:s, s:s, s:I, s:s, s:I, s:I, s:I, s:s}", "url", p->o->url, "image",
-                        p->image, "version", (json_int_t)p->want->version, "sha256", sha, "size",
-                        (json_int_t)p->want->size, "chunk_size", (json_int_t)p->want->chunk_size,
-                        "base", (json_int_t)p->base.version, "base_manifest_sha256", base_sha);
-  char *text = j ? json_dumps(j, JSON_SORT_KEYS) : NULL;
-  json_decref(j);
-  return text;
+  CLEANUP_JSON json_t *j =
+      json_pack("{s:s, s:s, s:I, s:s, s:I, s:I, s:I, s:s}", "url", p->o->url, "image", p->image,
+                "version", (json_int_t)p->want->version, "sha256", sha, "size",
+                (json_int_t)p->want->size, "chunk_size", (json_int_t)p->want->chunk_size, "base",
+                (json_int_t)p->base.version, "base_manifest_sha256", base_sha);
+  return j ? json_dumps(j, JSON_SORT_KEYS) : NULL;
 }
 
 /* Can we continue from what an earlier run left?  Only if it was a pull of the
@@ -70,18 +71,16 @@ static char *pull_meta_text(const struct pull *p)
 bool repo_pull_can_resume(struct pull *p)
 {
   size_t len;
-  char *text = tb_read_file(p->meta, 1 << 20, &len);
+  CLEANUP_FREE char *text = tb_read_file(p->meta, 1 << 20, &len);
   if (!text)
     return false;
-  json_t *j = json_loadb(text, len, 0, NULL);
-  free(text);
+  CLEANUP_JSON json_t *j = json_loadb(text, len, 0, NULL);
   char sha[65];
   tb_hex(p->want->sha256, 32, sha);
   bool ok = j && json_is_string(json_object_get(j, "sha256")) &&
             strcmp(json_string_value(json_object_get(j, "sha256")), sha) == 0 &&
             json_integer_value(json_object_get(j, "size")) == (json_int_t)p->want->size &&
             json_integer_value(json_object_get(j, "chunk_size")) == (json_int_t)p->want->chunk_size;
-  json_decref(j);
   struct stat st;
   if (!ok || stat(p->partial, &st) == -1 || (uint64_t)st.st_size != p->want->size)
     return false;
@@ -133,11 +132,9 @@ int repo_pull_start(struct pull *p)
   }
   if (fsync(p->fd) == -1 || fsync(p->done_fd) == -1)
     return tb_error_errno("cannot sync %s", p->partial);
-  char *text = pull_meta_text(p);
-  int r = text ? tb_write_file_atomic(p->meta, text, strlen(text), 0600)
-               : tb_error("cannot encode %s", p->meta);
-  free(text);
-  return r;
+  CLEANUP_FREE char *text = pull_meta_text(p);
+  return text ? tb_write_file_atomic(p->meta, text, strlen(text), 0600)
+              : tb_error("cannot encode %s", p->meta);
 }
 
 /* Resume: re-hash every chunk an earlier run verified; a mismatch is fetched again. */
@@ -148,7 +145,7 @@ int repo_pull_resume(struct pull *p)
     return -1;
   if (tb_pread_full(p->done_fd, p->done, w->n_chunks, 0) == -1)
     return tb_error_errno("cannot read %s", p->done_path);
-  uint8_t *buf = malloc(w->chunk_size);
+  CLEANUP_FREE uint8_t *buf = malloc(w->chunk_size);
   if (!buf)
     return tb_error_errno("resuming");
   uint64_t todo = 0, done = 0;
@@ -166,21 +163,16 @@ int repo_pull_resume(struct pull *p)
     }
     size_t len = (size_t)repo_chunk_len(w, i);
     uint8_t h[32];
-    if (tb_pread_full(p->fd, buf, len, (uint64_t)i * w->chunk_size) == -1) {
-      free(buf);
+    if (tb_pread_full(p->fd, buf, len, (uint64_t)i * w->chunk_size) == -1)
       return tb_error_errno("cannot read %s", p->partial);
-    }
     repo_sha256(buf, len, h);
     if (memcmp(h, w->chunks[i], 32) == 0)
       p->r->chunks_resumed++;
-    else if (repo_mark_chunk(p, i, CHUNK_TODO) == -1) {
-      free(buf);
+    else if (repo_mark_chunk(p, i, CHUNK_TODO) == -1)
       return -1;
-    }
     done += len;
     repo_report(p, TB_REPO_RESUME, done, todo, false);
   }
-  free(buf);
   p->r->resumed = true;
   return 0;
 }
@@ -213,19 +205,15 @@ void repo_prune_obsolete_pulls(const char *state, const char *image, const char 
         tb_path(lock, sizeof lock, "%s/lock", sub) == -1)
       continue;
     size_t len;
-    char *text = tb_read_file(meta, 1 << 20, &len);
-    json_t *j = text ? json_loadb(text, len, 0, NULL) : NULL;
-    free(text);
+    CLEANUP_FREE char *text = tb_read_file(meta, 1 << 20, &len);
+    CLEANUP_JSON json_t *j = text ? json_loadb(text, len, 0, NULL) : NULL;
     const char *their_url = json_string_value(json_object_get(j, "url"));
     json_int_t their_ver = json_integer_value(json_object_get(j, "version"));
     bool obsolete =
         their_url && strcmp(their_url, url) == 0 && their_ver >= 1 && their_ver <= (json_int_t)ver;
-    json_decref(j);
-    int fd = obsolete ? open(lock, O_RDWR | O_CLOEXEC) : -1;
+    CLEANUP_CLOSE int fd = obsolete ? open(lock, O_RDWR | O_CLOEXEC) : -1;
     if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
       repo_remove_state_dir(sub);
-    if (fd >= 0)
-      close(fd);
   }
   if (d)
     closedir(d);
