@@ -22,6 +22,12 @@
  *   metrics.c
  *   daemon.c      main() and the loop, which walks every part's timer
  *
+ * Files on one line call none of each other.  make check keeps it so
+ * (scripts/check-calls.sh, run by restored/Makefile.am's check-calls): the
+ * graph is derived from what each object defines and leaves undefined (nm)
+ * and from include lines, and an edge against this order, a cycle or a file
+ * placed nowhere here fails the build's check.  A new file gets a line here.
+ *
  * One thread, the main loop's, runs everything that touches daemon state (a
  * struct daemon and what it points to): a poll() loop over signals
  * (signalfd), the control socket and its connections, the job completion
