@@ -1,7 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: BSD-3-Clause
-# The ext and NTFS record geometry and the raw-inode parsers of
-# lib/inspect.c (the indexed diff's, on guest bytes) under libFuzzer:
+# The ext and NTFS record geometry (lib/inspect-geom.c) and the raw-inode
+# parsers (lib/inspect-meta.c) of the indexed diff, on guest bytes, under
+# libFuzzer:
 # tests/fuzz/geometry.c, tests/fuzz/ntfs-geometry.c (a 2 MiB mkntfs image
 # as its seed).
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* The geometry fuzzers' disk: the fuzzer's input as a buffer-backed
  * tb_disk's read callback, zeros past its end.  Included after
- * lib/inspect.c. */
+ * tests/fuzz/inspect-all.h. */
 #ifndef TB_FUZZ_BUF_DISK_H
 #define TB_FUZZ_BUF_DISK_H
 

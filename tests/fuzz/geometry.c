@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* libFuzzer target: the ext record geometry that lib/inspect.c's indexed
- * diff reads from guest bytes (the superblock, the group descriptors, where
- * each inode table lies), its extent checks (geom_finish, geom_covers), and
- * the parsers of raw inode bytes (in-inode xattr entries, timestamps).
- * lib/inspect.c is included whole so the static parsers are reachable; the
- * disk is the input itself (zeros past its end, up to 1 MiB), read through
- * an ordinary buffer-backed tb_disk.  A geometry that is accepted must lie
- * inside the volume, sorted and disjoint, and every inode's place must be
- * inside one of its extents. */
-#include "../../lib/inspect.c"
+/* libFuzzer target: the ext record geometry that lib/inspect-geom.c reads
+ * for the indexed diff from guest bytes (the superblock, the group
+ * descriptors, where each inode table lies), its extent checks (geom_finish,
+ * geom_covers), and lib/inspect-meta.c's parsers of raw inode bytes
+ * (in-inode xattr entries, timestamps).  lib/inspect-*.c are included whole
+ * (inspect-all.h) so the static parsers are reachable; the disk is the input itself (zeros past its
+ * end, up to 1 MiB), read through an ordinary buffer-backed tb_disk.  A geometry that is accepted
+ * must lie inside the volume, sorted and disjoint, and every inode's place must be inside one of
+ * its extents. */
+#include "inspect-all.h"
 #include "buf-disk.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -36,10 +36,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       if (e->off + e->len > vol.length || (i && g.v[i - 1].off + g.v[i - 1].len > e->off))
         abort();
     }
-    if (!geom_covers(&g, &g))
+    if (!tbi_geom_covers(&g, &g))
       abort();
   }
-  geom_free(&g);
+  tbi_geom_free(&g);
   /* The raw-inode parsers on the first 1 KiB read as an inode. */
   if (size >= 256) {
     uint32_t isz = size >= 1024 ? 1024 : 256;

@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* libFuzzer target: the NTFS record geometry of lib/inspect.c's indexed
- * diff (ntfs_geometry: the boot sector's record size, then where the MFT
- * lies from $MFT's own $DATA runs, which libtsk reads for it), on a
- * buffer-backed disk holding the input (zeros past its end, up to 2 MiB).
- * lib/inspect.c is included whole so the static parser is reachable.  An
- * accepted geometry must lie inside the volume, sorted and disjoint. */
-#include "../../lib/inspect.c"
+/* libFuzzer target: the NTFS record geometry of the indexed diff
+ * (lib/inspect-geom.c's ntfs_geometry: the boot sector's record size, then
+ * where the MFT lies from $MFT's own $DATA runs, which libtsk reads for it),
+ * on a buffer-backed disk holding the input (zeros past its end, up to
+ * 2 MiB).  lib/inspect-*.c are included whole (inspect-all.h) so the static
+ * parser is reachable.  An accepted geometry must lie inside the volume,
+ * sorted and disjoint. */
+#include "inspect-all.h"
 #include "buf-disk.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -23,14 +24,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!v->fs || !TSK_FS_TYPE_ISNTFS(v->fs->ftype))
       continue;
     struct geom g;
-    if (vol_geometry(ins, v, &g) == 0) {
+    if (tbi_vol_geometry(ins, v, &g) == 0) {
       for (size_t k = 0; k < g.n; k++) {
         const struct meta_extent *e = &g.v[k];
         if (e->off < v->pub.offset || e->off + e->len > v->pub.offset + v->pub.length ||
             (k && g.v[k - 1].off + g.v[k - 1].len > e->off))
           abort();
       }
-      geom_free(&g);
+      tbi_geom_free(&g);
     }
   }
   if (ins)

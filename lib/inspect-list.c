@@ -1,0 +1,728 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* lib/inspect-list.c: directory listings, the one primitive of the view.
+ *
+ * read_dir() reads a directory (ext and NTFS with our own readers, which
+ * avoid libtsk's quadratic tsk_fs_dir_add; the others through libtsk), keeps
+ * the allocated, real entries with sane names (entry_name escapes the rest),
+ * loads each entry's metadata (inspect-meta.c), sorts by name and caches the
+ * listing per volume (LRU, bounded by directories and entries).  Path
+ * lookups (resolve) binary-search these listings component by component, so
+ * a lookup finds only what readdir shows.  Runs on the worker only.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "inspect-internal.h"
+
+#define DIR_CACHE_MAX_ENTRIES 400000 /* entries cached per volume */
+
+static int dent_cmp(const void *a, const void *b)
+{
+  return strcmp(((const struct dent *)a)->name, ((const struct dent *)b)->name);
+}
+
+/* Names a listing can hold.  A guest with raw disk access can write names
+ * no path component can be: with a '/', empty (a NUL first: libtsk stops
+ * at a NUL), "." or ".." beyond a directory's own two entries, longer than
+ * FUSE's 1024 bytes.  Dropping them would hide the file from the view and
+ * from every rule, so they are listed under an escaped name instead: the
+ * tb_guest_name() encoding (util.h) with '/' as "\x2f", "." as "\x2e" and
+ * ".." as "\x2e\x2e", an empty name as "\x00", and a name still longer
+ * than 1024 bytes cut to 1000 and ended with "\~" and 16 hex digits of the
+ * sha256 of the whole name (so two long names stay apart).  Every other
+ * name is listed as libtsk reports it, raw bytes and all. */
+#define LIST_NAME_MAX 1024
+
+static char *escaped_name(const char *raw)
+{
+  if (!*raw)
+    return strdup("\\x00");
+  if (strcmp(raw, ".") == 0 || strcmp(raw, "..") == 0)
+    return strdup(raw[1] ? "\\x2e\\x2e" : "\\x2e");
+  char *enc = tb_guest_name(raw);
+  if (!enc)
+    return NULL;
+  size_t slashes = 0, n = strlen(enc);
+  for (size_t i = 0; i < n; i++)
+    slashes += enc[i] == '/';
+  char *out = malloc(n + 3 * slashes + 24 + 1), *o = out;
+  if (!out) {
+    free(enc);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (enc[i] == '/') {
+      memcpy(o, "\\x2f", 4);
+      o += 4;
+    } else {
+      *o++ = enc[i];
+    }
+  }
+  *o = '\0';
+  free(enc);
+  if ((size_t)(o - out) > LIST_NAME_MAX) {
+    size_t cut = 1000; /* not inside a UTF-8 character or an escape */
+    while (cut > 0 && ((unsigned char)out[cut] & 0xC0) == 0x80)
+      cut--;
+    for (size_t k = cut; k > 0 && k + 4 > cut; k--)
+      if (out[k - 1] == '\\') {
+        cut = k - 1;
+        break;
+      }
+    unsigned char md[32];
+    EVP_Digest(raw, strlen(raw), md, NULL, EVP_sha256(), NULL);
+    char hex[65];
+    tb_hex(md, 8, hex);
+    snprintf(out + cut, 24, "\\~%s", hex);
+  }
+  return out;
+}
+
+/* The listed name of entry NM of directory DIR_INUM (malloc'd), or NULL
+ * with errno 0 if the entry is not listed (the directory's own "." and
+ * "..", libtsk's unallocated names), ENOMEM if out of memory. */
+char *tbi_entry_name(const TSK_FS_NAME *nm, struct name_seen *seen)
+{
+  errno = 0;
+  if (!nm || !nm->name || !(nm->flags & TSK_FS_NAME_FLAG_ALLOC))
+    return NULL;
+  const char *name = nm->name;
+  bool own = nm->type == TSK_FS_NAME_TYPE_DIR || nm->type == TSK_FS_NAME_TYPE_UNDEF;
+  if (strcmp(name, ".") == 0 && !seen->dot && own) {
+    seen->dot = true;
+    return NULL;
+  }
+  if (strcmp(name, "..") == 0 && !seen->dotdot && own) {
+    seen->dotdot = true;
+    return NULL;
+  }
+  char *r = *name && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 && !strchr(name, '/') &&
+                    strlen(name) <= LIST_NAME_MAX
+                ? strdup(name)
+                : escaped_name(name);
+  if (!r)
+    errno = ENOMEM;
+  return r;
+}
+
+/* An ext2/3 block map (no extents) reaching into the triple-indirect block:
+ * libtsk's map builder visits every pointer of the triple-indirect tree
+ * whatever the file's size (a million indirect blocks with 4 KiB blocks)
+ * and appends each run by walking the whole list: an hour of CPU and a
+ * hundred MiB for one damaged inode (or one honest file over 4 GiB), with
+ * no read the deadline could stop.  Such files never reach it: a regular
+ * one is read by our own walker (tbi_ext_bmap_pread), anything else refused. */
+bool tbi_needs_triple_indirect(const struct vol *v, const TSK_FS_META *m, uint64_t size)
+{
+  if (!TSK_FS_TYPE_ISEXT(v->fs->ftype) || m->content_type != TSK_FS_META_CONTENT_TYPE_DEFAULT)
+    return false;
+  uint64_t bs = v->fs->block_size, per_block = bs / 4;
+  uint64_t mapped = 12 + per_block + per_block * per_block; /* direct, single, double */
+  return bs > 0 && (size + bs - 1) / bs > mapped;
+}
+
+/* libtsk builds a file's run list in time quadratic in its length before
+ * the first read, without a read the deadline could stop: a damaged inode
+ * claiming a huge size hangs it.  So sizes no guest writes are refused
+ * before libtsk sees them: symlinks over 64 KiB, directories larger than
+ * their volume, files more than 16 times larger than their volume (sparse
+ * files that large are unheard of in a PC or VM guest), except ext4
+ * extent-mapped files, whose size costs libtsk nothing. */
+bool tbi_size_plausible(const struct vol *v, const TSK_FS_META *m)
+{
+  uint64_t vol = v->pub.length > (1u << 30) ? v->pub.length : (1u << 30);
+  uint64_t size = m->size > 0 ? (uint64_t)m->size : 0;
+  if (tbi_needs_triple_indirect(v, m, size))
+    return tbi_ext_bmapped(v, m); /* a regular file: our own reader's */
+  switch (m->type) {
+  case TSK_FS_META_TYPE_LNK:
+    return size <= 65536;
+  case TSK_FS_META_TYPE_DIR:
+    return size <= vol;
+  default:
+    /* An ext4 extent tree maps a file in as many runs as it has extents,
+     * each read from the disk (the deadline holds): its size costs nothing,
+     * and sparse files of any size read (a 1 TiB one on a 560 MiB volume). */
+    return m->content_type == TSK_FS_META_CONTENT_TYPE_EXT4_EXTENTS || size / 16 <= vol;
+  }
+}
+
+/* ext directories, read by us: libtsk's tsk_fs_dir_add looks for a
+ * duplicate among every name already added, so listing a directory costs
+ * the square of its size (a 20,000-entry directory: 75% of a find's time,
+ * half a second).  The blocks are read through libtsk (its extent or block
+ * map) and their entries followed by rec_len, as the kernel does: "." and
+ * "..", the htree's index blocks and metadata_csum's tail are entries of
+ * inode 0 or passed over like libtsk's.  Inline-data directories, and any
+ * block whose chain does not parse exactly (where libtsk scans for
+ * remnants), go to libtsk: *FALLBACK is set. */
+static bool dir_add(struct cached_dir *d, size_t *cap, char *name, const struct tb_istat *st)
+{
+  if (d->n == *cap) {
+    size_t nc = *cap ? *cap * 2 : 64;
+    struct dent *nv = realloc(d->v, nc * sizeof *nv);
+    if (!nv)
+      return false;
+    d->v = nv;
+    *cap = nc;
+  }
+  d->v[d->n++] = (struct dent){name, *st};
+  return true;
+}
+
+static TSK_FS_NAME_TYPE_ENUM ext_name_type(unsigned ft)
+{
+  static const TSK_FS_NAME_TYPE_ENUM map[] = {
+      TSK_FS_NAME_TYPE_UNDEF, TSK_FS_NAME_TYPE_REG,  TSK_FS_NAME_TYPE_DIR,  TSK_FS_NAME_TYPE_CHR,
+      TSK_FS_NAME_TYPE_BLK,   TSK_FS_NAME_TYPE_FIFO, TSK_FS_NAME_TYPE_SOCK, TSK_FS_NAME_TYPE_LNK};
+  return ft < sizeof map / sizeof *map ? map[ft] : TSK_FS_NAME_TYPE_UNDEF;
+}
+
+static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *dm,
+                                       uint64_t inum, bool *fallback)
+{
+  uint64_t bs = v->fs->block_size, size = dm->meta->size > 0 ? (uint64_t)dm->meta->size : 0;
+  *fallback = true;
+  if (dm->meta->content_type == TSK_FS_META_CONTENT_TYPE_EXT4_INLINE || bs < 1024 || bs > 65536 ||
+      size == 0 || size % bs != 0)
+    return NULL;
+  unsigned char *blk = malloc(bs);
+  struct cached_dir *d = calloc(1, sizeof *d);
+  size_t cap = 0;
+  bool ok = blk && d;
+  if (d)
+    d->inum = inum;
+  struct name_seen seen = {0};
+  for (uint64_t off = 0; ok && off < size; off += bs) {
+    if (tbi_past_deadline(ins) || tsk_fs_file_read(dm, (TSK_OFF_T)off, (char *)blk, bs,
+                                                   TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)bs) {
+      ok = false;
+      break;
+    }
+    for (size_t idx = 0; ok && idx < bs;) {
+      if (idx + 8 > bs) {
+        ok = false;
+        break;
+      }
+      uint32_t ino = tb_get_le32(blk + idx);
+      unsigned reclen = tb_get_le16(blk + idx + 4), nl = blk[idx + 6];
+      if (reclen < 8 || reclen % 4 || idx + reclen > bs ||
+          (ino && (nl == 0 || 8 + nl > reclen || ino > v->fs->last_inum))) {
+        ok = false;
+        break;
+      }
+      if (ino && d->n < TB_INSPECT_MAX_DIR_ENTRIES) {
+        char raw[256];
+        memcpy(raw, blk + idx + 8, nl);
+        raw[nl] = 0;
+        TSK_FS_NAME nm = {.name = raw,
+                          .meta_addr = ino,
+                          .flags = TSK_FS_NAME_FLAG_ALLOC,
+                          .type = ext_name_type(blk[idx + 7])};
+        char *name = tbi_entry_name(&nm, &seen);
+        struct tb_istat st = {.type = tbi_name_type(nm.type), .inum = ino, .nlink = 1};
+        if (name && tbi_file_stat(ins, v, tsk_fs_file_open_meta(v->fs, NULL, ino), &nm, &st)) {
+          if (!dir_add(d, &cap, name, &st)) {
+            free(name);
+            *fallback = false; /* out of memory */
+            ok = false;
+          }
+        } else {
+          free(name);
+        }
+      }
+      idx += reclen;
+    }
+  }
+  free(blk);
+  tsk_error_reset();
+  if (ok)
+    return d;
+  if (ins->deadline_hit)
+    *fallback = false;
+  if (d)
+    tbi_free_dir(d);
+  return NULL;
+}
+
+/* NTFS directories, read by us: libtsk's ntfs_dir_open_meta adds each
+ * name with tsk_fs_dir_add, which compares it with every name already
+ * added (a 5,000-entry directory: three quarters of its listing time),
+ * scans the slack of every index block for deleted names, and at the first
+ * listing walks the whole MFT for files naming the directory as parent
+ * that its index lacks.  None of that is what ntfs-3g shows: it lists the
+ * index, the $INDEX_ROOT and the index blocks of $INDEX_ALLOCATION that
+ * $BITMAP marks in use, in order, without DOS (8.3) names.  So do we,
+ * through the directory's attributes as libtsk loaded them (attribute
+ * lists included) and libtsk's reads, with the same checks on each entry
+ * as libtsk (parent reference, lengths inside the record) and its lenient
+ * UTF-16 decoding (tbi_ntfs_name).  Anything that does not parse exactly (a
+ * record without its magic, a bad update sequence, an entry running past
+ * its record) goes to libtsk: *FALLBACK is set. */
+#define NTFS_ATTR_FILE_NAME 0x30
+#define NTFS_INDEX_ENTRY_LAST 0x02
+#define NTFS_FNAME_FLAG_DIR 0x10000000u
+#define NTFS_NS_DOS 2
+#define NTFS_SECTOR 512
+
+/* An index entry's name as libtsk decodes it (tsk_UTF16toUTF8, lenient):
+ * an unpaired surrogate is '^' (a high one takes the unit after it
+ * along), a high surrogate at the very end makes the name empty. */
+void tbi_ntfs_name(const unsigned char *p, size_t units, char *out)
+{
+  size_t o = 0;
+  for (size_t i = 0; i < units; i++) {
+    uint32_t c = tb_get_le16(p + 2 * i);
+    if (c >= 0xD800 && c < 0xDC00) {
+      if (i + 1 >= units) {
+        o = 0;
+        break;
+      }
+      uint32_t c2 = tb_get_le16(p + 2 * ++i);
+      c = c2 >= 0xDC00 && c2 < 0xE000 ? ((c - 0xD800) << 10) + (c2 - 0xDC00) + 0x10000 : '^';
+    } else if (c >= 0xDC00 && c < 0xE000) {
+      c = '^';
+    }
+    if (c < 0x80) {
+      out[o++] = (char)c;
+    } else if (c < 0x800) {
+      out[o++] = (char)(0xC0 | c >> 6);
+      out[o++] = (char)(0x80 | (c & 0x3F));
+    } else if (c < 0x10000) {
+      out[o++] = (char)(0xE0 | c >> 12);
+      out[o++] = (char)(0x80 | ((c >> 6) & 0x3F));
+      out[o++] = (char)(0x80 | (c & 0x3F));
+    } else {
+      out[o++] = (char)(0xF0 | c >> 18);
+      out[o++] = (char)(0x80 | ((c >> 12) & 0x3F));
+      out[o++] = (char)(0x80 | ((c >> 6) & 0x3F));
+      out[o++] = (char)(0x80 | (c & 0x3F));
+    }
+  }
+  out[o] = '\0';
+}
+
+struct ntfs_dir_read {
+  struct tb_inspect *ins;
+  struct vol *v;
+  struct cached_dir *d; /* with the entries' metadata, or */
+  size_t cap;
+  struct ntfs_name *names; /* ... without, when names_only */
+  size_t n_names, cap_names;
+  bool names_only;
+  struct name_seen seen;
+  bool oom;
+};
+
+static bool ntfs_name_add(struct ntfs_dir_read *x, char *name, const TSK_FS_NAME *nm)
+{
+  if (x->n_names == x->cap_names) {
+    size_t nc = x->cap_names ? x->cap_names * 2 : 64;
+    struct ntfs_name *nv = realloc(x->names, nc * sizeof *nv);
+    if (!nv)
+      return false;
+    x->names = nv;
+    x->cap_names = nc;
+  }
+  x->names[x->n_names++] = (struct ntfs_name){name, nm->meta_addr, nm->meta_seq, nm->type};
+  return true;
+}
+
+/* The entries of one index node (BUF[OFF, END)); false if they do not
+ * parse exactly. */
+static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf, size_t off,
+                               size_t end)
+{
+  while (off + 16 <= end) {
+    const unsigned char *e = buf + off;
+    uint32_t len = tb_get_le16(e + 8), klen = tb_get_le16(e + 10), flags = tb_get_le32(e + 12);
+    if (flags & NTFS_INDEX_ENTRY_LAST)
+      return true;
+    if (len < 16 + 66 || len % 8 || len > end - off || klen < 66 || klen > len - 16)
+      return false;
+    const unsigned char *fn = e + 16;
+    unsigned units = fn[64], ns = fn[65];
+    uint64_t ref = tb_get_le64(e) & 0xFFFFFFFFFFFFull, parent = tb_get_le64(fn) & 0xFFFFFFFFFFFFull;
+    if (66 + 2u * units > klen)
+      return false;
+    off += len;
+    /* libtsk's checks: a reference inside the MFT, naming this directory */
+    if (ns == NTFS_NS_DOS || ref < x->v->fs->first_inum || ref > x->v->fs->last_inum ||
+        parent != x->d->inum ||
+        (x->names_only ? x->n_names : x->d->n) >= TB_INSPECT_MAX_DIR_ENTRIES)
+      continue;
+    char raw[4 * 255 + 1];
+    tbi_ntfs_name(fn + 66, units, raw);
+    TSK_FS_NAME nm = {.name = raw,
+                      .meta_addr = ref,
+                      .meta_seq = tb_get_le16(e + 6),
+                      .flags = TSK_FS_NAME_FLAG_ALLOC,
+                      .type = tb_get_le32(fn + 56) & NTFS_FNAME_FLAG_DIR ? TSK_FS_NAME_TYPE_DIR
+                                                                         : TSK_FS_NAME_TYPE_REG};
+    char *name = tbi_entry_name(&nm, &x->seen);
+    struct tb_istat st = {.type = tbi_name_type(nm.type), .inum = ref, .nlink = 1};
+    if (name && x->names_only && ref >= NTFS_FIRST_USER_RECORD) {
+      if (!ntfs_name_add(x, name, &nm)) {
+        free(name);
+        x->oom = true;
+        return false;
+      }
+    } else if (name && !x->names_only && ref >= NTFS_FIRST_USER_RECORD &&
+               tbi_file_stat(x->ins, x->v, tsk_fs_file_open_meta(x->v->fs, NULL, ref), &nm, &st)) {
+      if (!dir_add(x->d, &x->cap, name, &st)) {
+        free(name);
+        x->oom = true;
+        return false;
+      }
+    } else {
+      free(name);
+    }
+  }
+  return off == end;
+}
+
+/* Undo the update sequence of an index record of SIZE bytes in place. */
+static bool ntfs_fixup(unsigned char *rec, size_t size)
+{
+  size_t usa = tb_get_le16(rec + 4), count = tb_get_le16(rec + 6);
+  if (count < 1 || usa + 2 * count > size || (count - 1) * NTFS_SECTOR > size)
+    return false;
+  for (size_t i = 1; i < count; i++) {
+    unsigned char *tail = rec + i * NTFS_SECTOR - 2;
+    if (memcmp(tail, rec + usa, 2) != 0)
+      return false;
+    memcpy(tail, rec + usa + 2 * i, 2);
+  }
+  return true;
+}
+
+/* The index of directory DM into X (x->d allocated, its inum set); false
+ * if it does not parse (*FALLBACK: libtsk may read it) or on error. */
+static bool ntfs_read_index(struct ntfs_dir_read *x, TSK_FS_FILE *dm, bool *fallback)
+{
+  struct tb_inspect *ins = x->ins;
+  struct vol *v = x->v;
+  *fallback = true;
+  const TSK_FS_ATTR *root = tbi_ntfs_attr(dm, TSK_FS_ATTR_TYPE_NTFS_IDXROOT);
+  const TSK_FS_ATTR *alloc = tbi_ntfs_attr(dm, TSK_FS_ATTR_TYPE_NTFS_IDXALLOC);
+  const TSK_FS_ATTR *bitmap = tbi_ntfs_attr(dm, TSK_FS_ATTR_TYPE_NTFS_BITMAP);
+  tsk_error_reset();
+  if (!root || !(root->flags & TSK_FS_ATTR_RES) || !root->rd.buf || root->rd.buf_size < 32 ||
+      root->size < 32 || (size_t)root->size > root->rd.buf_size)
+    return NULL;
+  const unsigned char *rb = root->rd.buf;
+  size_t rsize = (size_t)root->size, recsize = tb_get_le32(rb + 8);
+  size_t rbeg = 16 + (size_t)tb_get_le32(rb + 16), rend = 16 + (size_t)tb_get_le32(rb + 20);
+  if (tb_get_le32(rb) != NTFS_ATTR_FILE_NAME || rbeg > rend || rend > rsize ||
+      recsize < NTFS_SECTOR || recsize > 65536 || (recsize & (recsize - 1)))
+    return false;
+  bool ok = ntfs_index_entries(x, rb, rbeg, rend);
+  uint64_t asize = alloc && alloc->size > 0 ? (uint64_t)alloc->size : 0;
+  unsigned char *bits = NULL, *rec = NULL;
+  uint64_t nbits = 0;
+  if (ok && asize) {
+    uint64_t bsize = bitmap && bitmap->size > 0 ? (uint64_t)bitmap->size : 0;
+    ok = (alloc->flags & TSK_FS_ATTR_NONRES) && !(alloc->flags & TSK_FS_ATTR_COMP) && bsize &&
+         bsize <= (1u << 24) && asize <= v->pub.length && (bits = malloc(bsize)) &&
+         (rec = malloc(recsize)) &&
+         tsk_fs_attr_read(bitmap, 0, (char *)bits, bsize, TSK_FS_FILE_READ_FLAG_NONE) ==
+             (ssize_t)bsize;
+    nbits = bsize * 8;
+  }
+  for (uint64_t b = 0; ok && asize && b < asize / recsize && b < nbits; b++) {
+    if (!(bits[b / 8] & (1u << (b % 8))))
+      continue;
+    if (tbi_past_deadline(ins) ||
+        tsk_fs_attr_read(alloc, (TSK_OFF_T)(b * recsize), (char *)rec, recsize,
+                         TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)recsize ||
+        memcmp(rec, "INDX", 4) != 0 || !ntfs_fixup(rec, recsize)) {
+      ok = false;
+      break;
+    }
+    size_t beg = 0x18 + (size_t)tb_get_le32(rec + 0x18),
+           end = 0x18 + (size_t)tb_get_le32(rec + 0x1C);
+    ok = beg <= end && end <= recsize && ntfs_index_entries(x, rec, beg, end);
+  }
+  free(bits);
+  free(rec);
+  tsk_error_reset();
+  if (!ok && (ins->deadline_hit || x->oom))
+    *fallback = false;
+  return ok;
+}
+
+static struct cached_dir *ntfs_read_dir(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *dm,
+                                        uint64_t inum, bool *fallback)
+{
+  struct ntfs_dir_read x = {.ins = ins, .v = v, .d = calloc(1, sizeof *x.d)};
+  if (!x.d) {
+    *fallback = false;
+    return NULL;
+  }
+  x.d->inum = inum;
+  if (ntfs_read_index(&x, dm, fallback))
+    return x.d;
+  tbi_free_dir(x.d);
+  return NULL;
+}
+
+void tbi_ntfs_names_free(struct ntfs_name *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    free(v[i].name);
+  free(v);
+}
+
+/* Directory INUM's entries as ntfs_read_dir lists them, without their
+ * metadata; false if libtsk must read it (*FALLBACK) or on error. */
+bool tbi_ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
+                         struct ntfs_name **out, size_t *n, bool *fallback)
+{
+  struct cached_dir d = {.inum = inum};
+  struct ntfs_dir_read x = {.ins = ins, .v = v, .d = &d, .names_only = true};
+  *fallback = true;
+  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  bool ok = dm && dm->meta && tbi_size_plausible(v, dm->meta) && ntfs_read_index(&x, dm, fallback);
+  if (!dm || !dm->meta)
+    *fallback = true;
+  tsk_fs_file_close(dm);
+  tsk_error_reset();
+  if (!ok) {
+    tbi_ntfs_names_free(x.names, x.n_names);
+    return false;
+  }
+  *out = x.names;
+  *n = x.n_names;
+  return true;
+}
+
+/* Read directory INUM (ext: ext_read_dir, NTFS: ntfs_read_dir; else
+ * through libtsk) into a
+ * sorted listing. */
+static struct cached_dir *dir_finish(struct cached_dir *d);
+static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+{
+  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  bool plausible = dm && dm->meta && tbi_size_plausible(v, dm->meta), fallback = true;
+  struct cached_dir *ed =
+      !plausible                         ? NULL
+      : TSK_FS_TYPE_ISEXT(v->fs->ftype)  ? ext_read_dir(ins, v, dm, inum, &fallback)
+      : TSK_FS_TYPE_ISNTFS(v->fs->ftype) ? ntfs_read_dir(ins, v, dm, inum, &fallback)
+                                         : NULL;
+  tsk_fs_file_close(dm);
+  if (!plausible) {
+    tbi_tsk_fail(ins, "implausible directory (damaged filesystem?)");
+    return NULL;
+  }
+  if (ed)
+    return dir_finish(ed);
+  if (!fallback) {
+    if (ins->deadline_hit) {
+      tbi_tsk_fail(ins, "cannot read directory");
+    } else {
+      errno = ENOMEM;
+      tb_error("out of memory listing a directory");
+    }
+    return NULL;
+  }
+  TSK_FS_DIR *td = tsk_fs_dir_open_meta(v->fs, (TSK_INUM_T)inum);
+  if (!td) {
+    tbi_tsk_fail(ins, "cannot read directory");
+    return NULL;
+  }
+  size_t n = tsk_fs_dir_getsize(td);
+  if (n > TB_INSPECT_MAX_DIR_ENTRIES)
+    n = TB_INSPECT_MAX_DIR_ENTRIES;
+  struct cached_dir *d = calloc(1, sizeof *d);
+  if (d && n)
+    d->v = calloc(n, sizeof *d->v);
+  if (!d || (n && !d->v)) {
+    free(d);
+    tsk_fs_dir_close(td);
+    errno = ENOMEM;
+    tb_error("out of memory listing a directory");
+    return NULL;
+  }
+  d->inum = inum;
+  struct name_seen seen = {0};
+  for (size_t i = 0; i < n; i++) {
+    if ((i & 255) == 0 && tbi_past_deadline(ins))
+      break;
+    const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, i);
+    char *name = tbi_entry_name(nm, &seen);
+    if (!name)
+      continue;
+    struct tb_istat st;
+    if (!tbi_entry_stat(ins, v, td, i, nm, &st)) {
+      free(name);
+      continue;
+    }
+    if (TSK_FS_TYPE_ISFAT(v->fs->ftype) && nm->shrt_name && *nm->shrt_name) {
+      char *full = tbi_fat_long_name(v, td->fs_file, nm->meta_addr, name);
+      if (full) {
+        free(name);
+        name = full;
+      }
+    }
+    d->v[d->n++] = (struct dent){name, st};
+  }
+  tsk_fs_dir_close(td);
+  if (ins->deadline_hit) {
+    tbi_free_dir(d);
+    tbi_tsk_fail(ins, "cannot read directory");
+    return NULL;
+  }
+  return dir_finish(d);
+}
+
+static struct cached_dir *dir_finish(struct cached_dir *d)
+{
+  if (d->n > 0)
+    qsort(d->v, d->n, sizeof *d->v, dent_cmp);
+  /* A damaged directory may name a file twice: keep the first. */
+  size_t k = 0;
+  for (size_t i = 0; i < d->n; i++) {
+    if (k > 0 && strcmp(d->v[k - 1].name, d->v[i].name) == 0)
+      free(d->v[i].name);
+    else
+      d->v[k++] = d->v[i];
+  }
+  d->n = k;
+  return d;
+}
+
+static void evict_dirs(struct vol *v, size_t incoming)
+{
+  while (v->n_dirs > 0 &&
+         (v->n_dirs >= DIR_CACHE_MAX || v->n_entries + incoming > DIR_CACHE_MAX_ENTRIES)) {
+    size_t old = 0;
+    for (size_t i = 1; i < v->n_dirs; i++)
+      if (v->dirs[i]->tick < v->dirs[old]->tick)
+        old = i;
+    v->n_entries -= v->dirs[old]->n;
+    tbi_free_dir(v->dirs[old]);
+    v->dirs[old] = v->dirs[--v->n_dirs];
+  }
+}
+
+/* The listing of directory INUM, from the cache or read now.  The pointer is
+ * valid until the next tbi_get_dir() on the same volume. */
+struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+{
+  for (size_t i = 0; i < v->n_dirs; i++)
+    if (v->dirs[i]->inum == inum) {
+      v->dirs[i]->tick = ++ins->tick;
+      return v->dirs[i];
+    }
+  struct cached_dir *d = read_dir(ins, v, inum);
+  if (!d)
+    return NULL;
+  evict_dirs(v, d->n);
+  d->tick = ++ins->tick;
+  v->dirs[v->n_dirs++] = d;
+  v->n_entries += d->n;
+  return d;
+}
+
+static const struct dent *find_dent(const struct cached_dir *d, const char *name)
+{
+  struct dent key = {.name = (char *)name};
+  return d->n > 0 ? bsearch(&key, d->v, d->n, sizeof *d->v, dent_cmp) : NULL;
+}
+
+struct vol *tbi_get_vol(struct tb_inspect *ins, size_t vol)
+{
+  if (vol >= ins->n_vols) {
+    errno = ENOENT;
+    tb_error("%s: no volume %zu", tb_disk_name(ins->disk), vol);
+    return NULL;
+  }
+  return &ins->vols[vol];
+}
+
+/* Resolve PATH to its stat, one component at a time through the listings. */
+int tbi_resolve(struct tb_inspect *ins, struct vol *v, const char *path, struct tb_istat *out)
+{
+  struct tb_istat cur = v->root;
+  const char *p = path;
+  char comp[1100];
+  while (*p) {
+    while (*p == '/')
+      p++;
+    if (!*p)
+      break;
+    size_t len = strcspn(p, "/");
+    if (len >= sizeof comp) {
+      errno = ENAMETOOLONG;
+      return tb_error("%s: name too long", path);
+    }
+    memcpy(comp, p, len);
+    comp[len] = '\0';
+    p += len;
+    if (cur.type != TB_FT_DIR) {
+      errno = ENOTDIR;
+      return tb_error("%s: not a directory", path);
+    }
+    struct cached_dir *d = tbi_get_dir(ins, v, cur.inum);
+    if (!d)
+      return -1;
+    const struct dent *e = find_dent(d, comp);
+    if (!e) {
+      errno = ENOENT;
+      return tb_error("%s: no such file in %s", path, v->pub.name);
+    }
+    cur = e->st;
+  }
+  *out = cur;
+  return 0;
+}
+
+/* The work of each request, on the worker.  They return -1 with errno and
+ * tb_errmsg() on failure, like the public functions they serve. */
+
+int tbi_do_stat(struct tb_inspect *ins, struct job *j)
+{
+  struct vol *v = tbi_get_vol(ins, j->vol);
+  return v ? tbi_resolve(ins, v, j->path, &j->st) : -1;
+}
+
+/* Copy a listing out of the cache: the cache may evict it while a walk recurses. */
+struct dent *tbi_copy_listing(const struct cached_dir *d, size_t *n)
+{
+  struct dent *v = calloc(d->n ? d->n : 1, sizeof *v);
+  if (!v)
+    return NULL;
+  for (size_t i = 0; i < d->n; i++)
+    v[i] = (struct dent){d->v[i].name, d->v[i].st};
+  *n = d->n;
+  return v;
+}
+
+int tbi_do_readdir(struct tb_inspect *ins, struct job *j)
+{
+  struct vol *v = tbi_get_vol(ins, j->vol);
+  struct tb_istat st;
+  int r = v ? tbi_resolve(ins, v, j->path, &st) : -1;
+  if (r == 0 && st.type != TB_FT_DIR) {
+    errno = ENOTDIR;
+    r = tb_error("%s: not a directory", j->path);
+  }
+  struct cached_dir *d = r == 0 ? tbi_get_dir(ins, v, st.inum) : NULL;
+  if (r == 0 && !d)
+    r = -1;
+  /* The callback must not re-enter this handle (its request would wait for
+   * this one), so the cached listing cannot move under us while we iterate. */
+  for (size_t i = 0; r == 0 && i < d->n; i++) {
+    if ((r = tbi_callback_enter(ins)) == 0) {
+      r = j->dir_fn(j->ctx, d->v[i].name, &d->v[i].st);
+      tbi_callback_leave(ins);
+    }
+  }
+  return r;
+}

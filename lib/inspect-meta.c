@@ -1,0 +1,649 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* lib/inspect-meta.c: guest metadata libtsk gets wrong or does not show.
+ *
+ * Bounded parsers of the on-disk records (ext inodes and xattrs, NTFS
+ * attributes and reparse points, FAT/exFAT directory entries) correct the
+ * tb_istat libtsk gives, so the view shows what the guest's own driver
+ * shows; fix_stat is the one entry, entry_stat/file_stat the stat of a
+ * listed entry.  The detail is below.  Runs on the worker only.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "inspect-internal.h"
+
+/* libtsk 4.11 reads what the view needs, except for what follows, which
+ * our own bounded parsers of the on-disk records fix (read with tsk_fs_read,
+ * through libtsk's image cache, so a record libtsk has just read costs no
+ * I/O).  The view must show what the guest's own driver shows (tests/
+ * fuse-fidelity.sh holds it to the kernel, ntfs-3g and exfat-fuse):
+ *
+ *  ext2/3/4   times are read unsigned and without ext4's epoch bits (1969
+ *             showed as 2105): decoded from the raw inode as the kernel
+ *             does; device numbers are not kept: from i_block as the kernel
+ *             decodes them; extended attributes are not parsed: the in-inode
+ *             area and the xattr block are (tbi_ext_xattrs).
+ *  NTFS       the system files (MFT records below 16: $MFT, $Bitmap,
+ *             $Extend...) are listed, and so are index entries whose MFT
+ *             record was freed or reused (deleted names): hidden, by the
+ *             record's allocation and sequence number, as ntfs-3g hides
+ *             them; Interix symlinks (IntxLNK) and reparse points (symlinks,
+ *             junctions) are plain files and directories: symlinks; owners
+ *             are not Unix ids and modes not Unix modes: uid/gid 0, mode 0
+ *             (the view shows 0444 and 0555); a directory's size is its
+ *             $INDEX_ROOT's: its $I30 index allocation's, as ntfs-3g.
+ *  FAT/exFAT  the volume label and exFAT's allocation bitmap and up-case
+ *             table are listed as files: hidden; times go through mktime()
+ *             in the process's time zone, are clamped before 2038, and
+ *             exFAT's 10 ms field is taken modulo one second: decoded from
+ *             the raw directory entry (FAT in UTC like the kernel with no
+ *             tz= option, exFAT with its recorded UTC offset). */
+
+#define EXT_XATTR_MAGIC 0xEA020000u
+#define REPARSE_MOUNT_POINT 0xA0000003u
+#define REPARSE_SYMLINK 0xA000000Cu
+
+void tbi_raw_free(struct vol *v)
+{
+  if (v->ext_geom) {
+    tbi_geom_free(v->ext_geom);
+    free(v->ext_geom);
+    v->ext_geom = NULL;
+  }
+}
+
+static uint64_t fnv64(uint64_t h, const void *p, size_t n)
+{
+  const unsigned char *b = p;
+  if (h == 0)
+    h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) {
+    h ^= b[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+/* LEN bytes at byte VOFF of the volume, through libtsk's cache. */
+bool tbi_raw_read(struct vol *v, uint64_t voff, void *buf, size_t len)
+{
+  bool ok = tsk_fs_read(v->fs, (TSK_OFF_T)voff, buf, len) == (ssize_t)len;
+  if (!ok)
+    tsk_error_reset();
+  return ok;
+}
+
+/* Days from 1970-01-01 to Y-M-D (proleptic Gregorian). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+  y -= m <= 2;
+  int64_t era = (y >= 0 ? y : y - 399) / 400;
+  unsigned yoe = (unsigned)(y - era * 400);
+  unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + (int64_t)doe - 719468;
+}
+
+/* -- ext -- */
+
+static const char *ext_xattr_prefix(unsigned index)
+{
+  switch (index) {
+  case 1:
+    return "user.";
+  case 4:
+    return "trusted.";
+  case 6:
+    return "security.";
+  default:
+    return NULL; /* system.*: POSIX ACLs (stored in ext4's own format), inline data */
+  }
+}
+
+/* The entries of an xattr area: ENTS (LEN bytes) holds the entries, their
+ * values lie at offsets from BASE (BASE_LEN bytes). */
+static void ext_xattr_entries(const unsigned char *base, size_t base_len, const unsigned char *ents,
+                              size_t len, xattr_fn fn, void *ctx)
+{
+  size_t p = 0;
+  for (int guard = 0; p + 16 <= len && guard < 4096; guard++) {
+    const unsigned char *e = ents + p;
+    if (tb_get_le32(e) == 0)
+      break;
+    unsigned nlen = e[0];
+    uint32_t voff = tb_get_le16(e + 2), vinum = tb_get_le32(e + 4), vsize = tb_get_le32(e + 8);
+    if (p + 16 + nlen > len)
+      break;
+    const char *prefix = ext_xattr_prefix(e[1]);
+    if (prefix && vinum == 0 && vsize <= TB_XATTR_MAX && voff <= base_len &&
+        vsize <= base_len - voff) {
+      char name[300];
+      snprintf(name, sizeof name, "%s%.*s", prefix, (int)nlen, (const char *)e + 16);
+      fn(ctx, name, base + voff, vsize);
+    }
+    p += (16 + nlen + 3) & ~(size_t)3;
+  }
+}
+
+/* Extended attributes of the raw inode INO (ISZ bytes): the in-inode area
+ * after i_extra_isize, then the xattr block (i_file_acl). */
+void tbi_ext_xattrs(struct vol *v, const unsigned char *ino, uint32_t isz, xattr_fn fn, void *ctx)
+{
+  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
+  if (extra && 128 + extra + 4 <= isz && tb_get_le32(ino + 128 + extra) == EXT_XATTR_MAGIC) {
+    const unsigned char *first = ino + 128 + extra + 4;
+    size_t n = isz - (128 + extra + 4);
+    ext_xattr_entries(first, n, first, n, fn, ctx);
+  }
+  uint64_t blk = tb_get_le32(ino + 104) | (uint64_t)tb_get_le16(ino + 118) << 32;
+  uint32_t bs = v->fs->block_size;
+  if (blk == 0 || blk > v->fs->last_block || bs < 1024 || bs > 65536)
+    return;
+  unsigned char *b = malloc(bs);
+  if (b && tbi_raw_read(v, blk * bs, b, bs) && tb_get_le32(b) == EXT_XATTR_MAGIC &&
+      tb_get_le32(b + 8) == 1)
+    ext_xattr_entries(b, bs, b + 32, bs - 32, fn, ctx);
+  free(b);
+}
+
+/* Seconds as the kernel decodes them: a signed 32-bit field, plus the
+ * epoch bits and nanoseconds of its _extra field when the inode has it. */
+static int64_t ext_time(const unsigned char *ino, uint32_t isz, unsigned off, unsigned xoff,
+                        uint32_t *ns)
+{
+  int64_t t = (int32_t)tb_get_le32(ino + off);
+  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
+  if (xoff && 128 + extra >= xoff + 4 && xoff + 4 <= isz) {
+    uint32_t x = tb_get_le32(ino + xoff);
+    t += (int64_t)(x & 3) << 32;
+    if (ns)
+      *ns = (x >> 2) < 1000000000 ? x >> 2 : 0;
+  }
+  return t;
+}
+
+static void digest_xattr(void *ctx, const char *name, const unsigned char *val, size_t len)
+{
+  uint64_t *h = ctx;
+  *h = fnv64(fnv64(*h, name, strlen(name) + 1), val, len);
+  *h = fnv64(*h, &len, sizeof len);
+}
+
+static void ext_fix(struct tb_inspect *ins, struct vol *v, struct tb_istat *st)
+{
+  unsigned char ino[1024];
+  uint64_t off;
+  uint32_t isz;
+  if (!tbi_ext_inode_off(ins, v, st->inum, &off, &isz) || isz > sizeof ino ||
+      !tbi_raw_read(v, off, ino, isz)) {
+    /* No raw inode: at least the sign of the 32-bit times. */
+    st->mtime = (int32_t)(uint32_t)st->mtime;
+    st->atime = (int32_t)(uint32_t)st->atime;
+    st->ctime = (int32_t)(uint32_t)st->ctime;
+    return;
+  }
+  st->atime = ext_time(ino, isz, 8, 140, &st->atime_ns);
+  st->ctime = ext_time(ino, isz, 12, 132, &st->ctime_ns);
+  st->mtime = ext_time(ino, isz, 16, 136, &st->mtime_ns);
+  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
+  if (128 + extra >= 148)
+    st->crtime = ext_time(ino, isz, 144, 148, NULL);
+  if (st->type == TB_FT_CHR || st->type == TB_FT_BLK) {
+    uint32_t b0 = tb_get_le32(ino + 40), b1 = tb_get_le32(ino + 44);
+    if (b0) {
+      st->rdev_major = (b0 >> 8) & 0xff;
+      st->rdev_minor = b0 & 0xff;
+    } else {
+      st->rdev_major = (b1 & 0xfff00) >> 8;
+      st->rdev_minor = (b1 & 0xff) | ((b1 >> 12) & 0xfff00);
+    }
+  }
+  uint64_t h = 0;
+  tbi_ext_xattrs(v, ino, isz, digest_xattr, &h);
+  st->xdigest = h;
+}
+
+/* -- NTFS -- */
+
+static bool ntfs_default_name(const char *name)
+{
+  return !name || !*name || strcmp(name, "$Data") == 0;
+}
+
+/* UTF-16LE (LEN bytes) into UTF-8 OUT (SIZE bytes, NUL-terminated);
+ * backslashes become slashes.  Returns the length, or -1 if it does not fit. */
+static ssize_t utf16_path(const unsigned char *p, size_t len, char *out, size_t size)
+{
+  size_t o = 0;
+  for (size_t i = 0; i + 1 < len; i += 2) {
+    uint32_t c = tb_get_le16(p + i);
+    if (c >= 0xD800 && c < 0xDC00 && i + 3 < len && tb_get_le16(p + i + 2) >= 0xDC00 &&
+        tb_get_le16(p + i + 2) < 0xE000) {
+      c = 0x10000 + ((c - 0xD800) << 10) + (tb_get_le16(p + i + 2) - 0xDC00);
+      i += 2;
+    }
+    if (c == 0)
+      break;
+    if (c == '\\')
+      c = '/';
+    char u[4];
+    size_t n = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+    if (n == 1)
+      u[0] = (char)c;
+    else if (n == 2)
+      u[0] = (char)(0xC0 | c >> 6), u[1] = (char)(0x80 | (c & 0x3F));
+    else if (n == 3)
+      u[0] = (char)(0xE0 | c >> 12), u[1] = (char)(0x80 | ((c >> 6) & 0x3F)),
+      u[2] = (char)(0x80 | (c & 0x3F));
+    else
+      u[0] = (char)(0xF0 | c >> 18), u[1] = (char)(0x80 | ((c >> 12) & 0x3F)),
+      u[2] = (char)(0x80 | ((c >> 6) & 0x3F)), u[3] = (char)(0x80 | (c & 0x3F));
+    if (o + n >= size)
+      return -1;
+    memcpy(out + o, u, n);
+    o += n;
+  }
+  out[o] = '\0';
+  return (ssize_t)o;
+}
+
+const TSK_FS_ATTR *tbi_ntfs_attr(TSK_FS_FILE *f, uint32_t type)
+{
+  int n = tsk_fs_file_attr_getsize(f);
+  for (int i = 0; i < n; i++) {
+    const TSK_FS_ATTR *a = tsk_fs_file_attr_get_idx(f, i);
+    if (a && (uint32_t)a->type == type)
+      return a;
+  }
+  tsk_error_reset();
+  return NULL;
+}
+
+/* The target of an NTFS symlink into OUT, or -1 if F is none: a reparse
+ * point (a symlink: its substitute name, relative or, for an absolute one,
+ * "\??\C:\x" as "/x" on this volume; a junction likewise) or an Interix
+ * symlink (a system file holding "IntxLNK\1" and the UTF-16 target).
+ * ntfs-3g shows absolute targets under its own mount point; the view keeps
+ * them rooted at the volume (tabula-fuse(1)). */
+ssize_t tbi_ntfs_link(TSK_FS_FILE *f, char *out, size_t size)
+{
+  const TSK_FS_ATTR *rp = tbi_ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_REPARSE);
+  if (rp && (rp->flags & TSK_FS_ATTR_RES) && rp->rd.buf && rp->size >= 16) {
+    const unsigned char *b = rp->rd.buf;
+    size_t blen = (size_t)rp->size < rp->rd.buf_size ? (size_t)rp->size : rp->rd.buf_size;
+    uint32_t tag = tb_get_le32(b);
+    size_t hdr = tag == REPARSE_SYMLINK ? 20 : tag == REPARSE_MOUNT_POINT ? 16 : 0;
+    if (!hdr || blen < hdr)
+      return -1;
+    size_t so = tb_get_le16(b + 8), sl = tb_get_le16(b + 10);
+    bool relative = tag == REPARSE_SYMLINK && (tb_get_le32(b + 16) & 1);
+    if (hdr + so > blen || sl > blen - hdr - so)
+      return -1;
+    ssize_t n = utf16_path(b + hdr + so, sl, out, size);
+    if (n < 0 || relative)
+      return n;
+    /* "/??/C:/x" -> "/x"; other absolute forms are kept. */
+    if (n >= 6 &&
+        strncmp(out,
+                "/?"
+                "?/",
+                4) == 0 &&
+        out[5] == ':') {
+      memmove(out, out + 6, (size_t)n - 5);
+      n -= 6;
+      if (n == 0) {
+        snprintf(out, size, "/");
+        n = 1;
+      }
+    }
+    return n;
+  }
+  const TSK_FS_ATTR *si = tbi_ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_SI);
+  bool system = si && (si->flags & TSK_FS_ATTR_RES) && si->rd.buf && si->size >= 36 &&
+                (tb_get_le32(si->rd.buf + 32) & 0x4);
+  uint64_t sz = f->meta->size > 0 ? (uint64_t)f->meta->size : 0;
+  if (!system || f->meta->type != TSK_FS_META_TYPE_REG || sz < 10 || sz > 8 + 2 * 4096)
+    return -1;
+  unsigned char buf[8 + 2 * 4096];
+  if (tsk_fs_file_read(f, 0, (char *)buf, sz, TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)sz) {
+    tsk_error_reset();
+    return -1;
+  }
+  if (memcmp(buf, "IntxLNK\1", 8) != 0)
+    return -1;
+  return utf16_path(buf + 8, sz - 8, out, size);
+}
+
+/* Alternate data streams as "user.NAME" xattrs, as ntfs-3g shows them. */
+void tbi_ntfs_streams(TSK_FS_FILE *f, xattr_fn fn, void *ctx)
+{
+  int n = tsk_fs_file_attr_getsize(f);
+  for (int i = 0; i < n; i++) {
+    const TSK_FS_ATTR *a = tsk_fs_file_attr_get_idx(f, i);
+    if (!a || a->type != TSK_FS_ATTR_TYPE_NTFS_DATA || ntfs_default_name(a->name) || a->size < 0 ||
+        a->size > TB_XATTR_MAX)
+      continue;
+    char name[600];
+    snprintf(name, sizeof name, "user.%s", a->name);
+    size_t len = (size_t)a->size;
+    unsigned char *val = malloc(len ? len : 1);
+    if (val && (len == 0 || tsk_fs_attr_read(a, 0, (char *)val, len, TSK_FS_FILE_READ_FLAG_NONE) ==
+                                (ssize_t)len))
+      fn(ctx, name, val, len);
+    free(val);
+  }
+  tsk_error_reset();
+}
+
+/* The digest of F's streams (names, sizes) and resident data (bytes). */
+static uint64_t ntfs_digest(TSK_FS_FILE *f)
+{
+  uint64_t h = 0;
+  int n = tsk_fs_file_attr_getsize(f);
+  for (int i = 0; i < n; i++) {
+    const TSK_FS_ATTR *a = tsk_fs_file_attr_get_idx(f, i);
+    if (!a || a->type != TSK_FS_ATTR_TYPE_NTFS_DATA)
+      continue;
+    if (!ntfs_default_name(a->name)) {
+      h = fnv64(h, a->name, strlen(a->name) + 1);
+      h = fnv64(h, &a->size, sizeof a->size);
+    }
+    if ((a->flags & TSK_FS_ATTR_RES) && a->rd.buf && a->size > 0) {
+      size_t len = (size_t)a->size < a->rd.buf_size ? (size_t)a->size : a->rd.buf_size;
+      h = fnv64(h, a->rd.buf, len);
+      h = fnv64(h, "r", 1);
+    }
+  }
+  tsk_error_reset();
+  return h;
+}
+
+/* False for what ntfs-3g does not list: system files, deleted names. */
+static bool ntfs_fix(struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm, struct tb_istat *st)
+{
+  const TSK_FS_META *m = f->meta;
+  if (nm && (nm->meta_addr < NTFS_FIRST_USER_RECORD || !(m->flags & TSK_FS_META_FLAG_ALLOC) ||
+             nm->meta_seq != m->seq))
+    return false;
+  st->uid = st->gid = 0;
+  st->mode = 0;
+  char target[4096];
+  ssize_t n = tbi_ntfs_link(f, target, sizeof target);
+  if (n >= 0) {
+    st->type = TB_FT_LNK;
+    st->size = (uint64_t)n;
+  } else if (st->type == TB_FT_DIR) {
+    const TSK_FS_ATTR *ia = tbi_ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_IDXALLOC);
+    st->size = ia && ia->size > 0 ? (uint64_t)ia->size : 0;
+  }
+  st->xdigest = ntfs_digest(f);
+  return true;
+}
+
+/* -- FAT and exFAT -- */
+
+/* Where libtsk's inode numbers point: inode I is the 32-byte directory
+ * entry I - 3 counted from the first data sector (FAT12/16: the root
+ * directory; FAT32 and exFAT: the cluster heap), as in its tsk_fatfs.h. */
+static bool fat_setup(struct vol *v)
+{
+  if (!v->fat_tried) {
+    v->fat_tried = true;
+    unsigned char b[512];
+    if (!tbi_raw_read(v, 0, b, sizeof b))
+      return false;
+    if (memcmp(b + 3, "EXFAT   ", 8) == 0) {
+      unsigned shift = b[108];
+      if (shift >= 9 && shift <= 12) {
+        v->fat_ssize = 1u << shift;
+        v->fat_data_sect = tb_get_le32(b + 88);
+      }
+    } else {
+      uint32_t bps = tb_get_le16(b + 11),
+               fatsz = tb_get_le16(b + 22) ? tb_get_le16(b + 22) : tb_get_le32(b + 36);
+      if (bps >= 512 && bps <= 4096 && !(bps & (bps - 1))) {
+        v->fat_ssize = bps;
+        v->fat_data_sect = tb_get_le16(b + 14) + (uint64_t)b[16] * fatsz;
+      }
+    }
+    v->fat_per_sect = v->fat_ssize / 32;
+  }
+  return v->fat_ssize > 0;
+}
+
+static bool fat_dentry(struct vol *v, uint64_t inum, unsigned char e[32])
+{
+  if (inum < 3 || !fat_setup(v))
+    return false;
+  uint64_t sect = (inum - 3) / v->fat_per_sect + v->fat_data_sect;
+  uint64_t off = (inum - 3) % v->fat_per_sect * 32;
+  if (sect > UINT64_MAX / v->fat_ssize / 2)
+    return false;
+  return tbi_raw_read(v, sect * v->fat_ssize + off, e, 32);
+}
+
+/* A DOS date and time (2-second steps) as seconds since the epoch, UTC. */
+static int64_t fat_time(uint16_t date, uint16_t time)
+{
+  unsigned m = (date >> 5) & 15, d = date & 31;
+  if (m < 1 || m > 12 || d < 1)
+    return 0;
+  return days_from_civil(1980 + (date >> 9), m, d) * 86400 + (time >> 11) * 3600 +
+         ((time >> 5) & 63) * 60 + (time & 31) * 2;
+}
+
+/* An exFAT timestamp, its 10 ms increment (0-199) and UTC offset (bit 7:
+ * valid; 15-minute steps, signed 7 bits). */
+static int64_t exfat_time(uint32_t ts, unsigned cs, unsigned utc, uint32_t *ns)
+{
+  int64_t t = fat_time((uint16_t)(ts >> 16), (uint16_t)ts);
+  if (cs < 200) {
+    t += cs / 100;
+    if (ns)
+      *ns = cs % 100 * 10000000u;
+  }
+  if (utc & 0x80) {
+    int o = utc & 0x7F;
+    if (o & 0x40)
+      o -= 0x80;
+    t -= (int64_t)o * 15 * 60;
+  }
+  return t;
+}
+
+/* False for the label and exFAT's system entries. */
+static bool fat_fix(struct vol *v, const TSK_FS_NAME *nm, struct tb_istat *st)
+{
+  st->uid = st->gid = 0;
+  st->mode = 0;
+  unsigned char e[32];
+  if (!nm || !fat_dentry(v, st->inum, e))
+    return true;
+  if (v->fs->ftype == TSK_FS_TYPE_EXFAT) {
+    if (e[0] != 0x85) /* a file entry; 0x81 bitmap, 0x82 up-case, 0x83 label, 0xA0 GUID... */
+      return false;
+    st->mtime_ns = st->atime_ns = st->ctime_ns = 0;
+    st->crtime = exfat_time(tb_get_le32(e + 8), e[20], e[22], NULL);
+    st->mtime = exfat_time(tb_get_le32(e + 12), e[21], e[23], &st->mtime_ns);
+    st->atime = exfat_time(tb_get_le32(e + 16), 0, e[24], NULL);
+    st->ctime = st->mtime;
+    st->ctime_ns = st->mtime_ns;
+    return true;
+  }
+  if ((e[11] & 0x3F) != 0x0F && (e[11] & 0x08)) /* a volume label, not a long-name slot */
+    return false;
+  st->mtime = st->ctime = fat_time(tb_get_le16(e + 24), tb_get_le16(e + 22));
+  st->mtime_ns = st->ctime_ns = st->atime_ns = 0;
+  st->atime = fat_time(tb_get_le16(e + 18), 0);
+  st->crtime = fat_time(tb_get_le16(e + 16), tb_get_le16(e + 14)) + e[13] / 100;
+  return true;
+}
+
+/* libtsk drops the first slot of a long name over 195 characters (it
+ * takes a first slot numbered above 15 for garbage), so a 241-character
+ * name lost its first 13.  For such a name (NAME, libtsk's) the slots are
+ * read back from the 8.3 entry INUM of directory DIR (sector runs, in
+ * order) and checked against the 8.3 name's checksum.  A new name
+ * (malloc'd) or NULL to keep libtsk's. */
+char *tbi_fat_long_name(struct vol *v, TSK_FS_FILE *dir, uint64_t inum, const char *name)
+{
+  if (v->fs->ftype == TSK_FS_TYPE_EXFAT || strlen(name) < 190 || !dir || !fat_setup(v))
+    return NULL;
+  const TSK_FS_ATTR *a = tsk_fs_file_attr_get(dir);
+  tsk_error_reset();
+  unsigned char e[32];
+  if (!a || !(a->flags & TSK_FS_ATTR_NONRES) || !fat_dentry(v, inum, e))
+    return NULL;
+  unsigned char sum = 0;
+  for (int i = 0; i < 11; i++)
+    sum = (unsigned char)(((sum & 1) << 7) + (sum >> 1) + e[i]);
+  uint64_t sect = (inum - 3) / v->fat_per_sect + v->fat_data_sect;
+  uint64_t slot = (inum - 3) % v->fat_per_sect;
+  const TSK_FS_ATTR_RUN *run = a->nrd.run, *prev = NULL;
+  for (int g = 0; run && g < 100000 && !(sect >= run->addr && sect < run->addr + run->len);
+       g++, run = run->next)
+    prev = run;
+  if (!run)
+    return NULL;
+  unsigned char u16[20 * 26];
+  size_t n = 0;
+  for (unsigned k = 1; k <= 20; k++) {
+    if (slot > 0) {
+      slot--;
+    } else if (sect > run->addr) {
+      sect--, slot = v->fat_per_sect - 1;
+    } else if (prev) {
+      sect = prev->addr + prev->len - 1, slot = v->fat_per_sect - 1;
+      const TSK_FS_ATTR_RUN *p = a->nrd.run, *pp = NULL;
+      for (int g = 0; p && p != prev && g < 100000; g++, p = p->next)
+        pp = p;
+      run = prev, prev = pp;
+    } else {
+      return NULL;
+    }
+    uint64_t ino = (sect - v->fat_data_sect) * v->fat_per_sect + slot + 3;
+    if (!fat_dentry(v, ino, e) || (e[11] & 0x3F) != 0x0F || e[13] != sum || (e[0] & 0x3F) != k)
+      return NULL;
+    static const unsigned char at[13] = {1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30};
+    for (int i = 0; i < 13; i++, n += 2)
+      memcpy(u16 + n, e + at[i], 2);
+    if (e[0] & 0x40) {
+      char *out = malloc(4 * 20 * 13 + 1);
+      if (out && utf16_path(u16, n, out, 4 * 20 * 13 + 1) <= 0) {
+        free(out);
+        out = NULL;
+      }
+      return out;
+    }
+  }
+  return NULL;
+}
+
+/* Correct ST (filled from F's metadata, the entry NM or NULL for a root)
+ * where libtsk is wrong; false if the entry is not to be listed. */
+bool tbi_fix_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm,
+                  struct tb_istat *st)
+{
+  TSK_FS_TYPE_ENUM t = v->fs->ftype;
+  if (TSK_FS_TYPE_ISEXT(t)) {
+    ext_fix(ins, v, st);
+    return true;
+  }
+  if (TSK_FS_TYPE_ISNTFS(t))
+    return ntfs_fix(v, f, nm, st);
+  if (TSK_FS_TYPE_ISFAT(t) || t == TSK_FS_TYPE_EXFAT) {
+    /* libtsk keeps the first cluster's address in content_ptr[0]. */
+    const TSK_FS_META *m = f ? f->meta : NULL;
+    st->first_data = m && m->content_ptr && m->content_len >= sizeof(TSK_DADDR_T)
+                         ? ((const TSK_DADDR_T *)m->content_ptr)[0]
+                         : 0;
+    return fat_fix(v, nm, st);
+  }
+  return true;
+}
+
+void tbi_collect_xattr(void *ctx, const char *name, const unsigned char *val, size_t len)
+{
+  struct tb_xattrs *x = ctx;
+  struct tb_xattr *nv = realloc(x->v, (x->n + 1) * sizeof *nv);
+  if (!nv)
+    return;
+  x->v = nv;
+  char *n = strdup(name);
+  unsigned char *b = malloc(len ? len : 1);
+  if (!n || !b) {
+    free(n);
+    free(b);
+    return;
+  }
+  memcpy(b, val, len);
+  x->v[x->n++] = (struct tb_xattr){n, b, len};
+}
+
+void tb_xattrs_free(struct tb_xattrs *x)
+{
+  for (size_t i = 0; x && i < x->n; i++) {
+    free(x->v[i].name);
+    free(x->v[i].value);
+  }
+  if (x) {
+    free(x->v);
+    memset(x, 0, sizeof *x);
+  }
+}
+
+/* The stat of entry I (name NM) of TD, as listings show it: its metadata, or
+ * what the name says if that is unreadable.  False for libtsk's virtual
+ * files and directories, which listings leave out. */
+bool tbi_entry_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_DIR *td, size_t i,
+                    const TSK_FS_NAME *nm, struct tb_istat *st)
+{
+  *st = (struct tb_istat){.type = tbi_name_type(nm->type), .inum = nm->meta_addr, .nlink = 1};
+  if (TSK_FS_TYPE_ISNTFS(v->fs->ftype) && nm->meta_addr < NTFS_FIRST_USER_RECORD)
+    return false; /* a system file, whether or not its record reads */
+  return tbi_file_stat(ins, v, tsk_fs_dir_get(td, i), nm, st);
+}
+
+/* ST (with the name's type and inode) from file F, which is closed. */
+bool tbi_file_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm,
+                   struct tb_istat *st)
+{
+  bool keep = true;
+  if (f && f->meta) {
+    if (f->meta->type == TSK_FS_META_TYPE_VIRT || f->meta->type == TSK_FS_META_TYPE_VIRT_DIR)
+      keep = false;
+    else {
+      tbi_fill_stat(f->meta, st);
+      keep = tbi_fix_stat(ins, v, f, nm, st);
+    }
+  }
+  tsk_fs_file_close(f);
+  tsk_error_reset();
+  return keep;
+}
+const char *tb_file_type_name(enum tb_file_type t)
+{
+  switch (t) {
+  case TB_FT_REG:
+    return "file";
+  case TB_FT_DIR:
+    return "dir";
+  case TB_FT_LNK:
+    return "symlink";
+  case TB_FT_CHR:
+    return "chardev";
+  case TB_FT_BLK:
+    return "blockdev";
+  case TB_FT_FIFO:
+    return "fifo";
+  case TB_FT_SOCK:
+    return "socket";
+  case TB_FT_OTHER:
+    break;
+  }
+  return "other";
+}
