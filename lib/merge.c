@@ -260,6 +260,65 @@ static int hash_progress(void *ctx, uint64_t done, uint64_t total)
   return report(w, "hashing", done, total) == -1;
 }
 
+/* A version being built that nothing committed is aborted. */
+static void abort_unless_committed(struct tb_version_builder **b)
+{
+  if (*b)
+    tb_version_abort(*b);
+}
+#define CLEANUP_ABORT_VERSION __attribute__((cleanup(abort_unless_committed)))
+
+/* Build the new version INTO from the base (BASE_PATH, SIZE bytes) and W's
+ * overlay: clone, apply, sync, manifest, commit. */
+static int merge_walk(struct walk *w, const char *state, const struct tb_base_id *base,
+                      const char *base_path, uint64_t size, const char *into, const char *note)
+{
+  CLEANUP_FREE uint8_t *obuf = malloc(SLICE);
+  CLEANUP_FREE uint8_t *bbuf = malloc(SLICE);
+  if (!obuf || !bbuf)
+    return tb_error_errno("merge buffers");
+  w->obuf = obuf;
+  w->bbuf = bbuf;
+  tb_overlay_extents(w->ovl, 0, w->size, count_dirty, w);
+  w->n_chunks = (size_t)((w->size + TB_CHUNK_SIZE - 1) / TB_CHUNK_SIZE);
+  CLEANUP_FREE uint8_t *touched = calloc(w->n_chunks + 1, 1);
+  if (!touched)
+    return tb_error_errno("merge buffers");
+  w->touched = touched;
+
+  CLEANUP_ABORT_VERSION struct tb_version_builder *b =
+      tb_version_begin(state, into, strcmp(into, base->image) == 0 ? base->version : 0, note);
+  if (!b)
+    return -1;
+  const char *tmp = tb_version_tmp_path(b);
+  if (report(w, "cloning", 0, size) == -1 || clone_base(w, base_path, tmp) == -1)
+    return -1;
+  w->last_report = 0;
+  if (report(w, "cloning", size, size) == -1)
+    return -1;
+  CLEANUP_CLOSE int fd = open(tmp, O_RDWR | O_CLOEXEC);
+  if (fd == -1)
+    return tb_error_errno("cannot open %s", tmp);
+  w->out_fd = fd;
+  if (tb_overlay_extents(w->ovl, 0, w->size, apply_extent, w) != 0)
+    return -1;
+  if (fsync(fd) == -1)
+    return tb_error_errno("cannot sync %s", tmp);
+  bool hash_failed;
+  CLEANUP_MANIFEST struct tb_manifest *m = incremental_manifest(w, state, base, fd, &hash_failed);
+  if (hash_failed)
+    return -1;
+  close(fd);
+  fd = w->out_fd = -1;
+  w->res->version = tb_version_number(b);
+  snprintf(w->res->image, sizeof w->res->image, "%s", into);
+  w->last_report = 0;
+  struct tb_version_builder *committing = b;
+  b = NULL; /* commit consumes it, on success or failure */
+  return m ? tb_version_commit_manifest(committing, m)
+           : tb_version_commit(committing, hash_progress, w);
+}
+
 int tb_merge(const char *state, const char *overlay_path, const char *into, const char *note,
              tb_merge_progress_fn progress, void *ctx, struct tb_merge_result *res)
 {
@@ -286,66 +345,8 @@ int tb_merge(const char *state, const char *overlay_path, const char *into, cons
   w.base_fd = tb_overlay_base_fd(w.ovl);
   w.bs = tb_overlay_block_size(w.ovl);
   w.size = tb_overlay_size(w.ovl);
-  w.obuf = malloc(SLICE);
-  w.bbuf = malloc(SLICE);
-  struct tb_version_builder *b = NULL;
-  int r = -1;
-  if (!w.obuf || !w.bbuf) {
-    tb_error_errno("merge buffers");
-    goto out;
-  }
-  tb_overlay_extents(w.ovl, 0, w.size, count_dirty, &w);
-  w.n_chunks = (size_t)((w.size + TB_CHUNK_SIZE - 1) / TB_CHUNK_SIZE);
-  if (!(w.touched = calloc(w.n_chunks + 1, 1))) {
-    tb_error_errno("merge buffers");
-    goto out;
-  }
-
-  b = tb_version_begin(state, into, strcmp(into, base.image) == 0 ? base.version : 0, note);
-  if (!b)
-    goto out;
-  const char *tmp = tb_version_tmp_path(b);
-  if (report(&w, "cloning", 0, size) == -1 || clone_base(&w, base_path, tmp) == -1)
-    goto out;
-  w.last_report = 0;
-  if (report(&w, "cloning", size, size) == -1)
-    goto out;
-  w.out_fd = open(tmp, O_RDWR | O_CLOEXEC);
-  if (w.out_fd == -1) {
-    tb_error_errno("cannot open %s", tmp);
-    goto out;
-  }
-  if (tb_overlay_extents(w.ovl, 0, w.size, apply_extent, &w) != 0)
-    goto out;
-  if (fsync(w.out_fd) == -1) {
-    tb_error_errno("cannot sync %s", tmp);
-    goto out;
-  }
-  bool hash_failed;
-  struct tb_manifest *m = incremental_manifest(&w, state, &base, w.out_fd, &hash_failed);
-  if (hash_failed)
-    goto out;
-  close(w.out_fd);
-  w.out_fd = -1;
-  res->version = tb_version_number(b);
-  snprintf(res->image, sizeof res->image, "%s", into);
-  w.last_report = 0;
-  if (m) {
-    r = tb_version_commit_manifest(b, m);
-    tb_manifest_free(m);
-  } else {
-    r = tb_version_commit(b, hash_progress, &w);
-  }
-  b = NULL; /* commit consumed it, on success or failure */
-out:
-  if (w.out_fd >= 0)
-    close(w.out_fd);
-  if (b)
-    tb_version_abort(b);
+  int r = merge_walk(&w, state, &base, base_path, size, into, note);
   tb_overlay_close(w.ovl);
-  free(w.obuf);
-  free(w.bbuf);
-  free(w.touched);
   if (r == -1) {
     tb_error_prefix("merge of %s into %s", overlay_path, into);
     res->version = 0;
