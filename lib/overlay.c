@@ -60,7 +60,9 @@
 
 #include <openssl/sha.h>
 
+#include "cleanup.h"
 #include "overlay.h"
+#include "vector.h"
 
 #define HEADER_SIZE 4096
 #define MAGIC "TABULAOV"
@@ -250,7 +252,7 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
   uint64_t map_off = HEADER_SIZE;
   uint64_t data_off =
       (map_off + map_bytes_for(nblocks, FORMAT_VERSION) + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
-  uint8_t *h = calloc(1, HEADER_SIZE);
+  CLEANUP_FREE uint8_t *h = calloc(1, HEADER_SIZE);
   if (!h)
     return tb_error_errno("creating overlay %s", path);
   encode_header(h, &info, map_off, data_off);
@@ -259,24 +261,19 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
    * can never leave PATH empty or headerless (on ext4 the create of PATH may
    * reach the disk with another file's fsync, long before its header). */
   char tmp[TB_PATH_MAX];
-  if (tb_path(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) == -1) {
-    free(h);
+  if (tb_path(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) == -1)
     return -1;
-  }
-  int fd = mkostemp(tmp, O_CLOEXEC);
-  if (fd == -1) {
-    free(h);
+  CLEANUP_CLOSE int fd = mkostemp(tmp, O_CLOEXEC);
+  if (fd == -1)
     return tb_error_errno("cannot create overlay %s", tmp);
-  }
-  int r = tb_pwrite_full(fd, h, HEADER_SIZE, 0);
-  free(h);
-  if (r == -1 || ftruncate(fd, (off_t)(data_off + nblocks * block_size)) == -1 || fsync(fd) == -1) {
+  if (tb_pwrite_full(fd, h, HEADER_SIZE, 0) == -1 ||
+      ftruncate(fd, (off_t)(data_off + nblocks * block_size)) == -1 || fsync(fd) == -1) {
     tb_error_errno("cannot write overlay %s", tmp);
-    close(fd);
     unlink(tmp);
     return -1;
   }
   close(fd);
+  fd = -1;
   if (link(tmp, path) == -1) { /* never replaces: PATH must not exist */
     tb_error_errno("cannot create overlay %s", path);
     unlink(tmp);
@@ -288,28 +285,23 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
 
 int tb_overlay_read_info(const char *path, struct tb_overlay_info *info)
 {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd == -1)
     return tb_error_errno("cannot open overlay %s", path);
-  struct stat st;
-  uint8_t *h = calloc(1, HEADER_SIZE);
-  int r = -1;
-  uint64_t map_off, data_off;
+  CLEANUP_FREE uint8_t *h = calloc(1, HEADER_SIZE);
   if (!h)
-    tb_error_errno("reading %s", path);
-  else if (fstat(fd, &st) == -1)
-    tb_error_errno("cannot stat %s", path);
-  else if ((uint64_t)st.st_size < HEADER_SIZE)
-    tb_error("%s: overlay file is truncated (%lld bytes, shorter than its header); move it "
-             "aside or roll the client back",
-             path, (long long)st.st_size);
-  else if (tb_pread_full(fd, h, HEADER_SIZE, 0) == -1)
-    tb_error_errno("cannot read %s", path);
-  else
-    r = decode_header(h, path, (uint64_t)st.st_size, info, &map_off, &data_off);
-  free(h);
-  close(fd);
-  return r;
+    return tb_error_errno("reading %s", path);
+  struct stat st;
+  if (fstat(fd, &st) == -1)
+    return tb_error_errno("cannot stat %s", path);
+  if ((uint64_t)st.st_size < HEADER_SIZE)
+    return tb_error("%s: overlay file is truncated (%lld bytes, shorter than its header); move it "
+                    "aside or roll the client back",
+                    path, (long long)st.st_size);
+  if (tb_pread_full(fd, h, HEADER_SIZE, 0) == -1)
+    return tb_error_errno("cannot read %s", path);
+  uint64_t map_off, data_off;
+  return decode_header(h, path, (uint64_t)st.st_size, info, &map_off, &data_off);
 }
 
 /* A page index past the map reads as no page (CLEAN): the request checks
@@ -432,10 +424,17 @@ static void overlay_free(struct tb_overlay *o)
   free(o);
 }
 
+static void overlay_freep(struct tb_overlay **o)
+{
+  overlay_free(*o);
+}
+/* An overlay being opened is freed on every failure. */
+#define CLEANUP_OVERLAY_FREE __attribute__((cleanup(overlay_freep)))
+
 struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
                                    const struct tb_base_id *expect, int flags)
 {
-  struct tb_overlay *o = calloc(1, sizeof *o);
+  CLEANUP_OVERLAY_FREE struct tb_overlay *o = calloc(1, sizeof *o);
   if (!o) {
     tb_error_errno("opening overlay %s", path);
     return NULL;
@@ -449,11 +448,11 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
   pthread_mutex_init(&o->page_alloc_lock, NULL);
   if (!(o->path = strdup(path))) {
     tb_error_errno("opening overlay %s", path);
-    goto fail;
+    return NULL;
   }
 
   if (tb_overlay_read_info(path, &o->info) == -1)
-    goto fail;
+    return NULL;
   if (expect && !base_equal(&o->info.base, expect)) {
     tb_error("%s: overlay was built on %s@%u but the client's base is %s@%u%s; refusing to "
              "serve it (roll the client back, or restore the version it was built on)",
@@ -462,36 +461,33 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
                      o->info.base.version == expect->version
                  ? " with a different manifest"
                  : "");
-    goto fail;
+    return NULL;
   }
   o->fd = open(path, (o->rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (o->fd == -1) {
     tb_error_errno("cannot open overlay %s", path);
-    goto fail;
+    return NULL;
   }
   /* Re-read the header from the fd we keep, so the file cannot change between. */
-  uint8_t *h = malloc(HEADER_SIZE);
+  CLEANUP_FREE uint8_t *h = malloc(HEADER_SIZE);
   struct stat st;
   if (!h || fstat(o->fd, &st) == -1 || tb_pread_full(o->fd, h, HEADER_SIZE, 0) == -1) {
     tb_error_errno("cannot read overlay %s", path);
-    free(h);
-    goto fail;
+    return NULL;
   }
-  int r = decode_header(h, path, (uint64_t)st.st_size, &o->info, &o->map_offset, &o->data_offset);
-  free(h);
   o->file_size = (uint64_t)st.st_size;
-  if (r == -1)
-    goto fail;
+  if (decode_header(h, path, (uint64_t)st.st_size, &o->info, &o->map_offset, &o->data_offset) == -1)
+    return NULL;
 
   o->base_fd = open(base_path, O_RDONLY | O_CLOEXEC);
   if (o->base_fd == -1) {
     tb_error_errno("cannot open base image %s", base_path);
-    goto fail;
+    return NULL;
   }
   if (fstat(o->base_fd, &st) == -1 || (uint64_t)st.st_size != o->info.size) {
     tb_error("%s: base image %s is %lld bytes but the overlay was made for %llu", path, base_path,
              (long long)st.st_size, (unsigned long long)o->info.size);
-    goto fail;
+    return NULL;
   }
 
   o->block_shift = (uint32_t)__builtin_ctz(o->info.block_size);
@@ -502,15 +498,13 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
   o->page_dirty = calloc(o->npages, 1);
   if (!o->pages || !o->page_dirty) {
     tb_error_errno("opening overlay %s", path);
-    goto fail;
+    return NULL;
   }
   if (load_map(o) == -1)
-    goto fail;
-  return o;
-
-fail:
-  overlay_free(o);
-  return NULL;
+    return NULL;
+  struct tb_overlay *ret = o;
+  o = NULL;
+  return ret;
 }
 
 int tb_overlay_close(struct tb_overlay *o)
@@ -907,41 +901,43 @@ int tb_overlay_trim(struct tb_overlay *o, uint32_t count, uint64_t offset, int f
 
 /* ---- flush --------------------------------------------------------------- */
 
+/* A dirty map page as a flush writes it: copied under writers, then sealed
+ * and written without them. */
+struct map_page {
+  uint64_t index;
+  uint8_t bytes[PAGE_BYTES];
+};
+TB_VECTOR(map_pages, struct map_page);
+static void map_pages_free(struct map_pages *v)
+{
+  tb_vector_free(v);
+}
+
 int tb_overlay_flush(struct tb_overlay *o)
 {
   if (o->rdonly)
     return 0;
-  pthread_mutex_lock(&o->flush_lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&o->flush_lock);
 
   /* Snapshot the dirty pages while no write is between its data and its map update. */
-  uint64_t n = 0, cap = 0;
-  uint64_t *idx = NULL;
-  uint8_t *snap = NULL;
+  __attribute__((cleanup(map_pages_free))) struct map_pages snap = {0};
   int r = 0;
   pthread_rwlock_wrlock(&o->writers);
   for (uint64_t pi = 0; pi < o->npages; pi++) {
     if (!o->page_dirty[pi])
       continue;
-    if (n == cap) {
-      cap = cap ? cap * 2 : 16;
-      uint64_t *ni = realloc(idx, cap * sizeof *idx);
-      uint8_t *ns = ni ? realloc(snap, cap * PAGE_BYTES) : NULL;
-      if (ni)
-        idx = ni;
-      if (!ns) {
-        r = -1;
-        break;
-      }
-      snap = ns;
+    if (tb_vector_reserve(&snap, 1) == -1) {
+      r = -1;
+      break;
     }
-    idx[n] = pi;
-    memcpy(snap + n * PAGE_BYTES, o->pages[pi], PAGE_BYTES);
+    struct map_page *p = &snap.ptr[snap.len++];
+    p->index = pi;
+    memcpy(p->bytes, o->pages[pi], PAGE_BYTES);
     o->page_dirty[pi] = 0;
-    n++;
   }
   if (r == -1) /* out of memory: nothing was cleared past the failure point */
-    for (uint64_t i = 0; i < n; i++)
-      o->page_dirty[idx[i]] = 1;
+    for (size_t i = 0; i < snap.len; i++)
+      o->page_dirty[snap.ptr[i].index] = 1;
   pthread_rwlock_unlock(&o->writers);
 
   if (r == -1) {
@@ -950,13 +946,13 @@ int tb_overlay_flush(struct tb_overlay *o)
   } else if (fdatasync(o->fd) == -1) { /* data first: the map never points at lost data */
     tb_error_errno("flush of %s (data)", o->path);
     r = -1;
-  } else if (n > 0) {
+  } else if (snap.len > 0) {
     if (o->info.format_version >= 2) /* checksums per page per flush, not per write */
-      for (uint64_t i = 0; i < n; i++)
-        page_seal(snap + i * PAGE_BYTES, idx[i]);
-    for (uint64_t i = 0; i < n && r == 0; i++)
-      if (tb_pwrite_full(o->fd, snap + i * PAGE_BYTES, PAGE_BYTES,
-                         o->map_offset + idx[i] * PAGE_BYTES) == -1) {
+      for (size_t i = 0; i < snap.len; i++)
+        page_seal(snap.ptr[i].bytes, snap.ptr[i].index);
+    for (size_t i = 0; i < snap.len && r == 0; i++)
+      if (tb_pwrite_full(o->fd, snap.ptr[i].bytes, PAGE_BYTES,
+                         o->map_offset + snap.ptr[i].index * PAGE_BYTES) == -1) {
         tb_error_errno("flush of %s (map)", o->path);
         r = -1;
       }
@@ -967,13 +963,10 @@ int tb_overlay_flush(struct tb_overlay *o)
   }
   if (r == -1) { /* the pages must be written again by the next flush */
     STAT_ADD(o, errors, 1);
-    for (uint64_t i = 0; i < n; i++)
-      __atomic_store_n(&o->page_dirty[idx[i]], 1, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < snap.len; i++)
+      __atomic_store_n(&o->page_dirty[snap.ptr[i].index], 1, __ATOMIC_RELAXED);
   }
   STAT_ADD(o, flushes, 1);
-  pthread_mutex_unlock(&o->flush_lock);
-  free(idx);
-  free(snap);
   return r;
 }
 
