@@ -72,6 +72,40 @@ struct tb_disk *tb_scan_stuck(struct tb_scan *s)
   return NULL;
 }
 
+/* Open S's overlay, base and their inspections: -1 with a message. */
+static int scan_open(struct tb_scan *s, const char *state, const char *overlay_path,
+                     int64_t budget_ms)
+{
+  char base_path[TB_PATH_MAX];
+  struct tb_base_id base;
+  struct stat st;
+  if (tb_overlay_read_info(overlay_path, &s->info) == -1 ||
+      tb_base_lookup(state, s->info.base.image, s->info.base.version, &base, base_path,
+                     sizeof base_path, NULL) == -1)
+    return -1;
+  if (!(s->overlay = tb_overlay_open(overlay_path, base_path, &base, TB_OVL_RDONLY)))
+    return -1;
+  /* The identity of what we opened: the caller acts on this file, not on
+   * whatever the path names later. */
+  if (stat(overlay_path, &st) == -1)
+    return tb_error_errno("cannot stat %s", overlay_path);
+  s->dev = st.st_dev;
+  s->ino = st.st_ino;
+  tb_overlay_info(s->overlay, &s->info);
+  if (tb_overlay_extents(s->overlay, 0, s->info.size, dirty_extent, &s->dirty) != 0)
+    return -1;
+  if (!(s->base = tb_disk_open_file(base_path)))
+    return -1;
+  if (!(s->live = tb_disk_new(s->info.size, overlay_read, overlay_close, s->overlay, overlay_path)))
+    return -1;
+  if (budget_ms <= 0)
+    budget_ms = TB_INSPECT_DEFAULT_BUDGET_MS;
+  if (!(s->base_ins = tb_inspect_open_budget(s->base, budget_ms)) ||
+      !(s->live_ins = tb_inspect_open_budget(s->live, budget_ms)))
+    return -1;
+  return 0;
+}
+
 struct tb_scan *tb_scan_open(const char *state, const char *overlay_path, int64_t budget_ms,
                              struct tb_disk **stuck)
 {
@@ -82,37 +116,8 @@ struct tb_scan *tb_scan_open(const char *state, const char *overlay_path, int64_
     tb_error("scanning %s: out of memory", overlay_path);
     return NULL;
   }
-  char base_path[TB_PATH_MAX];
-  struct tb_base_id base;
-  struct stat st;
-  if (tb_overlay_read_info(overlay_path, &s->info) == -1 ||
-      tb_base_lookup(state, s->info.base.image, s->info.base.version, &base, base_path,
-                     sizeof base_path, NULL) == -1)
-    goto fail;
-  if (!(s->overlay = tb_overlay_open(overlay_path, base_path, &base, TB_OVL_RDONLY)))
-    goto fail;
-  /* The identity of what we opened: the caller acts on this file, not on
-   * whatever the path names later. */
-  if (stat(overlay_path, &st) == -1) {
-    tb_error_errno("cannot stat %s", overlay_path);
-    goto fail;
-  }
-  s->dev = st.st_dev;
-  s->ino = st.st_ino;
-  tb_overlay_info(s->overlay, &s->info);
-  if (tb_overlay_extents(s->overlay, 0, s->info.size, dirty_extent, &s->dirty) != 0)
-    goto fail;
-  if (!(s->base = tb_disk_open_file(base_path)))
-    goto fail;
-  if (!(s->live = tb_disk_new(s->info.size, overlay_read, overlay_close, s->overlay, overlay_path)))
-    goto fail;
-  if (budget_ms <= 0)
-    budget_ms = TB_INSPECT_DEFAULT_BUDGET_MS;
-  if (!(s->base_ins = tb_inspect_open_budget(s->base, budget_ms)) ||
-      !(s->live_ins = tb_inspect_open_budget(s->live, budget_ms)))
-    goto fail;
-  return s;
-fail:
+  if (scan_open(s, state, overlay_path, budget_ms) == 0)
+    return s;
   tb_error_prefix("scanning %s", overlay_path);
   if (stuck)
     *stuck = tb_scan_stuck(s);

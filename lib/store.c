@@ -404,33 +404,14 @@ int tb_hash_file(int fd, uint64_t size, uint32_t chunk_size, uint8_t sha256[32],
   return 0;
 }
 
-int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, void *ctx)
+/* Copy IN's data extents into OUT, SIZE bytes (holes stay holes): 0, or -1
+ * with a message. */
+static int copy_data(int in, int out, uint64_t size, const char *src, const char *dst,
+                     tb_progress_fn progress, void *ctx)
 {
-  int in = open(src, O_RDONLY | O_CLOEXEC);
-  if (in == -1)
-    return tb_error_errno("cannot open %s", src);
-  struct stat st;
-  if (fstat(in, &st) == -1 || !S_ISREG(st.st_mode)) {
-    if (!S_ISREG(st.st_mode))
-      errno = EINVAL;
-    tb_error_errno("%s is not a regular file", src);
-    close(in);
-    return -1;
-  }
-  int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (out == -1) {
-    tb_error_errno("cannot create %s", dst);
-    close(in);
-    return -1;
-  }
-  uint64_t size = (uint64_t)st.st_size;
+  if (ftruncate(out, (off_t)size) == -1)
+    return tb_error_errno("cannot size %s", dst);
   int r = 0;
-  if (ioctl(out, FICLONE, in) == 0)
-    goto done; /* reflink: shares every block, O(1) */
-  if (ftruncate(out, st.st_size) == -1) {
-    r = tb_error_errno("cannot size %s", dst);
-    goto done;
-  }
   uint64_t off = 0;
   while (off < size && r == 0) {
     off_t data = lseek(in, (off_t)off, SEEK_DATA);
@@ -440,7 +421,7 @@ int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, voi
       data = (off_t)off;
     off_t hole = lseek(in, data, SEEK_HOLE);
     if (hole == -1)
-      hole = st.st_size;
+      hole = (off_t)size;
     loff_t ipos = data, opos = data;
     /* With a progress display, pieces small enough for it to move. */
     uint64_t step = progress ? UINT64_C(64) << 20 : UINT64_C(1) << 30;
@@ -476,12 +457,32 @@ int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, voi
     }
     off = (uint64_t)hole;
   }
-done:
+  return r;
+}
+
+int tb_clone_file(const char *src, const char *dst, tb_progress_fn progress, void *ctx)
+{
+  CLEANUP_CLOSE int in = open(src, O_RDONLY | O_CLOEXEC);
+  if (in == -1)
+    return tb_error_errno("cannot open %s", src);
+  struct stat st;
+  if (fstat(in, &st) == -1)
+    return tb_error_errno("%s is not a regular file", src);
+  if (!S_ISREG(st.st_mode)) {
+    errno = EINVAL;
+    return tb_error_errno("%s is not a regular file", src);
+  }
+  int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (out == -1)
+    return tb_error_errno("cannot create %s", dst);
+  uint64_t size = (uint64_t)st.st_size;
+  int r = 0;
+  if (ioctl(out, FICLONE, in) == -1) /* a reflink shares every block, O(1) */
+    r = copy_data(in, out, size, src, dst, progress, ctx);
   if (r == 0 && fsync(out) == -1)
     r = tb_error_errno("cannot write %s", dst);
   if (close(out) == -1 && r == 0)
     r = tb_error_errno("cannot write %s", dst);
-  close(in);
   if (r == 0 && progress)
     progress(ctx, size, size);
   return r;
@@ -567,9 +568,33 @@ static void builder_free(struct tb_version_builder *b)
   free(b);
 }
 
-int tb_version_commit_manifest(struct tb_version_builder *b, struct tb_manifest *m)
+/* Move B's file into place as its version and write M beside it: -1 with a
+ * message (B's file then is where it was, or removed again). */
+static int publish(struct tb_version_builder *b, struct tb_manifest *m)
 {
   char img[TB_PATH_MAX], man[TB_PATH_MAX];
+  if (tb_store_version_path(b->state, b->image, b->version, img, sizeof img) == -1 ||
+      tb_store_manifest_path(b->state, b->image, b->version, man, sizeof man) == -1)
+    return -1;
+  {
+    CLEANUP_CLOSE int fd = open(b->tmp, O_RDONLY | O_CLOEXEC);
+    if (fd == -1 || fsync(fd) == -1)
+      return tb_error_errno("cannot sync %s", b->tmp);
+  }
+  chmod(b->tmp, 0400); /* versions are immutable, and private (IMAGE@N is admin-only) */
+  if (rename(b->tmp, img) == -1)
+    return tb_error_errno("cannot publish %s", img);
+  CLEANUP_FREE char *text = tb_manifest_dump(m);
+  if (!text || tb_write_file_atomic(man, text, strlen(text), 0400) == -1) {
+    unlink(img);
+    return -1;
+  }
+  EVP_Digest(text, strlen(text), m->manifest_sha256, NULL, EVP_sha256(), NULL);
+  return 0;
+}
+
+int tb_version_commit_manifest(struct tb_version_builder *b, struct tb_manifest *m)
+{
   snprintf(m->image, sizeof m->image, "%s", b->image);
   m->version = b->version;
   if (!m->created[0])
@@ -578,36 +603,13 @@ int tb_version_commit_manifest(struct tb_version_builder *b, struct tb_manifest 
     m->parent = b->parent;
   if (!m->note && b->note)
     m->note = strdup(b->note);
-  if (tb_store_version_path(b->state, b->image, b->version, img, sizeof img) == -1 ||
-      tb_store_manifest_path(b->state, b->image, b->version, man, sizeof man) == -1)
-    goto fail;
-  int fd = open(b->tmp, O_RDONLY | O_CLOEXEC);
-  if (fd == -1 || fsync(fd) == -1) {
-    tb_error_errno("cannot sync %s", b->tmp);
-    if (fd >= 0)
-      close(fd);
-    goto fail;
+  if (publish(b, m) == -1) {
+    tb_error_prefix("publishing %s@%u", b->image, b->version);
+    tb_version_abort(b);
+    return -1;
   }
-  close(fd);
-  chmod(b->tmp, 0400); /* versions are immutable, and private (IMAGE@N is admin-only) */
-  if (rename(b->tmp, img) == -1) {
-    tb_error_errno("cannot publish %s", img);
-    goto fail;
-  }
-  char *text = tb_manifest_dump(m);
-  if (!text || tb_write_file_atomic(man, text, strlen(text), 0400) == -1) {
-    free(text);
-    unlink(img);
-    goto fail;
-  }
-  EVP_Digest(text, strlen(text), m->manifest_sha256, NULL, EVP_sha256(), NULL);
-  free(text);
   builder_free(b);
   return 0;
-fail:
-  tb_error_prefix("publishing %s@%u", b->image, b->version);
-  tb_version_abort(b);
-  return -1;
 }
 
 int tb_version_commit(struct tb_version_builder *b, tb_progress_fn progress, void *ctx)
