@@ -22,6 +22,7 @@
 
 #include <jansson.h>
 
+#include "cleanup.h"
 #include "mailbox.h"
 #include "store.h"
 
@@ -138,75 +139,101 @@ static int write_mailbox(const char *path, const struct tb_mailbox *mb)
   return r;
 }
 
-/* The mailbox's read-modify-write under its lock: EDIT gets the mailbox as
- * it is on disk. */
-static int locked_update(const char *state, const char *id,
-                         int (*edit)(struct tb_mailbox *mb, void *ctx), void *ctx)
+/* CH's standing conditions on MB (as it is on disk). */
+static bool conditions_hold(const struct tb_mailbox_change *ch, const struct tb_mailbox *mb)
 {
+  if (ch->if_image && strcmp(mb->image, ch->if_image) != 0)
+    return false;
+  return !ch->if_pin || mb->pin == ch->pin_was;
+}
+
+/* Clear the one-shots a turn applied: those numbered up to SERIAL (every
+ * pending one it saw, the latest it applied and those it superseded). */
+static void clear_applied(struct tb_mailbox *mb, uint64_t serial)
+{
+  if (mb->rollback && mb->rollback_no <= serial) {
+    mb->rollback = false;
+    mb->rollback_no = 0;
+  }
+  if (mb->refresh && mb->refresh_no <= serial) {
+    mb->refresh = false;
+    mb->refresh_no = 0;
+  }
+  if (mb->restore > 0 && mb->restore_no <= serial) {
+    mb->restore = 0;
+    mb->restore_no = 0;
+  }
+}
+
+/* CH on the mailbox MB as it is on disk: a new one-shot is numbered after
+ * every pending one. */
+static void apply(const struct tb_mailbox_change *ch, struct tb_mailbox *mb)
+{
+  if (ch->applied)
+    clear_applied(mb, ch->applied_serial);
+  if (ch->image)
+    snprintf(mb->image, sizeof mb->image, "%s", ch->image);
+  if (ch->set_pin)
+    mb->pin = ch->pin;
+  if (ch->lockdown) {
+    snprintf(mb->lockdown, sizeof mb->lockdown, "%s", ch->lockdown);
+    tb_utf8_truncate(mb->lockdown);
+  }
+  if (ch->rollback) {
+    mb->rollback = true;
+    mb->rollback_no = ++mb->serial;
+  }
+  if (ch->refresh) {
+    mb->refresh = true;
+    mb->refresh_no = ++mb->serial;
+  }
+  if (ch->restore > 0) {
+    mb->restore = ch->restore;
+    mb->restore_no = ++mb->serial;
+  }
+}
+
+/* Whether writing NEW over OLD changes what the file says. */
+static bool changed(const struct tb_mailbox *old, const struct tb_mailbox *new)
+{
+  return old->rollback != new->rollback || old->refresh != new->refresh ||
+         old->restore != new->restore || old->rollback_no != new->rollback_no ||
+         old->refresh_no != new->refresh_no || old->restore_no != new->restore_no ||
+         old->serial != new->serial || old->pin != new->pin ||
+         strcmp(old->image, new->image) != 0 || strcmp(old->lockdown, new->lockdown) != 0;
+}
+
+int tb_mailbox_change(const char *state, const char *id, const struct tb_mailbox_change *ch,
+                      struct tb_mailbox *after)
+{
+  if (ch->image && ch->image[0] && !tb_name_valid(ch->image))
+    return tb_error("client %s: \"%s\" is not a valid image name; the mailbox is unchanged", id,
+                    ch->image);
+  if (ch->restore < 0)
+    return tb_error("client %s: restore %lld is not a session number; the mailbox is unchanged", id,
+                    (long long)ch->restore);
   char dir[TB_PATH_MAX], path[TB_PATH_MAX], lock[TB_PATH_MAX];
   if (tb_store_client_mkdir(state, id, dir, sizeof dir) == -1 ||
       tb_path(path, sizeof path, "%s/mailbox.json", dir) == -1 ||
       tb_path(lock, sizeof lock, "%s/mailbox.lock", dir) == -1)
     return -1;
-  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd == -1 || flock(fd, LOCK_EX) == -1) {
-    tb_error_errno("cannot lock %s", lock);
-    if (fd >= 0)
-      close(fd);
+  CLEANUP_CLOSE int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd == -1 || flock(fd, LOCK_EX) == -1)
+    return tb_error_errno("cannot lock %s", lock);
+  struct tb_mailbox old, mb;
+  if (read_locked(path, &old) == -1)
     return -1;
+  mb = old;
+  int r = 1;
+  if (conditions_hold(ch, &old)) {
+    apply(ch, &mb);
+    if (changed(&old, &mb) && write_mailbox(path, &mb) == -1)
+      return -1;
+    r = 0;
   }
-  struct tb_mailbox mb;
-  int r = read_locked(path, &mb);
-  if (r == 0) {
-    r = edit(&mb, ctx);
-    if (r == 0)
-      r = write_mailbox(path, &mb);
-    else if (r == 1)
-      r = 0;
-  }
-  close(fd);
+  if (after)
+    *after = r == 0 ? mb : old;
   return r;
-}
-
-struct post_ctx {
-  tb_mailbox_fn fn;
-  void *ctx;
-};
-
-/* The caller's edit on a copy without the pending one-shots; what it sets
- * is posted now, under the next request number. */
-static int post_edit(struct tb_mailbox *mb, void *ctx)
-{
-  const struct post_ctx *p = ctx;
-  struct tb_mailbox view = *mb;
-  view.rollback = view.refresh = false;
-  view.restore = 0;
-  view.rollback_no = view.refresh_no = view.restore_no = 0;
-  int r = p->fn(&view, p->ctx);
-  if (r != 0)
-    return r;
-  memcpy(mb->image, view.image, sizeof mb->image);
-  mb->pin = view.pin;
-  memcpy(mb->lockdown, view.lockdown, sizeof mb->lockdown);
-  if (view.rollback) {
-    mb->rollback = true;
-    mb->rollback_no = ++mb->serial;
-  }
-  if (view.refresh) {
-    mb->refresh = true;
-    mb->refresh_no = ++mb->serial;
-  }
-  if (view.restore > 0) {
-    mb->restore = view.restore;
-    mb->restore_no = ++mb->serial;
-  }
-  return 0;
-}
-
-int tb_mailbox_update(const char *state, const char *id, tb_mailbox_fn fn, void *ctx)
-{
-  struct post_ctx p = {fn, ctx};
-  return locked_update(state, id, post_edit, &p);
 }
 
 void tb_mailbox_keep_latest(struct tb_mailbox *mb)
@@ -223,28 +250,4 @@ void tb_mailbox_keep_latest(struct tb_mailbox *mb)
     mb->refresh = false;
     mb->restore = 0;
   }
-}
-
-static int clear_edit(struct tb_mailbox *mb, void *ctx)
-{
-  uint64_t serial = *(const uint64_t *)ctx;
-  bool changed = false;
-  if (mb->rollback && mb->rollback_no <= serial) {
-    mb->rollback = false;
-    changed = true;
-  }
-  if (mb->refresh && mb->refresh_no <= serial) {
-    mb->refresh = false;
-    changed = true;
-  }
-  if (mb->restore > 0 && mb->restore_no <= serial) {
-    mb->restore = 0;
-    changed = true;
-  }
-  return changed ? 0 : 1;
-}
-
-int tb_mailbox_clear_applied(const char *state, const char *id, uint64_t serial)
-{
-  return locked_update(state, id, clear_edit, &serial);
 }

@@ -39,20 +39,55 @@ struct tb_mailbox {
 /* Read the mailbox (all fields zero if there is none). */
 int tb_mailbox_read(const char *state, const char *id, struct tb_mailbox *mb);
 
-/* Read-modify-write under the mailbox lock.  FN edits *mb and returns 0 to
- * write it back, 1 to leave the file as it was, or -1 (with tb_error) to fail.
- * FN sees the standing settings and no pending one-shot: a one-shot it sets
- * is a new request, numbered after every pending one (which stay). */
-typedef int (*tb_mailbox_fn)(struct tb_mailbox *mb, void *ctx);
-int tb_mailbox_update(const char *state, const char *id, tb_mailbox_fn fn, void *ctx);
+/* One change to a mailbox: what to post, set or clear, and on what
+ * condition.  Zero means "leave it" for every field, so a designated
+ * initializer names only what changes:
+ *   {.rollback = true}                     post a rollback
+ *   {.set_pin = true, .pin = 7}            pin to version 7 (.pin = 0 unpins)
+ *   {.lockdown = ""}                       lift a lockdown
+ *   {.applied = true, .applied_serial = n} a turn applied what it read
+ */
+struct tb_mailbox_change {
+  /* One-shot requests to post, each under the next request number, in this
+   * order (so of several posted at once a restore is the latest); the
+   * pending ones stay, superseded at the next turn. */
+  bool rollback;
+  bool refresh;
+  int64_t restore; /* > 0: make retained session N the overlay again */
+  /* Standing settings. */
+  const char *image; /* non-NULL: the image override ("" clears it; else a valid name) */
+  bool set_pin;      /* set the pin to PIN (0 clears it) */
+  uint32_t pin;
+  const char *lockdown; /* non-NULL: why the export is refused ("" lifts it; cut to fit) */
+  /* A turn applied the one-shots of a mailbox it read when this was the
+   * last request number (its serial): clear them, and every one they
+   * superseded; requests posted since stay for the next turn.  (A serial
+   * of 0, a file older than the numbering, clears every pending one.) */
+  bool applied;
+  uint64_t applied_serial;
+  /* Conditions on the standing settings as they are under the lock: if one
+   * does not hold, nothing changes (a compare-and-set of what the caller
+   * read before deciding). */
+  const char *if_image; /* non-NULL: the image override is this ("" none) */
+  bool if_pin;          /* the pin is PIN_WAS (0: no pin) */
+  uint32_t pin_was;
+};
+
+/* Apply CH under the mailbox lock with an atomic rewrite (none if nothing
+ * changes).  Returns 0 if applied, 1 if a condition did not hold (the file
+ * is as it was), -1 with tb_error.  AFTER, if not NULL, receives the
+ * mailbox as it is on disk afterwards, pending one-shots included (on 1:
+ * as it is, for the caller to decide again); it may not overlap anything
+ * CH points to. */
+int tb_mailbox_change(const char *state, const char *id, const struct tb_mailbox_change *ch,
+                      struct tb_mailbox *after);
+
+/* tb_mailbox_change(STATE, ID, &(change){FIELDS...}, NULL) */
+#define TB_MAILBOX_CHANGE(state, id, ...)                                                          \
+  tb_mailbox_change((state), (id), &(const struct tb_mailbox_change){__VA_ARGS__}, NULL)
 
 /* Keep only the latest one-shot request of *MB (an in-memory copy): what a
  * turn applies.  Requests of unknown order rank restore, refresh, rollback. */
 void tb_mailbox_keep_latest(struct tb_mailbox *mb);
-
-/* A turn applied the one-shots of a mailbox read when its SERIAL was the
- * last request number: clear them, and every one they superseded; requests
- * posted since stay for the next turn. */
-int tb_mailbox_clear_applied(const char *state, const char *id, uint64_t serial);
 
 #endif

@@ -1015,7 +1015,7 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
   if (retained[0])
     prune_sessions(state, c->id, c->keep_sessions);
   if (mb->rollback || mb->refresh || mb->restore)
-    tb_mailbox_clear_applied(state, c->id, pl->mb_serial);
+    TB_MAILBOX_CHANGE(state, c->id, .applied = true, .applied_serial = pl->mb_serial);
 
   /* The lock moves from the plan to the session. */
   s->lock_fd = pl->lock_fd;

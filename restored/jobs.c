@@ -159,25 +159,32 @@ static int merge_progress(void *ctx, const char *phase, uint64_t done, uint64_t 
   return 0;
 }
 
-struct repin {
-  const struct tb_client_conf *c;
-  const char *image;
-  uint32_t version;
-};
-
-/* After a merge the client continues on the new version.  A pin (mailbox or
- * configuration) or another image would take it back, so re-pin it. */
-static int repin(struct tb_mailbox *mb, void *ctx)
+/* After a merge client C continues on IMAGE@VERSION.  A pin (mailbox or
+ * configuration) or another image would take it back, so re-pin it.  The
+ * edit is decided on the mailbox as read and applied only if its image and
+ * pin are still what they were (else decided again on what they are). */
+static int repin(const char *state, const struct tb_client_conf *c, const char *image,
+                 uint32_t version)
 {
-  const struct repin *r = ctx;
-  const char *image = mb->image[0] ? mb->image : r->c->image;
-  bool other_image = strcmp(image, r->image) != 0;
-  if (!mb->pin && !r->c->version && !other_image)
-    return 1;
-  if (other_image)
-    snprintf(mb->image, sizeof mb->image, "%s", r->image);
-  mb->pin = r->version;
-  return 0;
+  struct tb_mailbox mb;
+  if (tb_mailbox_read(state, c->id, &mb) == -1)
+    return -1;
+  for (;;) {
+    bool other_image = strcmp(mb.image[0] ? mb.image : c->image, image) != 0;
+    if (!mb.pin && !c->version && !other_image)
+      return 0;
+    char image_was[sizeof mb.image];
+    memcpy(image_was, mb.image, sizeof image_was);
+    struct tb_mailbox_change ch = {.image = other_image ? image : NULL,
+                                   .set_pin = true,
+                                   .pin = version,
+                                   .if_image = image_was,
+                                   .if_pin = true,
+                                   .pin_was = mb.pin};
+    int r = tb_mailbox_change(state, c->id, &ch, &mb);
+    if (r != 1)
+      return r;
+  }
 }
 
 /* ---- moving a merged client onto its new version ------------------------------------------
@@ -219,8 +226,7 @@ static int move_finish(const char *state, const struct tb_client_conf *c, const 
       tb_store_client_path(state, id, "sessions", sessions, sizeof sessions) == -1 ||
       tb_client_session_path(state, id, ni.session, retained, sizeof retained) == -1)
     return -1;
-  struct repin rp = {.c = c, .image = ni.base.image, .version = ni.base.version};
-  if (tb_mailbox_update(state, id, repin, &rp) == -1)
+  if (repin(state, c, ni.base.image, ni.base.version) == -1)
     return -1;
   debug_kill_point(1);
   struct stat st;

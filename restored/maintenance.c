@@ -36,30 +36,15 @@
 #include "session.h"
 #include "store.h"
 
-static int post_refresh(struct tb_mailbox *mb, void *ctx)
-{
-  (void)ctx;
-  mb->refresh = true;
-  return 0;
-}
-
 /* After the merge (job thread, the client's lock held): the PC leaves
  * maintenance.  The merge re-pinned it to the new version (jobs.c repin);
  * it goes back to the image and pin it had, and its next boot starts
  * afresh on its own configuration. */
-static int restore_mailbox(struct tb_mailbox *mb, void *ctx)
-{
-  const struct merge_request *req = ctx;
-  snprintf(mb->image, sizeof mb->image, "%s", req->maint_image);
-  mb->pin = req->maint_pin;
-  mb->refresh = true;
-  return 0;
-}
-
 static void maintenance_merged(const char *state, const struct merge_request *req,
                                const char *image, uint32_t version)
 {
-  if (tb_mailbox_update(state, req->client, restore_mailbox, (void *)req) == -1 ||
+  if (TB_MAILBOX_CHANGE(state, req->client, .image = req->maint_image, .set_pin = true,
+                        .pin = req->maint_pin, .refresh = true) == -1 ||
       tb_maintenance_clear(state, req->client) == -1) {
     log_msg("client %s: merged into %s@%" PRIu32 " but cannot leave maintenance: %s", req->client,
             image, version, tb_errmsg());
@@ -141,7 +126,7 @@ static json_t *op_start(struct daemon *d, json_t *req)
   /* The record first, then the refresh: a refresh without the record would
    * only give the PC a clean ordinary boot. */
   if (tb_maintenance_write(state, c->id, &m) == -1 ||
-      tb_mailbox_update(state, c->id, post_refresh, NULL) == -1)
+      TB_MAILBOX_CHANGE(state, c->id, .refresh = true) == -1)
     return reply_error("%s", tb_errmsg());
   tb_eventf(state, "maintenance-start", c->id, "{s:s, s:I}", "image", image, "version",
             (json_int_t)newest);
@@ -233,7 +218,7 @@ static json_t *op_abort(struct daemon *d, json_t *req)
   if (r == 0)
     return reply_error("client %s is not a maintenance PC", c->id);
   /* A record that does not read is removed too: abort is the way out. */
-  if (tb_mailbox_update(state, c->id, post_refresh, NULL) == -1 ||
+  if (TB_MAILBOX_CHANGE(state, c->id, .refresh = true) == -1 ||
       tb_maintenance_clear(state, c->id) == -1)
     return reply_error("%s", tb_errmsg());
   tb_eventf(state, "maintenance-abort", c->id, "{s:s}", "image", r == 1 ? m.image : "");

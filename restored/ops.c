@@ -555,49 +555,21 @@ static json_t *op_sessions(struct daemon *d, struct op_call *a)
 
 /* ---- mailbox actions ---------------------------------------------------------------------- */
 
-struct mb_edit {
-  const char *op;
-  int64_t restore;
-  char image[TB_NAME_MAX + 1];
-  uint32_t version;
-};
-
-static int edit_mailbox(struct tb_mailbox *mb, void *ctx)
+/* Post CH to the mailbox of C; OP names the action in the event and reply. */
+static json_t *post(struct daemon *d, const struct tb_client_conf *c, const char *op,
+                    const struct tb_mailbox_change *ch, json_t *event_fields, const char *message)
 {
-  const struct mb_edit *e = ctx;
-  if (strcmp(e->op, "rollback") == 0) {
-    mb->rollback = true;
-  } else if (strcmp(e->op, "refresh") == 0) {
-    mb->refresh = true;
-  } else if (strcmp(e->op, "restore") == 0) {
-    mb->restore = e->restore;
-  } else if (strcmp(e->op, "reimage") == 0) {
-    snprintf(mb->image, sizeof mb->image, "%s", e->image);
-    mb->pin = e->version;
-    mb->rollback = true;
-    mb->restore = 0;
-  } else if (strcmp(e->op, "pin") == 0) {
-    mb->pin = e->version;
-  } else if (strcmp(e->op, "unpin") == 0) {
-    mb->pin = 0;
-  }
-  return 0;
-}
-
-static json_t *post(struct daemon *d, const struct tb_client_conf *c, struct mb_edit *e,
-                    json_t *event_fields, const char *message)
-{
-  if (tb_mailbox_update(d->cfg->state_dir, c->id, edit_mailbox, e) == -1) {
+  if (tb_mailbox_change(d->cfg->state_dir, c->id, ch, NULL) == -1) {
     json_decref(event_fields);
     return reply_lib_error();
   }
   bool live = tb_client_locked(d->cfg->state_dir, c->id);
   json_object_set_new(event_fields, "applies", json_string("next-session"));
-  tb_event(d->cfg->state_dir, e->op, c->id, event_fields);
+  tb_event(d->cfg->state_dir, op, c->id, event_fields);
   char msg[512];
   snprintf(msg, sizeof msg, "%s%s", message,
            live ? " (a session is running: it applies when the next one starts)" : "");
-  return reply_ok(json_pack("{s:s, s:s, s:b, s:s}", "client", c->id, "action", e->op, "live", live,
+  return reply_ok(json_pack("{s:s, s:s, s:b, s:s}", "client", c->id, "action", op, "live", live,
                             "message", msg));
 }
 
@@ -608,10 +580,9 @@ static json_t *op_rollback(struct daemon *d, struct op_call *a)
   const struct tb_client_conf *c = arg_client(d, a);
   if (!c || a->err[0])
     return reply_error("%s", a->err);
-  struct mb_edit e = {.op = "rollback"};
   char msg[256];
   snprintf(msg, sizeof msg, "%s: rollback at the next session start", c->id);
-  return post(d, c, &e, json_object(), msg);
+  return post(d, c, "rollback", &(struct tb_mailbox_change){.rollback = true}, json_object(), msg);
 }
 
 static json_t *op_restore(struct daemon *d, struct op_call *a)
@@ -636,13 +607,13 @@ static json_t *op_restore(struct daemon *d, struct op_call *a)
     return reply_error("cannot restore session %lld of %s: its base %s@%u is gone", (long long)n,
                        c->id, info.base.image, info.base.version);
   tb_manifest_free(m);
-  struct mb_edit e = {.op = "restore", .restore = n};
   char msg[256];
   snprintf(msg, sizeof msg,
            "%s: session %lld (on %s@%u) becomes the overlay at the next session "
            "start",
            c->id, (long long)n, info.base.image, info.base.version);
-  return post(d, c, &e, json_pack("{s:I}", "session", (json_int_t)n), msg);
+  return post(d, c, "restore", &(struct tb_mailbox_change){.restore = n},
+              json_pack("{s:I}", "session", (json_int_t)n), msg);
 }
 
 static json_t *op_reimage(struct daemon *d, struct op_call *a)
@@ -665,8 +636,8 @@ static json_t *op_reimage(struct daemon *d, struct op_call *a)
   } else if (!tb_store_latest(d->cfg->state_dir, image)) {
     return reply_error("image %s has no versions (import one with tabulactl image import)", image);
   }
-  struct mb_edit e = {.op = "reimage", .version = v};
-  snprintf(e.image, sizeof e.image, "%s", image);
+  /* A new image discards the overlay (a rollback), on VERSION or the newest. */
+  struct tb_mailbox_change ch = {.image = image, .set_pin = true, .pin = v, .rollback = true};
   char msg[256];
   if (v)
     snprintf(msg, sizeof msg, "%s: the next session starts on %s@%u, overlay discarded", c->id,
@@ -674,7 +645,8 @@ static json_t *op_reimage(struct daemon *d, struct op_call *a)
   else
     snprintf(msg, sizeof msg, "%s: the next session starts on the newest %s, overlay discarded",
              c->id, image);
-  return post(d, c, &e, json_pack("{s:s, s:I}", "image", image, "version", (json_int_t)v), msg);
+  return post(d, c, "reimage", &ch,
+              json_pack("{s:s, s:I}", "image", image, "version", (json_int_t)v), msg);
 }
 
 static json_t *set_pin(struct daemon *d, struct op_call *a, bool pin)
@@ -709,8 +681,8 @@ static json_t *set_pin(struct daemon *d, struct op_call *a, bool pin)
   } else {
     snprintf(msg, sizeof msg, "%s: unpinned, follows the newest %s", c->id, image);
   }
-  struct mb_edit e = {.op = pin ? "pin" : "unpin", .version = (uint32_t)ver};
-  return post(d, c, &e,
+  struct tb_mailbox_change ch = {.set_pin = true, .pin = (uint32_t)ver};
+  return post(d, c, pin ? "pin" : "unpin", &ch,
               pin ? json_pack("{s:s, s:I}", "image", image, "version", (json_int_t)ver)
                   : json_object(),
               msg);
@@ -737,10 +709,9 @@ static json_t *op_refresh(struct daemon *d, struct op_call *a)
     const struct tb_client_conf *c = arg_client(d, a);
     if (!c)
       return reply_error("%s", a->err);
-    struct mb_edit e = {.op = "refresh"};
     char msg[256];
     snprintf(msg, sizeof msg, "%s: moves to its current version at the next session start", c->id);
-    return post(d, c, &e, json_object(), msg);
+    return post(d, c, "refresh", &(struct tb_mailbox_change){.refresh = true}, json_object(), msg);
   }
   if (json_object_get(a->req, "client"))
     return reply_error("refresh: give \"client\" or \"group\", not both");
@@ -751,8 +722,7 @@ static json_t *op_refresh(struct daemon *d, struct op_call *a)
       continue;
     if (tb_maintenance_read(d->cfg->state_dir, c->id, NULL) == 1)
       continue; /* a maintenance PC keeps its work (maintenance finish or abort ends it) */
-    struct mb_edit e = {.op = "refresh"};
-    if (tb_mailbox_update(d->cfg->state_dir, c->id, edit_mailbox, &e) == -1) {
+    if (TB_MAILBOX_CHANGE(d->cfg->state_dir, c->id, .refresh = true) == -1) {
       json_decref(ids);
       return reply_lib_error();
     }

@@ -109,22 +109,6 @@ static bool source_has_image(const json_t *pull, size_t i, const char *image)
   return false;
 }
 
-/* The hold: pin to VERSION if the mailbox still has no pin and still names
- * IMAGE ("" for the configured one), as when it was read. */
-struct hold {
-  const char *image;
-  uint32_t version;
-};
-
-static int pin_to(struct tb_mailbox *mb, void *ctx)
-{
-  const struct hold *h = ctx;
-  if (mb->pin || strcmp(mb->image, h->image) != 0)
-    return 1;
-  mb->pin = h->version;
-  return 0;
-}
-
 /* Keep the clients of source I on the versions they run now: every client
  * that follows the newest version of an image the source pulls, whether the
  * image is its configured one or the one its mailbox reimaged it to (as the
@@ -139,10 +123,14 @@ static void hold_clients(const struct tb_config *cfg, size_t i)
     const char *image = mb.image[0] ? mb.image : c->image;
     if (!source_has_image(cfg->pull, i, image))
       continue;
-    struct hold h = {mb.image, tb_store_latest(cfg->state_dir, image)};
-    if (h.version && tb_mailbox_update(cfg->state_dir, c->id, pin_to, &h) == 0)
+    /* The hold: pin to the newest if the mailbox still has no pin and still
+     * names the image it named when read. */
+    uint32_t newest = tb_store_latest(cfg->state_dir, image);
+    struct tb_mailbox_change hold = {
+        .set_pin = true, .pin = newest, .if_pin = true, .pin_was = 0, .if_image = mb.image};
+    if (newest && tb_mailbox_change(cfg->state_dir, c->id, &hold, NULL) == 0)
       tb_eventf(cfg->state_dir, "pin", c->id, "{s:s, s:I, s:s}", "image", image, "version",
-                (json_int_t)h.version, "reason", "scheduled pull without make_current");
+                (json_int_t)newest, "reason", "scheduled pull without make_current");
   }
 }
 

@@ -99,14 +99,6 @@ const struct client_sched *schedule_for(const struct daemon *d, const char *id)
   return NULL;
 }
 
-static int set_refresh(struct tb_mailbox *mb, void *ctx)
-{
-  if (mb->refresh)
-    return 1;
-  mb->refresh = true;
-  return 0;
-}
-
 static void save_mark(const char *state, const struct client_sched *s, const char *text)
 {
   char file[TB_PATH_MAX];
@@ -198,7 +190,7 @@ static void schedules_tick(struct daemon *d, int64_t now)
     const struct tb_client_conf *c = tb_config_client(d->cfg, s->id);
     char due[32];
     tb_iso_time(s->next_ms, due);
-    if (tb_mailbox_update(d->cfg->state_dir, s->id, set_refresh, NULL) == -1) {
+    if (TB_MAILBOX_CHANGE(d->cfg->state_dir, s->id, .refresh = true) == -1) {
       log_msg("scheduled refresh of %s: %s", s->id, tb_errmsg());
     } else {
       tb_eventf(d->cfg->state_dir, "refresh-scheduled", s->id, "{s:s, s:s}", "schedule",

@@ -98,45 +98,6 @@ static bool same_file(const char *path, dev_t dev, ino_t ino)
   return stat(path, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
 }
 
-/* ---- mailbox edits ---------------------------------------------------------------------- */
-
-struct mb_change {
-  bool rollback, refresh;
-  const char *lockdown; /* set if not NULL ("" clears) */
-  bool set_pin;
-  uint32_t pin;    /* with set_pin: 0 clears */
-  int64_t restore; /* 0: leave */
-  bool if_pin;     /* change only if the pin is pin_was */
-  uint32_t pin_was;
-};
-
-static int apply_change(struct tb_mailbox *mb, void *ctx)
-{
-  const struct mb_change *c = ctx;
-  if (c->if_pin && mb->pin != c->pin_was)
-    return 1;
-  if (c->rollback)
-    mb->rollback = true;
-  if (c->refresh)
-    mb->refresh = true;
-  if (c->lockdown) {
-    snprintf(mb->lockdown, sizeof mb->lockdown, "%s", c->lockdown);
-    tb_utf8_truncate(mb->lockdown);
-  }
-  if (c->set_pin)
-    mb->pin = c->pin;
-  if (c->restore > 0)
-    mb->restore = c->restore;
-  return 0;
-}
-
-static int mailbox_change(const char *state, const char *id, struct mb_change c)
-{
-  return tb_mailbox_update(state, id, apply_change, &c);
-}
-
-#define MB_CHANGE(...) ((struct mb_change){__VA_ARGS__})
-
 /* ---- quarantine ---------------------------------------------------------------------------- */
 
 static int quarantine_dir(const char *state, const char *id, char *buf, size_t len)
@@ -254,7 +215,7 @@ static int quarantine_scanned(const char *state, const char *id, uint64_t sessio
     r = quarantine_move(state, id, path, json_incref(note), number) == 0 ? 1 : -1;
   }
   json_decref(note);
-  if (r == 0 && mailbox_change(state, id, MB_CHANGE(.rollback = true)) == -1)
+  if (r == 0 && TB_MAILBOX_CHANGE(state, id, .rollback = true) == -1)
     return -1;
   return r;
 }
@@ -383,7 +344,7 @@ static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
 {
   const char *state = x->state, *id = x->rq->id;
   if (x->act[TB_RULE_LOCKDOWN]) {
-    if (mailbox_change(state, id, MB_CHANGE(.lockdown = x->reason)) == 0)
+    if (TB_MAILBOX_CHANGE(state, id, .lockdown = x->reason) == 0)
       tb_eventf(state, "lockdown", id, "{s:s, s:s}", "reason", x->reason, "by", "watchdog");
     else
       action_failed(state, id, "lockdown", x->reason);
@@ -408,7 +369,7 @@ static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
       action_failed(state, id, "quarantine", x->reason);
   }
   if (x->act[TB_RULE_ROLLBACK] && !x->act[TB_RULE_QUARANTINE]) {
-    if (mailbox_change(state, id, MB_CHANGE(.rollback = true)) == 0)
+    if (TB_MAILBOX_CHANGE(state, id, .rollback = true) == 0)
       tb_eventf(state, "rollback", id, "{s:s, s:s, s:s}", "reason", x->reason, "by", "watchdog",
                 "applies", "next-session");
     else
@@ -658,10 +619,10 @@ static void fall_back(const char *state, const struct tb_client_conf *c, uint64_
   const char *image = json_string_value(json_object_get(good, "image"));
   json_int_t version = json_integer_value(json_object_get(good, "version"));
   bool overlay = c->policy == TB_POLICY_PERSIST && restore_good(state, c->id, session);
-  struct mb_change ch = MB_CHANGE(.set_pin = true, .pin = version);
+  struct tb_mailbox_change ch = {.set_pin = true, .pin = version};
   if (c->policy == TB_POLICY_PERSIST && !overlay)
     ch.refresh = true; /* no good overlay to return to: start clean on the good version */
-  if (mailbox_change(state, c->id, ch) == -1) {
+  if (tb_mailbox_change(state, c->id, &ch, NULL) == -1) {
     log_msg("watchdog: last known good of %s: %s", c->id, tb_errmsg());
     return;
   }
@@ -806,9 +767,9 @@ static json_t *make_current(const struct tb_config *cfg, const char *image, uint
       continue;
     if (mb.pin && previous && mb.pin != previous && mb.pin != n)
       continue; /* an administrator's pin */
-    struct mb_change ch =
-        MB_CHANGE(.set_pin = true, .pin = newest ? 0 : n, .if_pin = true, .pin_was = mb.pin);
-    if ((newest ? mb.pin != 0 : mb.pin != n) && mailbox_change(state, c->id, ch) == 0)
+    struct tb_mailbox_change ch = {
+        .set_pin = true, .pin = newest ? 0 : n, .if_pin = true, .pin_was = mb.pin};
+    if ((newest ? mb.pin != 0 : mb.pin != n) && tb_mailbox_change(state, c->id, &ch, NULL) == 0)
       json_array_append_new(moved, json_string(c->id));
   }
   return moved;
@@ -831,9 +792,9 @@ static void canary_withdraw(const struct tb_config *cfg, json_t *canary)
     const struct tb_client_conf *c = &cfg->clients[i];
     if (!in_group(c, group))
       continue;
-    struct mb_change ch = MB_CHANGE(.set_pin = true, .pin = previous, .if_pin = true, .pin_was = n);
+    struct tb_mailbox_change ch = {.set_pin = true, .pin = previous, .if_pin = true, .pin_was = n};
     ch.refresh = c->policy == TB_POLICY_PERSIST;
-    if (mailbox_change(state, c->id, ch) == 0)
+    if (tb_mailbox_change(state, c->id, &ch, NULL) == 0)
       json_array_append_new(moved, json_string(c->id));
   }
   json_object_set_new(canary, "state", json_string("withdrawn"));
@@ -1160,7 +1121,7 @@ static void good_recover(const struct tb_config *cfg, const struct tb_client_con
       json_t *lg = json_object_get(health, "last_good");
       json_int_t version = json_integer_value(json_object_get(lg, "version"));
       if (version > 0 && version <= UINT32_MAX &&
-          mailbox_change(state, id, MB_CHANGE(.set_pin = true, .pin = (uint32_t)version)) == -1)
+          TB_MAILBOX_CHANGE(state, id, .set_pin = true, .pin = (uint32_t)version) == -1)
         log_msg("watchdog: %s", tb_errmsg());
       json_object_set_new(health, "strikes", json_integer(0));
       if (save_json(hpath, health) == -1)
@@ -1550,7 +1511,7 @@ static json_t *op_lockdown(struct daemon *d, json_t *req, const char *op, bool l
     const char *reason = req_str(req, "reason");
     char why[256];
     snprintf(why, sizeof why, "%s", reason && reason[0] ? reason : "by an administrator");
-    if (mailbox_change(state, c->id, MB_CHANGE(.lockdown = why)) == -1)
+    if (TB_MAILBOX_CHANGE(state, c->id, .lockdown = why) == -1)
       return reply_error("%s", tb_errmsg());
     tb_eventf(state, "lockdown", c->id, "{s:s, s:s}", "reason", why, "by", "admin");
     snprintf(msg, sizeof msg,
@@ -1560,7 +1521,7 @@ static json_t *op_lockdown(struct daemon *d, json_t *req, const char *op, bool l
   } else {
     if (!mb.lockdown[0])
       return reply_error("client %s is not locked down", c->id);
-    if (mailbox_change(state, c->id, MB_CHANGE(.lockdown = "")) == -1)
+    if (TB_MAILBOX_CHANGE(state, c->id, .lockdown = "") == -1)
       return reply_error("%s", tb_errmsg());
     tb_eventf(state, "unlock", c->id, "{s:s}", "was", mb.lockdown);
     snprintf(msg, sizeof msg, "%s: unlocked (was: %.200s)", c->id, mb.lockdown);
@@ -1670,7 +1631,7 @@ static json_t *op_quarantine_show(struct daemon *d, json_t *req, bool release)
      * cut took back would refuse every boot of the client. */
     if (tb_fsync_dir(dst) == -1 || tb_fsync_dir(ovl) == -1)
       return reply_error("%s", tb_errmsg());
-    if (mailbox_change(state, c->id, MB_CHANGE(.restore = (int64_t)info.session)) == -1)
+    if (TB_MAILBOX_CHANGE(state, c->id, .restore = (int64_t)info.session) == -1)
       return reply_error("%s", tb_errmsg());
     snprintf(msg, sizeof msg,
              "%s: quarantined overlay %llu is retained session %llu again and becomes the "
@@ -1729,10 +1690,10 @@ static json_t *start_canary(struct daemon *d, const char *image, uint32_t n, con
     if (tb_mailbox_read(state, c->id, &mb) == -1)
       return reply_error("%s", tb_errmsg());
     if (in_group(c, group)) {
-      if (mailbox_change(state, c->id, MB_CHANGE(.set_pin = true, .pin = n)) == 0)
+      if (TB_MAILBOX_CHANGE(state, c->id, .set_pin = true, .pin = n) == 0)
         json_array_append_new(canaries, json_string(c->id));
     } else if (!mb.pin || mb.pin == n || mb.pin == previous) {
-      if (mailbox_change(state, c->id, MB_CHANGE(.set_pin = true, .pin = previous)) == 0)
+      if (TB_MAILBOX_CHANGE(state, c->id, .set_pin = true, .pin = previous) == 0)
         json_array_append_new(held, json_string(c->id));
     }
   }
