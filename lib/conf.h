@@ -182,6 +182,12 @@ struct tb_config *tb_config_load(const char *file);
 struct tb_config *tb_config_parse(const char *text, const char *name);
 struct tb_config *tb_config_ref(struct tb_config *cfg);
 void tb_config_unref(struct tb_config *cfg);
+/* A reference dropped when the variable goes out of scope. */
+static inline void tb_cleanup_config_unref(struct tb_config **cfg)
+{
+  tb_config_unref(*cfg);
+}
+#define CLEANUP_CONFIG_UNREF __attribute__((cleanup(tb_cleanup_config_unref)))
 
 /* Client ID or disk "ID/DISK". */
 const struct tb_client_conf *tb_config_client(const struct tb_config *cfg, const char *id);

@@ -58,6 +58,7 @@
 #include <nbdkit-plugin.h>
 
 #include "boot.h"
+#include "cleanup.h"
 #include "clientcheck.h"
 #include "conf.h"
 #include "events.h"
@@ -168,7 +169,7 @@ static int tabula_get_ready(void)
 static struct tb_config *config_get(void)
 {
   struct stat st;
-  pthread_mutex_lock(&cfg_lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cfg_lock);
   if (stat(config_file, &st) == 0 &&
       (st.st_mtim.tv_sec != cfg_mtime.tv_sec || st.st_mtim.tv_nsec != cfg_mtime.tv_nsec ||
        st.st_size != cfg_size)) {
@@ -187,9 +188,7 @@ static struct tb_config *config_get(void)
       nbdkit_debug("configuration reloaded from %s", config_file);
     }
   }
-  struct tb_config *cfg = tb_config_ref(current_cfg);
-  pthread_mutex_unlock(&cfg_lock);
-  return cfg;
+  return tb_config_ref(current_cfg);
 }
 
 static void tabula_unload(void)
@@ -562,35 +561,22 @@ static void printable_name(const char *name, char out[84])
   strcpy(out + i, name[i] ? "..." : "");
 }
 
-static void *tabula_open(int readonly)
+/* Open EXPORT for PEER into H: -1 after nbdkit_error (and a refusal event
+ * for a client refused). */
+static int open_export(struct handle *h, struct tb_config *cfg, const struct peer *peer,
+                       const char *export)
 {
-  const char *export = nbdkit_export_name();
-  struct peer peer;
-  if (!export || peer_get(&peer) == -1) {
-    nbdkit_error("cannot identify the peer of this connection");
-    return NULL;
-  }
-  struct tb_config *cfg = config_get();
-  struct handle *h = calloc(1, sizeof *h);
-  if (!h) {
-    nbdkit_error("out of memory");
-    tb_config_unref(cfg);
-    return NULL;
-  }
-  h->raw_fd = -1;
-  pthread_mutex_init(&h->fallback_lock, NULL);
-  bool admin = peer_is_admin(cfg, &peer);
+  bool admin = peer_is_admin(cfg, peer);
   uint64_t num = 0;
-  int r = -1;
 
   if (export[0] == '\0') {
-    const struct tb_client_conf *c = client_by_address(cfg, &peer);
+    const struct tb_client_conf *c = client_by_address(cfg, peer);
     if (!c) {
       nbdkit_error("no client is configured for address %s: send the client id as the export "
                    "name, or set \"address\" in its configuration",
-                   peer.text);
-      tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown address", "");
-      goto out;
+                   peer->text);
+      tb_event_refusal(cfg->state_dir, NULL, peer->text, "unknown address", "");
+      return -1;
     }
     export = c->id;
   }
@@ -600,55 +586,72 @@ static void *tabula_open(int readonly)
     nbdkit_error("invalid export name \"%s\": expected a client id ([A-Za-z0-9._-], up to 64 "
                  "characters) or a client's disk ID/DISK",
                  shown);
-    tb_event_refusal(cfg->state_dir, NULL, peer.text, "invalid export name", export);
-    goto out;
+    tb_event_refusal(cfg->state_dir, NULL, peer->text, "invalid export name", export);
+    return -1;
   }
   if (h->kind == EXPORT_CLIENT) {
     const struct tb_client_conf *c = tb_config_client(cfg, h->name);
     if (!c) {
       nbdkit_error("unknown client \"%s\": no such client in the configuration", h->name);
-      tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown client", export);
-      goto out;
+      tb_event_refusal(cfg->state_dir, NULL, peer->text, "unknown client", export);
+      return -1;
     }
-    if (!tb_acl_allows(&c->allow, (const struct sockaddr *)&peer.addr)) {
+    if (!tb_acl_allows(&c->allow, (const struct sockaddr *)&peer->addr)) {
       nbdkit_error("client \"%s\" refused to peer %s: not in its \"allow\" list", h->name,
-                   peer.text);
-      tb_event_refusal(cfg->state_dir, h->name, peer.text, "not in allow", NULL);
-      goto out;
+                   peer->text);
+      tb_event_refusal(cfg->state_dir, h->name, peer->text, "not in allow", NULL);
+      return -1;
     }
     if (client_broken(cfg, c)) {
       nbdkit_error("client \"%s\" refused: %s", h->name, tb_errmsg());
-      tb_event_refusal(cfg->state_dir, h->name, peer.text, tb_errmsg(), NULL);
-      goto out;
+      tb_event_refusal(cfg->state_dir, h->name, peer->text, tb_errmsg(), NULL);
+      return -1;
     }
     struct tb_conn_info info = {.frontend = "nbd",
-                                .peer = peer.text,
+                                .peer = peer->text,
                                 .boot_token = h->boot_token[0] ? h->boot_token : NULL,
                                 .admin = admin};
     enum tb_conn_refusal why;
     if (!(h->conn = tb_conn_open(cfg, c, &info, &why))) {
       nbdkit_error("%s", tb_errmsg());
-      tb_event_refusal(cfg->state_dir, h->name, peer.text, tb_conn_refusal_reason(why, tb_errmsg()),
-                       NULL);
-      goto out;
+      tb_event_refusal(cfg->state_dir, h->name, peer->text,
+                       tb_conn_refusal_reason(why, tb_errmsg()), NULL);
+      return -1;
     }
     h->size = tb_conn_size(h->conn);
     h->block_size = tb_conn_block_size(h->conn);
-    r = 0;
-    goto out;
+    return 0;
   }
   /* Admin exports: to anyone else they do not exist. */
   if (!admin) {
     nbdkit_error("unknown client \"%.80s\": no such client in the configuration", export);
-    tb_event_refusal(cfg->state_dir, NULL, peer.text, "unknown client", export);
-    goto out;
+    tb_event_refusal(cfg->state_dir, NULL, peer->text, "unknown client", export);
+    return -1;
   }
-  r = open_admin(h, cfg, num);
-  if (r == -1)
+  if (open_admin(h, cfg, num) == -1) {
     nbdkit_error("export \"%s\": %s", export, tb_errmsg());
-out:
-  tb_config_unref(cfg);
-  if (r == -1) {
+    return -1;
+  }
+  return 0;
+}
+
+static void *tabula_open(int readonly)
+{
+  const char *export = nbdkit_export_name();
+  struct peer peer;
+  if (!export || peer_get(&peer) == -1) {
+    nbdkit_error("cannot identify the peer of this connection");
+    return NULL;
+  }
+  CLEANUP_CONFIG_UNREF struct tb_config *cfg = config_get();
+  struct handle *h = calloc(1, sizeof *h);
+  if (!h) {
+    nbdkit_error("out of memory");
+    return NULL;
+  }
+  h->raw_fd = -1;
+  pthread_mutex_init(&h->fallback_lock, NULL);
+  if (open_export(h, cfg, &peer, export) == -1) {
     handle_free(h);
     return NULL;
   }
@@ -1058,13 +1061,12 @@ static int tabula_list_exports(int readonly, int is_tls, struct nbdkit_exports *
   struct peer peer;
   if (peer_get(&peer) == -1)
     return -1;
-  struct tb_config *cfg = config_get();
-  int r = 0;
+  CLEANUP_CONFIG_UNREF struct tb_config *cfg = config_get();
   if (!peer_is_admin(cfg, &peer)) {
     nbdkit_error("listing exports is only for admin peers");
-    r = -1;
-    goto out;
+    return -1;
   }
+  int r = 0;
   for (size_t i = 0; i < cfg->n_clients && r == 0; i++) {
     const char *id = cfg->clients[i].id;
     if (client_listable(cfg, &cfg->clients[i]))
@@ -1088,8 +1090,6 @@ static int tabula_list_exports(int readonly, int is_tls, struct nbdkit_exports *
       free(vers);
     }
   }
-out:
-  tb_config_unref(cfg);
   return r == 0 ? 0 : -1;
 }
 
