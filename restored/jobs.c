@@ -334,37 +334,38 @@ static void check_clients(const struct job *j, const char *image, uint32_t versi
   }
 }
 
+/* The client's lock (tb_client_lock) is released when the variable goes out of scope. */
+static void unlock_client(int *fd)
+{
+  tb_client_unlock(*fd);
+}
+#define CLEANUP_CLIENT_UNLOCK __attribute__((cleanup(unlock_client)))
+
 static json_t *run_merge(struct job *j)
 {
   const char *state = j->state_dir;
   const char *id = j->req.client;
-  int fd = tb_client_lock(state, id, false);
+  CLEANUP_CLIENT_UNLOCK int fd = tb_client_lock(state, id, false);
   if (fd == -1)
     return reply_error("%s", tb_errmsg());
   char overlay[TB_PATH_MAX];
   int r = j->req.session > 0
               ? tb_client_session_path(state, id, (uint64_t)j->req.session, overlay, sizeof overlay)
               : tb_store_client_path(state, id, "overlay", overlay, sizeof overlay);
-  json_t *reply = NULL;
-  if (r == -1) {
-    reply = reply_error("%s", tb_errmsg());
-    goto out;
-  }
-  if (access(overlay, F_OK) == -1) {
-    reply =
-        j->req.session > 0
-            ? reply_error("client %s has no retained session %lld (see tabulactl sessions %s)", id,
-                          (long long)j->req.session, id)
-            : reply_error("client %s has no overlay to merge (it has not had a session yet)", id);
-    goto out;
-  }
+  if (r == -1)
+    return reply_error("%s", tb_errmsg());
+  if (access(overlay, F_OK) == -1)
+    return j->req.session > 0
+               ? reply_error("client %s has no retained session %lld (see tabulactl sessions %s)",
+                             id, (long long)j->req.session, id)
+               : reply_error("client %s has no overlay to merge (it has not had a session yet)",
+                             id);
   tb_eventf(state, "merge-start", id, "{s:s, s:I}", "into", j->req.into, "session",
             (json_int_t)j->req.session);
   struct tb_merge_result res;
   if (tb_merge(state, overlay, j->req.into, j->req.note, merge_progress, j, &res) == -1) {
     tb_eventf(state, "merge-failed", id, "{s:s, s:s}", "into", j->req.into, "error", tb_errmsg());
-    reply = reply_error("%s", tb_errmsg());
-    goto out;
+    return reply_error("%s", tb_errmsg());
   }
   bool moved = false;
   if (j->req.session == 0) {
@@ -386,10 +387,7 @@ static json_t *run_merge(struct job *j)
   json_object_set_new(fig, "mb_per_s",
                       json_real(secs > 0 ? (double)res.dirty_bytes / 1e6 / secs : 0));
   tb_event(state, "merge", id, json_deep_copy(fig));
-  reply = reply_ok(fig);
-out:
-  tb_client_unlock(fd);
-  return reply;
+  return reply_ok(fig);
 }
 
 static void *worker(void *arg)
