@@ -41,6 +41,7 @@
 
 #include "control.h"
 #include "daemon.h"
+#include "vector.h"
 
 #define MAX_CONNS 64
 #define MAX_OUTPUT (64 * 1024 * 1024)
@@ -57,6 +58,8 @@
 
 enum conn_state { CONN_READY, CONN_WAITING, CONN_FOLLOWING, CONN_CLOSING };
 
+TB_VECTOR(out_buf, char);
+
 struct conn {
   uint64_t id;
   int fd;
@@ -64,8 +67,7 @@ struct conn {
   enum conn_state state;
   char *in; /* TB_CONTROL_MAX_LINE + 1 */
   size_t in_len;
-  char *out;
-  size_t out_len, out_cap;
+  struct out_buf out; /* replies not yet sent */
   int64_t last_ms;
   bool eof; /* the peer shut down its side: answer what it sent, then close */
   char follow_client[TB_NAME_MAX + 1]; /* "" = all */
@@ -173,7 +175,7 @@ static void conn_free(struct conn *c)
 {
   close(c->fd);
   free(c->in);
-  free(c->out);
+  tb_vector_free(&c->out);
   free(c);
 }
 
@@ -195,44 +197,36 @@ void server_close(struct daemon *d)
 
 static void conn_write(struct conn *c)
 {
-  while (c->out_len) {
-    ssize_t n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (c->out.len) {
+    ssize_t n = send(c->fd, c->out.ptr, c->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n == -1 && errno == EINTR)
       continue;
     if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
       return;
     if (n <= 0) {
       c->state = CONN_CLOSING;
-      c->out_len = 0;
+      c->out.len = 0;
       return;
     }
-    memmove(c->out, c->out + n, c->out_len - (size_t)n);
-    c->out_len -= (size_t)n;
+    memmove(c->out.ptr, c->out.ptr + n, c->out.len - (size_t)n);
+    c->out.len -= (size_t)n;
   }
 }
 
 static void append_out(struct conn *c, const char *text, size_t len)
 {
-  if (c->out_len + len > MAX_OUTPUT) {
+  if (c->out.len + len > MAX_OUTPUT) {
     /* The peer does not read its replies: drop it rather than grow forever. */
     c->state = CONN_CLOSING;
-    c->out_len = 0;
+    c->out.len = 0;
     return;
   }
-  if (c->out_len + len > c->out_cap) {
-    size_t cap = c->out_cap ? c->out_cap : 4096;
-    while (cap < c->out_len + len)
-      cap *= 2;
-    char *n = realloc(c->out, cap);
-    if (!n) {
-      c->state = CONN_CLOSING;
-      return;
-    }
-    c->out = n;
-    c->out_cap = cap;
+  if (tb_vector_reserve(&c->out, len) == -1) {
+    c->state = CONN_CLOSING;
+    return;
   }
-  memcpy(c->out + c->out_len, text, len);
-  c->out_len += len;
+  memcpy(c->out.ptr + c->out.len, text, len);
+  c->out.len += len;
 }
 
 void conn_send(struct conn *c, json_t *line)
@@ -330,7 +324,7 @@ uint64_t server_requests(void)
 /* Whether C has a request it could run now (see OUTPUT_BACKLOG). */
 static bool runnable(const struct conn *c)
 {
-  return c->state == CONN_READY && c->out_len < OUTPUT_BACKLOG && c->in_len &&
+  return c->state == CONN_READY && c->out.len < OUTPUT_BACKLOG && c->in_len &&
          memchr(c->in, '\n', c->in_len);
 }
 
@@ -340,7 +334,7 @@ static bool runnable(const struct conn *c)
 static void process_input(struct daemon *d, struct conn *c)
 {
   for (int budget = LINES_PER_PASS; c->state == CONN_READY && budget > 0; budget--) {
-    if (c->out_len >= OUTPUT_BACKLOG)
+    if (c->out.len >= OUTPUT_BACKLOG)
       return; /* conn_write resumes it once the peer reads */
     char *nl = memchr(c->in, '\n', c->in_len);
     if (!nl) {
@@ -385,7 +379,7 @@ static void conn_read(struct daemon *d, struct conn *c)
     }
     if (n < 0) { /* the peer is gone (a waiting job's reply is dropped) */
       c->state = CONN_CLOSING;
-      c->out_len = 0;
+      c->out.len = 0;
       return;
     }
     c->in_len += (size_t)n;
@@ -444,7 +438,7 @@ static size_t victim(void)
     enum conn_state want = pass == 0 ? CONN_READY : CONN_FOLLOWING;
     for (size_t i = 0; i < MAX_CONNS; i++) {
       struct conn *c = conns[i];
-      if (c && c->state == want && !c->in_len && !c->out_len &&
+      if (c && c->state == want && !c->in_len && !c->out.len &&
           (best == MAX_CONNS || c->last_ms < conns[best]->last_ms))
         best = i;
     }
@@ -510,7 +504,7 @@ size_t server_pollfds(struct pollfd *fds, size_t max)
     short ev = 0;
     if (c->in_len <= TB_CONTROL_MAX_LINE && !c->eof)
       ev |= POLLIN;
-    if (c->out_len)
+    if (c->out.len)
       ev |= POLLOUT;
     fds[n++] = (struct pollfd){.fd = c->fd, .events = ev};
   }
@@ -531,7 +525,7 @@ static void reap_closed(void)
     struct conn *c = conns[i];
     /* A half-closed peer is done once its answers are out (a follower that
      * half-closed is done too). */
-    if (c && c->eof && c->out_len == 0 && (c->state == CONN_READY || c->state == CONN_FOLLOWING))
+    if (c && c->eof && c->out.len == 0 && (c->state == CONN_READY || c->state == CONN_FOLLOWING))
       c->state = CONN_CLOSING;
     if (c && c->state == CONN_CLOSING) {
       conn_write(c); /* a last error line, if the peer still reads */
