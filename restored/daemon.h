@@ -36,6 +36,17 @@
  * through the event journal, one thread per webhook URL reads the journal
  * itself, and standby threads answer NBD clients while nbdkit is down.
  *
+ * Errors, one style in every file.  A function that can fail returns -1 (or
+ * NULL, or false where it says so) with the thread's message set by tb_error
+ * or, after a failed call that set errno, tb_error_errno, which appends
+ * strerror and keeps errno (lib/util.h); a caller adds its context with
+ * tb_error_prefix and reads the message with tb_errmsg(), copying it into a
+ * buffer of its own only when it must outlive a later call that may fail.
+ * No helper fills a caller's "char *err, size_t errlen".  A control
+ * operation turns the message into its reply (reply_error("%s",
+ * tb_errmsg())); struct op_call's err keeps the first problem found with a
+ * request's arguments across one handler's checks (ops.c).
+ *
  * Locks.  Each is its file's own and guards only that file's shared data:
  * jobs.c lock (the job queue, the outbox, progress), journal.c gens_lock
  * (the generations seen), pulls.c lock (pull schedules and results),

@@ -508,28 +508,44 @@ static void tftp_prune(const struct tb_config *cfg)
   closedir(dir);
 }
 
+/* BOOT (the client's kernel or initrd, WHAT) is a regular file: -1 with a
+ * message saying what to fix. */
+static int boot_file(const char *what, const char *boot, const char *id)
+{
+  struct stat st;
+  int e = stat(boot, &st) == -1 ? errno : 0;
+  if (e || !S_ISREG(st.st_mode))
+    return tb_error("its %s %s is not a file (%s): fix clients.%s.boot", what, boot,
+                    e ? strerror(e) : "not a regular file", id);
+  return 0;
+}
+
+/* C's kernel and initrd linked under the TFTP root ROOT (none for an iSCSI
+ * boot, whose target is the disk): -1 with a message. */
+static int boot_links(const char *root, const struct tb_client_conf *c)
+{
+  if (c->boot_iscsi)
+    return 0;
+  char dir[TB_PATH_MAX], link[TB_PATH_MAX];
+  if (boot_file("kernel", c->boot_kernel, c->id) == -1 ||
+      boot_file("initrd", c->boot_initrd, c->id) == -1 ||
+      tb_path(dir, sizeof dir, "%s/boot/%s", root, c->id) == -1 || tb_mkdirs(dir, false) == -1 ||
+      tb_path(link, sizeof link, "%s/linux", dir) == -1 ||
+      ensure_symlink(c->boot_kernel, link) == -1 ||
+      tb_path(link, sizeof link, "%s/initrd", dir) == -1 ||
+      ensure_symlink(c->boot_initrd, link) == -1)
+    return -1;
+  return 0;
+}
+
 /* One client's script and boot links; a missing kernel or initrd gives a
  * script that says so on the PC's screen (the other clients are not concerned). */
 static void tftp_client(struct daemon *d, const struct tb_client_conf *c)
 {
   const char *root = d->cfg->pxe.tftp_dir;
-  char dir[TB_PATH_MAX], link[TB_PATH_MAX], script[TB_PATH_MAX], problem[1024] = "";
-  struct stat st;
-  if (c->boot_iscsi)
-    ; /* the iSCSI target is the disk: no kernel, no initrd */
-  else if (stat(c->boot_kernel, &st) == -1 || !S_ISREG(st.st_mode))
-    snprintf(problem, sizeof problem, "its kernel %s is not a file (%s): fix clients.%s.boot",
-             c->boot_kernel, errno ? strerror(errno) : "not a regular file", c->id);
-  else if (stat(c->boot_initrd, &st) == -1 || !S_ISREG(st.st_mode))
-    snprintf(problem, sizeof problem, "its initrd %s is not a file (%s): fix clients.%s.boot",
-             c->boot_initrd, errno ? strerror(errno) : "not a regular file", c->id);
-  if (!problem[0] && !c->boot_iscsi &&
-      (tb_path(dir, sizeof dir, "%s/boot/%s", root, c->id) == -1 || tb_mkdirs(dir, false) == -1 ||
-       tb_path(link, sizeof link, "%s/linux", dir) == -1 ||
-       ensure_symlink(c->boot_kernel, link) == -1 ||
-       tb_path(link, sizeof link, "%s/initrd", dir) == -1 ||
-       ensure_symlink(c->boot_initrd, link) == -1))
-    snprintf(problem, sizeof problem, "%s", tb_errmsg());
+  char script[TB_PATH_MAX], problem[1024] = "";
+  if (boot_links(root, c) == -1)
+    snprintf(problem, sizeof problem, "%s", tb_errmsg()); /* it outlives the calls below */
   if (problem[0]) {
     char msg[1200];
     snprintf(msg, sizeof msg, "client %s cannot PXE-boot: %s", c->id, problem);

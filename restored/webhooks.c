@@ -120,15 +120,13 @@ static size_t discard_body(char *ptr, size_t size, size_t nmemb, void *ud)
 }
 
 /* One POST of BODY (LEN bytes); returns 0 on a 2xx answer, 1 on another
- * answer, -1 on none (refused, timeout...), with ERR filled. */
-static int deliver(struct worker *w, const char *type, const char *body, size_t len, char *err,
-                   size_t errlen)
+ * answer, -1 on none (refused, timeout...), with the message (tb_errmsg)
+ * set for 1 and -1. */
+static int deliver(struct worker *w, const char *type, const char *body, size_t len)
 {
   CURL *curl = curl_easy_init();
-  if (!curl) {
-    snprintf(err, errlen, "curl_easy_init failed");
-    return -1;
-  }
+  if (!curl)
+    return tb_error("%s: curl_easy_init failed", w->url);
   struct curl_slist *h = NULL;
   char line[512];
   h = curl_slist_append(h, "Content-Type: application/json");
@@ -160,12 +158,10 @@ static int deliver(struct worker *w, const char *type, const char *body, size_t 
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
   curl_slist_free_all(h);
   curl_easy_cleanup(curl);
-  if (rc != CURLE_OK) {
-    snprintf(err, errlen, "%s: %s", w->url, curl_easy_strerror(rc));
-    return -1;
-  }
+  if (rc != CURLE_OK)
+    return tb_error("%s: %s", w->url, curl_easy_strerror(rc));
   if (status < 200 || status > 299) {
-    snprintf(err, errlen, "%s: HTTP status %ld", w->url, status);
+    tb_error("%s: HTTP status %ld", w->url, status);
     return 1;
   }
   return 0;
@@ -421,7 +417,6 @@ static int next_line(struct worker *w, size_t *len)
  * Returns false if stopping (the event stays unsent). */
 static bool send_event(struct worker *w, const char *type, const char *body, size_t len)
 {
-  char err[256] = "";
   int64_t backoff = 1000;
   int answers = 0;
   pthread_mutex_lock(&w->lock);
@@ -429,7 +424,8 @@ static bool send_event(struct worker *w, const char *type, const char *body, siz
   pthread_mutex_unlock(&w->lock);
   bool logged = false;
   for (;;) {
-    int r = deliver(w, type, body, len, err, sizeof err);
+    int r = deliver(w, type, body, len);
+    const char *err = tb_errmsg(); /* for 1 and -1; this thread's until its next deliver */
     if (r == 0) {
       pthread_mutex_lock(&w->lock);
       w->sent++;
