@@ -21,20 +21,9 @@
 
 #include "clientcheck.h"
 #include "ctl-image-repo.h"
+#include "progress.h"
 #include "repo.h"
 #include "store.h"
-
-static void human_size(uint64_t n, char out[32])
-{
-  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = (double)n;
-  int u = 0;
-  while (v >= 1024 && u < 5) {
-    v /= 1024;
-    u++;
-  }
-  snprintf(out, 32, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-}
 
 /* "win11@3" -> win11, 3; "win11" -> win11, 0. */
 static int parse_image_ref(const char *ref, char name[TB_NAME_MAX + 1], uint32_t *ver)
@@ -62,21 +51,13 @@ bad:
   return -1;
 }
 
-/* ---- progress ---------------------------------------------------------------- */
-
-/* A one-line progress bar on stderr, redrawn in place. */
-struct bar {
-  bool on;
-  int64_t start_ms;
-  enum tb_repo_phase phase;
-  bool drawn;
-};
+/* ---- progress (progress.c draws it) ----------------------------------------- */
 
 static const char *phase_name(enum tb_repo_phase p)
 {
   switch (p) {
   case TB_REPO_INDEX:
-    return "index";
+    return "fetching the index";
   case TB_REPO_CLONE:
     return "cloning";
   case TB_REPO_RESUME:
@@ -93,57 +74,14 @@ static const char *phase_name(enum tb_repo_phase p)
   return "";
 }
 
-static void bar_draw(void *ctx, const struct tb_repo_progress *p)
+/* lib/repo's progress as the progress line: the index and the final rename
+ * are steps without a size. */
+static void repo_progress(void *ctx, const struct tb_repo_progress *p)
 {
-  struct bar *b = ctx;
-  if (!b->on)
-    return;
-  int64_t now = tb_now_ms();
-  if (p->phase != b->phase) {
-    b->phase = p->phase;
-    b->start_ms = now;
-  }
-  if (p->phase == TB_REPO_INDEX || p->phase == TB_REPO_PUBLISH) {
-    fprintf(stderr, "\r\033[K%s...",
-            p->phase == TB_REPO_INDEX ? "fetching the index" : "publishing");
-    fflush(stderr);
-    b->drawn = true;
-    return;
-  }
-  int pct = p->total ? (int)(p->done * 100 / p->total) : 0;
-  char fill[31];
-  int w = pct * 30 / 100;
-  for (int i = 0; i < 30; i++)
-    fill[i] = i < w ? '#' : '.';
-  fill[30] = '\0';
-  char done[32], total[32], rate[32] = "", eta[48] = "";
-  human_size(p->done, done);
-  human_size(p->total, total);
-  if (now > b->start_ms + 500) {
-    uint64_t per_s = p->done * 1000 / (uint64_t)(now - b->start_ms);
-    human_size(per_s, rate);
-    strcat(rate, "/s");
-    if (per_s > 0 && p->done < p->total) { /* the phase's remaining time at its rate so far */
-      uint64_t left = (p->total - p->done + per_s / 2) / per_s;
-      if (left >= 3600)
-        snprintf(eta, sizeof eta, " ETA %" PRIu64 "h%02" PRIu64 "m", left / 3600, left / 60 % 60);
-      else
-        snprintf(eta, sizeof eta, " ETA %" PRIu64 "m%02" PRIu64 "s", left / 60, left % 60);
-    }
-  }
-  fprintf(stderr, "\r\033[K%-12s [%s] %3d%% %s / %s %s%s", phase_name(p->phase), fill, pct, done,
-          total, rate, eta);
-  fflush(stderr);
-  b->drawn = true;
-}
-
-static void bar_end(struct bar *b)
-{
-  /* Flushed before the result goes to stdout (stderr is line-buffered). */
-  if (b->on && b->drawn) {
-    fprintf(stderr, "\r\033[K");
-    fflush(stderr);
-  }
+  if (p->phase == TB_REPO_INDEX || p->phase == TB_REPO_PUBLISH)
+    progress_step(ctx, phase_name(p->phase));
+  else
+    progress_show(ctx, phase_name(p->phase), p->done, p->total);
 }
 
 /* ---- publish ------------------------------------------------------------------ */
@@ -160,7 +98,7 @@ static void publish_usage(FILE *f)
              "\n"
              "Options:\n"
              "  --json       print the result as JSON\n"
-             "  -q, --quiet  no progress display (shown on a terminal: copied, rate, ETA)\n"
+             "  -q, --quiet  no progress line (shown on a terminal: copied, rate, ETA)\n"
              "  -h, --help\n");
 }
 
@@ -198,11 +136,12 @@ int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
   if (parse_image_ref(argv[optind], image, &ver) == -1)
     return 2;
   const char *dir = argv[optind + 1];
-  struct bar bar = {.on = !quiet && !json && isatty(STDERR_FILENO),
-                    .start_ms = tb_now_ms(),
-                    .phase = TB_REPO_COPY};
-  int rc = tb_repo_publish(cfg->state_dir, image, ver, dir, bar_draw, &bar, &published);
-  bar_end(&bar);
+  char what[TB_NAME_MAX + 48];
+  snprintf(what, sizeof what, "publishing %s", argv[optind]);
+  struct progress bar;
+  progress_init(&bar, what, quiet || json);
+  int rc = tb_repo_publish(cfg->state_dir, image, ver, dir, repo_progress, &bar, &published);
+  progress_done(&bar);
   if (rc == -1) {
     fprintf(stderr, "tabulactl: image publish: %s\n", tb_errmsg());
     return 1;
@@ -246,7 +185,7 @@ static void pull_usage(FILE *f)
           "%ds)\n"
           "  --ca-file FILE          CA bundle for https (certificates are always checked)\n"
           "  --json                  print the result as JSON\n"
-          "  -q, --quiet             no progress display\n"
+          "  -q, --quiet             no progress line (shown on a terminal)\n"
           "  -h, --help\n"
           "\n"
           "S3: s3:// URLs (and pull.s3.sign) are signed with AWS signature v4; credentials\n"
@@ -294,8 +233,8 @@ static void print_pull_result(const char *image, const char *url,
     return;
   }
   char got[32], size[32];
-  human_size(r->bytes_downloaded, got);
-  human_size(r->size, size);
+  human_size(r->bytes_downloaded, got, sizeof got);
+  human_size(r->size, size, sizeof size);
   printf("pulled %s@%" PRIu32 " from %s as %s@%" PRIu32 " (%s)\n", image, r->remote_version, url,
          image, r->local_version, size);
   if (r->base_version)
@@ -426,12 +365,13 @@ int ctl_image_pull(int argc, char **argv, const struct tb_config *cfg)
                     "\"pull\": {\"from\": URL} in the config\n");
     return 2;
   }
-  struct bar bar = {.on = !quiet && !json && isatty(STDERR_FILENO),
-                    .phase = TB_REPO_INDEX,
-                    .start_ms = tb_now_ms()};
+  char what[TB_NAME_MAX + 16];
+  snprintf(what, sizeof what, "pulling %s", image);
+  struct progress bar;
+  progress_init(&bar, what, quiet || json);
   struct tb_repo_pull_result r;
-  int rc = tb_repo_pull(cfg->state_dir, image, &o, bar_draw, &bar, &r);
-  bar_end(&bar);
+  int rc = tb_repo_pull(cfg->state_dir, image, &o, repo_progress, &bar, &r);
+  progress_done(&bar);
   if (rc == -1) {
     fprintf(stderr, "tabulactl: image pull %s: %s\n", image, tb_errmsg());
     if (r.chunks_downloaded && !json)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* tabulactl: the administrator's command line for tabula.
  *
- *   tabulactl [-c CONFIG] [--state DIR] [--socket PATH] [--json] COMMAND [ARGS]
+ *   tabulactl [-c CONFIG] [--state DIR] [--socket PATH] [--json] [-q] COMMAND [ARGS]
  *
  * Most commands are requests to tabula-restored over its control socket (JSON
  * lines, see lib/control.h): the daemon owns the clients' state and is the
@@ -11,7 +11,11 @@
  * safe next to a running daemon) and `image list`.
  *
  * Output: human tables by default, the daemon's JSON result with --json.
- * Long work (import, merge) shows progress on stderr when it is a terminal.
+ * Long work (import, publish, pull, merge) shows one progress line on stderr
+ * when it is a terminal, unless -q or --json (progress.c).  Commands are a
+ * table (struct command): the dispatcher parses every command's options
+ * once and checks its operands; most are a request and how its reply
+ * prints.
  * Exit codes: 0 done, 1 the operation failed (one line on stderr says why),
  * 2 bad usage, 3 the daemon cannot be reached.
  */
@@ -20,6 +24,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <arpa/inet.h>
 #include <signal.h>
 #include <stdio.h>
@@ -38,6 +43,7 @@
 #include "control.h"
 #include "ctl-image-repo.h"
 #include "events.h"
+#include "progress.h"
 #include "store.h"
 
 #define EXIT_FAIL 1
@@ -50,6 +56,7 @@ struct ctl {
   const char *state_dir;   /* --state */
   const char *socket;      /* --socket */
   bool json;
+  bool quiet;            /* -q: no progress line */
   struct tb_config *cfg; /* loaded on demand */
 };
 
@@ -57,31 +64,22 @@ static const char *prog = "tabulactl";
 
 /* ---- small output helpers -------------------------------------------------- */
 
+/* "tabulactl: " and the message, without a newline. */
+static void say(const char *fmt, va_list ap)
+{
+  fprintf(stderr, "%s: ", prog);
+  vfprintf(stderr, fmt, ap);
+}
+
 static int fail(const char *fmt, ...) TB_PRINTF(1, 2);
 static int fail(const char *fmt, ...)
 {
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "%s: ", prog);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  say(fmt, ap);
   va_end(ap);
+  fputc('\n', stderr);
   return EXIT_FAIL;
-}
-
-static void human_size(uint64_t n, char *out, size_t len)
-{
-  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = (double)n;
-  int u = 0;
-  while (v >= 1024 && u < 5) {
-    v /= 1024;
-    u++;
-  }
-  if (u == 0)
-    snprintf(out, len, "%" PRIu64 " B", n);
-  else
-    snprintf(out, len, "%.1f %s", v, units[u]);
 }
 
 /* A table: rows of cells, printed with columns padded to their widest cell. */
@@ -297,82 +295,7 @@ static const char *jlocal(const json_t *o, const char *key, bool ms, char *buf, 
   return buf;
 }
 
-/* ---- progress on a terminal ------------------------------------------------- */
-
-struct progress {
-  bool on;
-  const char *what;
-  /* A copy: merge's phase names come in the daemon's interim lines, freed
-   * after each callback. */
-  char phase[48];
-  uint64_t last_done;
-  int64_t start_ms, last_ms, phase_ms;
-  int phase_no;
-};
-
-static void progress_init(struct progress *p, const char *what)
-{
-  memset(p, 0, sizeof *p);
-  p->on = isatty(STDERR_FILENO);
-  p->what = what;
-  p->start_ms = p->phase_ms = tb_now_ms();
-}
-
-static void progress_show(struct progress *p, const char *phase, uint64_t done, uint64_t total)
-{
-  if (!p->on)
-    return;
-  int64_t now = tb_now_ms();
-  if (!phase)
-    phase = "";
-  if (strcmp(phase, p->phase) != 0) {
-    snprintf(p->phase, sizeof p->phase, "%s", phase);
-    p->phase_ms = now;
-  }
-  if (now - p->last_ms < 100 && done < total)
-    return;
-  p->last_ms = now;
-  char d[32], t[32], rate[32] = "", eta[48] = "";
-  /* A phase counted in chunks (merge's "hashing chunks") is not in bytes. */
-  bool chunks = strstr(phase, "chunks") != NULL;
-  if (chunks) {
-    snprintf(d, sizeof d, "%" PRIu64, done);
-    snprintf(t, sizeof t, "%" PRIu64, total);
-  } else {
-    human_size(done, d, sizeof d);
-    human_size(total, t, sizeof t);
-  }
-  if (now > p->phase_ms + 200) {
-    double per_s = (double)done * 1000 / (double)(now - p->phase_ms);
-    if (chunks)
-      snprintf(rate, sizeof rate, "%.0f/s", per_s);
-    else
-      human_size((uint64_t)per_s, rate, sizeof rate);
-    if (!chunks)
-      strcat(rate, "/s");
-    /* The phase's remaining time at its rate so far. */
-    if (per_s > 0 && done < total) {
-      uint64_t left = (uint64_t)((double)(total - done) / per_s + 0.5);
-      if (left >= 3600)
-        snprintf(eta, sizeof eta, ", ETA %" PRIu64 "h%02" PRIu64 "m", left / 3600, left / 60 % 60);
-      else
-        snprintf(eta, sizeof eta, ", ETA %" PRIu64 "m%02" PRIu64 "s", left / 60, left % 60);
-    }
-  }
-  fprintf(stderr, "\r\033[K%s: %s %3d%% %s of %s %s%s", p->what, phase,
-          total ? (int)(done * 100 / total) : 100, d, t, rate, eta);
-  fflush(stderr);
-}
-
-static void progress_done(struct progress *p)
-{
-  /* Flushed before the result goes to stdout: stderr is line-buffered here
-   * (stderr_write), and the cleared line must not follow the result. */
-  if (p->on && p->last_ms) {
-    fprintf(stderr, "\r\033[K");
-    fflush(stderr);
-  }
-}
+/* ---- progress (progress.c draws it) ------------------------------------------- */
 
 /* lib/store's import reports two passes (copy, then hash), each 0..size. */
 static int import_progress(void *ctx, uint64_t done, uint64_t total)
@@ -543,11 +466,50 @@ static int simple_request(struct ctl *ctl, json_t *req, const char *done_fmt, ..
 
 /* ---- argument helpers ------------------------------------------------------------ */
 
+/* What an operand of a simple command is: its text in the usage, and what it
+ * puts into the request. */
+enum operand {
+  OPERAND_NONE,   /* ends the list */
+  OPERAND_CLIENT, /* ID: "client" */
+  OPERAND_PIN,    /* N >= 1: "version" */
+  OPERAND_IMAGE,  /* IMAGE[@N]: "image" and, with @N, "version" */
+  OPERAND_REASON, /* [REASON], optional and last: "reason" */
+};
+
+/* A command's operands and options, as the dispatcher parsed them. */
+struct args {
+  int n; /* operands */
+  char **op;
+  int seen[256]; /* by the option's val */
+  const char *val[256];
+};
+
+/* A command, declared: the dispatcher (run_command) answers --help, parses
+ * OPTIONS and checks the operand count (MIN..MAX, else COUNT_ERROR, or for
+ * a simple command the usage of its OPERANDS) once, for every command.  Then
+ * one of:
+ *   RAW      gets argv as given and parses it itself (image, pxe-event, and
+ *            image publish/pull, which lib/repo's options have their own);
+ *   RUN      does the rest;
+ *   a request: BUILD makes it (NULL after a usage error), or it is {"op":
+ *            OP or NAME} plus the OPERANDS; the daemon's result prints as
+ *            JSON with --json (exit status VERDICT, default 0), else through
+ *            PRINT, else as its "message" or DONE (%1, %2: the operands). */
 struct command {
   const char *name;
   const char *usage;
   const char *help;
-  int (*run)(struct ctl *ctl, int argc, char **argv);
+  const struct option *options; /* NULL: none */
+  int min, max;
+  const char *count_error;
+  int (*raw)(struct ctl *ctl, int argc, char **argv);
+  int (*run)(struct ctl *ctl, const struct args *a);
+  const char *op;
+  enum operand operands[3];
+  json_t *(*build)(struct ctl *ctl, const struct args *a);
+  int (*print)(struct ctl *ctl, const struct args *a, const json_t *req, const json_t *res);
+  int (*verdict)(const json_t *res);
+  const char *done;
 };
 
 static const struct command *current;
@@ -557,8 +519,7 @@ static int usage_error(const char *fmt, ...)
 {
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "%s: ", prog);
-  vfprintf(stderr, fmt, ap);
+  say(fmt, ap);
   va_end(ap);
   if (current)
     fprintf(stderr, "\nusage: %s %s %s\n", prog, current->name, current->usage);
@@ -600,8 +561,12 @@ static int parse_opts(int argc, char **argv, const struct option *longopts, int 
 {
   optind = 0;
   opterr = 0;
+  const char *shorts = "";
+  for (const struct option *o = longopts; o->name; o++)
+    if (o->val == 'q')
+      shorts = "q";
   int ch, idx;
-  while ((ch = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
+  while ((ch = getopt_long(argc, argv, shorts, longopts, &idx)) != -1) {
     if (ch == '?')
       return usage_error("unknown option %s", argv[optind - 1]);
     if (ch == ':')
@@ -759,17 +724,9 @@ static int import_checks(struct ctl *ctl, const char *state, const char *image, 
   return 0;
 }
 
-static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
+static int cmd_image_import(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {
-      {"note", required_argument, NULL, 'n'}, {"force", no_argument, NULL, 'f'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 2)
-    return usage_error("expected NAME FILE");
-  const char *name = argv[optind], *file = argv[optind + 1];
+  const char *name = a->op[0], *file = a->op[1];
   if (!tb_name_valid(name))
     return usage_error("invalid image name \"%.80s\" (1-64 characters [A-Za-z0-9._-], "
                        "starting with a letter or digit)",
@@ -785,7 +742,7 @@ static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
   char what[128];
   snprintf(what, sizeof what, "importing %s", name);
   struct progress p;
-  progress_init(&p, what);
+  progress_init(&p, what, ctl->quiet || ctl->json || a->seen['q']);
   /* qcow2, VHD, VHDX, VMDK: converted to raw first (next to the store). */
   const char *fmt = image_format(file);
   if (!fmt)
@@ -807,7 +764,7 @@ static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
   if (tb_store_versions(state, name, &vers, &nv) == 0 && nv)
     prev = vers[nv - 1];
   free(vers);
-  int r = import_checks(ctl, state, name, file, shown, prev, seen['f'], &p);
+  int r = import_checks(ctl, state, name, file, shown, prev, a->seen['f'], &p);
   if (r != 0) {
     progress_done(&p);
     if (raw[0])
@@ -826,7 +783,7 @@ static int cmd_image_import(struct ctl *ctl, int argc, char **argv)
     return fail("%s", tb_errmsg());
   }
   uint32_t ver;
-  r = tb_store_import(state, name, file, val['n'], import_progress, &p, &ver);
+  r = tb_store_import(state, name, file, a->val['n'], import_progress, &p, &ver);
   progress_done(&p);
   if (raw[0])
     unlink(raw);
@@ -866,16 +823,9 @@ static json_t *version_json(const struct tb_manifest *m)
   return o;
 }
 
-static int cmd_image_list(struct ctl *ctl, int argc, char **argv)
+static int cmd_image_list(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind > 1)
-    return usage_error("expected at most one image name");
-  const char *only = optind < argc ? argv[optind] : NULL;
+  const char *only = a->n ? a->op[0] : NULL;
   const char *state = state_dir(ctl);
   if (!state)
     return EXIT_FAIL;
@@ -965,68 +915,84 @@ static int split_image_version(const char *arg, char *image, uint32_t *ver)
   return 0;
 }
 
-static int cmd_image_rm(struct ctl *ctl, int argc, char **argv)
+/* IMAGE@N with N given: the version to VERB; -1 after a usage error. */
+static int image_at_version(const char *arg, const char *verb, char *image, uint32_t *ver)
 {
-  static const struct option lo[] = {{0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 1)
-    return usage_error("expected IMAGE@N");
-  char image[TB_NAME_MAX + 1];
-  uint32_t ver;
-  if (split_image_version(argv[optind], image, &ver))
-    return EXIT_USAGE;
-  if (!ver)
-    return usage_error("say which version to remove: %s@N (see tabulactl image list)", image);
-  return simple_request(
-      ctl,
-      json_pack("{s:s, s:s, s:I}", "op", "image-rm", "image", image, "version", (json_int_t)ver),
-      "removed %s@%" PRIu32, image, ver);
+  if (split_image_version(arg, image, ver))
+    return -1;
+  if (!*ver)
+    return usage_error("say which version to %s: %s@N (see tabulactl image list)", verb, image), -1;
+  return 0;
 }
 
-static int cmd_image_gc(struct ctl *ctl, int argc, char **argv)
+static json_t *image_rm_request(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"dry-run", no_argument, NULL, 'n'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc != optind)
-    return usage_error("gc takes no operands");
-  int code;
-  json_t *res = request(ctl, json_pack("{s:s, s:b}", "op", "image-gc", "dry_run", seen['n'] != 0),
-                        NULL, NULL, &code);
-  if (!res)
-    return code;
-  if (ctl->json) {
-    print_json(res);
-  } else {
-    json_t *removed = json_object_get(res, "removed");
-    size_t i;
-    json_t *v;
-    json_array_foreach(removed, i, v)
-    {
-      char size[32];
-      printf("%s %s@%" JSON_INTEGER_FORMAT " (%s)\n", seen['n'] ? "would remove" : "removed",
-             jstr(v, "image"), jint(v, "version"), jsize(v, "bytes", size, sizeof size));
-    }
-    char total[32];
-    human_size((uint64_t)jint(res, "freed_bytes"), total, sizeof total);
-    printf("%s %zu version%s, %s; kept %" JSON_INTEGER_FORMAT
-           " referenced or newest version%s; removed %" JSON_INTEGER_FORMAT
-           " leftover temporaries\n",
-           seen['n'] ? "would free" : "freed", json_array_size(removed),
-           json_array_size(removed) == 1 ? "" : "s", total, jint(res, "kept"),
-           jint(res, "kept") == 1 ? "" : "s", jint(res, "temporaries"));
+  (void)ctl;
+  char image[TB_NAME_MAX + 1];
+  uint32_t ver;
+  if (image_at_version(a->op[0], "remove", image, &ver))
+    return NULL;
+  return json_pack("{s:s, s:s, s:I}", "op", "image-rm", "image", image, "version", (json_int_t)ver);
+}
+
+/* The daemon's "message", else the line FMT says (args as printf's). */
+static int done_line(const json_t *res, const char *fmt, ...) TB_PRINTF(2, 3);
+static int done_line(const json_t *res, const char *fmt, ...)
+{
+  const char *msg = json_string_value(json_object_get(res, "message"));
+  if (msg) {
+    puts(msg);
+    return 0;
   }
-  json_decref(res);
+  va_list ap;
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  putchar('\n');
+  return 0;
+}
+
+static int image_rm_print(struct ctl *ctl, const struct args *a, const json_t *req,
+                          const json_t *res)
+{
+  (void)ctl, (void)a;
+  return done_line(res, "removed %s@%" JSON_INTEGER_FORMAT, jstr(req, "image"),
+                   jint(req, "version"));
+}
+
+static json_t *image_gc_request(struct ctl *ctl, const struct args *a)
+{
+  (void)ctl;
+  return json_pack("{s:s, s:b}", "op", "image-gc", "dry_run", a->seen['n'] != 0);
+}
+
+static int image_gc_print(struct ctl *ctl, const struct args *a, const json_t *req,
+                          const json_t *res)
+{
+  (void)ctl, (void)req;
+  bool dry = a->seen['n'] != 0;
+  json_t *removed = json_object_get(res, "removed");
+  size_t i;
+  json_t *v;
+  json_array_foreach(removed, i, v)
+  {
+    char size[32];
+    printf("%s %s@%" JSON_INTEGER_FORMAT " (%s)\n", dry ? "would remove" : "removed",
+           jstr(v, "image"), jint(v, "version"), jsize(v, "bytes", size, sizeof size));
+  }
+  char total[32];
+  human_size((uint64_t)jint(res, "freed_bytes"), total, sizeof total);
+  printf("%s %zu version%s, %s; kept %" JSON_INTEGER_FORMAT
+         " referenced or newest version%s; removed %" JSON_INTEGER_FORMAT " leftover temporaries\n",
+         dry ? "would free" : "freed", json_array_size(removed),
+         json_array_size(removed) == 1 ? "" : "s", total, jint(res, "kept"),
+         jint(res, "kept") == 1 ? "" : "s", jint(res, "temporaries"));
   return 0;
 }
 
 /* publish and pull live in ctl-image-repo.c (lib/repo-*.c do the work); they
- * parse their own options, so --json, which main() took, is handed back. */
+ * parse their own options, so --json and -q, which main() took, are handed
+ * back. */
 /* The state directory is found as for every other command: --state DIR,
  * else the configuration's state_dir.  With --state the configuration is
  * read only when one is named (-c, $TABULA_CONFIG), for its "pull" section. */
@@ -1041,12 +1007,14 @@ static int run_repo_cmd(struct ctl *ctl, int argc, char **argv,
     cfg = *ctl->cfg; /* a shallow copy, only read */
   if (ctl->state_dir)
     cfg.state_dir = (char *)ctl->state_dir;
-  char **args = calloc((size_t)argc + 2, sizeof *args);
+  char **args = calloc((size_t)argc + 3, sizeof *args);
   if (!args)
     return EXIT_FAIL;
   memcpy(args, argv, (size_t)argc * sizeof *args);
   if (ctl->json)
     args[argc++] = (char *)"--json";
+  if (ctl->quiet)
+    args[argc++] = (char *)"--quiet";
   int r = fn(argc, args, &cfg);
   free(args);
   return r;
@@ -1064,70 +1032,112 @@ static int cmd_image_pull(struct ctl *ctl, int argc, char **argv)
 
 /* ---- image promote (canary versions, watchdog.c in the daemon) ---------------------- */
 
-static int cmd_image_promote(struct ctl *ctl, int argc, char **argv)
+static json_t *image_promote_request(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"canary", required_argument, NULL, 'c'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 1)
-    return usage_error("expected IMAGE@N [--canary GROUP]");
+  (void)ctl;
   char image[TB_NAME_MAX + 1];
   uint32_t ver;
-  if (split_image_version(argv[optind], image, &ver))
-    return EXIT_USAGE;
-  if (!ver)
-    return usage_error("say which version to promote: %s@N (see tabulactl image list)", image);
-  if (seen['c'] && !tb_name_valid(val['c']))
-    return usage_error("invalid group name \"%.80s\"", val['c']);
+  if (image_at_version(a->op[0], "promote", image, &ver))
+    return NULL;
+  if (a->seen['c'] && !tb_name_valid(a->val['c'])) {
+    usage_error("invalid group name \"%.80s\"", a->val['c']);
+    return NULL;
+  }
   json_t *req = json_pack("{s:s, s:s, s:I}", "op", "image-promote", "image", image, "version",
                           (json_int_t)ver);
-  if (seen['c'])
-    json_object_set_new(req, "canary", json_string(val['c']));
-  return simple_request(ctl, req, "%s@%" PRIu32 " promoted", image, ver);
+  if (a->seen['c'])
+    json_object_set_new(req, "canary", json_string(a->val['c']));
+  return req;
 }
 
+static int image_promote_print(struct ctl *ctl, const struct args *a, const json_t *req,
+                               const json_t *res)
+{
+  (void)ctl, (void)a;
+  return done_line(res, "%s@%" JSON_INTEGER_FORMAT " promoted", jstr(req, "image"),
+                   jint(req, "version"));
+}
+
+static const struct option import_options[] = {{"note", required_argument, NULL, 'n'},
+                                               {"force", no_argument, NULL, 'f'},
+                                               {"quiet", no_argument, NULL, 'q'},
+                                               {0}};
+static const struct option gc_options[] = {{"dry-run", no_argument, NULL, 'n'}, {0}};
+static const struct option promote_options[] = {{"canary", required_argument, NULL, 'c'}, {0}};
+
+static int run_command(struct ctl *ctl, const struct command *c, int argc, char **argv);
+
 static const struct command image_commands[] = {
-    {"import", "NAME FILE [--note TEXT] [--force]",
-     "Add FILE as the next version of image NAME, directly in the state directory (no\n"
-     "daemon needed).  The version is published atomically with its manifest (size,\n"
-     "sha256, per-chunk sha256).  Holes stay holes; a reflink is used where the filesystem\n"
-     "allows.  A qcow2, VHD, VHDX or VMDK file is converted to raw with qemu-img first.\n"
-     "Refused without --force: a size different from the newest version's, a file in\n"
-     "which a client's preserved or protected partition is missing.  A file identical to\n"
-     "the newest version imports nothing and names that version.",
-     cmd_image_import},
-    {"list", "[NAME]",
-     "List images and their versions, directly from the state directory (no daemon needed).",
-     cmd_image_list},
-    {"rm", "IMAGE@N",
-     "Remove a version.  Refused while any client, overlay, retained session or pin uses it.",
-     cmd_image_rm},
-    {"gc", "[--dry-run]",
-     "Remove every version that no client, overlay, retained session or pin references and\n"
-     "that is not the newest of its image, and leftovers of interrupted builds.  Says what it\n"
-     "freed.",
-     cmd_image_gc},
-    {"publish", "IMAGE[@N] DIR",
-     "Write a version into the static repository DIR (DIR/IMAGE/N.img, then\n"
-     "DIR/IMAGE/index.json by rename), ready for nginx `root DIR` or `aws s3 sync`.",
-     cmd_image_publish},
-    {"pull", "IMAGE [--from URL] [--version N] [--rate-limit RATE]",
-     "Fetch a version from a repository: only the chunks that differ from the nearest\n"
-     "local version are downloaded, each verified by sha256; interrupted pulls resume.\n"
-     "Options: --from URL (http, https, s3://BUCKET/PREFIX), --version N, --rate-limit\n"
-     "RATE (bytes/s), --parallel N, --connect-timeout D, --stall-timeout D, --ca-file\n"
-     "FILE, --json, --quiet.  Defaults come from the config's \"pull\" section; s3 URLs\n"
-     "are signed (SigV4) with pull.s3 or the AWS_* environment credentials.",
-     cmd_image_pull},
-    {"promote", "IMAGE@N [--canary GROUP]",
-     "Make version N current for every client of IMAGE that has no configured version\n"
-     "(mailbox pins are lifted, or set to N if N is not the newest).  With --canary, only\n"
-     "GROUP gets N; the other clients stay on the previous version until N has\n"
-     "watchdog.canary.promote_after healthy sessions in GROUP, and after withdraw_after\n"
-     "strikes GROUP returns to the previous version.  Every step is an event.",
-     cmd_image_promote},
+    {.name = "import",
+     .usage = "NAME FILE [--note TEXT] [--force] [-q]",
+     .help = "Add FILE as the next version of image NAME, directly in the state directory (no\n"
+             "daemon needed).  The version is published atomically with its manifest (size,\n"
+             "sha256, per-chunk sha256).  Holes stay holes; a reflink is used where the\n"
+             "filesystem allows.  A qcow2, VHD, VHDX or VMDK file is converted to raw with\n"
+             "qemu-img first.  Refused without --force: a size different from the newest\n"
+             "version's, a file in which a client's preserved or protected partition is\n"
+             "missing.  A file identical to the newest version imports nothing and names that\n"
+             "version.  -q: no progress line.",
+     .options = import_options,
+     .min = 2,
+     .max = 2,
+     .count_error = "expected NAME FILE",
+     .run = cmd_image_import},
+    {.name = "list",
+     .usage = "[NAME]",
+     .help = "List images and their versions, directly from the state directory (no daemon "
+             "needed).",
+     .max = 1,
+     .count_error = "expected at most one image name",
+     .run = cmd_image_list},
+    {.name = "rm",
+     .usage = "IMAGE@N",
+     .help = "Remove a version.  Refused while any client, overlay, retained session or pin uses "
+             "it.",
+     .min = 1,
+     .max = 1,
+     .count_error = "expected IMAGE@N",
+     .build = image_rm_request,
+     .print = image_rm_print},
+    {.name = "gc",
+     .usage = "[--dry-run]",
+     .help = "Remove every version that no client, overlay, retained session or pin references "
+             "and\n"
+             "that is not the newest of its image, and leftovers of interrupted builds.  Says what "
+             "it\n"
+             "freed.",
+     .options = gc_options,
+     .count_error = "gc takes no operands",
+     .build = image_gc_request,
+     .print = image_gc_print},
+    {.name = "publish",
+     .usage = "IMAGE[@N] DIR",
+     .help = "Write a version into the static repository DIR (DIR/IMAGE/N.img, then\n"
+             "DIR/IMAGE/index.json by rename), ready for nginx `root DIR` or `aws s3 sync`.",
+     .raw = cmd_image_publish},
+    {.name = "pull",
+     .usage = "IMAGE [--from URL] [--version N] [--rate-limit RATE]",
+     .help = "Fetch a version from a repository: only the chunks that differ from the nearest\n"
+             "local version are downloaded, each verified by sha256; interrupted pulls resume.\n"
+             "Options: --from URL (http, https, s3://BUCKET/PREFIX), --version N, --rate-limit\n"
+             "RATE (bytes/s), --parallel N, --connect-timeout D, --stall-timeout D, --ca-file\n"
+             "FILE, --json, --quiet.  Defaults come from the config's \"pull\" section; s3 URLs\n"
+             "are signed (SigV4) with pull.s3 or the AWS_* environment credentials.",
+     .raw = cmd_image_pull},
+    {.name = "promote",
+     .usage = "IMAGE@N [--canary GROUP]",
+     .help = "Make version N current for every client of IMAGE that has no configured version\n"
+             "(mailbox pins are lifted, or set to N if N is not the newest).  With --canary, "
+             "only\n"
+             "GROUP gets N; the other clients stay on the previous version until N has\n"
+             "watchdog.canary.promote_after healthy sessions in GROUP, and after withdraw_after\n"
+             "strikes GROUP returns to the previous version.  Every step is an event.",
+     .options = promote_options,
+     .min = 1,
+     .max = 1,
+     .count_error = "expected IMAGE@N [--canary GROUP]",
+     .build = image_promote_request,
+     .print = image_promote_print},
 };
 
 static int cmd_image(struct ctl *ctl, int argc, char **argv)
@@ -1146,12 +1156,7 @@ static int cmd_image(struct ctl *ctl, int argc, char **argv)
       snprintf(name, sizeof name, "image %s", c->name);
       full = *c;
       full.name = name;
-      current = &full;
-      if (want_help(argc - 1, argv + 1)) {
-        command_help(&full);
-        return 0;
-      }
-      return c->run(ctl, argc - 1, argv + 1);
+      return run_command(ctl, &full, argc - 1, argv + 1);
     }
   }
   return usage_error(
@@ -1160,35 +1165,19 @@ static int cmd_image(struct ctl *ctl, int argc, char **argv)
 
 /* ---- daemon commands ------------------------------------------------------------------ */
 
-static int no_operands(int argc, char **argv, int want, const char *what)
+/* Exit 1 when the appliance does not serve (nbdkit starting, restarting or
+ * stopped), so a monitor or a script can tell; the output says why. */
+static int status_serving(const json_t *res)
 {
-  static const struct option lo[] = {{0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != want)
-    return usage_error("expected %s", what);
-  return 0;
+  const char *nbstate = json_string_value(json_object_get(json_object_get(res, "nbdkit"), "state"));
+  return nbstate && strcmp(nbstate, "running") == 0 ? 0 : EXIT_FAIL;
 }
 
-static int cmd_status(struct ctl *ctl, int argc, char **argv)
+static int print_status(struct ctl *ctl, const struct args *a, const json_t *req, const json_t *res)
 {
-  if (no_operands(argc, argv, 0, "no operands"))
-    return EXIT_USAGE;
-  int code;
-  json_t *res = request(ctl, json_pack("{s:s}", "op", "status"), NULL, NULL, &code);
-  if (!res)
-    return code;
-  /* Exit 1 when the appliance does not serve (nbdkit starting, restarting or
-   * stopped), so a monitor or a script can tell; the output says why. */
+  (void)ctl, (void)a, (void)req;
   const char *nbstate = json_string_value(json_object_get(json_object_get(res, "nbdkit"), "state"));
-  int serving = nbstate && strcmp(nbstate, "running") == 0 ? 0 : EXIT_FAIL;
-  if (ctl->json) {
-    print_json(res);
-    json_decref(res);
-    return serving;
-  }
+  int serving = status_serving(res);
   json_t *d = json_object_get(res, "daemon"), *nb = json_object_get(res, "nbdkit"),
          *cl = json_object_get(res, "clients"), *wh = json_object_get(res, "webhooks");
   char dirty[32];
@@ -1275,7 +1264,6 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
             "tabulactl: the appliance does not serve: nbdkit is %s (see the daemon's "
             "log: journalctl -u tabula-restored)\n",
             nbstate ? nbstate : "unknown");
-  json_decref(res);
   return serving;
 }
 
@@ -1331,17 +1319,10 @@ static const char *live_boot(const json_t *c, char *buf, size_t len)
   return buf;
 }
 
-static int clients_unknown(struct ctl *ctl)
+static int print_unknown(struct ctl *ctl, const struct args *a, const json_t *req,
+                         const json_t *res)
 {
-  int code;
-  json_t *res = request(ctl, json_pack("{s:s}", "op", "pxe-unknown"), NULL, NULL, &code);
-  if (!res)
-    return code;
-  if (ctl->json) {
-    print_json(res);
-    json_decref(res);
-    return 0;
-  }
+  (void)ctl, (void)a, (void)req;
   struct table t = {.ncols = 7};
   table_row(&t, "MAC", "ADDRESS", "PXE", "VENDOR CLASS", "FIRST SEEN", "LAST SEEN", "COUNT");
   size_t i;
@@ -1362,30 +1343,21 @@ static int clients_unknown(struct ctl *ctl)
     table_print(&t);
     printf("\nregister one with: %s register MAC ID [--group G] [--address A]\n", prog);
   }
-  json_decref(res);
   return 0;
 }
 
-static int cmd_clients(struct ctl *ctl, int argc, char **argv)
+static json_t *clients_request(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"unknown", no_argument, NULL, 'u'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 0)
-    return usage_error("expected no operands");
-  if (seen['u'])
-    return clients_unknown(ctl);
-  int code;
-  json_t *res = request(ctl, json_pack("{s:s}", "op", "clients"), NULL, NULL, &code);
-  if (!res)
-    return code;
-  if (ctl->json) {
-    print_json(res);
-    json_decref(res);
-    return 0;
-  }
+  (void)ctl;
+  return json_pack("{s:s}", "op", a->seen['u'] ? "pxe-unknown" : "clients");
+}
+
+static int print_clients(struct ctl *ctl, const struct args *a, const json_t *req,
+                         const json_t *res)
+{
+  (void)req;
+  if (a->seen['u'])
+    return print_unknown(ctl, a, req, res);
   struct table t = {.ncols = 12};
   table_row(&t, "CLIENT", "GROUP", "POLICY", "BASE", "NEXT", "STATE", "SESSION", "DIRTY", "PENDING",
             "BOOT SESSION", "PEERS", "BOOT");
@@ -1413,7 +1385,6 @@ static int cmd_clients(struct ctl *ctl, int argc, char **argv)
               live_peers(c, peers, sizeof peers), live_boot(c, boot, sizeof boot));
   }
   table_print(&t);
-  json_decref(res);
   return 0;
 }
 
@@ -1439,22 +1410,18 @@ static void print_sessions_table(const json_t *sessions)
   }
 }
 
-static int cmd_client(struct ctl *ctl, int argc, char **argv)
+/* {"op": OP, "client": ID}: client, sessions. */
+static json_t *client_request(struct ctl *ctl, const struct args *a)
 {
-  if (no_operands(argc, argv, 1, "ID"))
-    return EXIT_USAGE;
-  if (check_client_arg(argv[optind]))
-    return EXIT_USAGE;
-  int code;
-  json_t *res = request(ctl, json_pack("{s:s, s:s}", "op", "client", "client", argv[optind]), NULL,
-                        NULL, &code);
-  if (!res)
-    return code;
-  if (ctl->json) {
-    print_json(res);
-    json_decref(res);
-    return 0;
-  }
+  (void)ctl;
+  if (check_client_arg(a->op[0]))
+    return NULL;
+  return json_pack("{s:s, s:s}", "op", current->op, "client", a->op[0]);
+}
+
+static int print_client(struct ctl *ctl, const struct args *a, const json_t *req, const json_t *res)
+{
+  (void)ctl, (void)a, (void)req;
   char buf[64], pend[128];
   printf("client:       %s\n", jstr(res, "id"));
   if (json_is_string(json_object_get(res, "group")))
@@ -1598,48 +1565,29 @@ static int cmd_client(struct ctl *ctl, int argc, char **argv)
   }
   printf("\n");
   print_sessions_table(json_object_get(res, "sessions"));
-  json_decref(res);
   return 0;
 }
 
-static int cmd_sessions(struct ctl *ctl, int argc, char **argv)
+static int print_sessions(struct ctl *ctl, const struct args *a, const json_t *req,
+                          const json_t *res)
 {
-  if (no_operands(argc, argv, 1, "ID"))
-    return EXIT_USAGE;
-  if (check_client_arg(argv[optind]))
-    return EXIT_USAGE;
-  int code;
-  json_t *res = request(ctl, json_pack("{s:s, s:s}", "op", "sessions", "client", argv[optind]),
-                        NULL, NULL, &code);
-  if (!res)
-    return code;
-  if (ctl->json)
-    print_json(res);
-  else
-    print_sessions_table(json_object_get(res, "sessions"));
-  json_decref(res);
+  (void)ctl, (void)a, (void)req;
+  print_sessions_table(json_object_get(res, "sessions"));
   return 0;
 }
 
 /* rollback ID [--all-disks]: with --all-disks, ID and each of its further
  * disks (conf.h "disks"), each its own request. */
-static int cmd_rollback(struct ctl *ctl, int argc, char **argv)
+static int cmd_rollback(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"all-disks", no_argument, NULL, 'a'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 1)
-    return usage_error("expected ID [--all-disks]");
-  const char *id = argv[optind];
+  const char *id = a->op[0];
   if (check_client_arg(id))
     return EXIT_USAGE;
-  if (seen['a'] && strchr(id, '/'))
+  if (a->seen['a'] && strchr(id, '/'))
     return usage_error("--all-disks takes a client (%.*s), not one of its disks",
                        (int)strcspn(id, "/"), id);
   json_t *ids = json_pack("[s]", id);
-  if (seen['a']) {
+  if (a->seen['a']) {
     int code;
     json_t *res =
         request(ctl, json_pack("{s:s, s:s}", "op", "client", "client", id), NULL, NULL, &code);
@@ -1665,23 +1613,27 @@ static int cmd_rollback(struct ctl *ctl, int argc, char **argv)
   return worst;
 }
 
-static int cmd_restore(struct ctl *ctl, int argc, char **argv)
+static json_t *restore_request(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"session", required_argument, NULL, 's'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 1 || !seen['s'])
-    return usage_error("expected ID --session N");
+  (void)ctl;
   uint64_t n;
-  if (check_client_arg(argv[optind]) || parse_uint(val['s'], "--session", INT64_MAX, &n))
-    return EXIT_USAGE;
-  return simple_request(ctl,
-                        json_pack("{s:s, s:s, s:I}", "op", "restore", "client", argv[optind],
-                                  "session", (json_int_t)n),
-                        "%s: session %" PRIu64 " becomes the overlay at the next session start",
-                        argv[optind], n);
+  if (!a->seen['s']) {
+    usage_error("expected ID --session N");
+    return NULL;
+  }
+  if (check_client_arg(a->op[0]) || parse_uint(a->val['s'], "--session", INT64_MAX, &n))
+    return NULL;
+  return json_pack("{s:s, s:s, s:I}", "op", "restore", "client", a->op[0], "session",
+                   (json_int_t)n);
+}
+
+static int restore_print(struct ctl *ctl, const struct args *a, const json_t *req,
+                         const json_t *res)
+{
+  (void)ctl, (void)a;
+  return done_line(
+      res, "%s: session %" JSON_INTEGER_FORMAT " becomes the overlay at the next session start",
+      jstr(req, "client"), jint(req, "session"));
 }
 
 static void merge_progress(void *ctx, json_t *line)
@@ -1710,44 +1662,45 @@ static void check_new_version(struct ctl *ctl, const char *image, uint32_t ver)
   }
 }
 
-static int cmd_merge(struct ctl *ctl, int argc, char **argv)
+/* A merge (merge, maintenance finish) with its progress line, which the
+ * daemon feeds with interim lines when REQ asks for them ("progress"). */
+static json_t *merge_request(struct ctl *ctl, const struct args *a, json_t *req, const char *what,
+                             int *code)
 {
-  static const struct option lo[] = {{"into", required_argument, NULL, 'i'},
-                                     {"note", required_argument, NULL, 'n'},
-                                     {"session", required_argument, NULL, 's'},
-                                     {"force", no_argument, NULL, 'f'},
-                                     {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 1 || !seen['i'])
+  struct progress p;
+  progress_init(&p, what, ctl->quiet || ctl->json || a->seen['q']);
+  json_object_set_new(req, "progress", json_boolean(p.on));
+  json_t *res = request(ctl, req, merge_progress, &p, code);
+  progress_done(&p);
+  return res;
+}
+
+static int cmd_merge(struct ctl *ctl, const struct args *a)
+{
+  if (!a->seen['i'])
     return usage_error("expected ID --into IMAGE");
-  if (check_client_arg(argv[optind]))
+  if (check_client_arg(a->op[0]))
     return EXIT_USAGE;
-  if (!tb_name_valid(val['i']))
-    return usage_error("invalid image name \"%.80s\"", val['i']);
-  json_t *req = json_pack("{s:s, s:s, s:s, s:b}", "op", "merge", "client", argv[optind], "into",
-                          val['i'], "progress", isatty(STDERR_FILENO));
-  if (seen['n'])
-    json_object_set_new(req, "note", json_string(val['n']));
-  if (seen['f'])
+  if (!tb_name_valid(a->val['i']))
+    return usage_error("invalid image name \"%.80s\"", a->val['i']);
+  json_t *req =
+      json_pack("{s:s, s:s, s:s}", "op", "merge", "client", a->op[0], "into", a->val['i']);
+  if (a->seen['n'])
+    json_object_set_new(req, "note", json_string(a->val['n']));
+  if (a->seen['f'])
     json_object_set_new(req, "force", json_true());
-  if (seen['s']) {
+  if (a->seen['s']) {
     uint64_t n;
-    if (parse_uint(val['s'], "--session", INT64_MAX, &n)) {
+    if (parse_uint(a->val['s'], "--session", INT64_MAX, &n)) {
       json_decref(req);
       return EXIT_USAGE;
     }
     json_object_set_new(req, "session", json_integer((json_int_t)n));
   }
   char what[128];
-  snprintf(what, sizeof what, "merging %s into %s", argv[optind], val['i']);
-  struct progress p;
-  progress_init(&p, what);
+  snprintf(what, sizeof what, "merging %s into %s", a->op[0], a->val['i']);
   int code;
-  json_t *res = request(ctl, req, merge_progress, &p, &code);
-  progress_done(&p);
+  json_t *res = merge_request(ctl, a, req, what, &code);
   if (!res)
     return code;
   if (ctl->json) {
@@ -1756,7 +1709,7 @@ static int cmd_merge(struct ctl *ctl, int argc, char **argv)
     char changed[32], dirty[32];
     printf("merged %s into %s@%" JSON_INTEGER_FORMAT " (from %s@%" JSON_INTEGER_FORMAT
            "): %s dirty, %s differed from the base, %.1f s%s\n",
-           argv[optind], jstr(res, "image"), jint(res, "version"), jstr(res, "base_image"),
+           a->op[0], jstr(res, "image"), jint(res, "version"), jstr(res, "base_image"),
            jint(res, "base_version"), jsize(res, "dirty_bytes", dirty, sizeof dirty),
            jsize(res, "changed_bytes", changed, sizeof changed),
            (double)jint(res, "duration_ms") / 1000,
@@ -1800,53 +1753,48 @@ static int maintenance_list(struct ctl *ctl)
   return 0;
 }
 
-static int cmd_maintenance(struct ctl *ctl, int argc, char **argv)
+/* maintenance SUB ...: SUB is the first operand (options may stand anywhere). */
+static int cmd_maintenance(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {
-      {"image", required_argument, NULL, 'i'}, {"note", required_argument, NULL, 'n'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (argc < 2 || strcmp(argv[1], "list") == 0)
-    return argc <= 2 ? maintenance_list(ctl) : usage_error("maintenance list takes no operand");
-  const char *sub = argv[1];
+  bool any_option = a->seen['i'] || a->seen['n'] || a->seen['q'];
+  if (a->n == 0 && !any_option)
+    return maintenance_list(ctl);
+  if (a->n == 0 || strcmp(a->op[0], "list") == 0)
+    return a->n == 1 && !any_option ? maintenance_list(ctl)
+                                    : usage_error("maintenance list takes no operand");
+  const char *sub = a->op[0];
   if (strcmp(sub, "start") && strcmp(sub, "finish") && strcmp(sub, "abort"))
     return usage_error("unknown maintenance subcommand \"%.40s\" (start, finish, abort, list)",
                        sub);
-  if (parse_opts(argc - 1, argv + 1, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - 1 - optind != 1)
+  if (a->n != 2)
     return usage_error("expected: maintenance %s ID%s", sub,
                        !strcmp(sub, "start")    ? " --image IMAGE"
                        : !strcmp(sub, "finish") ? " [--note TEXT]"
                                                 : "");
-  const char *id = argv[1 + optind];
+  const char *id = a->op[1];
   if (check_client_arg(id))
     return EXIT_USAGE;
-  if (!strcmp(sub, "start") && !seen['i'])
+  if (!strcmp(sub, "start") && !a->seen['i'])
     return usage_error("say which image %s maintains: --image IMAGE", id);
-  if (strcmp(sub, "start") && seen['i'])
+  if (strcmp(sub, "start") && a->seen['i'])
     return usage_error("--image is for maintenance start");
-  if (seen['n'] && strcmp(sub, "finish"))
+  if (a->seen['n'] && strcmp(sub, "finish"))
     return usage_error("--note is for maintenance finish");
-  if (!strcmp(sub, "start") && !tb_name_valid(val['i']))
-    return usage_error("invalid image name \"%.80s\"", val['i']);
+  if (!strcmp(sub, "start") && !tb_name_valid(a->val['i']))
+    return usage_error("invalid image name \"%.80s\"", a->val['i']);
   char op[32];
   snprintf(op, sizeof op, "maintenance-%s", sub);
   json_t *req = json_pack("{s:s, s:s}", "op", op, "client", id);
-  if (seen['i'])
-    json_object_set_new(req, "image", json_string(val['i']));
+  if (a->seen['i'])
+    json_object_set_new(req, "image", json_string(a->val['i']));
   if (strcmp(sub, "finish"))
     return simple_request(ctl, req, NULL);
-  if (seen['n'])
-    json_object_set_new(req, "note", json_string(val['n']));
-  json_object_set_new(req, "progress", json_boolean(isatty(STDERR_FILENO)));
+  if (a->seen['n'])
+    json_object_set_new(req, "note", json_string(a->val['n']));
   char what[128];
   snprintf(what, sizeof what, "merging %s's maintenance", id);
-  struct progress p;
-  progress_init(&p, what);
   int code;
-  json_t *res = request(ctl, req, merge_progress, &p, &code);
-  progress_done(&p);
+  json_t *res = merge_request(ctl, a, req, what, &code);
   if (!res)
     return code;
   if (ctl->json) {
@@ -1864,26 +1812,23 @@ static int cmd_maintenance(struct ctl *ctl, int argc, char **argv)
   return 0;
 }
 
-static int cmd_refresh(struct ctl *ctl, int argc, char **argv)
+static json_t *refresh_request(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"group", required_argument, NULL, 'g'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if ((argc - optind == 1) == (seen['g'] != 0))
-    return usage_error("expected ID or --group GROUP");
-  json_t *req;
-  if (seen['g']) {
-    if (!tb_name_valid(val['g']))
-      return usage_error("invalid group name \"%.80s\"", val['g']);
-    req = json_pack("{s:s, s:s}", "op", "refresh", "group", val['g']);
-  } else {
-    if (check_client_arg(argv[optind]))
-      return EXIT_USAGE;
-    req = json_pack("{s:s, s:s}", "op", "refresh", "client", argv[optind]);
+  (void)ctl;
+  if ((a->n == 1) == (a->seen['g'] != 0)) {
+    usage_error("expected ID or --group GROUP");
+    return NULL;
   }
-  return simple_request(ctl, req, "refresh at the next session start");
+  if (a->seen['g']) {
+    if (!tb_name_valid(a->val['g'])) {
+      usage_error("invalid group name \"%.80s\"", a->val['g']);
+      return NULL;
+    }
+    return json_pack("{s:s, s:s}", "op", "refresh", "group", a->val['g']);
+  }
+  if (check_client_arg(a->op[0]))
+    return NULL;
+  return json_pack("{s:s, s:s}", "op", "refresh", "client", a->op[0]);
 }
 
 static void print_event(struct ctl *ctl, const json_t *ev)
@@ -1922,29 +1867,19 @@ static void events_line(void *ctx, json_t *line)
     print_event(ctx, ev);
 }
 
-static int cmd_events(struct ctl *ctl, int argc, char **argv)
+static int cmd_events(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"follow", no_argument, NULL, 'f'},
-                                     {"client", required_argument, NULL, 'c'},
-                                     {"last", required_argument, NULL, 'n'},
-                                     {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc != optind)
-    return usage_error("events takes no operands");
   uint64_t last = 20;
-  if (seen['n'] && parse_uint(val['n'], "--last", 1000000, &last))
+  if (a->seen['n'] && parse_uint(a->val['n'], "--last", 1000000, &last))
     return EXIT_USAGE;
-  json_t *req = json_pack("{s:s, s:b, s:I}", "op", "events", "follow", seen['f'] != 0, "last",
+  json_t *req = json_pack("{s:s, s:b, s:I}", "op", "events", "follow", a->seen['f'] != 0, "last",
                           (json_int_t)last);
-  if (seen['c']) {
-    if (check_client_arg(val['c'])) {
+  if (a->seen['c']) {
+    if (check_client_arg(a->val['c'])) {
       json_decref(req);
       return EXIT_USAGE;
     }
-    json_object_set_new(req, "client", json_string(val['c']));
+    json_object_set_new(req, "client", json_string(a->val['c']));
   }
   int code;
   json_t *res = request(ctl, req, events_line, ctl, &code);
@@ -1968,32 +1903,27 @@ static int quarantine_number(const char *s, uint64_t *n)
              : 0;
 }
 
-static int cmd_quarantine(struct ctl *ctl, int argc, char **argv)
+static int cmd_quarantine(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"restore", no_argument, NULL, 'r'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  int n = argc - optind;
-  const char *sub = n > 0 ? argv[optind] : "";
+  int n = a->n;
+  const char *sub = n > 0 ? a->op[0] : "";
   uint64_t num = 0;
   json_t *req;
   if (strcmp(sub, "list") == 0 && n <= 2) {
-    if (n == 2 && check_client_arg(argv[optind + 1]))
+    if (n == 2 && check_client_arg(a->op[1]))
       return EXIT_USAGE;
     req = json_pack("{s:s}", "op", "quarantine-list");
     if (n == 2)
-      json_object_set_new(req, "client", json_string(argv[optind + 1]));
+      json_object_set_new(req, "client", json_string(a->op[1]));
   } else if ((strcmp(sub, "show") == 0 || strcmp(sub, "release") == 0) && n == 3) {
-    if (check_client_arg(argv[optind + 1]) || quarantine_number(argv[optind + 2], &num))
+    if (check_client_arg(a->op[1]) || quarantine_number(a->op[2], &num))
       return EXIT_USAGE;
     bool show = strcmp(sub, "show") == 0;
-    if (show && seen['r'])
+    if (show && a->seen['r'])
       return usage_error("--restore goes with quarantine release");
     req = json_pack("{s:s, s:s, s:I}", "op", show ? "quarantine-show" : "quarantine-release",
-                    "client", argv[optind + 1], "number", (json_int_t)num);
-    if (seen['r'])
+                    "client", a->op[1], "number", (json_int_t)num);
+    if (a->seen['r'])
       json_object_set_new(req, "restore", json_true());
     if (!show)
       return simple_request(ctl, req, "released");
@@ -2033,24 +1963,10 @@ static int cmd_quarantine(struct ctl *ctl, int argc, char **argv)
 
 /* ---- PXE ------------------------------------------------------------------------------------ */
 
-static int cmd_pxe(struct ctl *ctl, int argc, char **argv)
+static int print_pxe(struct ctl *ctl, const struct args *a, const json_t *req, const json_t *res)
 {
-  static const struct option lo[] = {{"hosts", no_argument, NULL, 'H'}, {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 0)
-    return usage_error("expected no operands");
-  int code;
-  json_t *res = request(ctl, json_pack("{s:s}", "op", "pxe"), NULL, NULL, &code);
-  if (!res)
-    return code;
-  if (ctl->json)
-    print_json(res);
-  else
-    fputs(jstr(res, seen['H'] ? "hosts" : "dnsmasq_conf"), stdout);
-  json_decref(res);
+  (void)ctl, (void)req;
+  fputs(jstr(res, a->seen['H'] ? "hosts" : "dnsmasq_conf"), stdout);
   return 0;
 }
 
@@ -2139,22 +2055,11 @@ static int free_address(const struct tb_config *cfg, char *out, size_t len)
 /* register MAC ID: the client entry to add (printed; with --write added to
  * the configuration file, which is checked, rewritten atomically and
  * reloaded). */
-static int cmd_register(struct ctl *ctl, int argc, char **argv)
+static int cmd_register(struct ctl *ctl, const struct args *a)
 {
-  static const struct option lo[] = {{"group", required_argument, NULL, 'g'},
-                                     {"address", required_argument, NULL, 'a'},
-                                     {"image", required_argument, NULL, 'i'},
-                                     {"write", no_argument, NULL, 'w'},
-                                     {0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  if (argc - optind != 2)
-    return usage_error("expected MAC ID");
   char mac[18];
-  const char *id = argv[optind + 1];
-  if (tb_mac_parse(argv[optind], mac) == -1)
+  const char *id = a->op[1];
+  if (tb_mac_parse(a->op[0], mac) == -1)
     return usage_error("%s", tb_errmsg());
   if (check_client_arg(id))
     return EXIT_USAGE;
@@ -2169,15 +2074,15 @@ static int cmd_register(struct ctl *ctl, int argc, char **argv)
   if (other)
     return fail("MAC %s is already client \"%s\"", mac, other->id);
   char addr[64];
-  if (seen['a'])
-    snprintf(addr, sizeof addr, "%s", val['a']);
+  if (a->seen['a'])
+    snprintf(addr, sizeof addr, "%s", a->val['a']);
   else if (free_address(cfg, addr, sizeof addr) == -1)
     return fail("no free address left in pxe.network %s: pass --address", cfg->pxe.network_text);
   json_t *entry = json_object();
-  if (seen['g'])
-    json_object_set_new(entry, "group", json_string(val['g']));
-  const char *image = seen['i'] ? val['i'] : NULL;
-  if (!image && !seen['g']) {
+  if (a->seen['g'])
+    json_object_set_new(entry, "group", json_string(a->val['g']));
+  const char *image = a->seen['i'] ? a->val['i'] : NULL;
+  if (!image && !a->seen['g']) {
     if (cfg->n_images != 1)
       return json_decref(entry), fail("pass --image IMAGE or --group GROUP (the configuration "
                                       "has %zu images)",
@@ -2208,7 +2113,7 @@ static int cmd_register(struct ctl *ctl, int argc, char **argv)
   tb_config_unref(check);
   char *snippet = json_dumps(entry, JSON_PRESERVE_ORDER);
   json_decref(entry);
-  if (!seen['w']) {
+  if (!a->seen['w']) {
     printf("add this to \"clients\" in %s, then run %s reload (or pass --write):\n\n"
            "    \"%s\": %s\n",
            cfg->path, prog, id, snippet ? snippet : "?");
@@ -2230,34 +2135,7 @@ static int cmd_register(struct ctl *ctl, int argc, char **argv)
   return simple_request(ctl, json_pack("{s:s}", "op", "reload"), "configuration reloaded");
 }
 
-/* ---- simple commands: operands to a request, a line when done ---------------------------- */
-
-/* What an operand of a simple command is: its text in the usage, and what it
- * puts into the request. */
-enum operand {
-  OPERAND_NONE,   /* ends the list */
-  OPERAND_CLIENT, /* ID: "client" */
-  OPERAND_PIN,    /* N >= 1: "version" */
-  OPERAND_IMAGE,  /* IMAGE[@N]: "image" and, with @N, "version" */
-  OPERAND_REASON, /* [REASON], optional and last: "reason" */
-};
-
-struct simple_command {
-  const char *name; /* the command, and the daemon's operation */
-  enum operand operands[3];
-  /* Printed when done (unless the daemon's reply has a "message"): %1, %2
-   * are the operands as given (a version as its number). */
-  const char *done;
-};
-
-static const struct simple_command simple_commands[] = {
-    {"reimage", {OPERAND_CLIENT, OPERAND_IMAGE}, "%1: the next session starts on %2"},
-    {"pin", {OPERAND_CLIENT, OPERAND_PIN}, "%1: pinned to version %2"},
-    {"unpin", {OPERAND_CLIENT}, "%1: unpinned (follows the newest version)"},
-    {"lockdown", {OPERAND_CLIENT, OPERAND_REASON}, "%1: locked down"},
-    {"unlock", {OPERAND_CLIENT}, "%1: unlocked"},
-    {"reload", {OPERAND_NONE}, "configuration reloaded"},
-};
+/* ---- the dispatcher: options once, then a request or the command's own run ----------- */
 
 /* OPERANDS as the usage error says them: "ID N", "ID [REASON]", "no operands". */
 static void operands_text(const enum operand *operands, char *buf, size_t len)
@@ -2329,139 +2207,287 @@ static void print_done(const char *done, char shown[][TB_PATH_MAX], size_t n)
   putchar('\n');
 }
 
-static int cmd_simple(struct ctl *ctl, int argc, char **argv)
+/* A request command: BUILD's request or the OPERANDS', its result printed. */
+static int run_request(struct ctl *ctl, const struct command *c, const struct args *a)
 {
-  const struct simple_command *sc = NULL;
-  for (size_t i = 0; i < sizeof simple_commands / sizeof *simple_commands && !sc; i++)
-    if (strcmp(simple_commands[i].name, current->name) == 0)
-      sc = &simple_commands[i];
-  if (!sc)
-    return fail("%s: not a simple command", current->name);
-  size_t required = 0, most = 0;
-  for (; most < 3 && sc->operands[most] != OPERAND_NONE; most++)
-    if (sc->operands[most] != OPERAND_REASON)
-      required++;
-  static const struct option lo[] = {{0}};
-  int seen[256] = {0};
-  const char *val[256] = {0};
-  if (parse_opts(argc, argv, lo, seen, val))
-    return EXIT_USAGE;
-  size_t given = (size_t)(argc - optind);
-  if (given < required || given > most) {
-    char expected[64];
-    operands_text(sc->operands, expected, sizeof expected);
-    return usage_error("expected %s", expected);
-  }
-  json_t *req = json_pack("{s:s}", "op", sc->name);
   char shown[3][TB_PATH_MAX];
-  for (size_t i = 0; i < given; i++)
-    if (put_operand(req, sc->operands[i], argv[optind + (int)i], shown[i], sizeof shown[i]) == -1) {
-      json_decref(req);
+  size_t nshown = 0;
+  json_t *req;
+  if (c->build) {
+    if (!(req = c->build(ctl, a)))
       return EXIT_USAGE;
-    }
+  } else {
+    req = json_pack("{s:s}", "op", c->op ? c->op : c->name);
+    for (; nshown < (size_t)a->n; nshown++)
+      if (put_operand(req, c->operands[nshown], a->op[nshown], shown[nshown],
+                      sizeof shown[nshown]) == -1) {
+        json_decref(req);
+        return EXIT_USAGE;
+      }
+  }
   int code;
+  json_incref(req); /* PRINT reads it after request() consumed its reference */
   json_t *res = request(ctl, req, NULL, NULL, &code);
-  if (!res)
-    return code;
-  const char *msg = json_string_value(json_object_get(res, "message"));
-  if (ctl->json)
-    print_json(res);
-  else if (msg)
-    puts(msg);
-  else
-    print_done(sc->done, shown, given);
-  json_decref(res);
-  return 0;
+  if (res) {
+    const char *msg = json_string_value(json_object_get(res, "message"));
+    code = 0;
+    if (ctl->json) {
+      print_json(res);
+      if (c->verdict)
+        code = c->verdict(res);
+    } else if (c->print) {
+      code = c->print(ctl, a, req, res);
+    } else if (msg) {
+      puts(msg);
+    } else if (c->done) {
+      print_done(c->done, shown, nshown);
+    }
+    json_decref(res);
+  }
+  json_decref(req);
+  return code;
 }
 
+/* C with its ARGV (argv[0] its name): --help, its options, its operand
+ * count, then what it runs. */
+static int run_command(struct ctl *ctl, const struct command *c, int argc, char **argv)
+{
+  current = c;
+  if (c->raw != cmd_image && want_help(argc, argv)) {
+    command_help(c);
+    return 0;
+  }
+  if (c->raw)
+    return c->raw(ctl, argc, argv);
+  static const struct option none[] = {{0}};
+  struct args a = {0};
+  if (parse_opts(argc, argv, c->options ? c->options : none, a.seen, a.val))
+    return EXIT_USAGE;
+  a.n = argc - optind;
+  a.op = argv + optind;
+  int min = c->min, max = c->max;
+  char expected[64];
+  const char *count_error = c->count_error;
+  if (!c->run && !c->build) { /* a simple command: its operands say it */
+    min = max = 0;
+    for (; max < 3 && c->operands[max] != OPERAND_NONE; max++)
+      if (c->operands[max] != OPERAND_REASON)
+        min++;
+    char text[48];
+    operands_text(c->operands, text, sizeof text);
+    snprintf(expected, sizeof expected, "expected %s", text);
+    count_error = expected;
+  }
+  if (a.n < min || a.n > max)
+    return usage_error("%s", count_error);
+  return c->run ? c->run(ctl, &a) : run_request(ctl, c, &a);
+}
+
+static const struct option clients_options[] = {{"unknown", no_argument, NULL, 'u'}, {0}};
+static const struct option rollback_options[] = {{"all-disks", no_argument, NULL, 'a'}, {0}};
+static const struct option restore_options[] = {{"session", required_argument, NULL, 's'}, {0}};
+static const struct option merge_options[] = {
+    {"into", required_argument, NULL, 'i'},    {"note", required_argument, NULL, 'n'},
+    {"session", required_argument, NULL, 's'}, {"force", no_argument, NULL, 'f'},
+    {"quiet", no_argument, NULL, 'q'},         {0}};
+static const struct option maintenance_options[] = {{"image", required_argument, NULL, 'i'},
+                                                    {"note", required_argument, NULL, 'n'},
+                                                    {"quiet", no_argument, NULL, 'q'},
+                                                    {0}};
+static const struct option refresh_options[] = {{"group", required_argument, NULL, 'g'}, {0}};
+static const struct option quarantine_options[] = {{"restore", no_argument, NULL, 'r'}, {0}};
+static const struct option events_options[] = {{"follow", no_argument, NULL, 'f'},
+                                               {"client", required_argument, NULL, 'c'},
+                                               {"last", required_argument, NULL, 'n'},
+                                               {0}};
+static const struct option pxe_options[] = {{"hosts", no_argument, NULL, 'H'}, {0}};
+static const struct option register_options[] = {{"group", required_argument, NULL, 'g'},
+                                                 {"address", required_argument, NULL, 'a'},
+                                                 {"image", required_argument, NULL, 'i'},
+                                                 {"write", no_argument, NULL, 'w'},
+                                                 {0}};
+
 static const struct command commands[] = {
-    {"status", "", "Show the daemon, nbdkit and a summary of clients and images.", cmd_status},
-    {"clients", "[--unknown]",
-     "List clients: policy, base version, next version, state, dirty bytes, and the boot\n"
-     "session (booting, running, reconnecting, ended), its peers and how its boot was seen.\n"
-     "--unknown lists the MACs that asked for a PXE lease and are not configured.",
-     cmd_clients},
-    {"client", "ID",
-     "Show one client: policy, base version, pinned or not, dirty bytes, session state,\n"
-     "pending actions, last session and retained sessions.",
-     cmd_client},
-    {"sessions", "ID", "List a client's retained sessions (restore points).", cmd_sessions},
-    {"rollback", "ID [--all-disks]",
-     "Discard the client's overlay at its next session start; --all-disks: and its further\n"
-     "disks' (ID/DISK alone rolls back that disk).",
-     cmd_rollback},
-    {"restore", "ID --session N",
-     "Make retained session N the client's overlay again, at its next session start.", cmd_restore},
-    {"merge", "ID --into IMAGE [--note TEXT] [--session N] [--force]",
-     "Build IMAGE@N+1 from the client's base plus its overlay (or retained session N),\n"
-     "writing only blocks that differ from the base.  The client must not be in a session.\n"
-     "IMAGE must be configured; a base older than IMAGE's newest version needs --force\n"
-     "(the new version would supersede what the newer ones changed).\n"
-     "The merged client continues on the new version with an empty overlay; rollback\n"
-     "clients pick the new version at their next session, persist clients stay pinned to\n"
-     "theirs until refreshed.",
-     cmd_merge},
-    {"maintenance", "start ID --image IMAGE | finish ID [--note TEXT] | abort ID | list",
-     "The maintenance PC of an image, the everyday way to update a master: start makes\n"
-     "the client boot the newest version of IMAGE and keep what it writes across its\n"
-     "reboots; finish (the client shut down) merges that into IMAGE@N+1, which every\n"
-     "client following the newest version boots next (refused if IMAGE got a new version\n"
-     "meanwhile); abort discards it (kept as a restore point).  Either way the client\n"
-     "is back on its own configuration from its next boot.",
-     cmd_maintenance},
-    {"reimage", "ID IMAGE[@N]",
-     "Start the client's next session on another image (or version), overlay discarded.",
-     cmd_simple},
-    {"pin", "ID N", "Pin the client to version N of its image.", cmd_simple},
-    {"unpin", "ID", "Let the client follow the newest version of its image again.", cmd_simple},
-    {"refresh", "ID | --group GROUP",
-     "Move the client (or every client of GROUP) to its current version at the next session\n"
-     "start, discarding its overlay (for persist clients).",
-     cmd_refresh},
-    {"lockdown", "ID [REASON]",
-     "Refuse the client's export from its next connection on, with REASON in its status.",
-     cmd_simple},
-    {"unlock", "ID", "Lift a lockdown (set by the watchdog or by tabulactl lockdown).", cmd_simple},
-    {"quarantine", "list [ID] | show ID N | release ID N [--restore]",
-     "Overlays the watchdog kept aside (clients/ID/quarantine/N) with why.  release deletes\n"
-     "one; with --restore it becomes a retained session again and the client's overlay at\n"
-     "its next session start.",
-     cmd_quarantine},
-    {"image", "import|list|rm|gc|publish|pull|promote ...",
-     "Manage image versions (see tabulactl image --help).", cmd_image},
-    {"events", "[--follow] [--client ID] [--last N]",
-     "Show the last N events of the journal (default 20), and with --follow keep printing\n"
-     "new ones until interrupted.",
-     cmd_events},
-    {"reload", "",
-     "Re-read the daemon's configuration file.  An invalid file is refused with its error\n"
-     "and the running configuration stays.",
-     cmd_simple},
-    {"pxe", "[--hosts]",
-     "Print the dnsmasq configuration the daemon generated from the \"pxe\" section (with\n"
-     "--hosts its static leases), for administrators who run dnsmasq themselves.",
-     cmd_pxe},
-    {"pxe-event", "ACTION MAC ADDRESS [HOSTNAME] | tftp SIZE ADDRESS FILE",
-     "dnsmasq's dhcp-script (STATE/pxe/event.sh runs it): report a lease or a TFTP\n"
-     "transfer to the daemon, which records PXE boots and unknown MACs.",
-     cmd_pxe_event},
-    {"register", "MAC ID [--group G] [--image I] [--address A] [--write]",
-     "Print the configuration entry of a new PXE client (the first free address of\n"
-     "pxe.network unless --address); --write adds it to the configuration file (checked,\n"
-     "rewritten atomically, key order kept) and reloads the daemon.",
-     cmd_register},
+    {.name = "status",
+     .usage = "",
+     .help = "Show the daemon, nbdkit and a summary of clients and images.",
+     .print = print_status,
+     .verdict = status_serving},
+    {.name = "clients",
+     .usage = "[--unknown]",
+     .help = "List clients: policy, base version, next version, state, dirty bytes, and the boot\n"
+             "session (booting, running, reconnecting, ended), its peers and how its boot was "
+             "seen.\n"
+             "--unknown lists the MACs that asked for a PXE lease and are not configured.",
+     .options = clients_options,
+     .count_error = "expected no operands",
+     .build = clients_request,
+     .print = print_clients},
+    {.name = "client",
+     .usage = "ID",
+     .help = "Show one client: policy, base version, pinned or not, dirty bytes, session state,\n"
+             "pending actions, last session and retained sessions.",
+     .min = 1,
+     .max = 1,
+     .count_error = "expected ID",
+     .op = "client",
+     .build = client_request,
+     .print = print_client},
+    {.name = "sessions",
+     .usage = "ID",
+     .help = "List a client's retained sessions (restore points).",
+     .min = 1,
+     .max = 1,
+     .count_error = "expected ID",
+     .op = "sessions",
+     .build = client_request,
+     .print = print_sessions},
+    {.name = "rollback",
+     .usage = "ID [--all-disks]",
+     .help = "Discard the client's overlay at its next session start; --all-disks: and its "
+             "further\n"
+             "disks' (ID/DISK alone rolls back that disk).",
+     .options = rollback_options,
+     .min = 1,
+     .max = 1,
+     .count_error = "expected ID [--all-disks]",
+     .run = cmd_rollback},
+    {.name = "restore",
+     .usage = "ID --session N",
+     .help = "Make retained session N the client's overlay again, at its next session start.",
+     .options = restore_options,
+     .min = 1,
+     .max = 1,
+     .count_error = "expected ID --session N",
+     .build = restore_request,
+     .print = restore_print},
+    {.name = "merge",
+     .usage = "ID --into IMAGE [--note TEXT] [--session N] [--force] [-q]",
+     .help = "Build IMAGE@N+1 from the client's base plus its overlay (or retained session N),\n"
+             "writing only blocks that differ from the base.  The client must not be in a "
+             "session.\n"
+             "IMAGE must be configured; a base older than IMAGE's newest version needs --force\n"
+             "(the new version would supersede what the newer ones changed).\n"
+             "The merged client continues on the new version with an empty overlay; rollback\n"
+             "clients pick the new version at their next session, persist clients stay pinned "
+             "to\n"
+             "theirs until refreshed.  -q: no progress line.",
+     .options = merge_options,
+     .min = 1,
+     .max = 1,
+     .count_error = "expected ID --into IMAGE",
+     .run = cmd_merge},
+    {.name = "maintenance",
+     .usage = "start ID --image IMAGE | finish ID [--note TEXT] [-q] | abort ID | list",
+     .help = "The maintenance PC of an image, the everyday way to update a master: start makes\n"
+             "the client boot the newest version of IMAGE and keep what it writes across its\n"
+             "reboots; finish (the client shut down) merges that into IMAGE@N+1, which every\n"
+             "client following the newest version boots next (refused if IMAGE got a new "
+             "version\n"
+             "meanwhile); abort discards it (kept as a restore point).  Either way the client\n"
+             "is back on its own configuration from its next boot.",
+     .options = maintenance_options,
+     .max = INT_MAX,
+     .run = cmd_maintenance},
+    {.name = "reimage",
+     .usage = "ID IMAGE[@N]",
+     .help = "Start the client's next session on another image (or version), overlay discarded.",
+     .operands = {OPERAND_CLIENT, OPERAND_IMAGE},
+     .done = "%1: the next session starts on %2"},
+    {.name = "pin",
+     .usage = "ID N",
+     .help = "Pin the client to version N of its image.",
+     .operands = {OPERAND_CLIENT, OPERAND_PIN},
+     .done = "%1: pinned to version %2"},
+    {.name = "unpin",
+     .usage = "ID",
+     .help = "Let the client follow the newest version of its image again.",
+     .operands = {OPERAND_CLIENT},
+     .done = "%1: unpinned (follows the newest version)"},
+    {.name = "refresh",
+     .usage = "ID | --group GROUP",
+     .help = "Move the client (or every client of GROUP) to its current version at the next "
+             "session\n"
+             "start, discarding its overlay (for persist clients).",
+     .options = refresh_options,
+     .max = 1,
+     .count_error = "expected ID or --group GROUP",
+     .build = refresh_request,
+     .done = "refresh at the next session start"},
+    {.name = "lockdown",
+     .usage = "ID [REASON]",
+     .help = "Refuse the client's export from its next connection on, with REASON in its status.",
+     .operands = {OPERAND_CLIENT, OPERAND_REASON},
+     .done = "%1: locked down"},
+    {.name = "unlock",
+     .usage = "ID",
+     .help = "Lift a lockdown (set by the watchdog or by tabulactl lockdown).",
+     .operands = {OPERAND_CLIENT},
+     .done = "%1: unlocked"},
+    {.name = "quarantine",
+     .usage = "list [ID] | show ID N | release ID N [--restore]",
+     .help = "Overlays the watchdog kept aside (clients/ID/quarantine/N) with why.  release "
+             "deletes\n"
+             "one; with --restore it becomes a retained session again and the client's overlay "
+             "at\n"
+             "its next session start.",
+     .options = quarantine_options,
+     .max = INT_MAX,
+     .run = cmd_quarantine},
+    {.name = "image",
+     .usage = "import|list|rm|gc|publish|pull|promote ...",
+     .help = "Manage image versions (see tabulactl image --help).",
+     .raw = cmd_image},
+    {.name = "events",
+     .usage = "[--follow] [--client ID] [--last N]",
+     .help = "Show the last N events of the journal (default 20), and with --follow keep "
+             "printing\n"
+             "new ones until interrupted.",
+     .options = events_options,
+     .count_error = "events takes no operands",
+     .run = cmd_events},
+    {.name = "reload",
+     .usage = "",
+     .help = "Re-read the daemon's configuration file.  An invalid file is refused with its "
+             "error\n"
+             "and the running configuration stays.",
+     .done = "configuration reloaded"},
+    {.name = "pxe",
+     .usage = "[--hosts]",
+     .help = "Print the dnsmasq configuration the daemon generated from the \"pxe\" section "
+             "(with\n"
+             "--hosts its static leases), for administrators who run dnsmasq themselves.",
+     .options = pxe_options,
+     .print = print_pxe},
+    {.name = "pxe-event",
+     .usage = "ACTION MAC ADDRESS [HOSTNAME] | tftp SIZE ADDRESS FILE",
+     .help = "dnsmasq's dhcp-script (STATE/pxe/event.sh runs it): report a lease or a TFTP\n"
+             "transfer to the daemon, which records PXE boots and unknown MACs.",
+     .raw = cmd_pxe_event},
+    {.name = "register",
+     .usage = "MAC ID [--group G] [--image I] [--address A] [--write]",
+     .help = "Print the configuration entry of a new PXE client (the first free address of\n"
+             "pxe.network unless --address); --write adds it to the configuration file "
+             "(checked,\n"
+             "rewritten atomically, key order kept) and reloads the daemon.",
+     .options = register_options,
+     .min = 2,
+     .max = 2,
+     .count_error = "expected MAC ID",
+     .run = cmd_register},
 };
 
 static void usage(FILE *f)
 {
   fprintf(f,
-          "usage: %s [-c CONFIG] [--state DIR] [--socket PATH] [--json] COMMAND [ARGS]\n\n"
+          "usage: %s [-c CONFIG] [--state DIR] [--socket PATH] [--json] [-q] COMMAND [ARGS]\n\n"
           "Administer tabula: clients, sessions, merges and image versions.\n\n"
           "Options:\n"
           "  -c, --config FILE  configuration file (default $TABULA_CONFIG or %s)\n"
           "  --state DIR        state directory (overrides the configuration's state_dir)\n"
           "  --socket PATH      the daemon's control socket (default: from the configuration)\n"
           "  --json             print results as JSON\n"
+          "  -q, --quiet        no progress line (long work shows one on a terminal)\n"
           "  -h, --help         this help; COMMAND --help for a command's\n"
           "  -V, --version      print the version\n\n"
           "Commands:\n",
@@ -2509,16 +2535,20 @@ int main(int argc, char **argv)
 
 static int ctl_main(int argc, char **argv, struct ctl *ctlp)
 {
-  static const struct option lo[] = {
-      {"config", required_argument, NULL, 'c'}, {"state", required_argument, NULL, 's'},
-      {"socket", required_argument, NULL, 'S'}, {"control", required_argument, NULL, 'S'},
-      {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
-      {"version", no_argument, NULL, 'V'},      {0}};
+  static const struct option lo[] = {{"config", required_argument, NULL, 'c'},
+                                     {"state", required_argument, NULL, 's'},
+                                     {"socket", required_argument, NULL, 'S'},
+                                     {"control", required_argument, NULL, 'S'},
+                                     {"json", no_argument, NULL, 'j'},
+                                     {"quiet", no_argument, NULL, 'q'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {"version", no_argument, NULL, 'V'},
+                                     {0}};
   signal(SIGPIPE, SIG_IGN);
   umask(077); /* imports write into the private state directory */
   int ch;
   opterr = 0;
-  while ((ch = getopt_long(argc, argv, "+c:hV", lo, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "+c:hqV", lo, NULL)) != -1) {
     switch (ch) {
     case 'c':
       ctlp->config_file = optarg;
@@ -2531,6 +2561,9 @@ static int ctl_main(int argc, char **argv, struct ctl *ctlp)
       break;
     case 'j':
       ctlp->json = true;
+      break;
+    case 'q':
+      ctlp->quiet = true;
       break;
     case 'h':
       usage(stdout);
@@ -2557,15 +2590,8 @@ static int ctl_main(int argc, char **argv, struct ctl *ctlp)
       sub_argc--;
       break;
     }
-  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
-    if (strcmp(name, commands[i].name) != 0)
-      continue;
-    current = &commands[i];
-    if (commands[i].run != cmd_image && want_help(sub_argc, sub_argv)) {
-      command_help(&commands[i]);
-      return 0;
-    }
-    return commands[i].run(ctlp, sub_argc, sub_argv);
-  }
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+    if (strcmp(name, commands[i].name) == 0)
+      return run_command(ctlp, &commands[i], sub_argc, sub_argv);
   return usage_error("unknown command \"%s\"", name);
 }

@@ -97,9 +97,9 @@ n=$(tctl --json sessions vm01 | jq '[.sessions[] | select(.version == 1)][-1].se
 script -qec "'$TD_CTL' -c '$TD_CONF' merge vm01 --session $n --into other" /dev/null \
   </dev/null >"$TB_TMP/merge.raw" 2>&1 || tb_fail "merge --session $n --into other: $(cat "$TB_TMP/merge.raw")"
 tr '\r' '\n' <"$TB_TMP/merge.raw" | sed 's/\x1b\[K//g' >"$TB_TMP/merge.tty"
-for re in '^merging vm01 into other: cloning +[0-9]+% [0-9.]+ [KMG]?i?B of 8.0 MiB' \
-  '^merging vm01 into other: applying +[0-9]+% [0-9.]+ [KMG]?i?B of [0-9.]+ [KMG]?i?B' \
-  '^merging vm01 into other: hashing chunks +[0-9]+% [0-9]+ of 2 ' \
+for re in '^merging vm01 into other: cloning \[[#.]+\] +[0-9]+% [0-9.]+ [KMG]?i?B of 8.0 MiB' \
+  '^merging vm01 into other: applying \[[#.]+\] +[0-9]+% [0-9.]+ [KMG]?i?B of [0-9.]+ [KMG]?i?B' \
+  '^merging vm01 into other: hashing chunks \[[#.]+\] +[0-9]+% [0-9]+ of 2' \
   '^merged vm01 into other@1 '; do
   grep -Eq "$re" "$TB_TMP/merge.tty" || tb_fail "merge on a terminal: no line /$re/: $(cat "$TB_TMP/merge.tty")"
 done
