@@ -10,12 +10,26 @@
  */
 #include <config.h>
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "inspect-internal.h"
 
 #define GEOM_MAX_EXTENTS (1u << 20)
+
+/* The records are read with libtsk's own definitions of them (tsk_ext2fs.h,
+ * tsk_ntfs.h: byte arrays, read with tb_get_le*); these are the layouts the
+ * parsers rely on, the kernel's. */
+#define EXT_SB_OFF 1024                                          /* the superblock's place */
+#define EXT_OLD_INODE_SIZE offsetof(ext2fs_inode, i_extra_isize) /* 128: revision 0's */
+_Static_assert(sizeof(ext2fs_sb) == 1024, "ext2fs_sb is the 1 KiB superblock");
+_Static_assert(offsetof(ext2fs_sb, s_desc_size) == 254, "ext2fs_sb: s_desc_size at 254");
+_Static_assert(sizeof(ext2fs_gd) == 32 && sizeof(ext4fs_gd) == 64, "ext group descriptors");
+_Static_assert(offsetof(ext4fs_gd, bg_inode_table_hi) == 0x28, "ext4fs_gd: table_hi at 0x28");
+_Static_assert(EXT_OLD_INODE_SIZE == 128, "ext2fs_inode: i_extra_isize at 128");
+_Static_assert(sizeof(ntfs_sb) == 512 && offsetof(ntfs_sb, mft_rsize_c) == 0x40,
+               "ntfs_sb is the boot sector");
 
 void tbi_geom_free(struct geom *g)
 {
@@ -67,24 +81,25 @@ static int geom_finish(struct geom *g, const struct tb_volume *vol)
  * inode_table[(N-1) / ipg] + ((N-1) % ipg) * inode_size. */
 static int ext_geometry(struct tb_disk *disk, const struct tb_volume *vol, struct geom *g)
 {
-  unsigned char sb[1024];
+  ext2fs_sb sb;
   uint64_t vo = vol->offset, vl = vol->length;
-  if (vl < 4096 || tb_disk_pread(disk, sb, sizeof sb, vo + 1024) < 0 ||
-      tb_get_le16(sb + 56) != 0xEF53)
+  if (vl < 4096 || tb_disk_pread(disk, &sb, sizeof sb, vo + EXT_SB_OFF) < 0 ||
+      tb_get_le16(sb.s_magic) != EXT2FS_FS_MAGIC)
     return -1;
-  uint32_t inodes = tb_get_le32(sb), fdb = tb_get_le32(sb + 20), logbs = tb_get_le32(sb + 24),
-           ipg = tb_get_le32(sb + 40);
-  uint32_t rev = tb_get_le32(sb + 76), incompat = tb_get_le32(sb + 96);
-  if (logbs > 6 || ipg == 0 || inodes == 0 || (incompat & 0x10)) /* 0x10: meta_bg, not parsed */
+  uint32_t inodes = tb_get_le32(sb.s_inodes_count), fdb = tb_get_le32(sb.s_first_data_block),
+           logbs = tb_get_le32(sb.s_log_block_size), ipg = tb_get_le32(sb.s_inodes_per_group);
+  uint32_t rev = tb_get_le32(sb.s_rev_level), incompat = tb_get_le32(sb.s_feature_incompat);
+  if (logbs > 6 || ipg == 0 || inodes == 0 ||
+      (incompat & EXT2FS_FEATURE_INCOMPAT_META_BG)) /* not parsed */
     return -1;
-  uint64_t bs = 1024ull << logbs;
-  uint32_t isz = rev == 0 ? 128 : tb_get_le16(sb + 88);
-  if (isz < 128 || isz > bs || (isz & (isz - 1)))
+  uint64_t bs = (uint64_t)EXT2FS_MIN_BLOCK_SIZE << logbs;
+  uint32_t isz = rev == EXT2FS_REV_ORIG ? EXT_OLD_INODE_SIZE : tb_get_le16(sb.s_inode_size);
+  if (isz < EXT_OLD_INODE_SIZE || isz > bs || (isz & (isz - 1)))
     return -1;
-  uint32_t ds = 32;
-  if (incompat & 0x80) { /* 64bit: descriptors of s_desc_size bytes */
-    ds = tb_get_le16(sb + 254);
-    if (ds < 32 || ds > 1024 || (ds & (ds - 1)))
+  uint32_t ds = sizeof(ext2fs_gd);
+  if (incompat & EXT2FS_FEATURE_INCOMPAT_64BIT) { /* descriptors of s_desc_size bytes */
+    ds = tb_get_le16(sb.s_desc_size);
+    if (ds < sizeof(ext2fs_gd) || ds > 1024 || (ds & (ds - 1)))
       return -1;
   }
   uint64_t groups = (inodes + (uint64_t)ipg - 1) / ipg;
@@ -97,8 +112,11 @@ static int ext_geometry(struct tb_disk *disk, const struct tb_volume *vol, struc
   unsigned char *d = malloc(gdt_len);
   int r = d && tb_disk_pread(disk, d, gdt_len, vo + gdt) == 0 ? 0 : -1;
   for (uint64_t i = 0; i < groups && r == 0; i++) {
+    /* ext2fs_gd, or with 64bit descriptors ext4fs_gd (the same first 32 bytes). */
     const unsigned char *e = d + i * ds;
-    uint64_t it = tb_get_le32(e + 8) | (ds >= 64 ? (uint64_t)tb_get_le32(e + 0x28) << 32 : 0);
+    uint64_t it = tb_get_le32(((const ext2fs_gd *)e)->bg_inode_table);
+    if (ds >= sizeof(ext4fs_gd))
+      it |= (uint64_t)tb_get_le32(((const ext4fs_gd *)e)->bg_inode_table_hi) << 32;
     if (it > vl / bs || it * bs > vl - table)
       r = -1;
     else
@@ -137,23 +155,34 @@ bool tbi_ext_inode_off(struct tb_inspect *ins, struct vol *v, uint64_t inum, uin
   return true;
 }
 
-/* NTFS: the MFT record size from the boot sector (byte 0x40: clusters per
- * record, or if negative 2^-n bytes), and where the MFT lies from $MFT's
- * own $DATA runs (libtsk opens entry 0 for us). */
-static int ntfs_geometry(struct vol *v, struct tb_disk *disk, struct geom *g)
+/* The MFT record size of the NTFS boot sector B (0: not NTFS, or sizes the
+ * parsers refuse), and its cluster size in *CLUSTER.  Sectors per cluster
+ * above 0x80 are a negative power of two (0xF4 and up: 2^(256-n) sectors);
+ * clusters per MFT record below zero mean 2^-n bytes. */
+static uint64_t ntfs_record_size(const ntfs_sb *b, uint64_t *cluster)
 {
-  unsigned char b[512];
-  if (tb_disk_pread(disk, b, sizeof b, v->pub.offset) < 0 || memcmp(b + 3, "NTFS    ", 8) != 0)
-    return -1;
-  uint64_t bps = tb_get_le16(b + 0x0B), spc = b[0x0D];
+  if (memcmp(b->oemname, "NTFS    ", sizeof b->oemname) != 0)
+    return 0;
+  uint64_t bps = tb_get_le16(b->ssize), spc = b->csize;
   if (spc > 0x80)
     spc = spc >= 0xF4 ? 1ull << (256 - spc) : 0;
   if (bps < 256 || bps > 4096 || (bps & (bps - 1)) || spc == 0)
-    return -1;
-  uint64_t cluster = bps * spc;
-  int c = (int8_t)b[0x40];
-  uint64_t rec = c > 0 ? (uint64_t)c * cluster : (c <= -8 && c >= -16 ? 1ull << -c : 0);
-  if (rec < 256 || rec > 65536 || cluster != v->fs->block_size)
+    return 0;
+  *cluster = bps * spc;
+  int c = b->mft_rsize_c;
+  uint64_t rec = c > 0 ? (uint64_t)c * *cluster : (c <= -8 && c >= -16 ? 1ull << -c : 0);
+  return rec < 256 || rec > 65536 ? 0 : rec;
+}
+
+/* NTFS: the MFT record size from the boot sector (ntfs_record_size), and
+ * where the MFT lies from $MFT's own $DATA runs (libtsk opens entry 0 for
+ * us). */
+static int ntfs_geometry(struct vol *v, struct tb_disk *disk, struct geom *g)
+{
+  ntfs_sb b;
+  uint64_t cluster, rec;
+  if (tb_disk_pread(disk, &b, sizeof b, v->pub.offset) < 0 ||
+      (rec = ntfs_record_size(&b, &cluster)) == 0 || cluster != v->fs->block_size)
     return -1;
   TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, 0);
   const TSK_FS_ATTR *a =

@@ -82,6 +82,10 @@
 #include <sys/types.h>
 
 #include <tsk/libtsk.h>
+/* libtsk's definitions of the on-disk records (ext2fs_sb, ntfs_mft...), which
+ * our own parsers read; they need libtsk.h first. */
+#include <tsk/fs/tsk_ext2fs.h>
+#include <tsk/fs/tsk_ntfs.h>
 
 #include "inspect.h"
 

@@ -12,6 +12,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,11 +266,19 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
  * UTF-16 decoding (tbi_ntfs_name).  Anything that does not parse exactly (a
  * record without its magic, a bad update sequence, an entry running past
  * its record) goes to libtsk: *FALLBACK is set. */
-#define NTFS_ATTR_FILE_NAME 0x30
-#define NTFS_INDEX_ENTRY_LAST 0x02
-#define NTFS_FNAME_FLAG_DIR 0x10000000u
-#define NTFS_NS_DOS 2
-#define NTFS_SECTOR 512
+#define NTFS_SECTOR 512 /* the update sequence's stride */
+/* The records, read with libtsk's definitions (tsk_ntfs.h: ntfs_idxroot,
+ * ntfs_idxrec, ntfs_idxelist, ntfs_idxentry, ntfs_attr_fname): an index
+ * entry's header, then its key, a $FILE_NAME whose name starts at
+ * NTFS_FNAME_NAME. */
+#define NTFS_IDXENTRY_HDR 16
+#define NTFS_FNAME_NAME offsetof(ntfs_attr_fname, name)
+_Static_assert(sizeof(ntfs_idxentry) >= NTFS_IDXENTRY_HDR && offsetof(ntfs_idxentry, flags) == 12 &&
+                   NTFS_FNAME_NAME == 66 && offsetof(ntfs_attr_fname, flags) == 56,
+               "ntfs_idxentry, ntfs_attr_fname: the on-disk layout");
+_Static_assert(offsetof(ntfs_idxroot, list) == 16 && offsetof(ntfs_idxrec, list) == 0x18 &&
+                   offsetof(ntfs_idxrec, upd_cnt) == 6,
+               "ntfs_idxroot, ntfs_idxrec: the on-disk layout");
 
 /* An index entry's name as libtsk decodes it (tsk_UTF16toUTF8, lenient):
  * an unpaired surrogate is '^' (a high one takes the unit after it
@@ -339,32 +348,35 @@ static bool ntfs_name_add(struct ntfs_dir_read *x, char *name, const TSK_FS_NAME
 static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf, size_t off,
                                size_t end)
 {
-  while (off + 16 <= end) {
-    const unsigned char *e = buf + off;
-    uint32_t len = tb_get_le16(e + 8), klen = tb_get_le16(e + 10), flags = tb_get_le32(e + 12);
-    if (flags & NTFS_INDEX_ENTRY_LAST)
+  while (off + NTFS_IDXENTRY_HDR <= end) {
+    const ntfs_idxentry *e = (const ntfs_idxentry *)(buf + off);
+    uint32_t len = tb_get_le16(e->idxlen), klen = tb_get_le16(e->strlen);
+    if (e->flags & NTFS_IDX_LAST)
       return true;
-    if (len < 16 + 66 || len % 8 || len > end - off || klen < 66 || klen > len - 16)
+    if (len < NTFS_IDXENTRY_HDR + NTFS_FNAME_NAME || len % 8 || len > end - off ||
+        klen < NTFS_FNAME_NAME || klen > len - NTFS_IDXENTRY_HDR)
       return false;
-    const unsigned char *fn = e + 16;
-    unsigned units = fn[64], ns = fn[65];
-    uint64_t ref = tb_get_le64(e) & 0xFFFFFFFFFFFFull, parent = tb_get_le64(fn) & 0xFFFFFFFFFFFFull;
-    if (66 + 2u * units > klen)
+    const ntfs_attr_fname *fn = (const ntfs_attr_fname *)(buf + off + NTFS_IDXENTRY_HDR);
+    unsigned units = fn->nlen, ns = fn->nspace;
+    /* file references: 48 bits of record number, then 16 of sequence */
+    uint64_t ref = tb_get_le64(e->file_ref) & 0xFFFFFFFFFFFFull,
+             parent = tb_get_le64(fn->par_ref) & 0xFFFFFFFFFFFFull;
+    if (NTFS_FNAME_NAME + 2u * units > klen)
       return false;
     off += len;
     /* libtsk's checks: a reference inside the MFT, naming this directory */
-    if (ns == NTFS_NS_DOS || ref < x->v->fs->first_inum || ref > x->v->fs->last_inum ||
+    if (ns == NTFS_FNAME_DOS || ref < x->v->fs->first_inum || ref > x->v->fs->last_inum ||
         parent != x->d->inum ||
         (x->names_only ? x->n_names : x->d->n) >= TB_INSPECT_MAX_DIR_ENTRIES)
       continue;
     char raw[4 * 255 + 1];
-    tbi_ntfs_name(fn + 66, units, raw);
+    tbi_ntfs_name((const unsigned char *)fn + NTFS_FNAME_NAME, units, raw);
     TSK_FS_NAME nm = {.name = raw,
                       .meta_addr = ref,
-                      .meta_seq = tb_get_le16(e + 6),
+                      .meta_seq = tb_get_le16(e->seq_num),
                       .flags = TSK_FS_NAME_FLAG_ALLOC,
-                      .type = tb_get_le32(fn + 56) & NTFS_FNAME_FLAG_DIR ? TSK_FS_NAME_TYPE_DIR
-                                                                         : TSK_FS_NAME_TYPE_REG};
+                      .type = tb_get_le32(fn->flags) & NTFS_FNAME_FLAGS_DIR ? TSK_FS_NAME_TYPE_DIR
+                                                                            : TSK_FS_NAME_TYPE_REG};
     char *name = tbi_entry_name(&nm, &x->seen);
     struct tb_istat st = {.type = tbi_name_type(nm.type), .inum = ref, .nlink = 1};
     if (name && x->names_only && ref >= NTFS_FIRST_USER_RECORD) {
@@ -390,7 +402,8 @@ static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf
 /* Undo the update sequence of an index record of SIZE bytes in place. */
 static bool ntfs_fixup(unsigned char *rec, size_t size)
 {
-  size_t usa = tb_get_le16(rec + 4), count = tb_get_le16(rec + 6);
+  const ntfs_idxrec *r = (const ntfs_idxrec *)rec;
+  size_t usa = tb_get_le16(r->upd_off), count = tb_get_le16(r->upd_cnt);
   if (count < 1 || usa + 2 * count > size || (count - 1) * NTFS_SECTOR > size)
     return false;
   for (size_t i = 1; i < count; i++) {
@@ -417,9 +430,12 @@ static bool ntfs_read_index(struct ntfs_dir_read *x, TSK_FS_FILE *dm, bool *fall
       root->size < 32 || (size_t)root->size > root->rd.buf_size)
     return NULL;
   const unsigned char *rb = root->rd.buf;
-  size_t rsize = (size_t)root->size, recsize = tb_get_le32(rb + 8);
-  size_t rbeg = 16 + (size_t)tb_get_le32(rb + 16), rend = 16 + (size_t)tb_get_le32(rb + 20);
-  if (tb_get_le32(rb) != NTFS_ATTR_FILE_NAME || rbeg > rend || rend > rsize ||
+  const ntfs_idxroot *ir = (const ntfs_idxroot *)rb;
+  size_t rsize = (size_t)root->size, recsize = tb_get_le32(ir->idxalloc_size_b);
+  /* the entries' offsets count from the list header */
+  size_t rbeg = offsetof(ntfs_idxroot, list) + (size_t)tb_get_le32(ir->list.begin_off),
+         rend = offsetof(ntfs_idxroot, list) + (size_t)tb_get_le32(ir->list.seqend_off);
+  if (tb_get_le32(ir->type) != NTFS_ATYPE_FNAME || rbeg > rend || rend > rsize ||
       recsize < NTFS_SECTOR || recsize > 65536 || (recsize & (recsize - 1)))
     return false;
   bool ok = ntfs_index_entries(x, rb, rbeg, rend);
@@ -441,12 +457,14 @@ static bool ntfs_read_index(struct ntfs_dir_read *x, TSK_FS_FILE *dm, bool *fall
     if (tbi_past_deadline(ins) ||
         tsk_fs_attr_read(alloc, (TSK_OFF_T)(b * recsize), (char *)rec, recsize,
                          TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)recsize ||
-        memcmp(rec, "INDX", 4) != 0 || !ntfs_fixup(rec, recsize)) {
+        tb_get_le32(((const ntfs_idxrec *)rec)->magic) != NTFS_IDXREC_MAGIC ||
+        !ntfs_fixup(rec, recsize)) {
       ok = false;
       break;
     }
-    size_t beg = 0x18 + (size_t)tb_get_le32(rec + 0x18),
-           end = 0x18 + (size_t)tb_get_le32(rec + 0x1C);
+    const ntfs_idxelist *l = &((const ntfs_idxrec *)rec)->list;
+    size_t beg = offsetof(ntfs_idxrec, list) + (size_t)tb_get_le32(l->begin_off),
+           end = offsetof(ntfs_idxrec, list) + (size_t)tb_get_le32(l->seqend_off);
     ok = beg <= end && end <= recsize && ntfs_index_entries(x, rec, beg, end);
   }
   free(bits);

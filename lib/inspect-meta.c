@@ -10,6 +10,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,18 @@
  *             the raw directory entry (FAT in UTC like the kernel with no
  *             tz= option, exFAT with its recorded UTC offset). */
 
-#define EXT_XATTR_MAGIC 0xEA020000u
+/* ext inodes and extended attributes are read with libtsk's definitions
+ * (tsk_ext2fs.h: ext2fs_inode, ext2fs_ea_header, ext2fs_ea_entry), at the
+ * kernel's offsets, which these hold them to. */
+#define EXT_IFIELD(f) offsetof(ext2fs_inode, f)
+#define EXT_OLD_ISIZE EXT_IFIELD(i_extra_isize) /* 128: where the extra fields begin */
+#define EXT_EA_ENTRY_HDR offsetof(ext2fs_ea_entry, name)
+_Static_assert(EXT_OLD_ISIZE == 128 && EXT_IFIELD(i_block) == 40 && EXT_IFIELD(i_file_acl) == 104,
+               "ext2fs_inode: the kernel's layout");
+_Static_assert(EXT_IFIELD(f1) == 118, "ext2fs_inode: f1 is the kernel's l_i_file_acl_high");
+_Static_assert(EXT_IFIELD(i_crtime_extra) == 148, "ext2fs_inode: i_crtime_extra at 148");
+_Static_assert(offsetof(ext2fs_ea_header, entry) == 32 && EXT_EA_ENTRY_HDR == 16,
+               "ext2fs_ea_header/entry: the kernel's layout");
 #define REPARSE_MOUNT_POINT 0xA0000003u
 #define REPARSE_SYMLINK 0xA000000Cu
 
@@ -110,22 +122,24 @@ static void ext_xattr_entries(const unsigned char *base, size_t base_len, const 
                               size_t len, xattr_fn fn, void *ctx)
 {
   size_t p = 0;
-  for (int guard = 0; p + 16 <= len && guard < 4096; guard++) {
-    const unsigned char *e = ents + p;
-    if (tb_get_le32(e) == 0)
+  for (int guard = 0; p + EXT_EA_ENTRY_HDR <= len && guard < 4096; guard++) {
+    const ext2fs_ea_entry *e = (const ext2fs_ea_entry *)(ents + p);
+    if (tb_get_le32(ents + p) == 0) /* the four zero bytes that end the entries */
       break;
-    unsigned nlen = e[0];
-    uint32_t voff = tb_get_le16(e + 2), vinum = tb_get_le32(e + 4), vsize = tb_get_le32(e + 8);
-    if (p + 16 + nlen > len)
+    unsigned nlen = e->nlen;
+    uint32_t voff = tb_get_le16(e->val_off), vinum = tb_get_le32(e->val_blk),
+             vsize = tb_get_le32(e->val_size);
+    if (p + EXT_EA_ENTRY_HDR + nlen > len)
       break;
-    const char *prefix = ext_xattr_prefix(e[1]);
+    const char *prefix = ext_xattr_prefix(e->nidx);
     if (prefix && vinum == 0 && vsize <= TB_XATTR_MAX && voff <= base_len &&
         vsize <= base_len - voff) {
       char name[300];
-      snprintf(name, sizeof name, "%s%.*s", prefix, (int)nlen, (const char *)e + 16);
+      snprintf(name, sizeof name, "%s%.*s", prefix, (int)nlen,
+               (const char *)ents + p + EXT_EA_ENTRY_HDR);
       fn(ctx, name, base + voff, vsize);
     }
-    p += (16 + nlen + 3) & ~(size_t)3;
+    p += (EXT_EA_ENTRY_HDR + nlen + 3) & ~(size_t)3;
   }
 }
 
@@ -133,20 +147,25 @@ static void ext_xattr_entries(const unsigned char *base, size_t base_len, const 
  * after i_extra_isize, then the xattr block (i_file_acl). */
 void tbi_ext_xattrs(struct vol *v, const unsigned char *ino, uint32_t isz, xattr_fn fn, void *ctx)
 {
-  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
-  if (extra && 128 + extra + 4 <= isz && tb_get_le32(ino + 128 + extra) == EXT_XATTR_MAGIC) {
-    const unsigned char *first = ino + 128 + extra + 4;
-    size_t n = isz - (128 + extra + 4);
+  const ext2fs_inode *in = (const ext2fs_inode *)ino;
+  uint32_t extra = isz > EXT_OLD_ISIZE ? tb_get_le16(in->i_extra_isize) : 0;
+  /* In the inode: the magic after the extra fields, then the entries. */
+  if (extra && EXT_OLD_ISIZE + extra + 4 <= isz &&
+      tb_get_le32(ino + EXT_OLD_ISIZE + extra) == EXT2_EA_MAGIC) {
+    const unsigned char *first = ino + EXT_OLD_ISIZE + extra + 4;
+    size_t n = isz - (EXT_OLD_ISIZE + extra + 4);
     ext_xattr_entries(first, n, first, n, fn, ctx);
   }
-  uint64_t blk = tb_get_le32(ino + 104) | (uint64_t)tb_get_le16(ino + 118) << 32;
+  uint64_t blk = tb_get_le32(in->i_file_acl) | (uint64_t)tb_get_le16(in->f1) << 32;
   uint32_t bs = v->fs->block_size;
   if (blk == 0 || blk > v->fs->last_block || bs < 1024 || bs > 65536)
     return;
   unsigned char *b = malloc(bs);
-  if (b && tbi_raw_read(v, blk * bs, b, bs) && tb_get_le32(b) == EXT_XATTR_MAGIC &&
-      tb_get_le32(b + 8) == 1)
-    ext_xattr_entries(b, bs, b + 32, bs - 32, fn, ctx);
+  const ext2fs_ea_header *h = (const ext2fs_ea_header *)b;
+  if (b && tbi_raw_read(v, blk * bs, b, bs) && tb_get_le32(h->magic) == EXT2_EA_MAGIC &&
+      tb_get_le32(h->blocks) == 1)
+    ext_xattr_entries(b, bs, b + offsetof(ext2fs_ea_header, entry),
+                      bs - offsetof(ext2fs_ea_header, entry), fn, ctx);
   free(b);
 }
 
@@ -156,8 +175,9 @@ static int64_t ext_time(const unsigned char *ino, uint32_t isz, unsigned off, un
                         uint32_t *ns)
 {
   int64_t t = (int32_t)tb_get_le32(ino + off);
-  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
-  if (xoff && 128 + extra >= xoff + 4 && xoff + 4 <= isz) {
+  uint32_t extra =
+      isz > EXT_OLD_ISIZE ? tb_get_le16(((const ext2fs_inode *)ino)->i_extra_isize) : 0;
+  if (xoff && EXT_OLD_ISIZE + extra >= xoff + 4 && xoff + 4 <= isz) {
     uint32_t x = tb_get_le32(ino + xoff);
     t += (int64_t)(x & 3) << 32;
     if (ns)
@@ -186,14 +206,15 @@ static void ext_fix(struct tb_inspect *ins, struct vol *v, struct tb_istat *st)
     st->ctime = (int32_t)(uint32_t)st->ctime;
     return;
   }
-  st->atime = ext_time(ino, isz, 8, 140, &st->atime_ns);
-  st->ctime = ext_time(ino, isz, 12, 132, &st->ctime_ns);
-  st->mtime = ext_time(ino, isz, 16, 136, &st->mtime_ns);
-  uint32_t extra = isz > 128 ? tb_get_le16(ino + 128) : 0;
-  if (128 + extra >= 148)
-    st->crtime = ext_time(ino, isz, 144, 148, NULL);
+  const ext2fs_inode *in = (const ext2fs_inode *)ino;
+  st->atime = ext_time(ino, isz, EXT_IFIELD(i_atime), EXT_IFIELD(i_atime_extra), &st->atime_ns);
+  st->ctime = ext_time(ino, isz, EXT_IFIELD(i_ctime), EXT_IFIELD(i_ctime_extra), &st->ctime_ns);
+  st->mtime = ext_time(ino, isz, EXT_IFIELD(i_mtime), EXT_IFIELD(i_mtime_extra), &st->mtime_ns);
+  uint32_t extra = isz > EXT_OLD_ISIZE ? tb_get_le16(in->i_extra_isize) : 0;
+  if (EXT_OLD_ISIZE + extra >= EXT_IFIELD(i_crtime_extra))
+    st->crtime = ext_time(ino, isz, EXT_IFIELD(i_crtime), EXT_IFIELD(i_crtime_extra), NULL);
   if (st->type == TB_FT_CHR || st->type == TB_FT_BLK) {
-    uint32_t b0 = tb_get_le32(ino + 40), b1 = tb_get_le32(ino + 44);
+    uint32_t b0 = tb_get_le32(in->i_block[0]), b1 = tb_get_le32(in->i_block[1]);
     if (b0) {
       st->rdev_major = (b0 >> 8) & 0xff;
       st->rdev_minor = b0 & 0xff;

@@ -1,0 +1,408 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* Unit tests of the record-geometry parsers of lib/inspect-geom.c (issue 17
+ * §4, §6) on records built by hand in a buffer, byte by byte at the offsets
+ * of the kernel's layout (so they also check libtsk's definitions the
+ * parsers read them with):
+ *
+ *   ext          the superblock and the group descriptors: where each
+ *                group's inode table lies, 32-byte descriptors and 64bit
+ *                ones (the table's high 32 bits), revision 0's 128-byte
+ *                inodes, a volume that does not start at byte 0; refused:
+ *                no magic, meta_bg, an inode size that is not a power of
+ *                two, no inodes per group, a table past the volume, a bad
+ *                descriptor size
+ *   inode place  tbi_ext_inode_off over that geometry (group, slot)
+ *   extents      geom_finish: sorted, disjoint, inside the volume;
+ *                tbi_geom_covers: a table that grew keeps the base's records
+ *   NTFS         the boot sector's cluster and MFT record sizes, both
+ *                encodings of each, and what is refused
+ *   ext inodes   lib/inspect-meta.c's raw-inode fields: times with ext4's
+ *                epoch bits and nanoseconds only where i_extra_isize covers
+ *                them, in-inode extended attributes (prefixes, values that
+ *                do not fit, the end of the entries)
+ *
+ * The disk is tests/fuzz/buf-disk.h's buffer-backed tb_disk (zeros past the
+ * buffer, so a volume can be terabytes long), the parsers reached as the
+ * fuzzers reach them (tests/fuzz/inspect-all.h).
+ */
+#include "fuzz/inspect-all.h"
+#include "fuzz/buf-disk.h"
+
+#include <check.h>
+
+static unsigned char img[64 << 10];
+
+static void put16(size_t off, uint16_t v)
+{
+  img[off] = v & 0xff;
+  img[off + 1] = v >> 8;
+}
+
+static void put32(size_t off, uint32_t v)
+{
+  for (int i = 0; i < 4; i++)
+    img[off + i] = (v >> (8 * i)) & 0xff;
+}
+
+/* An ext superblock at VO + 1024: INODES inodes, IPG a group, 1 KiB << LOGBS
+ * blocks, the first data block FDB, revision 1 with ISZ-byte inodes. */
+static void ext_sb(size_t vo, uint32_t inodes, uint32_t ipg, uint32_t logbs, uint32_t fdb,
+                   uint16_t isz, uint32_t incompat)
+{
+  memset(img, 0, sizeof img);
+  size_t sb = vo + 1024;
+  put32(sb + 0, inodes);
+  put32(sb + 20, fdb);
+  put32(sb + 24, logbs);
+  put32(sb + 40, ipg);
+  put16(sb + 56, 0xEF53);
+  put32(sb + 76, 1);
+  put16(sb + 88, isz);
+  put32(sb + 96, incompat);
+}
+
+static int ext_parse(uint64_t vo, uint64_t vlen, struct geom *g)
+{
+  struct buf b = {img, sizeof img};
+  struct tb_disk *disk = tb_disk_new(vo + vlen, buf_read, NULL, &b, "unit");
+  ck_assert_ptr_nonnull(disk);
+  struct tb_volume vol = {.offset = vo, .length = vlen};
+  memset(g, 0, sizeof *g);
+  int r = ext_geometry(disk, &vol, g);
+  if (r == 0)
+    r = geom_finish(g, &vol);
+  tb_disk_unref(disk);
+  return r;
+}
+
+START_TEST(test_ext_groups)
+{
+  /* 1 KiB blocks, data from block 1: descriptors in block 2 (byte 2048);
+   * 2 groups of 16 inodes of 256 bytes, tables at blocks 10 and 30. */
+  size_t vo = 4096;
+  ext_sb(vo, 32, 16, 0, 1, 256, 0);
+  put32(vo + 2048 + 8, 10);
+  put32(vo + 2048 + 32 + 8, 30);
+  struct geom g;
+  ck_assert_int_eq(ext_parse(vo, 1 << 20, &g), 0);
+  ck_assert_int_eq(g.kind, GEOM_EXT);
+  ck_assert_uint_eq(g.rec, 256);
+  ck_assert_uint_eq(g.first, 1);
+  ck_assert_uint_eq(g.n, 2);
+  ck_assert_uint_eq(g.v[0].off, vo + 10 * 1024);
+  ck_assert_uint_eq(g.v[0].len, 16 * 256);
+  ck_assert_uint_eq(g.v[0].foff, 0);
+  ck_assert_uint_eq(g.v[1].off, vo + 30 * 1024);
+  ck_assert_uint_eq(g.v[1].foff, 16 * 256);
+  ck_assert(tbi_geom_covers(&g, &g));
+  tbi_geom_free(&g);
+
+  /* Revision 0: 128-byte inodes whatever s_inode_size says. */
+  ext_sb(vo, 32, 16, 0, 1, 999, 0);
+  put32(vo + 1024 + 76, 0);
+  put32(vo + 2048 + 8, 10);
+  put32(vo + 2048 + 32 + 8, 30);
+  ck_assert_int_eq(ext_parse(vo, 1 << 20, &g), 0);
+  ck_assert_uint_eq(g.rec, 128);
+  ck_assert_uint_eq(g.v[1].len, 16 * 128);
+  tbi_geom_free(&g);
+}
+END_TEST
+
+START_TEST(test_ext_64bit)
+{
+  /* 4 KiB blocks, 64bit with 64-byte descriptors in block 1: group 1's
+   * table lies past 2^32 blocks (16 TiB into a 32 TiB volume). */
+  ext_sb(0, 64, 32, 2, 0, 256, 0x80);
+  put16(1024 + 254, 64);
+  put32(4096 + 8, 5);
+  put32(4096 + 64 + 8, 7);
+  put32(4096 + 64 + 0x28, 1);
+  struct geom g;
+  ck_assert_int_eq(ext_parse(0, 32ull << 40, &g), 0);
+  ck_assert_uint_eq(g.n, 2);
+  ck_assert_uint_eq(g.v[0].off, 5 * 4096);
+  ck_assert_uint_eq(g.v[1].off, ((1ull << 32) + 7) * 4096);
+  ck_assert_uint_eq(g.v[1].foff, 32 * 256);
+  tbi_geom_free(&g);
+
+  /* Without 64bit the same descriptors are 32 bytes: the high half is not
+   * read (and group 1 is the second 32 bytes). */
+  put32(1024 + 96, 0);
+  put32(4096 + 32 + 8, 9);
+  ck_assert_int_eq(ext_parse(0, 32ull << 40, &g), 0);
+  ck_assert_uint_eq(g.v[1].off, 9 * 4096);
+  tbi_geom_free(&g);
+
+  /* A descriptor size that is not a power of two, or below 32. */
+  put32(1024 + 96, 0x80);
+  put16(1024 + 254, 48);
+  ck_assert_int_eq(ext_parse(0, 32ull << 40, &g), -1);
+  tbi_geom_free(&g);
+  put16(1024 + 254, 16);
+  ck_assert_int_eq(ext_parse(0, 32ull << 40, &g), -1);
+  tbi_geom_free(&g);
+}
+END_TEST
+
+START_TEST(test_ext_refused)
+{
+  struct geom g;
+  static const struct {
+    uint32_t inodes, ipg, incompat;
+    uint16_t isz, magic;
+    uint32_t table; /* group 0's table block */
+  } bad[] = {
+      {32, 16, 0, 256, 0xEF54, 10},    /* no magic */
+      {32, 16, 0x10, 256, 0xEF53, 10}, /* meta_bg */
+      {32, 16, 0, 200, 0xEF53, 10},    /* inode size not a power of two */
+      {32, 16, 0, 64, 0xEF53, 10},     /* smaller than 128 */
+      {32, 0, 0, 256, 0xEF53, 10},     /* no inodes per group */
+      {0, 16, 0, 256, 0xEF53, 10},     /* no inodes */
+      {32, 16, 0, 256, 0xEF53, 1021},  /* table past the 1 MiB volume */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    ext_sb(0, bad[i].inodes, bad[i].ipg, 0, 1, bad[i].isz, bad[i].incompat);
+    put16(1024 + 56, bad[i].magic);
+    put32(2048 + 8, bad[i].table);
+    put32(2048 + 32 + 8, 30);
+    ck_assert_msg(ext_parse(0, 1 << 20, &g) == -1, "case %zu accepted", i);
+    tbi_geom_free(&g);
+  }
+  /* A table that ends at the volume's end fits. */
+  ext_sb(0, 32, 16, 0, 1, 256, 0);
+  put32(2048 + 8, 1020);
+  put32(2048 + 32 + 8, 30);
+  ck_assert_int_eq(ext_parse(0, 1 << 20, &g), 0);
+  tbi_geom_free(&g);
+  /* A block size past 64 KiB; a volume too small to hold one. */
+  ext_sb(0, 32, 16, 7, 1, 256, 0);
+  ck_assert_int_eq(ext_parse(0, 1 << 20, &g), -1);
+  tbi_geom_free(&g);
+  ext_sb(0, 32, 16, 0, 1, 256, 0);
+  ck_assert_int_eq(ext_parse(0, 2048, &g), -1);
+  tbi_geom_free(&g);
+}
+END_TEST
+
+START_TEST(test_ext_inode_off)
+{
+  size_t vo = 8192;
+  ext_sb(vo, 32, 16, 0, 1, 256, 0);
+  put32(vo + 2048 + 8, 10);
+  put32(vo + 2048 + 32 + 8, 30);
+  struct buf b = {img, sizeof img};
+  struct tb_disk *disk = tb_disk_new(vo + (1 << 20), buf_read, NULL, &b, "unit");
+  ck_assert_ptr_nonnull(disk);
+  struct tb_inspect ins = {.disk = disk};
+  struct vol v = {.pub = {.offset = vo, .length = 1 << 20}};
+  uint64_t off;
+  uint32_t isz;
+  ck_assert(tbi_ext_inode_off(&ins, &v, 1, &off, &isz));
+  ck_assert_uint_eq(off, 10 * 1024); /* from the volume's start */
+  ck_assert_uint_eq(isz, 256);
+  ck_assert(tbi_ext_inode_off(&ins, &v, 16, &off, &isz));
+  ck_assert_uint_eq(off, 10 * 1024 + 15 * 256);
+  ck_assert(tbi_ext_inode_off(&ins, &v, 18, &off, &isz));
+  ck_assert_uint_eq(off, 30 * 1024 + 256);
+  ck_assert(!tbi_ext_inode_off(&ins, &v, 0, &off, &isz));
+  ck_assert(!tbi_ext_inode_off(&ins, &v, 33, &off, &isz));
+  tbi_geom_free(v.ext_geom);
+  free(v.ext_geom);
+  tb_disk_unref(disk);
+}
+END_TEST
+
+START_TEST(test_extents)
+{
+  struct tb_volume vol = {.offset = 1000, .length = 1000};
+  struct meta_extent ok[] = {{1500, 100, 100}, {1000, 100, 0}, {1900, 100, 200}};
+  struct geom g = {.kind = GEOM_EXT, .rec = 10, .first = 1, .v = ok, .n = 3, .cap = 3};
+  ck_assert_int_eq(geom_finish(&g, &vol), 0);
+  ck_assert_uint_eq(g.v[0].off, 1000); /* sorted */
+  ck_assert_uint_eq(g.v[2].off, 1900);
+  struct meta_extent overlap[] = {{1000, 200, 0}, {1100, 100, 200}};
+  g.v = overlap, g.n = 2;
+  ck_assert_int_eq(geom_finish(&g, &vol), -1);
+  struct meta_extent outside[][1] = {{{900, 200, 0}}, {{1950, 100, 0}}, {{1000, 1001, 0}}};
+  for (size_t i = 0; i < 3; i++) {
+    g.v = outside[i], g.n = 1;
+    ck_assert_int_eq(geom_finish(&g, &vol), -1);
+  }
+
+  /* The live table grew after the base's: it covers the base's records
+   * where the base has them, not once a record moved. */
+  struct meta_extent base[] = {{1000, 100, 0}};
+  struct meta_extent grown[] = {{1000, 100, 0}, {1500, 100, 100}};
+  struct meta_extent moved[] = {{1010, 100, 0}};
+  struct geom bg = {.kind = GEOM_NTFS, .rec = 10, .v = base, .n = 1};
+  struct geom lg = {.kind = GEOM_NTFS, .rec = 10, .v = grown, .n = 2};
+  ck_assert(tbi_geom_covers(&lg, &bg));
+  ck_assert(!tbi_geom_covers(&bg, &lg));
+  lg.v = moved, lg.n = 1;
+  ck_assert(!tbi_geom_covers(&lg, &bg));
+  lg.v = base, lg.rec = 20;
+  ck_assert(!tbi_geom_covers(&lg, &bg));
+}
+END_TEST
+
+/* An NTFS boot sector: BPS bytes a sector, SPC sectors a cluster (the byte
+ * as written), C clusters an MFT record (the signed byte). */
+static const ntfs_sb *ntfs_boot(const char *oem, uint16_t bps, uint8_t spc, int8_t c)
+{
+  memset(img, 0, 512);
+  memcpy(img + 3, oem, 8);
+  put16(11, bps);
+  img[13] = spc;
+  img[0x40] = (unsigned char)c;
+  put16(510, 0xAA55);
+  return (const ntfs_sb *)img;
+}
+
+START_TEST(test_ntfs_boot)
+{
+  uint64_t cluster = 0;
+  ck_assert_uint_eq(ntfs_record_size(ntfs_boot("NTFS    ", 512, 8, -10), &cluster), 1024);
+  ck_assert_uint_eq(cluster, 4096);
+  ck_assert_uint_eq(ntfs_record_size(ntfs_boot("NTFS    ", 512, 2, 4), &cluster), 4096);
+  ck_assert_uint_eq(cluster, 1024);
+  /* 0xF4 and up: 2^(256-n) sectors (0xF7: 512 sectors of 512 bytes). */
+  ck_assert_uint_eq(ntfs_record_size(ntfs_boot("NTFS    ", 512, 0xF7, -12), &cluster), 4096);
+  ck_assert_uint_eq(cluster, 256 << 10);
+  ck_assert_uint_eq(ntfs_record_size(ntfs_boot("NTFS    ", 4096, 1, 1), &cluster), 4096);
+
+  static const struct {
+    const char *oem;
+    uint16_t bps;
+    uint8_t spc;
+    int8_t c;
+  } bad[] = {
+      {"EXFAT   ", 512, 8, -10}, {"NTFS   \0", 512, 8, -10},   /* not NTFS */
+      {"NTFS    ", 100, 8, -10}, {"NTFS    ", 8192, 1, -10},   /* sector sizes */
+      {"NTFS    ", 768, 8, -10},                               /* not a power of two */
+      {"NTFS    ", 512, 0, -10}, {"NTFS    ", 512, 0x81, -10}, /* no cluster */
+      {"NTFS    ", 512, 8, -7},  {"NTFS    ", 512, 8, -17},    /* 128 B, 128 KiB records */
+      {"NTFS    ", 512, 8, 0},   {"NTFS    ", 512, 128, 2},    /* 0 B, 128 KiB */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+    ck_assert_msg(
+        ntfs_record_size(ntfs_boot(bad[i].oem, bad[i].bps, bad[i].spc, bad[i].c), &cluster) == 0,
+        "case %zu accepted", i);
+}
+END_TEST
+
+/* An inode (up to 1 KiB) in img with i_extra_isize EXTRA. */
+static unsigned char *ext_inode(uint16_t extra)
+{
+  memset(img, 0, 1024);
+  put16(128, extra);
+  return img;
+}
+
+START_TEST(test_ext_times)
+{
+  unsigned char *ino = ext_inode(32);
+  put32(16, 0x80000000u);            /* i_mtime: -2^31 as a signed 32-bit time */
+  put32(136, (123456789u << 2) | 1); /* i_mtime_extra: epoch bit 1, nanoseconds */
+  put32(144, 1000);                  /* i_crtime */
+  put32(148, (999999999u + 1) << 2); /* i_crtime_extra: nanoseconds out of range */
+  uint32_t ns = 7;
+  ck_assert_int_eq(ext_time(ino, 256, 16, 136, &ns), (int64_t)1 << 31); /* 2038, not 1901 */
+  ck_assert_uint_eq(ns, 123456789);
+  ck_assert_int_eq(ext_time(ino, 256, 144, 148, &ns), 1000);
+  ck_assert_uint_eq(ns, 0);
+  /* Extra fields the inode does not have are not read: the plain time. */
+  ns = 7;
+  ck_assert_int_eq(ext_time(ino, 128, 16, 136, &ns), -((int64_t)1 << 31));
+  ck_assert_uint_eq(ns, 7);
+  put16(128, 4); /* i_extra_isize covers only i_checksum_hi */
+  ck_assert_int_eq(ext_time(ino, 256, 16, 136, &ns), -((int64_t)1 << 31));
+  ck_assert_uint_eq(ns, 7);
+}
+END_TEST
+
+struct seen_xattrs {
+  char names[4][64];
+  char values[4][16];
+  size_t n;
+};
+
+static void seen_xattr(void *ctx, const char *name, const unsigned char *val, size_t len)
+{
+  struct seen_xattrs *x = ctx;
+  ck_assert_uint_lt(x->n, 4);
+  snprintf(x->names[x->n], sizeof x->names[0], "%s", name);
+  snprintf(x->values[x->n], sizeof x->values[0], "%.*s", (int)len, (const char *)val);
+  x->n++;
+}
+
+/* An xattr entry at OFF: name index IDX, NAME, the value at VOFF (from the
+ * first entry) of VSIZE bytes.  Returns the next entry's offset. */
+static size_t ea_entry(size_t off, unsigned idx, const char *name, uint16_t voff, uint32_t vsize)
+{
+  size_t nlen = strlen(name);
+  img[off] = (unsigned char)nlen;
+  img[off + 1] = (unsigned char)idx;
+  put16(off + 2, voff);
+  put32(off + 4, 0);
+  put32(off + 8, vsize);
+  memcpy(img + off + 16, name, nlen);
+  return off + ((16 + nlen + 3) & ~(size_t)3);
+}
+
+START_TEST(test_ext_xattrs)
+{
+  unsigned char *ino = ext_inode(32); /* of 512 bytes */
+  size_t first = 128 + 32 + 4;        /* after the extra fields and the magic */
+  put32(128 + 32, 0xEA020000u);
+  size_t e = ea_entry(first, 1, "test", 200, 3); /* user.test = abc */
+  e = ea_entry(e, 6, "selinux", 203, 4);         /* security.selinux = ctx0 */
+  e = ea_entry(e, 99, "odd", 200, 3);            /* no such prefix: left out */
+  e = ea_entry(e, 1, "big", 204, 200);           /* past the inode: left out */
+  memcpy(img + first + 200, "abcctx0", 7);
+  ck_assert_uint_lt(e, first + 200);     /* four zero bytes end the entries */
+  TSK_FS_INFO fs = {.block_size = 4096}; /* no xattr block (i_file_acl 0) */
+  struct vol v = {.fs = &fs};
+  struct seen_xattrs x = {0};
+  tbi_ext_xattrs(&v, ino, 512, seen_xattr, &x);
+  ck_assert_uint_eq(x.n, 2);
+  ck_assert_str_eq(x.names[0], "user.test");
+  ck_assert_str_eq(x.values[0], "abc");
+  ck_assert_str_eq(x.names[1], "security.selinux");
+  ck_assert_str_eq(x.values[1], "ctx0");
+  /* No magic, or i_extra_isize reaching past the inode: none. */
+  put32(128 + 32, 0xEA020001u);
+  x.n = 0;
+  tbi_ext_xattrs(&v, ino, 512, seen_xattr, &x);
+  ck_assert_uint_eq(x.n, 0);
+  put32(128 + 32, 0xEA020000u);
+  put16(128, 400);
+  tbi_ext_xattrs(&v, ino, 512, seen_xattr, &x);
+  ck_assert_uint_eq(x.n, 0);
+}
+END_TEST
+
+static Suite *geometry_suite(void)
+{
+  Suite *s = suite_create("geometry");
+  TCase *tc = tcase_create("geometry");
+  tcase_add_test(tc, test_ext_groups);
+  tcase_add_test(tc, test_ext_64bit);
+  tcase_add_test(tc, test_ext_refused);
+  tcase_add_test(tc, test_ext_inode_off);
+  tcase_add_test(tc, test_extents);
+  tcase_add_test(tc, test_ntfs_boot);
+  tcase_add_test(tc, test_ext_times);
+  tcase_add_test(tc, test_ext_xattrs);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void)
+{
+  SRunner *sr = srunner_create(geometry_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
