@@ -1149,10 +1149,14 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     return tb_error("state_dir: expected an absolute path, got \"%s\"", cfg->state_dir);
   long long bs = TB_DEFAULT_BLOCK_SIZE;
   json_t *bsv = json_object_get(root, "block_size");
-  if (bsv &&
-      (!json_is_integer(bsv) || !tb_is_pow2((uint64_t)json_integer_value(bsv)) ||
-       json_integer_value(bsv) < TB_MIN_BLOCK_SIZE || json_integer_value(bsv) > TB_MAX_BLOCK_SIZE))
-    return bad("block_size", "a power of two from 512 to 1048576", bsv);
+  if (bsv && (!json_is_integer(bsv) || !tb_is_pow2((uint64_t)json_integer_value(bsv)) ||
+              json_integer_value(bsv) < TB_MIN_BLOCK_SIZE ||
+              json_integer_value(bsv) > TB_MAX_BLOCK_SIZE)) {
+    char what[64];
+    snprintf(what, sizeof what, "a power of two from %d to %d", TB_MIN_BLOCK_SIZE,
+             TB_MAX_BLOCK_SIZE);
+    return bad("block_size", what, bsv);
+  }
   if (bsv)
     bs = json_integer_value(bsv);
   cfg->block_size = (uint32_t)bs;
@@ -1262,7 +1266,7 @@ static int apply_defaults(struct tb_config *cfg)
       return -1;
   }
   if (!cfg->events_max_bytes)
-    cfg->events_max_bytes = 16 * 1024 * 1024;
+    cfg->events_max_bytes = TB_EVENTS_DEFAULT_MAX;
   if (!cfg->events_keep)
     cfg->events_keep = TB_EVENTS_DEFAULT_KEEP;
   if (!cfg->metrics_interval_ms)

@@ -37,7 +37,7 @@ static unsigned keep_gens = TB_EVENTS_DEFAULT_KEEP;
 
 void tb_events_set_max_bytes(uint64_t max)
 {
-  if (max >= 4096)
+  if (max >= TB_EVENTS_MIN_MAX)
     __atomic_store_n(&max_bytes, max, __ATOMIC_RELAXED);
 }
 

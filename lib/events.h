@@ -27,11 +27,13 @@
 #include "util.h"
 
 #define TB_EVENTS_DEFAULT_MAX (16 * 1024 * 1024)
+#define TB_EVENTS_MIN_MAX 4096 /* a smaller rotation size is ignored */
 #define TB_EVENTS_DEFAULT_KEEP 5
 #define TB_EVENTS_MAX_KEEP 100
 #define TB_REFUSAL_INTERVAL_MS 60000
 
-/* Set the rotation size for this process (default TB_EVENTS_DEFAULT_MAX). */
+/* Set the rotation size for this process (default TB_EVENTS_DEFAULT_MAX, at
+ * least TB_EVENTS_MIN_MAX). */
 void tb_events_set_max_bytes(uint64_t max);
 /* Set how many rotated generations (.1 ... .KEEP) are kept (1 to
  * TB_EVENTS_MAX_KEEP, default TB_EVENTS_DEFAULT_KEEP). */

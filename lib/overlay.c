@@ -64,7 +64,6 @@
 #include "overlay.h"
 #include "vector.h"
 
-#define HEADER_SIZE 4096
 #define MAGIC "TABULAOV"
 #define FORMAT_VERSION 2 /* what is created; format 1 (no map checksums) is still read */
 #define PAGE_BYTES 4096
@@ -167,7 +166,7 @@ static bool page_sealed(const uint8_t *page, uint64_t index)
 static void encode_header(uint8_t *h, const struct tb_overlay_info *info, uint64_t map_off,
                           uint64_t data_off)
 {
-  memset(h, 0, HEADER_SIZE);
+  memset(h, 0, TB_OVERLAY_HEADER_SIZE);
   memcpy(h + H_MAGIC, MAGIC, 8);
   tb_put_le32(h + H_FORMAT, FORMAT_VERSION);
   tb_put_le32(h + H_BLOCK_SIZE, info->block_size);
@@ -217,7 +216,7 @@ static int decode_header(const uint8_t *h, const char *path, uint64_t file_size,
       info->size > (UINT64_C(1) << 60) || !tb_name_valid(info->base.image))
     return tb_error("%s: overlay header has impossible values; move it aside", path);
   uint64_t nblocks = (info->size + bs - 1) / bs;
-  if (*map_off < HEADER_SIZE ||
+  if (*map_off < TB_OVERLAY_HEADER_SIZE ||
       *data_off < *map_off + map_bytes_for(nblocks, info->format_version) || *data_off % bs != 0)
     return tb_error("%s: overlay header has an impossible layout; move it aside", path);
   if (file_size < *data_off)
@@ -249,10 +248,10 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
                                  .created_ms = tb_now_ms(),
                                  .base = *base};
   uint64_t nblocks = (size + block_size - 1) / block_size;
-  uint64_t map_off = HEADER_SIZE;
+  uint64_t map_off = TB_OVERLAY_HEADER_SIZE;
   uint64_t data_off =
       (map_off + map_bytes_for(nblocks, FORMAT_VERSION) + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
-  CLEANUP_FREE uint8_t *h = calloc(1, HEADER_SIZE);
+  CLEANUP_FREE uint8_t *h = calloc(1, TB_OVERLAY_HEADER_SIZE);
   if (!h)
     return tb_error_errno("creating overlay %s", path);
   encode_header(h, &info, map_off, data_off);
@@ -266,7 +265,7 @@ int tb_overlay_create(const char *path, uint64_t size, uint32_t block_size,
   CLEANUP_CLOSE int fd = mkostemp(tmp, O_CLOEXEC);
   if (fd == -1)
     return tb_error_errno("cannot create overlay %s", tmp);
-  if (tb_pwrite_full(fd, h, HEADER_SIZE, 0) == -1 ||
+  if (tb_pwrite_full(fd, h, TB_OVERLAY_HEADER_SIZE, 0) == -1 ||
       ftruncate(fd, (off_t)(data_off + nblocks * block_size)) == -1 || fsync(fd) == -1) {
     tb_error_errno("cannot write overlay %s", tmp);
     unlink(tmp);
@@ -288,17 +287,17 @@ int tb_overlay_read_info(const char *path, struct tb_overlay_info *info)
   CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd == -1)
     return tb_error_errno("cannot open overlay %s", path);
-  CLEANUP_FREE uint8_t *h = calloc(1, HEADER_SIZE);
+  CLEANUP_FREE uint8_t *h = calloc(1, TB_OVERLAY_HEADER_SIZE);
   if (!h)
     return tb_error_errno("reading %s", path);
   struct stat st;
   if (fstat(fd, &st) == -1)
     return tb_error_errno("cannot stat %s", path);
-  if ((uint64_t)st.st_size < HEADER_SIZE)
+  if ((uint64_t)st.st_size < TB_OVERLAY_HEADER_SIZE)
     return tb_error("%s: overlay file is truncated (%lld bytes, shorter than its header); move it "
                     "aside or roll the client back",
                     path, (long long)st.st_size);
-  if (tb_pread_full(fd, h, HEADER_SIZE, 0) == -1)
+  if (tb_pread_full(fd, h, TB_OVERLAY_HEADER_SIZE, 0) == -1)
     return tb_error_errno("cannot read %s", path);
   uint64_t map_off, data_off;
   return decode_header(h, path, (uint64_t)st.st_size, info, &map_off, &data_off);
@@ -469,9 +468,9 @@ struct tb_overlay *tb_overlay_open(const char *path, const char *base_path,
     return NULL;
   }
   /* Re-read the header from the fd we keep, so the file cannot change between. */
-  CLEANUP_FREE uint8_t *h = malloc(HEADER_SIZE);
+  CLEANUP_FREE uint8_t *h = malloc(TB_OVERLAY_HEADER_SIZE);
   struct stat st;
-  if (!h || fstat(o->fd, &st) == -1 || tb_pread_full(o->fd, h, HEADER_SIZE, 0) == -1) {
+  if (!h || fstat(o->fd, &st) == -1 || tb_pread_full(o->fd, h, TB_OVERLAY_HEADER_SIZE, 0) == -1) {
     tb_error_errno("cannot read overlay %s", path);
     return NULL;
   }

@@ -19,6 +19,10 @@
 
 #include "util.h"
 
+/* The overlay file's header, its first bytes: an overlay file that has no
+ * more than this allocated has no data yet. */
+#define TB_OVERLAY_HEADER_SIZE 4096
+
 /* Block sizes an overlay can have (the configuration's "block_size" bounds). */
 #define TB_MIN_BLOCK_SIZE 512
 #define TB_MAX_BLOCK_SIZE (1024 * 1024)

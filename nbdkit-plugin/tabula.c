@@ -70,6 +70,10 @@
 #include "session.h"
 #include "store.h"
 
+/* A page: the least a handle tells nbdkit it prefers, and a raw version's
+ * block size (it has no overlay to have one). */
+#define PREFERRED_BLOCK_SIZE 4096
+
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
 /* ---- configuration ---------------------------------------------------------- */
@@ -438,7 +442,7 @@ static int open_raw(struct handle *h, const char *path, uint64_t *size)
   if (h->raw_fd == -1 || fstat(h->raw_fd, &st) == -1)
     return tb_error_errno("cannot open %s", path);
   *size = (uint64_t)st.st_size;
-  h->block_size = 4096;
+  h->block_size = PREFERRED_BLOCK_SIZE;
   return 0;
 }
 
@@ -768,7 +772,7 @@ static int tabula_block_size(void *handle, uint32_t *minimum, uint32_t *preferre
 {
   struct handle *h = handle;
   *minimum = 1; /* unaligned requests are handled (read-modify-write) */
-  *preferred = h->block_size < 4096 ? 4096 : h->block_size;
+  *preferred = h->block_size < PREFERRED_BLOCK_SIZE ? PREFERRED_BLOCK_SIZE : h->block_size;
   *maximum = 0xffffffff;
   return 0;
 }

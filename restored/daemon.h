@@ -163,7 +163,7 @@ struct client_counters {
 struct daemon {
   const char *config_file;
   struct tb_config *cfg;
-  char control_path[4096];
+  char control_path[TB_PATH_MAX];
   int64_t started_ms;
   int signal_fd;
   int listen_fd;

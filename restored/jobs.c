@@ -44,7 +44,7 @@
 struct job {
   struct job *next;
   struct merge_request req;
-  char state_dir[4096];
+  char state_dir[TB_PATH_MAX];
   struct tb_client_conf client; /* copied: the config may be reloaded meanwhile */
   struct tb_config *cfg;        /* a reference: the clients the new version is checked for */
   /* progress, read by jobs_status (under the lock) */
@@ -230,7 +230,8 @@ static int move_finish(const char *state, const struct tb_client_conf *c, const 
     return -1;
   debug_kill_point(1);
   struct stat st;
-  bool used = stat(overlay, &st) == 0 && (uint64_t)st.st_blocks * 512 > 4096;
+  bool used =
+      stat(overlay, &st) == 0 && (uint64_t)st.st_blocks * S_BLKSIZE > TB_OVERLAY_HEADER_SIZE;
   if (used && ni.session > 0 && access(retained, F_OK) == -1) {
     if (tb_mkdirs(sessions, true) == -1)
       return -1;
