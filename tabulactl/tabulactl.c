@@ -45,6 +45,7 @@
 #include "events.h"
 #include "progress.h"
 #include "store.h"
+#include "vector.h"
 
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
@@ -84,26 +85,23 @@ static int fail(const char *fmt, ...)
 
 /* A table: rows of cells, printed with columns padded to their widest cell. */
 #define MAX_COLS 12
+TB_VECTOR(cells, char *);
 struct table {
-  size_t ncols, nrows, cap;
-  char **cells; /* nrows * ncols */
+  size_t ncols, nrows;
+  struct cells cells; /* nrows * ncols */
 };
 
 static void table_row(struct table *t, ...)
 {
-  if (t->nrows == t->cap) {
-    t->cap = t->cap ? t->cap * 2 : 16;
-    t->cells = realloc(t->cells, t->cap * t->ncols * sizeof *t->cells);
-    if (!t->cells) {
-      perror(prog);
-      exit(EXIT_FAIL);
-    }
+  if (tb_vector_reserve(&t->cells, t->ncols) == -1) {
+    perror(prog);
+    exit(EXIT_FAIL);
   }
   va_list ap;
   va_start(ap, t);
   for (size_t i = 0; i < t->ncols; i++) {
     const char *s = va_arg(ap, const char *);
-    t->cells[t->nrows * t->ncols + i] = strdup(s ? s : "-");
+    t->cells.ptr[t->cells.len++] = strdup(s ? s : "-"); /* reserved above */
   }
   va_end(ap);
   t->nrows++;
@@ -111,11 +109,10 @@ static void table_row(struct table *t, ...)
 
 static void table_free(struct table *t)
 {
-  for (size_t i = 0; i < t->nrows * t->ncols; i++)
-    free(t->cells[i]);
-  free(t->cells);
-  t->cells = NULL;
-  t->nrows = t->cap = 0;
+  for (size_t i = 0; i < t->cells.len; i++)
+    free(t->cells.ptr[i]);
+  tb_vector_free(&t->cells);
+  t->nrows = 0;
 }
 
 static void table_print(struct table *t)
@@ -123,13 +120,13 @@ static void table_print(struct table *t)
   size_t width[MAX_COLS] = {0};
   for (size_t r = 0; r < t->nrows; r++)
     for (size_t c = 0; c < t->ncols; c++) {
-      size_t w = strlen(t->cells[r * t->ncols + c]);
+      size_t w = strlen(t->cells.ptr[r * t->ncols + c]);
       if (w > width[c])
         width[c] = w;
     }
   for (size_t r = 0; r < t->nrows; r++) {
     for (size_t c = 0; c < t->ncols; c++) {
-      const char *s = t->cells[r * t->ncols + c];
+      const char *s = t->cells.ptr[r * t->ncols + c];
       if (c + 1 == t->ncols)
         printf("%s\n", s);
       else
