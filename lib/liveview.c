@@ -78,6 +78,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "live.h"
 #include "liveview.h"
 #include "session.h"
@@ -672,7 +673,7 @@ int tb_liveview_peer_pread(struct tb_liveview_peer *p, bool dirty_only, void *bu
  * kept open), or -1. */
 static int base_fd_for(struct tb_liveview_peer *p, const struct tb_overlay_info *info)
 {
-  pthread_mutex_lock(&p->lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&p->lock);
   if (p->base_fd < 0 || strcmp(p->base_image, info->base.image) != 0 ||
       p->base_version != info->base.version) {
     char path[TB_PATH_MAX];
@@ -681,21 +682,17 @@ static int base_fd_for(struct tb_liveview_peer *p, const struct tb_overlay_info 
             0 &&
         (fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
       tb_error_errno("cannot open %s", path);
-    if (fd >= 0) {
-      if (p->base_fd >= 0)
-        close(p->base_fd);
-      p->base_fd = fd;
-      snprintf(p->base_image, sizeof p->base_image, "%s", info->base.image);
-      p->base_version = info->base.version;
-    } else {
-      pthread_mutex_unlock(&p->lock);
+    if (fd < 0)
       return -1;
-    }
+    if (p->base_fd >= 0)
+      close(p->base_fd);
+    p->base_fd = fd;
+    snprintf(p->base_image, sizeof p->base_image, "%s", info->base.image);
+    p->base_version = info->base.version;
   }
   int fd = fcntl(p->base_fd, F_DUPFD_CLOEXEC, 0);
   if (fd == -1)
     tb_error_errno("client %s: base %s@%u", p->id, info->base.image, info->base.version);
-  pthread_mutex_unlock(&p->lock);
   return fd;
 }
 

@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cleanup.h"
 #include "clientcheck.h"
 #include "daemon.h"
 #include "events.h"
@@ -429,6 +430,28 @@ int jobs_start(void)
   return 0;
 }
 
+/* Append J to the queue: -1 with a message when the queue is full or J's
+ * client has a merge queued or running. */
+static int enqueue(struct job *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&lock);
+  if (queued >= MAX_QUEUED)
+    return tb_error("%d merges are already queued; try again later", MAX_QUEUED);
+  for (struct job *q = queue; q; q = q->next)
+    if (strcmp(q->req.client, j->req.client) == 0 ||
+        (current && strcmp(current->req.client, j->req.client) == 0))
+      return tb_error("a merge of %s is already queued or running", j->req.client);
+  if (current && strcmp(current->req.client, j->req.client) == 0)
+    return tb_error("a merge of %s is already running", j->req.client);
+  struct job **tail = &queue;
+  while (*tail)
+    tail = &(*tail)->next;
+  *tail = j;
+  queued++;
+  pthread_cond_signal(&cond);
+  return 0;
+}
+
 int jobs_submit_merge(struct daemon *d, struct merge_request *req)
 {
   struct job *j = calloc(1, sizeof *j);
@@ -452,32 +475,9 @@ int jobs_submit_merge(struct daemon *d, struct merge_request *req)
   j->client.allow.nets = NULL;
   j->cfg = tb_config_ref(d->cfg);
   snprintf(j->phase, sizeof j->phase, "queued");
-  pthread_mutex_lock(&lock);
-  if (queued >= MAX_QUEUED) {
-    pthread_mutex_unlock(&lock);
-    job_free(j);
-    return tb_error("%d merges are already queued; try again later", MAX_QUEUED);
-  }
-  for (struct job *q = queue; q; q = q->next)
-    if (strcmp(q->req.client, j->req.client) == 0 ||
-        (current && strcmp(current->req.client, j->req.client) == 0)) {
-      pthread_mutex_unlock(&lock);
-      tb_error("a merge of %s is already queued or running", j->req.client);
-      job_free(j);
-      return -1;
-    }
-  if (current && strcmp(current->req.client, j->req.client) == 0) {
-    pthread_mutex_unlock(&lock);
-    tb_error("a merge of %s is already running", j->req.client);
+  if (enqueue(j) == -1) {
     job_free(j);
     return -1;
   }
-  struct job **tail = &queue;
-  while (*tail)
-    tail = &(*tail)->next;
-  *tail = j;
-  queued++;
-  pthread_cond_signal(&cond);
-  pthread_mutex_unlock(&lock);
   return 0;
 }
