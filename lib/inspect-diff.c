@@ -31,24 +31,27 @@ struct entries {
   size_t n, cap;
 };
 
+static int entries_oom(void)
+{
+  errno = ENOMEM;
+  return tb_error("out of memory comparing filesystems");
+}
+
 static int entries_add(struct entries *e, const char *path, const struct tb_istat *st, bool touched)
 {
   if (e->n == e->cap) {
     size_t cap = e->cap ? e->cap * 2 : 256;
     struct entry *v = realloc(e->v, cap * sizeof *v);
     if (!v)
-      goto oom;
+      return entries_oom();
     e->v = v;
     e->cap = cap;
   }
   char *p = strdup(path);
   if (!p)
-    goto oom;
+    return entries_oom();
   e->v[e->n++] = (struct entry){p, *st, touched, false};
   return 0;
-oom:
-  errno = ENOMEM;
-  return tb_error("out of memory comparing filesystems");
 }
 
 static void entries_free(struct entries *e)

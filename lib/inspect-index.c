@@ -106,28 +106,31 @@ static void shrink(void **p, size_t *cap, size_t n, size_t size)
   }
 }
 
+static int index_oom(void)
+{
+  errno = ENOMEM;
+  return tb_error("out of memory indexing a filesystem");
+}
+
 static int64_t add_node(struct ivol *iv, const char *name, uint32_t parent,
                         const struct tb_istat *st)
 {
   size_t nl = strlen(name) + 1;
   if (iv->n_nodes >= INDEX_MAX_NODES || iv->names_len + nl > UINT32_MAX)
-    goto oom;
+    return index_oom();
   struct inode_node *nodes = grow(iv->nodes, &iv->cap_nodes, iv->n_nodes + 1, sizeof *nodes);
   if (!nodes)
-    goto oom;
+    return index_oom();
   iv->nodes = nodes;
   char *names = grow(iv->names, &iv->names_cap, iv->names_len + nl, 1);
   if (!names)
-    goto oom;
+    return index_oom();
   iv->names = names;
   memcpy(names + iv->names_len, name, nl);
   nodes[iv->n_nodes] = (struct inode_node){
       .name = (uint32_t)iv->names_len, .parent = parent, .first_child = 0, .st = *st};
   iv->names_len += nl;
   return (int64_t)iv->n_nodes++;
-oom:
-  errno = ENOMEM;
-  return tb_error("out of memory indexing a filesystem");
 }
 
 struct ibuild {

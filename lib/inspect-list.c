@@ -177,6 +177,12 @@ static bool dir_add(struct cached_dir *d, size_t *cap, char *name, const struct 
   return true;
 }
 
+/* An ext directory entry (libtsk's ext2fs_dentry2, the kernel's
+ * ext2_dir_entry_2): its 8-byte header, then the name. */
+#define EXT_DENTRY_HDR offsetof(ext2fs_dentry2, name)
+_Static_assert(EXT_DENTRY_HDR == 8 && offsetof(ext2fs_dentry2, type) == 7,
+               "ext2fs_dentry2: the on-disk layout");
+
 static TSK_FS_NAME_TYPE_ENUM ext_name_type(unsigned ft)
 {
   static const TSK_FS_NAME_TYPE_ENUM map[] = {
@@ -207,25 +213,26 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
       break;
     }
     for (size_t idx = 0; ok && idx < bs;) {
-      if (idx + 8 > bs) {
+      if (idx + EXT_DENTRY_HDR > bs) {
         ok = false;
         break;
       }
-      uint32_t ino = tb_get_le32(blk + idx);
-      unsigned reclen = tb_get_le16(blk + idx + 4), nl = blk[idx + 6];
-      if (reclen < 8 || reclen % 4 || idx + reclen > bs ||
-          (ino && (nl == 0 || 8 + nl > reclen || ino > v->fs->last_inum))) {
+      const ext2fs_dentry2 *de = (const ext2fs_dentry2 *)(blk + idx);
+      uint32_t ino = tb_get_le32(de->inode);
+      unsigned reclen = tb_get_le16(de->rec_len), nl = de->name_len;
+      if (reclen < EXT_DENTRY_HDR || reclen % 4 || idx + reclen > bs ||
+          (ino && (nl == 0 || EXT_DENTRY_HDR + nl > reclen || ino > v->fs->last_inum))) {
         ok = false;
         break;
       }
       if (ino && d->n < TB_INSPECT_MAX_DIR_ENTRIES) {
         char raw[256];
-        memcpy(raw, blk + idx + 8, nl);
+        memcpy(raw, blk + idx + EXT_DENTRY_HDR, nl);
         raw[nl] = 0;
         TSK_FS_NAME nm = {.name = raw,
                           .meta_addr = ino,
                           .flags = TSK_FS_NAME_FLAG_ALLOC,
-                          .type = ext_name_type(blk[idx + 7])};
+                          .type = ext_name_type(de->type)};
         char *name = tbi_entry_name(&nm, &seen);
         struct tb_istat st = {.type = tbi_name_type(nm.type), .inum = ino, .nlink = 1};
         if (name && tbi_file_stat(ins, v, tsk_fs_file_open_meta(v->fs, NULL, ino), &nm, &st)) {
