@@ -88,6 +88,7 @@
 #include <tsk/fs/tsk_ntfs.h>
 
 #include "inspect.h"
+#include "ntfs-mft.h"
 
 /* ---- Limits ---- */
 #define DIR_CACHE_MAX 256 /* directories cached per volume */
@@ -132,6 +133,14 @@ struct vol {
   uint64_t fat_data_sect; /* FAT/exFAT: the sector libtsk's inode numbers count from */
   uint32_t fat_ssize, fat_per_sect;
   bool fat_tried;
+  /* NTFS: $MFT's geometry for our record reader (lib/ntfs-mft.c), from
+   * libtsk at the first listing; TB_NTFS_MFT's mode and what each reader
+   * stat'ed (inspect-meta.c). */
+  struct tb_ntfs_geom ntfs_geom;
+  struct tb_ntfs_run *ntfs_runs;
+  bool ntfs_tried, ntfs_ok;
+  enum { NTFS_MFT_OURS, NTFS_MFT_LIBTSK, NTFS_MFT_CHECK } ntfs_mode;
+  size_t ntfs_ours, ntfs_libtsk;
 };
 
 /* Changes found by a diff, before they are sorted and reported. */
@@ -326,7 +335,6 @@ void tbi_teardown(struct tb_inspect *ins);
 char *tbi_entry_name(const TSK_FS_NAME *nm, struct name_seen *seen);
 bool tbi_needs_triple_indirect(const struct vol *v, const TSK_FS_META *m, uint64_t size);
 bool tbi_size_plausible(const struct vol *v, const TSK_FS_META *m);
-void tbi_ntfs_name(const unsigned char *p, size_t units, char *out);
 void tbi_ntfs_names_free(struct ntfs_name *v, size_t n);
 bool tbi_ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
                          struct ntfs_name **out, size_t *n, bool *fallback);
@@ -350,6 +358,11 @@ bool tbi_raw_read(struct vol *v, uint64_t voff, void *buf, size_t len);
 void tbi_ext_xattrs(struct vol *v, const unsigned char *ino, uint32_t isz, xattr_fn fn, void *ctx);
 const TSK_FS_ATTR *tbi_ntfs_attr(TSK_FS_FILE *f, uint32_t type);
 ssize_t tbi_ntfs_link(TSK_FS_FILE *f, char *out, size_t size);
+bool tbi_ntfs_mft_setup(struct vol *v);
+int tbi_ntfs_rec_stat(struct vol *v, const unsigned char *rec, const TSK_FS_NAME *nm,
+                      struct tb_istat *st);
+void tbi_ntfs_mft_check(struct vol *v, const TSK_FS_NAME *nm, int ours, const struct tb_istat *a,
+                        bool keep, const struct tb_istat *b);
 void tbi_ntfs_streams(TSK_FS_FILE *f, xattr_fn fn, void *ctx);
 char *tbi_fat_long_name(struct vol *v, TSK_FS_FILE *dir, uint64_t inum, const char *name);
 bool tbi_fix_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm,

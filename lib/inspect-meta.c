@@ -10,6 +10,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,8 @@ _Static_assert(offsetof(ext2fs_ea_header, entry) == 32 && EXT_EA_ENTRY_HDR == 16
 
 void tbi_raw_free(struct vol *v)
 {
+  free(v->ntfs_runs);
+  v->ntfs_runs = NULL;
   if (v->ext_geom) {
     tbi_geom_free(v->ext_geom);
     free(v->ext_geom);
@@ -290,53 +293,67 @@ const TSK_FS_ATTR *tbi_ntfs_attr(TSK_FS_FILE *f, uint32_t type)
  * symlink (a system file holding "IntxLNK\1" and the UTF-16 target).
  * ntfs-3g shows absolute targets under its own mount point; the view keeps
  * them rooted at the volume (tabula-fuse(1)). */
+/* A reparse point's target from its content B (BLEN bytes), or -1. */
+static ssize_t ntfs_reparse_target(const unsigned char *b, size_t blen, char *out, size_t size)
+{
+  uint32_t tag = tb_get_le32(b);
+  size_t hdr = tag == REPARSE_SYMLINK ? 20 : tag == REPARSE_MOUNT_POINT ? 16 : 0;
+  if (!hdr || blen < hdr)
+    return -1;
+  size_t so = tb_get_le16(b + 8), sl = tb_get_le16(b + 10);
+  bool relative = tag == REPARSE_SYMLINK && (tb_get_le32(b + 16) & 1);
+  if (hdr + so > blen || sl > blen - hdr - so)
+    return -1;
+  ssize_t n = utf16_path(b + hdr + so, sl, out, size);
+  if (n < 0 || relative)
+    return n;
+  /* "/??/C:/x" -> "/x"; other absolute forms are kept. */
+  if (n >= 6 &&
+      strncmp(out,
+              "/?"
+              "?/",
+              4) == 0 &&
+      out[5] == ':') {
+    memmove(out, out + 6, (size_t)n - 5);
+    n -= 6;
+    if (n == 0) {
+      snprintf(out, size, "/");
+      n = 1;
+    }
+  }
+  return n;
+}
+
+#define INTERIX_MAX (8 + 2 * 4096)
+
+/* An Interix symlink's target from a system file's content (SZ bytes),
+ * or -1. */
+static ssize_t ntfs_interix_target(const unsigned char *buf, size_t sz, char *out, size_t size)
+{
+  if (memcmp(buf, "IntxLNK\1", 8) != 0)
+    return -1;
+  return utf16_path(buf + 8, sz - 8, out, size);
+}
+
 ssize_t tbi_ntfs_link(TSK_FS_FILE *f, char *out, size_t size)
 {
   const TSK_FS_ATTR *rp = tbi_ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_REPARSE);
-  if (rp && (rp->flags & TSK_FS_ATTR_RES) && rp->rd.buf && rp->size >= 16) {
-    const unsigned char *b = rp->rd.buf;
-    size_t blen = (size_t)rp->size < rp->rd.buf_size ? (size_t)rp->size : rp->rd.buf_size;
-    uint32_t tag = tb_get_le32(b);
-    size_t hdr = tag == REPARSE_SYMLINK ? 20 : tag == REPARSE_MOUNT_POINT ? 16 : 0;
-    if (!hdr || blen < hdr)
-      return -1;
-    size_t so = tb_get_le16(b + 8), sl = tb_get_le16(b + 10);
-    bool relative = tag == REPARSE_SYMLINK && (tb_get_le32(b + 16) & 1);
-    if (hdr + so > blen || sl > blen - hdr - so)
-      return -1;
-    ssize_t n = utf16_path(b + hdr + so, sl, out, size);
-    if (n < 0 || relative)
-      return n;
-    /* "/??/C:/x" -> "/x"; other absolute forms are kept. */
-    if (n >= 6 &&
-        strncmp(out,
-                "/?"
-                "?/",
-                4) == 0 &&
-        out[5] == ':') {
-      memmove(out, out + 6, (size_t)n - 5);
-      n -= 6;
-      if (n == 0) {
-        snprintf(out, size, "/");
-        n = 1;
-      }
-    }
-    return n;
-  }
+  if (rp && (rp->flags & TSK_FS_ATTR_RES) && rp->rd.buf && rp->size >= 16)
+    return ntfs_reparse_target(
+        rp->rd.buf, (size_t)rp->size < rp->rd.buf_size ? (size_t)rp->size : rp->rd.buf_size, out,
+        size);
   const TSK_FS_ATTR *si = tbi_ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_SI);
   bool system = si && (si->flags & TSK_FS_ATTR_RES) && si->rd.buf && si->size >= 36 &&
                 (tb_get_le32(si->rd.buf + 32) & 0x4);
   uint64_t sz = f->meta->size > 0 ? (uint64_t)f->meta->size : 0;
-  if (!system || f->meta->type != TSK_FS_META_TYPE_REG || sz < 10 || sz > 8 + 2 * 4096)
+  if (!system || f->meta->type != TSK_FS_META_TYPE_REG || sz < 10 || sz > INTERIX_MAX)
     return -1;
-  unsigned char buf[8 + 2 * 4096];
+  unsigned char buf[INTERIX_MAX];
   if (tsk_fs_file_read(f, 0, (char *)buf, sz, TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)sz) {
     tsk_error_reset();
     return -1;
   }
-  if (memcmp(buf, "IntxLNK\1", 8) != 0)
-    return -1;
-  return utf16_path(buf + 8, sz - 8, out, size);
+  return ntfs_interix_target(buf, sz, out, size);
 }
 
 /* Alternate data streams as "user.NAME" xattrs, as ntfs-3g shows them. */
@@ -403,6 +420,179 @@ static bool ntfs_fix(struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm, struc
   }
   st->xdigest = ntfs_digest(f);
   return true;
+}
+
+/* -- NTFS records read by us --
+ *
+ * A listing stats each entry from its MFT record.  libtsk's
+ * tsk_fs_file_open_meta loads every attribute of it into lists (a 5,500-
+ * entry tree: a third of the view's CPU in malloc and libtsk); lib/
+ * ntfs-mft.c reads the one record instead, and tbi_ntfs_rec_stat makes
+ * of it exactly what tbi_file_stat and ntfs_fix make of libtsk's: the
+ * same hiding, times, sizes, links, digest.  What it cannot mirror (a
+ * record ntfs-mft.c refuses, an Interix symlink whose content is not in
+ * its record) goes to libtsk.  The listing reads the records in $MFT
+ * order, many in one request (inspect-list.c).  The environment variable
+ * TB_NTFS_MFT=libtsk makes every record go through libtsk;
+ * TB_NTFS_MFT=check stats each through both, aborts at the first
+ * difference and after each listing says how many so far were read by us
+ * (tests/fuse-fidelity.sh). */
+
+bool tbi_ntfs_mft_setup(struct vol *v)
+{
+  if (v->ntfs_tried)
+    return v->ntfs_ok;
+  v->ntfs_tried = true;
+  const char *mode = getenv("TB_NTFS_MFT");
+  v->ntfs_mode = !mode                         ? NTFS_MFT_OURS
+                 : strcmp(mode, "libtsk") == 0 ? NTFS_MFT_LIBTSK
+                 : strcmp(mode, "check") == 0  ? NTFS_MFT_CHECK
+                                               : NTFS_MFT_OURS;
+  if (v->ntfs_mode == NTFS_MFT_LIBTSK || !TSK_FS_TYPE_ISNTFS(v->fs->ftype))
+    return false;
+  /* libtsk's own view of $MFT, with which its ntfs_dinode_lookup finds
+   * records */
+  const NTFS_INFO *n = (const NTFS_INFO *)v->fs;
+  const TSK_FS_ATTR *a = n->mft_data;
+  const TSK_FS_ATTR_RUN *first = a && (a->flags & TSK_FS_ATTR_NONRES) ? a->nrd.run : NULL;
+  size_t cnt = 0;
+  for (const TSK_FS_ATTR_RUN *r = first; r && cnt <= 100000; r = r->next)
+    cnt++;
+  if (cnt == 0 || cnt > 100000 || n->mft_rsize_b < 512 || n->mft_rsize_b > 65536 ||
+      n->mft_rsize_b % 512 || n->csize_b == 0 ||
+      !(v->ntfs_runs = calloc(cnt, sizeof *v->ntfs_runs)))
+    return false;
+  size_t i = 0;
+  for (const TSK_FS_ATTR_RUN *r = first; r && i < cnt; r = r->next)
+    v->ntfs_runs[i++] = (struct tb_ntfs_run){
+        r->flags & (TSK_FS_ATTR_RUN_FLAG_SPARSE | TSK_FS_ATTR_RUN_FLAG_FILLER) ? UINT64_MAX
+                                                                               : r->addr,
+        r->len};
+  v->ntfs_geom =
+      (struct tb_ntfs_geom){.rec_size = n->mft_rsize_b,
+                            .cluster_size = n->csize_b,
+                            .clusters = v->fs->block_count,
+                            .n_records = v->fs->last_inum, /* the last is libtsk's $OrphanFiles */
+                            .nt4 = n->ver == NTFS_VINFO_NT,
+                            .runs = v->ntfs_runs,
+                            .n_runs = cnt};
+  v->ntfs_ok = true;
+  return true;
+}
+
+/* tbi_ntfs_link of a record we parsed; -2 if libtsk must read its content. */
+static ssize_t ntfs_rec_link(const struct tb_ntfs_rec *r, char *out, size_t size)
+{
+  if (r->has_reparse && r->reparse && r->reparse_len >= 16)
+    return ntfs_reparse_target(r->reparse, r->reparse_len, out, size);
+  bool system = r->has_si && r->si_len >= 36 && (r->dos & 0x4);
+  if (!system || r->dir || r->size < 10 || r->size > INTERIX_MAX)
+    return -1;
+  /* what libtsk reads: its default stream, the first unnamed one */
+  const struct tb_ntfs_stream *d = NULL;
+  size_t unnamed = 0;
+  for (size_t i = 0; i < r->n_streams; i++)
+    if (!*r->streams[i].name && unnamed++ == 0)
+      d = &r->streams[i];
+  if (unnamed != 1 || !d->data || d->size != r->size)
+    return -2;
+  return ntfs_interix_target(d->data, (size_t)r->size, out, size);
+}
+
+/* ntfs_digest of a record we parsed. */
+static uint64_t ntfs_rec_digest(const struct tb_ntfs_rec *r)
+{
+  uint64_t h = 0;
+  for (size_t i = 0; i < r->n_streams; i++) {
+    const struct tb_ntfs_stream *s = &r->streams[i];
+    if (!ntfs_default_name(s->name)) {
+      TSK_OFF_T size = (TSK_OFF_T)s->size;
+      h = fnv64(h, s->name, strlen(s->name) + 1);
+      h = fnv64(h, &size, sizeof size);
+    }
+    if (s->data && s->size > 0) {
+      h = fnv64(h, s->data, (size_t)s->size);
+      h = fnv64(h, "r", 1);
+    }
+  }
+  return h;
+}
+
+/* The stat of entry NM (a user record) from its MFT record REC (fixed up),
+ * as tbi_file_stat gives it: 1 listed (ST), 0 not listed, -1 if libtsk
+ * must read it. */
+int tbi_ntfs_rec_stat(struct vol *v, const unsigned char *rec, const TSK_FS_NAME *nm,
+                      struct tb_istat *st)
+{
+  struct tb_ntfs_rec r;
+  if (tb_ntfs_parse(&v->ntfs_geom, nm->meta_addr, rec, &r) < 0)
+    return -1;
+  if (!r.in_use || nm->meta_seq != r.seq)
+    return 0;
+  char target[4096];
+  ssize_t n = ntfs_rec_link(&r, target, sizeof target);
+  if (n == -2)
+    return -1;
+  memset(st, 0, sizeof *st);
+  st->type = r.dir ? TB_FT_DIR : TB_FT_REG;
+  st->inum = nm->meta_addr;
+  st->size = r.dir ? 0 : r.size;
+  st->nlink = r.nlink > 0 ? r.nlink : 1;
+  if (r.has_si) {
+    st->mtime = tb_ntfs_time(r.mtime, &st->mtime_ns);
+    st->atime = tb_ntfs_time(r.atime, &st->atime_ns);
+    st->ctime = tb_ntfs_time(r.ctime, &st->ctime_ns);
+    st->crtime = tb_ntfs_time(r.crtime, NULL);
+  }
+  if (n >= 0) {
+    st->type = TB_FT_LNK;
+    st->size = (uint64_t)n;
+  } else if (r.dir) {
+    st->size = r.has_idxalloc ? r.idxalloc_size : 0;
+  }
+  st->xdigest = ntfs_rec_digest(&r);
+  return 1;
+}
+
+/* TB_NTFS_MFT=check: OURS (tbi_ntfs_rec_stat's, with A) against libtsk's
+ * KEEP and B; a difference is a bug of ours: abort, saying where. */
+void tbi_ntfs_mft_check(struct vol *v, const TSK_FS_NAME *nm, int ours, const struct tb_istat *a,
+                        bool keep, const struct tb_istat *b)
+{
+  if (ours < 0)
+    return;
+  const char *what = NULL;
+  if ((ours == 1) != keep)
+    what = "listed";
+  else if (keep) {
+    what = a->type != b->type                                                 ? "type"
+           : a->inum != b->inum                                               ? "inode"
+           : a->size != b->size                                               ? "size"
+           : a->mode != b->mode                                               ? "mode"
+           : a->uid != b->uid                                                 ? "uid"
+           : a->gid != b->gid                                                 ? "gid"
+           : a->nlink != b->nlink                                             ? "nlink"
+           : a->mtime != b->mtime                                             ? "mtime"
+           : a->atime != b->atime                                             ? "atime"
+           : a->ctime != b->ctime                                             ? "ctime"
+           : a->crtime != b->crtime                                           ? "crtime"
+           : a->mtime_ns != b->mtime_ns                                       ? "mtime_ns"
+           : a->atime_ns != b->atime_ns                                       ? "atime_ns"
+           : a->ctime_ns != b->ctime_ns                                       ? "ctime_ns"
+           : a->rdev_major != b->rdev_major || a->rdev_minor != b->rdev_minor ? "rdev"
+           : a->xdigest != b->xdigest                                         ? "xdigest"
+           : a->first_data != b->first_data                                   ? "first_data"
+                                                                              : NULL;
+  }
+  if (!what)
+    return;
+  fprintf(stderr,
+          "tabula: TB_NTFS_MFT=check: %s: record %" PRIu64 " (%s): lib/ntfs-mft.c and libtsk "
+          "differ in %s (listed %d/%d, size %" PRIu64 "/%" PRIu64 ", mtime %" PRId64 "/%" PRId64
+          ", xdigest %" PRIx64 "/%" PRIx64 ")\n",
+          v->pub.name, (uint64_t)nm->meta_addr, nm->name ? nm->name : "", what, ours == 1, keep,
+          a->size, b->size, a->mtime, b->mtime, a->xdigest, b->xdigest);
+  abort();
 }
 
 /* -- FAT and exFAT -- */

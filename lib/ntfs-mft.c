@@ -43,8 +43,6 @@
 #define NONRES_HEADER 64 /* a non-resident one's */
 #define SI_MIN 48        /* libtsk's smallest $STANDARD_INFORMATION attribute */
 
-#define F(type, field) offsetof(type, field)
-
 bool tb_ntfs_rec_offset(const struct tb_ntfs_geom *g, uint64_t rec, uint64_t *off)
 {
   if (rec >= g->n_records || g->rec_size == 0 || rec > UINT64_MAX / g->rec_size)
@@ -72,8 +70,8 @@ bool tb_ntfs_fixup(unsigned char *rec, size_t size)
 {
   if (size < SECTOR || size % SECTOR || size > 65536)
     return false;
-  size_t usa = tb_get_le16(rec + F(ntfs_mft, upd_off)),
-         count = tb_get_le16(rec + F(ntfs_mft, upd_cnt));
+  size_t usa = tb_get_le16(rec + offsetof(ntfs_mft, upd_off)),
+         count = tb_get_le16(rec + offsetof(ntfs_mft, upd_cnt));
   /* one entry per sector, the array inside the first sector's data */
   if (count != size / SECTOR + 1 || usa + 2 * count > SECTOR - 2)
     return false;
@@ -175,8 +173,8 @@ static bool runs_ok(const struct tb_ntfs_geom *g, uint64_t rec, const unsigned c
 static const char *attr_name(const unsigned char *a, uint32_t len, struct tb_ntfs_rec *out,
                              size_t *used)
 {
-  unsigned units = a[F(ntfs_attr, nlen)];
-  size_t noff = tb_get_le16(a + F(ntfs_attr, name_off));
+  unsigned units = a[offsetof(ntfs_attr, nlen)];
+  size_t noff = tb_get_le16(a + offsetof(ntfs_attr, name_off));
   if (units == 0)
     return "";
   /* libtsk leaves a name that reaches the attribute's end unnamed */
@@ -200,14 +198,14 @@ int tb_ntfs_parse(const struct tb_ntfs_geom *g, uint64_t rec, const unsigned cha
   size_t size = g->rec_size;
   memset(out, 0, offsetof(struct tb_ntfs_rec, names));
   if (size < SECTOR || memcmp(buf, "FILE", 4) != 0 ||
-      (tb_get_le64(buf + F(ntfs_mft, base_ref)) & 0xFFFFFFFFFFFFull) != 0)
+      (tb_get_le64(buf + offsetof(ntfs_mft, base_ref)) & 0xFFFFFFFFFFFFull) != 0)
     return -1;
-  uint16_t flags = tb_get_le16(buf + F(ntfs_mft, flags));
-  out->seq = tb_get_le16(buf + F(ntfs_mft, seq));
-  out->nlink = tb_get_le16(buf + F(ntfs_mft, link));
+  uint16_t flags = tb_get_le16(buf + offsetof(ntfs_mft, flags));
+  out->seq = tb_get_le16(buf + offsetof(ntfs_mft, seq));
+  out->nlink = tb_get_le16(buf + offsetof(ntfs_mft, link));
   out->in_use = flags & NTFS_MFT_INUSE;
   out->dir = flags & NTFS_MFT_DIR;
-  size_t p = tb_get_le16(buf + F(ntfs_mft, attr_off)), used = 0;
+  size_t p = tb_get_le16(buf + offsetof(ntfs_mft, attr_off)), used = 0;
   if (p < sizeof(ntfs_mft) || p % 8)
     return -1;
   /* (type, id) of each attribute seen: libtsk merges non-resident ones
@@ -219,17 +217,18 @@ int tb_ntfs_parse(const struct tb_ntfs_geom *g, uint64_t rec, const unsigned cha
     if (p + 4 > size)
       return -1; /* no end marker */
     const unsigned char *a = buf + p;
-    uint32_t type = tb_get_le32(a + F(ntfs_attr, type));
+    uint32_t type = tb_get_le32(a + offsetof(ntfs_attr, type));
     if (type == ATTR_END)
       return 0;
     if (p + RES_HEADER > size)
       return -1;
-    uint32_t len = tb_get_le32(a + F(ntfs_attr, len));
-    unsigned res = a[F(ntfs_attr, res)];
-    uint16_t aflags = tb_get_le16(a + F(ntfs_attr, flags)), id = tb_get_le16(a + F(ntfs_attr, id));
+    uint32_t len = tb_get_le32(a + offsetof(ntfs_attr, len));
+    unsigned res = a[offsetof(ntfs_attr, res)];
+    uint16_t aflags = tb_get_le16(a + offsetof(ntfs_attr, flags)),
+             id = tb_get_le16(a + offsetof(ntfs_attr, id));
     if (len < RES_HEADER || len % 8 || len > size - p || res > NTFS_MFT_NONRES ||
         (res == NTFS_MFT_NONRES && len < NONRES_HEADER) ||
-        tb_get_le16(a + F(ntfs_attr, name_off)) > len || type == NTFS_ATYPE_ATTRLIST ||
+        tb_get_le16(a + offsetof(ntfs_attr, name_off)) > len || type == NTFS_ATYPE_ATTRLIST ||
         n_seen == sizeof seen_id / sizeof *seen_id)
       return -1;
     /* libtsk also merges a non-resident attribute of id 0 into an earlier
@@ -245,8 +244,8 @@ int tb_ntfs_parse(const struct tb_ntfs_geom *g, uint64_t rec, const unsigned cha
     uint64_t asize;
     const unsigned char *content = NULL;
     if (res == NTFS_MFT_RES) {
-      uint32_t soff = tb_get_le16(a + F(ntfs_attr, c.r.soff)),
-               ssize = tb_get_le32(a + F(ntfs_attr, c.r.ssize));
+      uint32_t soff = tb_get_le16(a + offsetof(ntfs_attr, c.r.soff)),
+               ssize = tb_get_le32(a + offsetof(ntfs_attr, c.r.ssize));
       if (soff > len || ssize > len - soff)
         return -1;
       content = a + soff;
@@ -257,23 +256,25 @@ int tb_ntfs_parse(const struct tb_ntfs_geom *g, uint64_t rec, const unsigned cha
           return -1;
         const unsigned char *si = a + soff;
         out->has_si = true;
-        out->crtime = tb_get_le64(si + F(ntfs_attr_si, crtime));
-        out->mtime = tb_get_le64(si + F(ntfs_attr_si, mtime));
-        out->ctime = tb_get_le64(si + F(ntfs_attr_si, ctime));
-        out->atime = tb_get_le64(si + F(ntfs_attr_si, atime));
+        out->crtime = tb_get_le64(si + offsetof(ntfs_attr_si, crtime));
+        out->mtime = tb_get_le64(si + offsetof(ntfs_attr_si, mtime));
+        out->ctime = tb_get_le64(si + offsetof(ntfs_attr_si, ctime));
+        out->atime = tb_get_le64(si + offsetof(ntfs_attr_si, atime));
         out->si_len = ssize;
-        out->dos = ssize >= F(ntfs_attr_si, maxver) ? tb_get_le32(si + F(ntfs_attr_si, dos)) : 0;
+        out->dos = ssize >= offsetof(ntfs_attr_si, maxver)
+                       ? tb_get_le32(si + offsetof(ntfs_attr_si, dos))
+                       : 0;
       }
     } else {
       if (type == NTFS_ATYPE_SI || type == NTFS_ATYPE_FNAME)
         return -1; /* libtsk: "is not resident" */
-      size_t roff = tb_get_le16(a + F(ntfs_attr, c.nr.run_off));
-      uint64_t ssize = tb_get_le64(a + F(ntfs_attr, c.nr.ssize)),
-               alen = tb_get_le64(a + F(ntfs_attr, c.nr.alen));
+      size_t roff = tb_get_le16(a + offsetof(ntfs_attr, c.nr.run_off));
+      uint64_t ssize = tb_get_le64(a + offsetof(ntfs_attr, c.nr.ssize)),
+               alen = tb_get_le64(a + offsetof(ntfs_attr, c.nr.alen));
       bool any;
-      if (tb_get_le64(a + F(ntfs_attr, c.nr.start_vcn)) != 0 || roff < NONRES_HEADER ||
+      if (tb_get_le64(a + offsetof(ntfs_attr, c.nr.start_vcn)) != 0 || roff < NONRES_HEADER ||
           roff > len || !runs_ok(g, rec, a + roff, a + len, &any) ||
-          tb_get_le16(a + F(ntfs_attr, c.nr.compusize)) > 16 || ssize > INT64_MAX ||
+          tb_get_le16(a + offsetof(ntfs_attr, c.nr.compusize)) > 16 || ssize > INT64_MAX ||
           alen > INT64_MAX || (ssize == 0 && any) || (alen != 0 && alen < ssize))
         return -1;
       asize = ssize;

@@ -203,6 +203,29 @@ done
 grep -i 'max threads' "$T"/fuse-*.log && tb_fail "tabula-fuse logs a libfuse complaint"
 
 tf_umount "$M"
+
+# NTFS listings stat their entries from the MFT records with lib/ntfs-mft.c,
+# libtsk only for what it does not mirror.  TB_NTFS_MFT=check stats every
+# entry both ways and aborts at a difference in any field (the diff's
+# digest of streams and resident data too): the walk must go through, equal
+# to the first, and nearly every entry must have been read by us.
+if [ -f "$T/view-ntfs" ]; then
+  C=$T/mnt-check
+  export TB_NTFS_MFT=check
+  tf_mount "$C" --uri "nbd+unix:///?socket=$T/srv.sock"
+  unset TB_NTFS_MFT
+  $WALK walk "$C/images/ntfs/1/fs/whole-ntfs" >"$T/view-ntfs-check" ||
+    tb_fail "walk with TB_NTFS_MFT=check failed: $(grep 'TB_NTFS_MFT' "$T/fuse-mnt-check.log" | tail -3)"
+  tf_umount "$C"
+  cmp -s "$T/view-ntfs" "$T/view-ntfs-check" || tb_fail "TB_NTFS_MFT=check changed the NTFS walk"
+  counts=$(grep 'TB_NTFS_MFT=check' "$T/fuse-mnt-check.log" | tail -1)
+  ours=$(echo "$counts" | sed -n "s/.*: \([0-9]*\) entries stat'ed by lib\/ntfs-mft.c, \([0-9]*\) by libtsk.*/\1/p")
+  theirs=$(echo "$counts" | sed -n "s/.*: \([0-9]*\) entries stat'ed by lib\/ntfs-mft.c, \([0-9]*\) by libtsk.*/\2/p")
+  entries=$(wc -l <"$T/view-ntfs")
+  echo "NTFS: $ours entries stat'ed by lib/ntfs-mft.c, ${theirs:-?} by libtsk, all equal ($entries walked)"
+  [ -n "$ours" ] && [ "$ours" -ge $((entries - 5)) ] ||
+    tb_fail "lib/ntfs-mft.c stat'ed too few NTFS entries: $counts"
+fi
 tb_check_logs
 grep -E 'AddressSanitizer|runtime error' "$T"/fuse-*.log && tb_fail "sanitizer report in tabula-fuse"
 exit 0

@@ -19,5 +19,6 @@
 #include "../../lib/inspect-diff.c"
 #include "../../lib/inspect-geom.c"
 #include "../../lib/inspect-index.c"
+#include "../../lib/ntfs-mft.c"
 
 #endif
