@@ -55,6 +55,7 @@
 #include <jansson.h>
 #include <libnbd.h>
 
+#include "clientdir.h"
 #include "conf.h"
 #include "inspect.h"
 #include "overlay.h"
@@ -732,9 +733,9 @@ static int find_base(const struct node *n, char image[TB_NAME_MAX + 1], uint32_t
     return find_base_remote(n, image, version);
   char path[TB_PATH_MAX];
   int r = n->ctx == CTX_SESSION
-              ? tb_client_session_path(cfg->state_dir, n->name, strtoull(n->num, NULL, 10), path,
-                                       sizeof path)
-              : tb_store_client_path(cfg->state_dir, n->name, "overlay", path, sizeof path);
+              ? tb_clientdir_session(cfg->state_dir, n->name, strtoull(n->num, NULL, 10), path,
+                                     sizeof path)
+              : tb_clientdir_path(cfg->state_dir, n->name, TB_CF_OVERLAY, path, sizeof path);
   struct tb_overlay_info info;
   if (r == 0)
     r = tb_overlay_read_info(path, &info);
@@ -892,15 +893,14 @@ static void make_status(const struct node *n, FILE *f)
       json_object_set_new(o, "base", json_string(b));
     }
     char path[TB_PATH_MAX];
-    if (tb_store_client_path(cfg->state_dir, n->name, "session.json", path, sizeof path) == 0)
+    if (tb_clientdir_path(cfg->state_dir, n->name, TB_CF_SESSION_JSON, path, sizeof path) == 0)
       json_add_file(o, "session", path);
     /* The last few events of the client's journal. */
     json_t *events = json_array();
     size_t len;
-    char *text =
-        tb_store_client_path(cfg->state_dir, n->name, "events.jsonl", path, sizeof path) == 0
-            ? tb_read_file(path, 16 << 20, &len)
-            : NULL;
+    char *text = tb_clientdir_path(cfg->state_dir, n->name, TB_CF_EVENTS, path, sizeof path) == 0
+                     ? tb_read_file(path, 16 << 20, &len)
+                     : NULL;
     if (text) {
       int lines = 0;
       char *p = text + len;
@@ -2057,7 +2057,7 @@ static void raise_readahead(const char *mountpoint)
 static int check_local_access(const struct tb_config *c, const char *sock)
 {
   char clients[TB_PATH_MAX];
-  if (tb_path(clients, sizeof clients, "%s/clients", c->state_dir) < 0)
+  if (tb_clientdir_root(c->state_dir, clients, sizeof clients) < 0)
     return -1;
   if (access(c->state_dir, R_OK | X_OK) == -1 ||
       (access(clients, F_OK) == 0 && access(clients, R_OK | X_OK) == -1)) {

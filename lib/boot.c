@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "clientdir.h"
 #include "boot.h"
 #include "store.h"
 
@@ -45,7 +46,7 @@ int tb_boot_marker_read(const char *state, const char *id, struct tb_boot_marker
 {
   char path[TB_PATH_MAX];
   memset(m, 0, sizeof *m);
-  if (tb_store_client_path(state, id, "boot", path, sizeof path) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_BOOT, path, sizeof path) == -1)
     return -1;
   size_t len;
   char *text = tb_read_file(path, 4096, &len);
@@ -74,8 +75,9 @@ int tb_boot_mark(const char *state, const char *id, const char *via, const char 
 {
   struct tb_boot_marker old;
   char path[TB_PATH_MAX], dir[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1 ||
-      tb_store_client_path(state, id, "boot", path, sizeof path) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_DIR, dir, sizeof dir) == -1 ||
+      tb_mkdirs(dir, true) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_BOOT, path, sizeof path) == -1)
     return -1;
   if (tb_boot_marker_read(state, id, &old) == -1)
     old.seq = 0; /* a damaged marker is replaced: any new number says "new boot" */

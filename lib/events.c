@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clientdir.h"
 #include "events.h"
 #include "store.h"
 
@@ -148,7 +149,7 @@ int tb_event(const char *state, const char *type, const char *client, json_t *fi
   if (tb_path(path, sizeof path, "%s/events.jsonl", state) == -1 ||
       append_line(path, line, len + 1) == -1)
     r = -1;
-  if (client && tb_store_client_path(state, client, "events.jsonl", path, sizeof path) == 0 &&
+  if (client && tb_clientdir_path(state, client, TB_CF_EVENTS, path, sizeof path) == 0 &&
       append_line(path, line, len + 1) == -1)
     r = -1;
   free(line);

@@ -60,6 +60,7 @@
 
 #include <jansson.h>
 
+#include "clientdir.h"
 #include "boot.h"
 #include "events.h"
 #include "guards.h"
@@ -185,8 +186,8 @@ static int machine_hold(struct tb_live_client *lc, const char *state, const char
   int r = m ? 0 : tb_error_errno("client %s", client);
   if (m && m->holders == 0) {
     int fd = -1;
-    r = tb_store_client_mkdir(state, client, dir, sizeof dir) == -1 ||
-                tb_path(path, sizeof path, "%s/disks.lock", dir) == -1
+    r = tb_clientdir_mkdir(state, client, dir, sizeof dir) == -1 ||
+                tb_clientdir_path(state, client, TB_CF_DISKS_LOCK, path, sizeof path) == -1
             ? -1
             : 0;
     if (r == 0 && (fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) == -1)
@@ -333,7 +334,8 @@ static int64_t wall_of(int64_t mono)
 static void write_live_json(struct tb_live_client *lc, const char *state_dir)
 {
   char path[TB_PATH_MAX], tmp[TB_PATH_MAX];
-  if (!state_dir || tb_store_client_path(state_dir, lc->id, "live.json", path, sizeof path) == -1 ||
+  if (!state_dir ||
+      tb_clientdir_path(state_dir, lc->id, TB_CF_LIVE_JSON, path, sizeof path) == -1 ||
       tb_path(tmp, sizeof tmp, "%s.%d", path, (int)getpid()) == -1)
     return;
   json_t *conns = json_array();
@@ -999,7 +1001,7 @@ bool tb_live_busy(const char *state, const struct tb_client_conf *c)
   bool ours = m && m->holders > 0;
   pthread_mutex_unlock(&machine_lock);
   char path[TB_PATH_MAX];
-  if (ours || tb_store_client_path(state, c->client, "disks.lock", path, sizeof path) == -1)
+  if (ours || tb_clientdir_path(state, c->client, TB_CF_DISKS_LOCK, path, sizeof path) == -1)
     return false;
   return tb_flock_held(path);
 }

@@ -79,6 +79,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "clientdir.h"
 #include "live.h"
 #include "liveview.h"
 #include "session.h"
@@ -481,8 +482,8 @@ struct tb_liveview_peer *tb_liveview_peer_new(const char *state, const char *fro
     tb_error_errno("client %s", id);
     return NULL;
   }
-  if (tb_store_client_path(state, id, "live.json", p->live_json, sizeof p->live_json) == -1 ||
-      tb_store_client_path(state, id, "overlay", p->overlay, sizeof p->overlay) == -1) {
+  if (tb_clientdir_path(state, id, TB_CF_LIVE_JSON, p->live_json, sizeof p->live_json) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_OVERLAY, p->overlay, sizeof p->overlay) == -1) {
     free(p);
     return NULL;
   }

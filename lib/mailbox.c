@@ -22,6 +22,7 @@
 
 #include <jansson.h>
 
+#include "clientdir.h"
 #include "cleanup.h"
 #include "mailbox.h"
 #include "store.h"
@@ -91,7 +92,7 @@ static int read_locked(const char *path, struct tb_mailbox *mb)
 int tb_mailbox_read(const char *state, const char *id, struct tb_mailbox *mb)
 {
   char path[TB_PATH_MAX];
-  if (tb_store_client_path(state, id, "mailbox.json", path, sizeof path) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_MAILBOX, path, sizeof path) == -1)
     return -1;
   return read_locked(path, mb);
 }
@@ -213,9 +214,9 @@ int tb_mailbox_change(const char *state, const char *id, const struct tb_mailbox
     return tb_error("client %s: restore %lld is not a session number; the mailbox is unchanged", id,
                     (long long)ch->restore);
   char dir[TB_PATH_MAX], path[TB_PATH_MAX], lock[TB_PATH_MAX];
-  if (tb_store_client_mkdir(state, id, dir, sizeof dir) == -1 ||
-      tb_path(path, sizeof path, "%s/mailbox.json", dir) == -1 ||
-      tb_path(lock, sizeof lock, "%s/mailbox.lock", dir) == -1)
+  if (tb_clientdir_mkdir(state, id, dir, sizeof dir) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_MAILBOX, path, sizeof path) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_MAILBOX_LOCK, lock, sizeof lock) == -1)
     return -1;
   CLEANUP_CLOSE int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd == -1 || flock(fd, LOCK_EX) == -1)

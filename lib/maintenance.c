@@ -17,12 +17,13 @@
 
 #include <jansson.h>
 
+#include "clientdir.h"
 #include "maintenance.h"
 #include "store.h"
 
 static int path_of(const char *state, const char *id, char path[TB_PATH_MAX])
 {
-  return tb_store_client_path(state, id, "maintenance.json", path, TB_PATH_MAX);
+  return tb_clientdir_path(state, id, TB_CF_MAINTENANCE, path, TB_PATH_MAX);
 }
 
 int tb_maintenance_read(const char *state, const char *id, struct tb_maintenance *m)
@@ -57,8 +58,8 @@ int tb_maintenance_read(const char *state, const char *id, struct tb_maintenance
 int tb_maintenance_write(const char *state, const char *id, const struct tb_maintenance *m)
 {
   char path[TB_PATH_MAX], dir[TB_PATH_MAX];
-  if (path_of(state, id, path) == -1 || tb_store_client_dir(state, id, dir, sizeof dir) == -1 ||
-      tb_mkdirs(dir, true) == -1)
+  if (path_of(state, id, path) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_DIR, dir, sizeof dir) == -1 || tb_mkdirs(dir, true) == -1)
     return -1;
   json_t *root = json_pack("{s:s, s:I, s:I}", "image", m->image, "from_version",
                            (json_int_t)m->from_version, "since", (json_int_t)m->since_ms);

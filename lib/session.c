@@ -31,6 +31,7 @@
 
 #include <jansson.h>
 
+#include "clientdir.h"
 #include "events.h"
 #include "mailbox.h"
 #include "maintenance.h"
@@ -43,11 +44,9 @@
 int tb_client_lock(const char *state, const char *id, bool wait)
 {
   char path[TB_PATH_MAX];
-  if (tb_store_client_mkdir(state, id, path, sizeof path) == -1)
+  if (tb_clientdir_mkdir(state, id, path, sizeof path) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_LOCK, path, sizeof path) == -1)
     return -1;
-  if (strlen(path) + sizeof "/lock" > sizeof path)
-    return tb_error("the state directory path of client %s is too long", id);
-  strcat(path, "/lock");
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd == -1)
     return tb_error_errno("cannot open %s", path);
@@ -73,7 +72,7 @@ void tb_client_unlock(int fd)
 bool tb_client_locked(const char *state, const char *id)
 {
   char path[TB_PATH_MAX];
-  if (tb_store_client_path(state, id, "lock", path, sizeof path) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_LOCK, path, sizeof path) == -1)
     return false;
   return tb_flock_held(path);
 }
@@ -197,20 +196,12 @@ int tb_client_target(const char *state, const struct tb_client_conf *c, char ima
   return 0;
 }
 
-int tb_client_session_path(const char *state, const char *id, uint64_t n, char *buf, size_t len)
-{
-  char dir[TB_PATH_MAX];
-  if (tb_store_client_dir(state, id, dir, sizeof dir) == -1)
-    return -1;
-  return tb_path(buf, len, "%s/sessions/%llu", dir, (unsigned long long)n);
-}
-
 int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_t *n)
 {
   char dir[TB_PATH_MAX];
   *nums = NULL;
   *n = 0;
-  if (tb_store_client_path(state, id, "sessions", dir, sizeof dir) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_SESSIONS, dir, sizeof dir) == -1)
     return -1;
   return tb_list_numbers(dir, nums, n);
 }
@@ -227,8 +218,8 @@ int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_
 static __attribute__((noinline)) uint64_t checked_seq(const char *state, const char *id, bool warn)
 {
   char path[TB_PATH_MAX], overlay[TB_PATH_MAX];
-  if (tb_store_client_path(state, id, "seq", path, sizeof path) == -1 ||
-      tb_store_client_path(state, id, "overlay", overlay, sizeof overlay) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_SEQ, path, sizeof path) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_OVERLAY, overlay, sizeof overlay) == -1)
     return 0;
   size_t len = 0;
   char *text = tb_read_file(path, 64, &len);
@@ -275,11 +266,10 @@ static __attribute__((noinline)) uint64_t checked_seq(const char *state, const c
 }
 
 /* Bump clients/ID/seq; returns the new session number or 0. */
-static __attribute__((noinline)) uint64_t next_session_number(const char *state, const char *id,
-                                                              const char *dir)
+static __attribute__((noinline)) uint64_t next_session_number(const char *state, const char *id)
 {
   char path[TB_PATH_MAX];
-  if (tb_path(path, sizeof path, "%s/seq", dir) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_SEQ, path, sizeof path) == -1)
     return 0;
   uint64_t prev = checked_seq(state, id, false);
   char buf[32];
@@ -308,7 +298,7 @@ int tb_client_retire(const char *state, const char *id, uint64_t prev, char *ret
 {
   char overlay[TB_PATH_MAX];
   retained[0] = '\0';
-  if (tb_store_client_path(state, id, "overlay", overlay, sizeof overlay) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_OVERLAY, overlay, sizeof overlay) == -1)
     return -1;
   if (access(overlay, F_OK) == -1)
     return 0;
@@ -327,8 +317,8 @@ static __attribute__((noinline)) int retire_into_sessions(const char *state, con
                                                           char *retained, size_t len)
 {
   char dir[TB_PATH_MAX];
-  if (tb_store_client_path(state, id, "sessions", dir, sizeof dir) == -1 ||
-      tb_mkdirs(dir, true) == -1 || tb_client_session_path(state, id, prev, retained, len) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_SESSIONS, dir, sizeof dir) == -1 ||
+      tb_mkdirs(dir, true) == -1 || tb_clientdir_session(state, id, prev, retained, len) == -1)
     return -1;
   if (access(retained, F_OK) == 0) /* never clobber a restore point */
     return tb_error("cannot retire the overlay of %s: %s already exists (the session counter "
@@ -404,13 +394,13 @@ static void prune_sessions(const char *state, const char *id, int keep)
   struct {
     char trash[TB_PATH_MAX], from[TB_PATH_MAX], to[TB_PATH_MAX];
   } *b = malloc(sizeof *b); /* heap: see tb_session_begin */
-  if (!b || tb_store_client_path(state, id, "trash", b->trash, TB_PATH_MAX) == -1 ||
+  if (!b || tb_clientdir_path(state, id, TB_CF_TRASH, b->trash, TB_PATH_MAX) == -1 ||
       tb_mkdirs(b->trash, true) == -1 || tb_client_sessions(state, id, &nums, &n) == -1) {
     free(b);
     return;
   }
   for (size_t i = 0; i + (size_t)keep < n; i++) {
-    if (tb_client_session_path(state, id, nums[i], b->from, TB_PATH_MAX) == 0 &&
+    if (tb_clientdir_session(state, id, nums[i], b->from, TB_PATH_MAX) == 0 &&
         tb_path(b->to, TB_PATH_MAX, "%s/%llu", b->trash, (unsigned long long)nums[i]) == 0 &&
         rename(b->from, b->to) == 0)
       tb_eventf(state, "session-pruned", id, "{s:I}", "session", (json_int_t)nums[i]);
@@ -479,11 +469,8 @@ static __attribute__((noinline)) int carry_preserved(const char *state,
  * the figures of its start.  So every session start keeps a spare
  * (session.json.spare, space allocated); the end writes into it and renames
  * it over session.json when the rewrite fails with ENOSPC. */
-static void make_spare(const char *path)
+static void make_spare(const char *spare)
 {
-  char spare[TB_PATH_MAX];
-  if (tb_path(spare, sizeof spare, "%s.spare", path) == -1)
-    return;
   int fd = open(spare, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd == -1)
     return;
@@ -493,12 +480,9 @@ static void make_spare(const char *path)
   close(fd);
 }
 
-static int write_into_spare(const char *path, const char *text)
+static int write_into_spare(const char *path, const char *spare, const char *text)
 {
-  char spare[TB_PATH_MAX];
   size_t len = strlen(text);
-  if (tb_path(spare, sizeof spare, "%s.spare", path) == -1)
-    return -1;
   int fd = open(spare, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd == -1)
     return tb_error_errno("cannot write %s: the disk is full and there is no spare %s", path,
@@ -520,8 +504,9 @@ static __attribute__((noinline)) int write_session_json(const struct tb_session 
                                                         const struct tb_overlay_stats *st,
                                                         int64_t ended_ms)
 {
-  char path[TB_PATH_MAX];
-  if (tb_store_client_path(s->state_dir, s->id, "session.json", path, sizeof path) == -1)
+  char path[TB_PATH_MAX], spare[TB_PATH_MAX];
+  if (tb_clientdir_path(s->state_dir, s->id, TB_CF_SESSION_JSON, path, sizeof path) == -1 ||
+      tb_clientdir_path(s->state_dir, s->id, TB_CF_SESSION_SPARE, spare, sizeof spare) == -1)
     return -1;
   struct tb_overlay_info info;
   tb_overlay_info(s->overlay, &info);
@@ -554,9 +539,9 @@ static __attribute__((noinline)) int write_session_json(const struct tb_session 
   json_decref(o);
   int r = text ? tb_write_file_atomic(path, text, strlen(text), 0600) : -1;
   if (r == -1 && text && errno == ENOSPC)
-    r = write_into_spare(path, text);
+    r = write_into_spare(path, spare, text);
   else if (r == 0 && !ended_ms)
-    make_spare(path);
+    make_spare(spare);
   free(text);
   return r;
 }
@@ -570,8 +555,7 @@ static __attribute__((noinline)) void remove_stale_temps(const char *dir)
   DIR *d = opendir(dir);
   struct dirent *e;
   while (d && (e = readdir(d))) {
-    if (strcmp(e->d_name, "overlay.restore") != 0 &&
-        (strncmp(e->d_name, "overlay.", 8) != 0 || !strstr(e->d_name, ".tmp.")))
+    if (tb_clientdir_temp(e->d_name) != TB_CT_OVERLAY)
       continue;
     char path[TB_PATH_MAX];
     if (tb_path(path, sizeof path, "%s/%s", dir, e->d_name) == 0 && unlink(path) == 0)
@@ -587,12 +571,13 @@ static __attribute__((noinline)) void remove_stale_temps(const char *dir)
  * the guest left it.  Its overlay.next goes, and so does the restore point
  * the move linked to the live overlay (a retained session must not change). */
 static __attribute__((noinline)) void abandon_move(const char *state, const char *id,
-                                                   const char *dir, const char *overlay)
+                                                   const char *overlay)
 {
   char next[TB_PATH_MAX], sessions[TB_PATH_MAX], path[TB_PATH_MAX];
   struct stat ov, st;
-  if (tb_path(next, sizeof next, "%s/overlay.next", dir) == -1 || access(next, F_OK) == -1 ||
-      tb_path(sessions, sizeof sessions, "%s/sessions", dir) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_OVERLAY_NEXT, next, sizeof next) == -1 ||
+      access(next, F_OK) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_SESSIONS, sessions, sizeof sessions) == -1)
     return;
   if (stat(overlay, &ov) == 0 && ov.st_nlink > 1) {
     DIR *d = opendir(sessions);
@@ -637,8 +622,8 @@ static __attribute__((noinline)) int restore_session(const char *state, const ch
                                                      const char *overlay)
 {
   char src[TB_PATH_MAX], tmp[TB_PATH_MAX];
-  if (tb_client_session_path(state, id, (uint64_t)n, src, sizeof src) == -1 ||
-      tb_path(tmp, sizeof tmp, "%s.restore", overlay) == -1)
+  if (tb_clientdir_session(state, id, (uint64_t)n, src, sizeof src) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_OVERLAY_RESTORE, tmp, sizeof tmp) == -1)
     return -1;
   unlink(tmp);
   int calls = 0;
@@ -758,7 +743,7 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
   pl->c = c;
   pl->view_fd = -1;
   pl->lock_fd = -1;
-  if (tb_store_client_path(state, c->id, "overlay", overlay, TB_PATH_MAX) == -1 ||
+  if (tb_clientdir_path(state, c->id, TB_CF_OVERLAY, overlay, TB_PATH_MAX) == -1 ||
       (pl->lock_fd = tb_client_lock(state, c->id, false)) == -1 ||
       tb_mailbox_read(state, c->id, &pl->mb) == -1)
     goto fail;
@@ -789,7 +774,7 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
   pl->read_only = c->read_only;
   const struct tb_mailbox *mb = &pl->mb;
   if (mb->restore > 0 && !pl->locked_down) {
-    if (tb_client_session_path(state, c->id, (uint64_t)mb->restore, src, TB_PATH_MAX) == -1)
+    if (tb_clientdir_session(state, c->id, (uint64_t)mb->restore, src, TB_PATH_MAX) == -1)
       goto fail;
     if (access(src, F_OK) == -1) {
       tb_error("client %s: cannot restore session %lld: it is not retained (see tabulactl "
@@ -982,13 +967,13 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
   if (boot)
     s->boot = *boot;
   const struct tb_mailbox *mb = &pl->mb;
-  if (tb_store_client_dir(state, c->id, dir, TB_PATH_MAX) == -1 ||
-      tb_path(overlay, TB_PATH_MAX, "%s/overlay", dir) == -1 ||
-      !(s->number = next_session_number(state, c->id, dir)))
+  if (tb_clientdir_path(state, c->id, TB_CF_DIR, dir, TB_PATH_MAX) == -1 ||
+      tb_clientdir_path(state, c->id, TB_CF_OVERLAY, overlay, TB_PATH_MAX) == -1 ||
+      !(s->number = next_session_number(state, c->id)))
     goto fail;
 
   remove_stale_temps(dir);
-  abandon_move(state, c->id, dir, overlay);
+  abandon_move(state, c->id, overlay);
   if (pl->discard) {
     if (tb_client_retire(state, c->id, pl->prev_number, retained, TB_PATH_MAX) == -1)
       goto fail;
@@ -1046,7 +1031,7 @@ int tb_session_record(const char *state, const char *id, struct tb_session_recor
 {
   char path[TB_PATH_MAX];
   memset(rec, 0, sizeof *rec);
-  if (tb_store_client_path(state, id, "session.json", path, sizeof path) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_SESSION_JSON, path, sizeof path) == -1)
     return -1;
   size_t len;
   char *text = tb_read_file(path, 65536, &len);
@@ -1091,7 +1076,7 @@ struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct t
   s->started_ms = rec->started_ms;
   struct tb_base_id base;
   struct tb_overlay_info info;
-  if (tb_store_client_path(state, c->id, "overlay", overlay, TB_PATH_MAX) == -1 ||
+  if (tb_clientdir_path(state, c->id, TB_CF_OVERLAY, overlay, TB_PATH_MAX) == -1 ||
       (s->lock_fd = tb_client_lock(state, c->id, false)) == -1 ||
       tb_overlay_read_info(overlay, &info) == -1 ||
       tb_base_lookup(state, info.base.image, info.base.version, &base, base_path, TB_PATH_MAX,

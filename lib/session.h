@@ -124,7 +124,6 @@ int tb_client_retire(const char *state, const char *id, uint64_t number, char *r
 
 /* Retained sessions of a client, ascending (malloc'd). */
 int tb_client_sessions(const char *state, const char *id, uint64_t **nums, size_t *n);
-int tb_client_session_path(const char *state, const char *id, uint64_t n, char *buf, size_t len);
 
 /* Base image path and identity for an image version. */
 int tb_base_lookup(const char *state, const char *image, uint32_t version, struct tb_base_id *id,

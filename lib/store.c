@@ -32,6 +32,7 @@
 #include <openssl/evp.h>
 
 #include "cleanup.h"
+#include "clientdir.h"
 #include "store.h"
 #include "vector.h"
 
@@ -66,51 +67,6 @@ int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, c
   if (check_name("image", image) == -1)
     return -1;
   return tb_path(buf, len, "%s/images/%s/%u.json", state, image, ver);
-}
-
-/* A client id is a name; a disk id "ID/DISK" (util.h) lives in
- * clients/ID/disks/DISK, beside the client's own files, so a client's
- * first disk keeps the layout it always had. */
-static int client_dir(const char *state, const char *id, char *buf, size_t len)
-{
-  if (!tb_client_id_valid(id))
-    return tb_error("invalid client name \"%.80s\" (1-64 characters [A-Za-z0-9._-], starting "
-                    "with a letter or digit; a disk: CLIENT/DISK)",
-                    id ? id : "");
-  const char *slash = strchr(id, '/');
-  if (!slash)
-    return tb_path(buf, len, "%s/clients/%s", state, id);
-  return tb_path(buf, len, "%s/clients/%.*s/disks/%s", state, (int)(slash - id), id, slash + 1);
-}
-
-int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len)
-{
-  return client_dir(state, id, buf, len);
-}
-
-int tb_store_client_path(const char *state, const char *id, const char *file, char *buf, size_t len)
-{
-  char dir[TB_PATH_MAX];
-  if (client_dir(state, id, dir, sizeof dir) == -1)
-    return -1;
-  return tb_path(buf, len, "%s/%s", dir, file);
-}
-
-int tb_store_client_mkdir(const char *state, const char *id, char *buf, size_t len)
-{
-  if (client_dir(state, id, buf, len) == -1)
-    return -1;
-  const char *slash = strchr(id, '/');
-  if (slash) { /* clients/ID and clients/ID/disks private too, not mkdir -p's 0755 */
-    char parent[TB_PATH_MAX];
-    if (tb_path(parent, sizeof parent, "%s/clients/%.*s", state, (int)(slash - id), id) == -1 ||
-        tb_mkdirs(parent, true) == -1 ||
-        tb_path(parent, sizeof parent, "%s/clients/%.*s/disks", state, (int)(slash - id), id) ==
-            -1 ||
-        tb_mkdirs(parent, true) == -1)
-      return -1;
-  }
-  return tb_mkdirs(buf, true);
 }
 
 /* ---- privacy ------------------------------------------------------------
@@ -187,7 +143,7 @@ int tb_store_init(const char *state)
     return -1;
   if (tb_path(p, sizeof p, "%s/images", state) == -1 || tb_mkdirs(p, true) == -1)
     return -1;
-  if (tb_path(p, sizeof p, "%s/clients", state) == -1 || tb_mkdirs(p, true) == -1)
+  if (tb_clientdir_root(state, p, sizeof p) == -1 || tb_mkdirs(p, true) == -1)
     return -1;
   if (tb_store_check_private(state) == -1)
     return tb_error_prefix("state directory %s", state);
@@ -306,14 +262,14 @@ int tb_store_clients(const char *state, char ***ids, size_t *n)
   char dir[TB_PATH_MAX];
   *ids = NULL;
   *n = 0;
-  if (tb_path(dir, sizeof dir, "%s/clients", state) == -1)
+  if (tb_clientdir_root(state, dir, sizeof dir) == -1)
     return -1;
   struct name_list list = {0};
   int r = list_names_into(dir, NULL, &list);
   size_t clients = list.len;
   for (size_t i = 0; r == 0 && i < clients; i++) {
     char disks[TB_PATH_MAX];
-    r = tb_path(disks, sizeof disks, "%s/%s/disks", dir, list.ptr[i]);
+    r = tb_clientdir_path(state, list.ptr[i], TB_CF_DISKS, disks, sizeof disks);
     if (r == 0)
       r = list_names_into(disks, list.ptr[i], &list);
   }
@@ -749,25 +705,10 @@ static int gc_images(const char *state)
   return removed;
 }
 
-/* A temporary tb_write_file_atomic leaves when a crash cuts it: NAME.tmp.XXXXXX
- * of one of the client's records (session.json and seq are written under the
- * client's lock, mailbox.json also under mailbox.lock). */
-static bool record_temp(const char *name, bool *mailbox)
-{
-  static const char *const records[] = {"session.json.tmp.", "seq.tmp.", "mailbox.json.tmp."};
-  for (size_t i = 0; i < sizeof records / sizeof *records; i++)
-    if (strncmp(name, records[i], strlen(records[i])) == 0 &&
-        strlen(name) == strlen(records[i]) + 6) {
-      *mailbox = i == 2;
-      return true;
-    }
-  return false;
-}
-
 /* In clients/ID (and each disk's directory), while no session holds it: the temporaries of a
  * session turn or a merge's move that died (overlay.restore,
  * overlay.tmp.XXXXXX, overlay.next.tmp.XXXXXX) and of its records' atomic
- * writes (record_temp). */
+ * writes (tb_clientdir_temp). */
 static int gc_clients(const char *state)
 {
   int removed = 0;
@@ -777,24 +718,23 @@ static int gc_clients(const char *state)
     return 0;
   for (size_t i = 0; i < n_ids; i++) {
     char cdir[TB_PATH_MAX], lock[TB_PATH_MAX];
-    if (tb_store_client_dir(state, ids[i], cdir, sizeof cdir) == -1 ||
-        tb_path(lock, sizeof lock, "%s/lock", cdir) == -1)
+    if (tb_clientdir_path(state, ids[i], TB_CF_DIR, cdir, sizeof cdir) == -1 ||
+        tb_clientdir_path(state, ids[i], TB_CF_LOCK, lock, sizeof lock) == -1)
       continue;
     DIR *cd = opendir(cdir);
     struct dirent *f;
     int lfd = -1, mfd = -1;
     bool any = false;
     while (cd && (f = readdir(cd))) {
-      bool mailbox = false;
-      if (strcmp(f->d_name, "overlay.restore") != 0 &&
-          (strncmp(f->d_name, "overlay.", 8) != 0 || !strstr(f->d_name, ".tmp.")) &&
-          !record_temp(f->d_name, &mailbox))
+      enum tb_ctemp t = tb_clientdir_temp(f->d_name);
+      bool mailbox = t == TB_CT_MAILBOX;
+      if (t == TB_CT_NONE)
         continue;
       if (lfd == -1 && (lfd = try_lock(lock)) == -1)
         break; /* a session runs: its turn may be building it */
       char mlock[TB_PATH_MAX];
       if (mailbox && mfd < 0 &&
-          (tb_path(mlock, sizeof mlock, "%s/mailbox.lock", cdir) == -1 ||
+          (tb_clientdir_path(state, ids[i], TB_CF_MAILBOX_LOCK, mlock, sizeof mlock) == -1 ||
            (mfd = try_lock(mlock)) == -1))
         continue; /* a mailbox update runs */
       char p[TB_PATH_MAX];

@@ -5,15 +5,7 @@
  *   images/NAME/N.img        raw, immutable once published
  *   images/NAME/N.json       manifest; its presence is what publishes N
  *   images/NAME/.lock        flock: serialises version numbering
- *   clients/ID/overlay       the current overlay (see overlay.h)
- *   clients/ID/sessions/N    retained sessions (restore points)
- *   clients/ID/mailbox.json  pending actions, written by the daemon (mailbox.h)
- *   clients/ID/lock          flock: held for a whole session, or by the daemon
- *   clients/ID/session.json  the plugin's view of the session (state, figures)
- *   clients/ID/disks/DISK/   a further disk of the client (conf.h "disks"): the
- *                            same files as above, for disk id "ID/DISK"
- *   clients/ID/disks.lock    flock: held while a frontend serves any disk of a
- *                            client with further disks (live.c: one frontend a client)
+ *   clients/ID/...           a client's directory: clientdir.h owns its layout
  *   events.jsonl             the event journal (events.h)
  *
  * Versions are published atomically: the image is written under a temporary
@@ -42,13 +34,6 @@ int tb_store_version_path(const char *state, const char *image, uint32_t ver, ch
                           size_t len);
 int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, char *buf,
                            size_t len);
-int tb_store_client_dir(const char *state, const char *id, char *buf, size_t len);
-/* Create client ID's directory (and a disk's parents), private; BUF gets its path. */
-int tb_store_client_mkdir(const char *state, const char *id, char *buf, size_t len);
-/* clients/ID/FILE; for a disk id "ID/DISK", clients/ID/disks/DISK/FILE */
-int tb_store_client_path(const char *state, const char *id, const char *file, char *buf,
-                         size_t len);
-
 /* Create STATE/{images,clients} if missing (0700), then refuse the state
  * directory if it, or a directory in it (three levels deep), is owned by
  * another user or writable by group or others (tb_store_check_private). */

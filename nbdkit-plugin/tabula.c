@@ -57,6 +57,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "clientdir.h"
 #include "boot.h"
 #include "cleanup.h"
 #include "clientcheck.h"
@@ -452,7 +453,7 @@ static int open_raw(struct handle *h, const char *path, uint64_t *size)
 static int admin_fallback_open(struct handle *h, const struct tb_config *cfg, uint64_t *size)
 {
   char path[TB_PATH_MAX];
-  if (tb_store_client_path(cfg->state_dir, h->name, "overlay", path, sizeof path) == -1)
+  if (tb_clientdir_path(cfg->state_dir, h->name, TB_CF_OVERLAY, path, sizeof path) == -1)
     return -1;
   tb_overlay_close(h->ro);
   h->ro = NULL;
@@ -515,7 +516,7 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
   case EXPORT_SESSION:
     if (!tb_config_client(cfg, h->name))
       return tb_error("no client %s in the configuration", h->name);
-    if (tb_client_session_path(cfg->state_dir, h->name, num, path, sizeof path) == -1 ||
+    if (tb_clientdir_session(cfg->state_dir, h->name, num, path, sizeof path) == -1 ||
         !(h->ro = open_ro_overlay(cfg->state_dir, path)))
       return -1;
     h->size = tb_overlay_size(h->ro);
@@ -528,7 +529,7 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
     if (!(h->lc = tb_live_client_get(h->name)))
       return -1;
     if (!(h->peer = tb_liveview_peer_new(cfg->state_dir, "iscsi", h->name)) ||
-        tb_store_client_path(cfg->state_dir, h->name, "overlay", h->ro_path, sizeof h->ro_path) ==
+        tb_clientdir_path(cfg->state_dir, h->name, TB_CF_OVERLAY, h->ro_path, sizeof h->ro_path) ==
             -1)
       return -1;
     uint64_t gen;
@@ -1055,7 +1056,7 @@ static bool client_listable(const struct tb_config *cfg, const struct tb_client_
 static bool views_listable(const struct tb_config *cfg, const struct tb_client_conf *c)
 {
   char path[TB_PATH_MAX];
-  return (tb_store_client_path(cfg->state_dir, c->id, "overlay", path, sizeof path) == 0 &&
+  return (tb_clientdir_path(cfg->state_dir, c->id, TB_CF_OVERLAY, path, sizeof path) == 0 &&
           access(path, F_OK) == 0) ||
          has_target(cfg, c);
 }

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "clientdir.h"
 #include "clientcheck.h"
 #include "daemon.h"
 #include "events.h"
@@ -223,9 +224,9 @@ static int move_finish(const char *state, const struct tb_client_conf *c, const 
   char overlay[TB_PATH_MAX], retained[TB_PATH_MAX], sessions[TB_PATH_MAX];
   struct tb_overlay_info ni;
   if (tb_overlay_read_info(next, &ni) == -1 ||
-      tb_store_client_path(state, id, "overlay", overlay, sizeof overlay) == -1 ||
-      tb_store_client_path(state, id, "sessions", sessions, sizeof sessions) == -1 ||
-      tb_client_session_path(state, id, ni.session, retained, sizeof retained) == -1)
+      tb_clientdir_path(state, id, TB_CF_OVERLAY, overlay, sizeof overlay) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_SESSIONS, sessions, sizeof sessions) == -1 ||
+      tb_clientdir_session(state, id, ni.session, retained, sizeof retained) == -1)
     return -1;
   if (repin(state, c, ni.base.image, ni.base.version) == -1)
     return -1;
@@ -257,7 +258,7 @@ static int move_client(const struct job *j, const char *overlay, const struct tb
   struct tb_overlay_info info;
   char next[TB_PATH_MAX];
   if (tb_overlay_read_info(overlay, &info) == -1 ||
-      tb_store_client_path(state, id, "overlay.next", next, sizeof next) == -1)
+      tb_clientdir_path(state, id, TB_CF_OVERLAY_NEXT, next, sizeof next) == -1)
     return -1;
   uint64_t number = tb_client_last_session(state, id);
   struct tb_base_id base;
@@ -280,7 +281,7 @@ void jobs_recover(const struct tb_config *cfg)
   for (size_t i = 0; i < n_ids; i++) {
     const char *id = ids[i];
     char next[TB_PATH_MAX];
-    if (tb_store_client_path(cfg->state_dir, id, "overlay.next", next, sizeof next) == -1 ||
+    if (tb_clientdir_path(cfg->state_dir, id, TB_CF_OVERLAY_NEXT, next, sizeof next) == -1 ||
         access(next, F_OK) == -1)
       continue;
     const struct tb_client_conf *c = tb_config_client(cfg, id);
@@ -352,8 +353,8 @@ static json_t *run_merge(struct job *j)
     return reply_error("%s", tb_errmsg());
   char overlay[TB_PATH_MAX];
   int r = j->req.session > 0
-              ? tb_client_session_path(state, id, (uint64_t)j->req.session, overlay, sizeof overlay)
-              : tb_store_client_path(state, id, "overlay", overlay, sizeof overlay);
+              ? tb_clientdir_session(state, id, (uint64_t)j->req.session, overlay, sizeof overlay)
+              : tb_clientdir_path(state, id, TB_CF_OVERLAY, overlay, sizeof overlay);
   if (r == -1)
     return reply_error("%s", tb_errmsg());
   if (access(overlay, F_OK) == -1)

@@ -34,6 +34,7 @@
 
 #include <openssl/evp.h>
 
+#include "clientdir.h"
 #include "daemon.h"
 #include "journal.h"
 #include "store.h"
@@ -389,7 +390,7 @@ json_t *journal_last(const char *state, const char *client, size_t n)
   if (n == 0)
     return out;
   if (client) {
-    if (tb_store_client_path(state, client, "events.jsonl", path, sizeof path) == -1)
+    if (tb_clientdir_path(state, client, TB_CF_EVENTS, path, sizeof path) == -1)
       return out;
   } else {
     journal_path(state, path, sizeof path);

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clientdir.h"
 #include "daemon.h"
 #include "events.h"
 #include "mailbox.h"
@@ -166,7 +167,7 @@ static json_t *op_finish(struct daemon *d, struct conn *conn, json_t *req)
   char overlay[TB_PATH_MAX];
   struct tb_overlay_info info;
   if (tb_mailbox_read(state, c->id, &mb) == -1 ||
-      tb_store_client_path(state, c->id, "overlay", overlay, sizeof overlay) == -1)
+      tb_clientdir_path(state, c->id, TB_CF_OVERLAY, overlay, sizeof overlay) == -1)
     return reply_error("%s", tb_errmsg());
   if (mb.refresh || access(overlay, F_OK) == -1 ||
       tb_overlay_exact_info(state, overlay, &info) == -1 || strcmp(info.base.image, m.image) != 0)

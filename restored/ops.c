@@ -31,6 +31,7 @@
 #include <arpa/inet.h>
 #include <signal.h>
 
+#include "clientdir.h"
 #include "boot.h"
 #include "daemon.h"
 #include "events.h"
@@ -174,7 +175,7 @@ static json_t *pending_json(const struct tb_mailbox *mb, const char *base_image)
 static json_t *session_entry(const char *state, const char *id, uint64_t n, bool exact)
 {
   char path[TB_PATH_MAX];
-  if (tb_client_session_path(state, id, n, path, sizeof path) == -1)
+  if (tb_clientdir_session(state, id, n, path, sizeof path) == -1)
     return NULL;
   json_t *s = json_pack("{s:I}", "session", (json_int_t)n);
   struct tb_overlay_info info;
@@ -222,7 +223,7 @@ static json_t *live_json(const char *state, const char *id)
 {
   char path[TB_PATH_MAX];
   json_t *live = NULL;
-  if (tb_store_client_path(state, id, "live.json", path, sizeof path) == 0)
+  if (tb_clientdir_path(state, id, TB_CF_LIVE_JSON, path, sizeof path) == 0)
     live = read_json_file(path);
   json_t *o = json_object();
   const char *st = json_string_value(json_object_get(live, "state"));
@@ -292,8 +293,8 @@ static json_t *client_json(struct daemon *d, const struct tb_client_conf *c, boo
   }
 
   char ovl[TB_PATH_MAX], sj[TB_PATH_MAX];
-  tb_store_client_path(state, c->id, "overlay", ovl, sizeof ovl);
-  tb_store_client_path(state, c->id, "session.json", sj, sizeof sj);
+  tb_clientdir_path(state, c->id, TB_CF_OVERLAY, ovl, sizeof ovl);
+  tb_clientdir_path(state, c->id, TB_CF_SESSION_JSON, sj, sizeof sj);
   struct tb_overlay_info info;
   bool have_overlay = access(ovl, F_OK) == 0;
   bool have_info = have_overlay && (detail ? tb_overlay_exact_info(state, ovl, &info) == 0
@@ -475,7 +476,7 @@ static json_t *op_status(struct daemon *d, struct op_call *a)
       m_locked |= mb.lockdown[0] != '\0';
     }
     char sj[TB_PATH_MAX];
-    if (tb_store_client_path(state, c->id, "session.json", sj, sizeof sj) == 0) {
+    if (tb_clientdir_path(state, c->id, TB_CF_SESSION_JSON, sj, sizeof sj) == 0) {
       json_t *s = read_json_file(sj);
       dirty += json_integer_value(json_object_get(s, "dirty_bytes"));
       json_decref(s);
@@ -595,7 +596,7 @@ static json_t *op_restore(struct daemon *d, struct op_call *a)
     return reply_error("%s", a->err);
   char path[TB_PATH_MAX];
   struct tb_overlay_info info;
-  if (tb_client_session_path(d->cfg->state_dir, c->id, (uint64_t)n, path, sizeof path) == -1)
+  if (tb_clientdir_session(d->cfg->state_dir, c->id, (uint64_t)n, path, sizeof path) == -1)
     return reply_lib_error();
   if (access(path, F_OK) == -1)
     return reply_error("client %s has no retained session %lld (see tabulactl sessions %s)", c->id,
@@ -771,8 +772,8 @@ static json_t *op_merge(struct daemon *d, struct op_call *a)
   struct tb_overlay_info info;
   const char *state = d->cfg->state_dir;
   if (!force &&
-      (session ? tb_client_session_path(state, c->id, (uint64_t)session, ovl, sizeof ovl)
-               : tb_store_client_path(state, c->id, "overlay", ovl, sizeof ovl)) == 0 &&
+      (session ? tb_clientdir_session(state, c->id, (uint64_t)session, ovl, sizeof ovl)
+               : tb_clientdir_path(state, c->id, TB_CF_OVERLAY, ovl, sizeof ovl)) == 0 &&
       tb_overlay_read_info(ovl, &info) == 0 && strcmp(info.base.image, into) == 0) {
     uint32_t newest = tb_store_latest(state, into);
     char range[48];
@@ -880,7 +881,7 @@ static void collect_refs(struct daemon *d, struct refs *r)
   for (size_t i = 0; i < n_ids; i++) {
     const char *id = ids[i];
     char p[TB_PATH_MAX];
-    if (tb_store_client_path(state, id, "overlay", p, sizeof p) == 0) {
+    if (tb_clientdir_path(state, id, TB_CF_OVERLAY, p, sizeof p) == 0) {
       char why[96];
       snprintf(why, sizeof why, "%s (its overlay)", id);
       ref_overlay(r, p, why);
@@ -894,7 +895,7 @@ static void collect_refs(struct daemon *d, struct refs *r)
     size_t n;
     if (tb_client_sessions(state, id, &nums, &n) == 0) {
       for (size_t k = 0; k < n; k++)
-        if (tb_client_session_path(state, id, nums[k], p, sizeof p) == 0) {
+        if (tb_clientdir_session(state, id, nums[k], p, sizeof p) == 0) {
           char why[96];
           snprintf(why, sizeof why, "%s (retained session %llu)", id, (unsigned long long)nums[k]);
           ref_overlay(r, p, why);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clientdir.h"
 #include "daemon.h"
 #include "events.h"
 #include "mailbox.h"
@@ -71,8 +72,7 @@ void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_
     const struct tb_client_conf *c = tb_config_client(cfg, s[i].id);
     char file[TB_PATH_MAX];
     if (s[i].merge_has && c &&
-        tb_store_client_path(cfg->state_dir, s[i].id, "merge-schedule.json", file, sizeof file) ==
-            0) {
+        tb_clientdir_path(cfg->state_dir, s[i].id, TB_CF_MERGE_SCHEDULE, file, sizeof file) == 0) {
       struct tb_schedule_mark m;
       if (tb_schedule_resume(&s[i].merge_sched, c->merge_when, file, now, 0, &m) == -1)
         log_msg("merge schedule of %s: %s; it counts from now", s[i].id, tb_errmsg());
@@ -80,7 +80,7 @@ void schedules_resume(const struct tb_config *cfg, struct client_sched *s, size_
       s[i].merge_next_ms = m.next_ms;
     }
     if (!s[i].has || !c ||
-        tb_store_client_path(cfg->state_dir, s[i].id, "schedule.json", file, sizeof file) == -1)
+        tb_clientdir_path(cfg->state_dir, s[i].id, TB_CF_SCHEDULE, file, sizeof file) == -1)
       continue;
     struct tb_schedule_mark m;
     if (tb_schedule_resume(&s[i].sched, c->refresh, file, now, jitter(c->refresh_jitter_ms), &m) ==
@@ -103,7 +103,7 @@ static void save_mark(const char *state, const struct client_sched *s, const cha
 {
   char file[TB_PATH_MAX];
   struct tb_schedule_mark m = {s->last_ms, s->next_ms};
-  if (tb_store_client_path(state, s->id, "schedule.json", file, sizeof file) == -1 ||
+  if (tb_clientdir_path(state, s->id, TB_CF_SCHEDULE, file, sizeof file) == -1 ||
       tb_schedule_save(file, text, &m) == -1)
     log_msg("refresh schedule of %s: %s", s->id, tb_errmsg());
 }
@@ -127,7 +127,7 @@ static bool scheduled_merge(struct daemon *d, struct client_sched *s,
   struct tb_overlay_info info;
   /* Nothing to merge: no overlay (never served) or not a dirty block in it
    * (the merged client starts over with an empty overlay on the new version). */
-  bool empty = tb_store_client_path(state, s->id, "overlay", overlay, sizeof overlay) == 0 &&
+  bool empty = tb_clientdir_path(state, s->id, TB_CF_OVERLAY, overlay, sizeof overlay) == 0 &&
                (access(overlay, F_OK) == -1 ||
                 (tb_overlay_exact_info(state, overlay, &info) == 0 && info.dirty_blocks == 0));
   if (empty) {
@@ -172,7 +172,7 @@ static void merge_tick(struct daemon *d, struct client_sched *s, int64_t now)
     char file[TB_PATH_MAX];
     s->merge_last_ms = now;
     struct tb_schedule_mark m = {s->merge_last_ms, s->merge_next_ms};
-    if (tb_store_client_path(d->cfg->state_dir, s->id, "merge-schedule.json", file, sizeof file) ==
+    if (tb_clientdir_path(d->cfg->state_dir, s->id, TB_CF_MERGE_SCHEDULE, file, sizeof file) ==
             -1 ||
         tb_schedule_save(file, c->merge_when, &m) == -1)
       log_msg("merge schedule of %s: %s", s->id, tb_errmsg());

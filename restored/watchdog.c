@@ -61,6 +61,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clientdir.h"
 #include "daemon.h"
 #include "events.h"
 #include "mailbox.h"
@@ -102,7 +103,7 @@ static bool same_file(const char *path, dev_t dev, ino_t ino)
 
 static int quarantine_dir(const char *state, const char *id, char *buf, size_t len)
 {
-  return tb_store_client_path(state, id, "quarantine", buf, len);
+  return tb_clientdir_path(state, id, TB_CF_QUARANTINE, buf, len);
 }
 
 /* Quarantine numbers of a client, ascending (malloc'd). */
@@ -128,7 +129,7 @@ static int quarantine_move(const char *state, const char *id, const char *src, j
     return -1;
   /* Numbers are never reused, even after a release: clients/ID/quarantine/seq. */
   char seqp[TB_PATH_MAX];
-  if (tb_path(seqp, sizeof seqp, "%s/seq", dir) == -1) {
+  if (tb_clientdir_path(state, id, TB_CF_QUARANTINE_SEQ, seqp, sizeof seqp) == -1) {
     free(nums);
     return -1;
   }
@@ -141,9 +142,9 @@ static int quarantine_move(const char *state, const char *id, const char *src, j
   int len = snprintf(buf, sizeof buf, "%llu\n", (unsigned long long)*number);
   if (tb_write_file_atomic(seqp, buf, (size_t)len, 0600) == -1)
     return -1;
-  if (tb_path(qdir, sizeof qdir, "%s/%llu", dir, (unsigned long long)*number) == -1 ||
-      tb_path(dst, sizeof dst, "%s/overlay", qdir) == -1 ||
-      tb_path(notep, sizeof notep, "%s/note.json", qdir) == -1)
+  if (tb_clientdir_quarantined(state, id, *number, TB_CQ_DIR, qdir, sizeof qdir) == -1 ||
+      tb_clientdir_quarantined(state, id, *number, TB_CQ_OVERLAY, dst, sizeof dst) == -1 ||
+      tb_clientdir_quarantined(state, id, *number, TB_CQ_NOTE, notep, sizeof notep) == -1)
     return -1;
   if (mkdir(qdir, 0700) == -1)
     return tb_error_errno("cannot create %s", qdir);
@@ -178,7 +179,7 @@ static bool find_retained(const char *state, const char *id, dev_t dev, ino_t in
   if (tb_client_sessions(state, id, &nums, &n) == -1)
     return false;
   for (size_t i = n; i-- > 0 && !found;)
-    found = tb_client_session_path(state, id, nums[i], buf, len) == 0 && same_file(buf, dev, ino);
+    found = tb_clientdir_session(state, id, nums[i], buf, len) == 0 && same_file(buf, dev, ino);
   free(nums);
   return found;
 }
@@ -205,7 +206,7 @@ static int quarantine_scanned(const char *state, const char *id, uint64_t sessio
   int lock = lock_after(state, id, session);
   int r = 0;
   if (lock >= 0) {
-    if (tb_store_client_path(state, id, "overlay", path, sizeof path) == 0 &&
+    if (tb_clientdir_path(state, id, TB_CF_OVERLAY, path, sizeof path) == 0 &&
         same_file(path, s->dev, s->ino))
       r = quarantine_move(state, id, path, json_incref(note), number) == 0 ? 1 : -1;
     else if (find_retained(state, id, s->dev, s->ino, path, sizeof path))
@@ -386,7 +387,7 @@ static bool health_configured(const struct tb_watchdog_conf *w)
 
 static int health_path(const char *state, const char *id, char *buf, size_t len)
 {
-  return tb_store_client_path(state, id, "health.json", buf, len);
+  return tb_clientdir_path(state, id, TB_CF_HEALTH, buf, len);
 }
 
 /* Is V what check_health writes?  strikes a count, last_good an image, a
@@ -503,7 +504,7 @@ static bool judge(const struct request *rq, const struct tb_client_conf *c,
 
 static int good_dir(const char *state, const char *id, char *buf, size_t len)
 {
-  return tb_store_client_path(state, id, "good", buf, len);
+  return tb_clientdir_path(state, id, TB_CF_GOOD, buf, len);
 }
 
 /* Copy the scanned overlay of SESSION to good/overlay.SESSION (persist clients):
@@ -517,10 +518,10 @@ static bool save_good(const char *state, const char *id, uint64_t session, const
   int lk = lock_after(state, id, session);
   if (lk < 0)
     return false; /* a new session already writes it */
-  bool ok = tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == 0 &&
+  bool ok = tb_clientdir_path(state, id, TB_CF_OVERLAY, ovl, sizeof ovl) == 0 &&
             same_file(ovl, s->dev, s->ino) && good_dir(state, id, dir, sizeof dir) == 0 &&
             tb_mkdirs(dir, true) == 0 &&
-            tb_path(pending, len, "%s/overlay.%llu", dir, (unsigned long long)session) == 0 &&
+            tb_clientdir_good_pending(state, id, session, pending, len) == 0 &&
             tb_clone_file(ovl, pending, NULL, NULL) == 0 && tb_fsync_dir(pending) == 0;
   if (!ok) {
     log_msg("watchdog: cannot keep the last known good overlay of %s: %s", id, tb_errmsg());
@@ -533,13 +534,10 @@ static bool save_good(const char *state, const char *id, uint64_t session, const
 }
 
 /* PENDING (good/overlay.S) becomes good/overlay: health.json names S now. */
-static int commit_good(const char *pending)
+static int commit_good(const char *state, const char *id, const char *pending)
 {
-  char dst[TB_PATH_MAX], dir[TB_PATH_MAX];
-  if (tb_path(dir, sizeof dir, "%s", pending) == -1 || !strrchr(dir, '/'))
-    return tb_error("%s: not a path", pending);
-  *strrchr(dir, '/') = '\0';
-  if (tb_path(dst, sizeof dst, "%s/overlay", dir) == -1)
+  char dst[TB_PATH_MAX];
+  if (tb_clientdir_path(state, id, TB_CF_GOOD_OVERLAY, dst, sizeof dst) == -1)
     return -1;
   if (rename(pending, dst) == -1)
     return tb_error_errno("cannot rename %s to %s", pending, dst);
@@ -553,9 +551,9 @@ static int good_swap(const char *state, const char *id, const char *journal)
 {
   char ovl[TB_PATH_MAX], retained[TB_PATH_MAX], sessions[TB_PATH_MAX];
   uint64_t n = tb_client_last_session(state, id);
-  if (tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == -1 ||
-      tb_store_client_path(state, id, "sessions", sessions, sizeof sessions) == -1 ||
-      tb_client_session_path(state, id, n, retained, sizeof retained) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_OVERLAY, ovl, sizeof ovl) == -1 ||
+      tb_clientdir_path(state, id, TB_CF_SESSIONS, sessions, sizeof sessions) == -1 ||
+      tb_clientdir_session(state, id, n, retained, sizeof retained) == -1)
     return -1;
   struct stat st = {0};
   bool used = stat(ovl, &st) == 0 && (uint64_t)st.st_blocks * 512 > 4096;
@@ -585,7 +583,7 @@ static int good_swap(const char *state, const char *id, const char *journal)
 static bool restore_good(const char *state, const char *id, uint64_t session)
 {
   char good[TB_PATH_MAX], tmp[TB_PATH_MAX], journal[TB_PATH_MAX];
-  if (tb_store_client_path(state, id, "good/overlay", good, sizeof good) == -1 ||
+  if (tb_clientdir_path(state, id, TB_CF_GOOD_OVERLAY, good, sizeof good) == -1 ||
       access(good, F_OK) == -1)
     return false;
   int lk = lock_after(state, id, session);
@@ -593,8 +591,8 @@ static bool restore_good(const char *state, const char *id, uint64_t session)
     return false;
   /* The copy is built under a temporary name (what a cut leaves of it goes
    * with the next turn or gc) and named overlay.good once durable. */
-  bool ok = tb_store_client_path(state, id, "overlay.good.tmp.watchdog", tmp, sizeof tmp) == 0 &&
-            tb_store_client_path(state, id, "overlay.good", journal, sizeof journal) == 0 &&
+  bool ok = tb_clientdir_path(state, id, TB_CF_OVERLAY_GOOD_TMP, tmp, sizeof tmp) == 0 &&
+            tb_clientdir_path(state, id, TB_CF_OVERLAY_GOOD, journal, sizeof journal) == 0 &&
             (unlink(tmp) == 0 || errno == ENOENT) && tb_clone_file(good, tmp, NULL, NULL) == 0 &&
             rename(tmp, journal) == 0 && tb_fsync_dir(journal) == 0 &&
             good_swap(state, id, journal) == 0;
@@ -686,7 +684,7 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
     log_msg("watchdog: %s", tb_errmsg());
     if (pending[0])
       unlink(pending); /* the record still names the copy before */
-  } else if (pending[0] && commit_good(pending) == -1) {
+  } else if (pending[0] && commit_good(state, c->id, pending) == -1) {
     log_msg("watchdog: %s (the daemon's next start finishes it)", tb_errmsg());
   }
   json_decref(health);
@@ -697,17 +695,15 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
 void watchdog_refs(const char *state, const char *id, const struct watchdog_refs_cb *cb)
 {
   char p[TB_PATH_MAX], why[96];
-  if (tb_store_client_path(state, id, "good/overlay", p, sizeof p) == 0 && access(p, F_OK) == 0) {
+  if (tb_clientdir_path(state, id, TB_CF_GOOD_OVERLAY, p, sizeof p) == 0 && access(p, F_OK) == 0) {
     snprintf(why, sizeof why, "%s (its last known good overlay)", id);
     cb->overlay(cb->ctx, p, why);
   }
   uint64_t *nums;
   size_t n;
-  char dir[TB_PATH_MAX];
-  if (quarantine_list(state, id, &nums, &n) == 0 &&
-      quarantine_dir(state, id, dir, sizeof dir) == 0) {
+  if (quarantine_list(state, id, &nums, &n) == 0) {
     for (size_t k = 0; k < n; k++) {
-      if (tb_path(p, sizeof p, "%s/%llu/overlay", dir, (unsigned long long)nums[k]) == -1)
+      if (tb_clientdir_quarantined(state, id, nums[k], TB_CQ_OVERLAY, p, sizeof p) == -1)
         continue;
       snprintf(why, sizeof why, "%s (quarantined overlay %llu)", id, (unsigned long long)nums[k]);
       cb->overlay(cb->ctx, p, why);
@@ -912,8 +908,8 @@ static struct tb_scan *open_ended(const char *state, const char *id, uint64_t se
                                   int64_t budget_ms, struct tb_disk **stuck)
 {
   char ovl[TB_PATH_MAX], retained[TB_PATH_MAX];
-  if (tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == -1 ||
-      (session && tb_client_session_path(state, id, session, retained, sizeof retained) == -1))
+  if (tb_clientdir_path(state, id, TB_CF_OVERLAY, ovl, sizeof ovl) == -1 ||
+      (session && tb_clientdir_session(state, id, session, retained, sizeof retained) == -1))
     return NULL;
   for (int attempt = 0; attempt < 3; attempt++) {
     bool moved_on = session && tb_client_last_session(state, id) != session;
@@ -941,7 +937,7 @@ static void mark_ended(const char *state, const char *id, uint64_t session)
 {
   char path[TB_PATH_MAX];
   json_t *v = json_pack("{s:I}", "ended", (json_int_t)session);
-  if (tb_store_client_path(state, id, "watchdog.json", path, sizeof path) == -1 || !v ||
+  if (tb_clientdir_path(state, id, TB_CF_WATCHDOG, path, sizeof path) == -1 || !v ||
       save_json(path, v) == -1)
     log_msg("watchdog: %s", tb_errmsg());
   json_decref(v);
@@ -1039,16 +1035,15 @@ static void *worker(void *arg)
  * The move is finished: the client's name goes. */
 static void quarantine_unlink_live(const char *state, const char *id)
 {
-  char ovl[TB_PATH_MAX], dir[TB_PATH_MAX], q[TB_PATH_MAX];
+  char ovl[TB_PATH_MAX], q[TB_PATH_MAX];
   struct stat st;
   uint64_t *nums;
   size_t n;
-  if (tb_store_client_path(state, id, "overlay", ovl, sizeof ovl) == -1 || stat(ovl, &st) == -1 ||
-      st.st_nlink < 2 || quarantine_dir(state, id, dir, sizeof dir) == -1 ||
-      quarantine_list(state, id, &nums, &n) == -1)
+  if (tb_clientdir_path(state, id, TB_CF_OVERLAY, ovl, sizeof ovl) == -1 || stat(ovl, &st) == -1 ||
+      st.st_nlink < 2 || quarantine_list(state, id, &nums, &n) == -1)
     return;
   for (size_t k = 0; k < n; k++) {
-    if (tb_path(q, sizeof q, "%s/%llu/overlay", dir, (unsigned long long)nums[k]) == -1 ||
+    if (tb_clientdir_quarantined(state, id, nums[k], TB_CQ_OVERLAY, q, sizeof q) == -1 ||
         !same_file(q, st.st_dev, st.st_ino) || unlink(ovl) == -1)
       continue;
     tb_fsync_dir(ovl);
@@ -1071,7 +1066,7 @@ static void good_recover(const struct tb_config *cfg, const struct tb_client_con
   char dir[TB_PATH_MAX], hpath[TB_PATH_MAX], journal[TB_PATH_MAX], p[TB_PATH_MAX];
   if (good_dir(state, id, dir, sizeof dir) == -1 ||
       health_path(state, id, hpath, sizeof hpath) == -1 ||
-      tb_store_client_path(state, id, "overlay.good", journal, sizeof journal) == -1)
+      tb_clientdir_path(state, id, TB_CF_OVERLAY_GOOD, journal, sizeof journal) == -1)
     return;
   json_t *health = NULL;
   json_int_t named = 0;
@@ -1090,7 +1085,7 @@ static void good_recover(const struct tb_config *cfg, const struct tb_client_con
         named = json_integer_value(json_object_get(lg, "session"));
     }
     if (saving && strtoll(num, NULL, 10) == named && named > 0) {
-      if (commit_good(p) == 0) {
+      if (commit_good(state, id, p) == 0) {
         log_msg("warning: %s: the save of %s's last known good overlay (session %s) was cut by a "
                 "crash after health.json recorded it; it is finished",
                 p, id, num);
@@ -1232,9 +1227,11 @@ void watchdog_recover(const struct tb_config *cfg)
     bool removed = false;
     for (size_t k = 0; k < n; k++) {
       char qdir[TB_PATH_MAX], ovl[TB_PATH_MAX], note[TB_PATH_MAX];
-      if (tb_path(qdir, sizeof qdir, "%s/%llu", dir, (unsigned long long)nums[k]) == -1 ||
-          tb_path(ovl, sizeof ovl, "%s/overlay", qdir) == -1 ||
-          tb_path(note, sizeof note, "%s/note.json", qdir) == -1 || access(ovl, F_OK) == 0)
+      const char *state = cfg->state_dir;
+      if (tb_clientdir_quarantined(state, id, nums[k], TB_CQ_DIR, qdir, sizeof qdir) == -1 ||
+          tb_clientdir_quarantined(state, id, nums[k], TB_CQ_OVERLAY, ovl, sizeof ovl) == -1 ||
+          tb_clientdir_quarantined(state, id, nums[k], TB_CQ_NOTE, note, sizeof note) == -1 ||
+          access(ovl, F_OK) == 0)
         continue;
       unlink(note);
       remove_temps(qdir, "note.json"); /* a note whose write the crash cut */
@@ -1261,7 +1258,7 @@ void watchdog_recover(const struct tb_config *cfg)
     }
     good_recover(cfg, &cfg->clients[i]);
     char cdir[TB_PATH_MAX];
-    if (tb_store_client_dir(cfg->state_dir, id, cdir, sizeof cdir) == 0) {
+    if (tb_clientdir_path(cfg->state_dir, id, TB_CF_DIR, cdir, sizeof cdir) == 0) {
       remove_temps(cdir, "health.json");
       remove_temps(cdir, "watchdog.json");
     }
@@ -1321,8 +1318,8 @@ void watchdog_resume(struct tb_config *cfg)
     tb_watchdog_free(&w);
     char sj[TB_PATH_MAX], mark[TB_PATH_MAX];
     if (!watched ||
-        tb_store_client_path(cfg->state_dir, c->id, "session.json", sj, sizeof sj) == -1 ||
-        tb_store_client_path(cfg->state_dir, c->id, "watchdog.json", mark, sizeof mark) == -1)
+        tb_clientdir_path(cfg->state_dir, c->id, TB_CF_SESSION_JSON, sj, sizeof sj) == -1 ||
+        tb_clientdir_path(cfg->state_dir, c->id, TB_CF_WATCHDOG, mark, sizeof mark) == -1)
       continue;
     json_t *sess = access(sj, F_OK) == 0 ? load_json(sj) : NULL;
     json_t *done = access(mark, F_OK) == 0 ? load_json(mark) : NULL;
@@ -1353,7 +1350,7 @@ static void enqueue_cfg(struct tb_config *cfg, const char *id, bool end, uint64_
   rq->session = session;
   rq->duration_ms = duration_ms;
   char sj[TB_PATH_MAX];
-  json_t *sess = tb_store_client_path(cfg->state_dir, id, "session.json", sj, sizeof sj) == 0
+  json_t *sess = tb_clientdir_path(cfg->state_dir, id, TB_CF_SESSION_JSON, sj, sizeof sj) == 0
                      ? load_json(sj)
                      : NULL;
   if (sess && json_integer_value(json_object_get(sess, "session")) == (json_int_t)session) {
@@ -1531,9 +1528,8 @@ static json_t *op_lockdown(struct daemon *d, json_t *req, const char *op, bool l
 
 static json_t *quarantine_entry(const char *state, const char *id, uint64_t n, bool full)
 {
-  char dir[TB_PATH_MAX], path[TB_PATH_MAX];
-  if (quarantine_dir(state, id, dir, sizeof dir) == -1 ||
-      tb_path(path, sizeof path, "%s/%llu/note.json", dir, (unsigned long long)n) == -1)
+  char path[TB_PATH_MAX];
+  if (tb_clientdir_quarantined(state, id, n, TB_CQ_NOTE, path, sizeof path) == -1)
     return NULL;
   json_t *note = load_json(path);
   if (!note)
@@ -1542,7 +1538,7 @@ static json_t *quarantine_entry(const char *state, const char *id, uint64_t n, b
   if (!full)
     json_object_del(note, "hits");
   struct stat st;
-  if (tb_path(path, sizeof path, "%s/%llu/overlay", dir, (unsigned long long)n) == 0 &&
+  if (tb_clientdir_quarantined(state, id, n, TB_CQ_OVERLAY, path, sizeof path) == 0 &&
       stat(path, &st) == 0) {
     json_object_set_new(note, "disk_bytes", json_integer((json_int_t)st.st_blocks * 512));
     if (full)
@@ -1597,9 +1593,9 @@ static json_t *op_quarantine_show(struct daemon *d, json_t *req, bool release)
   const char *state = d->cfg->state_dir;
   char dir[TB_PATH_MAX], qdir[TB_PATH_MAX], ovl[TB_PATH_MAX], note[TB_PATH_MAX];
   if (quarantine_dir(state, c->id, dir, sizeof dir) == -1 ||
-      tb_path(qdir, sizeof qdir, "%s/%llu", dir, (unsigned long long)n) == -1 ||
-      tb_path(ovl, sizeof ovl, "%s/overlay", qdir) == -1 ||
-      tb_path(note, sizeof note, "%s/note.json", qdir) == -1)
+      tb_clientdir_quarantined(state, c->id, n, TB_CQ_DIR, qdir, sizeof qdir) == -1 ||
+      tb_clientdir_quarantined(state, c->id, n, TB_CQ_OVERLAY, ovl, sizeof ovl) == -1 ||
+      tb_clientdir_quarantined(state, c->id, n, TB_CQ_NOTE, note, sizeof note) == -1)
     return reply_error("%s", tb_errmsg());
   if (access(qdir, F_OK) == -1)
     return reply_error("client %s has no quarantined overlay %llu (see tabulactl quarantine list)",
@@ -1617,9 +1613,9 @@ static json_t *op_quarantine_show(struct daemon *d, json_t *req, bool release)
     if (info.session == 0)
       return reply_error("quarantined overlay %llu of %s has no session number",
                          (unsigned long long)n, c->id);
-    if (tb_store_client_path(state, c->id, "sessions", sessions, sizeof sessions) == -1 ||
+    if (tb_clientdir_path(state, c->id, TB_CF_SESSIONS, sessions, sizeof sessions) == -1 ||
         tb_mkdirs(sessions, false) == -1 ||
-        tb_client_session_path(state, c->id, info.session, dst, sizeof dst) == -1)
+        tb_clientdir_session(state, c->id, info.session, dst, sizeof dst) == -1)
       return reply_error("%s", tb_errmsg());
     if (access(dst, F_OK) == 0)
       return reply_error("client %s already has a retained session %llu: remove or restore it "

@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "clientdir.h"
 #include "mailbox.h"
 #include "store.h"
 #include "util.h"
@@ -64,7 +65,7 @@ static struct tb_mailbox latest(const char *id)
 
 static void mailbox_path(const char *id, char *buf, size_t len)
 {
-  ck_assert_int_eq(tb_store_client_path(state, id, "mailbox.json", buf, len), 0);
+  ck_assert_int_eq(tb_clientdir_path(state, id, TB_CF_MAILBOX, buf, len), 0);
 }
 
 START_TEST(test_latest_request_wins)
@@ -201,7 +202,7 @@ START_TEST(test_turn_clears_what_it_applied)
 
   /* A file older than the numbering: the turn read serial 0 and clears all. */
   char path[TB_PATH_MAX];
-  ck_assert_int_eq(tb_store_client_mkdir(state, "pc02", path, sizeof path), 0);
+  ck_assert_int_eq(tb_clientdir_mkdir(state, "pc02", path, sizeof path), 0);
   mailbox_path("pc02", path, sizeof path);
   const char *old = "{\"rollback\": true, \"restore\": 4, \"pin\": 2}";
   ck_assert_int_eq(tb_write_file_atomic(path, old, strlen(old), 0600), 0);
