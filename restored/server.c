@@ -14,7 +14,8 @@
  *   - a line that is not a JSON object, an unknown operation or a wrong
  *     argument gets an error reply, and the connection stays usable;
  *   - a connection with a partial line that stays silent for IDLE_PARTIAL_MS,
- *     or any connection idle for IDLE_MS, is closed;
+ *     or any connection idle for IDLE_MS, is closed (measured on the
+ *     monotonic clock: a step of the wall clock closes nothing early);
  *   - replies are buffered per connection; a peer that does not read more
  *     than MAX_OUTPUT of them is dropped;
  *   - at most MAX_CONNS connections.  An administrator must always get in,
@@ -68,8 +69,8 @@ struct conn {
   char *in; /* TB_CONTROL_MAX_LINE + 1 */
   size_t in_len;
   struct out_buf out; /* replies not yet sent */
-  int64_t last_ms;
-  bool eof; /* the peer shut down its side: answer what it sent, then close */
+  int64_t last_ms;    /* its last input or output, tb_mono_ms() */
+  bool eof;           /* the peer shut down its side: answer what it sent, then close */
   char follow_client[TB_NAME_MAX + 1]; /* "" = all */
 };
 
@@ -246,7 +247,7 @@ void conn_finish(struct conn *c, json_t *final)
   conn_send(c, final);
   if (c->state != CONN_CLOSING)
     c->state = CONN_READY;
-  c->last_ms = tb_now_ms();
+  c->last_ms = tb_mono_ms();
 }
 
 uint64_t conn_id(const struct conn *c)
@@ -383,7 +384,7 @@ static void conn_read(struct daemon *d, struct conn *c)
       return;
     }
     c->in_len += (size_t)n;
-    c->last_ms = tb_now_ms();
+    c->last_ms = tb_mono_ms();
     if (c->state != CONN_READY && c->in_len > TB_CONTROL_MAX_LINE)
       break;
   }
@@ -489,7 +490,7 @@ void server_accept(struct daemon *d)
     c->id = next_conn_id++;
     c->fd = fd;
     c->uid = uid;
-    c->last_ms = tb_now_ms();
+    c->last_ms = tb_mono_ms();
     conns[slot] = c;
   }
 }
@@ -553,13 +554,15 @@ void server_io(struct daemon *d, const struct pollfd *fds, size_t n)
 
 static void server_tick(struct daemon *d, int64_t now)
 {
+  (void)now; /* the loop's wall clock: idle time is measured on the monotonic one */
+  int64_t mono = tb_mono_ms();
   for (size_t i = 0; i < MAX_CONNS; i++) {
     struct conn *c = conns[i];
     if (c && c->state == CONN_READY && c->in_len) /* lines queued behind a finished job */
       process_input(d, c);
     if (!c || c->state != CONN_READY)
       continue;
-    int64_t idle = now - c->last_ms;
+    int64_t idle = mono - c->last_ms;
     if ((c->in_len && idle > IDLE_PARTIAL_MS) || idle > IDLE_MS) {
       if (c->in_len)
         conn_finish(c, reply_error("incomplete request line (no newline) for %d s; closing",
