@@ -11,12 +11,15 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "inspect-internal.h"
 
+_Static_assert(offsetof(ntfs_mft, base_ref) == 0x20 && offsetof(ntfs_mft, next_attrid) == 0x28,
+               "ntfs_mft: the MFT record header");
 #define NODE_NONE UINT32_MAX
 #define INDEX_MAX_NODES (UINT32_MAX / 2)
 
@@ -439,12 +442,16 @@ static int meta_candidates(struct idiff *x, const struct geom *g)
         if (cands_add(&x->c, rec + g->first) < 0)
           return -1;
         uint64_t at = rec * g->rec;
-        unsigned char h[0x28];
+        /* An MFT record's header (libtsk's ntfs_mft) up to its base record's
+         * reference (48 bits of number, then the sequence). */
+        unsigned char h[offsetof(ntfs_mft, next_attrid)];
+        const ntfs_mft *mh = (const ntfs_mft *)h;
         if (g->kind == GEOM_NTFS && at >= m->foff && m->len >= sizeof h &&
             at - m->foff <= m->len - sizeof h &&
             tb_disk_pread(x->ins->disk, h, sizeof h, m->off + (at - m->foff)) == 0 &&
-            memcmp(h, "FILE", 4) == 0 && (tb_get_le64(h + 0x20) & 0xFFFFFFFFFFFFull) != 0 &&
-            cands_add(&x->c, tb_get_le64(h + 0x20) & 0xFFFFFFFFFFFFull) < 0)
+            tb_get_le32(mh->magic) == NTFS_MFT_MAGIC &&
+            (tb_get_le64(mh->base_ref) & 0xFFFFFFFFFFFFull) != 0 &&
+            cands_add(&x->c, tb_get_le64(mh->base_ref) & 0xFFFFFFFFFFFFull) < 0)
           return -1;
       }
     }

@@ -57,6 +57,8 @@ _Static_assert(EXT_IFIELD(f1) == 118, "ext2fs_inode: f1 is the kernel's l_i_file
 _Static_assert(EXT_IFIELD(i_crtime_extra) == 148, "ext2fs_inode: i_crtime_extra at 148");
 _Static_assert(offsetof(ext2fs_ea_header, entry) == 32 && EXT_EA_ENTRY_HDR == 16,
                "ext2fs_ea_header/entry: the kernel's layout");
+_Static_assert(offsetof(ntfs_attr_si, dos) == 32 && NTFS_SI_SYS == 0x4,
+               "ntfs_attr_si: the file attributes at 32");
 #define REPARSE_MOUNT_POINT 0xA0000003u
 #define REPARSE_SYMLINK 0xA000000Cu
 
@@ -343,8 +345,10 @@ ssize_t tbi_ntfs_link(TSK_FS_FILE *f, char *out, size_t size)
         rp->rd.buf, (size_t)rp->size < rp->rd.buf_size ? (size_t)rp->size : rp->rd.buf_size, out,
         size);
   const TSK_FS_ATTR *si = tbi_ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_SI);
-  bool system = si && (si->flags & TSK_FS_ATTR_RES) && si->rd.buf && si->size >= 36 &&
-                (tb_get_le32(si->rd.buf + 32) & 0x4);
+  /* $STANDARD_INFORMATION (libtsk's ntfs_attr_si): its DOS attributes */
+  bool system = si && (si->flags & TSK_FS_ATTR_RES) && si->rd.buf &&
+                si->size >= (TSK_OFF_T)(offsetof(ntfs_attr_si, dos) + 4) &&
+                (tb_get_le32(((const ntfs_attr_si *)si->rd.buf)->dos) & NTFS_SI_SYS);
   uint64_t sz = f->meta->size > 0 ? (uint64_t)f->meta->size : 0;
   if (!system || f->meta->type != TSK_FS_META_TYPE_REG || sz < 10 || sz > INTERIX_MAX)
     return -1;
