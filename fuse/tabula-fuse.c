@@ -325,6 +325,15 @@ struct snap {
   pthread_mutex_t stat_mu;
   struct stat_entry **stat_buckets; /* STAT_CACHE_BUCKETS, allocated at the first listing */
   size_t stat_n;
+  struct big_dir *big_dirs; /* under stat_mu: big directories listed (listing_plan) */
+};
+
+/* A directory of more than PLUS_FIRST entries that a listing gave without
+ * all their attributes (listing_plan). */
+struct big_dir {
+  struct big_dir *next;
+  int vol;
+  char path[];
 };
 
 static uint32_t stat_hash(int vol, const char *path)
@@ -392,6 +401,10 @@ static void snap_put(struct snap *s)
         free(e);
       }
     free(s->stat_buckets);
+    for (struct big_dir *b = s->big_dirs, *next; b; b = next) {
+      next = b->next;
+      free(b);
+    }
     pthread_mutex_destroy(&s->stat_mu);
     free(s);
   }
@@ -978,10 +991,17 @@ static char *gen_get(const struct node *n, const char *path, size_t *len, bool f
 
 /* ---- FUSE operations ------------------------------------------------------------------ */
 
+/* A directory's st_blksize: glibc's opendir sizes its getdents buffer by
+ * it (32 KiB to 1 MiB) and the kernel asks FUSE for a listing as large as
+ * that buffer (up to max_pages, 1 MiB), so a 20,000-entry directory is 4
+ * READDIRPLUS round trips instead of 100. */
+#define DIR_BLKSIZE (1 << 20)
+
 static void dir_stat(struct stat *st)
 {
   st->st_mode = S_IFDIR | 0555;
   st->st_nlink = 2;
+  st->st_blksize = DIR_BLKSIZE;
   st->st_mtime = st->st_ctime = st->st_atime = mount_time;
 }
 
@@ -1042,7 +1062,7 @@ static void istat_to_stat(const struct tb_istat *is, struct stat *st, uint64_t i
   st->st_gid = is->gid;
   st->st_size = (off_t)(is->size > INT64_MAX ? INT64_MAX : is->size);
   st->st_blocks = (blkcnt_t)((is->size + 511) / 512);
-  st->st_blksize = 4096;
+  st->st_blksize = type == S_IFDIR ? DIR_BLKSIZE : 4096;
   st->st_ino = ino;
   if (type == S_IFCHR || type == S_IFBLK)
     st->st_rdev = makedev(is->rdev_major, is->rdev_minor);
@@ -1162,6 +1182,7 @@ static int tf_getattr(const char *path, struct stat *st, double *timeout)
  * libfuse would take the listing in one go and drop the attributes. */
 struct listing {
   double timeout; /* of its entries (node_timeout) */
+  size_t plus_n;  /* entries from here on carry attributes only if directories */
   size_t n, cap;
   struct listed {
     char *name;
@@ -1198,6 +1219,43 @@ static int listing_add(struct listing *l, const char *name, const struct stat *s
     e->st = *st;
   l->n++;
   return 0;
+}
+
+/* Which entries of a guest directory's listing carry their attributes.
+ * Each one the kernel gets with its attributes (readdirplus) becomes an
+ * inode and a dentry in the kernel: about 5 us of the lister's CPU, which
+ * for a 20,000-entry directory was most of a `find`'s time (find, ls
+ * without -l, a shell's globbing never stat the files).  Without them a
+ * stat of the entry is a lookup round trip instead (answered from the
+ * snapshot's stat cache).  So: every entry of a directory of up to
+ * PLUS_FIRST entries, and of a bigger one the first PLUS_FIRST and every
+ * subdirectory (a walker opens those); the rest carry names and types only
+ * at the first listing of that directory in the snapshot, and everything
+ * from its second listing on (a directory listed again is being walked
+ * again: `find -ls` after `find`).  A listing without every attribute is
+ * not left in the kernel's directory cache (ll_opendir), so its next
+ * listing comes here and gets them.  The cost falls on a first `ls -l` of
+ * a big directory: a lookup per entry past the first PLUS_FIRST. */
+#define PLUS_FIRST 4096
+
+static void listing_plan(struct listing *l, struct snap *sn, int vol, const char *dir)
+{
+  l->plus_n = l->n;
+  if (l->n <= PLUS_FIRST + 2) /* with "." and ".." */
+    return;
+  size_t dl = strlen(dir);
+  pthread_mutex_lock(&sn->stat_mu);
+  struct big_dir *b = sn->big_dirs;
+  while (b && (b->vol != vol || strcmp(b->path, dir) != 0))
+    b = b->next;
+  if (!b && (b = malloc(sizeof *b + dl + 1))) {
+    b->vol = vol;
+    memcpy(b->path, dir, dl + 1);
+    b->next = sn->big_dirs;
+    sn->big_dirs = b;
+    l->plus_n = PLUS_FIRST + 2;
+  }
+  pthread_mutex_unlock(&sn->stat_mu);
 }
 
 struct fill_ctx {
@@ -1297,6 +1355,8 @@ static int list_dir(const char *path, struct listing *l)
         : tb_inspect_readdir(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
         : fc.full                                                             ? -ENOMEM
                                                                               : errno_or_eio();
+    if (r == 0)
+      listing_plan(l, sn, vi, n.inner);
     snap_put(sn);
     return r;
   }
@@ -1313,6 +1373,7 @@ static int tf_opendir(const char *path, struct fuse_file_info *fi)
   struct listing *l = calloc(1, sizeof *l);
   if (!l)
     return -ENOMEM;
+  l->plus_n = SIZE_MAX;
   int r = list_dir(path, l);
   if (r < 0) {
     listing_free(l);
@@ -1528,12 +1589,13 @@ static int tf_statfs(const char *path, struct statvfs *st)
  * forgotten.  Everything else works on paths, as above.
  *
  * Inode numbers (st_ino) are ours (guest_ino), so hard links share one and
- * du, tar and rsync -H see them; node ids are per path.  Every listing
- * carries each entry's attributes (readdirplus, not the kernel's "auto"
- * choice, which asks for them only in a directory's first request:
- * `find -ls` then costs a lookup round trip per file), and reads go to the
- * kernel in large requests with readahead: a find or a copy costs few
- * round trips. */
+ * du, tar and rsync -H see them; node ids are per path.  Listings carry
+ * the entries' attributes (readdirplus, always asked for: not the kernel's
+ * "auto" choice, which asks for them only in a directory's first request,
+ * so `find -ls` costs a lookup round trip per file), all of them but in a
+ * big directory's first listing (listing_plan), in requests of up to
+ * 1 MiB (DIR_BLKSIZE); reads go to the kernel in large requests with
+ * readahead: a find or a copy costs few round trips. */
 struct lnode {
   uint64_t id, nlookup;
   struct lnode *next_id, *next_path; /* hash chains */
@@ -1713,7 +1775,7 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
   if (r == 0) {
     const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
     /* An immutable directory's listing may stay in the kernel's cache. */
-    fi->cache_readdir = fi->keep_cache = l->timeout > KERNEL_TIMEOUT_S;
+    fi->cache_readdir = fi->keep_cache = l->timeout > KERNEL_TIMEOUT_S && l->plus_n >= l->n;
     if (fuse_reply_open(req, fi) != 0)
       tf_releasedir(path, fi);
   } else {
@@ -1723,7 +1785,10 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
 }
 
 /* The entries of the listing from OFF on, as many as SIZE bytes hold; with
- * PLUS each entry whose attributes are known is a lookup of its node. */
+ * PLUS each entry that carries its attributes (listing_plan) is a lookup of
+ * its node, the others go as names and types (node 0: the kernel makes no
+ * inode for them).  Paths are built in one buffer, not one allocation per
+ * entry. */
 static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
                           struct fuse_file_info *fi, bool plus)
 {
@@ -1731,12 +1796,20 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
   if (!dir)
     return;
   const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
-  char *buf = malloc(size ? size : 1);
+  size_t dl = strcmp(dir, "/") == 0 ? 0 : strlen(dir), room = dl + 1 + NAME_MAX + 1;
+  char *buf = malloc(size ? size : 1), *pb = malloc(room);
   size_t used = 0;
-  for (size_t i = off > 0 ? (size_t)off : 0; buf && i < l->n; i++) {
+  if (pb) {
+    memcpy(pb, dir, dl);
+    pb[dl] = '/';
+  }
+  for (size_t i = off > 0 ? (size_t)off : 0; buf && pb && i < l->n; i++) {
     const struct listed *le = &l->v[i];
     bool dots = strcmp(le->name, ".") == 0 || strcmp(le->name, "..") == 0;
-    char *path = dots ? NULL : child_path(dir, le->name);
+    size_t nl = strlen(le->name);
+    char *path = dots ? NULL : nl <= NAME_MAX ? pb : child_path(dir, le->name);
+    if (path == pb)
+      memcpy(pb + dl + 1, le->name, nl + 1);
     struct fuse_entry_param e = {0};
     if (le->has_st)
       e.attr = le->st;
@@ -1746,24 +1819,27 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
     if (!plus) {
       n = fuse_add_direntry(req, buf + used, size - used, le->name, &e.attr, (off_t)(i + 1));
     } else if (fuse_add_direntry_plus(req, NULL, 0, le->name, &e, (off_t)(i + 1)) > size - used) {
-      free(path);
+      if (path != pb)
+        free(path);
       break;
     } else {
-      if (path && le->has_st) {
+      if (path && le->has_st && (i < l->plus_n || S_ISDIR(le->st.st_mode))) {
         e.ino = lnode_lookup(path); /* 0 (out of memory): the kernel takes no lookup */
         e.entry_timeout = e.attr_timeout = l->timeout;
       }
       n = fuse_add_direntry_plus(req, buf + used, size - used, le->name, &e, (off_t)(i + 1));
     }
-    free(path);
+    if (path != pb)
+      free(path);
     if (n > size - used)
       break;
     used += n;
   }
-  if (buf)
+  if (buf && pb)
     fuse_reply_buf(req, buf, used);
   else
     fuse_reply_err(req, ENOMEM);
+  free(pb);
   free(buf);
   free(dir);
 }

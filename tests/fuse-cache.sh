@@ -9,7 +9,14 @@
 #    live trees asks nothing at all;
 #  - mounted allow_other it keeps nothing past a second (another user would
 #    see what an admin looked up): the same `ls -l` asks again;
-#  - mounted by root, reads come in 1 MiB requests (the mount's readahead).
+#  - mounted by root, reads come in 1 MiB requests (the mount's readahead);
+#  - a listing comes in requests of up to 1 MiB (a directory's st_blksize
+#    sizes glibc's getdents buffer), not 32 KiB;
+#  - a directory of more than 4096 entries: its first listing carries the
+#    attributes of the first 4096 and of its subdirectories only (the
+#    kernel makes no inode for the rest: a `find` that never stats them
+#    pays nothing for them); the next listing carries them all, so a
+#    `find -ls` after the `find` asks no lookup per file.
 . "$abs_top_srcdir/tests/functions.sh"
 tb_setup
 . "$abs_top_srcdir/tests/fuse-functions.sh"
@@ -17,7 +24,8 @@ tb_require mke2fs
 [ "$(id -u)" = 0 ] || tb_skip "needs root (allow_other, the mount's readahead in sysfs)"
 
 T=$TB_TMP
-mkdir -p "$T/src/many"
+mkdir -p "$T/src/many" "$T/src/big/subdir"
+seq -f "$T/src/big/f%05g" 1 5000 | xargs touch
 i=1
 while [ $i -le 300 ]; do
   echo "$i" >"$T/src/many/f$i"
@@ -25,7 +33,8 @@ while [ $i -le 300 ]; do
 done
 head -c 4194304 /dev/urandom >"$T/src/big.bin"
 mkdir "$T/exports"
-tf_ext4 "$T/exports/ext4@1" "$T/src" 32M
+truncate -s 48M "$T/exports/ext4@1"
+mke2fs -q -F -t ext4 -b 4096 -N 8192 -d "$T/src" "$T/exports/ext4@1" >/dev/null
 tb_start_plugin srv file dir="$T/exports"
 URI="nbd+unix:///?socket=$T/srv.sock"
 
@@ -43,6 +52,27 @@ ls -l "$V/many" >"$T/ls.out" || tb_fail "ls -l: $(cat "$T/ls.out")"
 n=$(requests mnt LOOKUP)
 [ "$n" -le 20 ] || tb_fail "ls -l of 300 files made $n lookups: the listing did not carry the attributes"
 echo "$n lookups"
+
+echo "== listings in 1 MiB requests"
+big=$(grep -A1 'opcode: READDIRPLUS' "$TB_TMP/fuse-mnt.log" | sed -n 's/.*success, outsize: //p' |
+  sort -n | tail -n 1)
+[ "${big:-0}" -gt 40000 ] || tb_fail "the largest READDIRPLUS reply of ls -l on 300 files is $big bytes"
+[ "$(stat -c %o "$V/many")" = 1048576 ] || tb_fail "a directory's st_blksize is $(stat -c %o "$V/many")"
+
+echo "== a big directory: names first, attributes from its second listing on"
+find "$V/big" >/dev/null || tb_fail "find big"
+before=$(requests mnt LOOKUP)
+stat "$V/big/f04000" "$V/big/subdir" >/dev/null
+[ "$(requests mnt LOOKUP)" = "$before" ] ||
+  tb_fail "an entry among the first 4096 or a subdirectory was not carried with its attributes"
+stat "$V/big/f05000" >/dev/null
+[ "$(requests mnt LOOKUP)" -gt "$before" ] ||
+  tb_fail "the first listing carried the attributes of all 5000 entries (the kernel made 5000 inodes)"
+before=$(requests mnt LOOKUP)
+find "$V/big" -ls >"$T/big.ls" || tb_fail "find -ls big"
+[ "$(grep -c ' /' "$T/big.ls")" -ge 5001 ] || tb_fail "find -ls listed $(wc -l <"$T/big.ls") entries"
+n=$(($(requests mnt LOOKUP) - before))
+[ "$n" -le 20 ] || tb_fail "find -ls after find asked $n lookups: the second listing did not carry the attributes"
 
 echo "== a version's names and attributes stay in the kernel's cache"
 sleep 2 # past KERNEL_TIMEOUT_S, the live trees' timeout
