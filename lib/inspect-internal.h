@@ -370,6 +370,9 @@ bool tbi_fix_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const T
 void tbi_collect_xattr(void *ctx, const char *name, const unsigned char *val, size_t len);
 bool tbi_entry_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_DIR *td, size_t i,
                     const TSK_FS_NAME *nm, struct tb_istat *st);
+/* An ext entry's stat from its raw inode, as tbi_file_stat would give it;
+ * false where libtsk must open it (inspect-meta.c says when). */
+bool tbi_ext_entry_stat(struct tb_inspect *ins, struct vol *v, uint64_t inum, struct tb_istat *st);
 bool tbi_file_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm,
                    struct tb_istat *st);
 

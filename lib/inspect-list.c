@@ -236,7 +236,8 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
                           .type = ext_name_type(de->type)};
         char *name = tbi_entry_name(&nm, &seen);
         struct tb_istat st = {.type = tbi_name_type(nm.type), .inum = ino, .nlink = 1};
-        if (name && tbi_file_stat(ins, v, tsk_fs_file_open_meta(v->fs, NULL, ino), &nm, &st)) {
+        if (name && (tbi_ext_entry_stat(ins, v, ino, &st) ||
+                     tbi_file_stat(ins, v, tsk_fs_file_open_meta(v->fs, NULL, ino), &nm, &st))) {
           if (!dir_add(d, &cap, name, &st)) {
             free(name);
             *fallback = false; /* out of memory */
