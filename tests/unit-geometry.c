@@ -16,6 +16,9 @@
  *                tbi_geom_covers: a table that grew keeps the base's records
  *   NTFS         the boot sector's cluster and MFT record sizes, both
  *                encodings of each, and what is refused
+ *   NTFS index   lib/inspect-list.c's directory index reader: an index
+ *                node's entries (what is listed, what is passed over, what
+ *                does not parse), a record's update sequence
  *   ext inodes   lib/inspect-meta.c's raw-inode fields: times with ext4's
  *                epoch bits and nanoseconds only where i_extra_isize covers
  *                them, in-inode extended attributes (prefixes, values that
@@ -291,6 +294,106 @@ START_TEST(test_ntfs_boot)
 }
 END_TEST
 
+/* An index entry at OFF naming NAME (ASCII), record REF sequence SEQ, in
+ * directory PARENT, name space NS, FLAGS in the entry's header.  Returns
+ * the next entry's offset. */
+static size_t idx_entry(size_t off, uint64_t ref, uint16_t seq, uint64_t parent, unsigned ns,
+                        bool dir, const char *name, unsigned flags)
+{
+  size_t units = strlen(name), klen = 66 + 2 * units, len = (16 + klen + 7) & ~(size_t)7;
+  memset(img + off, 0, len);
+  put32(off, (uint32_t)ref);
+  put16(off + 4, (uint16_t)(ref >> 32));
+  put16(off + 6, seq);
+  put16(off + 8, (uint16_t)len);
+  put16(off + 10, (uint16_t)klen);
+  img[off + 12] = (unsigned char)flags;
+  size_t fn = off + 16;
+  put32(fn, (uint32_t)parent);
+  put32(fn + 56, dir ? 0x10000000u : 0);
+  img[fn + 64] = (unsigned char)units;
+  img[fn + 65] = (unsigned char)ns;
+  for (size_t i = 0; i < units; i++)
+    put16(fn + 66 + 2 * i, (unsigned char)name[i]);
+  return off + len;
+}
+
+START_TEST(test_ntfs_index)
+{
+  TSK_FS_INFO fs = {.first_inum = 0, .last_inum = 1000};
+  struct vol v = {.fs = &fs};
+  struct tb_inspect ins = {0};
+  struct cached_dir d = {.inum = 5};
+  struct ntfs_dir_read x = {.ins = &ins, .v = &v, .d = &d, .names_only = true};
+  memset(img, 0, 4096);
+  size_t e = idx_entry(0, 64, 3, 5, 1, true, "abc", 0); /* listed */
+  e = idx_entry(e, 65, 1, 5, 2, false, "ABC~1", 0);     /* a DOS name: passed over */
+  e = idx_entry(e, 66, 1, 6, 1, false, "other", 0);     /* another directory's */
+  e = idx_entry(e, 10, 1, 5, 1, false, "$Sys", 0);      /* a system record */
+  e = idx_entry(e, 2000, 1, 5, 1, false, "far", 0);     /* past the MFT */
+  e = idx_entry(e, 67, 7, 5, 0, false, "file.txt", 0);  /* listed */
+  size_t end = e + 16;
+  put16(e + 8, 16);
+  img[e + 12] = 0x02; /* the last entry */
+  ck_assert(ntfs_index_entries(&x, img, 0, end));
+  ck_assert_uint_eq(x.n_names, 2);
+  ck_assert_str_eq(x.names[0].name, "abc");
+  ck_assert_uint_eq(x.names[0].ref, 64);
+  ck_assert_uint_eq(x.names[0].seq, 3);
+  ck_assert_int_eq(x.names[0].type, TSK_FS_NAME_TYPE_DIR);
+  ck_assert_str_eq(x.names[1].name, "file.txt");
+  ck_assert_uint_eq(x.names[1].ref, 67);
+  ck_assert_int_eq(x.names[1].type, TSK_FS_NAME_TYPE_REG);
+  tbi_ntfs_names_free(x.names, x.n_names);
+
+  /* Entries that do not parse exactly: the node goes to libtsk. */
+  struct ntfs_dir_read y = {.ins = &ins, .v = &v, .d = &d, .names_only = true};
+  e = idx_entry(0, 64, 3, 5, 1, false, "abc", 0);
+  put16(8, (uint16_t)(e - 4)); /* a length that is not a multiple of 8 */
+  ck_assert(!ntfs_index_entries(&y, img, 0, e));
+  e = idx_entry(0, 64, 3, 5, 1, false, "abc", 0);
+  put16(10, 60); /* a key too short for a $FILE_NAME */
+  ck_assert(!ntfs_index_entries(&y, img, 0, e));
+  e = idx_entry(0, 64, 3, 5, 1, false, "abc", 0);
+  img[16 + 64] = 40; /* a name longer than the key */
+  ck_assert(!ntfs_index_entries(&y, img, 0, e));
+  e = idx_entry(0, 64, 3, 5, 1, false, "abc", 0);
+  ck_assert(!ntfs_index_entries(&y, img, 0, e - 8)); /* running past the node */
+  ck_assert_uint_eq(y.n_names, 0);
+  tbi_ntfs_names_free(y.names, y.n_names);
+}
+END_TEST
+
+START_TEST(test_ntfs_fixup)
+{
+  /* A 1 KiB INDX record, two sectors: the update sequence at 0x28 (count 3:
+   * the value, then each sector's original last two bytes). */
+  memset(img, 0, 1024);
+  memcpy(img, "INDX", 4);
+  put16(4, 0x28);
+  put16(6, 3);
+  put16(0x28, 0x0102);
+  put16(0x2A, 0xAAAA);
+  put16(0x2C, 0xBBBB);
+  put16(510, 0x0102);
+  put16(1022, 0x0102);
+  ck_assert(ntfs_fixup(img, 1024));
+  ck_assert_uint_eq(tb_get_le16(img + 510), 0xAAAA);
+  ck_assert_uint_eq(tb_get_le16(img + 1022), 0xBBBB);
+  /* Applied twice, the tails no longer hold the value: torn. */
+  ck_assert(!ntfs_fixup(img, 1024));
+  put16(510, 0x0102);
+  put16(1022, 0x0102);
+  put16(6, 0); /* no count */
+  ck_assert(!ntfs_fixup(img, 1024));
+  put16(6, 4); /* more sectors than the record has */
+  ck_assert(!ntfs_fixup(img, 1024));
+  put16(6, 3);
+  put16(4, 1020); /* the sequence past the record */
+  ck_assert(!ntfs_fixup(img, 1024));
+}
+END_TEST
+
 /* An inode (up to 1 KiB) in img with i_extra_isize EXTRA. */
 static unsigned char *ext_inode(uint16_t extra)
 {
@@ -392,6 +495,8 @@ static Suite *geometry_suite(void)
   tcase_add_test(tc, test_ext_inode_off);
   tcase_add_test(tc, test_extents);
   tcase_add_test(tc, test_ntfs_boot);
+  tcase_add_test(tc, test_ntfs_index);
+  tcase_add_test(tc, test_ntfs_fixup);
   tcase_add_test(tc, test_ext_times);
   tcase_add_test(tc, test_ext_xattrs);
   suite_add_tcase(s, tc);
