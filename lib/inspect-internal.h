@@ -141,6 +141,12 @@ struct vol {
   bool ntfs_tried, ntfs_ok;
   enum { NTFS_MFT_OURS, NTFS_MFT_LIBTSK, NTFS_MFT_CHECK } ntfs_mode;
   size_t ntfs_ours, ntfs_libtsk;
+  struct ntfs_span { /* the last runs of records read (inspect-list.c) */
+    uint64_t off, tick;
+    size_t len;
+    unsigned char *buf;
+  } ntfs_spans[4];
+  uint64_t ntfs_tick;
 };
 
 /* Changes found by a diff, before they are sorted and reported. */

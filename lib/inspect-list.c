@@ -292,9 +292,9 @@ _Static_assert(offsetof(ntfs_idxroot, list) == 16 && offsetof(ntfs_idxrec, list)
 /* An entry waiting for its metadata, in index order. */
 struct ntfs_pending {
   char *name;
-  TSK_FS_NAME nm; /* without its name */
-  uint64_t off;   /* where its record lies in the volume (UINT64_MAX: ask libtsk) */
-  int ours;       /* tbi_ntfs_rec_stat's answer: 1, 0, or -1 (libtsk's) */
+  TSK_FS_NAME nm;        /* without its name */
+  uint64_t off, run_end; /* where its record lies in the volume, where its run ends */
+  int ours;              /* tbi_ntfs_rec_stat's answer: 1, 0, or -1 (libtsk's) */
   struct tb_istat st;
 };
 
@@ -316,10 +316,53 @@ struct ntfs_dir_read {
  * NTFS_SPAN_GAP apart in one request of at most NTFS_SPAN_MAX bytes: a
  * 5,000-entry directory in 5 reads of 1 MiB instead of 180 of libtsk's
  * cache blocks (64 KiB, 32 kept), its index sorted by name and its records
- * by creation. */
+ * by creation.  A read takes at least NTFS_SPAN_AHEAD bytes (inside the
+ * run) and the volume keeps the last few (struct ntfs_span, as long as
+ * libtsk's own cache): the records of a tree's next directories, made
+ * after these, are mostly there already (a find of 20 small directories:
+ * one read, not 20). */
 #define NTFS_PENDING_MAX 4096
 #define NTFS_SPAN_MAX (1u << 20)
 #define NTFS_SPAN_GAP (64u << 10)
+#define NTFS_SPAN_AHEAD (256u << 10)
+#define NTFS_SPANS (sizeof((struct vol *)0)->ntfs_spans / sizeof *((struct vol *)0)->ntfs_spans)
+
+/* The bytes [START, END) of the volume from a kept span, or read into one
+ * (with NTFS_SPAN_AHEAD, up to RUN_END); NULL if they cannot be read. */
+static const unsigned char *ntfs_span(struct tb_inspect *ins, struct vol *v, uint64_t start,
+                                      uint64_t end, uint64_t run_end)
+{
+  struct ntfs_span *sp = v->ntfs_spans, *old = sp;
+  for (size_t i = 0; i < NTFS_SPANS; i++) {
+    if (sp[i].buf && sp[i].off <= start && end <= sp[i].off + sp[i].len) {
+      sp[i].tick = ++v->ntfs_tick;
+      return sp[i].buf + (start - sp[i].off);
+    }
+    if (sp[i].tick < old->tick)
+      old = &sp[i];
+  }
+  uint64_t ahead = run_end > start ? run_end - start : 0, disk = tb_disk_size(ins->disk);
+  if (ahead > NTFS_SPAN_AHEAD)
+    ahead = NTFS_SPAN_AHEAD;
+  size_t len = (size_t)(end - start > ahead ? end - start : ahead);
+  uint64_t at = (uint64_t)v->fs->offset + start;
+  if (at > disk)
+    return NULL;
+  if (len > disk - at)
+    len = (size_t)(disk - at);
+  if (len < end - start)
+    return NULL;
+  if (!old->buf && !(old->buf = malloc(NTFS_SPAN_MAX)))
+    return NULL;
+  old->tick = 0;
+  old->len = 0;
+  if (tb_disk_pread(ins->disk, old->buf, len, at) < 0)
+    return NULL;
+  old->off = start;
+  old->len = len;
+  old->tick = ++v->ntfs_tick;
+  return old->buf;
+}
 
 static int pend_off_cmp(const void *a, const void *b)
 {
@@ -335,17 +378,16 @@ static void ntfs_read_records(struct ntfs_dir_read *x, bool *ok)
   struct vol *v = x->v;
   const struct tb_ntfs_geom *g = &v->ntfs_geom;
   struct ntfs_pending **by_off = malloc(x->n_pend * sizeof *by_off);
-  unsigned char *span = malloc(NTFS_SPAN_MAX), *rec = malloc(g->rec_size);
-  if (!by_off || !span || !rec) {
+  unsigned char *rec = malloc(g->rec_size);
+  if (!by_off || !rec) {
     free(by_off);
-    free(span);
     free(rec);
     return; /* libtsk's path then */
   }
   size_t n = 0;
   for (size_t i = 0; i < x->n_pend; i++)
-    if (tb_ntfs_rec_offset(g, x->pend[i].nm.meta_addr, &x->pend[i].off) &&
-        x->pend[i].off <= UINT64_MAX / 2)
+    if (tb_ntfs_rec_offset(g, x->pend[i].nm.meta_addr, &x->pend[i].off, &x->pend[i].run_end) &&
+        x->pend[i].run_end <= UINT64_MAX / 2)
       by_off[n++] = &x->pend[i];
   qsort(by_off, n, sizeof *by_off, pend_off_cmp);
   for (size_t i = 0; i < n && *ok;) {
@@ -361,17 +403,15 @@ static void ntfs_read_records(struct ntfs_dir_read *x, bool *ok)
       *ok = false;
       break;
     }
-    if (tb_disk_pread(x->ins->disk, span, end - start, (uint64_t)v->fs->offset + start) == 0) {
-      for (size_t j = i; j < k; j++) {
-        memcpy(rec, span + (by_off[j]->off - start), g->rec_size);
-        if (tb_ntfs_fixup(rec, g->rec_size))
-          by_off[j]->ours = tbi_ntfs_rec_stat(v, rec, &by_off[j]->nm, &by_off[j]->st);
-      }
+    const unsigned char *span = ntfs_span(x->ins, v, start, end, by_off[i]->run_end);
+    for (size_t j = i; span && j < k; j++) {
+      memcpy(rec, span + (by_off[j]->off - start), g->rec_size);
+      if (tb_ntfs_fixup(rec, g->rec_size))
+        by_off[j]->ours = tbi_ntfs_rec_stat(v, rec, &by_off[j]->nm, &by_off[j]->st);
     }
     i = k;
   }
   free(by_off);
-  free(span);
   free(rec);
 }
 

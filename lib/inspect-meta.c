@@ -68,6 +68,10 @@ void tbi_raw_free(struct vol *v)
 {
   free(v->ntfs_runs);
   v->ntfs_runs = NULL;
+  for (size_t i = 0; i < sizeof v->ntfs_spans / sizeof *v->ntfs_spans; i++) {
+    free(v->ntfs_spans[i].buf);
+    v->ntfs_spans[i] = (struct ntfs_span){0};
+  }
   if (v->ext_geom) {
     tbi_geom_free(v->ext_geom);
     free(v->ext_geom);

@@ -43,7 +43,8 @@
 #define NONRES_HEADER 64 /* a non-resident one's */
 #define SI_MIN 48        /* libtsk's smallest $STANDARD_INFORMATION attribute */
 
-bool tb_ntfs_rec_offset(const struct tb_ntfs_geom *g, uint64_t rec, uint64_t *off)
+bool tb_ntfs_rec_offset(const struct tb_ntfs_geom *g, uint64_t rec, uint64_t *off,
+                        uint64_t *run_end)
 {
   if (rec >= g->n_records || g->rec_size == 0 || rec > UINT64_MAX / g->rec_size)
     return false;
@@ -59,6 +60,8 @@ bool tb_ntfs_rec_offset(const struct tb_ntfs_geom *g, uint64_t rec, uint64_t *of
           r->lcn > UINT64_MAX / 2 / g->cluster_size)
         return false;
       *off = r->lcn * g->cluster_size + o;
+      if (run_end)
+        *run_end = *off - o + len;
       return *off != 0; /* libtsk takes address 0 for "not found" */
     }
     o -= len;

@@ -24,9 +24,11 @@ struct tb_ntfs_geom {
   size_t n_runs;
 };
 
-/* The volume byte offset of record REC into *OFF; false if it lies
- * outside the runs, across two runs, or in a hole. */
-bool tb_ntfs_rec_offset(const struct tb_ntfs_geom *g, uint64_t rec, uint64_t *off);
+/* The volume byte offset of record REC into *OFF, and (RUN_END not NULL)
+ * where its run ends; false if it lies outside the runs, across two runs,
+ * or in a hole. */
+bool tb_ntfs_rec_offset(const struct tb_ntfs_geom *g, uint64_t rec, uint64_t *off,
+                        uint64_t *run_end);
 
 /* Undo the update sequence of a SIZE-byte record (a multiple of 512) in
  * place; false if it is torn (a sector's tail is not the sequence number)

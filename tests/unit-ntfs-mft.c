@@ -352,19 +352,21 @@ END_TEST
 START_TEST(test_rec_offset)
 {
   uint64_t off;
-  ck_assert(tb_ntfs_rec_offset(&geom, 0, &off));
+  ck_assert(tb_ntfs_rec_offset(&geom, 0, &off, NULL));
   ck_assert_uint_eq(off, 100 * 4096);
-  ck_assert(tb_ntfs_rec_offset(&geom, 15, &off));
+  ck_assert(tb_ntfs_rec_offset(&geom, 15, &off, NULL));
   ck_assert_uint_eq(off, 100 * 4096 + 15 * 1024);
-  ck_assert(!tb_ntfs_rec_offset(&geom, 16, &off)); /* in the hole */
-  ck_assert(!tb_ntfs_rec_offset(&geom, 23, &off));
-  ck_assert(tb_ntfs_rec_offset(&geom, 24, &off));
+  ck_assert(!tb_ntfs_rec_offset(&geom, 16, &off, NULL)); /* in the hole */
+  ck_assert(!tb_ntfs_rec_offset(&geom, 23, &off, NULL));
+  ck_assert(tb_ntfs_rec_offset(&geom, 24, &off, NULL));
   ck_assert_uint_eq(off, 300 * 4096);
-  ck_assert(tb_ntfs_rec_offset(&geom, 55, &off));
+  uint64_t end;
+  ck_assert(tb_ntfs_rec_offset(&geom, 55, &off, &end));
   ck_assert_uint_eq(off, 300 * 4096 + 31 * 1024);
-  ck_assert(!tb_ntfs_rec_offset(&geom, 56, &off)); /* past the runs */
-  ck_assert(!tb_ntfs_rec_offset(&geom, 64, &off)); /* past n_records */
-  ck_assert(!tb_ntfs_rec_offset(&geom, UINT64_MAX, &off));
+  ck_assert_uint_eq(end, 308 * 4096);
+  ck_assert(!tb_ntfs_rec_offset(&geom, 56, &off, NULL)); /* past the runs */
+  ck_assert(!tb_ntfs_rec_offset(&geom, 64, &off, NULL)); /* past n_records */
+  ck_assert(!tb_ntfs_rec_offset(&geom, UINT64_MAX, &off, NULL));
   /* 512-byte clusters and a run of 3: record 1 lies across two runs */
   static const struct tb_ntfs_run odd[] = {{10, 3}, {20, 5}};
   struct tb_ntfs_geom g = {.rec_size = 1024,
@@ -373,14 +375,14 @@ START_TEST(test_rec_offset)
                            .n_records = 8,
                            .runs = odd,
                            .n_runs = 2};
-  ck_assert(tb_ntfs_rec_offset(&g, 0, &off));
-  ck_assert(!tb_ntfs_rec_offset(&g, 1, &off));
+  ck_assert(tb_ntfs_rec_offset(&g, 0, &off, NULL));
+  ck_assert(!tb_ntfs_rec_offset(&g, 1, &off, NULL));
   /* a record at byte 0 is libtsk's "not found" */
   static const struct tb_ntfs_run zero[] = {{0, 4}};
   g.runs = zero;
   g.n_runs = 1;
-  ck_assert(!tb_ntfs_rec_offset(&g, 0, &off));
-  ck_assert(tb_ntfs_rec_offset(&g, 1, &off));
+  ck_assert(!tb_ntfs_rec_offset(&g, 0, &off, NULL));
+  ck_assert(tb_ntfs_rec_offset(&g, 1, &off, NULL));
 }
 END_TEST
 

@@ -58,8 +58,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (out.reparse && !inside(out.reparse, out.reparse_len, rec, REC))
       abort();
   }
-  uint64_t off;
-  (void)tb_ntfs_rec_offset(&g, num * 13, &off);
+  uint64_t off, end;
+  if (tb_ntfs_rec_offset(&g, num * 13, &off, &end) && (off + REC > end || end - off > 64 * 4096))
+    abort();
   free(rec);
   return 0;
 }
