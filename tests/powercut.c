@@ -29,7 +29,8 @@
  * --cut-at N cuts by itself at the Nth sync call (fsync, fdatasync, fsyncdir),
  * before doing it; STATE/syncs.log lists the calls, so a test can count a
  * run's calls and then cut before each one in turn: every cut point, not a
- * random sample.
+ * random sample.  SIGUSR2 arms the same cut for the next sync call, whatever
+ * its number: a test that cuts at a random moment lands inside a write.
  *
  * How the disk is kept: every file has one durable inode, STATE/disk/.pc-inodes/
  * OID (OID: a number given to each file or directory when it is created or found
@@ -69,8 +70,9 @@ static int live_fd = -1;
 static bool strict;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t next_oid = 1;
-static long sync_count, cut_at; /* --cut-at N: the cut comes at the Nth sync call */
-static int sync_log = -1;       /* STATE/syncs.log: one line per sync call */
+static long sync_count, cut_at;        /* --cut-at N: the cut comes at the Nth sync call */
+static volatile sig_atomic_t cut_next; /* SIGUSR2: the cut comes at the next one */
+static int sync_log = -1;              /* STATE/syncs.log: one line per sync call */
 
 static void die(const char *what, const char *path)
 {
@@ -276,7 +278,7 @@ static void count_sync(const char *what, int fd)
           len <= 0                             ? "?"
           : strncmp(path, live_dir, skip) == 0 ? (path[skip] ? path + skip : "/")
                                                : path);
-  if (cut_at && n >= cut_at)
+  if ((cut_at && n >= cut_at) || cut_next)
     _exit(0);
 }
 
@@ -783,17 +785,22 @@ static int pc_write(const char *path, const char *buf, size_t len, off_t off,
                     struct fuse_file_info *fi)
 {
   (void)path;
-  ssize_t n = pwrite((int)fi->fh, buf, len, off);
-  if (n == -1)
-    return -errno;
+  /* Under the lock with its marking: a sync between the write and the mark
+   * would make the new size durable with a hole where these bytes are, and
+   * report the data durable to a caller that already read it. */
   pthread_mutex_lock(&lock);
-  struct obj *o = obj_of_fd((int)fi->fh);
+  ssize_t n = pwrite((int)fi->fh, buf, len, off);
+  int e = errno;
+  struct stat st;
+  if (n > 0 && (fi->flags & O_APPEND) && fstat((int)fi->fh, &st) == 0)
+    off = st.st_size - n; /* pwrite appends there, whatever OFF says */
+  struct obj *o = n > 0 ? obj_of_fd((int)fi->fh) : NULL;
   if (o) {
     mark_dirty(o, (uint64_t)off, (uint64_t)off + (uint64_t)n);
     o->size_dirty = true;
   }
   pthread_mutex_unlock(&lock);
-  return (int)n;
+  return n == -1 ? -e : (int)n;
 }
 
 static int pc_statfs(const char *path, struct statvfs *st)
@@ -873,10 +880,13 @@ static ssize_t pc_copy_file_range(const char *pin, struct fuse_file_info *fin, o
                                   size_t len, int flags)
 {
   (void)pin, (void)pout;
+  pthread_mutex_lock(&lock); /* with its marking, as pc_write */
   ssize_t n = copy_file_range((int)fin->fh, &oin, (int)fout->fh, &oout, len, (unsigned)flags);
-  if (n == -1)
-    return -errno;
-  pthread_mutex_lock(&lock);
+  if (n == -1) {
+    int e = errno;
+    pthread_mutex_unlock(&lock);
+    return -e;
+  }
   struct obj *o = obj_of_fd((int)fout->fh);
   if (o) {
     mark_dirty(o, (uint64_t)(oout - n), (uint64_t)oout);
@@ -929,6 +939,12 @@ static void on_cut(int sig)
 {
   (void)sig;
   _exit(0); /* the power goes: nothing pending is written */
+}
+
+static void on_arm(int sig)
+{
+  (void)sig;
+  cut_next = 1;
 }
 
 int main(int argc, char **argv)
@@ -986,6 +1002,8 @@ int main(int argc, char **argv)
 
   struct sigaction sa = {.sa_handler = on_cut};
   sigaction(SIGUSR1, &sa, NULL);
+  struct sigaction arm = {.sa_handler = on_arm};
+  sigaction(SIGUSR2, &arm, NULL);
 
   char *fargv[] = {argv[0],     "-f",
                    "-o",        "auto_unmount,max_threads=16,fsname=powercut,subtype=powercut",
