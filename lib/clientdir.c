@@ -125,8 +125,14 @@ enum tb_ctemp tb_clientdir_temp(const char *name)
   if (strcmp(name, names[TB_CF_OVERLAY_RESTORE]) == 0 ||
       (strncmp(name, "overlay.", 8) == 0 && strstr(name, ".tmp.")))
     return TB_CT_OVERLAY;
-  /* tb_write_file_atomic's NAME.tmp.XXXXXX */
-  static const enum tb_cf records[] = {TB_CF_SESSION_JSON, TB_CF_SEQ, TB_CF_MAILBOX};
+  /* tb_write_file_atomic's NAME.tmp.XXXXXX (session.json and seq are written
+   * under the client's lock, mailbox.json also under mailbox.lock; the boot
+   * marker, the maintenance record and the schedule marks only by the
+   * daemon's main thread, the one that sweeps them at its start and for
+   * tabulactl image gc) */
+  static const enum tb_cf records[] = {TB_CF_SESSION_JSON,  TB_CF_SEQ,         TB_CF_MAILBOX,
+                                       TB_CF_BOOT,          TB_CF_MAINTENANCE, TB_CF_SCHEDULE,
+                                       TB_CF_MERGE_SCHEDULE};
   for (size_t i = 0; i < sizeof records / sizeof *records; i++) {
     size_t n = strlen(names[records[i]]);
     if (strncmp(name, names[records[i]], n) == 0 && strncmp(name + n, ".tmp.", 5) == 0 &&

@@ -350,6 +350,40 @@ int tb_write_file_atomic(const char *path, const void *data, size_t len, int mod
   return tb_fsync_dir(path);
 }
 
+size_t tb_atomic_temp(const char *name)
+{
+  const char *t = strstr(name, ".tmp.");
+  while (t && strstr(t + 1, ".tmp."))
+    t = strstr(t + 1, ".tmp.");
+  if (!t || t == name || strlen(t + 5) != 6)
+    return 0;
+  for (const char *c = t + 5; *c; c++)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9')))
+      return 0;
+  return (size_t)(t - name);
+}
+
+int tb_remove_atomic_temps(const char *dir, const char *suffix)
+{
+  DIR *d = opendir(dir);
+  if (!d)
+    return 0;
+  int removed = 0;
+  size_t slen = strlen(suffix);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t n = tb_atomic_temp(e->d_name);
+    char p[TB_PATH_MAX];
+    if (n > 0 && n >= slen && memcmp(e->d_name + n - slen, suffix, slen) == 0 &&
+        tb_path(p, sizeof p, "%s/%s", dir, e->d_name) == 0 && unlink(p) == 0)
+      removed++;
+  }
+  closedir(d);
+  if (removed)
+    tb_fsync_dir(dir);
+  return removed;
+}
+
 static char *read_file(const char *path, size_t max_len, size_t *len_out, int flags)
 {
   int fd = open(path, O_RDONLY | O_CLOEXEC | flags);

@@ -105,6 +105,14 @@ int tb_mkdirs(const char *path, bool private_dir);
  * exactly whatever the umask, fsync, rename, fsync of the directory.
  * Readers see the old or the new file. */
 int tb_write_file_atomic(const char *path, const void *data, size_t len, int mode);
+/* Is NAME a temporary tb_write_file_atomic leaves when a crash or a power cut
+ * falls between its create and its rename (FINAL.tmp.XXXXXX)?  Returns the
+ * length of FINAL, or 0. */
+size_t tb_atomic_temp(const char *name);
+/* Remove the temporaries of atomic writes (tb_atomic_temp) in DIR whose final
+ * name ends with SUFFIX ("" for any), then fsync DIR if one went.  Only for
+ * a directory whose writers are not running (a start).  Returns the count. */
+int tb_remove_atomic_temps(const char *dir, const char *suffix);
 /* Read a whole (small) file; returns malloc'd NUL-terminated buffer or NULL.
  * A symlink is refused (O_NOFOLLOW, ELOOP): state files are never read
  * through one.  tb_read_file_follow() follows (the configuration file). */

@@ -213,6 +213,13 @@ int main(int argc, char **argv)
   }
   schedules_resume(d->cfg, d->sched, d->n_sched);
   int tmp = tb_store_gc(state, false); /* interrupted pulls stay: they resume */
+  /* The marks of the scheduled pulls and the webhooks' positions: written by
+   * threads that do not run yet. */
+  char sub[TB_PATH_MAX];
+  if (tb_path(sub, sizeof sub, "%s/schedules", state) == 0)
+    tmp += tb_remove_atomic_temps(sub, ".json");
+  if (tb_path(sub, sizeof sub, "%s/webhooks", state) == 0)
+    tmp += tb_remove_atomic_temps(sub, ".pos");
   if (tmp > 0)
     log_msg("removed %d leftover temporaries of interrupted builds", tmp);
   jobs_recover(d->cfg);

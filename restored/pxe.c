@@ -26,7 +26,10 @@
  *                  on tabula-iscsid (listen.iscsi), and iPXE hands the iBFT
  *                  to the operating system it boots.
  *
- * Files are rewritten atomically, and only when their content changes; a
+ * Files are rewritten atomically (the symlinks too: a new link renamed over
+ * the old one, its directory fsynced), and only when their content changes;
+ * what a power cut leaves of a rewrite (NAME.tmp.XXXXXX) is removed when the
+ * files are written, at the daemon's start and at each reload; a
  * changed dnsmasq.conf restarts dnsmasq, a changed hosts file alone is a
  * SIGHUP (dnsmasq re-reads it).  dnsmasq runs with the daemon's user (it
  * reads the TFTP tree inside the private state directory) and dies with the
@@ -124,8 +127,10 @@ static int ensure_symlink(const char *target, const char *link)
     if (strcmp(cur, target) == 0)
       return 0;
   }
+  /* Named as tb_write_file_atomic's temporaries, so pxe_apply's sweep
+   * removes what a cut leaves of it. */
   char tmp[TB_PATH_MAX];
-  if (tb_path(tmp, sizeof tmp, "%s.tmp%d", link, (int)getpid()) == -1)
+  if (tb_path(tmp, sizeof tmp, "%s.tmp.%06d", link, (int)(getpid() % 1000000)) == -1)
     return -1;
   unlink(tmp);
   if (symlink(target, tmp) == -1 || rename(tmp, link) == -1) {
@@ -134,7 +139,7 @@ static int ensure_symlink(const char *target, const char *link)
     errno = saved;
     return tb_error_errno("cannot link %s to %s", link, target);
   }
-  return 0;
+  return tb_fsync_dir(link);
 }
 
 /* Is PROG runnable (a path, or a name found in $PATH)? */
@@ -530,7 +535,7 @@ static int boot_links(const char *root, const struct tb_client_conf *c)
   if (boot_file("kernel", c->boot_kernel, c->id) == -1 ||
       boot_file("initrd", c->boot_initrd, c->id) == -1 ||
       tb_path(dir, sizeof dir, "%s/boot/%s", root, c->id) == -1 || tb_mkdirs(dir, false) == -1 ||
-      tb_path(link, sizeof link, "%s/linux", dir) == -1 ||
+      tb_remove_atomic_temps(dir, "") < 0 || tb_path(link, sizeof link, "%s/linux", dir) == -1 ||
       ensure_symlink(c->boot_kernel, link) == -1 ||
       tb_path(link, sizeof link, "%s/initrd", dir) == -1 ||
       ensure_symlink(c->boot_initrd, link) == -1)
@@ -849,6 +854,10 @@ void pxe_apply(struct daemon *d)
   bool runs = runs_dnsmasq(cfg);
   bool renewal =
       runs && find_program(cfg->pxe.dnsmasq, bin, sizeof bin) && has_script_on_renewal(bin);
+  /* What a cut left of the atomic writes below (every writer of pxe/ runs
+   * on this thread, so none is in progress). */
+  tb_remove_atomic_temps(dir, "");
+  tb_remove_atomic_temps(cfg->pxe.tftp_dir, "");
   tftp_tree(d);
   tabulactl_path(ctl, sizeof ctl);
   char *script = event_script(ctl, d->control_path);

@@ -4,6 +4,8 @@
  * the defence):
  *  - tb_write_file_atomic never writes through a planted temporary name
  *    (the old PATH.tmp.PID with O_CREAT|O_TRUNC followed a symlink there);
+ *  - tb_remove_atomic_temps removes the temporaries a cut leaves of atomic
+ *    writes and nothing else (with suffix "" it once removed every file);
  *  - files and directories it creates are private whatever the umask;
  *  - tb_store_init refuses a state directory, or a directory in it, that
  *    others may write to or another user owns, saying how to fix it;
@@ -78,6 +80,32 @@ START_TEST(test_atomic_planted_tmp)
   t = slurp(path);
   ck_assert_str_eq(t, "new");
   free(t);
+}
+END_TEST
+
+START_TEST(test_remove_atomic_temps)
+{
+  static const char *const keep[] = {"unknown.json",  "hosts",        "a.tmp",      "b.tmp.12345",
+                                     "c.tmp.1234567", "d.tmp.abc!ef", ".tmp.abcdef"};
+  static const char *const temps[] = {"unknown.json.tmp.aB3dE9", "linux.tmp.004211"};
+  char p[600];
+  for (size_t i = 0; i < sizeof keep / sizeof *keep; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, keep[i]);
+    ck_assert_int_eq(tb_write_file_atomic(p, "x", 1, 0600), 0);
+  }
+  for (size_t i = 0; i < sizeof temps / sizeof *temps; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, temps[i]);
+    ck_assert_int_eq(tb_write_file_atomic(p, "x", 1, 0600), 0);
+  }
+  ck_assert_uint_eq(tb_atomic_temp("unknown.json.tmp.aB3dE9"), strlen("unknown.json"));
+  ck_assert_uint_eq(tb_atomic_temp("unknown.json"), 0);
+  ck_assert_int_eq(tb_remove_atomic_temps(dir, ".pos"), 0);
+  ck_assert_int_eq(tb_remove_atomic_temps(dir, ".json"), 1);
+  ck_assert_int_eq(tb_remove_atomic_temps(dir, ""), 1);
+  for (size_t i = 0; i < sizeof keep / sizeof *keep; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, keep[i]);
+    ck_assert_msg(access(p, F_OK) == 0, "%s was removed", keep[i]);
+  }
 }
 END_TEST
 
@@ -258,6 +286,7 @@ int main(void)
   TCase *tc = tcase_create("state");
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, test_atomic_planted_tmp);
+  tcase_add_test(tc, test_remove_atomic_temps);
   tcase_add_test(tc, test_private_whatever_the_umask);
   tcase_add_test(tc, test_state_writable_by_others);
   tcase_add_test(tc, test_state_owned_by_another_user);
