@@ -4,16 +4,19 @@
  * The journal is the queue.  Each URL has one thread that reads
  * STATE/events.jsonl itself, one line at a time, from a position of its own:
  * the generation (named by the sha256 of its first line, which a rename and
- * logrotate's copy both keep; the inode as a hint) and the byte offset.  The
- * position is saved (STATE/webhooks/HASH.pos, written atomically) after every
- * delivery, so a stalled or dead endpoint costs no memory (one line, at most
- * MAX_LINE bytes, is in memory per URL) and loses nothing across a restart of
- * the daemon, our rotation or an external logrotate (rename or copytruncate):
- * when the thread reaches the end of a generation that is no longer the live
- * file, it goes on with the next newer one (.K-1 after .K, the live file after
- * .1); a live file truncated in place is finished from its copy.  The main
- * loop wakes the threads as often as the tailer (journal.c) looks for new
- * lines, just after it (webhooks_timer).
+ * logrotate's copy both keep; the inode as a hint) and the byte offset.  An
+ * event is delivered once the journal holds it durably (the worker
+ * fdatasyncs the generation first: its writers do not), and the position is
+ * saved (STATE/webhooks/HASH.pos, written atomically) after every delivery,
+ * so a power cut never leaves a delivered event out of the journal nor a
+ * position past the journal's end.  A stalled or dead endpoint costs no
+ * memory (one line, at most MAX_LINE bytes, is in memory per URL) and loses
+ * nothing across a restart of the daemon, our rotation or an external
+ * logrotate (rename or copytruncate): when the thread reaches the end of a
+ * generation that is no longer the live file, it goes on with the next newer
+ * one (.K-1 after .K, the live file after .1); a live file truncated in place
+ * is finished from its copy.  The main loop wakes the threads as often as the
+ * tailer (journal.c) looks for new lines, just after it (webhooks_timer).
  *
  * Something is lost only when an endpoint is so far behind that the
  * generation it was reading has been rotated out (events.keep): it then
@@ -79,13 +82,15 @@ struct worker {
   pthread_cond_t cond;
   bool stop, kick;
   /* the position (worker thread only) */
-  int fd;         /* the generation being read, or -1 */
-  ino_t ino;      /* its inode */
-  char fp[65];    /* its fingerprint, "" while unknown */
-  uint64_t off;   /* the next line starts here */
-  bool skipping;  /* inside a line longer than MAX_LINE */
-  char *buf;      /* one line */
-  bool pos_error; /* the position file could not be written (logged once) */
+  int fd;          /* the generation being read, or -1 */
+  ino_t ino;       /* its inode */
+  char fp[65];     /* its fingerprint, "" while unknown */
+  uint64_t off;    /* the next line starts here */
+  uint64_t synced; /* the generation is durable up to here (fdatasync) */
+  bool sync_error; /* its fdatasync failed (logged once) */
+  bool skipping;   /* inside a line longer than MAX_LINE */
+  char *buf;       /* one line */
+  bool pos_error;  /* the position file could not be written (logged once) */
   /* counters (under lock) */
   uint64_t sent, failed, dropped, retried, gaps;
   bool busy;                /* an event is being delivered or waits for a retry */
@@ -279,8 +284,30 @@ static int open_generation(struct worker *w, const struct gen *g, uint64_t off)
   w->ino = g->ino;
   snprintf(w->fp, sizeof w->fp, "%s", g->fp);
   w->off = off;
+  w->synced = 0;
   w->skipping = false;
   return 0;
+}
+
+/* Make the journal durable up to END before an event that ends there is
+ * delivered: the writers append without fsync (a cut loses the newest
+ * lines), and a receiver must not get an event the journal then loses, nor
+ * the saved position run ahead of what the journal kept (it resumed in the
+ * middle of the lines appended after the cut, or from the start of the
+ * generation: every event again).  One fdatasync covers every line the
+ * generation held at that moment.  False (with a message) if it failed: the
+ * event waits (a filesystem without fsync, EINVAL, does not hold it back). */
+static bool make_durable(struct worker *w, uint64_t end)
+{
+  struct stat st;
+  if (end <= w->synced || fstat(w->fd, &st) == -1)
+    return true;
+  if (fdatasync(w->fd) == -1 && errno != EINVAL) {
+    tb_error_errno("cannot fdatasync the journal");
+    return false;
+  }
+  w->synced = (uint64_t)st.st_size;
+  return true;
 }
 
 /* Find the generation of the saved position (by fingerprint, else by inode);
@@ -575,6 +602,16 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&w->lock);
     if (!w->fp[0])
       journal_fingerprint(w->fd, w->fp);
+    if (!w->skipping && !make_durable(w, w->off + len + 1)) {
+      if (!w->sync_error)
+        log_msg("webhook %s: %s: its events wait", w->url, tb_errmsg());
+      w->sync_error = true;
+      wait_or_stop(w, IDLE_WAIT_MS, false);
+      continue;
+    }
+    if (w->sync_error)
+      log_msg("webhook %s: the journal is durable again: delivering", w->url);
+    w->sync_error = false;
     bool skip = w->skipping;
     w->skipping = false;
     json_t *ev = skip ? NULL : json_loadb(w->buf, len, 0, NULL);
