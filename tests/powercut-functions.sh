@@ -10,8 +10,9 @@
 #   pc_init                  $PC_STATE (put the initial state in $PC_STATE/disk) and $PC_MNT
 #   pc_mount [--strict]      start the simulator and wait until it serves
 #   pc_cut [NBDKIT-NAME...]  the power cut; nbdkit servers named are killed too
-#   pc_arm                   the cut comes at the next sync call (SIGUSR2), or
-#                            after 5 s if none comes; then pc_cut (or pc_daemon_cut)
+#   pc_arm [TEXT [SECONDS]]  the cut comes at the next sync call (SIGUSR2), with
+#                            TEXT at the next one of a path containing TEXT; waits
+#                            for it SECONDS (default 5); then pc_cut (or pc_daemon_cut)
 #   pc_cuts DEFAULT          cuts per case: $TB_POWERCUT_CUTS, else DEFAULT
 #   pc_pause                 sleep 0.1 to 0.9 s at random (where the cut falls)
 #   pc_fsync PATH...         fsync files or directories (as a careful writer does)
@@ -79,10 +80,11 @@ pc_cut()
 pc_arm()
 {
   _pid=$(cat "$TB_TMP/powercut.bgpid")
+  if [ -n "${1:-}" ]; then echo "$1" >"$PC_STATE/arm-path"; else rm -f "$PC_STATE/arm-path"; fi
   kill -USR2 "$_pid" 2>/dev/null || true
   _i=0
   # (a zombie until pc_cut waits for it)
-  while [ $_i -lt 50 ] && _st=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$_pid/status" 2>/dev/null) &&
+  while [ $_i -lt $((${2:-5} * 10)) ] && _st=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$_pid/status" 2>/dev/null) &&
     [ -n "$_st" ] && [ "$_st" != Z ]; do
     _i=$((_i + 1))
     sleep 0.1

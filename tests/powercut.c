@@ -30,7 +30,9 @@
  * before doing it; STATE/syncs.log lists the calls, so a test can count a
  * run's calls and then cut before each one in turn: every cut point, not a
  * random sample.  SIGUSR2 arms the same cut for the next sync call, whatever
- * its number: a test that cuts at a random moment lands inside a write.
+ * its number: a test that cuts at a random moment lands inside a write; if
+ * STATE/arm-path exists then, the cut waits for a sync call of a path that
+ * contains the text it holds (one line): inside that writer's write.
  *
  * How the disk is kept: every file has one durable inode, STATE/disk/.pc-inodes/
  * OID (OID: a number given to each file or directory when it is created or found
@@ -72,7 +74,10 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t next_oid = 1;
 static long sync_count, cut_at;        /* --cut-at N: the cut comes at the Nth sync call */
 static volatile sig_atomic_t cut_next; /* SIGUSR2: the cut comes at the next one */
-static int sync_log = -1;              /* STATE/syncs.log: one line per sync call */
+static char arm_file[PATH_MAX];        /* STATE/arm-path */
+static char arm_path[256];             /* ... of a path containing this ("": any) */
+static bool arm_read;
+static int sync_log = -1; /* STATE/syncs.log: one line per sync call */
 
 static void die(const char *what, const char *path)
 {
@@ -278,7 +283,15 @@ static void count_sync(const char *what, int fd)
           len <= 0                             ? "?"
           : strncmp(path, live_dir, skip) == 0 ? (path[skip] ? path + skip : "/")
                                                : path);
-  if ((cut_at && n >= cut_at) || cut_next)
+  if (cut_next && !arm_read) {
+    arm_read = true;
+    FILE *f = fopen(arm_file, "r");
+    if (f && fgets(arm_path, sizeof arm_path, f))
+      arm_path[strcspn(arm_path, "\n")] = '\0';
+    if (f)
+      fclose(f);
+  }
+  if ((cut_at && n >= cut_at) || (cut_next && (!arm_path[0] || strstr(path, arm_path))))
     _exit(0);
 }
 
@@ -973,6 +986,7 @@ int main(int argc, char **argv)
   if (!realpath(argv[a], state))
     die("cannot find", argv[a]);
   snprintf(disk_dir, sizeof disk_dir, "%s/disk", state);
+  snprintf(arm_file, sizeof arm_file, "%s/arm-path", state);
   snprintf(live_dir, sizeof live_dir, "%s/live", state);
   snprintf(store, sizeof store, "%s/" STORE, disk_dir);
   mkdir(disk_dir, 0755);
