@@ -39,7 +39,11 @@
  * up to promote_after: then N becomes current for everyone (the pins the
  * canary set are lifted, or set to N if N is not the newest).  Strikes on N
  * count up to withdraw_after: then GROUP is pinned back to P (persist clients
- * also refreshed: their overlays were built on the failing version).
+ * also refreshed: their overlays were built on the failing version).  The
+ * record keeps the last session it counted of each client ("counted"), so a
+ * session end the daemon's start judges again after a cut counts once, and
+ * one whose health.json (its judgement) reached the disk before the cut and
+ * whose count did not is counted then.
  *
  * State files: clients/ID/health.json (strikes, last good, marker identity),
  * clients/ID/quarantine/N/{overlay,note.json}, clients/ID/good/overlay (and
@@ -631,12 +635,10 @@ static void fall_back(const char *state, const struct tb_client_conf *c, uint64_
 }
 
 static void check_health(const struct request *rq, const struct tb_client_conf *c,
-                         const struct tb_watchdog_conf *w, struct tb_scan *s, bool *healthy,
-                         bool *judged_before)
+                         const struct tb_watchdog_conf *w, struct tb_scan *s, bool *healthy)
 {
   const char *state = rq->cfg->state_dir;
   *healthy = true;
-  *judged_before = false;
   if (!health_configured(w))
     return;
   /* A machine's health is its system disk's: a further disk (a games disk
@@ -650,7 +652,10 @@ static void check_health(const struct request *rq, const struct tb_client_conf *
   if (!health)
     return;
   if (json_integer_value(json_object_get(health, "judged")) >= (json_int_t)rq->session) {
-    *judged_before = true; /* a scan the daemon's start resumed: counted once */
+    /* A scan the daemon's start resumed: judged once.  Its verdict, for a
+     * canary count the cut may have taken (canary_count counts it once). */
+    *healthy = json_integer_value(json_object_get(json_object_get(health, "last_good"),
+                                                  "session")) == (json_int_t)rq->session;
     json_decref(health);
     return;
   }
@@ -827,8 +832,13 @@ static void canary_count(const struct request *rq, const struct tb_client_conf *
   json_t *canary = load_json(path);
   const char *st = json_string_value(json_object_get(canary, "state"));
   const char *group = json_string_value(json_object_get(canary, "group"));
+  json_t *counted = json_object_get(canary, "counted");
   if (canary && st && strcmp(st, "running") == 0 && group && in_group(c, group) &&
-      json_integer_value(json_object_get(canary, "version")) == version) {
+      json_integer_value(json_object_get(canary, "version")) == version &&
+      json_integer_value(json_object_get(counted, c->id)) < (json_int_t)rq->session) {
+    if (!json_is_object(counted))
+      json_object_set_new(canary, "counted", counted = json_object());
+    json_object_set_new(counted, c->id, json_integer((json_int_t)rq->session));
     const char *key = healthy ? "healthy" : "strikes";
     json_int_t count = json_integer_value(json_object_get(canary, key)) + 1;
     json_int_t of = healthy ? w->canary_promote_after : w->canary_withdraw_after;
@@ -994,11 +1004,10 @@ static void run_request(struct request *rq)
   if (stuck)
     scan_got_stuck(state, c->id, rq->session, stuck);
   if (rq->end) {
-    bool healthy, judged_before;
-    check_health(rq, c, &w, s, &healthy, &judged_before);
-    if (!judged_before)
-      canary_count(rq, c, &w, s ? s->info.base.image : rq->image,
-                   s ? s->info.base.version : rq->version, healthy);
+    bool healthy;
+    check_health(rq, c, &w, s, &healthy);
+    canary_count(rq, c, &w, s ? s->info.base.image : rq->image,
+                 s ? s->info.base.version : rq->version, healthy);
     if (want_scan || health_configured(&w))
       mark_ended(state, c->id, rq->session);
   }
