@@ -288,6 +288,10 @@ struct merge_request {
                  uint32_t version);
   char maint_image[TB_NAME_MAX + 1];
   uint32_t maint_pin;
+  /* A scheduled merge's turn (schedules.c sets merged to save it into
+   * clients/ID/merge-schedule.json once the merge is done). */
+  struct tb_schedule_mark sched_mark;
+  char sched_text[128];
 };
 /* Queue REQ (taken, freed on failure): -1 with a message. */
 int jobs_submit_merge(struct daemon *d, struct merge_request *req);

@@ -7,7 +7,10 @@
  * "merge" schedule queues a merge of its overlay into merge.into (jobs.c)
  * once it is between sessions.  Where each stands is kept in
  * clients/ID/schedule.json and merge-schedule.json, saved after the mailbox
- * or the merge: a restart neither fires a refresh again nor loses one.
+ * or once the merge is done (its job saves it): a restart or a power cut
+ * loses neither; a refresh whose mark a cut took fires again and finds the
+ * refresh still pending in the mailbox, a merge whose mark a cut took runs
+ * again (and, done already, finds nothing to merge).
  */
 #include <config.h>
 
@@ -108,12 +111,32 @@ static void save_mark(const char *state, const struct client_sched *s, const cha
     log_msg("refresh schedule of %s: %s", s->id, tb_errmsg());
 }
 
+static void save_merge_mark(const char *state, const char *id, const char *text,
+                            const struct tb_schedule_mark *m)
+{
+  char file[TB_PATH_MAX];
+  if (tb_clientdir_path(state, id, TB_CF_MERGE_SCHEDULE, file, sizeof file) == -1 ||
+      tb_schedule_save(file, text, m) == -1)
+    log_msg("merge schedule of %s: %s", id, tb_errmsg());
+}
+
+/* The job thread, the merge done and the client moved: the turn is saved. */
+static void merge_done(const char *state, const struct merge_request *req, const char *image,
+                       uint32_t version)
+{
+  (void)image, (void)version;
+  save_merge_mark(state, req->client, req->sched_text, &req->sched_mark);
+}
+
 /* A scheduled merge that came due: merge now if the client is between
  * sessions and wrote something since, else wait for its session to end (the
- * tick retries every PENDING_RETRY_MS).  Returns true when the turn is done. */
+ * tick retries every PENDING_RETRY_MS).  Returns 0 while it waits, 1 when the
+ * turn is done (save its mark), 2 when a merge job is queued (it saves the
+ * mark once the merge is done: a cut or a kill before that runs it again at
+ * the next start, not a whole period later). */
 #define PENDING_RETRY_MS 2000
-static bool scheduled_merge(struct daemon *d, struct client_sched *s,
-                            const struct tb_client_conf *c)
+static int scheduled_merge(struct daemon *d, struct client_sched *s, const struct tb_client_conf *c,
+                           const struct tb_schedule_mark *mark)
 {
   const char *state = d->cfg->state_dir;
   if (tb_client_locked(state, s->id)) {
@@ -121,7 +144,7 @@ static bool scheduled_merge(struct daemon *d, struct client_sched *s,
       tb_eventf(state, "merge-deferred", s->id, "{s:s, s:s}", "into", c->merge_into, "reason",
                 "the client is in a session: the merge runs when it ends");
     s->merge_deferred = true;
-    return false;
+    return 0;
   }
   char overlay[TB_PATH_MAX];
   struct tb_overlay_info info;
@@ -133,11 +156,14 @@ static bool scheduled_merge(struct daemon *d, struct client_sched *s,
   if (empty) {
     tb_eventf(state, "merge-skipped", s->id, "{s:s, s:s}", "into", c->merge_into, "reason",
               "nothing written since the last merge");
-    return true;
+    return 1;
   }
   struct merge_request *r = calloc(1, sizeof *r);
   if (!r)
-    return false;
+    return 0;
+  r->merged = merge_done;
+  r->sched_mark = *mark;
+  snprintf(r->sched_text, sizeof r->sched_text, "%s", c->merge_when);
   snprintf(r->client, sizeof r->client, "%s", s->id);
   snprintf(r->into, sizeof r->into, "%s", c->merge_into);
   if (c->merge_note)
@@ -148,8 +174,9 @@ static bool scheduled_merge(struct daemon *d, struct client_sched *s,
     char err[512];
     snprintf(err, sizeof err, "%s", tb_errmsg());
     tb_eventf(state, "merge-failed", s->id, "{s:s, s:s}", "into", c->merge_into, "error", err);
+    return 1;
   }
-  return true;
+  return 2;
 }
 
 static void merge_tick(struct daemon *d, struct client_sched *s, int64_t now)
@@ -165,17 +192,15 @@ static void merge_tick(struct daemon *d, struct client_sched *s, int64_t now)
     s->merge_pending = true;
     s->merge_next_ms = tb_schedule_next(&s->merge_sched, now);
   }
-  if (s->merge_pending && scheduled_merge(d, s, c)) {
+  struct tb_schedule_mark m = {now, s->merge_next_ms};
+  int done = s->merge_pending ? scheduled_merge(d, s, c, &m) : 0;
+  if (done) {
     s->merge_pending = false;
     s->merge_deferred = false;
-    /* Saved once the turn is done: a restart while it waits fires it again. */
-    char file[TB_PATH_MAX];
     s->merge_last_ms = now;
-    struct tb_schedule_mark m = {s->merge_last_ms, s->merge_next_ms};
-    if (tb_clientdir_path(d->cfg->state_dir, s->id, TB_CF_MERGE_SCHEDULE, file, sizeof file) ==
-            -1 ||
-        tb_schedule_save(file, c->merge_when, &m) == -1)
-      log_msg("merge schedule of %s: %s", s->id, tb_errmsg());
+    /* Saved once the turn is done: a restart while it waits fires it again. */
+    if (done == 1)
+      save_merge_mark(d->cfg->state_dir, s->id, c->merge_when, &m);
   }
 }
 
