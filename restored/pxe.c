@@ -760,14 +760,20 @@ static json_t *unknown_load(const struct tb_config *cfg)
   return v;
 }
 
-static void unknown_save(const struct tb_config *cfg, json_t *all)
+static int unknown_save(const struct tb_config *cfg, json_t *all)
 {
   char path[TB_PATH_MAX];
   char *text = json_dumps(all, JSON_INDENT(1) | JSON_SORT_KEYS);
-  if (!text || pxe_path(cfg, "unknown.json", path, sizeof path) == -1 ||
-      tb_write_file_atomic(path, text, strlen(text), 0600) == -1)
+  int r = 0;
+  if (!text)
+    r = tb_error("out of memory");
+  else if (pxe_path(cfg, "unknown.json", path, sizeof path) == -1 ||
+           tb_write_file_atomic(path, text, strlen(text), 0600) == -1)
+    r = -1;
+  if (r == -1)
     log_msg("pxe: cannot save the unknown MACs: %s", tb_errmsg());
   free(text);
+  return r;
 }
 
 /* Registered PCs leave the list. */
@@ -789,8 +795,10 @@ static void unknown_forget_registered(const struct tb_config *cfg)
   json_decref(all);
 }
 
-static void unknown_seen(struct daemon *d, const char *mac, const char *address, const char *vendor,
-                         bool pxe)
+/* Record an unknown MAC: -1 (with a message) if the record is not durable,
+ * so the request is not acknowledged. */
+static int unknown_seen(struct daemon *d, const char *mac, const char *address, const char *vendor,
+                        bool pxe)
 {
   const struct tb_config *cfg = d->cfg;
   json_t *all = unknown_load(cfg);
@@ -826,12 +834,15 @@ static void unknown_seen(struct daemon *d, const char *mac, const char *address,
   if (announce)
     json_object_set_new(e, "last_event_ms", json_integer(now));
   json_int_t count = json_integer_value(json_object_get(e, "count"));
-  unknown_save(cfg, all);
+  int r = unknown_save(cfg, all);
   json_decref(all);
+  if (r == -1)
+    return -1;
   if (announce)
     tb_eventf(cfg->state_dir, "pxe-unknown", NULL, "{s:s, s:s, s:s, s:b, s:I, s:s}", "mac", mac,
               "address", address, "vendor_class", vendor, "pxe", pxe, "count", count, "register",
               "tabulactl register MAC ID");
+  return 0;
 }
 
 /* ---- configuration: start, reload --------------------------------------------------------- */
@@ -1060,7 +1071,8 @@ static json_t *op_event(struct daemon *d, json_t *req)
   bool pxe = strncmp(vendor, "PXEClient", 9) == 0 || ipxe;
   const struct tb_client_conf *c = tb_config_client_by_mac(d->cfg, mac);
   if (!c) {
-    unknown_seen(d, mac, address, vendor, pxe);
+    if (unknown_seen(d, mac, address, vendor, pxe) == -1)
+      return reply_error("%s", tb_errmsg());
     return reply_ok(json_pack("{s:n, s:b, s:b}", "client", "boot", 0, "unknown", 1));
   }
   if (!pxe) /* a renewal by the running system */

@@ -48,9 +48,10 @@ jq -e '.state == "running" and .version == 2' "$prep/watchdog/canary-demo.json" 
 cp -a "$PC_STATE/disk" "$T/pristine"
 
 # lc01's sessions, one after another, until the cut; each waits until the
-# previous one is judged, as a PC's reboots do (the watchdog's queue is in
-# memory: the start judges the last session end it had not finished, not
-# several queued behind it).
+# watchdog has finished the previous one (clients/lc01/watchdog.json), as a
+# PC's reboots do: the watchdog's queue is in memory, and the start judges
+# the last session end it had not finished, not several queued behind it
+# (README, Durability: a limit).
 sessions()
 {
   (
@@ -58,7 +59,7 @@ sessions()
       "$TB_IO" -s "$st/nbd.sock" -e lc01 rewrite:0:4096 >/dev/null 2>&1 || { sleep 0.1; continue; }
       _s=$(jq -r .session "$st/clients/lc01/session.json" 2>/dev/null) || continue
       _j=0
-      until jq -e --argjson s "$_s" '.judged >= $s' "$st/clients/lc01/health.json" >/dev/null 2>&1; do
+      until jq -e --argjson s "$_s" '.ended >= $s' "$st/clients/lc01/watchdog.json" >/dev/null 2>&1; do
         _j=$((_j + 1))
         [ $_j -lt 100 ] || break
         sleep 0.1
