@@ -9,7 +9,7 @@
  *   clients/ID/overlay.next         a merge's move onto its new version, the journal
  *                                   of intent (restored/jobs.c)
  *   clients/ID/overlay.good         the watchdog's fall-back to the last known good,
- *                                   its journal (restored/watchdog.c); built as
+ *                                   its journal (restored/health.c); built as
  *                                   overlay.good.tmp.watchdog
  *   clients/ID/overlay.restore      a retained session being made the overlay again
  *   clients/ID/sessions/N           retained sessions (restore points)
@@ -24,7 +24,7 @@
  *   clients/ID/maintenance.json     a maintenance PC's record (maintenance.h)
  *   clients/ID/schedule.json        the refresh schedule's mark (restored/schedules.c)
  *   clients/ID/merge-schedule.json  the merge schedule's mark
- *   clients/ID/watchdog.json        the watchdog's scan mark (restored/watchdog.c)
+ *   clients/ID/watchdog.json        the watchdog's scan mark (restored/scan.c)
  *   clients/ID/health.json          health: strikes, the last known good
  *   clients/ID/good/overlay         the last known good overlay; good/overlay.N one
  *                                   being saved from session N

@@ -10,8 +10,9 @@
  *   - serves the control socket (server.c, ops.c): JSON lines, mode 0600,
  *     only the daemon's own uid and root (and control_group);
  *   - runs refresh and merge schedules (schedules.c), merges (jobs.c, on a
- *     thread), scheduled pulls (pulls.c), the watchdog (watchdog.c), webhooks
- *     (webhooks.c, on threads), the Prometheus textfile (metrics.c);
+ *     thread), scheduled pulls (pulls.c), the watchdog (scan.c, health.c,
+ *     canary.c), webhooks (webhooks.c, on threads), the Prometheus textfile
+ *     (metrics.c);
  *   - follows the event journal (journal.c) for `events --follow`, the
  *     watchdog and metrics.
  * This file is main() and the loop: a poll() over the signals, the control

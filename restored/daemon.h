@@ -13,7 +13,10 @@
  *   pulls.c       scheduled pulls
  *   nbd.c iscsi.c pxe.c   nbdkit, tabula-iscsid, dnsmasq as children
  *   jobs.c        merges on the job thread
- *   watchdog.c    scans, actions, health, canaries
+ *   health.c      health.json and the last known good of a session end
+ *   canary.c      canary versions: their counts, promotion and withdrawal
+ *   scan.c        the scans of client disks (their thread), the actions on
+ *                 what they find, quarantines
  *   journal.c maintenance.c schedules.c
  *   webhooks.c
  *   config.c      loading, checking and reloading the configuration
@@ -50,7 +53,7 @@
  * Locks.  Each is its file's own and guards only that file's shared data:
  * jobs.c lock (the job queue, the outbox, progress), journal.c gens_lock
  * (the generations seen), pulls.c lock (pull schedules and results),
- * watchdog.c lock (the scan queue) and canary_lock (the canary files),
+ * scan.c lock (the scan queue), canary.c canary_lock (the canary files),
  * webhooks.c totals_lock (the worker list, totals) and each worker's lock
  * (its counters, kick and stop flags).  No code path holds two of them at
  * once, so there is no order to keep; a new path that must takes them in
@@ -191,7 +194,7 @@ extern const struct daemon_timer pxe_timer;       /* pxe.c: dnsmasq's restarts, 
 extern const struct daemon_timer iscsid_timer;    /* iscsi.c: tabula-iscsid's restarts */
 extern const struct daemon_timer schedules_timer; /* schedules.c: refreshes, merges */
 extern const struct daemon_timer pulls_timer;     /* pulls.c: scheduled pulls */
-extern const struct daemon_timer watchdog_timer;  /* watchdog.c: interval scans */
+extern const struct daemon_timer watchdog_timer;  /* scan.c: interval scans */
 extern const struct daemon_timer server_timer;    /* server.c: idle timeouts, queued requests */
 extern const struct daemon_timer journal_timer;   /* journal.c: the tail of events.jsonl */
 extern const struct daemon_timer webhooks_timer;  /* webhooks.c: wake the senders after it */
@@ -307,7 +310,59 @@ void webhooks_configure(const struct tb_config *cfg);
 json_t *webhooks_status(void);
 void webhooks_shutdown(void);
 
-/* ---- watchdog.c: file rules, health, canaries (scans on a thread of their own) ---- */
+/* ---- health.c: health.json and the last known good of a session end; the
+ * state-file helpers canary.c and scan.c share ---- */
+struct tb_watchdog_conf;
+struct tb_scan;
+
+/* One piece of work of the scan thread (scan.c's queue). */
+struct scan_request {
+  struct scan_request *next;
+  struct tb_config *cfg; /* a reference: a reload may swap the daemon's cfg */
+  char id[TB_NAME_MAX + 1];
+  bool end;            /* session end (else an interval scan of a live session) */
+  uint64_t session;    /* the session that ended or runs */
+  int64_t duration_ms; /* of the session that ended */
+  char image[TB_NAME_MAX + 1];
+  uint32_t version; /* what it ran on (session.json), 0 if unknown */
+};
+
+/* The state files: a JSON object read (NULL if absent or not an object),
+ * written atomically. */
+json_t *state_load_json(const char *path);
+int state_save_json(const char *path, json_t *v);
+/* Is PATH the file DEV/INO? */
+bool state_same_file(const char *path, dev_t dev, ino_t ino);
+/* The client's lock, waiting up to a second while session SESSION is still
+ * the client's last; -1 if a session holds it. */
+int client_lock_after(const char *state, const char *id, uint64_t session);
+
+/* Does W judge health at all (a marker or a minimum session)? */
+bool health_configured(const struct tb_watchdog_conf *w);
+int health_path(const char *state, const char *id, char *buf, size_t len);
+/* clients/ID/health.json, checked (see health.c); *RECOVERED (if given) says
+ * it was not plausible and counts from nothing. */
+json_t *load_health(const char *state, const char *id, const char *path, bool *recovered);
+/* Judge the session RQ ended (scan S, NULL if none): strikes, last known
+ * good, fall-back.  A session judged already (a scan the daemon's start
+ * resumed) is not judged again: *HEALTHY is its verdict then. */
+void check_health(const struct scan_request *rq, const struct tb_client_conf *c,
+                  const struct tb_watchdog_conf *w, struct tb_scan *s, bool *healthy);
+/* At the daemon's start: a save of the last known good or a fall-back to it
+ * that a crash cut, finished. */
+void good_recover(const struct tb_config *cfg, const struct tb_client_conf *c);
+
+/* ---- canary.c: canary versions; its operation is canary_ops ---- */
+/* Count a finished session of a group client on a running canary version. */
+void canary_count(const struct scan_request *rq, const struct tb_client_conf *c,
+                  const struct tb_watchdog_conf *w, const char *image, uint32_t version,
+                  bool healthy);
+/* At the daemon's start: every canary record in DIR (STATE/watchdog) read back
+ * with a plausibility check; a damaged one moved aside. */
+void canary_check(const char *state, const char *dir);
+
+/* ---- scan.c: the watchdog's file rules and their actions (scans on a thread
+ * of their own, which health.c and canary.c judge and count session ends on) ---- */
 int watchdog_start(void);
 void watchdog_recover(const struct tb_config *cfg); /* at start: no half-moved quarantine */
 void watchdog_resume(
@@ -340,7 +395,8 @@ void metrics_write(struct daemon *d);
 
 /* ---- ops.c: the operations ----
  *   A request {"op": NAME, ...} runs the entry NAME of
- * one of the tables (ops.c's own, maintenance_ops, watchdog_ops, pxe_ops,
+ * one of the tables (ops.c's own, maintenance_ops, scan_ops,
+ * canary_ops, pxe_ops,
  * each ended by a NULL name); an unknown NAME gets an error listing them all.
  * A handler returns the final reply, or NULL when the conn now waits (a job,
  * the event stream). */
@@ -355,7 +411,8 @@ struct daemon_op {
   json_t *(*run)(struct daemon *d, struct op_call *call);
 };
 extern const struct daemon_op maintenance_ops[]; /* maintenance.c */
-extern const struct daemon_op watchdog_ops[];    /* watchdog.c */
+extern const struct daemon_op scan_ops[];        /* scan.c */
+extern const struct daemon_op canary_ops[];      /* canary.c */
 extern const struct daemon_op pxe_ops[];         /* pxe.c */
 json_t *ops_dispatch(struct daemon *d, struct conn *c, json_t *req);
 int clients_status_json(struct daemon *d, json_t **out); /* for metrics.c */

@@ -1085,7 +1085,7 @@ static const struct daemon_op core_ops[] = {
 };
 
 /* Every operation the control socket answers: its owners' tables. */
-static const struct daemon_op *const op_tables[] = {core_ops, maintenance_ops, watchdog_ops,
+static const struct daemon_op *const op_tables[] = {core_ops, maintenance_ops, scan_ops, canary_ops,
                                                     pxe_ops};
 
 static const struct daemon_op *op_named(const char *name)

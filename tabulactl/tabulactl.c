@@ -1027,7 +1027,7 @@ static int cmd_image_pull(struct ctl *ctl, int argc, char **argv)
   return run_repo_cmd(ctl, argc, argv, ctl_image_pull);
 }
 
-/* ---- image promote (canary versions, watchdog.c in the daemon) ---------------------- */
+/* ---- image promote (canary versions, canary.c in the daemon) ------------------------ */
 
 static json_t *image_promote_request(struct ctl *ctl, const struct args *a)
 {
