@@ -10,8 +10,14 @@ tb_setup
 
 check=$abs_top_srcdir/scripts/check-calls.sh
 src=$abs_top_srcdir/restored
-objs=("$abs_top_builddir"/restored/tabula_restored-*.o)
-[ -f "${objs[0]}" ] || tb_fail "restored/ is not built"
+# The objects of today's sources (a build tree can keep the object of a
+# file that has since gone, e.g. watchdog.o after its split).
+objs=()
+for o in "$abs_top_builddir"/restored/tabula_restored-*.o; do
+  f=$(basename "$o" .o)
+  [ -f "$src/${f#tabula_restored-}.c" ] && objs+=("$o")
+done
+[ ${#objs[@]} -gt 0 ] || tb_fail "restored/ is not built"
 
 # As built: it passes and shows the graph.
 bash "$check" "$src" "${objs[@]}" >"$TB_TMP/ok.out" 2>&1 || {
