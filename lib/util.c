@@ -452,6 +452,17 @@ int64_t tb_mono_ms(void)
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t tb_mono_at_wall(int64_t wall_ms)
+{
+  if (wall_ms == INT64_MAX)
+    return INT64_MAX;
+  int64_t mono = tb_mono_ms(), wall = tb_now_ms();
+  if (wall_ms <= wall)
+    return mono - (wall - wall_ms < INT64_MAX / 2 ? wall - wall_ms : 0);
+  int64_t ahead = wall_ms - wall;
+  return ahead < INT64_MAX - mono ? mono + ahead : INT64_MAX;
+}
+
 void tb_iso_time(int64_t ms, char out[32])
 {
   time_t t = (time_t)(ms / 1000);

@@ -130,6 +130,11 @@ int64_t tb_now_ms(void);
 /* A monotonic clock in milliseconds, for intervals (grace periods, idle
  * time, backoff): a stepped wall clock must not stretch or cut them. */
 int64_t tb_mono_ms(void);
+/* The tb_mono_ms() time at which the wall clock reads WALL_MS, at the present
+ * offset between the two (INT64_MAX stays INT64_MAX): for a loop that sleeps
+ * on the monotonic clock until a calendar time.  Derived anew each turn, so a
+ * wall clock step moves the wake-up with it. */
+int64_t tb_mono_at_wall(int64_t wall_ms);
 
 /* Whether some process holds an flock on PATH, found without taking it
  * (/proc/locks).  Testing with flock(LOCK_SH | LOCK_NB) would hold the lock

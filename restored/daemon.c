@@ -102,7 +102,7 @@ static int run(struct daemon *d)
   if (!fds)
     return tb_error_errno("poll set");
   while (!d->quit) {
-    int64_t now = tb_now_ms();
+    int64_t now = tb_mono_ms(); /* see struct daemon_timer */
     int64_t wake = INT64_MAX;
     for (size_t i = 0; i < sizeof timers / sizeof *timers; i++)
       timers[i]->tick(d, now);

@@ -92,15 +92,15 @@ int daemon_group(const char *text, const char *key, gid_t *gid);
 #define SUPERVISE_BACKOFF_MAX_MS 30000
 #define TB_MAX_LISTEN 8
 struct child {
-  const char *name;      /* in log lines: "nbdkit", "tabula-iscsid", "dnsmasq" */
-  pid_t pid;             /* 0 when not running */
-  bool ready;            /* it serves: its pidfile is written (no pidfile: once started) */
-  bool stopping;         /* its owner stops it: an exit now is no failure */
-  int failures;          /* consecutive short runs, for the backoff */
-  int restarts;          /* since the daemon started */
-  int64_t started_ms;    /* of the running child */
-  int64_t restart_at_ms; /* 0: no restart pending */
-  char last_exit[128];   /* "exited with status 2", "killed by signal 9 (Killed)" */
+  const char *name;           /* in log lines: "nbdkit", "tabula-iscsid", "dnsmasq" */
+  pid_t pid;                  /* 0 when not running */
+  bool ready;                 /* it serves: its pidfile is written (no pidfile: once started) */
+  bool stopping;              /* its owner stops it: an exit now is no failure */
+  int failures;               /* consecutive short runs, for the backoff */
+  int restarts;               /* since the daemon started */
+  int64_t started_mono_ms;    /* of the running child, tb_mono_ms() */
+  int64_t restart_at_mono_ms; /* tb_mono_ms(); 0: no restart pending */
+  char last_exit[128];        /* "exited with status 2", "killed by signal 9 (Killed)" */
   char pidfile[TB_PATH_MAX];
 };
 struct child_spawn {
@@ -123,7 +123,9 @@ bool child_reaped(struct child *c, pid_t pid, int status, int64_t *ran_ms);
 int64_t child_backoff(struct child *c, int64_t ran_ms);
 bool child_became_ready(struct child *c); /* true once, when its pidfile appears */
 bool child_restart_due(const struct child *c, int64_t now);
-int64_t child_next_wakeup(const struct child *c);  /* the pidfile watch, the restart */
+int64_t child_next_wakeup(const struct child *c); /* the pidfile watch, the restart */
+/* How long until its pending restart (0 when due), -1 when none is pending. */
+int64_t child_restart_in_ms(const struct child *c);
 void child_stop(struct child *c, int64_t wait_ms); /* SIGTERM, reap, SIGKILL after WAIT_MS */
 /* Bind "ADDR:PORT" (errors name KEY) into FDS: how many, or -1 with a message. */
 int supervise_bind_tcp(const char *key, const char *listen, int *fds, int max);
@@ -183,7 +185,11 @@ struct daemon {
 /* ---- timers ----
  * A part with work at times of its own (restarts, schedules, scans, the
  * journal's tail) defines one of these; the main loop (daemon.c) runs every
- * tick each turn and sleeps until the earliest next (at most 1 s). */
+ * tick each turn and sleeps until the earliest next (at most 1 s).  NOW and
+ * what next returns are tb_mono_ms() times, so a stepped wall clock neither
+ * delays nor hastens an interval (a backoff, a scan, a poll); the calendar
+ * schedules (schedules.c, pulls.c) read the wall clock themselves and give
+ * their wake-ups back through tb_mono_at_wall. */
 struct daemon_timer {
   const char *name;
   void (*tick)(struct daemon *d, int64_t now);

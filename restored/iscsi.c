@@ -214,7 +214,7 @@ void iscsid_apply(struct daemon *d)
                 "its settings changed in the configuration");
   } else if (I.child.pid) {
     kill(I.child.pid, SIGHUP); /* new logins use the new configuration */
-  } else if (!I.child.restart_at_ms) {
+  } else if (!I.child.restart_at_mono_ms) {
     I.child.failures = 0;
     try_start(d);
   }
@@ -224,7 +224,7 @@ void iscsid_stop(struct daemon *d)
 {
   (void)d;
   stop_iscsid();
-  I.child.restart_at_ms = 0;
+  I.child.restart_at_mono_ms = 0;
   unbind();
   free(I.program);
   I.program = NULL;
@@ -237,16 +237,14 @@ json_t *iscsid_status(struct daemon *d)
     return json_pack("{s:s}", "state", "off");
   const char *state = I.child.pid && I.child.ready ? "running"
                       : I.child.pid                ? "starting"
-                      : I.child.restart_at_ms      ? "restarting"
+                      : I.child.restart_at_mono_ms ? "restarting"
                                                    : "stopped";
   json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:s}", "state", state, "listen", cfg->listen_iscsi,
                         "pid", (json_int_t)I.child.pid, "restarts", (json_int_t)I.child.restarts,
                         "iqn_prefix", cfg->iscsi.iqn_prefix);
-  if (!I.child.pid && I.child.restart_at_ms)
+  if (child_restart_in_ms(&I.child) >= 0)
     json_object_set_new(o, "restart_in_ms",
-                        json_integer(I.child.restart_at_ms > tb_now_ms()
-                                         ? (json_int_t)(I.child.restart_at_ms - tb_now_ms())
-                                         : 0));
+                        json_integer((json_int_t)child_restart_in_ms(&I.child)));
   if (I.error[0])
     json_object_set_new(o, "error", json_string(I.error));
   if (I.child.last_exit[0])

@@ -89,9 +89,9 @@ static int remove_stale_socket(const struct sockaddr_un *sa)
   struct stat st;
   if (lstat(sa->sun_path, &st) == -1 || !S_ISSOCK(st.st_mode))
     return 0;
-  int64_t deadline = tb_now_ms() + STALE_WAIT_MS;
+  int64_t deadline_mono = tb_mono_ms() + STALE_WAIT_MS;
   bool in_use;
-  while ((in_use = unix_socket_in_use(sa)) && tb_now_ms() < deadline)
+  while ((in_use = unix_socket_in_use(sa)) && tb_mono_ms() < deadline_mono)
     usleep(100 * 1000);
   if (in_use)
     return tb_error("listen.unix %s: another server is listening there: stop it or change "
@@ -277,7 +277,7 @@ int nbd_start(struct daemon *d)
   c->failures = 0;
   c->last_exit[0] = '\0';
   if (start_nbdkit(d) == -1) {
-    d->nbd.child.restart_at_ms = tb_now_ms() + SUPERVISE_BACKOFF_MIN_MS;
+    d->nbd.child.restart_at_mono_ms = tb_mono_ms() + SUPERVISE_BACKOFF_MIN_MS;
     return -1;
   }
   return 0;
@@ -320,7 +320,7 @@ static void nbd_tick(struct daemon *d, int64_t now)
     c->restarts++;
     if (start_nbdkit(d) == -1) {
       log_msg("%s", tb_errmsg());
-      c->restart_at_ms = now + SUPERVISE_BACKOFF_MAX_MS;
+      c->restart_at_mono_ms = now + SUPERVISE_BACKOFF_MAX_MS;
       return;
     }
     tb_eventf(d->cfg->state_dir, "nbdkit-restart", NULL, "{s:I, s:I, s:s}", "pid",
@@ -340,7 +340,7 @@ const struct daemon_timer nbd_timer = {"nbdkit", nbd_tick, nbd_next_wakeup};
 static void stop_nbdkit(struct daemon *d)
 {
   child_stop(&d->nbd.child, STOP_WAIT_MS);
-  d->nbd.child.restart_at_ms = 0;
+  d->nbd.child.restart_at_mono_ms = 0;
 }
 
 void nbd_stop(struct daemon *d)
@@ -352,9 +352,9 @@ void nbd_stop(struct daemon *d)
 void nbd_retry_now(struct daemon *d)
 {
   struct child *c = &d->nbd.child;
-  if (!c->pid && c->restart_at_ms) {
+  if (!c->pid && c->restart_at_mono_ms) {
     log_msg("nbdkit is waiting out its backoff: starting it now with the new configuration");
-    c->restart_at_ms = tb_now_ms();
+    c->restart_at_mono_ms = tb_mono_ms();
     c->failures = 0;
   }
 }
@@ -490,7 +490,8 @@ void nbd_standby_io(struct daemon *d, const struct pollfd *fds, size_t n)
   if (!standby_active(d))
     return; /* nbdkit was started meanwhile: the connections are its own */
   const struct child *in = &d->nbd.child;
-  int64_t wait = in->restart_at_ms > tb_now_ms() ? in->restart_at_ms - tb_now_ms() : 0;
+  int64_t mono = tb_mono_ms();
+  int64_t wait = in->restart_at_mono_ms > mono ? in->restart_at_mono_ms - mono : 0;
   for (size_t i = 0; i < n; i++) {
     if (!(fds[i].revents & POLLIN))
       continue;

@@ -441,18 +441,15 @@ static json_t *op_status(struct daemon *d, struct op_call *a)
   const struct child *in = &d->nbd.child;
   json_t *nb =
       json_pack("{s:s, s:I, s:I, s:s}", "state",
-                in->ready           ? "running"
-                : in->pid           ? "starting"
-                : in->restart_at_ms ? "restarting"
-                                    : "stopped",
+                in->ready                ? "running"
+                : in->pid                ? "starting"
+                : in->restart_at_mono_ms ? "restarting"
+                                         : "stopped",
                 "pid", (json_int_t)in->pid, "restarts", (json_int_t)in->restarts, "unix", sock);
   if (d->cfg->listen_tcp)
     json_object_set_new(nb, "tcp", json_string(d->cfg->listen_tcp));
-  if (!in->pid && in->restart_at_ms)
-    json_object_set_new(nb, "restart_in_ms",
-                        json_integer(in->restart_at_ms > tb_now_ms()
-                                         ? (json_int_t)(in->restart_at_ms - tb_now_ms())
-                                         : 0));
+  if (child_restart_in_ms(in) >= 0)
+    json_object_set_new(nb, "restart_in_ms", json_integer((json_int_t)child_restart_in_ms(in)));
   if (in->last_exit[0])
     json_object_set_new(nb, "last_exit", json_string(in->last_exit));
 

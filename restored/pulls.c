@@ -189,8 +189,10 @@ static void *run_source(void *arg)
   return NULL;
 }
 
-static void pulls_tick(struct daemon *d, int64_t now)
+static void pulls_tick(struct daemon *d, int64_t mono)
 {
+  (void)mono; /* calendar schedules: the wall clock (persisted in the marks) */
+  int64_t now = tb_now_ms();
   if (built_for != d->cfg)
     rebuild(d->cfg, now);
   pthread_mutex_lock(&lock);
@@ -235,7 +237,7 @@ static int64_t pulls_next(const struct daemon *d)
     if (scheds[i].has && scheds[i].next_ms < next)
       next = scheds[i].next_ms;
   pthread_mutex_unlock(&lock);
-  return next;
+  return tb_mono_at_wall(next); /* the loop sleeps on the monotonic clock */
 }
 
 const struct daemon_timer pulls_timer = {"pulls", pulls_tick, pulls_next};

@@ -907,7 +907,7 @@ void pxe_apply(struct daemon *d)
   } else if (P.child.pid && hosts_changed == 1) {
     log_msg("pxe: the static leases changed: dnsmasq re-reads them (SIGHUP)");
     kill(P.child.pid, SIGHUP);
-  } else if (!P.child.pid && (!P.child.restart_at_ms || conf_changed == 1)) {
+  } else if (!P.child.pid && (!P.child.restart_at_mono_ms || conf_changed == 1)) {
     P.child.failures = 0;
     try_start(d);
   }
@@ -918,10 +918,10 @@ json_t *pxe_status(struct daemon *d)
   const struct tb_config *cfg = d->cfg;
   if (!cfg->pxe.enabled)
     return json_pack("{s:s}", "state", "off");
-  const char *state = !runs_dnsmasq(cfg)      ? "external"
-                      : P.child.pid           ? "running"
-                      : P.child.restart_at_ms ? "restarting"
-                                              : "stopped";
+  const char *state = !runs_dnsmasq(cfg)           ? "external"
+                      : P.child.pid                ? "running"
+                      : P.child.restart_at_mono_ms ? "restarting"
+                                                   : "stopped";
   json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I}", "state", state, "interface",
                         cfg->pxe.interface, "server", cfg->pxe.server, "pid",
                         (json_int_t)P.child.pid, "restarts", (json_int_t)P.child.restarts);

@@ -204,8 +204,10 @@ static void merge_tick(struct daemon *d, struct client_sched *s, int64_t now)
   }
 }
 
-static void schedules_tick(struct daemon *d, int64_t now)
+static void schedules_tick(struct daemon *d, int64_t mono)
 {
+  (void)mono; /* calendar schedules: the wall clock (persisted in schedule.json, shown) */
+  int64_t now = tb_now_ms();
   for (size_t i = 0; i < d->n_sched; i++) {
     struct client_sched *s = &d->sched[i];
     if (s->merge_has)
@@ -238,9 +240,12 @@ static int64_t schedules_next(const struct daemon *d)
       next = s->next_ms;
     if (s->merge_has && s->merge_next_ms < next)
       next = s->merge_next_ms;
-    if (s->merge_pending && tb_now_ms() + PENDING_RETRY_MS < next)
-      next = tb_now_ms() + PENDING_RETRY_MS;
   }
+  next = tb_mono_at_wall(next); /* the loop sleeps on the monotonic clock */
+  int64_t retry = tb_mono_ms() + PENDING_RETRY_MS;
+  for (size_t i = 0; i < d->n_sched; i++)
+    if (d->sched[i].merge_pending && retry < next)
+      next = retry;
   return next;
 }
 

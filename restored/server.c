@@ -554,7 +554,7 @@ void server_io(struct daemon *d, const struct pollfd *fds, size_t n)
 
 static void server_tick(struct daemon *d, int64_t now)
 {
-  (void)now; /* the loop's wall clock: idle time is measured on the monotonic one */
+  (void)now; /* idle time: on the monotonic clock, as the loop's NOW */
   int64_t mono = tb_mono_ms();
   for (size_t i = 0; i < MAX_CONNS; i++) {
     struct conn *c = conns[i];

@@ -140,7 +140,7 @@ static int64_t backoff_after(int *failures, int64_t ran_ms)
   return backoff > SUPERVISE_BACKOFF_MAX_MS ? SUPERVISE_BACKOFF_MAX_MS : backoff;
 }
 
-static void wait_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
+static void wait_child(pid_t pid, int64_t deadline_mono_ms, const char *name, char *last_exit,
                        size_t len)
 {
   for (;;) {
@@ -151,7 +151,7 @@ static void wait_child(pid_t pid, int64_t deadline_ms, const char *name, char *l
         describe_status(status, last_exit, len);
       return;
     }
-    if (tb_now_ms() > deadline_ms) {
+    if (tb_mono_ms() > deadline_mono_ms) {
       log_msg("%s (pid %d) did not stop in time after SIGTERM; killing it", name, (int)pid);
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
@@ -161,11 +161,11 @@ static void wait_child(pid_t pid, int64_t deadline_ms, const char *name, char *l
   }
 }
 
-static void stop_child(pid_t pid, int64_t deadline_ms, const char *name, char *last_exit,
+static void stop_child(pid_t pid, int64_t deadline_mono_ms, const char *name, char *last_exit,
                        size_t len)
 {
   kill(pid, SIGTERM);
-  wait_child(pid, deadline_ms, name, last_exit, len);
+  wait_child(pid, deadline_mono_ms, name, last_exit, len);
 }
 
 int child_start(struct child *c, const struct child_spawn *how)
@@ -244,8 +244,8 @@ int child_start(struct child *c, const struct child_spawn *how)
   free(envp);
   c->pid = pid;
   c->ready = !c->pidfile[0];
-  c->started_ms = tb_now_ms();
-  c->restart_at_ms = 0;
+  c->started_mono_ms = tb_mono_ms();
+  c->restart_at_mono_ms = 0;
   return 0;
 }
 
@@ -253,7 +253,7 @@ bool child_reaped(struct child *c, pid_t pid, int status, int64_t *ran_ms)
 {
   if (!pid || pid != c->pid)
     return false;
-  *ran_ms = tb_now_ms() - c->started_ms;
+  *ran_ms = tb_mono_ms() - c->started_mono_ms;
   describe_status(status, c->last_exit, sizeof c->last_exit);
   c->pid = 0;
   c->ready = false;
@@ -263,7 +263,7 @@ bool child_reaped(struct child *c, pid_t pid, int status, int64_t *ran_ms)
 int64_t child_backoff(struct child *c, int64_t ran_ms)
 {
   int64_t backoff = backoff_after(&c->failures, ran_ms);
-  c->restart_at_ms = tb_now_ms() + backoff;
+  c->restart_at_mono_ms = tb_mono_ms() + backoff;
   return backoff;
 }
 
@@ -278,16 +278,24 @@ bool child_became_ready(struct child *c)
 
 bool child_restart_due(const struct child *c, int64_t now)
 {
-  return !c->pid && c->restart_at_ms && now >= c->restart_at_ms;
+  return !c->pid && c->restart_at_mono_ms && now >= c->restart_at_mono_ms;
 }
 
 int64_t child_next_wakeup(const struct child *c)
 {
   if (c->pid && !c->ready)
-    return tb_now_ms() + 50; /* watch for the pidfile */
-  if (!c->pid && c->restart_at_ms)
-    return c->restart_at_ms;
+    return tb_mono_ms() + 50; /* watch for the pidfile */
+  if (!c->pid && c->restart_at_mono_ms)
+    return c->restart_at_mono_ms;
   return INT64_MAX;
+}
+
+int64_t child_restart_in_ms(const struct child *c)
+{
+  if (c->pid || !c->restart_at_mono_ms)
+    return -1;
+  int64_t left = c->restart_at_mono_ms - tb_mono_ms();
+  return left > 0 ? left : 0;
 }
 
 void child_stop(struct child *c, int64_t wait_ms)
@@ -296,7 +304,7 @@ void child_stop(struct child *c, int64_t wait_ms)
     return;
   bool was_stopping = c->stopping;
   c->stopping = true;
-  stop_child(c->pid, tb_now_ms() + wait_ms, c->name, c->last_exit, sizeof c->last_exit);
+  stop_child(c->pid, tb_mono_ms() + wait_ms, c->name, c->last_exit, sizeof c->last_exit);
   c->pid = 0;
   c->ready = false;
   c->stopping = was_stopping;
