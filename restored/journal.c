@@ -42,6 +42,7 @@
 #define READ_CHUNK 65536
 #define POLL_MS 200 /* how often the tail looks for new lines */
 #define MAX_LINE (1024 * 1024)
+#define TAIL_WINDOW_PER_LINE 4096 /* tail_file's first guess at the bytes a line takes */
 
 static int fd = -1;
 static ino_t ino;
@@ -139,7 +140,7 @@ static void journal_path(const char *state, char *buf, size_t len)
 
 void journal_open(struct daemon *d)
 {
-  char path[4096];
+  char path[TB_PATH_MAX];
   journal_path(d->cfg->state_dir, path, sizeof path);
   fd = open(path, O_RDONLY | O_CLOEXEC | O_CREAT | O_NOFOLLOW, 0600);
   if (fd == -1) {
@@ -271,7 +272,7 @@ static void next_generation(void)
 
 void journal_poll(struct daemon *d)
 {
-  char path[4096], old[4200];
+  char path[TB_PATH_MAX], old[TB_PATH_MAX + sizeof ".1"]; /* the rotated journal: PATH.1 */
   journal_path(d->cfg->state_dir, path, sizeof path);
   snprintf(old, sizeof old, "%s.1", path);
   if (fd == -1) {
@@ -334,7 +335,7 @@ static void tail_file(const char *path, size_t n, json_t *out)
     return;
   }
   /* Read backwards in growing windows until N lines are in. */
-  size_t want = 4096 * (n + 1);
+  size_t want = TAIL_WINDOW_PER_LINE * (n + 1);
   off_t size = st.st_size;
   for (;;) {
     off_t from = size > (off_t)want ? size - (off_t)want : 0;
@@ -385,7 +386,7 @@ static void tail_file(const char *path, size_t n, json_t *out)
 
 json_t *journal_last(const char *state, const char *client, size_t n)
 {
-  char path[4096], old[4200];
+  char path[TB_PATH_MAX], old[TB_PATH_MAX + sizeof ".1"]; /* the rotated journal: PATH.1 */
   json_t *out = json_array();
   if (n == 0)
     return out;
