@@ -217,27 +217,6 @@ void canary_check(const char *state, const char *dir)
 
 /* ---- image-promote (main thread) ---- */
 
-static const char *req_str(json_t *req, const char *key)
-{
-  return json_string_value(json_object_get(req, key));
-}
-
-/* Only KEYS (and "op") in REQ; else an error reply. */
-static json_t *check_req(json_t *req, const char *op, const char *const *keys)
-{
-  const char *key;
-  json_t *v;
-  json_object_foreach(req, key, v)
-  {
-    bool known = strcmp(key, "op") == 0;
-    for (size_t i = 0; keys[i] && !known; i++)
-      known = strcmp(keys[i], key) == 0;
-    if (!known)
-      return reply_error("%s: unknown argument \"%.64s\"", op, key);
-  }
-  return NULL;
-}
-
 /* Highest published version of IMAGE below N, 0 if none. */
 static uint32_t version_before(const char *state, const char *image, uint32_t n)
 {
@@ -318,7 +297,7 @@ static json_t *start_canary(struct daemon *d, const char *image, uint32_t n, con
 static json_t *op_promote(struct daemon *d, json_t *req)
 {
   static const char *const keys[] = {"image", "version", "canary", NULL};
-  json_t *err = check_req(req, "image-promote", keys);
+  json_t *err = req_check_keys(req, "image-promote", keys);
   if (err)
     return err;
   const char *image = req_str(req, "image"), *group = req_str(req, "canary");

@@ -266,6 +266,13 @@ uint64_t server_requests(void); /* request lines run since the start */
 /* Replies: {"ok": true, "result": RESULT} (consumed; NULL: {}), {"ok": false, "error": ...}. */
 json_t *reply_ok(json_t *result);
 json_t *reply_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A request's arguments.  REQ_STR: the string argument KEY (NULL when absent
+ * or not a string).  REQ_UNKNOWN_KEY: the first key other than "op" that KEYS
+ * (NULL-terminated) does not list, or NULL.  REQ_CHECK_KEYS: NULL when REQ has
+ * no such key, else the error reply "OP: unknown argument \"KEY\"". */
+const char *req_str(json_t *req, const char *key);
+const char *req_unknown_key(json_t *req, const char *const *keys);
+json_t *req_check_keys(json_t *req, const char *op, const char *const *keys);
 /* Replies from jobs and the journal tail. */
 void conn_send(struct conn *c, json_t *line);    /* consumes LINE */
 void conn_finish(struct conn *c, json_t *final); /* final reply; the conn takes requests again */

@@ -56,11 +56,6 @@ static void maintenance_merged(const char *state, const struct merge_request *re
             (json_int_t)version, "note", req->note);
 }
 
-static const char *req_str(json_t *req, const char *key)
-{
-  return json_string_value(json_object_get(req, key));
-}
-
 static const struct tb_client_conf *req_client(struct daemon *d, json_t *req, json_t **err)
 {
   const char *id = req_str(req, "client");

@@ -96,18 +96,9 @@ static bool arg_bool(struct op_call *a, const char *key)
 /* Only the listed keys (besides "op") may appear. */
 static void check_keys(struct op_call *a, const char *const *keys)
 {
-  const char *key;
-  json_t *v;
-  json_object_foreach(a->req, key, v)
-  {
-    if (strcmp(key, "op") == 0)
-      continue;
-    bool known = false;
-    for (size_t i = 0; keys[i] && !known; i++)
-      known = strcmp(keys[i], key) == 0;
-    if (!known && !a->err[0])
-      snprintf(a->err, sizeof a->err, "%s: unknown argument \"%.64s\"", a->op, key);
-  }
+  const char *bad = req_unknown_key(a->req, keys);
+  if (bad && !a->err[0])
+    snprintf(a->err, sizeof a->err, "%s: unknown argument \"%.64s\"", a->op, bad);
 }
 
 /* The configured client named by argument "client". */

@@ -983,12 +983,6 @@ static json_t *op_unknown(struct daemon *d)
   return reply_ok(json_pack("{s:o}", "unknown", arr));
 }
 
-static const char *req_str(json_t *req, const char *key)
-{
-  json_t *v = json_object_get(req, key);
-  return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
 /* Only short printable strings from dnsmasq go into events and markers. */
 static bool printable(const char *s, size_t max)
 {
@@ -1006,16 +1000,9 @@ static json_t *op_event(struct daemon *d, json_t *req)
   static const char *const keys[] = {"op",       "action",       "mac",        "address",
                                      "hostname", "vendor_class", "user_class", "tags",
                                      "file",     "size",         "interface",  NULL};
-  const char *key;
-  json_t *v;
-  json_object_foreach(req, key, v)
-  {
-    bool ok = false;
-    for (const char *const *k = keys; *k && !ok; k++)
-      ok = strcmp(*k, key) == 0;
-    if (!ok)
-      return reply_error("pxe-event: unknown argument \"%.64s\"", key);
-  }
+  json_t *bad = req_check_keys(req, "pxe-event", keys);
+  if (bad)
+    return bad;
   const char *state = d->cfg->state_dir;
   const char *action = req_str(req, "action");
   const char *address = req_str(req, "address");
@@ -1066,6 +1053,7 @@ static json_t *op_event(struct daemon *d, json_t *req)
     return reply_error("pxe-event: \"mac\" is not a MAC address such as 52:54:00:12:34:56");
   bool ipxe = false;
   size_t i;
+  json_t *v;
   json_array_foreach(json_object_get(req, "user_class"), i, v) ipxe =
       ipxe || (json_is_string(v) && strcmp(json_string_value(v), "iPXE") == 0);
   bool pxe = strncmp(vendor, "PXEClient", 9) == 0 || ipxe;

@@ -821,27 +821,6 @@ void watchdog_free(void)
 
 /* ---- control operations (main thread) -------------------------------------------------------- */
 
-static const char *req_str(json_t *req, const char *key)
-{
-  return json_string_value(json_object_get(req, key));
-}
-
-/* Only KEYS (and "op") in REQ; else an error reply. */
-static json_t *check_req(json_t *req, const char *op, const char *const *keys)
-{
-  const char *key;
-  json_t *v;
-  json_object_foreach(req, key, v)
-  {
-    bool known = strcmp(key, "op") == 0;
-    for (size_t i = 0; keys[i] && !known; i++)
-      known = strcmp(keys[i], key) == 0;
-    if (!known)
-      return reply_error("%s: unknown argument \"%.64s\"", op, key);
-  }
-  return NULL;
-}
-
 static const struct tb_client_conf *req_client(struct daemon *d, json_t *req, const char *op,
                                                json_t **err)
 {
@@ -860,7 +839,7 @@ static json_t *op_lockdown(struct daemon *d, json_t *req, const char *op, bool l
 {
   static const char *const lock_keys[] = {"client", "reason", NULL};
   static const char *const unlock_keys[] = {"client", NULL};
-  json_t *err = check_req(req, op, lock_it ? lock_keys : unlock_keys);
+  json_t *err = req_check_keys(req, op, lock_it ? lock_keys : unlock_keys);
   const struct tb_client_conf *c = err ? NULL : req_client(d, req, op, &err);
   if (!c)
     return err;
@@ -915,7 +894,7 @@ static json_t *quarantine_entry(const char *state, const char *id, uint64_t n, b
 static json_t *op_quarantine_list(struct daemon *d, json_t *req)
 {
   static const char *const keys[] = {"client", NULL};
-  json_t *err = check_req(req, "quarantine-list", keys);
+  json_t *err = req_check_keys(req, "quarantine-list", keys);
   if (err)
     return err;
   const struct tb_client_conf *only = NULL;
@@ -945,7 +924,7 @@ static json_t *op_quarantine_show(struct daemon *d, json_t *req, bool release)
   static const char *const show_keys[] = {"client", "number", NULL};
   static const char *const release_keys[] = {"client", "number", "restore", NULL};
   const char *op = release ? "quarantine-release" : "quarantine-show";
-  json_t *err = check_req(req, op, release ? release_keys : show_keys);
+  json_t *err = req_check_keys(req, op, release ? release_keys : show_keys);
   const struct tb_client_conf *c = err ? NULL : req_client(d, req, op, &err);
   if (!c)
     return err;

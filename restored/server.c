@@ -102,6 +102,32 @@ json_t *reply_error(const char *fmt, ...)
   return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 }
 
+const char *req_str(json_t *req, const char *key)
+{
+  return json_string_value(json_object_get(req, key));
+}
+
+const char *req_unknown_key(json_t *req, const char *const *keys)
+{
+  const char *key;
+  json_t *v;
+  json_object_foreach(req, key, v)
+  {
+    bool known = strcmp(key, "op") == 0;
+    for (size_t i = 0; keys[i] && !known; i++)
+      known = strcmp(keys[i], key) == 0;
+    if (!known)
+      return key;
+  }
+  return NULL;
+}
+
+json_t *req_check_keys(json_t *req, const char *op, const char *const *keys)
+{
+  const char *bad = req_unknown_key(req, keys);
+  return bad ? reply_error("%s: unknown argument \"%.64s\"", op, bad) : NULL;
+}
+
 /* ---- the listening socket --------------------------------------------------------- */
 
 static int is_live_socket(const char *path)
