@@ -11,6 +11,7 @@
 
 #include "conf.h"
 #include "pdu.h"
+#include "check-run.h"
 
 START_TEST(test_crc32c_vectors)
 {
@@ -217,9 +218,5 @@ int main(void)
   tcase_add_test(tc, test_binary);
   tcase_add_test(tc, test_conf);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(s);
 }

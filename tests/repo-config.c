@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "repo.h"
+#include "check-run.h"
 
 static json_t *parse(const char *text)
 {
@@ -127,9 +128,5 @@ int main(void)
   tcase_add_test(tc, array_of_sources_picks_by_image);
   tcase_add_test(tc, mistakes_named_by_path);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(s);
 }

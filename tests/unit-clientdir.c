@@ -17,6 +17,7 @@
 
 #include "clientdir.h"
 #include "util.h"
+#include "check-run.h"
 
 #define S "/srv/state"
 
@@ -123,9 +124,5 @@ int main(void)
   tcase_add_test(tc, test_temporaries);
   tcase_add_test(tc, test_mkdir_disk_private);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(s);
 }

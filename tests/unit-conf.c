@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "conf.h"
+#include "check-run.h"
 
 static const char *example =
     "{\n"
@@ -492,9 +493,5 @@ static Suite *conf_suite(void)
 
 int main(void)
 {
-  SRunner *sr = srunner_create(conf_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(conf_suite());
 }

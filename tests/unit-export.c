@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "export.h"
+#include "check-run.h"
 
 static struct tb_export e;
 
@@ -139,9 +140,5 @@ int main(void)
   tcase_add_test(tc, test_refused);
   tcase_add_test(tc, test_disks);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(s);
 }

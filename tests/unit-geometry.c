@@ -32,6 +32,7 @@
 #include "fuzz/buf-disk.h"
 
 #include <check.h>
+#include "check-run.h"
 
 static unsigned char img[64 << 10];
 
@@ -505,9 +506,5 @@ static Suite *geometry_suite(void)
 
 int main(void)
 {
-  SRunner *sr = srunner_create(geometry_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(geometry_suite());
 }

@@ -29,6 +29,7 @@
 #include "mailbox.h"
 #include "store.h"
 #include "util.h"
+#include "check-run.h"
 
 static char dir[256], state[300];
 
@@ -275,9 +276,5 @@ int main(void)
   tcase_add_test(tc, test_no_change_no_rewrite);
   tcase_add_test(tc, test_concurrent_posts_lose_nothing);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(s);
 }

@@ -16,6 +16,7 @@
 
 #include "ntfs-mft.h"
 #include "util.h"
+#include "check-run.h"
 
 #define REC 1024
 #define USA 0x30
@@ -488,9 +489,5 @@ int main(void)
   tcase_add_test(tc, test_hostile_lengths);
   tcase_set_timeout(tc, 60);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(s);
 }

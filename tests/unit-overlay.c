@@ -19,6 +19,7 @@
 #include <openssl/sha.h>
 
 #include "overlay.h"
+#include "check-run.h"
 
 #define SIZE (4 * 1024 * 1024 + 1536) /* not a multiple of the block size on purpose */
 
@@ -489,9 +490,5 @@ static Suite *overlay_suite(void)
 
 int main(void)
 {
-  SRunner *sr = srunner_create(overlay_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(overlay_suite());
 }

@@ -32,6 +32,7 @@
 #include "schedule.h"
 #include "store.h"
 #include "vector.h"
+#include "check-run.h"
 
 /* ---- schedules ---------------------------------------------------------------------- */
 
@@ -553,9 +554,5 @@ static Suite *pure_suite(void)
 
 int main(void)
 {
-  SRunner *sr = srunner_create(pure_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(pure_suite());
 }

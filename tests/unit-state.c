@@ -34,6 +34,7 @@
 #include "session.h"
 #include "store.h"
 #include "util.h"
+#include "check-run.h"
 
 static char dir[256];
 
@@ -294,9 +295,5 @@ int main(void)
   tcase_add_test(tc, test_journal_generations);
   tcase_add_test(tc, test_client_lock_probe);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return tb_check_run(s);
 }
