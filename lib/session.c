@@ -31,6 +31,7 @@
 
 #include <jansson.h>
 
+#include "cleanup.h"
 #include "clientdir.h"
 #include "events.h"
 #include "mailbox.h"
@@ -728,25 +729,21 @@ static int plan_carry(struct tb_session_plan *pl, const char *old_path)
   return 0;
 }
 
-struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struct tb_client_conf *c,
-                                        bool admin_look)
+/* Fill PL (its cfg, c and fds set) with what the next session of its client
+ * is: -1 with tb_error on a failure, PL for the caller to free. */
+static int plan_build(struct tb_session_plan *pl, bool admin_look)
 {
+  const struct tb_config *cfg = pl->cfg;
+  const struct tb_client_conf *c = pl->c;
   const char *state = cfg->state_dir;
-  int saved;
-  struct tb_session_plan *pl = calloc(1, sizeof *pl);
-  char *overlay = malloc(TB_PATH_MAX), *src = malloc(TB_PATH_MAX);
-  if (!pl || !overlay || !src || !(pl->state_dir = strdup(state))) {
-    tb_error_errno("session of %s", c->id);
-    goto fail_early;
-  }
-  pl->cfg = cfg;
-  pl->c = c;
-  pl->view_fd = -1;
-  pl->lock_fd = -1;
+  CLEANUP_FREE char *overlay = malloc(TB_PATH_MAX);
+  CLEANUP_FREE char *src = malloc(TB_PATH_MAX);
+  if (!overlay || !src)
+    return tb_error_errno("session of %s", c->id);
   if (tb_clientdir_path(state, c->id, TB_CF_OVERLAY, overlay, TB_PATH_MAX) == -1 ||
       (pl->lock_fd = tb_client_lock(state, c->id, false)) == -1 ||
       tb_mailbox_read(state, c->id, &pl->mb) == -1)
-    goto fail;
+    return -1;
   /* Only the latest one-shot request applies ("restore 1" then "rollback" is
    * a rollback); the turn clears it and the ones it superseded. */
   pl->mb_serial = pl->mb.serial;
@@ -756,7 +753,7 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
     struct tb_mailbox *cm = malloc(sizeof *cm);
     if (!cm || tb_mailbox_read(state, c->client, cm) == -1) {
       free(cm);
-      goto fail;
+      return -1;
     }
     snprintf(pl->mb.lockdown, sizeof pl->mb.lockdown, "%s", cm->lockdown);
     snprintf(pl->lockdown_id, sizeof pl->lockdown_id, "%s", c->client);
@@ -767,7 +764,7 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
       tb_error("client %s is locked down (%s); release it with: tabulactl unlock %s", c->id,
                pl->mb.lockdown, pl->lockdown_id);
       errno = EACCES;
-      goto fail;
+      return -1;
     }
     pl->locked_down = true;
   }
@@ -775,12 +772,12 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
   const struct tb_mailbox *mb = &pl->mb;
   if (mb->restore > 0 && !pl->locked_down) {
     if (tb_clientdir_session(state, c->id, (uint64_t)mb->restore, src, TB_PATH_MAX) == -1)
-      goto fail;
+      return -1;
     if (access(src, F_OK) == -1) {
       tb_error("client %s: cannot restore session %lld: it is not retained (see tabulactl "
                "sessions %s)",
                c->id, (long long)mb->restore, c->id);
-      goto fail;
+      return -1;
     }
   }
   pl->prev_number = tb_client_last_session(state, c->id);
@@ -796,7 +793,7 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
   if (view_path) {
     if (!(pl->view = open_ro(state, view_path, &pl->base, pl->base_path, &pl->size))) {
       tb_error_prefix("client %s: the version its overlay is built on is gone", c->id);
-      goto fail;
+      return -1;
     }
     pl->block_size = tb_overlay_block_size(pl->view);
   } else {
@@ -806,35 +803,40 @@ struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struc
         tb_base_lookup(state, image, version, &pl->base, pl->base_path, TB_PATH_MAX, &pl->size) ==
             -1) {
       tb_error_prefix("client %s", c->id);
-      goto fail;
+      return -1;
     }
     pl->block_size = cfg->block_size;
     if ((pl->view_fd = open(pl->base_path, O_RDONLY | O_CLOEXEC)) == -1) {
       tb_error_errno("client %s: cannot open %s", c->id, pl->base_path);
-      goto fail;
+      return -1;
     }
   }
-  if (plan_carry(pl, overlay) == -1)
-    goto fail;
-  free(overlay);
-  free(src);
-  return pl;
+  return plan_carry(pl, overlay);
+}
 
-fail:
-  tb_error_prefix("session start of %s", c->id);
-  saved = errno;
-  tb_session_plan_free(pl);
-  pl = NULL;
-  errno = saved;
-fail_early:
-  saved = errno; /* EWOULDBLOCK and EACCES tell busy and locked down apart */
-  if (pl)
-    free(pl->state_dir);
-  free(pl);
-  free(overlay);
-  free(src);
-  errno = saved;
-  return NULL;
+struct tb_session_plan *tb_session_plan(const struct tb_config *cfg, const struct tb_client_conf *c,
+                                        bool admin_look)
+{
+  struct tb_session_plan *pl = calloc(1, sizeof *pl);
+  if (!pl || !(pl->state_dir = strdup(cfg->state_dir))) {
+    tb_error_errno("session of %s", c->id);
+    int saved = errno;
+    free(pl);
+    errno = saved;
+    return NULL;
+  }
+  pl->cfg = cfg;
+  pl->c = c;
+  pl->view_fd = -1;
+  pl->lock_fd = -1;
+  if (plan_build(pl, admin_look) == -1) {
+    tb_error_prefix("session start of %s", c->id);
+    int saved = errno; /* EWOULDBLOCK and EACCES tell busy and locked down apart */
+    tb_session_plan_free(pl);
+    errno = saved;
+    return NULL;
+  }
+  return pl;
 }
 
 void tb_session_plan_free(struct tb_session_plan *pl)
@@ -930,53 +932,33 @@ int tb_session_plan_extents(struct tb_session_plan *pl, uint64_t offset, uint64_
 
 /* ---- the turn ------------------------------------------------------------------- */
 
-struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb_boot_note *boot)
+/* The turn's paths live on the heap: this runs on frontend connection
+ * threads, and every page of stack a thread touches once stays resident as
+ * long as the connection (hundreds of idle clients). */
+struct turn_paths {
+  char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX];
+};
+
+/* The turn of PL into S (allocated, its id and boot set): -1 with tb_error,
+ * S's overlay (if opened) for the caller to close. */
+static int commit_turn(struct tb_session_plan *pl, struct tb_session *s, struct turn_paths *p,
+                       int64_t turn_start)
 {
   const struct tb_client_conf *c = pl->c;
   const char *state = pl->state_dir;
-  int64_t turn_start = tb_now_ms();
-  if (pl->locked_down) {
-    tb_error("client %s is locked down (%s): its disk can be read, not changed; release it "
-             "with: tabulactl unlock %s",
-             c->id, pl->mb.lockdown, pl->lockdown_id);
-    errno = EPERM;
-    return NULL;
-  }
-  if (pl->read_only) {
-    tb_error("disk %s is read-only (\"read_only\": true in its configuration)", c->id);
-    errno = EROFS;
-    return NULL;
-  }
-  /* The paths live on the heap: this runs on frontend connection threads,
-   * and every page of stack a thread touches once stays resident as long as
-   * the connection (hundreds of idle clients). */
-  struct {
-    char dir[TB_PATH_MAX], overlay[TB_PATH_MAX], retained[TB_PATH_MAX];
-  } *p = malloc(sizeof *p);
-  struct tb_session *s = p ? calloc(1, sizeof *s) : NULL;
-  if (!s || !(s->state_dir = strdup(state))) {
-    tb_error_errno("session of %s", c->id);
-    free(s);
-    free(p);
-    return NULL;
-  }
   char *dir = p->dir, *overlay = p->overlay, *retained = p->retained;
   retained[0] = '\0';
-  s->lock_fd = -1;
-  snprintf(s->id, sizeof s->id, "%s", c->id);
-  if (boot)
-    s->boot = *boot;
   const struct tb_mailbox *mb = &pl->mb;
   if (tb_clientdir_path(state, c->id, TB_CF_DIR, dir, TB_PATH_MAX) == -1 ||
       tb_clientdir_path(state, c->id, TB_CF_OVERLAY, overlay, TB_PATH_MAX) == -1 ||
       !(s->number = next_session_number(state, c->id)))
-    goto fail;
+    return -1;
 
   remove_stale_temps(dir);
   abandon_move(state, c->id, overlay);
   if (pl->discard) {
     if (tb_client_retire(state, c->id, pl->prev_number, retained, TB_PATH_MAX) == -1)
-      goto fail;
+      return -1;
     if (retained[0])
       tb_eventf(state, "rollback", c->id, "{s:I, s:s}", "retained_session",
                 (json_int_t)pl->prev_number, "reason",
@@ -985,17 +967,17 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
                 : mb->rollback  ? "requested"
                                 : "policy");
     if (mb->restore > 0 && restore_session(state, c->id, mb->restore, overlay) == -1)
-      goto fail;
+      return -1;
   }
   if (!pl->keep_overlay && !(pl->discard && mb->restore > 0) &&
       tb_overlay_create(overlay, pl->size, pl->block_size, &pl->base, s->number) == -1)
-    goto fail;
+    return -1;
 
   s->overlay = tb_overlay_open(overlay, pl->base_path, &pl->base, 0);
   if (!s->overlay)
-    goto fail;
+    return -1;
   if (retained[0] && carry_preserved(state, c, s->overlay, retained, pl->base_path) == -1)
-    goto fail;
+    return -1;
   tb_overlay_set_quota(s->overlay, c->quota);
   if (retained[0])
     prune_sessions(state, c->id, c->keep_sessions);
@@ -1014,17 +996,46 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
             (json_int_t)(s->info.dirty_blocks * s->info.block_size), "turn_ms",
             (json_int_t)(s->started_ms - turn_start), "boot", s->boot.via[0] ? s->boot.via : "none",
             "peer", s->boot.peer);
-  free(p);
-  return s;
+  return 0;
+}
 
-fail:
-  tb_error_prefix("session start of %s", c->id);
-  if (s->overlay)
-    tb_overlay_close(s->overlay);
-  free(s->state_dir);
-  free(s);
-  free(p);
-  return NULL;
+struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb_boot_note *boot)
+{
+  const struct tb_client_conf *c = pl->c;
+  const char *state = pl->state_dir;
+  int64_t turn_start = tb_now_ms();
+  if (pl->locked_down) {
+    tb_error("client %s is locked down (%s): its disk can be read, not changed; release it "
+             "with: tabulactl unlock %s",
+             c->id, pl->mb.lockdown, pl->lockdown_id);
+    errno = EPERM;
+    return NULL;
+  }
+  if (pl->read_only) {
+    tb_error("disk %s is read-only (\"read_only\": true in its configuration)", c->id);
+    errno = EROFS;
+    return NULL;
+  }
+  CLEANUP_FREE struct turn_paths *p = malloc(sizeof *p);
+  struct tb_session *s = p ? calloc(1, sizeof *s) : NULL;
+  if (!s || !(s->state_dir = strdup(state))) {
+    tb_error_errno("session of %s", c->id);
+    free(s);
+    return NULL;
+  }
+  s->lock_fd = -1;
+  snprintf(s->id, sizeof s->id, "%s", c->id);
+  if (boot)
+    s->boot = *boot;
+  if (commit_turn(pl, s, p, turn_start) == -1) {
+    tb_error_prefix("session start of %s", c->id);
+    if (s->overlay)
+      tb_overlay_close(s->overlay);
+    free(s->state_dir);
+    free(s);
+    return NULL;
+  }
+  return s;
 }
 
 int tb_session_record(const char *state, const char *id, struct tb_session_record *rec)
@@ -1059,21 +1070,14 @@ int tb_session_record(const char *state, const char *id, struct tb_session_recor
   return 0;
 }
 
-struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct tb_client_conf *c,
-                                     const struct tb_session_record *rec)
+/* Open S's overlay (S allocated, its fields from the record set) and take its
+ * client's lock: -1 with tb_error, S's lock for the caller to release. */
+static int resume_open(const char *state, const struct tb_client_conf *c, struct tb_session *s)
 {
-  const char *state = cfg->state_dir;
-  char *overlay = malloc(TB_PATH_MAX), *base_path = malloc(TB_PATH_MAX);
-  struct tb_session *s = overlay && base_path ? calloc(1, sizeof *s) : NULL;
-  if (!s || !(s->state_dir = strdup(state))) {
-    tb_error_errno("session of %s", c->id);
-    goto fail;
-  }
-  s->lock_fd = -1;
-  snprintf(s->id, sizeof s->id, "%s", c->id);
-  s->boot = rec->boot;
-  s->number = rec->number;
-  s->started_ms = rec->started_ms;
+  CLEANUP_FREE char *overlay = malloc(TB_PATH_MAX);
+  CLEANUP_FREE char *base_path = malloc(TB_PATH_MAX);
+  if (!overlay || !base_path)
+    return tb_error_errno("session of %s", c->id);
   struct tb_base_id base;
   struct tb_overlay_info info;
   if (tb_clientdir_path(state, c->id, TB_CF_OVERLAY, overlay, TB_PATH_MAX) == -1 ||
@@ -1082,26 +1086,38 @@ struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct t
       tb_base_lookup(state, info.base.image, info.base.version, &base, base_path, TB_PATH_MAX,
                      NULL) == -1 ||
       !(s->overlay = tb_overlay_open(overlay, base_path, &base, 0)))
-    goto fail;
+    return -1;
   tb_overlay_set_quota(s->overlay, c->quota);
   tb_overlay_info(s->overlay, &s->info);
   write_session_json(s, "active", NULL, 0);
-  free(overlay);
-  free(base_path);
-  return s;
+  return 0;
+}
 
-fail:
-  tb_error_prefix("resuming session %llu of %s", (unsigned long long)rec->number, c->id);
-  int saved = errno; /* EWOULDBLOCK: busy */
-  if (s) {
+struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct tb_client_conf *c,
+                                     const struct tb_session_record *rec)
+{
+  const char *state = cfg->state_dir;
+  struct tb_session *s = calloc(1, sizeof *s);
+  if (!s || !(s->state_dir = strdup(state))) {
+    tb_error_errno("session of %s", c->id);
+    free(s);
+    return NULL;
+  }
+  s->lock_fd = -1;
+  snprintf(s->id, sizeof s->id, "%s", c->id);
+  s->boot = rec->boot;
+  s->number = rec->number;
+  s->started_ms = rec->started_ms;
+  if (resume_open(state, c, s) == -1) {
+    tb_error_prefix("resuming session %llu of %s", (unsigned long long)rec->number, c->id);
+    int saved = errno; /* EWOULDBLOCK: busy */
     tb_client_unlock(s->lock_fd);
     free(s->state_dir);
+    free(s);
+    errno = saved;
+    return NULL;
   }
-  free(s);
-  free(overlay);
-  free(base_path);
-  errno = saved;
-  return NULL;
+  return s;
 }
 
 int tb_session_suspend(struct tb_session *s)
