@@ -91,8 +91,8 @@ static int64_t min64(int64_t a, int64_t b)
  * (nbdkit's restarts first, the journal's tail and the metrics last, so they
  * see what the others did in the same turn). */
 static const struct daemon_timer *const timers[] = {
-    &nbd_timer,      &pxe_timer,    &iscsid_timer,  &schedules_timer, &pulls_timer,
-    &watchdog_timer, &server_timer, &journal_timer, &webhooks_timer,  &metrics_timer,
+    &nbd_timer,  &pxe_timer,    &iscsid_timer,  &schedules_timer, &pulls_timer,
+    &scan_timer, &server_timer, &journal_timer, &webhooks_timer,  &metrics_timer,
 };
 
 static int run(struct daemon *d)
@@ -224,7 +224,7 @@ int main(int argc, char **argv)
   if (tmp > 0)
     log_msg("removed %d leftover temporaries of interrupted builds", tmp);
   jobs_recover(d->cfg);
-  watchdog_recover(d->cfg);
+  scan_recover(d->cfg);
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -244,12 +244,12 @@ int main(int argc, char **argv)
     log_msg("%s", tb_errmsg());
     return 1;
   }
-  if (jobs_start() == -1 || watchdog_start() == -1) {
+  if (jobs_start() == -1 || scan_start() == -1) {
     log_msg("%s", tb_errmsg());
     server_close(d);
     return 1;
   }
-  watchdog_resume(d->cfg);
+  scan_resume(d->cfg);
   journal_open(d);
   webhooks_configure(d->cfg);
   tb_eventf(state, "daemon-start", NULL, "{s:s, s:I, s:s}", "config", d->config_file, "pid",
@@ -282,8 +282,8 @@ int main(int argc, char **argv)
   journal_poll(d); /* hand the last events to the webhooks */
   if (d->cfg->metrics_file)
     metrics_write(d); /* d->quit: tabula_up 0, so a scraper sees the daemon stopped */
-  watchdog_stop();
-  watchdog_free();
+  scan_stop();
+  scan_free();
   webhooks_shutdown();
   server_close(d);
   tb_config_unref(d->cfg);

@@ -200,7 +200,7 @@ extern const struct daemon_timer pxe_timer;       /* pxe.c: dnsmasq's restarts, 
 extern const struct daemon_timer iscsid_timer;    /* iscsi.c: tabula-iscsid's restarts */
 extern const struct daemon_timer schedules_timer; /* schedules.c: refreshes, merges */
 extern const struct daemon_timer pulls_timer;     /* pulls.c: scheduled pulls */
-extern const struct daemon_timer watchdog_timer;  /* scan.c: interval scans */
+extern const struct daemon_timer scan_timer;      /* scan.c: interval scans */
 extern const struct daemon_timer server_timer;    /* server.c: idle timeouts, queued requests */
 extern const struct daemon_timer journal_timer;   /* journal.c: the tail of events.jsonl */
 extern const struct daemon_timer webhooks_timer;  /* webhooks.c: wake the senders after it */
@@ -376,22 +376,21 @@ void canary_check(const char *state, const char *dir);
 
 /* ---- scan.c: the watchdog's file rules and their actions (scans on a thread
  * of their own, which health.c and canary.c judge and count session ends on) ---- */
-int watchdog_start(void);
-void watchdog_recover(const struct tb_config *cfg); /* at start: no half-moved quarantine */
-void watchdog_resume(
-    struct tb_config *cfg); /* at start: scan session ends a crash left unscanned */
-void watchdog_stop(void);
-void watchdog_free(void);
-void watchdog_event(struct daemon *d, const json_t *ev); /* every journal event */
+int scan_start(void);
+void scan_recover(const struct tb_config *cfg); /* at start: no half-moved quarantine */
+void scan_resume(struct tb_config *cfg); /* at start: scan session ends a crash left unscanned */
+void scan_stop(void);
+void scan_free(void);
+void scan_event(struct daemon *d, const json_t *ev); /* every journal event */
 /* What the watchdog's state of client ID holds, for image rm and gc: its last
  * known good overlay and quarantined overlays (OVERLAY gets each path) and
  * health.json's last good version (VERSION). */
-struct watchdog_refs_cb {
+struct scan_refs_cb {
   void (*overlay)(void *ctx, const char *path, const char *why);
   void (*version)(void *ctx, const char *image, uint32_t version, const char *why);
   void *ctx;
 };
-void watchdog_refs(const char *state, const char *id, const struct watchdog_refs_cb *cb);
+void scan_refs(const char *state, const char *id, const struct scan_refs_cb *cb);
 
 /* ---- maintenance.c: the maintenance PC of an image (lib/maintenance.h) ---- */
 json_t *maintenance_status(struct daemon *d, const char *id); /* NULL: not in maintenance */

@@ -194,7 +194,7 @@ static void deliver(struct daemon *d, const char *line, size_t len)
     return;
   }
   count_event(d, ev);
-  watchdog_event(d, ev);
+  scan_event(d, ev);
   server_broadcast_event(ev);
   json_decref(ev);
 }

@@ -13,7 +13,7 @@
  * client's next version (mailbox image and pin, configured version, else the
  * newest), every overlay's and retained session's base, what the watchdog
  * keeps (the last known good overlay's base and health.json's last good
- * version, every quarantined overlay's base: watchdog_refs), and for gc the
+ * version, every quarantined overlay's base: scan_refs), and for gc the
  * newest version of every image.
  */
 #include <config.h>
@@ -890,8 +890,8 @@ static void collect_refs(struct daemon *d, struct refs *r)
         }
       free(nums);
     }
-    const struct watchdog_refs_cb cb = {refs_overlay_cb, refs_version_cb, r};
-    watchdog_refs(state, id, &cb);
+    const struct scan_refs_cb cb = {refs_overlay_cb, refs_version_cb, r};
+    scan_refs(state, id, &cb);
   }
   tb_strv_free(ids, n_ids);
 }

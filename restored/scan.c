@@ -5,7 +5,7 @@
  * How it works.  The main loop hands work to one scan thread: a scan of a
  * client at the end of each of its sessions (the journal's "session-end"
  * events, see journal.c) and every "interval" while a session runs (the
- * watchdog_timer).  A scan opens the client's overlay read-only over its
+ * scan_timer).  A scan opens the client's overlay read-only over its
  * base (lib/rules.h, which inspects disks with the view's code) and
  *   1. evaluates the client's file rules; every hit is a "watchdog-rule"
  *      event (webhooks deliver it like any event) and its action is taken:
@@ -29,8 +29,8 @@
  *
  * State files: clients/ID/quarantine/N/{overlay,note.json} and
  * clients/ID/watchdog.json (the last session end done with, so that the
- * daemon's start scans one a crash left unscanned: watchdog_resume).  At the
- * daemon's start (watchdog_recover) what a crash left half done of the
+ * daemon's start scans one a crash left unscanned: scan_resume).  At the
+ * daemon's start (scan_recover) what a crash left half done of the
  * watchdog's state is finished -- quarantines here, health.json and the last
  * known good by health.c, canary records by canary.c -- with a warning
  * naming each file (tests/powercut-watchdog.sh cuts the power under each
@@ -314,7 +314,7 @@ static void take_actions(struct scan_ctx *x, const struct tb_scan *s)
 
 /* ---- what the watchdog's state holds ----------------------------------------------------- */
 
-void watchdog_refs(const char *state, const char *id, const struct watchdog_refs_cb *cb)
+void scan_refs(const char *state, const char *id, const struct scan_refs_cb *cb)
 {
   char p[TB_PATH_MAX], why[96];
   if (tb_clientdir_path(state, id, TB_CF_GOOD_OVERLAY, p, sizeof p) == 0 && access(p, F_OK) == 0) {
@@ -426,7 +426,7 @@ static struct tb_scan *open_ended(const char *state, const char *id, uint64_t se
  * of session S (rules, health, canary).  The queue is in memory, so a
  * session that ended just before a crash would never be scanned or judged:
  * the daemon's start queues the end of a session the record is behind
- * (watchdog_resume).  Rule actions taken twice are the same; health.json's
+ * (scan_resume).  Rule actions taken twice are the same; health.json's
  * "judged" keeps a session from being counted twice. */
 static void mark_ended(const char *state, const char *id, uint64_t session)
 {
@@ -579,7 +579,7 @@ static void remove_temps(const char *dir, const char *prefix)
  * of a quarantine (the note written, the overlay not yet moved in: it is still
  * where it was).  Either way the step is finished by removing the rest, so
  * no quarantine is ever half moved. */
-void watchdog_recover(const struct tb_config *cfg)
+void scan_recover(const struct tb_config *cfg)
 {
   for (size_t i = 0; i < cfg->n_clients; i++) {
     const char *id = cfg->clients[i].id;
@@ -635,7 +635,7 @@ void watchdog_recover(const struct tb_config *cfg)
   }
 }
 
-int watchdog_start(void)
+int scan_start(void)
 {
   if (pthread_create(&thread, NULL, worker, NULL) != 0)
     return tb_error("cannot start the watchdog thread");
@@ -643,7 +643,7 @@ int watchdog_start(void)
   return 0;
 }
 
-void watchdog_stop(void)
+void scan_stop(void)
 {
   if (!started)
     return;
@@ -672,7 +672,7 @@ static void enqueue(struct daemon *d, const char *id, bool end, uint64_t session
 
 /* At the daemon's start: the end of each client's last session, if it
  * ended and the watchdog's record (mark_ended) is behind it. */
-void watchdog_resume(struct tb_config *cfg)
+void scan_resume(struct tb_config *cfg)
 {
   for (size_t i = 0; i < cfg->n_clients; i++) {
     const struct tb_client_conf *c = &cfg->clients[i];
@@ -741,7 +741,7 @@ static void enqueue_cfg(struct tb_config *cfg, const char *id, bool end, uint64_
   pthread_mutex_unlock(&lock);
 }
 
-void watchdog_event(struct daemon *d, const json_t *ev)
+void scan_event(struct daemon *d, const json_t *ev)
 {
   const char *type = json_string_value(json_object_get(ev, "type"));
   const char *client = json_string_value(json_object_get(ev, "client"));
@@ -780,7 +780,7 @@ static void intervals_build(const struct tb_config *cfg, int64_t now)
   }
 }
 
-static void watchdog_tick(struct daemon *d, int64_t now)
+static void scan_tick(struct daemon *d, int64_t now)
 {
   if (intervals_for != d->cfg)
     intervals_build(d->cfg, now);
@@ -794,7 +794,7 @@ static void watchdog_tick(struct daemon *d, int64_t now)
   }
 }
 
-static int64_t watchdog_next(const struct daemon *d)
+static int64_t scan_next(const struct daemon *d)
 {
   (void)d;
   int64_t next = INT64_MAX;
@@ -804,9 +804,9 @@ static int64_t watchdog_next(const struct daemon *d)
   return next;
 }
 
-const struct daemon_timer watchdog_timer = {"watchdog", watchdog_tick, watchdog_next};
+const struct daemon_timer scan_timer = {"watchdog", scan_tick, scan_next};
 
-void watchdog_free(void)
+void scan_free(void)
 {
   for (size_t i = 0; i < n_stuck_scans; i++)
     tb_disk_unref(stuck_scans[i].disk);
