@@ -32,11 +32,12 @@ hold()
   shift
   rm -f "$TB_TMP/$_name.fifo"
   mkfifo "$TB_TMP/$_name.fifo"
+  rm -f "$TB_TMP/$_name.out" # the wait below must not see an earlier holder's line
   "$TB_IO" "$@" hold <"$TB_TMP/$_name.fifo" >"$TB_TMP/$_name.out" 2>&1 &
   echo $! >"$TB_TMP/$_name.bgpid"
   exec 7>"$TB_TMP/$_name.fifo"
   _i=0
-  until grep -q holding "$TB_TMP/$_name.out"; do
+  until grep -q holding "$TB_TMP/$_name.out" 2>/dev/null; do
     kill -0 "$(cat "$TB_TMP/$_name.bgpid")" 2>/dev/null || tb_fail "$_name: $(cat "$TB_TMP/$_name.out")"
     _i=$((_i + 1))
     [ $_i -lt 300 ] || tb_fail "$_name did not connect"
@@ -101,12 +102,13 @@ grep -q "listen.tcp" "$TB_TMP/out" || tb_fail "the error must name listen.tcp: $
 [ ! -e "$TB_TMP/nbd.sock" ] || tb_fail "a failed start must not leave the unix socket behind"
 
 echo "== a unix socket another server answers on: a clear error, the socket left alone"
+rm -f "$TB_TMP/squat.out" # the wait below must not see the last squatter's "up"
 python3 -c 'import socket,sys,time
 s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); print("up", flush=True); time.sleep(60)' \
   "$TB_TMP/nbd.sock" >"$TB_TMP/squat.out" 2>&1 &
 squat=$!
 i=0
-until grep -q up "$TB_TMP/squat.out"; do i=$((i + 1)); [ $i -lt 100 ] || tb_fail "squatter"; sleep 0.1; done
+until grep -q up "$TB_TMP/squat.out" 2>/dev/null; do i=$((i + 1)); [ $i -lt 100 ] || tb_fail "squatter"; sleep 0.1; done
 st=0
 timeout 30 "$TD_DAEMON" -c "$conf" >"$TB_TMP/out" 2>&1 || st=$?
 [ $st -ne 0 ] && [ $st -ne 124 ] || tb_fail "the daemon must exit with an error, got $st: $(cat "$TB_TMP/out")"

@@ -18,11 +18,15 @@ crash="$abs_builddir/plugin-crash -s $TB_TMP/s.sock -e vm01 -f $TB_TMP/crash.sta
 i=1
 while [ $i -le $cycles ]; do
   tb_start s "$TB_TMP/tabula.json"
+  # Gone before the writer starts: the wait below must not see the last
+  # cycle's "verified" in the instant before the new writer truncates it
+  # (then the kill lands in the verification, not in the writing).
+  rm -f "$TB_TMP/run.out"
   $crash >"$TB_TMP/run.out" 2>&1 &
   wpid=$!
   # Let it verify the previous run, then crash nbdkit at a random moment of the writing.
   n=0
-  until grep -q '^verified' "$TB_TMP/run.out" || ! kill -0 $wpid 2>/dev/null; do
+  until grep -q '^verified' "$TB_TMP/run.out" 2>/dev/null || ! kill -0 $wpid 2>/dev/null; do
     n=$((n + 1))
     [ $n -lt 600 ] || tb_fail "plugin-crash did not verify within 60 s"
     sleep 0.1
