@@ -14,6 +14,8 @@
  */
 #include <config.h>
 
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,34 +25,21 @@
 #include "session.h"
 #include "store.h"
 
+/* The file is built in memory (open_memstream) and written at once: a
+ * failure anywhere drops the whole write, never a file with lines missing. */
 struct buf {
+  FILE *f;
   char *p;
-  size_t len, cap;
+  size_t len;
 };
 
 static void add(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add(struct buf *b, const char *fmt, ...)
 {
-  for (;;) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-      return;
-    if (b->p && b->len + (size_t)n < b->cap) {
-      b->len += (size_t)n;
-      return;
-    }
-    size_t cap = b->cap ? b->cap * 2 : 16384;
-    while (cap < b->len + (size_t)n + 1)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-      return;
-    b->p = p;
-    b->cap = cap;
-  }
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(b->f, fmt, ap);
+  va_end(ap);
 }
 
 static void header(struct buf *b, const char *name, const char *type, const char *help)
@@ -62,6 +51,10 @@ void metrics_write(struct daemon *d)
 {
   const struct tb_config *cfg = d->cfg;
   struct buf b = {0};
+  if (!(b.f = open_memstream(&b.p, &b.len))) {
+    log_msg("metrics: cannot build %s: %s", cfg->metrics_file, strerror(errno));
+    return;
+  }
   bool up = d->nbd.child.ready;
   header(&b, "tabula_up", "gauge", "1 while tabula-restored runs, 0 once it has stopped");
   add(&b, "tabula_up %d\n", !d->quit);
@@ -155,8 +148,11 @@ void metrics_write(struct daemon *d)
     }
   }
   json_decref(clients);
-  if (b.p && tb_write_file_atomic(cfg->metrics_file, b.p, b.len,
-                                  cfg->metrics_mode >= 0 ? cfg->metrics_mode : 0644) == -1)
+  bool built = !ferror(b.f);
+  if (fclose(b.f) != 0 || !built)
+    log_msg("metrics: cannot build %s: out of memory", cfg->metrics_file);
+  else if (tb_write_file_atomic(cfg->metrics_file, b.p, b.len,
+                                cfg->metrics_mode >= 0 ? cfg->metrics_mode : 0644) == -1)
     log_msg("metrics: %s", tb_errmsg());
   free(b.p);
 }
