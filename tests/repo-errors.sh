@@ -112,8 +112,11 @@ json.dump(ix, open(sys.argv[2], 'w'))
 }
 # The app must not find these versions locally, so change their sha256 too.
 lie longer "v['size'] += 4194304; v['chunks'].append('00' * 32); v['sha256'] = '11' * 32"
+# Two chunks fail, downloaded at once: chunk 8 comes back short (a 206 with
+# the file's last bytes), chunk 9 lies wholly past the end (416).  Whichever
+# answer comes first is the error; each names the problem.
 pull_fails "index says the file is longer" \
-  "HTTP 416 range not satisfiable: the file on the server is shorter than the index says" \
+  "HTTP 416 range not satisfiable: the file on the server is shorter than the index says|chunk 8: the file on the server is 33566777 bytes, the index says 37761081" \
   --from "$url/longer"
 lie shorter "v['size'] -= 1; v['sha256'] = '11' * 32"
 pull_fails "index says the file is shorter" \
