@@ -5,5 +5,5 @@
 . "$abs_top_srcdir/tests/fuzz-functions.sh"
 TB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tabula-test.XXXXXX")
 trap 'rm -rf "$TB_TMP"' EXIT
-tb_fuzz export 256 "export.c boot.c util.c store.c manifest.c json.c" "-ljansson -lcrypto"
+tb_fuzz export 256 "export.c boot.c util.c store.c clientdir.c manifest.c json.c" "-ljansson -lcrypto"
 echo PASS

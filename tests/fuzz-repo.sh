@@ -7,6 +7,6 @@
 . "$abs_top_srcdir/tests/fuzz-functions.sh"
 TB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tabula-test.XXXXXX")
 trap 'rm -rf "$TB_TMP"' EXIT
-tb_fuzz manifest 65536 "store.c manifest.c json.c util.c" "-ljansson -lcrypto"
-tb_fuzz repo-index 65536 "store.c manifest.c json.c util.c events.c" "-ljansson -lcrypto"
+tb_fuzz manifest 65536 "store.c clientdir.c manifest.c json.c util.c" "-ljansson -lcrypto"
+tb_fuzz repo-index 65536 "store.c clientdir.c manifest.c json.c util.c events.c" "-ljansson -lcrypto"
 echo PASS
