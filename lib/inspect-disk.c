@@ -240,15 +240,7 @@ bool tb_ranges_intersect(const struct tb_ranges *r, uint64_t off, uint64_t len)
 {
   if (len == 0)
     return false;
-  /* First range ending after OFF. */
-  size_t lo = 0, hi = r->n;
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (r->v[mid].off + r->v[mid].len <= off)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
+  size_t lo = tbi_ranges_lower_bound(r, off);
   return lo < r->n && r->v[lo].off < off + len;
 }
 
