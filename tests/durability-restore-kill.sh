@@ -31,7 +31,7 @@ tb_wait_idle "$prep" vm01
 tb_stop p
 printf '{ "restore": 1 }\n' >"$prep/clients/vm01/mailbox.json"
 chmod 600 "$prep/clients/vm01/mailbox.json"
-cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
+pc_snapshot
 d=$PC_MNT/state/clients/vm01
 
 # session N's data: 11 and 13 for session 1, 22 and the master for session 2.
@@ -39,8 +39,7 @@ is_session1() { tb_io s -e "$1" read:0:$M:11 read:$((50 * M)):$M:13 >/dev/null 2
 is_session2() { tb_io s -e "$1" read:0:$M:22 read:$((50 * M)):$M:1 >/dev/null 2>&1; }
 
 for k in 1 2 3; do
-  rm -rf "$PC_STATE/disk"
-  cp -a "$TB_TMP/pristine" "$PC_STATE/disk"
+  pc_restore
   pc_mount
   TABULA_DEBUG_KILL_RESTORE=$k tb_start s "$TB_TMP/tabula.json"
   tb_io s -e vm01 write:$((2 * M)):4096:5 flush >"$TB_TMP/run.out" 2>&1 &&

@@ -31,12 +31,11 @@ tb_wait_idle "$prep" vm01
 tb_stop p
 printf '{ "restore": 1 }\n' >"$prep/clients/vm01/mailbox.json"
 chmod 600 "$prep/clients/vm01/mailbox.json"
-cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
+pc_snapshot
 
 reset_disk()
 {
-  rm -rf "$PC_STATE/disk"
-  cp -a "$TB_TMP/pristine" "$PC_STATE/disk"
+  pc_restore
 }
 
 # the restoring session: its turn restores session 1, then it writes.

@@ -50,7 +50,7 @@ tctl image promote demo@2 --canary lab >"$T/promote.out" 2>&1 || tb_fail "promot
 td_stop
 jq -e '.state == "running" and .version == 2' "$prep/watchdog/canary-demo.json" >/dev/null ||
   tb_fail "the canary does not run: $(cat "$prep/watchdog/canary-demo.json")"
-cp -a "$PC_STATE/disk" "$T/pristine"
+pc_snapshot
 
 # lc01's sessions, one after another, until the cut; each waits until the
 # watchdog has finished the previous one (clients/lc01/watchdog.json), as a
@@ -75,12 +75,6 @@ sessions()
   echo $! >"$T/sessions.bgpid"
 }
 
-stop_sessions()
-{
-  kill "$(cat "$T/sessions.bgpid")" 2>/dev/null || true
-  wait "$(cat "$T/sessions.bgpid")" 2>/dev/null || true
-}
-
 # The sessions of lc01 that ran, all on demo@2 (the first session is the
 # first after the canary's start): those $T/ran lists, and the one the
 # record on the disk names after a cut (ended, or active: an orphan the
@@ -97,8 +91,7 @@ counted()
 }
 
 for flag in "" --strict; do
-  rm -rf "$PC_STATE/disk"
-  cp -a "$T/pristine" "$PC_STATE/disk"
+  pc_restore
   rm -f "$T/ran"
   pc_mount $flag
   pc_daemon_start
@@ -112,7 +105,7 @@ for flag in "" --strict; do
     2) pc_arm canary-demo.json.tmp 20 && WHAT="$WHAT, at the canary record's write" ;;
     3) pc_arm health.json.tmp 20 && WHAT="$WHAT, at health.json's write" ;;
     esac
-    stop_sessions
+    pc_bg_stop sessions
     pc_daemon_cut
     mv "$T/daemon.log" "$T/daemon-cut.txt"
     pc_mount $flag

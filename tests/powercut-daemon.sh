@@ -48,7 +48,7 @@ ctl "$TB_TMP/pub" image publish demo@1 "$TB_TMP/www" >/dev/null || tb_fail "publ
 ctl "$TB_TMP/pub" image publish demo@2 "$TB_TMP/www" >/dev/null || tb_fail "publish demo@2"
 repo_nginx_start "$TB_TMP/www"
 url=$(repo_url)
-cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
+pc_snapshot
 st=$PC_MNT/state
 # For the release case: session 2 (9 at 0) after a rollback, session 1's
 # overlay (7 at 0, 8 at 5 MiB) quarantined as number 1.
@@ -68,8 +68,7 @@ chmod 600 "$q/clients/vm01/quarantine/1/note.json"
 
 reset_disk()
 {
-  rm -rf "$PC_STATE/disk"
-  if [ "$1" = release ]; then cp -a "$TB_TMP/pq" "$PC_STATE/disk"; else cp -a "$TB_TMP/pristine" "$PC_STATE/disk"; fi
+  if [ "$1" = release ]; then pc_restore pq; else pc_restore; fi
 }
 
 # op CASE: the operation, against the running daemon.

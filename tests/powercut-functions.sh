@@ -16,6 +16,10 @@
 #   pc_cuts DEFAULT          cuts per case: $TB_POWERCUT_CUTS, else DEFAULT
 #   pc_pause                 sleep 0.1 to 0.9 s at random (where the cut falls)
 #   pc_fsync PATH...         fsync files or directories (as a careful writer does)
+#   pc_snapshot [NAME]       copy the disk to $TB_TMP/NAME (default: pristine)
+#   pc_restore [NAME]        put that copy back as the disk (before pc_mount)
+#   pc_bg_stop NAME          stop the test's background loop whose pid is in
+#                            $TB_TMP/NAME.bgpid and wait for it
 #
 # With daemon-functions.sh, the daemon on the mount ($TB_TMP/tabula.json):
 #   pc_daemon_start          td_start; nbdkit's pid in $TB_TMP/nbdkit.pid
@@ -34,6 +38,24 @@ pc_init()
   PC_MNT=$TB_TMP/mnt
   mkdir -p "$PC_STATE/disk" "$PC_MNT"
   TB_MOUNTS="$TB_MOUNTS $PC_MNT"
+}
+
+pc_snapshot()
+{
+  rm -rf "$TB_TMP/${1:-pristine}"
+  cp -a "$PC_STATE/disk" "$TB_TMP/${1:-pristine}"
+}
+
+pc_restore()
+{
+  rm -rf "$PC_STATE/disk"
+  cp -a "$TB_TMP/${1:-pristine}" "$PC_STATE/disk"
+}
+
+pc_bg_stop()
+{
+  kill "$(cat "$TB_TMP/$1.bgpid")" 2>/dev/null || true
+  wait "$(cat "$TB_TMP/$1.bgpid")" 2>/dev/null || true
 }
 
 pc_cuts()

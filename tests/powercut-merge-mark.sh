@@ -35,7 +35,7 @@ td_stop
 now=$(($(date +%s) * 1000))
 printf '{ "schedule": "every 1h", "last_ms": %d, "next_ms": %d }\n' $((now - 3600000)) $((now - 1000)) \
   >"$prep/clients/mg01/merge-schedule.json"
-cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
+pc_snapshot
 
 # Wait until the simulator died (the armed cut), at most $1 seconds.
 wait_cut()
@@ -59,8 +59,7 @@ for flag in "" --strict; do
     0) pat=overlay.next ;;
     esac
     WHAT="round $i${flag:+ ($flag)}, cut at the merge's write of $pat"
-    rm -rf "$PC_STATE/disk"
-    cp -a "$TB_TMP/pristine" "$PC_STATE/disk"
+    pc_restore
     pc_mount $flag
     pc_arm "$pat" 0
     pc_daemon_start_loose

@@ -19,13 +19,13 @@ cuts=$(pc_cuts 14)
 tb_make_file "$TB_TMP/master.img" $((8 * 1024 * 1024)) 0 0
 tb_import "$PC_STATE/disk/state" demo "$TB_TMP/master.img"
 tb_config "$TB_TMP/tabula.json" "$PC_MNT/state" '{ "vm01": { "image": "demo", "policy": "persist" } }'
-cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
+pc_snapshot
 crash="$abs_builddir/plugin-crash -s $TB_TMP/s.sock -e vm01 -f $TB_TMP/crash.state -o 400"
 
 reset_disk()
 {
-  rm -rf "$PC_STATE/disk" "$TB_TMP/crash.state"
-  cp -a "$TB_TMP/pristine" "$PC_STATE/disk"
+  rm -rf "$TB_TMP/crash.state"
+  pc_restore
 }
 
 # one_run [powercut args]: a session of writes and flushes, cut or not.

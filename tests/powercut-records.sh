@@ -68,7 +68,7 @@ config "$TB_TMP/prep.json" "$prep" a
 tb_import "$prep" demo "$TB_TMP/v1.img"
 td_start "$TB_TMP/prep.json"
 td_stop
-cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
+pc_snapshot
 
 # The load, in the background until the cut: boot markers, maintenance
 # start and abort, reloads with the other kernel.  Acknowledgements are
@@ -99,12 +99,6 @@ load()
     done
   ) >/dev/null 2>&1 &
   echo $! >"$TB_TMP/load.bgpid"
-}
-
-stop_load()
-{
-  kill "$(cat "$TB_TMP/load.bgpid")" 2>/dev/null || true
-  wait "$(cat "$TB_TMP/load.bgpid")" 2>/dev/null || true
 }
 
 check()
@@ -167,8 +161,8 @@ check()
 }
 
 for flag in "" --strict; do
-  rm -rf "$PC_STATE/disk" "$TB_TMP/acks" "$TB_TMP/in-maint"
-  cp -a "$TB_TMP/pristine" "$PC_STATE/disk"
+  rm -rf "$TB_TMP/acks" "$TB_TMP/in-maint"
+  pc_restore
   config "$TB_TMP/tabula.json" "$st" a
   pc_mount $flag
   pc_daemon_start
@@ -182,7 +176,7 @@ for flag in "" --strict; do
       pc_arm # inside a write
       WHAT="$WHAT, cut at a sync call"
     fi
-    stop_load
+    pc_bg_stop load
     pc_daemon_cut
     if [ $((i % 3)) = 0 ]; then # and then inside the next start
       at=$(($(od -An -N2 -tu2 /dev/urandom) % starts + 1))

@@ -60,7 +60,7 @@ chmod 600 "$TB_TMP/prep.json" "$TB_TMP/tabula.json"
 tb_import "$prep" demo "$TB_TMP/v1.img"
 td_start "$TB_TMP/prep.json"
 td_stop
-cp -a "$PC_STATE/disk" "$TB_TMP/pristine"
+pc_snapshot
 echo 0 >"$TB_TMP/n"
 
 # The writer: test events, numbered on from $TB_TMP/n (outside the mount).
@@ -77,12 +77,6 @@ emit()
     done
   ) &
   echo $! >"$TB_TMP/emit.bgpid"
-}
-
-stop_emit()
-{
-  kill "$(cat "$TB_TMP/emit.bgpid")" 2>/dev/null || true
-  wait "$(cat "$TB_TMP/emit.bgpid")" 2>/dev/null || true
 }
 
 # The test events the journal holds (every generation), one number a line.
@@ -130,8 +124,7 @@ for flag in "" --strict; do
   ncuts=0
   rm -f "$got"
   : >"$got"
-  rm -rf "$PC_STATE/disk"
-  cp -a "$TB_TMP/pristine" "$PC_STATE/disk"
+  pc_restore
   pc_mount $flag
   pc_daemon_start
   i=1
@@ -143,7 +136,7 @@ for flag in "" --strict; do
       pc_arm # inside a write: the worker's fdatasync or its position's save
       WHAT="$WHAT, at a sync call"
     fi
-    stop_emit
+    pc_bg_stop emit
     pc_daemon_cut
     ncuts=$((ncuts + 1))
     mv "$TB_TMP/daemon.log" "$TB_TMP/daemon-cut.txt"
