@@ -42,7 +42,10 @@ cleanup()
   # tgtd leaves only through tgtadm (a SIGTERM with targets is ignored).
   [ -z "${CP:-}" ] || tgtadm -C "$CP" --op delete --mode system >/dev/null 2>&1 || true
   sleep 0.3
-  [ ! -f "$T/tgtd.pid" ] || kill -9 "$(cat "$T/tgtd.pid")" 2>/dev/null || true
+  if [ -f "$T/tgtd.pid" ]; then
+    kill -9 "$(cat "$T/tgtd.pid")" 2>/dev/null || true
+    wait "$(cat "$T/tgtd.pid")" 2>/dev/null || true # our child: no "Killed" line in the report
+  fi
   for p in "$T"/*.pid; do [ ! -f "$p" ] || kill "$(cat "$p")" 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$T"
