@@ -53,6 +53,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "cleanup.h"
 #include "events.h"
 #include "live.h"
 #include "pdu.h"
@@ -770,21 +771,20 @@ static int open_disk(struct conn *c, struct login *lg)
 /* The login phase: 0 when the full feature phase begins, -1 to close. */
 static int login(struct conn *c)
 {
-  struct login *lg = calloc(1, sizeof *lg);
-  struct isc_text *resp = calloc(1, sizeof *resp);
-  struct isc_pdu *p = malloc(sizeof *p);
-  int result = -1;
+  CLEANUP_FREE struct login *lg = calloc(1, sizeof *lg);
+  CLEANUP_FREE struct isc_text *resp = calloc(1, sizeof *resp);
+  CLEANUP_FREE struct isc_pdu *p = malloc(sizeof *p);
   if (!lg || !resp || !p)
-    goto out;
+    return -1;
   lg->first = true;
   lg->stage = -1;
   for (int round = 0; round < LOGIN_MAX_PDUS; round++) {
     int r = recv_pdu(c, p);
     if (r != ISC_PARSE_OK)
-      goto out;
+      return -1;
     const uint8_t *b = p->bhs;
     if (isc_opcode(b) != ISC_OP_LOGIN_REQ)
-      goto out; /* only logins before the full feature phase: drop */
+      return -1; /* only logins before the full feature phase: drop */
     bool transit = b[1] & 0x80, cont = b[1] & 0x40;
     int csg = (b[1] >> 2) & 3, nsg = b[1] & 3;
     if (lg->first) {
@@ -811,7 +811,7 @@ static int login(struct conn *c)
     if (!lg->status && cont) { /* more text follows: acknowledge, no keys yet */
       lg->status = 0;
       if (send_login_rsp(c, b, lg, false, 0, resp) == -1)
-        goto out;
+        return -1;
       continue;
     }
     struct isc_kv kv[ISC_TEXT_MAX_PAIRS];
@@ -861,22 +861,17 @@ static int login(struct conn *c)
     }
     if (lg->status) {
       send_login_rsp(c, b, lg, false, 0, NULL);
-      goto out;
+      return -1;
     }
     if (send_login_rsp(c, b, lg, grant, nsg, resp) == -1)
-      goto out;
+      return -1;
     if (grant && nsg == 3) {
       c->rx.header_digest = c->tx.header_digest = lg->header_digest;
       c->rx.data_digest = c->tx.data_digest = lg->data_digest;
-      result = 0;
-      goto out;
+      return 0;
     }
   }
-out:
-  free(lg);
-  free(resp);
-  free(p);
-  return result;
+  return -1;
 }
 
 /* ---- full feature phase ---- */
