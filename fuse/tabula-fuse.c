@@ -55,6 +55,7 @@
 #include <jansson.h>
 #include <libnbd.h>
 
+#include "cleanup.h"
 #include "clientdir.h"
 #include "conf.h"
 #include "inspect.h"
@@ -583,6 +584,29 @@ static bool caller_is_admin(void)
   return false;
 }
 
+/* The rest of a path inside a context (N->kind K_CTX): C is its first
+ * component (a TB_PATH_MAX buffer), P what follows. */
+static int parse_ctx_child(const char *p, char *c, struct node *n)
+{
+  if (strcmp(c, "disk") == 0)
+    n->kind = K_DISK;
+  else if (strcmp(c, "changes.txt") == 0 && n->ctx != CTX_VERSION)
+    n->kind = K_CHANGES;
+  else if (strcmp(c, "fs") == 0) {
+    n->kind = K_FS;
+    if (!next_comp(&p, c, TB_PATH_MAX))
+      return 0;
+    if (strlen(c) >= sizeof n->volume)
+      return -ENOENT;
+    snprintf(n->volume, sizeof n->volume, "%s", c);
+    n->kind = K_VOL;
+    n->inner = *p ? p : "/";
+    return 0;
+  } else
+    return -ENOENT;
+  return *p && strspn(p, "/") != strlen(p) ? -ENOTDIR : 0;
+}
+
 static int parse(const char *path, struct node *n)
 {
   memset(n, 0, sizeof *n);
@@ -626,9 +650,11 @@ static int parse(const char *path, struct node *n)
       if (!next_comp(&p, c, sizeof c))
         return 0;
     }
-    if (strcmp(c, "status.json") == 0)
+    if (strcmp(c, "status.json") == 0) {
       n->kind = K_STATUS;
-    else if (strcmp(c, "sessions") == 0) {
+      return *p ? -ENOTDIR : 0;
+    }
+    if (strcmp(c, "sessions") == 0) {
       n->kind = K_SESSIONS;
       if (!next_comp(&p, c, sizeof c))
         return 0;
@@ -640,10 +666,8 @@ static int parse(const char *path, struct node *n)
       snprintf(n->export, sizeof n->export, "%s@session/%s", n->name, c);
       if (!next_comp(&p, c, sizeof c))
         return 0;
-    } else
-      goto ctx_child;
-    if (n->kind == K_STATUS)
-      return *p ? -ENOTDIR : 0;
+    }
+    return parse_ctx_child(p, c, n);
   } else if (strcmp(c, "images") == 0) {
     n->kind = K_IMAGES;
     if (!next_comp(&p, c, sizeof c))
@@ -662,27 +686,9 @@ static int parse(const char *path, struct node *n)
     snprintf(n->export, sizeof n->export, "%s@%s", n->name, c);
     if (!next_comp(&p, c, sizeof c))
       return 0;
-  } else {
-    return -ENOENT;
+    return parse_ctx_child(p, c, n);
   }
-ctx_child:
-  if (strcmp(c, "disk") == 0)
-    n->kind = K_DISK;
-  else if (strcmp(c, "changes.txt") == 0 && n->ctx != CTX_VERSION)
-    n->kind = K_CHANGES;
-  else if (strcmp(c, "fs") == 0) {
-    n->kind = K_FS;
-    if (!next_comp(&p, c, sizeof c))
-      return 0;
-    if (strlen(c) >= sizeof n->volume)
-      return -ENOENT;
-    snprintf(n->volume, sizeof n->volume, "%s", c);
-    n->kind = K_VOL;
-    n->inner = *p ? p : "/";
-    return 0;
-  } else
-    return -ENOENT;
-  return *p && strspn(p, "/") != strlen(p) ? -ENOTDIR : 0;
+  return -ENOENT;
 }
 
 static struct source *node_source(const struct node *n)
@@ -2168,60 +2174,69 @@ static int check_local_access(const struct tb_config *c, const char *sock)
   return r;
 }
 
+/* The session loop, with the loop configuration O asks for: 0, or 2. */
+static int serve_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o)
+{
+  struct fuse_loop_config *lc = fuse_loop_cfg_create();
+  if (!lc)
+    return 2;
+  fuse_loop_cfg_set_max_threads(lc, o->max_threads);
+  fuse_loop_cfg_set_clone_fd(lc, (unsigned)o->clone_fd);
+  /* libfuse 3.14 reports "unset" as UINT_MAX and then complains about it
+   * ("Ignoring invalid max threads value 4294967295") at every mount. */
+  if (o->max_idle_threads != UINT_MAX)
+    fuse_loop_cfg_set_idle_threads(lc, o->max_idle_threads);
+  int lr = o->singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
+  fuse_loop_cfg_destroy(lc);
+  return lr == 0 ? 0 : 2;
+}
+
+/* Serve the mounted session SE until it is unmounted or signalled: 0, or 2.
+ * libfuse's examples unwind this with a ladder of labels; here each step that
+ * needs undoing is one function (run, serve_mounted, serve_loop) that
+ * undoes it before returning. */
+static int serve_mounted(struct fuse_session *se, const struct fuse_cmdline_opts *o)
+{
+  no_symfollow(o->mountpoint);
+  raise_readahead(o->mountpoint);
+  if (fuse_daemonize(o->foreground) != 0 || fuse_set_signal_handlers(se) != 0)
+    return 2;
+  int r = serve_loop(se, o);
+  fuse_remove_signal_handlers(se);
+  return r;
+}
+
 static int run(struct fuse_args *args)
 {
   struct fuse_cmdline_opts o;
   if (fuse_parse_cmdline(args, &o) != 0)
     return 1;
-  if (!o.mountpoint) {
+  CLEANUP_FREE char *mountpoint = o.mountpoint;
+  if (!mountpoint) {
     fprintf(stderr, "tabula-fuse: no mount point (tabula-fuse --help)\n");
     return 1;
   }
-  if (already_mounted(o.mountpoint)) {
+  if (already_mounted(mountpoint)) {
     fprintf(stderr,
             "tabula-fuse: a tabula view is already mounted on %s (fusermount3 -u %s "
             "first)\n",
-            o.mountpoint, o.mountpoint);
-    free(o.mountpoint);
+            mountpoint, mountpoint);
     return 1;
   }
-  if (cfg && check_local_access(cfg, nbd_socket) == -1) {
-    free(o.mountpoint);
+  if (cfg && check_local_access(cfg, nbd_socket) == -1)
     return 1;
-  }
   for (int i = 0; i < args->argc; i++)
     if (strstr(args->argv[i], "allow_other") || strstr(args->argv[i], "allow_root"))
       shared_mount = true;
-  int r = 2;
   struct fuse_session *se = fuse_session_new(args, &ops, sizeof ops, NULL);
   if (!se)
-    goto out;
-  if (fuse_session_mount(se, o.mountpoint) != 0)
-    goto out_destroy;
-  no_symfollow(o.mountpoint);
-  raise_readahead(o.mountpoint);
-  if (fuse_daemonize(o.foreground) != 0 || fuse_set_signal_handlers(se) != 0)
-    goto out_unmount;
-  struct fuse_loop_config *lc = fuse_loop_cfg_create();
-  if (!lc)
-    goto out_signals;
-  fuse_loop_cfg_set_max_threads(lc, o.max_threads);
-  fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
-  /* libfuse 3.14 reports "unset" as UINT_MAX and then complains about it
-   * ("Ignoring invalid max threads value 4294967295") at every mount. */
-  if (o.max_idle_threads != UINT_MAX)
-    fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
-  int lr = o.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
-  fuse_loop_cfg_destroy(lc);
-  r = lr == 0 ? 0 : 2;
-out_signals:
-  fuse_remove_signal_handlers(se);
-out_unmount:
-  fuse_session_unmount(se);
-out_destroy:
+    return 2;
+  int r = 2;
+  if (fuse_session_mount(se, mountpoint) == 0) {
+    r = serve_mounted(se, &o);
+    fuse_session_unmount(se);
+  }
   fuse_session_destroy(se);
-out:
-  free(o.mountpoint);
   return r;
 }
 
