@@ -25,6 +25,13 @@
 #include "repo.h"
 #include "store.h"
 
+/* Why REF is not an image reference; -1. */
+static int bad_image_ref(const char *ref)
+{
+  fprintf(stderr, "tabulactl: \"%s\" is not an image or IMAGE@VERSION (e.g. win11@3)\n", ref);
+  return -1;
+}
+
 /* "win11@3" -> win11, 3; "win11" -> win11, 0. */
 static int parse_image_ref(const char *ref, char name[TB_NAME_MAX + 1], uint32_t *ver)
 {
@@ -32,23 +39,20 @@ static int parse_image_ref(const char *ref, char name[TB_NAME_MAX + 1], uint32_t
   size_t len = at ? (size_t)(at - ref) : strlen(ref);
   *ver = 0;
   if (len == 0 || len > TB_NAME_MAX)
-    goto bad;
+    return bad_image_ref(ref);
   memcpy(name, ref, len);
   name[len] = '\0';
   if (!tb_name_valid(name))
-    goto bad;
+    return bad_image_ref(ref);
   if (at) {
     char *end;
     errno = 0;
     unsigned long v = strtoul(at + 1, &end, 10);
     if (errno || *end || at[1] < '1' || at[1] > '9' || v > UINT32_MAX)
-      goto bad;
+      return bad_image_ref(ref);
     *ver = (uint32_t)v;
   }
   return 0;
-bad:
-  fprintf(stderr, "tabulactl: \"%s\" is not an image or IMAGE@VERSION (e.g. win11@3)\n", ref);
-  return -1;
 }
 
 /* ---- progress (progress.c draws it) ----------------------------------------- */

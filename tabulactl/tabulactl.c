@@ -38,11 +38,13 @@
 
 #include <jansson.h>
 
+#include "cleanup.h"
 #include "clientcheck.h"
 #include "conf.h"
 #include "control.h"
 #include "ctl-image-repo.h"
 #include "events.h"
+#include "json.h"
 #include "progress.h"
 #include "store.h"
 #include "vector.h"
@@ -383,6 +385,13 @@ static struct tb_control *connect_daemon(struct ctl *ctl, int *code)
   return c;
 }
 
+/* Scoped close of a daemon connection (cleanup.h). */
+static void control_closep(struct tb_control **c)
+{
+  tb_control_close(*c);
+}
+#define CLEANUP_CONTROL __attribute__((cleanup(control_closep)))
+
 /* Callback for interim lines (progress, events) of a request. */
 typedef void (*interim_fn)(void *ctx, json_t *line);
 
@@ -390,50 +399,41 @@ typedef void (*interim_fn)(void *ctx, json_t *line);
  * (a new reference) or NULL after printing why; *code gets the exit code. */
 static json_t *request(struct ctl *ctl, json_t *req, interim_fn interim, void *ictx, int *code)
 {
-  struct tb_control *c = connect_daemon(ctl, code);
-  if (!c) {
-    json_decref(req);
+  CLEANUP_JSON json_t *owned_req = req;
+  CLEANUP_CONTROL struct tb_control *c = connect_daemon(ctl, code);
+  if (!c)
     return NULL;
-  }
   *code = EXIT_FAIL;
-  json_t *result = NULL;
-  if (tb_control_send(c, req) == -1) {
+  if (tb_control_send(c, owned_req) == -1) {
     /* The daemon may have refused us with a reason before closing. */
     char why[1024];
     snprintf(why, sizeof why, "%s", tb_errmsg());
-    json_t *line = tb_control_recv(c, 1000);
+    CLEANUP_JSON json_t *line = tb_control_recv(c, 1000);
     const char *err = json_string_value(json_object_get(line, "error"));
     fail("%s", err ? err : why);
-    json_decref(line);
-    goto out;
+    return NULL;
   }
   for (;;) {
-    json_t *line = tb_control_recv(c, -1);
+    CLEANUP_JSON json_t *line = tb_control_recv(c, -1);
     if (!line) {
       fail("%s", tb_errmsg());
-      goto out;
+      return NULL;
     }
     json_t *ok = json_object_get(line, "ok");
     if (json_is_boolean(ok)) {
-      if (json_is_true(ok)) {
-        result = json_incref(json_object_get(line, "result"));
-        if (!result)
-          result = json_object();
-        *code = 0;
-      } else {
+      if (!json_is_true(ok)) {
         fail("%s", jstr(line, "error"));
+        return NULL;
       }
-      json_decref(line);
-      goto out;
+      json_t *result = json_incref(json_object_get(line, "result"));
+      if (!result)
+        result = json_object();
+      *code = 0;
+      return result;
     }
     if (interim)
       interim(ictx, line);
-    json_decref(line);
   }
-out:
-  json_decref(req);
-  tb_control_close(c);
-  return result;
 }
 
 /* A request whose result needs no more than "done" (or its JSON). */
