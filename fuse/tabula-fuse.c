@@ -63,6 +63,7 @@
 #include "session.h"
 #include "store.h"
 #include "util.h"
+#include "vector.h"
 
 #define CACHE_MS 2000        /* lifetime of a live snapshot, of listings and of changes.txt */
 #define KERNEL_TIMEOUT_S 1.0 /* kernel entry/attribute cache */
@@ -90,43 +91,31 @@ static time_t mount_time;
 /* What exists: clients, their sessions, images and their versions.  With -c
  * it is read from the configuration and the state directory on each call;
  * with --uri from NBD_OPT_LIST, at most every CACHE_MS. */
-struct names {
-  char **v;
-  size_t n, cap;
-};
+TB_VECTOR(names, char *); /* each one once (names_add), owned */
 
 static void names_free(struct names *n)
 {
-  for (size_t i = 0; i < n->n; i++)
-    free(n->v[i]);
-  free(n->v);
-  memset(n, 0, sizeof *n);
-}
-
-static void names_add(struct names *n, const char *s)
-{
-  for (size_t i = 0; i < n->n; i++)
-    if (strcmp(n->v[i], s) == 0)
-      return;
-  if (n->n == n->cap) {
-    size_t cap = n->cap ? n->cap * 2 : 16;
-    char **v = realloc(n->v, cap * sizeof *v);
-    if (!v)
-      return;
-    n->v = v;
-    n->cap = cap;
-  }
-  char *d = strdup(s);
-  if (d)
-    n->v[n->n++] = d;
+  for (size_t i = 0; i < n->len; i++)
+    free(n->ptr[i]);
+  tb_vector_free(n);
 }
 
 static bool names_has(const struct names *n, const char *s)
 {
-  for (size_t i = 0; i < n->n; i++)
-    if (strcmp(n->v[i], s) == 0)
+  for (size_t i = 0; i < n->len; i++)
+    if (strcmp(n->ptr[i], s) == 0)
       return true;
   return false;
+}
+
+/* Out of memory drops S: a listing short of a name, not a failed one. */
+static void names_add(struct names *n, const char *s)
+{
+  if (names_has(n, s) || tb_vector_reserve(n, 1) == -1)
+    return;
+  char *d = strdup(s);
+  if (d)
+    n->ptr[n->len++] = d;
 }
 
 static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -190,8 +179,8 @@ static void list_clients(struct names *out)
   }
   pthread_mutex_lock(&list_lock);
   remote_refresh();
-  for (size_t i = 0; i < remote_exports.n; i++) {
-    const char *e = remote_exports.v[i];
+  for (size_t i = 0; i < remote_exports.len; i++) {
+    const char *e = remote_exports.ptr[i];
     const char *at = strrchr(e, '@');
     if (at && strcmp(at, "@live") == 0) {
       char id[TB_NAME_MAX + 1];
@@ -215,8 +204,8 @@ static void list_disks(const char *id, struct names *out)
   size_t idlen = strlen(id);
   pthread_mutex_lock(&list_lock);
   remote_refresh();
-  for (size_t i = 0; i < remote_exports.n; i++) {
-    const char *e = remote_exports.v[i];
+  for (size_t i = 0; i < remote_exports.len; i++) {
+    const char *e = remote_exports.ptr[i];
     const char *at = strrchr(e, '@');
     if (!at || strcmp(at, "@live") != 0 || strncmp(e, id, idlen) != 0 || e[idlen] != '/')
       continue;
@@ -247,8 +236,8 @@ static void list_sessions(const char *id, struct names *out)
   size_t idlen = strlen(id);
   pthread_mutex_lock(&list_lock);
   remote_refresh();
-  for (size_t i = 0; i < remote_exports.n; i++) {
-    const char *e = remote_exports.v[i];
+  for (size_t i = 0; i < remote_exports.len; i++) {
+    const char *e = remote_exports.ptr[i];
     if (strncmp(e, id, idlen) == 0 && strncmp(e + idlen, "@session/", 9) == 0 &&
         is_number(e + idlen + 9))
       names_add(out, e + idlen + 9);
@@ -284,8 +273,8 @@ static void list_images(const char *image, struct names *out)
   }
   pthread_mutex_lock(&list_lock);
   remote_refresh();
-  for (size_t i = 0; i < remote_exports.n; i++) {
-    const char *e = remote_exports.v[i];
+  for (size_t i = 0; i < remote_exports.len; i++) {
+    const char *e = remote_exports.ptr[i];
     const char *at = strchr(e, '@');
     if (!at || !is_number(at + 1))
       continue;
@@ -632,7 +621,7 @@ static int parse(const char *path, struct node *n)
     if (strcmp(c, "disks") == 0) { /* clients/ID/disks/DISK: disk ID/DISK */
       struct names disks = {0};
       list_disks(n->name, &disks);
-      bool any = disks.n > 0;
+      bool any = disks.len > 0;
       names_free(&disks);
       if (!any)
         return -ENOENT;
@@ -1186,44 +1175,41 @@ static int tf_getattr(const char *path, struct stat *st, double *timeout)
  * offsets, so libfuse passes each entry's attributes along (readdirplus:
  * a `find -ls` or `ls -l` needs no lookup per file).  Without offsets
  * libfuse would take the listing in one go and drop the attributes. */
+struct listed {
+  char *name;
+  bool has_st;
+  struct stat st;
+};
+TB_VECTOR(listed_vector, struct listed);
+
 struct listing {
   double timeout; /* of its entries (node_timeout) */
   size_t plus_n;  /* entries from here on carry attributes only if directories */
-  size_t n, cap;
-  struct listed {
-    char *name;
-    bool has_st;
-    struct stat st;
-  } * v;
+  struct listed_vector entries;
 };
 
 static void listing_free(struct listing *l)
 {
-  for (size_t i = 0; l && i < l->n; i++)
-    free(l->v[i].name);
-  if (l)
-    free(l->v);
+  if (!l)
+    return;
+  for (size_t i = 0; i < l->entries.len; i++)
+    free(l->entries.ptr[i].name);
+  tb_vector_free(&l->entries);
   free(l);
 }
 
 /* Add NAME (and its attributes, if known) to L; non-zero when out of memory. */
 static int listing_add(struct listing *l, const char *name, const struct stat *st)
 {
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 64;
-    struct listed *v = realloc(l->v, cap * sizeof *v);
-    if (!v)
-      return 1;
-    l->v = v;
-    l->cap = cap;
-  }
-  struct listed *e = &l->v[l->n];
-  if (!(e->name = strdup(name)))
+  struct listed e = {.name = strdup(name), .has_st = st != NULL};
+  if (!e.name)
     return 1;
-  e->has_st = st != NULL;
   if (st)
-    e->st = *st;
-  l->n++;
+    e.st = *st;
+  if (tb_vector_push(&l->entries, e) == -1) {
+    free(e.name);
+    return 1;
+  }
   return 0;
 }
 
@@ -1246,8 +1232,8 @@ static int listing_add(struct listing *l, const char *name, const struct stat *s
 
 static void listing_plan(struct listing *l, struct snap *sn, int vol, const char *dir)
 {
-  l->plus_n = l->n;
-  if (l->n <= PLUS_FIRST + 2) /* with "." and ".." */
+  l->plus_n = l->entries.len;
+  if (l->entries.len <= PLUS_FIRST + 2) /* with "." and ".." */
     return;
   size_t dl = strlen(dir);
   pthread_mutex_lock(&sn->stat_mu);
@@ -1289,8 +1275,8 @@ static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
 
 static void fill_names(struct listing *l, const struct names *names)
 {
-  for (size_t i = 0; i < names->n; i++)
-    listing_add(l, names->v[i], NULL);
+  for (size_t i = 0; i < names->len; i++)
+    listing_add(l, names->ptr[i], NULL);
 }
 
 /* The entries of directory PATH into L. */
@@ -1334,7 +1320,7 @@ static int list_dir(const char *path, struct listing *l)
       listing_add(l, "sessions", NULL);
       if (!strchr(n.name, '/')) {
         list_disks(n.name, &names);
-        if (names.n > 0)
+        if (names.len > 0)
           listing_add(l, "disks", NULL);
         names_free(&names);
       }
@@ -1781,7 +1767,8 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
   if (r == 0) {
     const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
     /* An immutable directory's listing may stay in the kernel's cache. */
-    fi->cache_readdir = fi->keep_cache = l->timeout > KERNEL_TIMEOUT_S && l->plus_n >= l->n;
+    fi->cache_readdir = fi->keep_cache =
+        l->timeout > KERNEL_TIMEOUT_S && l->plus_n >= l->entries.len;
     if (fuse_reply_open(req, fi) != 0)
       tf_releasedir(path, fi);
   } else {
@@ -1809,8 +1796,8 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
     memcpy(pb, dir, dl);
     pb[dl] = '/';
   }
-  for (size_t i = off > 0 ? (size_t)off : 0; buf && pb && i < l->n; i++) {
-    const struct listed *le = &l->v[i];
+  for (size_t i = off > 0 ? (size_t)off : 0; buf && pb && i < l->entries.len; i++) {
+    const struct listed *le = &l->entries.ptr[i];
     bool dots = strcmp(le->name, ".") == 0 || strcmp(le->name, "..") == 0;
     size_t nl = strlen(le->name);
     char *path = dots ? NULL : nl <= NAME_MAX ? pb : child_path(dir, le->name);
