@@ -59,6 +59,7 @@
 #include "pdu.h"
 #include "scsi.h"
 #include "target.h"
+#include "vector.h"
 
 #define LOGIN_DATA_MAX 8192 /* before negotiation (RFC 7143 §13.12) */
 #define LOGIN_TEXT_MAX 65536
@@ -132,6 +133,8 @@ struct job {
   uint32_t dout_len;
 };
 
+TB_VECTOR(pdu_bytes, uint8_t);
+
 struct conn {
   int fd;
   char peer[80];
@@ -156,8 +159,7 @@ struct conn {
   struct isc_lu lu[ISC_MAX_LUNS];
   struct task tasks[MAX_TASKS];
   uint32_t next_ttt;
-  uint8_t *rbuf;
-  size_t rbuf_cap;
+  struct pdu_bytes rbuf; /* the PDU being read: rbuf.cap bytes at rbuf.ptr (len stays 0) */
   volatile bool dropped; /* replaced by a reinstated session, or the server stops */
   struct conn *next;
   /* the job queue and its workers (jobs_lock guards all of it) */
@@ -285,23 +287,17 @@ static int read_full(int fd, void *buf, size_t len)
  * connection closed. */
 static int recv_pdu(struct conn *c, struct isc_pdu *p)
 {
-  if (read_full(c->fd, c->rbuf, ISC_BHS_LEN) == -1)
+  if (read_full(c->fd, c->rbuf.ptr, ISC_BHS_LEN) == -1)
     return 1;
-  long total = isc_pdu_total(c->rbuf, &c->rx);
+  long total = isc_pdu_total(c->rbuf.ptr, &c->rx);
   if (total < 0)
     return (int)total;
-  if ((size_t)total > c->rbuf_cap) {
-    size_t cap = (size_t)total;
-    uint8_t *nb = realloc(c->rbuf, cap);
-    if (!nb)
-      return 1;
-    c->rbuf = nb;
-    c->rbuf_cap = cap;
-  }
-  if (read_full(c->fd, c->rbuf + ISC_BHS_LEN, (size_t)total - ISC_BHS_LEN) == -1)
+  if (tb_vector_reserve(&c->rbuf, (size_t)total) == -1)
+    return 1;
+  if (read_full(c->fd, c->rbuf.ptr + ISC_BHS_LEN, (size_t)total - ISC_BHS_LEN) == -1)
     return 1;
   size_t used;
-  return isc_pdu_parse(c->rbuf, (size_t)total, &c->rx, p, &used);
+  return isc_pdu_parse(c->rbuf.ptr, (size_t)total, &c->rx, p, &used);
 }
 
 static uint32_t exp_cmd_sn(const struct conn *c)
@@ -1548,7 +1544,7 @@ static void *conn_main(void *arg)
   pthread_mutex_destroy(&c->jobs_lock);
   pthread_cond_destroy(&c->jobs_cond);
   pthread_cond_destroy(&c->idle_cond);
-  free(c->rbuf);
+  tb_vector_free(&c->rbuf);
   free(c);
   return NULL;
 }
@@ -1593,15 +1589,14 @@ int isc_serve(int fd)
   c->initial_r2t = true;
   c->immediate_data = true;
   c->next_ttt = 1;
-  c->rbuf_cap = 65536;
-  c->rbuf = malloc(c->rbuf_cap);
+  int rbuf_ok = tb_vector_reserve(&c->rbuf, 65536);
   pthread_mutex_init(&c->send_lock, NULL);
   pthread_mutex_init(&c->jobs_lock, NULL);
   pthread_cond_init(&c->jobs_cond, NULL);
   pthread_cond_init(&c->idle_cond, NULL);
-  if (!c->rbuf || !c->cfg) {
+  if (rbuf_ok == -1 || !c->cfg) {
     tb_config_unref(c->cfg);
-    free(c->rbuf);
+    tb_vector_free(&c->rbuf);
     free(c);
     close(fd);
     return -1;
@@ -1617,7 +1612,7 @@ int isc_serve(int fd)
     table_remove(c);
     tb_config_unref(c->cfg);
     pthread_mutex_destroy(&c->send_lock);
-    free(c->rbuf);
+    tb_vector_free(&c->rbuf);
     free(c);
     close(fd);
     errno = e;
