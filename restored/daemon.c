@@ -288,7 +288,7 @@ int main(int argc, char **argv)
   server_close(d);
   tb_config_unref(d->cfg);
   free(d->sched);
-  free(d->counters);
+  tb_vector_free(&d->counters);
   curl_global_cleanup();
   if (r == -1) {
     log_msg("%s", tb_errmsg());

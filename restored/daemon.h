@@ -71,6 +71,7 @@
 
 #include "conf.h"
 #include "schedule.h"
+#include "vector.h"
 
 struct daemon;
 struct conn;
@@ -164,6 +165,7 @@ struct client_counters {
   char id[TB_NAME_MAX + 1];
   uint64_t sessions, bytes_read, bytes_written, errors;
 };
+TB_VECTOR(client_counters_vector, struct client_counters);
 
 struct daemon {
   const char *config_file;
@@ -175,9 +177,8 @@ struct daemon {
   struct nbd_server nbd;
   struct client_sched *sched;
   size_t n_sched;
-  struct client_counters *counters;
-  size_t n_counters;
-  uint64_t merges; /* finished or failed since the start (jobs.c) */
+  struct client_counters_vector counters; /* counters_for */
+  uint64_t merges;                        /* finished or failed since the start (jobs.c) */
   int64_t next_metrics_ms;
   bool quit;
 };

@@ -46,8 +46,8 @@
 
 static int fd = -1;
 static ino_t ino;
-static char *partial;
-static size_t partial_len;
+TB_VECTOR(line_bytes, char);
+static struct line_bytes partial;       /* the start of a line not yet complete, at most MAX_LINE */
 static time_t last_poll_s;              /* wall clock of the previous poll */
 static char cur_fp[65];                 /* the followed generation's fingerprint, "" until known */
 static uint64_t cur_lines;              /* complete lines it held so far */
@@ -158,17 +158,14 @@ void journal_open(struct daemon *d)
 /* Counters of session-end events, per client (status and metrics read them). */
 struct client_counters *counters_for(struct daemon *d, const char *id)
 {
-  for (size_t i = 0; i < d->n_counters; i++)
-    if (strcmp(d->counters[i].id, id) == 0)
-      return &d->counters[i];
-  struct client_counters *n = realloc(d->counters, (d->n_counters + 1) * sizeof *n);
-  if (!n)
+  for (size_t i = 0; i < d->counters.len; i++)
+    if (strcmp(d->counters.ptr[i].id, id) == 0)
+      return &d->counters.ptr[i];
+  struct client_counters c = {0};
+  snprintf(c.id, sizeof c.id, "%s", id);
+  if (tb_vector_push(&d->counters, c) == -1)
     return NULL;
-  d->counters = n;
-  struct client_counters *c = &d->counters[d->n_counters++];
-  memset(c, 0, sizeof *c);
-  snprintf(c->id, sizeof c->id, "%s", id);
-  return c;
+  return &d->counters.ptr[d->counters.len - 1];
 }
 
 static void count_event(struct daemon *d, const json_t *ev)
@@ -199,6 +196,18 @@ static void deliver(struct daemon *d, const char *line, size_t len)
   json_decref(ev);
 }
 
+/* Append N bytes at S to the partial line, NUL-terminated; -1 when out of
+ * memory (the partial line is as it was). */
+static int partial_append(const char *s, size_t n)
+{
+  if (tb_vector_reserve(&partial, n + 1) == -1)
+    return -1;
+  memcpy(partial.ptr + partial.len, s, n);
+  partial.len += n;
+  partial.ptr[partial.len] = '\0';
+  return 0;
+}
+
 /* Read what FD has beyond its offset; deliver complete lines. */
 static void read_new(struct daemon *d)
 {
@@ -212,18 +221,11 @@ static void read_new(struct daemon *d)
       if (buf[i] != '\n')
         continue;
       (*counting)++;
-      if (partial_len) {
+      if (partial.len) {
         size_t add = i - start;
-        if (partial_len + add <= MAX_LINE) {
-          char *p = realloc(partial, partial_len + add + 1);
-          if (p) {
-            partial = p;
-            memcpy(partial + partial_len, buf + start, add);
-            partial[partial_len + add] = '\0';
-            deliver(d, partial, partial_len + add);
-          }
-        }
-        partial_len = 0;
+        if (partial.len + add <= MAX_LINE && partial_append(buf + start, add) == 0)
+          deliver(d, partial.ptr, partial.len);
+        partial.len = 0;
       } else {
         buf[i] = '\0';
         deliver(d, buf + start, i - start);
@@ -231,14 +233,8 @@ static void read_new(struct daemon *d)
       start = i + 1;
     }
     size_t rest = (size_t)n - start;
-    if (rest && partial_len + rest <= MAX_LINE) {
-      char *p = realloc(partial, partial_len + rest + 1);
-      if (p) {
-        partial = p;
-        memcpy(partial + partial_len, buf + start, rest);
-        partial_len += rest;
-      }
-    }
+    if (rest && partial.len + rest <= MAX_LINE)
+      partial_append(buf + start, rest); /* out of memory: the line ends short and will not parse */
   }
 }
 
@@ -258,7 +254,7 @@ static void read_other(struct daemon *d, const char *path, off_t from, uint64_t 
     close(fd);
   }
   fd = saved;
-  partial_len = 0;
+  partial.len = 0;
 }
 
 /* The followed generation ended (rotated or truncated): record it, start a
@@ -291,7 +287,7 @@ void journal_poll(struct daemon *d)
   struct stat st, ost;
   off_t at = lseek(fd, 0, SEEK_CUR);
   if (fstat(fd, &st) == 0 && st.st_size < at) { /* truncated in place (copytruncate) */
-    partial_len = 0;
+    partial.len = 0;
     if (stat(old, &ost) == 0 && ost.st_ino != ino && ost.st_size >= at)
       read_other(d, old, at, &cur_lines, cur_fp[0] ? NULL : cur_fp);
     next_generation();
@@ -303,7 +299,7 @@ void journal_poll(struct daemon *d)
     if (!cur_fp[0])
       journal_fingerprint(fd, cur_fp);
     close(fd);
-    partial_len = 0;
+    partial.len = 0;
     next_generation();
     /* Rotated twice since the last poll: .1 is a file we never saw (and it
      * was written since; an older .1 is a generation already read). */

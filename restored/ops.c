@@ -802,10 +802,7 @@ struct ref {
   uint32_t version;
   char why[96];
 };
-struct refs {
-  struct ref *v;
-  size_t n, cap;
-};
+TB_VECTOR(refs, struct ref);
 
 static void ref_add(struct refs *r, const char *image, uint32_t version, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -813,15 +810,9 @@ static void ref_add(struct refs *r, const char *image, uint32_t version, const c
 {
   if (!version)
     return;
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 64;
-    struct ref *n = realloc(r->v, cap * sizeof *n);
-    if (!n)
-      return;
-    r->v = n;
-    r->cap = cap;
-  }
-  struct ref *e = &r->v[r->n++];
+  if (tb_vector_reserve(r, 1) == -1)
+    return;
+  struct ref *e = &r->ptr[r->len++];
   snprintf(e->image, sizeof e->image, "%s", image);
   e->version = version;
   va_list ap;
@@ -900,13 +891,13 @@ static const char *refs_of(const struct refs *r, const char *image, uint32_t v, 
                            size_t len)
 {
   buf[0] = '\0';
-  for (size_t i = 0; i < r->n; i++) {
-    if (r->v[i].version != v || strcmp(r->v[i].image, image) != 0)
+  for (size_t i = 0; i < r->len; i++) {
+    if (r->ptr[i].version != v || strcmp(r->ptr[i].image, image) != 0)
       continue;
     size_t n = strlen(buf);
-    if (n + strlen(r->v[i].why) + 3 >= len)
+    if (n + strlen(r->ptr[i].why) + 3 >= len)
       break;
-    snprintf(buf + n, len - n, "%s%s", n ? ", " : "", r->v[i].why);
+    snprintf(buf + n, len - n, "%s%s", n ? ", " : "", r->ptr[i].why);
   }
   return buf[0] ? buf : NULL;
 }
@@ -946,7 +937,7 @@ static json_t *op_image_rm(struct daemon *d, struct op_call *a)
     reply = reply_ok(json_pack("{s:s, s:I, s:I, s:s}", "image", image, "version", (json_int_t)ver,
                                "bytes", (json_int_t)bytes, "message", msg));
   }
-  free(r.v);
+  tb_vector_free(&r);
   return reply;
 }
 
@@ -965,7 +956,7 @@ static json_t *op_image_gc(struct daemon *d, struct op_call *a)
   char **names;
   size_t n;
   if (tb_store_images(state, &names, &n) == -1) {
-    free(r.v);
+    tb_vector_free(&r);
     json_decref(removed);
     return reply_lib_error();
   }
@@ -995,7 +986,7 @@ static json_t *op_image_gc(struct daemon *d, struct op_call *a)
     free(vers);
   }
   tb_strv_free(names, n);
-  free(r.v);
+  tb_vector_free(&r);
   int temps = dry ? 0 : tb_store_gc_temp(state);
   if (!dry)
     tb_eventf(state, "image-gc", NULL, "{s:O, s:I, s:I}", "removed", removed, "freed_bytes", freed,

@@ -183,21 +183,19 @@ struct seen {
   char *hits[MAX_SEEN];
   size_t n;
 };
-static struct seen *seen;
-static size_t n_seen;
+TB_VECTOR(seen_vector, struct seen);
+static struct seen_vector seen_by_client;
 
 static struct seen *seen_for(const char *id, uint64_t session)
 {
   struct seen *s = NULL;
-  for (size_t i = 0; i < n_seen && !s; i++)
-    if (strcmp(seen[i].id, id) == 0)
-      s = &seen[i];
+  for (size_t i = 0; i < seen_by_client.len && !s; i++)
+    if (strcmp(seen_by_client.ptr[i].id, id) == 0)
+      s = &seen_by_client.ptr[i];
   if (!s) {
-    struct seen *grown = realloc(seen, (n_seen + 1) * sizeof *seen);
-    if (!grown)
+    if (tb_vector_reserve(&seen_by_client, 1) == -1)
       return NULL;
-    seen = grown;
-    s = &seen[n_seen++];
+    s = &seen_by_client.ptr[seen_by_client.len++];
     memset(s, 0, sizeof *s);
     snprintf(s->id, sizeof s->id, "%s", id);
   }
@@ -358,19 +356,19 @@ struct stuck_scan {
   char id[TB_NAME_MAX + 1];
   struct tb_disk *disk;
 };
-static struct stuck_scan *stuck_scans;
-static size_t n_stuck_scans;
+TB_VECTOR(stuck_scan_vector, struct stuck_scan);
+static struct stuck_scan_vector stuck_scans;
 
 /* Is ID's last abandoned scan still running?  Forgets it once it ended. */
 static bool scan_still_stuck(const char *id)
 {
-  for (size_t i = 0; i < n_stuck_scans; i++) {
-    if (strcmp(stuck_scans[i].id, id) != 0)
+  for (size_t i = 0; i < stuck_scans.len; i++) {
+    if (strcmp(stuck_scans.ptr[i].id, id) != 0)
       continue;
-    if (tb_disk_stuck(stuck_scans[i].disk))
+    if (tb_disk_stuck(stuck_scans.ptr[i].disk))
       return true;
-    tb_disk_unref(stuck_scans[i].disk);
-    stuck_scans[i] = stuck_scans[--n_stuck_scans];
+    tb_disk_unref(stuck_scans.ptr[i].disk);
+    stuck_scans.ptr[i] = stuck_scans.ptr[--stuck_scans.len];
     return false;
   }
   return false;
@@ -380,15 +378,12 @@ static bool scan_still_stuck(const char *id)
 static void scan_got_stuck(const char *state, const char *id, uint64_t session,
                            struct tb_disk *disk)
 {
-  struct stuck_scan *grown = realloc(stuck_scans, (n_stuck_scans + 1) * sizeof *stuck_scans);
-  if (!grown) {
+  struct stuck_scan st = {.disk = disk};
+  snprintf(st.id, sizeof st.id, "%s", id);
+  if (tb_vector_push(&stuck_scans, st) == -1) {
     tb_disk_unref(disk);
     return;
   }
-  stuck_scans = grown;
-  struct stuck_scan *st = &stuck_scans[n_stuck_scans++];
-  snprintf(st->id, sizeof st->id, "%s", id);
-  st->disk = disk;
   tb_eventf(state, "watchdog-stuck", id, "{s:s, s:I}", "error",
             "inspecting the guest's filesystem did not end by its deadline (damaged or crafted "
             "metadata?): this client's scans are skipped until that work ends",
@@ -653,12 +648,10 @@ void scan_stop(void)
   pthread_mutex_unlock(&lock);
   pthread_join(thread, NULL);
   started = false;
-  for (size_t i = 0; i < n_seen; i++)
-    for (size_t k = 0; k < seen[i].n; k++)
-      free(seen[i].hits[k]);
-  free(seen);
-  seen = NULL;
-  n_seen = 0;
+  for (size_t i = 0; i < seen_by_client.len; i++)
+    for (size_t k = 0; k < seen_by_client.ptr[i].n; k++)
+      free(seen_by_client.ptr[i].hits[k]);
+  tb_vector_free(&seen_by_client);
 }
 
 static void enqueue_cfg(struct tb_config *cfg, const char *id, bool end, uint64_t session,
@@ -808,11 +801,9 @@ const struct daemon_timer scan_timer = {"watchdog", scan_tick, scan_next};
 
 void scan_free(void)
 {
-  for (size_t i = 0; i < n_stuck_scans; i++)
-    tb_disk_unref(stuck_scans[i].disk);
-  free(stuck_scans);
-  stuck_scans = NULL;
-  n_stuck_scans = 0;
+  for (size_t i = 0; i < stuck_scans.len; i++)
+    tb_disk_unref(stuck_scans.ptr[i].disk);
+  tb_vector_free(&stuck_scans);
   free(intervals);
   intervals = NULL;
   n_intervals = 0;
