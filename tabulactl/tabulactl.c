@@ -2119,13 +2119,15 @@ static int cmd_register(struct ctl *ctl, const struct args *a)
     return 0;
   }
   free(snippet);
-  size_t len = strlen(text);
-  text = realloc(text, len + 2);
-  strcpy(text + len, "\n");
+  /* The file ends in a newline, as an editor leaves it. */
+  CLEANUP_FREE char *file = NULL;
+  int len = asprintf(&file, "%s\n", text);
+  free(text);
+  if (len == -1)
+    return fail("out of memory (the client was not added)");
   struct stat st;
   int mode = stat(cfg->path, &st) == 0 ? (int)(st.st_mode & 07777) : 0644;
-  int r = tb_write_file_atomic(cfg->path, text, len + 1, mode);
-  free(text);
+  int r = tb_write_file_atomic(cfg->path, file, (size_t)len, mode);
   if (r == -1)
     return fail("%s", tb_errmsg());
   printf("client %s (mac %s, address %s) added to %s\n", id, mac, addr, cfg->path);
