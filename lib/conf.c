@@ -228,8 +228,8 @@ bool tb_acl_allows(const struct tb_acl *acl, const struct sockaddr *sa)
 {
   if (!sa || sa->sa_family == AF_UNIX)
     return acl->unix_socket;
-  for (size_t i = 0; i < acl->n_nets; i++)
-    if (tb_cidr_match(&acl->nets[i], sa))
+  for (size_t i = 0; i < acl->nets.len; i++)
+    if (tb_cidr_match(&acl->nets.ptr[i], sa))
       return true;
   return false;
 }
@@ -238,11 +238,11 @@ static int parse_acl(const json_t *v, const char *path, struct tb_acl *acl)
 {
   if (!json_is_array(v))
     return bad(path, "an array of \"unix\" and addresses or networks", v);
-  free(acl->nets);
+  tb_vector_free(&acl->nets);
   memset(acl, 0, sizeof *acl);
-  acl->nets = calloc(json_array_size(v) + 1, sizeof *acl->nets);
-  if (!acl->nets)
-    return tb_error_errno("%s", path);
+  /* Room for every entry now: the loop below does not allocate. */
+  if (tb_vector_reserve(&acl->nets, json_array_size(v)) == -1)
+    return tb_error_prefix("%s", path);
   size_t i;
   json_t *e;
   json_array_foreach(v, i, e)
@@ -255,9 +255,9 @@ static int parse_acl(const json_t *v, const char *path, struct tb_acl *acl)
       acl->unix_socket = true;
       continue;
     }
-    if (tb_cidr_parse(json_string_value(e), &acl->nets[acl->n_nets]) == -1)
+    if (tb_cidr_parse(json_string_value(e), &acl->nets.ptr[acl->nets.len]) == -1)
       return tb_error_prefix("%s", p);
-    acl->n_nets++;
+    acl->nets.len++; /* reserved above */
   }
   return 0;
 }
@@ -265,12 +265,11 @@ static int parse_acl(const json_t *v, const char *path, struct tb_acl *acl)
 static int default_client_acl(struct tb_acl *acl)
 {
   acl->unix_socket = true;
-  acl->nets = calloc(2, sizeof *acl->nets);
-  if (!acl->nets)
-    return tb_error_errno("config");
-  tb_cidr_parse("127.0.0.0/8", &acl->nets[0]);
-  tb_cidr_parse("::1", &acl->nets[1]);
-  acl->n_nets = 2;
+  struct tb_cidr loopback4, loopback6;
+  tb_cidr_parse("127.0.0.0/8", &loopback4);
+  tb_cidr_parse("::1", &loopback6);
+  if (tb_vector_push(&acl->nets, loopback4) == -1 || tb_vector_push(&acl->nets, loopback6) == -1)
+    return tb_error_prefix("config");
   return 0;
 }
 
@@ -632,11 +631,8 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
     return -1;
   /* A PXE client's static lease is its address: by default it may connect from there. */
   if (c->has_mac && !json_object_get(obj, "allow")) {
-    struct tb_cidr *nets = realloc(c->allow.nets, (c->allow.n_nets + 1) * sizeof *nets);
-    if (!nets)
-      return tb_error_errno("%s", path);
-    c->allow.nets = nets;
-    nets[c->allow.n_nets++] = c->address;
+    if (tb_vector_push(&c->allow.nets, c->address) == -1)
+      return tb_error_prefix("%s", path);
   }
   if (c->refresh) {
     struct tb_schedule sched;
@@ -1276,7 +1272,7 @@ static int apply_defaults(struct tb_config *cfg)
 
 static void client_free(struct tb_client_conf *c)
 {
-  free(c->allow.nets);
+  tb_vector_free(&c->allow.nets);
   free(c->refresh);
   free(c->merge_when);
   free(c->merge_note);
@@ -1310,7 +1306,7 @@ static void config_free(struct tb_config *cfg)
   free(cfg->nbdkit);
   free(cfg->plugin);
   free(cfg->tls_certificates);
-  free(cfg->admin_nets.nets);
+  tb_vector_free(&cfg->admin_nets.nets);
   free(cfg->admin_uids);
   for (size_t i = 0; i < cfg->n_webhooks; i++) {
     free(cfg->webhooks[i].url);

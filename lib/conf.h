@@ -39,6 +39,7 @@
 #include "overlay.h" /* TB_MIN_BLOCK_SIZE, TB_MAX_BLOCK_SIZE */
 #include "region.h"
 #include "util.h"
+#include "vector.h"
 
 #define TB_DEFAULT_BLOCK_SIZE 4096
 #define TB_DEFAULT_RECONNECT_GRACE_MS 60000
@@ -55,8 +56,7 @@ struct tb_cidr {
 /* Which peers may do something: the unix socket, and/or networks. */
 struct tb_acl {
   bool unix_socket; /* "unix" */
-  struct tb_cidr *nets;
-  size_t n_nets;
+  TB_VECTOR(tb_cidr_list, struct tb_cidr) nets;
 };
 
 struct tb_client_conf {

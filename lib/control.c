@@ -16,14 +16,14 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "vector.h"
 
 #define MAX_REPLY (64 * 1024 * 1024)
 
 struct tb_control {
   int fd;
   char path[108];
-  char *buf;
-  size_t len, cap;
+  TB_VECTOR(, char) in; /* received, not yet taken as lines */
 };
 
 int tb_control_socket_path(const struct tb_config *cfg, char *buf, size_t len)
@@ -77,7 +77,7 @@ void tb_control_close(struct tb_control *c)
   if (!c)
     return;
   close(c->fd);
-  free(c->buf);
+  tb_vector_free(&c->in);
   free(c);
 }
 
@@ -106,15 +106,15 @@ int tb_control_send(struct tb_control *c, const json_t *req)
 /* Take one complete line out of the buffer, if there is one. */
 static json_t *take_line(struct tb_control *c, bool *have)
 {
-  char *nl = c->buf ? memchr(c->buf, '\n', c->len) : NULL;
+  char *nl = c->in.ptr ? memchr(c->in.ptr, '\n', c->in.len) : NULL;
   *have = nl != NULL;
   if (!nl)
     return NULL;
-  size_t line = (size_t)(nl - c->buf);
+  size_t line = (size_t)(nl - c->in.ptr);
   json_error_t jerr;
-  json_t *v = json_loadb(c->buf, line, 0, &jerr);
-  memmove(c->buf, nl + 1, c->len - line - 1);
-  c->len -= line + 1;
+  json_t *v = json_loadb(c->in.ptr, line, 0, &jerr);
+  memmove(c->in.ptr, nl + 1, c->in.len - line - 1);
+  c->in.len -= line + 1;
   if (!json_is_object(v)) {
     json_decref(v);
     tb_error("malformed reply from %s: %s", c->path, jerr.text);
@@ -131,19 +131,16 @@ json_t *tb_control_recv(struct tb_control *c, int timeout_ms)
     json_t *v = take_line(c, &have);
     if (have)
       return v;
-    if (c->len == c->cap) {
-      if (c->cap >= MAX_REPLY) {
+    if (c->in.len == c->in.cap) {
+      if (c->in.cap >= MAX_REPLY) {
         tb_error("reply from %s is longer than %d bytes", c->path, MAX_REPLY);
         return NULL;
       }
-      size_t cap = c->cap ? c->cap * 2 : 65536;
-      char *nb = realloc(c->buf, cap);
-      if (!nb) {
-        tb_error_errno("reading from %s", c->path);
+      /* 64 KiB first, then double: MAX_REPLY is reached exactly */
+      if (tb_vector_reserve(&c->in, c->in.cap ? c->in.cap : 65536) == -1) {
+        tb_error_prefix("reading from %s", c->path);
         return NULL;
       }
-      c->buf = nb;
-      c->cap = cap;
     }
     int wait = -1;
     if (deadline >= 0) {
@@ -164,7 +161,7 @@ json_t *tb_control_recv(struct tb_control *c, int timeout_ms)
     }
     if (r == 0)
       continue; /* the deadline check above reports it */
-    ssize_t n = read(c->fd, c->buf + c->len, c->cap - c->len);
+    ssize_t n = read(c->fd, c->in.ptr + c->in.len, c->in.cap - c->in.len);
     if (n == -1 && errno == EINTR)
       continue;
     if (n == -1) {
@@ -175,6 +172,6 @@ json_t *tb_control_recv(struct tb_control *c, int timeout_ms)
       tb_error("tabula-restored closed the connection (%s) before replying", c->path);
       return NULL;
     }
-    c->len += (size_t)n;
+    c->in.len += (size_t)n;
   }
 }

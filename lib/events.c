@@ -136,6 +136,8 @@ int tb_event(const char *state, const char *type, const char *client, json_t *fi
   if (!text)
     return tb_error("cannot encode an event");
   size_t len = strlen(text);
+  /* Not a growing array (no TB_VECTOR): json_dumps' string, once, with
+   * room for the newline that makes it a line. */
   char *line = realloc(text, len + 2);
   if (!line) {
     free(text);

@@ -16,16 +16,10 @@
 
 static int add_guard(struct tb_guards *g, const struct tb_protect *p, uint64_t off, uint64_t len)
 {
-  struct tb_guard *ng = realloc(g->v, (g->n + 1) * sizeof *ng);
-  if (!ng)
-    return tb_error_errno("protected regions");
-  g->v = ng;
-  struct tb_guard *x = &g->v[g->n++];
-  memset(x, 0, sizeof *x);
-  snprintf(x->name, sizeof x->name, "%s", p->name);
-  x->off = off;
-  x->len = len;
-  x->action = p->action;
+  struct tb_guard x = {.off = off, .len = len, .action = p->action};
+  snprintf(x.name, sizeof x.name, "%s", p->name);
+  if (tb_vector_push(g, x) == -1)
+    return tb_error_prefix("protected regions");
   return 0;
 }
 
@@ -50,16 +44,14 @@ int tb_guards_resolve(const struct tb_watchdog_conf *w, const char *base_path, u
 
 void tb_guards_free(struct tb_guards *g)
 {
-  free(g->v);
-  g->v = NULL;
-  g->n = 0;
+  tb_vector_free(g);
 }
 
 struct tb_guard *tb_guards_check(struct tb_guards *g, uint64_t off, uint64_t len)
 {
   struct tb_guard *hit = NULL;
-  for (size_t i = 0; i < g->n; i++) {
-    struct tb_guard *x = &g->v[i];
+  for (size_t i = 0; i < g->len; i++) {
+    struct tb_guard *x = &g->ptr[i];
     if (off < x->off + x->len && x->off < off + len) {
       if (x->action == TB_GUARD_DENY)
         return x;
@@ -95,8 +87,8 @@ struct tb_guard *tb_guards_check_change(struct tb_guards *g, struct tb_overlay *
                                         const void *buf, uint64_t off, uint64_t len)
 {
   struct tb_guard *alert = NULL;
-  for (size_t i = 0; i < g->n; i++) {
-    struct tb_guard *x = &g->v[i];
+  for (size_t i = 0; i < g->len; i++) {
+    struct tb_guard *x = &g->ptr[i];
     if (!(off < x->off + x->len && x->off < off + len))
       continue;
     if (x->action == TB_GUARD_DENY && !change_keeps(x, ovl, buf, off, len))

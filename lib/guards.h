@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "vector.h"
 #include "watchdog-conf.h"
 
 /* Resolved byte ranges of the protected regions of one session. */
@@ -18,10 +19,7 @@ struct tb_guard {
   uint64_t suppressed;   /* hits since the last event */
 };
 
-struct tb_guards {
-  struct tb_guard *v;
-  size_t n;
-};
+TB_VECTOR(tb_guards, struct tb_guard);
 
 /* Resolve W's regions for a disk of SIZE bytes; partitions are looked up in
  * the partition table of the image at BASE_PATH.  A partition that does not

@@ -20,6 +20,7 @@
 
 #include "handshake.h"
 #include "util.h"
+#include "vector.h"
 
 struct pending {
   pthread_t thread;
@@ -28,34 +29,26 @@ struct pending {
   int64_t since_ms;
 };
 
-static struct pending *table;
-static size_t n_pending, cap_pending;
+static TB_VECTOR(, struct pending) table;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void remove_at(size_t i)
 {
-  table[i] = table[--n_pending];
+  table.ptr[i] = table.ptr[--table.len];
 }
 
 void tb_handshake_begin(const struct sockaddr *peer, socklen_t len)
 {
-  if (len > sizeof table[0].peer || (peer->sa_family != AF_INET && peer->sa_family != AF_INET6))
+  if (len > sizeof table.ptr[0].peer || (peer->sa_family != AF_INET && peer->sa_family != AF_INET6))
     return;
   pthread_mutex_lock(&lock);
   pthread_t self = pthread_self();
-  for (size_t i = 0; i < n_pending; i++)
-    if (pthread_equal(table[i].thread, self))
+  for (size_t i = 0; i < table.len; i++)
+    if (pthread_equal(table.ptr[i].thread, self))
       remove_at(i--); /* a thread serves one connection at a time */
-  if (n_pending == cap_pending && cap_pending < TB_HANDSHAKE_MAX_TRACKED) {
-    size_t cap = cap_pending ? cap_pending * 2 : 64;
-    struct pending *t = realloc(table, cap * sizeof *t);
-    if (t) {
-      table = t;
-      cap_pending = cap;
-    }
-  }
-  if (n_pending < cap_pending) {
-    struct pending *p = &table[n_pending++];
+  /* Past the limit, or out of memory, the connection goes untracked. */
+  if (table.len < TB_HANDSHAKE_MAX_TRACKED && tb_vector_reserve(&table, 1) == 0) {
+    struct pending *p = &table.ptr[table.len++];
     memset(p, 0, sizeof *p);
     p->thread = self;
     memcpy(&p->peer, peer, len);
@@ -69,8 +62,8 @@ void tb_handshake_done(void)
 {
   pthread_mutex_lock(&lock);
   pthread_t self = pthread_self();
-  for (size_t i = 0; i < n_pending; i++)
-    if (pthread_equal(table[i].thread, self))
+  for (size_t i = 0; i < table.len; i++)
+    if (pthread_equal(table.ptr[i].thread, self))
       remove_at(i--);
   pthread_mutex_unlock(&lock);
 }
@@ -95,11 +88,11 @@ int tb_handshake_reap(int64_t timeout_ms)
   pthread_mutex_lock(&lock);
   int64_t now = tb_now_ms();
   size_t late = 0;
-  for (size_t i = 0; i < n_pending; i++)
-    late += now - table[i].since_ms > timeout_ms;
+  for (size_t i = 0; i < table.len; i++)
+    late += now - table.ptr[i].since_ms > timeout_ms;
   int shut = 0;
   if (late) {
-    bool *seen = calloc(n_pending, sizeof *seen);
+    bool *seen = calloc(table.len, sizeof *seen);
     DIR *d = opendir("/proc/self/fd");
     struct dirent *e;
     while (d && seen && (e = readdir(d))) {
@@ -111,20 +104,20 @@ int tb_handshake_reap(int64_t timeout_ms)
       socklen_t len = sizeof ss;
       if (getpeername((int)fd, (struct sockaddr *)&ss, &len) == -1)
         continue;
-      for (size_t i = 0; i < n_pending; i++) {
-        if (!same_peer(&ss, &table[i].peer))
+      for (size_t i = 0; i < table.len; i++) {
+        if (!same_peer(&ss, &table.ptr[i].peer))
           continue;
         seen[i] = true;
-        if (now - table[i].since_ms > timeout_ms && shutdown((int)fd, SHUT_RDWR) == 0)
+        if (now - table.ptr[i].since_ms > timeout_ms && shutdown((int)fd, SHUT_RDWR) == 0)
           shut++;
       }
     }
     if (d)
       closedir(d);
     /* Forget the late ones: shut down now, or already gone. */
-    for (size_t i = n_pending; seen && i-- > 0;)
-      if (now - table[i].since_ms > timeout_ms || !seen[i]) {
-        seen[i] = seen[n_pending - 1];
+    for (size_t i = table.len; seen && i-- > 0;)
+      if (now - table.ptr[i].since_ms > timeout_ms || !seen[i]) {
+        seen[i] = seen[table.len - 1];
         remove_at(i);
       }
     free(seen);

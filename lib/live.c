@@ -833,7 +833,7 @@ int tb_conn_pread(struct tb_conn *conn, void *buf, uint32_t count, uint64_t offs
 static int guard_change(struct tb_live_client *lc, struct tb_overlay *ovl, const char *what,
                         const void *buf, uint64_t offset, uint32_t count)
 {
-  if (lc->guards.n == 0)
+  if (lc->guards.len == 0)
     return 0;
   struct tb_guard *g = tb_guards_check(&lc->guards, offset, count);
   /* On a hit only: a deny region refuses a change of its bytes, not a write

@@ -157,7 +157,7 @@ static int finish_chunk(struct pull *p, struct xfer *x, CURLcode rc)
   if (repo_xfer_check(x, rc, what, w->size) == -1)
     return -1;
   uint8_t h[32];
-  repo_sha256(x->buf, x->len, h);
+  repo_sha256(x->body.ptr, x->body.len, h);
   if (memcmp(h, w->chunks[x->chunk], 32) != 0) {
     char got[65], want[65];
     tb_hex(h, 32, got);
@@ -167,9 +167,9 @@ static int finish_chunk(struct pull *p, struct xfer *x, CURLcode rc)
                     x->url, x->chunk, (unsigned long long)x->first, (unsigned long long)x->last,
                     got, want);
   }
-  if (tb_pwrite_full(p->fd, x->buf, x->len, x->first) == -1)
+  if (tb_pwrite_full(p->fd, x->body.ptr, x->body.len, x->first) == -1)
     return tb_error_errno("cannot write %s", p->partial);
-  p->bytes_done += x->len;
+  p->bytes_done += x->body.len;
   p->r->chunks_downloaded++;
   return repo_mark_chunk(p, x->chunk, CHUNK_VERIFIED);
 }
@@ -265,7 +265,7 @@ int repo_download_chunks(struct pull *p)
     uint64_t inflight = 0;
     for (int s = 0; s < parallel; s++)
       if (xs[s].busy)
-        inflight += xs[s].len;
+        inflight += xs[s].body.len;
     repo_report(p, TB_REPO_DOWNLOAD, p->bytes_done + inflight, p->bytes_todo, false);
     if (running && curl_multi_poll(multi, NULL, 0, 500, NULL) != CURLM_OK) {
       tb_error("libcurl failed");

@@ -100,12 +100,12 @@ static size_t xfer_write(char *data, size_t size, size_t nmemb, void *ud)
   struct xfer *x = ud;
   size_t n = size * nmemb;
   x->http->bytes += n;
-  if (n > x->cap - x->len) {
+  if (n > x->limit - x->body.len) {
     x->overflow = true;
     return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
   }
-  memcpy(x->buf + x->len, data, n);
-  x->len += n;
+  memcpy(x->body.ptr + x->body.len, data, n);
+  x->body.len += n;
   return n;
 }
 
@@ -139,18 +139,16 @@ int repo_xfer_setup(struct xfer *x, struct http *h, const char *path, size_t cap
     return tb_error("cannot initialise libcurl");
   curl_easy_reset(x->curl);
   x->http = h;
-  x->len = 0;
+  x->body.len = 0;
   x->overflow = false;
   x->have_range = false;
   x->range = false;
   x->errbuf[0] = '\0';
-  if (cap > x->cap || !x->buf) {
-    uint8_t *nb = realloc(x->buf, cap ? cap : 1);
-    if (!nb)
-      return tb_error_errno("allocating a %zu-byte buffer", cap);
-    x->buf = nb;
-  }
-  x->cap = cap;
+  /* All of it now: the write callback only copies (at least 1 byte, so
+   * body.ptr is never NULL for memcpy). */
+  if (tb_vector_reserve(&x->body, cap ? cap : 1) == -1)
+    return tb_error_prefix("allocating a %zu-byte buffer", cap);
+  x->limit = cap;
   snprintf(x->url, sizeof x->url, "%s/%s", h->base, path);
   CURL *c = x->curl;
   curl_easy_setopt(c, CURLOPT_URL, x->url);
@@ -193,9 +191,8 @@ void repo_xfer_free(struct xfer *x)
 {
   if (x->curl)
     curl_easy_cleanup(x->curl);
-  free(x->buf);
+  tb_vector_free(&x->body);
   x->curl = NULL;
-  x->buf = NULL;
 }
 
 void repo_xfer_set_range(struct xfer *x, uint64_t first, uint64_t last)
@@ -222,18 +219,18 @@ int repo_xfer_check(struct xfer *x, CURLcode rc, const char *what, uint64_t expe
   case CURLE_WRITE_ERROR:
     if (x->overflow && !x->range)
       return tb_error("%s: %s is larger than the limit of %zu bytes (pull.max_index_size)", x->url,
-                      what, x->cap);
+                      what, x->limit);
     if (x->overflow && status == 200)
       return tb_error("%s: %s: HTTP 200 with the whole file instead of 206 Partial Content "
                       "(the server must support range requests)",
                       x->url, what);
     if (x->overflow)
       return tb_error("%s: %s: the server sent more than the expected %zu bytes", x->url, what,
-                      x->cap);
+                      x->limit);
     return tb_error("%s: %s: %s", x->url, what, detail);
   case CURLE_FILESIZE_EXCEEDED:
     return tb_error("%s: %s is larger than the limit of %zu bytes (pull.max_index_size)", x->url,
-                    what, x->cap);
+                    what, x->limit);
   case CURLE_OPERATION_TIMEDOUT:
     return tb_error("%s: %s: the server sent nothing for %llds (stall timeout: %s); try again "
                     "later, or raise pull.stall_timeout",
@@ -278,11 +275,11 @@ int repo_xfer_check(struct xfer *x, CURLcode rc, const char *what, uint64_t expe
     if (x->cr_total != expect_total)
       return tb_error("%s: %s: the file on the server is %llu bytes, the index says %llu", x->url,
                       what, (unsigned long long)x->cr_total, (unsigned long long)expect_total);
-    if (x->cr_first != x->first || x->cr_last != x->last || x->len != x->last - x->first + 1)
+    if (x->cr_first != x->first || x->cr_last != x->last || x->body.len != x->last - x->first + 1)
       return tb_error("%s: %s: the server sent bytes %llu-%llu (%zu bytes) for the range "
                       "%llu-%llu",
                       x->url, what, (unsigned long long)x->cr_first, (unsigned long long)x->cr_last,
-                      x->len, (unsigned long long)x->first, (unsigned long long)x->last);
+                      x->body.len, (unsigned long long)x->first, (unsigned long long)x->last);
   }
   return 0;
 }
@@ -312,13 +309,13 @@ char *repo_fetch_index(struct http *h, const char *image, size_t *len, char *url
                x.url, image);
     return NULL;
   }
-  char *text = malloc(x.len + 1);
+  char *text = malloc(x.body.len + 1);
   if (!text) {
     tb_error_errno("%s", x.url);
     return NULL;
   }
-  memcpy(text, x.buf, x.len);
-  text[x.len] = '\0';
-  *len = x.len;
+  memcpy(text, x.body.ptr, x.body.len);
+  text[x.body.len] = '\0';
+  *len = x.body.len;
   return text;
 }

@@ -98,10 +98,10 @@ struct xfer {
   struct http *http;
   char url[2200];
   char errbuf[CURL_ERROR_SIZE];
-  uint8_t *buf;
-  size_t len, cap; /* received, and the most we accept */
-  bool overflow;   /* the server sent more than cap */
-  bool range;      /* a Range request: Content-Range must match */
+  TB_VECTOR(, uint8_t) body; /* what was received */
+  size_t limit;              /* the most we accept */
+  bool overflow;             /* the server sent more than limit */
+  bool range;                /* a Range request: Content-Range must match */
   uint64_t first, last;
   bool have_range; /* Content-Range seen */
   uint64_t cr_first, cr_last, cr_total;

@@ -39,6 +39,7 @@
 #include "region.h"
 #include "session.h"
 #include "store.h"
+#include "vector.h"
 
 /* ---- locks -------------------------------------------------------------- */
 
@@ -349,41 +350,36 @@ static void delete_in_background(const char *dir)
   DIR *d = opendir(dir);
   if (!d)
     return;
-  char **paths = NULL;
-  size_t n = 0, cap = 0;
+  TB_VECTOR(, char *) paths = {0};
   struct dirent *e;
   while ((e = readdir(d))) {
     if (e->d_name[0] == '.')
       continue;
-    if (n == cap) {
-      char **grown = realloc(paths, (cap = cap ? 2 * cap : 8) * sizeof *paths);
-      if (!grown)
-        break;
-      paths = grown;
-    }
-    if (asprintf(&paths[n], "%s/%s", dir, e->d_name) != -1)
-      n++;
+    if (tb_vector_reserve(&paths, 1) == -1)
+      break; /* out of memory: delete what is listed, the next call the rest */
+    if (asprintf(&paths.ptr[paths.len], "%s/%s", dir, e->d_name) != -1)
+      paths.len++;
   }
   closedir(d);
-  if (n > 0) {
+  if (paths.len > 0) {
     pid_t pid = fork();
     if (pid == 0) {
       if (fork() == 0) {
         close_range(3, ~0U, 0);
-        for (size_t i = 0; i < n; i++)
-          unlink(paths[i]);
+        for (size_t i = 0; i < paths.len; i++)
+          unlink(paths.ptr[i]);
       }
       _exit(0);
     }
     if (pid > 0)
       waitpid(pid, NULL, 0);
     else /* no process to spare: delete them here */
-      for (size_t i = 0; i < n; i++)
-        unlink(paths[i]);
+      for (size_t i = 0; i < paths.len; i++)
+        unlink(paths.ptr[i]);
   }
-  for (size_t i = 0; i < n; i++)
-    free(paths[i]);
-  free(paths);
+  for (size_t i = 0; i < paths.len; i++)
+    free(paths.ptr[i]);
+  tb_vector_free(&paths);
 }
 
 /* Retained sessions beyond KEEP, oldest first, leave sessions/ at once (a

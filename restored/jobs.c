@@ -473,7 +473,7 @@ int jobs_submit_merge(struct daemon *d, struct merge_request *req)
   j->client.merge_note = NULL;
   j->client.preserve = NULL;
   j->client.watchdog = NULL;
-  j->client.allow.nets = NULL;
+  j->client.allow.nets = (struct tb_cidr_list){0};
   j->cfg = tb_config_ref(d->cfg);
   snprintf(j->phase, sizeof j->phase, "queued");
   if (enqueue(j) == -1) {

@@ -37,7 +37,7 @@ START_TEST(test_example)
   ck_assert_int_eq(pc->policy, TB_POLICY_ROLLBACK);
   ck_assert_int_eq(pc->keep_sessions, 2);
   ck_assert(pc->allow.unix_socket);
-  ck_assert_uint_eq(pc->allow.n_nets, 1);
+  ck_assert_uint_eq(pc->allow.nets.len, 1);
   const struct tb_client_conf *vm = tb_config_client(cfg, "vm01");
   ck_assert_int_eq(vm->policy, TB_POLICY_PERSIST);
   ck_assert_uint_eq(vm->version, 0);
@@ -394,7 +394,7 @@ START_TEST(test_disks)
   ck_assert_int_eq(g->policy, TB_POLICY_PERSIST);
   ck_assert(!g->has_address); /* the machine's, not the disk's */
   ck_assert_uint_eq(g->n_disks, 0);
-  ck_assert_uint_eq(g->allow.n_nets, 1);
+  ck_assert_uint_eq(g->allow.nets.len, 1);
   ck_assert(!g->allow.unix_socket);
   ck_assert_int_eq(g->reconnect_grace_ms, 300000);
   ck_assert_uint_eq(g->limits.write_bps, 20 << 20);
