@@ -409,10 +409,6 @@ struct source {
   struct snap *snap;
   char error[512];
   int64_t failed_ms; /* last failed connection, to avoid hammering */
-  /* An image version's index (changes.txt diffs through it), built at the
-   * first use and kept for the mount's life: a version never changes. */
-  struct tb_inspect_index *index;
-  bool index_failed;
 };
 
 static pthread_mutex_t sources_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -780,31 +776,6 @@ static int change_line(void *ctx, enum tb_change kind, const char *path, const s
   return 0;
 }
 
-/* The index of base source S (snapshot B), or NULL if it cannot be built
- * (the diff then walks both trees).  Two readers missing it at once both
- * build it; the first one kept wins. */
-static struct tb_inspect_index *source_index(struct source *s, struct snap *b)
-{
-  pthread_mutex_lock(&s->mu);
-  struct tb_inspect_index *idx = tb_inspect_index_ref(s->index);
-  bool failed = s->index_failed;
-  pthread_mutex_unlock(&s->mu);
-  if (idx || failed)
-    return idx;
-  idx = tb_inspect_index_build(b->ins);
-  pthread_mutex_lock(&s->mu);
-  if (!idx) {
-    s->index_failed = true;
-  } else if (!s->index) {
-    s->index = tb_inspect_index_ref(idx);
-  } else {
-    tb_inspect_index_free(idx);
-    idx = tb_inspect_index_ref(s->index);
-  }
-  pthread_mutex_unlock(&s->mu);
-  return idx;
-}
-
 static void make_changes(const struct node *n, FILE *f)
 {
   char image[TB_NAME_MAX + 1], when[32], base_export[TB_PATH_MAX];
@@ -840,8 +811,10 @@ static void make_changes(const struct node *n, FILE *f)
   if (!b || !l) {
     fprintf(f, "# not available: cannot open %s\n", !b ? base_export : n->export);
   } else if (have_dirty && dirty.n > 0) {
-    /* Through the base version's index: only what the dirty map touches. */
-    struct tb_inspect_index *idx = source_index(bs, b);
+    /* Through the base version's index: only what the dirty map touches.
+     * lib/inspect keeps it (built at the first read, a failed build not
+     * retried: each would cost its whole budget before the full diff). */
+    struct tb_inspect_index *idx = tb_inspect_index_get(base_export, b->ins, NULL);
     if (tb_inspect_diff_indexed(idx, b->ins, l->ins, &dirty, change_line, f, NULL) < 0)
       fprintf(f, "# incomplete: %s\n", tb_errmsg());
     tb_inspect_index_free(idx);

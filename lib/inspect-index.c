@@ -7,6 +7,11 @@
  * records and content runs the dirty ranges touch, marks their paths, and
  * lists again only the directories on those paths: work in the size of the
  * change, not of the filesystem.  Results equal tb_inspect_diff()'s.
+ *
+ * The file also keeps the process's indexes (tb_inspect_index_get): a small
+ * LRU of base versions by the caller's key, each slot an index or the memo
+ * of a failed build, under one mutex that is never held while building or
+ * freeing; the daemon's rules and the view's changes.txt both go through it.
  */
 #include <config.h>
 
@@ -338,6 +343,94 @@ uint64_t tb_inspect_index_files(const struct tb_inspect_index *idx)
 size_t tb_inspect_index_bytes(const struct tb_inspect_index *idx)
 {
   return idx ? idx->bytes : 0;
+}
+
+/* -- the cache: one index per base version, for the whole process -- */
+
+/* The last TB_INSPECT_INDEX_CACHE base versions asked for.  A slot holds a
+ * reference to the index, or, IDX NULL, the memo of a build that failed:
+ * building costs up to 2 * TB_INSPECT_WALK_FACTOR budgets, and a version
+ * whose filesystem made it fail (too large for the budget, hostile, out of
+ * memory) would make every changes.txt read or scan pay that again before
+ * its full diff.  A caller takes its own reference, so eviction never frees
+ * an index in use.  USED 0 marks an empty slot. */
+static struct index_slot {
+  char *key;
+  struct tb_inspect_index *idx;
+  uint64_t used;
+} index_cache[TB_INSPECT_INDEX_CACHE];
+static uint64_t index_cache_tick;
+static pthread_mutex_t index_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The slot of KEY, or NULL.  Call with index_cache_lock held. */
+static struct index_slot *index_cache_find(const char *key)
+{
+  for (size_t i = 0; i < TB_INSPECT_INDEX_CACHE; i++)
+    if (index_cache[i].used && strcmp(index_cache[i].key, key) == 0)
+      return &index_cache[i];
+  return NULL;
+}
+
+/* Record what building KEY gave (IDX, or NULL: it failed) and return what
+ * the caller gets: a reference to the index kept.  Two callers that missed
+ * at once both built; the first index kept wins, and an index replaces the
+ * memo of a failure. */
+static struct tb_inspect_index *index_cache_insert(const char *key, struct tb_inspect_index *idx)
+{
+  struct tb_inspect_index *drop = NULL;
+  char *drop_key = NULL;
+  char *copy = strdup(key);
+  pthread_mutex_lock(&index_cache_lock);
+  struct index_slot *s = index_cache_find(key);
+  if (s && s->idx) {
+    drop = idx; /* another caller's is kept */
+    idx = tb_inspect_index_ref(s->idx);
+  } else if (s) {
+    s->idx = tb_inspect_index_ref(idx); /* NULL stays the failure memo */
+  } else if (copy) {
+    s = &index_cache[0]; /* the least recently used, an empty one (used 0) first */
+    for (size_t i = 1; i < TB_INSPECT_INDEX_CACHE; i++)
+      if (index_cache[i].used < s->used)
+        s = &index_cache[i];
+    drop = s->idx;
+    drop_key = s->key;
+    *s = (struct index_slot){copy, tb_inspect_index_ref(idx), 0};
+    copy = NULL;
+  } /* else out of memory: not remembered, built again next time */
+  if (s)
+    s->used = ++index_cache_tick;
+  pthread_mutex_unlock(&index_cache_lock);
+  /* DROP is either the caller's duplicate or an evicted slot's reference:
+   * freed outside the lock, as an index of a large volume takes a while. */
+  tb_inspect_index_free(drop);
+  free(drop_key);
+  free(copy);
+  return idx;
+}
+
+struct tb_inspect_index *tb_inspect_index_get(const char *key, struct tb_inspect *base,
+                                              int64_t *build_ms)
+{
+  if (build_ms)
+    *build_ms = 0;
+  pthread_mutex_lock(&index_cache_lock);
+  struct index_slot *s = index_cache_find(key);
+  struct tb_inspect_index *idx = s ? tb_inspect_index_ref(s->idx) : NULL;
+  if (s)
+    s->used = ++index_cache_tick;
+  pthread_mutex_unlock(&index_cache_lock);
+  if (s) {
+    if (!idx) {
+      errno = EAGAIN;
+      tb_error("the index of %s failed to build before: not built again", key);
+    }
+    return idx;
+  }
+  int64_t t0 = tb_now_ms();
+  idx = tb_inspect_index_build(base);
+  if (build_ms)
+    *build_ms = tb_now_ms() - t0;
+  return index_cache_insert(key, idx);
 }
 
 /* Was IDX built from a disk like BASE's (same size, same volumes)? */

@@ -285,7 +285,20 @@ int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const stru
  *
  * An index reads only BASE: build it once per immutable version and keep it
  * (reference counted; it is read-only, so one index serves many concurrent
- * diffs against live handles of that version). */
+ * diffs against live handles of that version).
+ *
+ * tb_inspect_index_get is that keeping, the one cache of the process (the
+ * daemon's scan threads and the view's workers call it at once): KEY names
+ * an immutable base version (the caller's spelling, e.g. "image@version"
+ * and its manifest digest), BASE is a handle of it, used only when KEY is
+ * not cached.  The last TB_INSPECT_INDEX_CACHE keys asked for are kept (LRU),
+ * each with its index or the memo that its build failed: a failed key is
+ * not built again while it stays cached (NULL at once, errno EAGAIN), since
+ * a build that failed spent up to its whole budget and a version never
+ * changes.  Two callers missing one key at once both build it and get the
+ * same index (the first kept).  Returns a reference (drop it with
+ * tb_inspect_index_free) or NULL; BUILD_MS (may be NULL) is the time this
+ * call spent building, 0 when the cache answered. */
 struct tb_inspect_index;
 struct tb_diff_stats {
   uint64_t volumes_indexed; /* compared through the index */
@@ -302,6 +315,9 @@ struct tb_inspect_index *tb_inspect_index_ref(struct tb_inspect_index *idx);
 void tb_inspect_index_free(struct tb_inspect_index *idx);            /* drops a reference */
 uint64_t tb_inspect_index_files(const struct tb_inspect_index *idx); /* paths indexed */
 size_t tb_inspect_index_bytes(const struct tb_inspect_index *idx);   /* memory held */
+#define TB_INSPECT_INDEX_CACHE 4
+struct tb_inspect_index *tb_inspect_index_get(const char *key, struct tb_inspect *base,
+                                              int64_t *build_ms);
 /* Like tb_inspect_diff, through IDX (built from BASE's disk; NULL, or DIRTY
  * NULL: the full diff, counted as fallbacks).  STATS (may be NULL) is
  * zeroed and filled. */

@@ -10,8 +10,8 @@
  * and file contents are compared only where they lie in dirty blocks.  The
  * diff goes through an index of the base version (tb_inspect_diff_indexed),
  * so it reads only what the dirty map touches; the index is built once per
- * version and cached (a small LRU, keyed by image, version and manifest
- * digest: immutable, never invalidated).
+ * version and cached (lib/inspect's tb_inspect_index_get, keyed by image,
+ * version and manifest digest: immutable, never invalidated).
  * "exists" rules with a literal path are one lookup; glob "exists" rules walk
  * the volume once per rule.
  *
@@ -23,7 +23,7 @@
 
 #include <errno.h>
 #include <fnmatch.h>
-#include <pthread.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,68 +197,17 @@ static bool volume_match(const struct tb_file_rule *r, const char *volume)
 
 /* ---- the base versions' indexes -------------------------------------------------- */
 
-/* The last TB_SCAN_INDEX_CACHE indexes used, each holding a reference; a
- * scan takes its own reference, so eviction never frees one in use.  Two
- * scans missing the same version at once both build it (the second is
- * dropped): cheaper than making one wait on the other's deadline. */
-static struct index_slot {
-  struct tb_base_id id;
-  struct tb_inspect_index *idx;
-  uint64_t used;
-} index_cache[TB_SCAN_INDEX_CACHE];
-static uint64_t index_tick;
-static pthread_mutex_t index_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static bool same_base(const struct tb_base_id *a, const struct tb_base_id *b)
-{
-  return a->version == b->version && strcmp(a->image, b->image) == 0 &&
-         memcmp(a->manifest_sha256, b->manifest_sha256, sizeof a->manifest_sha256) == 0;
-}
-
-static struct tb_inspect_index *index_lookup(const struct tb_base_id *id)
-{
-  struct tb_inspect_index *idx = NULL;
-  pthread_mutex_lock(&index_lock);
-  for (size_t i = 0; i < TB_SCAN_INDEX_CACHE && !idx; i++)
-    if (index_cache[i].idx && same_base(&index_cache[i].id, id)) {
-      index_cache[i].used = ++index_tick;
-      idx = tb_inspect_index_ref(index_cache[i].idx);
-    }
-  pthread_mutex_unlock(&index_lock);
-  return idx;
-}
-
-static void index_insert(const struct tb_base_id *id, struct tb_inspect_index *idx)
-{
-  struct tb_inspect_index *old = NULL;
-  pthread_mutex_lock(&index_lock);
-  size_t slot = 0; /* the least recently used, an empty one (used 0) first */
-  bool have = false;
-  for (size_t i = 0; i < TB_SCAN_INDEX_CACHE && !have; i++) {
-    have = index_cache[i].idx && same_base(&index_cache[i].id, id);
-    if (index_cache[i].used < index_cache[slot].used)
-      slot = i;
-  }
-  if (!have) {
-    old = index_cache[slot].idx;
-    index_cache[slot] = (struct index_slot){*id, tb_inspect_index_ref(idx), ++index_tick};
-  }
-  pthread_mutex_unlock(&index_lock);
-  tb_inspect_index_free(old);
-}
-
-/* The index of S's base version, from the cache or built now (NULL if the
- * base cannot be indexed: the diff then walks both trees). */
+/* The index of S's base version, from lib/inspect's cache or built now
+ * (NULL if the base cannot be indexed: the diff then walks both trees).  The
+ * key is the whole base identity: image, version and manifest digest. */
 static struct tb_inspect_index *scan_index(struct tb_scan *s)
 {
-  struct tb_inspect_index *idx = index_lookup(&s->info.base);
-  if (!idx) {
-    int64_t t0 = tb_now_ms();
-    idx = tb_inspect_index_build(s->base_ins);
-    s->index_ms = tb_now_ms() - t0;
-    if (idx)
-      index_insert(&s->info.base, idx);
-  }
+  const struct tb_base_id *id = &s->info.base;
+  char digest[2 * sizeof id->manifest_sha256 + 1];
+  char key[sizeof id->image + sizeof digest + 16];
+  tb_hex(id->manifest_sha256, sizeof id->manifest_sha256, digest);
+  snprintf(key, sizeof key, "%s@%" PRIu32 " %s", id->image, id->version, digest);
+  struct tb_inspect_index *idx = tb_inspect_index_get(key, s->base_ins, &s->index_ms);
   s->index_files = tb_inspect_index_files(idx);
   return idx;
 }

@@ -68,11 +68,11 @@ typedef int (*tb_rule_hit_fn)(void *ctx, const struct tb_file_rule *rule, const 
 /* Evaluate N rules.  Created/changed/deleted come from one diff of the base
  * and the overlay, limited to the dirty map (nothing dirty: nothing to
  * compare): tb_inspect_diff_indexed through the base version's index, built
- * on first use and kept in memory for the process's life (the last
- * TB_SCAN_INDEX_CACHE versions used: a version never changes, so an index
- * is never stale); "exists" looks the path up (a literal path) or walks the
- * volume (a glob).  Non-zero from FN stops and is returned. */
-#define TB_SCAN_INDEX_CACHE 4
+ * on first use and kept in memory (tb_inspect_index_get: the last
+ * TB_INSPECT_INDEX_CACHE versions used; a version never changes, so an index
+ * is never stale, and one that failed to build is not built again while
+ * cached); "exists" looks the path up (a literal path) or walks the volume
+ * (a glob).  Non-zero from FN stops and is returned. */
 int tb_rules_eval(struct tb_scan *s, const struct tb_file_rule *rules, size_t n, tb_rule_hit_fn fn,
                   void *ctx);
 
