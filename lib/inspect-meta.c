@@ -197,11 +197,17 @@ static int64_t ext_time(const unsigned char *ino, uint32_t isz, unsigned off, un
   return t;
 }
 
+struct xattr_digest {
+  uint64_t h;
+  size_t n; /* xattrs seen: the ones tbi_do_xattrs lists */
+};
+
 static void digest_xattr(void *ctx, const char *name, const unsigned char *val, size_t len)
 {
-  uint64_t *h = ctx;
-  *h = fnv64(fnv64(*h, name, strlen(name) + 1), val, len);
-  *h = fnv64(*h, &len, sizeof len);
+  struct xattr_digest *d = ctx;
+  d->h = fnv64(fnv64(d->h, name, strlen(name) + 1), val, len);
+  d->h = fnv64(d->h, &len, sizeof len);
+  d->n++;
 }
 
 /* ST's times, device numbers and xattr digest from raw inode INO (ISZ bytes). */
@@ -224,9 +230,10 @@ static void ext_fix_raw(struct vol *v, const unsigned char *ino, uint32_t isz, s
       st->rdev_minor = (b1 & 0xff) | ((b1 >> 12) & 0xfff00);
     }
   }
-  uint64_t h = 0;
-  tbi_ext_xattrs(v, ino, isz, digest_xattr, &h);
-  st->xdigest = h;
+  struct xattr_digest d = {0, 0};
+  tbi_ext_xattrs(v, ino, isz, digest_xattr, &d);
+  st->xdigest = d.h;
+  st->no_xattrs = d.n == 0;
 }
 
 static void ext_fix(struct tb_inspect *ins, struct vol *v, struct tb_istat *st)
@@ -487,10 +494,12 @@ void tbi_ntfs_streams(TSK_FS_FILE *f, xattr_fn fn, void *ctx)
   tsk_error_reset();
 }
 
-/* The digest of F's streams (names, sizes) and resident data (bytes). */
-static uint64_t ntfs_digest(TSK_FS_FILE *f)
+/* The digest of F's streams (names, sizes) and resident data (bytes);
+ * *NAMED the number of named streams (tbi_ntfs_streams lists no more). */
+static uint64_t ntfs_digest(TSK_FS_FILE *f, size_t *named)
 {
   uint64_t h = 0;
+  *named = 0;
   int n = tsk_fs_file_attr_getsize(f);
   for (int i = 0; i < n; i++) {
     const TSK_FS_ATTR *a = tsk_fs_file_attr_get_idx(f, i);
@@ -499,6 +508,7 @@ static uint64_t ntfs_digest(TSK_FS_FILE *f)
     if (!ntfs_default_name(a->name)) {
       h = fnv64(h, a->name, strlen(a->name) + 1);
       h = fnv64(h, &a->size, sizeof a->size);
+      (*named)++;
     }
     if ((a->flags & TSK_FS_ATTR_RES) && a->rd.buf && a->size > 0) {
       size_t len = (size_t)a->size < a->rd.buf_size ? (size_t)a->size : a->rd.buf_size;
@@ -528,7 +538,9 @@ static bool ntfs_fix(struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm, struc
     const TSK_FS_ATTR *ia = tbi_ntfs_attr(f, TSK_FS_ATTR_TYPE_NTFS_IDXALLOC);
     st->size = ia && ia->size > 0 ? (uint64_t)ia->size : 0;
   }
-  st->xdigest = ntfs_digest(f);
+  size_t named;
+  st->xdigest = ntfs_digest(f, &named);
+  st->no_xattrs = named == 0;
   return true;
 }
 
@@ -610,15 +622,17 @@ static ssize_t ntfs_rec_link(const struct tb_ntfs_rec *r, char *out, size_t size
 }
 
 /* ntfs_digest of a record we parsed. */
-static uint64_t ntfs_rec_digest(const struct tb_ntfs_rec *r)
+static uint64_t ntfs_rec_digest(const struct tb_ntfs_rec *r, size_t *named)
 {
   uint64_t h = 0;
+  *named = 0;
   for (size_t i = 0; i < r->n_streams; i++) {
     const struct tb_ntfs_stream *s = &r->streams[i];
     if (!ntfs_default_name(s->name)) {
       TSK_OFF_T size = (TSK_OFF_T)s->size;
       h = fnv64(h, s->name, strlen(s->name) + 1);
       h = fnv64(h, &size, sizeof size);
+      (*named)++;
     }
     if (s->data && s->size > 0) {
       h = fnv64(h, s->data, (size_t)s->size);
@@ -660,7 +674,9 @@ int tbi_ntfs_rec_stat(struct vol *v, const unsigned char *rec, const TSK_FS_NAME
   } else if (r.dir) {
     st->size = r.has_idxalloc ? r.idxalloc_size : 0;
   }
-  st->xdigest = ntfs_rec_digest(&r);
+  size_t named;
+  st->xdigest = ntfs_rec_digest(&r, &named);
+  st->no_xattrs = named == 0;
   return 1;
 }
 
@@ -692,6 +708,7 @@ void tbi_ntfs_mft_check(struct vol *v, const TSK_FS_NAME *nm, int ours, const st
            : a->rdev_major != b->rdev_major || a->rdev_minor != b->rdev_minor ? "rdev"
            : a->xdigest != b->xdigest                                         ? "xdigest"
            : a->first_data != b->first_data                                   ? "first_data"
+           : a->no_xattrs != b->no_xattrs                                     ? "no_xattrs"
                                                                               : NULL;
   }
   if (!what)
@@ -882,8 +899,10 @@ bool tbi_fix_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const T
     st->first_data = m && m->content_ptr && m->content_len >= sizeof(TSK_DADDR_T)
                          ? ((const TSK_DADDR_T *)m->content_ptr)[0]
                          : 0;
+    st->no_xattrs = true; /* tbi_do_xattrs lists ext's and NTFS's only */
     return fat_fix(v, nm, st);
   }
+  st->no_xattrs = true;
   return true;
 }
 

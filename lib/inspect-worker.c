@@ -54,8 +54,28 @@ void tbi_ins_put(struct tb_inspect *ins)
   free(ins);
 }
 
+/* TB_INSPECT_TRACE set: each job says its kind and path on stderr when it
+ * starts, so a test can count the trips to the worker (two thread hand-
+ * offs each) that a command costs. */
+static const char *const job_names[] = {
+    [JOB_OPEN] = "open",         [JOB_STAT] = "stat",           [JOB_READDIR] = "readdir",
+    [JOB_READLINK] = "readlink", [JOB_OPEN_FILE] = "open-file", [JOB_PREAD] = "pread",
+    [JOB_WALK] = "walk",         [JOB_INDEX] = "index",         [JOB_IDIFF] = "idiff",
+    [JOB_XATTRS] = "xattrs",     [JOB_FRANGES] = "franges",
+};
+
+static void trace_job(const struct job *j)
+{
+  static atomic_int trace = -1;
+  if (trace < 0)
+    trace = getenv("TB_INSPECT_TRACE") != NULL;
+  if (trace)
+    fprintf(stderr, "tabula: inspect job: %s %s\n", job_names[j->kind], j->path ? j->path : "-");
+}
+
 static void run_job(struct tb_inspect *ins, struct job *j)
 {
+  trace_job(j);
   ins->running = j;
   ins->deadline_ms = j->deadline_ms;
   ins->deadline_hit = false;

@@ -141,6 +141,13 @@ struct tb_istat {
    * entry lies); 0 elsewhere.  Like another inode, another value with the
    * same metadata is confirmed by the content. */
   uint64_t first_data;
+  /* True when the file has no extended attributes for certain
+   * (tb_inspect_xattrs would list none): the stat saw the whole of where
+   * they live (the raw ext inode and its xattr block, the NTFS record's
+   * attributes, a filesystem without any).  False when unknown.  A lister
+   * (the view: ls -l asks two xattrs of every file) answers from it
+   * without a request. */
+  bool no_xattrs;
 };
 
 /* Extended attributes of a file: ext xattrs (user., trusted., security.;

@@ -10,6 +10,9 @@
 #  - mounted allow_other it keeps nothing past a second (another user would
 #    see what an admin looked up): the same `ls -l` asks again;
 #  - mounted by root, reads come in 1 MiB requests (the mount's readahead);
+#  - `ls -l` asks two xattrs of each file: a listed file without any is
+#    answered from the listing, not by a request to the snapshot's worker
+#    (TB_INSPECT_TRACE), and one with an xattr still shows it;
 #  - a listing comes in requests of up to 1 MiB (a directory's st_blksize
 #    sizes glibc's getdents buffer), not 32 KiB;
 #  - a directory of more than 4096 entries: its first listing carries the
@@ -32,6 +35,8 @@ while [ $i -le 300 ]; do
   i=$((i + 1))
 done
 head -c 4194304 /dev/urandom >"$T/src/big.bin"
+xattr=
+python3 -c "import os; os.setxattr('$T/src/many/f7', 'user.tag', b'seven')" 2>/dev/null && xattr=1
 mkdir "$T/exports"
 truncate -s 48M "$T/exports/ext4@1"
 mke2fs -q -F -t ext4 -b 4096 -N 8192 -d "$T/src" "$T/exports/ext4@1" >/dev/null
@@ -45,13 +50,27 @@ stat_all() { stat -c %s $(seq -f "$1/f%g" 1 300) >/dev/null || tb_fail "stat in 
 
 echo "== readdirplus: ls -l asks no lookup per file"
 M=$T/mnt
+export TB_INSPECT_TRACE=1
 tf_mount "$M" --uri "$URI" -d
+unset TB_INSPECT_TRACE
 V=$M/images/ext4/1/fs/whole-ext4
 ls -l "$V/many" >"$T/ls.out" || tb_fail "ls -l: $(cat "$T/ls.out")"
 [ "$(grep -c ' f[0-9]' "$T/ls.out")" = 300 ] || tb_fail "ls -l listed $(grep -c ' f[0-9]' "$T/ls.out") files"
 n=$(requests mnt LOOKUP)
 [ "$n" -le 20 ] || tb_fail "ls -l of 300 files made $n lookups: the listing did not carry the attributes"
 echo "$n lookups"
+x=$(requests mnt GETXATTR)
+# (f7, which has one, takes the worker's way for each of its two)
+n=$(grep -c "inspect job: xattrs /many/" "$TB_TMP/fuse-mnt.log" || true)
+[ "$n" -le $((${xattr:-0} * 2)) ] ||
+  tb_fail "ls -l of 300 files sent $n of its $x xattr requests to the worker (no stat cache answer)"
+echo "$x xattr requests, $n to the worker"
+if [ -n "$xattr" ]; then
+  [ "$(python3 -c "import os; print(os.getxattr('$V/many/f7', 'user.tag').decode())")" = seven ] ||
+    tb_fail "the xattr of many/f7 is not shown"
+  python3 -c "import os, sys; sys.exit(os.listxattr('$V/many/f8') != [])" ||
+    tb_fail "many/f8 shows xattrs it does not have"
+fi
 
 echo "== listings in 1 MiB requests"
 big=$(grep -A1 'opcode: READDIRPLUS' "$TB_TMP/fuse-mnt.log" | sed -n 's/.*success, outsize: //p' |

@@ -22,7 +22,7 @@ static int same(const struct tb_istat *a, const struct tb_istat *b)
          a->atime == b->atime && a->ctime == b->ctime && a->crtime == b->crtime &&
          a->mtime_ns == b->mtime_ns && a->atime_ns == b->atime_ns && a->ctime_ns == b->ctime_ns &&
          a->rdev_major == b->rdev_major && a->rdev_minor == b->rdev_minor &&
-         a->xdigest == b->xdigest && a->first_data == b->first_data;
+         a->xdigest == b->xdigest && a->first_data == b->first_data && a->no_xattrs == b->no_xattrs;
 }
 
 static void show(const char *what, uint64_t inum, const struct tb_istat *s)
