@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* tabulactl image publish / image pull (see ctl-image-repo.h).
  *
- * Thin: options are parsed here, the work is lib/repo-*.c, so the daemon's
+ * Thin: tabulactl's command table parses the options (as for every other
+ * command: --help, unknown options, operand counts); their values become
+ * lib/repo's options here, and the work is lib/repo-*.c, so the daemon's
  * scheduled pulls behave exactly like a pull typed by hand.  The pull runs in
  * this process (not through the daemon), so it works while the daemon is down
  * and Ctrl-C simply leaves a pull that the next run resumes.  Options given on
@@ -10,7 +12,6 @@
 #include <config.h>
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,58 +91,15 @@ static void repo_progress(void *ctx, const struct tb_repo_progress *p)
 
 /* ---- publish ------------------------------------------------------------------ */
 
-static void publish_usage(FILE *f)
+int ctl_image_publish(const char *ref, const char *dir, bool json, bool quiet,
+                      const struct tb_config *cfg)
 {
-  fprintf(f, "Usage: tabulactl image publish IMAGE[@VERSION] DIR\n"
-             "\n"
-             "Write version VERSION of IMAGE (default: the newest) into the static\n"
-             "repository DIR: DIR/IMAGE/VERSION.img and DIR/IMAGE/index.json (replaced\n"
-             "last, by rename).  Serve DIR as it is with any web server (nginx: root DIR)\n"
-             "or copy it to an object store (aws s3 sync DIR s3://BUCKET/); appliances\n"
-             "then run: tabulactl image pull IMAGE --from URL\n"
-             "\n"
-             "Options:\n"
-             "  --json       print the result as JSON\n"
-             "  -q, --quiet  no progress line (shown on a terminal: copied, rate, ETA)\n"
-             "  -h, --help\n");
-}
-
-int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
-{
-  static const struct option longopts[] = {{"json", no_argument, NULL, 'j'},
-                                           {"quiet", no_argument, NULL, 'q'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
-  bool json = false, quiet = false;
-  int c;
-  optind = 0;
-  while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
-    switch (c) {
-    case 'j':
-      json = true;
-      break;
-    case 'q':
-      quiet = true;
-      break;
-    case 'h':
-      publish_usage(stdout);
-      return 0;
-    default:
-      publish_usage(stderr);
-      return 2;
-    }
-  }
-  if (argc - optind != 2) {
-    publish_usage(stderr);
-    return 2;
-  }
   char image[TB_NAME_MAX + 1];
   uint32_t ver, published;
-  if (parse_image_ref(argv[optind], image, &ver) == -1)
+  if (parse_image_ref(ref, image, &ver) == -1)
     return 2;
-  const char *dir = argv[optind + 1];
   char what[TB_NAME_MAX + 48];
-  snprintf(what, sizeof what, "publishing %s", argv[optind]);
+  snprintf(what, sizeof what, "publishing %s", ref);
   struct progress bar;
   progress_init(&bar, what, quiet || json);
   int rc = tb_repo_publish(cfg->state_dir, image, ver, dir, repo_progress, &bar, &published);
@@ -167,37 +125,6 @@ int ctl_image_publish(int argc, char **argv, const struct tb_config *cfg)
 }
 
 /* ---- pull ---------------------------------------------------------------------- */
-
-static void pull_usage(FILE *f)
-{
-  fprintf(f,
-          "Usage: tabulactl image pull IMAGE [--from URL] [--version N] [--rate-limit RATE]\n"
-          "\n"
-          "Fetch a version of IMAGE from a repository written by `tabulactl image publish`\n"
-          "and add it to the store as the next local version.  Only the chunks that differ\n"
-          "from the nearest local version are downloaded; every chunk and the whole image\n"
-          "are checked against the repository's sha256 before anything is published.  An\n"
-          "interrupted pull resumes where it stopped when run again.\n"
-          "\n"
-          "Options (defaults come from the config's \"pull\" section):\n"
-          "  --from URL              http://, https:// or s3://BUCKET/PREFIX\n"
-          "  --version N             the repository's version N (default: its newest)\n"
-          "  --rate-limit RATE       bytes per second, e.g. 20M (default: unlimited)\n"
-          "  --parallel N            concurrent range requests (default %d)\n"
-          "  --connect-timeout D     e.g. 10s (default %ds)\n"
-          "  --stall-timeout D       give up on a server that sends nothing for D (default "
-          "%ds)\n"
-          "  --ca-file FILE          CA bundle for https (certificates are always checked)\n"
-          "  --json                  print the result as JSON\n"
-          "  -q, --quiet             no progress line (shown on a terminal)\n"
-          "  -h, --help\n"
-          "\n"
-          "S3: s3:// URLs (and pull.s3.sign) are signed with AWS signature v4; credentials\n"
-          "come from pull.s3 in the config or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and\n"
-          "AWS_SESSION_TOKEN.\n",
-          TB_REPO_DEFAULT_PARALLEL, TB_REPO_DEFAULT_CONNECT_TIMEOUT_MS / 1000,
-          TB_REPO_DEFAULT_STALL_TIMEOUT_MS / 1000);
-}
 
 static int parse_duration_opt(const char *opt, const char *arg, int64_t *ms)
 {
@@ -270,91 +197,56 @@ static void merge_cli_opts(struct tb_repo_pull_opts *o, const struct tb_repo_pul
     o->ca_file = cli->ca_file;
 }
 
-int ctl_image_pull(int argc, char **argv, const struct tb_config *cfg)
+/* A's option values onto O (lib/repo's defaults); 2 after a message
+ * naming the bad one. */
+static int pull_cli_opts(const struct ctl_pull_options *a, struct tb_repo_pull_opts *o)
 {
-  enum { O_FROM = 256, O_VERSION, O_RATE, O_PARALLEL, O_CONNECT, O_STALL, O_CA, O_JSON };
-  static const struct option longopts[] = {{"from", required_argument, NULL, O_FROM},
-                                           {"version", required_argument, NULL, O_VERSION},
-                                           {"rate-limit", required_argument, NULL, O_RATE},
-                                           {"parallel", required_argument, NULL, O_PARALLEL},
-                                           {"connect-timeout", required_argument, NULL, O_CONNECT},
-                                           {"stall-timeout", required_argument, NULL, O_STALL},
-                                           {"ca-file", required_argument, NULL, O_CA},
-                                           {"json", no_argument, NULL, O_JSON},
-                                           {"quiet", no_argument, NULL, 'q'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
-  struct tb_repo_pull_opts o;
-  tb_repo_pull_opts_init(&o);
-  bool json = false, quiet = false;
-  int c;
-  optind = 0;
-  while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
-    char *end;
-    switch (c) {
-    case O_FROM:
-      o.url = optarg;
-      break;
-    case O_VERSION: {
-      errno = 0;
-      unsigned long v = strtoul(optarg, &end, 10);
-      if (errno || *end || optarg[0] < '1' || optarg[0] > '9' || v > UINT32_MAX) {
-        fprintf(stderr, "tabulactl: --version: expected a version number, got \"%s\"\n", optarg);
-        return 2;
-      }
-      o.version = (uint32_t)v;
-      break;
-    }
-    case O_RATE:
-      if (tb_parse_size(optarg, &o.rate_limit) == -1) {
-        fprintf(stderr, "tabulactl: --rate-limit: %s (bytes per second)\n", tb_errmsg());
-        return 2;
-      }
-      break;
-    case O_PARALLEL: {
-      long v = strtol(optarg, &end, 10);
-      if (*end || v < 1 || v > 32) {
-        fprintf(stderr, "tabulactl: --parallel: expected 1 to 32, got \"%s\"\n", optarg);
-        return 2;
-      }
-      o.parallel = (int)v;
-      break;
-    }
-    case O_CONNECT:
-      if (parse_duration_opt("--connect-timeout", optarg, &o.connect_timeout_ms) == -1)
-        return 2;
-      break;
-    case O_STALL:
-      if (parse_duration_opt("--stall-timeout", optarg, &o.stall_timeout_ms) == -1)
-        return 2;
-      break;
-    case O_CA:
-      o.ca_file = optarg;
-      break;
-    case O_JSON:
-      json = true;
-      break;
-    case 'q':
-      quiet = true;
-      break;
-    case 'h':
-      pull_usage(stdout);
-      return 0;
-    default:
-      pull_usage(stderr);
+  char *end;
+  o->url = a->from;
+  if (a->version) {
+    errno = 0;
+    unsigned long v = strtoul(a->version, &end, 10);
+    if (errno || *end || a->version[0] < '1' || a->version[0] > '9' || v > UINT32_MAX) {
+      fprintf(stderr, "tabulactl: --version: expected a version number, got \"%s\"\n", a->version);
       return 2;
     }
+    o->version = (uint32_t)v;
   }
-  if (argc - optind != 1) {
-    pull_usage(stderr);
+  if (a->rate_limit && tb_parse_size(a->rate_limit, &o->rate_limit) == -1) {
+    fprintf(stderr, "tabulactl: --rate-limit: %s (bytes per second)\n", tb_errmsg());
     return 2;
   }
-  const char *image = argv[optind];
+  if (a->parallel) {
+    long v = strtol(a->parallel, &end, 10);
+    if (*end || v < 1 || v > 32) {
+      fprintf(stderr, "tabulactl: --parallel: expected 1 to 32, got \"%s\"\n", a->parallel);
+      return 2;
+    }
+    o->parallel = (int)v;
+  }
+  if (a->connect_timeout &&
+      parse_duration_opt("--connect-timeout", a->connect_timeout, &o->connect_timeout_ms) == -1)
+    return 2;
+  if (a->stall_timeout &&
+      parse_duration_opt("--stall-timeout", a->stall_timeout, &o->stall_timeout_ms) == -1)
+    return 2;
+  o->ca_file = a->ca_file;
+  return 0;
+}
+
+int ctl_image_pull(const char *image, const struct ctl_pull_options *a, const struct tb_config *cfg)
+{
+  struct tb_repo_pull_opts o;
+  tb_repo_pull_opts_init(&o);
+  int bad = pull_cli_opts(a, &o);
+  if (bad)
+    return bad;
+  bool json = a->json, quiet = a->quiet;
   if (!tb_name_valid(image)) {
     fprintf(stderr, "tabulactl: \"%s\" is not an image name ([A-Za-z0-9._-], 1-64)\n", image);
     return 2;
   }
-  /* Config first, then the command line on top: parse the options again. */
+  /* Config first, then the command line on top. */
   struct tb_repo_pull_opts cli = o;
   tb_repo_pull_opts_init(&o);
   if (cfg->pull && tb_repo_pull_opts_from_config(cfg->pull, image, &o) == -1) {

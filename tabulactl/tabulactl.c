@@ -485,8 +485,7 @@ struct args {
  * OPTIONS and checks the operand count (MIN..MAX, else COUNT_ERROR, or for
  * a simple command the usage of its OPERANDS) once, for every command.  Then
  * one of:
- *   RAW      gets argv as given and parses it itself (image, pxe-event, and
- *            image publish/pull, which lib/repo's options have their own);
+ *   RAW      gets argv as given and parses it itself (image, pxe-event);
  *   RUN      does the rest;
  *   a request: BUILD makes it (NULL after a usage error), or it is {"op":
  *            OP or NAME} plus the OPERANDS; the daemon's result prints as
@@ -987,44 +986,57 @@ static int image_gc_print(struct ctl *ctl, const struct args *a, const json_t *r
   return 0;
 }
 
-/* publish and pull live in ctl-image-repo.c (lib/repo-*.c do the work); they
- * parse their own options, so --json and -q, which main() took, are handed
- * back. */
-/* The state directory is found as for every other command: --state DIR,
+/* publish and pull live in ctl-image-repo.c (lib/repo-*.c do the work).
+ * The state directory is found as for every other command: --state DIR,
  * else the configuration's state_dir.  With --state the configuration is
- * read only when one is named (-c, $TABULA_CONFIG), for its "pull" section. */
-static int run_repo_cmd(struct ctl *ctl, int argc, char **argv,
-                        int (*fn)(int, char **, const struct tb_config *))
+ * read only when one is named (-c, $TABULA_CONFIG), for its "pull" section.
+ * CFG is then a shallow copy of it, only read. */
+static int repo_config(struct ctl *ctl, struct tb_config *cfg)
 {
   bool named = ctl->config_file || getenv("TABULA_CONFIG");
   if ((!ctl->state_dir || named) && load_config(ctl) == -1)
-    return EXIT_FAIL;
-  struct tb_config cfg = {0};
+    return -1;
+  *cfg = (struct tb_config){0};
   if (ctl->cfg)
-    cfg = *ctl->cfg; /* a shallow copy, only read */
+    *cfg = *ctl->cfg;
   if (ctl->state_dir)
-    cfg.state_dir = (char *)ctl->state_dir;
-  char **args = calloc((size_t)argc + 3, sizeof *args);
-  if (!args)
-    return EXIT_FAIL;
-  memcpy(args, argv, (size_t)argc * sizeof *args);
-  if (ctl->json)
-    args[argc++] = (char *)"--json";
-  if (ctl->quiet)
-    args[argc++] = (char *)"--quiet";
-  int r = fn(argc, args, &cfg);
-  free(args);
+    cfg->state_dir = (char *)ctl->state_dir;
+  return 0;
+}
+
+/* What ctl-image-repo.c returned; a usage error gets the usage line, as
+ * usage_error gives every other command's. */
+static int repo_exit(int r)
+{
+  if (r == EXIT_USAGE)
+    fprintf(stderr, "usage: %s %s %s\n", prog, current->name, current->usage);
   return r;
 }
 
-static int cmd_image_publish(struct ctl *ctl, int argc, char **argv)
+static int cmd_image_publish(struct ctl *ctl, const struct args *a)
 {
-  return run_repo_cmd(ctl, argc, argv, ctl_image_publish);
+  struct tb_config cfg;
+  if (repo_config(ctl, &cfg) == -1)
+    return EXIT_FAIL;
+  return repo_exit(ctl_image_publish(a->op[0], a->op[1], ctl->json || a->seen['j'],
+                                     ctl->quiet || a->seen['q'], &cfg));
 }
 
-static int cmd_image_pull(struct ctl *ctl, int argc, char **argv)
+static int cmd_image_pull(struct ctl *ctl, const struct args *a)
 {
-  return run_repo_cmd(ctl, argc, argv, ctl_image_pull);
+  struct ctl_pull_options o = {.from = a->val['f'],
+                               .version = a->val['V'],
+                               .rate_limit = a->val['r'],
+                               .parallel = a->val['p'],
+                               .connect_timeout = a->val['C'],
+                               .stall_timeout = a->val['S'],
+                               .ca_file = a->val['A'],
+                               .json = ctl->json || a->seen['j'],
+                               .quiet = ctl->quiet || a->seen['q']};
+  struct tb_config cfg;
+  if (repo_config(ctl, &cfg) == -1)
+    return EXIT_FAIL;
+  return repo_exit(ctl_image_pull(a->op[0], &o, &cfg));
 }
 
 /* ---- image promote (canary versions, canary.c in the daemon) ------------------------ */
@@ -1061,6 +1073,19 @@ static const struct option import_options[] = {{"note", required_argument, NULL,
                                                {0}};
 static const struct option gc_options[] = {{"dry-run", no_argument, NULL, 'n'}, {0}};
 static const struct option promote_options[] = {{"canary", required_argument, NULL, 'c'}, {0}};
+static const struct option publish_options[] = {
+    {"json", no_argument, NULL, 'j'}, {"quiet", no_argument, NULL, 'q'}, {0}};
+/* Long options only; the values are checked by ctl-image-repo.c. */
+static const struct option pull_options[] = {{"from", required_argument, NULL, 'f'},
+                                             {"version", required_argument, NULL, 'V'},
+                                             {"rate-limit", required_argument, NULL, 'r'},
+                                             {"parallel", required_argument, NULL, 'p'},
+                                             {"connect-timeout", required_argument, NULL, 'C'},
+                                             {"stall-timeout", required_argument, NULL, 'S'},
+                                             {"ca-file", required_argument, NULL, 'A'},
+                                             {"json", no_argument, NULL, 'j'},
+                                             {"quiet", no_argument, NULL, 'q'},
+                                             {0}};
 
 static int run_command(struct ctl *ctl, const struct command *c, int argc, char **argv);
 
@@ -1111,7 +1136,11 @@ static const struct command image_commands[] = {
      .usage = "IMAGE[@N] DIR",
      .help = "Write a version into the static repository DIR (DIR/IMAGE/N.img, then\n"
              "DIR/IMAGE/index.json by rename), ready for nginx `root DIR` or `aws s3 sync`.",
-     .raw = cmd_image_publish},
+     .options = publish_options,
+     .min = 2,
+     .max = 2,
+     .count_error = "expected IMAGE[@N] DIR",
+     .run = cmd_image_publish},
     {.name = "pull",
      .usage = "IMAGE [--from URL] [--version N] [--rate-limit RATE]",
      .help = "Fetch a version from a repository: only the chunks that differ from the nearest\n"
@@ -1120,7 +1149,11 @@ static const struct command image_commands[] = {
              "RATE (bytes/s), --parallel N, --connect-timeout D, --stall-timeout D, --ca-file\n"
              "FILE, --json, --quiet.  Defaults come from the config's \"pull\" section; s3 URLs\n"
              "are signed (SigV4) with pull.s3 or the AWS_* environment credentials.",
-     .raw = cmd_image_pull},
+     .options = pull_options,
+     .min = 1,
+     .max = 1,
+     .count_error = "expected one IMAGE",
+     .run = cmd_image_pull},
     {.name = "promote",
      .usage = "IMAGE@N [--canary GROUP]",
      .help = "Make version N current for every client of IMAGE that has no configured version\n"

@@ -171,6 +171,21 @@ for c in status clients client sessions rollback restore merge reimage pin unpin
   tctl $c --help | grep -q "^usage: tabulactl $c" || tb_fail "$c --help"
 done
 tctl image --help | grep -q "image import" || tb_fail "image --help"
+# image publish and pull are in the command table like the rest (issue 17
+# §5): its --help, its unknown-option and operand messages with the usage
+# line, exit 2, and options checked before the configuration is read.
+for c in "image publish" "image pull"; do
+  tctl $c --help | grep -q "^usage: tabulactl $c" || tb_fail "$c --help"
+  st=0; "$TD_CTL" -c "$TB_TMP/no-such.json" $c demo --bogus 2>"$TB_TMP/err" || st=$?
+  [ $st -eq 2 ] && grep -q "^tabulactl: unknown option --bogus" "$TB_TMP/err" &&
+    grep -q "^usage: tabulactl $c " "$TB_TMP/err" || tb_fail "$c --bogus: exit $st: $(cat "$TB_TMP/err")"
+done
+st=0; tctl image publish demo 2>"$TB_TMP/err" || st=$?
+[ $st -eq 2 ] && grep -q "^tabulactl: expected IMAGE\[@N\] DIR" "$TB_TMP/err" ||
+  tb_fail "image publish with one operand: exit $st: $(cat "$TB_TMP/err")"
+st=0; tctl image pull demo --parallel 0 2>"$TB_TMP/err" || st=$?
+[ $st -eq 2 ] && grep -q "^usage: tabulactl image pull " "$TB_TMP/err" ||
+  tb_fail "image pull --parallel 0: exit $st: $(cat "$TB_TMP/err")"
 "$TD_DAEMON" --help | grep -q "^usage: tabula-restored" || tb_fail "tabula-restored --help"
 # --help says what each command does (issue 18 §5): a line under each.
 tctl --help | grep -A1 '^  merge ' | grep -q '^  *Build IMAGE@N+1' || tb_fail "--help: no line for merge"
