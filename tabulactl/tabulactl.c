@@ -557,10 +557,12 @@ static int parse_opts(int argc, char **argv, const struct option *longopts, int 
 {
   optind = 0;
   opterr = 0;
-  const char *shorts = "";
+  /* The leading ':' makes getopt tell a missing value (':') from an
+   * unknown option ('?'). */
+  const char *shorts = ":";
   for (const struct option *o = longopts; o->name; o++)
     if (o->val == 'q')
-      shorts = "q";
+      shorts = ":q";
   int ch, idx;
   while ((ch = getopt_long(argc, argv, shorts, longopts, &idx)) != -1) {
     if (ch == '?')

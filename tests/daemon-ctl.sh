@@ -183,6 +183,10 @@ done
 st=0; tctl image publish demo 2>"$TB_TMP/err" || st=$?
 [ $st -eq 2 ] && grep -q "^tabulactl: expected IMAGE\[@N\] DIR" "$TB_TMP/err" ||
   tb_fail "image publish with one operand: exit $st: $(cat "$TB_TMP/err")"
+td_expect_fail "image pull --from without a value" "^tabulactl: option --from needs a value" \
+  tctl image pull demo --from
+td_expect_fail "merge --into without a value" "^tabulactl: option --into needs a value" \
+  tctl merge pc01 --into
 st=0; tctl image pull demo --parallel 0 2>"$TB_TMP/err" || st=$?
 [ $st -eq 2 ] && grep -q "^usage: tabulactl image pull " "$TB_TMP/err" ||
   tb_fail "image pull --parallel 0: exit $st: $(cat "$TB_TMP/err")"
