@@ -2,8 +2,9 @@
 /* tabula: the client directory (see clientdir.h).
  *
  * One table names the files of a client directory; every path is the
- * client's directory joined with a name from it, or with a number (a
- * retained session, a quarantined overlay).  A disk id "ID/DISK" maps to
+ * client's directory joined with a name from it, with a number (a retained
+ * session, a pruned one, a quarantined overlay), or with a name a walk of
+ * one of its directories listed (tb_clientdir_entry).  A disk id "ID/DISK" maps to
  * clients/ID/disks/DISK, made (by tb_clientdir_mkdir) with its parents
  * private, as everything in the state directory is.
  */
@@ -92,12 +93,35 @@ int tb_clientdir_mkdir(const char *state, const char *id, char *buf, size_t len)
   return tb_mkdirs(buf, true);
 }
 
-int tb_clientdir_session(const char *state, const char *id, uint64_t n, char *buf, size_t len)
+/* Entry N of directory F of ID. */
+static int numbered(const char *state, const char *id, enum tb_cf f, uint64_t n, char *buf,
+                    size_t len)
 {
   char dir[TB_PATH_MAX];
-  if (tb_clientdir_path(state, id, TB_CF_SESSIONS, dir, sizeof dir) == -1)
+  if (tb_clientdir_path(state, id, f, dir, sizeof dir) == -1)
     return -1;
   return tb_path(buf, len, "%s/%llu", dir, (unsigned long long)n);
+}
+
+int tb_clientdir_session(const char *state, const char *id, uint64_t n, char *buf, size_t len)
+{
+  return numbered(state, id, TB_CF_SESSIONS, n, buf, len);
+}
+
+int tb_clientdir_trashed(const char *state, const char *id, uint64_t n, char *buf, size_t len)
+{
+  return numbered(state, id, TB_CF_TRASH, n, buf, len);
+}
+
+int tb_clientdir_entry(const char *state, const char *id, enum tb_cf f, const char *name, char *buf,
+                       size_t len)
+{
+  char dir[TB_PATH_MAX];
+  if (tb_clientdir_path(state, id, f, dir, sizeof dir) == -1)
+    return -1;
+  if (!name || !name[0] || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || strchr(name, '/'))
+    return tb_error("%s: \"%.80s\" is not the name of an entry", dir, name ? name : "");
+  return tb_path(buf, len, "%s/%s", dir, name);
 }
 
 int tb_clientdir_good_pending(const char *state, const char *id, uint64_t n, char *buf, size_t len)

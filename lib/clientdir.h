@@ -30,7 +30,7 @@
  *                                   being saved from session N
  *   clients/ID/quarantine/N/{overlay,note.json}  quarantined overlays; quarantine/seq
  *                                   keeps their numbers from being reused
- *   clients/ID/trash                a turn's retained sessions being pruned
+ *   clients/ID/trash/N              a turn's retained sessions being pruned
  *   clients/ID/disks/DISK/          a further disk of the client (conf.h "disks")
  *   clients/ID/disks.lock           flock: held while a frontend serves any disk of a
  *                                   client with further disks (live.c)
@@ -96,6 +96,14 @@ int tb_clientdir_path(const char *state, const char *id, enum tb_cf f, char *buf
 int tb_clientdir_mkdir(const char *state, const char *id, char *buf, size_t len);
 /* clients/ID/sessions/N: retained session N. */
 int tb_clientdir_session(const char *state, const char *id, uint64_t n, char *buf, size_t len);
+/* clients/ID/trash/N: retained session N being pruned (session.c). */
+int tb_clientdir_trashed(const char *state, const char *id, uint64_t n, char *buf, size_t len);
+/* Entry NAME of F, a directory of client ID (TB_CF_DIR, TB_CF_SESSIONS,
+ * TB_CF_TRASH...), for a name readdir(3) listed there: a walk of a client
+ * directory joins through here too.  NAME must be one name ("", ".", ".."
+ * and any with a '/' are refused). */
+int tb_clientdir_entry(const char *state, const char *id, enum tb_cf f, const char *name, char *buf,
+                       size_t len);
 /* clients/ID/good/overlay.N: the good overlay being saved from session N. */
 int tb_clientdir_good_pending(const char *state, const char *id, uint64_t n, char *buf, size_t len);
 /* Quarantined overlay N: its directory, its overlay or its note. */

@@ -338,33 +338,35 @@ static __attribute__((noinline)) int retire_into_sessions(const char *state, con
   return 0;
 }
 
-/* Delete every file in DIR without waiting for it.  Unlinking an overlay
- * with gigabytes of extents keeps a filesystem busy for hundreds of
- * milliseconds, which must not delay a session start, and a thread could
- * outlive the plugin's code at nbdkit's exit.  So a grandchild process does
- * it, at the lowest CPU and I/O priority: the unlink of a 2 GiB overlay
- * whose pages are cached is half a second of CPU (freeing the pages and the
- * extents), which at normal priority competed with the session start it was
- * meant to spare: connect + turn + close after a 2 GiB session with
+/* Delete every file in TRASH, client ID's trash, without waiting for it.
+ * Unlinking an overlay with gigabytes of extents keeps a filesystem busy for
+ * hundreds of milliseconds, which must not delay a session start, and a
+ * thread could outlive the plugin's code at nbdkit's exit.  So a grandchild
+ * process does it, at the lowest CPU and I/O priority: the unlink of a 2 GiB
+ * overlay whose pages are cached is half a second of CPU (freeing the pages
+ * and the extents), which at normal priority competed with the session start
+ * it was meant to spare: connect + turn + close after a 2 GiB session with
  * keep_sessions 0, median of 6 at a load of 6-9, 100 ms at normal priority,
- * 50 ms at the lowest (scripts/bench.sh rollback measures it).  The names are listed before fork
- * (after it only async-signal-safe calls), the grandchild closes every
- * inherited descriptor first (a client lock must not outlive its session in
- * a copy), and the child exits at once so nobody has to reap the
+ * 50 ms at the lowest (scripts/bench.sh rollback measures it).  The names are
+ * listed before fork (after it only async-signal-safe calls), the grandchild
+ * closes every inherited descriptor first (a client lock must not outlive its
+ * session in a copy), and the child exits at once so nobody has to reap the
  * grandchild.  Whatever a crash leaves behind goes with the next call. */
-static void delete_in_background(const char *dir)
+static void delete_in_background(const char *state, const char *id, const char *trash)
 {
-  DIR *d = opendir(dir);
+  CLEANUP_FREE char *path = malloc(TB_PATH_MAX); /* heap: see tb_session_begin */
+  DIR *d = path ? opendir(trash) : NULL;
   if (!d)
     return;
   TB_VECTOR(, char *) paths = {0};
   struct dirent *e;
   while ((e = readdir(d))) {
-    if (e->d_name[0] == '.')
+    if (e->d_name[0] == '.' ||
+        tb_clientdir_entry(state, id, TB_CF_TRASH, e->d_name, path, TB_PATH_MAX) == -1)
       continue;
     if (tb_vector_reserve(&paths, 1) == -1)
       break; /* out of memory: delete what is listed, the next call the rest */
-    if (asprintf(&paths.ptr[paths.len], "%s/%s", dir, e->d_name) != -1)
+    if ((paths.ptr[paths.len] = strdup(path)))
       paths.len++;
   }
   closedir(d);
@@ -407,12 +409,12 @@ static void prune_sessions(const char *state, const char *id, int keep)
   }
   for (size_t i = 0; i + (size_t)keep < n; i++) {
     if (tb_clientdir_session(state, id, nums[i], b->from, TB_PATH_MAX) == 0 &&
-        tb_path(b->to, TB_PATH_MAX, "%s/%llu", b->trash, (unsigned long long)nums[i]) == 0 &&
+        tb_clientdir_trashed(state, id, nums[i], b->to, TB_PATH_MAX) == 0 &&
         rename(b->from, b->to) == 0)
       tb_eventf(state, "session-pruned", id, "{s:I}", "session", (json_int_t)nums[i]);
   }
   free(nums);
-  delete_in_background(b->trash);
+  delete_in_background(state, id, b->trash);
   free(b);
 }
 
@@ -552,11 +554,12 @@ static __attribute__((noinline)) int write_session_json(const struct tb_session 
   return r;
 }
 
-/* Temporaries a crash left in clients/ID (the caller holds the client's
+/* Temporaries a crash left in DIR, clients/ID (the caller holds the client's
  * lock, so no turn of ours is building them): a restore's overlay.restore
  * and tb_overlay_create's overlay.tmp.XXXXXX (overlay.next.tmp.XXXXXX: a
  * merge's).  tb_store_gc_temp removes them too. */
-static __attribute__((noinline)) void remove_stale_temps(const char *dir)
+static __attribute__((noinline)) void remove_stale_temps(const char *state, const char *id,
+                                                         const char *dir)
 {
   DIR *d = opendir(dir);
   struct dirent *e;
@@ -564,7 +567,8 @@ static __attribute__((noinline)) void remove_stale_temps(const char *dir)
     if (tb_clientdir_temp(e->d_name) != TB_CT_OVERLAY)
       continue;
     char path[TB_PATH_MAX];
-    if (tb_path(path, sizeof path, "%s/%s", dir, e->d_name) == 0 && unlink(path) == 0)
+    if (tb_clientdir_entry(state, id, TB_CF_DIR, e->d_name, path, sizeof path) == 0 &&
+        unlink(path) == 0)
       fprintf(stderr, "tabula: removed %s, left by an interrupted session turn\n", path);
   }
   if (d)
@@ -589,7 +593,8 @@ static __attribute__((noinline)) void abandon_move(const char *state, const char
     DIR *d = opendir(sessions);
     struct dirent *e;
     while (d && (e = readdir(d)))
-      if (e->d_name[0] != '.' && tb_path(path, sizeof path, "%s/%s", sessions, e->d_name) == 0 &&
+      if (e->d_name[0] != '.' &&
+          tb_clientdir_entry(state, id, TB_CF_SESSIONS, e->d_name, path, sizeof path) == 0 &&
           stat(path, &st) == 0 && st.st_ino == ov.st_ino && st.st_dev == ov.st_dev)
         unlink(path);
     if (d)
@@ -959,7 +964,7 @@ static int commit_turn(struct tb_session_plan *pl, struct tb_session *s, struct 
       !(s->number = next_session_number(state, c->id)))
     return -1;
 
-  remove_stale_temps(dir);
+  remove_stale_temps(state, c->id, dir);
   abandon_move(state, c->id, overlay);
   if (pl->discard) {
     if (tb_client_retire(state, c->id, pl->prev_number, retained, TB_PATH_MAX) == -1)

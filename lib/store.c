@@ -738,7 +738,8 @@ static int gc_clients(const char *state)
            (mfd = try_lock(mlock)) == -1))
         continue; /* a mailbox update runs */
       char p[TB_PATH_MAX];
-      if (tb_path(p, sizeof p, "%s/%s", cdir, f->d_name) == 0 && unlink(p) == 0) {
+      if (tb_clientdir_entry(state, ids[i], TB_CF_DIR, f->d_name, p, sizeof p) == 0 &&
+          unlink(p) == 0) {
         removed++;
         any = true;
       }

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # scripts/check-clientdir.pl, make check's rule that lib/clientdir.c alone
 # formats a clients/ path: it fails on path-building calls that spell the
-# layout (one line or several), names the file and line, and lets messages
-# that mention the same files pass.
+# layout (one line or several) or join onto a path a tb_clientdir_* call made
+# in the same function, names the file and line, and lets messages that
+# mention the same files, and joins onto other paths, pass.
 set -euo pipefail
 script="$abs_top_srcdir/scripts/check-clientdir.pl"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/tabula-test.check-clientdir.XXXXXX")
@@ -18,6 +19,14 @@ int f(const char *state, const char *id, char *p)
   tb_path(p, 64, "%s/events.jsonl", state);
   return tb_path(p, 64, "%s/%s", state, "x");
 }
+
+int g(const char *state, const char *id, char *p, char *dir, unsigned long long n)
+{
+  if (tb_clientdir_entry(state, id, TB_CF_TRASH, "1", p, 64) == -1)
+    return -1;
+  snprintf(p, 64, "%s/%llu", dir, n); /* dir: not filled by clientdir here */
+  return tb_path(dir, 64, "%s/%s", "x", p);
+}
 C
 perl "$script" "$dir/ok.c"
 
@@ -29,6 +38,15 @@ int f(const char *dir, char *p, unsigned long long n)
               "%s/sessions/%llu", dir, n) == -1)
     return -1;
   return tb_path(p, 64, "%s/mailbox.json", dir);
+}
+
+int g(const char *state, const char *id, char *p, unsigned long long n)
+{
+  struct { char trash[64]; } *b = malloc(sizeof *b);
+  if (tb_clientdir_path(state, id, TB_CF_TRASH, b->trash, sizeof b->trash) == -1)
+    return -1;
+  return tb_path(p, 64,
+                 "%s/%llu", b->trash, n);
 }
 C
 if out=$(perl "$script" "$dir/bad.c"); then
@@ -42,5 +60,9 @@ for line in 3 4 7; do
     exit 1
   }
 done
-[ "$(wc -l <<<"$out")" -eq 3 ] || { echo "FAIL: expected 3 reports" >&2; exit 1; }
+grep -q "bad.c:15: joins a path onto b->trash, which tb_clientdir_\* made" <<<"$out" || {
+  echo "FAIL: the join onto a clientdir path (line 15) not reported" >&2
+  exit 1
+}
+[ "$(wc -l <<<"$out")" -eq 4 ] || { echo "FAIL: expected 4 reports" >&2; exit 1; }
 echo "PASS"

@@ -2,9 +2,10 @@
 /* Unit tests of lib/clientdir, the one owner of the client directory's
  * layout: the paths it gives are the layout every tabula before it wrote
  * (a client's first disk in clients/ID, a further disk in
- * clients/ID/disks/DISK), numbered paths (retained sessions, quarantined
- * overlays, a good overlay being saved) are the directory joined with the
- * number, an invalid id or an out-of-range file is refused, the temporaries
+ * clients/ID/disks/DISK), numbered paths (retained sessions, pruned ones,
+ * quarantined overlays, a good overlay being saved) are the directory joined
+ * with the number, an entry a walk lists is its directory joined with one
+ * name, an invalid id, entry or out-of-range file is refused, the temporaries
  * a crash leaves are told from the files, and a disk's directory is made
  * with private parents. */
 #include <config.h>
@@ -48,6 +49,13 @@ START_TEST(test_layout)
   expect(tb_clientdir_session(S, "pc01", 17, p, sizeof p), p, S "/clients/pc01/sessions/17");
   expect(tb_clientdir_session(S, "pc01/data", 2, p, sizeof p), p,
          S "/clients/pc01/disks/data/sessions/2");
+  expect(tb_clientdir_trashed(S, "pc01", 4, p, sizeof p), p, S "/clients/pc01/trash/4");
+  expect(tb_clientdir_trashed(S, "pc01/data", 4, p, sizeof p), p,
+         S "/clients/pc01/disks/data/trash/4");
+  expect(tb_clientdir_entry(S, "pc01", TB_CF_DIR, "overlay.tmp.Ab3dE9", p, sizeof p), p,
+         S "/clients/pc01/overlay.tmp.Ab3dE9");
+  expect(tb_clientdir_entry(S, "pc01/data", TB_CF_SESSIONS, "12", p, sizeof p), p,
+         S "/clients/pc01/disks/data/sessions/12");
   expect(tb_clientdir_good_pending(S, "pc01", 9, p, sizeof p), p, S "/clients/pc01/good/overlay.9");
   expect(tb_clientdir_quarantined(S, "pc01", 3, TB_CQ_DIR, p, sizeof p), p,
          S "/clients/pc01/quarantine/3");
@@ -69,6 +77,13 @@ START_TEST(test_refused)
   ck_assert_int_eq(tb_clientdir_path(S, NULL, TB_CF_OVERLAY, p, sizeof p), -1);
   ck_assert_int_eq(tb_clientdir_path(S, "pc01", (enum tb_cf)999, p, sizeof p), -1);
   ck_assert_int_eq(tb_clientdir_quarantined(S, "pc01", 1, (enum tb_cq)7, p, sizeof p), -1);
+  /* An entry is one name: a walk's readdir never gives more, so more is a bug. */
+  const char *not_names[] = {"", ".", "..", "a/b", "../seq"};
+  for (size_t i = 0; i < sizeof not_names / sizeof *not_names; i++)
+    ck_assert_msg(tb_clientdir_entry(S, "pc01", TB_CF_TRASH, not_names[i], p, sizeof p) == -1, "%s",
+                  not_names[i]);
+  ck_assert_int_eq(tb_clientdir_entry(S, "pc01", TB_CF_TRASH, NULL, p, sizeof p), -1);
+  ck_assert_int_eq(tb_clientdir_entry(S, "../x", TB_CF_TRASH, "1", p, sizeof p), -1);
   char small[24];
   ck_assert_int_eq(tb_clientdir_path(S, "pc01", TB_CF_OVERLAY, small, sizeof small), -1);
 }
