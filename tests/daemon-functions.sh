@@ -8,6 +8,8 @@
 #   tctl ARGS...                                tabulactl -c $TD_CONF ARGS
 #   td_nbdkit_pid                               pid of the supervised nbdkit
 #   td_wait JQ-COND WHAT                        until `tabulactl --json status` matches
+#   td_faketime_nbdkit [SHELL-LINE]             skip without libfaketime; $TB_NBDKIT outside it
+#   td_start_faketime FILE VAR=VALUE...         the daemon under libfaketime, VAR=VALUE its clock
 
 TD_DAEMON=$abs_top_builddir/restored/tabula-restored
 TD_CTL=$abs_top_builddir/tabulactl/tabulactl
@@ -61,6 +63,53 @@ td_start()
     sleep 0.1
   done
   td_wait '.nbdkit.state == "running"' "nbdkit must be running"
+}
+
+# The clock tests (daemon-clock*.sh) run the daemon under libfaketime with its
+# wall clock faked and its monotonic clock left alone.  td_faketime_nbdkit
+# finds the library (the test skips without it) and makes $TB_NBDKIT a
+# wrapper that runs nbdkit, the daemon's child, without the fake clock (under
+# it an ASan nbdkit hangs in its start and outlives the test); SHELL-LINE
+# runs in the wrapper first.  Call it before td_config, which names
+# $TB_NBDKIT.
+td_faketime_nbdkit()
+{
+  TD_FAKETIME_SO=
+  for _f in /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 /usr/lib/*/faketime/libfaketime.so.1; do
+    [ -f "$_f" ] && TD_FAKETIME_SO=$_f && break
+  done
+  [ -n "$TD_FAKETIME_SO" ] || tb_skip "libfaketime is not installed (Debian's faketime package)"
+  cat >"$TB_TMP/nbdkit" <<EOF2
+#!/bin/sh
+${1:-}
+unset LD_PRELOAD FAKETIME FAKETIME_TIMESTAMP_FILE FAKETIME_NO_CACHE FAKETIME_DONT_FAKE_MONOTONIC FAKETIME_DONT_RESET
+exec "$TB_NBDKIT" "\$@"
+EOF2
+  chmod +x "$TB_TMP/nbdkit"
+  TB_NBDKIT=$TB_TMP/nbdkit
+}
+
+# td_start_faketime FILE VAR=VALUE...: start the daemon with config FILE under
+# libfaketime, its fake clock set by the FAKETIME* VAR=VALUEs, and wait for
+# its status JSON (not for nbdkit: `tabulactl status` exits 1 while nbdkit
+# starts, which a test may not wait for).
+td_start_faketime()
+{
+  TD_CONF=$1
+  shift
+  # The sanitizer runtime need not come first: libfaketime is preloaded before it.
+  env LD_PRELOAD="$TD_FAKETIME_SO" "$@" FAKETIME_DONT_FAKE_MONOTONIC=1 \
+    ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0" \
+    "$TD_DAEMON" -c "$TD_CONF" >>"$TB_TMP/daemon.log" 2>&1 &
+  echo $! >"$TB_TMP/daemon.bgpid"
+  _i=0
+  until [ -S "$(jq -r '.state_dir' "$TD_CONF")/control.sock" ] &&
+    tctl --json status 2>/dev/null | jq -e .daemon >/dev/null 2>&1; do
+    kill -0 "$(td_pid)" 2>/dev/null || tb_fail "tabula-restored exited: $(tail -n 20 "$TB_TMP/daemon.log")"
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || tb_fail "tabula-restored did not answer within 30 s"
+    sleep 0.1
+  done
 }
 
 td_pid()
