@@ -802,7 +802,22 @@ struct ref {
   uint32_t version;
   char why[96];
 };
-TB_VECTOR(refs, struct ref);
+TB_VECTOR(ref_list, struct ref);
+
+/* The references found, and why the list may be short (a client directory
+ * that cannot be listed, an overlay whose header cannot be read, out of
+ * memory): then nothing may be removed, since any version could be the
+ * base of what was missed. */
+struct refs {
+  struct ref_list v;
+  char error[512];
+};
+
+static void refs_failed(struct refs *r, const char *what)
+{
+  if (!r->error[0])
+    snprintf(r->error, sizeof r->error, "%s", what);
+}
 
 static void ref_add(struct refs *r, const char *image, uint32_t version, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -810,9 +825,11 @@ static void ref_add(struct refs *r, const char *image, uint32_t version, const c
 {
   if (!version)
     return;
-  if (tb_vector_reserve(r, 1) == -1)
+  if (tb_vector_reserve(&r->v, 1) == -1) {
+    refs_failed(r, "out of memory");
     return;
-  struct ref *e = &r->ptr[r->len++];
+  }
+  struct ref *e = &r->v.ptr[r->v.len++];
   snprintf(e->image, sizeof e->image, "%s", image);
   e->version = version;
   va_list ap;
@@ -826,6 +843,11 @@ static void ref_overlay(struct refs *r, const char *path, const char *why)
   struct tb_overlay_info info;
   if (tb_overlay_read_info(path, &info) == 0)
     ref_add(r, info.base.image, info.base.version, "%s", why);
+  else if (access(path, F_OK) == 0) { /* there, but no base can be read from it */
+    char what[sizeof r->error];
+    snprintf(what, sizeof what, "%s: %s", why, tb_errmsg());
+    refs_failed(r, what);
+  }
 }
 
 static void refs_overlay_cb(void *ctx, const char *path, const char *why)
@@ -855,8 +877,10 @@ static void collect_refs(struct daemon *d, struct refs *r)
   /* Every client's and every disk's directory (clients/ID/disks/DISK). */
   char **ids;
   size_t n_ids;
-  if (tb_store_clients(state, &ids, &n_ids) == -1)
+  if (tb_store_clients(state, &ids, &n_ids) == -1) {
+    refs_failed(r, tb_errmsg());
     return;
+  }
   for (size_t i = 0; i < n_ids; i++) {
     const char *id = ids[i];
     char p[TB_PATH_MAX];
@@ -880,7 +904,8 @@ static void collect_refs(struct daemon *d, struct refs *r)
           ref_overlay(r, p, why);
         }
       free(nums);
-    }
+    } else
+      refs_failed(r, tb_errmsg());
     const struct scan_refs_cb cb = {refs_overlay_cb, refs_version_cb, r};
     scan_refs(state, id, &cb);
   }
@@ -891,13 +916,14 @@ static const char *refs_of(const struct refs *r, const char *image, uint32_t v, 
                            size_t len)
 {
   buf[0] = '\0';
-  for (size_t i = 0; i < r->len; i++) {
-    if (r->ptr[i].version != v || strcmp(r->ptr[i].image, image) != 0)
+  for (size_t i = 0; i < r->v.len; i++) {
+    const struct ref *e = &r->v.ptr[i];
+    if (e->version != v || strcmp(e->image, image) != 0)
       continue;
     size_t n = strlen(buf);
-    if (n + strlen(r->ptr[i].why) + 3 >= len)
+    if (n + strlen(e->why) + 3 >= len)
       break;
-    snprintf(buf + n, len - n, "%s%s", n ? ", " : "", r->ptr[i].why);
+    snprintf(buf + n, len - n, "%s%s", n ? ", " : "", e->why);
   }
   return buf[0] ? buf : NULL;
 }
@@ -918,6 +944,12 @@ static json_t *op_image_rm(struct daemon *d, struct op_call *a)
   tb_manifest_free(m);
   struct refs r = {0};
   collect_refs(d, &r);
+  if (r.error[0]) {
+    tb_vector_free(&r.v);
+    return reply_error("%s@%lld not removed: cannot tell which versions are in use (%s); fix or "
+                       "move that aside and try again",
+                       image, (long long)ver, r.error);
+  }
   char why[1024];
   const char *used = refs_of(&r, image, (uint32_t)ver, why, sizeof why);
   json_t *reply;
@@ -937,7 +969,7 @@ static json_t *op_image_rm(struct daemon *d, struct op_call *a)
     reply = reply_ok(json_pack("{s:s, s:I, s:I, s:s}", "image", image, "version", (json_int_t)ver,
                                "bytes", (json_int_t)bytes, "message", msg));
   }
-  tb_vector_free(&r);
+  tb_vector_free(&r.v);
   return reply;
 }
 
@@ -951,12 +983,18 @@ static json_t *op_image_gc(struct daemon *d, struct op_call *a)
   const char *state = d->cfg->state_dir;
   struct refs r = {0};
   collect_refs(d, &r);
+  if (r.error[0]) {
+    tb_vector_free(&r.v);
+    return reply_error("image gc removed nothing: it cannot tell which versions are in use (%s); "
+                       "fix or move that aside and try again",
+                       r.error);
+  }
   json_t *removed = json_array();
   json_int_t freed = 0, kept = 0;
   char **names;
   size_t n;
   if (tb_store_images(state, &names, &n) == -1) {
-    tb_vector_free(&r);
+    tb_vector_free(&r.v);
     json_decref(removed);
     return reply_lib_error();
   }
@@ -986,7 +1024,7 @@ static json_t *op_image_gc(struct daemon *d, struct op_call *a)
     free(vers);
   }
   tb_strv_free(names, n);
-  tb_vector_free(&r);
+  tb_vector_free(&r.v);
   int temps = dry ? 0 : tb_store_gc_temp(state);
   if (!dry)
     tb_eventf(state, "image-gc", NULL, "{s:O, s:I, s:I}", "removed", removed, "freed_bytes", freed,

@@ -56,5 +56,20 @@ for v in 1 2 3 5; do
     tb_fail "image gc removed demo@$v, which pc01's watchdog state holds: $(cat "$TB_TMP/gc.json")"
 done
 [ ! -f "$state/images/demo/4.json" ] || tb_fail "image gc must remove demo@4: $(cat "$TB_TMP/gc.json")"
+
+# An overlay whose header cannot be read names no base: any version may be
+# its base, so gc and rm remove nothing and say which file stops them
+# (before: demo@1, the base of the damaged good overlay, was removed).
+printf 'garbage!' | dd of="$c/good/overlay" conv=notrunc status=none
+if tctl image rm demo@1 >"$TB_TMP/rm.out" 2>&1; then
+  tb_fail "image rm demo@1 beside an unreadable overlay must be refused: $(cat "$TB_TMP/rm.out")"
+fi
+grep -q "cannot tell which versions are in use.*good" "$TB_TMP/rm.out" ||
+  tb_fail "image rm must name the unreadable overlay: $(cat "$TB_TMP/rm.out")"
+if tctl image gc >"$TB_TMP/gc.out" 2>&1; then
+  tb_fail "image gc beside an unreadable overlay must be refused: $(cat "$TB_TMP/gc.out")"
+fi
+grep -q "removed nothing" "$TB_TMP/gc.out" || tb_fail "image gc: $(cat "$TB_TMP/gc.out")"
+[ -f "$state/images/demo/1.json" ] || tb_fail "demo@1 was removed beside an unreadable overlay"
 td_stop
 tb_check_logs
