@@ -1148,9 +1148,10 @@ static const struct command image_commands[] = {
      .help = "Fetch a version from a repository: only the chunks that differ from the nearest\n"
              "local version are downloaded, each verified by sha256; interrupted pulls resume.\n"
              "Options: --from URL (http, https, s3://BUCKET/PREFIX), --version N, --rate-limit\n"
-             "RATE (bytes/s), --parallel N, --connect-timeout D, --stall-timeout D, --ca-file\n"
-             "FILE, --json, --quiet.  Defaults come from the config's \"pull\" section; s3 URLs\n"
-             "are signed (SigV4) with pull.s3 or the AWS_* environment credentials.",
+             "RATE (bytes/s), --parallel N (default 4), --connect-timeout D (default 10s),\n"
+             "--stall-timeout D (default 30s), --ca-file FILE, --json, --quiet.  The config's\n"
+             "\"pull\" section can set other defaults; s3 URLs are signed (SigV4) with pull.s3\n"
+             "or the AWS_* environment credentials.",
      .options = pull_options,
      .min = 1,
      .max = 1,
