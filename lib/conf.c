@@ -26,41 +26,10 @@
 #include "schedule.h"
 #include "watchdog-conf.h"
 
-/* ---- error helpers ------------------------------------------------------- */
-
-static const char *type_name(const json_t *v)
-{
-  switch (json_typeof(v)) {
-  case JSON_OBJECT:
-    return "an object";
-  case JSON_ARRAY:
-    return "an array";
-  case JSON_STRING:
-    return "a string";
-  case JSON_INTEGER:
-    return "an integer";
-  case JSON_REAL:
-    return "a number";
-  case JSON_TRUE:
-  case JSON_FALSE:
-    return "a boolean";
-  case JSON_NULL:
-    return "null";
-  }
-  return "something else";
-}
-
-static int bad(const char *path, const char *expected, const json_t *got)
-{
-  if (json_is_string(got))
-    return tb_error("%s: expected %s, got \"%s\"", path, expected, json_string_value(got));
-  if (json_is_integer(got))
-    return tb_error("%s: expected %s, got %lld", path, expected,
-                    (long long)json_integer_value(got));
-  return tb_error("%s: expected %s, got %s", path, expected, type_name(got));
-}
-
 /* ---- typed getters (missing key: leave *out alone) ----------------------- */
+
+/* tb_json_bad reports a bad value; the getters of ints, sizes and durations
+ * are json.h's, which watchdog-conf.c shares; these are conf.c's alone. */
 
 static int get_string(const json_t *obj, const char *path, const char *key, char **out)
 {
@@ -70,7 +39,7 @@ static int get_string(const json_t *obj, const char *path, const char *key, char
   char p[512];
   tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v) || json_string_length(v) == 0)
-    return bad(p, "a non-empty string", v);
+    return tb_json_bad(p, "a non-empty string", v);
   free(*out);
   *out = strdup(json_string_value(v));
   return *out ? 0 : tb_error_errno("%s", p);
@@ -84,23 +53,9 @@ static int get_name(const json_t *obj, const char *path, const char *key, char *
   char p[512];
   tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v) || !tb_name_valid(json_string_value(v)))
-    return bad(p, "a name of 1-64 characters [A-Za-z0-9._-] starting with a letter or digit", v);
+    return tb_json_bad(
+        p, "a name of 1-64 characters [A-Za-z0-9._-] starting with a letter or digit", v);
   strcpy(out, json_string_value(v));
-  return 0;
-}
-
-static int get_int(const json_t *obj, const char *path, const char *key, long long lo, long long hi,
-                   long long *out)
-{
-  json_t *v = json_object_get(obj, key);
-  if (!v)
-    return 0;
-  char p[512], what[128];
-  tb_json_subpath(p, sizeof p, path, key);
-  snprintf(what, sizeof what, "an integer from %lld to %lld", lo, hi);
-  if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-    return bad(p, what, v);
-  *out = json_integer_value(v);
   return 0;
 }
 
@@ -112,7 +67,7 @@ static int get_bool(const json_t *obj, const char *path, const char *key, bool *
   char p[512];
   tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_boolean(v))
-    return bad(p, "true or false", v);
+    return tb_json_bad(p, "true or false", v);
   *out = json_is_true(v);
   return 0;
 }
@@ -130,38 +85,9 @@ static int get_mode(const json_t *obj, const char *path, const char *key, int *o
   char *end;
   long m = strtol(t, &end, 8);
   if (!t[0] || *end || m < 0 || m > 0777 || strspn(t, "01234567") != strlen(t))
-    return bad(p, "a file mode as an octal string, such as \"0660\"", v);
+    return tb_json_bad(p, "a file mode as an octal string, such as \"0660\"", v);
   *out = (int)m;
   return 0;
-}
-
-/* A size: an integer number of bytes or a string such as "10G". */
-static int get_size(const json_t *obj, const char *path, const char *key, uint64_t *out)
-{
-  json_t *v = json_object_get(obj, key);
-  if (!v)
-    return 0;
-  char p[512];
-  tb_json_subpath(p, sizeof p, path, key);
-  if (json_is_integer(v) && json_integer_value(v) >= 0) {
-    *out = (uint64_t)json_integer_value(v);
-    return 0;
-  }
-  if (json_is_string(v) && tb_parse_size(json_string_value(v), out) == 0)
-    return 0;
-  return bad(p, "a size in bytes or a string such as \"64M\" or \"10G\"", v);
-}
-
-static int get_duration(const json_t *obj, const char *path, const char *key, int64_t *out)
-{
-  json_t *v = json_object_get(obj, key);
-  if (!v)
-    return 0;
-  char p[512];
-  tb_json_subpath(p, sizeof p, path, key);
-  if (json_is_string(v) && tb_parse_duration(json_string_value(v), out) == 0)
-    return 0;
-  return bad(p, "a duration such as \"90s\", \"15m\", \"2h\" or \"1d\"", v);
 }
 
 /* ---- addresses ----------------------------------------------------------- */
@@ -237,7 +163,7 @@ bool tb_acl_allows(const struct tb_acl *acl, const struct sockaddr *sa)
 static int parse_acl(const json_t *v, const char *path, struct tb_acl *acl)
 {
   if (!json_is_array(v))
-    return bad(path, "an array of \"unix\" and addresses or networks", v);
+    return tb_json_bad(path, "an array of \"unix\" and addresses or networks", v);
   tb_vector_free(&acl->nets);
   memset(acl, 0, sizeof *acl);
   /* Room for every entry now: the loop below does not allocate. */
@@ -250,7 +176,7 @@ static int parse_acl(const json_t *v, const char *path, struct tb_acl *acl)
     char p[512];
     snprintf(p, sizeof p, "%s[%zu]", path, i);
     if (!json_is_string(e))
-      return bad(p, "\"unix\" or an address or network such as \"10.0.0.0/8\"", e);
+      return tb_json_bad(p, "\"unix\" or an address or network such as \"10.0.0.0/8\"", e);
     if (strcmp(json_string_value(e), "unix") == 0) {
       acl->unix_socket = true;
       continue;
@@ -318,7 +244,7 @@ static int get_abs_path(const json_t *obj, const char *path, const char *key, ch
   char p[512];
   tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v) || json_string_value(v)[0] != '/')
-    return bad(p, "an absolute path", v);
+    return tb_json_bad(p, "an absolute path", v);
   return get_string(obj, path, key, out);
 }
 
@@ -331,7 +257,7 @@ static int get_cmdline(const json_t *obj, const char *path, const char *key, cha
   char p[512];
   tb_json_subpath(p, sizeof p, path, key);
   if (!json_is_string(v))
-    return bad(p, "a kernel command line such as \"console=ttyS0 quiet\"", v);
+    return tb_json_bad(p, "a kernel command line such as \"console=ttyS0 quiet\"", v);
   for (const char *c = json_string_value(v); *c; c++)
     if ((unsigned char)*c < 0x20 || *c == 0x7f)
       return tb_error("%s: the kernel command line must be one line of printable text", p);
@@ -351,10 +277,11 @@ static int get_boot_mode(const json_t *obj, const char *path, bool *iscsi)
   tb_json_subpath(p, sizeof p, path, "mode");
   const char *m = json_string_value(v);
   if (!m || (strcmp(m, "nbd") != 0 && strcmp(m, "iscsi") != 0))
-    return bad(p,
-               "\"nbd\" (a kernel and an initrd, root over NBD) or \"iscsi\" (iPXE sanboots the "
-               "client's iSCSI target, e.g. Windows)",
-               v);
+    return tb_json_bad(
+        p,
+        "\"nbd\" (a kernel and an initrd, root over NBD) or \"iscsi\" (iPXE sanboots the "
+        "client's iSCSI target, e.g. Windows)",
+        v);
   *iscsi = strcmp(m, "iscsi") == 0;
   return 0;
 }
@@ -366,10 +293,11 @@ static int parse_boot(const json_t *v, const char *path, struct tb_client_conf *
 {
   static const char *const keys[] = {"kernel", "initrd", "cmdline", "mode", NULL};
   if (!json_is_object(v))
-    return bad(path,
-               "an object such as {\"kernel\": \"/srv/tabula/vmlinuz\", \"initrd\": "
-               "\"/srv/tabula/initrd.img\", \"cmdline\": \"quiet\"} or {\"mode\": \"iscsi\"}",
-               v);
+    return tb_json_bad(
+        path,
+        "an object such as {\"kernel\": \"/srv/tabula/vmlinuz\", \"initrd\": "
+        "\"/srv/tabula/initrd.img\", \"cmdline\": \"quiet\"} or {\"mode\": \"iscsi\"}",
+        v);
   if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   struct tb_client_conf scratch = {0};
@@ -395,7 +323,7 @@ static int check_group_pxe(const json_t *g, const char *path)
   if (v) {
     tb_json_subpath(p, sizeof p, path, "mac");
     if (!json_is_string(v))
-      return bad(p, "a MAC address such as \"52:54:00:12:34:56\"", v);
+      return tb_json_bad(p, "a MAC address such as \"52:54:00:12:34:56\"", v);
     if (tb_mac_parse(json_string_value(v), mac) == -1)
       return tb_error_prefix("%s", p);
   }
@@ -459,7 +387,7 @@ static int parse_merge(const struct tb_config *cfg, const json_t *v, const char 
   static const char *const keys[] = {"into", "when", "note", NULL};
   const char *want = "an object such as {\"into\": \"demo\", \"when\": \"daily 03:00\"}";
   if (!json_is_object(v))
-    return bad(path, want, v);
+    return tb_json_bad(path, want, v);
   if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   char p[512];
@@ -486,7 +414,7 @@ static int parse_merge(const struct tb_config *cfg, const json_t *v, const char 
 static int parse_preserve(const json_t *v, const char *path, struct tb_client_conf *c)
 {
   if (!json_is_array(v))
-    return bad(path, "an array such as [\"partition:2\", \"lba:2048-4095\"]", v);
+    return tb_json_bad(path, "an array such as [\"partition:2\", \"lba:2048-4095\"]", v);
   free(c->preserve);
   c->n_preserve = 0;
   c->preserve = calloc(json_array_size(v) + 1, sizeof *c->preserve);
@@ -500,7 +428,7 @@ static int parse_preserve(const json_t *v, const char *path, struct tb_client_co
     snprintf(p, sizeof p, "%s[%zu]", path, i);
     const char *s = json_is_string(e) ? json_string_value(e) : NULL;
     if (!s || tb_region_parse(s, false, &c->preserve[c->n_preserve]) == -1)
-      return bad(p, "\"partition:N\" (1-128) or \"lba:FIRST-LAST\"", e);
+      return tb_json_bad(p, "\"partition:N\" (1-128) or \"lba:FIRST-LAST\"", e);
     c->n_preserve++;
   }
   return 0;
@@ -512,8 +440,8 @@ static int parse_limits(const json_t *v, const char *path, struct tb_io_limits *
 {
   static const char *const keys[] = {"read", "write", "read_iops", "write_iops", NULL};
   if (!json_is_object(v))
-    return bad(path,
-               "an object such as {\"read\": \"50M\", \"write\": \"20M\", \"read_iops\": 2000}", v);
+    return tb_json_bad(
+        path, "an object such as {\"read\": \"50M\", \"write\": \"20M\", \"read_iops\": 2000}", v);
   if (tb_json_check_keys(v, path, keys) == -1)
     return -1;
   static const char *const rates[] = {"read", "write"};
@@ -534,14 +462,14 @@ static int parse_limits(const json_t *v, const char *path, struct tb_io_limits *
     if (json_is_integer(r) && json_integer_value(r) >= 0)
       *out[i] = (uint64_t)json_integer_value(r);
     else if (!s || tb_parse_size(s, out[i]) == -1)
-      return bad(p, "bytes per second, a number or a string such as \"50M\" (MiB/s)", r);
+      return tb_json_bad(p, "bytes per second, a number or a string such as \"50M\" (MiB/s)", r);
   }
   long long n = 0;
-  if (get_int(v, path, "read_iops", 0, 100000000, &n) == -1)
+  if (tb_json_get_int(v, path, "read_iops", 0, 100000000, &n) == -1)
     return -1;
   l->read_iops = (uint64_t)n;
   n = 0;
-  if (get_int(v, path, "write_iops", 0, 100000000, &n) == -1)
+  if (tb_json_get_int(v, path, "write_iops", 0, 100000000, &n) == -1)
     return -1;
   l->write_iops = (uint64_t)n;
   return 0;
@@ -566,7 +494,7 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   }
   long long n;
   n = 0;
-  if (get_int(obj, path, "version", 0, UINT32_MAX, &n) == -1)
+  if (tb_json_get_int(obj, path, "version", 0, UINT32_MAX, &n) == -1)
     return -1;
   c->version = (uint32_t)n;
   json_t *pol = json_object_get(obj, "policy");
@@ -579,10 +507,10 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
     else if (strcmp(s, "persist") == 0)
       c->policy = TB_POLICY_PERSIST;
     else
-      return bad(p, "\"rollback\" or \"persist\"", pol);
+      return tb_json_bad(p, "\"rollback\" or \"persist\"", pol);
   }
   n = 2;
-  if (get_int(obj, path, "keep_sessions", 0, 1000, &n) == -1)
+  if (tb_json_get_int(obj, path, "keep_sessions", 0, 1000, &n) == -1)
     return -1;
   c->keep_sessions = (int)n;
   json_t *allow = json_object_get(obj, "allow");
@@ -597,26 +525,26 @@ static int parse_client(const struct tb_config *cfg, const json_t *obj, const ch
   if (addr) {
     tb_json_subpath(p, sizeof p, path, "address");
     if (!json_is_string(addr))
-      return bad(p, "an IP address such as \"192.168.1.17\"", addr);
+      return tb_json_bad(p, "an IP address such as \"192.168.1.17\"", addr);
     if (tb_cidr_parse(json_string_value(addr), &c->address) == -1)
       return tb_error_prefix("%s", p);
     if (strchr(json_string_value(addr), '/'))
-      return bad(p, "a single IP address, not a network", addr);
+      return tb_json_bad(p, "a single IP address, not a network", addr);
     c->has_address = true;
   }
   if (get_name(obj, path, "group", c->group) == -1 ||
       get_string(obj, path, "refresh", &c->refresh) == -1 ||
-      get_duration(obj, path, "refresh_jitter", &c->refresh_jitter_ms) == -1 ||
-      get_size(obj, path, "quota", &c->quota) == -1)
+      tb_json_get_duration(obj, path, "refresh_jitter", &c->refresh_jitter_ms) == -1 ||
+      tb_json_get_size(obj, path, "quota", &c->quota) == -1)
     return -1;
   c->reconnect_grace_ms = cfg->reconnect_grace_ms;
-  if (get_duration(obj, path, "reconnect_grace", &c->reconnect_grace_ms) == -1)
+  if (tb_json_get_duration(obj, path, "reconnect_grace", &c->reconnect_grace_ms) == -1)
     return -1;
   json_t *mac = json_object_get(obj, "mac");
   if (mac) {
     tb_json_subpath(p, sizeof p, path, "mac");
     if (!json_is_string(mac))
-      return bad(p, "a MAC address such as \"52:54:00:12:34:56\"", mac);
+      return tb_json_bad(p, "a MAC address such as \"52:54:00:12:34:56\"", mac);
     if (tb_mac_parse(json_string_value(mac), c->mac) == -1)
       return tb_error_prefix("%s", p);
     c->has_mac = true;
@@ -695,7 +623,7 @@ static json_t *merged_client(const json_t *root, const json_t *client, const cha
     if (name)
       tb_error("%s: group \"%s\" is not defined in \"groups\"", p, name);
     else
-      bad(p, "the name of a group in \"groups\"", g);
+      tb_json_bad(p, "the name of a group in \"groups\"", g);
     return NULL;
   }
   json_t *m = json_deep_copy(grp);
@@ -732,7 +660,7 @@ static const char *const top_keys[] = {
 static int parse_images(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_object(v))
-    return bad("images", "an object of image names, such as {\"win11\": {}}", v);
+    return tb_json_bad("images", "an object of image names, such as {\"win11\": {}}", v);
   cfg->images = calloc(json_object_size(v) + 1, sizeof *cfg->images);
   if (!cfg->images)
     return tb_error_errno("images");
@@ -747,7 +675,7 @@ static int parse_images(struct tb_config *cfg, const json_t *v)
                       "with a letter or digit)",
                       p);
     if (!json_is_object(img))
-      return bad(p, "an object (settings of the image; {} for none)", img);
+      return tb_json_bad(p, "an object (settings of the image; {} for none)", img);
     static const char *const image_keys[] = {"description", NULL};
     if (tb_json_check_keys(img, p, image_keys) == -1)
       return -1;
@@ -759,7 +687,7 @@ static int parse_images(struct tb_config *cfg, const json_t *v)
 static int parse_groups(const json_t *v)
 {
   if (!json_is_object(v))
-    return bad("groups", "an object of group names", v);
+    return tb_json_bad("groups", "an object of group names", v);
   const char *name;
   json_t *g;
   json_object_foreach((json_t *)v, name, g)
@@ -769,7 +697,7 @@ static int parse_groups(const json_t *v)
     if (!tb_name_valid(name))
       return tb_error("%s: not a valid group name", p);
     if (!json_is_object(g))
-      return bad(p, "an object of client settings", g);
+      return tb_json_bad(p, "an object of client settings", g);
     if (tb_json_check_keys(g, p, client_keys) == -1)
       return -1;
     if (json_object_get(g, "group"))
@@ -829,7 +757,8 @@ static int parse_disk(const struct tb_config *cfg, const json_t *m, const char *
                     "client id or the disk name)",
                     path, c->id, name, TB_NAME_MAX);
   if (!json_is_object(obj))
-    return bad(path, "an object such as {\"image\": \"games\", \"policy\": \"persist\"}", obj);
+    return tb_json_bad(path, "an object such as {\"image\": \"games\", \"policy\": \"persist\"}",
+                       obj);
   if (tb_json_check_keys(obj, path, disk_keys) == -1 ||
       get_bool(obj, path, "read_only", &d->read_only))
     return -1;
@@ -879,7 +808,7 @@ static size_t count_entries(const json_t *root, const json_t *v)
 static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t *v)
 {
   if (!json_is_object(v))
-    return bad("clients", "an object of client ids, such as {\"pc01\": {...}}", v);
+    return tb_json_bad("clients", "an object of client ids, such as {\"pc01\": {...}}", v);
   cfg->clients = calloc(count_entries(root, v) + 1, sizeof *cfg->clients);
   if (!cfg->clients)
     return tb_error_errno("clients");
@@ -894,7 +823,7 @@ static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t
                       "with a letter or digit)",
                       p);
     if (!json_is_object(cv))
-      return bad(p, "an object of client settings", cv);
+      return tb_json_bad(p, "an object of client settings", cv);
     struct tb_client_conf *c = &cfg->clients[cfg->n_clients++];
     strcpy(c->id, id);
     strcpy(c->client, id);
@@ -906,7 +835,8 @@ static int parse_clients(struct tb_config *cfg, const json_t *root, const json_t
     if (r == 0 && disks && !json_is_object(disks)) {
       char dp[512];
       tb_json_subpath(dp, sizeof dp, p, "disks");
-      r = bad(dp, "an object of disk names, such as {\"games\": {\"image\": \"games\"}}", disks);
+      r = tb_json_bad(dp, "an object of disk names, such as {\"games\": {\"image\": \"games\"}}",
+                      disks);
     }
     const char *dname;
     json_t *dv;
@@ -959,10 +889,10 @@ static int parse_pxe(struct tb_config *cfg, const json_t *v)
                                      "dnsmasq",   "tftp_dir", NULL};
   struct tb_pxe_conf *x = &cfg->pxe;
   if (!json_is_object(v))
-    return bad("pxe",
-               "an object such as {\"interface\": \"tbbr0\", \"server\": \"10.20.0.1\", "
-               "\"network\": \"10.20.0.0/24\"}",
-               v);
+    return tb_json_bad("pxe",
+                       "an object such as {\"interface\": \"tbbr0\", \"server\": \"10.20.0.1\", "
+                       "\"network\": \"10.20.0.0/24\"}",
+                       v);
   if (tb_json_check_keys(v, "pxe", keys) == -1)
     return -1;
   x->enabled = true;
@@ -980,19 +910,20 @@ static int parse_pxe(struct tb_config *cfg, const json_t *v)
       get_abs_path(v, "pxe", "kernel", &x->kernel) == -1 ||
       get_abs_path(v, "pxe", "initrd", &x->initrd) == -1 ||
       get_cmdline(v, "pxe", "cmdline", &x->cmdline) == -1 ||
-      get_int(v, "pxe", "nbd_port", 1, 65535, &port) == -1 ||
+      tb_json_get_int(v, "pxe", "nbd_port", 1, 65535, &port) == -1 ||
       get_string(v, "pxe", "dnsmasq", &x->dnsmasq) == -1 ||
       get_abs_path(v, "pxe", "tftp_dir", &x->tftp_dir) == -1)
     return -1;
   x->nbd_port = (int)port;
   if (strlen(x->interface) > 15 || strpbrk(x->interface, "/ ,\t\n:"))
-    return bad("pxe.interface", "a network interface name such as \"tbbr0\" (1-15 characters)",
-               json_object_get(v, "interface"));
+    return tb_json_bad("pxe.interface",
+                       "a network interface name such as \"tbbr0\" (1-15 characters)",
+                       json_object_get(v, "interface"));
   if (tb_cidr_parse(x->network_text, &x->network) == -1)
     return tb_error_prefix("pxe.network");
   if (x->network.family != AF_INET || !strchr(x->network_text, '/'))
-    return bad("pxe.network", "an IPv4 network such as \"10.20.0.0/24\"",
-               json_object_get(v, "network"));
+    return tb_json_bad("pxe.network", "an IPv4 network such as \"10.20.0.0/24\"",
+                       json_object_get(v, "network"));
   if (pxe_address_in(cfg, "pxe.server", x->server) == -1)
     return -1;
   json_t *r = json_object_get(v, "unknown_range");
@@ -1001,7 +932,7 @@ static int parse_pxe(struct tb_config *cfg, const json_t *v)
     const char *s = json_is_string(r) ? json_string_value(r) : NULL;
     const char *comma = s ? strchr(s, ',') : NULL;
     if (!comma || comma == s || !comma[1] || strchr(comma + 1, ','))
-      return bad("pxe.unknown_range", want, r);
+      return tb_json_bad("pxe.unknown_range", want, r);
     x->unknown_first = strndup(s, (size_t)(comma - s));
     x->unknown_last = strdup(comma + 1);
     if (!x->unknown_first || !x->unknown_last)
@@ -1022,7 +953,7 @@ static int parse_pxe(struct tb_config *cfg, const json_t *v)
 static int parse_listen(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_object(v))
-    return bad("listen", "an object such as {\"unix\": PATH, \"tcp\": \"ADDR:PORT\"}", v);
+    return tb_json_bad("listen", "an object such as {\"unix\": PATH, \"tcp\": \"ADDR:PORT\"}", v);
   static const char *const keys[] = {"unix",  "unix_mode",       "unix_group",        "tcp",
                                      "iscsi", "max_connections", "handshake_timeout", NULL};
   if (tb_json_check_keys(v, "listen", keys) == -1 ||
@@ -1031,8 +962,10 @@ static int parse_listen(struct tb_config *cfg, const json_t *v)
       get_string(v, "listen", "unix_group", &cfg->listen_unix_group) == -1 ||
       get_string(v, "listen", "tcp", &cfg->listen_tcp) ||
       get_string(v, "listen", "iscsi", &cfg->listen_iscsi) ||
-      get_int(v, "listen", "max_connections", 0, 1000000, &cfg->listen_max_connections) == -1 ||
-      get_duration(v, "listen", "handshake_timeout", &cfg->listen_handshake_timeout_ms) == -1)
+      tb_json_get_int(v, "listen", "max_connections", 0, 1000000, &cfg->listen_max_connections) ==
+          -1 ||
+      tb_json_get_duration(v, "listen", "handshake_timeout", &cfg->listen_handshake_timeout_ms) ==
+          -1)
     return -1;
   const char *icolon = cfg->listen_iscsi ? strrchr(cfg->listen_iscsi, ':') : NULL;
   char *iend = NULL;
@@ -1057,14 +990,15 @@ static int parse_listen(struct tb_config *cfg, const json_t *v)
 static int parse_admin(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_object(v))
-    return bad("admin", "an object such as {\"uids\": [0], \"networks\": [\"10.0.0.0/24\"]}", v);
+    return tb_json_bad("admin",
+                       "an object such as {\"uids\": [0], \"networks\": [\"10.0.0.0/24\"]}", v);
   static const char *const keys[] = {"uids", "networks", NULL};
   if (tb_json_check_keys(v, "admin", keys) == -1)
     return -1;
   json_t *uids = json_object_get(v, "uids");
   if (uids) {
     if (!json_is_array(uids))
-      return bad("admin.uids", "an array of user ids", uids);
+      return tb_json_bad("admin.uids", "an array of user ids", uids);
     free(cfg->admin_uids);
     cfg->admin_uids = calloc(json_array_size(uids) + 1, sizeof *cfg->admin_uids);
     cfg->n_admin_uids = 0;
@@ -1075,7 +1009,7 @@ static int parse_admin(struct tb_config *cfg, const json_t *v)
       if (!json_is_integer(e) || json_integer_value(e) < 0) {
         char p[64];
         snprintf(p, sizeof p, "admin.uids[%zu]", i);
-        return bad(p, "a user id (integer >= 0)", e);
+        return tb_json_bad(p, "a user id (integer >= 0)", e);
       }
       cfg->admin_uids[cfg->n_admin_uids++] = json_integer_value(e);
     }
@@ -1089,7 +1023,7 @@ static int parse_admin(struct tb_config *cfg, const json_t *v)
 static int parse_tls(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_object(v))
-    return bad("tls", "an object such as {\"certificates\": DIR, \"require\": true}", v);
+    return tb_json_bad("tls", "an object such as {\"certificates\": DIR, \"require\": true}", v);
   static const char *const keys[] = {"certificates", "require", NULL};
   return tb_json_check_keys(v, "tls", keys) == -1 ||
                  get_string(v, "tls", "certificates", &cfg->tls_certificates) == -1 ||
@@ -1101,7 +1035,7 @@ static int parse_tls(struct tb_config *cfg, const json_t *v)
 static int parse_webhooks(struct tb_config *cfg, const json_t *v)
 {
   if (!json_is_array(v))
-    return bad("webhooks", "an array of {\"url\": ..., \"secret\": ...}", v);
+    return tb_json_bad("webhooks", "an array of {\"url\": ..., \"secret\": ...}", v);
   cfg->webhooks = calloc(json_array_size(v) + 1, sizeof *cfg->webhooks);
   if (!cfg->webhooks)
     return tb_error_errno("webhooks");
@@ -1112,7 +1046,7 @@ static int parse_webhooks(struct tb_config *cfg, const json_t *v)
     char p[64];
     snprintf(p, sizeof p, "webhooks[%zu]", i);
     if (!json_is_object(e))
-      return bad(p, "an object {\"url\": ..., \"secret\": ...}", e);
+      return tb_json_bad(p, "an object {\"url\": ..., \"secret\": ...}", e);
     static const char *const keys[] = {"url", "secret", "timeout", "retries", NULL};
     struct tb_webhook_conf *w = &cfg->webhooks[cfg->n_webhooks++];
     w->timeout_ms = 5000;
@@ -1120,8 +1054,8 @@ static int parse_webhooks(struct tb_config *cfg, const json_t *v)
     long long retries = w->retries;
     if (tb_json_check_keys(e, p, keys) == -1 || get_string(e, p, "url", &w->url) == -1 ||
         get_string(e, p, "secret", &w->secret) == -1 ||
-        get_duration(e, p, "timeout", &w->timeout_ms) == -1 ||
-        get_int(e, p, "retries", 0, 100, &retries) == -1)
+        tb_json_get_duration(e, p, "timeout", &w->timeout_ms) == -1 ||
+        tb_json_get_int(e, p, "retries", 0, 100, &retries) == -1)
       return -1;
     w->retries = (int)retries;
     if (!w->url || (strncmp(w->url, "http://", 7) != 0 && strncmp(w->url, "https://", 8) != 0))
@@ -1133,7 +1067,7 @@ static int parse_webhooks(struct tb_config *cfg, const json_t *v)
 static int parse_top(struct tb_config *cfg, json_t *root)
 {
   if (!json_is_object(root))
-    return bad("(top level)", "an object", root);
+    return tb_json_bad("(top level)", "an object", root);
   if (tb_json_check_keys(root, "", top_keys) == -1)
     return -1;
   if (!json_object_get(root, "state_dir"))
@@ -1151,13 +1085,13 @@ static int parse_top(struct tb_config *cfg, json_t *root)
     char what[64];
     snprintf(what, sizeof what, "a power of two from %d to %d", TB_MIN_BLOCK_SIZE,
              TB_MAX_BLOCK_SIZE);
-    return bad("block_size", what, bsv);
+    return tb_json_bad("block_size", what, bsv);
   }
   if (bsv)
     bs = json_integer_value(bsv);
   cfg->block_size = (uint32_t)bs;
   cfg->reconnect_grace_ms = TB_DEFAULT_RECONNECT_GRACE_MS;
-  if (get_duration(root, "", "reconnect_grace", &cfg->reconnect_grace_ms) == -1)
+  if (tb_json_get_duration(root, "", "reconnect_grace", &cfg->reconnect_grace_ms) == -1)
     return -1;
 
   json_t *v;
@@ -1192,11 +1126,11 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if ((v = json_object_get(root, "events"))) {
     static const char *const keys[] = {"max_bytes", "keep", NULL};
     if (!json_is_object(v))
-      return bad("events", "an object such as {\"max_bytes\": \"16M\", \"keep\": 5}", v);
+      return tb_json_bad("events", "an object such as {\"max_bytes\": \"16M\", \"keep\": 5}", v);
     long long keep = TB_EVENTS_DEFAULT_KEEP;
     if (tb_json_check_keys(v, "events", keys) == -1 ||
-        get_size(v, "events", "max_bytes", &cfg->events_max_bytes) == -1 ||
-        get_int(v, "events", "keep", 1, TB_EVENTS_MAX_KEEP, &keep) == -1)
+        tb_json_get_size(v, "events", "max_bytes", &cfg->events_max_bytes) == -1 ||
+        tb_json_get_int(v, "events", "keep", 1, TB_EVENTS_MAX_KEEP, &keep) == -1)
       return -1;
     cfg->events_keep = (unsigned)keep;
   }
@@ -1205,16 +1139,16 @@ static int parse_top(struct tb_config *cfg, json_t *root)
   if ((v = json_object_get(root, "metrics"))) {
     static const char *const keys[] = {"file", "interval", "mode", NULL};
     if (!json_is_object(v))
-      return bad("metrics", "an object such as {\"file\": PATH, \"interval\": \"15s\"}", v);
+      return tb_json_bad("metrics", "an object such as {\"file\": PATH, \"interval\": \"15s\"}", v);
     if (tb_json_check_keys(v, "metrics", keys) == -1 ||
         get_string(v, "metrics", "file", &cfg->metrics_file) == -1 ||
         get_mode(v, "metrics", "mode", &cfg->metrics_mode) == -1 ||
-        get_duration(v, "metrics", "interval", &cfg->metrics_interval_ms) == -1)
+        tb_json_get_duration(v, "metrics", "interval", &cfg->metrics_interval_ms) == -1)
       return -1;
   }
   if ((v = json_object_get(root, "pull"))) {
     if (!json_is_object(v) && !json_is_array(v))
-      return bad("pull", "an object or an array of objects", v);
+      return tb_json_bad("pull", "an object or an array of objects", v);
     /* Its contents are the repository layer's (tb_repo_pull_config_validate,
      * called by the daemon at load): the core does not link libcurl. */
     cfg->pull = json_incref(v);

@@ -43,3 +43,85 @@ int tb_json_check_keys(const json_t *obj, const char *path, const char *const *a
   }
   return 0;
 }
+
+static const char *type_name(const json_t *v)
+{
+  switch (json_typeof(v)) {
+  case JSON_OBJECT:
+    return "an object";
+  case JSON_ARRAY:
+    return "an array";
+  case JSON_STRING:
+    return "a string";
+  case JSON_INTEGER:
+    return "an integer";
+  case JSON_REAL:
+    return "a number";
+  case JSON_TRUE:
+  case JSON_FALSE:
+    return "a boolean";
+  case JSON_NULL:
+    return "null";
+  }
+  return "something else";
+}
+
+int tb_json_bad(const char *path, const char *expected, const json_t *got)
+{
+  if (!got) /* a required key is missing */
+    return tb_error("%s: expected %s", path, expected);
+  if (json_is_string(got))
+    return tb_error("%s: expected %s, got \"%s\"", path, expected, json_string_value(got));
+  if (json_is_integer(got))
+    return tb_error("%s: expected %s, got %lld", path, expected,
+                    (long long)json_integer_value(got));
+  return tb_error("%s: expected %s, got %s", path, expected, type_name(got));
+}
+
+int tb_json_bad_at(const char *path, const char *key, const char *expected, const json_t *got)
+{
+  if (!key)
+    return tb_json_bad(path, expected, got);
+  char p[512];
+  tb_json_subpath(p, sizeof p, path, key);
+  return tb_json_bad(p, expected, got);
+}
+
+int tb_json_get_int(const json_t *obj, const char *path, const char *key, long long lo,
+                    long long hi, long long *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+    char what[128];
+    snprintf(what, sizeof what, "an integer from %lld to %lld", lo, hi);
+    return tb_json_bad_at(path, key, what, v);
+  }
+  *out = json_integer_value(v);
+  return 0;
+}
+
+int tb_json_get_size(const json_t *obj, const char *path, const char *key, uint64_t *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  if (json_is_integer(v) && json_integer_value(v) >= 0) {
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+  }
+  if (json_is_string(v) && tb_parse_size(json_string_value(v), out) == 0)
+    return 0;
+  return tb_json_bad_at(path, key, "a size in bytes or a string such as \"64M\" or \"10G\"", v);
+}
+
+int tb_json_get_duration(const json_t *obj, const char *path, const char *key, int64_t *out)
+{
+  json_t *v = json_object_get(obj, key);
+  if (!v)
+    return 0;
+  if (json_is_string(v) && tb_parse_duration(json_string_value(v), out) == 0)
+    return 0;
+  return tb_json_bad_at(path, key, "a duration such as \"90s\", \"15m\", \"2h\" or \"1d\"", v);
+}

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* tabula: the watchdog's configuration, the "watchdog" sections (see watchdog-conf.h).
  *
- * Parsing follows conf.c's rules: strict keys, errors that start with the JSON
- * path.  conf.c calls tb_watchdog_parse() on every watchdog section so a bad
+ * Parsing follows conf.c's rules, with json.h's helpers: strict keys, errors
+ * that start with the JSON path, the same getters of durations, sizes and
+ * integers.  conf.c calls tb_watchdog_parse() on every watchdog section so a bad
  * rule stops the configuration from loading; the plugin and the daemon call
  * tb_watchdog_for() to get a client's effective settings.
  *
@@ -20,35 +21,14 @@
 #include "json.h"
 #include "watchdog-conf.h"
 
-static int bad(const char *path, const char *key, const char *expected, const json_t *got)
-{
-  char p[512];
-  snprintf(p, sizeof p, "%s%s%s", path, key ? "." : "", key ? key : "");
-  if (json_is_string(got))
-    return tb_error("%s: expected %s, got \"%s\"", p, expected, json_string_value(got));
-  return tb_error("%s: expected %s", p, expected);
-}
-
-static int get_duration(const json_t *obj, const char *path, const char *key, int64_t *out)
-{
-  json_t *v = json_object_get(obj, key);
-  if (!v)
-    return 0;
-  if (json_is_string(v) && tb_parse_duration(json_string_value(v), out) == 0)
-    return 0;
-  return bad(path, key, "a duration such as \"90s\", \"15m\" or \"2h\"", v);
-}
-
+/* A count from 1 to 1000, into an int. */
 static int get_count(const json_t *obj, const char *path, const char *key, int *out)
 {
-  json_t *v = json_object_get(obj, key);
-  if (!v)
-    return 0;
-  if (json_is_integer(v) && json_integer_value(v) >= 1 && json_integer_value(v) <= 1000) {
-    *out = (int)json_integer_value(v);
-    return 0;
-  }
-  return bad(path, key, "an integer from 1 to 1000", v);
+  long long n = *out;
+  if (tb_json_get_int(obj, path, key, 1, 1000, &n) == -1)
+    return -1;
+  *out = (int)n;
+  return 0;
 }
 
 static int get_name(const json_t *obj, const char *path, char *out)
@@ -57,7 +37,7 @@ static int get_name(const json_t *obj, const char *path, char *out)
   if (!v)
     return tb_error("%s.name: missing (every rule has a name that its events carry)", path);
   if (!json_is_string(v) || !tb_name_valid(json_string_value(v)))
-    return bad(path, "name", "a name of 1-64 characters [A-Za-z0-9._-]", v);
+    return tb_json_bad_at(path, "name", "a name of 1-64 characters [A-Za-z0-9._-]", v);
   strcpy(out, json_string_value(v));
   return 0;
 }
@@ -65,7 +45,7 @@ static int get_name(const json_t *obj, const char *path, char *out)
 static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog_conf *w)
 {
   if (!json_is_array(arr))
-    return bad(path, NULL, "an array of {\"name\", \"region\", \"action\"}", arr);
+    return tb_json_bad_at(path, NULL, "an array of {\"name\", \"region\", \"action\"}", arr);
   free(w->protect);
   w->n_protect = 0;
   w->protect = calloc(json_array_size(arr) + 1, sizeof *w->protect);
@@ -80,12 +60,13 @@ static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog
     static const char *const keys[] = {"name", "region", "action", NULL};
     struct tb_protect *pr = &w->protect[w->n_protect];
     if (!json_is_object(e))
-      return bad(p, NULL, "an object {\"name\", \"region\", \"action\"}", e);
+      return tb_json_bad_at(p, NULL, "an object {\"name\", \"region\", \"action\"}", e);
     if (tb_json_check_keys(e, p, keys) == -1 || get_name(e, p, pr->name) == -1)
       return -1;
     json_t *r = json_object_get(e, "region");
     if (!json_is_string(r) || tb_region_parse(json_string_value(r), true, &pr->region) == -1)
-      return bad(p, "region", "\"mbr\", \"gpt\", \"partition:N\" or \"lba:FIRST-LAST\"", r);
+      return tb_json_bad_at(p, "region", "\"mbr\", \"gpt\", \"partition:N\" or \"lba:FIRST-LAST\"",
+                            r);
     json_t *a = json_object_get(e, "action");
     const char *as = json_is_string(a) ? json_string_value(a) : NULL;
     if (!a || (as && strcmp(as, "deny") == 0))
@@ -93,7 +74,7 @@ static int parse_protect(const json_t *arr, const char *path, struct tb_watchdog
     else if (as && strcmp(as, "alert") == 0)
       pr->action = TB_GUARD_ALERT;
     else
-      return bad(p, "action", "\"deny\" or \"alert\"", a);
+      return tb_json_bad_at(p, "action", "\"deny\" or \"alert\"", a);
     w->n_protect++;
   }
   return 0;
@@ -110,7 +91,7 @@ const char *tb_rule_action_name(enum tb_rule_action a)
 static int parse_rules(const json_t *arr, const char *path, struct tb_watchdog_conf *w)
 {
   if (!json_is_array(arr))
-    return bad(path, NULL, "an array of file rules", arr);
+    return tb_json_bad_at(path, NULL, "an array of file rules", arr);
   for (size_t i = 0; i < w->n_rules; i++)
     free(w->rules[i].path);
   free(w->rules);
@@ -127,21 +108,21 @@ static int parse_rules(const json_t *arr, const char *path, struct tb_watchdog_c
     static const char *const keys[] = {"name", "path", "volume", "on", "action", NULL};
     struct tb_file_rule *r = &w->rules[w->n_rules];
     if (!json_is_object(e))
-      return bad(p, NULL, "an object {\"name\", \"path\", \"on\", \"action\"}", e);
+      return tb_json_bad_at(p, NULL, "an object {\"name\", \"path\", \"on\", \"action\"}", e);
     if (tb_json_check_keys(e, p, keys) == -1 || get_name(e, p, r->name) == -1)
       return -1;
     json_t *v = json_object_get(e, "path");
     if (!json_is_string(v) || json_string_value(v)[0] != '/')
-      return bad(p, "path",
-                 "an absolute glob inside the guest filesystem, such as "
-                 "\"/Windows/System32/*.dll\"",
-                 v);
+      return tb_json_bad_at(p, "path",
+                            "an absolute glob inside the guest filesystem, such as "
+                            "\"/Windows/System32/*.dll\"",
+                            v);
     r->path = strdup(json_string_value(v));
     w->n_rules++; /* from here on, free() owns r->path */
     if ((v = json_object_get(e, "volume"))) {
       if (!json_is_string(v) || json_string_length(v) == 0 ||
           json_string_length(v) >= sizeof r->volume || strchr(json_string_value(v), '/'))
-        return bad(p, "volume", "a volume name of the view, such as \"p2-ntfs\"", v);
+        return tb_json_bad_at(p, "volume", "a volume name of the view, such as \"p2-ntfs\"", v);
       strcpy(r->volume, json_string_value(v));
     }
     v = json_object_get(e, "on");
@@ -150,7 +131,7 @@ static int parse_rules(const json_t *arr, const char *path, struct tb_watchdog_c
       if (strcmp(json_string_value(v), on_names[k]) == 0)
         found = k;
     if (found < 0)
-      return bad(p, "on", "\"created\", \"changed\", \"deleted\" or \"exists\"", v);
+      return tb_json_bad_at(p, "on", "\"created\", \"changed\", \"deleted\" or \"exists\"", v);
     r->on = (enum tb_rule_on)found;
     v = json_object_get(e, "action");
     found = v ? -1 : TB_RULE_ALERT;
@@ -158,7 +139,8 @@ static int parse_rules(const json_t *arr, const char *path, struct tb_watchdog_c
       if (strcmp(json_string_value(v), action_names[k]) == 0)
         found = k;
     if (found < 0)
-      return bad(p, "action", "\"alert\", \"quarantine\", \"rollback\" or \"lockdown\"", v);
+      return tb_json_bad_at(p, "action", "\"alert\", \"quarantine\", \"rollback\" or \"lockdown\"",
+                            v);
     r->action = (enum tb_rule_action)found;
   }
   return 0;
@@ -168,23 +150,23 @@ static int parse_health(const json_t *h, const char *path, struct tb_watchdog_co
 {
   static const char *const keys[] = {"marker", "volume", "min_session", "strikes", NULL};
   if (!json_is_object(h))
-    return bad(path, NULL, "an object {\"marker\", \"min_session\", \"strikes\"}", h);
+    return tb_json_bad_at(path, NULL, "an object {\"marker\", \"min_session\", \"strikes\"}", h);
   if (tb_json_check_keys(h, path, keys) == -1)
     return -1;
   json_t *v;
   if ((v = json_object_get(h, "marker"))) {
     if (!json_is_string(v) || json_string_value(v)[0] != '/')
-      return bad(path, "marker", "an absolute path inside the guest filesystem", v);
+      return tb_json_bad_at(path, "marker", "an absolute path inside the guest filesystem", v);
     free(w->health_marker);
     w->health_marker = strdup(json_string_value(v));
   }
   if ((v = json_object_get(h, "volume"))) {
     if (!json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) >= sizeof w->health_volume)
-      return bad(path, "volume", "a volume name of the view, such as \"p1-ext4\"", v);
+      return tb_json_bad_at(path, "volume", "a volume name of the view, such as \"p1-ext4\"", v);
     strcpy(w->health_volume, json_string_value(v));
   }
-  return get_duration(h, path, "min_session", &w->health_min_session_ms) == -1 ||
+  return tb_json_get_duration(h, path, "min_session", &w->health_min_session_ms) == -1 ||
                  get_count(h, path, "strikes", &w->health_strikes) == -1
              ? -1
              : 0;
@@ -201,7 +183,7 @@ int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_co
   if (!w->canary_withdraw_after)
     w->canary_withdraw_after = 2;
   if (!json_is_object(obj))
-    return bad(path, NULL, "an object", obj);
+    return tb_json_bad_at(path, NULL, "an object", obj);
   if (tb_json_check_keys(obj, path, keys) == -1)
     return -1;
   char p[512];
@@ -211,20 +193,16 @@ int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_co
     if (parse_protect(v, p, w) == -1)
       return -1;
   }
-  if (get_duration(obj, path, "idle", &w->idle_ms) == -1 ||
-      get_duration(obj, path, "interval", &w->interval_ms) == -1 ||
-      get_duration(obj, path, "scan_timeout", &w->scan_timeout_ms) == -1)
+  if (tb_json_get_duration(obj, path, "idle", &w->idle_ms) == -1 ||
+      tb_json_get_duration(obj, path, "interval", &w->interval_ms) == -1 ||
+      tb_json_get_duration(obj, path, "scan_timeout", &w->scan_timeout_ms) == -1)
     return -1;
   if (json_object_get(obj, "scan_timeout") &&
       (w->scan_timeout_ms < 100 || w->scan_timeout_ms > 3600 * 1000))
-    return bad(path, "scan_timeout", "a duration from \"100ms\" to \"1h\"",
-               json_object_get(obj, "scan_timeout"));
-  if ((v = json_object_get(obj, "reserve"))) {
-    if (json_is_integer(v) && json_integer_value(v) >= 0)
-      w->reserve_bytes = (uint64_t)json_integer_value(v);
-    else if (!json_is_string(v) || tb_parse_size(json_string_value(v), &w->reserve_bytes) == -1)
-      return bad(path, "reserve", "a size such as \"2G\"", v);
-  }
+    return tb_json_bad_at(path, "scan_timeout", "a duration from \"100ms\" to \"1h\"",
+                          json_object_get(obj, "scan_timeout"));
+  if (tb_json_get_size(obj, path, "reserve", &w->reserve_bytes) == -1)
+    return -1;
   if ((v = json_object_get(obj, "rules"))) {
     snprintf(p, sizeof p, "%s.rules", path);
     if (parse_rules(v, p, w) == -1)
@@ -239,7 +217,7 @@ int tb_watchdog_parse(const json_t *obj, const char *path, struct tb_watchdog_co
     static const char *const ckeys[] = {"promote_after", "withdraw_after", NULL};
     snprintf(p, sizeof p, "%s.canary", path);
     if (!json_is_object(v))
-      return bad(p, NULL, "an object {\"promote_after\", \"withdraw_after\"}", v);
+      return tb_json_bad_at(p, NULL, "an object {\"promote_after\", \"withdraw_after\"}", v);
     if (tb_json_check_keys(v, p, ckeys) == -1 ||
         get_count(v, p, "promote_after", &w->canary_promote_after) == -1 ||
         get_count(v, p, "withdraw_after", &w->canary_withdraw_after) == -1)

@@ -361,6 +361,23 @@ static const struct {
      "{\"g\": {\"image\": \"a\", \"policy\": \"x\"}}}}, \"clients\": {\"pc1\": {\"image\": "
      "\"a\", \"group\": \"lab\"}}}",
      "groups.lab.disks.g.policy: expected \"rollback\" or \"persist\""},
+    /* The watchdog's sections read values with conf.c's getters (json.h). */
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"watchdog\": {\"idle\": 30}, "
+     "\"clients\": {}}",
+     "watchdog.idle: expected a duration such as \"90s\", \"15m\", \"2h\" or \"1d\", got 30"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"watchdog\": {\"reserve\": \"lots\"}, "
+     "\"clients\": {}}",
+     "watchdog.reserve: expected a size in bytes or a string such as \"64M\" or \"10G\", got "
+     "\"lots\""},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"watchdog\": {\"health\": "
+     "{\"strikes\": 0}}, \"clients\": {}}",
+     "watchdog.health.strikes: expected an integer from 1 to 1000, got 0"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"watchdog\": {\"canary\": "
+     "{\"promote_after\": true}}, \"clients\": {}}",
+     "watchdog.canary.promote_after: expected an integer from 1 to 1000, got a boolean"},
+    {"{\"state_dir\": \"/s\", \"images\": {\"d\": {}}, \"clients\": {\"pc01\": {\"image\": "
+     "\"d\", \"watchdog\": {\"rules\": [{\"name\": \"r\", \"path\": \"/x\"}]}}}}",
+     "watchdog.rules[0].on: expected \"created\", \"changed\", \"deleted\" or \"exists\""},
 };
 
 /* A client's further disks: entries after it, "ID/DISK", their own image
