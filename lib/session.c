@@ -592,14 +592,17 @@ static __attribute__((noinline)) void abandon_move(const char *state, const char
   if (stat(overlay, &ov) == 0 && ov.st_nlink > 1) {
     DIR *d = opendir(sessions);
     struct dirent *e;
+    bool unlinked = false; /* then PATH names an entry of sessions/ */
     while (d && (e = readdir(d)))
       if (e->d_name[0] != '.' &&
           tb_clientdir_entry(state, id, TB_CF_SESSIONS, e->d_name, path, sizeof path) == 0 &&
-          stat(path, &st) == 0 && st.st_ino == ov.st_ino && st.st_dev == ov.st_dev)
-        unlink(path);
+          stat(path, &st) == 0 && st.st_ino == ov.st_ino && st.st_dev == ov.st_dev &&
+          unlink(path) == 0)
+        unlinked = true;
     if (d)
       closedir(d);
-    tb_fsync_dir(path);
+    if (unlinked)
+      tb_fsync_dir(path);
   }
   if (unlink(next) == 0) {
     tb_fsync_dir(next);
