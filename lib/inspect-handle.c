@@ -20,6 +20,38 @@
 
 #include "inspect-internal.h"
 
+#ifdef TB_STATIC_TSK
+/* libtsk linked statically (configure --enable-static-tsk): its image
+ * opener (img_open.o, which holds tsk_img_open_external and tsk_img_close)
+ * names the openers of the image formats it was built with, and each of
+ * those pulls in its library: libewf, libvmdk, libvhdi, afflib (and curl,
+ * Kerberos, LDAP, ICU behind them), 45 shared objects whose relocation was
+ * 10 of the 12.5 ms a tabula-fuse start cost, most of a mount's time to its
+ * first listing.  We only ever hand libtsk our own reader
+ * (tsk_img_open_external), so these stand in for the format openers: the
+ * archive's are never pulled.  They say "not this format" if reached. */
+TSK_IMG_INFO *ewf_open(int n, const TSK_TCHAR *const images[], unsigned int ssize);
+TSK_IMG_INFO *aff_open(const TSK_TCHAR *const images[], unsigned int ssize);
+TSK_IMG_INFO *vmdk_open(int n, const TSK_TCHAR *const images[], unsigned int ssize);
+TSK_IMG_INFO *vhdi_open(int n, const TSK_TCHAR *const images[], unsigned int ssize);
+TSK_IMG_INFO *ewf_open(int n, const TSK_TCHAR *const images[], unsigned int ssize)
+{
+  return NULL;
+}
+TSK_IMG_INFO *aff_open(const TSK_TCHAR *const images[], unsigned int ssize)
+{
+  return NULL;
+}
+TSK_IMG_INFO *vmdk_open(int n, const TSK_TCHAR *const images[], unsigned int ssize)
+{
+  return NULL;
+}
+TSK_IMG_INFO *vhdi_open(int n, const TSK_TCHAR *const images[], unsigned int ssize)
+{
+  return NULL;
+}
+#endif
+
 /* Handles whose worker overran a deadline and still runs, process-wide. */
 atomic_int tbi_n_stuck;
 
