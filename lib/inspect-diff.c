@@ -26,10 +26,7 @@ struct entry {
   bool touched, seen;
 };
 
-struct entries {
-  struct entry *v;
-  size_t n, cap;
-};
+TB_VECTOR(entries, struct entry);
 
 static int entries_oom(void)
 {
@@ -39,27 +36,19 @@ static int entries_oom(void)
 
 static int entries_add(struct entries *e, const char *path, const struct tb_istat *st, bool touched)
 {
-  if (e->n == e->cap) {
-    size_t cap = e->cap ? e->cap * 2 : 256;
-    struct entry *v = realloc(e->v, cap * sizeof *v);
-    if (!v)
-      return entries_oom();
-    e->v = v;
-    e->cap = cap;
-  }
   char *p = strdup(path);
-  if (!p)
+  if (!p || tb_vector_push(e, ((struct entry){p, *st, touched, false})) == -1) {
+    free(p);
     return entries_oom();
-  e->v[e->n++] = (struct entry){p, *st, touched, false};
+  }
   return 0;
 }
 
 static void entries_free(struct entries *e)
 {
-  for (size_t i = 0; i < e->n; i++)
-    free(e->v[i].path);
-  free(e->v);
-  memset(e, 0, sizeof *e);
+  for (size_t i = 0; i < e->len; i++)
+    free(e->ptr[i].path);
+  tb_vector_free(e);
 }
 
 static int entry_cmp(const void *a, const void *b)
@@ -100,22 +89,16 @@ bool tbi_replaced(const struct tb_istat *a, const struct tb_istat *b, int *confi
 int tbi_changes_add(struct changes *c, enum tb_change kind, const char *vol, const char *path,
                     const struct tb_istat *st)
 {
-  if (c->n == c->cap) {
-    size_t cap = c->cap ? c->cap * 2 : 64;
-    struct change *v = realloc(c->v, cap * sizeof *v);
-    if (!v) {
-      errno = ENOMEM;
-      return tb_error("out of memory comparing filesystems");
-    }
-    c->v = v;
-    c->cap = cap;
-  }
   char *p;
   if (asprintf(&p, "%s%s", vol, path) < 0) {
     errno = ENOMEM;
     return tb_error("out of memory comparing filesystems");
   }
-  c->v[c->n++] = (struct change){kind, p, *st, CONFIRM_NONE};
+  if (tb_vector_push(c, ((struct change){kind, p, *st, CONFIRM_NONE})) == -1) {
+    free(p);
+    errno = ENOMEM;
+    return tb_error("out of memory comparing filesystems");
+  }
   return 0;
 }
 
@@ -136,13 +119,13 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
     r = tbi_walk_request(base, (size_t)bi, NULL, NULL, false, collect_cb, &be, deadline_ms);
   if (r == 0 && li >= 0)
     r = tbi_walk_request(live, (size_t)li, dirty, base->disk, false, collect_cb, &le, deadline_ms);
-  stats->files_examined += le.n;
+  stats->files_examined += le.len;
   if (r == 0) {
-    if (be.n > 0)
-      qsort(be.v, be.n, sizeof *be.v, entry_cmp);
-    for (size_t i = 0; i < le.n && r == 0; i++) {
-      struct entry *l = &le.v[i];
-      struct entry *b = be.n ? bsearch(l, be.v, be.n, sizeof *be.v, entry_cmp) : NULL;
+    if (be.len > 0)
+      qsort(be.ptr, be.len, sizeof *be.ptr, entry_cmp);
+    for (size_t i = 0; i < le.len && r == 0; i++) {
+      struct entry *l = &le.ptr[i];
+      struct entry *b = be.len ? bsearch(l, be.ptr, be.len, sizeof *be.ptr, entry_cmp) : NULL;
       if (!b)
         r = tbi_changes_add(out, TB_CREATED, vname, l->path, &l->st);
       else {
@@ -153,12 +136,12 @@ static int diff_volume(struct tb_inspect *base, int bi, struct tb_inspect *live,
         else if ((tbi_replaced(&b->st, &l->st, &confirm) ||
                   (l->touched && l->st.type == TB_FT_REG && (confirm = CONFIRM_DIRTY))) &&
                  (r = tbi_changes_add(out, TB_CHANGED, vname, l->path, &l->st)) == 0)
-          out->v[out->n - 1].confirm = confirm;
+          out->ptr[out->len - 1].confirm = confirm;
       }
     }
-    for (size_t i = 0; i < be.n && r == 0; i++)
-      if (!be.v[i].seen)
-        r = tbi_changes_add(out, TB_DELETED, vname, be.v[i].path, &be.v[i].st);
+    for (size_t i = 0; i < be.len && r == 0; i++)
+      if (!be.ptr[i].seen)
+        r = tbi_changes_add(out, TB_DELETED, vname, be.ptr[i].path, &be.ptr[i].st);
   }
   entries_free(&be);
   entries_free(&le);
@@ -258,20 +241,20 @@ static int diff_all(struct tb_inspect_index *idx, struct tb_inspect *base, struc
       stats->volumes_full++;
       r = diff_volume(base, (int)bi, live, -1, dirty, deadline_ms, &out, stats);
     }
-  for (size_t i = 0; i < out.n && r == 0; i++)
-    if (out.v[i].confirm && !content_differs(base, live, out.v[i].path,
-                                             out.v[i].confirm == CONFIRM_DIRTY ? dirty : NULL))
-      out.v[i].kind = 0; /* the same content, moved: not a change */
+  for (size_t i = 0; i < out.len && r == 0; i++)
+    if (out.ptr[i].confirm && !content_differs(base, live, out.ptr[i].path,
+                                               out.ptr[i].confirm == CONFIRM_DIRTY ? dirty : NULL))
+      out.ptr[i].kind = 0; /* the same content, moved: not a change */
   if (r == 0) {
-    if (out.n > 0)
-      qsort(out.v, out.n, sizeof *out.v, change_cmp);
-    for (size_t i = 0; i < out.n && r == 0; i++)
-      if (out.v[i].kind)
-        r = fn(ctx, out.v[i].kind, out.v[i].path, &out.v[i].st);
+    if (out.len > 0)
+      qsort(out.ptr, out.len, sizeof *out.ptr, change_cmp);
+    for (size_t i = 0; i < out.len && r == 0; i++)
+      if (out.ptr[i].kind)
+        r = fn(ctx, out.ptr[i].kind, out.ptr[i].path, &out.ptr[i].st);
   }
-  for (size_t i = 0; i < out.n; i++)
-    free(out.v[i].path);
-  free(out.v);
+  for (size_t i = 0; i < out.len; i++)
+    free(out.ptr[i].path);
+  tb_vector_free(&out);
   return r;
 }
 

@@ -208,17 +208,16 @@ int tb_ranges_add(struct tb_ranges *r, uint64_t off, uint64_t len)
       return tb_error("dirty ranges must be added in ascending order");
     }
   }
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 64;
-    struct tb_range *v = realloc(r->v, cap * sizeof *v);
-    if (!v) {
-      errno = ENOMEM;
-      return tb_error("out of memory for dirty ranges");
-    }
-    r->v = v;
-    r->cap = cap;
+  /* R grows as a vector; struct tb_ranges (inspect.h) keeps v and n, the
+   * names every user of a dirty map reads. */
+  TB_VECTOR(ranges, struct tb_range) grown = {r->v, r->n, r->cap};
+  if (tb_vector_push(&grown, ((struct tb_range){off, len})) == -1) {
+    errno = ENOMEM;
+    return tb_error("out of memory for dirty ranges");
   }
-  r->v[r->n++] = (struct tb_range){off, len};
+  r->v = grown.ptr;
+  r->n = grown.len;
+  r->cap = grown.cap;
   return 0;
 }
 

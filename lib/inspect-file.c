@@ -31,15 +31,17 @@
  * that do not cover the file in order) reads through libtsk on the
  * worker. */
 
+TB_VECTOR(fruns, struct frun);
+
 /* Append [FOFF, FOFF+LEN) at DOFF to the map, merging with the last run
- * when it continues it.  False when the map is full or out of memory. */
-static bool frun_add(struct frun **v, size_t *n, size_t *cap, uint64_t foff, uint64_t len,
-                     uint64_t doff)
+ * when it continues it.  False when the map is full (FRUN_MAX runs) or out
+ * of memory. */
+static bool frun_add(struct fruns *runs, uint64_t foff, uint64_t len, uint64_t doff)
 {
   if (len == 0)
     return true;
-  if (*n > 0) {
-    struct frun *last = &(*v)[*n - 1];
+  if (runs->len > 0) {
+    struct frun *last = &runs->ptr[runs->len - 1];
     if (last->foff + last->len == foff &&
         (last->doff == FRUN_ZERO ? doff == FRUN_ZERO
                                  : doff != FRUN_ZERO && last->doff + last->len == doff)) {
@@ -47,16 +49,7 @@ static bool frun_add(struct frun **v, size_t *n, size_t *cap, uint64_t foff, uin
       return true;
     }
   }
-  if (*n == *cap) {
-    size_t nc = *cap ? *cap * 2 : 16;
-    struct frun *nv = nc <= FRUN_MAX ? realloc(*v, nc * sizeof *nv) : NULL;
-    if (!nv)
-      return false;
-    *v = nv;
-    *cap = nc;
-  }
-  (*v)[(*n)++] = (struct frun){foff, len, doff};
-  return true;
+  return runs->len < FRUN_MAX && tb_vector_push(runs, ((struct frun){foff, len, doff})) == 0;
 }
 
 /* The content map of F on volume V into J (runs, n_runs), or nothing if
@@ -77,8 +70,7 @@ static void map_file(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, stru
   uint64_t disk = tb_disk_size(ins->disk), base = fs->offset > 0 ? (uint64_t)fs->offset : 0;
   if (base >= disk)
     return;
-  struct frun *runs = NULL;
-  size_t n = 0, cap = 0;
+  struct fruns runs = {0};
   uint64_t next = 0; /* the file byte the next run must start at */
   bool ok = true;
   for (const TSK_FS_ATTR_RUN *r = a->nrd.run; r && ok && next < size; r = r->next) {
@@ -97,20 +89,20 @@ static void map_file(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, stru
                        r->addr > (disk - base) / bs || r->len * bs > disk - base - r->addr * bs))
       ok = false; /* past the volume or the disk: libtsk says what is wrong */
     else if (zero || next >= init)
-      ok = frun_add(&runs, &n, &cap, next, len, FRUN_ZERO);
+      ok = frun_add(&runs, next, len, FRUN_ZERO);
     else {
       /* Past the initialised size, zeros (NTFS valid data length). */
       uint64_t data = init - next < len ? init - next : len;
-      ok = frun_add(&runs, &n, &cap, next, data, base + r->addr * bs) &&
-           frun_add(&runs, &n, &cap, next + data, len - data, FRUN_ZERO);
+      ok = frun_add(&runs, next, data, base + r->addr * bs) &&
+           frun_add(&runs, next + data, len - data, FRUN_ZERO);
     }
     next += len;
   }
   if (ok && next == size) {
-    j->runs = runs;
-    j->n_runs = n;
+    j->runs = runs.ptr; /* the job's: freed with it */
+    j->n_runs = runs.len;
   } else {
-    free(runs);
+    tb_vector_free(&runs);
   }
 }
 

@@ -43,15 +43,14 @@ static int geom_add(struct geom *g, uint64_t off, uint64_t len, uint64_t foff)
     return 0;
   if (g->n >= GEOM_MAX_EXTENTS)
     return -1;
-  if (g->n == g->cap) {
-    size_t cap = g->cap ? g->cap * 2 : 16;
-    struct meta_extent *v = realloc(g->v, cap * sizeof *v);
-    if (!v)
-      return -1;
-    g->v = v;
-    g->cap = cap;
-  }
-  g->v[g->n++] = (struct meta_extent){off, len, foff};
+  /* G's extents grow as a vector; struct geom keeps v and n, the names its
+   * readers (the index, the fuzzers) use. */
+  TB_VECTOR(meta_extents, struct meta_extent) grown = {g->v, g->n, g->cap};
+  if (tb_vector_push(&grown, ((struct meta_extent){off, len, foff})) == -1)
+    return -1;
+  g->v = grown.ptr;
+  g->n = grown.len;
+  g->cap = grown.cap;
   return 0;
 }
 

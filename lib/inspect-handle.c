@@ -257,14 +257,17 @@ static int partition_number(const TSK_VS_INFO *vs, const TSK_VS_PART_INFO *p)
 static int add_volume(struct tb_inspect *ins, TSK_FS_INFO *fs, int partno, uint64_t offset,
                       uint64_t length)
 {
-  struct vol *v = realloc(ins->vols, (ins->n_vols + 1) * sizeof *v);
-  if (!v) {
+  /* The volumes grow as a vector; the handle keeps vols and n_vols, the
+   * names every inspect-*.c file reads. */
+  TB_VECTOR(vols, struct vol) grown = {ins->vols, ins->n_vols, ins->cap_vols};
+  if (tb_vector_reserve(&grown, 1) == -1) {
     tsk_fs_close(fs);
     errno = ENOMEM;
     return tb_error("out of memory");
   }
-  ins->vols = v;
-  struct vol *nv = &v[ins->n_vols];
+  ins->vols = grown.ptr;
+  ins->cap_vols = grown.cap;
+  struct vol *nv = &ins->vols[ins->n_vols];
   memset(nv, 0, sizeof *nv);
   nv->fs = fs;
   nv->pub.partition = partno;
@@ -402,7 +405,7 @@ void tbi_teardown(struct tb_inspect *ins)
   }
   free(ins->vols);
   ins->vols = NULL;
-  ins->n_vols = 0;
+  ins->n_vols = ins->cap_vols = 0;
   if (ins->vs)
     tsk_vs_close(ins->vs);
   if (ins->img)

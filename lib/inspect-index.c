@@ -46,18 +46,19 @@ struct interval {
   uint64_t start, end, inum;
 };
 
+TB_VECTOR(inode_nodes, struct inode_node);
+TB_VECTOR(name_pool, char); /* NUL-terminated names, end to end */
+TB_VECTOR(intervals, struct interval);
+
 struct ivol {
   struct tb_volume pub;
   struct geom geom; /* GEOM_NONE: not indexed */
-  struct inode_node *nodes;
-  size_t n_nodes, cap_nodes;
-  char *names;
-  size_t names_len, names_cap;
+  struct inode_nodes nodes;
+  struct name_pool names;
   struct inum_ref *inums; /* every node by inode number, sorted */
   size_t n_inums;
-  struct interval *runs; /* content runs, sorted by start */
+  struct intervals runs; /* content runs, sorted by start */
   uint64_t *max_end;     /* max_end[i]: the largest end of runs[0..i] */
-  size_t n_runs, cap_runs;
 };
 
 struct tb_inspect_index {
@@ -74,10 +75,10 @@ struct tb_inspect_index {
 static void ivol_free(struct ivol *iv)
 {
   tbi_geom_free(&iv->geom);
-  free(iv->nodes);
-  free(iv->names);
+  tb_vector_free(&iv->nodes);
+  tb_vector_free(&iv->names);
   free(iv->inums);
-  free(iv->runs);
+  tb_vector_free(&iv->runs);
   free(iv->max_end);
 }
 
@@ -91,28 +92,19 @@ void tbi_index_put(struct tb_inspect_index *idx)
   free(idx);
 }
 
-static void *grow(void *p, size_t *cap, size_t need, size_t size)
-{
-  if (need <= *cap)
-    return p;
-  size_t cap2 = *cap ? *cap : 256;
-  while (cap2 < need)
-    cap2 *= 2;
-  void *q = realloc(p, cap2 * size);
-  if (q)
-    *cap = cap2;
-  return q;
-}
-
-/* An index is kept for long: give back what the doubling left unused. */
-static void shrink(void **p, size_t *cap, size_t n, size_t size)
-{
-  void *q = n > 0 && n < *cap ? realloc(*p, n * size) : NULL;
-  if (q) {
-    *p = q;
-    *cap = n;
-  }
-}
+/* An index is kept for long: give back what the doubling left unused.
+ * realloc, not vector.h, which only grows; a failure keeps the larger
+ * array, which is still whole. */
+#define VECTOR_SHRINK(v)                                                                           \
+  do {                                                                                             \
+    if ((v)->len > 0 && (v)->len < (v)->cap) {                                                     \
+      __typeof__((v)->ptr) shrunk_ = reallocarray((v)->ptr, (v)->len, sizeof *(v)->ptr);           \
+      if (shrunk_) {                                                                               \
+        (v)->ptr = shrunk_;                                                                        \
+        (v)->cap = (v)->len;                                                                       \
+      }                                                                                            \
+    }                                                                                              \
+  } while (0)
 
 static int index_oom(void)
 {
@@ -124,21 +116,15 @@ static int64_t add_node(struct ivol *iv, const char *name, uint32_t parent,
                         const struct tb_istat *st)
 {
   size_t nl = strlen(name) + 1;
-  if (iv->n_nodes >= INDEX_MAX_NODES || iv->names_len + nl > UINT32_MAX)
+  if (iv->nodes.len >= INDEX_MAX_NODES || iv->names.len + nl > UINT32_MAX)
     return index_oom();
-  struct inode_node *nodes = grow(iv->nodes, &iv->cap_nodes, iv->n_nodes + 1, sizeof *nodes);
-  if (!nodes)
+  if (tb_vector_reserve(&iv->nodes, 1) == -1 || tb_vector_reserve(&iv->names, nl) == -1)
     return index_oom();
-  iv->nodes = nodes;
-  char *names = grow(iv->names, &iv->names_cap, iv->names_len + nl, 1);
-  if (!names)
-    return index_oom();
-  iv->names = names;
-  memcpy(names + iv->names_len, name, nl);
-  nodes[iv->n_nodes] = (struct inode_node){
-      .name = (uint32_t)iv->names_len, .parent = parent, .first_child = 0, .st = *st};
-  iv->names_len += nl;
-  return (int64_t)iv->n_nodes++;
+  memcpy(iv->names.ptr + iv->names.len, name, nl);
+  iv->nodes.ptr[iv->nodes.len] = (struct inode_node){
+      .name = (uint32_t)iv->names.len, .parent = parent, .first_child = 0, .st = *st};
+  iv->names.len += nl;
+  return (int64_t)iv->nodes.len++;
 }
 
 struct ibuild {
@@ -162,7 +148,7 @@ static int build_dir(struct ibuild *b, uint32_t node, uint64_t inum, size_t path
   if (!cd)
     return b->ins->deadline_hit ? -1 : 0;
   struct ivol *iv = b->iv;
-  size_t first = iv->n_nodes;
+  size_t first = iv->nodes.len;
   /* CD stays valid: no tbi_get_dir() until the children are copied. */
   for (size_t i = 0; i < cd->n; i++) {
     if ((i & 255) == 0 && tbi_past_deadline(b->ins))
@@ -172,15 +158,15 @@ static int build_dir(struct ibuild *b, uint32_t node, uint64_t inum, size_t path
     if (add_node(iv, cd->v[i].name, node, &cd->v[i].st) < 0)
       return -1;
   }
-  iv->nodes[node].first_child = (uint32_t)first;
-  iv->nodes[node].n_children = (uint32_t)(iv->n_nodes - first);
-  size_t last = iv->n_nodes;
+  iv->nodes.ptr[node].first_child = (uint32_t)first;
+  iv->nodes.ptr[node].n_children = (uint32_t)(iv->nodes.len - first);
+  size_t last = iv->nodes.len;
   b->stack[b->depth++] = inum;
   int r = 0;
   for (size_t k = first; k < last && r == 0; k++)
-    if (iv->nodes[k].st.type == TB_FT_DIR)
-      r = build_dir(b, (uint32_t)k, iv->nodes[k].st.inum,
-                    path_len + 1 + strlen(iv->names + iv->nodes[k].name));
+    if (iv->nodes.ptr[k].st.type == TB_FT_DIR)
+      r = build_dir(b, (uint32_t)k, iv->nodes.ptr[k].st.inum,
+                    path_len + 1 + strlen(iv->names.ptr + iv->nodes.ptr[k].name));
   b->depth--;
   return r;
 }
@@ -209,13 +195,10 @@ static bool add_run(void *ctx, uint64_t d0, uint64_t d1)
 {
   struct run_add *ra = ctx;
   struct ivol *iv = ra->iv;
-  struct interval *runs = grow(iv->runs, &iv->cap_runs, iv->n_runs + 1, sizeof *runs);
-  if (!runs) {
+  if (tb_vector_push(&iv->runs, ((struct interval){d0, d1, ra->inum})) == -1) {
     ra->failed = true;
     return true;
   }
-  iv->runs = runs;
-  runs[iv->n_runs++] = (struct interval){d0, d1, ra->inum};
   return false;
 }
 
@@ -235,14 +218,14 @@ static int build_volume(struct tb_inspect *ins, struct vol *v, struct ivol *iv)
   free(b);
   if (r < 0)
     return -1;
-  iv->inums = calloc(iv->n_nodes, sizeof *iv->inums);
+  iv->inums = calloc(iv->nodes.len, sizeof *iv->inums);
   if (!iv->inums) {
     errno = ENOMEM;
     return tb_error("out of memory indexing a filesystem");
   }
-  for (size_t i = 0; i < iv->n_nodes; i++)
-    iv->inums[i] = (struct inum_ref){iv->nodes[i].st.inum, (uint32_t)i};
-  iv->n_inums = iv->n_nodes;
+  for (size_t i = 0; i < iv->nodes.len; i++)
+    iv->inums[i] = (struct inum_ref){iv->nodes.ptr[i].st.inum, (uint32_t)i};
+  iv->n_inums = iv->nodes.len;
   qsort(iv->inums, iv->n_inums, sizeof *iv->inums, inum_ref_cmp);
   for (size_t i = 0; i < iv->n_inums; i++) {
     if ((i & 255) == 0 && tbi_past_deadline(ins))
@@ -256,18 +239,18 @@ static int build_volume(struct tb_inspect *ins, struct vol *v, struct ivol *iv)
       return tb_error("out of memory indexing a filesystem");
     }
   }
-  shrink((void **)&iv->nodes, &iv->cap_nodes, iv->n_nodes, sizeof *iv->nodes);
-  shrink((void **)&iv->names, &iv->names_cap, iv->names_len, 1);
-  shrink((void **)&iv->runs, &iv->cap_runs, iv->n_runs, sizeof *iv->runs);
-  if (iv->n_runs > 0) {
-    qsort(iv->runs, iv->n_runs, sizeof *iv->runs, interval_cmp);
-    if (!(iv->max_end = malloc(iv->n_runs * sizeof *iv->max_end))) {
+  VECTOR_SHRINK(&iv->nodes);
+  VECTOR_SHRINK(&iv->names);
+  VECTOR_SHRINK(&iv->runs);
+  if (iv->runs.len > 0) {
+    qsort(iv->runs.ptr, iv->runs.len, sizeof *iv->runs.ptr, interval_cmp);
+    if (!(iv->max_end = malloc(iv->runs.len * sizeof *iv->max_end))) {
       errno = ENOMEM;
       return tb_error("out of memory indexing a filesystem");
     }
     uint64_t m = 0;
-    for (size_t i = 0; i < iv->n_runs; i++)
-      iv->max_end[i] = m = iv->runs[i].end > m ? iv->runs[i].end : m;
+    for (size_t i = 0; i < iv->runs.len; i++)
+      iv->max_end[i] = m = iv->runs.ptr[i].end > m ? iv->runs.ptr[i].end : m;
   }
   return 0;
 }
@@ -301,10 +284,10 @@ int tbi_do_index(struct tb_inspect *ins, struct job *j)
     }
     if (build_volume(ins, v, iv) < 0)
       return -1;
-    idx->files += iv->n_nodes - 1;
-    idx->bytes += iv->cap_nodes * sizeof *iv->nodes + iv->names_cap +
-                  iv->n_inums * sizeof *iv->inums + iv->cap_runs * sizeof *iv->runs +
-                  iv->n_runs * sizeof *iv->max_end + iv->geom.cap * sizeof *iv->geom.v;
+    idx->files += iv->nodes.len - 1;
+    idx->bytes += iv->nodes.cap * sizeof *iv->nodes.ptr + iv->names.cap +
+                  iv->n_inums * sizeof *iv->inums + iv->runs.cap * sizeof *iv->runs.ptr +
+                  iv->runs.len * sizeof *iv->max_end + iv->geom.cap * sizeof *iv->geom.v;
   }
   return 0;
 }
@@ -470,20 +453,14 @@ int tbi_index_volume(const struct tb_inspect_index *idx, const struct tb_volume 
 
 /* -- the diff of one volume through the index, on the live handle's worker -- */
 
-struct cands {
-  uint64_t *v;
-  size_t n, cap;
-};
+TB_VECTOR(cands, uint64_t);
 
 static int cands_add(struct cands *c, uint64_t inum)
 {
-  uint64_t *v = grow(c->v, &c->cap, c->n + 1, sizeof *v);
-  if (!v) {
+  if (tb_vector_push(c, inum) == -1) {
     errno = ENOMEM;
     return tb_error("out of memory comparing filesystems");
   }
-  c->v = v;
-  c->v[c->n++] = inum;
   return 0;
 }
 
@@ -495,7 +472,7 @@ static int u64_cmp(const void *a, const void *b)
 
 static bool cands_has(const struct cands *c, uint64_t inum)
 {
-  return c->n > 0 && bsearch(&inum, c->v, c->n, sizeof *c->v, u64_cmp) != NULL;
+  return c->len > 0 && bsearch(&inum, c->ptr, c->len, sizeof *c->ptr, u64_cmp) != NULL;
 }
 
 enum { FL_DESCEND = 1, FL_RELIST = 2 };
@@ -559,11 +536,11 @@ static int content_candidates(struct idiff *x)
   const struct tb_ranges *d = x->dirty;
   uint64_t vo = iv->pub.offset, ve = vo + iv->pub.length;
   size_t steps = 0;
-  for (size_t k = tbi_ranges_lower_bound(d, vo); k < d->n && d->v[k].off < ve && iv->n_runs > 0;
+  for (size_t k = tbi_ranges_lower_bound(d, vo); k < d->n && d->v[k].off < ve && iv->runs.len > 0;
        k++) {
     uint64_t r0 = d->v[k].off, r1 = r0 + d->v[k].len;
     /* Runs that may end after r0: from the first whose max_end does. */
-    size_t lo = 0, hi = iv->n_runs;
+    size_t lo = 0, hi = iv->runs.len;
     while (lo < hi) {
       size_t mid = lo + (hi - lo) / 2;
       if (iv->max_end[mid] <= r0)
@@ -571,10 +548,10 @@ static int content_candidates(struct idiff *x)
       else
         hi = mid;
     }
-    for (size_t i = lo; i < iv->n_runs && iv->runs[i].start < r1; i++) {
+    for (size_t i = lo; i < iv->runs.len && iv->runs.ptr[i].start < r1; i++) {
       if ((++steps & 4095) == 0 && tbi_past_deadline(x->ins))
         return tbi_tsk_fail(x->ins, "comparing filesystems");
-      if (iv->runs[i].end > r0 && cands_add(&x->c, iv->runs[i].inum) < 0)
+      if (iv->runs.ptr[i].end > r0 && cands_add(&x->c, iv->runs.ptr[i].inum) < 0)
         return -1;
     }
   }
@@ -586,8 +563,8 @@ static int content_candidates(struct idiff *x)
 static void mark_candidates(struct idiff *x)
 {
   const struct ivol *iv = x->iv;
-  for (size_t i = 0; i < x->c.n; i++) {
-    struct inum_ref key = {x->c.v[i], 0};
+  for (size_t i = 0; i < x->c.len; i++) {
+    struct inum_ref key = {x->c.ptr[i], 0};
     size_t lo = 0, hi = iv->n_inums;
     while (lo < hi) {
       size_t mid = lo + (hi - lo) / 2;
@@ -598,13 +575,13 @@ static void mark_candidates(struct idiff *x)
     }
     for (size_t k = lo; k < iv->n_inums && iv->inums[k].inum == key.inum; k++) {
       uint32_t n = iv->inums[k].node;
-      if (iv->nodes[n].st.type == TB_FT_DIR)
+      if (iv->nodes.ptr[n].st.type == TB_FT_DIR)
         x->flags[n] |= FL_RELIST | FL_DESCEND;
-      uint32_t p = iv->nodes[n].parent;
+      uint32_t p = iv->nodes.ptr[n].parent;
       if (p == NODE_NONE)
         continue;
       x->flags[p] |= FL_RELIST;
-      for (; p != NODE_NONE && !(x->flags[p] & FL_DESCEND); p = iv->nodes[p].parent)
+      for (; p != NODE_NONE && !(x->flags[p] & FL_DESCEND); p = iv->nodes.ptr[p].parent)
         x->flags[p] |= FL_DESCEND;
     }
   }
@@ -612,7 +589,7 @@ static void mark_candidates(struct idiff *x)
 
 static const char *node_name(const struct ivol *iv, uint32_t n)
 {
-  return iv->names + iv->nodes[n].name;
+  return iv->names.ptr + iv->nodes.ptr[n].name;
 }
 
 /* Put NAME after the first PATH_LEN bytes of x->path; returns the new length. */
@@ -627,7 +604,7 @@ static size_t set_path(struct idiff *x, size_t path_len, const char *name)
 /* NODE (at x->path) and everything under it, deleted. */
 static int deleted_subtree(struct idiff *x, uint32_t node, size_t path_len)
 {
-  const struct inode_node *n = &x->iv->nodes[node];
+  const struct inode_node *n = &x->iv->nodes.ptr[node];
   int r = tbi_changes_add(x->out, TB_DELETED, x->vname, x->path, &n->st);
   for (uint32_t k = 0; k < n->n_children && r == 0; k++) {
     uint32_t c = n->first_child + k;
@@ -639,7 +616,7 @@ static int deleted_subtree(struct idiff *x, uint32_t node, size_t path_len)
 
 static int deleted_children(struct idiff *x, uint32_t node, size_t path_len)
 {
-  const struct inode_node *n = &x->iv->nodes[node];
+  const struct inode_node *n = &x->iv->nodes.ptr[node];
   int r = 0;
   for (uint32_t k = 0; k < n->n_children && r == 0; k++) {
     uint32_t c = n->first_child + k;
@@ -678,7 +655,7 @@ static int visit(struct idiff *x, uint32_t bn, uint64_t linum, bool relist, size
 /* Base node BK and live entry LST at the same path (x->path). */
 static int compare_entry(struct idiff *x, uint32_t bk, const struct tb_istat *lst, size_t path_len)
 {
-  const struct tb_istat *b = &x->iv->nodes[bk].st;
+  const struct tb_istat *b = &x->iv->nodes.ptr[bk].st;
   int r = 0;
   if (b->type == TB_FT_DIR && lst->type == TB_FT_DIR) {
     if (tbi_meta_changed(b, lst))
@@ -695,7 +672,7 @@ static int compare_entry(struct idiff *x, uint32_t bk, const struct tb_istat *ls
       (changed = tbi_content_touched(x->ins, x->v, lst->inum, x->dirty, x->base)))
     confirm = CONFIRM_DIRTY;
   if (changed && (r = tbi_changes_add(x->out, TB_CHANGED, x->vname, x->path, lst)) == 0)
-    x->out->v[x->out->n - 1].confirm = confirm;
+    x->out->ptr[x->out->len - 1].confirm = confirm;
   if (r == 0 && b->type == TB_FT_DIR)
     r = deleted_children(x, bk, path_len);
   if (r == 0 && lst->type == TB_FT_DIR)
@@ -719,7 +696,7 @@ static int lent_cmp(const void *a, const void *b)
 
 static uint32_t find_child(const struct ivol *iv, uint32_t bn, const char *name)
 {
-  const struct inode_node *n = &iv->nodes[bn];
+  const struct inode_node *n = &iv->nodes.ptr[bn];
   size_t lo = 0, hi = n->n_children;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
@@ -814,7 +791,7 @@ static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_l
   }
   for (size_t i = 0; i < n && r == 0 && !x->ins->deadline_hit; i++) {
     le[i].base = find_child(x->iv, bn, le[i].name);
-    if (le[i].base != NODE_NONE && x->iv->nodes[le[i].base].st.inum == le[i].inum &&
+    if (le[i].base != NODE_NONE && x->iv->nodes.ptr[le[i].base].st.inum == le[i].inum &&
         !cands_has(&x->c, le[i].inum))
       continue; /* the base's entry, unchanged */
     if ((i & 63) == 0 && tbi_past_deadline(x->ins))
@@ -860,7 +837,7 @@ static int relist_dir(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_
   size_t n;
   if (list_live(x, bn, linum, path_len, &le, &n) < 0)
     return -1;
-  const struct inode_node *b = &x->iv->nodes[bn];
+  const struct inode_node *b = &x->iv->nodes.ptr[bn];
   uint32_t bf = b->first_child, bc = b->n_children;
   size_t i = 0, k = 0;
   int r = 0;
@@ -888,7 +865,7 @@ static int relist_dir(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_
         r = deleted_subtree(x, c, pl);
       else if (le[i].loaded)
         r = compare_entry(x, c, &le[i].st, pl);
-      else if (x->flags[c] && x->iv->nodes[c].st.type == TB_FT_DIR)
+      else if (x->flags[c] && x->iv->nodes.ptr[c].st.type == TB_FT_DIR)
         r = visit(x, c, le[i].inum, false, pl);
       i++;
       k++;
@@ -914,16 +891,17 @@ static int visit(struct idiff *x, uint32_t bn, uint64_t linum, bool relist, size
   if (relist || (x->flags[bn] & FL_RELIST)) {
     r = relist_dir(x, bn, linum, path_len);
   } else {
-    const struct inode_node *b = &x->iv->nodes[bn];
+    const struct inode_node *b = &x->iv->nodes.ptr[bn];
     for (uint32_t k = 0; k < b->n_children && r == 0; k++) {
       uint32_t c = b->first_child + k;
-      if (!x->flags[c] || x->iv->nodes[c].st.type != TB_FT_DIR)
+      if (!x->flags[c] || x->iv->nodes.ptr[c].st.type != TB_FT_DIR)
         continue;
       if (tbi_past_deadline(x->ins)) {
         r = tbi_tsk_fail(x->ins, "comparing filesystems");
         break;
       }
-      r = visit(x, c, x->iv->nodes[c].st.inum, false, set_path(x, path_len, node_name(x->iv, c)));
+      r = visit(x, c, x->iv->nodes.ptr[c].st.inum, false,
+                set_path(x, path_len, node_name(x->iv, c)));
       x->path[path_len] = '\0';
     }
   }
@@ -942,13 +920,13 @@ int tbi_do_idiff(struct tb_inspect *ins, struct job *j)
   const struct ivol *iv = &j->index->vols[j->ivol];
   struct geom g;
   bool same = tbi_vol_geometry(ins, v, &g) == 0 && tbi_geom_covers(&g, &iv->geom) &&
-              iv->n_nodes > 0 && iv->nodes[0].st.inum == v->root.inum;
+              iv->nodes.len > 0 && iv->nodes.ptr[0].st.inum == v->root.inum;
   if (!same) {
     tbi_geom_free(&g);
     return ins->deadline_hit ? tbi_tsk_fail(ins, "comparing filesystems") : 1;
   }
   struct idiff *x = calloc(1, sizeof *x);
-  uint8_t *flags = calloc(iv->n_nodes, 1);
+  uint8_t *flags = calloc(iv->nodes.len, 1);
   if (!x || !flags) {
     free(x);
     free(flags);
@@ -968,20 +946,20 @@ int tbi_do_idiff(struct tb_inspect *ins, struct job *j)
   int r = meta_candidates(x, &g); /* the live table: a grown MFT's new extension records too */
   if (r == 0)
     r = content_candidates(x);
-  if (r == 0 && x->c.n > 0) {
-    qsort(x->c.v, x->c.n, sizeof *x->c.v, u64_cmp);
+  if (r == 0 && x->c.len > 0) {
+    qsort(x->c.ptr, x->c.len, sizeof *x->c.ptr, u64_cmp);
     size_t k = 0;
-    for (size_t i = 0; i < x->c.n; i++)
-      if (k == 0 || x->c.v[k - 1] != x->c.v[i])
-        x->c.v[k++] = x->c.v[i];
-    x->c.n = k;
+    for (size_t i = 0; i < x->c.len; i++)
+      if (k == 0 || x->c.ptr[k - 1] != x->c.ptr[i])
+        x->c.ptr[k++] = x->c.ptr[i];
+    x->c.len = k;
   }
-  j->stats.candidates = x->c.n;
+  j->stats.candidates = x->c.len;
   if (r == 0) {
     mark_candidates(x);
     r = visit(x, 0, v->root.inum, false, 0);
   }
-  free(x->c.v);
+  tb_vector_free(&x->c);
   free(flags);
   free(x);
   tbi_geom_free(&g);
@@ -1018,17 +996,14 @@ int tbi_idiff_request(struct tb_inspect_index *idx, size_t ivol, struct tb_inspe
     stats->dirs_relisted += j->stats.dirs_relisted;
   }
   struct changes *c = j->changes;
-  if (r == 0 && c->n > 0) {
-    struct change *v = realloc(out->v, (out->n + c->n) * sizeof *v);
-    if (!v) {
+  if (r == 0 && c->len > 0) {
+    if (tb_vector_reserve(out, c->len) == -1) {
       errno = ENOMEM;
       r = tb_error("out of memory comparing filesystems");
     } else {
-      out->v = v;
-      memcpy(out->v + out->n, c->v, c->n * sizeof *v);
-      out->n += c->n;
-      out->cap = out->n;
-      c->n = 0; /* moved */
+      memcpy(out->ptr + out->len, c->ptr, c->len * sizeof *c->ptr);
+      out->len += c->len;
+      c->len = 0; /* moved */
     }
   }
   tbi_job_put(j);

@@ -89,6 +89,7 @@
 
 #include "inspect.h"
 #include "ntfs-mft.h"
+#include "vector.h"
 
 /* ---- Limits ---- */
 #define DIR_CACHE_MAX 256 /* directories cached per volume */
@@ -161,10 +162,7 @@ struct change {
   enum { CONFIRM_NONE, CONFIRM_DIRTY, CONFIRM_WHOLE } confirm;
 };
 
-struct changes {
-  struct change *v;
-  size_t n, cap;
-};
+TB_VECTOR(changes, struct change);
 
 /* A request shipped to a handle's worker thread.  The caller and the worker
  * each hold a reference; arguments and results live here, never on the
@@ -237,7 +235,7 @@ struct tb_inspect {
   struct tb_disk *disk;
   TSK_VS_INFO *vs;
   struct vol *vols;
-  size_t n_vols;
+  size_t n_vols, cap_vols; /* grown as a vector (add_volume) */
   /* The worker's alone: libtsk and the caches. */
   TSK_IMG_INFO *img;
   struct job *running;
@@ -323,6 +321,7 @@ struct ntfs_name {
   uint16_t seq;
   TSK_FS_NAME_TYPE_ENUM type;
 };
+TB_VECTOR(ntfs_names, struct ntfs_name);
 
 /* ---- inspect-handle.c ---- */
 extern atomic_int tbi_n_stuck; /* handles whose worker overran a deadline and still runs */

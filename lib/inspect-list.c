@@ -155,6 +155,8 @@ bool tbi_size_plausible(const struct vol *v, const TSK_FS_META *m)
   }
 }
 
+TB_VECTOR(dents, struct dent);
+
 /* ext directories, read by us: libtsk's tsk_fs_dir_add looks for a
  * duplicate among every name already added, so listing a directory costs
  * the square of its size (a 20,000-entry directory: 75% of a find's time,
@@ -166,15 +168,14 @@ bool tbi_size_plausible(const struct vol *v, const TSK_FS_META *m)
  * remnants), go to libtsk: *FALLBACK is set. */
 static bool dir_add(struct cached_dir *d, size_t *cap, char *name, const struct tb_istat *st)
 {
-  if (d->n == *cap) {
-    size_t nc = *cap ? *cap * 2 : 64;
-    struct dent *nv = realloc(d->v, nc * sizeof *nv);
-    if (!nv)
-      return false;
-    d->v = nv;
-    *cap = nc;
-  }
-  d->v[d->n++] = (struct dent){name, *st};
+  /* D's entries grow as a vector (D->v, D->n and *CAP); the listing keeps
+   * v and n, the names every reader of a cached listing uses. */
+  struct dents grown = {d->v, d->n, *cap};
+  if (tb_vector_push(&grown, ((struct dent){name, *st})) == -1)
+    return false;
+  d->v = grown.ptr;
+  d->n = grown.len;
+  *cap = grown.cap;
   return true;
 }
 
@@ -303,8 +304,7 @@ struct ntfs_dir_read {
   struct vol *v;
   struct cached_dir *d; /* with the entries' metadata, or */
   size_t cap;
-  struct ntfs_name *names; /* ... without, when names_only */
-  size_t n_names, cap_names;
+  struct ntfs_names names; /* ... without, when names_only */
   bool names_only;
   struct name_seen seen;
   bool oom;
@@ -467,16 +467,8 @@ static void ntfs_pending_free(struct ntfs_dir_read *x)
 
 static bool ntfs_name_add(struct ntfs_dir_read *x, char *name, const TSK_FS_NAME *nm)
 {
-  if (x->n_names == x->cap_names) {
-    size_t nc = x->cap_names ? x->cap_names * 2 : 64;
-    struct ntfs_name *nv = realloc(x->names, nc * sizeof *nv);
-    if (!nv)
-      return false;
-    x->names = nv;
-    x->cap_names = nc;
-  }
-  x->names[x->n_names++] = (struct ntfs_name){name, nm->meta_addr, nm->meta_seq, nm->type};
-  return true;
+  return tb_vector_push(&x->names,
+                        ((struct ntfs_name){name, nm->meta_addr, nm->meta_seq, nm->type})) == 0;
 }
 
 /* The entries of one index node (BUF[OFF, END)); false if they do not
@@ -503,7 +495,7 @@ static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf
     /* libtsk's checks: a reference inside the MFT, naming this directory */
     if (ns == NTFS_FNAME_DOS || ref < x->v->fs->first_inum || ref > x->v->fs->last_inum ||
         parent != x->d->inum ||
-        (x->names_only ? x->n_names : x->d->n) >= TB_INSPECT_MAX_DIR_ENTRIES)
+        (x->names_only ? x->names.len : x->d->n) >= TB_INSPECT_MAX_DIR_ENTRIES)
       continue;
     char raw[4 * 255 + 1];
     tb_ntfs_name((const unsigned char *)fn + NTFS_FNAME_NAME, units, raw);
@@ -659,11 +651,11 @@ bool tbi_ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
   tsk_fs_file_close(dm);
   tsk_error_reset();
   if (!ok) {
-    tbi_ntfs_names_free(x.names, x.n_names);
+    tbi_ntfs_names_free(x.names.ptr, x.names.len);
     return false;
   }
-  *out = x.names;
-  *n = x.n_names;
+  *out = x.names.ptr;
+  *n = x.names.len;
   return true;
 }
 

@@ -909,10 +909,12 @@ bool tbi_fix_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const T
 void tbi_collect_xattr(void *ctx, const char *name, const unsigned char *val, size_t len)
 {
   struct tb_xattrs *x = ctx;
-  struct tb_xattr *nv = realloc(x->v, (x->n + 1) * sizeof *nv);
-  if (!nv)
+  /* X grows as a vector; struct tb_xattrs (inspect.h) keeps v and n. */
+  TB_VECTOR(xattr_list, struct tb_xattr) grown = {x->v, x->n, x->cap};
+  if (tb_vector_reserve(&grown, 1) == -1)
     return;
-  x->v = nv;
+  x->v = grown.ptr;
+  x->cap = grown.cap;
   char *n = strdup(name);
   unsigned char *b = malloc(len ? len : 1);
   if (!n || !b) {

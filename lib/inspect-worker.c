@@ -35,9 +35,9 @@ void tbi_job_put(struct job *j)
     free(j->xattrs);
   }
   if (j->changes) {
-    for (size_t i = 0; i < j->changes->n; i++)
-      free(j->changes->v[i].path);
-    free(j->changes->v);
+    for (size_t i = 0; i < j->changes->len; i++)
+      free(j->changes->ptr[i].path);
+    tb_vector_free(j->changes);
     free(j->changes);
   }
   free(j);

@@ -162,7 +162,7 @@ struct tb_xattr {
 };
 struct tb_xattrs {
   struct tb_xattr *v;
-  size_t n;
+  size_t n, cap; /* cap: lib/inspect's, the room allocated */
 };
 
 struct tb_volume {

@@ -337,15 +337,15 @@ START_TEST(test_ntfs_index)
   put16(e + 8, 16);
   img[e + 12] = 0x02; /* the last entry */
   ck_assert(ntfs_index_entries(&x, img, 0, end));
-  ck_assert_uint_eq(x.n_names, 2);
-  ck_assert_str_eq(x.names[0].name, "abc");
-  ck_assert_uint_eq(x.names[0].ref, 64);
-  ck_assert_uint_eq(x.names[0].seq, 3);
-  ck_assert_int_eq(x.names[0].type, TSK_FS_NAME_TYPE_DIR);
-  ck_assert_str_eq(x.names[1].name, "file.txt");
-  ck_assert_uint_eq(x.names[1].ref, 67);
-  ck_assert_int_eq(x.names[1].type, TSK_FS_NAME_TYPE_REG);
-  tbi_ntfs_names_free(x.names, x.n_names);
+  ck_assert_uint_eq(x.names.len, 2);
+  ck_assert_str_eq(x.names.ptr[0].name, "abc");
+  ck_assert_uint_eq(x.names.ptr[0].ref, 64);
+  ck_assert_uint_eq(x.names.ptr[0].seq, 3);
+  ck_assert_int_eq(x.names.ptr[0].type, TSK_FS_NAME_TYPE_DIR);
+  ck_assert_str_eq(x.names.ptr[1].name, "file.txt");
+  ck_assert_uint_eq(x.names.ptr[1].ref, 67);
+  ck_assert_int_eq(x.names.ptr[1].type, TSK_FS_NAME_TYPE_REG);
+  tbi_ntfs_names_free(x.names.ptr, x.names.len);
 
   /* Entries that do not parse exactly: the node goes to libtsk. */
   struct ntfs_dir_read y = {.ins = &ins, .v = &v, .d = &d, .names_only = true};
@@ -360,8 +360,8 @@ START_TEST(test_ntfs_index)
   ck_assert(!ntfs_index_entries(&y, img, 0, e));
   e = idx_entry(0, 64, 3, 5, 1, false, "abc", 0);
   ck_assert(!ntfs_index_entries(&y, img, 0, e - 8)); /* running past the node */
-  ck_assert_uint_eq(y.n_names, 0);
-  tbi_ntfs_names_free(y.names, y.n_names);
+  ck_assert_uint_eq(y.names.len, 0);
+  tbi_ntfs_names_free(y.names.ptr, y.names.len);
 }
 END_TEST
 
