@@ -335,12 +335,15 @@ size_t tb_inspect_index_bytes(const struct tb_inspect_index *idx)
  * building costs up to 2 * TB_INSPECT_WALK_FACTOR budgets, and a version
  * whose filesystem made it fail (too large for the budget, hostile, out of
  * memory) would make every changes.txt read or scan pay that again before
- * its full diff.  A caller takes its own reference, so eviction never frees
- * an index in use.  USED 0 marks an empty slot. */
+ * its full diff.  The memo lasts TB_INSPECT_INDEX_RETRY_MS: a build that
+ * failed because the machine was busy (its budget is wall time) gets another
+ * chance, at most that often.  A caller takes its own reference, so
+ * eviction never frees an index in use.  USED 0 marks an empty slot. */
 static struct index_slot {
   char *key;
   struct tb_inspect_index *idx;
   uint64_t used;
+  int64_t failed_ms; /* IDX NULL: when the build failed (monotonic) */
 } index_cache[TB_INSPECT_INDEX_CACHE];
 static uint64_t index_cache_tick;
 static pthread_mutex_t index_cache_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -370,6 +373,7 @@ static struct tb_inspect_index *index_cache_insert(const char *key, struct tb_in
     idx = tb_inspect_index_ref(s->idx);
   } else if (s) {
     s->idx = tb_inspect_index_ref(idx); /* NULL stays the failure memo */
+    s->failed_ms = tb_mono_ms();
   } else if (copy) {
     s = &index_cache[0]; /* the least recently used, an empty one (used 0) first */
     for (size_t i = 1; i < TB_INSPECT_INDEX_CACHE; i++)
@@ -377,7 +381,7 @@ static struct tb_inspect_index *index_cache_insert(const char *key, struct tb_in
         s = &index_cache[i];
     drop = s->idx;
     drop_key = s->key;
-    *s = (struct index_slot){copy, tb_inspect_index_ref(idx), 0};
+    *s = (struct index_slot){copy, tb_inspect_index_ref(idx), 0, tb_mono_ms()};
     copy = NULL;
   } /* else out of memory: not remembered, built again next time */
   if (s)
@@ -398,6 +402,8 @@ struct tb_inspect_index *tb_inspect_index_get(const char *key, struct tb_inspect
     *build_ms = 0;
   pthread_mutex_lock(&index_cache_lock);
   struct index_slot *s = index_cache_find(key);
+  if (s && !s->idx && tb_mono_ms() - s->failed_ms >= TB_INSPECT_INDEX_RETRY_MS)
+    s = NULL; /* the failure is old: build again */
   struct tb_inspect_index *idx = s ? tb_inspect_index_ref(s->idx) : NULL;
   if (s)
     s->used = ++index_cache_tick;

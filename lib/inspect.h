@@ -300,9 +300,10 @@ int tb_inspect_diff(struct tb_inspect *base, struct tb_inspect *live, const stru
  * and its manifest digest), BASE is a handle of it, used only when KEY is
  * not cached.  The last TB_INSPECT_INDEX_CACHE keys asked for are kept (LRU),
  * each with its index or the memo that its build failed: a failed key is
- * not built again while it stays cached (NULL at once, errno EAGAIN), since
- * a build that failed spent up to its whole budget and a version never
- * changes.  Two callers missing one key at once both build it and get the
+ * not built again for TB_INSPECT_INDEX_RETRY_MS while it stays cached (NULL
+ * at once, errno EAGAIN), since a build that failed spent up to its whole
+ * budget and a version never changes (but a busy machine can make a build
+ * miss its wall-clock budget once).  Two callers missing one key at once both build it and get the
  * same index (the first kept).  Returns a reference (drop it with
  * tb_inspect_index_free) or NULL; BUILD_MS (may be NULL) is the time this
  * call spent building, 0 when the cache answered. */
@@ -323,6 +324,7 @@ void tb_inspect_index_free(struct tb_inspect_index *idx);            /* drops a 
 uint64_t tb_inspect_index_files(const struct tb_inspect_index *idx); /* paths indexed */
 size_t tb_inspect_index_bytes(const struct tb_inspect_index *idx);   /* memory held */
 #define TB_INSPECT_INDEX_CACHE 4
+#define TB_INSPECT_INDEX_RETRY_MS (10 * 60 * 1000) /* a failed build is tried again after */
 struct tb_inspect_index *tb_inspect_index_get(const char *key, struct tb_inspect *base,
                                               int64_t *build_ms);
 /* Like tb_inspect_diff, through IDX (built from BASE's disk; NULL, or DIRTY
