@@ -80,13 +80,19 @@ big=$(grep -A1 'opcode: READDIRPLUS' "$TB_TMP/fuse-mnt.log" | sed -n 's/.*succes
 
 echo "== a big directory: names first, attributes from its second listing on"
 find "$V/big" >/dev/null || tb_fail "find big"
+# Relative to big itself: a path from the mount's root would look up the
+# view's own directories above the version again once their 1 s is past (a
+# find of more than a second on a loaded machine), and count those.
+here=$(pwd)
+cd "$V/big"
 before=$(requests mnt LOOKUP)
-stat "$V/big/f04000" "$V/big/subdir" >/dev/null
+stat f04000 subdir >/dev/null
 [ "$(requests mnt LOOKUP)" = "$before" ] ||
   tb_fail "an entry among the first 4096 or a subdirectory was not carried with its attributes"
-stat "$V/big/f05000" >/dev/null
+stat f05000 >/dev/null
 [ "$(requests mnt LOOKUP)" -gt "$before" ] ||
   tb_fail "the first listing carried the attributes of all 5000 entries (the kernel made 5000 inodes)"
+cd "$here"
 before=$(requests mnt LOOKUP)
 find "$V/big" -ls >"$T/big.ls" || tb_fail "find -ls big"
 [ "$(grep -c ' /' "$T/big.ls")" -ge 5001 ] || tb_fail "find -ls listed $(wc -l <"$T/big.ls") entries"
