@@ -1012,6 +1012,20 @@ static int commit_turn(struct tb_session_plan *pl, struct tb_session *s, struct 
   return 0;
 }
 
+/* A session of client ID in STATE, not started: no lock, no overlay. */
+static struct tb_session *session_new(const char *state, const char *id)
+{
+  struct tb_session *s = calloc(1, sizeof *s);
+  if (!s || !(s->state_dir = strdup(state))) {
+    tb_error_errno("session of %s", id);
+    free(s);
+    return NULL;
+  }
+  s->lock_fd = -1;
+  snprintf(s->id, sizeof s->id, "%s", id);
+  return s;
+}
+
 struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb_boot_note *boot)
 {
   const struct tb_client_conf *c = pl->c;
@@ -1030,14 +1044,12 @@ struct tb_session *tb_session_commit(struct tb_session_plan *pl, const struct tb
     return NULL;
   }
   CLEANUP_FREE struct turn_paths *p = malloc(sizeof *p);
-  struct tb_session *s = p ? calloc(1, sizeof *s) : NULL;
-  if (!s || !(s->state_dir = strdup(state))) {
-    tb_error_errno("session of %s", c->id);
-    free(s);
+  struct tb_session *s = p ? session_new(state, c->id) : NULL;
+  if (!s) {
+    if (!p)
+      tb_error_errno("session of %s", c->id);
     return NULL;
   }
-  s->lock_fd = -1;
-  snprintf(s->id, sizeof s->id, "%s", c->id);
   if (boot)
     s->boot = *boot;
   if (commit_turn(pl, s, p, turn_start) == -1) {
@@ -1110,14 +1122,9 @@ struct tb_session *tb_session_resume(const struct tb_config *cfg, const struct t
                                      const struct tb_session_record *rec)
 {
   const char *state = cfg->state_dir;
-  struct tb_session *s = calloc(1, sizeof *s);
-  if (!s || !(s->state_dir = strdup(state))) {
-    tb_error_errno("session of %s", c->id);
-    free(s);
+  struct tb_session *s = session_new(state, c->id);
+  if (!s)
     return NULL;
-  }
-  s->lock_fd = -1;
-  snprintf(s->id, sizeof s->id, "%s", c->id);
   s->boot = rec->boot;
   s->number = rec->number;
   s->started_ms = rec->started_ms;
