@@ -2,7 +2,7 @@
 /* lib/inspect-disk.c: the byte sources inspection reads (see inspect.h).
  *
  * A tb_disk is a size and a read callback with a reference count: an NBD
- * export (libnbd, one handle, requests of at most NBD_MAX_REQUEST), a file,
+ * export (libnbd, a pool of handles, requests of at most NBD_MAX_REQUEST), a file,
  * or a caller's callback.  Its stuck count is the inspection workers on it
  * that overran a deadline (inspect-worker.c).  Also here: byte ranges
  * (tb_ranges: added in ascending order, merged with the last) and the dirty
@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,38 +119,39 @@ struct tb_disk *tb_disk_open_file(const char *path)
   return d;
 }
 
-/* -- NBD -- */
+/* -- NBD --
+ *
+ * An NBD disk is a small pool of libnbd handles to one export.  A libnbd
+ * handle runs one synchronous request at a time, so with one handle the
+ * view's FUSE threads (a directory walk and a file read, or two readers)
+ * queue behind each other's round trips.  The first handle is opened by
+ * tb_disk_open_nbd (its errors are the caller's); up to NBD_HANDLES - 1 more
+ * connect when every open one is busy.  A further connection that fails is
+ * not an error: its reader waits for a handle already open, and the pool
+ * stops growing.  Every handle serves the same export, so every read of an
+ * immutable export sees the same bytes, and of a live one the disk as it is
+ * at that moment, as with one handle.
+ */
 
-static int nbd_read(void *opaque, void *buf, size_t len, uint64_t off)
-{
-  struct nbd_handle *h = opaque;
-  char *p = buf;
-  while (len > 0) {
-    size_t n = len < NBD_MAX_REQUEST ? len : NBD_MAX_REQUEST;
-    if (nbd_pread(h, p, n, off, 0) < 0) {
-      int e = nbd_get_errno();
-      errno = e ? e : EIO;
-      return tb_error("NBD read of %zu bytes at %" PRIu64 ": %s", n, off, nbd_get_error());
-    }
-    p += n;
-    off += n;
-    len -= n;
-  }
-  return 0;
-}
+#define NBD_HANDLES 4
 
-static void nbd_close_handle(void *opaque)
-{
-  nbd_close(opaque);
-}
-
-struct tb_disk *tb_disk_open_nbd(const char *uri, const char *socket, const char *export)
-{
+struct nbd_pool {
+  pthread_mutex_t lock; /* guards h, busy, n, full */
+  pthread_cond_t freed; /* a handle was given back */
+  struct nbd_handle *h[NBD_HANDLES];
+  bool busy[NBD_HANDLES];
+  size_t n;  /* slots used: open handles and those connecting */
+  bool full; /* a further connection failed: grow no more */
+  char *uri, *socket, *export;
   char what[256];
-  snprintf(what, sizeof what, "NBD export '%s' at %s", export ? export : "", uri ? uri : socket);
+};
+
+/* Open one handle to the pool's export; its size in *SIZE. */
+static struct nbd_handle *nbd_connect_one(const struct nbd_pool *p, int64_t *size)
+{
   struct nbd_handle *h = nbd_create();
   if (!h) {
-    tb_error("%s: %s", what, nbd_get_error());
+    tb_error("%s: %s", p->what, nbd_get_error());
     return NULL;
   }
   /* Every read's result is checked (a failed one is an error, never
@@ -157,36 +160,148 @@ struct tb_disk *tb_disk_open_nbd(const char *uri, const char *socket, const char
   int r = nbd_set_pread_initialize(h, false);
   if (r == 0)
     r = nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
-  if (r == 0 && uri && export) {
+  if (r == 0 && p->uri && p->export) {
     /* Negotiate by hand so EXPORT replaces the URI's export name. */
     r = nbd_set_opt_mode(h, true);
     if (r == 0)
-      r = nbd_connect_uri(h, uri);
+      r = nbd_connect_uri(h, p->uri);
     if (r == 0)
-      r = nbd_set_export_name(h, export);
+      r = nbd_set_export_name(h, p->export);
     if (r == 0)
       r = nbd_opt_go(h);
-  } else if (r == 0 && uri) {
-    r = nbd_connect_uri(h, uri);
+  } else if (r == 0 && p->uri) {
+    r = nbd_connect_uri(h, p->uri);
   } else if (r == 0) {
-    r = nbd_set_export_name(h, export ? export : "");
+    r = nbd_set_export_name(h, p->export ? p->export : "");
     if (r == 0)
-      r = nbd_connect_unix(h, socket);
+      r = nbd_connect_unix(h, p->socket);
   }
-  int64_t size = r == 0 ? nbd_get_size(h) : -1;
-  if (size < 0) {
+  *size = r == 0 ? nbd_get_size(h) : -1;
+  if (*size < 0) {
     int e = nbd_get_errno();
-    tb_error("%s: %s", what, nbd_get_error());
+    tb_error("%s: %s", p->what, nbd_get_error());
     nbd_close(h);
     errno = e ? e : EIO;
     return NULL;
   }
-  struct tb_disk *d = tb_disk_new((uint64_t)size, nbd_read, nbd_close_handle, h, what);
-  if (!d) {
-    nbd_close(h);
+  return h;
+}
+
+/* A handle for one request (give it back with nbd_give): a free one, else
+ * a new one while the pool may grow, else the next one given back. */
+static size_t nbd_take(struct nbd_pool *p)
+{
+  pthread_mutex_lock(&p->lock);
+  for (;;) {
+    for (size_t i = 0; i < p->n; i++) {
+      if (p->h[i] && !p->busy[i]) {
+        p->busy[i] = true;
+        pthread_mutex_unlock(&p->lock);
+        return i;
+      }
+    }
+    if (p->n < NBD_HANDLES && !p->full) {
+      size_t i = p->n++;
+      p->busy[i] = true;
+      pthread_mutex_unlock(&p->lock);
+      int64_t size;
+      struct nbd_handle *h = nbd_connect_one(p, &size);
+      pthread_mutex_lock(&p->lock);
+      if (h) {
+        p->h[i] = h;
+        pthread_mutex_unlock(&p->lock);
+        return i;
+      }
+      /* The slot stays empty; handle 0 is always open, so waiting ends. */
+      p->full = true;
+      p->busy[i] = false;
+      continue;
+    }
+    pthread_cond_wait(&p->freed, &p->lock);
+  }
+}
+
+static void nbd_give(struct nbd_pool *p, size_t i)
+{
+  pthread_mutex_lock(&p->lock);
+  p->busy[i] = false;
+  pthread_cond_signal(&p->freed);
+  pthread_mutex_unlock(&p->lock);
+}
+
+static int nbd_read(void *opaque, void *buf, size_t len, uint64_t off)
+{
+  struct nbd_pool *p = opaque;
+  size_t i = nbd_take(p);
+  struct nbd_handle *h = p->h[i];
+  char *pos = buf;
+  int r = 0;
+  while (len > 0 && r == 0) {
+    size_t n = len < NBD_MAX_REQUEST ? len : NBD_MAX_REQUEST;
+    if (nbd_pread(h, pos, n, off, 0) < 0) {
+      int e = nbd_get_errno();
+      r = tb_error("NBD read of %zu bytes at %" PRIu64 ": %s", n, off, nbd_get_error());
+      errno = e ? e : EIO;
+    }
+    pos += n;
+    off += n;
+    len -= n;
+  }
+  int saved = errno;
+  nbd_give(p, i);
+  errno = saved;
+  return r;
+}
+
+static void nbd_pool_free(void *opaque)
+{
+  struct nbd_pool *p = opaque;
+  if (!p)
+    return;
+  for (size_t i = 0; i < p->n; i++)
+    if (p->h[i])
+      nbd_close(p->h[i]);
+  pthread_cond_destroy(&p->freed);
+  pthread_mutex_destroy(&p->lock);
+  free(p->uri);
+  free(p->socket);
+  free(p->export);
+  free(p);
+}
+
+struct tb_disk *tb_disk_open_nbd(const char *uri, const char *socket, const char *export)
+{
+  struct nbd_pool *p = calloc(1, sizeof *p);
+  if (!p || (uri && !(p->uri = strdup(uri))) || (socket && !(p->socket = strdup(socket))) ||
+      (export && !(p->export = strdup(export)))) {
+    if (p) {
+      free(p->uri);
+      free(p->socket);
+      free(p->export);
+    }
+    free(p);
+    errno = ENOMEM;
+    tb_error("NBD export '%s': out of memory", export ? export : "");
     return NULL;
   }
-  d->nbd = h;
+  pthread_mutex_init(&p->lock, NULL);
+  pthread_cond_init(&p->freed, NULL);
+  snprintf(p->what, sizeof p->what, "NBD export '%s' at %s", export ? export : "",
+           uri ? uri : socket);
+  int64_t size;
+  if (!(p->h[0] = nbd_connect_one(p, &size))) {
+    int e = errno;
+    nbd_pool_free(p);
+    errno = e;
+    return NULL;
+  }
+  p->n = 1;
+  struct tb_disk *d = tb_disk_new((uint64_t)size, nbd_read, nbd_pool_free, p, p->what);
+  if (!d) {
+    nbd_pool_free(p);
+    return NULL;
+  }
+  d->nbd = p;
   return d;
 }
 
@@ -265,10 +380,9 @@ static int dirty_extent_cb(void *user_data, const char *metacontext, uint64_t of
   return 0;
 }
 
-int tb_disk_dirty_ranges(struct tb_disk *d, struct tb_ranges *out)
+static int dirty_ranges_of(struct tb_disk *d, struct nbd_handle *h, struct tb_ranges *out)
 {
-  memset(out, 0, sizeof *out);
-  if (!d->nbd || nbd_can_meta_context(d->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
+  if (nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
     errno = ENOTSUP;
     return tb_error("%s: the server does not report block status", d->name);
   }
@@ -279,7 +393,7 @@ int tb_disk_dirty_ranges(struct tb_disk *d, struct tb_ranges *out)
     if (count > (1u << 30))
       count = 1u << 30;
     w.next = off;
-    if (nbd_block_status(d->nbd, count, off,
+    if (nbd_block_status(h, count, off,
                          (nbd_extent_callback){.callback = dirty_extent_cb, .user_data = &w},
                          0) < 0) {
       tb_error("%s: block status at %" PRIu64 ": %s", d->name, off, nbd_get_error());
@@ -296,4 +410,19 @@ int tb_disk_dirty_ranges(struct tb_disk *d, struct tb_ranges *out)
     off = w.next;
   }
   return 0;
+}
+
+int tb_disk_dirty_ranges(struct tb_disk *d, struct tb_ranges *out)
+{
+  memset(out, 0, sizeof *out);
+  if (!d->nbd) {
+    errno = ENOTSUP;
+    return tb_error("%s: the server does not report block status", d->name);
+  }
+  size_t slot = nbd_take(d->nbd);
+  int r = dirty_ranges_of(d, d->nbd->h[slot], out);
+  int saved = errno;
+  nbd_give(d->nbd, slot);
+  errno = saved;
+  return r;
 }

@@ -104,7 +104,7 @@ struct tb_disk {
   tb_disk_read_fn read;
   void (*close)(void *opaque);
   void *opaque;
-  struct nbd_handle *nbd; /* when the disk is an NBD export, for block status */
+  struct nbd_pool *nbd; /* when the disk is an NBD export (inspect-disk.c) */
   char name[256];
 };
 
