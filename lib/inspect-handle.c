@@ -73,7 +73,8 @@ bool tbi_past_deadline(struct tb_inspect *ins)
 {
   if (ins->deadline_hit)
     return true;
-  if (atomic_load(&ins->giving_up) || tbi_mono_ms() > ins->deadline_ms)
+  if (atomic_load(&ins->giving_up) || tbi_mono_ms() > ins->deadline_ms ||
+      (ins->listing_ahead && atomic_load(&ins->closing_now)))
     ins->deadline_hit = true;
   return ins->deadline_hit;
 }

@@ -93,6 +93,7 @@
 
 /* ---- Limits ---- */
 #define DIR_CACHE_MAX 256 /* directories cached per volume */
+#define AHEAD_MAX 64      /* directories queued to be listed ahead (inspect-list.c) */
 #define WALK_MAX_DEPTH 256
 #define NTFS_FIRST_USER_RECORD 16 /* ntfs-3g's FILE_first_user */
 
@@ -227,7 +228,8 @@ struct tb_inspect {
   bool closing, ended;
   struct tb_ifile *orphans; /* closed by their owner, for the worker to release */
   atomic_llong budget_ms;
-  atomic_bool giving_up; /* the job's caller gave up: every further disk read fails */
+  atomic_bool giving_up;   /* the job's caller gave up: every further disk read fails */
+  atomic_bool closing_now; /* set by tb_inspect_close: a listing ahead stops at once */
   /* Held while a caller's callback runs on the worker, so that none runs
    * after the caller gave up and returned. */
   pthread_mutex_t cb_mu;
@@ -242,6 +244,14 @@ struct tb_inspect {
   int64_t deadline_ms; /* of the job in progress */
   bool deadline_hit;
   uint64_t tick;
+  /* Directories to list while idle (tbi_list_ahead): a stack, the
+   * subdirectories of the latest listing on top, first child first. */
+  struct ahead {
+    size_t vol;
+    uint64_t inum;
+  } ahead[AHEAD_MAX];
+  size_t n_ahead;
+  bool listing_ahead; /* tbi_list_ahead is running: closing_now ends it */
 };
 
 /* ---- A mapped file (inspect-file.c) ---- */
@@ -349,6 +359,7 @@ int tbi_resolve(struct tb_inspect *ins, struct vol *v, const char *path, struct 
 int tbi_do_stat(struct tb_inspect *ins, struct job *j);
 struct dent *tbi_copy_listing(const struct cached_dir *d, size_t *n);
 int tbi_do_readdir(struct tb_inspect *ins, struct job *j);
+void tbi_list_ahead(struct tb_inspect *ins);
 
 /* ---- inspect-ext.c ---- */
 bool tbi_ext_bmapped(const struct vol *v, const TSK_FS_META *m);

@@ -8,6 +8,17 @@
  * listing per volume (LRU, bounded by directories and entries).  Path
  * lookups (resolve) binary-search these listings component by component, so
  * a lookup finds only what readdir shows.  Runs on the worker only.
+ *
+ * Listing ahead: a walker (find, du, a file manager) opens the
+ * subdirectories of what it just listed, depth first.  So each readdir
+ * queues its subdirectories (AHEAD_MAX, the latest on top) and the worker,
+ * when it has no job, lists them into the cache (tbi_list_ahead): the
+ * walker's next opendir finds its listing made, and the NBD round trips and
+ * the parsing ran while the kernel and the walker were busy with the last
+ * reply.  Listing ahead never delays a job by more than a quarter of the
+ * budget (its own deadline, after which that listing is dropped), stops at
+ * once when the handle closes, and its errors are nobody's: the job that
+ * wants the directory meets them itself.
  */
 #include <config.h>
 
@@ -768,6 +779,70 @@ static void evict_dirs(struct vol *v, size_t incoming)
   }
 }
 
+/* TB_INSPECT_TRACE set: each directory read from the disk (not the cache)
+ * says so on stderr, so a test can see which listings were made ahead. */
+static void trace_read_dir(uint64_t inum)
+{
+  static atomic_int trace = -1;
+  if (trace < 0)
+    trace = getenv("TB_INSPECT_TRACE") != NULL;
+  if (trace)
+    fprintf(stderr, "tabula: inspect read dir: inode %" PRIu64 "\n", inum);
+}
+
+static bool dir_cached(const struct vol *v, uint64_t inum)
+{
+  for (size_t i = 0; i < v->n_dirs; i++)
+    if (v->dirs[i]->inum == inum)
+      return true;
+  return false;
+}
+
+/* Queue D's subdirectories to be listed ahead, on top, the first on top. */
+static void queue_ahead(struct tb_inspect *ins, size_t vol, const struct cached_dir *d)
+{
+  size_t subdirs = 0;
+  for (size_t i = 0; i < d->n; i++)
+    subdirs += d->v[i].st.type == TB_FT_DIR && strcmp(d->v[i].name, ".") != 0 &&
+               strcmp(d->v[i].name, "..") != 0;
+  if (subdirs > AHEAD_MAX)
+    subdirs = AHEAD_MAX;
+  /* Make room: the oldest (bottom) entries go. */
+  if (ins->n_ahead + subdirs > AHEAD_MAX) {
+    size_t drop = ins->n_ahead + subdirs - AHEAD_MAX;
+    memmove(ins->ahead, ins->ahead + drop, (ins->n_ahead - drop) * sizeof *ins->ahead);
+    ins->n_ahead -= drop;
+  }
+  size_t top = ins->n_ahead + subdirs, k = 0;
+  for (size_t i = 0; i < d->n && k < subdirs; i++) {
+    const struct dent *e = &d->v[i];
+    if (e->st.type != TB_FT_DIR || strcmp(e->name, ".") == 0 || strcmp(e->name, "..") == 0)
+      continue;
+    ins->ahead[top - 1 - k++] = (struct ahead){vol, e->st.inum};
+  }
+  ins->n_ahead = top;
+}
+
+/* On the worker, with no job: list the directory on top of the queue into
+ * the cache, under a deadline of its own.  Errors are dropped. */
+void tbi_list_ahead(struct tb_inspect *ins)
+{
+  while (ins->n_ahead > 0) {
+    struct ahead a = ins->ahead[--ins->n_ahead];
+    if (a.vol >= ins->n_vols || !ins->vols[a.vol].fs || dir_cached(&ins->vols[a.vol], a.inum))
+      continue;
+    ins->deadline_ms = tbi_mono_ms() + atomic_load(&ins->budget_ms) / 4;
+    ins->deadline_hit = false;
+    atomic_store(&ins->giving_up, false);
+    tsk_error_reset();
+    ins->listing_ahead = true;
+    (void)tbi_get_dir(ins, &ins->vols[a.vol], a.inum);
+    ins->listing_ahead = false;
+    tsk_error_reset();
+    return;
+  }
+}
+
 /* The listing of directory INUM, from the cache or read now.  The pointer is
  * valid until the next tbi_get_dir() on the same volume. */
 struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
@@ -777,6 +852,7 @@ struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t i
       v->dirs[i]->tick = ++ins->tick;
       return v->dirs[i];
     }
+  trace_read_dir(inum);
   struct cached_dir *d = read_dir(ins, v, inum);
   if (!d)
     return NULL;
@@ -873,6 +949,8 @@ int tbi_do_readdir(struct tb_inspect *ins, struct job *j)
   struct cached_dir *d = r == 0 ? tbi_get_dir(ins, v, st.inum) : NULL;
   if (r == 0 && !d)
     r = -1;
+  if (r == 0)
+    queue_ahead(ins, j->vol, d);
   /* The callback must not re-enter this handle (its request would wait for
    * this one), so the cached listing cannot move under us while we iterate. */
   for (size_t i = 0; r == 0 && i < d->n; i++) {

@@ -46,6 +46,7 @@ struct tb_inspect *tb_inspect_open_budget(struct tb_disk *disk, int64_t budget_m
   atomic_init(&ins->refs, 2);
   atomic_init(&ins->budget_ms, budget_ms > 0 ? budget_ms : TB_INSPECT_DEFAULT_BUDGET_MS);
   atomic_init(&ins->giving_up, false);
+  atomic_init(&ins->closing_now, false);
   ins->disk = tb_disk_ref(disk);
 
   pthread_attr_t ta;
@@ -84,6 +85,7 @@ void tb_inspect_close(struct tb_inspect *ins)
 {
   if (!ins)
     return;
+  atomic_store(&ins->closing_now, true);
   pthread_mutex_lock(&ins->mu);
   ins->closing = true;
   pthread_cond_signal(&ins->wake);

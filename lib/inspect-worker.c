@@ -7,6 +7,7 @@
  * handle is stuck (requests fail at once) until the worker ends the job, and
  * the worker, holding references to the job, the handle and the disk, frees
  * them whenever that is.  Jobs are reference counted (job_new, job_put).
+ * With no job the worker lists directories ahead (inspect-list.c).
  */
 #include <config.h>
 
@@ -158,6 +159,11 @@ void *tbi_worker_main(void *arg)
       tbi_job_put(j);
     } else if (ins->closing) {
       break;
+    } else if (ins->n_ahead > 0) {
+      /* Idle: list a directory a walker will likely open next. */
+      pthread_mutex_unlock(&ins->mu);
+      tbi_list_ahead(ins);
+      pthread_mutex_lock(&ins->mu);
     } else {
       pthread_cond_wait(&ins->wake, &ins->mu);
     }
