@@ -57,18 +57,25 @@
  * worker thread only (every function of inspect-list.c, -ext.c, -meta.c,
  * -walk.c, -geom.c and the do_* jobs runs there); callers touch a handle
  * only through a job (inspect-worker.c) or fields that are atomic or set at
- * open.  Two mutexes per handle, in this order, and never both at once:
+ * open.  One exception: a readdir the cache can answer runs on the caller's
+ * thread under ins->mu while the worker is idle (no job, not listing ahead:
+ * readdir_cached in inspect-request.c), reading nothing from the disk; the
+ * worker, which touches the caches only in a job or listing ahead, cannot
+ * run meanwhile.  Two mutexes per handle, in this order, and never both at
+ * once:
  *
- *   1. ins->mu     the job slot, stuck, closing/ended, orphans (and the
- *                  condition variables wake and done).  The worker drops it
- *                  while a job runs.
+ *   1. ins->mu     the job slot, stuck, closing/ended, orphans,
+ *                  listing_ahead (and the condition variables wake and
+ *                  done).  The worker drops it while a job runs or it lists
+ *                  ahead; a cached readdir holds it throughout, the
+ *                  caller's callback included.
  *   2. ins->cb_mu  held on the worker while a caller's callback runs
  *                  (tbi_callback_enter/leave); a caller that abandons a job
  *                  takes it, after releasing mu, to wait out a callback in
  *                  progress.
  *
  * So no code holds mu while it takes cb_mu or the reverse, and a caller's
- * callback (run under cb_mu) must not call into the same handle.  The
+ * callback (run under cb_mu, or mu) must not call into the same handle.  The
  * reference counts (disk, handle, job, index) are atomics, taken and
  * dropped without a lock; tbi_n_stuck and a disk's stuck count likewise.
  */
@@ -251,7 +258,12 @@ struct tb_inspect {
     uint64_t inum;
   } ahead[AHEAD_MAX];
   size_t n_ahead;
-  bool listing_ahead; /* tbi_list_ahead is running: closing_now ends it */
+  /* Set and cleared under mu: tbi_list_ahead is running (closing_now ends
+   * it, and no caller may serve itself from the cache meanwhile). */
+  bool listing_ahead;
+  /* Under mu: a caller serves a listing from the cache on its own thread
+   * (tb_inspect_readdir): tbi_get_dir reads nothing and says cache_miss. */
+  bool cache_only, cache_miss;
 };
 
 /* ---- A mapped file (inspect-file.c) ---- */

@@ -835,9 +835,7 @@ void tbi_list_ahead(struct tb_inspect *ins)
     ins->deadline_hit = false;
     atomic_store(&ins->giving_up, false);
     tsk_error_reset();
-    ins->listing_ahead = true;
     (void)tbi_get_dir(ins, &ins->vols[a.vol], a.inum);
-    ins->listing_ahead = false;
     tsk_error_reset();
     return;
   }
@@ -852,6 +850,12 @@ struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t i
       v->dirs[i]->tick = ++ins->tick;
       return v->dirs[i];
     }
+  if (ins->cache_only) {
+    ins->cache_miss = true;
+    errno = EAGAIN;
+    tb_error("directory %" PRIu64 " is not cached", inum);
+    return NULL;
+  }
   trace_read_dir(inum);
   struct cached_dir *d = read_dir(ins, v, inum);
   if (!d)
@@ -954,7 +958,9 @@ int tbi_do_readdir(struct tb_inspect *ins, struct job *j)
   /* The callback must not re-enter this handle (its request would wait for
    * this one), so the cached listing cannot move under us while we iterate. */
   for (size_t i = 0; r == 0 && i < d->n; i++) {
-    if ((r = tbi_callback_enter(ins)) == 0) {
+    if (ins->cache_only) /* on the caller's own thread (tb_inspect_readdir) */
+      r = j->dir_fn(j->ctx, d->v[i].name, &d->v[i].st);
+    else if ((r = tbi_callback_enter(ins)) == 0) {
       r = j->dir_fn(j->ctx, d->v[i].name, &d->v[i].st);
       tbi_callback_leave(ins);
     }

@@ -161,9 +161,11 @@ void *tbi_worker_main(void *arg)
       break;
     } else if (ins->n_ahead > 0) {
       /* Idle: list a directory a walker will likely open next. */
+      ins->listing_ahead = true;
       pthread_mutex_unlock(&ins->mu);
       tbi_list_ahead(ins);
       pthread_mutex_lock(&ins->mu);
+      ins->listing_ahead = false;
     } else {
       pthread_cond_wait(&ins->wake, &ins->mu);
     }

@@ -7,6 +7,8 @@
 # the disk, not the cache), not in time:
 #  - after `ls` of the root, the listings of its subdirectories are made
 #    without anyone opening them, and opening them then reads nothing;
+#  - a listing the cache holds is served on the FUSE thread itself, not by
+#    a job of the worker (no "job: readdir" for a, b and c);
 #  - a whole `find` reads each directory once, ahead or not;
 #  - listing ahead is invisible: the tree's walk equals the source's.
 . "$abs_top_srcdir/tests/functions.sh"
@@ -52,7 +54,9 @@ for d in a b c; do
   n=$(grep -c "inspect read dir: inode $ino\$" "$LOG" || true)
   [ "$n" = 1 ] || tb_fail "$d was read $n times (want once, ahead)"
 done
-echo "root listing: $before reads, a b c read ahead"
+n=$(grep -c "inspect job: readdir /[abc]\$" "$LOG" || true)
+[ "$n" = 0 ] || tb_fail "listing a, b and c (cached) took $n jobs of the worker"
+echo "root listing: $before reads, a b c read ahead and served without a job"
 
 echo "== find reads each directory once"
 find "$V" >"$T/find.out" || tb_fail "find $V"
