@@ -428,6 +428,8 @@ void *tbi_worker_main(void *arg);
 struct job *tbi_job_new(struct tb_inspect *ins, enum job_kind kind, int64_t deadline_ms);
 int64_t tbi_deadline_in(struct tb_inspect *ins, int factor);
 ssize_t tbi_run_request(struct tb_inspect *ins, struct job *j);
+/* TB_INSPECT_TRACE is set: jobs and directory reads say so on stderr (tests count them). */
+bool tbi_tracing(void);
 
 /* ---- inspect-request.c ---- */
 int tbi_job_path(struct job *j, const char *path);

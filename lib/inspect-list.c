@@ -783,10 +783,7 @@ static void evict_dirs(struct vol *v, size_t incoming)
  * says so on stderr, so a test can see which listings were made ahead. */
 static void trace_read_dir(uint64_t inum)
 {
-  static atomic_int trace = -1;
-  if (trace < 0)
-    trace = getenv("TB_INSPECT_TRACE") != NULL;
-  if (trace)
+  if (tbi_tracing())
     fprintf(stderr, "tabula: inspect read dir: inode %" PRIu64 "\n", inum);
 }
 

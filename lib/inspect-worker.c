@@ -65,12 +65,17 @@ static const char *const job_names[] = {
     [JOB_XATTRS] = "xattrs",     [JOB_FRANGES] = "franges",
 };
 
-static void trace_job(const struct job *j)
+bool tbi_tracing(void)
 {
   static atomic_int trace = -1;
   if (trace < 0)
     trace = getenv("TB_INSPECT_TRACE") != NULL;
-  if (trace)
+  return trace > 0;
+}
+
+static void trace_job(const struct job *j)
+{
+  if (tbi_tracing())
     fprintf(stderr, "tabula: inspect job: %s %s\n", job_names[j->kind], j->path ? j->path : "-");
 }
 
