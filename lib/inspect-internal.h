@@ -150,12 +150,14 @@ struct vol {
   bool ntfs_tried, ntfs_ok;
   enum { NTFS_MFT_OURS, NTFS_MFT_LIBTSK, NTFS_MFT_CHECK } ntfs_mode;
   size_t ntfs_ours, ntfs_libtsk;
-  struct ntfs_span { /* the last runs of records read (inspect-list.c) */
+  /* The last runs of records a listing read (NTFS MFT records, ext inodes;
+   * inspect-list.c, tbi_vol_span). */
+  struct vol_span {
     uint64_t off, tick;
     size_t len;
     unsigned char *buf;
-  } ntfs_spans[4];
-  uint64_t ntfs_tick;
+  } spans[4];
+  uint64_t span_tick;
 };
 
 /* Changes found by a diff, before they are sorted and reported. */
@@ -401,6 +403,8 @@ bool tbi_entry_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_DIR *td, size_
 /* An ext entry's stat from its raw inode, as tbi_file_stat would give it;
  * false where libtsk must open it (inspect-meta.c says when). */
 bool tbi_ext_entry_stat(struct tb_inspect *ins, struct vol *v, uint64_t inum, struct tb_istat *st);
+bool tbi_ext_inode_stat(struct vol *v, uint64_t inum, const unsigned char *ino, uint32_t isz,
+                        struct tb_istat *st);
 bool tbi_file_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm,
                    struct tb_istat *st);
 

@@ -68,9 +68,9 @@ void tbi_raw_free(struct vol *v)
 {
   free(v->ntfs_runs);
   v->ntfs_runs = NULL;
-  for (size_t i = 0; i < sizeof v->ntfs_spans / sizeof *v->ntfs_spans; i++) {
-    free(v->ntfs_spans[i].buf);
-    v->ntfs_spans[i] = (struct ntfs_span){0};
+  for (size_t i = 0; i < sizeof v->spans / sizeof *v->spans; i++) {
+    free(v->spans[i].buf);
+    v->spans[i] = (struct vol_span){0};
   }
   if (v->ext_geom) {
     tbi_geom_free(v->ext_geom);
@@ -276,9 +276,17 @@ bool tbi_ext_entry_stat(struct tb_inspect *ins, struct vol *v, uint64_t inum, st
   unsigned char ino[1024];
   uint64_t off;
   uint32_t isz;
-  if (inum < 1 || inum >= (uint64_t)v->fs->last_inum ||
-      !tbi_ext_inode_off(ins, v, inum, &off, &isz) || isz < EXT_OLD_ISIZE || isz > sizeof ino ||
-      !tbi_raw_read(v, off, ino, isz))
+  return inum >= 1 && inum < (uint64_t)v->fs->last_inum &&
+         tbi_ext_inode_off(ins, v, inum, &off, &isz) && isz >= EXT_OLD_ISIZE && isz <= sizeof ino &&
+         tbi_raw_read(v, off, ino, isz) && tbi_ext_inode_stat(v, inum, ino, isz, st);
+}
+
+/* tbi_ext_entry_stat's decoding of raw inode INO (ISZ bytes, at least
+ * EXT_OLD_ISIZE), for a lister that read it itself (ext_read_dir). */
+bool tbi_ext_inode_stat(struct vol *v, uint64_t inum, const unsigned char *ino, uint32_t isz,
+                        struct tb_istat *st)
+{
+  if (inum < 1 || inum >= (uint64_t)v->fs->last_inum || isz < EXT_OLD_ISIZE)
     return false;
   const ext2fs_inode *in = (const ext2fs_inode *)ino;
   uint32_t mode = tb_get_le16(in->i_mode), flags = tb_get_le32(in->i_flags);

@@ -1,0 +1,69 @@
+#!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
+# A big directory's records are read in a few large requests (issue 16,
+# speed): lib/inspect-list.c reads the inodes of an ext directory's entries
+# (and the MFT records of an NTFS one) in inode order, in spans of up to
+# 1 MiB, not one libtsk cache block (64 KiB) at a time.
+#  - listing a 6,000-entry ext4 directory (1.5 MiB of inodes) reads its
+#    inodes in a few spans, not in the 24 or more 64 KiB blocks of
+#    libtsk's cache (nbdkit's log filter counts the reads: beside those of
+#    the directory's own blocks, which libtsk reads one cache block each,
+#    at most a few small reads), and the names and sizes are the ones
+#    debugfs lists;
+#  - the same directory listed again (a second mount) gives the same entries.
+. "$abs_top_srcdir/tests/functions.sh"
+tb_setup
+. "$abs_top_srcdir/tests/fuse-functions.sh"
+tb_require mke2fs debugfs
+
+T=$TB_TMP
+mkdir -p "$T/src/many"
+i=1
+while [ $i -le 6000 ]; do
+  printf '%s' "$i" >"$T/src/many/e$i"
+  i=$((i + 1))
+done
+mkdir "$T/exports"
+truncate -s 64M "$T/exports/ext4@1"
+mke2fs -q -F -t ext4 -b 4096 -I 256 -d "$T/src" "$T/exports/ext4@1" >/dev/null
+
+# The reference: debugfs's listing (name, size), sorted.
+debugfs -R "ls -l /many" "$T/exports/ext4@1" 2>/dev/null |
+  awk '$NF != "." && $NF != ".." && NF >= 8 { print $NF, $(NF-3) }' | sort >"$T/want"
+[ "$(wc -l <"$T/want")" = 6000 ] || tb_fail "debugfs listed $(wc -l <"$T/want") entries"
+
+tb_start_plugin srv --filter=log file dir="$T/exports" logfile="$T/nbd.log"
+tf_mount "$T/mnt" --uri "nbd+unix:///?socket=$T/srv.sock"
+v=$T/mnt/images/ext4/1/fs/whole-ext4
+ls "$v" >/dev/null || tb_fail "cannot list $v"
+# wait for the reads the root listing started (the worker lists ahead) to end
+reads() { grep -c ' Read id=' "$T/nbd.log" || true; }
+last=-1 i=0
+while [ "$(reads)" != "$last" ] && [ $i -lt 100 ]; do
+  last=$(reads)
+  sleep 0.1
+  i=$((i + 1))
+done
+total=$(reads)
+small=$(grep ' Read id=' "$T/nbd.log" | grep -c 'count=0x10000 ' || true)
+# the directory's own blocks (scattered among its files' data: one cache
+# block each)
+dblocks=$(debugfs -R "blocks /many" "$T/exports/ext4@1" 2>/dev/null | wc -w)
+echo "mount, root listing and the listing ahead of /many: $total reads, $small of 64 KiB;" \
+  "the directory has $dblocks blocks"
+[ "$dblocks" -ge 10 ] || tb_fail "debugfs gave $dblocks blocks for /many"
+[ "$small" -le $((dblocks + 8)) ] ||
+  tb_fail "listing a 6,000-entry directory took $small reads of 64 KiB for $dblocks directory" \
+    "blocks (want its inodes in spans)"
+
+(cd "$v/many" && for f in *; do printf '%s %s\n' "$f" "$(stat -c %s "$f")"; done) | sort >"$T/got"
+cmp "$T/want" "$T/got" || tb_fail "the view's /many differs from debugfs: $(diff "$T/want" "$T/got" | head -5)"
+tf_umount "$T/mnt"
+
+echo "== listed again on a new mount: the same entries"
+tf_mount "$T/mnt2" --uri "nbd+unix:///?socket=$T/srv.sock"
+(cd "$T/mnt2/images/ext4/1/fs/whole-ext4/many" && ls -f | grep -v '^\.\.\?$' | sort) >"$T/names2"
+awk '{ print $1 }' "$T/want" | sort | cmp - "$T/names2" || tb_fail "second listing differs"
+tf_umount "$T/mnt2"
+tb_check_logs
+exit 0
