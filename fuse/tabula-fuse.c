@@ -304,9 +304,20 @@ static void list_images(const char *image, struct names *out)
 struct stat_entry {
   struct stat_entry *next;
   int vol;
+  uint32_t name; /* where the last component starts in path */
   struct tb_istat is;
   char path[];
 };
+
+/* The stat cache's entries live in chunks the snapshot frees whole: a
+ * 20,000-entry directory was 20,000 mallocs, a quarter of its listing's
+ * time. */
+struct arena_chunk {
+  struct arena_chunk *next;
+  size_t used, cap;
+  _Alignas(16) unsigned char data[];
+};
+#define ARENA_CHUNK (256u << 10)
 
 struct snap {
   atomic_int refs;
@@ -315,6 +326,7 @@ struct snap {
   pthread_mutex_t stat_mu;
   struct stat_entry **stat_buckets; /* STAT_CACHE_BUCKETS, allocated at the first listing */
   size_t stat_n;
+  struct arena_chunk *stat_arena;
   struct big_dir *big_dirs; /* under stat_mu: big directories listed (listing_plan) */
 };
 
@@ -334,30 +346,62 @@ static uint32_t stat_hash(int vol, const char *path)
   return h % STAT_CACHE_BUCKETS;
 }
 
-static void stat_put(struct snap *sn, int vol, const char *dir, const char *name,
-                     const struct tb_istat *is)
+/* N bytes from the snapshot's arena (under stat_mu); NULL when out of memory. */
+static void *arena_alloc(struct snap *sn, size_t n)
 {
-  size_t dl = strlen(dir), nl = strlen(name);
+  n = (n + 15) & ~(size_t)15;
+  struct arena_chunk *c = sn->stat_arena;
+  if (!c || c->cap - c->used < n) {
+    size_t cap = n > ARENA_CHUNK ? n : ARENA_CHUNK;
+    if (!(c = malloc(sizeof *c + cap)))
+      return NULL;
+    c->next = sn->stat_arena;
+    c->used = 0;
+    c->cap = cap;
+    sn->stat_arena = c;
+  }
+  void *p = c->data + c->used;
+  c->used += n;
+  return p;
+}
+
+/* Remember DIR/NAME's attributes IS in the snapshot (DL: strlen(DIR)).  Returns its entry,
+ * which lives as long as the snapshot (an entry already there for that
+ * path: that one), or NULL when the cache is full or out of memory. */
+static const struct stat_entry *stat_put(struct snap *sn, int vol, const char *dir, size_t dl,
+                                         const char *name, const struct tb_istat *is)
+{
+  size_t nl = strlen(name);
   bool slash = dl == 0 || dir[dl - 1] != '/';
+  size_t size = sizeof(struct stat_entry) + dl + slash + nl + 1;
   pthread_mutex_lock(&sn->stat_mu);
   if (!sn->stat_buckets && sn->stat_n == 0)
     sn->stat_buckets = calloc(STAT_CACHE_BUCKETS, sizeof *sn->stat_buckets);
-  struct stat_entry *e = sn->stat_buckets && sn->stat_n < STAT_CACHE_MAX
-                             ? malloc(sizeof *e + dl + slash + nl + 1)
-                             : NULL;
+  struct stat_entry *e =
+      sn->stat_buckets && sn->stat_n < STAT_CACHE_MAX ? arena_alloc(sn, size) : NULL;
   if (e) {
     memcpy(e->path, dir, dl);
     if (slash)
       e->path[dl] = '/';
     memcpy(e->path + dl + slash, name, nl + 1);
-    e->vol = vol;
-    e->is = *is;
     uint32_t h = stat_hash(vol, e->path);
-    e->next = sn->stat_buckets[h];
-    sn->stat_buckets[h] = e;
-    sn->stat_n++;
+    struct stat_entry *old = sn->stat_buckets[h];
+    while (old && (old->vol != vol || strcmp(old->path, e->path) != 0))
+      old = old->next;
+    if (old) { /* listed before: give back what was just taken */
+      sn->stat_arena->used -= (size + 15) & ~(size_t)15;
+      e = old;
+    } else {
+      e->vol = vol;
+      e->name = (uint32_t)(dl + slash);
+      e->is = *is;
+      e->next = sn->stat_buckets[h];
+      sn->stat_buckets[h] = e;
+      sn->stat_n++;
+    }
   }
   pthread_mutex_unlock(&sn->stat_mu);
+  return e;
 }
 
 static bool stat_get(struct snap *sn, int vol, const char *path, struct tb_istat *is)
@@ -385,11 +429,10 @@ static void snap_put(struct snap *s)
 {
   if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
     tb_inspect_close(s->ins);
-    for (size_t i = 0; s->stat_buckets && i < STAT_CACHE_BUCKETS; i++)
-      for (struct stat_entry *e = s->stat_buckets[i], *next; e; e = next) {
-        next = e->next;
-        free(e);
-      }
+    for (struct arena_chunk *c = s->stat_arena, *next; c; c = next) {
+      next = c->next;
+      free(c);
+    }
     free(s->stat_buckets);
     for (struct big_dir *b = s->big_dirs, *next; b; b = next) {
       next = b->next;
@@ -1149,41 +1192,58 @@ static int tf_getattr(const char *path, struct stat *st, double *timeout)
  * a `find -ls` or `ls -l` needs no lookup per file).  Without offsets
  * libfuse would take the listing in one go and drop the attributes. */
 struct listed {
-  char *name;
-  bool has_st;
-  struct stat st;
+  const char *name;
+  const struct tb_istat *is; /* its attributes, NULL if not known */
 };
 TB_VECTOR(listed_vector, struct listed);
+TB_VECTOR(owned_vector, void *);
 
+/* A guest directory's entries point into its snapshot's stat cache, which
+ * the listing holds (snap): no copy of 20,000 names and stats per opendir. */
 struct listing {
   double timeout; /* of its entries (node_timeout) */
   size_t plus_n;  /* entries from here on carry attributes only if directories */
   struct listed_vector entries;
+  struct owned_vector owned; /* names (and stats) copied into the listing */
+  struct snap *snap;         /* held, for the entries' attributes; NULL: none of them has any */
+  const struct source *source;
+  int vol;
 };
+
+static void snap_put(struct snap *s);
 
 static void listing_free(struct listing *l)
 {
   if (!l)
     return;
-  for (size_t i = 0; i < l->entries.len; i++)
-    free(l->entries.ptr[i].name);
+  for (size_t i = 0; i < l->owned.len; i++)
+    free(l->owned.ptr[i]);
+  tb_vector_free(&l->owned);
   tb_vector_free(&l->entries);
+  snap_put(l->snap);
   free(l);
 }
 
-/* Add NAME (and its attributes, if known) to L; non-zero when out of memory. */
-static int listing_add(struct listing *l, const char *name, const struct stat *st)
+/* Add NAME (and its attributes IS, if known) to L, copied; non-zero when
+ * out of memory. */
+static int listing_add(struct listing *l, const char *name, const struct tb_istat *is)
 {
-  struct listed e = {.name = strdup(name), .has_st = st != NULL};
-  if (!e.name)
+  size_t nl = strlen(name) + 1;
+  struct tb_istat *copy = malloc(is ? sizeof *copy + nl : nl);
+  if (!copy)
     return 1;
-  if (st)
-    e.st = *st;
-  if (tb_vector_push(&l->entries, e) == -1) {
-    free(e.name);
+  struct listed e = {.name = (char *)copy};
+  if (is) {
+    *copy = *is;
+    e.is = copy;
+    e.name = (char *)(copy + 1);
+  }
+  memcpy((char *)e.name, name, nl);
+  if (tb_vector_push(&l->owned, copy) == -1) {
+    free(copy);
     return 1;
   }
-  return 0;
+  return tb_vector_push(&l->entries, e) == -1;
 }
 
 /* Which entries of a guest directory's listing carry their attributes.
@@ -1232,6 +1292,7 @@ struct fill_ctx {
   int vol;
   struct snap *snap;
   const char *dir;
+  size_t dl; /* strlen(dir) */
   bool full; /* out of memory */
 };
 
@@ -1239,13 +1300,13 @@ struct fill_ctx {
 static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
 {
   struct fill_ctx *fc = ctx;
-  struct stat st;
-  istat_to_stat(is, &st, guest_ino(fc->source, fc->vol, is->inum));
-  if (listing_add(fc->listing, name, &st) != 0) {
+  const struct stat_entry *se = stat_put(fc->snap, fc->vol, fc->dir, fc->dl, name, is);
+  if (se ? tb_vector_push(&fc->listing->entries,
+                          ((struct listed){.name = se->path + se->name, .is = &se->is})) == -1
+         : listing_add(fc->listing, name, is) != 0) {
     fc->full = true;
     return 1;
   }
-  stat_put(fc->snap, fc->vol, fc->dir, name, is);
   return 0;
 }
 
@@ -1318,7 +1379,10 @@ static int list_dir(const char *path, struct listing *l)
     if (!sn)
       return -EIO;
     int vi = vol_index(sn, n.volume);
-    struct fill_ctx fc = {l, s, vi, sn, n.inner, false};
+    struct fill_ctx fc = {l, s, vi, sn, n.inner, strlen(n.inner), false};
+    l->snap = snap_ref(sn);
+    l->source = s;
+    l->vol = vi;
     r = vi < 0                                                                ? -ENOENT
         : tb_inspect_readdir(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
         : fc.full                                                             ? -ENOMEM
@@ -1759,6 +1823,41 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
   free(path);
 }
 
+/* Each FUSE thread's reply buffer for reads and listings, kept from one
+ * request to the next: a malloc of 1 MiB per request was a fresh mapping
+ * each time, 256 page faults, most of the page faults of a `find` over a
+ * 20,000-entry directory and of a sequential read. */
+struct reply_buf {
+  size_t cap;
+  _Alignas(16) char data[];
+};
+static pthread_key_t reply_key;
+static pthread_once_t reply_once = PTHREAD_ONCE_INIT;
+
+static void reply_key_make(void)
+{
+  if (pthread_key_create(&reply_key, free) != 0)
+    abort(); /* only EAGAIN: out of keys at startup */
+}
+
+/* This thread's buffer of at least SIZE bytes; NULL when out of memory. */
+static char *reply_buffer(size_t size)
+{
+  pthread_once(&reply_once, reply_key_make);
+  struct reply_buf *b = pthread_getspecific(reply_key);
+  if (!b || b->cap < size) {
+    struct reply_buf *nb = malloc(sizeof *nb + (size ? size : 1));
+    if (!nb || pthread_setspecific(reply_key, nb) != 0) {
+      free(nb);
+      return NULL;
+    }
+    free(b);
+    nb->cap = size;
+    b = nb;
+  }
+  return b->data;
+}
+
 /* The entries of the listing from OFF on, as many as SIZE bytes hold; with
  * PLUS each entry that carries its attributes (listing_plan) is a lookup of
  * its node, the others go as names and types (node 0: the kernel makes no
@@ -1772,7 +1871,7 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
     return;
   const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
   size_t dl = strcmp(dir, "/") == 0 ? 0 : strlen(dir), room = dl + 1 + NAME_MAX + 1;
-  char *buf = malloc(size ? size : 1), *pb = malloc(room);
+  char *buf = reply_buffer(size), *pb = malloc(room);
   size_t used = 0;
   if (pb) {
     memcpy(pb, dir, dl);
@@ -1786,8 +1885,8 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
     if (path == pb)
       memcpy(pb + dl + 1, le->name, nl + 1);
     struct fuse_entry_param e = {0};
-    if (le->has_st)
-      e.attr = le->st;
+    if (le->is)
+      istat_to_stat(le->is, &e.attr, guest_ino(l->source, l->vol, le->is->inum));
     else /* no attributes: an inode number for d_ino, the type unknown */
       e.attr.st_ino = path_ino(path ? path : dir);
     size_t n;
@@ -1798,7 +1897,7 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
         free(path);
       break;
     } else {
-      if (path && le->has_st && (i < l->plus_n || S_ISDIR(le->st.st_mode))) {
+      if (path && le->is && (i < l->plus_n || le->is->type == TB_FT_DIR)) {
         e.ino = lnode_lookup(path); /* 0 (out of memory): the kernel takes no lookup */
         e.entry_timeout = e.attr_timeout = l->timeout;
       }
@@ -1814,8 +1913,8 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
     fuse_reply_buf(req, buf, used);
   else
     fuse_reply_err(req, ENOMEM);
+
   free(pb);
-  free(buf);
   free(dir);
 }
 
@@ -1854,13 +1953,12 @@ static void ll_read(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
   req_uid = (int64_t)fuse_req_ctx(req)->uid;
-  char *buf = malloc(size ? size : 1);
+  char *buf = reply_buffer(size);
   int r = buf ? tf_read(NULL, buf, size, off, fi) : -ENOMEM;
   if (r >= 0)
     fuse_reply_buf(req, buf, (size_t)r);
   else
     fuse_reply_err(req, -r);
-  free(buf);
 }
 
 static void ll_release(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
