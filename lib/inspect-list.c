@@ -307,8 +307,12 @@ static bool ext_stat_pending(struct tb_inspect *ins, struct vol *v, struct ext_p
       by_off[m++] = &p[i];
   }
   if (by_off && offs) {
-    qsort(by_off, m, sizeof *by_off, ext_pend_cmp);
-    for (size_t i = 0; i < m; i++)
+    size_t i = 1;
+    while (i < m && by_off[i - 1]->off <= by_off[i]->off) /* often in inode order already */
+      i++;
+    if (i < m)
+      qsort(by_off, m, sizeof *by_off, ext_pend_cmp);
+    for (i = 0; i < m; i++)
       offs[i] = by_off[i]->off;
   }
   bool ok = true;
