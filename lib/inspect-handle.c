@@ -79,6 +79,13 @@ bool tbi_past_deadline(struct tb_inspect *ins)
   return ins->deadline_hit;
 }
 
+/* The disk's last TAIL_BYTES are read whole at the first read that falls
+ * in them, and kept: where sector 1 holds no GPT header (an MBR disk, an
+ * unpartitioned one), libtsk's detection looks for a backup GPT header in
+ * the last sector at each sector size from 512 to 8192, five round trips
+ * of an open's dozen, one now. */
+#define TAIL_BYTES (64u << 10)
+
 static ssize_t img_read(TSK_IMG_INFO *img, TSK_OFF_T off, char *buf, size_t len)
 {
   struct tb_inspect *ins = ((struct tsk_ext_img *)img)->ins;
@@ -92,6 +99,17 @@ static ssize_t img_read(TSK_IMG_INFO *img, TSK_OFF_T off, char *buf, size_t len)
     tsk_error_set_errno(TSK_ERR_IMG_READ);
     tsk_error_set_errstr("time budget of the request spent");
     return -1;
+  }
+  uint64_t tail_at = size > TAIL_BYTES ? size - TAIL_BYTES : 0;
+  if ((uint64_t)off >= tail_at && !ins->tail && (ins->tail = malloc(size - tail_at))) {
+    if (tb_disk_pread(ins->disk, ins->tail, size - tail_at, tail_at) != 0) {
+      free(ins->tail);
+      ins->tail = NULL; /* tried again at the next read there */
+    }
+  }
+  if ((uint64_t)off >= tail_at && ins->tail) {
+    memcpy(buf, ins->tail + ((uint64_t)off - tail_at), len);
+    return (ssize_t)len;
   }
   if (tb_disk_pread(ins->disk, buf, len, (uint64_t)off) < 0) {
     tsk_error_reset();
@@ -411,5 +429,7 @@ void tbi_teardown(struct tb_inspect *ins)
     tsk_vs_close(ins->vs);
   if (ins->img)
     tsk_img_close(ins->img);
+  free(ins->tail);
+  ins->tail = NULL;
   tb_disk_unref(ins->disk);
 }

@@ -249,6 +249,7 @@ struct tb_inspect {
   size_t n_vols, cap_vols; /* grown as a vector (add_volume) */
   /* The worker's alone: libtsk and the caches. */
   TSK_IMG_INFO *img;
+  unsigned char *tail; /* the disk's last bytes, once read (img_read) */
   struct job *running;
   int64_t deadline_ms; /* of the job in progress */
   bool deadline_hit;
