@@ -137,7 +137,7 @@ ssize_t tbi_mapped_pread(struct tb_ifile *f, char *buf, size_t len, uint64_t off
 
 static TSK_FS_FILE *open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
-  TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  TSK_FS_FILE *f = tbi_open_meta(ins, v, inum);
   if (!f || !f->meta) {
     tsk_fs_file_close(f);
     tbi_tsk_fail(ins, "cannot read file metadata");

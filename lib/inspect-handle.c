@@ -305,7 +305,7 @@ static int add_volume(struct tb_inspect *ins, TSK_FS_INFO *fs, int partno, uint6
   nv->root.inum = fs->root_inum;
   nv->root.mode = 0555;
   nv->root.nlink = 2;
-  TSK_FS_FILE *root = tsk_fs_file_open_meta(fs, NULL, fs->root_inum);
+  TSK_FS_FILE *root = tbi_open_meta(ins, nv, fs->root_inum);
   if (root && root->meta) {
     tbi_fill_stat(root->meta, &nv->root);
     tbi_fix_stat(ins, nv, root, NULL, &nv->root);

@@ -750,7 +750,7 @@ static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_l
   cnt = n_names;
   TSK_FS_DIR *td = NULL;
   if (!ours) {
-    TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)linum);
+    TSK_FS_FILE *dm = tbi_open_meta(x->ins, v, linum);
     bool plausible = dm && dm->meta && tbi_size_plausible(v, dm->meta);
     tsk_fs_file_close(dm);
     td = plausible ? tsk_fs_dir_open_meta(v->fs, (TSK_INUM_T)linum) : NULL;
@@ -811,8 +811,7 @@ static int list_live(struct idiff *x, uint32_t bn, uint64_t linum, size_t path_l
                         .flags = TSK_FS_NAME_FLAG_ALLOC,
                         .type = nn->type};
       le[i].st = (struct tb_istat){.type = tbi_name_type(nn->type), .inum = nn->ref, .nlink = 1};
-      le[i].virt =
-          !tbi_file_stat(x->ins, v, tsk_fs_file_open_meta(v->fs, NULL, nn->ref), &nm, &le[i].st);
+      le[i].virt = !tbi_file_stat(x->ins, v, tbi_open_meta(x->ins, v, nn->ref), &nm, &le[i].st);
     } else {
       const TSK_FS_NAME *nm = tsk_fs_dir_get_name(td, le[i].idx);
       le[i].virt = !nm || !tbi_entry_stat(x->ins, x->v, td, le[i].idx, nm, &le[i].st);

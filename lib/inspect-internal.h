@@ -404,6 +404,7 @@ bool tbi_entry_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_DIR *td, size_
 /* An ext entry's stat from its raw inode, as tbi_file_stat would give it;
  * false where libtsk must open it (inspect-meta.c says when). */
 bool tbi_ext_entry_stat(struct tb_inspect *ins, struct vol *v, uint64_t inum, struct tb_istat *st);
+TSK_FS_FILE *tbi_open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum);
 bool tbi_ext_inode_stat(struct vol *v, uint64_t inum, const unsigned char *ino, uint32_t isz,
                         struct tb_istat *st);
 bool tbi_file_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, const TSK_FS_NAME *nm,

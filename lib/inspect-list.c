@@ -334,9 +334,9 @@ static bool ext_stat_pending(struct tb_inspect *ins, struct vol *v, struct ext_p
   for (size_t i = 0; i < n; i++) {
     struct ext_pending *e = &p[i];
     e->nm.name = e->name;
-    bool have = ok && (e->ours || tbi_ext_entry_stat(ins, v, e->nm.meta_addr, &e->st) ||
-                       tbi_file_stat(ins, v, tsk_fs_file_open_meta(v->fs, NULL, e->nm.meta_addr),
-                                     &e->nm, &e->st));
+    bool have =
+        ok && (e->ours || tbi_ext_entry_stat(ins, v, e->nm.meta_addr, &e->st) ||
+               tbi_file_stat(ins, v, tbi_open_meta(ins, v, e->nm.meta_addr), &e->nm, &e->st));
     if (have && !*oom && dir_add(d, cap, e->name, &e->st))
       continue;
     if (have)
@@ -751,7 +751,7 @@ bool tbi_ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
   struct cached_dir d = {.inum = inum};
   struct ntfs_dir_read x = {.ins = ins, .v = v, .d = &d, .names_only = true};
   *fallback = true;
-  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  TSK_FS_FILE *dm = tbi_open_meta(ins, v, inum);
   bool ok = dm && dm->meta && tbi_size_plausible(v, dm->meta) && ntfs_read_index(&x, dm, fallback);
   if (!dm || !dm->meta)
     *fallback = true;
@@ -772,7 +772,7 @@ bool tbi_ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
 static struct cached_dir *dir_finish(struct cached_dir *d);
 static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
-  TSK_FS_FILE *dm = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  TSK_FS_FILE *dm = tbi_open_meta(ins, v, inum);
   bool plausible = dm && dm->meta && tbi_size_plausible(v, dm->meta), fallback = true;
   struct cached_dir *ed =
       !plausible                         ? NULL

@@ -252,6 +252,67 @@ static void ext_fix(struct tb_inspect *ins, struct vol *v, struct tb_istat *st)
   ext_fix_raw(v, ino, isz, st);
 }
 
+/* libtsk's tsk_fs_file_open_meta, refusing first an ext inode that would
+ * have libtsk allocate what the inode claims rather than what the disk
+ * holds: one with inline data (ext4's INLINE_DATA flag) is loaded into a
+ * buffer of its i_size, which a damaged or hostile inode sets to gigabytes
+ * (the geometry fuzzer's 3.9 GB calloc at a volume's open).  Inline data
+ * lives in the inode (i_block and the in-inode "system.data" xattr), so it
+ * is never larger than the inode.  An inode we cannot read ourselves is
+ * left to libtsk, which fails on the same read. */
+/* Where libtsk finds inode INUM of ext volume V (its superblock, its
+ * first group descriptor's offset and inode size, the one descriptor of the
+ * inode's group): for a volume whose whole geometry tbi_ext_inode_off
+ * refuses (a damaged one; META_BG is not read). */
+static bool ext_inode_as_libtsk(struct vol *v, uint64_t inum, uint64_t *off, uint32_t *isz)
+{
+  const EXT2FS_INFO *e = (const EXT2FS_INFO *)v->fs;
+  uint32_t ipg = tb_get_le32(e->fs->s_inodes_per_group),
+           incompat = tb_get_le32(e->fs->s_feature_incompat);
+  uint64_t ds = sizeof(ext2fs_gd), bs = v->fs->block_size;
+  if (incompat & EXT2FS_FEATURE_INCOMPAT_64BIT)
+    ds = tb_get_le16(e->fs->s_desc_size);
+  if (ipg == 0 || inum < 1 || (incompat & EXT2FS_FEATURE_INCOMPAT_META_BG) ||
+      ds < sizeof(ext2fs_gd) || ds > 1024 || e->groups_offset < 0)
+    return false;
+  unsigned char gd[sizeof(ext4fs_gd)];
+  size_t gl = ds >= sizeof(ext4fs_gd) ? sizeof(ext4fs_gd) : sizeof(ext2fs_gd);
+  uint64_t grp = (inum - 1) / ipg, at = (uint64_t)e->groups_offset + grp * ds;
+  if (at > v->pub.length || !tbi_raw_read(v, at, gd, gl))
+    return false;
+  uint64_t table = tb_get_le32(((const ext2fs_gd *)gd)->bg_inode_table);
+  if (gl == sizeof(ext4fs_gd))
+    table |= (uint64_t)tb_get_le32(((const ext4fs_gd *)gd)->bg_inode_table_hi) << 32;
+  uint64_t in = ((inum - 1) % ipg) * e->inode_size;
+  if (bs == 0 || table > v->pub.length / bs || in > v->pub.length - table * bs)
+    return false;
+  *off = table * bs + in;
+  *isz = e->inode_size;
+  return true;
+}
+
+TSK_FS_FILE *tbi_open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+{
+  unsigned char ino[1024];
+  uint64_t off;
+  uint32_t isz;
+  if (TSK_FS_TYPE_ISEXT(v->fs->ftype) && inum >= 1 && inum < (uint64_t)v->fs->last_inum &&
+      (tbi_ext_inode_off(ins, v, inum, &off, &isz) || ext_inode_as_libtsk(v, inum, &off, &isz)) &&
+      isz >= EXT_OLD_ISIZE && isz <= sizeof ino && tbi_raw_read(v, off, ino, isz)) {
+    const ext2fs_inode *in = (const ext2fs_inode *)ino;
+    uint64_t size = tb_get_le32(in->i_size) | (uint64_t)tb_get_le32(in->i_size_high) << 32;
+    if ((tb_get_le32(in->i_flags) & EXT2_INLINE_DATA) && size > isz) {
+      tsk_error_reset();
+      tsk_error_set_errno(TSK_ERR_FS_INODE_COR);
+      tsk_error_set_errstr("inode %" PRIu64 " claims %" PRIu64 " bytes of inline data, more "
+                           "than the inode holds (damaged filesystem?)",
+                           inum, size);
+      return NULL;
+    }
+  }
+  return tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+}
+
 /* The stat of a listed ext entry straight from its raw inode, without
  * opening it through libtsk: tsk_fs_file_open_meta allocates a file and
  * its metadata, reads the inode and the group's inode bitmap, and ext_fix

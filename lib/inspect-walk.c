@@ -72,7 +72,7 @@ static bool relay_run(void *ctx, uint64_t foff, uint64_t d0, uint64_t d1)
 
 void tbi_for_each_run(struct tb_inspect *ins, struct vol *v, uint64_t inum, run_fn fn, void *ctx)
 {
-  TSK_FS_FILE *f = tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  TSK_FS_FILE *f = tbi_open_meta(ins, v, inum);
   bool stop = false;
   if (f && f->meta && tbi_ext_bmapped(v, f->meta)) {
     struct run_relay rr = {fn, ctx};
