@@ -260,57 +260,66 @@ static void ext_fix(struct tb_inspect *ins, struct vol *v, struct tb_istat *st)
  * lives in the inode (i_block and the in-inode "system.data" xattr), so it
  * is never larger than the inode.  An inode we cannot read ourselves is
  * left to libtsk, which fails on the same read. */
-/* Where libtsk finds inode INUM of ext volume V (its superblock, its
- * first group descriptor's offset and inode size, the one descriptor of the
- * inode's group): for a volume whose whole geometry tbi_ext_inode_off
- * refuses (a damaged one; META_BG is not read). */
+/* Where libtsk finds inode INUM of ext volume V, as its ext2fs_dinode_load
+ * and ext2fs_group_load find it (the group's one descriptor: 64-bit ones
+ * on ext4 with INCOMPAT_64BIT and s_desc_size >= 64, otherwise 32-bit ones
+ * s_desc_size apart, 32 at least; no META_BG): for a volume whose whole
+ * geometry tbi_ext_inode_off refuses (a damaged one). */
 static bool ext_inode_as_libtsk(struct vol *v, uint64_t inum, uint64_t *off, uint32_t *isz)
 {
   const EXT2FS_INFO *e = (const EXT2FS_INFO *)v->fs;
   uint32_t ipg = tb_get_le32(e->fs->s_inodes_per_group),
            incompat = tb_get_le32(e->fs->s_feature_incompat);
-  uint64_t ds = sizeof(ext2fs_gd), bs = v->fs->block_size;
-  if (incompat & EXT2FS_FEATURE_INCOMPAT_64BIT)
-    ds = tb_get_le16(e->fs->s_desc_size);
-  if (ipg == 0 || inum < 1 || (incompat & EXT2FS_FEATURE_INCOMPAT_META_BG) ||
-      ds < sizeof(ext2fs_gd) || ds > 1024 || e->groups_offset < 0)
+  uint64_t ds = tb_get_le16(e->fs->s_desc_size), bs = v->fs->block_size;
+  bool wide = v->fs->ftype == TSK_FS_TYPE_EXT4 && (incompat & EXT2FS_FEATURE_INCOMPAT_64BIT) &&
+              ds >= sizeof(ext4fs_gd);
+  if (ds < sizeof(ext2fs_gd))
+    ds = sizeof(ext2fs_gd);
+  if (ipg == 0 || inum < 1 || bs == 0 || e->groups_offset < 0)
     return false;
   unsigned char gd[sizeof(ext4fs_gd)];
-  size_t gl = ds >= sizeof(ext4fs_gd) ? sizeof(ext4fs_gd) : sizeof(ext2fs_gd);
   uint64_t grp = (inum - 1) / ipg, at = (uint64_t)e->groups_offset + grp * ds;
-  if (at > v->pub.length || !tbi_raw_read(v, at, gd, gl))
+  if (grp > UINT64_MAX / ds || at > v->pub.length ||
+      !tbi_raw_read(v, at, gd, wide ? sizeof(ext4fs_gd) : sizeof(ext2fs_gd)))
     return false;
   uint64_t table = tb_get_le32(((const ext2fs_gd *)gd)->bg_inode_table);
-  if (gl == sizeof(ext4fs_gd))
+  if (wide)
     table |= (uint64_t)tb_get_le32(((const ext4fs_gd *)gd)->bg_inode_table_hi) << 32;
   uint64_t in = ((inum - 1) % ipg) * e->inode_size;
-  if (bs == 0 || table > v->pub.length / bs || in > v->pub.length - table * bs)
+  if (table > v->pub.length / bs || in > v->pub.length - table * bs)
     return false;
   *off = table * bs + in;
   *isz = e->inode_size;
   return true;
 }
 
-TSK_FS_FILE *tbi_open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+/* Would libtsk allocate what ext inode INUM claims (see tbi_open_meta)?
+ * Then the error is set. */
+static bool ext_inline_refused(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
   unsigned char ino[1024];
   uint64_t off;
   uint32_t isz;
-  if (TSK_FS_TYPE_ISEXT(v->fs->ftype) && inum >= 1 && inum < (uint64_t)v->fs->last_inum &&
-      (tbi_ext_inode_off(ins, v, inum, &off, &isz) || ext_inode_as_libtsk(v, inum, &off, &isz)) &&
-      isz >= EXT_OLD_ISIZE && isz <= sizeof ino && tbi_raw_read(v, off, ino, isz)) {
-    const ext2fs_inode *in = (const ext2fs_inode *)ino;
-    uint64_t size = tb_get_le32(in->i_size) | (uint64_t)tb_get_le32(in->i_size_high) << 32;
-    if ((tb_get_le32(in->i_flags) & EXT2_INLINE_DATA) && size > isz) {
-      tsk_error_reset();
-      tsk_error_set_errno(TSK_ERR_FS_INODE_COR);
-      tsk_error_set_errstr("inode %" PRIu64 " claims %" PRIu64 " bytes of inline data, more "
-                           "than the inode holds (damaged filesystem?)",
-                           inum, size);
-      return NULL;
-    }
-  }
-  return tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
+  if (!TSK_FS_TYPE_ISEXT(v->fs->ftype) || inum < 1 || inum >= (uint64_t)v->fs->last_inum ||
+      !(tbi_ext_inode_off(ins, v, inum, &off, &isz) || ext_inode_as_libtsk(v, inum, &off, &isz)) ||
+      isz < EXT_OLD_ISIZE || isz > sizeof ino || !tbi_raw_read(v, off, ino, isz))
+    return false;
+  const ext2fs_inode *in = (const ext2fs_inode *)ino;
+  uint64_t size = tb_get_le32(in->i_size) | (uint64_t)tb_get_le32(in->i_size_high) << 32;
+  if (!(tb_get_le32(in->i_flags) & EXT2_INLINE_DATA) || size <= isz)
+    return false;
+  tsk_error_reset();
+  tsk_error_set_errno(TSK_ERR_FS_INODE_COR);
+  tsk_error_set_errstr("inode %" PRIu64 " claims %" PRIu64 " bytes of inline data, more than "
+                       "the inode holds (damaged filesystem?)",
+                       inum, size);
+  return true;
+}
+
+TSK_FS_FILE *tbi_open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+{
+  return ext_inline_refused(ins, v, inum) ? NULL
+                                          : tsk_fs_file_open_meta(v->fs, NULL, (TSK_INUM_T)inum);
 }
 
 /* The stat of a listed ext entry straight from its raw inode, without
@@ -1016,7 +1025,8 @@ bool tbi_entry_stat(struct tb_inspect *ins, struct vol *v, TSK_FS_DIR *td, size_
   *st = (struct tb_istat){.type = tbi_name_type(nm->type), .inum = nm->meta_addr, .nlink = 1};
   if (TSK_FS_TYPE_ISNTFS(v->fs->ftype) && nm->meta_addr < NTFS_FIRST_USER_RECORD)
     return false; /* a system file, whether or not its record reads */
-  return tbi_file_stat(ins, v, tsk_fs_dir_get(td, i), nm, st);
+  return tbi_file_stat(
+      ins, v, ext_inline_refused(ins, v, nm->meta_addr) ? NULL : tsk_fs_dir_get(td, i), nm, st);
 }
 
 /* ST (with the name's type and inode) from file F, which is closed. */
