@@ -1185,9 +1185,11 @@ static int tf_getattr(const char *path, struct stat *st, double *timeout)
   return r;
 }
 
-/* Directory listings.  opendir takes the whole listing once (a guest
- * directory is one request to its snapshot's worker) into the handle;
- * each readdir then hands the kernel the entries from its offset on, with
+/* Directory listings.  A pass over a directory takes the whole listing
+ * once (a guest directory is one request to its snapshot's worker): at
+ * opendir into the handle, or without OPENDIR at its first readdir (see
+ * "Listings without OPENDIR" below); each readdir then hands the kernel
+ * the entries from its offset on, with
  * offsets, so libfuse passes each entry's attributes along (readdirplus:
  * a `find -ls` or `ls -l` needs no lookup per file).  Without offsets
  * libfuse would take the listing in one go and drop the attributes. */
@@ -1201,6 +1203,7 @@ TB_VECTOR(owned_vector, void *);
 /* A guest directory's entries point into its snapshot's stat cache, which
  * the listing holds (snap): no copy of 20,000 names and stats per opendir. */
 struct listing {
+  atomic_int refs;
   double timeout; /* of its entries (node_timeout) */
   size_t plus_n;  /* entries from here on carry attributes only if directories */
   struct listed_vector entries;
@@ -1212,9 +1215,9 @@ struct listing {
 
 static void snap_put(struct snap *s);
 
-static void listing_free(struct listing *l)
+static void listing_put(struct listing *l)
 {
-  if (!l)
+  if (!l || atomic_fetch_sub(&l->refs, 1) != 1)
     return;
   for (size_t i = 0; i < l->owned.len; i++)
     free(l->owned.ptr[i]);
@@ -1400,25 +1403,180 @@ static int list_dir(const char *path, struct listing *l)
   return 0;
 }
 
-static int tf_opendir(const char *path, struct fuse_file_info *fi)
+/* A new listing of directory PATH (one reference), or NULL with *ERR. */
+static struct listing *listing_make(const char *path, int *err)
 {
   struct listing *l = calloc(1, sizeof *l);
-  if (!l)
-    return -ENOMEM;
+  if (!l) {
+    *err = ENOMEM;
+    return NULL;
+  }
+  atomic_init(&l->refs, 1);
   l->plus_n = SIZE_MAX;
   int r = list_dir(path, l);
   if (r < 0) {
-    listing_free(l);
-    return r;
+    listing_put(l);
+    *err = -r;
+    return NULL;
   }
+  return l;
+}
+
+/* May the kernel keep listing L in its directory cache?  An immutable
+ * directory's complete listing, yes; a live one, the view's own, or a big
+ * directory's first listing (not every entry's attributes), no. */
+static bool listing_keepable(const struct listing *l)
+{
+  return l->timeout > KERNEL_TIMEOUT_S && l->plus_n >= l->entries.len;
+}
+
+static int tf_opendir(const char *path, struct fuse_file_info *fi)
+{
+  int err;
+  struct listing *l = listing_make(path, &err);
+  if (!l)
+    return -err;
   fi->fh = (uint64_t)(uintptr_t)l;
   return 0;
 }
 
 static int tf_releasedir(const char *path, struct fuse_file_info *fi)
 {
-  listing_free((struct listing *)(uintptr_t)fi->fh);
+  listing_put((struct listing *)(uintptr_t)fi->fh);
   return 0;
+}
+
+/* Listings without OPENDIR.  Where the kernel has FUSE's zero-message
+ * opendir (FUSE_CAP_NO_OPENDIR_SUPPORT), the first OPENDIR is answered
+ * ENOSYS and the kernel sends no OPENDIR or RELEASEDIR again: a directory
+ * costs its READDIRPLUS requests only (an NTFS `find` over 43 directories:
+ * 170 requests, 84 without).  A pass over a directory then has no handle:
+ * its listing is made at offset 0 and kept here by path (PASSES_MAX, the
+ * least recently used dropped) until the pass reads its end; a later
+ * offset whose listing was dropped makes it again (the same snapshot: the
+ * same entries in the same order).  Without OPENDIR the kernel keeps every
+ * listing in its directory cache (FOPEN_CACHE_DIR), so each reply of a
+ * listing it may not keep (listing_keepable) is followed by an
+ * invalidation of the directory's cached pages and attributes, sent by the
+ * notifier thread (a request handler must not send one for the directory
+ * it answers): the next pass comes to the view as with OPENDIR.
+ * TB_FUSE_OPENDIR set in the environment keeps OPENDIR (for comparison). */
+#define PASSES_MAX 64
+static bool no_opendir; /* ll_init */
+static struct fuse_session *session;
+static pthread_mutex_t passes_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pass {
+  char *path;
+  struct listing *l;
+  uint64_t tick;
+} passes[PASSES_MAX];
+static uint64_t passes_tick;
+
+/* The listing of PATH for a pass at offset OFF (a reference), or NULL
+ * with *ERR. */
+static struct listing *pass_listing(const char *path, off_t off, int *err)
+{
+  pthread_mutex_lock(&passes_lock);
+  struct listing *l = NULL;
+  for (size_t i = 0; off > 0 && !l && i < PASSES_MAX; i++)
+    if (passes[i].path && strcmp(passes[i].path, path) == 0) {
+      l = passes[i].l;
+      atomic_fetch_add(&l->refs, 1);
+      passes[i].tick = ++passes_tick;
+    }
+  pthread_mutex_unlock(&passes_lock);
+  if (l || !(l = listing_make(path, err)))
+    return l;
+  char *copy = strdup(path);
+  struct listing *old = NULL;
+  pthread_mutex_lock(&passes_lock);
+  size_t slot = 0;
+  for (size_t i = 0; i < PASSES_MAX; i++) {
+    if (passes[i].path && strcmp(passes[i].path, path) == 0) {
+      slot = i;
+      break;
+    }
+    if (!passes[i].path || (passes[slot].path && passes[i].tick < passes[slot].tick))
+      slot = i;
+  }
+  if (copy) {
+    free(passes[slot].path);
+    old = passes[slot].l;
+    atomic_fetch_add(&l->refs, 1);
+    passes[slot] = (struct pass){copy, l, ++passes_tick};
+  }
+  pthread_mutex_unlock(&passes_lock);
+  listing_put(old);
+  return l;
+}
+
+/* The pass over PATH read the end of listing L: drop it. */
+static void pass_end(const char *path, struct listing *l)
+{
+  struct listing *old = NULL;
+  pthread_mutex_lock(&passes_lock);
+  for (size_t i = 0; i < PASSES_MAX && !old; i++)
+    if (passes[i].l == l && strcmp(passes[i].path, path) == 0) {
+      old = l;
+      free(passes[i].path);
+      passes[i] = (struct pass){0};
+    }
+  pthread_mutex_unlock(&passes_lock);
+  listing_put(old);
+}
+
+TB_VECTOR(ino_vector, fuse_ino_t);
+static pthread_mutex_t inval_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t inval_wake = PTHREAD_COND_INITIALIZER;
+static struct ino_vector inval_queue; /* under inval_lock */
+static bool inval_started, inval_stop;
+static pthread_t inval_thread;
+
+static void *inval_main(void *arg)
+{
+  pthread_mutex_lock(&inval_lock);
+  for (;;) {
+    while (inval_queue.len == 0 && !inval_stop)
+      pthread_cond_wait(&inval_wake, &inval_lock);
+    if (inval_queue.len == 0)
+      break;
+    struct ino_vector q = inval_queue;
+    inval_queue = (struct ino_vector){0};
+    pthread_mutex_unlock(&inval_lock);
+    for (size_t i = 0; i < q.len; i++)
+      fuse_lowlevel_notify_inval_inode(session, q.ptr[i], 0, 0); /* ENOENT: forgotten */
+    tb_vector_free(&q);
+    pthread_mutex_lock(&inval_lock);
+  }
+  pthread_mutex_unlock(&inval_lock);
+  return NULL;
+}
+
+/* Have the kernel drop its cached listing (and attributes) of node ID. */
+static void inval_dir(fuse_ino_t id)
+{
+  pthread_mutex_lock(&inval_lock);
+  if (!inval_started && !inval_stop)
+    inval_started = pthread_create(&inval_thread, NULL, inval_main, NULL) == 0;
+  bool queued = false;
+  for (size_t i = 0; i < inval_queue.len && !queued; i++)
+    queued = inval_queue.ptr[i] == id;
+  if (inval_started && !queued && tb_vector_push(&inval_queue, id) == 0)
+    pthread_cond_signal(&inval_wake);
+  pthread_mutex_unlock(&inval_lock);
+}
+
+/* At unmount: the notifier sends what is queued and ends. */
+static void inval_end(void)
+{
+  pthread_mutex_lock(&inval_lock);
+  inval_stop = true;
+  bool started = inval_started;
+  pthread_cond_signal(&inval_wake);
+  pthread_mutex_unlock(&inval_lock);
+  if (started)
+    pthread_join(inval_thread, NULL);
+  tb_vector_free(&inval_queue);
 }
 
 static int tf_readlink(const char *path, char *buf, size_t size)
@@ -1806,6 +1964,10 @@ static void ll_readlink(fuse_req_t req, fuse_ino_t id)
 
 static void ll_opendir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
 {
+  if (no_opendir) { /* the kernel sends no OPENDIR again (listings without OPENDIR) */
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   char *path = begin(req, id);
   if (!path)
     return;
@@ -1813,8 +1975,7 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
   if (r == 0) {
     const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
     /* An immutable directory's listing may stay in the kernel's cache. */
-    fi->cache_readdir = fi->keep_cache =
-        l->timeout > KERNEL_TIMEOUT_S && l->plus_n >= l->entries.len;
+    fi->cache_readdir = fi->keep_cache = listing_keepable(l);
     if (fuse_reply_open(req, fi) != 0)
       tf_releasedir(path, fi);
   } else {
@@ -1869,7 +2030,14 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
   char *dir = begin(req, id);
   if (!dir)
     return;
-  const struct listing *l = (const struct listing *)(uintptr_t)fi->fh;
+  struct listing *held = NULL; /* a pass without OPENDIR */
+  int err = 0;
+  if (!fi->fh && !(held = pass_listing(dir, off, &err))) {
+    fuse_reply_err(req, err);
+    free(dir);
+    return;
+  }
+  const struct listing *l = held ? held : (const struct listing *)(uintptr_t)fi->fh;
   size_t dl = strcmp(dir, "/") == 0 ? 0 : strlen(dir), room = dl + 1 + NAME_MAX + 1;
   char *buf = reply_buffer(size), *pb = malloc(room);
   size_t used = 0;
@@ -1913,7 +2081,14 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
     fuse_reply_buf(req, buf, used);
   else
     fuse_reply_err(req, ENOMEM);
-
+  if (held) {
+    if (used == 0 || !buf || !pb) {
+      if (!listing_keepable(held))
+        inval_dir(id);
+      pass_end(dir, held);
+    }
+    listing_put(held);
+  }
   free(pb);
   free(dir);
 }
@@ -2014,6 +2189,10 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
   if (conn->capable & FUSE_CAP_READDIRPLUS)
     conn->want |= FUSE_CAP_READDIRPLUS;
   conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS_AUTO;
+  if ((conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) && !getenv("TB_FUSE_OPENDIR")) {
+    conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
+    no_opendir = true;
+  }
   if (conn->capable & FUSE_CAP_ASYNC_READ)
     conn->want |= FUSE_CAP_ASYNC_READ;
 }
@@ -2255,6 +2434,7 @@ static int serve_loop(struct fuse_session *se, const struct fuse_cmdline_opts *o
     fuse_loop_cfg_set_idle_threads(lc, o->max_idle_threads);
   int lr = o->singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, lc);
   fuse_loop_cfg_destroy(lc);
+  inval_end();
   return lr == 0 ? 0 : 2;
 }
 
@@ -2298,6 +2478,7 @@ static int run(struct fuse_args *args)
   struct fuse_session *se = fuse_session_new(args, &ops, sizeof ops, NULL);
   if (!se)
     return 2;
+  session = se;
   int r = 2;
   if (fuse_session_mount(se, mountpoint) == 0) {
     r = serve_mounted(se, &o);

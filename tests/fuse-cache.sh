@@ -15,6 +15,9 @@
 #    (TB_INSPECT_TRACE), and one with an xattr still shows it;
 #  - a listing comes in requests of up to 1 MiB (a directory's st_blksize
 #    sizes glibc's getdents buffer), not 32 KiB;
+#  - no OPENDIR or RELEASEDIR beyond the first (answered ENOSYS: the
+#    kernel's zero-message opendir); a version's complete listing stays in
+#    the kernel's directory cache, the view's own directories do not;
 #  - a directory of more than 1024 entries: its first listing carries the
 #    attributes of the first 1024 and of its subdirectories only (the
 #    kernel makes no inode for the rest: a `find` that never stats them
@@ -109,6 +112,23 @@ after=$(($(requests mnt LOOKUP) + $(requests mnt GETATTR)))
 # are looked up again: images, ext4, 1)
 [ $((after - before)) -le 10 ] ||
   tb_fail "stat of the 300 files after 2 s asked $((after - before)) lookups and getattrs"
+
+echo "== listings without OPENDIR"
+# (the kernel's zero-message opendir: the first OPENDIR is answered ENOSYS)
+[ "$(requests mnt OPENDIR)" -le 1 ] && [ "$(requests mnt RELEASEDIR)" = 0 ] ||
+  tb_fail "$(requests mnt OPENDIR) OPENDIR and $(requests mnt RELEASEDIR) RELEASEDIR requests"
+ls "$V/many" >/dev/null
+before=$(requests mnt READDIRPLUS)
+ls "$V/many" >/dev/null
+[ "$(requests mnt READDIRPLUS)" = "$before" ] ||
+  tb_fail "a version's complete listing, listed again, was asked again (not kept by the kernel)"
+# the view's own directory: one second at most, so listed again it is asked again
+ls "$M/images" >/dev/null
+sleep 0.3 # the notifier's invalidation
+before=$(requests mnt READDIRPLUS)
+ls "$M/images" >/dev/null
+[ "$(requests mnt READDIRPLUS)" -gt "$before" ] ||
+  tb_fail "the view's images/ listed again came from the kernel's cache"
 
 echo "== 1 MiB reads"
 dev=$(mountpoint -d "$M")
