@@ -1455,11 +1455,15 @@ static int tf_releasedir(const char *path, struct fuse_file_info *fi)
  * least recently used dropped) until the pass reads its end; a later
  * offset whose listing was dropped makes it again (the same snapshot: the
  * same entries in the same order).  Without OPENDIR the kernel keeps every
- * listing in its directory cache (FOPEN_CACHE_DIR), so each reply of a
- * listing it may not keep (listing_keepable) is followed by an
+ * listing in its directory cache (FOPEN_CACHE_DIR), so the end of a pass
+ * over a listing it may not keep (listing_keepable) is followed by an
  * invalidation of the directory's cached pages and attributes, sent by the
  * notifier thread (a request handler must not send one for the directory
- * it answers): the next pass comes to the view as with OPENDIR.
+ * it answers): the next pass comes to the view as with OPENDIR.  Once per
+ * pass, at its end: sent after every reply it raced the kernel's filling
+ * of its cache and left the directory uncached for good.  (The kernel
+ * serves only a complete cache, so a pass that stops early leaves nothing
+ * it would serve.)
  * TB_FUSE_OPENDIR set in the environment keeps OPENDIR (for comparison). */
 #define PASSES_MAX 64
 static bool no_opendir; /* ll_init */

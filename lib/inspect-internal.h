@@ -151,7 +151,7 @@ struct vol {
   enum { NTFS_MFT_OURS, NTFS_MFT_LIBTSK, NTFS_MFT_CHECK } ntfs_mode;
   size_t ntfs_ours, ntfs_libtsk;
   /* The last runs of records a listing read (NTFS MFT records, ext inodes;
-   * inspect-list.c, tbi_vol_span). */
+   * inspect-list.c, vol_span). */
   struct vol_span {
     uint64_t off, tick;
     size_t len;

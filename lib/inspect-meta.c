@@ -252,18 +252,11 @@ static void ext_fix(struct tb_inspect *ins, struct vol *v, struct tb_istat *st)
   ext_fix_raw(v, ino, isz, st);
 }
 
-/* libtsk's tsk_fs_file_open_meta, refusing first an ext inode that would
- * have libtsk allocate what the inode claims rather than what the disk
- * holds: one with inline data (ext4's INLINE_DATA flag) is loaded into a
- * buffer of its i_size, which a damaged or hostile inode sets to gigabytes
- * (the geometry fuzzer's 3.9 GB calloc at a volume's open).  Inline data
- * lives in the inode (i_block and the in-inode "system.data" xattr), so it
- * is never larger than the inode.  An inode we cannot read ourselves is
- * left to libtsk, which fails on the same read. */
 /* Where libtsk finds inode INUM of ext volume V, as its ext2fs_dinode_load
  * and ext2fs_group_load find it (the group's one descriptor: 64-bit ones
  * on ext4 with INCOMPAT_64BIT and s_desc_size >= 64, otherwise 32-bit ones
- * s_desc_size apart, 32 at least; no META_BG): for a volume whose whole
+ * s_desc_size apart, 32 at least; META_BG ignored, as libtsk ignores it):
+ * for a volume whose whole
  * geometry tbi_ext_inode_off refuses (a damaged one). */
 static bool ext_inode_as_libtsk(struct vol *v, uint64_t inum, uint64_t *off, uint32_t *isz)
 {
@@ -293,16 +286,26 @@ static bool ext_inode_as_libtsk(struct vol *v, uint64_t inum, uint64_t *off, uin
   return true;
 }
 
+/* Raw inode INUM of ext volume V into INO (1024 bytes), its size in *ISZ
+ * (at least EXT_OLD_ISIZE); AS_LIBTSK: found the way libtsk finds it where
+ * our geometry refuses the volume. */
+static bool ext_raw_inode(struct tb_inspect *ins, struct vol *v, uint64_t inum, unsigned char *ino,
+                          uint32_t *isz, bool as_libtsk)
+{
+  uint64_t off;
+  return inum >= 1 && inum < (uint64_t)v->fs->last_inum &&
+         (tbi_ext_inode_off(ins, v, inum, &off, isz) ||
+          (as_libtsk && ext_inode_as_libtsk(v, inum, &off, isz))) &&
+         *isz >= EXT_OLD_ISIZE && *isz <= 1024 && tbi_raw_read(v, off, ino, *isz);
+}
+
 /* Would libtsk allocate what ext inode INUM claims (see tbi_open_meta)?
  * Then the error is set. */
 static bool ext_inline_refused(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
   unsigned char ino[1024];
-  uint64_t off;
   uint32_t isz;
-  if (!TSK_FS_TYPE_ISEXT(v->fs->ftype) || inum < 1 || inum >= (uint64_t)v->fs->last_inum ||
-      !(tbi_ext_inode_off(ins, v, inum, &off, &isz) || ext_inode_as_libtsk(v, inum, &off, &isz)) ||
-      isz < EXT_OLD_ISIZE || isz > sizeof ino || !tbi_raw_read(v, off, ino, isz))
+  if (!TSK_FS_TYPE_ISEXT(v->fs->ftype) || !ext_raw_inode(ins, v, inum, ino, &isz, true))
     return false;
   const ext2fs_inode *in = (const ext2fs_inode *)ino;
   uint64_t size = tb_get_le32(in->i_size) | (uint64_t)tb_get_le32(in->i_size_high) << 32;
@@ -316,6 +319,14 @@ static bool ext_inline_refused(struct tb_inspect *ins, struct vol *v, uint64_t i
   return true;
 }
 
+/* libtsk's tsk_fs_file_open_meta, refusing first an ext inode that would
+ * have libtsk allocate what the inode claims rather than what the disk
+ * holds: one with inline data (ext4's INLINE_DATA flag) is loaded into a
+ * buffer of its i_size, which a damaged or hostile inode sets to gigabytes
+ * (the geometry fuzzer's 3.9 GB calloc at a volume's open).  Inline data
+ * lives in the inode (i_block and the in-inode "system.data" xattr), so it
+ * is never larger than the inode.  An inode we cannot read ourselves is
+ * left to libtsk, which fails on the same read. */
 TSK_FS_FILE *tbi_open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 {
   return ext_inline_refused(ins, v, inum) ? NULL
@@ -344,11 +355,8 @@ TSK_FS_FILE *tbi_open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)
 bool tbi_ext_entry_stat(struct tb_inspect *ins, struct vol *v, uint64_t inum, struct tb_istat *st)
 {
   unsigned char ino[1024];
-  uint64_t off;
   uint32_t isz;
-  return inum >= 1 && inum < (uint64_t)v->fs->last_inum &&
-         tbi_ext_inode_off(ins, v, inum, &off, &isz) && isz >= EXT_OLD_ISIZE && isz <= sizeof ino &&
-         tbi_raw_read(v, off, ino, isz) && tbi_ext_inode_stat(v, inum, ino, isz, st);
+  return ext_raw_inode(ins, v, inum, ino, &isz, false) && tbi_ext_inode_stat(v, inum, ino, isz, st);
 }
 
 /* tbi_ext_entry_stat's decoding of raw inode INO (ISZ bytes, at least
