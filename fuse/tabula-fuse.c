@@ -1256,17 +1256,19 @@ static int listing_add(struct listing *l, const char *name, const struct tb_ista
  * without -l, a shell's globbing never stat the files).  Without them a
  * stat of the entry is a lookup round trip instead (answered from the
  * snapshot's stat cache).  So: every entry of a directory of up to
- * PLUS_FIRST entries, and of a bigger one the first PLUS_FIRST and every
- * subdirectory (a walker opens those); the rest carry names and types only
- * at the first listing of that directory in the snapshot, and everything
- * from its second listing on (a directory listed again is being walked
- * again: `find -ls` after `find`).  A listing without every attribute is
- * not left in the kernel's directory cache (ll_opendir), so its next
- * listing comes here and gets them.  The cost falls on a first `ls -l` of
- * a big directory: a lookup per entry past the first PLUS_FIRST, which for
- * a 3,000-entry directory was lost in the noise of its two GETXATTRs per
- * file (250-370 ms either way), while 1024 instead of 4096 took an NTFS
- * `find` over a 5,000-entry directory from 45 to 27 ms. */
+ * PLUS_FIRST entries; of a bigger one, at the first listing of that
+ * directory in the snapshot, only the subdirectories (a walker opens
+ * those), the others as names and types; and everything from its second
+ * listing on (a directory listed again is being walked again: `find -ls`
+ * after `find`).  A listing without every attribute is not left in the
+ * kernel's directory cache (listing_keepable), so its next listing comes
+ * here and gets them.  The cost falls on a first `ls -l` of a big
+ * directory: a lookup per file, which for a 3,000-entry directory was lost
+ * in the noise of its two GETXATTRs per file (250-370 ms either way).
+ * Giving the first PLUS_FIRST files their attributes too cost a `find` of
+ * a 20,000-entry ext4 directory 4 ms of its 24 (the kernel's inodes for
+ * them), and 1024 instead of 4096 had taken an NTFS `find` over 5,000
+ * entries from 45 to 27 ms. */
 #define PLUS_FIRST 1024
 
 static void listing_plan(struct listing *l, struct snap *sn, int vol, const char *dir)
@@ -1284,7 +1286,7 @@ static void listing_plan(struct listing *l, struct snap *sn, int vol, const char
     memcpy(b->path, dir, dl + 1);
     b->next = sn->big_dirs;
     sn->big_dirs = b;
-    l->plus_n = PLUS_FIRST + 2;
+    l->plus_n = 0; /* subdirectories only (readdir_reply) */
   }
   pthread_mutex_unlock(&sn->stat_mu);
 }
