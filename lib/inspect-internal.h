@@ -101,6 +101,8 @@
 /* ---- Limits ---- */
 #define DIR_CACHE_MAX 256 /* directories cached per volume */
 #define AHEAD_MAX 64      /* directories queued to be listed ahead (inspect-list.c) */
+#define AHEAD_DEPTH 3     /* levels below a listed directory listed ahead */
+#define AHEAD_BUDGET 64   /* directories listed ahead per listing asked for */
 #define WALK_MAX_DEPTH 256
 #define NTFS_FIRST_USER_RECORD 16 /* ntfs-3g's FILE_first_user */
 
@@ -255,12 +257,15 @@ struct tb_inspect {
   bool deadline_hit;
   uint64_t tick;
   /* Directories to list while idle (tbi_list_ahead): a stack, the
-   * subdirectories of the latest listing on top, first child first. */
+   * subdirectories of the latest listing on top, first child first; each
+   * with its depth below the listing asked for, and how many more listings
+   * ahead that listing allows (ahead_budget). */
   struct ahead {
     size_t vol;
     uint64_t inum;
+    unsigned depth;
   } ahead[AHEAD_MAX];
-  size_t n_ahead;
+  size_t n_ahead, ahead_budget;
   /* Set and cleared under mu: tbi_list_ahead is running (closing_now ends
    * it, and no caller may serve itself from the cache meanwhile). */
   bool listing_ahead;

@@ -12,7 +12,8 @@
  * Listing ahead: a walker (find, du, a file manager) opens the
  * subdirectories of what it just listed, depth first.  So each readdir
  * queues its subdirectories (AHEAD_MAX, the latest on top) and the worker,
- * when it has no job, lists them into the cache (tbi_list_ahead): the
+ * when it has no job, lists them into the cache (tbi_list_ahead), and
+ * theirs, down to AHEAD_DEPTH levels and AHEAD_BUDGET listings: the
  * walker's next opendir finds its listing made, and the NBD round trips and
  * the parsing ran while the kernel and the walker were busy with the last
  * reply.  Listing ahead never delays a job by more than a quarter of the
@@ -845,10 +846,100 @@ static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64
   return dir_finish(d);
 }
 
+/* A listing is sorted by name (strcmp's order: lookups binary-search it)
+ * with a most-significant-byte-first radix sort: each pass distributes a
+ * group of names by their byte at one depth, so a prefix the names share
+ * is read once per name, never compared again.  qsort's merge sort
+ * compared whole names (a directory of "entry-N": its 6-byte prefix
+ * 300,000 times) and was a third of a 20,000-entry listing's
+ * instructions.  The distribution is stable and names equal to the end
+ * keep their directory order, as with the merge sort (the duplicate
+ * dir_finish keeps is the first).  The largest bucket is sorted by the
+ * loop, the others by recursion (each at most half the group), so the
+ * stack stays within log2(n) frames whatever names a guest chooses; small
+ * groups go to an insertion sort. */
+struct name_key {
+  const unsigned char *s;
+  size_t i; /* in directory order */
+};
+
+static int name_key_cmp(const struct name_key *a, const struct name_key *b, size_t depth)
+{
+  int c = strcmp((const char *)a->s + depth, (const char *)b->s + depth);
+  return c ? c : (a->i > b->i) - (a->i < b->i);
+}
+
+#define NAME_SORT_SMALL 24
+
+static void name_sort(struct name_key *a, struct name_key *tmp, size_t n, size_t depth)
+{
+  while (n > 1) {
+    if (n < NAME_SORT_SMALL) {
+      for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && name_key_cmp(&a[j - 1], &a[j], depth) > 0; j--) {
+          struct name_key t = a[j];
+          a[j] = a[j - 1];
+          a[j - 1] = t;
+        }
+      return;
+    }
+    size_t count[256] = {0};
+    for (size_t i = 0; i < n; i++)
+      count[a[i].s[depth]]++;
+    if (count[0] == n)
+      return; /* equal names, already in directory order */
+    size_t big = 0, at = 0, start[256];
+    for (size_t c = 0; c < 256; c++) {
+      start[c] = at;
+      at += count[c];
+      if (count[c] > count[big])
+        big = c;
+    }
+    if (count[big] < n) { /* distribute, stably */
+      size_t next[256];
+      memcpy(next, start, sizeof next);
+      for (size_t i = 0; i < n; i++)
+        tmp[next[a[i].s[depth]]++] = a[i];
+      memcpy(a, tmp, n * sizeof *a);
+    }
+    for (size_t c = 1; c < 256; c++) /* bucket 0: names ending here, in order */
+      if (c != big && count[c] > 1)
+        name_sort(a + start[c], tmp, count[c], depth + 1);
+    if (big == 0)
+      return;
+    a += start[big];
+    n = count[big];
+    depth++;
+  }
+}
+
+/* Sort D by name (name_sort; qsort's if out of memory). */
+static void dir_sort(struct cached_dir *d)
+{
+  struct name_key *keys = malloc(d->n * sizeof *keys), *tmp = malloc(d->n * sizeof *tmp);
+  struct dent *sorted = malloc(d->n * sizeof *sorted);
+  if (!keys || !tmp || !sorted) {
+    free(keys);
+    free(tmp);
+    free(sorted);
+    qsort(d->v, d->n, sizeof *d->v, dent_cmp);
+    return;
+  }
+  for (size_t i = 0; i < d->n; i++)
+    keys[i] = (struct name_key){(const unsigned char *)d->v[i].name, i};
+  name_sort(keys, tmp, d->n, 0);
+  for (size_t i = 0; i < d->n; i++)
+    sorted[i] = d->v[keys[i].i];
+  memcpy(d->v, sorted, d->n * sizeof *sorted);
+  free(sorted);
+  free(tmp);
+  free(keys);
+}
+
 static struct cached_dir *dir_finish(struct cached_dir *d)
 {
-  if (d->n > 0)
-    qsort(d->v, d->n, sizeof *d->v, dent_cmp);
+  if (d->n > 1)
+    dir_sort(d);
   /* A damaged directory may name a file twice: keep the first. */
   size_t k = 0;
   for (size_t i = 0; i < d->n; i++) {
@@ -891,8 +982,10 @@ static bool dir_cached(const struct vol *v, uint64_t inum)
   return false;
 }
 
-/* Queue D's subdirectories to be listed ahead, on top, the first on top. */
-static void queue_ahead(struct tb_inspect *ins, size_t vol, const struct cached_dir *d)
+/* Queue D's subdirectories to be listed ahead at DEPTH, on top, the first
+ * on top. */
+static void queue_ahead(struct tb_inspect *ins, size_t vol, const struct cached_dir *d,
+                        unsigned depth)
 {
   size_t subdirs = 0;
   for (size_t i = 0; i < d->n; i++)
@@ -911,24 +1004,37 @@ static void queue_ahead(struct tb_inspect *ins, size_t vol, const struct cached_
     const struct dent *e = &d->v[i];
     if (e->st.type != TB_FT_DIR || strcmp(e->name, ".") == 0 || strcmp(e->name, "..") == 0)
       continue;
-    ins->ahead[top - 1 - k++] = (struct ahead){vol, e->st.inum};
+    ins->ahead[top - 1 - k++] = (struct ahead){vol, e->st.inum, depth};
   }
   ins->n_ahead = top;
 }
 
 /* On the worker, with no job: list the directory on top of the queue into
- * the cache, under a deadline of its own.  Errors are dropped. */
+ * the cache, under a deadline of its own, and queue its own subdirectories
+ * on top while it is less than AHEAD_DEPTH below the listing asked for: a
+ * walker that reached a tree finds its next few levels made (a find of 20
+ * directories of 25 files each, while the walker was in a big directory
+ * before them: 11 ms instead of 16-20).  Each listing asked for allows
+ * AHEAD_BUDGET listings ahead, so a big tree is not read unasked.  Errors
+ * are dropped. */
 void tbi_list_ahead(struct tb_inspect *ins)
 {
   while (ins->n_ahead > 0) {
     struct ahead a = ins->ahead[--ins->n_ahead];
     if (a.vol >= ins->n_vols || !ins->vols[a.vol].fs || dir_cached(&ins->vols[a.vol], a.inum))
       continue;
+    if (ins->ahead_budget == 0) {
+      ins->n_ahead = 0;
+      return;
+    }
+    ins->ahead_budget--;
     ins->deadline_ms = tbi_mono_ms() + atomic_load(&ins->budget_ms) / 4;
     ins->deadline_hit = false;
     atomic_store(&ins->giving_up, false);
     tsk_error_reset();
-    (void)tbi_get_dir(ins, &ins->vols[a.vol], a.inum);
+    const struct cached_dir *d = tbi_get_dir(ins, &ins->vols[a.vol], a.inum);
+    if (d && a.depth < AHEAD_DEPTH)
+      queue_ahead(ins, a.vol, d, a.depth + 1);
     tsk_error_reset();
     return;
   }
@@ -1046,8 +1152,10 @@ int tbi_do_readdir(struct tb_inspect *ins, struct job *j)
   struct cached_dir *d = r == 0 ? tbi_get_dir(ins, v, st.inum) : NULL;
   if (r == 0 && !d)
     r = -1;
-  if (r == 0)
-    queue_ahead(ins, j->vol, d);
+  if (r == 0) {
+    ins->ahead_budget = AHEAD_BUDGET;
+    queue_ahead(ins, j->vol, d, 1);
+  }
   /* The callback must not re-enter this handle (its request would wait for
    * this one), so the cached listing cannot move under us while we iterate.
    * On the worker, the callback section is entered once per CALLBACK_BATCH

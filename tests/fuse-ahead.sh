@@ -7,6 +7,8 @@
 # the disk, not the cache), not in time:
 #  - after `ls` of the root, the listings of its subdirectories are made
 #    without anyone opening them, and opening them then reads nothing;
+#  - so are the levels below them, down to three below the root
+#    (AHEAD_DEPTH): a/s1 and a/s1/deep;
 #  - a listing the cache holds is served on the FUSE thread itself, not by
 #    a job of the worker (no "job: readdir" for a, b and c);
 #  - a whole `find` reads each directory once, ahead or not;
@@ -58,13 +60,23 @@ idle()
     _i=$((_i + 1))
   done
 }
-# (their own subdirectories are read ahead meanwhile: count a, b, c only)
+inode_of()
+{
+  debugfs -R "stat /$1" "$T/exports/ext4@1" 2>/dev/null | sed -n 's/^Inode: \([0-9]*\).*/\1/p'
+}
+idle
+for d in a/s1 a/s1/deep c/s3/deep; do
+  ino=$(inode_of $d)
+  [ -n "$ino" ] || tb_fail "debugfs gave no inode for /$d"
+  grep -q "inspect read dir: inode $ino\$" "$LOG" ||
+    tb_fail "$d was not listed ahead after ls of the root (levels below the first)"
+done
 for d in a b c; do
   idle
   ls "$V/$d" >/dev/null || tb_fail "ls $d"
 done
 for d in a b c; do
-  ino=$(debugfs -R "stat /$d" "$T/exports/ext4@1" 2>/dev/null | sed -n 's/^Inode: \([0-9]*\).*/\1/p')
+  ino=$(inode_of $d)
   [ -n "$ino" ] || tb_fail "debugfs gave no inode for /$d"
   n=$(grep -c "inspect read dir: inode $ino\$" "$LOG" || true)
   [ "$n" = 1 ] || tb_fail "$d was read $n times (want once, ahead)"

@@ -486,6 +486,86 @@ START_TEST(test_ext_xattrs)
 }
 END_TEST
 
+/* dir_finish (lib/inspect-list.c): the multikey quicksort gives strcmp's
+ * order and keeps the first of duplicate names in directory order, as the
+ * stable merge sort it replaced did; on random bytes, names sharing long
+ * prefixes, few distinct names and all names equal. */
+struct ref_dent {
+  const char *name;
+  size_t i;
+};
+
+static int ref_cmp(const void *a, const void *b)
+{
+  const struct ref_dent *x = a, *y = b;
+  int c = strcmp(x->name, y->name);
+  return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+static void check_sorted(size_t n, unsigned kind, uint64_t *rng)
+{
+  struct cached_dir *d = calloc(1, sizeof *d);
+  struct ref_dent *ref = malloc((n ? n : 1) * sizeof *ref);
+  ck_assert(d && ref);
+  d->v = calloc(n ? n : 1, sizeof *d->v);
+  d->n = n;
+  ck_assert(d->v);
+  for (size_t i = 0; i < n; i++) {
+    char name[64];
+    *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t r = *rng >> 17;
+    if (kind == 0) { /* random bytes 1..255, lengths 1..12 */
+      size_t len = 1 + r % 12;
+      for (size_t k = 0; k < len; k++) {
+        *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+        name[k] = (char)(1 + (*rng >> 33) % 255);
+      }
+      name[len] = 0;
+    } else if (kind == 1) { /* a long shared prefix */
+      snprintf(name, sizeof name, "a-shared-prefix-of-forty-bytes-entry-%" PRIu64, r % (n * 2 + 1));
+    } else if (kind == 2) { /* few distinct names */
+      snprintf(name, sizeof name, "n%" PRIu64, r % 5);
+    } else { /* all the same */
+      snprintf(name, sizeof name, "same");
+    }
+    d->v[i].name = strdup(name);
+    ck_assert(d->v[i].name);
+    d->v[i].st.inum = i;
+    ref[i] = (struct ref_dent){d->v[i].name, i};
+  }
+  qsort(ref, n, sizeof *ref, ref_cmp);
+  size_t k = 0; /* the reference's distinct names, each its first */
+  for (size_t i = 0; i < n; i++)
+    if (k == 0 || strcmp(ref[k - 1].name, ref[i].name) != 0)
+      ref[k++] = ref[i];
+  char **names = malloc((n ? n : 1) * sizeof *names); /* dir_finish frees duplicates */
+  for (size_t i = 0; i < n; i++)
+    names[i] = strdup(d->v[i].name);
+  for (size_t i = 0; i < k; i++)
+    ref[i].name = names[ref[i].i];
+  dir_finish(d);
+  ck_assert_uint_eq(d->n, k);
+  for (size_t i = 0; i < k; i++) {
+    ck_assert_str_eq(d->v[i].name, ref[i].name);
+    ck_assert_uint_eq(d->v[i].st.inum, ref[i].i);
+  }
+  for (size_t i = 0; i < n; i++)
+    free(names[i]);
+  free(names);
+  free(ref);
+  tbi_free_dir(d);
+}
+
+START_TEST(test_dir_sort)
+{
+  uint64_t rng = 42;
+  static const size_t sizes[] = {0, 1, 2, 3, 15, 16, 17, 100, 1000, 20000};
+  for (unsigned kind = 0; kind < 4; kind++)
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+      check_sorted(sizes[i], kind, &rng);
+}
+END_TEST
+
 static Suite *geometry_suite(void)
 {
   Suite *s = suite_create("geometry");
@@ -500,6 +580,7 @@ static Suite *geometry_suite(void)
   tcase_add_test(tc, test_ntfs_fixup);
   tcase_add_test(tc, test_ext_times);
   tcase_add_test(tc, test_ext_xattrs);
+  tcase_add_test(tc, test_dir_sort);
   suite_add_tcase(s, tc);
   return s;
 }
