@@ -1038,33 +1038,32 @@ static uint64_t path_ino(const char *path)
   return h < 2 ? h + 2 : h;
 }
 
+/* The S_IF* type of IS. */
+static mode_t istat_type(const struct tb_istat *is)
+{
+  switch (is->type) {
+  case TB_FT_DIR:
+    return S_IFDIR;
+  case TB_FT_LNK:
+    return S_IFLNK;
+  case TB_FT_CHR:
+    return S_IFCHR;
+  case TB_FT_BLK:
+    return S_IFBLK;
+  case TB_FT_FIFO:
+    return S_IFIFO;
+  case TB_FT_SOCK:
+    return S_IFSOCK;
+  default:
+    return S_IFREG;
+  }
+}
+
 static void istat_to_stat(const struct tb_istat *is, struct stat *st, uint64_t ino)
 {
   memset(st, 0, sizeof *st);
-  mode_t type = S_IFREG;
+  mode_t type = istat_type(is);
   mode_t perm = is->mode;
-  switch (is->type) {
-  case TB_FT_DIR:
-    type = S_IFDIR;
-    break;
-  case TB_FT_LNK:
-    type = S_IFLNK;
-    break;
-  case TB_FT_CHR:
-    type = S_IFCHR;
-    break;
-  case TB_FT_BLK:
-    type = S_IFBLK;
-    break;
-  case TB_FT_FIFO:
-    type = S_IFIFO;
-    break;
-  case TB_FT_SOCK:
-    type = S_IFSOCK;
-    break;
-  default:
-    break;
-  }
   if (perm == 0) /* the guest has no Unix modes (NTFS, FAT) */
     perm = type == S_IFDIR ? 0555 : 0444;
   st->st_mode = type | (perm & 07777);
@@ -2054,15 +2053,25 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
   for (size_t i = off > 0 ? (size_t)off : 0; buf && pb && i < l->entries.len; i++) {
     const struct listed *le = &l->entries.ptr[i];
     bool dots = strcmp(le->name, ".") == 0 || strcmp(le->name, "..") == 0;
+    /* Only an entry that carries its attributes (a lookup of its node)
+     * needs its path and its whole stat; the others go as name, d_ino and
+     * type, which is all the kernel reads of them. */
+    bool carry = plus && !dots && le->is && (i < l->plus_n || le->is->type == TB_FT_DIR);
     size_t nl = strlen(le->name);
-    char *path = dots ? NULL : nl <= NAME_MAX ? pb : child_path(dir, le->name);
+    char *path = dots || (le->is && !carry) ? NULL
+                 : nl <= NAME_MAX           ? pb
+                                            : child_path(dir, le->name);
     if (path == pb)
       memcpy(pb + dl + 1, le->name, nl + 1);
     struct fuse_entry_param e = {0};
-    if (le->is)
+    if (carry) {
       istat_to_stat(le->is, &e.attr, guest_ino(l->source, l->vol, le->is->inum));
-    else /* no attributes: an inode number for d_ino, the type unknown */
+    } else if (le->is) {
+      e.attr.st_ino = guest_ino(l->source, l->vol, le->is->inum);
+      e.attr.st_mode = istat_type(le->is);
+    } else { /* no attributes: an inode number for d_ino, the type unknown */
       e.attr.st_ino = path_ino(path ? path : dir);
+    }
     size_t n;
     if (!plus) {
       n = fuse_add_direntry(req, buf + used, size - used, le->name, &e.attr, (off_t)(i + 1));
@@ -2071,7 +2080,7 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
         free(path);
       break;
     } else {
-      if (path && le->is && (i < l->plus_n || le->is->type == TB_FT_DIR)) {
+      if (carry && path) {
         e.ino = lnode_lookup(path); /* 0 (out of memory): the kernel takes no lookup */
         e.entry_timeout = e.attr_timeout = l->timeout;
       }
