@@ -264,6 +264,7 @@ static size_t span_count(const uint64_t *off, size_t i, size_t n, uint64_t rec, 
 /* An ext directory entry (libtsk's ext2fs_dentry2, the kernel's
  * ext2_dir_entry_2): its 8-byte header, then the name. */
 #define EXT_DENTRY_HDR offsetof(ext2fs_dentry2, name)
+#define EXT_DIR_CHUNK (256u << 10) /* a multiple of every block size */
 _Static_assert(EXT_DENTRY_HDR == 8 && offsetof(ext2fs_dentry2, type) == 7,
                "ext2fs_dentry2: the on-disk layout");
 
@@ -355,20 +356,28 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
   if (dm->meta->content_type == TSK_FS_META_CONTENT_TYPE_EXT4_INLINE || bs < 1024 || bs > 65536 ||
       size == 0 || size % bs != 0)
     return NULL;
-  unsigned char *blk = malloc(bs);
+  /* The blocks are read EXT_DIR_CHUNK at a time, one libtsk read each
+   * (which reads past its cache, one NBD request per contiguous run), not
+   * one 64 KiB cache block per 16 directory blocks. */
+  size_t chunk = size < EXT_DIR_CHUNK ? (size_t)size : EXT_DIR_CHUNK;
+  unsigned char *buf = malloc(chunk), *blk = NULL;
   struct cached_dir *d = calloc(1, sizeof *d);
   struct ext_pending *pend = malloc(PENDING_MAX * sizeof *pend);
   size_t cap = 0, n_pend = 0;
-  bool ok = blk && d && pend, oom = !ok;
+  bool ok = buf && d && pend, oom = !ok;
   if (d)
     d->inum = inum;
   struct name_seen seen = {0};
   for (uint64_t off = 0; ok && off < size; off += bs) {
-    if (tbi_past_deadline(ins) || tsk_fs_file_read(dm, (TSK_OFF_T)off, (char *)blk, bs,
-                                                   TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)bs) {
-      ok = false;
-      break;
+    if (off % chunk == 0) {
+      size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
+      if (tbi_past_deadline(ins) || tsk_fs_file_read(dm, (TSK_OFF_T)off, (char *)buf, n,
+                                                     TSK_FS_FILE_READ_FLAG_NONE) != (ssize_t)n) {
+        ok = false;
+        break;
+      }
     }
+    blk = buf + off % chunk;
     for (size_t idx = 0; ok && idx < bs;) {
       if (idx + EXT_DENTRY_HDR > bs) {
         ok = false;
@@ -412,7 +421,7 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
     for (size_t i = 0; i < n_pend; i++)
       free(pend[i].name);
   free(pend);
-  free(blk);
+  free(buf);
   tsk_error_reset();
   if (ok)
     return d;

@@ -10,6 +10,9 @@
 #    the directory's own blocks, which libtsk reads one cache block each,
 #    at most a few small reads), and the names and sizes are the ones
 #    debugfs lists;
+#  - a directory whose blocks lie together (20,000 entries, 100 blocks) is
+#    read in 256 KiB requests (EXT_DIR_CHUNK), not in libtsk's 64 KiB cache
+#    blocks;
 #  - the disk's last 64 KiB, where libtsk looks for a backup GPT header at
 #    five sector sizes when sector 1 has none, is read once (lib/
 #    inspect-handle.c), not five times;
@@ -26,9 +29,11 @@ while [ $i -le 6000 ]; do
   printf '%s' "$i" >"$T/src/many/e$i"
   i=$((i + 1))
 done
+mkdir "$T/src/names"
+(cd "$T/src/names" && seq -f 'entry-%g' 1 20000 | xargs touch)
 mkdir "$T/exports"
 truncate -s 64M "$T/exports/ext4@1"
-mke2fs -q -F -t ext4 -b 4096 -I 256 -d "$T/src" "$T/exports/ext4@1" >/dev/null
+mke2fs -q -F -t ext4 -b 4096 -I 256 -N 32768 -d "$T/src" "$T/exports/ext4@1" >/dev/null
 
 # The reference: debugfs's listing (name, size), sorted.
 debugfs -R "ls -l /many" "$T/exports/ext4@1" 2>/dev/null |
@@ -58,6 +63,17 @@ echo "mount, root listing and the listing ahead of /many: $total reads, $small o
 [ "$small" -le $((dblocks + 8)) ] ||
   tb_fail "listing a 6,000-entry directory took $small reads of 64 KiB for $dblocks directory" \
     "blocks (want its inodes in spans)"
+
+# /names: its blocks (debugfs) are one stretch; count the reads inside it
+set -- $(debugfs -R "blocks /names" "$T/exports/ext4@1" 2>/dev/null | tr ' ' '\n' | grep . | sort -n | sed -n '1p;$p')
+[ $# = 2 ] && [ $(($2 - $1)) -ge 50 ] || tb_fail "debugfs gave no stretch of blocks for /names: $*"
+lo=$(($1 * 4096)) hi=$((($2 + 1) * 4096))
+dreads=$(grep ' Read id=' "$T/nbd.log" | sed -n 's/.* offset=\(0x[0-9a-f]*\) .*/\1/p' |
+  while read -r o; do [ $((o)) -ge $lo ] && [ $((o)) -lt $hi ] && echo "$o"; done | wc -l)
+echo "/names: $((($hi - $lo) / 1024)) KiB of directory blocks in $dreads reads"
+[ "$dreads" -le 3 ] ||
+  tb_fail "/names's $((($hi - $lo) / 1024)) KiB of blocks took $dreads reads (want 256 KiB requests)"
+[ "$(ls -f "$v/names" | grep -c '^entry-')" = 20000 ] || tb_fail "/names does not list 20000 entries"
 
 size=$(stat -c %s "$T/exports/ext4@1")
 tail_reads=$(grep ' Read id=' "$T/nbd.log" | sed -n 's/.* offset=\(0x[0-9a-f]*\) .*/\1/p' |
