@@ -1023,7 +1023,7 @@ static void queue_ahead(struct tb_inspect *ins, size_t vol, const struct cached_
  * on top while it is less than AHEAD_DEPTH below the listing asked for: a
  * walker that reached a tree finds its next few levels made (a find of 20
  * directories of 25 files each, while the walker was in a big directory
- * before them: 11 ms instead of 16-20).  Each listing asked for allows
+ * before them: 14-15 ms instead of 16-20).  Each listing asked for allows
  * AHEAD_BUDGET listings ahead, so a big tree is not read unasked.  Errors
  * are dropped. */
 void tbi_list_ahead(struct tb_inspect *ins)
