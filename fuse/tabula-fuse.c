@@ -331,10 +331,12 @@ struct snap {
 };
 
 /* A directory of more than PLUS_FIRST entries that a listing gave without
- * all their attributes (listing_plan). */
+ * all their attributes (listing_plan); partial: its files came names first
+ * (tb_inspect_readdir_lazy), not in the stat cache (stat_fill). */
 struct big_dir {
   struct big_dir *next;
   int vol;
+  bool partial;
   char path[];
 };
 
@@ -417,6 +419,45 @@ static bool stat_get(struct snap *sn, int vol, const char *path, struct tb_istat
       }
   pthread_mutex_unlock(&sn->stat_mu);
   return found;
+}
+
+struct fill_ctx {
+  struct listing *listing;
+  const struct source *source;
+  int vol;
+  struct snap *snap;
+  const char *dir;
+  size_t dl; /* strlen(dir) */
+  bool full; /* out of memory */
+};
+
+static int stat_fill_cb(void *ctx, const char *name, const struct tb_istat *is)
+{
+  struct fill_ctx *fc = ctx;
+  return stat_put(fc->snap, fc->vol, fc->dir, fc->dl, name, is) ? 0 : 1;
+}
+
+/* A stat of PATH that the stat cache lacks, in a big directory whose first
+ * listing came names first: the first such stat (a `find -ls`, an `ls -l`
+ * of it) lists the directory again, whole, into the stat cache, so the
+ * others are answered there instead of by a request each.  True if it did. */
+static bool stat_fill(struct snap *sn, int vol, const char *path)
+{
+  const char *slash = strrchr(path, '/');
+  if (!slash)
+    return false;
+  size_t dl = slash == path ? 1 : (size_t)(slash - path);
+  bool fill = false;
+  pthread_mutex_lock(&sn->stat_mu);
+  for (struct big_dir *b = sn->big_dirs; b && !fill; b = b->next)
+    if (b->vol == vol && b->partial && strlen(b->path) == dl && memcmp(b->path, path, dl) == 0)
+      fill = true, b->partial = false;
+  pthread_mutex_unlock(&sn->stat_mu);
+  char *dir = fill ? strndup(path, dl) : NULL;
+  struct fill_ctx fc = {.vol = vol, .snap = sn, .dir = dir, .dl = dl};
+  fill = dir && tb_inspect_readdir(sn->ins, (size_t)vol, dir, stat_fill_cb, &fc) == 0;
+  free(dir);
+  return fill;
 }
 
 static struct snap *snap_ref(struct snap *s)
@@ -1163,10 +1204,11 @@ static int getattr_node(const char *path, struct stat *st, double *timeout)
       return -EIO;
     int vi = vol_index(sn, n.volume);
     struct tb_istat is;
-    r = vi < 0                                                    ? -ENOENT
-        : stat_get(sn, vi, n.inner, &is)                          ? 0
-        : tb_inspect_stat(sn->ins, (size_t)vi, n.inner, &is) == 0 ? 0
-                                                                  : errno_or_eio();
+    r = vi < 0                                                         ? -ENOENT
+        : stat_get(sn, vi, n.inner, &is)                               ? 0
+        : stat_fill(sn, vi, n.inner) && stat_get(sn, vi, n.inner, &is) ? 0
+        : tb_inspect_stat(sn->ins, (size_t)vi, n.inner, &is) == 0      ? 0
+                                                                       : errno_or_eio();
     snap_put(sn);
     if (r == 0)
       istat_to_stat(&is, st, guest_ino(s, vi, is.inum));
@@ -1207,6 +1249,7 @@ struct listing {
   size_t plus_n;  /* entries from here on carry attributes only if directories */
   struct listed_vector entries;
   struct owned_vector owned; /* names (and stats) copied into the listing */
+  bool partial;              /* some entries have only their type (names first) */
   struct snap *snap;         /* held, for the entries' attributes; NULL: none of them has any */
   const struct source *source;
   int vol;
@@ -1268,7 +1311,7 @@ static int listing_add(struct listing *l, const char *name, const struct tb_ista
  * a 20,000-entry ext4 directory 4 ms of its 24 (the kernel's inodes for
  * them), and 1024 instead of 4096 had taken an NTFS `find` over 5,000
  * entries from 45 to 27 ms. */
-#define PLUS_FIRST 1024
+#define PLUS_FIRST TB_INSPECT_LAZY_MIN
 
 static void listing_plan(struct listing *l, struct snap *sn, int vol, const char *dir)
 {
@@ -1282,28 +1325,31 @@ static void listing_plan(struct listing *l, struct snap *sn, int vol, const char
     b = b->next;
   if (!b && (b = malloc(sizeof *b + dl + 1))) {
     b->vol = vol;
+    b->partial = false;
     memcpy(b->path, dir, dl + 1);
     b->next = sn->big_dirs;
     sn->big_dirs = b;
     l->plus_n = 0; /* subdirectories only (readdir_reply) */
   }
+  if (b && l->partial)
+    b->partial = true;
   pthread_mutex_unlock(&sn->stat_mu);
 }
 
-struct fill_ctx {
-  struct listing *listing;
-  const struct source *source;
-  int vol;
-  struct snap *snap;
-  const char *dir;
-  size_t dl; /* strlen(dir) */
-  bool full; /* out of memory */
-};
-
-/* Each entry with its attributes, kept for the lookups that follow. */
+/* Each entry with its attributes, kept for the lookups that follow; an
+ * entry listed names first (tb_inspect_readdir_lazy: a big directory's
+ * first listing, which gives only subdirectories their attributes anyway)
+ * only in the listing, its lookup asks the library. */
 static int fill_cb(void *ctx, const char *name, const struct tb_istat *is)
 {
   struct fill_ctx *fc = ctx;
+  if (is->partial) {
+    fc->listing->partial = true;
+    if (listing_add(fc->listing, name, is) == 0)
+      return 0;
+    fc->full = true;
+    return 1;
+  }
   const struct stat_entry *se = stat_put(fc->snap, fc->vol, fc->dir, fc->dl, name, is);
   if (se ? tb_vector_push(&fc->listing->entries,
                           ((struct listed){.name = se->path + se->name, .is = &se->is})) == -1
@@ -1387,10 +1433,10 @@ static int list_dir(const char *path, struct listing *l)
     l->snap = snap_ref(sn);
     l->source = s;
     l->vol = vi;
-    r = vi < 0                                                                ? -ENOENT
-        : tb_inspect_readdir(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
-        : fc.full                                                             ? -ENOMEM
-                                                                              : errno_or_eio();
+    r = vi < 0                                                                     ? -ENOENT
+        : tb_inspect_readdir_lazy(sn->ins, (size_t)vi, n.inner, fill_cb, &fc) == 0 ? 0
+        : fc.full                                                                  ? -ENOMEM
+                                                                                   : errno_or_eio();
     if (r == 0)
       listing_plan(l, sn, vi, n.inner);
     snap_put(sn);
@@ -1428,7 +1474,7 @@ static struct listing *listing_make(const char *path, int *err)
  * directory's first listing (not every entry's attributes), no. */
 static bool listing_keepable(const struct listing *l)
 {
-  return l->timeout > KERNEL_TIMEOUT_S && l->plus_n >= l->entries.len;
+  return l->timeout > KERNEL_TIMEOUT_S && l->plus_n >= l->entries.len && !l->partial;
 }
 
 static int tf_opendir(const char *path, struct fuse_file_info *fi)
@@ -2056,7 +2102,8 @@ static void readdir_reply(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
     /* Only an entry that carries its attributes (a lookup of its node)
      * needs its path and its whole stat; the others go as name, d_ino and
      * type, which is all the kernel reads of them. */
-    bool carry = plus && !dots && le->is && (i < l->plus_n || le->is->type == TB_FT_DIR);
+    bool carry =
+        plus && !dots && le->is && !le->is->partial && (i < l->plus_n || le->is->type == TB_FT_DIR);
     size_t nl = strlen(le->name);
     char *path = dots || (le->is && !carry) ? NULL
                  : nl <= NAME_MAX           ? pb

@@ -128,7 +128,9 @@ struct cached_dir {
   uint64_t inum;
   uint64_t tick; /* last use, for LRU */
   size_t n;
-  struct dent *v; /* sorted by name */
+  struct dent *v;   /* sorted by name */
+  size_t n_partial; /* entries without their attributes yet (st.partial) */
+  bool served;      /* given to a lazy readdir with them */
 };
 
 struct vol {
@@ -208,6 +210,7 @@ struct job {
   void *ctx;
   struct tb_ranges dirty; /* JOB_WALK: a copy of the caller's, used if has_dirty */
   bool has_dirty, owners_only;
+  bool lazy;            /* JOB_READDIR: names first (tb_inspect_readdir_lazy) */
   struct tb_disk *base; /* JOB_WALK: compare touched bytes with this disk (a reference) */
   TSK_FS_FILE *file;    /* JOB_PREAD: the file; JOB_OPEN_FILE: the result */
   struct frun *runs;    /* JOB_OPEN_FILE: the file's content map, if it has one */
@@ -374,6 +377,7 @@ void tbi_ntfs_names_free(struct ntfs_name *v, size_t n);
 bool tbi_ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
                          struct ntfs_name **out, size_t *n, bool *fallback);
 struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum);
+struct cached_dir *tbi_get_listing(struct tb_inspect *ins, struct vol *v, uint64_t inum, bool lazy);
 struct vol *tbi_get_vol(struct tb_inspect *ins, size_t vol);
 int tbi_resolve(struct tb_inspect *ins, struct vol *v, const char *path, struct tb_istat *out);
 int tbi_do_stat(struct tb_inspect *ins, struct job *j);

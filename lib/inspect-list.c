@@ -5,7 +5,17 @@
  * avoid libtsk's quadratic tsk_fs_dir_add; the others through libtsk), keeps
  * the allocated, real entries with sane names (entry_name escapes the rest),
  * loads each entry's metadata (inspect-meta.c), sorts by name and caches the
- * listing per volume (LRU, bounded by directories and entries).  Path
+ * listing per volume (LRU, bounded by directories and entries).
+ *
+ * Names first: the inodes of a big ext directory's files are most of its
+ * listing's work (a 20,000-entry directory: 5 MiB read and decoded, about
+ * half its time) and a `find` or an `ls` without -l reads none of them.  So
+ * a lazy listing (tb_inspect_readdir_lazy, and every listing ahead) of more
+ * than TB_INSPECT_LAZY_MIN entries keeps its files as name, type and inode
+ * number (st.partial, counted in n_partial) and stats only its
+ * subdirectories; the first request that needs more (tbi_get_dir: a stat
+ * of one of them, a walk, a second readdir) loads them all (ext_complete),
+ * in the same spans.  Path
  * lookups (resolve) binary-search these listings component by component, so
  * a lookup finds only what readdir shows.  Runs on the worker only.
  *
@@ -282,6 +292,7 @@ struct ext_pending {
   TSK_FS_NAME nm; /* without its name */
   uint64_t off;   /* of its inode in the volume */
   bool ours;      /* stat'ed from the span */
+  bool lazy;      /* listed names first: its inode is read later */
   struct tb_istat st;
 };
 
@@ -292,12 +303,10 @@ static int ext_pend_cmp(const void *a, const void *b)
   return x->off < y->off ? -1 : x->off > y->off;
 }
 
-/* Stat the N pending entries P (their inodes read in spans, in inode
- * order; any the span misses or tbi_ext_inode_stat refuses the way
- * tbi_ext_entry_stat and libtsk do) and add them to D; false when out of
- * memory or time.  Frees their names. */
-static bool ext_stat_pending(struct tb_inspect *ins, struct vol *v, struct ext_pending *p, size_t n,
-                             struct cached_dir *d, size_t *cap, bool *oom)
+/* Read the inodes of the N pending entries P (but the lazy ones) in
+ * spans, in inode order, and stat those the spans hold (ours); false when
+ * out of time. */
+static bool ext_read_inodes(struct tb_inspect *ins, struct vol *v, struct ext_pending *p, size_t n)
 {
   struct ext_pending **by_off = malloc(n * sizeof *by_off);
   uint64_t *offs = malloc(n * sizeof *offs);
@@ -305,7 +314,7 @@ static bool ext_stat_pending(struct tb_inspect *ins, struct vol *v, struct ext_p
   size_t m = 0;
   for (size_t i = 0; by_off && offs && i < n; i++) {
     p[i].ours = false;
-    if (tbi_ext_inode_off(ins, v, p[i].nm.meta_addr, &p[i].off, &isz) && isz <= 1024)
+    if (!p[i].lazy && tbi_ext_inode_off(ins, v, p[i].nm.meta_addr, &p[i].off, &isz) && isz <= 1024)
       by_off[m++] = &p[i];
   }
   if (by_off && offs) {
@@ -333,14 +342,35 @@ static bool ext_stat_pending(struct tb_inspect *ins, struct vol *v, struct ext_p
   }
   free(by_off);
   free(offs);
+  return ok;
+}
+
+/* E's stat: from the span, else the way tbi_ext_entry_stat and libtsk
+ * give it (those the span misses or tbi_ext_inode_stat refuses). */
+static bool ext_pending_stat(struct tb_inspect *ins, struct vol *v, struct ext_pending *e)
+{
+  e->nm.name = e->name;
+  bool have = e->ours || tbi_ext_entry_stat(ins, v, e->nm.meta_addr, &e->st) ||
+              tbi_file_stat(ins, v, tbi_open_meta(ins, v, e->nm.meta_addr), &e->nm, &e->st);
+  e->st.partial = false;
+  return have;
+}
+
+/* Stat the N pending entries P (ext_read_inodes, ext_pending_stat; the
+ * lazy ones keep their type and inode number) and add them to D; false
+ * when out of memory or time.  Frees their names. */
+static bool ext_stat_pending(struct tb_inspect *ins, struct vol *v, struct ext_pending *p, size_t n,
+                             struct cached_dir *d, size_t *cap, bool *oom)
+{
+  bool ok = ext_read_inodes(ins, v, p, n);
   for (size_t i = 0; i < n; i++) {
     struct ext_pending *e = &p[i];
-    e->nm.name = e->name;
-    bool have =
-        ok && (e->ours || tbi_ext_entry_stat(ins, v, e->nm.meta_addr, &e->st) ||
-               tbi_file_stat(ins, v, tbi_open_meta(ins, v, e->nm.meta_addr), &e->nm, &e->st));
-    if (have && !*oom && dir_add(d, cap, e->name, &e->st))
+    e->st.partial = e->lazy;
+    bool have = ok && (e->lazy || ext_pending_stat(ins, v, e));
+    if (have && !*oom && dir_add(d, cap, e->name, &e->st)) {
+      d->n_partial += e->lazy;
       continue;
+    }
     if (have)
       *oom = true;
     free(e->name);
@@ -348,8 +378,26 @@ static bool ext_stat_pending(struct tb_inspect *ins, struct vol *v, struct ext_p
   return ok && !*oom;
 }
 
+/* A pending entry may be listed names first: a file whose directory entry
+ * says what it is (not a subdirectory: a walker opens those, and the view
+ * gives their attributes with the listing). */
+static bool ext_lazy_type(TSK_FS_NAME_TYPE_ENUM t)
+{
+  return t != TSK_FS_NAME_TYPE_DIR && t != TSK_FS_NAME_TYPE_UNDEF;
+}
+
+/* Mark the N pending entries P lazy (names first) if LAZY and the listing
+ * is big: D already holds DONE entries. */
+static void ext_mark_lazy(struct ext_pending *p, size_t n, size_t done, bool lazy)
+{
+  if (!lazy || done + n <= TB_INSPECT_LAZY_MIN)
+    return;
+  for (size_t i = 0; i < n; i++)
+    p[i].lazy = ext_lazy_type(p[i].nm.type);
+}
+
 static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *dm,
-                                       uint64_t inum, bool *fallback)
+                                       uint64_t inum, bool lazy, bool *fallback)
 {
   uint64_t bs = v->fs->block_size, size = dm->meta->size > 0 ? (uint64_t)dm->meta->size : 0;
   *fallback = true;
@@ -407,6 +455,7 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
                                    .nm = nm,
                                    .st = {.type = tbi_name_type(nm.type), .inum = ino, .nlink = 1}};
           if (n_pend == PENDING_MAX) {
+            ext_mark_lazy(pend, n_pend, d->n, lazy);
             ok = ext_stat_pending(ins, v, pend, n_pend, d, &cap, &oom);
             n_pend = 0;
           }
@@ -415,11 +464,13 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
       idx += reclen;
     }
   }
-  if (ok && n_pend)
+  if (ok && n_pend) {
+    ext_mark_lazy(pend, n_pend, d->n, lazy);
     ok = ext_stat_pending(ins, v, pend, n_pend, d, &cap, &oom);
-  else
+  } else {
     for (size_t i = 0; i < n_pend; i++)
       free(pend[i].name);
+  }
   free(pend);
   free(buf);
   tsk_error_reset();
@@ -430,6 +481,81 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
   if (d)
     tbi_free_dir(d);
   return NULL;
+}
+
+static TSK_FS_NAME_TYPE_ENUM tsk_name_type(enum tb_file_type t)
+{
+  switch (t) {
+  case TB_FT_REG:
+    return TSK_FS_NAME_TYPE_REG;
+  case TB_FT_DIR:
+    return TSK_FS_NAME_TYPE_DIR;
+  case TB_FT_LNK:
+    return TSK_FS_NAME_TYPE_LNK;
+  case TB_FT_CHR:
+    return TSK_FS_NAME_TYPE_CHR;
+  case TB_FT_BLK:
+    return TSK_FS_NAME_TYPE_BLK;
+  case TB_FT_FIFO:
+    return TSK_FS_NAME_TYPE_FIFO;
+  case TB_FT_SOCK:
+    return TSK_FS_NAME_TYPE_SOCK;
+  default:
+    return TSK_FS_NAME_TYPE_UNDEF;
+  }
+}
+
+/* Load the attributes of D's partial entries (a names-first listing), in
+ * spans as ext_read_dir would have; an entry that cannot be stat'ed leaves
+ * the listing, as ext_read_dir would have left it out.  -1 when out of
+ * time or memory (D stays as it was). */
+static int ext_complete(struct tb_inspect *ins, struct vol *v, struct cached_dir *d)
+{
+  struct ext_pending *p = malloc(d->n_partial * sizeof *p);
+  size_t *at = malloc(d->n_partial * sizeof *at), m = 0;
+  if (!p || !at) {
+    free(p);
+    free(at);
+    errno = ENOMEM;
+    return tb_error("out of memory listing a directory");
+  }
+  for (size_t i = 0; i < d->n && m < d->n_partial; i++) {
+    const struct dent *e = &d->v[i];
+    if (!e->st.partial)
+      continue;
+    p[m] = (struct ext_pending){.name = e->name,
+                                .nm = {.meta_addr = e->st.inum,
+                                       .flags = TSK_FS_NAME_FLAG_ALLOC,
+                                       .type = tsk_name_type(e->st.type)},
+                                .st = {.type = e->st.type, .inum = e->st.inum, .nlink = 1}};
+    at[m++] = i;
+  }
+  if (!ext_read_inodes(ins, v, p, m)) {
+    free(p);
+    free(at);
+    tsk_error_reset();
+    return tbi_tsk_fail(ins, "cannot read directory");
+  }
+  for (size_t k = 0; k < m; k++) {
+    struct dent *e = &d->v[at[k]];
+    if (ext_pending_stat(ins, v, &p[k])) {
+      e->st = p[k].st;
+    } else { /* gone from the listing (below) */
+      free(e->name);
+      e->name = NULL;
+    }
+  }
+  free(p);
+  free(at);
+  tsk_error_reset();
+  size_t kept = 0;
+  for (size_t i = 0; i < d->n; i++)
+    if (d->v[i].name)
+      d->v[kept++] = d->v[i];
+  v->n_entries -= d->n - kept;
+  d->n = kept;
+  d->n_partial = 0;
+  return 0;
 }
 
 /* NTFS directories, read by us: libtsk's ntfs_dir_open_meta adds each
@@ -780,13 +906,13 @@ bool tbi_ntfs_list_names(struct tb_inspect *ins, struct vol *v, uint64_t inum,
  * through libtsk) into a
  * sorted listing. */
 static struct cached_dir *dir_finish(struct cached_dir *d);
-static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum, bool lazy)
 {
   TSK_FS_FILE *dm = tbi_open_meta(ins, v, inum);
   bool plausible = dm && dm->meta && tbi_size_plausible(v, dm->meta), fallback = true;
   struct cached_dir *ed =
       !plausible                         ? NULL
-      : TSK_FS_TYPE_ISEXT(v->fs->ftype)  ? ext_read_dir(ins, v, dm, inum, &fallback)
+      : TSK_FS_TYPE_ISEXT(v->fs->ftype)  ? ext_read_dir(ins, v, dm, inum, lazy, &fallback)
       : TSK_FS_TYPE_ISNTFS(v->fs->ftype) ? ntfs_read_dir(ins, v, dm, inum, &fallback)
                                          : NULL;
   tsk_fs_file_close(dm);
@@ -1041,7 +1167,7 @@ void tbi_list_ahead(struct tb_inspect *ins)
     ins->deadline_hit = false;
     atomic_store(&ins->giving_up, false);
     tsk_error_reset();
-    const struct cached_dir *d = tbi_get_dir(ins, &ins->vols[a.vol], a.inum);
+    const struct cached_dir *d = tbi_get_listing(ins, &ins->vols[a.vol], a.inum, true);
     if (d && a.depth < AHEAD_DEPTH)
       queue_ahead(ins, a.vol, d, a.depth + 1);
     tsk_error_reset();
@@ -1049,23 +1175,33 @@ void tbi_list_ahead(struct tb_inspect *ins)
   }
 }
 
-/* The listing of directory INUM, from the cache or read now.  The pointer is
- * valid until the next tbi_get_dir() on the same volume. */
-struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+static struct cached_dir *cache_miss(struct tb_inspect *ins, uint64_t inum)
+{
+  ins->cache_miss = true;
+  errno = EAGAIN;
+  tb_error("directory %" PRIu64 " is not cached", inum);
+  return NULL;
+}
+
+/* The listing of directory INUM, from the cache or read now; LAZY: it may
+ * be names first (n_partial), else it is complete.  The pointer is valid
+ * until the next tbi_get_listing() on the same volume. */
+struct cached_dir *tbi_get_listing(struct tb_inspect *ins, struct vol *v, uint64_t inum, bool lazy)
 {
   for (size_t i = 0; i < v->n_dirs; i++)
     if (v->dirs[i]->inum == inum) {
-      v->dirs[i]->tick = ++ins->tick;
-      return v->dirs[i];
+      struct cached_dir *d = v->dirs[i];
+      d->tick = ++ins->tick;
+      if (lazy || d->n_partial == 0)
+        return d;
+      if (ins->cache_only) /* reads the disk: the worker's */
+        return cache_miss(ins, inum);
+      return ext_complete(ins, v, d) == 0 ? d : NULL;
     }
-  if (ins->cache_only) {
-    ins->cache_miss = true;
-    errno = EAGAIN;
-    tb_error("directory %" PRIu64 " is not cached", inum);
-    return NULL;
-  }
+  if (ins->cache_only)
+    return cache_miss(ins, inum);
   trace_read_dir(inum);
-  struct cached_dir *d = read_dir(ins, v, inum);
+  struct cached_dir *d = read_dir(ins, v, inum, lazy);
   if (!d)
     return NULL;
   evict_dirs(v, d->n);
@@ -1073,6 +1209,11 @@ struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t i
   v->dirs[v->n_dirs++] = d;
   v->n_entries += d->n;
   return d;
+}
+
+struct cached_dir *tbi_get_dir(struct tb_inspect *ins, struct vol *v, uint64_t inum)
+{
+  return tbi_get_listing(ins, v, inum, false);
 }
 
 static const struct dent *find_dent(const struct cached_dir *d, const char *name)
@@ -1114,10 +1255,14 @@ int tbi_resolve(struct tb_inspect *ins, struct vol *v, const char *path, struct 
       errno = ENOTDIR;
       return tb_error("%s: not a directory", path);
     }
-    struct cached_dir *d = tbi_get_dir(ins, v, cur.inum);
+    /* A names-first listing serves the way to a subdirectory; a file's
+     * stat needs the attributes (the whole listing's, in spans). */
+    struct cached_dir *d = tbi_get_listing(ins, v, cur.inum, true);
+    const struct dent *e = d ? find_dent(d, comp) : NULL;
+    if (e && e->st.partial)
+      e = (d = tbi_get_dir(ins, v, cur.inum)) ? find_dent(d, comp) : NULL;
     if (!d)
       return -1;
-    const struct dent *e = find_dent(d, comp);
     if (!e) {
       errno = ENOENT;
       return tb_error("%s: no such file in %s", path, v->pub.name);
@@ -1158,7 +1303,13 @@ int tbi_do_readdir(struct tb_inspect *ins, struct job *j)
     errno = ENOTDIR;
     r = tb_error("%s: not a directory", j->path);
   }
-  struct cached_dir *d = r == 0 ? tbi_get_dir(ins, v, st.inum) : NULL;
+  /* A lazy readdir gets a names-first listing once; listed again, the
+   * directory is being walked again (`find -ls` after `find`): whole. */
+  struct cached_dir *d = r == 0 ? tbi_get_listing(ins, v, st.inum, j->lazy) : NULL;
+  if (d && d->n_partial > 0 && d->served)
+    d = tbi_get_dir(ins, v, st.inum);
+  else if (d && d->n_partial > 0)
+    d->served = true;
   if (r == 0 && !d)
     r = -1;
   if (r == 0) {

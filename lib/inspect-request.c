@@ -126,7 +126,7 @@ int tb_inspect_stat(struct tb_inspect *ins, size_t vol, const char *path, struct
  * worker listed ahead).  Nothing is read from the disk there, so nothing
  * can overrun a deadline.  Returns 1 if served (result in *R), 0 if a
  * directory on the way is not cached or the worker is busy. */
-static int readdir_cached(struct tb_inspect *ins, size_t vol, const char *path,
+static int readdir_cached(struct tb_inspect *ins, size_t vol, const char *path, bool lazy,
                           tb_inspect_dir_fn fn, void *ctx, int *r)
 {
   pthread_mutex_lock(&ins->mu);
@@ -134,8 +134,12 @@ static int readdir_cached(struct tb_inspect *ins, size_t vol, const char *path,
     pthread_mutex_unlock(&ins->mu);
     return 0;
   }
-  struct job fast = {
-      .kind = JOB_READDIR, .vol = vol, .path = (char *)path, .dir_fn = fn, .ctx = ctx};
+  struct job fast = {.kind = JOB_READDIR,
+                     .vol = vol,
+                     .path = (char *)path,
+                     .lazy = lazy,
+                     .dir_fn = fn,
+                     .ctx = ctx};
   ins->cache_only = true;
   ins->cache_miss = false;
   *r = tbi_do_readdir(ins, &fast);
@@ -147,11 +151,11 @@ static int readdir_cached(struct tb_inspect *ins, size_t vol, const char *path,
   return served;
 }
 
-int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
-                       void *ctx)
+static int readdir_request(struct tb_inspect *ins, size_t vol, const char *path, bool lazy,
+                           tb_inspect_dir_fn fn, void *ctx)
 {
   int fast_r;
-  if (readdir_cached(ins, vol, path, fn, ctx, &fast_r))
+  if (readdir_cached(ins, vol, path, lazy, fn, ctx, &fast_r))
     return fast_r;
   struct job *j = tbi_job_new(ins, JOB_READDIR, tbi_deadline_in(ins, 1));
   if (!j || tbi_job_path(j, path) < 0) {
@@ -159,11 +163,24 @@ int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_
     return -1;
   }
   j->vol = vol;
+  j->lazy = lazy;
   j->dir_fn = fn;
   j->ctx = ctx;
   int r = (int)tbi_run_request(ins, j);
   tbi_job_put(j);
   return r;
+}
+
+int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
+                       void *ctx)
+{
+  return readdir_request(ins, vol, path, false, fn, ctx);
+}
+
+int tb_inspect_readdir_lazy(struct tb_inspect *ins, size_t vol, const char *path,
+                            tb_inspect_dir_fn fn, void *ctx)
+{
+  return readdir_request(ins, vol, path, true, fn, ctx);
 }
 
 int tb_inspect_readlink(struct tb_inspect *ins, size_t vol, const char *path, char *buf, size_t len)

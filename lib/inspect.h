@@ -148,6 +148,9 @@ struct tb_istat {
    * (the view: ls -l asks two xattrs of every file) answers from it
    * without a request. */
   bool no_xattrs;
+  /* True in a names-first listing (tb_inspect_readdir_lazy) for an entry
+   * whose attributes are not read yet: only type and inum are set. */
+  bool partial;
 };
 
 /* Extended attributes of a file: ext xattrs (user., trusted., security.;
@@ -207,6 +210,17 @@ int tb_inspect_stat(struct tb_inspect *ins, size_t vol, const char *path, struct
 typedef int (*tb_inspect_dir_fn)(void *ctx, const char *name, const struct tb_istat *st);
 int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
                        void *ctx);
+
+/* As tb_inspect_readdir, but names first: at its first listing, an ext
+ * directory of more than TB_INSPECT_LAZY_MIN entries gives its files (not
+ * its subdirectories) with their name, type (the directory entry's) and
+ * inode number only, st->partial set, which is all a `find` or an `ls`
+ * without -l reads; their attributes are read when something asks for one
+ * (tb_inspect_stat, a walk) or the directory is listed again.  Other
+ * directories and filesystems are listed as by tb_inspect_readdir. */
+#define TB_INSPECT_LAZY_MIN 1024
+int tb_inspect_readdir_lazy(struct tb_inspect *ins, size_t vol, const char *path,
+                            tb_inspect_dir_fn fn, void *ctx);
 
 /* The extended attributes of PATH into OUT (free with tb_xattrs_free). */
 int tb_inspect_xattrs(struct tb_inspect *ins, size_t vol, const char *path, struct tb_xattrs *out);
