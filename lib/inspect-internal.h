@@ -122,6 +122,7 @@ struct tb_disk {
 struct dent {
   char *name;
   struct tb_istat st;
+  uint16_t seq; /* st.partial on NTFS: the index entry's sequence number */
 };
 
 struct cached_dir {

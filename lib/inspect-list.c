@@ -7,15 +7,18 @@
  * loads each entry's metadata (inspect-meta.c), sorts by name and caches the
  * listing per volume (LRU, bounded by directories and entries).
  *
- * Names first: the inodes of a big ext directory's files are most of its
- * listing's work (a 20,000-entry directory: 5 MiB read and decoded, about
- * half its time) and a `find` or an `ls` without -l reads none of them.  So
- * a lazy listing (tb_inspect_readdir_lazy, and every listing ahead) of more
- * than TB_INSPECT_LAZY_MIN entries keeps its files as name, type and inode
- * number (st.partial, counted in n_partial) and stats only its
- * subdirectories; the first request that needs more (tbi_get_dir: a stat
- * of one of them, a walk, a second readdir) loads them all (ext_complete),
- * in the same spans.  Path
+ * Names first: the inodes of a big ext directory's files (the MFT records
+ * of an NTFS one's) are most of its listing's work (20,000 ext4 entries:
+ * 5 MiB read and decoded, about half its time; 5,000 NTFS entries: three
+ * quarters) and a `find` or an `ls` without -l reads none of them: the
+ * directory entry says what each is (ext's file type; NTFS's index flags,
+ * as ntfs-3g reads them).  So a lazy listing (tb_inspect_readdir_lazy, and
+ * every listing ahead) of more than TB_INSPECT_LAZY_MIN entries keeps its
+ * files as name, type and inode number (st.partial, counted in n_partial;
+ * not NTFS reparse points and system files, whose type is in their record)
+ * and stats only the rest; the first request that needs more (tbi_get_dir:
+ * a stat of one of them, a walk, a second readdir) loads them all
+ * (dir_complete), in the same spans.  Path
  * lookups (resolve) binary-search these listings component by component, so
  * a lookup finds only what readdir shows.  Runs on the worker only.
  *
@@ -193,7 +196,7 @@ static bool dir_add(struct cached_dir *d, size_t *cap, char *name, const struct 
   /* D's entries grow as a vector (D->v, D->n and *CAP); the listing keeps
    * v and n, the names every reader of a cached listing uses. */
   struct dents grown = {d->v, d->n, *cap};
-  if (tb_vector_push(&grown, ((struct dent){name, *st})) == -1)
+  if (tb_vector_push(&grown, ((struct dent){.name = name, .st = *st})) == -1)
     return false;
   d->v = grown.ptr;
   d->n = grown.len;
@@ -505,6 +508,18 @@ static TSK_FS_NAME_TYPE_ENUM tsk_name_type(enum tb_file_type t)
   }
 }
 
+/* D, complete, without the entries its completion dropped (name NULL). */
+static void dir_compact(struct vol *v, struct cached_dir *d)
+{
+  size_t kept = 0;
+  for (size_t i = 0; i < d->n; i++)
+    if (d->v[i].name)
+      d->v[kept++] = d->v[i];
+  v->n_entries -= d->n - kept;
+  d->n = kept;
+  d->n_partial = 0;
+}
+
 /* Load the attributes of D's partial entries (a names-first listing), in
  * spans as ext_read_dir would have; an entry that cannot be stat'ed leaves
  * the listing, as ext_read_dir would have left it out.  -1 when out of
@@ -548,13 +563,7 @@ static int ext_complete(struct tb_inspect *ins, struct vol *v, struct cached_dir
   free(p);
   free(at);
   tsk_error_reset();
-  size_t kept = 0;
-  for (size_t i = 0; i < d->n; i++)
-    if (d->v[i].name)
-      d->v[kept++] = d->v[i];
-  v->n_entries -= d->n - kept;
-  d->n = kept;
-  d->n_partial = 0;
+  dir_compact(v, d);
   return 0;
 }
 
@@ -592,6 +601,9 @@ struct ntfs_pending {
   TSK_FS_NAME nm;        /* without its name */
   uint64_t off, run_end; /* where its record lies in the volume, where its run ends */
   int ours;              /* tbi_ntfs_rec_stat's answer: 1, 0, or -1 (libtsk's) */
+  bool plain;            /* the index says: a file, not a reparse point or system file */
+  bool lazy;             /* listed names first: its record is read later */
+  bool keep;             /* ntfs_stat_entries: it stays, with st */
   struct tb_istat st;
 };
 
@@ -602,6 +614,7 @@ struct ntfs_dir_read {
   size_t cap;
   struct ntfs_names names; /* ... without, when names_only */
   bool names_only;
+  bool lazy; /* names first (ext_read_dir's) */
   struct name_seen seen;
   bool oom;
   struct ntfs_pending *pend; /* entries to stat (PENDING_MAX at a time) */
@@ -632,7 +645,8 @@ static void ntfs_read_records(struct ntfs_dir_read *x, bool *ok)
   }
   size_t n = 0;
   for (size_t i = 0; i < x->n_pend; i++)
-    if (tb_ntfs_rec_offset(g, x->pend[i].nm.meta_addr, &x->pend[i].off, &x->pend[i].run_end) &&
+    if (!x->pend[i].lazy &&
+        tb_ntfs_rec_offset(g, x->pend[i].nm.meta_addr, &x->pend[i].off, &x->pend[i].run_end) &&
         x->pend[i].run_end <= UINT64_MAX / 2)
       by_off[n++] = &x->pend[i];
   qsort(by_off, n, sizeof *by_off, pend_off_cmp);
@@ -658,9 +672,10 @@ static void ntfs_read_records(struct ntfs_dir_read *x, bool *ok)
   free(rec);
 }
 
-/* Stat the pending entries and add them to the listing in index order;
- * false when out of memory or time. */
-static bool ntfs_stat_pending(struct ntfs_dir_read *x)
+/* Stat the pending entries but the lazy ones (p->keep and p->st: their
+ * records read in spans, libtsk's way for what our parser refuses); false
+ * when out of time. */
+static bool ntfs_stat_entries(struct ntfs_dir_read *x)
 {
   struct vol *v = x->v;
   bool ok = true;
@@ -671,6 +686,8 @@ static bool ntfs_stat_pending(struct ntfs_dir_read *x)
   for (size_t i = 0; i < x->n_pend; i++) {
     struct ntfs_pending *p = &x->pend[i];
     bool keep = p->ours == 1;
+    if (p->lazy)
+      continue;
     if (!ok) {
       keep = false;
     } else if (p->ours < 0 || v->ntfs_mode == NTFS_MFT_CHECK) {
@@ -688,9 +705,34 @@ static bool ntfs_stat_pending(struct ntfs_dir_read *x)
       v->ntfs_libtsk++;
     else
       v->ntfs_ours++;
-    if (keep && x->d->n < TB_INSPECT_MAX_DIR_ENTRIES && !x->oom) {
-      if (dir_add(x->d, &x->cap, p->name, &p->st))
+    p->keep = keep;
+    p->st.partial = false;
+  }
+  return ok;
+}
+
+/* Stat the pending entries (ntfs_stat_entries; in a big lazy listing the
+ * plain files keep their type and record number) and add them to the
+ * listing in index order; false when out of memory or time. */
+static bool ntfs_stat_pending(struct ntfs_dir_read *x)
+{
+  bool lazy =
+      x->lazy && x->v->ntfs_mode != NTFS_MFT_CHECK && x->d->n + x->n_pend > TB_INSPECT_LAZY_MIN;
+  for (size_t i = 0; i < x->n_pend; i++) {
+    struct ntfs_pending *p = &x->pend[i];
+    p->lazy = lazy && p->plain;
+    p->st = (struct tb_istat){
+        .type = tbi_name_type(p->nm.type), .inum = p->nm.meta_addr, .nlink = 1, .partial = p->lazy};
+  }
+  bool ok = ntfs_stat_entries(x);
+  for (size_t i = 0; i < x->n_pend; i++) {
+    struct ntfs_pending *p = &x->pend[i];
+    if (ok && (p->lazy || p->keep) && x->d->n < TB_INSPECT_MAX_DIR_ENTRIES && !x->oom) {
+      if (dir_add(x->d, &x->cap, p->name, &p->st)) {
+        x->d->v[x->d->n - 1].seq = p->nm.meta_seq;
+        x->d->n_partial += p->lazy;
         continue;
+      }
       x->oom = true;
     }
     free(p->name);
@@ -763,7 +805,11 @@ static bool ntfs_index_entries(struct ntfs_dir_read *x, const unsigned char *buf
         return false;
       }
       nm.name = NULL;
-      x->pend[x->n_pend++] = (struct ntfs_pending){.name = name, .nm = nm};
+      uint32_t flags = tb_get_le32(fn->flags);
+      x->pend[x->n_pend++] = (struct ntfs_pending){
+          .name = name,
+          .nm = nm,
+          .plain = !(flags & (NTFS_FNAME_FLAGS_DIR | NTFS_FNAME_FLAGS_REP | NTFS_FNAME_FLAGS_SYS))};
       if (x->n_pend == PENDING_MAX && !ntfs_stat_pending(x))
         return false;
     } else {
@@ -858,9 +904,9 @@ static bool ntfs_read_index(struct ntfs_dir_read *x, TSK_FS_FILE *dm, bool *fall
 }
 
 static struct cached_dir *ntfs_read_dir(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *dm,
-                                        uint64_t inum, bool *fallback)
+                                        uint64_t inum, bool lazy, bool *fallback)
 {
-  struct ntfs_dir_read x = {.ins = ins, .v = v, .d = calloc(1, sizeof *x.d)};
+  struct ntfs_dir_read x = {.ins = ins, .v = v, .d = calloc(1, sizeof *x.d), .lazy = lazy};
   if (!x.d) {
     *fallback = false;
     return NULL;
@@ -870,6 +916,57 @@ static struct cached_dir *ntfs_read_dir(struct tb_inspect *ins, struct vol *v, T
     return x.d;
   tbi_free_dir(x.d);
   return NULL;
+}
+
+/* As ext_complete, for NTFS: the records of D's partial entries, and an
+ * entry whose record is not in use or of another sequence leaves, as
+ * ntfs_read_dir would have left it out. */
+static int ntfs_complete(struct tb_inspect *ins, struct vol *v, struct cached_dir *d)
+{
+  struct ntfs_dir_read x = {
+      .ins = ins, .v = v, .d = d, .pend = malloc(d->n_partial * sizeof *x.pend)};
+  size_t *at = malloc(d->n_partial * sizeof *at);
+  if (!x.pend || !at) {
+    free(x.pend);
+    free(at);
+    errno = ENOMEM;
+    return tb_error("out of memory listing a directory");
+  }
+  for (size_t i = 0; i < d->n && x.n_pend < d->n_partial; i++) {
+    const struct dent *e = &d->v[i];
+    if (!e->st.partial)
+      continue;
+    x.pend[x.n_pend] =
+        (struct ntfs_pending){.name = e->name,
+                              .nm = {.meta_addr = e->st.inum,
+                                     .meta_seq = e->seq,
+                                     .flags = TSK_FS_NAME_FLAG_ALLOC,
+                                     .type = TSK_FS_NAME_TYPE_REG},
+                              .st = {.type = e->st.type, .inum = e->st.inum, .nlink = 1}};
+    at[x.n_pend++] = i;
+  }
+  bool ok = ntfs_stat_entries(&x);
+  for (size_t k = 0; ok && k < x.n_pend; k++) {
+    struct dent *e = &d->v[at[k]];
+    if (x.pend[k].keep) {
+      e->st = x.pend[k].st;
+    } else { /* gone from the listing (dir_compact) */
+      free(e->name);
+      e->name = NULL;
+    }
+  }
+  free(x.pend);
+  free(at);
+  tsk_error_reset();
+  if (!ok)
+    return tbi_tsk_fail(ins, "cannot read directory");
+  dir_compact(v, d);
+  return 0;
+}
+
+static int dir_complete(struct tb_inspect *ins, struct vol *v, struct cached_dir *d)
+{
+  return TSK_FS_TYPE_ISNTFS(v->fs->ftype) ? ntfs_complete(ins, v, d) : ext_complete(ins, v, d);
 }
 
 void tbi_ntfs_names_free(struct ntfs_name *v, size_t n)
@@ -913,7 +1010,7 @@ static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64
   struct cached_dir *ed =
       !plausible                         ? NULL
       : TSK_FS_TYPE_ISEXT(v->fs->ftype)  ? ext_read_dir(ins, v, dm, inum, lazy, &fallback)
-      : TSK_FS_TYPE_ISNTFS(v->fs->ftype) ? ntfs_read_dir(ins, v, dm, inum, &fallback)
+      : TSK_FS_TYPE_ISNTFS(v->fs->ftype) ? ntfs_read_dir(ins, v, dm, inum, lazy, &fallback)
                                          : NULL;
   tsk_fs_file_close(dm);
   if (!plausible) {
@@ -970,7 +1067,7 @@ static struct cached_dir *read_dir(struct tb_inspect *ins, struct vol *v, uint64
         name = full;
       }
     }
-    d->v[d->n++] = (struct dent){name, st};
+    d->v[d->n++] = (struct dent){.name = name, .st = st};
   }
   tsk_fs_dir_close(td);
   if (ins->deadline_hit) {
@@ -1196,7 +1293,7 @@ struct cached_dir *tbi_get_listing(struct tb_inspect *ins, struct vol *v, uint64
         return d;
       if (ins->cache_only) /* reads the disk: the worker's */
         return cache_miss(ins, inum);
-      return ext_complete(ins, v, d) == 0 ? d : NULL;
+      return dir_complete(ins, v, d) == 0 ? d : NULL;
     }
   if (ins->cache_only)
     return cache_miss(ins, inum);
@@ -1289,7 +1386,7 @@ struct dent *tbi_copy_listing(const struct cached_dir *d, size_t *n)
   if (!v)
     return NULL;
   for (size_t i = 0; i < d->n; i++)
-    v[i] = (struct dent){d->v[i].name, d->v[i].st};
+    v[i] = (struct dent){.name = d->v[i].name, .st = d->v[i].st};
   *n = d->n;
   return v;
 }

@@ -211,13 +211,14 @@ typedef int (*tb_inspect_dir_fn)(void *ctx, const char *name, const struct tb_is
 int tb_inspect_readdir(struct tb_inspect *ins, size_t vol, const char *path, tb_inspect_dir_fn fn,
                        void *ctx);
 
-/* As tb_inspect_readdir, but names first: at its first listing, an ext
- * directory of more than TB_INSPECT_LAZY_MIN entries gives its files (not
- * its subdirectories) with their name, type (the directory entry's) and
- * inode number only, st->partial set, which is all a `find` or an `ls`
- * without -l reads; their attributes are read when something asks for one
- * (tb_inspect_stat, a walk) or the directory is listed again.  Other
- * directories and filesystems are listed as by tb_inspect_readdir. */
+/* As tb_inspect_readdir, but names first: at its first listing, an ext or
+ * NTFS directory of more than TB_INSPECT_LAZY_MIN entries gives its files
+ * (not its subdirectories, NTFS reparse points or system files) with their
+ * name, type (the directory entry's) and inode number only, st->partial
+ * set, which is all a `find` or an `ls` without -l reads; their attributes
+ * are read when something asks for one (tb_inspect_stat, a walk) or the
+ * directory is listed again.  Other directories and filesystems are listed
+ * as by tb_inspect_readdir. */
 #define TB_INSPECT_LAZY_MIN 1024
 int tb_inspect_readdir_lazy(struct tb_inspect *ins, size_t vol, const char *path,
                             tb_inspect_dir_fn fn, void *ctx);

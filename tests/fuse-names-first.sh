@@ -1,10 +1,10 @@
 #!/bin/sh
 # SPDX-License-Identifier: BSD-3-Clause
-# A big ext directory is listed names first (issue 16, speed: a `find`
-# reads no file's inode): lib/inspect-list.c gives the first listing of a
-# directory of more than TB_INSPECT_LAZY_MIN entries with its files' names,
-# types and inode numbers only, and reads their inodes when something asks
-# for their attributes.
+# A big ext or NTFS directory is listed names first (issue 16, speed: a
+# `find` reads no file's inode or MFT record): lib/inspect-list.c gives the
+# first listing of a directory of more than TB_INSPECT_LAZY_MIN entries
+# with its files' names, types and inode numbers only, and reads their
+# inodes when something asks for their attributes.
 #  - mounting and listing /big (6,000 files and a subdirectory, listed
 #    ahead with the root) reads none of the inode table blocks that hold
 #    only its files' inodes (nbdkit's log filter gives every read), while
@@ -14,7 +14,10 @@
 #    again is being walked again);
 #  - the first stat of a file gives what debugfs gives (size, mtime, mode),
 #    and so do all the others (the first filled the stat cache), the
-#    symbolic link's target included.
+#    symbolic link's target included;
+#  - an NTFS directory of 3,000 files is listed from its index alone (what
+#    mount and the first listing read is less than the files' MFT records),
+#    and its files' sizes, read when asked, are their sources'.
 . "$abs_top_srcdir/tests/functions.sh"
 tb_setup
 . "$abs_top_srcdir/tests/fuse-functions.sh"
@@ -116,5 +119,47 @@ settle
 ls -f "$v/big" | sort >"$T/names2"
 sort "$T/names" | cmp -s - "$T/names2" || tb_fail "the third listing of /big differs"
 tf_umount "$T/mnt"
+
+echo "== NTFS: /big (3,000 files, filled by ntfs-3g) listed from its index alone"
+M=3000
+rm -rf "$T/nsrc" && mkdir -p "$T/nsrc/big/sub"
+(cd "$T/nsrc/big" && seq -f 'e%g' 1 $M | xargs touch)
+i=7
+while [ $i -le $M ]; do
+  printf '%*s' $((i % 101)) x >"$T/nsrc/big/e$i"
+  i=$((i + 7))
+done
+echo inside >"$T/nsrc/big/sub/in.txt"
+mkdir "$T/nexports"
+tf_ntfs "$T/nexports/ntfs@1" "$T/nsrc" 64M
+tb_start_plugin nsrv --filter=log file dir="$T/nexports" logfile="$T/nnbd.log"
+tf_mount "$T/nmnt" --uri "nbd+unix:///?socket=$T/nsrv.sock"
+v=$T/nmnt/images/ntfs/1/fs/whole-ntfs
+ls "$v" >/dev/null || tb_fail "cannot list $v"
+find "$v/big" -type f >"$T/nfiles" || tb_fail "find failed in the NTFS /big"
+[ "$(cat "$v/big/sub/in.txt")" = inside ] || tb_fail "NTFS big/sub/in.txt does not read"
+nbytes()
+{
+  grep ' Read id=' "$T/nnbd.log" | sed -n 's/.* count=\(0x[0-9a-f]*\) .*/\1/p' |
+    while read -r c; do echo $((c)); done | awk '{ s += $1 } END { print s + 0 }'
+}
+last=-1 i=0
+while [ "$(nbytes)" != "$last" ] && [ $i -lt 100 ]; do
+  last=$(nbytes)
+  sleep 0.1
+  i=$((i + 1))
+done
+echo "mount, root listing and the first listing of /big: $last bytes read" \
+  "(the files' MFT records alone: $((M * 1024)))"
+[ "$last" -lt $((M * 1024)) ] ||
+  tb_fail "the first listing of the NTFS /big read $last bytes (want its index, not its $M records)"
+[ "$(grep -c '/e[0-9]*$' "$T/nfiles")" = $M ] ||
+  tb_fail "find -type f gave $(grep -c '/e[0-9]*$' "$T/nfiles") NTFS files (want $M)"
+(cd "$T/nsrc/big" && stat -c '%n %s' -- e*) | sort >"$T/nwant"
+(cd "$v/big" && stat -c '%n %s' -- e*) | sort >"$T/ngot"
+cmp -s "$T/nwant" "$T/ngot" ||
+  tb_fail "the view's NTFS /big differs from its source: $(diff "$T/nwant" "$T/ngot" | head -5)"
+[ "$(ls -f "$v/big" | grep -c '^e')" = $M ] || tb_fail "the second listing of the NTFS /big differs"
+tf_umount "$T/nmnt"
 tb_check_logs
 exit 0
