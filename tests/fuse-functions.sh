@@ -12,6 +12,9 @@
 #   tf_mount MNT ARGS...        tabula-fuse -f ARGS MNT in the background; waits for it
 #   tf_umount MNT               unmount and wait for the process
 #   tf_same SRC DIR             every file of SRC has the same bytes in DIR
+#   tf_reads LOG                the reads nbdkit's log filter wrote to LOG
+#   tf_settle LOG               wait (10 s at most) until LOG shows no new read
+#                               for 0.1 s: the worker's listings ahead are done
 
 TF_FUSE=$abs_top_builddir/fuse/tabula-fuse
 [ -x "$TF_FUSE" ] || tb_fail "$TF_FUSE is not built"
@@ -98,6 +101,18 @@ tf_umount()
   wait "$(cat "$_pidf")" || _st=$?
   rm -f "$_pidf"
   [ $_st -eq 0 ] || tb_fail "tabula-fuse on $1 exited with $_st: $(tail -5 "$TB_TMP/fuse-$(basename "$1").log")"
+}
+
+tf_reads() { grep -c ' Read id=' "$1" || true; }
+
+tf_settle()
+{
+  _last=-1 _i=0
+  while [ "$(tf_reads "$1")" != "$_last" ] && [ $_i -lt 100 ]; do
+    _last=$(tf_reads "$1")
+    sleep 0.1
+    _i=$((_i + 1))
+  done
 }
 
 tf_same()

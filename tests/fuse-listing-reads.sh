@@ -45,14 +45,8 @@ tf_mount "$T/mnt" --uri "nbd+unix:///?socket=$T/srv.sock"
 v=$T/mnt/images/ext4/1/fs/whole-ext4
 ls "$v" >/dev/null || tb_fail "cannot list $v"
 # wait for the reads the root listing started (the worker lists ahead) to end
-reads() { grep -c ' Read id=' "$T/nbd.log" || true; }
-last=-1 i=0
-while [ "$(reads)" != "$last" ] && [ $i -lt 100 ]; do
-  last=$(reads)
-  sleep 0.1
-  i=$((i + 1))
-done
-total=$(reads)
+tf_settle "$T/nbd.log"
+total=$(tf_reads "$T/nbd.log")
 small=$(grep ' Read id=' "$T/nbd.log" | grep -c 'count=0x10000 ' || true)
 # the directory's own blocks (scattered among its files' data: one cache
 # block each)

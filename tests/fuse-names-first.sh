@@ -67,19 +67,9 @@ tb_start_plugin srv --filter=log file dir="$T/exports" logfile="$T/nbd.log"
 tf_mount "$T/mnt" --uri "nbd+unix:///?socket=$T/srv.sock"
 v=$T/mnt/images/ext4/1/fs/whole-ext4
 ls "$v" >/dev/null || tb_fail "cannot list $v"
-reads() { grep -c ' Read id=' "$T/nbd.log" || true; }
-settle()
-{
-  last=-1 i=0
-  while [ "$(reads)" != "$last" ] && [ $i -lt 100 ]; do
-    last=$(reads)
-    sleep 0.1
-    i=$((i + 1))
-  done
-}
 find "$v/big" -type f >"$T/files" || tb_fail "find failed in /big"
 [ "$(cat "$v/big/sub/in.txt")" = inside ] || tb_fail "big/sub/in.txt does not read"
-settle
+tf_settle "$T/nbd.log"
 # Which watched blocks did a read cover?  (offset and count in hex)
 covered()
 {
@@ -113,7 +103,7 @@ echo "== the attributes, read when asked"
 awk '{ print $4, substr($2, length($2) - 2), $3 }' "$T/ref" | sort >"$T/want"
 (cd "$v/big" && stat -c '%n %a %s' -- *) | sort >"$T/got"
 cmp -s "$T/want" "$T/got" || tb_fail "the view's /big differs from debugfs: $(diff "$T/want" "$T/got" | head -5)"
-settle
+tf_settle "$T/nbd.log"
 [ "$(covered)" -gt 0 ] || tb_fail "the stats read no watched inode block (is the test watching the right blocks?)"
 
 ls -f "$v/big" | sort >"$T/names2"
@@ -138,17 +128,9 @@ v=$T/nmnt/images/ntfs/1/fs/whole-ntfs
 ls "$v" >/dev/null || tb_fail "cannot list $v"
 find "$v/big" -type f >"$T/nfiles" || tb_fail "find failed in the NTFS /big"
 [ "$(cat "$v/big/sub/in.txt")" = inside ] || tb_fail "NTFS big/sub/in.txt does not read"
-nbytes()
-{
-  grep ' Read id=' "$T/nnbd.log" | sed -n 's/.* count=\(0x[0-9a-f]*\) .*/\1/p' |
-    while read -r c; do echo $((c)); done | awk '{ s += $1 } END { print s + 0 }'
-}
-last=-1 i=0
-while [ "$(nbytes)" != "$last" ] && [ $i -lt 100 ]; do
-  last=$(nbytes)
-  sleep 0.1
-  i=$((i + 1))
-done
+tf_settle "$T/nnbd.log"
+last=$(grep ' Read id=' "$T/nnbd.log" | sed -n 's/.* count=\(0x[0-9a-f]*\) .*/\1/p' |
+  while read -r c; do echo $((c)); done | awk '{ s += $1 } END { print s + 0 }')
 echo "mount, root listing and the first listing of /big: $last bytes read" \
   "(the files' MFT records alone: $((M * 1024)))"
 [ "$last" -lt $((M * 1024)) ] ||
