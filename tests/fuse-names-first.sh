@@ -63,17 +63,25 @@ done | sort -un)
 [ -n "$watch" ] || tb_fail "no file inode block lies away from the directories' ($dirblocks)"
 echo "watching inode table blocks: $(echo $watch)"
 
-tb_start_plugin srv --filter=log file dir="$T/exports" logfile="$T/nbd.log"
-tf_mount "$T/mnt" --uri "nbd+unix:///?socket=$T/srv.sock"
-v=$T/mnt/images/ext4/1/fs/whole-ext4
-ls "$v" >/dev/null || tb_fail "cannot list $v"
-find "$v/big" -type f >"$T/files" || tb_fail "find failed in /big"
-[ "$(cat "$v/big/sub/in.txt")" = inside ] || tb_fail "big/sub/in.txt does not read"
-tf_settle "$T/nbd.log"
+# first_find SRV EXPORTS MNT FS: serve EXPORTS (nbdkit's log filter into
+# $T/SRV.nbd.log), mount, list the root, `find -type f` in /big (into
+# $T/SRV.files), read big/sub/in.txt, wait for the worker's reads to end;
+# $v: the volume.
+first_find()
+{
+  tb_start_plugin "$1" --filter=log file dir="$2" logfile="$T/$1.nbd.log"
+  tf_mount "$3" --uri "nbd+unix:///?socket=$T/$1.sock"
+  v=$3/images/$4/1/fs/whole-$4
+  ls "$v" >/dev/null || tb_fail "cannot list $v"
+  find "$v/big" -type f >"$T/$1.files" || tb_fail "find failed in $4's /big"
+  [ "$(cat "$v/big/sub/in.txt")" = inside ] || tb_fail "$4's big/sub/in.txt does not read"
+  tf_settle "$T/$1.nbd.log"
+}
+first_find srv "$T/exports" "$T/mnt" ext4
 # Which watched blocks did a read cover?  (offset and count in hex)
 covered()
 {
-  grep ' Read id=' "$T/nbd.log" |
+  grep ' Read id=' "$T/srv.nbd.log" |
     sed -n 's/.* offset=\(0x[0-9a-f]*\) count=\(0x[0-9a-f]*\) .*/\1 \2/p' | while read -r o c; do
     for b in $watch; do
       [ $((b * 4096)) -ge $((o)) ] && [ $((b * 4096)) -lt $((o + c)) ] && echo "$b"
@@ -84,10 +92,10 @@ n=$(covered)
 echo "after the first listing (find -type f): $n of $(echo $watch | wc -w) watched blocks read"
 [ "$n" = 0 ] || tb_fail "the first listing of /big read $n inode table blocks of its files" \
   "(want names first: no file's inode)"
-[ "$(grep -c '/e[0-9]*$' "$T/files")" = $N ] ||
-  tb_fail "find -type f gave $(grep -c '/e[0-9]*$' "$T/files") files (want $N: d_type)"
-grep -q '/big/link$' "$T/files" && tb_fail "find -type f lists the symbolic link"
-grep -q '/big/sub/in.txt$' "$T/files" || tb_fail "find -type f misses big/sub/in.txt"
+[ "$(grep -c '/e[0-9]*$' "$T/srv.files")" = $N ] ||
+  tb_fail "find -type f gave $(grep -c '/e[0-9]*$' "$T/srv.files") files (want $N: d_type)"
+grep -q '/big/link$' "$T/srv.files" && tb_fail "find -type f lists the symbolic link"
+grep -q '/big/sub/in.txt$' "$T/srv.files" || tb_fail "find -type f misses big/sub/in.txt"
 
 echo "== listed again (whole): the same names, the link a link"
 ls -f "$v/big" >"$T/names" || tb_fail "cannot list /big"
@@ -103,7 +111,7 @@ echo "== the attributes, read when asked"
 awk '{ print $4, substr($2, length($2) - 2), $3 }' "$T/ref" | sort >"$T/want"
 (cd "$v/big" && stat -c '%n %a %s' -- *) | sort >"$T/got"
 cmp -s "$T/want" "$T/got" || tb_fail "the view's /big differs from debugfs: $(diff "$T/want" "$T/got" | head -5)"
-tf_settle "$T/nbd.log"
+tf_settle "$T/srv.nbd.log"
 [ "$(covered)" -gt 0 ] || tb_fail "the stats read no watched inode block (is the test watching the right blocks?)"
 
 ls -f "$v/big" | sort >"$T/names2"
@@ -122,21 +130,15 @@ done
 echo inside >"$T/nsrc/big/sub/in.txt"
 mkdir "$T/nexports"
 tf_ntfs "$T/nexports/ntfs@1" "$T/nsrc" 64M
-tb_start_plugin nsrv --filter=log file dir="$T/nexports" logfile="$T/nnbd.log"
-tf_mount "$T/nmnt" --uri "nbd+unix:///?socket=$T/nsrv.sock"
-v=$T/nmnt/images/ntfs/1/fs/whole-ntfs
-ls "$v" >/dev/null || tb_fail "cannot list $v"
-find "$v/big" -type f >"$T/nfiles" || tb_fail "find failed in the NTFS /big"
-[ "$(cat "$v/big/sub/in.txt")" = inside ] || tb_fail "NTFS big/sub/in.txt does not read"
-tf_settle "$T/nnbd.log"
-last=$(grep ' Read id=' "$T/nnbd.log" | sed -n 's/.* count=\(0x[0-9a-f]*\) .*/\1/p' |
+first_find nsrv "$T/nexports" "$T/nmnt" ntfs
+last=$(grep ' Read id=' "$T/nsrv.nbd.log" | sed -n 's/.* count=\(0x[0-9a-f]*\) .*/\1/p' |
   while read -r c; do echo $((c)); done | awk '{ s += $1 } END { print s + 0 }')
 echo "mount, root listing and the first listing of /big: $last bytes read" \
   "(the files' MFT records alone: $((M * 1024)))"
 [ "$last" -lt $((M * 1024)) ] ||
   tb_fail "the first listing of the NTFS /big read $last bytes (want its index, not its $M records)"
-[ "$(grep -c '/e[0-9]*$' "$T/nfiles")" = $M ] ||
-  tb_fail "find -type f gave $(grep -c '/e[0-9]*$' "$T/nfiles") NTFS files (want $M)"
+[ "$(grep -c '/e[0-9]*$' "$T/nsrv.files")" = $M ] ||
+  tb_fail "find -type f gave $(grep -c '/e[0-9]*$' "$T/nsrv.files") NTFS files (want $M)"
 (cd "$T/nsrc/big" && stat -c '%n %s' -- e*) | sort >"$T/nwant"
 (cd "$v/big" && stat -c '%n %s' -- e*) | sort >"$T/ngot"
 cmp -s "$T/nwant" "$T/ngot" ||
