@@ -517,6 +517,32 @@ static struct source *source_get(const char *export, bool moving)
   return s;
 }
 
+/* The disk of export S of the local appliance.  A version of its store
+ * (IMAGE@N) never changes: the view reads its file (one pread a request;
+ * through nbdkit a read is its pread, a socket's two copies and a round
+ * trip), opened as nbdkit's admin export opens it (lib/store.c).  What
+ * moves (a client's live disk, its overlay) and retained sessions come from
+ * nbdkit, which runs them. */
+static struct tb_disk *local_disk(const struct source *s)
+{
+  const char *at = strchr(s->export, '@');
+  char image[TB_NAME_MAX + 1];
+  size_t il = at ? (size_t)(at - s->export) : 0;
+  if (!s->moving && at && is_number(at + 1) && il < sizeof image) {
+    memcpy(image, s->export, il);
+    image[il] = 0;
+    unsigned long ver = strtoul(at + 1, NULL, 10);
+    if (!tb_config_has_image(cfg, image) || ver > UINT32_MAX) {
+      errno = ENOENT;
+      tb_error("no image %s in the configuration", s->export);
+      return NULL;
+    }
+    int fd = tb_store_open_version(cfg->state_dir, image, (uint32_t)ver);
+    return fd >= 0 ? tb_disk_open_fd(fd, s->export) : NULL;
+  }
+  return tb_disk_open_nbd(NULL, nbd_socket, s->export);
+}
+
 /* Connect if needed.  Call with s->mu held. */
 static int source_connect(struct source *s)
 {
@@ -525,8 +551,7 @@ static int source_connect(struct source *s)
   int64_t now = tb_now_ms();
   if (s->failed_ms && now - s->failed_ms < 1000)
     return -1;
-  s->disk = cfg ? tb_disk_open_nbd(NULL, nbd_socket, s->export)
-                : tb_disk_open_nbd(opts.uri, NULL, s->export);
+  s->disk = cfg ? local_disk(s) : tb_disk_open_nbd(opts.uri, NULL, s->export);
   if (!s->disk) {
     snprintf(s->error, sizeof s->error, "%s", tb_errmsg());
     fprintf(stderr, "tabula-fuse: %s\n", s->error);

@@ -99,6 +99,21 @@ static void file_close(void *opaque)
   close((int)(intptr_t)opaque);
 }
 
+struct tb_disk *tb_disk_open_fd(int fd, const char *name)
+{
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    tb_error_errno("%s: cannot stat the disk image", name);
+    close(fd);
+    return NULL;
+  }
+  struct tb_disk *d =
+      tb_disk_new((uint64_t)st.st_size, file_read, file_close, (void *)(intptr_t)fd, name);
+  if (!d)
+    close(fd);
+  return d;
+}
+
 struct tb_disk *tb_disk_open_file(const char *path)
 {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -106,17 +121,7 @@ struct tb_disk *tb_disk_open_file(const char *path)
     tb_error_errno("%s: cannot open the disk image", path);
     return NULL;
   }
-  struct stat st;
-  if (fstat(fd, &st) < 0) {
-    tb_error_errno("%s: cannot stat the disk image", path);
-    close(fd);
-    return NULL;
-  }
-  struct tb_disk *d =
-      tb_disk_new((uint64_t)st.st_size, file_read, file_close, (void *)(intptr_t)fd, path);
-  if (!d)
-    close(fd);
-  return d;
+  return tb_disk_open_fd(fd, path);
 }
 
 /* -- NBD --

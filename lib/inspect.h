@@ -72,6 +72,9 @@ struct tb_disk *tb_disk_new(uint64_t size, tb_disk_read_fn read, void (*close)(v
                             void *opaque, const char *what);
 /* A raw image file, opened read-only. */
 struct tb_disk *tb_disk_open_file(const char *path);
+/* A disk read from descriptor FD (a regular file, read with pread), which
+ * it closes; NAME names it in messages.  NULL (FD closed) on error. */
+struct tb_disk *tb_disk_open_fd(int fd, const char *name);
 /* An NBD export, read-only.  URI is an NBD URI ("nbd+unix:///?socket=S",
  * "nbd://host:port") or NULL with SOCKET a unix socket path; EXPORT overrides
  * the URI's export name when not NULL. */

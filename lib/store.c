@@ -69,6 +69,21 @@ int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, c
   return tb_path(buf, len, "%s/images/%s/%u.json", state, image, ver);
 }
 
+int tb_store_open_version(const char *state, const char *image, uint32_t ver)
+{
+  char path[TB_PATH_MAX];
+  if (tb_store_version_path(state, image, ver, path, sizeof path) == -1)
+    return -1;
+  struct tb_manifest *m = tb_manifest_load(state, image, ver);
+  if (!m)
+    return -1;
+  tb_manifest_free(m);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return tb_error_errno("cannot open %s", path);
+  return fd;
+}
+
 /* ---- privacy ------------------------------------------------------------
  *
  * Everything under the state directory is the daemon's: directories are

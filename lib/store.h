@@ -34,6 +34,11 @@ int tb_store_version_path(const char *state, const char *image, uint32_t ver, ch
                           size_t len);
 int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, char *buf,
                            size_t len);
+/* Open published version VER of IMAGE to read (published: its manifest,
+ * the commit record, loads): a descriptor (O_CLOEXEC), or -1 with
+ * tb_error.  Versions never change, so a reader may keep it as long as it
+ * likes (a removed version stays readable through it). */
+int tb_store_open_version(const char *state, const char *image, uint32_t ver);
 /* Create STATE/{images,clients} if missing (0700), then refuse the state
  * directory if it, or a directory in it (three levels deep), is owned by
  * another user or writable by group or others (tb_store_check_private). */

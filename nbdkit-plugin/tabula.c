@@ -504,15 +504,16 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
   case EXPORT_IMAGE:
     if (!tb_config_has_image(cfg, h->name) || num > UINT32_MAX)
       return tb_error("no image %s in the configuration", h->name);
-    if (tb_store_version_path(cfg->state_dir, h->name, (uint32_t)num, path, sizeof path) == -1)
+    if ((h->raw_fd = tb_store_open_version(cfg->state_dir, h->name, (uint32_t)num)) == -1)
       return -1;
     {
-      struct tb_manifest *m = tb_manifest_load(cfg->state_dir, h->name, (uint32_t)num);
-      if (!m)
-        return -1;
-      tb_manifest_free(m);
+      struct stat st;
+      if (fstat(h->raw_fd, &st) == -1)
+        return tb_error_errno("version %s@%" PRIu64, h->name, num);
+      h->size = (uint64_t)st.st_size;
+      h->block_size = PREFERRED_BLOCK_SIZE;
     }
-    return open_raw(h, path, &h->size);
+    return 0;
   case EXPORT_SESSION:
     if (!tb_config_client(cfg, h->name))
       return tb_error("no client %s in the configuration", h->name);
