@@ -35,7 +35,7 @@ int tb_store_version_path(const char *state, const char *image, uint32_t ver, ch
 int tb_store_manifest_path(const char *state, const char *image, uint32_t ver, char *buf,
                            size_t len);
 /* Open published version VER of IMAGE to read (published: its manifest,
- * the commit record, loads): a descriptor (O_CLOEXEC), or -1 with
+ * the commit record, exists): a descriptor (O_CLOEXEC), or -1 with
  * tb_error.  Versions never change, so a reader may keep it as long as it
  * likes (a removed version stays readable through it). */
 int tb_store_open_version(const char *state, const char *image, uint32_t ver);

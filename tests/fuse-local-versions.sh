@@ -3,7 +3,7 @@
 # A local view reads the versions of the store from their files (issue 16,
 # speed: a read is one pread, not nbdkit's pread, two socket copies and a
 # round trip): tabula-fuse -c opens IMAGE@N as nbdkit's admin export opens
-# it (tb_store_open_version: published versions only).
+# it (tb_store_open_version: published versions only, the manifest there).
 #  - with nbdkit killed after the mount, a version's raw disk and its
 #    files (a 3 MB one and a small one not read before) still read, byte
 #    for byte; a client's live disk, which nbdkit runs, does not;
