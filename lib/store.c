@@ -81,7 +81,7 @@ int tb_store_open_version(const char *state, const char *image, uint32_t ver)
    * first listing, and proves nothing more about the image. */
   if (stat(manifest, &st) == -1 || !S_ISREG(st.st_mode)) {
     errno = ENOENT;
-    return tb_error("version %u of image %s is not published (no %s)", ver, image, manifest);
+    return tb_error("image %s has no version %u (no published manifest %s)", image, ver, manifest);
   }
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd == -1)
