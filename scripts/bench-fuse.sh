@@ -10,7 +10,10 @@
 # small files in a tree and a 256 MiB file; an NTFS (filled by ntfs-3g) with
 # a 5,000-entry directory and the same tree.  The references mount the same
 # image files: the kernel's ext4 (a loop device, read-only) and ntfs-3g
-# (read-only).  For each: mount to first listing of the root (mount started
+# (read-only).  The same images imported into a local appliance (a state
+# directory, the tabula plugin serving it) are the view's third row
+# ("local", tabula-fuse -c): there it reads a version from its file in the
+# store, not through nbdkit.  For each: mount to first listing of the root (mount started
 # to ls done), `find` and `find -ls` over the whole tree, a sequential
 # read of the big file (dd, 1 MiB blocks), and `find -ls` once more on the
 # same mount (what the kernel kept: an immutable version's names and
@@ -22,7 +25,11 @@ set -eu
 . "$(dirname "$0")/benchlib.sh"
 build=$(cd "${1:-.}" && pwd)
 fuse=$build/fuse/tabula-fuse
-[ -x "$fuse" ] || { echo "bench-fuse: $fuse is not built (give the build directory)" >&2; exit 1; }
+plugin=$build/nbdkit-plugin/.libs/nbdkit-tabula-plugin.so
+ctl=$build/tabulactl/tabulactl
+for f in "$fuse" "$plugin" "$ctl"; do
+  [ -f "$f" ] || { echo "bench-fuse: $f is not built (give the build directory)" >&2; exit 1; }
+done
 for c in nbdkit mke2fs mkntfs ntfs-3g losetup; do
   command -v $c >/dev/null || { echo "bench-fuse: $c is missing" >&2; exit 1; }
 done
@@ -35,6 +42,7 @@ cleanup()
 {
   for m in "$T"/m-*; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
   [ -f "$T/nbdkit.pid" ] && kill "$(cat "$T/nbdkit.pid")" 2>/dev/null
+  [ -f "$T/app.pid" ] && kill "$(cat "$T/app.pid")" 2>/dev/null
   rm -rf "$T"
 }
 trap cleanup EXIT INT TERM
@@ -63,11 +71,21 @@ umount "$T/m-fill"
 rm -rf "$T/src"
 nbdkit --unix "$T/nbd.sock" -P "$T/nbdkit.pid" file dir="$T/exports"
 until [ -S "$T/nbd.sock" ]; do sleep 0.05; done
+progress "importing the images into a local appliance..."
+printf '{ "state_dir": "%s", "listen": { "unix": "%s" }, "images": { "ext4": {}, "ntfs": {} },
+  "clients": { "pc01": { "image": "ext4" } } }\n' "$T/state" "$T/app.sock" >"$T/tabula.json"
+"$ctl" -c "$T/tabula.json" image import ext4 "$ext" >/dev/null
+"$ctl" -c "$T/tabula.json" image import ntfs "$ntfs" >/dev/null
+nbdkit --unix "$T/app.sock" -P "$T/app.pid" "$plugin" config="$T/tabula.json"
+until [ -S "$T/app.sock" ]; do sleep 0.05; done
+# the imported copies into the page cache, as the exported files are
+cat "$T/state/images/ext4/1.img" "$T/state/images/ntfs/1.img" >/dev/null
 
 now_ms() { date +%s%3N; }
 
 # mount_NAME DIR: mount; root_NAME: the directory the guest's root is in.
 mount_tabula() { "$fuse" --uri "nbd+unix:///?socket=$T/nbd.sock" "$1"; }
+mount_local() { "$fuse" -c "$T/tabula.json" "$1"; }
 mount_kernel() { mount -o ro,loop,noload "$ext" "$1"; }
 mount_ntfs3g() { ntfs-3g -o ro "$ntfs" "$1"; }
 
@@ -105,8 +123,9 @@ median()
 }
 
 out=$T/table
-for pair in "ext4 tabula images/ext4/1/fs/whole-ext4" "ext4 kernel ." \
-  "ntfs tabula images/ntfs/1/fs/whole-ntfs" "ntfs ntfs3g ."; do
+for pair in "ext4 tabula images/ext4/1/fs/whole-ext4" "ext4 local images/ext4/1/fs/whole-ext4" \
+  "ext4 kernel ." "ntfs tabula images/ntfs/1/fs/whole-ntfs" \
+  "ntfs local images/ntfs/1/fs/whole-ntfs" "ntfs ntfs3g ."; do
   set -- $pair
   progress "$1: $2..."
   echo "$1 $2 $(median "$1" "$2" "$3")" >>"$T/figures"
@@ -138,6 +157,14 @@ bench_summary "view NTFS: mount to first listing" "$(fig ntfs tabula 3) ms" "ntf
   "$(fig ntfs ntfs3g 3) ms" "<= 2x"
 bench_summary "view NTFS: sequential read 256 MiB" "$(mbs "$(fig ntfs tabula 6)") MiB/s" \
   "ntfs-3g" "$(mbs "$(fig ntfs ntfs3g 6)") MiB/s" ">= 0.8x"
+bench_summary "view ext4, local appliance: mount to first listing" "$(fig ext4 local 3) ms" \
+  "kernel ext4" "$(fig ext4 kernel 3) ms" "<= 2x"
+bench_summary "view ext4, local appliance: sequential read 256 MiB" \
+  "$(mbs "$(fig ext4 local 6)") MiB/s" "kernel ext4" "$(mbs "$(fig ext4 kernel 6)") MiB/s" ">= 0.8x"
+bench_summary "view NTFS, local appliance: mount to first listing" "$(fig ntfs local 3) ms" \
+  "ntfs-3g" "$(fig ntfs ntfs3g 3) ms" "<= 2x"
+bench_summary "view NTFS, local appliance: sequential read 256 MiB" \
+  "$(mbs "$(fig ntfs local 6)") MiB/s" "ntfs-3g" "$(mbs "$(fig ntfs ntfs3g 6)") MiB/s" ">= 0.8x"
 bench_summary "view ext4: find -ls again (same mount)" "$(fig ext4 tabula 7) ms" "kernel ext4" \
   "$(fig ext4 kernel 7) ms" ""
 bench_summary "view NTFS: find -ls again (same mount)" "$(fig ntfs tabula 7) ms" "ntfs-3g" \
