@@ -11,6 +11,10 @@
 #                               exfat-fuse when possible (else left empty: TF_EXFAT_EMPTY=1)
 #   tf_mount MNT ARGS...        tabula-fuse -f ARGS MNT in the background; waits for it
 #   tf_umount MNT               unmount and wait for the process
+#   tf_appliance IMG [OPTS...]  a local appliance: IMG imported as image demo into
+#                               $state ($TB_TMP/state), client pc01 on it, the plugin
+#                               serving it (nbdkit srv), the view mounted on $M
+#                               ($TB_TMP/mnt) with -c and OPTS
 #   tf_same SRC DIR             every file of SRC has the same bytes in DIR
 #   tf_reads LOG                the reads nbdkit's log filter wrote to LOG
 #   tf_settle LOG               wait (10 s at most) until LOG shows no new read
@@ -101,6 +105,19 @@ tf_umount()
   wait "$(cat "$_pidf")" || _st=$?
   rm -f "$_pidf"
   [ $_st -eq 0 ] || tb_fail "tabula-fuse on $1 exited with $_st: $(tail -5 "$TB_TMP/fuse-$(basename "$1").log")"
+}
+
+tf_appliance()
+{
+  _img=$1
+  shift
+  state=$TB_TMP/state
+  tb_import "$state" demo "$_img"
+  tb_config "$TB_TMP/tabula.json" "$state" '{ "pc01": { "image": "demo" } }' \
+    "\"listen\": { \"unix\": \"$TB_TMP/srv.sock\" }"
+  tb_start srv "$TB_TMP/tabula.json"
+  M=$TB_TMP/mnt
+  tf_mount "$M" -c "$TB_TMP/tabula.json" "$@"
 }
 
 tf_reads() { grep -c ' Read id=' "$1" || true; }

@@ -19,13 +19,7 @@ head -c 3000000 /dev/urandom >"$T/src/big.bin"
 echo hello >"$T/src/a.txt"
 echo later >"$T/src/b.txt"
 tf_ext4 "$T/master.img" "$T/src" 32M
-state=$T/state
-tb_import "$state" demo "$T/master.img"
-tb_config "$T/tabula.json" "$state" '{ "pc01": { "image": "demo" } }' \
-  "\"listen\": { \"unix\": \"$T/srv.sock\" }"
-tb_start srv "$T/tabula.json"
-M=$T/mnt
-tf_mount "$M" -c "$T/tabula.json"
+tf_appliance "$T/master.img"
 V=$M/images/demo/1/fs/whole-ext4
 [ "$(cat "$V/a.txt")" = hello ] || tb_fail "a.txt in the view: $(cat "$V/a.txt" 2>&1)"
 [ -e "$M/clients/pc01/disk" ] || tb_fail "no clients/pc01/disk"

@@ -36,13 +36,7 @@ patch_dirent()
 patch_dirent 'hideXme\.exe' 'hide/me.exe'
 patch_dirent '\x01\x01Q\x00\x00\x00' "$(printf '\001\001.')"
 patch_dirent '\x02\x01QQ\x00\x00' "$(printf '\002\001..')"
-state=$T/state
-tb_import "$state" demo "$T/master.img"
-tb_config "$T/tabula.json" "$state" '{ "pc01": { "image": "demo" } }' \
-  "\"listen\": { \"unix\": \"$T/srv.sock\" }"
-tb_start srv "$T/tabula.json"
-M=$T/mnt
-tf_mount "$M" -c "$T/tabula.json"
+tf_appliance "$T/master.img"
 
 D=$M/images/demo/1/fs/whole-ext4/d
 ls -a "$D" >"$T/ls" || tb_fail "cannot list $D"

@@ -19,13 +19,7 @@ mkdir "$T/src"
 echo "guest data" >"$T/src/secret.txt"
 ln -s "$T/host-secret" "$T/src/hostshadow"
 tf_ext4 "$T/master.img" "$T/src" 16M
-state=$T/state
-tb_import "$state" demo "$T/master.img"
-tb_config "$T/tabula.json" "$state" '{ "pc01": { "image": "demo" } }' \
-  "\"listen\": { \"unix\": \"$T/srv.sock\" }"
-tb_start srv "$T/tabula.json"
-M=$T/mnt
-tf_mount "$M" -c "$T/tabula.json" -o allow_other
+tf_appliance "$T/master.img" -o allow_other
 V=$M/images/demo/1/fs/whole-ext4
 
 echo "== symlinks: shown, never followed"
