@@ -58,6 +58,7 @@
 #include "cleanup.h"
 #include "clientdir.h"
 #include "conf.h"
+#include "export.h"
 #include "inspect.h"
 #include "overlay.h"
 #include "session.h"
@@ -450,8 +451,10 @@ static bool stat_fill(struct snap *sn, int vol, const char *path)
   bool fill = false;
   pthread_mutex_lock(&sn->stat_mu);
   for (struct big_dir *b = sn->big_dirs; b && !fill; b = b->next)
-    if (b->vol == vol && b->partial && strlen(b->path) == dl && memcmp(b->path, path, dl) == 0)
-      fill = true, b->partial = false;
+    if (b->vol == vol && b->partial && strlen(b->path) == dl && memcmp(b->path, path, dl) == 0) {
+      b->partial = false; /* once: a lookup racing this one asks the library */
+      fill = true;
+    }
   pthread_mutex_unlock(&sn->stat_mu);
   char *dir = fill ? strndup(path, dl) : NULL;
   struct fill_ctx fc = {.vol = vol, .snap = sn, .dir = dir, .dl = dl};
@@ -525,19 +528,14 @@ static struct source *source_get(const char *export, bool moving)
  * nbdkit, which runs them. */
 static struct tb_disk *local_disk(const struct source *s)
 {
-  const char *at = strchr(s->export, '@');
-  char image[TB_NAME_MAX + 1];
-  size_t il = at ? (size_t)(at - s->export) : 0;
-  if (!s->moving && at && is_number(at + 1) && il < sizeof image) {
-    memcpy(image, s->export, il);
-    image[il] = 0;
-    unsigned long ver = strtoul(at + 1, NULL, 10);
-    if (!tb_config_has_image(cfg, image) || ver > UINT32_MAX) {
+  struct tb_export e;
+  if (tb_export_parse(s->export, &e) == 0 && e.kind == TB_EXPORT_IMAGE) {
+    if (!tb_config_has_image(cfg, e.name) || e.num > UINT32_MAX) {
       errno = ENOENT;
       tb_error("no image %s in the configuration", s->export);
       return NULL;
     }
-    int fd = tb_store_open_version(cfg->state_dir, image, (uint32_t)ver);
+    int fd = tb_store_open_version(cfg->state_dir, e.name, (uint32_t)e.num);
     return fd >= 0 ? tb_disk_open_fd(fd, s->export) : NULL;
   }
   return tb_disk_open_nbd(NULL, nbd_socket, s->export);

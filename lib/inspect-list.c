@@ -486,28 +486,6 @@ static struct cached_dir *ext_read_dir(struct tb_inspect *ins, struct vol *v, TS
   return NULL;
 }
 
-static TSK_FS_NAME_TYPE_ENUM tsk_name_type(enum tb_file_type t)
-{
-  switch (t) {
-  case TB_FT_REG:
-    return TSK_FS_NAME_TYPE_REG;
-  case TB_FT_DIR:
-    return TSK_FS_NAME_TYPE_DIR;
-  case TB_FT_LNK:
-    return TSK_FS_NAME_TYPE_LNK;
-  case TB_FT_CHR:
-    return TSK_FS_NAME_TYPE_CHR;
-  case TB_FT_BLK:
-    return TSK_FS_NAME_TYPE_BLK;
-  case TB_FT_FIFO:
-    return TSK_FS_NAME_TYPE_FIFO;
-  case TB_FT_SOCK:
-    return TSK_FS_NAME_TYPE_SOCK;
-  default:
-    return TSK_FS_NAME_TYPE_UNDEF;
-  }
-}
-
 /* D, complete, without the entries its completion dropped (name NULL). */
 static void dir_compact(struct vol *v, struct cached_dir *d)
 {
@@ -538,10 +516,9 @@ static int ext_complete(struct tb_inspect *ins, struct vol *v, struct cached_dir
     const struct dent *e = &d->v[i];
     if (!e->st.partial)
       continue;
+    /* (An ext stat reads no more of the name than its inode number.) */
     p[m] = (struct ext_pending){.name = e->name,
-                                .nm = {.meta_addr = e->st.inum,
-                                       .flags = TSK_FS_NAME_FLAG_ALLOC,
-                                       .type = tsk_name_type(e->st.type)},
+                                .nm = {.meta_addr = e->st.inum, .flags = TSK_FS_NAME_FLAG_ALLOC},
                                 .st = {.type = e->st.type, .inum = e->st.inum, .nlink = 1}};
     at[m++] = i;
   }
@@ -685,9 +662,9 @@ static bool ntfs_stat_entries(struct ntfs_dir_read *x)
     ntfs_read_records(x, &ok);
   for (size_t i = 0; i < x->n_pend; i++) {
     struct ntfs_pending *p = &x->pend[i];
-    bool keep = p->ours == 1;
     if (p->lazy)
       continue;
+    bool keep = p->ours == 1;
     if (!ok) {
       keep = false;
     } else if (p->ours < 0 || v->ntfs_mode == NTFS_MFT_CHECK) {
@@ -1175,9 +1152,10 @@ static struct cached_dir *dir_finish(struct cached_dir *d)
   /* A damaged directory may name a file twice: keep the first. */
   size_t k = 0;
   for (size_t i = 0; i < d->n; i++) {
-    if (k > 0 && strcmp(d->v[k - 1].name, d->v[i].name) == 0)
+    if (k > 0 && strcmp(d->v[k - 1].name, d->v[i].name) == 0) {
+      d->n_partial -= d->v[i].st.partial;
       free(d->v[i].name);
-    else
+    } else
       d->v[k++] = d->v[i];
   }
   d->n = k;
