@@ -9,8 +9,10 @@
  * fdatasyncs the generation first: its writers do not), and the position is
  * saved (STATE/webhooks/HASH.pos, written atomically) after every delivery,
  * so a power cut never leaves a delivered event out of the journal nor a
- * position past the journal's end.  A stalled or dead endpoint costs no
- * memory (one line, at most MAX_LINE bytes, is in memory per URL) and loses
+ * position past the journal's end; while it cannot be saved, nothing more
+ * is delivered (a restart sends again only the event before the failure).
+ * A stalled or dead endpoint costs no memory (one line, at most MAX_LINE
+ * bytes, is in memory per URL) and loses
  * nothing across a restart of the daemon, our rotation or an external
  * logrotate (rename or copytruncate): when the thread reaches the end of a
  * generation that is no longer the live file, it goes on with the next newer
@@ -212,10 +214,12 @@ static void save_position(struct worker *w)
   json_decref(j);
   if (!text || tb_write_file_atomic(w->pos_path, text, strlen(text), 0600) == -1) {
     if (!w->pos_error)
-      log_msg("webhook %s: cannot save its journal position: %s", w->url,
-              text ? tb_errmsg() : "out of memory");
+      log_msg("webhook %s: cannot save its journal position: %s; its events wait until it can",
+              w->url, text ? tb_errmsg() : "out of memory");
     w->pos_error = true;
   } else {
+    if (w->pos_error)
+      log_msg("webhook %s: its journal position is saved again: delivering", w->url);
     w->pos_error = false;
   }
   free(text);
@@ -300,8 +304,12 @@ static int open_generation(struct worker *w, const struct gen *g, uint64_t off)
 static bool make_durable(struct worker *w, uint64_t end)
 {
   struct stat st;
-  if (end <= w->synced || fstat(w->fd, &st) == -1)
+  if (end <= w->synced)
     return true;
+  if (fstat(w->fd, &st) == -1) {
+    tb_error_errno("cannot stat the journal");
+    return false;
+  }
   if (fdatasync(w->fd) == -1 && errno != EINVAL) {
     tb_error_errno("cannot fdatasync the journal");
     return false;
@@ -583,6 +591,14 @@ static void *worker_main(void *arg)
   pthread_mutex_unlock(&totals_lock);
   load_position(w);
   while (!stopping(w)) {
+    /* No delivery runs ahead of the saved position by more than the one
+     * just made: a restart then sends at most that one again (a state disk
+     * that fails or fills would otherwise mean every event since again). */
+    if (w->pos_error) {
+      if (!wait_or_stop(w, IDLE_WAIT_MS, false))
+        save_position(w);
+      continue;
+    }
     if (w->fd == -1 && locate(w) == -1) {
       wait_or_stop(w, IDLE_WAIT_MS, true);
       continue;

@@ -19,11 +19,19 @@ make -C "$build" format-check >/dev/null 2>&1 || echo "warning: some C files are
 
 status=0
 make -j2 check || status=$?
-# A run with zero tests is a failure, not a success.
-total=$(sed -n 's/^# TOTAL: *//p' tests/test-suite.log 2>/dev/null | head -1)
+# What a failing test said, before the summary: CI shows the end of this
+# output, not the test's log file.
+for trs in tests/*.trs; do
+  [ -f "$trs" ] && grep -q '^:test-result: \(FAIL\|ERROR\)' "$trs" || continue
+  echo "--- ${trs%.trs}.log says:"
+  { grep -a -m 3 '^FAIL: ' "${trs%.trs}.log"; echo "..."; tail -n 12 "${trs%.trs}.log"; } 2>/dev/null |
+    cut -c1-400 || true
+done
 if [ -f tests/test-suite.log ]; then
   sed -n '/^# TOTAL/,/^# ERROR/p' tests/test-suite.log
 fi
+# A run with zero tests is a failure, not a success.
+total=$(sed -n 's/^# TOTAL: *//p' tests/test-suite.log 2>/dev/null | head -1)
 if [ "${total:-0}" -eq 0 ]; then
   echo "check.sh: no test ran" >&2
   exit 1
