@@ -2230,10 +2230,52 @@ static void ll_open(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
   free(path);
 }
 
+/* A read whose bytes are one plain run of a local disk (a version read from
+ * its file, -c) is spliced from that file into the kernel (fuse_reply_data
+ * with a descriptor buffer, FUSE_CAP_SPLICE_WRITE): the page cache's pages go
+ * through a pipe instead of being copied into a buffer of ours and out of it
+ * again.  False when the read is not such a run (over NBD, a hole, a
+ * resident or compressed file, two runs): the caller reads it. */
+static bool splice_ok;
+/* A reply and its header fit in a pipe of at most 1 MiB (the default
+ * fs.pipe-max-size): libfuse cannot splice a bigger one and copies it
+ * through a fresh buffer instead, slower than no splice at all. */
+#define MAX_READ (512 * 1024)
+#define MAX_READ_STR "524288"
+static bool splice_read(fuse_req_t req, const struct handle *h, size_t size, off_t off)
+{
+  if (!splice_ok || off < 0)
+    return false;
+  int fd = -1;
+  uint64_t at = (uint64_t)off, end;
+  size_t n = 0;
+  if (h->kind == K_VOL) {
+    n = tb_ifile_local_run(h->file, (uint64_t)off, size, &fd, &at);
+    end = tb_ifile_size(h->file);
+  } else if (h->kind == K_DISK && (fd = tb_disk_local_fd(h->disk)) != -1) {
+    end = tb_disk_size(h->disk);
+    uint64_t left = (uint64_t)off < end ? end - (uint64_t)off : 0;
+    n = size < left ? size : (size_t)left;
+  } else {
+    return false;
+  }
+  /* A reply shorter than asked is the end of the file to the kernel. */
+  if (n == 0 || (n < size && (uint64_t)off + n < end))
+    return false;
+  struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
+  bv.buf[0].flags = (enum fuse_buf_flags)(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  bv.buf[0].fd = fd;
+  bv.buf[0].pos = (off_t)at;
+  fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+  return true;
+}
+
 static void ll_read(fuse_req_t req, fuse_ino_t id, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
   req_uid = (int64_t)fuse_req_ctx(req)->uid;
+  if (splice_read(req, (const struct handle *)(uintptr_t)fi->fh, size, off))
+    return;
   char *buf = reply_buffer(size);
   int r = buf ? tf_read(NULL, buf, size, off, fi) : -ENOMEM;
   if (r >= 0)
@@ -2292,6 +2334,7 @@ static void ll_listxattr(fuse_req_t req, fuse_ino_t id, size_t size)
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
 {
   conn->max_readahead = 1u << 20;
+  conn->max_read = MAX_READ;
   if (conn->capable & FUSE_CAP_READDIRPLUS)
     conn->want |= FUSE_CAP_READDIRPLUS;
   conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS_AUTO;
@@ -2301,6 +2344,10 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
   }
   if (conn->capable & FUSE_CAP_ASYNC_READ)
     conn->want |= FUSE_CAP_ASYNC_READ;
+  if ((conn->capable & FUSE_CAP_SPLICE_WRITE) && !getenv("TB_FUSE_NO_SPLICE")) {
+    conn->want |= FUSE_CAP_SPLICE_WRITE;
+    splice_ok = true;
+  }
 }
 
 /* Everything that would modify the tree. */
@@ -2725,7 +2772,8 @@ int main(int argc, char **argv)
     }
   }
   mount_time = time(NULL);
-  fuse_opt_add_arg(&args, "-oro,fsname=tabula,subtype=tabula,max_threads=16");
+  fuse_opt_add_arg(&args,
+                   "-oro,fsname=tabula,subtype=tabula,max_threads=16,max_read=" MAX_READ_STR);
   int r = run(&args);
   fuse_opt_free_args(&args);
   return r;

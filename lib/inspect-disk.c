@@ -42,6 +42,7 @@ struct tb_disk *tb_disk_new(uint64_t size, tb_disk_read_fn read, void (*close)(v
   d->read = read;
   d->close = close;
   d->opaque = opaque;
+  d->fd = -1;
   snprintf(d->name, sizeof d->name, "%s", what);
   return d;
 }
@@ -111,7 +112,14 @@ struct tb_disk *tb_disk_open_fd(int fd, const char *name)
       tb_disk_new((uint64_t)st.st_size, file_read, file_close, (void *)(intptr_t)fd, name);
   if (!d)
     close(fd);
+  else
+    d->fd = fd;
   return d;
+}
+
+int tb_disk_local_fd(const struct tb_disk *d)
+{
+  return d->fd;
 }
 
 struct tb_disk *tb_disk_open_file(const char *path)

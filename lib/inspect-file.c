@@ -106,19 +106,25 @@ static void map_file(struct tb_inspect *ins, struct vol *v, TSK_FS_FILE *f, stru
   }
 }
 
-/* Read from a mapped file (above), on the caller's thread. */
-ssize_t tbi_mapped_pread(struct tb_ifile *f, char *buf, size_t len, uint64_t off)
+/* The first run of mapped file F ending after OFF (n_runs if none). */
+static size_t run_at(const struct tb_ifile *f, uint64_t off)
 {
   size_t lo = 0, hi = f->n_runs;
-  while (lo < hi) { /* the first run ending after OFF */
+  while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
     if (f->runs[mid].foff + f->runs[mid].len <= off)
       lo = mid + 1;
     else
       hi = mid;
   }
+  return lo;
+}
+
+/* Read from a mapped file (above), on the caller's thread. */
+ssize_t tbi_mapped_pread(struct tb_ifile *f, char *buf, size_t len, uint64_t off)
+{
   size_t done = 0;
-  for (size_t i = lo; i < f->n_runs && done < len; i++) {
+  for (size_t i = run_at(f, off); i < f->n_runs && done < len; i++) {
     const struct frun *r = &f->runs[i];
     uint64_t o = off + done, in = o - r->foff;
     size_t n = r->len - in < len - done ? (size_t)(r->len - in) : len - done;
@@ -133,6 +139,27 @@ ssize_t tbi_mapped_pread(struct tb_ifile *f, char *buf, size_t len, uint64_t off
     return tb_error("%s: file map ends before its size", tb_disk_name(f->ins->disk));
   }
   return (ssize_t)done;
+}
+
+size_t tb_ifile_local_run(struct tb_ifile *f, uint64_t off, size_t len, int *fd, uint64_t *fd_off)
+{
+  int dfd = tb_disk_local_fd(f->ins->disk);
+  if (dfd == -1 || !f->runs || off >= f->size)
+    return 0;
+  size_t i = run_at(f, off);
+  if (i == f->n_runs || f->runs[i].foff > off || f->runs[i].doff == FRUN_ZERO)
+    return 0;
+  const struct frun *r = &f->runs[i];
+  uint64_t in = off - r->foff, n = r->len - in;
+  if (n > len)
+    n = len;
+  if (n > f->size - off)
+    n = f->size - off;
+  if (r->doff + in > tb_disk_size(f->ins->disk) || n > tb_disk_size(f->ins->disk) - (r->doff + in))
+    return 0; /* past the disk's end: tb_ifile_pread says so */
+  *fd = dfd;
+  *fd_off = r->doff + in;
+  return (size_t)n;
 }
 
 static TSK_FS_FILE *open_meta(struct tb_inspect *ins, struct vol *v, uint64_t inum)

@@ -115,6 +115,7 @@ struct tb_disk {
   void (*close)(void *opaque);
   void *opaque;
   struct nbd_pool *nbd; /* when the disk is an NBD export (inspect-disk.c) */
+  int fd;               /* when it is a local file (tb_disk_open_fd), else -1 */
   char name[256];
 };
 

@@ -75,6 +75,10 @@ struct tb_disk *tb_disk_open_file(const char *path);
 /* A disk read from descriptor FD (a regular file, read with pread), which
  * it closes; NAME names it in messages.  NULL (FD closed) on error. */
 struct tb_disk *tb_disk_open_fd(int fd, const char *name);
+/* The descriptor of a disk opened by tb_disk_open_fd (byte N of the disk is
+ * byte N of the file; it stays open as long as the disk), else -1.  The view
+ * splices reads from it into the kernel instead of copying them. */
+int tb_disk_local_fd(const struct tb_disk *d);
 /* An NBD export, read-only.  URI is an NBD URI ("nbd+unix:///?socket=S",
  * "nbd://host:port") or NULL with SOCKET a unix socket path; EXPORT overrides
  * the URI's export name when not NULL. */
@@ -244,6 +248,12 @@ struct tb_ifile *tb_inspect_open_file(struct tb_inspect *ins, size_t vol, const 
  * reads (no libtsk, so no deadline is needed beyond the disk's own); the
  * others run on the worker under the deadline like every other call. */
 ssize_t tb_ifile_pread(struct tb_ifile *f, void *buf, size_t len, uint64_t off);
+/* Where the bytes at OFF of F lie when they are a plain run of a local disk
+ * (tb_disk_local_fd): returns how many of the LEN bytes at OFF are the bytes
+ * at *FD_OFF of *FD in a row (at most LEN, not past the file's size), or 0
+ * when they are not (a hole, a resident or compressed file, an NBD disk, past
+ * the end): tb_ifile_pread reads those. */
+size_t tb_ifile_local_run(struct tb_ifile *f, uint64_t off, size_t len, int *fd, uint64_t *fd_off);
 uint64_t tb_ifile_size(const struct tb_ifile *f);
 void tb_ifile_close(struct tb_ifile *f);
 
