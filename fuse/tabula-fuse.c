@@ -2230,18 +2230,19 @@ static void ll_open(fuse_req_t req, fuse_ino_t id, struct fuse_file_info *fi)
   free(path);
 }
 
+static bool splice_ok; /* FUSE_CAP_SPLICE_WRITE granted (ll_init) */
+/* A reply and its header fit in a pipe of at most 1 MiB (the default
+ * fs.pipe-max-size): libfuse cannot splice a bigger one and copies it
+ * through a fresh buffer instead, slower than no splice at all. */
+#define MAX_READ (512 * 1024)
+#define MAX_READ_STR "524288"
+
 /* A read whose bytes are one plain run of a local disk (a version read from
  * its file, -c) is spliced from that file into the kernel (fuse_reply_data
  * with a descriptor buffer, FUSE_CAP_SPLICE_WRITE): the page cache's pages go
  * through a pipe instead of being copied into a buffer of ours and out of it
  * again.  False when the read is not such a run (over NBD, a hole, a
  * resident or compressed file, two runs): the caller reads it. */
-static bool splice_ok;
-/* A reply and its header fit in a pipe of at most 1 MiB (the default
- * fs.pipe-max-size): libfuse cannot splice a bigger one and copies it
- * through a fresh buffer instead, slower than no splice at all. */
-#define MAX_READ (512 * 1024)
-#define MAX_READ_STR "524288"
 static bool splice_read(fuse_req_t req, const struct handle *h, size_t size, off_t off)
 {
   if (!splice_ok || off < 0)
