@@ -10,6 +10,8 @@
 #   td_wait JQ-COND WHAT                        until `tabulactl --json status` matches
 #   td_faketime_nbdkit [SHELL-LINE]             skip without libfaketime; $TB_NBDKIT outside it
 #   td_start_faketime FILE VAR=VALUE...         the daemon under libfaketime, VAR=VALUE its clock
+#   td_receiver OUT                             a webhook receiver on 127.0.0.1:$TD_RECEIVER_PORT
+#                                               appending the "n" of each "test" event to OUT
 
 TD_DAEMON=$abs_top_builddir/restored/tabula-restored
 TD_CTL=$abs_top_builddir/tabulactl/tabulactl
@@ -150,4 +152,34 @@ td_expect_fail()
   "$@" >"$TB_TMP/out" 2>"$TB_TMP/err" || _st=$?
   [ $_st -ne 0 ] || tb_fail "$_what: succeeded, expected a failure: $(cat "$TB_TMP/out")"
   grep -Eq -- "$_re" "$TB_TMP/err" || tb_fail "$_what: stderr does not match /$_re/: $(cat "$TB_TMP/err")"
+}
+
+# A webhook receiver on loopback (port $TD_RECEIVER_PORT, pid in
+# $TB_TMP/receiver.bgpid): each "test" event's "n" is appended to OUT, one a
+# line, and every POST is answered 204.
+td_receiver()
+{
+  TD_RECEIVER_PORT=$(tb_free_port)
+  python3 - "$TD_RECEIVER_PORT" "$1" >"$TB_TMP/receiver.log" 2>&1 <<'PY' &
+import http.server, json, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        ev = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if ev.get("type") == "test":
+            with open(out, "a") as f:
+                f.write("%d\n" % ev["n"])
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+srv = http.server.HTTPServer(("127.0.0.1", port), H)
+print("listening", flush=True)
+srv.serve_forever()
+PY
+  echo $! >"$TB_TMP/receiver.bgpid"
+  _i=0
+  until grep -q listening "$TB_TMP/receiver.log"; do
+    _i=$((_i + 1))
+    [ $_i -lt 100 ] || tb_fail "the webhook receiver did not start: $(cat "$TB_TMP/receiver.log")"
+    sleep 0.1
+  done
 }

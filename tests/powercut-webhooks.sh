@@ -26,29 +26,9 @@ tb_require python3 jq
 pc_init
 cuts=$(pc_cuts 12)
 
-port=$(tb_free_port)
 got=$TB_TMP/got.txt
-python3 - "$port" "$got" >"$TB_TMP/receiver.log" 2>&1 <<'PY' &
-import http.server, json, sys
-port, out = int(sys.argv[1]), sys.argv[2]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        ev = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if ev.get("type") == "test":
-            with open(out, "a") as f:
-                f.write("%d\n" % ev["n"])
-        self.send_response(204); self.end_headers()
-    def log_message(self, *a): pass
-srv = http.server.HTTPServer(("127.0.0.1", port), H)
-print("listening", flush=True)
-srv.serve_forever()
-PY
-echo $! >"$TB_TMP/receiver.bgpid"
-i=0
-until grep -q listening "$TB_TMP/receiver.log"; do
-  i=$((i + 1)); [ $i -lt 100 ] || tb_fail "receiver: $(cat "$TB_TMP/receiver.log")"
-  sleep 0.1
-done
+td_receiver "$got"
+port=$TD_RECEIVER_PORT
 
 tb_make_file "$TB_TMP/v1.img" $((1024 * 1024)) 1
 prep=$PC_STATE/disk/state
