@@ -436,15 +436,21 @@ static struct tb_overlay *open_ro_overlay(const char *state, const char *path)
 
 /* Open a raw file for H; its size is what H reads (a second open, after a
  * session changed the client, must find the size the handle announced). */
-static int open_raw(struct handle *h, const char *path, uint64_t *size)
+/* Serve the raw file open on h->raw_fd (NAME for messages). */
+static int raw_opened(struct handle *h, const char *name, uint64_t *size)
 {
-  h->raw_fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (h->raw_fd == -1 || fstat(h->raw_fd, &st) == -1)
-    return tb_error_errno("cannot open %s", path);
+    return tb_error_errno("cannot open %s", name);
   *size = (uint64_t)st.st_size;
   h->block_size = PREFERRED_BLOCK_SIZE;
   return 0;
+}
+
+static int open_raw(struct handle *h, const char *path, uint64_t *size)
+{
+  h->raw_fd = open(path, O_RDONLY | O_CLOEXEC);
+  return raw_opened(h, path, size);
 }
 
 /* (Re)open what an admin handle of client ID reads when no session runs:
@@ -506,14 +512,7 @@ static int open_admin(struct handle *h, const struct tb_config *cfg, uint64_t nu
       return tb_error("no image %s in the configuration", h->name);
     if ((h->raw_fd = tb_store_open_version(cfg->state_dir, h->name, (uint32_t)num)) == -1)
       return -1;
-    {
-      struct stat st;
-      if (fstat(h->raw_fd, &st) == -1)
-        return tb_error_errno("version %s@%" PRIu64, h->name, num);
-      h->size = (uint64_t)st.st_size;
-      h->block_size = PREFERRED_BLOCK_SIZE;
-    }
-    return 0;
+    return raw_opened(h, h->name, &h->size);
   case EXPORT_SESSION:
     if (!tb_config_client(cfg, h->name))
       return tb_error("no client %s in the configuration", h->name);
