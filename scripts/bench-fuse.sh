@@ -122,6 +122,18 @@ median()
   for c in 1 2 3 4 5; do cut -d' ' -f$c "$T/runs" | sort -n | sed -n 3p; done | tr '\n' ' '
 }
 
+# start_ms PROGRAM: the mean wall time of 100 starts of PROGRAM --help (ms),
+# the fixed part of every mount to first listing (README explains it).
+start_ms()
+{
+  t0=$(date +%s%N)
+  for _ in $(seq 1 100); do "$1" --help >/dev/null 2>&1 || :; done
+  t1=$(date +%s%N)
+  awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.2f", ns / 100 / 1e6 }'
+}
+start_tabula=$(start_ms "$fuse")
+start_ntfs3g=$(start_ms "$(command -v ntfs-3g)")
+
 out=$T/table
 for pair in "ext4 tabula images/ext4/1/fs/whole-ext4" "ext4 local images/ext4/1/fs/whole-ext4" \
   "ext4 kernel ." "ntfs tabula images/ntfs/1/fs/whole-ntfs" \
@@ -140,6 +152,8 @@ while read -r fs tool first find findls read again; do
     "$findls" "$(mbs "$read")" "$again"
 done <"$T/figures"
 printf '(ext4: 20,000-entry directory + 520 more; NTFS: 5,000 + 520; median of 5 warm mounts)\n'
+printf 'process start (--help, mean of 100): tabula-fuse %s ms, ntfs-3g %s ms\n' "$start_tabula" \
+  "$start_ntfs3g"
 fig() { awk -v f="$1" -v t="$2" -v c="$3" '$1 == f && $2 == t { print $c }' "$T/figures"; }
 bench_summary "view ext4: find (20,500 entries)" "$(fig ext4 tabula 4) ms" "kernel ext4" \
   "$(fig ext4 kernel 4) ms" "<= 2x"
@@ -165,6 +179,8 @@ bench_summary "view NTFS, local appliance: mount to first listing" "$(fig ntfs l
   "ntfs-3g" "$(fig ntfs ntfs3g 3) ms" "<= 2x"
 bench_summary "view NTFS, local appliance: sequential read 256 MiB" \
   "$(mbs "$(fig ntfs local 6)") MiB/s" "ntfs-3g" "$(mbs "$(fig ntfs ntfs3g 6)") MiB/s" ">= 0.8x"
+bench_summary "view: process start (--help, mean of 100)" "$start_tabula ms" "ntfs-3g" \
+  "$start_ntfs3g ms" ""
 bench_summary "view ext4: find -ls again (same mount)" "$(fig ext4 tabula 7) ms" "kernel ext4" \
   "$(fig ext4 kernel 7) ms" ""
 bench_summary "view NTFS: find -ls again (same mount)" "$(fig ntfs tabula 7) ms" "ntfs-3g" \
