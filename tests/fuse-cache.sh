@@ -109,24 +109,41 @@ n=$(($(requests mnt LOOKUP) - before))
 [ "$n" -le 20 ] || tb_fail "find -ls after find asked $n lookups: the second listing did not carry the attributes"
 
 echo "== a version's names and attributes stay in the kernel's cache"
-sleep 2 # past KERNEL_TIMEOUT_S, the live trees' timeout
-before=$(($(requests mnt LOOKUP) + $(requests mnt GETATTR)))
-stat_all "$V/many"
-after=$(($(requests mnt LOOKUP) + $(requests mnt GETATTR)))
 # (the view's own directories above the version, 1 s like the live trees,
-# are looked up again: images, ext4, 1)
-[ $((after - before)) -le 10 ] ||
-  tb_fail "stat of the 300 files after 2 s asked $((after - before)) lookups and getattrs"
+# are looked up again: images, ext4, 1.  Reclaim may also take dentries:
+# up to three tries, as for the directory cache below.)
+tries=0
+while :; do
+  sleep 2 # past KERNEL_TIMEOUT_S, the live trees' timeout
+  before=$(($(requests mnt LOOKUP) + $(requests mnt GETATTR)))
+  stat_all "$V/many"
+  after=$(($(requests mnt LOOKUP) + $(requests mnt GETATTR)))
+  [ $((after - before)) -le 10 ] && break
+  tries=$((tries + 1))
+  [ $tries -lt 3 ] ||
+    tb_fail "stat of the 300 files after 2 s asked $((after - before)) lookups and getattrs, 3 times"
+  echo "(stat after 2 s asked $((after - before)): try $((tries + 1)))"
+done
 
 echo "== listings without OPENDIR"
 # (the kernel's zero-message opendir: the first OPENDIR is answered ENOSYS)
 [ "$(requests mnt OPENDIR)" -le 1 ] && [ "$(requests mnt RELEASEDIR)" = 0 ] ||
   tb_fail "$(requests mnt OPENDIR) OPENDIR and $(requests mnt RELEASEDIR) RELEASEDIR requests"
-ls "$V/many" >/dev/null
-before=$(requests mnt READDIRPLUS)
-ls "$V/many" >/dev/null
-[ "$(requests mnt READDIRPLUS)" = "$before" ] ||
-  tb_fail "a version's complete listing, listed again, was asked again (not kept by the kernel)"
+# The kernel's directory cache is page cache: reclaim on a loaded machine
+# (a CI runner's memory limit) may take one of its pages between two
+# listings, and the kernel then asks the whole listing again.  So up to
+# three tries; a view whose listings are not kept fails all three.
+tries=0
+while :; do
+  ls "$V/many" >/dev/null
+  before=$(requests mnt READDIRPLUS)
+  ls "$V/many" >/dev/null
+  [ "$(requests mnt READDIRPLUS)" = "$before" ] && break
+  tries=$((tries + 1))
+  [ $tries -lt 3 ] ||
+    tb_fail "a version's complete listing, listed again, was asked again (not kept by the kernel), 3 times"
+  echo "(listed again, it was asked again: try $((tries + 1)))"
+done
 # the view's own directory: one second at most, so listed again it is asked again
 ls "$M/images" >/dev/null
 sleep 0.3 # the notifier's invalidation
